@@ -1,0 +1,329 @@
+"""The storage key schema: one builder and one parser for every key skedlib writes.
+
+All keys live under a configurable prefix (default ``sked/``)::
+
+    config/clusters/<name>                      desired state
+    config/services/<name>
+    config/task_definitions/<name>/<version>
+    config/hosts/<name>                         operator-side host settings
+    state/tasks/<task_id>                       issued state: the task object
+    state/hosts/<host>/<task_id>                issued state indexed by host
+    state/health/<task_id>                      actual state written by the agent
+    state/agents/<host>                         live host record, bound to a lease
+    locks/<cluster>/<service>                   scheduler locks
+
+Names are validated before any key is built, so a bad name is a clear
+:class:`~skedlib.errors.InvalidName`, never a stray key.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from skedlib.errors import InvalidName, ValidationError
+from skedlib.models import TaskId
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "MAX_NAME_LENGTH",
+    "AgentKey",
+    "ClusterKey",
+    "HealthKey",
+    "HostConfigKey",
+    "HostTaskKey",
+    "Key",
+    "Keyspace",
+    "LockKey",
+    "ServiceKey",
+    "TaskDefinitionKey",
+    "TaskKey",
+    "prefix_end",
+    "validate_name",
+]
+
+DEFAULT_PREFIX = "sked/"
+MAX_NAME_LENGTH = 128
+_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f/]")
+
+
+def validate_name(name: object, what: str = "name", *, allow_dash: bool = True) -> str:
+    """Return ``name`` if it can be one segment of a key, else raise :class:`InvalidName`.
+
+    A name is 1 to 128 characters with no ``/``, whitespace or control characters, and is
+    neither ``.`` nor ``..`` nor contains ``..``. ``allow_dash=False`` also refuses ``-``
+    (cluster names, so task ids stay parseable).
+    """
+    if not isinstance(name, str):
+        raise InvalidName(f"invalid {what} {name!r}: must be a string")
+    if not name:
+        raise InvalidName(f"invalid {what} '': must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidName(f"invalid {what} {name[:20]!r}…: longer than {MAX_NAME_LENGTH} "
+                          "characters")
+    bad = _BAD_CHAR.search(name)
+    if bad:
+        raise InvalidName(f"invalid {what} {name!r}: must not contain {bad.group()!r}")
+    if ".." in name or name == ".":
+        raise InvalidName(f"invalid {what} {name!r}: must not be '.' or contain '..'")
+    if not allow_dash and "-" in name:
+        raise InvalidName(f"invalid {what} {name!r}: must not contain '-' (task ids are "
+                          "<cluster>-<service>-<version>-<instance>)")
+    return name
+
+
+def _validate_task_id(task_id: str) -> TaskId:
+    try:
+        parsed = TaskId.parse(task_id)
+    except ValueError as exc:
+        raise InvalidName(f"invalid task id {task_id!r}: expected "
+                          "<cluster>-<service>-<version>-<instance>") from exc
+    validate_name(parsed.cluster, "cluster name", allow_dash=False)
+    validate_name(parsed.service, "service name")
+    validate_name(task_id, "task id")
+    return parsed
+
+
+def prefix_end(prefix: str) -> str:
+    """The smallest string greater than every string that starts with ``prefix``."""
+    if not prefix:
+        return "\U0010ffff"
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class ClusterKey(msgspec.Struct, frozen=True, tag=True):
+    """``config/clusters/<name>``."""
+
+    name: str
+
+
+class ServiceKey(msgspec.Struct, frozen=True, tag=True):
+    """``config/services/<name>``."""
+
+    name: str
+
+
+class TaskDefinitionKey(msgspec.Struct, frozen=True, tag=True):
+    """``config/task_definitions/<name>/<version>``."""
+
+    name: str
+    version: int
+
+
+class HostConfigKey(msgspec.Struct, frozen=True, tag=True):
+    """``config/hosts/<name>``."""
+
+    name: str
+
+
+class TaskKey(msgspec.Struct, frozen=True, tag=True):
+    """``state/tasks/<task_id>``."""
+
+    task_id: str
+
+
+class HostTaskKey(msgspec.Struct, frozen=True, tag=True):
+    """``state/hosts/<host>/<task_id>``."""
+
+    host: str
+    task_id: str
+
+
+class HealthKey(msgspec.Struct, frozen=True, tag=True):
+    """``state/health/<task_id>``."""
+
+    task_id: str
+
+
+class AgentKey(msgspec.Struct, frozen=True, tag=True):
+    """``state/agents/<host>``."""
+
+    host: str
+
+
+class LockKey(msgspec.Struct, frozen=True, tag=True):
+    """``locks/<cluster>/<service>``."""
+
+    cluster: str
+    service: str
+
+
+Key = (ClusterKey | ServiceKey | TaskDefinitionKey | HostConfigKey | TaskKey | HostTaskKey
+       | HealthKey | AgentKey | LockKey)
+
+
+class Keyspace:
+    """Builds and parses skedlib's keys under one prefix.
+
+    >>> ks = Keyspace()
+    >>> ks.task("default-web-2-0")
+    'sked/state/tasks/default-web-2-0'
+    >>> ks.parse("sked/state/hosts/h1/default-web-2-0")
+    HostTaskKey(host='h1', task_id='default-web-2-0')
+    """
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        for segment in prefix.split("/")[:-1]:
+            validate_name(segment, "key prefix segment")
+        self.prefix = prefix
+
+    # -- prefixes -------------------------------------------------------------------------
+    @property
+    def clusters(self) -> str:
+        """Prefix of every cluster key."""
+        return f"{self.prefix}config/clusters/"
+
+    @property
+    def services(self) -> str:
+        """Prefix of every service key."""
+        return f"{self.prefix}config/services/"
+
+    @property
+    def task_definitions(self) -> str:
+        """Prefix of every task definition key."""
+        return f"{self.prefix}config/task_definitions/"
+
+    def task_definition_versions(self, name: str) -> str:
+        """Prefix of every version of one task definition."""
+        return f"{self.task_definitions}{validate_name(name, 'task definition name')}/"
+
+    @property
+    def host_configs(self) -> str:
+        """Prefix of every operator-side host setting."""
+        return f"{self.prefix}config/hosts/"
+
+    @property
+    def config(self) -> str:
+        """Prefix of the whole desired state."""
+        return f"{self.prefix}config/"
+
+    @property
+    def tasks(self) -> str:
+        """Prefix of every issued task."""
+        return f"{self.prefix}state/tasks/"
+
+    def host_tasks(self, host: str) -> str:
+        """Prefix an agent watches: the tasks issued to ``host``."""
+        return f"{self.prefix}state/hosts/{validate_name(host, 'host name')}/"
+
+    @property
+    def all_host_tasks(self) -> str:
+        """Prefix of the issued state indexed by host."""
+        return f"{self.prefix}state/hosts/"
+
+    @property
+    def health(self) -> str:
+        """Prefix of every task's actual state."""
+        return f"{self.prefix}state/health/"
+
+    @property
+    def agents(self) -> str:
+        """Prefix of every live host record."""
+        return f"{self.prefix}state/agents/"
+
+    @property
+    def locks(self) -> str:
+        """Prefix of every scheduler lock."""
+        return f"{self.prefix}locks/"
+
+    # -- keys -----------------------------------------------------------------------------
+    def cluster(self, name: str) -> str:
+        """Key of a cluster."""
+        return self.clusters + validate_name(name, "cluster name", allow_dash=False)
+
+    def service(self, name: str) -> str:
+        """Key of a service."""
+        return self.services + validate_name(name, "service name")
+
+    def task_definition(self, name: str, version: int) -> str:
+        """Key of one version of a task definition."""
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise InvalidName(f"invalid task definition version {version!r}: must be an "
+                              "integer ≥ 0")
+        return f"{self.task_definition_versions(name)}{version}"
+
+    def host_config(self, name: str) -> str:
+        """Key of a host's operator-side settings."""
+        return self.host_configs + validate_name(name, "host name")
+
+    def task(self, task_id: str) -> str:
+        """Key of an issued task."""
+        _validate_task_id(task_id)
+        return self.tasks + task_id
+
+    def host_task(self, host: str, task_id: str) -> str:
+        """Key of an issued task in its host's index."""
+        _validate_task_id(task_id)
+        return self.host_tasks(host) + task_id
+
+    def task_health(self, task_id: str) -> str:
+        """Key of a task's actual state."""
+        _validate_task_id(task_id)
+        return self.health + task_id
+
+    def agent(self, host: str) -> str:
+        """Key of a host's live record."""
+        return self.agents + validate_name(host, "host name")
+
+    def lock(self, cluster: str, service: str) -> str:
+        """Key of the scheduler lock of one service in one cluster."""
+        return (f"{self.locks}{validate_name(cluster, 'cluster name', allow_dash=False)}/"
+                f"{validate_name(service, 'service name')}")
+
+    def build(self, key: Key) -> str:
+        """The string form of a parsed key."""
+        match key:
+            case ClusterKey(name=name):
+                return self.cluster(name)
+            case ServiceKey(name=name):
+                return self.service(name)
+            case TaskDefinitionKey(name=name, version=version):
+                return self.task_definition(name, version)
+            case HostConfigKey(name=name):
+                return self.host_config(name)
+            case TaskKey(task_id=task_id):
+                return self.task(task_id)
+            case HostTaskKey(host=host, task_id=task_id):
+                return self.host_task(host, task_id)
+            case HealthKey(task_id=task_id):
+                return self.task_health(task_id)
+            case AgentKey(host=host):
+                return self.agent(host)
+            case LockKey(cluster=cluster, service=service):
+                return self.lock(cluster, service)
+        raise TypeError(f"not a key: {key!r}")
+
+    def parse(self, key: str) -> Key:
+        """Parse a key string; raises :class:`ValidationError` if it is not a skedlib key."""
+        if not key.startswith(self.prefix):
+            raise ValidationError(f"key {key!r} is not under prefix {self.prefix!r}")
+        parts = key[len(self.prefix):].split("/")
+        parsed: Key | None = None
+        match parts:
+            case ["config", "clusters", name]:
+                parsed = ClusterKey(name)
+            case ["config", "services", name]:
+                parsed = ServiceKey(name)
+            case ["config", "task_definitions", name, version] if version.isdigit() and (
+                    version == "0" or not version.startswith("0")):
+                parsed = TaskDefinitionKey(name, int(version))
+            case ["config", "hosts", name]:
+                parsed = HostConfigKey(name)
+            case ["state", "tasks", task_id]:
+                parsed = TaskKey(task_id)
+            case ["state", "hosts", host, task_id]:
+                parsed = HostTaskKey(host, task_id)
+            case ["state", "health", task_id]:
+                parsed = HealthKey(task_id)
+            case ["state", "agents", host]:
+                parsed = AgentKey(host)
+            case ["locks", cluster, service]:
+                parsed = LockKey(cluster, service)
+        if parsed is None:
+            raise ValidationError(f"key {key!r} is not in skedlib's key schema")
+        if self.build(parsed) != key:  # validates every name in it
+            raise ValidationError(f"key {key!r} is not in skedlib's key schema")
+        return parsed

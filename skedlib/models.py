@@ -1,0 +1,315 @@
+"""The typed model: clusters, services, task definitions, hosts and tasks.
+
+Every object is a :class:`msgspec.Struct` whose JSON field names are those of seed 001's
+readme, so tasks written by other implementations of the same key schema decode here and
+tasks written here decode there. Rules for stored shapes:
+
+- a new field always gets a default, and a stored field never changes type, so older and
+  newer processes can share one store;
+- unknown fields are ignored when decoding (never ``forbid_unknown_fields``);
+- durations are integer nanoseconds (``grace_period``), except in health checks, where
+  they are Go-style strings (``"10s"``) as Consul takes them and as the seed stores them.
+
+Units: ``memory`` and ``disk_use`` are MiB; ``cpu_units`` are 1/1024 of a core.
+Defaults that the seed says validation applies (grace period 60s, check interval 10s …)
+are applied by :mod:`skedlib.validation`, not by decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "BashExecutor",
+    "Check",
+    "CheckStatus",
+    "Cluster",
+    "Container",
+    "DockerExecutor",
+    "Host",
+    "HostConfig",
+    "Manifest",
+    "ProcessExecutor",
+    "Resources",
+    "Service",
+    "Task",
+    "TaskDefinition",
+    "TaskHealth",
+    "TaskId",
+    "UpdateStrategy",
+]
+
+DEFAULT_SCHEDULER = "binpack"
+
+
+class Cluster(msgspec.Struct, kw_only=True):
+    """A logical grouping of services, optionally restricted to some hosts."""
+
+    name: str
+    datacenter: str = ""
+    services: list[str] = msgspec.field(default_factory=list)
+    hosts: list[str] | None = None
+    """Host names the cluster may use; ``None`` means every host of the cluster."""
+
+
+class UpdateStrategy(msgspec.Struct, kw_only=True):
+    """How a service replaces its tasks when its ``task_version`` changes."""
+
+    max_parallel: int = 1
+    """At most this many replacements in flight at once."""
+    min_healthy_time: int = 0
+    """Nanoseconds a new task's checks must pass before it counts as healthy."""
+    deadline: int = 0
+    """Nanoseconds after which an unfinished rollout is failed (0: validation's default)."""
+    auto_revert: bool = False
+    """Return to the last good version when a rollout fails."""
+
+
+class Service(msgspec.Struct, kw_only=True):
+    """The configuration for running a task definition: how many, where, how to update."""
+
+    name: str
+    task_name: str
+    task_version: int
+    scheduler: str = DEFAULT_SCHEDULER
+    desired: int = 1
+    min: int = 0
+    max: int = 0
+    """The most tasks the scheduler may issue; 0 means ``desired``."""
+    max_attempts: int = 0
+    """Failed starts on one host before the agent rejects a task; 0: the task definition's."""
+    constraints: list[str] = msgspec.field(default_factory=list)
+    """Host constraints, e.g. ``"attribute:zone in [a, b]"`` or ``"distinct_host"``."""
+    update: UpdateStrategy = msgspec.field(default_factory=UpdateStrategy)
+
+
+class Check(msgspec.Struct, kw_only=True):
+    """A health check in Consul's shape; ``$PROVIDED_PORT`` is substituted when placed."""
+
+    id: str = ""
+    name: str = ""
+    http: str = ""
+    tcp: str = ""
+    script: str = ""
+    interval: str = ""
+    timeout: str = ""
+    ttl: str = ""
+
+
+class Container(msgspec.Struct, kw_only=True):
+    """One executable unit of a task; ``executor`` is decoded by the executor named in ``type``."""
+
+    name: str
+    type: str
+    executor: dict[str, Any] = msgspec.field(default_factory=dict)
+    setup: list[str] | None = None
+    checks: list[Check] = msgspec.field(default_factory=list)
+    memory: int = 0
+    cpu_units: int = 0
+    disk_use: int = 0
+    essential: bool = True
+    """When an essential container exits, the whole task is failed."""
+
+
+class TaskDefinition(msgspec.Struct, kw_only=True):
+    """A versioned collection of containers and checks; immutable once stored."""
+
+    name: str
+    version: int
+    provide_port: bool = False
+    port: int = 0
+    tags: list[str] = msgspec.field(default_factory=list)
+    memory: int = 0
+    cpu_units: int = 0
+    containers: list[Container] = msgspec.field(default_factory=list)
+    grace_period: int = 0
+    """Nanoseconds between SIGTERM and SIGKILL when stopping (validation's default: 60s)."""
+    max_attempts: int = 0
+    """Failed starts on one host before the agent rejects the task (validation's default: 10)."""
+    priority: int = 0
+    """Higher is more important: under memory pressure the lowest priority is given up first."""
+
+    def total_memory(self) -> int:
+        """MiB the task reserves: its own figure, or the sum of its containers'."""
+        return self.memory or sum(c.memory for c in self.containers)
+
+    def total_cpu_units(self) -> int:
+        """CPU units the task reserves: its own figure, or the sum of its containers'."""
+        return self.cpu_units or sum(c.cpu_units for c in self.containers)
+
+    def total_disk(self) -> int:
+        """MiB of disk the task's containers declare."""
+        return sum(c.disk_use for c in self.containers)
+
+
+class TaskId(msgspec.Struct, frozen=True, order=True):
+    """The parts of a task id ``<cluster>-<service>-<version>-<instance>``.
+
+    Cluster names may not contain ``-`` (validation refuses them), which keeps the id
+    parseable however many dashes the service name has.
+    """
+
+    cluster: str
+    service: str
+    version: int
+    instance: int
+
+    def __str__(self) -> str:
+        return f"{self.cluster}-{self.service}-{self.version}-{self.instance}"
+
+    @classmethod
+    def parse(cls, text: str) -> TaskId:
+        """Split a task id into its parts; raises :class:`ValueError` if it is not one."""
+        cluster, sep, rest = text.partition("-")
+        head, _, instance = rest.rpartition("-")
+        service, _, version = head.rpartition("-")
+        if not (sep and cluster and service and version.isdigit() and instance.isdigit()):
+            raise ValueError(f"not a task id: {text!r}")
+        return cls(cluster, service, int(version), int(instance))
+
+
+class Task(msgspec.Struct, kw_only=True):
+    """A task definition placed on a host for a cluster and service: the issued state."""
+
+    cluster: Cluster
+    task_definition: TaskDefinition
+    service: str
+    instance: int
+    port: int = 0
+    host: str = ""
+    scheduled: bool = False
+    rejected: bool = False
+    reject_reason: str = ""
+    rejected_hosts: list[str] = msgspec.field(default_factory=list)
+    """Hosts that rejected this task before; schedulers avoid them for it."""
+
+    @property
+    def task_id(self) -> TaskId:
+        """The parsed id of this task."""
+        return TaskId(self.cluster.name, self.service, self.task_definition.version,
+                      self.instance)
+
+    @property
+    def id(self) -> str:
+        """``<cluster>-<service>-<version>-<instance>``."""
+        return str(self.task_id)
+
+
+class Resources(msgspec.Struct, kw_only=True):
+    """Amounts of memory (MiB), CPU (1/1024 core units) and disk (MiB)."""
+
+    memory: int = 0
+    cpu_units: int = 0
+    disk: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(memory=self.memory + other.memory,
+                         cpu_units=self.cpu_units + other.cpu_units,
+                         disk=self.disk + other.disk)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(memory=self.memory - other.memory,
+                         cpu_units=self.cpu_units - other.cpu_units,
+                         disk=self.disk - other.disk)
+
+    def fits(self, demand: Resources) -> bool:
+        """True when ``demand`` fits in these (free) resources."""
+        return (demand.memory <= self.memory and demand.cpu_units <= self.cpu_units
+                and demand.disk <= self.disk)
+
+
+class HostConfig(msgspec.Struct, kw_only=True):
+    """Operator-side settings of a host, under ``config/hosts/<name>``."""
+
+    name: str
+    attributes: dict[str, str] = msgspec.field(default_factory=dict)
+    draining: bool = False
+
+
+class Host(msgspec.Struct, kw_only=True):
+    """A host's live record, published by its agent under ``state/agents/<name>`` on a lease."""
+
+    name: str
+    address: str = ""
+    cluster: str = ""
+    attributes: dict[str, str] = msgspec.field(default_factory=dict)
+    total: Resources = msgspec.field(default_factory=Resources)
+    allocated: Resources = msgspec.field(default_factory=Resources)
+    observed: Resources = msgspec.field(default_factory=Resources)
+    """What the host's processes use now, as the agent measures it."""
+    ports: list[int] = msgspec.field(default_factory=list)
+    """Ports in use or reserved on the host."""
+    executors: list[str] = msgspec.field(default_factory=list)
+    draining: bool = False
+    updated_at: float = 0.0
+
+
+HealthState = Literal["pending", "starting", "running", "healthy", "unhealthy", "exited",
+                      "stopped", "rejected"]
+
+
+class CheckStatus(msgspec.Struct, kw_only=True):
+    """The last result of one health check."""
+
+    name: str
+    status: Literal["passing", "warning", "critical"] = "critical"
+    output: str = ""
+    updated_at: float = 0.0
+
+
+class TaskHealth(msgspec.Struct, kw_only=True):
+    """A task's actual state, written by the agent under ``state/health/<task_id>``."""
+
+    task_id: str
+    host: str = ""
+    state: HealthState = "pending"
+    healthy: bool = False
+    checks: list[CheckStatus] = msgspec.field(default_factory=list)
+    attempts: int = 0
+    message: str = ""
+    since: float = 0.0
+    """When ``healthy`` last changed (seconds since the epoch)."""
+    updated_at: float = 0.0
+
+
+class BashExecutor(msgspec.Struct, kw_only=True):
+    """The ``bash`` executor's blob (seed 001)."""
+
+    start: str
+    stop: str = ""
+    env: list[str] = msgspec.field(default_factory=list)
+    artifact: str = ""
+    download_dir: str = ""
+
+
+class DockerExecutor(msgspec.Struct, kw_only=True):
+    """The ``docker`` executor's blob (seed 001)."""
+
+    image: str
+    cmd: list[str] = msgspec.field(default_factory=list)
+    entry: str = ""
+    container_port: int = 0
+    ports: list[str] = msgspec.field(default_factory=list)
+    env: list[str] = msgspec.field(default_factory=list)
+    work_dir: str = ""
+    volumes: list[str] = msgspec.field(default_factory=list)
+    flags: list[str] = msgspec.field(default_factory=list)
+    name: str = ""
+
+
+class ProcessExecutor(msgspec.Struct, kw_only=True):
+    """The ``process`` executor's blob: a supervised command."""
+
+    argv: list[str]
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    cwd: str = ""
+
+
+class Manifest(msgspec.Struct, kw_only=True):
+    """The contents of a YAML manifest for ``sked apply``."""
+
+    clusters: list[Cluster] = msgspec.field(default_factory=list)
+    services: list[Service] = msgspec.field(default_factory=list)
+    task_definitions: list[TaskDefinition] = msgspec.field(default_factory=list)

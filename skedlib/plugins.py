@@ -1,0 +1,130 @@
+"""The plugin registry: a typed layer over pluggy.
+
+Start-up is three steps: add the hookspecs, register the built-in plugins from one
+tuple, then load the ``skedlib`` entry points. Built-ins register exactly as third-party
+plugins do. Lookups validate what plugins return and name the plugin at fault.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import pluggy
+
+from skedlib import hookspecs
+from skedlib.errors import BackendUnavailable, PluginError
+from skedlib.store.base import Backend
+
+__all__ = ["BUILTIN_PLUGINS", "Registry", "get_registry", "open_backend"]
+
+#: modules that register skedlib's own pieces, loaded before any entry point
+BUILTIN_PLUGINS: tuple[str, ...] = ("skedlib.builtin",)
+
+
+class Registry:
+    """Names → factories for backends, executors, schedulers and health providers."""
+
+    def __init__(self, *, load_entrypoints: bool = True,
+                 plugins: tuple[object, ...] = ()) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        for name in BUILTIN_PLUGINS:
+            self.pm.register(importlib.import_module(name), name=name)
+        for plugin in plugins:
+            self.pm.register(plugin)
+        if load_entrypoints:
+            try:
+                self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+            except Exception as exc:  # an entry point that fails to import
+                raise PluginError(f"loading a 'skedlib' entry point failed: {exc}") from exc
+        self._cache: dict[str, dict[str, Callable[..., Any]]] = {}
+        self._lock = threading.Lock()
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Register one more plugin (a module or object with ``@hookimpl`` functions)."""
+        self.pm.register(plugin, name=name)
+        with self._lock:
+            self._cache.clear()
+
+    def _collect(self, hook_name: str) -> dict[str, Callable[..., Any]]:
+        with self._lock:
+            cached = self._cache.get(hook_name)
+            if cached is not None:
+                return cached
+            merged: dict[str, Callable[..., Any]] = {}
+            owner: dict[str, str] = {}
+            hook = getattr(self.pm.hook, hook_name)
+            for impl in hook.get_hookimpls():
+                plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
+                result = impl.function()
+                if result is None:
+                    continue
+                if not isinstance(result, Mapping):
+                    raise PluginError(f"plugin {plugin_name!r}: {hook_name}() returned "
+                                      f"{type(result).__name__}, expected a mapping")
+                for name, factory in result.items():
+                    if not isinstance(name, str) or not callable(factory):
+                        raise PluginError(f"plugin {plugin_name!r}: {hook_name}() entry "
+                                          f"{name!r} must map a name to a callable")
+                    if name in merged:
+                        raise PluginError(f"{hook_name}: {name!r} is offered by both "
+                                          f"{owner[name]!r} and {plugin_name!r}")
+                    merged[name] = factory
+                    owner[name] = plugin_name
+            self._cache[hook_name] = merged
+            return merged
+
+    def names(self, kind: str) -> list[str]:
+        """Sorted names offered for ``kind``: backends, executors, schedulers, health_providers."""
+        return sorted(self._collect(f"skedlib_{kind}"))
+
+    def _factory(self, kind: str, name: str) -> Callable[..., Any]:
+        factories = self._collect(f"skedlib_{kind}")
+        try:
+            return factories[name]
+        except KeyError:
+            known = ", ".join(sorted(factories)) or "none"
+            singular = kind.rstrip("s").replace("_", " ")
+            raise PluginError(f"no {singular} named {name!r} is installed (installed: "
+                              f"{known})") from None
+
+    def open_backend(self, url: str) -> Backend:
+        """Open the backend for ``url``, chosen by its scheme."""
+        scheme = urlsplit(url).scheme
+        if not scheme:
+            raise BackendUnavailable(f"{url!r}: not a backend URL (expected e.g. "
+                                     "sqlite:///path/to/file.db, etcd://host:2379)")
+        factory = self._factory("backends", scheme)
+        backend = factory(url)
+        if not isinstance(backend, Backend):
+            raise PluginError(f"backend factory for {scheme!r} returned "
+                              f"{type(backend).__name__}, not a skedlib Backend")
+        return backend
+
+    def executor_factory(self, name: str) -> Callable[..., Any]:
+        """The factory of the executor called ``name``."""
+        return self._factory("executors", name)
+
+    def scheduler_factory(self, name: str) -> Callable[..., Any]:
+        """The factory of the scheduler called ``name``."""
+        return self._factory("schedulers", name)
+
+    def health_provider_factory(self, name: str) -> Callable[..., Any]:
+        """The factory of the health provider called ``name``."""
+        return self._factory("health_providers", name)
+
+
+@functools.cache
+def get_registry() -> Registry:
+    """The process-wide registry: built-ins plus every installed ``skedlib`` entry point."""
+    return Registry()
+
+
+def open_backend(url: str) -> Backend:
+    """Open a backend by URL through the process-wide registry."""
+    return get_registry().open_backend(url)

@@ -1,0 +1,375 @@
+"""``sqlite:///path``: the embedded default backend, one file shared by local processes.
+
+An agent, a scheduler and the CLI on one machine may all open the same file. The file
+is in WAL mode; every write transaction takes SQLite's write lock (``BEGIN IMMEDIATE``),
+so compares and writes are atomic across processes. Layout::
+
+    kv(key, value, create_rev, mod_rev, lease)   the current state
+    events(rev, seq, key, kind, value)           history for watches (the last ``history``
+                                                 revisions are kept)
+    leases(id, ttl, expires_at)                  wall-clock expiry
+    meta(name, value)                            'revision', 'compacted'
+
+Leases are enforced by whichever process touches the file next: every call first deletes
+the keys of leases whose time has passed, so a lease expires even when its holder died.
+Watches poll ``PRAGMA data_version`` (a change counter SQLite keeps per connection) every
+``poll`` seconds (default 10 ms) and read the event log only when it moved, so they wake
+within a few milliseconds of a write at almost no cost while idle.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from skedlib.errors import BackendUnavailable, Compacted, LeaseExpired, TxnTooLarge
+from skedlib.keys import prefix_end
+from skedlib.store.base import (
+    Backend,
+    Compare,
+    KeyValue,
+    ListResult,
+    Op,
+    Put,
+    TxnResult,
+    Watch,
+    WatchEvent,
+)
+
+__all__ = ["SqliteBackend", "open_sqlite"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY, value BLOB NOT NULL, create_rev INTEGER NOT NULL,
+    mod_rev INTEGER NOT NULL, lease TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_lease ON kv(lease) WHERE lease IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    rev INTEGER NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL, kind INTEGER NOT NULL,
+    value BLOB NOT NULL, PRIMARY KEY (rev, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    id TEXT PRIMARY KEY, ttl REAL NOT NULL, expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS leases_expiry ON leases(expires_at);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
+"""
+
+_PUT, _DELETE = 0, 1
+
+
+class SqliteBackend(Backend):
+    """The embedded store: safe across threads and processes on one machine."""
+
+    min_lease_ttl = 0.1
+
+    def __init__(self, path: str | os.PathLike[str], *, url: str = "",
+                 timeout: float = 10.0, history: int = 100_000, poll: float = 0.01) -> None:
+        self.path = Path(path)
+        self.url = url or f"sqlite://{self.path}"
+        self.timeout = timeout
+        self.history = history
+        self.poll = poll
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        self._next_expiry_check = 0.0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn().executescript(_SCHEMA)  # idempotent: safe if processes race
+        except (OSError, sqlite3.Error) as exc:
+            raise BackendUnavailable(f"{self.url}: cannot open the store: {exc}") from exc
+
+    # -- connections ----------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise BackendUnavailable(f"{self.url}: the backend was closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    @contextmanager
+    def _write(self, conn: sqlite3.Connection) -> Iterator[None]:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise BackendUnavailable(f"{self.url}: cannot take the write lock within "
+                                     f"{self.timeout}s: {exc}") from exc
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _read(self, conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+
+    # -- internals ------------------------------------------------------------------------
+    @staticmethod
+    def _revision(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
+        return int(row[0])
+
+    def _expire(self, conn: sqlite3.Connection) -> None:
+        now = time.time()
+        if now < self._next_expiry_check:
+            return
+        self._next_expiry_check = now + 0.02
+        if conn.execute("SELECT 1 FROM leases WHERE expires_at <= ? LIMIT 1",
+                        (now,)).fetchone() is None:
+            return
+        with self._write(conn):
+            dead = [r[0] for r in conn.execute(
+                "SELECT id FROM leases WHERE expires_at <= ?", (time.time(),))]
+            self._end_leases(conn, dead)
+
+    def _end_leases(self, conn: sqlite3.Connection, lease_ids: Sequence[str]) -> None:
+        keys: list[str] = []
+        for lid in lease_ids:
+            keys += [r[0] for r in conn.execute("SELECT key FROM kv WHERE lease = ?", (lid,))]
+            conn.execute("DELETE FROM leases WHERE id = ?", (lid,))
+        if keys:
+            rev = self._revision(conn) + 1
+            for seq, key in enumerate(sorted(keys)):
+                conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+                conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                             (rev, seq, key, _DELETE, b""))
+            self._bump(conn, rev)
+
+    def _bump(self, conn: sqlite3.Connection, rev: int) -> None:
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (rev,))
+        if rev % 1000 == 0 and rev > self.history:
+            self._compact(conn, rev - self.history)
+
+    @staticmethod
+    def _compact(conn: sqlite3.Connection, revision: int) -> None:
+        conn.execute("DELETE FROM events WHERE rev < ?", (revision,))
+        conn.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'compacted'",
+                     (revision - 1,))
+
+    def _guard(self, what: str) -> _Guard:
+        return _Guard(self.url, what)
+
+    # -- primitives -----------------------------------------------------------------------
+    def get(self, key: str) -> KeyValue | None:
+        with self._guard("get"):
+            conn = self._conn()
+            self._expire(conn)
+            row = conn.execute("SELECT key, value, mod_rev, create_rev, lease FROM kv "
+                               "WHERE key = ?", (key,)).fetchone()
+            return KeyValue(row[0], row[1], row[2], row[3], row[4]) if row else None
+
+    def list(self, prefix: str) -> ListResult:
+        with self._guard("list"):
+            conn = self._conn()
+            self._expire(conn)
+            with self._read(conn):
+                rev = self._revision(conn)
+                rows = conn.execute(
+                    "SELECT key, value, mod_rev, create_rev, lease FROM kv "
+                    "WHERE key >= ? AND key < ? ORDER BY key",
+                    (prefix, prefix_end(prefix))).fetchall()
+            return ListResult([KeyValue(*r) for r in rows], rev)
+
+    def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+        with self._guard("txn"):
+            conn = self._conn()
+            self._expire(conn)
+            with self._write(conn):
+                rev = self._revision(conn)
+                for c in compares:
+                    row = conn.execute("SELECT mod_rev FROM kv WHERE key = ?",
+                                       (c.key,)).fetchone()
+                    if (row[0] if row else 0) != c.revision:
+                        return TxnResult(False, rev)
+                if not ops:
+                    return TxnResult(True, rev)
+                leases = {op.lease for op in ops if isinstance(op, Put) and op.lease}
+                for lease in leases:
+                    if conn.execute("SELECT 1 FROM leases WHERE id = ? AND expires_at > ?",
+                                    (lease, time.time())).fetchone() is None:
+                        raise LeaseExpired(f"{self.url}: lease {lease} does not exist")
+                rev += 1
+                for seq, op in enumerate(ops):
+                    if isinstance(op, Put):
+                        conn.execute(
+                            "INSERT INTO kv VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE "
+                            "SET value = excluded.value, mod_rev = excluded.mod_rev, "
+                            "lease = excluded.lease", (op.key, op.value, rev, rev, op.lease))
+                        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                                     (rev, seq, op.key, _PUT, op.value))
+                    elif conn.execute("DELETE FROM kv WHERE key = ?", (op.key,)).rowcount:
+                        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                                     (rev, seq, op.key, _DELETE, b""))
+                self._bump(conn, rev)
+                return TxnResult(True, rev)
+
+    def watch(self, prefix: str, start_revision: int) -> Watch:
+        return _SqliteWatch(self, prefix, start_revision)
+
+    def grant_lease(self, ttl: float) -> str:
+        ttl = max(ttl, self.min_lease_ttl)
+        lease_id = uuid.uuid4().hex
+        with self._guard("grant lease"):
+            conn = self._conn()
+            with self._write(conn):
+                conn.execute("INSERT INTO leases VALUES (?, ?, ?)",
+                             (lease_id, ttl, time.time() + ttl))
+        return lease_id
+
+    def keepalive(self, lease: str) -> None:
+        with self._guard("keep-alive"):
+            conn = self._conn()
+            self._expire(conn)
+            with self._write(conn):
+                cur = conn.execute("UPDATE leases SET expires_at = ? + ttl "
+                                   "WHERE id = ? AND expires_at > ?",
+                                   (time.time(), lease, time.time()))
+                if cur.rowcount == 0:
+                    raise LeaseExpired(f"{self.url}: lease {lease} does not exist")
+
+    def revoke_lease(self, lease: str) -> None:
+        with self._guard("revoke lease"):
+            conn = self._conn()
+            with self._write(conn):
+                self._end_leases(conn, [lease])
+
+    def compact(self, revision: int) -> None:
+        with self._guard("compact"):
+            conn = self._conn()
+            with self._write(conn):
+                self._compact(conn, min(revision, self._revision(conn)))
+
+    def close(self) -> None:
+        self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    # -- used by watches ------------------------------------------------------------------
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        with self._conns_lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+        conn.close()
+
+    def _poll_events(self, conn: sqlite3.Connection, prefix: str,
+                     start: int) -> list[WatchEvent]:
+        self._expire(conn)
+        with self._read(conn):
+            compacted = conn.execute(
+                "SELECT value FROM meta WHERE name = 'compacted'").fetchone()[0]
+            if start <= compacted:
+                raise Compacted(f"{self.url}: revision {start} was compacted; the oldest "
+                                f"watchable revision is {compacted + 1}", compacted + 1)
+            rows = conn.execute(
+                "SELECT rev, key, kind, value FROM events WHERE rev >= ? AND key >= ? "
+                "AND key < ? ORDER BY rev, seq", (start, prefix, prefix_end(prefix))).fetchall()
+        return [WatchEvent("put" if kind == _PUT else "delete", key, value, rev)
+                for rev, key, kind, value in rows]
+
+
+class _Guard:
+    """Translates sqlite3 errors into BackendUnavailable naming the store and the call."""
+
+    def __init__(self, url: str, what: str) -> None:
+        self.url = url
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        if isinstance(exc, sqlite3.Error):
+            raise BackendUnavailable(f"{self.url}: {self.what} failed: {exc}") from exc
+
+
+class _SqliteWatch(Watch):
+    def __init__(self, backend: SqliteBackend, prefix: str, start_revision: int) -> None:
+        self._backend = backend
+        self._prefix = prefix
+        self._next = max(start_revision, 1)
+        self._closed = threading.Event()
+        self._conn = backend._connect()
+        self._lock = threading.Lock()
+        self._seen_version: int | None = None
+
+    def next(self, timeout: float | None = None) -> list[WatchEvent]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while not self._closed.is_set():
+                with self._backend._guard("watch"):
+                    version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+                    if version != self._seen_version or time.time() >= \
+                            self._backend._next_expiry_check:
+                        self._seen_version = version
+                        events = self._backend._poll_events(self._conn, self._prefix,
+                                                            self._next)
+                        if events:
+                            self._next = events[-1].revision + 1
+                            return events
+                wait = self._backend.poll
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return []
+                    wait = min(wait, left)
+                self._closed.wait(wait)
+        return []
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:  # a running next() sees the event within one poll
+            self._backend._forget(self._conn)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+
+def open_sqlite(url: str) -> SqliteBackend:
+    """Open ``sqlite:///absolute/path.db`` or ``sqlite://relative/path.db``.
+
+    Query options: ``timeout`` (seconds to wait for the write lock, default 10),
+    ``history`` (revisions kept for watches, default 100000).
+    """
+    parts = urlsplit(url)
+    path = unquote(parts.netloc + parts.path)
+    if not path:
+        raise BackendUnavailable(f"{url}: no file path (expected sqlite:///path/to/file.db)")
+    query = parse_qs(parts.query)
+    timeout = float(query.get("timeout", ["10"])[0])
+    history = int(query.get("history", ["100000"])[0])
+    return SqliteBackend(path, url=url, timeout=timeout, history=history)
