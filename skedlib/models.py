@@ -17,17 +17,19 @@ are applied by :mod:`skedlib.validation`, not by decoding.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 __all__ = [
+    "DEFAULT_SCHEDULER",
     "BashExecutor",
     "Check",
     "CheckStatus",
     "Cluster",
     "Container",
     "DockerExecutor",
+    "Duration",
     "Host",
     "HostConfig",
     "Manifest",
@@ -42,6 +44,10 @@ __all__ = [
 ]
 
 DEFAULT_SCHEDULER = "binpack"
+
+Duration = Annotated[int, msgspec.Meta(extra={"duration": True},
+                                       description="nanoseconds; manifests may write '60s'")]
+"""Integer nanoseconds; YAML manifests may also write Go-style strings like ``"1m30s"``."""
 
 
 class Cluster(msgspec.Struct, kw_only=True):
@@ -59,9 +65,9 @@ class UpdateStrategy(msgspec.Struct, kw_only=True):
 
     max_parallel: int = 1
     """At most this many replacements in flight at once."""
-    min_healthy_time: int = 0
+    min_healthy_time: Duration = 0
     """Nanoseconds a new task's checks must pass before it counts as healthy."""
-    deadline: int = 0
+    deadline: Duration = 0
     """Nanoseconds after which an unfinished rollout is failed (0: validation's default)."""
     auto_revert: bool = False
     """Return to the last good version when a rollout fails."""
@@ -124,7 +130,7 @@ class TaskDefinition(msgspec.Struct, kw_only=True):
     memory: int = 0
     cpu_units: int = 0
     containers: list[Container] = msgspec.field(default_factory=list)
-    grace_period: int = 0
+    grace_period: Duration = 0
     """Nanoseconds between SIGTERM and SIGKILL when stopping (validation's default: 60s)."""
     max_attempts: int = 0
     """Failed starts on one host before the agent rejects the task (validation's default: 10)."""

@@ -1,0 +1,213 @@
+"""Encoding and decoding: JSON for stored objects, YAML for manifests.
+
+Encoders and decoders are built once per type and reused. Decoding never lets a raw
+msgspec or YAML error escape: every failure is a :class:`~skedlib.errors.ValidationError`
+whose one-line message names where the bad data came from and the field path.
+
+Manifests (``sked apply -f``) are YAML documents with top-level lists ``clusters``,
+``services`` and ``task_definitions``, each item in the JSON shape of the objects.
+Beyond JSON, a manifest may write durations as strings (``grace_period: 60s``) and
+``null`` for "use the default". Unknown fields are reported as warnings and ignored;
+wrong types are errors.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import msgspec.inspect as mi
+import yaml
+
+from skedlib.durations import parse_duration
+from skedlib.errors import ValidationError
+from skedlib.models import Cluster, Manifest, Service, TaskDefinition
+
+__all__ = [
+    "ManifestDocument",
+    "decode",
+    "encode",
+    "load_manifest",
+    "parse_manifest",
+    "to_builtins",
+    "to_yaml",
+]
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+
+#: the manifest's top-level sections and the type of their items
+SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "clusters": Cluster,
+    "services": Service,
+    "task_definitions": TaskDefinition,
+}
+
+
+def encode(obj: Any) -> bytes:
+    """JSON bytes of a Struct (or any msgspec-encodable value)."""
+    return _encoder.encode(obj)
+
+
+@functools.cache
+def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(type_)
+
+
+def decode(data: bytes | str, type_: type[T], *, where: str = "") -> T:
+    """Decode JSON ``data`` as ``type_``; raises :class:`ValidationError` naming ``where``."""
+    try:
+        result: T = _decoder(type_).decode(data)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"{where or type_.__name__}: {_field_message(exc)}") from None
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"{where or type_.__name__}: malformed JSON: {exc}") from None
+    return result
+
+
+def to_builtins(obj: Any) -> Any:
+    """Dicts, lists and scalars for ``obj`` (for YAML or table output)."""
+    return msgspec.to_builtins(obj)
+
+
+def to_yaml(obj: Any) -> str:
+    """Block-style YAML of ``obj``."""
+    return yaml.safe_dump(to_builtins(obj), sort_keys=False, allow_unicode=True)
+
+
+def _field_message(exc: msgspec.ValidationError) -> str:
+    """Turn msgspec's "Expected `int`, got `str` - at `$.desired`" into "field desired: …"."""
+    text = str(exc)
+    message, sep, at = text.rpartition(" - at `")
+    if not sep:
+        return text
+    path = at.rstrip("`").removeprefix("$").lstrip(".")
+    return f"field {path or '(root)'}: {message}" if path else message
+
+
+class ManifestDocument(msgspec.Struct, frozen=True):
+    """A parsed manifest, the file it came from, and warnings about ignored fields."""
+
+    manifest: Manifest
+    source: str
+    warnings: tuple[str, ...] = ()
+
+
+class _FieldError(Exception):
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def _normalize(value: Any, t: mi.Type, path: str, warn: Callable[[str], None]) -> Any:
+    """Walk YAML data along its type: durations to ns, nulls to defaults, unknown keys."""
+    if isinstance(t, mi.Metadata):
+        if t.extra and t.extra.get("duration") and isinstance(value, str | float):
+            try:
+                return parse_duration(value)
+            except ValidationError as exc:
+                raise _FieldError(path, str(exc)) from None
+        return _normalize(value, t.type, path, warn)
+    if isinstance(t, mi.StructType) and isinstance(value, dict):
+        fields = {f.encode_name: f for f in t.fields}
+        out = {}
+        for key, item in value.items():
+            field = fields.get(key)
+            if field is None:
+                warn(f"field {path + '.' if path else ''}{key}: unknown field, ignored")
+                continue
+            if item is None and not _nullable(field.type):
+                continue  # null means "the default"
+            out[key] = _normalize(item, field.type, f"{path + '.' if path else ''}{key}", warn)
+        return out
+    if isinstance(t, mi.ListType) and isinstance(value, list):
+        return [_normalize(v, t.item_type, f"{path}[{i}]", warn) for i, v in enumerate(value)]
+    if isinstance(t, mi.DictType) and isinstance(value, dict):
+        return {k: _normalize(v, t.value_type, f"{path}.{k}", warn) for k, v in value.items()}
+    if isinstance(t, mi.UnionType) and value is not None:
+        inner = [u for u in t.types if not isinstance(u, mi.NoneType)]
+        if len(inner) == 1:
+            return _normalize(value, inner[0], path, warn)
+    return value
+
+
+def _nullable(t: mi.Type) -> bool:
+    if isinstance(t, mi.Metadata):
+        return _nullable(t.type)
+    return isinstance(t, mi.NoneType | mi.AnyType) or (
+        isinstance(t, mi.UnionType) and any(isinstance(u, mi.NoneType) for u in t.types))
+
+
+def _label(section: str, index: int, item: Any) -> str:
+    name = item.get("name") if isinstance(item, dict) else None
+    return f'{section}[{index}] "{name}"' if isinstance(name, str) else f"{section}[{index}]"
+
+
+def convert_object(item: Any, type_: type[T], label: str, warn: Callable[[str], None]) -> T:
+    """Convert one manifest object (YAML data) into ``type_``, or raise ValidationError."""
+    if not isinstance(item, dict):
+        raise ValidationError(f"{label}: expected a mapping, got {type(item).__name__}")
+    try:
+        data = _normalize(item, mi.type_info(type_), "", lambda w: warn(f"{label}: {w}"))
+        result: T = msgspec.convert(data, type_, strict=True)
+    except _FieldError as exc:
+        raise ValidationError(f"{label}: field {exc.path}: {exc.message}") from None
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"{label}: {_field_message(exc)}") from None
+    return result
+
+
+def parse_manifest(text: str, source: str = "<manifest>") -> ManifestDocument:
+    """Parse manifest YAML; errors are one line starting with ``source``."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValidationError(f"{source}:{where}: malformed YAML: {problem}") from None
+    warnings: list[str] = []
+    sections: dict[str, list[Any]] = {name: [] for name in SECTIONS}
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise ValidationError(f"{source}: expected a mapping with "
+                                  f"{', '.join(SECTIONS)}; got {type(doc).__name__}")
+        for key, items in doc.items():
+            if key not in SECTIONS:
+                warnings.append(f"{source}: unknown top-level key {key!r}, ignored")
+                continue
+            if items is None:
+                continue
+            if not isinstance(items, list):
+                raise ValidationError(f"{source}: {key}: expected a list, got "
+                                      f"{type(items).__name__}")
+            sections[key].extend(items)
+    converted: dict[str, list[Any]] = {}
+    for key, items in sections.items():
+        converted[key] = []
+        for i, item in enumerate(items):
+            label = _label(key, i, item)
+            try:
+                converted[key].append(convert_object(item, SECTIONS[key], label,
+                                                     warnings.append))
+            except ValidationError as exc:
+                raise ValidationError(f"{source}: {exc}") from None
+    manifest = Manifest(clusters=converted["clusters"], services=converted["services"],
+                        task_definitions=converted["task_definitions"])
+    warnings = [w if w.startswith(source) else f"{source}: {w}" for w in warnings]
+    return ManifestDocument(manifest, source, tuple(warnings))
+
+
+def load_manifest(path: str | Path) -> ManifestDocument:
+    """Read and parse a manifest file (``-`` is not accepted here; read stdin yourself)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"{p}: cannot read: {exc}") from None
+    return parse_manifest(text, str(p))

@@ -1,0 +1,1 @@
+"""The scheduler daemon: runs registered Scheduler plugins over the desired state."""

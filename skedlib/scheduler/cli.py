@@ -1,0 +1,14 @@
+"""``skedlib-scheduler``: not yet implemented in this release."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``skedlib-scheduler``."""
+    print("skedlib-scheduler: not yet implemented", file=sys.stderr)
+    return 2

@@ -1,0 +1,169 @@
+"""Validation of desired state, and the safe defaults the seed says validation applies.
+
+Each ``check_*`` function takes an object and a label for messages
+(``services[2] "web"``) and returns the object with defaults filled in, or raises
+:class:`~skedlib.errors.ValidationError` naming the object and the field. Defaults:
+
+- task definition: ``grace_period`` 60s, ``max_attempts`` 10;
+- check: ``interval`` 10s, ``timeout`` 5s (never longer than the interval);
+- service: ``max`` = ``desired`` when 0; ``update.deadline`` 10m.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from skedlib.durations import MINUTE, SECOND, parse_duration
+from skedlib.errors import ValidationError
+from skedlib.keys import validate_name
+from skedlib.models import (
+    BashExecutor,
+    Check,
+    Cluster,
+    Container,
+    DockerExecutor,
+    ProcessExecutor,
+    Service,
+    TaskDefinition,
+)
+
+__all__ = [
+    "BUILTIN_EXECUTOR_CONFIGS",
+    "DEFAULT_CHECK_INTERVAL",
+    "DEFAULT_CHECK_TIMEOUT",
+    "DEFAULT_GRACE_PERIOD",
+    "DEFAULT_MAX_ATTEMPTS",
+    "check_cluster",
+    "check_service",
+    "check_task_definition",
+]
+
+DEFAULT_GRACE_PERIOD = 60 * SECOND
+DEFAULT_MAX_ATTEMPTS = 10
+DEFAULT_CHECK_INTERVAL = "10s"
+DEFAULT_CHECK_TIMEOUT = "5s"
+DEFAULT_ROLLOUT_DEADLINE = 10 * MINUTE
+
+#: executor configs skedlib knows; blobs of other executor types are checked by their plugin
+BUILTIN_EXECUTOR_CONFIGS: dict[str, type[msgspec.Struct]] = {
+    "bash": BashExecutor,
+    "process": ProcessExecutor,
+    "docker": DockerExecutor,
+}
+
+
+def _name(value: str, label: str, field: str, what: str, *, allow_dash: bool = True) -> None:
+    try:
+        validate_name(value, what, allow_dash=allow_dash)
+    except ValidationError as exc:
+        raise ValidationError(f"{label}: field {field}: {exc}") from None
+
+
+def check_cluster(cluster: Cluster, label: str) -> Cluster:
+    """Names of the cluster, its services and hosts are valid."""
+    _name(cluster.name, label, "name", "cluster name", allow_dash=False)
+    for i, svc in enumerate(cluster.services):
+        _name(svc, label, f"services[{i}]", "service name")
+    if len(set(cluster.services)) != len(cluster.services):
+        raise ValidationError(f"{label}: field services: lists a service twice")
+    for i, host in enumerate(cluster.hosts or []):
+        _name(host, label, f"hosts[{i}]", "host name")
+    return cluster
+
+
+def check_service(service: Service, label: str) -> Service:
+    """Names valid; 0 ≤ min ≤ desired ≤ max; update strategy sane. Fills defaults."""
+    _name(service.name, label, "name", "service name")
+    _name(service.task_name, label, "task_name", "task definition name")
+    _name(service.scheduler, label, "scheduler", "scheduler name")
+    if service.task_version < 0:
+        raise ValidationError(f"{label}: field task_version: must be ≥ 0")
+    maximum = service.max or service.desired
+    if not 0 <= service.min <= service.desired <= maximum:
+        raise ValidationError(
+            f"{label}: fields min/desired/max: need 0 ≤ min ≤ desired ≤ max, got "
+            f"min={service.min} desired={service.desired} max={maximum}")
+    if service.max_attempts < 0:
+        raise ValidationError(f"{label}: field max_attempts: must be ≥ 0")
+    update = service.update
+    if update.max_parallel < 1:
+        raise ValidationError(f"{label}: field update.max_parallel: must be ≥ 1")
+    if update.min_healthy_time < 0 or update.deadline < 0:
+        raise ValidationError(f"{label}: field update: durations must be ≥ 0")
+    for i, constraint in enumerate(service.constraints):
+        if not isinstance(constraint, str) or not constraint.strip():
+            raise ValidationError(f"{label}: field constraints[{i}]: must be a non-empty "
+                                  "string")
+    update = msgspec.structs.replace(update, deadline=update.deadline
+                                     or DEFAULT_ROLLOUT_DEADLINE)
+    return msgspec.structs.replace(service, max=maximum, update=update)
+
+
+def _check_check(check: Check, label: str, field: str) -> Check:
+    kinds = [k for k in ("http", "tcp", "script", "ttl") if getattr(check, k)]
+    if len(kinds) != 1:
+        raise ValidationError(f"{label}: field {field}: a check needs exactly one of http, "
+                              f"tcp, script, ttl (got {', '.join(kinds) or 'none'})")
+    if check.http and not check.http.startswith(("http://", "https://")):
+        raise ValidationError(f"{label}: field {field}.http: {check.http!r} is not an "
+                              "http:// or https:// URL")
+    if check.tcp and ":" not in check.tcp:
+        raise ValidationError(f"{label}: field {field}.tcp: {check.tcp!r} is not host:port")
+    values = {}
+    for name in ("interval", "timeout", "ttl"):
+        raw = getattr(check, name)
+        try:
+            values[name] = parse_duration(raw) if raw else 0
+        except ValidationError as exc:
+            raise ValidationError(f"{label}: field {field}.{name}: {exc}") from None
+    interval = check.interval or DEFAULT_CHECK_INTERVAL
+    timeout = check.timeout or (DEFAULT_CHECK_TIMEOUT if parse_duration(interval)
+                                >= parse_duration(DEFAULT_CHECK_TIMEOUT) else interval)
+    if values["interval"] and not check.ttl and values["interval"] < SECOND // 10:
+        raise ValidationError(f"{label}: field {field}.interval: shorter than 100ms")
+    return msgspec.structs.replace(check, interval=interval, timeout=timeout)
+
+
+def _check_container(c: Container, label: str, field: str) -> Container:
+    _name(c.name, label, f"{field}.name", "container name")
+    _name(c.type, label, f"{field}.type", "executor type")
+    for what in ("memory", "cpu_units", "disk_use"):
+        if getattr(c, what) < 0:
+            raise ValidationError(f"{label}: field {field}.{what}: must be ≥ 0")
+    config_type = BUILTIN_EXECUTOR_CONFIGS.get(c.type)
+    if config_type is not None:
+        try:
+            msgspec.convert(c.executor, config_type)
+        except msgspec.ValidationError as exc:
+            text = str(exc).replace(" - at `$", f" - at `{field}.executor").replace("`$", "`")
+            raise ValidationError(f"{label}: field {field}.executor: {c.type} executor: "
+                                  f"{text}") from None
+    checks = [_check_check(chk, label, f"{field}.checks[{i}]")
+              for i, chk in enumerate(c.checks)]
+    return msgspec.structs.replace(c, checks=checks)
+
+
+def check_task_definition(td: TaskDefinition, label: str) -> TaskDefinition:
+    """Names, ports, resources, containers and checks valid. Fills defaults."""
+    _name(td.name, label, "name", "task definition name")
+    if td.version < 0:
+        raise ValidationError(f"{label}: field version: must be ≥ 0")
+    if not 0 <= td.port <= 65535:
+        raise ValidationError(f"{label}: field port: must be 0..65535")
+    if td.port and td.provide_port:
+        raise ValidationError(f"{label}: fields port/provide_port: set a fixed port or ask "
+                              "for a provided one, not both")
+    for what in ("memory", "cpu_units", "grace_period", "max_attempts"):
+        if getattr(td, what) < 0:
+            raise ValidationError(f"{label}: field {what}: must be ≥ 0")
+    if not td.containers:
+        raise ValidationError(f"{label}: field containers: a task definition needs at "
+                              "least one container")
+    names = [c.name for c in td.containers]
+    if len(set(names)) != len(names):
+        raise ValidationError(f"{label}: field containers: container names must be unique")
+    containers = [_check_container(c, label, f"containers[{i}]")
+                  for i, c in enumerate(td.containers)]
+    return msgspec.structs.replace(
+        td, containers=containers, grace_period=td.grace_period or DEFAULT_GRACE_PERIOD,
+        max_attempts=td.max_attempts or DEFAULT_MAX_ATTEMPTS)
