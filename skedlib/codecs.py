@@ -61,7 +61,7 @@ def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
 def decode(data: bytes | str, type_: type[T], *, where: str = "") -> T:
     """Decode JSON ``data`` as ``type_``; raises :class:`ValidationError` naming ``where``."""
     try:
-        result: T = _decoder(type_).decode(data)
+        result: T = _decoder(type_).decode(data)  # type: ignore[arg-type]
     except msgspec.ValidationError as exc:
         raise ValidationError(f"{where or type_.__name__}: {_field_message(exc)}") from None
     except msgspec.DecodeError as exc:

@@ -60,7 +60,7 @@ def parse_duration(text: str | int | float) -> int:
             f"invalid duration {text!r}: expected a number of nanoseconds or a string "
             "like '60s', '1m30s', '250ms'"
         )
-    return int(round(total))
+    return round(total)
 
 
 def format_duration(ns: int) -> str:

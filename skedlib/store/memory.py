@@ -7,6 +7,7 @@ watches (default 100,000) and enforces lease expiry on every call and while watc
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 import uuid
@@ -158,7 +159,7 @@ class MemoryBackend(Backend):
 
     # -- used by the watch ------------------------------------------------------------------
     def _events_from(self, prefix: str, start: int, timeout: float | None,
-                     closed: threading.Event) -> list[WatchEvent]:
+                     closed: threading.Event) -> builtins.list[WatchEvent]:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
@@ -182,7 +183,7 @@ class MemoryBackend(Backend):
                     wait = min(wait, left)
                 self._cond.wait(wait)
 
-    def _events_after(self, start: int) -> list[WatchEvent]:
+    def _events_after(self, start: int) -> builtins.list[WatchEvent]:
         # events are in revision order: binary search for the first one at >= start
         lo, hi = 0, len(self._events)
         while lo < hi:

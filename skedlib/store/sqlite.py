@@ -19,17 +19,18 @@ within a few milliseconds of a write at almost no cost while idle.
 
 from __future__ import annotations
 
+import builtins
 import os
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from skedlib.errors import BackendUnavailable, Compacted, LeaseExpired, TxnTooLarge
+from skedlib.errors import BackendUnavailable, Compacted, LeaseExpired
 from skedlib.keys import prefix_end
 from skedlib.store.base import (
     Backend,
@@ -272,10 +273,8 @@ class SqliteBackend(Backend):
         with self._conns_lock:
             conns, self._conns = self._conns, []
         for conn in conns:
-            try:
+            with suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
 
     # -- used by watches ------------------------------------------------------------------
     def _forget(self, conn: sqlite3.Connection) -> None:
@@ -285,7 +284,7 @@ class SqliteBackend(Backend):
         conn.close()
 
     def _poll_events(self, conn: sqlite3.Connection, prefix: str,
-                     start: int) -> list[WatchEvent]:
+                     start: int) -> builtins.list[WatchEvent]:
         self._expire(conn)
         with self._read(conn):
             compacted = conn.execute(

@@ -358,7 +358,7 @@ class BackendConformance:
     # -- the backend against a model ------------------------------------------------------
     def test_stateful_against_model(self, backend: Backend, ns: str) -> None:
         run_state_machine_as_test(
-            lambda: _ModelMachine(backend, ns + uuid.uuid4().hex[:8] + "/"),
+            lambda: _ModelMachine(backend, ns + uuid.uuid4().hex[:8] + "/"),  # type: ignore[arg-type]
             settings=settings(max_examples=15, stateful_step_count=20, deadline=None,
                               suppress_health_check=list(HealthCheck)))
 
