@@ -1,0 +1,92 @@
+"""Key schema: every key builds and parses back; every bad name is refused."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from skedlib.errors import InvalidName, ValidationError
+from skedlib.keys import (
+    AgentKey,
+    ClusterKey,
+    HealthKey,
+    HostConfigKey,
+    HostTaskKey,
+    Key,
+    Keyspace,
+    LockKey,
+    ServiceKey,
+    TaskDefinitionKey,
+    TaskKey,
+    validate_name,
+)
+
+_name_chars = st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"),
+                            blacklist_characters="/\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85")
+names = st.text(_name_chars, min_size=1, max_size=40).filter(
+    lambda s: ".." not in s and s != "." and not any(c.isspace() for c in s))
+cluster_names = names.filter(lambda s: "-" not in s)
+versions = st.integers(min_value=0, max_value=10**9)
+task_ids = st.builds(lambda c, s, v, i: f"{c}-{s}-{v}-{i}", cluster_names, names, versions,
+                     st.integers(min_value=0, max_value=10**5)).filter(lambda t: len(t) <= 128)
+prefixes = st.sampled_from(["sked/", "", "team/a/"])
+
+keys: st.SearchStrategy[Key] = st.one_of(
+    st.builds(ClusterKey, cluster_names),
+    st.builds(ServiceKey, names),
+    st.builds(TaskDefinitionKey, names, versions),
+    st.builds(HostConfigKey, names),
+    st.builds(TaskKey, task_ids),
+    st.builds(HostTaskKey, names, task_ids),
+    st.builds(HealthKey, task_ids),
+    st.builds(AgentKey, names),
+    st.builds(LockKey, cluster_names, names),
+)
+
+
+@given(key=keys, prefix=prefixes)
+def test_parse_build_round_trip(key: Key, prefix: str) -> None:
+    ks = Keyspace(prefix)
+    text = ks.build(key)
+    assert text.startswith(prefix)
+    assert ks.parse(text) == key
+
+
+bad_names = st.one_of(
+    st.just(""), st.just("."), st.just(".."),
+    st.builds(lambda a, b: f"{a}/{b}", names, names),
+    st.builds(lambda a, b: f"{a}..{b}", st.text(max_size=3), st.text(max_size=3)),
+    st.builds(lambda a, c: a + c, names, st.sampled_from([" ", "\t", "\n", "\x00", "\x7f"])),
+    st.text(min_size=129, max_size=200).map(lambda s: "x" * 129 + s),
+)
+
+
+@given(name=bad_names)
+def test_invalid_names_are_refused_by_every_builder(name: str) -> None:
+    ks = Keyspace()
+    for build in (ks.cluster, ks.service, ks.host_config, ks.agent, ks.host_tasks,
+                  lambda n: ks.task_definition(n, 1), lambda n: ks.lock("c", n),
+                  lambda n: ks.task(f"c-{n}-1-0")):
+        with pytest.raises(InvalidName):
+            build(name)
+
+
+def test_cluster_names_refuse_dashes() -> None:
+    with pytest.raises(InvalidName, match="must not contain '-'"):
+        Keyspace().cluster("prod-eu")
+
+
+@pytest.mark.parametrize("key", [
+    "sked/config/clusters/a/b", "sked/state/tasks/not-an-id", "other/config/clusters/a",
+    "sked/config/task_definitions/web/01", "sked/config/task_definitions/web/x",
+    "sked/nothing", "sked/state/hosts/h1",
+])
+def test_parse_refuses_foreign_keys(key: str) -> None:
+    with pytest.raises(ValidationError):
+        Keyspace().parse(key)
+
+
+def test_validate_name_messages_say_why() -> None:
+    with pytest.raises(InvalidName, match="must not contain '/'"):
+        validate_name("a/b", "service name")
