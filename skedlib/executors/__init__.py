@@ -1,0 +1,11 @@
+"""Executors: how an agent starts, stops and observes one container of a task."""
+
+from skedlib.executors.base import (
+    ContainerRef,
+    ContainerStatus,
+    Executor,
+    ExecutorContext,
+    TaskRejected,
+)
+
+__all__ = ["ContainerRef", "ContainerStatus", "Executor", "ExecutorContext", "TaskRejected"]

@@ -1,0 +1,112 @@
+"""The executor interface (seed 001's StartTask / StopTask / ReservedPorts, plus status
+and adoption).
+
+An executor runs one kind of container (a container's ``type``: ``bash``, ``process``,
+``docker`` …). It is registered by a plugin through the ``skedlib_executors`` hook as a
+factory ``(ExecutorContext) -> Executor``. The agent calls it from worker threads, so
+every method must be thread-safe, and none may block longer than its timeout.
+
+Contracts:
+
+- ``start`` either returns with the container running (or, for a detached start,
+  launched), or raises. :class:`TaskRejected` means "this host can never run it as
+  configured" (bad executor blob, missing image, command not found, port taken): the
+  agent rejects the task at once with the message as the reason. Any other exception is
+  a failed attempt, retried with backoff up to ``max_attempts``.
+- ``stop`` is idempotent: stopping a container that is not running is not an error.
+  It sends a polite signal, waits up to ``grace`` seconds, then kills.
+- ``status`` never raises for a container it does not know: it returns ``state="missing"``.
+- ``running`` lists what this executor runs on this host for the agent's ``ContainerRef``
+  labels (pids recorded in the state dir, docker labels …), so a restarted agent adopts
+  running containers instead of starting them twice.
+- ``reserved_ports`` lists host ports the executor's containers hold (the agent publishes
+  them in the host record so schedulers avoid conflicts).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from skedlib.errors import SkedError
+from skedlib.models import Container, Task
+
+__all__ = ["ContainerRef", "ContainerStatus", "Executor", "ExecutorContext", "TaskRejected"]
+
+
+class TaskRejected(SkedError):
+    """This host cannot run the task as configured; the message is the reason shown."""
+
+
+class ExecutorContext(msgspec.Struct, kw_only=True):
+    """What the agent gives an executor factory."""
+
+    host: str
+    """The agent's host name."""
+    state_dir: Path
+    """A directory the executor may use for its own state (pid files, downloads)."""
+    log_dir: Path
+    """Per-task log files go below this directory."""
+    options: dict[str, str] = msgspec.field(default_factory=dict)
+    """Executor options from the agent's command line (``--executor-opt docker.url=…``)."""
+
+
+class ContainerRef(msgspec.Struct, frozen=True, order=True):
+    """Identifies one container of one task on this host."""
+
+    task_id: str
+    container: str
+
+
+class ContainerStatus(msgspec.Struct, kw_only=True):
+    """What an executor knows of one container right now."""
+
+    state: Literal["running", "exited", "missing", "detached"]
+    """``detached``: launched by a start that returned at once; liveness comes from checks."""
+    exit_code: int | None = None
+    pid: int | None = None
+    started_at: float = 0.0
+    message: str = ""
+    memory_bytes: int = 0
+    """Resident memory now, when the executor can measure it (0 otherwise)."""
+
+
+class Executor(abc.ABC):
+    """Starts, stops and observes containers of one ``type``."""
+
+    #: the container ``type`` this executor runs
+    name: str = ""
+
+    @abc.abstractmethod
+    def start(self, task: Task, container: Container, env: Mapping[str, str]) -> None:
+        """Start ``container`` of ``task`` with ``env`` (which includes ``PROVIDED_PORT``).
+
+        Raises :class:`TaskRejected` for what can never work here; any other exception
+        is a failed attempt.
+        """
+
+    @abc.abstractmethod
+    def stop(self, ref: ContainerRef, grace: float) -> None:
+        """Stop the container: polite signal, ``grace`` seconds, then kill. Idempotent."""
+
+    @abc.abstractmethod
+    def status(self, ref: ContainerRef) -> ContainerStatus:
+        """The container's state now; ``missing`` when unknown."""
+
+    @abc.abstractmethod
+    def running(self) -> list[ContainerRef]:
+        """Every container this executor runs for this agent (for adoption)."""
+
+    def reserved_ports(self) -> list[int]:
+        """Host ports held by this executor's containers."""
+        return []
+
+    def cleanup(self, ref: ContainerRef) -> None:  # noqa: B027 - optional
+        """Remove what is left of a stopped container (files, exited docker containers)."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release clients and threads when the agent exits (containers keep running)."""
