@@ -1,0 +1,87 @@
+"""Plans: what a scheduler wants changed, checked before it is committed.
+
+A :class:`Plan` places tasks (new ones, or existing ones moved to another host) and stops
+tasks. :func:`validate_plan` checks it against the :class:`Snapshot` it was made from:
+every placed task lands on a live, non-draining host that is not in its
+``rejected_hosts``, no host ends up with more memory, CPU or disk allocated than it has,
+and no host port is used twice. A plan that validates cannot overcommit a host as seen in
+its snapshot.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from skedlib.models import Resources, Task
+from skedlib.scheduling.snapshot import Snapshot, demand_of
+
+__all__ = ["Plan", "PlanProblem", "validate_plan"]
+
+
+class Plan(msgspec.Struct, kw_only=True):
+    """Tasks to place (with ``host`` set) and task ids to stop."""
+
+    place: list[Task] = msgspec.field(default_factory=list)
+    stop: list[str] = msgspec.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.place or self.stop)
+
+
+class PlanProblem(msgspec.Struct, frozen=True):
+    """Why part of a plan is invalid."""
+
+    task_id: str
+    host: str
+    reason: str
+
+
+def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
+    """Every problem with ``plan`` against ``snapshot``; empty when it may be committed."""
+    problems: list[PlanProblem] = []
+    allocated: dict[str, Resources] = {n: h.allocated for n, h in snapshot.hosts.items()}
+    ports: dict[str, dict[int, str]] = {n: {} for n in snapshot.hosts}
+    for task in snapshot.tasks.values():
+        if task.port and task.host in ports and not task.rejected:
+            ports[task.host][task.port] = task.id
+    leaving = set(plan.stop) | {t.id for t in plan.place if t.id in snapshot.tasks}
+    for task_id in leaving:
+        old = snapshot.tasks.get(task_id)
+        if old is None or old.rejected or old.host not in allocated:
+            continue
+        allocated[old.host] = allocated[old.host] - demand_of(old.task_definition)
+        if old.port and ports[old.host].get(old.port) == task_id:
+            del ports[old.host][old.port]
+    seen: set[str] = set()
+    for task in plan.place:
+        tid, name = task.id, task.host
+        if tid in seen:
+            problems.append(PlanProblem(tid, name, "placed twice in one plan"))
+            continue
+        seen.add(tid)
+        if tid in plan.stop:
+            problems.append(PlanProblem(tid, name, "both placed and stopped"))
+            continue
+        host = snapshot.hosts.get(name)
+        if host is None:
+            problems.append(PlanProblem(tid, name, "no live host of that name"))
+            continue
+        if host.draining:
+            problems.append(PlanProblem(tid, name, "host is draining"))
+        if name in task.rejected_hosts:
+            problems.append(PlanProblem(tid, name, "host rejected this task before"))
+        allocated[name] = allocated[name] + demand_of(task.task_definition)
+        if task.port:
+            other = ports[name].get(task.port)
+            if other is not None:
+                problems.append(PlanProblem(tid, name, f"port {task.port} already used by "
+                                                       f"{other}"))
+            ports[name][task.port] = tid
+    for name, alloc in allocated.items():
+        total = snapshot.hosts[name].total
+        if not total.fits(alloc):
+            placed_here = [t.id for t in plan.place if t.host == name]
+            if placed_here:
+                problems.append(PlanProblem(placed_here[-1], name,
+                                            f"overcommits the host: {alloc} of {total}"))
+    return problems

@@ -1,0 +1,167 @@
+"""A consistent snapshot of the store, shaped for planning.
+
+:func:`read_snapshot` lists the whole keyspace once, so everything in a
+:class:`Snapshot` was true at one store revision: desired state, issued tasks, host
+records and health. Host capacity is computed from the *issued* state (what schedulers
+have placed), not from the agents' reports, which lag behind.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from skedlib.codecs import decode
+from skedlib.errors import ValidationError
+from skedlib.keys import (
+    AgentKey,
+    ClusterKey,
+    HealthKey,
+    HostConfigKey,
+    Keyspace,
+    ServiceKey,
+    TaskDefinitionKey,
+    TaskKey,
+)
+from skedlib.models import (
+    Cluster,
+    Host,
+    HostConfig,
+    Resources,
+    Service,
+    Task,
+    TaskDefinition,
+    TaskHealth,
+)
+from skedlib.store.base import Backend, KeyValue
+
+__all__ = ["HostState", "Snapshot", "demand_of", "read_snapshot"]
+
+
+def demand_of(td: TaskDefinition) -> Resources:
+    """The resources one task of ``td`` reserves on its host."""
+    return Resources(memory=td.total_memory(), cpu_units=td.total_cpu_units(),
+                     disk=td.total_disk())
+
+
+class HostState:
+    """One live host as a planner sees it: capacity, what is placed on it, attributes.
+
+    Mutable: planners call :meth:`assign` / :meth:`release` as they build a plan, so
+    later decisions in the same plan see earlier ones.
+    """
+
+    __slots__ = ("address", "allocated", "attributes", "draining", "name", "ports",
+                 "tasks", "total")
+
+    def __init__(self, host: Host, config: HostConfig | None = None) -> None:
+        self.name = host.name
+        self.address = host.address
+        self.total = host.total
+        self.allocated = Resources()
+        self.attributes = dict(host.attributes)
+        self.draining = host.draining
+        if config is not None:
+            self.attributes.update(config.attributes)
+            self.draining = self.draining or config.draining
+        self.ports: set[int] = set(host.ports)
+        self.tasks: set[str] = set()
+
+    @property
+    def free(self) -> Resources:
+        """Total minus allocated."""
+        return self.total - self.allocated
+
+    def assign(self, task_id: str, demand: Resources, port: int = 0) -> None:
+        """Count a task as placed here."""
+        self.allocated = self.allocated + demand
+        self.tasks.add(task_id)
+        if port:
+            self.ports.add(port)
+
+    def release(self, task_id: str, demand: Resources, port: int = 0) -> None:
+        """Count a task as gone from here."""
+        if task_id in self.tasks:
+            self.tasks.discard(task_id)
+            self.allocated = self.allocated - demand
+            self.ports.discard(port)
+
+    def __repr__(self) -> str:
+        return (f"HostState({self.name!r}, free={self.free}, tasks={len(self.tasks)}, "
+                f"draining={self.draining})")
+
+
+class Snapshot:
+    """Everything a scheduler needs, read at one store revision."""
+
+    def __init__(self, revision: int, *, clusters: Iterable[Cluster] = (),
+                 services: Iterable[Service] = (),
+                 task_definitions: Iterable[TaskDefinition] = (),
+                 hosts: Iterable[Host] = (), host_configs: Iterable[HostConfig] = (),
+                 tasks: Iterable[tuple[Task, int]] = (),
+                 health: Iterable[TaskHealth] = ()) -> None:
+        self.revision = revision
+        self.clusters = {c.name: c for c in clusters}
+        self.services = {s.name: s for s in services}
+        self.task_definitions = {(t.name, t.version): t for t in task_definitions}
+        configs = {c.name: c for c in host_configs}
+        self.host_configs = configs
+        self.hosts = {h.name: HostState(h, configs.get(h.name)) for h in hosts}
+        self.tasks: dict[str, Task] = {}
+        self.task_revisions: dict[str, int] = {}
+        self._by_service: dict[tuple[str, str], list[Task]] = defaultdict(list)
+        for task, rev in tasks:
+            self.tasks[task.id] = task
+            self.task_revisions[task.id] = rev
+            self._by_service[(task.cluster.name, task.service)].append(task)
+            state = self.hosts.get(task.host)
+            if state is not None and not task.rejected:
+                state.assign(task.id, demand_of(task.task_definition), task.port)
+        self.health = {h.task_id: h for h in health}
+
+    def service_tasks(self, cluster: str, service: str) -> list[Task]:
+        """Issued tasks of one service in one cluster, by instance."""
+        return sorted(self._by_service.get((cluster, service), []), key=lambda t: t.instance)
+
+    def cluster_hosts(self, cluster: Cluster) -> list[HostState]:
+        """Live hosts the cluster may use (its ``hosts`` filter, else every live host)."""
+        if cluster.hosts is None:
+            return list(self.hosts.values())
+        return [self.hosts[n] for n in cluster.hosts if n in self.hosts]
+
+    def is_healthy(self, task_id: str) -> bool:
+        """True when the task's agent reports it healthy."""
+        h = self.health.get(task_id)
+        return bool(h and h.healthy)
+
+    @classmethod
+    def from_items(cls, items: Iterable[KeyValue], revision: int,
+                   keyspace: Keyspace | None = None) -> Snapshot:
+        """Build a snapshot from a listing of the keyspace (foreign keys are ignored)."""
+        ks = keyspace or Keyspace()
+        buckets: dict[type, list[KeyValue]] = defaultdict(list)
+        for kv in items:
+            try:
+                parsed = ks.parse(kv.key)
+            except ValidationError:  # keys outside the schema are not ours
+                continue
+            buckets[type(parsed)].append(kv)
+
+        def objs(kind: type, type_: type) -> list:  # type: ignore[type-arg]
+            return [decode(kv.value, type_, where=kv.key) for kv in buckets[kind]]
+
+        return cls(
+            revision,
+            clusters=objs(ClusterKey, Cluster), services=objs(ServiceKey, Service),
+            task_definitions=objs(TaskDefinitionKey, TaskDefinition),
+            hosts=objs(AgentKey, Host), host_configs=objs(HostConfigKey, HostConfig),
+            tasks=[(decode(kv.value, Task, where=kv.key), kv.revision)
+                   for kv in buckets[TaskKey]],
+            health=objs(HealthKey, TaskHealth))
+
+
+def read_snapshot(backend: Backend, keyspace: Keyspace | None = None) -> Snapshot:
+    """Read the whole keyspace at one revision and build a :class:`Snapshot`."""
+    ks = keyspace or Keyspace()
+    listed = backend.list(ks.prefix)
+    return Snapshot.from_items(listed.items, listed.revision, ks)

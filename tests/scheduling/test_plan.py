@@ -1,0 +1,96 @@
+"""Plan validation: a plan that validates never overcommits a host."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skedlib.codecs import encode
+from skedlib.keys import Keyspace
+from skedlib.models import Cluster, Container, Host, Resources, Task, TaskDefinition
+from skedlib.plugins import open_backend
+from skedlib.scheduling import Plan, Snapshot, demand_of, read_snapshot, validate_plan
+from skedlib.store.base import Put
+
+CLUSTER = Cluster(name="c", services=["s"])
+
+
+def _td(memory: int, cpu: int) -> TaskDefinition:
+    return TaskDefinition(name="s", version=1, memory=memory, cpu_units=cpu,
+                          containers=[Container(name="x", type="process")])
+
+
+def _task(i: int, host: str, memory: int, cpu: int, port: int = 0) -> Task:
+    return Task(cluster=CLUSTER, task_definition=_td(memory, cpu), service="s", instance=i,
+                host=host, port=port, scheduled=True)
+
+
+hosts_st = st.lists(st.builds(lambda m, c: (m, c), st.integers(0, 4096),
+                              st.integers(0, 4096)), min_size=1, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hosts=hosts_st, data=st.data())
+def test_a_plan_that_validates_never_overcommits(hosts: list[tuple[int, int]],
+                                                 data: st.DataObject) -> None:
+    names = [f"h{i}" for i in range(len(hosts))]
+    live = [Host(name=n, total=Resources(memory=m, cpu_units=c))
+            for n, (m, c) in zip(names, hosts, strict=True)]
+    existing = [(_task(i, data.draw(st.sampled_from(names)), data.draw(st.integers(0, 1024)),
+                        data.draw(st.integers(0, 1024)), data.draw(st.sampled_from([0, 80, 81]))),
+                 1) for i in range(data.draw(st.integers(0, 5)))]
+    snap = Snapshot(10, hosts=live, tasks=existing)
+    placements = [_task(100 + i, data.draw(st.sampled_from(names)),
+                        data.draw(st.integers(0, 2048)), data.draw(st.integers(0, 2048)),
+                        data.draw(st.sampled_from([0, 80, 81, 82])))
+                  for i in range(data.draw(st.integers(0, 6)))]
+    stops = data.draw(st.lists(st.sampled_from([t.id for t, _ in existing] or ["none-s-1-0"]),
+                               unique=True, max_size=3))
+    plan = Plan(place=placements, stop=stops)
+    problems = validate_plan(snap, plan)
+    # apply the plan independently and check the invariants
+    final = {t.id: t for t, _ in existing if t.id not in stops}
+    for t in placements:
+        final[t.id] = t
+    used: dict[str, Resources] = {n: Resources() for n in names}
+    ports: dict[str, list[int]] = {n: [] for n in names}
+    for t in final.values():
+        used[t.host] = used[t.host] + demand_of(t.task_definition)
+        if t.port:
+            ports[t.host].append(t.port)
+    overcommitted = [n for n, h in zip(names, live, strict=True) if not h.total.fits(used[n])]
+    conflicts = [n for n, p in ports.items() if len(p) != len(set(p))]
+    # a host the plan places on is never left overcommitted or with a port used twice
+    # (hosts the plan does not touch may already be, from earlier writers: not its doing)
+    placed_hosts = {t.host for t in placements}
+    touched = [n for n in overcommitted + conflicts if n in placed_hosts]
+    assert bool(problems) == bool(touched) or (problems and not touched and any(
+        "placed twice" in p.reason or "both placed" in p.reason for p in problems))
+
+
+def test_draining_rejected_and_unknown_hosts_are_refused() -> None:
+    live = [Host(name="a", total=Resources(memory=100, cpu_units=100), draining=True),
+            Host(name="b", total=Resources(memory=100, cpu_units=100))]
+    snap = Snapshot(1, hosts=live)
+    t1 = _task(0, "a", 1, 1)
+    t2 = _task(1, "b", 1, 1)
+    t2.rejected_hosts = ["b"]
+    t3 = _task(2, "zz", 1, 1)
+    reasons = {p.task_id: p.reason for p in validate_plan(snap, Plan(place=[t1, t2, t3]))}
+    assert reasons == {t1.id: "host is draining", t2.id: "host rejected this task before",
+                       t3.id: "no live host of that name"}
+
+
+def test_read_snapshot_is_consistent_and_counts_allocations() -> None:
+    backend = open_backend("memory://")
+    ks = Keyspace()
+    backend.put(ks.agent("h1"), encode(Host(name="h1", total=Resources(memory=1000,
+                                                                       cpu_units=1000))))
+    t = _task(0, "h1", 300, 200, port=8080)
+    backend.txn([], [Put(ks.task(t.id), encode(t)), Put(ks.host_task("h1", t.id), encode(t)),
+                     Put("unrelated/key", b"x")])
+    snap = read_snapshot(backend)
+    assert snap.revision == backend.current_revision()
+    h = snap.hosts["h1"]
+    assert h.free == Resources(memory=700, cpu_units=800) and h.ports == {8080}
+    assert snap.service_tasks("c", "s") == [t]
