@@ -26,6 +26,7 @@ from skedlib.models import (
     Service,
     TaskDefinition,
 )
+from skedlib.scheduling.constraints import parse_constraint
 
 __all__ = [
     "BUILTIN_EXECUTOR_CONFIGS",
@@ -91,9 +92,10 @@ def check_service(service: Service, label: str) -> Service:
     if update.min_healthy_time < 0 or update.deadline < 0:
         raise ValidationError(f"{label}: field update: durations must be ≥ 0")
     for i, constraint in enumerate(service.constraints):
-        if not isinstance(constraint, str) or not constraint.strip():
-            raise ValidationError(f"{label}: field constraints[{i}]: must be a non-empty "
-                                  "string")
+        try:
+            parse_constraint(constraint)
+        except ValidationError as exc:
+            raise ValidationError(f"{label}: field constraints[{i}]: {exc}") from None
     update = msgspec.structs.replace(update, deadline=update.deadline
                                      or DEFAULT_ROLLOUT_DEADLINE)
     return msgspec.structs.replace(service, max=maximum, update=update)
