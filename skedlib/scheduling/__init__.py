@@ -1,7 +1,63 @@
-"""The scheduling SDK: snapshots of the store, plans, and their validation."""
+"""The scheduling SDK: snapshots, extension points, plans, their validation and commit.
 
+A scheduler reads a :class:`Snapshot`, returns a :class:`Plan` (through
+:class:`Scheduler.plan`), and the plan is checked with :func:`validate_plan` and written
+with :func:`commit_plan` under optimistic concurrency.
+"""
+
+from skedlib.scheduling.commit import CommitResult, commit_plan
+from skedlib.scheduling.constraints import Constraint, parse_constraint
+from skedlib.scheduling.framework import (
+    BestFit,
+    ConstraintsFilter,
+    DistinctHostFilter,
+    Filter,
+    LeastLoaded,
+    NotDraining,
+    NotRejectedBefore,
+    Placement,
+    Placer,
+    PortsFree,
+    ResourcesFit,
+    Scorer,
+    SpreadAttribute,
+    TaskRequest,
+    Unschedulable,
+    stock_filters,
+)
 from skedlib.scheduling.plan import Plan, PlanProblem, validate_plan
+from skedlib.scheduling.scheduler import Scheduler, SchedulingResult, ServiceScheduler
 from skedlib.scheduling.snapshot import HostState, Snapshot, demand_of, read_snapshot
 
-__all__ = ["HostState", "Plan", "PlanProblem", "Snapshot", "demand_of", "read_snapshot",
-           "validate_plan"]
+__all__ = [
+    "BestFit",
+    "CommitResult",
+    "Constraint",
+    "ConstraintsFilter",
+    "DistinctHostFilter",
+    "Filter",
+    "HostState",
+    "LeastLoaded",
+    "NotDraining",
+    "NotRejectedBefore",
+    "Placement",
+    "Placer",
+    "Plan",
+    "PlanProblem",
+    "PortsFree",
+    "ResourcesFit",
+    "Scheduler",
+    "SchedulingResult",
+    "Scorer",
+    "ServiceScheduler",
+    "Snapshot",
+    "SpreadAttribute",
+    "TaskRequest",
+    "Unschedulable",
+    "commit_plan",
+    "demand_of",
+    "parse_constraint",
+    "read_snapshot",
+    "stock_filters",
+    "validate_plan",
+]

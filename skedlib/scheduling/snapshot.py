@@ -67,6 +67,16 @@ class HostState:
         self.ports: set[int] = set(host.ports)
         self.tasks: set[str] = set()
 
+    def copy(self) -> HostState:
+        """An independent copy, for planning without touching the snapshot."""
+        twin = HostState.__new__(HostState)
+        for name in HostState.__slots__:
+            setattr(twin, name, getattr(self, name))
+        twin.attributes = dict(self.attributes)
+        twin.ports = set(self.ports)
+        twin.tasks = set(self.tasks)
+        return twin
+
     @property
     def free(self) -> Resources:
         """Total minus allocated."""
@@ -124,10 +134,11 @@ class Snapshot:
         return sorted(self._by_service.get((cluster, service), []), key=lambda t: t.instance)
 
     def cluster_hosts(self, cluster: Cluster) -> list[HostState]:
-        """Live hosts the cluster may use (its ``hosts`` filter, else every live host)."""
-        if cluster.hosts is None:
-            return list(self.hosts.values())
-        return [self.hosts[n] for n in cluster.hosts if n in self.hosts]
+        """Copies of the live hosts the cluster may use (its ``hosts`` filter, else every
+        live host), for a planner to update as it places."""
+        names = self.hosts if cluster.hosts is None else [n for n in cluster.hosts
+                                                           if n in self.hosts]
+        return [self.hosts[n].copy() for n in names]
 
     def is_healthy(self, task_id: str) -> bool:
         """True when the task's agent reports it healthy."""
