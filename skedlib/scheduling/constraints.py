@@ -9,6 +9,8 @@ Grammar (one constraint per string; a service's constraints must all hold)::
     attribute:<name> =~ <regex>        (Python ``re.fullmatch``)
     attribute:<name>                   (the host has the attribute)
     distinct_host                      (at most one task of the service per host)
+    spread:<name>                      (a preference, not a filter: schedulers that
+                                        spread, spread evenly over this attribute)
 
 ``host.name`` may stand for ``attribute:<name>`` to match on the host's name.
 """
@@ -37,11 +39,13 @@ class Constraint(msgspec.Struct, frozen=True):
     op: str = ""
     values: tuple[str, ...] = ()
     distinct_host: bool = False
+    spread: str = ""
+    """For ``spread:<attribute>``: the attribute to spread over (never filters a host)."""
 
     def matches(self, host_name: str, attributes: dict[str, str]) -> bool:
         """True when a host with these attributes satisfies this constraint."""
-        if self.distinct_host:
-            return True  # checked against the plan, not the host alone
+        if self.distinct_host or self.spread:
+            return True  # checked against the plan, or only a preference
         value = host_name if self.attribute == "host.name" else attributes.get(self.attribute)
         if value is None:
             return self.op in ("!=", "not in")
@@ -67,6 +71,11 @@ def parse_constraint(text: str) -> Constraint:
     """Parse one constraint; raises :class:`ValidationError` saying what is wrong."""
     if text.strip() == "distinct_host":
         return Constraint(text, distinct_host=True)
+    if text.strip().startswith("spread:"):
+        attribute = text.strip()[len("spread:"):].strip()
+        if not attribute or any(ch.isspace() for ch in attribute):
+            raise ValidationError(f"constraint {text!r}: expected 'spread:ATTRIBUTE'")
+        return Constraint(text, spread=attribute)
     m = _EXPR.match(text)
     if m is None:
         raise ValidationError(f"constraint {text!r}: expected 'attribute:NAME OP VALUE' "

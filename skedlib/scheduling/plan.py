@@ -40,18 +40,18 @@ def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
     """Every problem with ``plan`` against ``snapshot``; empty when it may be committed."""
     problems: list[PlanProblem] = []
     allocated: dict[str, Resources] = {n: h.allocated for n, h in snapshot.hosts.items()}
-    ports: dict[str, dict[int, str]] = {n: {} for n in snapshot.hosts}
+    ports: dict[str, dict[int, set[str]]] = {n: {} for n in snapshot.hosts}
     for task in snapshot.tasks.values():
         if task.port and task.host in ports and not task.rejected:
-            ports[task.host][task.port] = task.id
+            ports[task.host].setdefault(task.port, set()).add(task.id)
     leaving = set(plan.stop) | {t.id for t in plan.place if t.id in snapshot.tasks}
     for task_id in leaving:
         old = snapshot.tasks.get(task_id)
         if old is None or old.rejected or old.host not in allocated:
             continue
         allocated[old.host] = allocated[old.host] - demand_of(old.task_definition)
-        if old.port and ports[old.host].get(old.port) == task_id:
-            del ports[old.host][old.port]
+        if old.port:
+            ports[old.host].get(old.port, set()).discard(task_id)
     seen: set[str] = set()
     for task in plan.place:
         tid, name = task.id, task.host
@@ -72,11 +72,11 @@ def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
             problems.append(PlanProblem(tid, name, "host rejected this task before"))
         allocated[name] = allocated[name] + demand_of(task.task_definition)
         if task.port:
-            other = ports[name].get(task.port)
-            if other is not None:
+            holders = ports[name].setdefault(task.port, set())
+            if holders - {tid}:
                 problems.append(PlanProblem(tid, name, f"port {task.port} already used by "
-                                                       f"{other}"))
-            ports[name][task.port] = tid
+                                                       f"{', '.join(sorted(holders))}"))
+            holders.add(tid)
     for name, alloc in allocated.items():
         total = snapshot.hosts[name].total
         if not total.fits(alloc):
