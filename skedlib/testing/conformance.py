@@ -17,7 +17,8 @@ Every test opens the backend through the plugin registry (so the URL scheme must
 registered by an installed plugin) and works under a key prefix unique to the test, so
 one running server can serve the whole suite. Class attributes tune it:
 
-- ``lease_ttl`` / ``lease_expiry_slack``: the lease tests wait ``ttl + slack`` at most;
+- ``lease_ttl`` / ``lease_expiry_slack``: the lease tests wait ``2 × ttl + slack`` at most
+  (Consul, for one, may end a session up to twice its TTL after the last renewal);
 - ``cross_process``: False when the URL cannot be opened from another process
   (``memory://``); the multi-process tests are then skipped;
 - ``ordered_watch_history``: False when the backend's watch reports the final state
@@ -232,7 +233,8 @@ class BackendConformance:
         backend.put(ns + "other", b"not watched")
         backend.put(ns + "w/b", b"2")
         backend.delete(ns + "w/a")
-        events = _collect(backend, ns + "w/", start, want=3)
+        # without ordered history the final states may arrive as one event per key
+        events = _collect(backend, ns + "w/", start, want=3 if self.ordered_watch_history else 1)
         if self.ordered_watch_history:
             assert [(e.kind, e.key, e.value) for e in events] == [
                 ("put", ns + "w/a", b"1"), ("put", ns + "w/b", b"2"),

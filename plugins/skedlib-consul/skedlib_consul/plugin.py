@@ -1,0 +1,46 @@
+"""The skedlib hook implementations that register ``consul://`` and the Consul health provider.
+
+Named by the entry point ``[project.entry-points.skedlib] consul = "skedlib_consul.plugin"``.
+The backend and health modules (and with them requests and python-consul2) are imported
+only when a URL is opened or a provider is made, so loading the registry stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from skedlib.hookspecs import BackendFactory, hookimpl
+
+if TYPE_CHECKING:
+    from skedlib_consul.backend import ConsulBackend
+    from skedlib_consul.health import ConsulHealthProvider
+
+__all__ = ["make_health_provider", "open_consul_url", "skedlib_backends",
+           "skedlib_health_providers"]
+
+
+def open_consul_url(url: str) -> ConsulBackend:
+    """Open a ``consul://`` URL (see :func:`skedlib_consul.backend.open_consul`)."""
+    from skedlib_consul.backend import open_consul
+
+    return open_consul(url)
+
+
+def make_health_provider(context: Any = None, **kwargs: Any) -> ConsulHealthProvider:
+    """The health provider for an agent (see :func:`skedlib_consul.health.from_context`)."""
+    from skedlib_consul.health import from_context
+
+    return from_context(context, **kwargs)
+
+
+@hookimpl
+def skedlib_backends() -> Mapping[str, BackendFactory]:
+    """``consul://host:port[,host:port...]``."""
+    return {"consul": open_consul_url}
+
+
+@hookimpl
+def skedlib_health_providers() -> Mapping[str, Callable[..., Any]]:
+    """``consul``: register tasks and their checks with the host's Consul agent."""
+    return {"consul": make_health_provider}

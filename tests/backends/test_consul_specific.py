@@ -1,0 +1,389 @@
+"""What is particular to the Consul backend, on real Consul agents.
+
+URL handling and bad input (unreachable, bad token, ACLs, wrong scheme, TLS), the
+mapping of the contract onto Consul (indexes, ``/v1/txn`` verbs, sessions, the 64-op
+limit) checked through Consul's own HTTP API, and what watches can and cannot see.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from skedlib_consul.backend import (
+    MAX_TXN_OPS,
+    ConsulBackend,
+    ConsulOptions,
+    ConsulWatch,
+    open_consul,
+    parse_url,
+)
+
+from skedlib.errors import BackendUnavailable, InvalidName, LeaseExpired, TxnTooLarge
+from skedlib.plugins import open_backend
+from skedlib.store.base import Compare, Delete, KeyValue, Put, WatchEvent
+from tests.harness import consul as harness
+
+consul_dev = harness.consul_dev
+consul_acl = harness.consul_acl
+consul_tls = harness.consul_tls
+
+pytestmark = [pytest.mark.integration]
+
+
+def _ns() -> str:
+    return f"specific/{uuid.uuid4().hex[:10]}/"
+
+
+def _one_line_within(call: object, limit: float) -> str:
+    assert callable(call)
+    t0 = time.monotonic()
+    with pytest.raises(BackendUnavailable) as info:
+        call()
+    took = time.monotonic() - t0
+    message = str(info.value)
+    assert took < limit, f"took {took:.2f}s: {message}"
+    assert "\n" not in message and message.startswith("consul://"), message
+    return message
+
+
+# -- the URL -------------------------------------------------------------------------------
+def test_parse_url_defaults_and_options(monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path) -> None:
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN", raising=False)
+    assert parse_url("consul://10.0.0.1") == ConsulOptions(endpoints=(("10.0.0.1", 8500),))
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    o = parse_url(f"consul://a:1,b:2,[::1]:3/?dc=east&token=t0k&timeout=2.5&ca={ca}")
+    assert o.endpoints == (("a", 1), ("b", 2), ("::1", 3))
+    assert (o.dc, o.token, o.timeout, o.scheme, o.ca) == ("east", "t0k", 2.5, "https", str(ca))
+    assert o.base_url(2) == "https://[::1]:3"
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-env")
+    assert parse_url("consul://a").token == "from-env"
+    assert parse_url("consul://a?token=url-wins").token == "url-wins"
+    assert "from-env" not in repr(parse_url("consul://a"))
+
+
+@pytest.mark.parametrize("url, why", [
+    ("consul://", "no endpoint"),
+    ("consul://a:99999", "bad port"),
+    ("consul://a/some/path", "no path"),
+    ("consul://a?tokn=x", "unknown option"),
+    ("consul://a?timeout=soon", "timeout must be"),
+    ("consul://a?timeout=0", "timeout must be"),
+    ("consul://a?scheme=ftp", "scheme must be"),
+    ("consul://a?ca=/nonexistent/ca.pem", "does not exist"),
+    ("etcd://a", "not a consul"),
+])
+def test_bad_urls_are_refused_clearly(url: str, why: str) -> None:
+    with pytest.raises(BackendUnavailable, match=why):
+        parse_url(url)
+
+
+def test_token_never_shown(consul_dev: harness.ConsulCluster) -> None:
+    b = open_backend(consul_dev.url(token="s3cret-token"))
+    try:
+        assert "s3cret" not in b.url and "s3cret" not in repr(b)
+    finally:
+        b.close()
+    port = harness.free_ports(1)[0]
+    message = _one_line_within(
+        lambda: open_consul(f"consul://127.0.0.1:{port}?token=s3cret-token&timeout=1"), 3)
+    assert "s3cret" not in message and "token=***" in message
+
+
+def test_no_deprecation_warning_from_python_consul2(consul_dev: harness.ConsulCluster) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = open_consul(consul_dev.url())
+        b.get("x")
+        b.close()
+
+
+# -- bad input -----------------------------------------------------------------------------
+def test_unreachable_endpoints_fail_in_time() -> None:
+    p1, p2 = harness.free_ports(2)
+    message = _one_line_within(
+        lambda: open_backend(f"consul://127.0.0.1:{p1},127.0.0.1:{p2}?timeout=1"), 2.5)
+    assert f"127.0.0.1:{p1}: connection refused" in message
+    assert f"127.0.0.1:{p2}: connection refused" in message
+
+
+def test_bad_token_and_missing_token_are_refused(consul_acl: harness.ConsulCluster) -> None:
+    ns = _ns()
+    bad = open_backend(consul_acl.url(token="not-a-token", timeout=2))
+    try:
+        for call in (lambda: bad.get(ns + "k"), lambda: bad.put(ns + "k", b"v"),
+                     lambda: bad.list(ns), lambda: bad.grant_lease(10)):
+            message = _one_line_within(call, 2.5)
+            assert "Consul refused the ACL token" in message and "ACL not found" in message
+            assert "not-a-token" not in message
+    finally:
+        bad.close()
+    anonymous = open_backend(consul_acl.url(timeout=2))
+    try:
+        message = _one_line_within(lambda: anonymous.put(ns + "k", b"v"), 2.5)
+        assert "anonymous access" in message and "Permission denied" in message
+        # Consul filters reads it denies instead of refusing them: they look empty
+        assert anonymous.get(ns + "k") is None
+    finally:
+        anonymous.close()
+    with open_backend(consul_acl.url(token=harness.ACL_MASTER_TOKEN)) as good:
+        good.put(ns + "k", b"v")
+        kv = good.get(ns + "k")
+        assert kv is not None and kv.value == b"v"
+        lease = good.grant_lease(10)
+        good.put(ns + "leased", b"v", lease=lease)
+        good.revoke_lease(lease)
+        assert good.get(ns + "leased") is None
+
+
+def test_https_against_plain_http_says_so(consul_dev: harness.ConsulCluster) -> None:
+    message = _one_line_within(lambda: open_backend(consul_dev.url(scheme="https", timeout=1)),
+                               2.5)
+    assert "TLS failed" in message and "use scheme=http" in message
+
+
+def test_tls(consul_tls: tuple[harness.ConsulCluster, dict[str, Path]]) -> None:
+    agent, files = consul_tls
+    ns = _ns()
+    with open_backend(agent.url(ca=files["ca"])) as b:  # ca= implies https
+        assert b.url.startswith("consul://")
+        b.put(ns + "k", b"over tls")
+        kv = b.get(ns + "k")
+        assert kv is not None and kv.value == b"over tls"
+        with b.watch(ns, b.current_revision() + 1) as w:
+            b.put(ns + "w", b"1")
+            deadline = time.monotonic() + 10
+            events: list[WatchEvent] = []
+            while not events and time.monotonic() < deadline:
+                events = w.next(timeout=1)
+            assert [e.key for e in events] == [ns + "w"]
+    message = _one_line_within(lambda: open_backend(agent.url(ca=files["other_ca"],
+                                                                timeout=1)), 2.5)
+    assert "certificate verify failed" in message
+    message = _one_line_within(lambda: open_backend(agent.url(timeout=1)), 2.5)
+    assert "scheme=https" in message
+
+
+# -- the contract, mapped -------------------------------------------------------------------
+@pytest.fixture
+def backend(consul_dev: harness.ConsulCluster) -> Iterator[ConsulBackend]:
+    b = open_backend(consul_dev.url())
+    assert isinstance(b, ConsulBackend)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def test_revisions_are_consul_indexes(consul_dev: harness.ConsulCluster,
+                                      backend: ConsulBackend) -> None:
+    agent = consul_dev.members[0]
+    ns = _ns()
+    res = backend.txn([], [Put(ns + "a", b"1"), Put(ns + "b", b"2")])
+    status, raw = agent.api("GET", f"/v1/kv/{ns}?recurse")
+    assert status == 200
+    assert {e["Key"]: (e["ModifyIndex"], e["CreateIndex"]) for e in raw} == {
+        ns + "a": (res.revision, res.revision), ns + "b": (res.revision, res.revision)}
+    # list revision = the X-Consul-Index of a consistent recursive read
+    listed = backend.list(ns)
+    assert listed.revision == res.revision
+    # a delete-only transaction reports the KV index just after it: its own index here
+    r = backend.delete(ns + "a")
+    assert r > res.revision
+    assert backend.list(ns).revision == r  # the delete's tombstone index
+    assert backend.current_revision() >= r
+
+
+def test_compare_absent_is_exact_and_writes_nothing(backend: ConsulBackend) -> None:
+    ns = _ns()
+    backend.put(ns + "other", b"x")
+    before = backend.list(ns).revision
+    # a compare-only transaction on an absent key: holds, and leaves no trace
+    assert backend.txn([Compare(ns + "absent", 0)], []).succeeded
+    assert backend.get(ns + "absent") is None
+    assert backend.list(ns).revision == before  # no write, no tombstone under the prefix
+    assert not backend.txn([Compare(ns + "other", 0)], []).succeeded
+    # absent-compare and put on the same key in one transaction (a lock's create)
+    assert backend.txn([Compare(ns + "new", 0)], [Put(ns + "new", b"1")]).succeeded
+    assert not backend.txn([Compare(ns + "new", 0)], [Put(ns + "new", b"2")]).succeeded
+    kv = backend.get(ns + "new")
+    assert kv is not None and kv.value == b"1"
+    assert not backend.txn([Compare(ns + "new", -1)], [Put(ns + "new", b"3")]).succeeded
+
+
+def test_txn_limit_is_64_and_checked_before_sending(backend: ConsulBackend) -> None:
+    ns = _ns()
+    assert backend.max_txn_ops == MAX_TXN_OPS == 64
+    ops = [Put(f"{ns}{i:02d}", b"v") for i in range(63)]
+    assert backend.txn([Compare(ns + "guard", 0)], ops).succeeded  # 64: Consul takes it
+    assert len(backend.list(ns).items) == 63
+    with pytest.raises(TxnTooLarge, match="64"):
+        backend.txn([Compare(ns + "guard", 0)], [*ops, Put(ns + "extra", b"v")])
+    assert backend.get(ns + "extra") is None
+
+
+def test_sessions_are_ttl_delete_sessions_without_checks(consul_dev: harness.ConsulCluster,
+                                                        backend: ConsulBackend) -> None:
+    assert backend.min_lease_ttl == 10
+    lease = backend.grant_lease(1)  # raised to Consul's minimum
+    status, info = consul_dev.members[0].api("GET", f"/v1/session/info/{lease}")
+    assert status == 200
+    (session,) = info
+    assert (session["TTL"], session["Behavior"], session["LockDelay"], session["Checks"]) == (
+        "10s", "delete", 0, [])
+    backend.revoke_lease(lease)
+    with pytest.raises(LeaseExpired):
+        backend.keepalive(lease)
+    with pytest.raises(LeaseExpired):
+        backend.keepalive("not-a-session-id")
+    backend.revoke_lease("not-a-session-id")  # a no-op, like any missing lease
+
+
+def test_put_moves_a_key_between_leases(backend: ConsulBackend) -> None:
+    ns = _ns()
+    first, second = backend.grant_lease(10), backend.grant_lease(10)
+    try:
+        created = backend.put(ns + "k", b"1", lease=first)
+        r = backend.put(ns + "k", b"2", lease=second)  # unlock(first) + lock(second)
+        kv = backend.get(ns + "k")
+        assert kv is not None
+        assert (kv.value, kv.lease, kv.revision, kv.create_revision) == (
+            b"2", second, r, created)
+        backend.revoke_lease(first)
+        assert backend.get(ns + "k") is not None
+        # documented Consul difference: a put without a lease keeps the key's session
+        backend.put(ns + "k", b"3")
+        kv = backend.get(ns + "k")
+        assert kv is not None and kv.value == b"3" and kv.lease == second
+        backend.revoke_lease(second)
+        assert backend.get(ns + "k") is None
+    finally:
+        backend.revoke_lease(first)
+        backend.revoke_lease(second)
+
+
+def test_bad_keys_are_refused(backend: ConsulBackend) -> None:
+    with pytest.raises(InvalidName):
+        backend.put("/leading-slash", b"x")
+    with pytest.raises(InvalidName):
+        backend.get("")
+
+
+def test_keys_with_odd_characters_round_trip(backend: ConsulBackend) -> None:
+    ns = _ns()
+    keys = [ns + k for k in ("sp ace", "q?x=1&y", "hash#frag", "pct%41", "ünï", "a:b")]
+    for i, k in enumerate(keys):
+        backend.put(k, str(i).encode())
+    assert [kv.key for kv in backend.list(ns).items] == sorted(keys)
+    for i, k in enumerate(keys):
+        kv = backend.get(k)
+        assert kv is not None and kv.value == str(i).encode()
+
+
+# -- watches ---------------------------------------------------------------------------------
+def test_watch_collapses_writes_between_polls(backend: ConsulBackend) -> None:
+    ns = _ns()
+    start = backend.current_revision() + 1
+    with backend.watch(ns, start) as w:
+        assert w.next(timeout=0.2) == []  # the first poll: nothing yet
+        # between two polls: k written twice, gone created and deleted, x deleted+recreated
+        backend.txn([], [Put(ns + "x", b"0")])
+        first = w.next(timeout=5)
+        assert [(e.kind, e.key, e.value) for e in first] == [("put", ns + "x", b"0")]
+        # now write a burst while nobody polls
+        backend.put(ns + "k", b"1")
+        backend.put(ns + "k", b"2")
+        backend.put(ns + "gone", b"1")
+        backend.delete(ns + "gone")
+        backend.delete(ns + "x")
+        r = backend.put(ns + "x", b"again")
+        events: list[WatchEvent] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            got = w.next(timeout=0.3)
+            if not got:
+                break
+            events += got
+        final = {e.key: (e.kind, e.value) for e in events}
+        assert final == {ns + "k": ("put", b"2"), ns + "x": ("put", b"again")}
+        assert [e.revision for e in events] == sorted(e.revision for e in events)
+        assert events[-1].revision == r
+
+
+def test_watch_delete_carries_the_index_it_was_seen_at(backend: ConsulBackend) -> None:
+    ns = _ns()
+    backend.put(ns + "a", b"1")
+    listed = backend.list(ns)
+    with backend.watch(ns, listed.revision + 1) as w:
+        assert w.next(timeout=0.2) == []
+        r = backend.delete(ns + "a")
+        events = w.next(timeout=5)
+        assert [(e.kind, e.key, e.revision) for e in events] == [("delete", ns + "a", r)]
+
+
+def test_watch_from_the_past_reports_current_values(backend: ConsulBackend) -> None:
+    ns = _ns()
+    start = backend.current_revision() + 1
+    backend.put(ns + "a", b"1")
+    backend.put(ns + "a", b"2")
+    backend.put(ns + "b", b"1")
+    backend.delete(ns + "b")  # happened before the watch's first poll: not reported
+    with backend.watch(ns, start) as w:
+        events = w.next(timeout=5)
+    assert [(e.kind, e.key, e.value) for e in events] == [("put", ns + "a", b"2")]
+
+
+def test_backend_close_closes_watches_and_refuses_calls(
+        consul_dev: harness.ConsulCluster) -> None:
+    b = open_backend(consul_dev.url())
+    w = b.watch("x/", 1)
+    assert isinstance(w, ConsulWatch)
+    out: list[object] = []
+    t = threading.Thread(target=lambda: out.append(w.next(timeout=30)))
+    t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    b.close()
+    t.join(5)
+    assert not t.is_alive() and time.monotonic() - t0 < 2
+    assert w.closed
+    with pytest.raises(BackendUnavailable, match="closed"):
+        b.get("x")
+    b.close()  # idempotent
+
+
+def test_blocking_watch_does_not_busy_poll(consul_dev: harness.ConsulCluster,
+                                          backend: ConsulBackend) -> None:
+    ns = _ns()
+    backend.put(ns + "a", b"1")
+    with backend.watch(ns, backend.current_revision() + 1) as w:
+        polls = 0
+        original = backend._poll
+
+        def counting(prefix: str, index: int, wait: float) -> tuple[int, list[KeyValue]]:
+            nonlocal polls
+            polls += 1
+            return original(prefix, index, wait)
+
+        backend._poll = counting  # type: ignore[method-assign]
+        try:
+            assert w.next(timeout=2.0) == []
+        finally:
+            del backend._poll
+        assert polls <= 3, f"{polls} listings in 2 s while nothing changed"
+
+
+def test_delete_op_inside_txn(backend: ConsulBackend) -> None:
+    ns = _ns()
+    backend.put(ns + "a", b"1")
+    res = backend.txn([], [Delete(ns + "a"), Put(ns + "b", b"2")])
+    assert res.succeeded and backend.get(ns + "a") is None
+    kv = backend.get(ns + "b")
+    assert kv is not None and kv.revision == res.revision

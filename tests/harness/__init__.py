@@ -1,0 +1,1 @@
+"""Test harnesses that start real servers (etcd, Consul …) for the backend tests."""
