@@ -17,7 +17,7 @@ Every test opens the backend through the plugin registry (so the URL scheme must
 registered by an installed plugin) and works under a key prefix unique to the test, so
 one running server can serve the whole suite. Class attributes tune it:
 
-- ``lease_ttl`` / ``lease_expiry_slack``: the lease tests wait ``2 × ttl + slack`` at most
+- ``lease_ttl`` / ``lease_expiry_slack``: the lease tests wait ``2 x ttl + slack`` at most
   (Consul, for one, may end a session up to twice its TTL after the last renewal);
 - ``cross_process``: False when the URL cannot be opened from another process
   (``memory://``); the multi-process tests are then skipped;
