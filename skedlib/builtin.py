@@ -1,18 +1,56 @@
-"""skedlib's built-in plugin: the ``memory`` and ``sqlite`` backends.
+"""skedlib's built-in plugin: the ``memory`` and ``sqlite`` backends, the ``bash`` and
+``process`` executors and the ``local`` health provider.
 
-Registered through the same hooks a third-party plugin implements.
+Registered through the same hooks a third-party plugin implements. Executors and the
+health provider are imported when first created, so commands that never run tasks
+(``sked get …``) do not pay for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from skedlib.hookspecs import BackendFactory, hookimpl
 from skedlib.store.memory import open_memory
 from skedlib.store.sqlite import open_sqlite
+
+if TYPE_CHECKING:
+    from skedlib.agent.health import HealthContext, HealthProvider
+    from skedlib.executors.base import Executor, ExecutorContext
 
 
 @hookimpl
 def skedlib_backends() -> Mapping[str, BackendFactory]:
     """``memory://`` and ``sqlite:///path``."""
     return {"memory": open_memory, "sqlite": open_sqlite}
+
+
+def _bash(ctx: ExecutorContext) -> Executor:
+    from skedlib.executors.bash import BashRunner
+
+    return BashRunner(ctx)
+
+
+def _process(ctx: ExecutorContext) -> Executor:
+    from skedlib.executors.process import ProcessRunner
+
+    return ProcessRunner(ctx)
+
+
+def _local_health(ctx: HealthContext) -> HealthProvider:
+    from skedlib.agent.health import LocalHealthProvider
+
+    return LocalHealthProvider(ctx)
+
+
+@hookimpl
+def skedlib_executors() -> Mapping[str, Callable[..., Any]]:
+    """``bash`` (seed 001's shell commands) and ``process`` (a supervised command)."""
+    return {"bash": _bash, "process": _process}
+
+
+@hookimpl
+def skedlib_health_providers() -> Mapping[str, Callable[..., Any]]:
+    """``local``: the agent runs the checks itself."""
+    return {"local": _local_health}

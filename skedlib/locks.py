@@ -71,6 +71,10 @@ class KeptLease:
         if self._on_lost is not None:
             self._on_lost()
 
+    def abandon(self) -> None:
+        """Stop renewing without revoking: the lease and its keys end after the TTL."""
+        self._stop.set()
+
     def revoke(self) -> None:
         """Stop renewing and end the lease now (its keys are deleted). Idempotent."""
         self._stop.set()

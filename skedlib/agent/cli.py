@@ -1,14 +1,174 @@
-"""``skedlib-agent``: not yet implemented in this release."""
+"""``skedlib-agent``: run the tasks issued to this host.
+
+::
+
+    skedlib-agent --backend sqlite:///var/lib/sked.db --host web-1 \\
+        --attribute zone=a --executors bash,process --lease-ttl 10
+
+Logs one line per action on stderr. SIGTERM or SIGINT stops watching and exits; tasks
+keep running for the next agent to adopt, unless ``--stop-tasks-on-exit``. Exit status:
+0 after a clean shutdown, 1 when the agent cannot start (backend, plugin, state dir),
+2 for bad usage.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import signal
+import socket
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
 
-__all__ = ["main"]
+from skedlib.agent.agent import Agent, AgentConfig, default_state_dir
+from skedlib.agent.ports import DEFAULT_PORT_RANGE
+from skedlib.client import default_backend_url
+from skedlib.errors import SkedError
+from skedlib.keys import DEFAULT_PREFIX
+from skedlib.plugins import open_backend
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition("-")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW-HIGH, got {text!r}") from None
+    if not sep or not 0 < lo <= hi <= 65535:
+        raise argparse.ArgumentTypeError(f"expected LOW-HIGH within 1-65535, got {text!r}")
+    return lo, hi
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``skedlib-agent``."""
+    p = argparse.ArgumentParser(prog="skedlib-agent",
+                                description="Run the tasks the issued state gives this host.")
+    p.add_argument("--backend", metavar="URL", default=None,
+                   help="storage backend URL (default: $SKED_BACKEND or "
+                        f"{default_backend_url()})")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="key prefix (default sked/)")
+    p.add_argument("--host", default=socket.gethostname(),
+                   help="this host's name (default: the hostname)")
+    p.add_argument("--address", default="", help="address published in the host record "
+                                                 "(default: the outward IP address)")
+    p.add_argument("--cluster", default="", help="cluster published in the host record")
+    p.add_argument("--attribute", action="append", type=_key_value, default=[],
+                   metavar="KEY=VALUE", help="a host attribute for constraints; repeatable")
+    p.add_argument("--executors", action="append", metavar="NAME[,NAME…]",
+                   help="executors enabled on this host (default: every installed one)")
+    p.add_argument("--executor-opt", action="append", type=_key_value, default=[],
+                   metavar="EXECUTOR.KEY=VALUE",
+                   help="an executor option, e.g. process.log_max_bytes=1000000")
+    p.add_argument("--health-provider", default="local",
+                   help="health provider plugin (default: local)")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="executor state (pid records, work dirs); must survive restarts "
+                        "(default: ~/.local/state/skedlib/agent/HOST, as root "
+                        "/var/lib/skedlib/agent/HOST)")
+    p.add_argument("--log-dir", type=Path, default=None,
+                   help="task logs (default: STATE_DIR/logs)")
+    p.add_argument("--lease-ttl", type=_positive, default=10.0, metavar="SECONDS",
+                   help="TTL of the host record's lease (default 10)")
+    p.add_argument("--memory", type=int, default=None, metavar="MIB",
+                   help="memory offered to tasks (default: the host's total)")
+    p.add_argument("--cpu-units", type=int, default=None,
+                   help="CPU units offered, 1024 per core (default: every core)")
+    p.add_argument("--disk", type=int, default=None, metavar="MIB",
+                   help="disk offered to tasks (default: the state dir's file system)")
+    p.add_argument("--port-range", type=_port_range, default=DEFAULT_PORT_RANGE,
+                   metavar="LOW-HIGH",
+                   help="where provided ports are picked (default "
+                        f"{DEFAULT_PORT_RANGE[0]}-{DEFAULT_PORT_RANGE[1]})")
+    p.add_argument("--workers", type=int, default=16,
+                   help="starts and stops in flight at once (default 16)")
+    p.add_argument("--check-failures", type=int, default=3,
+                   help="consecutive critical results of a check that count as a failed "
+                        "attempt (default 3)")
+    p.add_argument("--stop-tasks-on-exit", action="store_true",
+                   help="stop every task on SIGTERM/SIGINT (default: leave them running)")
+    p.add_argument("--log-level", default="INFO",
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    """An :class:`AgentConfig` from parsed arguments."""
+    executors = None
+    if args.executors:
+        executors = [n.strip() for item in args.executors for n in item.split(",")
+                     if n.strip()]
+    options: dict[str, dict[str, str]] = {}
+    for key, value in args.executor_opt:
+        name, sep, option = key.partition(".")
+        if not sep or not option:
+            raise SkedError(f"--executor-opt {key}={value}: expected EXECUTOR.KEY=VALUE")
+        options.setdefault(name, {})[option] = value
+    return AgentConfig(
+        host=args.host, address=args.address, cluster=args.cluster,
+        attributes=dict(args.attribute), executors=executors, executor_options=options,
+        health_provider=args.health_provider,
+        state_dir=args.state_dir or default_state_dir(args.host), log_dir=args.log_dir,
+        prefix=args.prefix, lease_ttl=args.lease_ttl, memory=args.memory,
+        cpu_units=args.cpu_units, disk=args.disk, port_range=args.port_range,
+        workers=max(1, args.workers), check_failures=max(1, args.check_failures),
+        stop_tasks_on_exit=args.stop_tasks_on_exit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``skedlib-agent``."""
-    print("skedlib-agent: not yet implemented", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del frame
+        logging.getLogger("skedlib.agent").info("%s: shutting down",
+                                                signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        config = config_from_args(args)
+        backend = open_backend(args.backend or default_backend_url())
+    except (SkedError, OSError) as exc:
+        print(f"skedlib-agent: {exc}", file=sys.stderr)
+        return 1
+    try:
+        agent = Agent(backend, config)
+    except (SkedError, OSError, ValueError) as exc:
+        print(f"skedlib-agent: {exc}", file=sys.stderr)
+        backend.close()
+        return 1
+    try:
+        agent.run(stop)
+    finally:
+        backend.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

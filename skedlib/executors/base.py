@@ -21,12 +21,15 @@ Contracts:
   running containers instead of starting them twice.
 - ``reserved_ports`` lists host ports the executor's containers hold (the agent publishes
   them in the host record so schedulers avoid conflicts).
+- ``notify_exits`` (optional) lets the agent learn at once that a container exited on
+  its own; an executor that does not support it returns False and the agent polls
+  ``status``.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -35,7 +38,14 @@ import msgspec
 from skedlib.errors import SkedError
 from skedlib.models import Container, Task
 
-__all__ = ["ContainerRef", "ContainerStatus", "Executor", "ExecutorContext", "TaskRejected"]
+__all__ = [
+    "ContainerRef",
+    "ContainerStatus",
+    "Executor",
+    "ExecutorContext",
+    "ExitCallback",
+    "TaskRejected",
+]
 
 
 class TaskRejected(SkedError):
@@ -75,6 +85,10 @@ class ContainerStatus(msgspec.Struct, kw_only=True):
     """Resident memory now, when the executor can measure it (0 otherwise)."""
 
 
+ExitCallback = Callable[[ContainerRef, ContainerStatus], None]
+"""Told that a container exited on its own: its ref and its final status."""
+
+
 class Executor(abc.ABC):
     """Starts, stops and observes containers of one ``type``."""
 
@@ -104,6 +118,15 @@ class Executor(abc.ABC):
     def reserved_ports(self) -> list[int]:
         """Host ports held by this executor's containers."""
         return []
+
+    def notify_exits(self, callback: ExitCallback) -> bool:
+        """Call ``callback`` (from any thread) as soon as a container exits on its own.
+
+        Not called for containers ended by :meth:`stop`. Return True when supported; the
+        default returns False, and the agent then polls :meth:`status` instead.
+        """
+        del callback
+        return False
 
     def cleanup(self, ref: ContainerRef) -> None:  # noqa: B027 - optional
         """Remove what is left of a stopped container (files, exited docker containers)."""

@@ -1,0 +1,172 @@
+"""The agent's life cycle: graceful shutdown (tasks left running or stopped), the
+in-process :class:`Agent`, ttl checks end to end, a lost lease, and relisting after a
+compacted watch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import psutil
+import pytest
+
+from skedlib.agent import Agent, AgentConfig, pass_ttl_check
+from skedlib.agent.issued import IssuedWatcher
+from skedlib.codecs import decode, encode
+from skedlib.errors import Compacted
+from skedlib.keys import Keyspace
+from skedlib.models import Check, Container, Host, TaskHealth
+from skedlib.store.base import (
+    Backend,
+    Compare,
+    KeyValue,
+    ListResult,
+    Op,
+    TxnResult,
+    Watch,
+    WatchEvent,
+)
+from skedlib.store.memory import MemoryBackend
+from tests.agent.conftest import AgentEnv, make_task, sleeper, wait_for
+
+
+def test_sigterm_leaves_tasks_running_for_the_next_agent(env: AgentEnv) -> None:
+    agent = env.start_agent()
+    task = make_task(0, containers=[sleeper()], provide_port=False)
+    env.put_task(task)
+    env.wait_healthy(task.id)
+    pid = env.pid(task.id)
+    assert env.terminate(agent) == 0
+    assert psutil.pid_exists(pid)
+    assert "tasks left running" in env.log_text()
+    env.start_agent()
+    wait_for(lambda: "adopted " + task.id in env.log_text(), 10, "the adoption")
+    assert [p.pid for p in env.processes(task.id)] == [pid]
+
+
+def test_stop_tasks_on_exit_stops_them_and_removes_the_host(env: AgentEnv) -> None:
+    agent = env.start_agent("--stop-tasks-on-exit", lease_ttl=30)
+    task = make_task(0, containers=[sleeper()], provide_port=False)
+    env.put_task(task)
+    env.wait_healthy(task.id)
+    pid = env.pid(task.id)
+    assert env.terminate(agent) == 0
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert env.host_record() is None  # revoked at once, not after the 30 s TTL
+    health = env.health(task.id)
+    assert health is not None and health.state == "stopped" and not health.healthy
+
+
+@pytest.fixture
+def memory() -> Iterator[MemoryBackend]:
+    backend = MemoryBackend()
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def _agent(backend: Backend, tmp_path: Path, host: str = "local1") -> Agent:
+    config = AgentConfig(host=host, state_dir=tmp_path / "state", lease_ttl=1.0,
+                         executors=["process"], check_failures=2, health_refresh=5.0)
+    return Agent(backend, config)
+
+
+def test_in_process_agent_with_a_ttl_check(memory: MemoryBackend, tmp_path: Path) -> None:
+    keys = Keyspace()
+    agent = _agent(memory, tmp_path)
+    agent.start()
+    try:
+        assert agent.wait_ready(10)
+        task = make_task(0, provide_port=False, containers=[Container(
+            name="main", type="process", executor={"argv": ["sleep", "60"]},
+            checks=[Check(name="heartbeat", ttl="3s")])])
+        task.host = "local1"
+        memory.put(keys.host_task("local1", task.id), encode(task))
+        memory.put(keys.task(task.id), encode(task))
+
+        def health() -> TaskHealth | None:
+            kv = memory.get(keys.task_health(task.id))
+            return decode(kv.value, TaskHealth) if kv else None
+
+        starting = wait_for(lambda: (h := health()) and h.checks and h, 5, "a record")
+        assert starting.state == "starting" and not starting.healthy
+        assert agent.phases() == {task.id: "running"}
+        pass_ttl_check(memory, task.id, "heartbeat", output="beat")
+        healthy = wait_for(lambda: (h := health()) and h.healthy and h, 10, "healthy")
+        assert healthy.checks[0].status == "passing" and healthy.checks[0].output == "beat"
+        record = decode(memory.get(keys.agent("local1")).value, Host)  # type: ignore[union-attr]
+        assert record.executors == ["process"]
+    finally:
+        agent.stop(stop_tasks=True)
+    assert agent.phases()[task.id] in ("idle", "running", "stopping")
+    assert health() is not None and health().state == "stopped"  # type: ignore[union-attr]
+
+
+def test_a_lost_lease_is_granted_again_and_the_record_republished(
+        memory: MemoryBackend, tmp_path: Path) -> None:
+    keys = Keyspace()
+    agent = _agent(memory, tmp_path, host="local2")
+    agent.start()
+    try:
+        first = wait_for(lambda: memory.get(keys.agent("local2")), 5, "the host record")
+        assert first.lease is not None
+        memory.revoke_lease(first.lease)  # as if the backend had expired it
+        again = wait_for(lambda: (kv := memory.get(keys.agent("local2"))) and
+                         kv.lease != first.lease and kv, 5, "the record on a new lease")
+        assert decode(again.value, Host).name == "local2"
+    finally:
+        agent.stop()
+
+
+class _CompactingOnce(Backend):
+    """Delegates to a memory backend; its first watch raises Compacted."""
+
+    def __init__(self, inner: MemoryBackend) -> None:
+        self.inner = inner
+        self.watches = 0
+
+    def get(self, key: str) -> KeyValue | None:
+        return self.inner.get(key)
+
+    def list(self, prefix: str) -> ListResult:
+        return self.inner.list(prefix)
+
+    def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+        return self.inner.txn(compares, ops)
+
+    def watch(self, prefix: str, start_revision: int) -> Watch:
+        self.watches += 1
+        if self.watches == 1:
+            raise Compacted("compacted", start_revision + 1)
+        return self.inner.watch(prefix, start_revision)
+
+    def grant_lease(self, ttl: float) -> str:
+        return self.inner.grant_lease(ttl)
+
+    def keepalive(self, lease: str) -> None:
+        self.inner.keepalive(lease)
+
+    def revoke_lease(self, lease: str) -> None:
+        self.inner.revoke_lease(lease)
+
+
+def test_watcher_lists_again_after_compaction(memory: MemoryBackend) -> None:
+    backend = _CompactingOnce(memory)
+    listings: list[ListResult] = []
+    batches: list[Sequence[WatchEvent]] = []
+    memory.put("p/a", b"1")
+    watcher = IssuedWatcher(backend, "p/", listings.append, batches.append,
+                            poll_timeout=0.1)
+    watcher.start()
+    try:
+        wait_for(lambda: len(listings) == 2, 5, "a second listing")
+        memory.put("p/b", b"2")
+        wait_for(lambda: batches, 5, "a watch batch")
+        assert [kv.key for kv in listings[1].items] == ["p/a"]
+        assert [e.key for e in batches[0]] == ["p/b"]
+    finally:
+        started = time.monotonic()
+        watcher.stop()
+        assert time.monotonic() - started < 2
