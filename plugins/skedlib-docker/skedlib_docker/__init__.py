@@ -1,0 +1,31 @@
+"""skedlib-docker: the ``docker`` executor for skedlib agents, as a plugin.
+
+Installing the package registers the executor through the ``skedlib`` entry-point group,
+so an agent runs containers whose ``type`` is ``docker`` on the host's Docker engine. The
+executor is :class:`skedlib_docker.executor.DockerEngineExecutor`; the translation of the
+executor blob (seed 001's ``image``, ``cmd``, ``entry``, ``container_port``, ``ports``,
+``env``, ``work_dir``, ``volumes``, ``flags``) is :func:`skedlib_docker.spec.build_run_spec`.
+See ``docs/executors/docker.md``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DockerEngineExecutor",
+    "DockerError",
+    "DockerOptions",
+    "DockerUnavailable",
+    "RunSpec",
+    "build_run_spec",
+    "container_name",
+]
+
+__version__ = "0.1.0"
+
+from skedlib_docker.executor import (
+    DockerEngineExecutor,
+    DockerError,
+    DockerOptions,
+    DockerUnavailable,
+)
+from skedlib_docker.spec import RunSpec, build_run_spec, container_name

@@ -1,0 +1,32 @@
+"""The skedlib hook implementation that registers the ``docker`` executor.
+
+Named by the entry point ``[project.entry-points.skedlib] docker = "skedlib_docker.plugin"``.
+The executor module (and with it the Docker SDK) is imported only when an agent creates
+the executor, so loading the registry stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from skedlib.executors.base import ExecutorContext
+from skedlib.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from skedlib_docker.executor import DockerEngineExecutor
+
+__all__ = ["create_docker_executor", "skedlib_executors"]
+
+
+def create_docker_executor(context: ExecutorContext) -> DockerEngineExecutor:
+    """Create the ``docker`` executor for an agent (see :mod:`skedlib_docker.executor`)."""
+    from skedlib_docker.executor import DockerEngineExecutor
+
+    return DockerEngineExecutor(context)
+
+
+@hookimpl
+def skedlib_executors() -> Mapping[str, Callable[..., Any]]:
+    """``docker``: containers on the host's Docker engine."""
+    return {"docker": create_docker_executor}

@@ -1,0 +1,601 @@
+"""The ``docker`` executor (plugin ``skedlib-docker``) against a real, private Docker engine.
+
+No mocks: every test that touches the engine starts real containers from the busybox
+test image built by :mod:`tests.harness.dockerd`. HTTP is checked from the host with
+``urllib`` (busybox ``wget`` crashes in containers). A few tests of the blob translation
+need no engine at all.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from skedlib.codecs import decode, encode
+from skedlib.errors import SkedError
+from skedlib.executors import ContainerRef, ContainerStatus, ExecutorContext, TaskRejected
+from skedlib.keys import DEFAULT_PREFIX, Keyspace
+from skedlib.models import Check, Cluster, Container, Task, TaskDefinition, TaskHealth
+from skedlib.plugins import get_registry, open_backend
+from tests.harness import dockerd as harness
+
+harness.require_docker_plugin()
+
+from skedlib_docker import (  # noqa: E402 - after the plugin check
+    DockerEngineExecutor,
+    DockerUnavailable,
+    build_run_spec,
+    container_name,
+)
+from skedlib_docker.spec import parse_memory  # noqa: E402
+
+pytestmark = [pytest.mark.timeout(120)]
+
+docker_engine = harness.docker_engine
+
+T = TypeVar("T")
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def make_task(blob: dict[str, Any], *, port: int = 0, memory: int = 0, cpu_units: int = 0,
+              host: str = "node-1", container: str = "main") -> tuple[Task, Container]:
+    """A one-container docker task with a unique id (``t-<service>-1-0``)."""
+    ctr = Container(name=container, type="docker", executor=blob, memory=memory,
+                    cpu_units=cpu_units)
+    service = f"svc{uuid.uuid4().hex[:8]}"
+    definition = TaskDefinition(name=service, version=1, provide_port=bool(port),
+                                containers=[ctr], grace_period=2 * 10**9, max_attempts=3)
+    task = Task(cluster=Cluster(name="t"), task_definition=definition, service=service,
+                instance=0, port=port, host=host, scheduled=True)
+    return task, ctr
+
+
+def agent_env(task: Task, container: Container) -> dict[str, str]:
+    """What the agent passes as ``env``: the task's variables, not its own environment."""
+    env = {"SKED_TASK_ID": task.id, "SKED_HOST": task.host}
+    if task.port:
+        env["PROVIDED_PORT"] = str(task.port)
+    return env
+
+
+def ref_of(task: Task, container: Container) -> ContainerRef:
+    return ContainerRef(task.id, container.name)
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0) -> T:
+    """Poll ``probe`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def http_get(port: int, timeout: float = 15.0) -> str:
+    """GET http://127.0.0.1:port/ from the host, retrying until the server answers."""
+    def probe() -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                return str(resp.read().decode())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+    return wait_for(f"HTTP on 127.0.0.1:{port}", probe, timeout)
+
+
+def port_closed(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def make_executor(engine: harness.DockerEngine, tmp_path: Path, host: str,
+                  **options: str) -> DockerEngineExecutor:
+    ctx = ExecutorContext(host=host, state_dir=tmp_path / "state", log_dir=tmp_path / "logs",
+                          options={"docker.url": engine.url, "docker.bind_ip": "127.0.0.1",
+                                   "docker.timeout": "30", **options})
+    return DockerEngineExecutor(ctx)
+
+
+@pytest.fixture
+def host() -> str:
+    """A host name of its own per test, so tests never see each other's containers."""
+    return f"node-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def executor(docker_engine: harness.DockerEngine, tmp_path: Path,
+             host: str) -> Iterator[DockerEngineExecutor]:
+    ex = make_executor(docker_engine, tmp_path, host)
+    try:
+        yield ex
+    finally:
+        for ref in ex.running():
+            ex.stop(ref, 0)
+        ex.close()
+
+
+def needs_bridge(engine: harness.DockerEngine) -> None:
+    if engine.bridge is None:
+        pytest.skip("the private engine runs with --bridge=none here: ports cannot be "
+                    "published (see the --net=host test)")
+
+
+HTTPD = ("mkdir -p /www && echo hello-$PROVIDED_PORT > /www/index.html && "
+         "exec httpd -f -p {p} -h /www")
+
+
+# -- with the engine --------------------------------------------------------------------------
+def test_published_port_serves_http_then_stop_removes_it(
+        docker_engine: harness.DockerEngine, executor: DockerEngineExecutor) -> None:
+    needs_bridge(docker_engine)
+    port = harness.free_port()
+    task, ctr = make_task({"image": docker_engine.image, "container_port": 8080,
+                           "cmd": ["sh", "-c", HTTPD.format(p=8080)]}, port=port)
+    ref = ref_of(task, ctr)
+    executor.start(task, ctr, agent_env(task, ctr))
+
+    assert http_get(port).strip() == f"hello-{port}"
+    st = executor.status(ref)
+    assert st.state == "running" and st.pid and st.started_at > 0
+    assert port in executor.reserved_ports()
+    assert executor.running() == [ref]
+
+    info = docker_engine.client().api.inspect_container(
+        container_name(executor.host, task.id, ctr.name))
+    labels = info["Config"]["Labels"]
+    assert labels["skedlib.task_id"] == task.id
+    assert labels["skedlib.container"] == "main"
+    assert labels["skedlib.host"] == executor.host
+    assert info["HostConfig"]["PortBindings"] == {
+        "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+
+    executor.stop(ref, grace=1)
+    assert executor.status(ref).state == "missing"
+    assert executor.running() == []
+    assert port not in executor.reserved_ports()
+    wait_for(f"port {port} to close", lambda: port_closed(port), 5)
+    executor.stop(ref, grace=1)  # idempotent
+
+
+def test_exit_code_is_reported_and_cleanup_removes(executor: DockerEngineExecutor,
+                                                   docker_engine: harness.DockerEngine) -> None:
+    task, ctr = make_task({"image": docker_engine.image, "cmd": ["sh", "-c", "exit 3"]})
+    ref = ref_of(task, ctr)
+    executor.start(task, ctr, agent_env(task, ctr))
+    def exited() -> ContainerStatus | None:
+        st = executor.status(ref)
+        return st if st.state == "exited" else None
+
+    st = wait_for("the container to exit", exited)
+    assert st.exit_code == 3
+    assert "code 3" in st.message
+    assert executor.running() == [ref]  # listed until cleaned up, so an agent can clean up
+    assert executor.reserved_ports() == []
+    executor.cleanup(ref)
+    assert executor.status(ref).state == "missing"
+    assert executor.running() == []
+
+
+def test_adoption_by_a_new_executor_instance(docker_engine: harness.DockerEngine,
+                                            tmp_path: Path, host: str) -> None:
+    first = make_executor(docker_engine, tmp_path, host)
+    task, ctr = make_task({"image": docker_engine.image, "cmd": ["sleep", "300"]}, host=host)
+    ref = ref_of(task, ctr)
+    first.start(task, ctr, agent_env(task, ctr))
+    started = first.status(ref)
+    assert started.state == "running"
+    first.close()  # the agent exits; the container keeps running
+
+    second = make_executor(docker_engine, tmp_path, host)  # the restarted agent
+    other = make_executor(docker_engine, tmp_path, f"{host}-other")
+    try:
+        assert second.running() == [ref]
+        adopted = second.status(ref)
+        assert adopted.state == "running"
+        assert adopted.pid == started.pid
+        assert other.running() == []
+        assert other.status(ref).state == "missing"
+
+        # a retried start of the same task leaves the running container alone
+        client = docker_engine.client()
+        name = container_name(host, task.id, ctr.name)
+        before = client.api.inspect_container(name)["Id"]
+        second.start(task, ctr, agent_env(task, ctr))
+        assert client.api.inspect_container(name)["Id"] == before
+
+        t0 = time.monotonic()
+        second.stop(ref, grace=0)
+        assert time.monotonic() - t0 < 10
+        assert second.status(ref).state == "missing"
+        assert second.running() == []
+    finally:
+        for ex in (second, other):
+            for r in ex.running():
+                ex.stop(r, 0)
+            ex.close()
+
+
+def test_a_stale_container_of_the_task_is_replaced(executor: DockerEngineExecutor,
+                                                   docker_engine: harness.DockerEngine) -> None:
+    task, ctr = make_task({"image": docker_engine.image, "cmd": ["sh", "-c", "exit 0"]})
+    ref = ref_of(task, ctr)
+    executor.start(task, ctr, agent_env(task, ctr))
+    wait_for("exit", lambda: executor.status(ref).state == "exited")
+    executor.start(task, ctr, agent_env(task, ctr))  # the old exited container is replaced
+    wait_for("exit again", lambda: executor.status(ref).state == "exited")
+    assert executor.running() == [ref]
+
+
+def test_env_and_provided_port_substitution(executor: DockerEngineExecutor,
+                                            docker_engine: harness.DockerEngine,
+                                            tmp_path: Path) -> None:
+    port = harness.free_port()
+    script = ('echo "env=$PORT_X url=$URL greet=$GREETING provided=$PROVIDED_PORT '
+              'task=$SKED_TASK_ID ctr=$SKED_CONTAINER arg=$0"; '
+              'echo "$PORT_X" > /tmp/x; sleep 300')
+    task, ctr = make_task({"image": docker_engine.image,
+                           "cmd": ["sh", "-c", script, "a$PROVIDED_PORT"],
+                           "env": ["PORT_X=$PROVIDED_PORT", "URL=http://h:${PROVIDED_PORT}/",
+                                   "GREETING=hi there"],
+                           "work_dir": "/tmp"}, port=port)
+    ref = ref_of(task, ctr)
+    executor.start(task, ctr, agent_env(task, ctr))
+    client = docker_engine.client()
+    name = container_name(executor.host, task.id, ctr.name)
+    expected = (f"env={port} url=http://h:{port}/ greet=hi there provided={port} "
+                f"task={task.id} ctr=main arg=a{port}")
+    logs = wait_for("the echo", lambda: (
+        out := client.api.logs(name).decode()) and "env=" in out and out)
+    assert logs.strip() == expected
+    code, out = client.containers.get(name).exec_run(["cat", "/tmp/x"])
+    assert code == 0 and out.decode().strip() == str(port)
+    assert client.api.inspect_container(name)["Config"]["WorkingDir"] == "/tmp"
+
+    executor.stop(ref, grace=0)
+    kept = (tmp_path / "logs" / task.id / "main.log").read_text()
+    assert expected in kept  # the output is kept in the log directory at removal
+
+
+def test_limits_and_supported_flags(executor: DockerEngineExecutor,
+                                    docker_engine: harness.DockerEngine) -> None:
+    task, ctr = make_task({"image": docker_engine.image,
+                           "cmd": ["sh", "-c", "id -u; hostname; touch /x 2>/dev/null || echo ro; "
+                                   "touch /scratch/y && echo tmpfs-ok; sleep 300"],
+                           "flags": ["--cap-add=NET_ADMIN", "--cap-drop", "MKNOD",
+                                     "--read-only", "--user=65534", "--hostname=skedbox",
+                                     "--tmpfs=/scratch:mode=1777", "--init",
+                                     "--add-host=db:10.1.2.3", "-d"]},
+                          memory=64, cpu_units=512)
+    ref = ref_of(task, ctr)
+    executor.start(task, ctr, agent_env(task, ctr))
+    client = docker_engine.client()
+    name = container_name(executor.host, task.id, ctr.name)
+    info = client.api.inspect_container(name)
+    hc = info["HostConfig"]
+    assert hc["Memory"] == 64 * 1024 * 1024
+    assert hc["NanoCpus"] == 500_000_000
+    assert hc["CapAdd"] == ["NET_ADMIN"] and hc["CapDrop"] == ["MKNOD"]
+    assert hc["ReadonlyRootfs"] is True
+    assert hc["Init"] is True
+    assert hc["ExtraHosts"] == ["db:10.1.2.3"]
+    assert info["Config"]["User"] == "65534"
+    logs = wait_for("the output", lambda: (
+        out := client.api.logs(name).decode()) and "tmpfs-ok" in out and out)
+    assert logs.split() == ["65534", "skedbox", "ro", "tmpfs-ok"]
+
+    # --init: docker-init forwards SIGTERM, so sleep ends at once instead of after the grace
+    t0 = time.monotonic()
+    executor.stop(ref, grace=20)
+    assert time.monotonic() - t0 < 10
+    assert executor.status(ref).state == "missing"
+
+
+def test_net_host_container_listens_on_the_task_port(executor: DockerEngineExecutor,
+                                                     docker_engine: harness.DockerEngine) -> None:
+    port = harness.free_port()
+    task, ctr = make_task({"image": docker_engine.image, "container_port": 8080,
+                           "cmd": ["sh", "-c", HTTPD.format(p="$PROVIDED_PORT")],
+                           "flags": ["--net=host", "--memory=32m", "--cpus=0.25"]}, port=port)
+    ref = ref_of(task, ctr)
+    executor.start(task, ctr, agent_env(task, ctr))
+    assert http_get(port).strip() == f"hello-{port}"
+    assert executor.reserved_ports() == [port]
+    hc = docker_engine.client().api.inspect_container(
+        container_name(executor.host, task.id, ctr.name))["HostConfig"]
+    assert hc["NetworkMode"] == "host"
+    assert hc["Memory"] == 32 * 1024 * 1024 and hc["NanoCpus"] == 250_000_000
+    executor.stop(ref, grace=0)
+    wait_for(f"port {port} to close", lambda: port_closed(port), 5)
+
+
+def test_extra_port_mappings_and_volume(executor: DockerEngineExecutor,
+                                        docker_engine: harness.DockerEngine,
+                                        tmp_path: Path) -> None:
+    needs_bridge(docker_engine)
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("from-a-volume\n")
+    port, extra = harness.free_port(), harness.free_port()
+    task, ctr = make_task({"image": docker_engine.image, "container_port": 8080,
+                           "ports": [f"{extra}:9090"],
+                           "volumes": [f"{www}:/www:ro"],
+                           "cmd": ["sh", "-c", "httpd -p 9090 -h /www; "
+                                   "exec httpd -f -p 8080 -h /www"]}, port=port)
+    executor.start(task, ctr, agent_env(task, ctr))
+    assert http_get(port) == "from-a-volume\n"
+    assert http_get(extra) == "from-a-volume\n"
+    assert executor.reserved_ports() == sorted([port, extra])
+    executor.stop(ref_of(task, ctr), grace=0)
+
+
+def test_exits_are_notified_but_not_stops(executor: DockerEngineExecutor,
+                                          docker_engine: harness.DockerEngine) -> None:
+    exits: queue.Queue[tuple[ContainerRef, ContainerStatus]] = queue.Queue()
+    assert executor.notify_exits(lambda ref, st: exits.put((ref, st))) is True
+    stopped, s_ctr = make_task({"image": docker_engine.image, "cmd": ["sleep", "300"]},
+                               container="stopped")
+    executor.start(stopped, s_ctr, agent_env(stopped, s_ctr))
+    dying, d_ctr = make_task({"image": docker_engine.image,
+                              "cmd": ["sh", "-c", "sleep 0.5; exit 5"]}, container="dying")
+    executor.start(dying, d_ctr, agent_env(dying, d_ctr))
+    executor.stop(ref_of(stopped, s_ctr), grace=0)
+
+    ref, st = exits.get(timeout=10)
+    assert ref == ref_of(dying, d_ctr)
+    assert st.state == "exited" and st.exit_code == 5
+    with pytest.raises(queue.Empty):  # the stopped one is not reported
+        exits.get(timeout=1)
+    executor.close()
+    assert executor._events_thread is None
+
+
+def test_missing_image_is_rejected_with_its_name(executor: DockerEngineExecutor) -> None:
+    task, ctr = make_task({"image": "skedlib-test/does-not-exist:42", "cmd": ["true"]})
+    with pytest.raises(TaskRejected, match=r"skedlib-test/does-not-exist:42"):
+        executor.start(task, ctr, agent_env(task, ctr))
+    assert executor.running() == []
+
+
+def test_missing_command_is_rejected(executor: DockerEngineExecutor,
+                                     docker_engine: harness.DockerEngine) -> None:
+    task, ctr = make_task({"image": docker_engine.image, "cmd": ["/no/such/program"]})
+    with pytest.raises(TaskRejected, match="/no/such/program"):
+        executor.start(task, ctr, agent_env(task, ctr))
+    assert executor.running() == []  # the failed container was removed
+
+
+def test_taken_port_is_rejected(executor: DockerEngineExecutor,
+                                docker_engine: harness.DockerEngine) -> None:
+    needs_bridge(docker_engine)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        task, ctr = make_task({"image": docker_engine.image, "container_port": 8080,
+                               "cmd": ["sleep", "300"]}, port=port)
+        with pytest.raises(TaskRejected, match=str(port)):
+            executor.start(task, ctr, agent_env(task, ctr))
+    assert executor.running() == []
+
+
+def test_unsupported_flags_are_rejected_before_anything_runs(
+        executor: DockerEngineExecutor, docker_engine: harness.DockerEngine) -> None:
+    task, ctr = make_task({"image": docker_engine.image, "cmd": ["true"],
+                           "flags": ["--foo=bar"]})
+    with pytest.raises(TaskRejected, match=r"docker flag --foo is not supported; supported: "
+                                           r".*--memory"):
+        executor.start(task, ctr, agent_env(task, ctr))
+    task, ctr = make_task({"image": docker_engine.image, "cmd": ["true"],
+                           "flags": ["--restart=always"]})
+    with pytest.raises(TaskRejected, match=r"--restart .*agent restarts"):
+        executor.start(task, ctr, agent_env(task, ctr))
+    assert executor.running() == []
+
+
+def test_unknown_containers_are_missing_and_stop_is_a_no_op(
+        executor: DockerEngineExecutor) -> None:
+    ref = ContainerRef("t-nothing-1-0", "main")
+    assert executor.status(ref).state == "missing"
+    executor.stop(ref, 0)
+    executor.cleanup(ref)
+
+
+def test_the_plugin_registers_the_docker_executor(docker_engine: harness.DockerEngine,
+                                                  tmp_path: Path) -> None:
+    factory = get_registry().executor_factory("docker")
+    ctx = ExecutorContext(host="node-x", state_dir=tmp_path, log_dir=tmp_path,
+                          options={"docker.url": docker_engine.url})
+    ex = factory(ctx)
+    try:
+        assert isinstance(ex, DockerEngineExecutor) and ex.name == "docker"
+        assert ex.running() == []
+    finally:
+        ex.close()
+
+
+# -- end to end, with the agent ----------------------------------------------------------------
+def test_the_agent_runs_adopts_and_stops_a_docker_task(docker_engine: harness.DockerEngine,
+                                                       tmp_path: Path, host: str) -> None:
+    """A task written into the store by hand is run by an in-process agent, stays up
+    across an agent restart (adopted, not restarted), and stops when its key goes."""
+    needs_bridge(docker_engine)
+    from skedlib.agent import Agent, AgentConfig
+
+    backend = open_backend(f"sqlite://{tmp_path}/store.db")
+    keys = Keyspace(DEFAULT_PREFIX)
+    config = AgentConfig(host=host, state_dir=tmp_path / "agent", executors=["docker"],
+                         executor_options={"docker": {"url": docker_engine.url,
+                                                      "bind_ip": "127.0.0.1"}},
+                         lease_ttl=2.0, check_failures=2)
+    observer = make_executor(docker_engine, tmp_path, host)
+    web = Container(name="web", type="docker",
+                    executor={"image": docker_engine.image, "container_port": 8080,
+                              "cmd": ["sh", "-c", HTTPD.format(p=8080)]},
+                    checks=[Check(http="http://127.0.0.1:$PROVIDED_PORT/", interval="300ms",
+                                  timeout="250ms")])
+    definition = TaskDefinition(name="web", version=1, provide_port=True, containers=[web],
+                                grace_period=10**9, max_attempts=3)
+    task = Task(cluster=Cluster(name="default"), task_definition=definition, service="web",
+                instance=0, host=host, scheduled=True)
+    agents: list[Agent] = []
+
+    def start_agent() -> Agent:
+        agent = Agent(backend, config)
+        agents.append(agent)
+        agent.start()
+        assert agent.wait_ready(15)
+        return agent
+
+    def healthy() -> TaskHealth | None:
+        kv = backend.get(keys.task_health(task.id))
+        health = decode(kv.value, TaskHealth) if kv else None
+        return health if health is not None and health.healthy else None
+
+    try:
+        first = start_agent()
+        value = encode(task)
+        backend.put(keys.host_task(host, task.id), value)
+        backend.put(keys.task(task.id), value)
+        wait_for("the task to be healthy", healthy, 30)
+        kv = backend.get(keys.task(task.id))
+        assert kv is not None
+        port = decode(kv.value, Task).port
+        assert port and http_get(port).strip() == f"hello-{port}"
+        ref = ContainerRef(task.id, "web")
+        assert observer.running() == [ref]
+        name = container_name(host, task.id, "web")
+        container_id = docker_engine.client().api.inspect_container(name)["Id"]
+
+        first.stop()  # tasks keep running; the next agent adopts them
+        assert observer.status(ref).state == "running"
+        start_agent()
+        time.sleep(1.0)  # long enough for a wrong restart to show up
+        assert wait_for("healthy again", healthy, 15).attempts == 0
+        assert docker_engine.client().api.inspect_container(name)["Id"] == container_id
+
+        backend.delete(keys.host_task(host, task.id))
+        backend.delete(keys.task(task.id))
+        wait_for("the container to be removed", lambda: observer.running() == [], 15)
+        wait_for(f"port {port} to close", lambda: port_closed(port), 5)
+    finally:
+        for agent in agents:
+            agent.stop(stop_tasks=True)
+        for r in observer.running():
+            observer.stop(r, 0)
+        observer.close()
+        backend.close()
+
+
+# -- without an engine ------------------------------------------------------------------------
+def test_an_unreachable_engine_raises_a_sked_error(tmp_path: Path) -> None:
+    ctx = ExecutorContext(host="h", state_dir=tmp_path, log_dir=tmp_path,
+                          options={"docker.url": f"unix://{tmp_path}/nothing.sock",
+                                   "docker.timeout": "2"})
+    ex = DockerEngineExecutor(ctx)
+    with pytest.raises(DockerUnavailable, match=r"nothing\.sock") as info:
+        ex.status(ContainerRef("t-a-1-0", "main"))
+    assert isinstance(info.value, SkedError)
+    task, ctr = make_task({"image": "x", "flags": ["--bogus"]})
+    with pytest.raises(TaskRejected):  # refused before the engine is contacted
+        ex.start(task, ctr, agent_env(task, ctr))
+
+
+def test_an_engine_that_does_not_answer_times_out(tmp_path: Path) -> None:
+    path = tmp_path / "mute.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mute:
+        mute.bind(str(path))
+        mute.listen(16)  # accepts connections (the kernel does) but never answers
+        ctx = ExecutorContext(host="h", state_dir=tmp_path, log_dir=tmp_path,
+                              options={"docker.url": f"unix://{path}", "docker.timeout": "1"})
+        ex = DockerEngineExecutor(ctx)
+        t0 = time.monotonic()
+        with pytest.raises(DockerUnavailable, match=r"mute\.sock") as info:
+            ex.running()
+        assert time.monotonic() - t0 < 5
+        assert info.value.__cause__ is not None  # the SDK's error, chained
+        ex.close()
+
+
+def test_blob_translation() -> None:
+    task, ctr = make_task({"image": "app:1", "container_port": 80, "entry": "/bin/sh -c",
+                           "cmd": ["run $PROVIDED_PORT"],
+                           "ports": ["5000:5000", "0.0.0.0:5353:53/udp"],
+                           "env": ["A=1", "B=x=y"], "volumes": ["/srv:/data:ro", "named:/v"],
+                           "flags": ["-m", "1g", "--cpus=2", "--network=backend",
+                                     "--privileged", "-u", "app", "--shm-size=64m"]},
+                          port=20000, memory=100, cpu_units=256)
+    spec = build_run_spec(task, ctr, {"PROVIDED_PORT": "20000"}, host="h1",
+                          bind_ip="127.0.0.1")
+    kw = spec.create_kwargs()
+    assert kw["entrypoint"] == ["/bin/sh", "-c"] and kw["command"] == ["run 20000"]
+    assert kw["ports"] == {"80/tcp": [("127.0.0.1", 20000)],
+                           "5000/tcp": [("127.0.0.1", 5000)],
+                           "53/udp": [("0.0.0.0", 5353)]}
+    assert kw["volumes"] == ["/srv:/data:ro", "named:/v"]
+    assert kw["environment"] == ["A=1", "B=x=y", "PROVIDED_PORT=20000", "SKED_CONTAINER=main"]
+    assert kw["mem_limit"] == 1 << 30  # the flag wins over the definition's 100 MiB
+    assert kw["nano_cpus"] == 2_000_000_000
+    assert kw["network_mode"] == "backend" and kw["privileged"] is True
+    assert kw["user"] == "app" and kw["shm_size"] == 64 << 20
+    assert spec.host_ports == [5000, 5353, 20000]
+    assert spec.labels["skedlib.ports"] == "5000,5353,20000"
+    assert spec.name == "sked-t-" + task.service + "-1-0-main-h1"
+
+    # limits from the definition when no flag is given
+    task2, ctr2 = make_task({"image": "app:1"}, memory=100, cpu_units=256)
+    kw2 = build_run_spec(task2, ctr2, {}, host="h1").create_kwargs()
+    assert kw2["mem_limit"] == 100 << 20 and kw2["nano_cpus"] == 250_000_000
+
+
+@pytest.mark.parametrize(("blob", "message"), [
+    ({"cmd": ["x"]}, "invalid docker executor"),
+    ({"image": " "}, "needs an image"),
+    ({"image": "a", "ports": ["5000"]}, "host port is required"),
+    ({"image": "a", "ports": ["70000:80"]}, "not a port"),
+    ({"image": "a", "ports": ["5000:80/icmp"]}, "protocol"),
+    ({"image": "a", "ports": ["5000:80", "5000:81"]}, "mapped twice"),
+    ({"image": "a", "volumes": ["/only-one"]}, "HOST:CONTAINER"),
+    ({"image": "a", "volumes": ["/a:relative"]}, "must be absolute"),
+    ({"image": "a", "env": ["NOVALUE"]}, "KEY=VALUE"),
+    ({"image": "a", "flags": ["--memory=lots"]}, "not a size"),
+    ({"image": "a", "flags": ["--cpus=-1"]}, "positive"),
+    ({"image": "a", "flags": ["--memory"]}, "needs a value"),
+    ({"image": "a", "flags": ["--rm"]}, "removes containers itself"),
+    ({"image": "a", "flags": ["--name=x"]}, "names containers"),
+    ({"image": "a", "flags": ["-it"]}, "detached"),
+    ({"image": "a", "flags": ["host"]}, "not a flag"),
+    ({"image": "a", "flags": ["--privileged=maybe"]}, "boolean"),
+    ({"image": "a", "cmd": ["echo", "$PROVIDED_PORT"]}, "no port"),
+])
+def test_bad_blobs_are_rejected(blob: dict[str, Any], message: str) -> None:
+    task, ctr = make_task(blob)
+    with pytest.raises(TaskRejected, match=message):
+        build_run_spec(task, ctr, {}, host="h")
+
+
+def test_names_are_docker_safe_and_distinct() -> None:
+    assert container_name("node-1", "c-web-3-0", "app") == "sked-c-web-3-0-app-node-1"
+    odd = container_name("höst", "c-wéb-3-0", "a:b")
+    assert odd.startswith("sked-c-w_b-3-0-a_b-h_st-")
+    assert odd != container_name("h_st", "c-w_b-3-0", "a_b")
+
+
+def test_parse_memory() -> None:
+    assert parse_memory("512m") == 512 << 20
+    assert parse_memory("1.5g") == 3 << 29
+    assert parse_memory("1024") == 1024
+    assert parse_memory("64MB") == 64 << 20
+    with pytest.raises(TaskRejected):
+        parse_memory("0")
