@@ -16,8 +16,10 @@ placer updates as it places, so later decisions in one plan see earlier ones.
 from __future__ import annotations
 
 import abc
+import bisect
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal
 
 import msgspec
 
@@ -30,6 +32,7 @@ __all__ = [
     "ConstraintsFilter",
     "DistinctHostFilter",
     "Filter",
+    "HostPool",
     "LeastLoaded",
     "NotDraining",
     "NotRejectedBefore",
@@ -73,6 +76,10 @@ class Filter(abc.ABC):
     """Feasibility: may ``request`` go on ``host``? ``None`` if so, else the reason."""
 
     name: str = ""
+    monotonic: bool = False
+    """True when a host this filter refused stays refused, while a plan is built, for
+    every request with the same demand, port and constraints (placing only ever takes
+    resources away); the placer then skips such hosts without asking again."""
 
     @abc.abstractmethod
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
@@ -84,6 +91,9 @@ class Scorer(abc.ABC):
 
     name: str = ""
     weight: float = 1.0
+    walk: Literal["tightest", "loosest"] | None = None
+    """Set when this scorer's best hosts are those with the least (``tightest``) or most
+    (``loosest``) free memory; a placer whose first scorer has it looks there first."""
 
     @abc.abstractmethod
     def score(self, request: TaskRequest, host: HostState) -> float:
@@ -94,6 +104,7 @@ class ResourcesFit(Filter):
     """The host has the memory, CPU and disk the task needs."""
 
     name = "resources"
+    monotonic = True
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         free, need = host.free, request.demand
@@ -110,6 +121,7 @@ class PortsFree(Filter):
     """A fixed port the task needs is free on the host."""
 
     name = "ports"
+    monotonic = True
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         port = request.task.task_definition.port
@@ -120,6 +132,7 @@ class NotDraining(Filter):
     """The host is not being drained."""
 
     name = "draining"
+    monotonic = True
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         return "host is draining" if host.draining else None
@@ -138,6 +151,7 @@ class ConstraintsFilter(Filter):
     """The service's attribute constraints hold on the host."""
 
     name = "constraints"
+    monotonic = True
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         for c in request.constraints:
@@ -162,6 +176,7 @@ class BestFit(Scorer):
     """Prefer the host left with the least free memory and CPU after placement."""
 
     name = "best_fit"
+    walk = "tightest"
 
     def score(self, request: TaskRequest, host: HostState) -> float:
         free, total, need = host.free, host.total, request.demand
@@ -174,6 +189,7 @@ class LeastLoaded(Scorer):
     """Prefer the host with the most free resources, and the fewest tasks."""
 
     name = "least_loaded"
+    walk = "loosest"
 
     def score(self, request: TaskRequest, host: HostState) -> float:
         free, total = host.free, host.total
@@ -222,44 +238,140 @@ class Unschedulable(msgspec.Struct, frozen=True):
         return f"0/{self.hosts_considered} hosts fit: " + "; ".join(parts)
 
 
-class Placer:
-    """Runs filters then scorers over hosts and assigns the task to the best one."""
+class HostPool:
+    """The hosts a plan may use, kept sorted by free share as tasks are placed.
 
-    def __init__(self, filters: Sequence[Filter], scorers: Sequence[Scorer]) -> None:
+    A host's free share is its free memory over its total plus its free CPU over its
+    total: exactly what :class:`BestFit` and :class:`LeastLoaded` rank by. The sort lets a
+    placer whose first scorer declares a :attr:`Scorer.walk` look at the best hosts first,
+    so placing a task costs O(log n) plus the hosts it actually looks at, not O(n).
+    """
+
+    def __init__(self, hosts: Iterable[HostState]) -> None:
+        self.hosts = list(hosts)
+        self.by_name = {h.name: h for h in self.hosts}
+        self._max_memory = max((h.total.memory for h in self.hosts), default=0) or 1
+        self._max_cpu = max((h.total.cpu_units for h in self.hosts), default=0) or 1
+        self._keys = sorted((_share(h), h.name) for h in self.hosts)
+
+    def __len__(self) -> int:
+        return len(self.hosts)
+
+    def tightest(self, demand: Resources) -> Iterator[HostState]:
+        """Hosts that may fit ``demand``, least free share first."""
+        bound = demand.memory / self._max_memory + demand.cpu_units / self._max_cpu
+        keys, by_name = self._keys, self.by_name
+        for i in range(bisect.bisect_left(keys, (bound - 1e-9, "")), len(keys)):
+            yield by_name[keys[i][1]]
+
+    def loosest(self) -> Iterator[HostState]:
+        """Every host, most free share first."""
+        keys, by_name = self._keys, self.by_name
+        for i in range(len(keys) - 1, -1, -1):
+            yield by_name[keys[i][1]]
+
+    def _moved(self, host: HostState, old: float) -> None:
+        keys = self._keys
+        i = bisect.bisect_left(keys, (old, host.name))
+        if i < len(keys) and keys[i] == (old, host.name):
+            del keys[i]
+        bisect.insort(keys, (_share(host), host.name))
+
+    def assign(self, name: str, task_id: str, demand: Resources, port: int = 0) -> None:
+        """Count a task as placed on host ``name``."""
+        host = self.by_name[name]
+        old = _share(host)
+        host.assign(task_id, demand, port)
+        self._moved(host, old)
+
+    def release(self, name: str, task_id: str, demand: Resources, port: int = 0) -> None:
+        """Count a task as gone from host ``name``."""
+        host = self.by_name[name]
+        old = _share(host)
+        host.release(task_id, demand, port)
+        self._moved(host, old)
+
+
+def _share(host: HostState) -> float:
+    free, total = host.free, host.total
+    return ((free.memory / total.memory if total.memory else 0.0)
+            + (free.cpu_units / total.cpu_units if total.cpu_units else 0.0))
+
+
+class Placer:
+    """Runs filters then scorers over hosts and assigns the task to the best one.
+
+    When the first scorer declares a :attr:`Scorer.walk`, the placer walks the pool in
+    that order and scores only the first ``sample`` feasible hosts; otherwise (or when
+    the walk finds nothing, to report why) it filters and scores every host.
+    """
+
+    def __init__(self, filters: Sequence[Filter], scorers: Sequence[Scorer],
+                 sample: int = 4) -> None:
         self.filters = list(filters)
         self.scorers = list(scorers)
+        self.sample = sample
+        self._refused: dict[tuple[object, ...], set[str]] = {}
 
-    def choose(self, request: TaskRequest,
-               hosts: Sequence[HostState]) -> Placement | Unschedulable:
-        """The best feasible host for ``request``, or why there is none. Does not assign."""
-        best: tuple[float, str] | None = None
-        refused: Counter[str] = Counter()
-        for host in hosts:
-            reason = None
-            for f in self.filters:
-                reason = f.filter(request, host)
-                if reason is not None:
-                    break
+    def _refusal(self, request: TaskRequest, host: HostState,
+                 refused: set[str] | None = None) -> str | None:
+        for f in self.filters:
+            reason = f.filter(request, host)
             if reason is not None:
-                refused[reason] += 1
+                if refused is not None and f.monotonic:
+                    refused.add(host.name)
+                return reason
+        return None
+
+    def _score(self, request: TaskRequest, host: HostState) -> float:
+        return sum(s.weight * s.score(request, host) for s in self.scorers)
+
+    def choose(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
+        """The best feasible host for ``request``, or why there is none. Does not assign."""
+        walk = self.scorers[0].walk if self.scorers else None
+        best: tuple[float, str] | None = None
+        if walk is not None:
+            hosts = pool.tightest(request.demand) if walk == "tightest" else pool.loosest()
+            key = (id(pool), request.demand.memory, request.demand.cpu_units,
+                   request.demand.disk, request.task.task_definition.port,
+                   request.constraints)
+            refused = self._refused.setdefault(key, set())
+            looked = 0
+            for host in hosts:
+                if host.name in refused or \
+                        self._refusal(request, host, refused) is not None:
+                    continue
+                best = _better(best, self._score(request, host), host.name)
+                looked += 1
+                if looked >= self.sample:
+                    break
+            if best is not None:
+                return Placement(best[1], best[0])
+        reasons: Counter[str] = Counter()
+        for host in pool.hosts:
+            reason = self._refusal(request, host)
+            if reason is not None:
+                reasons[reason] += 1
                 continue
-            score = sum(s.weight * s.score(request, host) for s in self.scorers)
-            # highest score wins; on a tie, the smallest host name (deterministic)
-            if best is None or score > best[0] or (score == best[0] and host.name < best[1]):
-                best = (score, host.name)
+            best = _better(best, self._score(request, host), host.name)
         if best is None:
-            return Unschedulable(dict(refused), len(hosts))
+            return Unschedulable(dict(reasons), len(pool))
         return Placement(best[1], best[0])
 
-    def place(self, request: TaskRequest, hosts: Sequence[HostState],
-              by_name: dict[str, HostState]) -> Placement | Unschedulable:
+    def place(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
         """Choose a host and record the task on it (and in ``request.service_hosts``)."""
-        result = self.choose(request, hosts)
+        result = self.choose(request, pool)
         if isinstance(result, Placement):
-            host = by_name[result.host]
-            host.assign(request.task.id, request.demand, request.task.port)
-            request.service_hosts[host.name] += 1
+            pool.assign(result.host, request.task.id, request.demand, request.task.port)
+            request.service_hosts[result.host] += 1
         return result
+
+
+def _better(best: tuple[float, str] | None, score: float, name: str) -> tuple[float, str]:
+    """Highest score wins; on a tie, the smallest host name (plans are deterministic)."""
+    if best is None or score > best[0] or (score == best[0] and name < best[1]):
+        return (score, name)
+    return best
 
 
 def stock_filters() -> list[Filter]:

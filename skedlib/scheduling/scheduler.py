@@ -26,8 +26,10 @@ from collections.abc import Sequence
 import msgspec
 
 from skedlib.models import Cluster, Service, Task
+from skedlib.scheduling.constraints import parse_constraint
 from skedlib.scheduling.framework import (
     Filter,
+    HostPool,
     Placement,
     Placer,
     Scorer,
@@ -90,19 +92,21 @@ class ServiceScheduler(Scheduler):
                                     f"{i}": reason for i in range(service.desired)}
             return result
         hosts = snapshot.cluster_hosts(cluster)
-        by_name = {h.name: h for h in hosts}
+        pool = HostPool(hosts)
         current: dict[int, Task] = {}
         for t in tasks:
             if t.task_definition.version != service.task_version or \
                     t.instance >= service.desired:
                 result.plan.stop.append(t.id)
-                if t.host in by_name:
-                    by_name[t.host].release(t.id, demand_of(t.task_definition), t.port)
+                if t.host in pool.by_name:
+                    pool.release(t.host, t.id, demand_of(t.task_definition), t.port)
             else:
                 current[t.instance] = t
         placer = Placer(self.filters(snapshot, hosts), self.scorers(snapshot, service, hosts))
         service_hosts: Counter[str] = Counter(
-            t.host for t in current.values() if not t.rejected and t.host in by_name)
+            t.host for t in current.values() if not t.rejected and t.host in pool.by_name)
+        constraints = tuple(parse_constraint(c) for c in service.constraints)
+        demand = demand_of(td)
         for instance in range(service.desired):
             old = current.get(instance)
             if old is not None and not old.rejected and old.host in snapshot.hosts:
@@ -110,8 +114,9 @@ class ServiceScheduler(Scheduler):
             task = Task(cluster=cluster, task_definition=td, service=service.name,
                         instance=instance, port=td.port, scheduled=True,
                         rejected_hosts=list(old.rejected_hosts) if old else [])
-            request = TaskRequest.for_task(task, service, service_hosts)
-            choice = placer.place(request, hosts, by_name)
+            request = TaskRequest(task=task, demand=demand, service=service,
+                                  constraints=constraints, service_hosts=service_hosts)
+            choice = placer.place(request, pool)
             if isinstance(choice, Placement):
                 task.host = choice.host
                 result.plan.place.append(task)

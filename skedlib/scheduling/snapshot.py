@@ -70,9 +70,9 @@ class HostState:
     def copy(self) -> HostState:
         """An independent copy, for planning without touching the snapshot."""
         twin = HostState.__new__(HostState)
-        for name in HostState.__slots__:
-            setattr(twin, name, getattr(self, name))
-        twin.attributes = dict(self.attributes)
+        twin.name, twin.address, twin.total = self.name, self.address, self.total
+        twin.allocated, twin.draining = self.allocated, self.draining
+        twin.attributes = self.attributes  # not changed by planning
         twin.ports = set(self.ports)
         twin.tasks = set(self.tasks)
         return twin
@@ -128,6 +128,27 @@ class Snapshot:
             if state is not None and not task.rejected:
                 state.assign(task.id, demand_of(task.task_definition), task.port)
         self.health = {h.task_id: h for h in health}
+
+    def apply(self, place: Iterable[Task], stop: Iterable[str] = ()) -> None:
+        """Record a committed plan in this snapshot, so planning can go on from it
+        without reading the store again (placed tasks get revision 0 until re-read)."""
+        for task_id in stop:
+            old = self.tasks.pop(task_id, None)
+            if old is None:
+                continue
+            self.task_revisions.pop(task_id, None)
+            self._by_service[(old.cluster.name, old.service)].remove(old)
+            if old.host in self.hosts and not old.rejected:
+                self.hosts[old.host].release(task_id, demand_of(old.task_definition), old.port)
+        for task in place:
+            if task.id in self.tasks:
+                self.apply([], [task.id])
+            self.tasks[task.id] = task
+            self.task_revisions[task.id] = 0
+            self._by_service[(task.cluster.name, task.service)].append(task)
+            if task.host in self.hosts and not task.rejected:
+                self.hosts[task.host].assign(task.id, demand_of(task.task_definition),
+                                             task.port)
 
     def service_tasks(self, cluster: str, service: str) -> list[Task]:
         """Issued tasks of one service in one cluster, by instance."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from skedlib.models import Cluster, Container, Host, Resources, Service, Task, TaskDefinition
 from skedlib.scheduling.framework import (
     BestFit,
+    HostPool,
     LeastLoaded,
     Placement,
     Placer,
@@ -33,9 +34,10 @@ def _request(i: int, memory: int, service: Service = SVC) -> TaskRequest:
 def test_best_fit_packs_the_fullest_host_that_fits() -> None:
     hosts = _hosts(("a", 1000, {}), ("b", 300, {}), ("c", 200, {}))
     placer = Placer(stock_filters(), [BestFit()])
-    by_name = {h.name: h for h in hosts}
+    pool = HostPool(hosts)
+    by_name = pool.by_name
     req = _request(0, 250)
-    result = placer.place(req, hosts, by_name)
+    result = placer.place(req, pool)
     assert isinstance(result, Placement) and result.host == "b"
     assert by_name["b"].free.memory == 50
 
@@ -43,10 +45,10 @@ def test_best_fit_packs_the_fullest_host_that_fits() -> None:
 def test_least_loaded_spreads() -> None:
     hosts = _hosts(("a", 1000, {}), ("b", 1000, {}))
     placer = Placer(stock_filters(), [LeastLoaded()])
-    by_name = {h.name: h for h in hosts}
+    pool = HostPool(hosts)
     picked = []
     for i in range(4):
-        r = placer.place(_request(i, 100), hosts, by_name)
+        r = placer.place(_request(i, 100), pool)
         assert isinstance(r, Placement)
         picked.append(r.host)
     assert sorted(picked) == ["a", "a", "b", "b"]
@@ -56,12 +58,13 @@ def test_spread_over_an_attribute() -> None:
     hosts = _hosts(("a1", 1000, {"zone": "a"}), ("a2", 1000, {"zone": "a"}),
                    ("b1", 1000, {"zone": "b"}))
     placer = Placer(stock_filters(), [SpreadAttribute("zone", hosts)])
-    by_name = {h.name: h for h in hosts}
+    pool = HostPool(hosts)
+    by_name = pool.by_name
     req = _request(0, 10)
     zones = []
     for i in range(4):
         req = TaskRequest.for_task(_request(i, 10).task, SVC, req.service_hosts)
-        r = placer.place(req, hosts, by_name)
+        r = placer.place(req, pool)
         assert isinstance(r, Placement)
         zones.append(by_name[r.host].attributes["zone"])
     assert zones.count("a") == 2 and zones.count("b") == 2
@@ -71,7 +74,7 @@ def test_unschedulable_says_which_filter_refused_on_how_many_hosts() -> None:
     hosts = _hosts(("a", 100, {"zone": "x"}), ("b", 1000, {"zone": "y"}),
                    ("c", 1000, {"zone": "y"}))
     svc = Service(name="s", task_name="s", task_version=1, constraints=["attribute:zone == x"])
-    result = Placer(stock_filters(), [BestFit()]).choose(_request(0, 500, svc), hosts)
+    result = Placer(stock_filters(), [BestFit()]).choose(_request(0, 500, svc), HostPool(hosts))
     assert isinstance(result, Unschedulable)
     assert result.reasons == {"not enough memory": 1, "constraint 'attribute:zone == x'": 2}
     assert str(result).startswith("0/3 hosts fit: constraint 'attribute:zone == x' on 2 hosts")
@@ -81,11 +84,11 @@ def test_distinct_host() -> None:
     hosts = _hosts(("a", 1000, {}), ("b", 1000, {}))
     svc = Service(name="s", task_name="s", task_version=1, constraints=["distinct_host"])
     placer = Placer(stock_filters(), [BestFit()])
-    by_name = {h.name: h for h in hosts}
+    pool = HostPool(hosts)
     req = _request(0, 10, svc)
     results = []
     for i in range(3):
         req = TaskRequest.for_task(_request(i, 10, svc).task, svc, req.service_hosts)
-        results.append(placer.place(req, hosts, by_name))
+        results.append(placer.place(req, pool))
     assert {r.host for r in results[:2] if isinstance(r, Placement)} == {"a", "b"}
     assert isinstance(results[2], Unschedulable)
