@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an executor option, e.g. process.log_max_bytes=1000000")
     p.add_argument("--health-provider", default="local",
                    help="health provider plugin (default: local)")
+    p.add_argument("--health-opt", action="append", type=_key_value, default=[],
+                   metavar="KEY=VALUE",
+                   help="a health provider option, e.g. consul.url=http://127.0.0.1:8500")
     p.add_argument("--state-dir", type=Path, default=None,
                    help="executor state (pid records, work dirs); must survive restarts "
                         "(default: ~/.local/state/skedlib/agent/HOST, as root "
@@ -128,7 +131,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     return AgentConfig(
         host=args.host, address=args.address, cluster=args.cluster,
         attributes=dict(args.attribute), executors=executors, executor_options=options,
-        health_provider=args.health_provider,
+        health_provider=args.health_provider, health_options=dict(args.health_opt),
         state_dir=args.state_dir or default_state_dir(args.host), log_dir=args.log_dir,
         prefix=args.prefix, lease_ttl=args.lease_ttl, memory=args.memory,
         cpu_units=args.cpu_units, disk=args.disk, port_range=args.port_range,

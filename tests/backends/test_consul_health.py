@@ -2,7 +2,10 @@
 
 The provider registers a task (as a Consul service with its checks) on the agent; the
 agent itself runs the checks against a ``http.server`` the test starts on a free port.
-What was registered is verified through Consul's own agent and catalog APIs.
+What was registered is verified through Consul's own agent and catalog APIs. The first
+tests use the plain client (:class:`ConsulHealthProvider`); the rest the agent's
+provider (:class:`ConsulAgentHealthProvider`) through the HealthProvider contract:
+states, ``on_change``, the failure threshold, TTL reports through the store.
 """
 
 from __future__ import annotations
@@ -15,11 +18,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from skedlib_consul.health import ConsulHealthProvider, check_definitions
+from skedlib_consul.health import (
+    ConsulAgentHealthProvider,
+    ConsulHealthProvider,
+    agent_options,
+    check_definitions,
+)
 
-from skedlib.errors import BackendUnavailable, NotFound, ValidationError
+from skedlib.agent.health import HealthContext, HealthProvider, pass_ttl_check
+from skedlib.codecs import encode
+from skedlib.errors import BackendUnavailable, NotFound, PluginError, ValidationError
+from skedlib.executors.base import TaskRejected
+from skedlib.keys import Keyspace
 from skedlib.models import Check, Cluster, Container, Task, TaskDefinition, TaskHealth
-from skedlib.plugins import get_registry
+from skedlib.plugins import get_registry, open_backend
+from skedlib.store.memory import MemoryBackend
 from tests.harness import consul as harness
 
 consul_dev = harness.consul_dev
@@ -244,18 +257,289 @@ def test_unreachable_agent_fails_in_time() -> None:
     p.close()
 
 
-def test_registered_through_the_plugin_registry(consul_dev: harness.ConsulCluster) -> None:
-    class Context:  # what an agent hands to a health provider factory
-        host = "node-7"
-        options = {"consul.agent": f"http://{consul_dev.members[0].endpoint}"}
+# -- the agent's provider (skedlib.agent.health.HealthProvider) --------------------------------
+class _Changes:
+    """``on_change`` for a HealthContext: when it was called, and the state then."""
 
+    def __init__(self) -> None:
+        self.provider: ConsulAgentHealthProvider | None = None
+        self.calls: list[tuple[float, str, str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, task_id: str) -> None:
+        assert self.provider is not None
+        h = self.provider.health(task_id)
+        with self.lock:
+            self.calls.append((time.monotonic(), task_id, h.state if h else "none"))
+
+    def states(self, task_id: str) -> list[str]:
+        with self.lock:
+            return [s for _, t, s in self.calls if t == task_id]
+
+    def first(self, task_id: str, state: str) -> float:
+        with self.lock:
+            return next(at for at, t, s in self.calls if t == task_id and s == state)
+
+
+ProviderFactory = Callable[..., tuple[ConsulAgentHealthProvider, _Changes]]
+
+
+@pytest.fixture
+def agent_provider(consul_dev: harness.ConsulCluster) -> Iterator[ProviderFactory]:
+    """Make ConsulAgentHealthProviders on the dev agent; closed (tasks unwatched) after."""
+    made: list[ConsulAgentHealthProvider] = []
+
+    def make(*, threshold: int = 2, backend: Any = None,
+             options: dict[str, str] | None = None,
+             cls: type[ConsulAgentHealthProvider] = ConsulAgentHealthProvider,
+             ) -> tuple[ConsulAgentHealthProvider, _Changes]:
+        changes = _Changes()
+        ctx = HealthContext(host="host-1", backend=backend or MemoryBackend(),
+                            keyspace=Keyspace(), on_change=changes, failure_threshold=threshold,
+                            options=options if options is not None else
+                            {"consul.url": f"http://{consul_dev.members[0].endpoint}",
+                             "consul.timeout": "3"})
+        p = cls(ctx)
+        changes.provider = p
+        made.append(p)
+        return p, changes
+
+    try:
+        yield make
+    finally:
+        for p in made:
+            for task_id in list(p._tasks):
+                p.unwatch(task_id)
+            p.close()
+
+
+def _wait_state(p: ConsulAgentHealthProvider, task_id: str, cond: Callable[[TaskHealth], bool],
+                timeout: float = 15.0, what: str = "") -> TaskHealth:
+    deadline = time.monotonic() + timeout
+    while True:
+        h = p.health(task_id)
+        assert h is not None, f"{task_id} is not watched"
+        if cond(h):
+            return h
+        if time.monotonic() > deadline:
+            pytest.fail(f"{task_id} never {what or 'matched'}; last: {h}")
+        time.sleep(0.05)
+
+
+def _consul_checks(agent: harness.ConsulAgent, task_id: str) -> dict[str, dict[str, Any]]:
+    status, checks = agent.api("GET", "/v1/agent/checks")
+    assert status == 200
+    return {cid: c for cid, c in checks.items() if c["ServiceID"] == task_id}
+
+
+def _wait_consul(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_agent_provider_follows_an_http_check_to_unhealthy(
+        consul_dev: harness.ConsulCluster, agent_provider: ProviderFactory,
+        web_server: _Server) -> None:
+    agent = consul_dev.members[0]
+    p, changes = agent_provider(threshold=2)
+    assert isinstance(p, HealthProvider) and p.name == "consul"
+    # the port comes from watch(), not from the task (which the agent writes back later)
+    task = _task(0, [Check(name="http", http="http://127.0.0.1:$PROVIDED_PORT/health",
+                           interval="1s", timeout="500ms")], tags=["web", "canary"])
+    t0 = time.monotonic()
+    p.watch(task, web_server.port)
+    assert time.monotonic() - t0 < 0.1  # no Consul call on the caller's thread
+    h = p.health(task.id)
+    assert h is not None and h.state == "starting" and h.host == "host-1"
+
+    h = _wait_state(p, task.id, lambda h: h.state == "healthy", what="healthy")
+    assert h.healthy and h.checks[0].name == "http" and h.checks[0].status == "passing"
+    assert f"127.0.0.1:{web_server.port}/health" in h.checks[0].output
+    assert changes.states(task.id)[-1] == "healthy"
+    _, services = agent.api("GET", "/v1/agent/services")
+    svc = services[task.id]
+    assert (svc["Service"], svc["Port"], sorted(svc["Tags"])) == (
+        task.service, web_server.port, ["canary", "web"])
+    assert set(_consul_checks(agent, task.id)) == {f"{task.id}:app:http"}
+
+    # someone removes the service behind our back (a restarted dev agent forgets it too):
+    # it is registered again
+    status, _ = agent.api("PUT", f"/v1/agent/service/deregister/{task.id}")
+    assert status == 200
+    _wait_consul(lambda: _consul_checks(agent, task.id), "the service to come back")
+    _wait_state(p, task.id, lambda h: h.state == "healthy", what="healthy again")
+
+    # the server goes away: critical is "running" until seen critical for 1.5 intervals
+    n = len(changes.states(task.id))
+    web_server.stop()
+    h = _wait_state(p, task.id, lambda h: h.state == "unhealthy", what="unhealthy")
+    assert h.checks[0].status == "critical" and not h.healthy
+    seen = changes.states(task.id)[n:]
+    assert seen[:2] == ["running", "unhealthy"], seen
+    gap = changes.first(task.id, "unhealthy") - changes.first(task.id, "running")
+    assert 1.3 <= gap <= 4.0, gap
+
+    p.unwatch(task.id)
+    assert p.health(task.id) is None
+    _wait_consul(lambda: task.id not in agent.api("GET", "/v1/agent/services")[1],
+                 "the service to be deregistered")
+    assert not _consul_checks(agent, task.id)
+    p.unwatch(task.id)  # idempotent
+
+
+def test_agent_provider_forwards_ttl_reports_from_the_store(
+        consul_dev: harness.ConsulCluster, agent_provider: ProviderFactory) -> None:
+    agent = consul_dev.members[0]
+    backend = MemoryBackend()
+    keys = Keyspace()
+    p, changes = agent_provider(threshold=2, backend=backend)
+    port = 4321
+    task = _task(0, [Check(name="beat", ttl="2s")])
+    # a script check sees the same environment as with the local provider
+    task.task_definition.containers[0].checks.append(Check(
+        name="env", interval="1s",
+        script=f'test "$SKED_TASK_ID" = "{task.id}" && test "$PROVIDED_PORT" = "{port}" '
+               '&& test "$SKED_HOST" = host-1'))
+    p.watch(task, port)
+    _wait_state(p, task.id, lambda h: h.checks[1].status == "passing", what="env passing")
+
+    def agent_writes() -> TaskHealth:  # what the agent does with the provider's results
+        h = p.health(task.id)
+        assert h is not None
+        backend.put(keys.task_health(task.id), encode(h))
+        return h
+
+    assert agent_writes().state == "starting"  # nobody reported the ttl check yet
+    pass_ttl_check(backend, task.id, "beat", output="alive")
+    h = _wait_state(p, task.id, lambda h: h.state == "healthy", timeout=5, what="healthy")
+    assert h.checks[0].output == "alive"
+    c = _consul_checks(agent, task.id)[f"{task.id}:app:beat"]
+    assert (c["Name"], c["Status"], c["Output"]) == ("beat", "passing", "alive")
+
+    # the agent keeps rewriting the record with the provider's own results: they are not
+    # reports, so Consul's TTL runs out and the check goes critical, then unhealthy
+    deadline = time.monotonic() + 8
+    while (h := agent_writes()).state != "unhealthy":
+        assert time.monotonic() < deadline, f"the ttl check never expired: {h}"
+        time.sleep(0.2)
+    assert h.checks[0].status == "critical" and "TTL expired" in h.checks[0].output
+    assert "running" in changes.states(task.id)
+
+    # a report revives it
+    pass_ttl_check(backend, task.id, "beat", output="back")
+    h = _wait_state(p, task.id, lambda h: h.state == "healthy", timeout=5, what="healthy")
+    assert h.checks[0].output == "back"
+
+
+def test_agent_provider_validates_like_the_local_one(agent_provider: ProviderFactory) -> None:
+    p, _ = agent_provider()
+    p.validate(_task(80, [Check(name="ok", http="http://127.0.0.1:$PROVIDED_PORT/")]), 80)
+    for check, match in [
+        (Check(name="x", http="http://127.0.0.1/", tcp="127.0.0.1:80"), "exactly one"),
+        (Check(name="x", http="http://127.0.0.1/", interval="often"), "often"),
+        (Check(name="x", http="ftp://127.0.0.1/"), "not an http"),
+        (Check(name="x", tcp="nohost"), "not host:port"),
+    ]:
+        with pytest.raises(TaskRejected, match=match):
+            p.validate(_task(80, [check]), 80)
+        with pytest.raises(TaskRejected, match=match):
+            p.watch(_task(80, [check]), 80)
+
+
+def test_agent_provider_options(consul_dev: harness.ConsulCluster,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def ctx(options: dict[str, str], backend: Any = None) -> HealthContext:
+        return HealthContext(host="h", backend=backend or MemoryBackend(),
+                             keyspace=Keyspace(), on_change=lambda _: None, options=options)
+
+    o = agent_options(ctx({"consul.url": "http://10.1.2.3:8600", "consul.timeout": "2",
+                           "consul.token": "secret"}))
+    assert (o.endpoints, o.timeout, o.token, o.scheme) == (
+        (("10.1.2.3", 8600),), 2.0, "secret", "http")
+    assert agent_options(ctx({"url": "https://10.1.2.3:8501"})).scheme == "https"
+    assert agent_options(ctx({"consul.agent": "10.1.2.4:8500"})).endpoints == (
+        ("10.1.2.4", 8500),)
+    with pytest.raises(PluginError, match=r"unknown option 'consul\.nope'"):
+        agent_options(ctx({"consul.nope": "x"}))
+    with pytest.raises(PluginError, match="timeout"):
+        agent_options(ctx({"consul.timeout": "soon"}))
+    with pytest.raises(PluginError, match="expected http"):
+        agent_options(ctx({"consul.url": "http://10.1.2.3:8500/v1"}))
+    # no address given: the first endpoint of a consul:// backend …
+    backend = open_backend(consul_dev.url(timeout=4))
+    try:
+        o = agent_options(ctx({}, backend))
+        assert (o.endpoints, o.timeout) == (backend.options.endpoints[:1], 4.0)  # type: ignore[attr-defined]
+    finally:
+        backend.close()
+    # … else $CONSUL_HTTP_ADDR, else 127.0.0.1:8500
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "10.9.9.9:8500")
+    assert agent_options(ctx({})).endpoints == (("10.9.9.9", 8500),)
+    monkeypatch.delenv("CONSUL_HTTP_ADDR")
+    assert agent_options(ctx({})).endpoints == (("127.0.0.1", 8500),)
+
+
+def test_agent_provider_without_consul_stays_starting(agent_provider: ProviderFactory) -> None:
+    port = harness.free_ports(1)[0]
+    p, changes = agent_provider(options={"consul.url": f"http://127.0.0.1:{port}",
+                                         "consul.timeout": "1"})
+    task = _task(0, [Check(name="http", http="http://127.0.0.1:$PROVIDED_PORT/",
+                           interval="1s")])
+    t0 = time.monotonic()
+    p.watch(task, 8080)
+    h = _wait_state(p, task.id, lambda h: "not registered with Consul yet" in
+                    h.checks[0].output, timeout=5, what="reporting the failed registration")
+    assert h.state == "starting" and "connection refused" in h.checks[0].output
+    assert time.monotonic() - t0 < 5
+    time.sleep(1.5)  # retried, never counted toward the threshold
+    assert p.health(task.id).state == "starting"  # type: ignore[union-attr]
+    assert "unhealthy" not in changes.states(task.id)
+    p.unwatch(task.id)  # the deregistration is retried until close gives up on it
+    t0 = time.monotonic()
+    p.close()
+    assert time.monotonic() - t0 < 4
+
+
+class _BadIntervals(ConsulAgentHealthProvider):
+    """Sends Consul an interval it refuses (validation would catch it otherwise)."""
+
+    def _definitions(self, *args: Any) -> list[dict[str, Any]]:
+        out = super()._definitions(*args)
+        for d in out:
+            d["Interval"] = "often"
+        return out
+
+
+def test_agent_provider_reports_a_refused_registration(
+        consul_dev: harness.ConsulCluster, agent_provider: ProviderFactory) -> None:
+    p, changes = agent_provider(cls=_BadIntervals)
+    task = _task(0, [Check(name="http", http="http://127.0.0.1:1/", interval="1s")])
+    p.watch(task, 0)
+    h = _wait_state(p, task.id, lambda h: h.state == "unhealthy", timeout=5, what="unhealthy")
+    assert "Consul refused the registration" in h.checks[0].output
+    assert changes.states(task.id)[-1] == "unhealthy"
+    assert task.id not in p._sync_client.registered()
+
+
+def test_registered_through_the_plugin_registry(consul_dev: harness.ConsulCluster) -> None:
     factory = get_registry().health_provider_factory("consul")
-    with factory(Context()) as p:
-        assert isinstance(p, ConsulHealthProvider)
-        assert p.host == "node-7"
+    ctx = HealthContext(host="node-7", backend=MemoryBackend(), keyspace=Keyspace(),
+                        on_change=lambda _: None,
+                        options={"consul.url": f"http://{consul_dev.members[0].endpoint}"})
+    p = factory(ctx)
+    try:
+        assert isinstance(p, ConsulAgentHealthProvider) and isinstance(p, HealthProvider)
         task = _task(0, [])
-        p.register(task)
-        try:
-            assert p.health(task.id).host == "node-7"
-        finally:
-            p.deregister(task.id)
+        p.watch(task, 0)
+        h = p.health(task.id)
+        assert h is not None and h.state == "healthy" and h.host == "node-7" and h.checks == []
+        _wait_consul(lambda: task.id in p._sync_client.registered(), "the registration")
+        p.unwatch(task.id)
+        _wait_consul(lambda: task.id not in p._sync_client.registered(), "the deregistration")
+    finally:
+        p.close()

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from skedlib.hookspecs import BackendFactory, hookimpl
 
 if TYPE_CHECKING:
+    from skedlib.agent.health import HealthContext
     from skedlib_consul.backend import ConsulBackend
-    from skedlib_consul.health import ConsulHealthProvider
+    from skedlib_consul.health import ConsulAgentHealthProvider
 
 __all__ = ["make_health_provider", "open_consul_url", "skedlib_backends",
            "skedlib_health_providers"]
@@ -27,11 +28,17 @@ def open_consul_url(url: str) -> ConsulBackend:
     return open_consul(url)
 
 
-def make_health_provider(context: Any = None, **kwargs: Any) -> ConsulHealthProvider:
-    """The health provider for an agent (see :func:`skedlib_consul.health.from_context`)."""
-    from skedlib_consul.health import from_context
+def make_health_provider(context: HealthContext) -> ConsulAgentHealthProvider:
+    """The agent's ``consul`` health provider for ``context``.
 
-    return from_context(context, **kwargs)
+    See :class:`skedlib_consul.health.ConsulAgentHealthProvider`; the Consul agent's
+    address comes from ``context.options`` (``consul.url``, ``consul.token``,
+    ``consul.timeout``), else the backend, else ``$CONSUL_HTTP_ADDR``, else
+    ``http://127.0.0.1:8500`` (:func:`skedlib_consul.health.agent_options`).
+    """
+    from skedlib_consul.health import ConsulAgentHealthProvider
+
+    return ConsulAgentHealthProvider(context)
 
 
 @hookimpl
