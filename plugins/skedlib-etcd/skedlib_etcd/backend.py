@@ -639,6 +639,28 @@ class EtcdBackend(Backend):
             raise self._rpc_error(what, exc) from exc
         return TxnResult(bool(response.succeeded), int(response.header.revision))
 
+    def put(self, key: str, value: bytes, lease: str | None = None) -> int:
+        """An unconditional write as one etcd Put (cheaper for etcd than a one-op Txn)."""
+        lease_id = 0
+        if lease is not None:
+            parsed = _lease_id(lease)
+            if parsed is None:
+                raise LeaseExpired(f"{self.display_url}: lease {lease!r} does not exist")
+            lease_id = parsed
+        request = etcdrpc.PutRequest(key=_b(key), value=value, lease=lease_id)
+
+        def call(m: _Member, timeout: float, md: _Metadata) -> Any:
+            return m.kv.Put(request, timeout=timeout, metadata=md)
+
+        try:
+            response = self._run("put", call, write=True)
+        except grpc.RpcError as exc:
+            if "lease not found" in _details(exc).lower():
+                raise LeaseExpired(f"{self.display_url}: lease {lease} does not exist "
+                                   "(expired or revoked)") from exc
+            raise self._rpc_error("put", exc) from exc
+        return int(response.header.revision)
+
     # -- watches --------------------------------------------------------------------------
     def watch(self, prefix: str, start_revision: int) -> Watch:
         """Changes under ``prefix`` from ``start_revision`` on, surviving member failures."""
