@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,7 +21,7 @@ from skedlib import hookspecs
 from skedlib.errors import BackendUnavailable, PluginError
 from skedlib.store.base import Backend
 
-__all__ = ["BUILTIN_PLUGINS", "Registry", "get_registry", "open_backend"]
+__all__ = ["BUILTIN_PLUGINS", "Registry", "get_registry", "lazy_attributes", "open_backend"]
 
 #: modules that register skedlib's own pieces, loaded before any entry point
 BUILTIN_PLUGINS: tuple[str, ...] = ("skedlib.builtin",)
@@ -128,3 +129,25 @@ def get_registry() -> Registry:
 def open_backend(url: str) -> Backend:
     """Open a backend by URL through the process-wide registry."""
     return get_registry().open_backend(url)
+
+
+def lazy_attributes(package: str, names: Mapping[str, str]) -> Callable[[str], object]:
+    """A module ``__getattr__`` (PEP 562) that imports each of ``names`` (name → module)
+    on first use.
+
+    Plugin packages use it so that registering them — which every skedlib process does
+    through the entry point — does not import their client libraries (grpc, requests,
+    the docker SDK) in processes that never use them::
+
+        __getattr__ = lazy_attributes(__name__, {"EtcdBackend": "skedlib_etcd.backend"})
+    """
+
+    def __getattr__(name: str) -> object:
+        module = names.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    return __getattr__

@@ -12,6 +12,10 @@ Installing the package registers both through the ``skedlib`` entry-point group,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from skedlib.plugins import lazy_attributes
+
 __all__ = [
     "ConsulBackend",
     "ConsulHealthProvider",
@@ -22,5 +26,15 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-from skedlib_consul.backend import ConsulBackend, ConsulOptions, open_consul, parse_url
-from skedlib_consul.health import ConsulHealthProvider
+if TYPE_CHECKING:
+    from skedlib_consul.backend import ConsulBackend, ConsulOptions, open_consul, parse_url
+    from skedlib_consul.health import ConsulHealthProvider
+
+# imported on first use: registering the plugin must not load its client library
+__getattr__ = lazy_attributes(__name__, {
+    "ConsulBackend": "skedlib_consul.backend",
+    "ConsulHealthProvider": "skedlib_consul.health",
+    "ConsulOptions": "skedlib_consul.backend",
+    "open_consul": "skedlib_consul.backend",
+    "parse_url": "skedlib_consul.backend",
+})

@@ -10,6 +10,10 @@ See ``docs/executors/docker.md``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from skedlib.plugins import lazy_attributes
+
 __all__ = [
     "DockerEngineExecutor",
     "DockerError",
@@ -22,10 +26,22 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-from skedlib_docker.executor import (
-    DockerEngineExecutor,
-    DockerError,
-    DockerOptions,
-    DockerUnavailable,
-)
-from skedlib_docker.spec import RunSpec, build_run_spec, container_name
+if TYPE_CHECKING:
+    from skedlib_docker.executor import (
+        DockerEngineExecutor,
+        DockerError,
+        DockerOptions,
+        DockerUnavailable,
+    )
+    from skedlib_docker.spec import RunSpec, build_run_spec, container_name
+
+# imported on first use: registering the plugin must not load its client library
+__getattr__ = lazy_attributes(__name__, {
+    "DockerEngineExecutor": "skedlib_docker.executor",
+    "DockerError": "skedlib_docker.executor",
+    "DockerOptions": "skedlib_docker.executor",
+    "DockerUnavailable": "skedlib_docker.executor",
+    "RunSpec": "skedlib_docker.spec",
+    "build_run_spec": "skedlib_docker.spec",
+    "container_name": "skedlib_docker.spec",
+})

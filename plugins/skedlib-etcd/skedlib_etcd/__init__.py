@@ -7,8 +7,21 @@ backend itself is :class:`skedlib_etcd.backend.EtcdBackend`; see ``docs/backends
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from skedlib.plugins import lazy_attributes
+
 __all__ = ["EtcdBackend", "EtcdOptions", "open_etcd", "parse_url"]
 
 __version__ = "0.1.0"
 
-from skedlib_etcd.backend import EtcdBackend, EtcdOptions, open_etcd, parse_url
+if TYPE_CHECKING:
+    from skedlib_etcd.backend import EtcdBackend, EtcdOptions, open_etcd, parse_url
+
+# imported on first use: registering the plugin must not load its client library
+__getattr__ = lazy_attributes(__name__, {
+    "EtcdBackend": "skedlib_etcd.backend",
+    "EtcdOptions": "skedlib_etcd.backend",
+    "open_etcd": "skedlib_etcd.backend",
+    "parse_url": "skedlib_etcd.backend",
+})
