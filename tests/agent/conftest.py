@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -35,6 +35,7 @@ etcd_single = harness.etcd_single
 
 PY = sys.executable
 AGENT = shutil.which("skedlib-agent", path=str(Path(sys.executable).parent))
+T = TypeVar("T")
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
@@ -160,29 +161,30 @@ class AgentEnv:
         kv = self.backend.get(self.keys.agent(host or self.host))
         return decode(kv.value, Host) if kv else None
 
+    def _wait_task(self, task_id: str, state: str, cond: Callable[[], T | None],
+                   timeout: float) -> T:
+        """Wait until ``cond`` returns the record that shows the task in ``state``; on a
+        timeout, fail with the task's health record and the agents' log."""
+        try:
+            result: T = wait_for(cond, timeout, f"{task_id} to be {state}")
+        except AssertionError:
+            raise AssertionError(f"{task_id} not {state}: {self.health(task_id)}\n"
+                                 f"{self.log_text()}") from None
+        return result
+
     def wait_healthy(self, task_id: str, timeout: float = 15.0) -> TaskHealth:
         """Wait until the task's health record says healthy."""
         def healthy() -> TaskHealth | None:
             h = self.health(task_id)
             return h if h is not None and h.healthy else None
-        try:
-            result: TaskHealth = wait_for(healthy, timeout, f"{task_id} to be healthy")
-        except AssertionError:
-            raise AssertionError(f"{task_id} not healthy: {self.health(task_id)}\n"
-                                 f"{self.log_text()}") from None
-        return result
+        return self._wait_task(task_id, "healthy", healthy, timeout)
 
     def wait_rejected(self, task_id: str, timeout: float = 15.0) -> Task:
         """Wait until ``state/tasks/<id>`` says rejected."""
         def rejected() -> Task | None:
             t = self.task(task_id)
             return t if t is not None and t.rejected else None
-        try:
-            result: Task = wait_for(rejected, timeout, f"{task_id} to be rejected")
-        except AssertionError:
-            raise AssertionError(f"{task_id} not rejected: {self.health(task_id)}\n"
-                                 f"{self.log_text()}") from None
-        return result
+        return self._wait_task(task_id, "rejected", rejected, timeout)
 
     # -- task processes -------------------------------------------------------------------
     def processes(self, task_id: str | None = None) -> list[psutil.Process]:

@@ -301,6 +301,17 @@ def _start_holder(url: str, key: str, data_key: str) -> tuple[subprocess.Popen[s
     return proc, int(line.split()[1])
 
 
+def _held_lock(cluster: harness.EtcdCluster, opened: Callable[[str], Backend], ns: str
+               ) -> tuple[Backend, str, str, subprocess.Popen[str], int]:
+    """A backend on ``cluster``, the keys ``<ns>lock`` and ``<ns>data``, and a holder
+    process that holds the lock (TTL 2 s) with the token it was given."""
+    url = cluster.url()
+    backend = opened(url)
+    key, data_key = ns + "lock", ns + "data"
+    proc, token = _start_holder(url, key, data_key)
+    return backend, key, data_key, proc, token
+
+
 def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
     """One line of the child's stdout, or "" if none comes within ``timeout``."""
     out: list[str] = []
@@ -344,10 +355,7 @@ def _wait_gone(backend: Backend, key: str, timeout: float) -> float:
 def test_killed_lock_holder_loses_the_lock_and_its_fence(
         etcd_fault_cluster: harness.EtcdCluster, opened: Callable[[str], Backend],
         ns: str) -> None:
-    url = etcd_fault_cluster.url()
-    backend = opened(url)
-    key, data_key = ns + "lock", ns + "data"
-    proc, old_token = _start_holder(url, key, data_key)
+    backend, key, data_key, proc, old_token = _held_lock(etcd_fault_cluster, opened, ns)
     try:
         kv = backend.get(key)
         assert kv is not None and kv.value == b"stale-holder" and kv.lease is not None
@@ -373,10 +381,7 @@ def test_killed_lock_holder_loses_the_lock_and_its_fence(
 def test_stalled_lock_holder_write_is_refused_after_takeover(
         etcd_fault_cluster: harness.EtcdCluster, opened: Callable[[str], Backend],
         ns: str) -> None:
-    url = etcd_fault_cluster.url()
-    backend = opened(url)
-    key, data_key = ns + "lock", ns + "data"
-    proc, old_token = _start_holder(url, key, data_key)
+    backend, key, data_key, proc, old_token = _held_lock(etcd_fault_cluster, opened, ns)
     try:
         proc.send_signal(signal.SIGSTOP)  # a holder stalled (GC pause, swapped out …)
         gone_after = _wait_gone(backend, key, 2.0 + 1.5)

@@ -44,7 +44,6 @@ Use the fixture from a test module by assignment (as with ``tests.harness.etcd``
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import io
 import ipaddress
@@ -57,12 +56,22 @@ import socket
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+
+from tests.harness.common import (
+    ServerProcess,
+    ServerUnavailableError,
+    first_executable,
+    forget_at_exit,
+    free_ports,
+    skip_or_fail,
+    stop_at_exit,
+    wait_until,
+)
 
 __all__ = [
     "TEST_IMAGE",
@@ -80,28 +89,16 @@ REPO = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO / "scripts" / "install-docker.sh"
 TEST_IMAGE = "skedlib-test/busybox:1"
 
-_LIVE: set[DockerEngine] = set()
-_LIVE_LOCK = threading.Lock()
 
-
-class DockerdUnavailableError(RuntimeError):
+class DockerdUnavailableError(ServerUnavailableError):
     """dockerd did not start or did not answer in time (the message has its log)."""
-
-
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
-    pytest.skip(reason)
 
 
 # -- binaries ---------------------------------------------------------------------------------
 def dockerd_binary() -> str | None:
     """``$SKED_DOCKERD_BIN``, ``dockerd`` on PATH, or ``/usr/sbin/dockerd``; None if none."""
-    for candidate in (os.environ.get("SKED_DOCKERD_BIN"), shutil.which("dockerd"),
-                      "/usr/sbin/dockerd"):
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    return first_executable(os.environ.get("SKED_DOCKERD_BIN"), shutil.which("dockerd"),
+                            "/usr/sbin/dockerd")
 
 
 def _is_static(path: str) -> bool:
@@ -143,31 +140,14 @@ def require_docker_plugin() -> None:
         import docker  # noqa: F401
         import skedlib_docker  # noqa: F401
     except ImportError as exc:
-        reason = (f"the skedlib-docker plugin is not installed ({exc}): run "
-                  "`pip install -e plugins/skedlib-docker`")
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)",
-                        pytrace=False)
-        pytest.skip(reason, allow_module_level=True)
+        skip_or_fail(f"the skedlib-docker plugin is not installed ({exc}): run "
+                     "`pip install -e plugins/skedlib-docker`", allow_module_level=True)
 
 
 # -- small helpers ----------------------------------------------------------------------------
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now, below the kernel's ephemeral range."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    high = low - 1
-    for _ in range(1000):
-        port = random.randint(max(10000, high - 20000), high)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise DockerdUnavailableError("no free port on 127.0.0.1")
+    return free_ports(1, error=DockerdUnavailableError)[0]
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -260,21 +240,20 @@ def _alive(pid: int) -> bool:
 
 
 # -- the engine ---------------------------------------------------------------------------------
-class DockerEngine:
+class DockerEngine(ServerProcess):
     """One private dockerd: :meth:`start`, :attr:`url`, :meth:`client`, :meth:`stop`."""
 
     def __init__(self, binary: str | None = None) -> None:
         self.binary = binary or dockerd_binary() or "dockerd"
         self.base_dir = Path(tempfile.mkdtemp(prefix="skd-", dir="/tmp"))
+        super().__init__(self.base_dir / "dockerd.log")
         self.socket = self.base_dir / "docker.sock"
         self.exec_root = self.base_dir / "x"
         self.data_root = self.base_dir / "data"
-        self.log_path = self.base_dir / "dockerd.log"
         self.bridge: str | None = None
         """The engine's own bridge; None when it runs with ``--bridge=none``."""
         self.gateway: str | None = None
         self.image: str = TEST_IMAGE
-        self.proc: subprocess.Popen[bytes] | None = None
         self._clients: list[Any] = []
 
     def __repr__(self) -> str:
@@ -288,8 +267,7 @@ class DockerEngine:
     def start(self, timeout: float = 60.0) -> DockerEngine:
         """Start dockerd and wait until ``/_ping`` answers; raises
         :class:`DockerdUnavailableError` with the log when it does not in ``timeout``."""
-        with _LIVE_LOCK:
-            _LIVE.add(self)
+        stop_at_exit(self)
         bridge = None if os.environ.get("SKED_DOCKERD_BRIDGE") == "none" else _create_bridge()
         if bridge is not None:
             self.bridge, self.gateway = bridge
@@ -306,18 +284,16 @@ class DockerEngine:
             "--bridge", self.bridge or "none",
             "--shutdown-timeout", "3",
         ]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not _ping(self.socket):
-            if self.proc.poll() is not None:
-                raise DockerdUnavailableError(
-                    f"dockerd exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if time.monotonic() >= deadline:
-                raise DockerdUnavailableError(
-                    f"dockerd did not answer /_ping within {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.1)
+        self.spawn(args, mark=False)
+
+        def answers() -> bool:
+            if _ping(self.socket):
+                return True
+            self.check_running(DockerdUnavailableError, "dockerd")
+            return False
+
+        wait_until(answers, timeout, lambda: DockerdUnavailableError(
+            f"dockerd did not answer /_ping within {timeout}s:\n{self.log_tail()}"))
         return self
 
     def client(self, timeout: float = 30.0) -> Any:
@@ -330,11 +306,7 @@ class DockerEngine:
 
     def log_tail(self, lines: int = 25) -> str:
         """The end of dockerd's log, for error messages."""
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join(text[-lines:])
+        return super().log_tail(lines)
 
     def _containerd_pid(self) -> int | None:
         for path in (self.exec_root / "containerd" / "containerd.pid",):
@@ -342,9 +314,9 @@ class DockerEngine:
                 return int(path.read_text().strip())
         return None
 
-    def stop(self) -> None:
-        """Remove every container, stop dockerd (and its containerd), unmount, delete the
-        bridge and the directory. Idempotent."""
+    def stop(self, timeout: float = 20.0) -> None:
+        """Remove every container, stop dockerd (SIGTERM, SIGKILL after ``timeout``) and its
+        containerd, unmount, delete the bridge and the directory. Idempotent."""
         if self.proc is not None and self.proc.poll() is None and _ping(self.socket):
             with contextlib.suppress(Exception):
                 client = self.client(timeout=20)
@@ -356,15 +328,8 @@ class DockerEngine:
                 client.close()
         self._clients.clear()
         containerd = self._containerd_pid()
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(10)
-            self.proc = None
+        super().stop(timeout)
+        self.proc = None
         if containerd is not None and str(self.exec_root) in _cmdline(containerd):
             # dockerd ends the containerd it started; this is for a dockerd that was killed
             for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
@@ -381,23 +346,13 @@ class DockerEngine:
             _run("ip", "link", "delete", self.bridge, check=False)
             self.bridge = None
         shutil.rmtree(self.base_dir, ignore_errors=True)
-        with _LIVE_LOCK:
-            _LIVE.discard(self)
+        forget_at_exit(self)
 
     def __enter__(self) -> DockerEngine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@atexit.register
-def _stop_all() -> None:
-    with _LIVE_LOCK:
-        live = list(_LIVE)
-    for engine in live:
-        with contextlib.suppress(Exception):
-            engine.stop()
 
 
 # -- the test image -------------------------------------------------------------------------
@@ -458,15 +413,14 @@ _FAILED = pytest.StashKey[str]()
 
 def _preflight() -> str:
     if os.geteuid() != 0:
-        _skip_or_fail("a private dockerd needs root")
+        skip_or_fail("a private dockerd needs root")
     binary = dockerd_binary()
     if binary is None:
-        _skip_or_fail(f"no dockerd: run {INSTALL_SCRIPT.relative_to(REPO)} (Debian "
-                      "docker.io) or set SKED_DOCKERD_BIN")
+        skip_or_fail(f"no dockerd: run {INSTALL_SCRIPT.relative_to(REPO)} (Debian "
+                     "docker.io) or set SKED_DOCKERD_BIN")
     if busybox_binary() is None:
-        _skip_or_fail(f"no statically linked busybox: run {INSTALL_SCRIPT.relative_to(REPO)} "
-                      "(Debian busybox-static) or set SKED_BUSYBOX_BIN")
-    assert binary is not None
+        skip_or_fail(f"no statically linked busybox: run {INSTALL_SCRIPT.relative_to(REPO)} "
+                     "(Debian busybox-static) or set SKED_BUSYBOX_BIN")
     return binary
 
 
@@ -478,7 +432,7 @@ def docker_engine(request: pytest.FixtureRequest) -> DockerEngine:
         return engine
     failed = request.config.stash.get(_FAILED, None)
     if failed is not None:  # tried once this session: do not wait for it again per test
-        _skip_or_fail(failed)
+        skip_or_fail(failed)
     binary = _preflight()
     require_docker_plugin()
     engine = DockerEngine(binary)
@@ -489,8 +443,7 @@ def docker_engine(request: pytest.FixtureRequest) -> DockerEngine:
         engine.stop()
         reason = f"the private docker engine did not start: {exc}"
         request.config.stash[_FAILED] = reason
-        _skip_or_fail(reason)
-        raise
+        skip_or_fail(reason)
     request.config.stash[_SHARED] = engine
     request.config.add_cleanup(engine.stop)
     return engine

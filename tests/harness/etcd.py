@@ -36,25 +36,30 @@ stopped at the end of the session):
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
-import random
 import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
+
+from tests.harness.common import (
+    ClusterMember,
+    ServerCluster,
+    ServerUnavailableError,
+    SessionServers,
+    TlsFiles,
+    first_executable,
+    make_tls_files,
+    require_backend_plugin,
+    skip_or_fail,
+    wait_for,
+    wait_until,
+)
+from tests.harness.common import free_ports as _free_ports
 
 __all__ = [
     "EtcdCluster",
@@ -78,19 +83,12 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_DIR = REPO / "plugins" / "skedlib-etcd"
 
-_LIVE: set[EtcdCluster] = set()
-_LIVE_LOCK = threading.Lock()
 
-
-class EtcdUnavailableError(RuntimeError):
+class EtcdUnavailableError(ServerUnavailableError):
     """A server did not start or did not become healthy in time (the message has its log)."""
 
 
 # -- finding the binary and the plugin --------------------------------------------------------
-def _executable(path: str | None) -> bool:
-    return bool(path) and os.path.isfile(str(path)) and os.access(str(path), os.X_OK)
-
-
 def etcd_binary() -> str | None:
     """The etcd server binary to run, or None when there is none.
 
@@ -98,17 +96,8 @@ def etcd_binary() -> str | None:
     """
     explicit = os.environ.get("SKED_ETCD_BIN")
     if explicit:
-        return explicit if _executable(explicit) else None
-    for candidate in (shutil.which("etcd"), "/usr/bin/etcd"):
-        if _executable(candidate):
-            return candidate
-    return None
-
-
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
-    pytest.skip(reason)
+        return first_executable(explicit)
+    return first_executable(shutil.which("etcd"), "/usr/bin/etcd")
 
 
 def require_etcd() -> str:
@@ -118,9 +107,8 @@ def require_etcd() -> str:
         explicit = os.environ.get("SKED_ETCD_BIN")
         where = f"SKED_ETCD_BIN={explicit} is not an executable file" if explicit else \
             "no etcd on PATH or at /usr/bin/etcd"
-        _skip_or_fail(f"no etcd server binary ({where}): run scripts/install-etcd.sh "
-                      "(Debian etcd-server) or set SKED_ETCD_BIN")
-        raise AssertionError("unreachable")
+        skip_or_fail(f"no etcd server binary ({where}): run scripts/install-etcd.sh "
+                     "(Debian etcd-server) or set SKED_ETCD_BIN")
     return binary
 
 
@@ -130,108 +118,20 @@ def skip_module_unless_plugin_importable() -> None:
     try:
         import skedlib_etcd  # noqa: F401
     except ImportError:
-        reason = ("the skedlib-etcd plugin is not installed: run "
-                  "`pip install -e plugins/skedlib-etcd`")
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)",
-                        pytrace=False)
-        pytest.skip(reason, allow_module_level=True)
+        skip_or_fail("the skedlib-etcd plugin is not installed: run "
+                     "`pip install -e plugins/skedlib-etcd`", allow_module_level=True)
 
 
 def require_etcd_plugin() -> None:
-    """Skip (fail under ``$CI``) unless the ``skedlib-etcd`` plugin is installed.
-
-    The backend is opened through the plugin registry, also from child processes, so the
-    plugin's entry point must be installed: ``pip install -e plugins/skedlib-etcd``.
-    """
-    from skedlib.plugins import get_registry
-
-    if "etcd" not in get_registry().names("backends"):
-        _skip_or_fail("the skedlib-etcd plugin is not installed: run "
-                      "`pip install -e plugins/skedlib-etcd`")
+    """Skip (fail under ``$CI``) unless the ``skedlib-etcd`` plugin is installed (its
+    entry point: the backend is opened through the plugin registry)."""
+    require_backend_plugin("etcd")
 
 
-# -- ports, directories, certificates -------------------------------------------------------
-def _ephemeral_low() -> int:
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    return low
-
-
+# -- ports -----------------------------------------------------------------------------------
 def free_ports(n: int) -> list[int]:
     """``n`` distinct ports on 127.0.0.1 that are free now, below the ephemeral range."""
-    high = _ephemeral_low() - 1
-    low = max(10000, high - 20000)
-    if high - low < n * 4:
-        low, high = 1024, 65535
-    ports: list[int] = []
-    socks: list[socket.socket] = []
-    try:
-        attempts = 0
-        while len(ports) < n:
-            attempts += 1
-            if attempts > 1000:
-                raise EtcdUnavailableError("no free ports found on 127.0.0.1")
-            port = random.randint(low, high)
-            if port in ports:
-                continue
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                s.close()
-                continue
-            socks.append(s)
-            ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
-def _tmp_root() -> str | None:
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return str(shm)
-    return None
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """A throwaway CA and a server/client certificate signed by it (PEM files)."""
-
-    ca: Path
-    cert: Path
-    key: Path
-    other_ca: Path
-    """A second CA that signed nothing here: a wrong ``ca`` for the negative tests."""
-
-
-def make_tls_files(directory: Path) -> TlsFiles:
-    """Create a CA, a cert for 127.0.0.1/localhost signed by it, and an unrelated CA."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed: cannot create test certificates")
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=directory, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
-
-    for ca in ("ca", "other-ca"):
-        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", f"/CN=skedlib test {ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.pem")
-    (directory / "san.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", "server.key", "-out", "server.csr")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem")
-    return TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key",
-                    directory / "other-ca.pem")
+    return _free_ports(n, error=EtcdUnavailableError)
 
 
 # -- grpc probes (the harness talks to etcd with etcd3's generated stubs) -------------------
@@ -272,25 +172,22 @@ class _Probe:
 
 
 # -- one member -----------------------------------------------------------------------------
-class EtcdMember:
+class EtcdMember(ClusterMember):
     """One etcd process: start, stop, signal, restart with the same data and ports."""
 
     def __init__(self, name: str, client_port: int, peer_port: int, data_dir: Path,
                  log_path: Path, binary: str, tls: TlsFiles | None) -> None:
+        super().__init__(log_path)
         self.name = name
         self.client_port = client_port
         self.peer_port = peer_port
         self.data_dir = data_dir
-        self.log_path = log_path
         self.binary = binary
         self.tls = tls
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.paused = False
         self._args: list[str] = []
 
     def __repr__(self) -> str:
-        state = "paused" if self.paused else "running" if self.running else "down"
-        return f"<etcd member {self.name} {self.endpoint} {state}>"
+        return f"<etcd member {self.name} {self.endpoint} {self.state}>"
 
     @property
     def endpoint(self) -> str:
@@ -305,16 +202,6 @@ class EtcdMember:
     @property
     def peer_url(self) -> str:
         return f"http://127.0.0.1:{self.peer_port}"
-
-    @property
-    def running(self) -> bool:
-        """True while the process exists (also when it is paused)."""
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def configure(self, initial_cluster: str, token: str, extra_args: Sequence[str],
                   heartbeat_ms: int = 100, election_ms: int = 1000) -> None:
@@ -342,69 +229,22 @@ class EtcdMember:
 
     def start(self) -> None:
         """Start the process (again): same ports, same data directory."""
-        if self.running:
-            raise RuntimeError(f"{self!r} is already running")
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n---- start {time.strftime('%H:%M:%S')} ----\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(self._args, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        self.paused = False
-
-    def send(self, sig: int) -> None:
-        """Send a signal to the process (no-op when it is not running)."""
-        if self.running:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        """``kill -9`` and reap."""
-        self.send(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(10)
-        self.paused = False
-
-    def pause(self) -> None:
-        """SIGSTOP: the process keeps its sockets open but answers nothing."""
-        self.send(signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        """SIGCONT."""
-        self.send(signal.SIGCONT)
-        self.paused = False
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``; always reaps."""
-        if self.proc is None:
-            return
-        if self.running:
-            self.send(signal.SIGCONT)
-            self.send(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.send(signal.SIGKILL)
-                self.proc.wait(10)
-        self.paused = False
-
-    def log_tail(self, lines: int = 15) -> str:
-        """The end of the member's log, for error messages."""
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join(text[-lines:])
+        self.spawn(self._args)
 
 
 # -- a cluster ------------------------------------------------------------------------------
-class EtcdCluster:
+class EtcdCluster(ServerCluster[EtcdMember]):
     """``size`` members on 127.0.0.1 (1: a single node), started by :meth:`start`.
 
     ``heartbeat_ms`` / ``election_ms`` are etcd's ``--heartbeat-interval`` and
     ``--election-timeout`` (etcd's defaults: 100 and 1000).
     """
+
+    error = EtcdUnavailableError
+    what = "etcd cluster"
+    start_timeout = 30.0
+    heal_timeout = 30.0
 
     def __init__(self, size: int = 3, *, tls: TlsFiles | None = None,
                  extra_args: Sequence[str] = (), binary: str | None = None,
@@ -416,37 +256,11 @@ class EtcdCluster:
         self.tls = tls
         self.extra_args = list(extra_args)
         self.binary = binary or require_etcd()
-        self.name = name
-        self.base_dir = Path(tempfile.mkdtemp(prefix=f"sked-etcd-{name}-", dir=_tmp_root()))
-        self.members: list[EtcdMember] = []
+        super().__init__(name, f"sked-etcd-{name}-")
         self.auth: tuple[str, str] | None = None
         self._probes: dict[str, _Probe] = {}
 
-    def __repr__(self) -> str:
-        return f"<EtcdCluster {self.name} {self.members}>"
-
     # -- life cycle ----------------------------------------------------------------------
-    def start(self, timeout: float = 30.0, attempts: int = 3) -> EtcdCluster:
-        """Start every member and wait until the cluster is healthy (retries port clashes)."""
-        last: Exception | None = None
-        for _ in range(attempts):
-            self._create_members()
-            with _LIVE_LOCK:
-                _LIVE.add(self)
-            for m in self.members:
-                m.start()
-            try:
-                self.wait_healthy(timeout)
-                return self
-            except EtcdUnavailableError as exc:
-                last = exc
-                dead = [m for m in self.members if not m.running]
-                self._stop_members()
-                if not dead:  # not a port clash: a real problem
-                    break
-        self.stop()
-        raise EtcdUnavailableError(f"etcd cluster {self.name!r} did not start: {last}")
-
     def _create_members(self) -> None:
         self._stop_members()
         ports = free_ports(2 * self.size)
@@ -462,40 +276,23 @@ class EtcdCluster:
             m.configure(initial, token, self.extra_args, self.heartbeat_ms, self.election_ms)
 
     def _stop_members(self) -> None:
-        for m in self.members:
-            m.stop()
+        super()._stop_members()
         for p in self._probes.values():
             p.close()
         self._probes.clear()
-
-    def stop(self) -> None:
-        """Stop every member and delete the data. Idempotent."""
-        self._stop_members()
-        with _LIVE_LOCK:
-            _LIVE.discard(self)
-        shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> EtcdCluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- addresses -------------------------------------------------------------------------
     def url(self, members: Sequence[EtcdMember] | None = None, scheme: str | None = None,
             **query: object) -> str:
         """The backend URL listing ``members`` (default: all), with query options."""
-        chosen = self.members if members is None else members
         scheme = scheme or ("etcds" if self.tls else "etcd")
-        netloc = ",".join(m.endpoint for m in chosen)
         if self.tls is not None and "ca" not in query:
             query = {"ca": str(self.tls.ca), **query}
             if "cert" not in query:  # etcd 3.4 with --trusted-ca-file requires a client cert
                 query = {**query, "cert": str(self.tls.cert), "key": str(self.tls.key)}
         if self.auth is not None and "user" not in query:
             query = {"user": self.auth[0], "password": self.auth[1], **query}
-        qs = urlencode({k: str(v) for k, v in query.items()})
-        return f"{scheme}://{netloc}" + (f"?{qs}" if qs else "")
+        return self._url(scheme, members, query)
 
     def member(self, endpoint: str) -> EtcdMember:
         """The member listening on ``endpoint`` (``127.0.0.1:PORT``)."""
@@ -537,30 +334,32 @@ class EtcdCluster:
                      members: Sequence[EtcdMember] | None = None) -> None:
         """Wait until every given member (default: all) is healthy and agrees on a leader."""
         chosen = self.members if members is None else list(members)
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def healthy() -> bool:
             for m in chosen:
-                if not m.running:
-                    raise EtcdUnavailableError(
-                        f"{m!r} exited with {m.proc.returncode if m.proc else None}:\n"
-                        f"{m.log_tail()}")
+                m.check_running(EtcdUnavailableError)
             if all(self.member_healthy(m) for m in chosen):
                 leaders = {self.status(m).leader for m in chosen}
                 if len(leaders) == 1 and 0 not in leaders:
-                    return
-            if time.monotonic() >= deadline:
-                sick = [m for m in chosen if not self.member_healthy(m)]
-                logs = "\n".join(f"--- {m.name}:\n{m.log_tail()}" for m in sick)
-                raise EtcdUnavailableError(
-                    f"{self.name}: not healthy within {timeout}s: {sick}\n{logs}")
-            time.sleep(0.1)
+                    return True
+            return False
+
+        def timed_out() -> EtcdUnavailableError:
+            sick = [m for m in chosen if not self.member_healthy(m)]
+            logs = "\n".join(f"--- {m.name}:\n{m.log_tail()}" for m in sick)
+            return EtcdUnavailableError(
+                f"{self.name}: not healthy within {timeout}s: {sick}\n{logs}")
+
+        wait_until(healthy, timeout, timed_out)
 
     def leader(self, timeout: float = 15.0) -> EtcdMember:
         """The member the running members agree is the leader (waits for an election)."""
-        deadline = time.monotonic() + timeout
-        while True:
+        leaders: set[int] = set()
+
+        def agreed() -> EtcdMember | None:
+            nonlocal leaders
             ids: dict[int, EtcdMember] = {}
-            leaders: set[int] = set()
+            leaders = set()
             for m in self.members:
                 st = self.status(m)
                 if st is None:
@@ -569,17 +368,11 @@ class EtcdCluster:
                 leaders.add(st.leader)
             if len(leaders) == 1:
                 (lid,) = leaders
-                if lid in ids:
-                    return ids[lid]
-            if time.monotonic() >= deadline:
-                raise EtcdUnavailableError(f"{self.name}: no agreed leader within "
-                                           f"{timeout}s (saw {leaders})")
-            time.sleep(0.05)
+                return ids.get(lid)
+            return None
 
-    def followers(self) -> list[EtcdMember]:
-        """Every running member but the leader."""
-        lead = self.leader()
-        return [m for m in self.members if m is not lead and m.running]
+        return wait_for(agreed, timeout, lambda: EtcdUnavailableError(
+            f"{self.name}: no agreed leader within {timeout}s (saw {leaders})"), interval=0.05)
 
     # -- faults ----------------------------------------------------------------------------
     def restart(self, m: EtcdMember, timeout: float = 20.0) -> None:
@@ -587,16 +380,6 @@ class EtcdCluster:
         m.stop()
         m.start()
         self.wait_healthy(timeout, [m])
-
-    def heal(self, timeout: float = 30.0) -> None:
-        """Resume paused members, restart dead ones, wait until all are healthy."""
-        for m in self.members:
-            if m.paused:
-                m.resume()
-        for m in self.members:
-            if not m.running:
-                m.start()
-        self.wait_healthy(timeout)
 
     # -- auth ------------------------------------------------------------------------------
     def enable_auth(self, password: str) -> None:
@@ -614,77 +397,40 @@ class EtcdCluster:
         self.auth = ("root", password)
 
 
-@atexit.register
-def _stop_all() -> None:
-    with _LIVE_LOCK:
-        live = list(_LIVE)
-    for cluster in live:
-        with contextlib.suppress(Exception):
-            cluster.stop()
-
-
 # -- fixtures -------------------------------------------------------------------------------
-_SHARED = pytest.StashKey[dict[str, EtcdCluster]]()
+_SHARED = SessionServers[EtcdCluster]()
 
 
 def store_get(request: pytest.FixtureRequest, name: str) -> EtcdCluster | None:
     """The session's running cluster called ``name``, if one was started."""
-    return request.config.stash.setdefault(_SHARED, {}).get(name)
+    return _SHARED.get(request, name)
 
 
-def _keep(request: pytest.FixtureRequest, name: str, cluster: EtcdCluster) -> None:
-    request.config.stash.setdefault(_SHARED, {})[name] = cluster
-    request.config.add_cleanup(cluster.stop)
-
-
-def _shared(request: pytest.FixtureRequest, name: str,
-            factory: Callable[[], EtcdCluster]) -> EtcdCluster:
-    """One cluster per session and name, whichever module asks first; stopped at the end."""
-    cluster = store_get(request, name)
-    if cluster is None:
-        cluster = factory()
-        try:
-            cluster.start()
-        except BaseException:
-            cluster.stop()
-            raise
-        _keep(request, name, cluster)
-    return cluster
+def _require() -> None:
+    require_etcd()
+    require_etcd_plugin()
 
 
 @pytest.fixture(scope="session")
 def etcd_single(request: pytest.FixtureRequest) -> EtcdCluster:
     """A single-node etcd shared by the session. Do not fault it."""
-    require_etcd()
-    require_etcd_plugin()
-    return _shared(request, "single", lambda: EtcdCluster(1, name="single"))
+    _require()
+    return _SHARED.shared(request, "single", lambda: EtcdCluster(1, name="single"))
 
 
 @pytest.fixture(scope="session")
 def etcd_cluster(request: pytest.FixtureRequest) -> EtcdCluster:
     """A 3-member etcd cluster shared by the session. Do not fault it."""
-    require_etcd()
-    require_etcd_plugin()
-    return _shared(request, "cluster", lambda: EtcdCluster(3, name="cluster"))
+    _require()
+    return _SHARED.shared(request, "cluster", lambda: EtcdCluster(3, name="cluster"))
 
 
 @pytest.fixture(scope="session")
 def etcd_auth(request: pytest.FixtureRequest) -> EtcdCluster:
     """A single node with authentication enabled: user ``root``, password ``s3cret pw``."""
-    require_etcd()
-    require_etcd_plugin()
-
-    cluster = store_get(request, "auth")
-    if cluster is None:
-        cluster = EtcdCluster(1, name="auth")
-        try:
-            cluster.start()
-            cluster.enable_auth("s3cret pw")
-        except BaseException:
-            cluster.stop()
-            raise
-        _keep(request, "auth", cluster)
-    return cluster
+    _require()
+    return _SHARED.shared(request, "auth", lambda: EtcdCluster(1, name="auth"),
+                          setup=lambda cluster: cluster.enable_auth("s3cret pw"))
 
 
 @pytest.fixture(scope="session")
@@ -695,27 +441,16 @@ def etcd_tls(request: pytest.FixtureRequest,
     ``cluster.tls`` has the CA, the certificate and key (valid as server and client
     certificate) and an unrelated CA; ``cluster.url()`` includes ``ca``, ``cert``, ``key``.
     """
-    require_etcd()
-    require_etcd_plugin()
-    cluster = store_get(request, "tls")
-    if cluster is None:
-        tls = make_tls_files(tmp_path_factory.mktemp("etcd-tls"))
-        cluster = EtcdCluster(1, name="tls", tls=tls)
-        try:
-            cluster.start()
-        except BaseException:
-            cluster.stop()
-            raise
-        _keep(request, "tls", cluster)
-    return cluster
+    _require()
+    return _SHARED.shared(request, "tls", lambda: EtcdCluster(
+        1, name="tls", tls=make_tls_files(tmp_path_factory.mktemp("etcd-tls"))))
 
 
 @pytest.fixture(scope="session")
 def etcd_limited(request: pytest.FixtureRequest) -> EtcdCluster:
     """A single node with small limits: ``--max-txn-ops=16 --max-request-bytes=65536``."""
-    require_etcd()
-    require_etcd_plugin()
-    return _shared(request, "limited", lambda: EtcdCluster(
+    _require()
+    return _SHARED.shared(request, "limited", lambda: EtcdCluster(
         1, name="limited", extra_args=["--max-txn-ops=16", "--max-request-bytes=65536"]))
 
 
@@ -728,14 +463,8 @@ def etcd_fault_cluster(request: pytest.FixtureRequest) -> Iterator[EtcdCluster]:
     a new leader after a kill alone takes 1-3 s (a follower still inside its leader lease
     ignores the first candidate), which would leave the failover figures to chance.
     """
-    require_etcd()
-    require_etcd_plugin()
-    cluster = _shared(request, "faults", lambda: EtcdCluster(
+    _require()
+    cluster = _SHARED.shared(request, "faults", lambda: EtcdCluster(
         3, name="faults", heartbeat_ms=50, election_ms=500))
-    cluster.heal()
-    try:
+    with cluster.healed():
         yield cluster
-    finally:
-        for m in cluster.members:  # never leave a member frozen behind
-            if m.paused:
-                m.resume()

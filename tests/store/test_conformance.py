@@ -20,11 +20,7 @@ class TestMemoryBackend(BackendConformance):
         return f"memory://{request.node.name}"
 
 
-class TestMemoryBackendWithTxnLimit(BackendConformance):
-    lease_ttl = 0.5
-    lease_expiry_slack = 0.5
-    cross_process = False
-
+class TestMemoryBackendWithTxnLimit(TestMemoryBackend):
     @pytest.fixture
     def backend_url(self, request: pytest.FixtureRequest) -> str:
         return f"memory://limited-{request.node.name}?max_txn_ops=16"

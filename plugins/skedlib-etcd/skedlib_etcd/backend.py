@@ -889,8 +889,9 @@ class _EtcdWatch(Watch):
                 return
             except _Refused as exc:  # the server cancelled the watch
                 failure = str(exc)
-                if "permission denied" in failure and token_refreshes < 1 and \
-                        backend.options.user is not None:
+                stale = "permission denied" in failure or any(
+                    m in failure.lower() for m in _TOKEN_STALE)
+                if stale and token_refreshes < 2 and backend.options.user is not None:
                     token_refreshes += 1  # maybe only the token expired: authenticate again
                     member.token = None
                     continue
