@@ -10,6 +10,8 @@ All keys live under a configurable prefix (default ``sked/``)::
     state/hosts/<host>/<task_id>                issued state indexed by host
     state/health/<task_id>                      actual state written by the agent
     state/agents/<host>                         live host record, bound to a lease
+    state/services/<cluster>/<service>          a scheduler's report on one service
+    state/alloc/<host>                          bumped by every commit placing on the host
     locks/<cluster>/<service>                   scheduler locks
 
 Names are validated before any key is built, so a bad name is a clear
@@ -31,12 +33,14 @@ __all__ = [
     "AgentKey",
     "ClusterKey",
     "HealthKey",
+    "HostAllocKey",
     "HostConfigKey",
     "HostTaskKey",
     "Key",
     "Keyspace",
     "LockKey",
     "ServiceKey",
+    "ServiceStatusKey",
     "TaskDefinitionKey",
     "TaskKey",
     "prefix_end",
@@ -149,8 +153,22 @@ class LockKey(msgspec.Struct, frozen=True, tag=True):
     service: str
 
 
+class ServiceStatusKey(msgspec.Struct, frozen=True, tag=True):
+    """``state/services/<cluster>/<service>``: a :class:`~skedlib.models.ServiceStatus`."""
+
+    cluster: str
+    service: str
+
+
+class HostAllocKey(msgspec.Struct, frozen=True, tag=True):
+    """``state/alloc/<host>``: its revision changes with every commit that places a task
+    on the host (see :mod:`skedlib.scheduling.commit`)."""
+
+    host: str
+
+
 Key = (ClusterKey | ServiceKey | TaskDefinitionKey | HostConfigKey | TaskKey | HostTaskKey
-       | HealthKey | AgentKey | LockKey)
+       | HealthKey | AgentKey | LockKey | ServiceStatusKey | HostAllocKey)
 
 
 class Keyspace:
@@ -229,6 +247,16 @@ class Keyspace:
         """Prefix of every scheduler lock."""
         return f"{self.prefix}locks/"
 
+    @property
+    def service_statuses(self) -> str:
+        """Prefix of every service status record."""
+        return f"{self.prefix}state/services/"
+
+    @property
+    def host_allocs(self) -> str:
+        """Prefix of every host allocation marker."""
+        return f"{self.prefix}state/alloc/"
+
     # -- keys -----------------------------------------------------------------------------
     def cluster(self, name: str) -> str:
         """Key of a cluster."""
@@ -273,6 +301,16 @@ class Keyspace:
         return (f"{self.locks}{validate_name(cluster, 'cluster name', allow_dash=False)}/"
                 f"{validate_name(service, 'service name')}")
 
+    def service_status(self, cluster: str, service: str) -> str:
+        """Key of the status record of one service in one cluster."""
+        return (f"{self.service_statuses}"
+                f"{validate_name(cluster, 'cluster name', allow_dash=False)}/"
+                f"{validate_name(service, 'service name')}")
+
+    def host_alloc(self, host: str) -> str:
+        """Key of a host's allocation marker (bumped by every commit placing on it)."""
+        return self.host_allocs + validate_name(host, "host name")
+
     def build(self, key: Key) -> str:
         """The string form of a parsed key."""
         match key:
@@ -294,6 +332,10 @@ class Keyspace:
                 return self.agent(host)
             case LockKey(cluster=cluster, service=service):
                 return self.lock(cluster, service)
+            case ServiceStatusKey(cluster=cluster, service=service):
+                return self.service_status(cluster, service)
+            case HostAllocKey(host=host):
+                return self.host_alloc(host)
         raise TypeError(f"not a key: {key!r}")
 
     def parse(self, key: str) -> Key:
@@ -322,6 +364,10 @@ class Keyspace:
                 parsed = AgentKey(host)
             case ["locks", cluster, service]:
                 parsed = LockKey(cluster, service)
+            case ["state", "services", cluster, service]:
+                parsed = ServiceStatusKey(cluster, service)
+            case ["state", "alloc", host]:
+                parsed = HostAllocKey(host)
         if parsed is None:
             raise ValidationError(f"key {key!r} is not in skedlib's key schema")
         if self.build(parsed) != key:  # validates every name in it

@@ -36,6 +36,8 @@ __all__ = [
     "ProcessExecutor",
     "Resources",
     "Service",
+    "ServiceState",
+    "ServiceStatus",
     "Task",
     "TaskDefinition",
     "TaskHealth",
@@ -278,6 +280,42 @@ class TaskHealth(msgspec.Struct, kw_only=True):
     since: float = 0.0
     """When ``healthy`` last changed (seconds since the epoch)."""
     updated_at: float = 0.0
+
+
+ServiceState = Literal["pending", "progressing", "ok", "unschedulable", "error", "stopping"]
+
+
+class ServiceStatus(msgspec.Struct, kw_only=True):
+    """What a scheduler made of one service in one cluster, under
+    ``state/services/<cluster>/<service>``; rewritten only when it changes.
+
+    ``state``: ``ok`` (every task placed and healthy), ``progressing`` (placed, not all
+    healthy yet), ``unschedulable`` (some tasks fit no host: ``message`` says why),
+    ``error`` (the scheduler is not installed or failed), ``stopping`` (the service or its
+    cluster was deleted; its tasks are being stopped), ``pending`` (nothing decided yet).
+    """
+
+    cluster: str
+    service: str
+    scheduler: str = DEFAULT_SCHEDULER
+    task_version: int = 0
+    state: ServiceState = "pending"
+    desired: int = 0
+    """Tasks the scheduler wants to exist (placed or not)."""
+    placed: int = 0
+    """Tasks placed on a live host and not rejected."""
+    healthy: int = 0
+    """Placed tasks whose agent reports them healthy."""
+    unschedulable: int = 0
+    """Tasks that fit no host."""
+    message: str = ""
+    """One line saying what is wrong (``""`` when nothing is)."""
+    reasons: list[str] = msgspec.field(default_factory=list)
+    """Every distinct reason tasks are unschedulable, with how many (at most 10)."""
+    revision: int = 0
+    """The store revision of the snapshot this status describes."""
+    updated_at: float = 0.0
+    """When this record was written (seconds since the epoch)."""
 
 
 class BashExecutor(msgspec.Struct, kw_only=True):

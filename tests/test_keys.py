@@ -11,12 +11,14 @@ from skedlib.keys import (
     AgentKey,
     ClusterKey,
     HealthKey,
+    HostAllocKey,
     HostConfigKey,
     HostTaskKey,
     Key,
     Keyspace,
     LockKey,
     ServiceKey,
+    ServiceStatusKey,
     TaskDefinitionKey,
     TaskKey,
     validate_name,
@@ -42,6 +44,8 @@ keys: st.SearchStrategy[Key] = st.one_of(
     st.builds(HealthKey, task_ids),
     st.builds(AgentKey, names),
     st.builds(LockKey, cluster_names, names),
+    st.builds(ServiceStatusKey, cluster_names, names),
+    st.builds(HostAllocKey, names),
 )
 
 
@@ -67,6 +71,7 @@ def test_invalid_names_are_refused_by_every_builder(name: str) -> None:
     ks = Keyspace()
     for build in (ks.cluster, ks.service, ks.host_config, ks.agent, ks.host_tasks,
                   lambda n: ks.task_definition(n, 1), lambda n: ks.lock("c", n),
+                  lambda n: ks.service_status("c", n), ks.host_alloc,
                   lambda n: ks.task(f"c-{n}-1-0")):
         with pytest.raises(InvalidName):
             build(name)

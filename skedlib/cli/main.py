@@ -1,5 +1,10 @@
 """``sked``: the operator CLI.
 
+Commands: ``apply``, ``get``, ``delete`` (desired state); ``tasks`` and ``hosts`` (issued
+and actual state, as the seed's ``sked tasks`` table); ``schema`` (JSON Schema of the
+stored objects); ``up`` (combined mode: a scheduler and an agent in one process, see
+:mod:`skedlib.cli.up`).
+
 Every command takes ``--backend URL`` (default ``$SKED_BACKEND``, else the embedded
 SQLite store, see :func:`skedlib.client.default_backend_url`). Errors are one line on
 stderr and a non-zero exit: 1 for a failed operation, 2 for bad usage.
@@ -8,16 +13,33 @@ stderr and a non-zero exit: 1 for a failed operation, 2 for bad usage.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from skedlib.cli.output import render
+from skedlib.cli import up
+from skedlib.cli.output import render, table
+from skedlib.cli.schema import KINDS as SCHEMA_KINDS
+from skedlib.cli.schema import render_schema
+from skedlib.cli.views import (
+    HOST_HEADERS,
+    SERVICE_HEADERS,
+    TASK_HEADERS,
+    View,
+    host_rows,
+    read_view,
+    service_row,
+    task_cells,
+    task_rows,
+    tasks_by_host,
+)
 from skedlib.client import Client, default_backend_url
-from skedlib.codecs import load_manifest, parse_manifest
+from skedlib.codecs import load_manifest, parse_manifest, to_builtins
 from skedlib.durations import format_duration
-from skedlib.errors import NotFound, SkedError, ValidationError
-from skedlib.models import Cluster, HostConfig, Service, TaskDefinition
+from skedlib.errors import BackendError, Compacted, NotFound, SkedError, ValidationError
+from skedlib.models import Cluster, TaskDefinition
 
 __all__ = ["main"]
 
@@ -47,24 +69,52 @@ def build_parser() -> argparse.ArgumentParser:
                         help="storage backend URL (default: $SKED_BACKEND or "
                              f"{default_backend_url()})")
     parser.add_argument("--prefix", default=None, help="key prefix (default sked/)")
+    # --backend and --prefix are also accepted after the command (sked up --backend URL)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backend", default=argparse.SUPPRESS, metavar="URL",
+                        help="storage backend URL (as before the command)")
+    common.add_argument("--prefix", default=argparse.SUPPRESS,
+                        help="key prefix (as before the command)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("apply", help="write a manifest's desired state (all or nothing)")
+    p = sub.add_parser("apply", parents=[common],
+                       help="write a manifest's desired state (all or nothing)")
     p.add_argument("-f", "--file", required=True, action="append", metavar="FILE",
                    help="manifest YAML file; - reads stdin; repeatable")
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser("get", help="show objects")
+    p = sub.add_parser("get", parents=[common], help="show objects")
     p.add_argument("kind", type=_kind, help="clusters, services, task_definitions, hosts, "
                                             "tasks")
     p.add_argument("name", nargs="?", help="one object (task definitions: NAME[:VERSION])")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     p.set_defaults(func=cmd_get)
 
-    p = sub.add_parser("delete", help="delete an object of desired state")
+    p = sub.add_parser("delete", parents=[common], help="delete an object of desired state")
     p.add_argument("kind", type=_kind)
     p.add_argument("name", help="task definitions: NAME (every version) or NAME:VERSION")
     p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("tasks", parents=[common],
+                       help="the issued tasks: where they run, whether healthy")
+    p.add_argument("--by-host", action="store_true", help="group the tasks by host")
+    p.add_argument("-w", "--watch", action="store_true",
+                   help="redraw whenever a task, its health or a host changes (Ctrl-C exits)")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("hosts", parents=[common],
+                       help="live hosts: capacity as scheduled, tasks, attributes")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_hosts)
+
+    p = sub.add_parser("schema", help="JSON Schema of the stored objects (for schedulers "
+                                      "in other languages)")
+    p.add_argument("kind", nargs="?", metavar="KIND",
+                   help=f"one of {', '.join(SCHEMA_KINDS)} (default: every kind)")
+    p.set_defaults(func=cmd_schema, needs_backend=False)
+
+    up.add_parser(sub, common)
     return parser
 
 
@@ -91,10 +141,6 @@ def cmd_apply(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _service_row(s: Service) -> list[Any]:
-    return [s.name, s.task_name, s.task_version, s.scheduler, s.desired, s.min, s.max]
-
-
 def _td_row(t: TaskDefinition) -> list[Any]:
     return [t.name, t.version, ",".join(c.type for c in t.containers),
             t.port or ("provided" if t.provide_port else "-"), t.total_memory(),
@@ -115,8 +161,12 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
             return [c.name, c.datacenter, c.services, c.hosts or "all"]
     elif kind == "service":
         objects = [s for s in client.services() if name in (None, s.name)]
-        headers = ["name", "task", "version", "scheduler", "desired", "min", "max"]
-        row = _service_row
+        headers = SERVICE_HEADERS
+        view = read_view(client) if fmt == "table" else None
+
+        def row(s: Any) -> list[Any]:
+            assert view is not None
+            return service_row(view, s)
     elif kind == "task_definition":
         base, _, version = (name or "").partition(":")
         objects = [t for t in client.task_definitions(base or None)
@@ -128,27 +178,19 @@ def cmd_get(client: Client, args: argparse.Namespace) -> int:
         configs = {h.name: h for h in client.host_configs()}
         names = sorted(set(live) | set(configs))
         objects = [live.get(n) or configs[n] for n in names if name in (None, n)]
-        headers = ["name", "address", "live", "draining", "memory", "cpu", "attributes"]
+        headers = HOST_HEADERS
+        rows = {r[0]: r for r in host_rows(read_view(client))} if fmt == "table" else {}
 
         def row(h: Any) -> list[Any]:
-            cfg = configs.get(h.name)
-            is_live = not isinstance(h, HostConfig)
-            return [h.name, getattr(h, "address", ""), is_live,
-                    (cfg.draining if cfg else False) or getattr(h, "draining", False),
-                    f"{h.allocated.memory}/{h.total.memory}" if is_live else "-",
-                    f"{h.allocated.cpu_units}/{h.total.cpu_units}" if is_live else "-",
-                    [f"{k}={v}" for k, v in sorted(h.attributes.items())]]
+            return rows.get(h.name) or [h.name] + ["-"] * (len(HOST_HEADERS) - 1)
     else:
-        health = client.health()
-        objects = [t for t in client.tasks() if name in (None, t.id)]
-        headers = ["id", "host", "rejected", "cluster", "service", "task def", "version",
-                   "healthy"]
+        view = read_view(client)
+        objects = [t for t in view.tasks() if name in (None, t.id)]
+        headers = TASK_HEADERS
+        cells = {r.id: task_cells(r) for r in task_rows(view, objects)}
 
         def row(t: Any) -> list[Any]:
-            h = health.get(t.id)
-            return [t.id, t.host, t.rejected, t.cluster.name, t.service,
-                    t.task_definition.name, t.task_definition.version,
-                    bool(h and h.healthy)]
+            return cells[t.id]
     if name is not None and not objects:
         raise NotFound(f"{kind.replace('_', ' ')} {name!r} not found")
     print(render(objects, fmt, headers, row, single=name is not None and kind != "task_definition"))
@@ -164,13 +206,90 @@ def cmd_delete(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _render_tasks(view: View, args: argparse.Namespace) -> str:
+    if args.output == "json":
+        return json.dumps(to_builtins(task_rows(view)), indent=2, ensure_ascii=False)
+    if not args.by_host:
+        rows = task_rows(view)
+        return table(TASK_HEADERS, [task_cells(r) for r in rows]) if rows else "no tasks"
+    sections = []
+    for host, summary, rows in tasks_by_host(view):
+        text = f"{host}: {summary}"
+        if rows:
+            text += "\n" + table([h for h in TASK_HEADERS if h != "host"],
+                                 [[c for i, c in enumerate(task_cells(r)) if i != 1]
+                                  for r in rows])
+        sections.append(text)
+    return "\n\n".join(sections) if sections else "no hosts and no tasks"
+
+
+def cmd_tasks(client: Client, args: argparse.Namespace) -> int:
+    """``sked tasks [--by-host] [--watch] [-o table|json]``: the seed's table, with the
+    agent's view of each task (``state``)."""
+    view = read_view(client)
+    if not args.watch:
+        print(_render_tasks(view, args))
+        return 0
+    return _watch_tasks(client, args, view)
+
+
+def _watch_tasks(client: Client, args: argparse.Namespace, view: View) -> int:
+    """Redraw on every change under ``state/`` (tasks, health, hosts); Ctrl-C exits."""
+    tty = sys.stdout.isatty()
+    state_prefix = f"{client.keys.prefix}state/"
+    try:
+        while True:
+            text = _render_tasks(view, args)
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J")
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{stamp}  revision {view.revision}  (watching; Ctrl-C exits)\n{text}",
+                  flush=True)
+            if not tty:
+                print(flush=True)
+            try:
+                with client.backend.watch(state_prefix, view.revision + 1) as w:
+                    while not w.next(timeout=1.0):
+                        pass
+            except Compacted:
+                pass  # read again below
+            except BackendError as exc:
+                print(f"sked: watching failed: {exc} (retrying)", file=sys.stderr)
+                time.sleep(1.0)
+            time.sleep(0.2)  # let a burst of changes land: one redraw for all of them
+            view = read_view(client)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_hosts(client: Client, args: argparse.Namespace) -> int:
+    """``sked hosts [-o table|json]``: memory and CPU are allocated/total as scheduled."""
+    rows = host_rows(read_view(client))
+    if args.output == "json":
+        print(json.dumps([dict(zip(HOST_HEADERS, r, strict=True)) for r in rows], indent=2,
+                         ensure_ascii=False))
+    else:
+        print(table(HOST_HEADERS, rows) if rows else "no hosts")
+    return 0
+
+
+def cmd_schema(client: Client | None, args: argparse.Namespace) -> int:
+    """``sked schema [KIND]``: JSON Schema of the stored objects."""
+    del client
+    print(render_schema(args.kind))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sked``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if not getattr(args, "needs_backend", True):
+            code: int = args.func(None, args)
+            return code
         with Client.open(args.backend, args.prefix) as client:
-            code: int = args.func(client, args)
+            code = args.func(client, args)
             return code
     except SkedError as exc:
         print(f"sked: error: {exc}", file=sys.stderr)

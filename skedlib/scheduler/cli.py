@@ -1,14 +1,94 @@
-"""``skedlib-scheduler``: not yet implemented in this release."""
+"""``skedlib-scheduler``: run the scheduler daemon until SIGTERM or SIGINT.
+
+::
+
+    skedlib-scheduler --backend etcd://10.0.0.1:2379,10.0.0.2:2379 --workers 4
+
+Run as many as you like against one store: they share the work through per-service
+locks. Logs one line per action on stderr ("placed default-web-1-0 on h1",
+"web: 2 task(s) unschedulable: …"). Exit status: 0 after a clean shutdown, 1 when it
+cannot start (backend, plugins), 2 for bad usage.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
-__all__ = ["main"]
+from skedlib.client import default_backend_url
+from skedlib.errors import SkedError
+from skedlib.keys import DEFAULT_PREFIX, Keyspace
+from skedlib.plugins import get_registry, open_backend
+from skedlib.scheduler.daemon import SchedulerDaemon
+
+__all__ = ["build_parser", "main"]
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``skedlib-scheduler``."""
+    p = argparse.ArgumentParser(prog="skedlib-scheduler",
+                                description="Keep every service of every cluster placed.")
+    p.add_argument("--backend", metavar="URL", default=None,
+                   help="storage backend URL (default: $SKED_BACKEND or "
+                        f"{default_backend_url()})")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="key prefix (default sked/)")
+    p.add_argument("--workers", type=int, default=4,
+                   help="services planned at once (default 4)")
+    p.add_argument("--lock-ttl", type=_positive, default=10.0, metavar="SECONDS",
+                   help="TTL of the per-service locks' leases (default 10)")
+    p.add_argument("--resync", type=_positive, default=30.0, metavar="SECONDS",
+                   help="every service is planned again this often (default 30)")
+    p.add_argument("--log-level", default="INFO",
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``skedlib-scheduler``."""
-    print("skedlib-scheduler: not yet implemented", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    log = logging.getLogger("skedlib.scheduler")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del frame
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        keyspace = Keyspace(args.prefix)
+        schedulers = get_registry().names("schedulers")
+        backend = open_backend(args.backend or default_backend_url())
+    except (SkedError, OSError) as exc:
+        print(f"skedlib-scheduler: {exc}", file=sys.stderr)
+        return 1
+    log.info("schedulers installed: %s", ", ".join(schedulers) or "none")
+    try:
+        daemon = SchedulerDaemon(backend, keyspace, workers=max(1, args.workers),
+                                 lock_ttl=args.lock_ttl, resync=args.resync)
+        daemon.run(stop)
+    finally:
+        backend.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,18 @@ new task). Groups are packed into as few transactions as the backend allows, eac
 carrying the caller's ``fence`` (a lock's fencing token). When a transaction fails, its
 groups are retried one by one, so a conflicting write rejects only its own part of the
 plan; the caller plans those tasks again from a fresh snapshot.
+
+**Per-host guard.** Per-task compares cannot stop two writers that plan *different*
+services from filling the same host at once. So every transaction that places tasks on a
+host also rewrites that host's allocation marker ``state/alloc/<host>`` and compares its
+revision: a placement commits only while nobody else has placed on the host since the
+snapshot was read. Revisions only grow, so the marker's revision "as the snapshot saw
+it" is its current revision when that is at most the snapshot's revision; a marker
+written after the snapshot makes every placement on that host a conflict. A host's
+placements are kept together (stops first, then placements), and when a stop on a host
+conflicts, the plan's placements on that host are refused too (they may have counted on
+the room the stop would have freed). A snapshot built by hand (revision 0) has no
+revision to compare with, and is committed with per-task compares only.
 """
 
 from __future__ import annotations
@@ -38,6 +50,9 @@ class _Group(msgspec.Struct):
     task_id: str
     compare: Compare
     ops: list[Op]
+    host: str = ""
+    """The host the task lands on (a placement) or leaves (a stop)."""
+    places: bool = True
 
 
 def _groups(snapshot: Snapshot, plan: Plan, ks: Keyspace) -> list[_Group]:
@@ -50,7 +65,7 @@ def _groups(snapshot: Snapshot, plan: Plan, ks: Keyspace) -> list[_Group]:
         if old is not None and old.host and old.host != task.host:
             ops.append(Delete(ks.host_task(old.host, tid)))
         groups.append(_Group(tid, Compare(ks.task(tid), snapshot.task_revisions.get(tid, 0)),
-                             ops))
+                             ops, task.host, True))
     for tid in plan.stop:
         old = snapshot.tasks.get(tid)
         if old is None:
@@ -58,28 +73,57 @@ def _groups(snapshot: Snapshot, plan: Plan, ks: Keyspace) -> list[_Group]:
         ops = [Delete(ks.task(tid)), Delete(ks.task_health(tid))]
         if old.host:
             ops.append(Delete(ks.host_task(old.host, tid)))
-        groups.append(_Group(tid, Compare(ks.task(tid), snapshot.task_revisions[tid]), ops))
+        groups.append(_Group(tid, Compare(ks.task(tid), snapshot.task_revisions[tid]), ops,
+                             old.host, False))
+    # a host's groups together, its stops before its placements
+    groups.sort(key=lambda g: (g.host, g.places))
     return groups
 
 
-def _pack(groups: list[_Group], room: int) -> list[list[_Group]]:
-    """Whole groups per chunk; a group costs its compare plus its ops."""
+def _cost(g: _Group, guarded: dict[str, int], hosts_in_chunk: set[str]) -> int:
+    """Operations a group adds to a chunk: its compare and ops, and the host guard's
+    compare and put the first time the chunk places on a guarded host."""
+    extra = 2 if g.places and g.host in guarded and g.host not in hosts_in_chunk else 0
+    return len(g.ops) + 1 + extra
+
+
+def _pack(groups: list[_Group], room: int, guarded: dict[str, int]) -> list[list[_Group]]:
+    """Whole groups per chunk."""
     chunks: list[list[_Group]] = []
     current: list[_Group] = []
+    hosts: set[str] = set()
     size = 0
     for g in groups:
-        cost = len(g.ops) + 1
-        if cost > room:
-            raise TxnTooLarge(f"task {g.task_id}: {cost} operations do not fit in one "
+        alone = _cost(g, guarded, set())
+        if alone > room:
+            raise TxnTooLarge(f"task {g.task_id}: {alone} operations do not fit in one "
                               f"transaction of {room}")
+        cost = _cost(g, guarded, hosts)
         if current and size + cost > room:
             chunks.append(current)
-            current, size = [], 0
+            current, hosts, size = [], set(), 0
+            cost = alone
         current.append(g)
+        if g.places:
+            hosts.add(g.host)
         size += cost
     if current:
         chunks.append(current)
     return chunks
+
+
+def _marker(host: str) -> bytes:
+    return encode({"host": host})
+
+
+def _txn_parts(members: Sequence[_Group], guarded: dict[str, int], ks: Keyspace
+               ) -> tuple[list[Compare], list[Op]]:
+    compares = [g.compare for g in members]
+    ops: list[Op] = [op for g in members for op in g.ops]
+    for host in dict.fromkeys(g.host for g in members if g.places and g.host in guarded):
+        compares.append(Compare(ks.host_alloc(host), guarded[host]))
+        ops.append(Put(ks.host_alloc(host), _marker(host)))
+    return compares, ops
 
 
 def commit_plan(backend: Backend, snapshot: Snapshot, plan: Plan,
@@ -90,25 +134,63 @@ def commit_plan(backend: Backend, snapshot: Snapshot, plan: Plan,
     groups = _groups(snapshot, plan, ks)
     if not groups:
         return CommitResult(revision=snapshot.revision)
-    limit = backend.max_txn_ops
-    room = (limit - len(fence)) if limit is not None else sum(len(g.ops) + 1 for g in groups)
     committed: list[str] = []
     conflicts: list[str] = []
+    guarded: dict[str, int] = {}
+    """Guarded host → the revision its allocation marker must still have."""
+    refused: set[str] = set()
+    """Hosts whose placements are all conflicts (placed on since, or a stop failed)."""
+    placing = {g.host for g in groups if g.places}
+    if snapshot.revision and placing:
+        markers = {kv.key: kv.revision for kv in backend.list(ks.host_allocs).items}
+        for host in placing:
+            rev = markers.get(ks.host_alloc(host), 0)
+            if rev > snapshot.revision:
+                refused.add(host)
+            else:
+                guarded[host] = rev
+    limit = backend.max_txn_ops
+    room = (limit - len(fence)) if limit is not None else sum(
+        _cost(g, guarded, set()) for g in groups)
     revision = 0
-    for members in _pack(groups, room):
-        res = backend.txn([*fence, *(g.compare for g in members)],
-                          [op for g in members for op in g.ops])
-        if res.succeeded:
-            committed += [g.task_id for g in members]
-            revision = res.revision
+
+    def refuse(g: _Group) -> bool:
+        if g.places and g.host in refused:
+            conflicts.append(g.task_id)
+            return True
+        return False
+
+    for members in _pack(groups, room, guarded):
+        todo = [g for g in members if not refuse(g)]
+        if not todo:
             continue
-        for g in members:  # find the conflicting groups; commit the others
-            one = backend.txn([*fence, g.compare], g.ops)
+        compares, ops = _txn_parts(todo, guarded, ks)
+        res = backend.txn([*fence, *compares], ops)
+        if res.succeeded:
+            committed += [g.task_id for g in todo]
+            revision = res.revision
+            for g in todo:
+                if g.places and g.host in guarded:
+                    guarded[g.host] = res.revision
+            continue
+        for g in todo:  # find the conflicting groups; commit the others
+            if refuse(g):
+                continue
+            compares, ops = _txn_parts([g], guarded, ks)
+            one = backend.txn([*fence, *compares], ops)
             if one.succeeded:
                 committed.append(g.task_id)
                 revision = one.revision
-            elif fence and not backend.txn(list(fence), []).succeeded:
+                if g.places and g.host in guarded:
+                    guarded[g.host] = one.revision
+                continue
+            if fence and not backend.txn(list(fence), []).succeeded:
                 return CommitResult(tuple(committed), tuple(conflicts), True, revision)
-            else:
-                conflicts.append(g.task_id)
+            conflicts.append(g.task_id)
+            if not g.places and g.host:
+                refused.add(g.host)  # the room this stop would free is not there
+            elif g.host in guarded:
+                kv = backend.get(ks.host_alloc(g.host))
+                if (kv.revision if kv else 0) != guarded[g.host]:
+                    refused.add(g.host)  # another writer placed on the host
     return CommitResult(tuple(committed), tuple(conflicts), False, revision)

@@ -57,7 +57,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import grpc
 from etcd3 import etcdrpc
 
-from skedlib.errors import BackendUnavailable, Compacted, LeaseExpired, TxnTooLarge
+from skedlib.errors import BackendUnavailable, Compacted, LeaseExpired, SkedError, TxnTooLarge
 from skedlib.store.base import (
     Backend,
     Compare,
@@ -627,17 +627,21 @@ class EtcdBackend(Backend):
         try:
             response = self._run(what, call, write=bool(requests))
         except grpc.RpcError as exc:
-            details = _details(exc).lower()
-            if "lease not found" in details:
-                leases = sorted({op.lease for op in ops if isinstance(op, Put) and op.lease})
-                raise LeaseExpired(f"{self.display_url}: lease {', '.join(leases)} does not "
-                                   "exist (expired or revoked)") from exc
-            if "too many operations" in details or "too large" in details or \
-                    _code(exc) == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise TxnTooLarge(f"{self.display_url}: etcd refused the transaction as too "
-                                  f"large: {_details(exc)}") from exc
-            raise self._rpc_error(what, exc) from exc
+            leases = sorted({op.lease for op in ops if isinstance(op, Put) and op.lease})
+            raise self._write_error(what, exc, leases) from exc
         return TxnResult(bool(response.succeeded), int(response.header.revision))
+
+    def _write_error(self, what: str, exc: Any, leases: Sequence[str]) -> SkedError:
+        """The skedlib error for a write etcd refused."""
+        details = _details(exc).lower()
+        if "lease not found" in details:
+            return LeaseExpired(f"{self.display_url}: lease {', '.join(leases)} does not "
+                                "exist (expired or revoked)")
+        if "too many operations" in details or "too large" in details or \
+                _code(exc) == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return TxnTooLarge(f"{self.display_url}: etcd refused the write as too large: "
+                               f"{_details(exc)}")
+        return self._rpc_error(what, exc)
 
     def put(self, key: str, value: bytes, lease: str | None = None) -> int:
         """An unconditional write as one etcd Put (cheaper for etcd than a one-op Txn)."""
@@ -655,10 +659,7 @@ class EtcdBackend(Backend):
         try:
             response = self._run("put", call, write=True)
         except grpc.RpcError as exc:
-            if "lease not found" in _details(exc).lower():
-                raise LeaseExpired(f"{self.display_url}: lease {lease} does not exist "
-                                   "(expired or revoked)") from exc
-            raise self._rpc_error("put", exc) from exc
+            raise self._write_error("put", exc, [lease] if lease else []) from exc
         return int(response.header.revision)
 
     # -- watches --------------------------------------------------------------------------

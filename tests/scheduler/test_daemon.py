@@ -1,0 +1,189 @@
+"""The scheduler daemon in-process, on the in-memory store, with host records written by
+hand: how it reacts to each kind of change, its locks, its status records, and the
+per-host guard of commit_plan it relies on."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from skedlib_reference import BinpackScheduler
+
+from skedlib.client import Client
+from skedlib.codecs import decode, encode, parse_manifest
+from skedlib.keys import Keyspace
+from skedlib.locks import Lock
+from skedlib.models import Host, Resources, ServiceStatus, Task
+from skedlib.scheduler.daemon import SchedulerDaemon
+from skedlib.scheduling import commit_plan, read_snapshot
+from tests.scheduler.conftest import wait_for
+
+MANIFEST = """
+clusters: [{name: default, services: [web, db]}]
+services:
+  - {name: web, task_name: app, task_version: 1, desired: 3}
+  - {name: db, task_name: app, task_version: 1, desired: 1}
+task_definitions:
+  - {name: app, version: 1, memory: 300, cpu_units: 100,
+     containers: [{name: x, type: process, executor: {argv: [sleep, "60"]}}]}
+"""
+
+
+@pytest.fixture
+def client() -> Iterator[Client]:
+    with Client.open(f"memory://{uuid.uuid4().hex}") as c:
+        yield c
+
+
+@pytest.fixture
+def daemon(client: Client) -> Iterator[SchedulerDaemon]:
+    d = SchedulerDaemon(client.backend, workers=2, lock_ttl=1.0, resync=60)
+    d.start()
+    assert d.wait_ready(5)
+    yield d
+    d.stop()
+
+
+def _host(client: Client, name: str, memory: int = 1000) -> None:
+    client.backend.put(Keyspace().agent(name), encode(Host(
+        name=name, total=Resources(memory=memory, cpu_units=1000))))
+
+
+def _status(client: Client, service: str) -> ServiceStatus | None:
+    kv = client.backend.get(Keyspace().service_status("default", service))
+    return decode(kv.value, ServiceStatus) if kv else None
+
+
+def _where(client: Client) -> dict[str, str]:
+    return {t.id: t.host for t in client.tasks()}
+
+
+def test_unschedulable_until_a_host_joins(client: Client, daemon: SchedulerDaemon) -> None:
+    client.apply(parse_manifest(MANIFEST, "m.yml"))
+    st = wait_for(lambda: _status(client, "web"), 5, "a status")
+    assert st.state == "unschedulable" and st.message == "3 task(s) unschedulable: no live hosts"
+    assert st.desired == 3 and st.placed == 0 and st.unschedulable == 3
+    _host(client, "h1", memory=2000)
+    wait_for(lambda: len(client.tasks()) == 4, 5, "4 tasks placed when h1 joined")
+    assert set(_where(client).values()) == {"h1"}
+    st = wait_for(lambda: (s := _status(client, "web")) and s.unschedulable == 0 and s, 5,
+                  "status updated")
+    assert (st.state, st.placed, st.healthy) == ("progressing", 3, 0)
+
+
+def test_tasks_of_a_gone_host_move(client: Client, daemon: SchedulerDaemon) -> None:
+    _host(client, "h1", memory=2000)
+    _host(client, "h2", memory=2000)
+    client.apply(parse_manifest(MANIFEST, "m.yml"))
+    wait_for(lambda: len(client.tasks()) == 4, 5, "4 tasks")
+    before = _where(client)
+    gone = before["default-web-1-0"]
+    client.backend.delete(Keyspace().agent(gone))
+    other = ({"h1", "h2"} - {gone}).pop()
+    wait_for(lambda: set(_where(client).values()) == {other}, 5, "tasks moved off " + gone)
+    # the index follows: no entry is left under the gone host
+    assert client.host_tasks(gone) == []
+
+
+def test_a_rejected_task_is_placed_elsewhere(client: Client, daemon: SchedulerDaemon) -> None:
+    _host(client, "h1")
+    _host(client, "h2")
+    client.apply(parse_manifest(MANIFEST.replace("desired: 3", "desired: 1"), "m.yml"))
+    wait_for(lambda: len(client.tasks()) == 2, 5, "2 tasks")
+    task = next(t for t in client.tasks() if t.service == "web")
+    first = task.host
+    task.rejected, task.reject_reason, task.rejected_hosts = True, "port taken", [first]
+    ks = Keyspace()
+    client.backend.put(ks.task(task.id), encode(task))
+    client.backend.put(ks.host_task(first, task.id), encode(task))
+    moved: Task = wait_for(lambda: (t := next(t for t in client.tasks() if t.id == task.id))
+                           and not t.rejected and t, 5, "the task placed again")
+    assert moved.host != first and moved.rejected_hosts == [first]
+    assert client.host_tasks(first) == [t for t in client.host_tasks(first) if t.id != task.id]
+
+
+def test_deleting_the_cluster_stops_everything(client: Client, daemon: SchedulerDaemon) -> None:
+    _host(client, "h1", memory=2000)
+    client.apply(parse_manifest(MANIFEST, "m.yml"))
+    wait_for(lambda: len(client.tasks()) == 4 and _status(client, "db"), 5, "4 tasks")
+    client.delete("cluster", "default")
+    wait_for(lambda: not client.tasks() and not _status(client, "web")
+             and not _status(client, "db"), 5, "tasks and statuses gone")
+    assert client.backend.list(Keyspace().all_host_tasks).items == []
+
+
+def test_a_locked_service_is_left_to_its_holder(client: Client) -> None:
+    _host(client, "h1")
+    client.apply(parse_manifest(MANIFEST, "m.yml"))
+    d = SchedulerDaemon(client.backend, lock_ttl=1.0)
+    with Lock(client.backend, Keyspace().lock("default", "web"), ttl=5):
+        out = d.run_once(("default", "web"))
+        assert out.skipped and out.retry_after == 1.0 and client.tasks() == []
+    out = d.run_once(("default", "web"))
+    assert not out.skipped and len(out.placed) == 3
+    assert d.run_once(("default", "web")).placed == []  # converged: nothing to do
+
+
+def test_status_is_written_only_when_it_changes(client: Client) -> None:
+    _host(client, "h1")
+    client.apply(parse_manifest(MANIFEST, "m.yml"))
+    d = SchedulerDaemon(client.backend)
+    d.run_once(("default", "web"))
+    key = Keyspace().service_status("default", "web")
+    first = client.backend.get(key)
+    assert first is not None
+    d.run_once(("default", "web"))
+    assert client.backend.get(key) == first
+
+
+def test_an_uninstalled_scheduler_stops_only_its_service(client: Client) -> None:
+    _host(client, "h1")
+    client.apply(parse_manifest(MANIFEST.replace(
+        "desired: 1}", "desired: 1, scheduler: not-installed}"), "m.yml"))
+    d = SchedulerDaemon(client.backend)
+    assert d.run_once(("default", "db")).placed == []
+    st = _status(client, "db")
+    assert st is not None and st.state == "error"
+    assert st.message.startswith("no scheduler named 'not-installed' is installed")
+    assert len(d.run_once(("default", "web")).placed) == 3
+
+
+def test_two_services_cannot_overfill_one_host(client: Client) -> None:
+    """Two plans made from the same snapshot for *different* services both fit the host
+    alone, not together: the per-host guard lets the first commit and refuses the second,
+    which is planned again from a fresh snapshot."""
+    _host(client, "h1", memory=1000)
+    _host(client, "h2", memory=1000)
+    client.apply(parse_manifest(MANIFEST.replace("desired: 3", "desired: 2")
+                                .replace("desired: 1", "desired: 2"), "m.yml"))
+    snap = read_snapshot(client.backend)
+    c = snap.clusters["default"]
+    web = BinpackScheduler().plan(snap, c, snap.services["web"]).plan
+    db = BinpackScheduler().plan(snap, c, snap.services["db"]).plan
+    assert {t.host for t in web.place} == {t.host for t in db.place} == {"h1"}  # 4 x 300
+    assert len(commit_plan(client.backend, snap, web).committed) == 2
+    res = commit_plan(client.backend, snap, db)
+    assert res.committed == () and len(res.conflicts) == 2
+    fresh = read_snapshot(client.backend)
+    db = BinpackScheduler().plan(fresh, c, fresh.services["db"]).plan
+    assert len(commit_plan(client.backend, fresh, db).committed) == 2
+    per_host: dict[str, int] = {}
+    for t in client.tasks():
+        per_host[t.host] = per_host.get(t.host, 0) + t.task_definition.memory
+    assert all(m <= 1000 for m in per_host.values()), per_host
+
+
+def test_a_bad_record_does_not_stop_the_others(client: Client,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    _host(client, "h1", memory=2000)
+    client.apply(parse_manifest(MANIFEST, "m.yml"))
+    ks = Keyspace()
+    client.backend.put(ks.task("default-db-1-0"), b"{not json")
+    client.backend.put(ks.agent("broken"), b"[]")
+    d = SchedulerDaemon(client.backend)
+    assert len(d.run_once(("default", "web")).placed) == 3
+    assert "ignoring a record that does not decode" in caplog.text
+    assert caplog.text.count("state/agents/broken") == 1
+    d.run_once(("default", "web"))
+    assert caplog.text.count("state/agents/broken") == 1  # logged once
