@@ -25,9 +25,9 @@ from types import FrameType
 
 from skedlib.agent.agent import Agent, AgentConfig, default_state_dir
 from skedlib.agent.ports import DEFAULT_PORT_RANGE
+from skedlib.cli.args import add_backend_options, positive_number
 from skedlib.client import default_backend_url
 from skedlib.errors import SkedError
-from skedlib.keys import DEFAULT_PREFIX
 from skedlib.plugins import open_backend
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -51,24 +51,11 @@ def _port_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``skedlib-agent``."""
     p = argparse.ArgumentParser(prog="skedlib-agent",
                                 description="Run the tasks the issued state gives this host.")
-    p.add_argument("--backend", metavar="URL", default=None,
-                   help="storage backend URL (default: $SKED_BACKEND or "
-                        f"{default_backend_url()})")
-    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="key prefix (default sked/)")
+    add_backend_options(p)
     p.add_argument("--host", default=socket.gethostname(),
                    help="this host's name (default: the hostname)")
     p.add_argument("--address", default="", help="address published in the host record "
@@ -92,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "/var/lib/skedlib/agent/HOST)")
     p.add_argument("--log-dir", type=Path, default=None,
                    help="task logs (default: STATE_DIR/logs)")
-    p.add_argument("--lease-ttl", type=_positive, default=10.0, metavar="SECONDS",
+    p.add_argument("--lease-ttl", type=positive_number, default=10.0, metavar="SECONDS",
                    help="TTL of the host record's lease (default 10)")
     p.add_argument("--memory", type=int, default=None, metavar="MIB",
                    help="memory offered to tasks (default: the host's total)")

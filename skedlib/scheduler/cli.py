@@ -20,38 +20,26 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from skedlib.cli.args import add_backend_options, positive_number
 from skedlib.client import default_backend_url
 from skedlib.errors import SkedError
-from skedlib.keys import DEFAULT_PREFIX, Keyspace
+from skedlib.keys import Keyspace
 from skedlib.plugins import get_registry, open_backend
 from skedlib.scheduler.daemon import SchedulerDaemon
 
 __all__ = ["build_parser", "main"]
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``skedlib-scheduler``."""
     p = argparse.ArgumentParser(prog="skedlib-scheduler",
                                 description="Keep every service of every cluster placed.")
-    p.add_argument("--backend", metavar="URL", default=None,
-                   help="storage backend URL (default: $SKED_BACKEND or "
-                        f"{default_backend_url()})")
-    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="key prefix (default sked/)")
+    add_backend_options(p)
     p.add_argument("--workers", type=int, default=4,
                    help="services planned at once (default 4)")
-    p.add_argument("--lock-ttl", type=_positive, default=10.0, metavar="SECONDS",
+    p.add_argument("--lock-ttl", type=positive_number, default=10.0, metavar="SECONDS",
                    help="TTL of the per-service locks' leases (default 10)")
-    p.add_argument("--resync", type=_positive, default=30.0, metavar="SECONDS",
+    p.add_argument("--resync", type=positive_number, default=30.0, metavar="SECONDS",
                    help="every service is planned again this often (default 30)")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"))

@@ -56,7 +56,6 @@ from skedlib.keys import (
     ClusterKey,
     HealthKey,
     HostConfigKey,
-    Key,
     Keyspace,
     ServiceKey,
     TaskDefinitionKey,
@@ -71,7 +70,6 @@ from skedlib.models import (
     ServiceState,
     ServiceStatus,
     Task,
-    TaskDefinition,
     TaskHealth,
     TaskId,
 )
@@ -96,11 +94,6 @@ log = logging.getLogger("skedlib.scheduler")
 
 Pair = tuple[str, str]
 """``(cluster, service)``: the unit of scheduling work, locking and status."""
-
-_TYPES: dict[type[Key], type[msgspec.Struct]] = {
-    ClusterKey: Cluster, ServiceKey: Service, TaskDefinitionKey: TaskDefinition,
-    HostConfigKey: HostConfig, AgentKey: Host, TaskKey: Task, HealthKey: TaskHealth}
-
 
 class RunOutcome(msgspec.Struct, kw_only=True):
     """What one run for a pair did (returned by :meth:`SchedulerDaemon.run_once`)."""
@@ -432,26 +425,13 @@ class SchedulerDaemon:
     def _snapshot(self, listed: ListResult) -> Snapshot:
         """A snapshot of ``listed``, leaving out (and logging once) records that do not
         decode, so one bad value written by hand cannot stop every service."""
-        try:
-            return Snapshot.from_items(listed.items, listed.revision, self.keys)
-        except ValidationError:
-            pass
-        good: list[KeyValue] = []
-        for kv in listed.items:
-            try:
-                type_ = _TYPES.get(type(self.keys.parse(kv.key)))
-            except ValidationError:
-                continue  # not in the key schema: snapshots ignore it anyway
-            try:
-                if type_ is not None:
-                    decode(kv.value, type_, where=kv.key)
-            except ValidationError as exc:
-                if self._bad.get(kv.key) != kv.revision:
-                    self._bad[kv.key] = kv.revision
-                    log.warning("ignoring a record that does not decode: %s", exc)
-                continue
-            good.append(kv)
-        return Snapshot.from_items(good, listed.revision, self.keys)
+
+        def bad(kv: KeyValue, exc: ValidationError) -> None:
+            if self._bad.get(kv.key) != kv.revision:
+                self._bad[kv.key] = kv.revision
+                log.warning("ignoring a record that does not decode: %s", exc)
+
+        return Snapshot.from_items(listed.items, listed.revision, self.keys, on_bad=bad)
 
     def _schedule(self, pair: Pair, lock: Lock) -> RunOutcome:
         cluster_name, service_name = pair

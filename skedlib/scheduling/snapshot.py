@@ -9,7 +9,8 @@ have placed), not from the agents' reports, which lag behind.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from skedlib.codecs import decode
 from skedlib.errors import ValidationError
@@ -36,6 +37,8 @@ from skedlib.models import (
 from skedlib.store.base import Backend, KeyValue
 
 __all__ = ["HostState", "Snapshot", "demand_of", "read_snapshot"]
+
+_T = TypeVar("_T")
 
 
 def demand_of(td: TaskDefinition) -> Resources:
@@ -168,8 +171,15 @@ class Snapshot:
 
     @classmethod
     def from_items(cls, items: Iterable[KeyValue], revision: int,
-                   keyspace: Keyspace | None = None) -> Snapshot:
-        """Build a snapshot from a listing of the keyspace (foreign keys are ignored)."""
+                   keyspace: Keyspace | None = None,
+                   on_bad: Callable[[KeyValue, ValidationError], None] | None = None
+                   ) -> Snapshot:
+        """Build a snapshot from a listing of the keyspace (foreign keys are ignored).
+
+        A record that does not decode raises :class:`ValidationError`, or, with
+        ``on_bad``, is reported to it and left out, so that one bad value written by hand
+        cannot stop every scheduler.
+        """
         ks = keyspace or Keyspace()
         buckets: dict[type, list[KeyValue]] = defaultdict(list)
         for kv in items:
@@ -179,17 +189,26 @@ class Snapshot:
                 continue
             buckets[type(parsed)].append(kv)
 
-        def objs(kind: type, type_: type) -> list:  # type: ignore[type-arg]
-            return [decode(kv.value, type_, where=kv.key) for kv in buckets[kind]]
+        def objs(kind: type, type_: type[_T]) -> list[tuple[_T, int]]:
+            out = []
+            for kv in buckets[kind]:
+                try:
+                    out.append((decode(kv.value, type_, where=kv.key), kv.revision))
+                except ValidationError as exc:
+                    if on_bad is None:
+                        raise
+                    on_bad(kv, exc)
+            return out
+
+        def values(kind: type, type_: type[_T]) -> list[_T]:
+            return [obj for obj, _ in objs(kind, type_)]
 
         return cls(
             revision,
-            clusters=objs(ClusterKey, Cluster), services=objs(ServiceKey, Service),
-            task_definitions=objs(TaskDefinitionKey, TaskDefinition),
-            hosts=objs(AgentKey, Host), host_configs=objs(HostConfigKey, HostConfig),
-            tasks=[(decode(kv.value, Task, where=kv.key), kv.revision)
-                   for kv in buckets[TaskKey]],
-            health=objs(HealthKey, TaskHealth))
+            clusters=values(ClusterKey, Cluster), services=values(ServiceKey, Service),
+            task_definitions=values(TaskDefinitionKey, TaskDefinition),
+            hosts=values(AgentKey, Host), host_configs=values(HostConfigKey, HostConfig),
+            tasks=objs(TaskKey, Task), health=values(HealthKey, TaskHealth))
 
 
 def read_snapshot(backend: Backend, keyspace: Keyspace | None = None) -> Snapshot:

@@ -15,11 +15,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import psutil
 import pytest
@@ -30,6 +29,7 @@ from skedlib.models import Check, Cluster, Container, Host, Task, TaskDefinition
 from skedlib.plugins import open_backend
 from skedlib.store.base import Backend
 from tests.harness import etcd as harness
+from tests.harness.common import eventually
 
 etcd_single = harness.etcd_single
 
@@ -38,17 +38,7 @@ AGENT = shutil.which("skedlib-agent", path=str(Path(sys.executable).parent))
 T = TypeVar("T")
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
-             every: float = 0.05) -> Any:
-    """Poll ``cond`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
+wait_for = eventually
 
 
 def make_task(instance: int = 0, *, service: str = "web", containers: list[Container],

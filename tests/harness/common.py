@@ -212,6 +212,20 @@ def wait_for(probe: Callable[[], T | None], timeout: float,
     return found
 
 
+def eventually(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+               every: float = 0.05) -> Any:
+    """Poll ``cond`` until it returns something truthy and return it; fail the test
+    (AssertionError) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
 def wait_until(ready: Callable[[], bool], timeout: float,
                timed_out: Callable[[], Exception], interval: float = 0.1) -> None:
     """:func:`wait_for` with a yes/no ``ready``."""

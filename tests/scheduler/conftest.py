@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from skedlib.keys import Keyspace
 from skedlib.models import ServiceStatus, Task, TaskHealth
 from skedlib.plugins import open_backend
 from tests.harness import etcd as harness
+from tests.harness.common import eventually
 
 etcd_cluster = harness.etcd_cluster
 
@@ -44,14 +44,7 @@ PY = sys.executable
 def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
              every: float = 0.1) -> Any:
     """Poll ``cond`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
+    return eventually(cond, timeout, what, every)
 
 
 def web_manifest(service: str = "web", desired: int = 2, *, memory: int = 64,
