@@ -72,6 +72,7 @@ def test_leader_killed_while_writing_and_watching(
     failures: list[str] = []
     seen: dict[str, bytes] = {}
     watch_errors: list[str] = []
+    watch_done = threading.Event()
 
     listed = backend.list(ns)
 
@@ -95,7 +96,7 @@ def test_leader_killed_while_writing_and_watching(
     def watcher() -> None:
         with backend.watch(ns, listed.revision + 1) as w:
             last = 0
-            while not w.closed:
+            while not w.closed and not watch_done.is_set():
                 try:
                     events: list[WatchEvent] = w.next(timeout=0.5)
                 except BackendUnavailable as exc:
@@ -112,7 +113,8 @@ def test_leader_killed_while_writing_and_watching(
                 if stop.is_set() and seen == written:
                     return
 
-    threads = [threading.Thread(target=writer), threading.Thread(target=watcher)]
+    threads = [threading.Thread(target=writer, daemon=True),
+               threading.Thread(target=watcher, daemon=True)]
     for t in threads:
         t.start()
     try:
@@ -132,10 +134,14 @@ def test_leader_killed_while_writing_and_watching(
         stop.set()
         threads[0].join(30)
     threads[1].join(30)
-    assert not threads[0].is_alive() and not threads[1].is_alive()
+    alive = [t.name for t in threads if t.is_alive()]
+    watch_done.set()  # a watcher that has not converged gives up now
+    final = {kv.key: kv.value for kv in backend.list(ns).items}
+    assert not alive, (
+        f"threads still running: {alive}; seen {seen} written {written} stored {final}; "
+        f"{len(watch_errors)} watch errors, last: {watch_errors[-3:]}")
     # the watch delivered the final value of every key
     assert seen == written, f"watch missed final values (watch errors: {watch_errors[:3]})"
-    final = {kv.key: kv.value for kv in backend.list(ns).items}
     assert final == written
     assert resumed < 15, f"writes took {resumed:.1f}s to resume"
 

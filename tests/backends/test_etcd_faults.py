@@ -105,7 +105,8 @@ def test_kill_leader_while_writing_and_watching(etcd_fault_cluster: harness.Etcd
         except BaseException as exc:
             watch_errors.append(exc)
 
-    threads = [threading.Thread(target=writer), threading.Thread(target=watcher)]
+    threads = [threading.Thread(target=writer, daemon=True),
+               threading.Thread(target=watcher, daemon=True)]
     for t in threads:
         t.start()
     try:
