@@ -17,7 +17,10 @@ it" is its current revision when that is at most the snapshot's revision; a mark
 written after the snapshot makes every placement on that host a conflict. A host's
 placements are kept together (stops first, then placements), and when a stop on a host
 conflicts, the plan's placements on that host are refused too (they may have counted on
-the room the stop would have freed). A snapshot built by hand (revision 0) has no
+the room the stop would have freed). When the snapshot knows the markers' revisions
+(:attr:`Snapshot.alloc_revisions`: read with the keyspace, or kept current by a
+:class:`~skedlib.scheduling.SnapshotCache`), each is compared with exactly that revision;
+otherwise they are listed at commit time. A snapshot built by hand (revision 0) has no
 revision to compare with, and is committed with per-task compares only.
 """
 
@@ -38,12 +41,20 @@ __all__ = ["CommitResult", "commit_plan"]
 
 
 class CommitResult(msgspec.Struct, frozen=True):
-    """Task ids written, task ids refused by a conflict, and whether the fence held."""
+    """Task ids written, task ids refused by a conflict, and whether the fence held.
+
+    ``revision`` is the store revision of the last transaction that succeeded;
+    ``task_revisions`` maps every committed task id, and ``alloc_revisions`` every host
+    whose allocation marker was rewritten, to the revision of its transaction (what a
+    :class:`~skedlib.scheduling.SnapshotCache` records).
+    """
 
     committed: tuple[str, ...] = ()
     conflicts: tuple[str, ...] = ()
     fenced_out: bool = False
     revision: int = 0
+    task_revisions: dict[str, int] = msgspec.field(default_factory=dict)
+    alloc_revisions: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class _Group(msgspec.Struct):
@@ -142,10 +153,14 @@ def commit_plan(backend: Backend, snapshot: Snapshot, plan: Plan,
     """Hosts whose placements are all conflicts (placed on since, or a stop failed)."""
     placing = {g.host for g in groups if g.places}
     if snapshot.revision and placing:
-        markers = {kv.key: kv.revision for kv in backend.list(ks.host_allocs).items}
+        if snapshot.alloc_revisions is not None:
+            markers = snapshot.alloc_revisions
+        else:
+            n = len(ks.host_allocs)
+            markers = {kv.key[n:]: kv.revision for kv in backend.list(ks.host_allocs).items}
         for host in placing:
-            rev = markers.get(ks.host_alloc(host), 0)
-            if rev > snapshot.revision:
+            rev = markers.get(host, 0)
+            if snapshot.alloc_revisions is None and rev > snapshot.revision:
                 refused.add(host)
             else:
                 guarded[host] = rev
@@ -153,6 +168,8 @@ def commit_plan(backend: Backend, snapshot: Snapshot, plan: Plan,
     room = (limit - len(fence)) if limit is not None else sum(
         _cost(g, guarded, set()) for g in groups)
     revision = 0
+    task_revs: dict[str, int] = {}
+    alloc_revs: dict[str, int] = {}
 
     def refuse(g: _Group) -> bool:
         if g.places and g.host in refused:
@@ -170,8 +187,9 @@ def commit_plan(backend: Backend, snapshot: Snapshot, plan: Plan,
             committed += [g.task_id for g in todo]
             revision = res.revision
             for g in todo:
+                task_revs[g.task_id] = res.revision
                 if g.places and g.host in guarded:
-                    guarded[g.host] = res.revision
+                    guarded[g.host] = alloc_revs[g.host] = res.revision
             continue
         for g in todo:  # find the conflicting groups; commit the others
             if refuse(g):
@@ -180,12 +198,13 @@ def commit_plan(backend: Backend, snapshot: Snapshot, plan: Plan,
             one = backend.txn([*fence, *compares], ops)
             if one.succeeded:
                 committed.append(g.task_id)
-                revision = one.revision
+                revision = task_revs[g.task_id] = one.revision
                 if g.places and g.host in guarded:
-                    guarded[g.host] = one.revision
+                    guarded[g.host] = alloc_revs[g.host] = one.revision
                 continue
             if fence and not backend.txn(list(fence), []).succeeded:
-                return CommitResult(tuple(committed), tuple(conflicts), True, revision)
+                return CommitResult(tuple(committed), tuple(conflicts), True, revision,
+                                    task_revs, alloc_revs)
             conflicts.append(g.task_id)
             if not g.places and g.host:
                 refused.add(g.host)  # the room this stop would free is not there
@@ -193,4 +212,5 @@ def commit_plan(backend: Backend, snapshot: Snapshot, plan: Plan,
                 kv = backend.get(ks.host_alloc(g.host))
                 if (kv.revision if kv else 0) != guarded[g.host]:
                     refused.add(g.host)  # another writer placed on the host
-    return CommitResult(tuple(committed), tuple(conflicts), False, revision)
+    return CommitResult(tuple(committed), tuple(conflicts), False, revision, task_revs,
+                        alloc_revs)

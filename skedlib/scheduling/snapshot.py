@@ -9,7 +9,7 @@ have placed), not from the agents' reports, which lag behind.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from skedlib.codecs import decode
@@ -18,6 +18,7 @@ from skedlib.keys import (
     AgentKey,
     ClusterKey,
     HealthKey,
+    HostAllocKey,
     HostConfigKey,
     Keyspace,
     ServiceKey,
@@ -54,10 +55,12 @@ class HostState:
     later decisions in the same plan see earlier ones.
     """
 
-    __slots__ = ("address", "allocated", "attributes", "draining", "name", "ports",
+    __slots__ = ("address", "allocated", "attributes", "draining", "host", "name", "ports",
                  "tasks", "total")
 
     def __init__(self, host: Host, config: HostConfig | None = None) -> None:
+        self.host = host
+        """The host record this state was built from."""
         self.name = host.name
         self.address = host.address
         self.total = host.total
@@ -73,6 +76,7 @@ class HostState:
     def copy(self) -> HostState:
         """An independent copy, for planning without touching the snapshot."""
         twin = HostState.__new__(HostState)
+        twin.host = self.host
         twin.name, twin.address, twin.total = self.name, self.address, self.total
         twin.allocated, twin.draining = self.allocated, self.draining
         twin.attributes = self.attributes  # not changed by planning
@@ -112,8 +116,15 @@ class Snapshot:
                  task_definitions: Iterable[TaskDefinition] = (),
                  hosts: Iterable[Host] = (), host_configs: Iterable[HostConfig] = (),
                  tasks: Iterable[tuple[Task, int]] = (),
-                 health: Iterable[TaskHealth] = ()) -> None:
+                 health: Iterable[TaskHealth] = (),
+                 alloc_revisions: Mapping[str, int] | None = None) -> None:
         self.revision = revision
+        self.alloc_revisions: dict[str, int] | None = \
+            None if alloc_revisions is None else dict(alloc_revisions)
+        """Host → revision of its allocation marker (``state/alloc/<host>``), when the
+        snapshot knows them (read from the whole keyspace, or kept by a
+        :class:`~skedlib.scheduling.SnapshotCache`); None makes
+        :func:`~skedlib.scheduling.commit_plan` read them."""
         self.clusters = {c.name: c for c in clusters}
         self.services = {s.name: s for s in services}
         self.task_definitions = {(t.name, t.version): t for t in task_definitions}
@@ -123,35 +134,77 @@ class Snapshot:
         self.tasks: dict[str, Task] = {}
         self.task_revisions: dict[str, int] = {}
         self._by_service: dict[tuple[str, str], list[Task]] = defaultdict(list)
+        self._by_host: dict[str, set[str]] = defaultdict(set)
         for task, rev in tasks:
-            self.tasks[task.id] = task
-            self.task_revisions[task.id] = rev
-            self._by_service[(task.cluster.name, task.service)].append(task)
-            state = self.hosts.get(task.host)
-            if state is not None and not task.rejected:
-                state.assign(task.id, demand_of(task.task_definition), task.port)
+            self.put_task(task, rev)
         self.health = {h.task_id: h for h in health}
 
     def apply(self, place: Iterable[Task], stop: Iterable[str] = ()) -> None:
         """Record a committed plan in this snapshot, so planning can go on from it
         without reading the store again (placed tasks get revision 0 until re-read)."""
         for task_id in stop:
-            old = self.tasks.pop(task_id, None)
-            if old is None:
-                continue
-            self.task_revisions.pop(task_id, None)
-            self._by_service[(old.cluster.name, old.service)].remove(old)
-            if old.host in self.hosts and not old.rejected:
-                self.hosts[old.host].release(task_id, demand_of(old.task_definition), old.port)
+            self.remove_task(task_id)
         for task in place:
-            if task.id in self.tasks:
-                self.apply([], [task.id])
-            self.tasks[task.id] = task
-            self.task_revisions[task.id] = 0
-            self._by_service[(task.cluster.name, task.service)].append(task)
-            if task.host in self.hosts and not task.rejected:
-                self.hosts[task.host].assign(task.id, demand_of(task.task_definition),
-                                             task.port)
+            self.put_task(task, 0)
+
+    # -- single-record updates (what a watch delivers) --------------------------------
+    def put_task(self, task: Task, revision: int) -> None:
+        """Add or replace one issued task, written at ``revision``."""
+        if task.id in self.tasks:
+            self.remove_task(task.id)
+        self.tasks[task.id] = task
+        self.task_revisions[task.id] = revision
+        self._by_service[(task.cluster.name, task.service)].append(task)
+        if task.host:
+            self._by_host[task.host].add(task.id)
+        state = self.hosts.get(task.host)
+        if state is not None and not task.rejected:
+            state.assign(task.id, demand_of(task.task_definition), task.port)
+
+    def remove_task(self, task_id: str) -> None:
+        """Forget one issued task (no-op when unknown)."""
+        old = self.tasks.pop(task_id, None)
+        if old is None:
+            return
+        self.task_revisions.pop(task_id, None)
+        key = (old.cluster.name, old.service)
+        self._by_service[key].remove(old)
+        if not self._by_service[key]:
+            del self._by_service[key]
+        on_host = self._by_host.get(old.host)
+        if on_host is not None:
+            on_host.discard(task_id)
+            if not on_host:
+                del self._by_host[old.host]
+        if old.host in self.hosts and not old.rejected:
+            self.hosts[old.host].release(task_id, demand_of(old.task_definition), old.port)
+
+    def put_host(self, host: Host) -> None:
+        """Add or replace one live host record; the tasks issued to it count again."""
+        state = HostState(host, self.host_configs.get(host.name))
+        for task_id in self._by_host.get(host.name, ()):
+            task = self.tasks[task_id]
+            if not task.rejected:
+                state.assign(task_id, demand_of(task.task_definition), task.port)
+        self.hosts[host.name] = state
+
+    def remove_host(self, name: str) -> None:
+        """Forget one host (it left); its tasks stay, on a host that is gone."""
+        self.hosts.pop(name, None)
+
+    def put_host_config(self, name: str, config: HostConfig | None) -> None:
+        """Set (or, with None, drop) the operator's configuration of one host."""
+        if config is None:
+            self.host_configs.pop(name, None)
+        else:
+            self.host_configs[name] = config
+        state = self.hosts.get(name)
+        if state is not None:
+            self.put_host(state.host)
+
+    def tasks_on(self, host: str) -> list[Task]:
+        """Issued tasks whose host is ``host`` (rejected ones included)."""
+        return [self.tasks[t] for t in sorted(self._by_host.get(host, ()))]
 
     def service_tasks(self, cluster: str, service: str) -> list[Task]:
         """Issued tasks of one service in one cluster, by instance."""
@@ -174,7 +227,10 @@ class Snapshot:
                    keyspace: Keyspace | None = None,
                    on_bad: Callable[[KeyValue, ValidationError], None] | None = None
                    ) -> Snapshot:
-        """Build a snapshot from a listing of the keyspace (foreign keys are ignored).
+        """Build a snapshot from a listing of the whole keyspace (foreign keys are ignored).
+
+        The listing must hold every key under the prefix: the hosts' allocation markers
+        in it are what :func:`~skedlib.scheduling.commit_plan` guards placements with.
 
         A record that does not decode raises :class:`ValidationError`, or, with
         ``on_bad``, is reported to it and left out, so that one bad value written by hand
@@ -203,12 +259,14 @@ class Snapshot:
         def values(kind: type, type_: type[_T]) -> list[_T]:
             return [obj for obj, _ in objs(kind, type_)]
 
+        allocs = {kv.key[len(ks.host_allocs):]: kv.revision for kv in buckets[HostAllocKey]}
         return cls(
             revision,
             clusters=values(ClusterKey, Cluster), services=values(ServiceKey, Service),
             task_definitions=values(TaskDefinitionKey, TaskDefinition),
             hosts=values(AgentKey, Host), host_configs=values(HostConfigKey, HostConfig),
-            tasks=objs(TaskKey, Task), health=values(HealthKey, TaskHealth))
+            tasks=objs(TaskKey, Task), health=values(HealthKey, TaskHealth),
+            alloc_revisions=allocs)
 
 
 def read_snapshot(backend: Backend, keyspace: Keyspace | None = None) -> Snapshot:
