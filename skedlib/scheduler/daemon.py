@@ -75,7 +75,7 @@ from skedlib.models import (
 )
 from skedlib.plugins import Registry, get_registry
 from skedlib.scheduler.queue import WorkQueue
-from skedlib.scheduler.status import read_statuses, reasons_of, same_status
+from skedlib.scheduler.status import reasons_of, same_status
 from skedlib.scheduling import (
     CommitResult,
     Plan,
@@ -83,6 +83,7 @@ from skedlib.scheduling import (
     Scheduler,
     SchedulingResult,
     Snapshot,
+    SnapshotCache,
     commit_plan,
     validate_plan,
 )
@@ -94,6 +95,7 @@ log = logging.getLogger("skedlib.scheduler")
 
 Pair = tuple[str, str]
 """``(cluster, service)``: the unit of scheduling work, locking and status."""
+
 
 class RunOutcome(msgspec.Struct, kw_only=True):
     """What one run for a pair did (returned by :meth:`SchedulerDaemon.run_once`)."""
@@ -293,6 +295,9 @@ class SchedulerDaemon:
         self.queue: WorkQueue[Pair] = WorkQueue()
         self._index = _Index(self.keys)
         self._index_lock = threading.Lock()
+        self.cache = SnapshotCache(self.keys, on_bad=self._bad_record)
+        """The desired and issued state, kept current by the watch; every run plans
+        on it (see :class:`~skedlib.scheduling.SnapshotCache`)."""
         self._failures: dict[Pair, int] = {}
         self._logged: dict[Pair, str] = {}
         self._last: dict[Pair, ServiceStatus] = {}
@@ -349,6 +354,7 @@ class SchedulerDaemon:
     # -- watching ---------------------------------------------------------------------
     def _on_list(self, listing: ListResult) -> None:
         try:
+            self.cache.reset(listing)
             with self._index_lock:
                 self._index.reset(listing.items)
                 pairs = self._index.all_pairs()
@@ -360,6 +366,10 @@ class SchedulerDaemon:
         self._ready.set()
 
     def _on_events(self, events: list[WatchEvent]) -> None:
+        try:  # before the pairs are queued, so their runs see these events
+            self.cache.apply(events)
+        except Exception:  # a bug must not stop the watch: resync covers what is missed
+            log.exception("caching a watch batch failed")
         pairs: set[Pair] = set()
         with self._index_lock:
             for ev in events:
@@ -406,7 +416,10 @@ class SchedulerDaemon:
         return delay * random.uniform(0.5, 1.5)
 
     def run_once(self, pair: Pair) -> RunOutcome:
-        """Lock the pair, plan it from a fresh snapshot and commit; the workers' step.
+        """Lock the pair, plan it and commit; the workers' step.
+
+        A started daemon plans on its watch-fed cache; one that was not started (a test,
+        a one-shot script) reads the keyspace first.
 
         Raises :class:`~skedlib.errors.BackendError` when the store cannot be reached.
         """
@@ -418,28 +431,27 @@ class SchedulerDaemon:
         if self.backend.get(lock_key) is not None or not lock.try_acquire():
             return RunOutcome(pair=pair, skipped=True, retry_after=self.lock_ttl)
         try:
+            if self._watcher is None:
+                self.cache.reset(self.backend.list(self.keys.prefix))
             return self._schedule(pair, lock)
         finally:
             lock.release()
 
-    def _snapshot(self, listed: ListResult) -> Snapshot:
-        """A snapshot of ``listed``, leaving out (and logging once) records that do not
-        decode, so one bad value written by hand cannot stop every service."""
-
-        def bad(kv: KeyValue, exc: ValidationError) -> None:
-            if self._bad.get(kv.key) != kv.revision:
-                self._bad[kv.key] = kv.revision
-                log.warning("ignoring a record that does not decode: %s", exc)
-
-        return Snapshot.from_items(listed.items, listed.revision, self.keys, on_bad=bad)
+    def _bad_record(self, kv: KeyValue, exc: ValidationError) -> None:
+        """Leave out (and log once) a record that does not decode, so one bad value
+        written by hand cannot stop every service."""
+        if self._bad.get(kv.key) != kv.revision:
+            self._bad[kv.key] = kv.revision
+            log.warning("ignoring a record that does not decode: %s", exc)
 
     def _schedule(self, pair: Pair, lock: Lock) -> RunOutcome:
+        with self.cache.view() as snap:
+            return self._schedule_on(pair, lock, snap)
+
+    def _schedule_on(self, pair: Pair, lock: Lock, snap: Snapshot) -> RunOutcome:
         cluster_name, service_name = pair
-        listed = self.backend.list(self.keys.prefix)
-        snap = self._snapshot(listed)
         status_key = self.keys.service_status(cluster_name, service_name)
-        old_status = read_statuses([kv for kv in listed.items if kv.key == status_key],
-                                   self.keys).get(pair)
+        old_status = self.cache.status(cluster_name, service_name)
         cluster = snap.clusters.get(cluster_name)
         service = snap.services.get(service_name)
         if cluster is None or service is None or service_name not in cluster.services:
@@ -472,6 +484,7 @@ class SchedulerDaemon:
         res = commit_plan(self.backend, snap, plan, fence=[lock.fence()],
                           keyspace=self.keys) if plan else CommitResult()
         self._log_commit(pair, snap, plan, res, outcome)
+        self.cache.record(plan, res)
         if res.fenced_out:
             log.warning("%s: lost the lock while committing; will plan again", _label(*pair))
             outcome.fenced_out = True
@@ -603,8 +616,12 @@ class SchedulerDaemon:
         if same_status(old, new):
             return new
         op = Put(key, encode(new)) if new is not None else Delete(key)
-        if not self.backend.txn([lock.fence()], [op]).succeeded:
+        res = self.backend.txn([lock.fence()], [op])
+        if not res.succeeded:
             log.warning("%s: lost the lock before writing the status", key)
+        else:
+            cluster, _, service = key[len(self.keys.service_statuses):].partition("/")
+            self.cache.record_status(cluster, service, new, res.revision)
         return new
 
     def _stop_all(self, pair: Pair, snap: Snapshot, lock: Lock,
@@ -622,6 +639,7 @@ class SchedulerDaemon:
             return outcome
         plan = Plan(stop=[t.id for t in tasks])
         res = commit_plan(self.backend, snap, plan, fence=[lock.fence()], keyspace=self.keys)
+        self.cache.record(plan, res)
         for tid in res.committed:
             log.info("stopped %s (%s is no longer wanted)", tid, _label(*pair))
         outcome.stopped = list(res.committed)

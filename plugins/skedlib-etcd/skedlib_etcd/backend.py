@@ -70,6 +70,7 @@ from skedlib.store.base import (
     Watch,
     WatchEvent,
 )
+from skedlib_etcd import wire
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_TIMEOUT", "MAX_TXN_OPS", "EtcdBackend", "EtcdOptions",
            "open_etcd", "parse_url", "redact"]
@@ -326,6 +327,10 @@ class _Member:
         self.lease = etcdrpc.LeaseStub(self.channel)
         self.maintenance = etcdrpc.MaintenanceStub(self.channel)
         self.auth = etcdrpc.AuthStub(self.channel)
+        # KV/Txn with requests and replies in protobuf's wire format (see wire.py)
+        self.txn = self.channel.unary_unary(
+            "/etcdserverpb.KV/Txn", request_serializer=None,
+            response_deserializer=wire.read_txn_reply)
         self.token: str | None = None
         self.auth_lock = threading.Lock()
         self.last_ok = 0.0  # monotonic time of the last answer
@@ -599,7 +604,7 @@ class EtcdBackend(Backend):
         for op in ops:
             last.pop(op.key, None)
             last[op.key] = op
-        requests = []
+        requests: list[bytes] = []
         for op in last.values():
             if isinstance(op, Put):
                 lease = 0
@@ -609,19 +614,15 @@ class EtcdBackend(Backend):
                         raise LeaseExpired(f"{self.display_url}: lease {op.lease!r} does not "
                                            "exist")
                     lease = parsed
-                requests.append(etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(
-                    key=_b(op.key), value=op.value, lease=lease)))
+                requests.append(wire.put_op(_b(op.key), op.value, lease))
             elif isinstance(op, Delete):
-                requests.append(etcdrpc.RequestOp(
-                    request_delete_range=etcdrpc.DeleteRangeRequest(key=_b(op.key))))
-        request = etcdrpc.TxnRequest(
-            compare=[etcdrpc.Compare(result=etcdrpc.Compare.EQUAL, target=etcdrpc.Compare.MOD,
-                                     key=_b(c.key), mod_revision=c.revision)
-                     for c in compares],
-            success=requests, failure=[])
+                requests.append(wire.delete_op(_b(op.key)))
+        request = wire.txn_request(
+            [wire.mod_revision_equals(_b(c.key), c.revision) for c in compares], requests)
 
-        def call(m: _Member, timeout: float, md: _Metadata) -> Any:
-            return m.kv.Txn(request, timeout=timeout, metadata=md)
+        def call(m: _Member, timeout: float, md: _Metadata) -> wire.TxnReply:
+            reply: wire.TxnReply = m.txn(request, timeout=timeout, metadata=md)
+            return reply
 
         what = f"txn ({len(compares)} compares, {len(ops)} ops)"
         try:
@@ -629,7 +630,7 @@ class EtcdBackend(Backend):
         except grpc.RpcError as exc:
             leases = sorted({op.lease for op in ops if isinstance(op, Put) and op.lease})
             raise self._write_error(what, exc, leases) from exc
-        return TxnResult(bool(response.succeeded), int(response.header.revision))
+        return TxnResult(response.succeeded, response.revision)
 
     def _write_error(self, what: str, exc: Any, leases: Sequence[str]) -> SkedError:
         """The skedlib error for a write etcd refused."""
