@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import time
 
 import pytest
 import yaml
@@ -140,3 +143,31 @@ def test_status_says_why_a_service_is_not_placed(sqlite_loop: Loop) -> None:
     log = loop.log_text("scheduler")
     assert "huge: 3 task(s) unschedulable: 0/2 hosts fit: not enough memory on 2 hosts" in log
     assert log.count("huge: 3 task(s) unschedulable") == 1  # said once, not every retry
+
+
+def test_daemon_scheduler_follows_hosts_that_join_and_leave(sqlite_loop: Loop) -> None:
+    """The ``daemon`` scheduler: a host that joins gets its task within 2 s of its host
+    record; a host that leaves (its agent killed, its lease expired) loses its task."""
+    loop = sqlite_loop
+    loop.start_agent(1, memory=256)
+    leaving = loop.start_agent(2, memory=256)
+    loop.start_scheduler()
+    loop.apply(web_manifest(desired=0, memory=100, scheduler="daemon"))
+    first = loop.wait_healthy("web", 2)
+    assert sorted(t.host for t in first) == sorted([loop.host(1), loop.host(2)])
+
+    loop.start_agent(3, memory=256)  # returns when its host record is in the store
+    joined = time.monotonic()
+    wait_for(lambda: any(t.host == loop.host(3) for t in loop.tasks("web")), 2.0,
+             "the joining host's task within 2 s")
+    print(f"\n[daemon scheduler] task issued at most {time.monotonic() - joined:.2f}s after the "
+          "host record appeared")
+    loop.wait_healthy("web", 3)
+
+    os.killpg(leaving.pid, signal.SIGKILL)  # the agent and its tasks: the host is gone
+    leaving.wait(10)
+    wait_for(lambda: loop.backend.get(loop.keys.agent(loop.host(2))) is None, 10,
+             "the lease of the killed host's record to expire")
+    wait_for(lambda: sorted(t.host for t in loop.tasks("web")) ==
+             sorted([loop.host(1), loop.host(3)]), 2.0,
+             "the gone host's task stopped within 2 s, not moved")
