@@ -12,6 +12,7 @@ All keys live under a configurable prefix (default ``sked/``)::
     state/agents/<host>                         live host record, bound to a lease
     state/services/<cluster>/<service>          a scheduler's report on one service
     state/alloc/<host>                          bumped by every commit placing on the host
+    state/rollouts/<cluster>/<service>          a service's rollouts: the current one, history
     locks/<cluster>/<service>                   scheduler locks
 
 Names are validated before any key is built, so a bad name is a clear
@@ -39,6 +40,7 @@ __all__ = [
     "Key",
     "Keyspace",
     "LockKey",
+    "RolloutKey",
     "ServiceKey",
     "ServiceStatusKey",
     "TaskDefinitionKey",
@@ -167,8 +169,15 @@ class HostAllocKey(msgspec.Struct, frozen=True, tag=True):
     host: str
 
 
+class RolloutKey(msgspec.Struct, frozen=True, tag=True):
+    """``state/rollouts/<cluster>/<service>``: the service's rollout history."""
+
+    cluster: str
+    service: str
+
+
 Key = (ClusterKey | ServiceKey | TaskDefinitionKey | HostConfigKey | TaskKey | HostTaskKey
-       | HealthKey | AgentKey | LockKey | ServiceStatusKey | HostAllocKey)
+       | HealthKey | AgentKey | LockKey | ServiceStatusKey | HostAllocKey | RolloutKey)
 
 
 class Keyspace:
@@ -257,6 +266,11 @@ class Keyspace:
         """Prefix of every host allocation marker."""
         return f"{self.prefix}state/alloc/"
 
+    @property
+    def rollouts(self) -> str:
+        """Prefix of every rollout history."""
+        return f"{self.prefix}state/rollouts/"
+
     # -- keys -----------------------------------------------------------------------------
     def cluster(self, name: str) -> str:
         """Key of a cluster."""
@@ -311,6 +325,11 @@ class Keyspace:
         """Key of a host's allocation marker (bumped by every commit placing on it)."""
         return self.host_allocs + validate_name(host, "host name")
 
+    def rollout(self, cluster: str, service: str) -> str:
+        """Key of the rollout history of one service in one cluster."""
+        return (f"{self.rollouts}{validate_name(cluster, 'cluster name', allow_dash=False)}/"
+                f"{validate_name(service, 'service name')}")
+
     def build(self, key: Key) -> str:
         """The string form of a parsed key."""
         match key:
@@ -336,6 +355,8 @@ class Keyspace:
                 return self.service_status(cluster, service)
             case HostAllocKey(host=host):
                 return self.host_alloc(host)
+            case RolloutKey(cluster=cluster, service=service):
+                return self.rollout(cluster, service)
         raise TypeError(f"not a key: {key!r}")
 
     def parse(self, key: str) -> Key:
@@ -368,6 +389,8 @@ class Keyspace:
                 parsed = ServiceStatusKey(cluster, service)
             case ["state", "alloc", host]:
                 parsed = HostAllocKey(host)
+            case ["state", "rollouts", cluster, service]:
+                parsed = RolloutKey(cluster, service)
         if parsed is None:
             raise ValidationError(f"key {key!r} is not in skedlib's key schema")
         if self.build(parsed) != key:  # validates every name in it

@@ -35,6 +35,9 @@ __all__ = [
     "Manifest",
     "ProcessExecutor",
     "Resources",
+    "Rollout",
+    "RolloutHistory",
+    "RolloutState",
     "Service",
     "ServiceState",
     "ServiceStatus",
@@ -316,6 +319,49 @@ class ServiceStatus(msgspec.Struct, kw_only=True):
     """The store revision of the snapshot this status describes."""
     updated_at: float = 0.0
     """When this record was written (seconds since the epoch)."""
+
+
+RolloutState = Literal["running", "succeeded", "failed"]
+
+
+class Rollout(msgspec.Struct, kw_only=True):
+    """One change of a service's ``task_version``, as the scheduler carried it out.
+
+    ``running`` until every task runs the new version and has been healthy for the
+    update strategy's ``min_healthy_time`` (``succeeded``), or until its ``deadline``
+    passes first (``failed``: the rollout halts, ``message`` says why; with
+    ``auto_revert`` the service is set back to ``from_version`` and ``reverted_to``
+    records it).
+    """
+
+    from_version: int
+    to_version: int
+    state: RolloutState = "running"
+    started_at: float = 0.0
+    """When the scheduler first saw the new version (seconds since the epoch)."""
+    finished_at: float = 0.0
+    desired: int = 0
+    updated: int = 0
+    """Tasks of ``to_version`` that count as healthy (healthy for min_healthy_time)."""
+    old: int = 0
+    """Tasks of other versions still issued."""
+    message: str = ""
+    reverted_to: int = 0
+    """The version ``auto_revert`` set the service back to (0: none)."""
+
+
+class RolloutHistory(msgspec.Struct, kw_only=True):
+    """``state/rollouts/<cluster>/<service>``: a service's rollouts, oldest first (the last
+    is the current or most recent one); the scheduler keeps the last 20."""
+
+    cluster: str
+    service: str
+    rollouts: list[Rollout] = msgspec.field(default_factory=list)
+
+    @property
+    def current(self) -> Rollout | None:
+        """The most recent rollout, or None."""
+        return self.rollouts[-1] if self.rollouts else None
 
 
 class BashExecutor(msgspec.Struct, kw_only=True):

@@ -17,6 +17,7 @@ from skedlib.keys import (
     Key,
     Keyspace,
     LockKey,
+    RolloutKey,
     ServiceKey,
     ServiceStatusKey,
     TaskDefinitionKey,
@@ -46,6 +47,7 @@ keys: st.SearchStrategy[Key] = st.one_of(
     st.builds(LockKey, cluster_names, names),
     st.builds(ServiceStatusKey, cluster_names, names),
     st.builds(HostAllocKey, names),
+    st.builds(RolloutKey, cluster_names, names),
 )
 
 

@@ -37,6 +37,7 @@ from skedlib.keys import (
     HostAllocKey,
     HostConfigKey,
     Keyspace,
+    RolloutKey,
     ServiceKey,
     ServiceStatusKey,
     TaskDefinitionKey,
@@ -46,6 +47,7 @@ from skedlib.models import (
     Cluster,
     Host,
     HostConfig,
+    RolloutHistory,
     Service,
     ServiceStatus,
     Task,
@@ -161,6 +163,14 @@ class SnapshotCache:
                 self._written[key] = revision
                 self._deleted.pop(key, None)
 
+    def record_rollouts(self, history: RolloutHistory, revision: int) -> None:
+        """Write a service's rollout history through, at ``revision``."""
+        key = self.keys.rollout(history.cluster, history.service)
+        with self._lock:
+            self._snap.rollouts[(history.cluster, history.service)] = history
+            self._written[key] = revision
+            self._deleted.pop(key, None)
+
     # -- reading ------------------------------------------------------------------------
     @contextmanager
     def view(self) -> Iterator[Snapshot]:
@@ -270,6 +280,12 @@ class SnapshotCache:
                     snap.task_definitions.pop((name, version), None)
             case HostConfigKey(name=name):
                 snap.put_host_config(name, self._decode(kv, HostConfig) if put else None)
+            case RolloutKey(cluster=cluster, service=service):
+                history = self._decode(kv, RolloutHistory) if put else None
+                if history is not None:
+                    snap.rollouts[(cluster, service)] = history
+                else:
+                    snap.rollouts.pop((cluster, service), None)
             case ServiceStatusKey(cluster=cluster, service=service):
                 status = self._decode(kv, ServiceStatus) if put else None
                 if status is not None:

@@ -21,6 +21,7 @@ from skedlib.keys import (
     HostAllocKey,
     HostConfigKey,
     Keyspace,
+    RolloutKey,
     ServiceKey,
     TaskDefinitionKey,
     TaskKey,
@@ -30,6 +31,7 @@ from skedlib.models import (
     Host,
     HostConfig,
     Resources,
+    RolloutHistory,
     Service,
     Task,
     TaskDefinition,
@@ -117,8 +119,11 @@ class Snapshot:
                  hosts: Iterable[Host] = (), host_configs: Iterable[HostConfig] = (),
                  tasks: Iterable[tuple[Task, int]] = (),
                  health: Iterable[TaskHealth] = (),
-                 alloc_revisions: Mapping[str, int] | None = None) -> None:
+                 alloc_revisions: Mapping[str, int] | None = None,
+                 rollouts: Iterable[RolloutHistory] = ()) -> None:
         self.revision = revision
+        self.rollouts = {(r.cluster, r.service): r for r in rollouts}
+        """``(cluster, service)`` → its rollout history (``state/rollouts/``)."""
         self.alloc_revisions: dict[str, int] | None = \
             None if alloc_revisions is None else dict(alloc_revisions)
         """Host → revision of its allocation marker (``state/alloc/<host>``), when the
@@ -266,7 +271,7 @@ class Snapshot:
             task_definitions=values(TaskDefinitionKey, TaskDefinition),
             hosts=values(AgentKey, Host), host_configs=values(HostConfigKey, HostConfig),
             tasks=objs(TaskKey, Task), health=values(HealthKey, TaskHealth),
-            alloc_revisions=allocs)
+            alloc_revisions=allocs, rollouts=values(RolloutKey, RolloutHistory))
 
 
 def read_snapshot(backend: Backend, keyspace: Keyspace | None = None) -> Snapshot:

@@ -14,6 +14,8 @@ from skedlib.models import (
     Host,
     HostConfig,
     Resources,
+    Rollout,
+    RolloutHistory,
     Service,
     ServiceStatus,
     Task,
@@ -51,6 +53,7 @@ def _summary(snap: Snapshot) -> dict[str, object]:
         "health": dict(snap.health),
         "services": dict(snap.services), "clusters": dict(snap.clusters),
         "tds": dict(snap.task_definitions), "allocs": dict(snap.alloc_revisions or {}),
+        "rollouts": dict(snap.rollouts),
     }
 
 
@@ -78,6 +81,10 @@ def _random_op(rng: random.Random) -> list[Put | Delete]:
     if roll < 0.9:
         return [Put(KS.task_health(tid), encode(TaskHealth(task_id=tid, host=host,
                                                             healthy=rng.random() < 0.5)))]
+    if roll < 0.92:
+        return [Put(KS.rollout("c", "web"), encode(RolloutHistory(
+            cluster="c", service="web", rollouts=[Rollout(from_version=1, to_version=2,
+                                                          updated=rng.randrange(3))])))]
     if roll < 0.95:
         return [Put(KS.service("web"), encode(Service(name="web", task_name="web",
                                                        task_version=1,
