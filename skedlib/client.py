@@ -11,21 +11,25 @@ compares make a concurrent writer's change visible as a retry, never a lost upda
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
 
 from skedlib.codecs import ManifestDocument, decode, encode
-from skedlib.errors import ConflictError, NotFound, ValidationError
+from skedlib.errors import BackendError, Compacted, ConflictError, NotFound, ValidationError
 from skedlib.keys import Keyspace, validate_name
 from skedlib.models import (
     Cluster,
     Host,
     HostConfig,
     Manifest,
+    Rollout,
+    RolloutHistory,
     Service,
+    ServiceStatus,
     Task,
     TaskDefinition,
     TaskHealth,
@@ -34,11 +38,19 @@ from skedlib.plugins import open_backend
 from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put
 from skedlib.validation import check_cluster, check_service, check_task_definition
 
-__all__ = ["ApplyResult", "Client", "default_backend_url"]
+__all__ = [
+    "ApplyResult",
+    "Client",
+    "Convergence",
+    "ScaleResult",
+    "ServiceProgress",
+    "default_backend_url",
+]
 
 T = TypeVar("T")
 
 _RETRIES = 8
+_SCALE_RETRIES = 3
 
 
 def default_backend_url() -> str:
@@ -59,6 +71,39 @@ class ApplyResult(msgspec.Struct, frozen=True):
     unchanged: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     revision: int = 0
+
+
+class ScaleResult(msgspec.Struct, frozen=True):
+    """What :meth:`Client.scale` did: the service as stored now, and its former
+    ``desired``; ``revision`` is the write's (0 when nothing changed)."""
+
+    service: Service
+    previous: int
+    revision: int = 0
+
+
+ProgressState = Literal["waiting", "converged", "failed"]
+
+
+class ServiceProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """How far one applied service is in one cluster (see :class:`Convergence`).
+
+    ``cluster`` is ``""`` for a service no cluster lists (nothing to wait for).
+    ``healthy``/``desired`` count tasks of ``task_version`` as the scheduler last reported
+    them; ``message`` says why it is not converged yet, or why it failed.
+    """
+
+    cluster: str
+    service: str
+    task_version: int
+    state: ProgressState
+    desired: int = 0
+    healthy: int = 0
+    status: str = ""
+    """The scheduler's state for the pair (``ok``, ``progressing`` …), ``""`` if none."""
+    rollout: str = ""
+    """The state of the rollout to ``task_version`` (``running`` …), ``""`` if none."""
+    message: str = ""
 
 
 class Client:
@@ -136,6 +181,26 @@ class Client:
     def health(self) -> dict[str, TaskHealth]:
         """Every task's actual state, by task id."""
         return {h.task_id: h for h in self._list(self.keys.health, TaskHealth)}
+
+    def host(self, name: str) -> Host | None:
+        """A host's live record (published by its agent), or None."""
+        return self._get(self.keys.agent(name), Host)
+
+    def host_config(self, name: str) -> HostConfig | None:
+        """A host's operator-side settings, or None."""
+        return self._get(self.keys.host_config(name), HostConfig)
+
+    def service_status(self, cluster: str, service: str) -> ServiceStatus | None:
+        """What the scheduler last reported of ``service`` in ``cluster``, or None."""
+        return self._get(self.keys.service_status(cluster, service), ServiceStatus)
+
+    def rollout_history(self, cluster: str, service: str) -> RolloutHistory | None:
+        """The rollouts of ``service`` in ``cluster`` (oldest first), or None."""
+        return self._get(self.keys.rollout(cluster, service), RolloutHistory)
+
+    def clusters_of(self, service: str) -> list[str]:
+        """Names of the clusters that list ``service``, sorted."""
+        return sorted(c.name for c in self.clusters() if service in c.services)
 
     # -- apply ----------------------------------------------------------------------------
     def apply(self, doc: ManifestDocument | Manifest) -> ApplyResult:
@@ -285,6 +350,276 @@ class Client:
         """Write a host's operator-side settings (drain, attributes)."""
         validate_name(config.name, "host name")
         self.backend.put(self.keys.host_config(config.name), encode(config))
+
+    # -- operations -----------------------------------------------------------------------
+    def set_draining(self, host: str, draining: bool = True) -> HostConfig:
+        """Set (or clear) ``draining`` in ``host``'s settings; returns them as stored.
+
+        The settings are created when missing (clearing needs none), keeping any existing
+        attributes. Schedulers then move the host's tasks elsewhere, respecting each
+        service's ``min``. Raises :class:`NotFound` (nothing written) when neither a live
+        record nor settings exist for ``host``, :class:`ConflictError` when the settings
+        kept changing under the write.
+        """
+        key = self.keys.host_config(host)
+        for _ in range(_RETRIES):
+            kv = self.backend.get(key)
+            if kv is None and self.backend.get(self.keys.agent(host)) is None:
+                raise NotFound(f'host "{host}": unknown host: no agent has registered it '
+                               f"and it has no settings ({key})")
+            config = decode(kv.value, HostConfig, where=key) if kv else HostConfig(name=host)
+            if config.draining == draining:
+                return config
+            config = msgspec.structs.replace(config, draining=draining)
+            compare = Compare(key, kv.revision if kv else 0)
+            if self.backend.txn([compare], [Put(key, encode(config))]).succeeded:
+                return config
+        raise ConflictError(f'host "{host}": field draining: the host\'s settings kept '
+                            "changing under the write; try again")
+
+    def scale(self, service: str, desired: int) -> ScaleResult:
+        """Set ``service``'s ``desired`` to ``desired``, within its ``min`` and ``max``.
+
+        Written with a compare on the service's revision, so a concurrent change of the
+        service is never overwritten: the bounds are checked again on the fresh value and
+        the write retried a few times, then :class:`ConflictError`. Raises
+        :class:`NotFound` for an unknown service and :class:`ValidationError` for a
+        count outside ``0 ≤ min ≤ desired ≤ max`` (``max`` 0: no upper bound); nothing is
+        written then.
+        """
+        key = self.keys.service(service)
+        for _ in range(_SCALE_RETRIES):
+            kv = self.backend.get(key)
+            if kv is None:
+                raise NotFound(f"service {service!r} not found")
+            current = decode(kv.value, Service, where=key)
+            _check_scale(current, desired)
+            if current.desired == desired:
+                return ScaleResult(current, current.desired)
+            new = msgspec.structs.replace(current, desired=desired)
+            res = self.backend.txn([Compare(key, kv.revision)], [Put(key, encode(new))])
+            if res.succeeded:
+                return ScaleResult(new, current.desired, res.revision)
+        raise ConflictError(f'service "{service}": field desired: the service kept changing '
+                            f"while scaling it ({_SCALE_RETRIES} tries); try again")
+
+    # -- waiting --------------------------------------------------------------------------
+    def convergence(self, services: Sequence[Service], settle: float = 5.0) -> Convergence:
+        """A :class:`Convergence` for ``services`` (the services of a manifest): create it
+        *before* applying, call :meth:`Convergence.applied` right after."""
+        return Convergence(self, services, settle)
+
+    def wait_converged(self, convergence: Convergence, timeout: float,
+                       on_progress: Callable[[list[ServiceProgress]], None] | None = None,
+                       poll: float = 0.5) -> list[ServiceProgress]:
+        """Check ``convergence`` whenever a service status changes (and every ``poll``
+        seconds) until every service converged, one failed, or ``timeout`` seconds
+        passed; returns the last progress (a ``waiting`` entry means it timed out).
+        ``on_progress`` is called with every check's result."""
+        deadline = time.monotonic() + timeout
+
+        def check() -> tuple[list[ServiceProgress], bool]:
+            progress = convergence.check()
+            if on_progress is not None:
+                on_progress(progress)
+            return progress, _settled(progress)
+
+        progress, done = check()
+        if done:
+            return progress
+        self.await_changes(self.keys.service_statuses, deadline, check, poll)
+        return convergence.last or progress
+
+    def await_changes(self, prefix: str, deadline: float,
+                      check: Callable[[], tuple[object, bool]], poll: float = 0.5) -> None:
+        """Call ``check`` after every change under ``prefix`` and every ``poll`` seconds
+        until it says done (its second value) or ``deadline`` (``time.monotonic()``)
+        passes. A failing or compacted watch falls back to polling."""
+        revision = self.backend.current_revision()
+        while time.monotonic() < deadline:
+            try:
+                with self.backend.watch(prefix, revision + 1) as watch:
+                    while True:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return
+                        events = watch.next(timeout=min(poll, remaining))
+                        if events:
+                            revision = events[-1].revision
+                        if check()[1]:
+                            return
+            except Compacted:
+                revision = self.backend.current_revision()
+            except BackendError:
+                time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+                if check()[1]:
+                    return
+
+
+def _check_scale(service: Service, desired: int) -> None:
+    label = f'service "{service.name}": field desired'
+    if desired < 0:
+        raise ValidationError(f"{label}: must be ≥ 0, got {desired}")
+    if desired < service.min:
+        raise ValidationError(f"{label}: {desired} is below the service's min "
+                              f"({service.min})")
+    if service.max and desired > service.max:
+        raise ValidationError(f"{label}: {desired} is above the service's max "
+                              f"({service.max}); raise max in the manifest first")
+
+
+def _settled(progress: Sequence[ServiceProgress]) -> bool:
+    return (any(p.state == "failed" for p in progress)
+            or all(p.state == "converged" for p in progress))
+
+
+def _rollout_id(r: Rollout) -> tuple[int, int, float]:
+    return (r.from_version, r.to_version, r.started_at)
+
+
+class Convergence:
+    """Judges whether the services of one apply converged, pair by pair.
+
+    A ``(cluster, service)`` pair converged when its :class:`ServiceStatus` is ``ok`` for
+    the applied ``task_version`` and was computed from a store revision at least that of
+    the pair's last configuration change (the later of the service's and the cluster's
+    key revisions, read by :meth:`applied`), and the rollout to that version, if one is
+    recorded, ``succeeded``. It failed when that rollout ``failed``, or when the status
+    is ``error`` (for the applied version and scheduler, or computed after the apply).
+
+    Schedulers rewrite a status only when it changes, so a change that moves no task
+    (``min``, ``update`` …) leaves an older ``ok`` status in place. Such a status is
+    accepted once ``settle`` seconds passed since :meth:`applied` and the issued tasks
+    confirm it: exactly ``desired`` tasks, all of the applied version, on live hosts and
+    healthy.
+
+    Rollouts recorded before the apply are ignored when the apply changed the service's
+    ``task_version`` (a failed rollout to the same version, before a revert, is stale).
+    """
+
+    def __init__(self, client: Client, services: Sequence[Service], settle: float = 5.0
+                 ) -> None:
+        self.client = client
+        self.services = list(services)
+        self.settle = settle
+        self.last: list[ServiceProgress] | None = None
+        self._thresholds: dict[tuple[str, str], int] = {}
+        self._applied_at = time.monotonic()
+        names = {s.name for s in self.services}
+        # listings, not gets: a bad name is left for apply to report with its file
+        stored = {old.name: old for old in client.services()}
+        self._changed = {s.name for s in self.services
+                         if (old := stored.get(s.name)) is None
+                         or old.task_version != s.task_version}
+        self._baseline: dict[tuple[str, str], set[tuple[int, int, float]]] = {}
+        for kv in client.backend.list(client.keys.rollouts).items:
+            history = decode(kv.value, RolloutHistory, where=kv.key)
+            if history.service in names:
+                self._baseline[(history.cluster, history.service)] = {
+                    _rollout_id(r) for r in history.rollouts}
+
+    def applied(self) -> None:
+        """Call right after the apply: reads the revisions a status must have reached."""
+        self._applied_at = time.monotonic()
+        keys = self.client.keys
+        config = {kv.key: kv for kv in self.client.backend.list(keys.config).items}
+        for s in self.services:
+            service_kv = config.get(keys.service(s.name))
+            for kv in config.values():
+                if not kv.key.startswith(keys.clusters):
+                    continue
+                cluster = decode(kv.value, Cluster, where=kv.key)
+                if s.name in cluster.services:
+                    self._thresholds[(cluster.name, s.name)] = max(
+                        kv.revision, service_kv.revision if service_kv else 0)
+
+    def check(self) -> list[ServiceProgress]:
+        """The progress of every pair, by service then cluster."""
+        out: list[ServiceProgress] = []
+        clusters = self.client.clusters()
+        for s in self.services:
+            names = sorted(c.name for c in clusters if s.name in c.services)
+            if not names:
+                out.append(ServiceProgress(cluster="", service=s.name,
+                                           task_version=s.task_version, state="converged",
+                                           message="not in any cluster: nothing to run"))
+            out.extend(self._pair(c, s) for c in names)
+        self.last = out
+        return out
+
+    def _rollout(self, cluster: str, service: Service) -> Rollout | None:
+        history = self.client.rollout_history(cluster, service.name)
+        if history is None:
+            return None
+        stale = (self._baseline.get((cluster, service.name), set())
+                 if service.name in self._changed else set())
+        for r in reversed(history.rollouts):
+            if r.to_version == service.task_version and _rollout_id(r) not in stale:
+                return r
+        return None
+
+    def _pair(self, cluster: str, s: Service) -> ServiceProgress:
+        v = s.task_version
+        st = self.client.service_status(cluster, s.name)
+        ro = self._rollout(cluster, s)
+        base = ServiceProgress(cluster=cluster, service=s.name, task_version=v,
+                               state="waiting", status=st.state if st else "",
+                               rollout=ro.state if ro else "")
+        if ro is not None and ro.state == "failed":
+            msg = f"rollout v{ro.from_version} → v{ro.to_version} failed"
+            msg += f": {ro.message}" if ro.message else ""
+            if ro.reverted_to:
+                msg += f"; reverted to v{ro.reverted_to}"
+            return msgspec.structs.replace(base, state="failed", message=msg,
+                                           desired=ro.desired, healthy=ro.updated)
+        threshold = self._thresholds.get((cluster, s.name), 0)
+        if st is None:
+            return msgspec.structs.replace(
+                base, desired=ro.desired if ro else s.desired, healthy=ro.updated if ro else 0,
+                message="no status yet: is a scheduler running?")
+        current = st.revision >= threshold
+        if st.task_version != v:
+            return msgspec.structs.replace(
+                base, desired=ro.desired if ro else s.desired, healthy=ro.updated if ro else 0,
+                message=f"the scheduler has not taken up v{v} yet (status is for "
+                        f"v{st.task_version}{': ' + st.message if st.message else ''})")
+        counts = msgspec.structs.replace(base, desired=st.desired, healthy=st.healthy)
+        if st.state == "error" and (current or st.scheduler == s.scheduler):
+            return msgspec.structs.replace(counts, state="failed",
+                                           message=f"error: {st.message or 'scheduler error'}")
+        if st.state != "ok":
+            return msgspec.structs.replace(
+                counts, message=f"{st.state}: {st.message}" if st.message else st.state)
+        if ro is not None and ro.state != "succeeded":
+            return msgspec.structs.replace(
+                counts, message=f"rollout v{ro.from_version} → v{ro.to_version} {ro.state} "
+                                f"({ro.updated}/{ro.desired} updated, {ro.old} old)")
+        if current:
+            return msgspec.structs.replace(counts, state="converged", message="ok")
+        if (time.monotonic() - self._applied_at >= self.settle
+                and st.desired == s.desired and self._tasks_confirm(cluster, s)):
+            return msgspec.structs.replace(
+                counts, state="converged",
+                message="ok (status unchanged by the apply; the tasks confirm it)")
+        return msgspec.structs.replace(
+            counts, message=f"waiting for the scheduler to report on revision {threshold} "
+                            f"(status is from revision {st.revision})")
+
+    def _tasks_confirm(self, cluster: str, s: Service) -> bool:
+        keys, backend = self.client.keys, self.client.backend
+        tasks = [t for t in self.client._list(f"{keys.tasks}{cluster}-{s.name}-", Task)
+                 if t.service == s.name and t.cluster.name == cluster]
+        if len(tasks) != s.desired:
+            return False
+        for t in tasks:
+            if t.rejected or t.task_definition.version != s.task_version or not t.host:
+                return False
+            if backend.get(keys.agent(t.host)) is None:
+                return False
+            h = self.client._get(keys.task_health(t.id), TaskHealth)
+            if h is None or not h.healthy or h.host not in ("", t.host):
+                return False
+        return True
 
 
 def _no_duplicates(src: str, section: str, names: list[str]) -> None:

@@ -21,6 +21,11 @@ the task definition's, else 10), when the task is *rejected*: stopped, and writt
 with ``rejected``, ``reject_reason`` and this host in ``rejected_hosts``. A task that ran
 healthy for ``attempt_reset`` seconds starts counting its attempts from zero again.
 
+With ``memory_pressure`` set, the agent reads the host's memory use every couple of
+seconds; at or above the threshold it gives up one running task (the lowest
+``priority``, then the newest) by rejecting it the same way, so a scheduler moves it to
+another host, and then waits ``pressure_cooldown`` seconds before giving up another.
+
 When a task's key goes away it is stopped. On start the agent *adopts* what its
 executors still run for tasks still issued to it, and stops what runs for tasks whose
 keys vanished while it was down. On a graceful exit tasks keep running (the next agent
@@ -54,6 +59,13 @@ from skedlib.agent.health import (
 from skedlib.agent.hostinfo import HostReporter, default_address, measure_total
 from skedlib.agent.issued import IssuedWatcher, patch_task
 from skedlib.agent.ports import DEFAULT_PORT_RANGE, PortAllocator, port_is_free
+from skedlib.agent.pressure import (
+    PRESSURE_INTERVAL,
+    PressureCandidate,
+    choose_task_to_give_up,
+    memory_in_use,
+    pressure_reason,
+)
 from skedlib.agent.records import HealthWriter
 from skedlib.codecs import decode
 from skedlib.errors import BackendError, ConflictError, PluginError, ValidationError
@@ -127,6 +139,12 @@ class AgentConfig(msgspec.Struct, kw_only=True):
     status_poll: float = 5.0
     """Safety-net poll of container status (1 s for executors that cannot call back)."""
     stop_tasks_on_exit: bool = False
+    memory_pressure: float = 0.0
+    """Percent of the host's memory in use (``psutil.virtual_memory().percent``) at or
+    above which the agent gives up one running task (the lowest priority, then the
+    newest) so a scheduler moves it elsewhere; 0: never."""
+    pressure_cooldown: float = 60.0
+    """Seconds after giving up a task under memory pressure before giving up another."""
 
 
 # -- events for the control thread ----------------------------------------------------------
@@ -296,6 +314,12 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.ports = PortAllocator(*config.port_range)
+        if not 0 <= config.memory_pressure < 100:
+            raise ValueError(f"memory_pressure must be a percentage from 0 (off) to below "
+                             f"100, got {config.memory_pressure}")
+        if config.pressure_cooldown < 0:
+            raise ValueError(f"pressure_cooldown must be >= 0 seconds, got "
+                             f"{config.pressure_cooldown}")
         self.total = measure_total(self.state_dir, memory=config.memory,
                                    cpu_units=config.cpu_units, disk=config.disk)
 
@@ -312,6 +336,7 @@ class Agent:
         self._polling = False
         self._control: threading.Thread | None = None
         self._warned: dict[str, str] = {}
+        self._gave_up_at: float | None = None  # last give-up under memory pressure
 
         self.installed = self.registry.names("executors")
         wanted = self.installed if config.executors is None else list(config.executors)
@@ -449,6 +474,8 @@ class Agent:
         refresh = max(self.config.health_refresh, 5.0)
         self._timers.add(refresh, self._refresh_health)
         self._timers.add(self._poll_interval(), self._poll_status)
+        if self.config.memory_pressure > 0:
+            self._timers.add(PRESSURE_INTERVAL, self._check_pressure)
         while True:
             try:
                 event: _Event | None = self._queue.get(timeout=self._timers.delay())
@@ -1108,6 +1135,37 @@ class Agent:
 
     def _poll_done(self) -> None:
         self._polling = False
+
+    # -- memory pressure --------------------------------------------------------------
+    def _check_pressure(self) -> None:
+        """Timer: under memory pressure, give up one running task (then cool down)."""
+        self._timers.add(PRESSURE_INTERVAL, self._check_pressure)
+        now = time.monotonic()
+        cooldown = self.config.pressure_cooldown
+        if self._gave_up_at is not None and now - self._gave_up_at < cooldown:
+            return
+        threshold = self.config.memory_pressure
+        in_use = memory_in_use()
+        if in_use < threshold:
+            self._warned.pop("memory-pressure", None)
+            return
+        candidates = [PressureCandidate(m.task_id, m.running.task_definition.priority,
+                                        m.run_started)
+                      for m in self._tasks.values()
+                      if m.phase == "running" and not m.busy and m.running is not None]
+        chosen = choose_task_to_give_up(candidates)
+        if chosen is None:
+            self._warn_once("memory-pressure",
+                            f"memory pressure: host memory in use >= {threshold:g}%, but "
+                            "this agent runs no task it could give up")
+            return
+        m = self._tasks[chosen.task_id]
+        reason = pressure_reason(in_use, threshold)
+        log.warning("giving up %s (priority %d, of %d running task(s)): %s; no other task "
+                    "is given up for %gs", m.task_id, chosen.priority, len(candidates),
+                    reason, cooldown)
+        self._gave_up_at = now
+        self._reject(m, reason)
 
     # -- adoption ---------------------------------------------------------------------
     def _adopt(self) -> None:

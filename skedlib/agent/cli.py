@@ -51,6 +51,28 @@ def _port_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(
+            f"expected a percentage greater than 0 and less than 100, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") \
+            from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``skedlib-agent``."""
     p = argparse.ArgumentParser(prog="skedlib-agent",
@@ -96,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-failures", type=int, default=3,
                    help="consecutive critical results of a check that count as a failed "
                         "attempt (default 3)")
+    p.add_argument("--memory-pressure", type=_percent, default=0.0, metavar="PERCENT",
+                   help="when this percent of the host's memory or more is in use, give up "
+                        "one running task (the lowest priority, then the newest) so the "
+                        "scheduler moves it (default: off)")
+    p.add_argument("--pressure-cooldown", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="seconds between two give-ups under memory pressure (default 60)")
     p.add_argument("--stop-tasks-on-exit", action="store_true",
                    help="stop every task on SIGTERM/SIGINT (default: leave them running)")
     p.add_argument("--log-level", default="INFO",
@@ -123,7 +151,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         prefix=args.prefix, lease_ttl=args.lease_ttl, memory=args.memory,
         cpu_units=args.cpu_units, disk=args.disk, port_range=args.port_range,
         workers=max(1, args.workers), check_failures=max(1, args.check_failures),
-        stop_tasks_on_exit=args.stop_tasks_on_exit)
+        stop_tasks_on_exit=args.stop_tasks_on_exit, memory_pressure=args.memory_pressure,
+        pressure_cooldown=args.pressure_cooldown)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,10 @@
 """``sked``: the operator CLI.
 
 Commands: ``apply``, ``get``, ``delete`` (desired state); ``tasks`` and ``hosts`` (issued
-and actual state, as the seed's ``sked tasks`` table); ``schema`` (JSON Schema of the
-stored objects); ``up`` (combined mode: a scheduler and an agent in one process, see
-:mod:`skedlib.cli.up`).
+and actual state, as the seed's ``sked tasks`` table); ``drain``/``undrain``, ``scale``
+and ``rollout status|history`` (operations, see :mod:`skedlib.cli.ops`); ``schema``
+(JSON Schema of the stored objects); ``up`` (combined mode: a scheduler and an agent in
+one process, see :mod:`skedlib.cli.up`).
 
 Every command takes ``--backend URL`` (default ``$SKED_BACKEND``, else the embedded
 SQLite store, see :func:`skedlib.client.default_backend_url`). Errors are one line on
@@ -19,7 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from skedlib.cli import up
+from skedlib.cli import ops, up
+from skedlib.cli.args import positive_number
 from skedlib.cli.output import render, table
 from skedlib.cli.schema import KINDS as SCHEMA_KINDS
 from skedlib.cli.schema import render_schema
@@ -81,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write a manifest's desired state (all or nothing)")
     p.add_argument("-f", "--file", required=True, action="append", metavar="FILE",
                    help="manifest YAML file; - reads stdin; repeatable")
+    p.add_argument("--wait", action="store_true",
+                   help="wait until every applied service runs healthy on its applied "
+                        "version (exit 1 if its rollout fails or the timeout passes)")
+    p.add_argument("--timeout", type=positive_number, default=ops.DEFAULT_TIMEOUT,
+                   metavar="SECONDS",
+                   help=f"with --wait: give up after this long (default "
+                        f"{ops.DEFAULT_TIMEOUT:g})")
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("get", parents=[common], help="show objects")
@@ -114,12 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"one of {', '.join(SCHEMA_KINDS)} (default: every kind)")
     p.set_defaults(func=cmd_schema, needs_backend=False)
 
+    ops.add_parsers(sub, common)
     up.add_parser(sub, common)
     return parser
 
 
 def cmd_apply(client: Client, args: argparse.Namespace) -> int:
-    """``sked apply -f FILE``."""
+    """``sked apply -f FILE [--wait [--timeout S]]``."""
     docs = [parse_manifest(sys.stdin.read(), "<stdin>") if f == "-" else load_manifest(f)
             for f in args.file]
     merged = docs[0].manifest
@@ -133,12 +143,19 @@ def cmd_apply(client: Client, args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     from skedlib.codecs import ManifestDocument
 
-    result = client.apply(ManifestDocument(merged, source, warnings))
+    doc = ManifestDocument(merged, source, warnings)
+    # taken before the apply: rollouts recorded so far, to tell a new one from a stale one
+    convergence = client.convergence(merged.services) if args.wait else None
+    result = client.apply(doc)
+    if convergence is not None:
+        convergence.applied()
     for verb, labels in (("created", result.created), ("configured", result.configured),
                          ("unchanged", result.unchanged)):
         for label in labels:
-            print(f"{label} {verb}")
-    return 0
+            print(f"{label} {verb}", flush=True)
+    if convergence is None:
+        return 0
+    return ops.wait_for_apply(client, convergence, args.timeout)
 
 
 def _td_row(t: TaskDefinition) -> list[Any]:

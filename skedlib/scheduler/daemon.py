@@ -66,6 +66,8 @@ from skedlib.models import (
     Cluster,
     Host,
     HostConfig,
+    Rollout,
+    RolloutHistory,
     Service,
     ServiceState,
     ServiceStatus,
@@ -87,7 +89,16 @@ from skedlib.scheduling import (
     commit_plan,
     validate_plan,
 )
-from skedlib.store.base import Backend, Delete, KeyValue, ListResult, Put, WatchEvent
+from skedlib.store.base import (
+    Backend,
+    Compare,
+    Delete,
+    KeyValue,
+    ListResult,
+    Op,
+    Put,
+    WatchEvent,
+)
 
 __all__ = ["Pair", "RunOutcome", "SchedulerDaemon"]
 
@@ -492,8 +503,22 @@ class SchedulerDaemon:
             return outcome
         message = result.message
         self._note(pair, message)
+        rollout = self._write_rollout(pair, snap, service, result.rollout, lock) \
+            if result.rollout is not None else None
         status = self._status(pair, service, snap, result=result, plan=plan, commit=res,
                               problems=problems)
+        if rollout is not None and rollout.to_version == service.task_version:
+            if rollout.state == "running":
+                status.state = "progressing"
+                status.message = (f"rolling out version {rollout.from_version} → "
+                                  f"{rollout.to_version}: {rollout.updated}/{rollout.desired} "
+                                  f"updated, {rollout.old} old left"
+                                  + (f"; {rollout.message}" if rollout.message else ""))
+            elif rollout.state == "failed":
+                status.state = "error"
+                status.message = f"rollout to version {rollout.to_version} failed: " + (
+                    rollout.message + (f"; reverted to version {rollout.reverted_to}"
+                                       if rollout.reverted_to else ""))
         outcome.status = self._write_status(lock, status_key, old_status, status)
         with self._index_lock:
             if result.unschedulable:
@@ -506,7 +531,65 @@ class SchedulerDaemon:
             self._failures.pop(pair, None)
             if result.unschedulable:
                 outcome.retry_after = min(self.resync, 10.0)
+        if result.retry_after is not None:
+            outcome.retry_after = min(outcome.retry_after or result.retry_after,
+                                      result.retry_after)
         return outcome
+
+    def _write_rollout(self, pair: Pair, snap: Snapshot, service: Service,
+                       rollout: Rollout, lock: Lock) -> Rollout:
+        """Store the rollout a plan reported in the service's history (when it changed);
+        on a failed rollout with ``auto_revert``, set the service back to the version it
+        came from. Returns the rollout as stored."""
+        cluster, name = pair
+        key = self.keys.rollout(cluster, name)
+        history = snap.rollouts.get(pair) or RolloutHistory(cluster=cluster, service=name)
+        rollouts = list(history.rollouts)
+        current = rollouts[-1] if rollouts else None
+        same = current is not None and current.to_version == rollout.to_version and \
+            current.started_at == rollout.started_at
+        ops: list[Op] = []
+        compares = [lock.fence()]
+        if rollout.state == "failed" and service.update.auto_revert and \
+                not rollout.reverted_to and service.task_version == rollout.to_version and \
+                (service.task_name, rollout.from_version) in snap.task_definitions:
+            kv = self.backend.get(self.keys.service(name))
+            if kv is not None:
+                stored = decode(kv.value, Service, where=kv.key)
+                if stored.task_version == rollout.to_version:
+                    reverted = msgspec.structs.replace(stored,
+                                                       task_version=rollout.from_version)
+                    ops.append(Put(kv.key, encode(reverted)))
+                    compares.append(Compare(kv.key, kv.revision))
+                    rollout = msgspec.structs.replace(rollout,
+                                                      reverted_to=rollout.from_version)
+        if same and current == rollout and not ops:
+            return rollout
+        if same:
+            rollouts[-1] = rollout
+        else:
+            rollouts.append(rollout)
+        history = RolloutHistory(cluster=cluster, service=name, rollouts=rollouts[-20:])
+        ops.append(Put(key, encode(history)))
+        res = self.backend.txn(compares, ops)
+        if not res.succeeded:
+            log.warning("%s: the rollout record was not written (lock lost or the service "
+                        "changed meanwhile)", _label(*pair))
+            return rollout
+        self.cache.record_rollouts(history, res.revision)
+        if rollout != current:
+            if not same:
+                log.info("%s: rollout %d → %d started", _label(*pair), rollout.from_version,
+                         rollout.to_version)
+            elif rollout.state != (current.state if current else ""):
+                (log.warning if rollout.state == "failed" else log.info)(
+                    "%s: rollout %d → %d %s%s", _label(*pair), rollout.from_version,
+                    rollout.to_version, rollout.state,
+                    f": {rollout.message}" if rollout.message else "")
+            if rollout.reverted_to:
+                log.warning("%s: auto_revert: service set back to version %d", _label(*pair),
+                            rollout.reverted_to)
+        return rollout
 
     def _scheduler(self, name: str) -> Scheduler:
         scheduler = self.registry.scheduler_factory(name)()

@@ -11,21 +11,21 @@ subclass only chooses filters and scorers:
 - instances ``0 … desired-1`` of the service's current version should exist;
 - a task that is missing, rejected by its agent, or on a host that is gone is (re)placed
   — keeping its id — on a feasible host, avoiding the hosts that rejected it;
-- tasks of other versions and instances ≥ desired are stopped.
-
-(Rolling replacement honouring ``min``/``max``/``max_parallel`` is layered on top by the
-rollout logic; this reconciler states the end result.)
+- tasks of other versions are replaced by a rolling update within ``min``, ``max`` and
+  the service's ``update`` strategy, and instances ≥ desired are stopped;
+- tasks on draining hosts move elsewhere, as ``min`` allows.
 """
 
 from __future__ import annotations
 
 import abc
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
-from skedlib.models import Cluster, Service, Task
+from skedlib.models import Cluster, Rollout, Service, Task
 from skedlib.scheduling.constraints import parse_constraint
 from skedlib.scheduling.framework import (
     Filter,
@@ -43,10 +43,18 @@ __all__ = ["Scheduler", "SchedulingResult", "ServiceScheduler"]
 
 
 class SchedulingResult(msgspec.Struct, kw_only=True):
-    """A plan, and for each task that could not be placed, why."""
+    """A plan, and for each task that could not be placed, why.
+
+    ``rollout``: the service's current rollout as this plan leaves it, when a version
+    change is being (or was just) carried out; the daemon stores it in the service's
+    rollout history. ``retry_after``: plan again after this many seconds even if nothing
+    changes (a new task's ``min_healthy_time`` or a rollout's deadline runs out).
+    """
 
     plan: Plan = msgspec.field(default_factory=Plan)
     unschedulable: dict[str, str] = msgspec.field(default_factory=dict)
+    rollout: Rollout | None = None
+    retry_after: float | None = None
 
     @property
     def message(self) -> str:
@@ -57,6 +65,12 @@ class SchedulingResult(msgspec.Struct, kw_only=True):
         reason, _ = reasons.most_common(1)[0]
         return f"{len(self.unschedulable)} task(s) unschedulable: {reason}" + (
             f" (and {len(reasons) - 1} other reason(s))" if len(reasons) > 1 else "")
+
+    def wake_in(self, seconds: float) -> None:
+        """Ask to be planned again within ``seconds``."""
+        seconds = max(seconds, 0.05)
+        if self.retry_after is None or seconds < self.retry_after:
+            self.retry_after = seconds
 
 
 class Scheduler(abc.ABC):
@@ -70,7 +84,23 @@ class Scheduler(abc.ABC):
 
 
 class ServiceScheduler(Scheduler):
-    """Count-based reconciliation with a :class:`Placer`; subclasses pick scorers."""
+    """Count-based reconciliation with a :class:`Placer`; subclasses pick scorers.
+
+    Besides placing missing tasks it carries out, within the service's bounds:
+
+    - **rolling updates**: when ``task_version`` changes, tasks of other versions are
+      replaced with at most ``update.max_parallel`` new tasks in flight (placed, not yet
+      healthy for ``update.min_healthy_time``), never fewer than ``min`` healthy tasks and
+      never more than ``max`` issued; an old task is stopped once a new one counts, or
+      earlier to make room when ``max`` allows no surge. The rollout fails when
+      ``update.deadline`` passes first: it halts (no more replacements; new tasks that are
+      not healthy are stopped) and is reported with the reason;
+    - **draining**: tasks on draining hosts move to other hosts, as many at a time as
+      ``min`` healthy tasks and ``update.max_parallel`` allow.
+    """
+
+    clock: Callable[[], float] = staticmethod(time.time)
+    """Seconds since the epoch (replaceable in tests)."""
 
     def filters(self, snapshot: Snapshot, hosts: Sequence[HostState]) -> list[Filter]:
         """Feasibility filters (default: the stock ones)."""
@@ -82,44 +112,222 @@ class ServiceScheduler(Scheduler):
         """How to rank feasible hosts."""
 
     def plan(self, snapshot: Snapshot, cluster: Cluster, service: Service) -> SchedulingResult:
-        result = SchedulingResult()
-        td = snapshot.task_definitions.get((service.task_name, service.task_version))
-        tasks = snapshot.service_tasks(cluster.name, service.name)
+        return _Reconcile(self, snapshot, cluster, service).run()
+
+
+class _Reconcile:
+    """One planning pass of a :class:`ServiceScheduler` for one service."""
+
+    def __init__(self, scheduler: ServiceScheduler, snapshot: Snapshot, cluster: Cluster,
+                 service: Service) -> None:
+        self.scheduler = scheduler
+        self.snap = snapshot
+        self.cluster = cluster
+        self.service = service
+        self.now = scheduler.clock()
+        self.result = SchedulingResult()
+        self.desired = service.desired
+        self.max_total = max(service.max or service.desired, service.desired)
+        self.min_healthy = min(service.min, service.desired)
+        self.parallel = max(1, service.update.max_parallel)
+        self.min_healthy_time = service.update.min_healthy_time / 1e9
+        self.deadline = service.update.deadline / 1e9 or 600.0
+
+    # -- what each task is --------------------------------------------------------------
+    def live(self, t: Task) -> bool:
+        return not t.rejected and t.host in self.snap.hosts
+
+    def healthy(self, t: Task) -> bool:
+        h = self.snap.health.get(t.id)
+        return bool(self.live(t) and h is not None and h.healthy and h.host in ("", t.host))
+
+    def counted(self, t: Task) -> bool:
+        """Healthy for at least min_healthy_time (else asks to be woken when it is)."""
+        if not self.healthy(t):
+            return False
+        left = self.snap.health[t.id].since + self.min_healthy_time - self.now
+        if left > 0:
+            self.result.wake_in(left)
+            return False
+        return True
+
+    def draining(self, t: Task) -> bool:
+        return self.live(t) and self.snap.hosts[t.host].draining
+
+    # -- the pass -----------------------------------------------------------------------
+    def run(self) -> SchedulingResult:
+        snap, cluster, service, result = self.snap, self.cluster, self.service, self.result
+        version = service.task_version
+        td = snap.task_definitions.get((service.task_name, version))
         if td is None:
-            reason = (f"task definition {service.task_name!r} version {service.task_version}"
+            reason = (f"task definition {service.task_name!r} version {version}"
                       " does not exist")
-            result.unschedulable = {f"{cluster.name}-{service.name}-{service.task_version}-"
-                                    f"{i}": reason for i in range(service.desired)}
+            result.unschedulable = {f"{cluster.name}-{service.name}-{version}-{i}": reason
+                                    for i in range(service.desired)}
             return result
-        hosts = snapshot.cluster_hosts(cluster)
-        pool = HostPool(hosts)
-        current: dict[int, Task] = {}
+        self.td = td
+        hosts = snap.cluster_hosts(cluster)
+        self.pool = HostPool(hosts)
+        self.placer = Placer(self.scheduler.filters(snap, hosts),
+                             self.scheduler.scorers(snap, service, hosts))
+        self.constraints = tuple(parse_constraint(c) for c in service.constraints)
+        self.demand = demand_of(td)
+
+        new: dict[int, Task] = {}
+        old: list[Task] = []
+        tasks = snap.service_tasks(cluster.name, service.name)
+        self.service_hosts: Counter[str] = Counter(t.host for t in tasks if self.live(t))
         for t in tasks:
-            if t.task_definition.version != service.task_version or \
-                    t.instance >= service.desired:
-                result.plan.stop.append(t.id)
-                if t.host in pool.by_name:
-                    pool.release(t.host, t.id, demand_of(t.task_definition), t.port)
+            if t.task_definition.version == version and t.instance < self.desired:
+                new[t.instance] = t
+            elif t.task_definition.version == version or not self.live(t):
+                self.stop(t)  # scaled down, or an old task that is not running anywhere
             else:
-                current[t.instance] = t
-        placer = Placer(self.filters(snapshot, hosts), self.scorers(snapshot, service, hosts))
-        service_hosts: Counter[str] = Counter(
-            t.host for t in current.values() if not t.rejected and t.host in pool.by_name)
-        constraints = tuple(parse_constraint(c) for c in service.constraints)
-        demand = demand_of(td)
-        for instance in range(service.desired):
-            old = current.get(instance)
-            if old is not None and not old.rejected and old.host in snapshot.hosts:
-                continue  # running where it should
-            task = Task(cluster=cluster, task_definition=td, service=service.name,
-                        instance=instance, port=td.port, scheduled=True,
-                        rejected_hosts=list(old.rejected_hosts) if old else [])
-            request = TaskRequest(task=task, demand=demand, service=service,
-                                  constraints=constraints, service_hosts=service_hosts)
-            choice = placer.place(request, pool)
-            if isinstance(choice, Placement):
-                task.host = choice.host
-                result.plan.place.append(task)
-            else:
-                result.unschedulable[task.id] = str(choice)
+                old.append(t)
+
+        history = snap.rollouts.get((cluster.name, service.name))
+        current = history.current if history else None
+        rollout = self.rollout_of(current, old, new)
+        new_live = [t for t in new.values() if self.live(t)]
+        self.in_flight = sum(1 for t in new_live if not self.counted(t))
+        counted = len(new_live) - self.in_flight
+        self.healthy_n = sum(1 for t in [*old, *new_live] if self.healthy(t))
+        self.total = len(old) + len(new_live)
+
+        if rollout is not None and rollout.state == "failed":
+            # halted: keep what is healthy, stop the new tasks that are not
+            for t in new.values():
+                if not self.healthy(t):
+                    self.stop(t)
+            result.rollout = self.progress(rollout, new, old)
+            return result
+
+        rolling = rollout is not None and rollout.state == "running"
+        # old tasks no longer needed (a new one counts in their stead)
+        self.stop_old(old, len(old) - max(0, self.desired - counted))
+        missing = [i for i in range(self.desired)
+                   if i not in new or not self.live(new[i])]
+        if rolling:
+            want = min(len(missing), max(0, self.parallel - self.in_flight))
+            short = want - max(0, self.max_total - self.total)
+            if short > 0:  # max leaves no room: stop old tasks first, as min allows
+                self.stop_old(old, short)
+            budget = min(want, max(0, self.max_total - self.total))
+        else:
+            budget = len(missing)
+        for instance in missing[:budget]:
+            self.place(instance, new.get(instance))
+        if len(missing) > budget:
+            self.result.wake_in(5.0)  # waiting for room or for new tasks to count
+        if not rolling:
+            self.migrate(new_live)
+        if rollout is not None:
+            result.rollout = self.progress(rollout, new, old)
         return result
+
+    def rollout_of(self, current: Rollout | None, old: list[Task], new: dict[int, Task]
+                   ) -> Rollout | None:
+        """The rollout this pass works on: the current one, a new one when the version
+        changed, or None (no version change in progress)."""
+        version = self.service.task_version
+        if current is not None and current.to_version == version and (
+                current.state != "succeeded" or old):
+            if current.state == "succeeded":  # old tasks came back (a restored host)
+                return None
+            if current.state == "running" and self.now - current.started_at > self.deadline:
+                return self.fail(current, new)
+            return current
+        if not old:
+            return None
+        versions = Counter(t.task_definition.version for t in old)
+        return Rollout(from_version=versions.most_common(1)[0][0], to_version=version,
+                       started_at=self.now, desired=self.desired)
+
+    def fail(self, rollout: Rollout, new: dict[int, Task]) -> Rollout:
+        counted = sum(1 for t in new.values() if self.counted(t))
+        why = next((h.message for t in new.values()
+                    if (h := self.snap.health.get(t.id)) and not h.healthy and h.message),
+                   "")
+        rejected = next((t.reject_reason for t in new.values() if t.rejected), "")
+        reason = why or rejected or "new tasks did not become healthy"
+        message = (f"deadline of {self.deadline:g}s passed with {counted}/{self.desired} "
+                   f"tasks of version {rollout.to_version} healthy: {reason}")
+        return msgspec.structs.replace(rollout, state="failed", finished_at=self.now,
+                                       message=message)
+
+    def progress(self, rollout: Rollout, new: dict[int, Task], old: list[Task]) -> Rollout:
+        stopped = set(self.result.plan.stop)
+        updated = sum(1 for t in new.values() if t.id not in stopped and self.counted(t))
+        remaining = sum(1 for t in old if t.id not in stopped)
+        state = rollout.state
+        finished = rollout.finished_at
+        message = rollout.message
+        if state == "running":
+            if updated == self.desired and remaining == 0:
+                state, finished, message = "succeeded", self.now, ""
+            else:
+                self.result.wake_in(rollout.started_at + self.deadline - self.now)
+                if self.min_healthy >= self.desired and self.max_total <= self.desired \
+                        and remaining:
+                    message = (f"cannot replace a task: min ({self.min_healthy}) healthy and "
+                               f"max ({self.max_total}) tasks leave no room; raise max or "
+                               "lower min")
+        return msgspec.structs.replace(rollout, state=state, finished_at=finished,
+                                       updated=updated, old=remaining, message=message,
+                                       desired=self.desired)
+
+    # -- actions ------------------------------------------------------------------------
+    def stop(self, t: Task) -> None:
+        if t.id in self.result.plan.stop:
+            return
+        self.result.plan.stop.append(t.id)
+        if self.live(t) and t.host in self.pool.by_name:
+            self.pool.release(t.host, t.id, demand_of(t.task_definition), t.port)
+            self.service_hosts[t.host] -= 1
+
+    def stop_old(self, old: list[Task], n: int) -> None:
+        """Stop up to ``n`` old tasks (unhealthy first, then on draining hosts, then the
+        highest instances) without going below ``min`` healthy tasks."""
+        order = sorted((t for t in old if t.id not in self.result.plan.stop),
+                       key=lambda t: (self.healthy(t), not self.draining(t), -t.instance))
+        for t in order[:max(0, n)]:
+            healthy = self.healthy(t)
+            if healthy and self.healthy_n - 1 < self.min_healthy:
+                break
+            self.stop(t)
+            self.total -= 1
+            self.healthy_n -= healthy
+
+    def place(self, instance: int, old: Task | None) -> bool:
+        task = Task(cluster=self.cluster, task_definition=self.td, service=self.service.name,
+                    instance=instance, port=self.td.port, scheduled=True,
+                    rejected_hosts=list(old.rejected_hosts) if old else [])
+        if old is not None and old.host in self.pool.by_name and not old.rejected:
+            self.pool.release(old.host, old.id, demand_of(old.task_definition), old.port)
+        request = TaskRequest(task=task, demand=self.demand, service=self.service,
+                              constraints=self.constraints, service_hosts=self.service_hosts)
+        choice = self.scheduler_place(request)
+        if isinstance(choice, Placement):
+            task.host = choice.host
+            self.result.plan.place.append(task)
+            self.total += 0 if old is not None and self.live(old) else 1
+            self.in_flight += 1
+            return True
+        self.result.unschedulable[task.id] = str(choice)
+        return False
+
+    def scheduler_place(self, request: TaskRequest) -> Placement | object:
+        return self.placer.place(request, self.pool)
+
+    def migrate(self, new_live: list[Task]) -> None:
+        """Move tasks off draining hosts, as min healthy and max_parallel allow."""
+        for t in sorted((t for t in new_live if self.draining(t)), key=lambda t: t.instance):
+            if self.in_flight >= self.parallel:
+                self.result.wake_in(2.0)
+                return
+            healthy = self.healthy(t)
+            if healthy and self.healthy_n - 1 < self.min_healthy:
+                self.result.wake_in(2.0)
+                return
+            if self.place(t.instance, t):
+                self.healthy_n -= healthy
