@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from skedlib.codecs import decode  # noqa: E402
 from skedlib.models import RolloutHistory  # noqa: E402
-from tests.scheduler.conftest import PY, Loop, wait_for  # noqa: E402
+from tests.scheduler.conftest import Loop, wait_for, web_manifest  # noqa: E402
 
 LEASE_TTL = 2.0
 
@@ -44,35 +44,13 @@ LEASE_TTL = 2.0
 def manifest(version: int, tasks: int) -> str:
     busybox = shutil.which("busybox")
     argv = f"[{busybox}, httpd, -f, -p, '127.0.0.1:$PROVIDED_PORT', -h, /var/empty]" \
-        if busybox else f"[{PY}, -m, http.server, --bind, 127.0.0.1, $PROVIDED_PORT]"
-    return f"""
-clusters: [{{name: default, services: [web]}}]
-services:
-  - name: web
-    task_name: web
-    task_version: {version}
-    desired: {tasks}
-    min: {tasks - 10}
-    max: {tasks + 10}
-    scheduler: spread
-    update: {{max_parallel: 20, min_healthy_time: 1s, deadline: 5m}}
-task_definitions:
-  - name: web
-    version: {version}
-    provide_port: true
-    memory: 16
-    cpu_units: 8
-    grace_period: 2s
-    containers:
-      - name: web
-        type: process
-        executor:
-          argv: {argv}
-        checks:
-          - tcp: 127.0.0.1:$PROVIDED_PORT
-            interval: 300ms
-            timeout: 250ms
-"""
+        if busybox else None
+    extra = (f"    min: {tasks - 10}\n    max: {tasks + 10}\n"
+             "    update: {max_parallel: 20, min_healthy_time: 1s, deadline: 5m}")
+    return web_manifest("web", tasks, memory=16, scheduler="spread", version=version,
+                        extra=extra, argv=argv,
+                        check="{tcp: '127.0.0.1:$PROVIDED_PORT', interval: 300ms, "
+                              "timeout: 250ms}")
 
 
 def run(loop: Loop, tasks: int) -> dict[str, Any]:

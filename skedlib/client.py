@@ -485,13 +485,13 @@ class Convergence:
     the pair's last configuration change (the later of the service's and the cluster's
     key revisions, read by :meth:`applied`), and the rollout to that version, if one is
     recorded, ``succeeded``. It failed when that rollout ``failed``, or when the status
-    is ``error`` (for the applied version and scheduler, or computed after the apply).
+    is ``error`` for the applied version.
 
     Schedulers rewrite a status only when it changes, so a change that moves no task
-    (``min``, ``update`` …) leaves an older ``ok`` status in place. Such a status is
-    accepted once ``settle`` seconds passed since :meth:`applied` and the issued tasks
-    confirm it: exactly ``desired`` tasks, all of the applied version, on live hosts and
-    healthy.
+    (``min``, ``update`` …) leaves an older status in place. Such a status counts once
+    ``settle`` seconds passed since :meth:`applied` (time for a scheduler to rewrite it):
+    an ``error`` then fails; an ``ok`` converges if the issued tasks confirm it (exactly
+    ``desired`` tasks, all of the applied version, on live hosts and healthy).
 
     Rollouts recorded before the apply are ignored when the apply changed the service's
     ``task_version`` (a failed rollout to the same version, before a revert, is stale).
@@ -584,7 +584,10 @@ class Convergence:
                 message=f"the scheduler has not taken up v{v} yet (status is for "
                         f"v{st.task_version}{': ' + st.message if st.message else ''})")
         counts = msgspec.structs.replace(base, desired=st.desired, healthy=st.healthy)
-        if st.state == "error" and (current or st.scheduler == s.scheduler):
+        if ro is not None and ro.state == "running":  # count the new version's tasks only
+            counts = msgspec.structs.replace(base, desired=ro.desired, healthy=ro.updated)
+        settled = time.monotonic() - self._applied_at >= self.settle
+        if st.state == "error" and (current or (settled and st.scheduler == s.scheduler)):
             return msgspec.structs.replace(counts, state="failed",
                                            message=f"error: {st.message or 'scheduler error'}")
         if st.state != "ok":
@@ -596,8 +599,7 @@ class Convergence:
                                 f"({ro.updated}/{ro.desired} updated, {ro.old} old)")
         if current:
             return msgspec.structs.replace(counts, state="converged", message="ok")
-        if (time.monotonic() - self._applied_at >= self.settle
-                and st.desired == s.desired and self._tasks_confirm(cluster, s)):
+        if settled and st.desired == s.desired and self._tasks_confirm(cluster, s):
             return msgspec.structs.replace(
                 counts, state="converged",
                 message="ok (status unchanged by the apply; the tasks confirm it)")

@@ -6,7 +6,8 @@ Each ``check_*`` function takes an object and a label for messages
 
 - task definition: ``grace_period`` 60s, ``max_attempts`` 10;
 - check: ``interval`` 10s, ``timeout`` 5s (never longer than the interval);
-- service: ``max`` = ``desired`` when 0; ``update.deadline`` 10m.
+- service: ``update.deadline`` 10m (``max`` 0 stays 0: it means "whatever ``desired`` is",
+  so scaling needs no new ``max``).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def check_service(service: Service, label: str) -> Service:
             raise ValidationError(f"{label}: field constraints[{i}]: {exc}") from None
     update = msgspec.structs.replace(update, deadline=update.deadline
                                      or DEFAULT_ROLLOUT_DEADLINE)
-    return msgspec.structs.replace(service, max=maximum, update=update)
+    return msgspec.structs.replace(service, update=update)
 
 
 def _check_check(check: Check, label: str, field: str) -> Check:

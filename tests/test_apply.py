@@ -54,7 +54,7 @@ def test_apply_writes_then_is_a_no_op(client: Client) -> None:
     assert td.grace_period == 60 * 10**9 and td.max_attempts == 10  # defaults applied
     assert td.containers[0].checks[0].interval == "10s"
     svc = client.service("web")
-    assert svc is not None and svc.max == 2  # max defaults to desired
+    assert svc is not None and svc.max == 0  # 0: as many as desired, whatever it becomes
 
 
 def test_changed_service_is_configured(client: Client) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from skedlib.cli import ops
 from skedlib.cli.main import main
 from skedlib.client import Client
 from skedlib.codecs import encode, parse_manifest
@@ -22,13 +24,12 @@ from skedlib.models import (
     HostConfig,
     Rollout,
     RolloutHistory,
-    Service,
     ServiceStatus,
     Task,
     TaskDefinition,
     TaskHealth,
 )
-from skedlib.store.base import Compare, Op, TxnResult
+from skedlib.store.base import Compare, Op, Put, TxnResult
 
 MANIFEST = """
 task_definitions:
@@ -47,8 +48,10 @@ def _manifest(version: int = 1, versions: Sequence[int] = (1,)) -> str:
                            tds="\n".join(TD.format(v=v) for v in versions))
 
 
-@pytest.fixture
-def url() -> str:
+@pytest.fixture(params=["memory", "sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/ops.db"
     return f"memory://ops-{uuid.uuid4().hex}"
 
 
@@ -207,8 +210,9 @@ def test_scale_never_overwrites_a_concurrent_change(client: Client) -> None:
         if not raced:  # another operator changes min between scale's read and write
             svc = client.service("web")
             assert svc is not None
-            raced.append(real_txn([], [msgspec.structs.replace(
-                _put(client, msgspec.structs.replace(svc, min=2)))]).revision)
+            changed = msgspec.structs.replace(svc, min=2)
+            raced.append(real_txn([], [Put(client.keys.service("web"), encode(changed))])
+                         .revision)
         return real_txn(compares, ops)
 
     client.backend.txn = racing_txn  # type: ignore[method-assign]
@@ -218,13 +222,8 @@ def test_scale_never_overwrites_a_concurrent_change(client: Client) -> None:
     assert svc is not None and (svc.desired, svc.min) == (4, 2)  # both changes kept
 
     client.backend.txn = lambda c, o: TxnResult(False, 0)  # type: ignore[method-assign,assignment]
-    with pytest.raises(ConflictError, match='service "web": field desired: .* kept changing'):
+    with pytest.raises(ConflictError, match=r'service "web": field desired: .* kept changing'):
         client.scale("web", 3)
-
-
-def _put(client: Client, svc: Service) -> Op:
-    from skedlib.store.base import Put
-    return Put(client.keys.service(svc.name), encode(svc))
 
 
 # -- delete service -----------------------------------------------------------------------
@@ -267,7 +266,7 @@ def test_rollout_status_and_history(url: str, client: Client, manifest: Callable
     assert "rollout v2 → v3 failed" in out
     assert "updated:     1/2 healthy on v3" in out and "old tasks:   1" in out
     assert "message:     deadline 10m0s passed: 1/2 updated" in out
-    assert "reverted to: v2" in out and "duration:    10m0s" in out
+    assert "reverted to: v2" in out and "duration:    10m\n" in out
 
     assert sked(url, "rollout", "status", "web", "-o", "json") == 1
     data = json.loads(capsys.readouterr().out)
@@ -299,6 +298,8 @@ def test_rollout_needs_a_cluster_when_ambiguous(url: str, client: Client,
     assert "v1 → v2 succeeded" in capsys.readouterr().out
     assert sked(url, "rollout", "history", "nope") == 1
     assert "service 'nope' not found" in _one_line_error(capsys)
+    assert sked(url, "rollout", "status", "web", "--cluster", "us") == 1
+    assert "cluster 'us' not found" in _one_line_error(capsys)
 
 
 # -- apply: bad versions ------------------------------------------------------------------
@@ -423,9 +424,10 @@ def test_apply_wait_times_out_with_the_status_message(url: str, client: Client,
 
 
 def test_wait_accepts_an_unchanged_ok_status_the_tasks_confirm(client: Client) -> None:
-    """A change the scheduler's status does not show (here: none at all) leaves the old
+    """A change the scheduler's status does not show (here: ``min``) leaves the old
     status in place; after ``settle`` the issued tasks and their health confirm it."""
     client.apply(parse_manifest(_manifest(), "m.yml"))
+    changed = _manifest().replace("min: 1", "min: 2")
     client.backend.put(client.keys.agent("h1"), encode(Host(name="h1")))
     for i in range(2):
         t = _issue(client, "h1", i)
@@ -433,10 +435,10 @@ def test_wait_accepts_an_unchanged_ok_status_the_tasks_confirm(client: Client) -
             TaskHealth(task_id=t.id, host="h1", state="healthy", healthy=True)))
     client.backend.put(client.keys.service_status("default", "web"), encode(ServiceStatus(
         cluster="default", service="web", task_version=1, state="ok", desired=2, placed=2,
-        healthy=2, revision=1)))  # older than the service key
-    svc = parse_manifest(_manifest(), "m.yml").manifest.services
+        healthy=2, revision=client.backend.current_revision())))
+    svc = parse_manifest(changed, "m.yml").manifest.services
     conv = client.convergence(svc, settle=0.2)
-    client.apply(parse_manifest(_manifest(), "m.yml"))
+    assert client.apply(parse_manifest(changed, "m.yml")).configured == ("services/web",)
     conv.applied()
     assert [p.state for p in conv.check()] == ["waiting"]
     progress = client.wait_converged(conv, timeout=5)
@@ -445,3 +447,53 @@ def test_wait_accepts_an_unchanged_ok_status_the_tasks_confirm(client: Client) -
 
     client.backend.delete(client.keys.task_health("default-web-1-0"))
     assert [p.state for p in conv.check()] == ["waiting"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_is_one_rewritten_line(client: Client) -> None:
+    client.apply(parse_manifest(_manifest(), "m.yml"))
+    services = parse_manifest(_manifest(2, (1, 2)), "m.yml").manifest.services
+    conv = client.convergence(services)
+    client.apply(parse_manifest(_manifest(2, (1, 2)), "m.yml"))
+    conv.applied()
+    _status(client, 2, "progressing", "1/2 healthy", healthy=1)
+
+    def scheduler() -> None:
+        time.sleep(0.05)
+        _status(client, 2)
+
+    thread = _in_background(scheduler)
+    out = _Terminal()
+    assert ops.wait_for_apply(client, conv, timeout=5, out=out) == 0
+    thread.join(5)
+    text = out.getvalue()
+    assert "\rweb v2: 1/2 healthy [#####-----]\x1b[K" in text
+    assert "\rweb v2: 2/2 healthy [##########] ok\x1b[K\nconverged: 1 service(s)" in text
+    assert text.count("\n") == 2  # the progress line, then the summary
+
+
+def test_an_error_from_before_the_apply_fails_only_if_it_stays(client: Client) -> None:
+    client.apply(parse_manifest(_manifest(), "m.yml"))
+    _status(client, 1, "error", "the scheduler failed: boom")
+    changed = _manifest().replace("min: 1", "min: 2")
+    services = parse_manifest(changed, "m.yml").manifest.services
+
+    conv = client.convergence(services, settle=0.2)  # the scheduler fixes it
+    client.apply(parse_manifest(changed, "m.yml"))
+    conv.applied()
+    assert [p.state for p in conv.check()] == ["waiting"]
+    _status(client, 1)
+    assert [p.state for p in client.wait_converged(conv, timeout=5)] == ["converged"]
+
+    _status(client, 1, "error", "the scheduler failed: boom")
+    conv = client.convergence(services, settle=0.2)  # nothing rewrites it: it stands
+    client.apply(parse_manifest(changed.replace("min: 2", "min: 0"), "m.yml"))
+    conv.applied()
+    assert [p.state for p in conv.check()] == ["waiting"]
+    progress = client.wait_converged(conv, timeout=5)
+    assert [(p.state, p.message) for p in progress] == [
+        ("failed", "error: the scheduler failed: boom")]

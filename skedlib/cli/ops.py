@@ -185,12 +185,7 @@ def wait_for_apply(client: Client, convergence: Convergence, timeout: float,
 # -- drain / undrain ----------------------------------------------------------------------
 def cmd_drain(client: Client, args: argparse.Namespace) -> int:
     """``sked drain HOST [--wait] [--timeout S]``."""
-    before = client.host_config(args.host)
-    client.set_draining(args.host, True)
-    if before is not None and before.draining:
-        print(f"host {args.host} already draining")
-    else:
-        print(f"host {args.host} draining")
+    _switch_draining(client, args.host, True)
     if not args.wait:
         return 0
     return _wait_drained(client, args.host, args.timeout, sys.stdout)
@@ -232,13 +227,17 @@ def _why_left(client: Client, host: str) -> str:
 
 def cmd_undrain(client: Client, args: argparse.Namespace) -> int:
     """``sked undrain HOST``."""
-    before = client.host_config(args.host)
-    client.set_draining(args.host, False)
-    if before is None or not before.draining:
-        print(f"host {args.host} was not draining")
-    else:
-        print(f"host {args.host} no longer draining")
+    _switch_draining(client, args.host, False)
     return 0
+
+
+def _switch_draining(client: Client, host: str, on: bool) -> None:
+    before = client.host_config(host)
+    client.set_draining(host, on)
+    if bool(before and before.draining) == on:
+        print(f"host {host} " + ("already draining" if on else "was not draining"))
+    else:
+        print(f"host {host} " + ("draining" if on else "no longer draining"))
 
 
 # -- scale --------------------------------------------------------------------------------
@@ -320,8 +319,10 @@ def cmd_rollout(client: Client, args: argparse.Namespace) -> int:
     """``sked rollout status|history SERVICE [--cluster C] [-o table|json|yaml]``: exit 1
     from ``status`` when the current rollout failed."""
     cluster = _rollout_cluster(client, args.service, args.cluster)
-    history = client.rollout_history(cluster, args.service) or RolloutHistory(
-        cluster=cluster, service=args.service)
+    stored = client.rollout_history(cluster, args.service)
+    if stored is None and client.cluster(cluster) is None:
+        raise NotFound(f"cluster {cluster!r} not found")
+    history = stored or RolloutHistory(cluster=cluster, service=args.service)
     current = history.current
     now = time.time()
     if args.rollout_command == "history":

@@ -586,7 +586,7 @@ class SchedulerDaemon:
                     "%s: rollout %d → %d %s%s", _label(*pair), rollout.from_version,
                     rollout.to_version, rollout.state,
                     f": {rollout.message}" if rollout.message else "")
-            if rollout.reverted_to:
+            if len(ops) > 1:
                 log.warning("%s: auto_revert: service set back to version %d", _label(*pair),
                             rollout.reverted_to)
         return rollout

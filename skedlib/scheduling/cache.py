@@ -63,6 +63,7 @@ __all__ = ["SnapshotCache"]
 
 OnBad = Callable[[KeyValue, ValidationError], None]
 _T = TypeVar("_T")
+_K = TypeVar("_K")
 
 
 class SnapshotCache:
@@ -248,50 +249,35 @@ class SnapshotCache:
                     snap.put_host(host)
                 else:
                     snap.remove_host(name)
-            case HealthKey(task_id=task_id):
-                health = self._decode(kv, TaskHealth) if put else None
-                if health is not None:
-                    snap.health[task_id] = health
-                else:
-                    snap.health.pop(task_id, None)
+            case HostConfigKey(name=name):
+                snap.put_host_config(name, self._decode(kv, HostConfig) if put else None)
             case HostAllocKey(host=name):
                 assert snap.alloc_revisions is not None
                 if put:
                     snap.alloc_revisions[name] = ev.revision
                 else:
                     snap.alloc_revisions.pop(name, None)
+            case HealthKey(task_id=task_id):
+                self._set(snap.health, task_id, kv, TaskHealth, put)
             case ServiceKey(name=name):
-                service = self._decode(kv, Service) if put else None
-                if service is not None:
-                    snap.services[name] = service
-                else:
-                    snap.services.pop(name, None)
+                self._set(snap.services, name, kv, Service, put)
             case ClusterKey(name=name):
-                cluster = self._decode(kv, Cluster) if put else None
-                if cluster is not None:
-                    snap.clusters[name] = cluster
-                else:
-                    snap.clusters.pop(name, None)
+                self._set(snap.clusters, name, kv, Cluster, put)
             case TaskDefinitionKey(name=name, version=version):
-                td = self._decode(kv, TaskDefinition) if put else None
-                if td is not None:
-                    snap.task_definitions[(name, version)] = td
-                else:
-                    snap.task_definitions.pop((name, version), None)
-            case HostConfigKey(name=name):
-                snap.put_host_config(name, self._decode(kv, HostConfig) if put else None)
+                self._set(snap.task_definitions, (name, version), kv, TaskDefinition, put)
             case RolloutKey(cluster=cluster, service=service):
-                history = self._decode(kv, RolloutHistory) if put else None
-                if history is not None:
-                    snap.rollouts[(cluster, service)] = history
-                else:
-                    snap.rollouts.pop((cluster, service), None)
+                self._set(snap.rollouts, (cluster, service), kv, RolloutHistory, put)
             case ServiceStatusKey(cluster=cluster, service=service):
-                status = self._decode(kv, ServiceStatus) if put else None
-                if status is not None:
-                    self._statuses[(cluster, service)] = status
-                else:
-                    self._statuses.pop((cluster, service), None)
+                self._set(self._statuses, (cluster, service), kv, ServiceStatus, put)
             case _:
                 pass  # host index entries and locks: nothing a planner reads
 
+    def _set(self, table: dict[_K, _T], name: _K, kv: KeyValue, type_: type[_T],
+             put: bool) -> None:
+        """Put the decoded value of ``kv`` in ``table`` (or drop ``name``: a delete, or a
+        value that does not decode)."""
+        value = self._decode(kv, type_) if put else None
+        if value is not None:
+            table[name] = value
+        else:
+            table.pop(name, None)

@@ -230,13 +230,16 @@ class _Reconcile:
         """The rollout this pass works on: the current one, a new one when the version
         changed, or None (no version change in progress)."""
         version = self.service.task_version
-        if current is not None and current.to_version == version and (
-                current.state != "succeeded" or old):
-            if current.state == "succeeded":  # old tasks came back (a restored host)
-                return None
-            if current.state == "running" and self.now - current.started_at > self.deadline:
-                return self.fail(current, new)
-            return current
+        if current is not None and current.to_version == version:
+            if current.state == "running":
+                if self.now - current.started_at > self.deadline:
+                    return self.fail(current, new)
+                return current
+            if current.state == "failed" and not current.reverted_to:
+                return current  # halted until the version changes
+            if current.state == "succeeded":
+                return None  # old tasks seen again (a host came back): just replace them
+            # failed, reverted, and now applied again: a new attempt
         if not old:
             return None
         versions = Counter(t.task_definition.version for t in old)

@@ -3,6 +3,7 @@ priority, then the newest), and the scheduler places it on another host."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -170,6 +171,14 @@ task_definitions:
 """
 
 
+def _hosts_running(loop: Loop, task_id: str) -> set[str]:
+    hosts = set()
+    for p in loop.processes(task_id):
+        with contextlib.suppress(psutil.Error):
+            hosts.add(p.environ().get("SKED_HOST", ""))
+    return hosts
+
+
 @pytest.mark.slow
 def test_short_of_memory_the_agent_gives_up_its_lowest_priority_task(
         sqlite_loop: Loop) -> None:  # noqa: F811
@@ -195,14 +204,15 @@ def test_short_of_memory_the_agent_gives_up_its_lowest_priority_task(
 
     loop.start_agent(2)  # room for the hog to go to; no memory-pressure watch
     in_use = memory_in_use()
+    print(f"memory in use: {in_use}%, threshold {threshold}%")
     assert in_use < threshold - 0.2, (
         f"the machine's memory use moved by itself: {in_use}% (threshold {threshold}%)")
     assert not loop.tasks("hog")[0].rejected_hosts, loop.log_text()
 
-    # the hog allocates enough to be 1.5% of the total past the threshold
+    # the hog allocates 2.5% of the host's memory, and at least 1.5% more than the
+    # threshold needs
     mib = int(max(2.5, threshold - in_use + 1.5) * total_mib / 100)
     trigger.write_text(str(mib))
-    wait_for(lambda: (loop.tmp / f"allocated-{h1}").exists(), 30, "the hog to allocate")
 
     def moved() -> bool:
         tasks = loop.tasks("hog")
@@ -218,13 +228,13 @@ def test_short_of_memory_the_agent_gives_up_its_lowest_priority_task(
     agent_log = loop.log_text(f"agent-{h1}")
     assert "memory pressure: host memory" in agent_log
     assert f"giving up {moved_hog.id} (priority 0, of 2 running task(s))" in agent_log
-    assert not loop.processes(moved_hog.id) or all(
-        p.environ().get("SKED_HOST") == h2 for p in loop.processes(moved_hog.id))
+    assert not _hosts_running(loop, moved_hog.id) - {h2}  # stopped on host 1
 
     # the hog allocates on host 2 as well, so the pressure lasts; host 1 is cooling down
     # and gives up nothing else for a few more readings
     wait_for(lambda: (loop.tmp / f"allocated-{h2}").exists(), 30, "the moved hog to allocate")
     time.sleep(5)
+    assert memory_in_use() >= threshold
     (still,) = loop.healthy("vip")
     assert still.host == h1 and not still.rejected_hosts
     assert {p.pid for p in loop.processes(vip.id)} == vip_pids

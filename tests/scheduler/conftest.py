@@ -49,10 +49,16 @@ def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condit
 
 def web_manifest(service: str = "web", desired: int = 2, *, memory: int = 64,
                  scheduler: str = "binpack", version: int = 1, extra: str = "",
-                 cluster_services: list[str] | None = None) -> str:
-    """A manifest: cluster ``default`` running ``service``, a Python HTTP server on a
-    provided port with a fast HTTP check."""
+                 cluster_services: list[str] | None = None, argv: str | None = None,
+                 check: str | None = None) -> str:
+    """A manifest: cluster ``default`` running ``service``, by default a Python HTTP server
+    on a provided port with a fast HTTP check. ``extra``: more lines of the service (4
+    spaces in); ``argv``: the process's argv as a YAML flow list; ``check``: the check as a
+    YAML flow mapping."""
     services = cluster_services or [service]
+    argv = argv or f"[{PY}, -m, http.server, --bind, 127.0.0.1, $PROVIDED_PORT]"
+    check = check or "{http: 'http://127.0.0.1:$PROVIDED_PORT/', interval: 300ms, " \
+        "timeout: 250ms}"
     return f"""
 clusters:
   - name: default
@@ -75,11 +81,8 @@ task_definitions:
       - name: web
         type: process
         executor:
-          argv: [{PY}, -m, http.server, --bind, 127.0.0.1, $PROVIDED_PORT]
-        checks:
-          - http: http://127.0.0.1:$PROVIDED_PORT/
-            interval: 300ms
-            timeout: 250ms
+          argv: {argv}
+        checks: [{check}]
 """
 
 

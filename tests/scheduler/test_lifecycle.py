@@ -25,9 +25,9 @@ from typing import Any
 import psutil
 import pytest
 
-from skedlib.codecs import decode, encode
-from skedlib.models import HostConfig, RolloutHistory, Service
-from tests.scheduler.conftest import PY, Loop, wait_for
+from skedlib.codecs import decode
+from skedlib.models import RolloutHistory, Service
+from tests.scheduler.conftest import PY, Loop, wait_for, web_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -43,36 +43,11 @@ def manifest(version: int, *, desired: int, min_: int, max_: int, parallel: int 
              good: bool = True, memory: int = 100) -> str:
     """Service ``web``: an HTTP server with a fast check (``good``), or a process that
     runs but never passes its check."""
-    argv = f"[{PY}, -m, http.server, --bind, 127.0.0.1, $PROVIDED_PORT]" if good else \
-        f"[{PY}, -c, 'import time; time.sleep(600)']"
-    return f"""
-clusters: [{{name: default, services: [web]}}]
-services:
-  - name: web
-    task_name: web
-    task_version: {version}
-    desired: {desired}
-    min: {min_}
-    max: {max_}
-    update: {{max_parallel: {parallel}, min_healthy_time: {min_healthy},
-              deadline: {deadline}, auto_revert: {str(auto_revert).lower()}}}
-task_definitions:
-  - name: web
-    version: {version}
-    provide_port: true
-    memory: {memory}
-    cpu_units: 64
-    grace_period: 2s
-    containers:
-      - name: web
-        type: process
-        executor:
-          argv: {argv}
-        checks:
-          - http: http://127.0.0.1:$PROVIDED_PORT/
-            interval: 300ms
-            timeout: 250ms
-"""
+    extra = (f"    min: {min_}\n    max: {max_}\n"
+             f"    update: {{max_parallel: {parallel}, min_healthy_time: {min_healthy}, "
+             f"deadline: {deadline}, auto_revert: {str(auto_revert).lower()}}}")
+    return web_manifest("web", desired, memory=memory, version=version, extra=extra,
+                        argv=None if good else f"[{PY}, -c, 'import time; time.sleep(600)']")
 
 
 class Monitor:
@@ -263,8 +238,10 @@ def test_drain_moves_tasks_respecting_min(loop: Loop) -> None:
         tasks = loop.wait_healthy("web", 4)
         busy = max({t.host for t in tasks}, key=lambda h: sum(t.host == h for t in tasks))
         with Monitor(loop) as mon:
-            loop.backend.put(loop.keys.host_config(busy),
-                             encode(HostConfig(name=busy, draining=True)))
+            code, out = loop.sked("drain", busy)
+            assert code == 0, out
             wait_for(lambda: (h := loop.healthy("web")) and len(h) == 4 and
                      all(t.host != busy for t in h), 60, f"every task moved off {busy}")
         mon.check(min_healthy=3, max_issued=4)
+        assert loop.sked("undrain", busy)[0] == 0
+        assert loop.client.host_config(busy).draining is False  # type: ignore[union-attr]

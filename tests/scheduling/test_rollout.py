@@ -211,3 +211,22 @@ def test_failed_rollout_records_state_for_the_daemon(auto_revert: bool) -> None:
     sim.set(task_version=1)  # what auto_revert writes
     _steady(sim)
     assert sim.versions() == [1, 1]
+
+
+def test_a_reverted_version_applied_again_is_a_new_attempt() -> None:
+    sim = Sim(_service(2, min_=1, deadline_s=10, auto_revert=True), bad_versions={2})
+    _steady(sim)
+    sim.set(task_version=2)
+    sim.run_until(lambda: sim.history and sim.history.current.state == "failed")
+    reverted = msgspec.structs.replace(sim.history.current, reverted_to=1)  # the daemon's
+    sim.history = RolloutHistory(cluster="c", service="web",
+                                 rollouts=[*sim.history.rollouts[:-1], reverted])
+    sim.snap.rollouts[("c", "web")] = sim.history
+    sim.set(task_version=1)
+    _steady(sim)
+    sim.bad = set()  # fixed under the same version number, applied again
+    sim.set(task_version=2)
+    sim.run_until(lambda: sim.history.current.state == "succeeded")
+    # (the revert needed no rollout: the failed version's tasks had all been stopped)
+    assert [(r.from_version, r.to_version, r.state) for r in sim.history.rollouts] == [
+        (1, 2, "failed"), (1, 2, "succeeded")]
