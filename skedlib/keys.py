@@ -6,6 +6,7 @@ All keys live under a configurable prefix (default ``sked/``)::
     config/services/<name>
     config/task_definitions/<name>/<version>
     config/hosts/<name>                         operator-side host settings
+    config/environments/<name>                  a daemon-per-host environment (sked serve)
     state/tasks/<task_id>                       issued state: the task object
     state/hosts/<host>/<task_id>                issued state indexed by host
     state/health/<task_id>                      actual state written by the agent
@@ -13,6 +14,7 @@ All keys live under a configurable prefix (default ``sked/``)::
     state/services/<cluster>/<service>          a scheduler's report on one service
     state/alloc/<host>                          bumped by every commit placing on the host
     state/rollouts/<cluster>/<service>          a service's rollouts: the current one, history
+    state/deployments/<environment>/<id>        an environment's deployments
     locks/<cluster>/<service>                   scheduler locks
 
 Names are validated before any key is built, so a bad name is a clear
@@ -33,6 +35,8 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "AgentKey",
     "ClusterKey",
+    "DeploymentKey",
+    "EnvironmentKey",
     "HealthKey",
     "HostAllocKey",
     "HostConfigKey",
@@ -176,8 +180,22 @@ class RolloutKey(msgspec.Struct, frozen=True, tag=True):
     service: str
 
 
+class EnvironmentKey(msgspec.Struct, frozen=True, tag=True):
+    """``config/environments/<name>``: an :class:`~skedlib.environments.Environment`."""
+
+    name: str
+
+
+class DeploymentKey(msgspec.Struct, frozen=True, tag=True):
+    """``state/deployments/<environment>/<id>``: a :class:`~skedlib.environments.Deployment`."""
+
+    environment: str
+    deployment_id: str
+
+
 Key = (ClusterKey | ServiceKey | TaskDefinitionKey | HostConfigKey | TaskKey | HostTaskKey
-       | HealthKey | AgentKey | LockKey | ServiceStatusKey | HostAllocKey | RolloutKey)
+       | HealthKey | AgentKey | LockKey | ServiceStatusKey | HostAllocKey | RolloutKey
+       | EnvironmentKey | DeploymentKey)
 
 
 class Keyspace:
@@ -271,6 +289,20 @@ class Keyspace:
         """Prefix of every rollout history."""
         return f"{self.prefix}state/rollouts/"
 
+    @property
+    def environments(self) -> str:
+        """Prefix of every environment."""
+        return f"{self.prefix}config/environments/"
+
+    @property
+    def deployments(self) -> str:
+        """Prefix of every deployment record."""
+        return f"{self.prefix}state/deployments/"
+
+    def environment_deployments(self, environment: str) -> str:
+        """Prefix of the deployments of one environment."""
+        return f"{self.deployments}{validate_name(environment, 'environment name')}/"
+
     # -- keys -----------------------------------------------------------------------------
     def cluster(self, name: str) -> str:
         """Key of a cluster."""
@@ -330,6 +362,15 @@ class Keyspace:
         return (f"{self.rollouts}{validate_name(cluster, 'cluster name', allow_dash=False)}/"
                 f"{validate_name(service, 'service name')}")
 
+    def environment(self, name: str) -> str:
+        """Key of an environment."""
+        return self.environments + validate_name(name, "environment name")
+
+    def deployment(self, environment: str, deployment_id: str) -> str:
+        """Key of one deployment of an environment."""
+        return (self.environment_deployments(environment)
+                + validate_name(deployment_id, "deployment id"))
+
     def build(self, key: Key) -> str:
         """The string form of a parsed key."""
         match key:
@@ -357,6 +398,10 @@ class Keyspace:
                 return self.host_alloc(host)
             case RolloutKey(cluster=cluster, service=service):
                 return self.rollout(cluster, service)
+            case EnvironmentKey(name=name):
+                return self.environment(name)
+            case DeploymentKey(environment=environment, deployment_id=deployment_id):
+                return self.deployment(environment, deployment_id)
         raise TypeError(f"not a key: {key!r}")
 
     def parse(self, key: str) -> Key:
@@ -391,6 +436,10 @@ class Keyspace:
                 parsed = HostAllocKey(host)
             case ["state", "rollouts", cluster, service]:
                 parsed = RolloutKey(cluster, service)
+            case ["config", "environments", name]:
+                parsed = EnvironmentKey(name)
+            case ["state", "deployments", environment, deployment_id]:
+                parsed = DeploymentKey(environment, deployment_id)
         if parsed is None:
             raise ValidationError(f"key {key!r} is not in skedlib's key schema")
         if self.build(parsed) != key:  # validates every name in it

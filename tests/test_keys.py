@@ -10,6 +10,8 @@ from skedlib.errors import InvalidName, ValidationError
 from skedlib.keys import (
     AgentKey,
     ClusterKey,
+    DeploymentKey,
+    EnvironmentKey,
     HealthKey,
     HostAllocKey,
     HostConfigKey,
@@ -48,6 +50,8 @@ keys: st.SearchStrategy[Key] = st.one_of(
     st.builds(ServiceStatusKey, cluster_names, names),
     st.builds(HostAllocKey, names),
     st.builds(RolloutKey, cluster_names, names),
+    st.builds(EnvironmentKey, names),
+    st.builds(DeploymentKey, names, names),
 )
 
 
@@ -74,7 +78,8 @@ def test_invalid_names_are_refused_by_every_builder(name: str) -> None:
     for build in (ks.cluster, ks.service, ks.host_config, ks.agent, ks.host_tasks,
                   lambda n: ks.task_definition(n, 1), lambda n: ks.lock("c", n),
                   lambda n: ks.service_status("c", n), ks.host_alloc,
-                  lambda n: ks.task(f"c-{n}-1-0")):
+                  lambda n: ks.task(f"c-{n}-1-0"), ks.environment,
+                  lambda n: ks.deployment("e", n), lambda n: ks.deployment(n, "1")):
         with pytest.raises(InvalidName):
             build(name)
 

@@ -1,0 +1,326 @@
+"""``sked serve``, ``sked env create|ls|get|update|delete``, ``sked deploy`` and
+``sked deployments``: daemon-per-host environments (see ``docs/environments.md``).
+
+The ``env``/``deploy``/``deployments`` commands work on the store directly, through the
+same :class:`~skedlib.environments.Environments` the REST API uses, so they need no
+running server. ``sked serve`` runs the REST API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, TypeVar
+
+import msgspec
+
+from skedlib.cli.args import positive_number
+from skedlib.cli.output import render
+from skedlib.client import Client
+from skedlib.environments import (
+    Deployment,
+    EnvironmentCreate,
+    Environments,
+    EnvironmentUpdate,
+    EnvironmentView,
+)
+from skedlib.environments.api import DEFAULT_LISTEN, ApiServer, is_loopback, parse_listen
+from skedlib.errors import SkedError, ValidationError
+
+__all__ = ["add_parsers", "cmd_deploy", "cmd_deployments", "cmd_env", "cmd_serve"]
+
+ENV_HEADERS = ["name", "cluster", "task", "constraints", "max parallel", "health",
+               "deployment", "status"]
+DEPLOYMENT_HEADERS = ["id", "task", "status", "hosts", "started", "duration", "message"]
+
+
+class DeploymentFailed(SkedError):
+    """``sked deploy --wait``: the deployment failed or did not finish in time."""
+
+
+def _task(text: str) -> tuple[str, int]:
+    name, sep, version = text.rpartition(":")
+    if not sep or not name or not version.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAME:VERSION, got {text!r}")
+    return name, int(version)
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``serve``, ``env``, ``deploy`` and ``deployments`` to ``sked``'s subcommands."""
+    p = sub.add_parser("serve", parents=[common],
+                       help="run the environments REST API (see docs/api.md)")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help=f"address to listen on (default {DEFAULT_LISTEN}); a non-loopback "
+                        "address needs --public")
+    p.add_argument("--public", action="store_true",
+                   help="allow listening beyond loopback (use with --token)")
+    p.add_argument("--token", default=None,
+                   help="require 'Authorization: Bearer TOKEN' (default: $SKED_API_TOKEN; "
+                        "unset: no authentication)")
+    p.add_argument("--track-every", type=positive_number, default=1.0, metavar="SECONDS",
+                   help="how often in-progress deployments are brought up to date "
+                        "(default 1)")
+    p.add_argument("--log-level", default="INFO",
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("env", parents=[common],
+                       help="daemon-per-host environments: create, ls, get, update, delete")
+    esub = p.add_subparsers(dest="env_command", required=True, metavar="COMMAND")
+    c = esub.add_parser("create", parents=[common],
+                        help="create an environment (nothing runs until `sked deploy`)")
+    c.add_argument("name")
+    c.add_argument("--cluster", required=True)
+    c.add_argument("--task", type=_task, required=True, metavar="NAME:VERSION",
+                   help="the task definition to run on every eligible host")
+    _spec_options(c)
+    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    c = esub.add_parser("ls", parents=[common], help="list environments")
+    c.add_argument("--cluster", default=None, help="only this cluster's")
+    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    c = esub.add_parser("get", parents=[common], help="one environment")
+    c.add_argument("name")
+    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="yaml")
+    c = esub.add_parser("update", parents=[common],
+                        help="change an environment (takes effect with the next deploy)")
+    c.add_argument("name")
+    c.add_argument("--task", type=_task, default=None, metavar="NAME:VERSION")
+    _spec_options(c)
+    c.add_argument("--no-constraints", action="store_true", help="remove every constraint")
+    c.add_argument("--deploy", action="store_true", help="then deploy it")
+    _wait_options(c)
+    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    c = esub.add_parser("delete", parents=[common],
+                        help="delete an environment; its tasks stop unless --keep-tasks")
+    c.add_argument("name")
+    c.add_argument("--keep-tasks", action="store_true",
+                   help="keep the tasks running (the service stays, detached)")
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("deploy", parents=[common],
+                       help="deploy an environment on every eligible host")
+    p.add_argument("name", metavar="ENV")
+    p.add_argument("--token", default=None,
+                   help="the deployment token (default: the environment's current one; "
+                        "pass it to make a retried command deploy at most once)")
+    p.add_argument("--rollback", action="store_true",
+                   help="deploy the previous completed deployment's task definition")
+    _wait_options(p)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("deployments", parents=[common],
+                       help="an environment's deployments, newest first")
+    p.add_argument("name", metavar="ENV")
+    p.add_argument("id", nargs="?", help="one deployment")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p.set_defaults(func=cmd_deployments)
+
+
+def _spec_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--constraint", action="append", default=None, metavar="EXPR",
+                   help="host constraint, e.g. 'attribute:zone == a'; repeatable")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                   help="hosts replaced at once when the version changes (default 1)")
+    p.add_argument("--deadline", type=positive_number, default=None, metavar="SECONDS",
+                   help="a deployment not completed after this long fails (default 600)")
+
+
+def _wait_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true",
+                   help="wait until the deployment completed (exit 1 if it failed)")
+    p.add_argument("--timeout", type=positive_number, default=None, metavar="SECONDS",
+                   help="with --wait: give up after this long (default: the deadline)")
+
+
+# -- rendering ------------------------------------------------------------------------------
+def _env_row(e: EnvironmentView) -> list[Any]:
+    return [e.name, e.cluster, f"{e.task_name}:{e.task_version}", e.constraints,
+            e.max_parallel, e.health, e.current_deployment, e.deployment_status]
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _dep_row(d: Deployment) -> list[Any]:
+    end = d.ended_at or time.time()
+    status = d.status + (f" (rollback to {d.rollback_to})" if d.rollback_to else "")
+    return [d.id, f"{d.task_name}:{d.task_version}", status,
+            f"{d.updated_hosts}/{d.hosts}", _when(d.started_at),
+            f"{max(0.0, end - d.started_at):.1f}s", d.message]
+
+
+def _dep_line(d: Deployment) -> str:
+    line = (f"deployment {d.id} of {d.environment}: {d.task_name}:{d.task_version} "
+            f"{d.status}, {d.updated_hosts}/{d.hosts} host(s) updated")
+    if d.message:
+        line += f": {d.message}"
+    return line
+
+
+# -- commands -------------------------------------------------------------------------------
+T = TypeVar("T")
+
+
+def _convert(data: dict[str, Any], type_: type[T], label: str) -> T:
+    """The request Struct for ``data``, checked as the API checks a request body."""
+    try:
+        return msgspec.convert(data, type_)
+    except msgspec.ValidationError as exc:
+        message, _, at = str(exc).rpartition(" - at `$.")
+        raise ValidationError(f"{label}: field {at.rstrip('`')}: {message}" if message
+                              else f"{label}: {exc}") from None
+
+
+def cmd_serve(client: Client, args: argparse.Namespace) -> int:
+    """``sked serve [--listen HOST:PORT] [--public] [--token T]``: until SIGINT/SIGTERM."""
+    host, port = parse_listen(args.listen)
+    if not args.public and not is_loopback(host):
+        raise ValidationError(f"--listen {args.listen}: not a loopback address; pass "
+                              "--public to listen beyond this machine (and set --token)")
+    token = args.token if args.token is not None else os.environ.get("SKED_API_TOKEN")
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        server = ApiServer(client, host, port, token=token or None,
+                           track_every=args.track_every)
+    except OSError as exc:
+        raise SkedError(f"--listen {args.listen}: cannot listen there: "
+                        f"{exc.strerror or exc}") from None
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) \
+        if threading.current_thread() is threading.main_thread() else None
+    server.start()
+    print(f"sked serve: listening on {server.url} (OpenAPI document: {server.url}/openapi.json"
+          f"; {'bearer token required' if token else 'no authentication'})", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def cmd_env(client: Client, args: argparse.Namespace) -> int:
+    """``sked env create|ls|get|update|delete``."""
+    envs = Environments(client)
+    command = args.env_command
+    if command == "create":
+        task_name, task_version = args.task
+        spec: dict[str, Any] = {"constraints": args.constraint or [],
+                                "max_parallel": args.max_parallel,
+                                "deployment_deadline": args.deadline}
+        view = envs.create(_convert(
+            {"name": args.name, "cluster": args.cluster, "task_name": task_name,
+             "task_version": task_version, **{k: v for k, v in spec.items() if v is not None}},
+            EnvironmentCreate, f'environment "{args.name}"'))
+        print(f"environment {view.name} created (deploy it: sked deploy {view.name})")
+        if args.output != "table":
+            print(render([view], args.output, ENV_HEADERS, _env_row, single=True))
+        return 0
+    if command == "ls":
+        items: list[EnvironmentView] = []
+        token = ""
+        while True:
+            page = envs.list(cluster=args.cluster, next_token=token)
+            items += page.items
+            token = page.next_token
+            if not token:
+                break
+        if args.output == "table" and not items:
+            print("no environments")
+        else:
+            print(render(items, args.output, ENV_HEADERS, _env_row))
+        return 0
+    if command == "get":
+        print(render([envs.get(args.name)], args.output, ENV_HEADERS, _env_row, single=True))
+        return 0
+    if command == "update":
+        task_name, task_version = args.task or (None, None)
+        constraints = [] if args.no_constraints else args.constraint
+        view = envs.update(args.name, _convert(
+            {"task_name": task_name, "task_version": task_version, "constraints": constraints,
+             "max_parallel": args.max_parallel, "deployment_deadline": args.deadline},
+            EnvironmentUpdate, f'environment "{args.name}"'))
+        print(f"environment {view.name} updated: {view.task_name}:{view.task_version}, "
+              f"max parallel {view.max_parallel}"
+              + (f", constraints {', '.join(view.constraints)}" if view.constraints else ""))
+        if args.output != "table":
+            print(render([view], args.output, ENV_HEADERS, _env_row, single=True))
+        if args.deploy:
+            return _deploy(envs, args.name, view.deployment_token, False, args.wait,
+                           args.timeout)
+        return 0
+    deleted = envs.delete(args.name, keep_tasks=args.keep_tasks)
+    print(deleted.message)
+    return 0
+
+
+def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
+    """``sked deploy ENV [--token T] [--rollback] [--wait [--timeout S]]``."""
+    envs = Environments(client)
+    token = args.token
+    if token is None:
+        token = envs.get(args.name).deployment_token
+    return _deploy(envs, args.name, token, args.rollback, args.wait, args.timeout)
+
+
+def _deploy(envs: Environments, name: str, token: str, rollback: bool, wait: bool,
+            timeout: float | None) -> int:
+    dep = envs.deploy(name, token, rollback=rollback)
+    what = f"rollback to deployment {dep.rollback_to}'s " if dep.rollback_to else ""
+    print(f"deployment {dep.id} of {name} started: {what}{dep.task_name}:{dep.task_version}"
+          + (f" (was version {dep.previous_version})" if dep.previous_version is not None
+             else ""), flush=True)
+    if not wait:
+        return 0
+    deadline = time.monotonic() + (timeout or dep.deadline + 5)
+    last = ""
+    while True:
+        dep = envs.deployment(name, dep.id)
+        line = _dep_line(dep)
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if dep.status == "completed":
+            return 0
+        if dep.status == "failed":
+            hosts = "; ".join(f"{f.host}: {f.reason}" for f in dep.failed_hosts)
+            raise DeploymentFailed(f"deployment {dep.id} of {name} failed: {dep.message}"
+                                   + (f" (failed hosts: {hosts})" if hosts else ""))
+        if time.monotonic() >= deadline:
+            raise DeploymentFailed(f"deployment {dep.id} of {name}: still {dep.status} after "
+                                   f"the timeout: {dep.message}")
+        time.sleep(0.5)
+
+
+def cmd_deployments(client: Client, args: argparse.Namespace) -> int:
+    """``sked deployments ENV [ID] [-o table|json|yaml]``."""
+    envs = Environments(client)
+    if args.id:
+        print(render([envs.deployment(args.name, args.id)],
+                     args.output if args.output != "table" else "yaml",
+                     DEPLOYMENT_HEADERS, _dep_row, single=True))
+        return 0
+    items: list[Deployment] = []
+    token = ""
+    while True:
+        page = envs.deployments(args.name, next_token=token)
+        items += page.items
+        token = page.next_token
+        if not token:
+            break
+    if args.output == "table" and not items:
+        print(f"environment {args.name}: no deployments yet")
+    else:
+        print(render(items, args.output, DEPLOYMENT_HEADERS, _dep_row))
+    return 0
