@@ -16,6 +16,12 @@ All keys live under a configurable prefix (default ``sked/``)::
     state/rollouts/<cluster>/<service>          a service's rollouts: the current one, history
     state/deployments/<environment>/<id>        an environment's deployments
     locks/<cluster>/<service>                   scheduler locks
+    jobs/records/<job_id>                       a batch job (seed 003)
+    jobs/status/queued/<job_id>                 the job's record, while it waits to be claimed
+    jobs/status/running/<node>/<job_id>         claimed by a job worker
+    jobs/status/<complete|failed|canceled>/<epoch>/<job_id>   finished, by UNIX epoch
+    jobs/nodes/<node>                           a live job worker, bound to its lease
+    jobs/cleaner                                the elected cleaner's lock
 
 Names are validated before any key is built, so a bad name is a clear
 :class:`~skedlib.errors.InvalidName`, never a stray key.
@@ -41,6 +47,12 @@ __all__ = [
     "HostAllocKey",
     "HostConfigKey",
     "HostTaskKey",
+    "JobCleanerKey",
+    "JobFinishedKey",
+    "JobKey",
+    "JobNodeKey",
+    "JobQueuedKey",
+    "JobRunningKey",
     "Key",
     "Keyspace",
     "LockKey",
@@ -193,9 +205,51 @@ class DeploymentKey(msgspec.Struct, frozen=True, tag=True):
     deployment_id: str
 
 
+class JobKey(msgspec.Struct, frozen=True, tag=True):
+    """``jobs/records/<job_id>``: a :class:`~skedlib.jobs.Job` record."""
+
+    job_id: str
+
+
+class JobQueuedKey(msgspec.Struct, frozen=True, tag=True):
+    """``jobs/status/queued/<job_id>``: the job waits to be claimed."""
+
+    job_id: str
+
+
+class JobRunningKey(msgspec.Struct, frozen=True, tag=True):
+    """``jobs/status/running/<node>/<job_id>``: the job runs on ``node``."""
+
+    node: str
+    job_id: str
+
+
+class JobFinishedKey(msgspec.Struct, frozen=True, tag=True):
+    """``jobs/status/<state>/<epoch>/<job_id>``: the job ended (complete, failed, canceled)."""
+
+    state: str
+    epoch: int
+    job_id: str
+
+
+class JobNodeKey(msgspec.Struct, frozen=True, tag=True):
+    """``jobs/nodes/<node>``: a live job worker's record, bound to its lease."""
+
+    node: str
+
+
+class JobCleanerKey(msgspec.Struct, frozen=True, tag=True):
+    """``jobs/cleaner``: the lock of the elected job cleaner."""
+
+
+FINISHED_JOB_STATES = ("complete", "failed", "canceled")
+EPOCH_DIGITS = 10
+
+
 Key = (ClusterKey | ServiceKey | TaskDefinitionKey | HostConfigKey | TaskKey | HostTaskKey
        | HealthKey | AgentKey | LockKey | ServiceStatusKey | HostAllocKey | RolloutKey
-       | EnvironmentKey | DeploymentKey)
+       | EnvironmentKey | DeploymentKey | JobKey | JobQueuedKey | JobRunningKey
+       | JobFinishedKey | JobNodeKey | JobCleanerKey)
 
 
 class Keyspace:
@@ -303,6 +357,42 @@ class Keyspace:
         """Prefix of the deployments of one environment."""
         return f"{self.deployments}{validate_name(environment, 'environment name')}/"
 
+    @property
+    def jobs(self) -> str:
+        """Prefix of everything about batch jobs."""
+        return f"{self.prefix}jobs/"
+
+    @property
+    def job_records(self) -> str:
+        """Prefix of every job record."""
+        return f"{self.prefix}jobs/records/"
+
+    @property
+    def jobs_queued(self) -> str:
+        """Prefix job workers watch: the queued jobs."""
+        return f"{self.prefix}jobs/status/queued/"
+
+    @property
+    def jobs_running(self) -> str:
+        """Prefix of every running job, by node."""
+        return f"{self.prefix}jobs/status/running/"
+
+    def node_jobs_running(self, node: str) -> str:
+        """Prefix of the jobs running on ``node``."""
+        return f"{self.jobs_running}{validate_name(node, 'node name')}/"
+
+    def jobs_finished(self, state: str) -> str:
+        """Prefix of the jobs that ended in ``state`` (complete, failed, canceled), by epoch."""
+        if state not in FINISHED_JOB_STATES:
+            raise InvalidName(f"invalid finished job state {state!r}: expected one of "
+                              f"{', '.join(FINISHED_JOB_STATES)}")
+        return f"{self.prefix}jobs/status/{state}/"
+
+    @property
+    def job_nodes(self) -> str:
+        """Prefix of every live job worker's record."""
+        return f"{self.prefix}jobs/nodes/"
+
     # -- keys -----------------------------------------------------------------------------
     def cluster(self, name: str) -> str:
         """Key of a cluster."""
@@ -371,6 +461,36 @@ class Keyspace:
         return (self.environment_deployments(environment)
                 + validate_name(deployment_id, "deployment id"))
 
+    def job(self, job_id: str) -> str:
+        """Key of a job record."""
+        return self.job_records + validate_name(job_id, "job id")
+
+    def job_queued(self, job_id: str) -> str:
+        """Key marking a job queued."""
+        return self.jobs_queued + validate_name(job_id, "job id")
+
+    def job_running(self, node: str, job_id: str) -> str:
+        """Key marking a job running on ``node``."""
+        return self.node_jobs_running(node) + validate_name(job_id, "job id")
+
+    def job_finished(self, state: str, epoch: int, job_id: str) -> str:
+        """Key marking a job ended in ``state`` at UNIX time ``epoch`` (seconds)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not (
+                0 <= epoch < 10 ** EPOCH_DIGITS):
+            raise InvalidName(f"invalid job epoch {epoch!r}: must be an integer in "
+                              f"[0, 10^{EPOCH_DIGITS})")
+        return (f"{self.jobs_finished(state)}{epoch:0{EPOCH_DIGITS}d}/"
+                f"{validate_name(job_id, 'job id')}")
+
+    def job_node(self, node: str) -> str:
+        """Key of a live job worker's record."""
+        return self.job_nodes + validate_name(node, "node name")
+
+    @property
+    def job_cleaner(self) -> str:
+        """Key of the job cleaner's lock."""
+        return f"{self.prefix}jobs/cleaner"
+
     def build(self, key: Key) -> str:
         """The string form of a parsed key."""
         match key:
@@ -402,6 +522,18 @@ class Keyspace:
                 return self.environment(name)
             case DeploymentKey(environment=environment, deployment_id=deployment_id):
                 return self.deployment(environment, deployment_id)
+            case JobKey(job_id=job_id):
+                return self.job(job_id)
+            case JobQueuedKey(job_id=job_id):
+                return self.job_queued(job_id)
+            case JobRunningKey(node=node, job_id=job_id):
+                return self.job_running(node, job_id)
+            case JobFinishedKey(state=state, epoch=epoch, job_id=job_id):
+                return self.job_finished(state, epoch, job_id)
+            case JobNodeKey(node=node):
+                return self.job_node(node)
+            case JobCleanerKey():
+                return self.job_cleaner
         raise TypeError(f"not a key: {key!r}")
 
     def parse(self, key: str) -> Key:
@@ -440,6 +572,20 @@ class Keyspace:
                 parsed = EnvironmentKey(name)
             case ["state", "deployments", environment, deployment_id]:
                 parsed = DeploymentKey(environment, deployment_id)
+            case ["jobs", "records", job_id]:
+                parsed = JobKey(job_id)
+            case ["jobs", "status", "queued", job_id]:
+                parsed = JobQueuedKey(job_id)
+            case ["jobs", "status", "running", node, job_id]:
+                parsed = JobRunningKey(node, job_id)
+            case ["jobs", "status", state, epoch, job_id] if (
+                    state in FINISHED_JOB_STATES and epoch.isdigit()
+                    and len(epoch) == EPOCH_DIGITS):
+                parsed = JobFinishedKey(state, int(epoch), job_id)
+            case ["jobs", "nodes", node]:
+                parsed = JobNodeKey(node)
+            case ["jobs", "cleaner"]:
+                parsed = JobCleanerKey()
         if parsed is None:
             raise ValidationError(f"key {key!r} is not in skedlib's key schema")
         if self.build(parsed) != key:  # validates every name in it

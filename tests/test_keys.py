@@ -16,6 +16,12 @@ from skedlib.keys import (
     HostAllocKey,
     HostConfigKey,
     HostTaskKey,
+    JobCleanerKey,
+    JobFinishedKey,
+    JobKey,
+    JobNodeKey,
+    JobQueuedKey,
+    JobRunningKey,
     Key,
     Keyspace,
     LockKey,
@@ -52,6 +58,13 @@ keys: st.SearchStrategy[Key] = st.one_of(
     st.builds(RolloutKey, cluster_names, names),
     st.builds(EnvironmentKey, names),
     st.builds(DeploymentKey, names, names),
+    st.builds(JobKey, names),
+    st.builds(JobQueuedKey, names),
+    st.builds(JobRunningKey, names, names),
+    st.builds(JobFinishedKey, st.sampled_from(["complete", "failed", "canceled"]),
+              st.integers(min_value=0, max_value=10**10 - 1), names),
+    st.builds(JobNodeKey, names),
+    st.just(JobCleanerKey()),
 )
 
 

@@ -1,0 +1,254 @@
+"""The typed Python API of batch jobs: submit, cancel, status, logs, list, wait.
+
+::
+
+    from skedlib.jobs.client import JobClient
+    from skedlib.plugins import open_backend
+
+    jobs = JobClient(open_backend("etcd://10.0.0.1:2379"))
+    job = jobs.submit("python3", ["train.py"], memory=2048, cpu_units=2048)
+    done = jobs.wait(job.id, timeout=3600)
+    print(done.status, done.exit_code)
+    for chunk in jobs.logs(job.id):
+        sys.stdout.buffer.write(chunk)
+"""
+
+from __future__ import annotations
+
+import http.client
+import time
+import urllib.parse
+from collections.abc import Iterator
+
+from skedlib.errors import NotFound, SkedError, ValidationError
+from skedlib.jobs.models import (
+    JOB_STATES,
+    Job,
+    JobNode,
+    JobPage,
+    JobRequirements,
+    JobSpec,
+    JobState,
+)
+from skedlib.jobs.store import JobStore
+from skedlib.keys import Keyspace
+from skedlib.store.base import Backend
+
+__all__ = ["DEFAULT_PAGE_SIZE", "FOLLOW_POLL", "MAX_PAGE_SIZE", "JobClient", "JobWaitTimeout",
+           "LogsUnavailable", "explain_waiting"]
+
+FOLLOW_POLL = 15.0
+"""Seconds a node holds a following log request open without new output."""
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+class JobWaitTimeout(SkedError):
+    """:meth:`JobClient.wait` ran out of time before the job ended."""
+
+
+class LogsUnavailable(SkedError):
+    """A job's output cannot be fetched: not started, or its node cannot be reached."""
+
+
+def _fmt_req(req: JobRequirements) -> str:
+    parts = []
+    if req.memory:
+        parts.append(f"memory {req.memory} MiB")
+    if req.cpu_units:
+        parts.append(f"cpu_units {req.cpu_units}")
+    if req.disk:
+        parts.append(f"disk {req.disk} MiB")
+    return ", ".join(parts) or "nothing"
+
+
+def explain_waiting(job: Job, nodes: list[JobNode]) -> str:
+    """Why a queued job has not been claimed, from the live nodes' capacities."""
+    if not nodes:
+        return "no job worker is running"
+    if not any(job.requirements.fits(n.capacity) for n in nodes):
+        largest = max(nodes, key=lambda n: (n.capacity.memory, n.capacity.cpu_units))
+        return (f"no node can meet its requirements ({_fmt_req(job.requirements)}); "
+                f"the largest node, {largest.name}, offers {_fmt_req(largest.capacity)}")
+    return "waiting for a node with free resources"
+
+
+class JobClient:
+    """Jobs on one backend. Every call is a few backend calls; safe to share."""
+
+    def __init__(self, backend: Backend, keyspace: Keyspace | None = None,
+                 http_timeout: float = 10.0) -> None:
+        self.store = JobStore(backend, keyspace)
+        self.backend = backend
+        self.keys = self.store.keys
+        self.http_timeout = http_timeout
+
+    def submit(self, command: str, args: list[str] | tuple[str, ...] = (), *,
+               env: dict[str, str] | None = None, cwd: str = "", memory: int = 0,
+               cpu_units: int = 0, disk: int = 0, restart_on_node_failure: bool = True,
+               max_attempts: int = 3, timeout: float = 0.0, name: str = "",
+               job_id: str | None = None) -> Job:
+        """Queue ``command args…``; returns the queued job (its ``id`` is a UUID v7).
+
+        ``memory`` and ``disk`` in MiB, ``cpu_units`` 1024 per core, ``timeout`` in
+        seconds (0: none). Raises :class:`~skedlib.errors.ValidationError` for a spec no
+        worker could run.
+        """
+        if timeout < 0:
+            raise ValidationError("job: field timeout: must be >= 0")
+        for field, value in (("memory", memory), ("cpu_units", cpu_units), ("disk", disk)):
+            if value < 0:
+                raise ValidationError(f"job: field requirements.{field}: must be >= 0")
+        if not 1 <= max_attempts <= 100:
+            raise ValidationError("job: field max_attempts: must be within 1..100")
+        spec = JobSpec(command=command, args=list(args), env=dict(env or {}), cwd=cwd,
+                       requirements=JobRequirements(memory=memory, cpu_units=cpu_units,
+                                                    disk=disk),
+                       restart_on_node_failure=restart_on_node_failure,
+                       max_attempts=max_attempts, timeout=int(timeout * 1e9), name=name)
+        return self.store.submit(spec, job_id)
+
+    def submit_spec(self, spec: JobSpec, job_id: str | None = None) -> Job:
+        """Queue a job from a :class:`JobSpec` (the HTTP API's body)."""
+        return self.store.submit(spec, job_id)
+
+    def status(self, job_id: str) -> Job:
+        """The job; for a queued one, ``reason`` also says why no node has claimed it.
+
+        Raises :class:`~skedlib.errors.NotFound` for an unknown id.
+        """
+        job = self.store.get(job_id).job
+        if job.status == "queued":
+            why = explain_waiting(job, self.nodes())
+            job.reason = f"{job.reason}; {why}" if job.reason else why
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running job; a running one is stopped by its node.
+
+        Raises :class:`~skedlib.errors.NotFound` and :class:`~skedlib.jobs.JobFinished`.
+        """
+        return self.store.cancel(job_id, "canceled")
+
+    def list(self, status: JobState | None = None) -> list[Job]:
+        """Every job, oldest first, or those in ``status``."""
+        if status is not None and status not in JOB_STATES:
+            raise ValidationError(f"unknown job status {status!r}: expected one of "
+                                  f"{', '.join(JOB_STATES)}")
+        return self.store.list(status)
+
+    def page(self, status: JobState | None = None, limit: int = DEFAULT_PAGE_SIZE,
+             next_token: str | None = None) -> JobPage:
+        """One page of :meth:`list`: up to ``limit`` jobs after the ``next_token`` id."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValidationError(f"limit must be within 1..{MAX_PAGE_SIZE}, got {limit}")
+        jobs = [j for j in self.list(status) if next_token is None or j.id > next_token]
+        items = jobs[:limit]
+        more = len(jobs) > limit
+        return JobPage(items=items, next_token=items[-1].id if more and items else None)
+
+    def nodes(self) -> list[JobNode]:
+        """The live job workers."""
+        return [node for node, _ in self.store.nodes().values()]
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Block until the job ends (complete, failed, canceled); returns it.
+
+        Raises :class:`JobWaitTimeout` after ``timeout`` seconds (None: wait forever).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        key = self.keys.job(job_id)
+        while True:
+            kv = self.backend.get(key)
+            if kv is None:
+                raise NotFound(f"job {job_id} not found")
+            job = self.store.get(job_id).job if kv.value else None
+            if job is not None and job.finished:
+                return job
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                state = job.status if job is not None else "unknown"
+                raise JobWaitTimeout(f"job {job_id} is still {state} after {timeout:g}s")
+            with self.backend.watch(key, kv.revision + 1) as watch:
+                watch.next(timeout=min(left, 5.0) if left is not None else 5.0)
+
+    def logs(self, job_id: str, follow: bool = False, offset: int = 0) -> Iterator[bytes]:
+        """The job's output (stdout and stderr as they came), fetched from the node that
+        ran it, from byte ``offset``; with ``follow``, until the job ends.
+
+        Following is a series of long polls (each ends after :data:`FOLLOW_POLL` seconds
+        without output, and the next resumes at the byte it stopped), so no read waits
+        without a timeout. When the job is queued again and claimed by another node,
+        following goes on with the new attempt's output.
+
+        Raises :class:`LogsUnavailable` when the job never started or its node cannot
+        be reached, and :class:`~skedlib.errors.NotFound` for an unknown id.
+        """
+        job = self.store.get(job_id).job
+        if not job.log_url:
+            raise LogsUnavailable(f"job {job_id} has no output yet: it is {job.status}"
+                                  + (" and never started" if job.attempts == 0 else ""))
+        first = self._fetch(job, follow and not job.finished, offset)
+        return self._follow(job, first, offset) if follow else first
+
+    def _follow(self, job: Job, first: Iterator[bytes], offset: int) -> Iterator[bytes]:
+        received, url, stream = offset, job.log_url, first
+        while True:
+            for chunk in stream:
+                received += len(chunk)
+                yield chunk
+            if job.finished:
+                return
+            job = self.store.get(job.id).job
+            while not job.finished and (job.status == "queued" or not job.log_url):
+                time.sleep(0.5)  # between attempts: wait for the next claim
+                job = self.store.get(job.id).job
+            if job.log_url != url:
+                received, url = 0, job.log_url
+            if not job.log_url:
+                return
+            # one more read after the end drains what the node wrote last
+            stream = self._fetch(job, not job.finished, received)
+
+    def _fetch(self, job: Job, follow: bool, offset: int) -> Iterator[bytes]:
+        url = urllib.parse.urlsplit(job.log_url)
+        if url.scheme != "http" or not url.hostname:
+            raise LogsUnavailable(f"job {job.id}: node {job.node} gave a log URL that is "
+                                  f"not http://: {job.log_url!r}")
+        query = urllib.parse.urlencode({"offset": offset, "follow": "true" if follow
+                                        else "false"})
+        path = f"{url.path.rstrip('/')}/v1/jobs/{urllib.parse.quote(job.id)}/logs?{query}"
+        conn = http.client.HTTPConnection(url.hostname, url.port or 80,
+                                          timeout=self.http_timeout + FOLLOW_POLL)
+        where = f"node {job.node} ({job.log_url})"
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+        except OSError as exc:
+            conn.close()
+            raise LogsUnavailable(f"the output of job {job.id} is kept on {where}, which "
+                                  f"cannot be reached: {exc}") from None
+        if resp.status != 200:
+            body = resp.read(2000).decode(errors="replace").strip()
+            conn.close()
+            if resp.status == 404:
+                raise LogsUnavailable(f"{where} no longer has the output of job {job.id}: "
+                                      f"{body}")
+            raise LogsUnavailable(f"{where} answered {resp.status}: {body}")
+        return self._stream(conn, resp, where, job.id)
+
+    @staticmethod
+    def _stream(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+                where: str, job_id: str) -> Iterator[bytes]:
+        try:
+            while True:
+                try:
+                    chunk = resp.read1(65536)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise LogsUnavailable(f"lost {where} while reading the output of job "
+                                          f"{job_id}: {exc}") from None
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            conn.close()

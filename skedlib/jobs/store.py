@@ -1,0 +1,328 @@
+"""Every job state transition, each one transaction that rewrites the record and moves
+its status key together, so the record and the status prefixes never disagree.
+
+Key layout (under the keyspace prefix, see :mod:`skedlib.keys`)::
+
+    jobs/records/<id>                         the Job (JSON)
+    jobs/status/queued/<id>                   the same bytes as the record, while queued
+    jobs/status/running/<node>/<id>           empty
+    jobs/status/<complete|failed|canceled>/<epoch>/<id>   empty
+    jobs/nodes/<node>                         a JobNode, bound to the worker's lease
+
+The queued key carries a copy of the record so a worker learns the requirements from its
+watch alone. A job's record changes only in a transition, and every transition out of
+*queued* deletes the queued key, so a claim that compares the queued key's revision
+knows the copy is the record. A claim also compares the node's own key, so a node whose
+lease ended cannot claim; a finish compares the record, so a node cannot overwrite a
+cancel or a requeue.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from skedlib.errors import ConflictError, NotFound, SkedError, ValidationError
+from skedlib.jobs.models import (
+    FINISHED_STATES,
+    Job,
+    JobNode,
+    JobSpec,
+    JobState,
+    check_spec,
+)
+from skedlib.keys import (
+    JobFinishedKey,
+    JobKey,
+    JobQueuedKey,
+    JobRunningKey,
+    Keyspace,
+    validate_name,
+)
+from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put, TxnResult
+
+__all__ = ["JobFinished", "JobStore", "StoredJob", "decode_job", "encode_job"]
+
+log = logging.getLogger("skedlib.jobs")
+
+_encoder = msgspec.json.Encoder()
+_job_decoder = msgspec.json.Decoder(Job)
+_node_decoder = msgspec.json.Decoder(JobNode)
+
+
+class JobFinished(ConflictError):
+    """The job already ended (complete, failed or canceled): it cannot be canceled."""
+
+
+def encode_job(job: Job) -> bytes:
+    """A job record's stored bytes."""
+    return _encoder.encode(job)
+
+
+def decode_job(data: bytes, key: str = "") -> Job:
+    """A job record from stored bytes; a clear error naming ``key`` if they are not one."""
+    try:
+        return _job_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"{key or 'job record'}: not a job record: {exc}") from None
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    """A job as read, with its record's revision (for compares)."""
+
+    job: Job
+    revision: int
+
+
+def _epoch(now: float) -> int:
+    return max(0, math.floor(now))
+
+
+class JobStore:
+    """The job transitions on one backend and keyspace. Safe to share between threads.
+
+    ``clock`` gives UNIX seconds (``time.time`` unless a test sets another).
+    """
+
+    def __init__(self, backend: Backend, keyspace: Keyspace | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.backend = backend
+        self.keys = keyspace or Keyspace()
+        self.clock = clock
+
+    # -- reading --------------------------------------------------------------------------
+    def get(self, job_id: str) -> StoredJob:
+        """The job and its record's revision; :class:`NotFound` if there is none."""
+        key = self.keys.job(job_id)
+        kv = self.backend.get(key)
+        if kv is None:
+            raise NotFound(f"job {job_id} not found")
+        return StoredJob(decode_job(kv.value, key), kv.revision)
+
+    def list(self, status: JobState | None = None) -> list[Job]:
+        """Every job (oldest first, as ids sort by submit time), or those in ``status``."""
+        jobs = [decode_job(kv.value, kv.key)
+                for kv in self.backend.list(self.keys.job_records).items]
+        return [j for j in jobs if status is None or j.status == status]
+
+    def nodes(self) -> dict[str, tuple[JobNode, KeyValue]]:
+        """The live job workers by name, each with its stored key."""
+        out: dict[str, tuple[JobNode, KeyValue]] = {}
+        for kv in self.backend.list(self.keys.job_nodes).items:
+            try:
+                out[kv.key.rsplit("/", 1)[1]] = (_node_decoder.decode(kv.value), kv)
+            except msgspec.DecodeError:
+                log.warning("%s: not a job node record; ignored", kv.key)
+        return out
+
+    # -- transitions ----------------------------------------------------------------------
+    def submit(self, spec: JobSpec, job_id: str | None = None) -> Job:
+        """Queue a new job; :class:`ConflictError` if ``job_id`` is taken."""
+        check_spec(spec)
+        if job_id is not None:
+            validate_name(job_id, "job id")
+        job = Job.from_spec(spec, job_id, now=self.clock())
+        data = encode_job(job)
+        res = self.backend.txn([Compare(self.keys.job(job.id), 0)],
+                               [Put(self.keys.job(job.id), data),
+                                Put(self.keys.job_queued(job.id), data)])
+        if not res.succeeded:
+            raise ConflictError(f"job {job.id} already exists")
+        return job
+
+    def claim(self, queued: KeyValue, node: str, node_revision: int, *,
+              log_url: str = "", limits: str = "") -> Job | None:
+        """Claim the job of a queued key for ``node``, as read (value and revision).
+
+        Holds only while the key is unchanged and the node's own key is still the one at
+        ``node_revision``; returns the running job, or None when somebody else was first
+        (or the node's lease ended).
+        """
+        job = decode_job(queued.value, queued.key)
+        now = self.clock()
+        running = msgspec.structs.replace(
+            job, status="running", node=node, attempts=job.attempts + 1, exit_code=None,
+            reason="", limits=limits, log_url=log_url, started_at=now, finished_at=None)
+        res = self.backend.txn(
+            [Compare(queued.key, queued.revision), Compare(self.keys.job_node(node),
+                                                           node_revision)],
+            [Delete(queued.key), Put(self.keys.job_running(node, job.id), b""),
+             Put(self.keys.job(job.id), encode_job(running))])
+        return running if res.succeeded else None
+
+    def finish(self, job: Job, revision: int, status: JobState, *, exit_code: int | None,
+               reason: str) -> bool:
+        """End a running job (read at ``revision``) as complete or failed.
+
+        False when the record changed meanwhile: the job was canceled, or requeued
+        because its node was taken for lost; then nothing is written.
+        """
+        if status not in ("complete", "failed"):
+            raise ValueError(f"finish: {status!r} is not complete or failed")
+        now = self.clock()
+        done = msgspec.structs.replace(job, status=status, exit_code=exit_code,
+                                       reason=reason, finished_at=now)
+        return self._move(job, revision, done, now, []).succeeded
+
+    def cancel(self, job_id: str, reason: str = "canceled") -> Job:
+        """Cancel a queued or running job (its node sees the running key go and stops it).
+
+        Raises :class:`NotFound` for an unknown id and :class:`JobFinished` for a job
+        that already ended.
+        """
+        while True:
+            stored = self.get(job_id)
+            job = stored.job
+            if job.finished:
+                raise JobFinished(f"job {job_id} is already {job.status}"
+                                  + (f" ({job.reason})" if job.reason else ""))
+            now = self.clock()
+            done = msgspec.structs.replace(job, status="canceled", reason=reason,
+                                           finished_at=now)
+            if self._move(job, stored.revision, done, now, []).succeeded:
+                return done
+
+    def requeue_or_fail(self, stored: StoredJob, why: str,
+                        fence: Sequence[Compare] = ()) -> Job | None:
+        """Take a running job back from its node (lost, or giving it up): queue it again
+        when it asks for restarts and has attempts left, else fail it.
+
+        None when the record changed meanwhile (nothing written).
+        """
+        job = stored.job
+        if job.status != "running":
+            return None
+        now = self.clock()
+        if job.restart_on_node_failure and job.attempts < job.max_attempts:
+            new = msgspec.structs.replace(
+                job, status="queued",
+                reason=f"{why} during attempt {job.attempts}; queued again",
+                started_at=None)
+        else:
+            tail = ("" if not job.restart_on_node_failure
+                    else f" (all {job.max_attempts} attempts used)")
+            new = msgspec.structs.replace(job, status="failed", finished_at=now,
+                                          reason=f"{why}{tail}")
+        return new if self._move(job, stored.revision, new, now, fence).succeeded else None
+
+    def requeue_node(self, node: str, why: str, fence: Sequence[Compare] = ()) -> list[Job]:
+        """Take back every job recorded as running on ``node`` (see :meth:`requeue_or_fail`)."""
+        moved: list[Job] = []
+        for kv in self.backend.list(self.keys.node_jobs_running(node)).items:
+            job_id = kv.key.rsplit("/", 1)[1]
+            try:
+                stored = self.get(job_id)
+            except NotFound:
+                continue
+            if stored.job.node != node:
+                continue
+            new = self.requeue_or_fail(stored, why, fence)
+            if new is not None:
+                moved.append(new)
+        return moved
+
+    def purge(self, older_than: float, fence: Sequence[Compare] = (),
+              limit: int = 10_000) -> int:
+        """Delete finished jobs (record and status key) that ended before UNIX time
+        ``older_than``; at most ``limit``. Returns how many were deleted."""
+        cutoff = _epoch(older_than)
+        batch = max(1, ((self.backend.max_txn_ops or 128) - len(fence)) // 3)
+        deleted = 0
+        for state in FINISHED_STATES:
+            items = self.backend.list(self.keys.jobs_finished(state)).items
+            old: list[tuple[str, str]] = []
+            for kv in items:
+                parsed = self.keys.parse(kv.key)
+                if isinstance(parsed, JobFinishedKey) and parsed.epoch < cutoff:
+                    old.append((kv.key, parsed.job_id))
+            for start in range(0, len(old), batch):
+                if deleted >= limit:
+                    return deleted
+                deleted += self._purge_batch(old[start:start + batch], fence)
+        return deleted
+
+    def _purge_batch(self, entries: Sequence[tuple[str, str]],
+                     fence: Sequence[Compare]) -> int:
+        compares = list(fence)
+        ops: list[Op] = []
+        for status_key, job_id in entries:
+            kv = self.backend.get(self.keys.job(job_id))
+            if kv is None:  # a stray status key: remove it alone
+                compares.append(Compare(status_key, self._revision_of(status_key)))
+                ops.append(Delete(status_key))
+                continue
+            compares.append(Compare(kv.key, kv.revision))
+            ops += [Delete(kv.key), Delete(status_key)]
+        if not ops:
+            return 0
+        res = self.backend.txn(compares, ops)
+        return len(entries) if res.succeeded else 0
+
+    def _revision_of(self, key: str) -> int:
+        kv = self.backend.get(key)
+        return kv.revision if kv is not None else 0
+
+    # -- the one way a status moves -------------------------------------------------------
+    def _status_key(self, job: Job, epoch: int) -> str:
+        if job.status == "queued":
+            return self.keys.job_queued(job.id)
+        if job.status == "running":
+            return self.keys.job_running(job.node, job.id)
+        return self.keys.job_finished(job.status, epoch, job.id)
+
+    def _move(self, old: Job, revision: int, new: Job, now: float,
+              fence: Sequence[Compare]) -> TxnResult:
+        old_epoch = _epoch(old.finished_at or 0.0)
+        data = encode_job(new)
+        new_key = self._status_key(new, _epoch(now))
+        ops: list[Op] = [Delete(self._status_key(old, old_epoch)),
+                         Put(self.keys.job(new.id), data),
+                         Put(new_key, data if new.status == "queued" else b"")]
+        return self.backend.txn([Compare(self.keys.job(old.id), revision), *fence], ops)
+
+    # -- consistency ----------------------------------------------------------------------
+    def inconsistencies(self) -> list[str]:
+        """Every way the records and the status keys disagree (empty when they agree).
+
+        Reads the whole ``jobs/`` prefix at one revision: every record has exactly the one
+        status key its status, node and finish time name, a queued key holds the record's
+        bytes, and no status key lacks its record.
+        """
+        listed = self.backend.list(self.keys.jobs)
+        records: dict[str, KeyValue] = {}
+        status_keys: dict[str, list[str]] = {}
+        queued_values: dict[str, bytes] = {}
+        problems: list[str] = []
+        for kv in listed.items:
+            try:
+                parsed = self.keys.parse(kv.key)
+            except SkedError:
+                problems.append(f"{kv.key}: not a job key")
+                continue
+            match parsed:
+                case JobKey(job_id=job_id):
+                    records[job_id] = kv
+                case JobQueuedKey(job_id=job_id):
+                    status_keys.setdefault(job_id, []).append(kv.key)
+                    queued_values[job_id] = kv.value
+                case JobRunningKey(job_id=job_id) | JobFinishedKey(job_id=job_id):
+                    status_keys.setdefault(job_id, []).append(kv.key)
+        for job_id, kv in records.items():
+            job = decode_job(kv.value, kv.key)
+            want = self._status_key(job, _epoch(job.finished_at or 0.0))
+            have = status_keys.get(job_id, [])
+            if have != [want]:
+                problems.append(f"job {job_id} is {job.status}: status keys {have}, "
+                                f"expected [{want}]")
+            if job.status == "queued" and queued_values.get(job_id) != kv.value:
+                problems.append(f"job {job_id}: queued key differs from the record")
+        for job_id, keys in status_keys.items():
+            if job_id not in records:
+                problems.append(f"status keys {keys} have no job record")
+        return problems
