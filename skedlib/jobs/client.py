@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import builtins
 import http.client
 import time
 import urllib.parse
@@ -147,7 +148,7 @@ class JobClient:
         more = len(jobs) > limit
         return JobPage(items=items, next_token=items[-1].id if more and items else None)
 
-    def nodes(self) -> list[JobNode]:
+    def nodes(self) -> builtins.list[JobNode]:
         """The live job workers."""
         return [node for node, _ in self.store.nodes().values()]
 

@@ -19,6 +19,7 @@ cancel or a requeue.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import math
 import time
