@@ -212,7 +212,8 @@ class JobStore:
                                           reason=f"{why}{tail}")
         return new if self._move(job, stored.revision, new, now, fence).succeeded else None
 
-    def requeue_node(self, node: str, why: str, fence: Sequence[Compare] = ()) -> list[Job]:
+    def requeue_node(self, node: str, why: str,
+                     fence: Sequence[Compare] = ()) -> builtins.list[Job]:
         """Take back every job recorded as running on ``node`` (see :meth:`requeue_or_fail`)."""
         moved: list[Job] = []
         for kv in self.backend.list(self.keys.node_jobs_running(node)).items:
@@ -288,7 +289,7 @@ class JobStore:
         return self.backend.txn([Compare(self.keys.job(old.id), revision), *fence], ops)
 
     # -- consistency ----------------------------------------------------------------------
-    def inconsistencies(self) -> list[str]:
+    def inconsistencies(self) -> builtins.list[str]:
         """Every way the records and the status keys disagree (empty when they agree).
 
         Reads the whole ``jobs/`` prefix at one revision: every record has exactly the one
