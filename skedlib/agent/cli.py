@@ -24,13 +24,16 @@ from pathlib import Path
 from types import FrameType
 
 from skedlib.agent.agent import Agent, AgentConfig, default_state_dir
+from skedlib.agent.hostinfo import default_address, measure_total
 from skedlib.agent.ports import DEFAULT_PORT_RANGE
 from skedlib.cli.args import add_backend_options, positive_number
 from skedlib.client import default_backend_url
 from skedlib.errors import SkedError
+from skedlib.jobs.models import JobRequirements
+from skedlib.jobs.worker import JobWorker, WorkerConfig
 from skedlib.plugins import open_backend
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "main", "worker_config_from_args"]
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -60,6 +63,15 @@ def _percent(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected a percentage greater than 0 and less than 100, got {text!r}")
     return value
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)
 
 
 def _seconds(text: str) -> float:
@@ -126,6 +138,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between two give-ups under memory pressure (default 60)")
     p.add_argument("--stop-tasks-on-exit", action="store_true",
                    help="stop every task on SIGTERM/SIGINT (default: leave them running)")
+    g = p.add_argument_group("batch jobs (seed 003 work stealing; see docs/jobs.md)")
+    g.add_argument("--jobs", action="store_true",
+                   help="also work off the batch job queue on this host")
+    g.add_argument("--jobs-only", action="store_true",
+                   help="only work off the batch job queue (no tasks)")
+    g.add_argument("--job-slots", type=int, default=0, metavar="N",
+                   help="jobs run at once at most (default: the number of cores)")
+    g.add_argument("--job-memory", type=int, default=None, metavar="MIB",
+                   help="memory offered to jobs (default: the host's total)")
+    g.add_argument("--job-cpu-units", type=int, default=None, metavar="UNITS",
+                   help="CPU offered to jobs, 1024 per core (default: every core)")
+    g.add_argument("--job-disk", type=int, default=None, metavar="MIB",
+                   help="disk offered to jobs (default: free space of the state dir)")
+    g.add_argument("--jobs-listen", type=_listen, default=None, metavar="HOST:PORT",
+                   help="where the job output server listens (default: ADDRESS:0, a free "
+                        "port on the published address)")
+    g.add_argument("--job-limits", default="auto",
+                   choices=("auto", "cgroup2", "cgroup1", "rlimit", "none"),
+                   help="how job requirements are enforced (default auto: cgroup v2, "
+                        "else v1, else rlimits)")
+    g.add_argument("--job-retention", type=_seconds, default=7 * 86400.0, metavar="SECONDS",
+                   help="how long finished jobs and their output are kept (default 7 days)")
+    g.add_argument("--job-grace-period", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="SIGTERM to SIGKILL when a job is stopped (default 10)")
+    g.add_argument("--job-drain", type=_seconds, default=0.0, metavar="SECONDS",
+                   help="on shutdown, let running jobs finish this long before giving "
+                        "them back to the queue (default 0)")
+    g.add_argument("--job-claim-delay", type=_seconds, default=0.02, metavar="SECONDS",
+                   help="wait before a claim when every slot is busy, scaled by the load "
+                        "(default 0.02)")
+    g.add_argument("--no-job-cleaner", action="store_true",
+                   help="never act as the elected job cleaner")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
@@ -155,6 +199,33 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         pressure_cooldown=args.pressure_cooldown)
 
 
+def worker_config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    """A job :class:`WorkerConfig` from parsed arguments."""
+    address = args.address or default_address()
+    if args.jobs_listen:
+        host, port = args.jobs_listen
+    else:
+        host, port = address, 0
+    capacity = None
+    if args.job_memory is not None or args.job_cpu_units is not None \
+            or args.job_disk is not None:
+        total = measure_total(args.state_dir or default_state_dir(args.host),
+                              memory=args.job_memory, cpu_units=args.job_cpu_units,
+                              disk=args.job_disk)
+        capacity = JobRequirements(memory=total.memory, cpu_units=total.cpu_units,
+                                   disk=total.disk)
+    if args.job_slots < 0:
+        raise SkedError(f"--job-slots must be >= 0, got {args.job_slots}")
+    return WorkerConfig(
+        node=args.host, state_dir=args.state_dir or default_state_dir(args.host),
+        capacity=capacity, slots=args.job_slots, listen=(host, port),
+        advertise=args.address or (host if host not in ("0.0.0.0", "::") else address),
+        lease_ttl=args.lease_ttl, claim_delay=args.job_claim_delay, limits=args.job_limits,
+        retention=args.job_retention, cleaner=not args.no_job_cleaner,
+        grace_period=args.job_grace_period, drain_timeout=args.job_drain,
+        prefix=args.prefix)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``skedlib-agent``."""
     args = build_parser().parse_args(argv)
@@ -176,14 +247,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SkedError, OSError) as exc:
         print(f"skedlib-agent: {exc}", file=sys.stderr)
         return 1
+    agent: Agent | None = None
+    worker: JobWorker | None = None
     try:
-        agent = Agent(backend, config)
+        if not args.jobs_only:
+            agent = Agent(backend, config)
+        if args.jobs or args.jobs_only:
+            worker = JobWorker(backend, worker_config_from_args(args))
     except (SkedError, OSError, ValueError) as exc:
         print(f"skedlib-agent: {exc}", file=sys.stderr)
         backend.close()
         return 1
     try:
-        agent.run(stop)
+        if worker is not None:
+            worker.start()
+        if agent is not None:
+            agent.start()
+        stop.wait()
+        if agent is not None:
+            agent.stop()
+        if worker is not None:
+            worker.stop()
     finally:
         backend.close()
     return 0

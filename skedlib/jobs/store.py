@@ -138,12 +138,12 @@ class JobStore:
         return job
 
     def claim(self, queued: KeyValue, node: str, node_revision: int, *,
-              log_url: str = "", limits: str = "") -> Job | None:
+              log_url: str = "", limits: str = "") -> StoredJob | None:
         """Claim the job of a queued key for ``node``, as read (value and revision).
 
         Holds only while the key is unchanged and the node's own key is still the one at
-        ``node_revision``; returns the running job, or None when somebody else was first
-        (or the node's lease ended).
+        ``node_revision``; returns the running job with its record's revision, or None
+        when somebody else was first (or the node's lease ended).
         """
         job = decode_job(queued.value, queued.key)
         now = self.clock()
@@ -155,7 +155,7 @@ class JobStore:
                                                            node_revision)],
             [Delete(queued.key), Put(self.keys.job_running(node, job.id), b""),
              Put(self.keys.job(job.id), encode_job(running))])
-        return running if res.succeeded else None
+        return StoredJob(running, res.revision) if res.succeeded else None
 
     def finish(self, job: Job, revision: int, status: JobState, *, exit_code: int | None,
                reason: str) -> bool:
