@@ -87,8 +87,7 @@ class WorkerConfig:
     prefix: str = "sked/"
 
 
-@dataclass
-class WorkerStats:
+class WorkerStats(msgspec.Struct):
     """Counters of one worker (read them any time)."""
 
     claimed: int = 0
@@ -202,7 +201,8 @@ class JobWorker:
             self._server.server_close()
         for t in self._threads:
             t.join(5)
-        log.info("job worker %s stopped", self.node)
+        log.info("job worker %s stopped: %s", self.node,
+                 msgspec.json.encode(self.stats).decode())
 
     def _guard(self, name: str, target: Any) -> Any:
         def run() -> None:
