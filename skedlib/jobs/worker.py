@@ -201,6 +201,7 @@ class JobWorker:
             self._server.server_close()
         for t in self._threads:
             t.join(5)
+        self.limiter.close()
         log.info("job worker %s stopped: %s", self.node,
                  msgspec.json.encode(self.stats).decode())
 

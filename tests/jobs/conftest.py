@@ -4,13 +4,14 @@ and their cleanup (workers and every job process they started, found by ``SKED_N
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,20 @@ class JobLoop:
             with contextlib.suppress(OSError, psutil.Error):
                 p.kill()
         wait_for(lambda: not self.job_processes(), 10, "job processes to be gone")
+        remove_cgroups(self.workers)
         self.backend.close()
+
+
+def remove_cgroups(nodes: Iterable[str]) -> None:
+    """Remove the job cgroups the workers of ``nodes`` left (a worker killed with -9 does
+    not remove its own)."""
+    for node in nodes:
+        for parent in glob.glob(f"/sys/fs/cgroup/**/skedlib-jobs-{node}", recursive=True):
+            for child in glob.glob(f"{parent}/job-*"):
+                with contextlib.suppress(OSError):
+                    os.rmdir(child)
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
 
 
 @pytest.fixture(params=["sqlite", "etcd"])

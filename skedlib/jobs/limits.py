@@ -1,0 +1,714 @@
+"""Enforcing a batch job's memory and cpu requirements while it runs.
+
+A job worker asks :func:`detect_limiter` once for the best mechanism this machine offers,
+then for every job::
+
+    limited = limiter.wrap(job.id, job.spec.requirements, argv)   # SkedError: cannot start
+    proc = subprocess.Popen(limited.argv, start_new_session=True, ...)
+    limited.attach(proc.pid)
+    ...                                  # on timeout / cancel: limited.kill_all()
+    returncode = proc.wait()
+    reason = limited.exceeded(returncode) # "killed: used more than its memory limit of …"
+    hint = limited.hint(returncode)       # for a failure that may be the rlimit's doing
+    limited.cleanup()
+
+The kinds, best first (``prefer="auto"`` takes the first usable one):
+
+``cgroup2``
+    A cgroup per job (``skedlib-jobs-<node>/job-<id>``) in the unified hierarchy with
+    ``memory.max`` (and ``memory.swap.max`` 0) and ``cpu.max``. The kernel kills the job
+    when it uses more memory than its requirement and throttles it to its cpu share.
+``cgroup1``
+    The same with the legacy hierarchies: ``memory.limit_in_bytes`` (and
+    ``memory.memsw.limit_in_bytes``, so swap does not hide the excess) in the memory
+    hierarchy, ``cpu.cfs_quota_us`` in the cpu hierarchy. The job cgroups live below the
+    worker's own cgroup of each hierarchy.
+``rlimit``
+    ``RLIMIT_AS`` (``prlimit --as``, or ``ulimit -v``) of the memory requirement. The job is
+    not killed: allocations beyond the limit fail, and the program usually exits with an
+    error (:meth:`Limited.hint` says so). A cpu *rate* cannot be enforced with rlimits, so
+    ``cpu_units`` is not enforced by this kind.
+``none``
+    Nothing is enforced.
+
+The job enters its cgroup *before* its program runs: :attr:`Limited.argv` starts with a
+small ``/bin/sh`` wrapper that writes its own pid into the cgroup and then execs the
+program, so not a single allocation escapes the limit. In every kind the program is also
+started through ``setpriv --pdeathsig KILL`` (util-linux, when installed), so a job dies
+with the worker *thread* that started it rather than running on unsupervised. The chain
+is ``sh`` (cgroups) → ``setpriv`` → ``prlimit`` (rlimit) → program, all one process.
+
+When a cpu controller is missing (but memory is available), the cgroup kinds still
+enforce memory and leave cpu unenforced; :attr:`Limiter.detail` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from typing import NamedTuple, NoReturn
+
+from skedlib.errors import SkedError
+from skedlib.jobs.models import JobRequirements
+
+__all__ = ["LIMITER_KINDS", "Limited", "Limiter", "detect_limiter"]
+
+LIMITER_KINDS: tuple[str, ...] = ("cgroup2", "cgroup1", "rlimit", "none")
+"""The kinds of :class:`Limiter`, best first."""
+
+_MIB = 1 << 20
+_CPU_PERIOD_US = 100_000
+_MIN_CPU_QUOTA_US = 1000  # the kernel refuses smaller quotas
+_CGROUP_FS = "/sys/fs/cgroup"
+_SH = "/bin/sh"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _safe(name: str) -> str:
+    """``name`` made into a single, harmless path component."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip(".")
+    return cleaned[:200] or "_"
+
+
+def _cpu_quota_us(cpu_units: int) -> int:
+    """CFS quota (µs per 100 ms period) for ``cpu_units`` (1024 per core)."""
+    return max(_MIN_CPU_QUOTA_US, cpu_units * _CPU_PERIOD_US // 1024)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="ascii", errors="replace") as f:
+        return f.read()
+
+
+def _write(path: str, value: str) -> None:
+    """Write a cgroup control file in one ``write(2)``, so the kernel's error surfaces."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror} (writing {value!r})", path) from None
+
+
+def _keyed(path: str) -> dict[str, int]:
+    """A flat-keyed cgroup file (``key value`` per line); {} when unreadable."""
+    out: dict[str, int] = {}
+    try:
+        text = _read(path)
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(_read(path).strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _pids(cgroup: str) -> list[int]:
+    """The processes in a cgroup; [] when it is gone or unreadable."""
+    try:
+        text = _read(os.path.join(cgroup, "cgroup.procs"))
+    except OSError:
+        return []
+    return [int(tok) for tok in text.split() if tok.isdigit()]
+
+
+def _signal_cgroups(cgroups: list[str], sig: int, settle: float) -> None:
+    """Signal every process in ``cgroups``; with SIGKILL repeat (for processes forked
+    meanwhile) until they are empty or ``settle`` seconds have passed."""
+    deadline = time.monotonic() + settle
+    while True:
+        pids = [pid for cg in cgroups for pid in _pids(cg)]
+        if not pids:
+            return
+        for pid in set(pids):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        if sig != signal.SIGKILL or time.monotonic() >= deadline:
+            return
+        time.sleep(0.01)
+
+
+def _rmdir(path: str, timeout: float) -> None:
+    """Remove a cgroup directory, retrying while the kernel still counts exiting tasks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                return
+        _signal_cgroups([path], signal.SIGKILL, 0.0)
+        time.sleep(0.02)
+
+
+def _enter_cgroups_argv(cgroups: list[str], argv: list[str]) -> list[str]:
+    """``sh -c`` that writes its pid into each cgroup's ``cgroup.procs``, then execs argv.
+
+    ``sh -c SCRIPT a0 a1 …`` sets ``$0`` = a0 and ``$1…`` = a1…; the cgroup directories are
+    ``$0 … $n-1``, shifted away (``$0`` is not part of ``"$@"``) before the exec.
+    """
+    steps = [f'echo $$ > "{"$0" if i == 0 else f"${i}"}/cgroup.procs"'
+             for i in range(len(cgroups))]
+    if len(cgroups) > 1:
+        steps.append(f"shift {len(cgroups) - 1}")
+    steps.append('exec "$@"')
+    return [_SH, "-c", " && ".join(steps), *cgroups, *argv]
+
+
+@functools.cache
+def _pdeathsig_prefix() -> tuple[str, ...]:
+    """``setpriv --pdeathsig KILL --`` when setpriv is installed and knows the option."""
+    setpriv = shutil.which("setpriv")
+    true = shutil.which("true")
+    if setpriv is None or true is None:
+        return ()
+    prefix = (setpriv, "--pdeathsig", "KILL", "--")
+    try:
+        ok = subprocess.run([*prefix, true], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            timeout=10, check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    return prefix if ok else ()
+
+
+class _Mount(NamedTuple):
+    root: str
+    point: str
+    fstype: str
+    options: frozenset[str]
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mounts() -> list[_Mount]:
+    """The cgroup file systems in ``/proc/self/mountinfo``."""
+    out: list[_Mount] = []
+    try:
+        text = _read("/proc/self/mountinfo")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        head, tail = left.split(), right.split()
+        if not sep or len(head) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        out.append(_Mount(_unescape(head[3]), _unescape(head[4]), tail[0],
+                          frozenset(tail[2].split(","))))
+    return out
+
+
+def _own_cgroups() -> dict[str, str]:
+    """Our cgroup per v1 controller, and under ``""`` our cgroup2 path."""
+    out: dict[str, str] = {}
+    try:
+        text = _read("/proc/self/cgroup")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            out[""] = parts[2]
+        for controller in parts[1].split(","):
+            if controller:
+                out.setdefault(controller, parts[2])
+    return out
+
+
+def _cgroup_dir(mount: _Mount, path: str) -> str:
+    """The directory of cgroup ``path`` (as in /proc/self/cgroup) under ``mount``."""
+    root = mount.root.rstrip("/")
+    # Our cgroup may lie outside what is mounted: then use the mount's top.
+    rel = path[len(root):] if path == root or path.startswith(root + "/") else ""
+    return os.path.normpath(mount.point + "/" + rel.lstrip("/"))
+
+
+def _controllers(cgroup: str, name: str = "cgroup.controllers") -> set[str]:
+    try:
+        return set(_read(os.path.join(cgroup, name)).split())
+    except OSError:
+        return set()
+
+
+def _memory_message(memory: int, returncode: int | None, kills: int | None) -> str:
+    msg = f"killed: used more than its memory limit of {memory} MiB"
+    if returncode is not None and returncode != -signal.SIGKILL:
+        n = f"{kills} of its processes" if kills else "one of its processes"
+        msg += f" (the kernel killed {n}; the job exited with status {returncode})"
+    return msg
+
+
+class _Unusable(Exception):
+    """A limiter kind cannot be used here (the message says why)."""
+
+
+# --------------------------------------------------------------------------- Limited
+
+
+class Limited:
+    """One job's limits: the command line to start, and what to do while/after it runs.
+
+    This base class is also the ``none`` kind: nothing is enforced, ``kill_all`` signals
+    the job's process group.
+    """
+
+    kind: str = "none"
+    """The :attr:`Limiter.kind` that made this."""
+
+    def __init__(self, job_id: str, requirements: JobRequirements, argv: list[str]) -> None:
+        self.job_id = job_id
+        """The job this is for."""
+        self.requirements = requirements
+        """The requirements being enforced."""
+        self.argv: list[str] = argv
+        """The command line the worker must start instead of the job's own."""
+        self.pid: int | None = None
+        """The pid given to :meth:`attach`."""
+
+    def attach(self, pid: int) -> None:
+        """Remember the started process (``Popen(..., start_new_session=True).pid``)."""
+        self.pid = pid
+
+    def exceeded(self, returncode: int | None = None) -> str | None:
+        """After the process exited: why the kernel killed it for exceeding its limits
+        (``"killed: used more than its memory limit of 64 MiB"``), else None.
+
+        ``returncode`` (``Popen.returncode``) sharpens the answer: a job that exited 0 was
+        not killed; a SIGKILL (-9) is needed where the kernel keeps no OOM-kill count.
+        Call it before :meth:`cleanup` or after, both work.
+        """
+        return None
+
+    def hint(self, returncode: int | None) -> str | None:
+        """A note for a failed job when a limit may explain the failure without being
+        proven to (the rlimit kind: allocations fail instead of a kill); else None."""
+        return None
+
+    def kill_all(self, sig: int = signal.SIGKILL) -> None:
+        """Signal every process still in the job: its process group (the attached pid is
+        the group's id, as the job runs in a new session) and, for the cgroup kinds, every
+        process in the job's cgroup, including children that left the group.
+
+        Call it before the job is reaped, or soon after: once the group is empty and the
+        leader reaped, its number could (after a pid wrap-around) belong to a new group.
+        """
+        if self.pid is not None and self.pid > 0:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)
+
+    def cleanup(self) -> None:
+        """Remove what was set up for the job (its cgroups, killing leftovers first).
+        Idempotent; never raises."""
+
+
+class _RlimitLimited(Limited):
+    kind = "rlimit"
+
+    def hint(self, returncode: int | None) -> str | None:
+        memory = self.requirements.memory
+        if memory > 0 and returncode is not None and returncode != 0:
+            return (f"memory rlimit of {memory} MiB was in force "
+                    "(allocations beyond it fail)")
+        return None
+
+
+class _CgroupLimited(Limited):
+    """A job in one cgroup per hierarchy; ``cgroups[0]`` carries the memory limit."""
+
+    def __init__(self, job_id: str, requirements: JobRequirements, argv: list[str],
+                 cgroups: list[str]) -> None:
+        super().__init__(job_id, requirements, argv)
+        self.cgroups = cgroups
+        """The job's cgroup directories (the memory one first)."""
+        self._evidence: tuple[int | None, bool] | None = None
+
+    def _oom_evidence(self) -> tuple[int | None, bool]:
+        """(kernel count of OOM kills or None if not kept, other signs of hitting the limit)."""
+        raise NotImplementedError
+
+    def exceeded(self, returncode: int | None = None) -> str | None:
+        memory = self.requirements.memory
+        if memory <= 0 or returncode == 0:
+            return None
+        kills, hit = (self._evidence if self._evidence is not None
+                      else self._oom_evidence())
+        if kills is not None:
+            return _memory_message(memory, returncode, kills) if kills > 0 else None
+        if hit and returncode == -signal.SIGKILL:
+            return _memory_message(memory, returncode, None)
+        return None
+
+    def kill_all(self, sig: int = signal.SIGKILL) -> None:
+        super().kill_all(sig)
+        _signal_cgroups(self.cgroups, sig, 1.0)
+
+    def cleanup(self) -> None:
+        try:
+            if self._evidence is None and os.path.isdir(self.cgroups[0]):
+                self._evidence = self._oom_evidence()
+            _signal_cgroups(self.cgroups, signal.SIGKILL, 1.0)
+            for cgroup in self.cgroups:
+                _rmdir(cgroup, 2.0)
+        except Exception:  # never raises: best effort by contract
+            pass
+
+
+class _Cgroup2Limited(_CgroupLimited):
+    kind = "cgroup2"
+
+    def _oom_evidence(self) -> tuple[int | None, bool]:
+        events = _keyed(os.path.join(self.cgroups[0], "memory.events"))
+        return events.get("oom_kill"), events.get("max", 0) > 0
+
+    def kill_all(self, sig: int = signal.SIGKILL) -> None:
+        kill_file = os.path.join(self.cgroups[0], "cgroup.kill")
+        if sig == signal.SIGKILL and os.path.exists(kill_file):
+            with contextlib.suppress(OSError):
+                _write(kill_file, "1")
+        super().kill_all(sig)
+
+
+class _Cgroup1Limited(_CgroupLimited):
+    kind = "cgroup1"
+
+    def _oom_evidence(self) -> tuple[int | None, bool]:
+        memdir = self.cgroups[0]
+        kills = _keyed(os.path.join(memdir, "memory.oom_control")).get("oom_kill")
+        failcnt = [_read_int(os.path.join(memdir, f"memory.{f}failcnt")) or 0
+                   for f in ("", "memsw.")]
+        peak = _read_int(os.path.join(memdir, "memory.max_usage_in_bytes")) or 0
+        limit = self.requirements.memory * _MIB
+        return kills, any(failcnt) or peak >= limit - _MIB
+
+
+# --------------------------------------------------------------------------- Limiter
+
+
+class Limiter:
+    """Makes :class:`Limited` jobs of one kind; this base class is the ``none`` kind."""
+
+    kind: str = "none"
+    """``"cgroup2"``, ``"cgroup1"``, ``"rlimit"`` or ``"none"``."""
+
+    def __init__(self, node: str, detail: str = "") -> None:
+        self.node = node
+        """The node the jobs run on (part of the cgroup name)."""
+        self.detail = detail or self.kind
+        """One line for the worker's log: what is enforced and how."""
+
+    def wrap(self, job_id: str, requirements: JobRequirements, argv: list[str]) -> Limited:
+        """Set up the limits of one job and give the command line to start it with.
+
+        Raises :class:`~skedlib.errors.SkedError` (with a one-line message to fail the job
+        with) when the limits cannot be set up.
+        """
+        if not argv:
+            raise SkedError(f"job {job_id}: empty command line")
+        return Limited(job_id, requirements, [*_pdeathsig_prefix(), *argv])
+
+    def close(self) -> None:
+        """Remove the node's parent cgroups if no job uses them (the worker may call this
+        when it stops). Never raises."""
+
+
+class _RlimitLimiter(Limiter):
+    kind = "rlimit"
+
+    def __init__(self, node: str) -> None:
+        self._prlimit = shutil.which("prlimit")
+        how = "prlimit --as" if self._prlimit else "ulimit -v"
+        super().__init__(node, f"rlimit: memory as RLIMIT_AS ({how}); cpu not enforced")
+
+    def wrap(self, job_id: str, requirements: JobRequirements, argv: list[str]) -> Limited:
+        """Start the job under ``RLIMIT_AS`` of its memory requirement (cpu: unenforced)."""
+        if not argv:
+            raise SkedError(f"job {job_id}: empty command line")
+        cmd = list(argv)
+        if requirements.memory > 0:
+            if self._prlimit:
+                cmd = [self._prlimit, f"--as={requirements.memory * _MIB}", "--", *cmd]
+            else:
+                cmd = [_SH, "-c", 'ulimit -v "$0" && exec "$@"',
+                       str(requirements.memory * 1024), *cmd]
+        return _RlimitLimited(job_id, requirements, [*_pdeathsig_prefix(), *cmd])
+
+
+class _CgroupLimiter(Limiter):
+    """Shared by the two cgroup kinds: a parent cgroup per hierarchy, a child per job."""
+
+    def __init__(self, node: str, parents: list[str], detail: str) -> None:
+        super().__init__(node, detail)
+        self.parents = parents
+        """The node's parent cgroup directories (``…/skedlib-jobs-<node>``)."""
+
+    def _ensure_parents(self) -> None:
+        for parent in self.parents:
+            os.makedirs(parent, exist_ok=True)
+
+    def _create(self, job_id: str, requirements: JobRequirements, cgroups: list[str]) -> None:
+        """Create the job's cgroups, appending each to ``cgroups`` as soon as it exists."""
+        raise NotImplementedError
+
+    def _limited(self, job_id: str, requirements: JobRequirements, argv: list[str],
+                 cgroups: list[str]) -> Limited:
+        raise NotImplementedError
+
+    def _job_dir(self, parent: str, job_id: str) -> str:
+        path = os.path.join(parent, f"job-{_safe(job_id)}")
+        if os.path.isdir(path):  # left over from an earlier attempt of this job
+            _signal_cgroups([path], signal.SIGKILL, 1.0)
+            _rmdir(path, 2.0)
+        os.mkdir(path)
+        return path
+
+    def wrap(self, job_id: str, requirements: JobRequirements, argv: list[str]) -> Limited:
+        """Create the job's cgroups with its limits; the returned argv enters them first."""
+        if not argv:
+            raise SkedError(f"job {job_id}: empty command line")
+        cgroups: list[str] = []
+        for attempt in (1, 2):
+            try:
+                self._ensure_parents()
+                self._create(job_id, requirements, cgroups)
+                break
+            except (OSError, _Unusable) as exc:
+                for cgroup in reversed(cgroups):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(cgroup)
+                cgroups.clear()
+                # A parent removed by another limiter's close() meanwhile: once more.
+                if attempt == 1 and isinstance(exc, FileNotFoundError):
+                    continue
+                self._fail(job_id, exc)
+        wrapped = _enter_cgroups_argv(cgroups, [*_pdeathsig_prefix(), *argv])
+        return self._limited(job_id, requirements, wrapped, cgroups)
+
+    def _fail(self, job_id: str, exc: OSError | _Unusable) -> NoReturn:
+        """Raise the SkedError a failed set-up becomes (never a raw OSError)."""
+        if isinstance(exc, OSError):
+            why = f"{exc.filename or self.parents[0]}: {exc.strerror or exc}"
+        else:
+            why = str(exc)
+        raise SkedError(f"job {job_id}: cannot create its {self.kind} cgroup ({why})") from None
+
+    def close(self) -> None:
+        for parent in self.parents:
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
+
+
+class _Cgroup2Limiter(_CgroupLimiter):
+    kind = "cgroup2"
+
+    def __init__(self, node: str, parent: str, cpu: bool) -> None:
+        self._cpu = cpu
+        cpu_note = "cpu.max" if cpu else "cpu not enforced (no cpu controller)"
+        super().__init__(node, [parent], f"cgroup2 at {parent}: memory.max, {cpu_note}")
+
+    def _ensure_parents(self) -> None:
+        parent = self.parents[0]
+        if not os.path.isdir(parent):  # removed by close() meanwhile
+            _setup_cgroup2_parent(os.path.dirname(parent), os.path.basename(parent))
+
+    def _create(self, job_id: str, requirements: JobRequirements, cgroups: list[str]) -> None:
+        path = self._job_dir(self.parents[0], job_id)
+        cgroups.append(path)
+        if requirements.memory > 0:
+            _write(os.path.join(path, "memory.max"), str(requirements.memory * _MIB))
+            swap = os.path.join(path, "memory.swap.max")
+            if os.path.exists(swap):
+                _write(swap, "0")
+        if requirements.cpu_units > 0 and self._cpu:
+            _write(os.path.join(path, "cpu.max"),
+                   f"{_cpu_quota_us(requirements.cpu_units)} {_CPU_PERIOD_US}")
+
+    def _limited(self, job_id: str, requirements: JobRequirements, argv: list[str],
+                 cgroups: list[str]) -> Limited:
+        return _Cgroup2Limited(job_id, requirements, argv, cgroups)
+
+
+class _Cgroup1Limiter(_CgroupLimiter):
+    kind = "cgroup1"
+
+    def __init__(self, node: str, memory_parent: str, cpu_parent: str | None) -> None:
+        self._memory_parent = memory_parent
+        self._cpu_parent = cpu_parent
+        cpu_note = (f"cpu.cfs_quota_us at {cpu_parent}" if cpu_parent
+                    else "cpu not enforced (no usable cpu hierarchy)")
+        parents = [memory_parent] + ([cpu_parent] if cpu_parent else [])
+        super().__init__(node, parents,
+                         f"cgroup1: memory.limit_in_bytes at {memory_parent}, {cpu_note}")
+
+    def _create(self, job_id: str, requirements: JobRequirements, cgroups: list[str]) -> None:
+        memdir = self._job_dir(self._memory_parent, job_id)
+        cgroups.append(memdir)
+        if requirements.memory > 0:
+            limit = str(requirements.memory * _MIB)
+            _write(os.path.join(memdir, "memory.limit_in_bytes"), limit)
+            memsw = os.path.join(memdir, "memory.memsw.limit_in_bytes")
+            if os.path.exists(memsw):  # after limit_in_bytes: memsw must be >= it
+                _write(memsw, limit)
+        if requirements.cpu_units > 0 and self._cpu_parent:
+            cpudir = self._job_dir(self._cpu_parent, job_id)
+            cgroups.append(cpudir)
+            _write(os.path.join(cpudir, "cpu.cfs_period_us"), str(_CPU_PERIOD_US))
+            _write(os.path.join(cpudir, "cpu.cfs_quota_us"),
+                   str(_cpu_quota_us(requirements.cpu_units)))
+
+    def _limited(self, job_id: str, requirements: JobRequirements, argv: list[str],
+                 cgroups: list[str]) -> Limited:
+        return _Cgroup1Limited(job_id, requirements, argv, cgroups)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _parent_name(node: str) -> str:
+    return f"skedlib-jobs-{_safe(node)}"
+
+
+def _enable(cgroup: str, controllers: list[str]) -> None:
+    missing = [c for c in controllers if c not in _controllers(cgroup, "cgroup.subtree_control")]
+    if missing:
+        _write(os.path.join(cgroup, "cgroup.subtree_control"),
+               " ".join(f"+{c}" for c in missing))
+
+
+def _setup_cgroup2_parent(base: str, name: str) -> tuple[str, bool]:
+    """Create ``base/name`` with memory (and cpu) for its children; (path, cpu enabled)."""
+    wanted: list[str] = [c for c in ("memory", "cpu") if c in _controllers(base)]
+    if "memory" not in wanted:
+        raise _Unusable(f"{base} has no memory controller")
+    try:
+        _enable(base, wanted)
+    except OSError as exc:
+        raise _Unusable(f"cannot enable {'+'.join(wanted)} in {base}: {exc.strerror}") from None
+    parent = os.path.join(base, name)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        _enable(parent, [c for c in wanted if c in _controllers(parent)])
+    except OSError as exc:
+        raise _Unusable(f"cannot set up {parent}: {exc.strerror}") from None
+    enabled = _controllers(parent, "cgroup.subtree_control")
+    if "memory" not in enabled:
+        raise _Unusable(f"{parent} cannot hand the memory controller to its children")
+    return parent, "cpu" in enabled
+
+
+def _detect_cgroup2(node: str) -> Limiter:
+    mounts = [m for m in _mounts() if m.fstype == "cgroup2"]
+    if not mounts:
+        raise _Unusable("no cgroup2 hierarchy is mounted")
+    mounts.sort(key=lambda m: m.point != _CGROUP_FS)
+    mount = mounts[0]
+    available = _controllers(mount.point)
+    if "memory" not in available:
+        raise _Unusable(f"the cgroup2 hierarchy at {mount.point} has no memory controller "
+                        f"(it has: {', '.join(sorted(available)) or 'none'})")
+    own = _cgroup_dir(mount, _own_cgroups().get("", "/"))
+    # "No internal processes": our own cgroup holds processes (us), so it cannot hand
+    # controllers to children. Put the parent beside it, else at the top.
+    bases = [] if own == mount.point else [os.path.dirname(own)]
+    bases.append(mount.point)
+    reasons: list[str] = []
+    for base in dict.fromkeys(bases):
+        try:
+            parent, cpu = _setup_cgroup2_parent(base, _parent_name(node))
+        except _Unusable as exc:
+            reasons.append(str(exc))
+            continue
+        return _Cgroup2Limiter(node, parent, cpu)
+    raise _Unusable("; ".join(reasons))
+
+
+def _v1_parent(controller: str, node: str, required_file: str) -> str:
+    mounts = [m for m in _mounts() if m.fstype == "cgroup" and controller in m.options]
+    if not mounts:
+        raise _Unusable(f"no cgroup v1 {controller} hierarchy is mounted")
+    own = _cgroup_dir(mounts[0], _own_cgroups().get(controller, "/"))
+    if not os.path.exists(os.path.join(own, required_file)):
+        raise _Unusable(f"{own} has no {required_file}")
+    parent = os.path.join(own, _parent_name(node))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise _Unusable(f"cannot create {parent}: {exc.strerror}") from None
+    return parent
+
+
+def _detect_cgroup1(node: str) -> Limiter:
+    memory_parent = _v1_parent("memory", node, "memory.limit_in_bytes")
+    try:
+        cpu_parent: str | None = _v1_parent("cpu", node, "cpu.cfs_quota_us")
+    except _Unusable:
+        cpu_parent = None
+    return _Cgroup1Limiter(node, memory_parent, cpu_parent)
+
+
+def _detect_rlimit(node: str) -> Limiter:
+    if not shutil.which("prlimit") and not os.access(_SH, os.X_OK):
+        raise _Unusable(f"neither prlimit nor {_SH} is available")
+    return _RlimitLimiter(node)
+
+
+def _detect_none(node: str) -> Limiter:
+    return Limiter(node, "none: no limits enforced")
+
+
+_DETECT = {"cgroup2": _detect_cgroup2, "cgroup1": _detect_cgroup1,
+           "rlimit": _detect_rlimit, "none": _detect_none}
+
+
+def detect_limiter(node: str, prefer: str = "auto") -> Limiter:
+    """The limiter for jobs on ``node``.
+
+    ``prefer="auto"`` takes the first usable of cgroup2, cgroup1 and rlimit (its
+    :attr:`Limiter.detail` names why better kinds were passed over); a kind forces it and
+    raises :class:`~skedlib.errors.SkedError` when it is not usable here. Creates the
+    node's parent cgroup (``skedlib-jobs-<node>``) for the cgroup kinds.
+    """
+    if prefer != "auto" and prefer not in LIMITER_KINDS:
+        raise SkedError(f"unknown job limiter {prefer!r} "
+                        f"(expected auto, {', '.join(LIMITER_KINDS)})")
+    if prefer != "auto":
+        try:
+            return _DETECT[prefer](node)
+        except (_Unusable, OSError) as exc:
+            raise SkedError(f"job limiter {prefer} is not usable here: {exc}") from None
+    passed: list[str] = []
+    for kind in ("cgroup2", "cgroup1", "rlimit"):
+        try:
+            limiter = _DETECT[kind](node)
+        except (_Unusable, OSError) as exc:
+            passed.append(f"{kind}: {exc}")
+            continue
+        if passed:
+            limiter.detail += f" (passed over {'; '.join(passed)})"
+        return limiter
+    return _detect_none(node)

@@ -1,0 +1,304 @@
+"""skedlib.jobs.limits with real processes and real cgroups (no mocks).
+
+Every test runs for ``auto`` and for each kind; a kind this machine cannot use is skipped
+with the reason detect_limiter gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from skedlib.errors import SkedError
+from skedlib.jobs import limits
+from skedlib.jobs.limits import LIMITER_KINDS, Limited, Limiter, detect_limiter
+from skedlib.jobs.models import JobRequirements
+
+CGROUP_KINDS = ("cgroup2", "cgroup1")
+NODE = f"pytest-{os.getpid()}"
+
+ALLOC = """\
+import sys
+b = bytearray(int(sys.argv[1]) * 2**20)
+for i in range(0, len(b), 4096):
+    b[i] = 1
+"""
+
+BUSY = """\
+import sys, time
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    pass
+"""
+
+# Starts the wrapped job from its main thread (PDEATHSIG follows the forking thread),
+# publishes the job's pid, then waits to be killed.
+INTERMEDIATE = """\
+import json, os, subprocess, sys, time
+proc = subprocess.Popen(json.loads(sys.argv[1]), start_new_session=True)
+with open(sys.argv[2] + ".tmp", "w") as f:
+    f.write(str(proc.pid))
+os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+time.sleep(60)
+"""
+
+
+def gone(pid: int) -> bool:
+    """The process no longer runs (a zombie waiting for some reaper counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Jobs:
+    """A limiter under test, remembering every job it wrapped and started for teardown."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self.kind = limiter.kind
+        self.wrapped: list[Limited] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def wrap(self, argv: list[str], memory: int = 0, cpu_units: int = 0) -> Limited:
+        req = JobRequirements(memory=memory, cpu_units=cpu_units)
+        limited = self.limiter.wrap(f"t{len(self.wrapped)}", req, argv)
+        self.wrapped.append(limited)
+        return limited
+
+    def start(self, limited: Limited) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(limited.argv, start_new_session=True, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        limited.attach(proc.pid)
+        self.procs.append(proc)
+        return proc
+
+    def run(self, limited: Limited) -> tuple[int, float, float]:
+        """Run to the end: (returncode, CPU seconds of the job, wall seconds)."""
+        start = time.monotonic()
+        proc = self.start(limited)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode, usage.ru_utime + usage.ru_stime, wall
+
+    def close(self) -> None:
+        for limited in self.wrapped:
+            limited.kill_all()
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait(5)
+        for limited in self.wrapped:
+            limited.cleanup()
+        self.limiter.close()
+
+
+@pytest.fixture(params=["auto", *LIMITER_KINDS])
+def jobs(request: pytest.FixtureRequest) -> Iterator[Jobs]:
+    try:
+        limiter = detect_limiter(NODE, request.param)
+    except SkedError as exc:
+        pytest.skip(str(exc))
+    j = Jobs(limiter)
+    try:
+        yield j
+    finally:
+        j.close()
+        for parent in getattr(limiter, "parents", []):
+            assert not os.path.exists(parent), f"left over: {parent}"
+
+
+def test_over_memory_limit_is_stopped(jobs: Jobs) -> None:
+    if jobs.kind == "none":
+        pytest.skip("the none kind enforces nothing")
+    limited = jobs.wrap([sys.executable, "-c", ALLOC, "200"], memory=64)
+    returncode, _, _ = jobs.run(limited)
+    if jobs.kind in CGROUP_KINDS:
+        assert returncode == -signal.SIGKILL
+        reason = limited.exceeded(returncode)
+        assert reason is not None and reason.startswith("killed:") and "64 MiB" in reason
+        assert limited.exceeded() == reason  # without the returncode too
+        assert limited.hint(returncode) is None
+        limited.cleanup()
+        assert limited.exceeded(returncode) == reason  # remembered across cleanup
+    else:
+        assert returncode != 0
+        assert limited.exceeded(returncode) is None
+        hint = limited.hint(returncode)
+        assert hint is not None and "rlimit" in hint and "64 MiB" in hint
+
+
+def test_within_memory_limit_runs(jobs: Jobs) -> None:
+    limited = jobs.wrap([sys.executable, "-c", ALLOC, "10"], memory=64)
+    returncode, _, _ = jobs.run(limited)
+    assert returncode == 0
+    assert limited.exceeded(returncode) is None
+    assert limited.exceeded() is None
+    assert limited.hint(returncode) is None
+
+
+def test_cpu_is_throttled(jobs: Jobs) -> None:
+    if jobs.kind not in CGROUP_KINDS:
+        pytest.skip(f"the {jobs.kind} kind cannot enforce a cpu rate")
+    if "cpu not enforced" in jobs.limiter.detail:
+        pytest.skip(jobs.limiter.detail)
+    limited = jobs.wrap([sys.executable, "-c", BUSY, "1.2"], cpu_units=256)
+    returncode, cpu, wall = jobs.run(limited)
+    assert returncode == 0
+    assert wall >= 1.2
+    assert cpu < 0.6 * wall, f"used {cpu:.2f} s of CPU in {wall:.2f} s with a quarter core"
+    assert limited.exceeded(returncode) is None
+
+
+def test_kill_all_kills_grandchildren(jobs: Jobs) -> None:
+    limited = jobs.wrap(["/bin/sh", "-c", "sleep 60 & sleep 60"], memory=64, cpu_units=512)
+    proc = jobs.start(limited)
+
+    def sleepers() -> list[int]:
+        try:
+            top = psutil.Process(proc.pid)
+            family = [top, *top.children(recursive=True)]
+            return [p.pid for p in family if p.name() == "sleep"]
+        except psutil.NoSuchProcess:
+            return []
+
+    wait_for(lambda: len(sleepers()) == 2, 5, "both sleeps to start")
+    pids = sleepers()
+    limited.kill_all()
+    assert proc.wait(5) == -signal.SIGKILL
+    wait_for(lambda: all(gone(pid) for pid in pids), 2, f"{pids} to die")
+    assert limited.exceeded(proc.returncode) is None
+
+
+def test_job_dies_with_its_parent(jobs: Jobs, tmp_path) -> None:
+    limited = jobs.wrap(["sleep", "60"], memory=64)
+    if not any(a.endswith("/setpriv") for a in limited.argv):
+        pytest.skip("setpriv (util-linux) is not installed")
+    pidfile = tmp_path / "pid"
+    inter = subprocess.Popen([sys.executable, "-c", INTERMEDIATE, json.dumps(limited.argv),
+                              str(pidfile)], start_new_session=True)
+    jobs.procs.append(inter)
+    job_pid = 0
+    try:
+        wait_for(pidfile.exists, 5, "the intermediate to start the job")
+        job_pid = int(pidfile.read_text())
+        limited.attach(job_pid)
+        # PDEATHSIG is armed once setpriv has run: wait for the exec chain to reach sleep.
+        wait_for(lambda: gone(job_pid) or psutil.Process(job_pid).name() == "sleep", 5,
+                 "the job to exec sleep")
+        assert not gone(job_pid)
+        inter.kill()
+        inter.wait(5)
+        wait_for(lambda: gone(job_pid), 2, f"job {job_pid} to die with its parent")
+    finally:
+        if job_pid and not gone(job_pid):
+            os.kill(job_pid, signal.SIGKILL)
+
+
+def test_cleanup_removes_the_cgroup_and_is_idempotent(jobs: Jobs) -> None:
+    limited = jobs.wrap(["true"], memory=64, cpu_units=512)
+    cgroups: list[str] = getattr(limited, "cgroups", [])
+    if jobs.kind in CGROUP_KINDS:
+        assert cgroups and all(os.path.isdir(cg) for cg in cgroups)
+    else:
+        assert not cgroups
+    returncode, _, _ = jobs.run(limited)
+    assert returncode == 0
+    limited.cleanup()
+    assert not any(os.path.exists(cg) for cg in cgroups)
+    limited.cleanup()
+
+
+def test_argv_order(jobs: Jobs) -> None:
+    argv = ["prog", "a b", "$HOME"]
+    limited = jobs.wrap(argv, memory=64, cpu_units=512)
+    assert limited.argv[-3:] == argv
+    assert limited.kind == jobs.kind
+    names = [os.path.basename(a) for a in limited.argv]
+    if "setpriv" in names:
+        assert names[names.index("setpriv") + 1:names.index("setpriv") + 4] == \
+            ["--pdeathsig", "KILL", "--"]
+    if jobs.kind in CGROUP_KINDS:
+        assert limited.argv[:2] == ["/bin/sh", "-c"]
+        assert names.index("sh") < names.index("setpriv")
+    if jobs.kind == "rlimit" and "prlimit" in names:
+        assert names.index("setpriv") < names.index("prlimit")
+        assert f"--as={64 * 2**20}" in limited.argv
+
+
+def test_wrap_errors_are_sked_errors(jobs: Jobs) -> None:
+    with pytest.raises(SkedError, match="empty command line"):
+        jobs.wrap([])
+    if jobs.kind not in CGROUP_KINDS or "cpu not enforced" in jobs.limiter.detail:
+        return
+    parents: list[str] = getattr(jobs.limiter, "parents", [])
+    with pytest.raises(SkedError, match="cannot create its cgroup"):
+        jobs.wrap(["true"], cpu_units=10**15)  # a cpu quota the kernel refuses
+    assert [n for p in parents for n in os.listdir(p) if n.startswith("job-")] == []
+
+
+def test_forced_unknown_kind() -> None:
+    with pytest.raises(SkedError, match="unknown job limiter"):
+        detect_limiter(NODE, "bogus")
+
+
+def test_none_leaves_argv_alone_but_for_setpriv() -> None:
+    limiter = detect_limiter(NODE, "none")
+    limited = limiter.wrap("j", JobRequirements(memory=64, cpu_units=1024), ["prog", "x"])
+    assert [a for a in limited.argv if not a.endswith("setpriv")][-2:] == ["prog", "x"]
+    assert limited.exceeded(-9) is None and limited.hint(1) is None
+    limited.kill_all()  # nothing attached: a no-op
+    limited.cleanup()
+
+
+def test_cgroup2_mechanics_without_controllers() -> None:
+    """Where a cgroup2 hierarchy is mounted but has no memory controller (hybrid mode, as
+    here), the cgroup2 kind's entering, kill_all and cleanup still run on it."""
+    mounts = [m for m in limits._mounts() if m.fstype == "cgroup2"]
+    if not mounts:
+        pytest.skip("no cgroup2 hierarchy is mounted")
+    parent = os.path.join(mounts[0].point, f"skedlib-jobs-{NODE}")
+    try:
+        os.mkdir(parent)
+    except OSError as exc:
+        pytest.skip(f"cannot create {parent}: {exc.strerror}")
+    jobs = Jobs(limits._Cgroup2Limiter(NODE, parent, cpu=False))
+    try:
+        limited = jobs.wrap(["/bin/sh", "-c", "sleep 60 & sleep 60"])
+        assert isinstance(limited, limits._CgroupLimited)
+        (cgroup,) = limited.cgroups
+        proc = jobs.start(limited)
+
+        def sleepers() -> list[int]:
+            return [pid for pid in limits._pids(cgroup) if not gone(pid)
+                    and psutil.Process(pid).name() == "sleep"]
+
+        wait_for(lambda: len(sleepers()) == 2, 5, "both sleeps in the cgroup")
+        assert proc.pid in limits._pids(cgroup)
+        limited.kill_all()
+        assert proc.wait(5) == -signal.SIGKILL
+        assert limits._pids(cgroup) == []
+        assert limited.exceeded(proc.returncode) is None
+        limited.cleanup()
+        assert not os.path.exists(cgroup)
+        limited.cleanup()
+    finally:
+        jobs.close()
+    assert not os.path.exists(parent)
