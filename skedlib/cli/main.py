@@ -5,7 +5,8 @@ and actual state, as the seed's ``sked tasks`` table); ``drain``/``undrain``, ``
 and ``rollout status|history`` (operations, see :mod:`skedlib.cli.ops`); ``schema``
 (JSON Schema of the stored objects); ``up`` (combined mode: a scheduler and an agent in
 one process, see :mod:`skedlib.cli.up`); ``serve``, ``env``, ``deploy`` and ``deployments``
-(daemon-per-host environments and their REST API, see :mod:`skedlib.cli.envs`).
+(daemon-per-host environments and their REST API, see :mod:`skedlib.cli.envs`); ``job``
+(batch jobs: submit, status, ls, cancel, wait, logs, nodes, see :mod:`skedlib.cli.jobs`).
 
 Every command takes ``--backend URL`` (default ``$SKED_BACKEND``, else the embedded
 SQLite store, see :func:`skedlib.client.default_backend_url`). Errors are one line on
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from skedlib.cli import envs, ops, up
+from skedlib.cli import envs, jobs, ops, up
 from skedlib.cli.args import positive_number
 from skedlib.cli.output import render, table
 from skedlib.cli.schema import KINDS as SCHEMA_KINDS
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_parsers(sub, common)
     up.add_parser(sub, common)
     envs.add_parsers(sub, common)
+    jobs.add_parsers(sub, common)
     return parser
 
 

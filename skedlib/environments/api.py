@@ -1,5 +1,6 @@
-"""The environments REST API (``sked serve``): the standard library's
-:class:`~http.server.ThreadingHTTPServer` over :class:`~skedlib.environments.Environments`.
+"""The REST API (``sked serve``): the standard library's
+:class:`~http.server.ThreadingHTTPServer` over
+:class:`~skedlib.environments.Environments` and :class:`~skedlib.jobs.client.JobClient`.
 
 Routes, under ``/v1`` (the OpenAPI document at ``GET /v1/openapi.json`` is the
 reference; ``docs/api.md`` renders it)::
@@ -10,14 +11,20 @@ reference; ``docs/api.md`` renders it)::
     GET    /environments/{name}                PUT, DELETE (?keep_tasks=true)
     POST   /environments/{name}/deployments    GET …/deployments?limit=&next_token=
     GET    /environments/{name}/deployments/{id}
+    POST   /jobs?id=                           GET /jobs?status=&limit=&next_token=
+    GET    /jobs/{id}                          POST /jobs/{id}/cancel
+    GET    /jobs/{id}/wait?timeout=            GET /jobs/{id}/logs?offset=&follow=
+    GET    /nodes
 
-Every response is JSON. Bad input is a 4xx whose body says what was wrong
-(:class:`~skedlib.environments.models.ErrorBody`) and changes nothing: 400 for malformed
-JSON, a wrong or unknown field, a bad name or query parameter; 401 for a missing or
-wrong bearer token (when the server has one); 404, 405, 409, 413. A backend error is a
-503 with its message. A background thread keeps in-progress deployments' statuses up to
-date (:meth:`~skedlib.environments.Environments.track_all`), so they clear even when
-nobody reads them.
+Every response is JSON but a job's output (``GET /jobs/{id}/logs``: ``text/plain``,
+streamed as the node sends it, see :class:`Stream`). Bad input is a 4xx whose body says
+what was wrong (:class:`~skedlib.environments.models.ErrorBody`) and changes nothing:
+400 for malformed JSON, a wrong or unknown field, a bad name or query parameter; 401
+for a missing or wrong bearer token (when the server has one); 404, 405, 409, 413. A
+backend error is a 503 with its message, and so is a job worker that cannot serve a
+job's output. A background thread keeps in-progress deployments' statuses up to date
+(:meth:`~skedlib.environments.Environments.track_all`), so they clear even when nobody
+reads them.
 """
 
 from __future__ import annotations
@@ -26,11 +33,14 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import re
 import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -44,13 +54,27 @@ from skedlib.environments.models import (
     EnvironmentCreate,
     EnvironmentUpdate,
     ErrorBody,
+    JobNodeList,
     Ping,
 )
-from skedlib.environments.openapi import BASE_PATH, openapi_document
+from skedlib.environments.openapi import (
+    BASE_PATH,
+    DEFAULT_WAIT,
+    MAX_WAIT,
+    openapi_document,
+)
 from skedlib.errors import BackendError, ConflictError, NotFound, SkedError, ValidationError
+from skedlib.jobs.client import DEFAULT_PAGE_SIZE as JOB_PAGE_SIZE
+from skedlib.jobs.client import (
+    JobClient,
+    JobWaitTimeout,
+    LogsUnavailable,
+    explain_waiting,
+)
+from skedlib.jobs.models import JOB_STATES, Job, JobSpec
 
-__all__ = ["DEFAULT_LISTEN", "MAX_BODY", "Api", "ApiServer", "Response", "is_loopback",
-           "parse_listen"]
+__all__ = ["DEFAULT_LISTEN", "MAX_BODY", "Api", "ApiServer", "Response", "Stream",
+           "is_loopback", "parse_listen", "with_waiting_reasons"]
 
 log = logging.getLogger("skedlib.api")
 
@@ -69,6 +93,18 @@ class Response(msgspec.Struct):
     status: int
     body: Any
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A response body sent as it is produced (``GET /jobs/{id}/logs``): each item of
+    ``chunks`` is written to the client as soon as it comes, with chunked transfer
+    encoding. An error while iterating ends the response without its last chunk, so the
+    client sees the body cut short rather than a clean end. The HTTP layer closes
+    ``chunks`` (when it has a ``close``) however the response ends."""
+
+    chunks: Iterator[bytes]
+    content_type: str = "text/plain"
 
 
 class _HttpError(Exception):
@@ -129,12 +165,38 @@ def _int(name: str, value: str) -> int:
                               f"{value!r}") from None
 
 
+def _seconds(name: str, value: str, maximum: float) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= maximum:  # also refuses nan
+        raise ValidationError(f"query parameter {name}: expected seconds from 0 to "
+                              f"{maximum:g}, got {value!r}")
+    return seconds
+
+
+def with_waiting_reasons(jobs: JobClient, items: list[Job]) -> list[Job]:
+    """``items`` with each queued job's ``reason`` saying why no node has claimed it (as
+    :meth:`JobClient.status <skedlib.jobs.client.JobClient.status>` does for one job);
+    reads the live nodes once, and only when a job is queued."""
+    if any(j.status == "queued" for j in items):
+        nodes = jobs.nodes()
+        for job in items:
+            if job.status == "queued":
+                why = explain_waiting(job, nodes)
+                job.reason = f"{job.reason}; {why}" if job.reason else why
+    return items
+
+
 class Api:
     """The routes, independent of HTTP: :meth:`handle` maps a request to a
     :class:`Response`."""
 
-    def __init__(self, environments: Environments, token: str | None = None) -> None:
+    def __init__(self, environments: Environments, token: str | None = None,
+                 jobs: JobClient | None = None) -> None:
         self.environments = environments
+        self.jobs = jobs or JobClient(environments.client.backend, environments.client.keys)
         self.token = token or None
         self._openapi = openapi_document()
 
@@ -151,6 +213,8 @@ class Api:
             return _error(404, str(exc))
         except ConflictError as exc:
             return _error(409, str(exc))
+        except LogsUnavailable as exc:
+            return _error(503, str(exc))
         except BackendError as exc:
             return _error(503, f"the store is unavailable: {exc}")
         except SkedError as exc:
@@ -203,6 +267,18 @@ class Api:
                 return "deployments", ("GET", "POST"), [name]
             case ["environments", name, "deployments", dep]:
                 return "deployment", ("GET",), [name, dep]
+            case ["jobs"]:
+                return "jobs", ("GET", "POST"), []
+            case ["jobs", job_id]:
+                return "job", ("GET",), [job_id]
+            case ["jobs", job_id, "cancel"]:
+                return "job_cancel", ("POST",), [job_id]
+            case ["jobs", job_id, "wait"]:
+                return "job_wait", ("GET",), [job_id]
+            case ["jobs", job_id, "logs"]:
+                return "job_logs", ("GET",), [job_id]
+            case ["nodes"]:
+                return "nodes", ("GET",), []
         return None, (), []
 
     @staticmethod
@@ -229,16 +305,25 @@ class Api:
         try:
             return decode(body, type_, where="request body")
         except ValidationError as exc:
-            unknown = re.fullmatch(r"request body: Object contains unknown field `(.*)`",
-                                   str(exc), re.S)
+            unknown = re.fullmatch(r"request body: (?:field (\S+): )?Object contains unknown "
+                                   r"field `(.*)`", str(exc), re.S)
             if unknown is None:
                 raise
-            raise ValidationError(
-                f"request body: field {unknown.group(1)}: unknown field (expected "
-                f"{', '.join(type_.__struct_fields__)})") from None
+            at, field = unknown.groups()
+            where: Any = type_
+            for part in (at or "").split(".") if at else ():
+                where = next((f.type for f in msgspec.structs.fields(where)
+                              if f.name == part), None)
+            expected = (f" (expected {', '.join(where.__struct_fields__)})"
+                        if hasattr(where, "__struct_fields__") else "")
+            path = f"{at}.{field}" if at else field
+            raise ValidationError(f"request body: field {path}: unknown field{expected}"
+                                  ) from None
 
     def _call(self, route: str, method: str, args: list[str], query: dict[str, str],
               body: bytes) -> Response:
+        if route.startswith("job") or route == "nodes":
+            return self._call_jobs(route, method, args, query, body)
         envs = self.environments
         if route == "ping":
             self._only(query)
@@ -278,6 +363,60 @@ class Api:
         self._only(query)
         return Response(200, envs.deployment(name, args[1]))
 
+    def _call_jobs(self, route: str, method: str, args: list[str], query: dict[str, str],
+                   body: bytes) -> Response:
+        jobs = self.jobs
+        if route == "nodes":
+            self._only(query)
+            return Response(200, JobNodeList(items=sorted(jobs.nodes(),
+                                                          key=lambda n: n.name)))
+        if route == "jobs" and method == "POST":
+            self._only(query, "id")
+            spec = self._body(body, JobSpec)
+            job = jobs.submit_spec(spec, query.get("id"))
+            return Response(201, job, {"Location": f"{BASE_PATH}/jobs/"
+                                                   f"{urllib.parse.quote(job.id, safe='')}"})
+        if route == "jobs":
+            self._only(query, "status", "limit", "next_token")
+            status = query.get("status")
+            if status is not None and status not in JOB_STATES:
+                raise ValidationError(f"query parameter status: expected one of "
+                                      f"{', '.join(JOB_STATES)}, got {status!r}")
+            page = jobs.page(
+                status=status,
+                limit=_int("limit", query["limit"]) if "limit" in query else JOB_PAGE_SIZE,
+                next_token=query.get("next_token") or None)
+            with_waiting_reasons(jobs, page.items)
+            return Response(200, page)
+        job_id = args[0]
+        if route == "job":
+            self._only(query)
+            return Response(200, jobs.status(job_id))
+        if route == "job_cancel":
+            self._only(query)
+            return Response(200, jobs.cancel(job_id))
+        if route == "job_wait":
+            self._only(query, "timeout")
+            timeout = _seconds("timeout", query["timeout"], MAX_WAIT) if "timeout" in query \
+                else DEFAULT_WAIT
+            try:
+                return Response(200, jobs.wait(job_id, timeout))
+            except JobWaitTimeout:
+                return Response(200, jobs.status(job_id))
+        # job_logs
+        self._only(query, "offset", "follow")
+        offset = _int("offset", query["offset"]) if "offset" in query else 0
+        if offset < 0:
+            raise ValidationError(f"query parameter offset: must be >= 0, got {offset}")
+        follow = _bool("follow", query.get("follow", "false"))
+        job = jobs.store.get(job_id).job
+        if not job.log_url:
+            raise _HttpError(409, f"job {job_id} has no output yet: it is {job.status}"
+                                  + (" and never started" if job.attempts == 0 else ""))
+        chunks = jobs.logs(job_id, follow=follow, offset=offset)
+        return Response(200, Stream(chunks), {"Cache-Control": "no-store",
+                                              "X-Content-Type-Options": "nosniff"})
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -311,6 +450,9 @@ class _Handler(BaseHTTPRequestHandler):
                     body = self.rfile.read(length) if length else b""
         if response is None:
             response = self.server.api.handle(self.command, self.path, headers, body)
+        if isinstance(response.body, Stream):
+            self._send_stream(response, response.body, started)
+            return
         data = json.dumps(msgspec.to_builtins(response.body)).encode() \
             if isinstance(response.body, dict) else encode(response.body)
         self.send_response(response.status)
@@ -325,6 +467,46 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         log.info('%s "%s %s" %d %.1fms', self.client_address[0], self.command, self.path,
                  response.status, (time.monotonic() - started) * 1000)
+
+    def _send_stream(self, response: Response, stream: Stream, started: float) -> None:
+        """Write ``stream`` chunk by chunk as it comes (chunked, or to the connection's end
+        for an HTTP/1.0 client); an error midway cuts the response short."""
+        chunked = self.request_version != "HTTP/1.0"
+        sent, outcome = 0, "complete"
+        try:
+            self.send_response(response.status)
+            self.send_header("Content-Type", stream.content_type)
+            for key, value in response.headers.items():
+                self.send_header(key, value)
+            if chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.close_connection = True
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            for chunk in stream.chunks:
+                if not chunk:
+                    continue
+                self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                sent += len(chunk)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError as exc:  # the client went away (or stopped reading)
+            self.close_connection = True
+            outcome = f"client gone: {exc}"
+        except Exception as exc:  # the source failed: end without the last chunk
+            self.close_connection = True
+            outcome = f"cut short: {exc}"
+            log.warning("%s %s: response cut short after %d bytes: %s", self.command,
+                        self.path, sent, exc)
+        finally:
+            close = getattr(stream.chunks, "close", None)
+            if close is not None:
+                close()
+        log.info('%s "%s %s" %d %.1fms %d bytes streamed, %s', self.client_address[0],
+                 self.command, self.path, response.status,
+                 (time.monotonic() - started) * 1000, sent, outcome)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("do_"):  # every method is routed (unsupported ones get a 405)
@@ -355,8 +537,8 @@ class _Server(ThreadingHTTPServer):
 
 
 class ApiServer:
-    """``sked serve``: the REST API on ``host:port`` (port 0: any free port), and the
-    deployment tracker loop.
+    """``sked serve``: the REST API (environments and jobs) on ``host:port`` (port 0:
+    any free port), and the deployment tracker loop.
 
     >>> server = ApiServer(client, "127.0.0.1", 0)   # doctest: +SKIP
     >>> server.start(); server.url                   # doctest: +SKIP
@@ -366,9 +548,11 @@ class ApiServer:
 
     def __init__(self, client: Client, host: str = "127.0.0.1", port: int = 2000, *,
                  token: str | None = None, track_every: float = 1.0,
-                 environments: Environments | None = None) -> None:
+                 environments: Environments | None = None,
+                 jobs: JobClient | None = None) -> None:
         self.environments = environments or Environments(client)
-        self.api = Api(self.environments, token)
+        self.jobs = jobs or JobClient(client.backend, client.keys)
+        self.api = Api(self.environments, token, self.jobs)
         self.track_every = track_every
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("_BoundServer", (_Server,), {"address_family": family})

@@ -10,8 +10,12 @@ fields are ignored):
 
 Request bodies (:class:`EnvironmentCreate`, :class:`EnvironmentUpdate`,
 :class:`DeploymentCreate`) refuse unknown fields, so a typo is a 400 naming the field
-rather than a silently ignored setting. Durations in this API are seconds (floats).
+rather than a silently ignored setting. Durations in these bodies are seconds (floats).
 Field descriptions are ``msgspec.Meta`` annotations, so they reach the OpenAPI document.
+
+The jobs routes' bodies are those of :mod:`skedlib.jobs.models` (where a job's
+``timeout`` is nanoseconds, as stored); :class:`JobNodeList` wraps the job workers for
+``GET /v1/nodes``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
+
+from skedlib.jobs.models import JobNode
 
 __all__ = [
     "DEFAULT_DEPLOYMENT_DEADLINE",
@@ -37,6 +43,7 @@ __all__ = [
     "EnvironmentView",
     "ErrorBody",
     "FailedHost",
+    "JobNodeList",
     "Name",
     "Ping",
 ]
@@ -236,6 +243,12 @@ class ErrorBody(msgspec.Struct, kw_only=True):
         "bad_request, unauthorized, not_found, method_not_allowed, conflict, "
         "payload_too_large, unavailable or internal")]
     message: Annotated[str, _d("one line naming the object and field")]
+
+
+class JobNodeList(msgspec.Struct, kw_only=True):
+    """``GET /v1/nodes``: the live job workers (``skedlib-agent --jobs``), by name."""
+
+    items: list[JobNode]
 
 
 class Ping(msgspec.Struct, kw_only=True):

@@ -249,6 +249,9 @@ class JobClient:
                     raise LogsUnavailable(f"lost {where} while reading the output of job "
                                           f"{job_id}: {exc}") from None
                 if not chunk:
+                    if resp.length:  # a Content-Length body cut short
+                        raise LogsUnavailable(f"lost {where} while reading the output of "
+                                              f"job {job_id}: {resp.length} bytes missing")
                     return
                 yield chunk
         finally:
