@@ -300,7 +300,9 @@ def summary(job: Job, now: float | None = None) -> str:
     if ran is not None:
         line += f" after {_span(ran)}"
     details = []
-    if job.exit_code is not None:
+    if job.exit_code is not None and job.exit_code != 0 and (
+            not job.reason or "exit code" not in job.reason
+            and "signal" not in job.reason):
         details.append(f"exit code {_exit(job.exit_code)}")
     if job.reason and job.reason != job.status:
         details.append(job.reason)
