@@ -252,7 +252,8 @@ class JobWorker:
                 self._stopping.wait(1.0)
 
     def _take_back_own(self, why: str) -> None:
-        mine = set(self._running)
+        # jobs this process still runs are its own; those it is stopping are not
+        mine = {job_id for job_id, run in self._running.items() if not run.stop.is_set()}
         for kv in self.backend.list(self.keys.node_jobs_running(self.node)).items:
             job_id = kv.key.rsplit("/", 1)[1]
             if job_id in mine:
