@@ -145,6 +145,9 @@ class JobStore:
         ``node_revision``; returns the running job with its record's revision, or None
         when somebody else was first (or the node's lease ended).
         """
+        if node_revision <= 0:
+            raise ValueError("claim: node_revision must be the revision of the node's "
+                             "registered key (jobs/nodes/<node>)")
         job = decode_job(queued.value, queued.key)
         now = self.clock()
         running = msgspec.structs.replace(
@@ -166,6 +169,8 @@ class JobStore:
         """
         if status not in ("complete", "failed"):
             raise ValueError(f"finish: {status!r} is not complete or failed")
+        if job.status != "running":
+            return False
         now = self.clock()
         done = msgspec.structs.replace(job, status=status, exit_code=exit_code,
                                        reason=reason, finished_at=now)
@@ -246,7 +251,8 @@ class JobStore:
             for start in range(0, len(old), batch):
                 if deleted >= limit:
                     return deleted
-                deleted += self._purge_batch(old[start:start + batch], fence)
+                take = min(batch, limit - deleted)
+                deleted += self._purge_batch(old[start:start + take], fence)
         return deleted
 
     def _purge_batch(self, entries: Sequence[tuple[str, str]],
