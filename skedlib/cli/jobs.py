@@ -29,7 +29,7 @@ from skedlib.client import Client
 from skedlib.durations import format_duration
 from skedlib.environments.api import with_waiting_reasons
 from skedlib.jobs.client import JobClient, JobWaitTimeout
-from skedlib.jobs.models import JOB_STATES, Job, JobNode, JobRequirements
+from skedlib.jobs.models import JOB_STATES, Job, JobNode
 
 __all__ = ["JOB_HEADERS", "NODE_HEADERS", "add_parsers", "cmd_job", "parse_cores",
            "parse_size", "summary"]
@@ -219,17 +219,6 @@ def _cores(units: int) -> str:
     return f"{units / 1024:.2f}".rstrip("0").rstrip(".") if units else "-"
 
 
-def _requirements(req: JobRequirements) -> str:
-    parts = []
-    if req.memory:
-        parts.append(f"memory {_mib(req.memory)}")
-    if req.cpu_units:
-        parts.append(f"cpu {_cores(req.cpu_units)} ({req.cpu_units} units)")
-    if req.disk:
-        parts.append(f"disk {_mib(req.disk)}")
-    return ", ".join(parts) or "none"
-
-
 def _exit(code: int | None) -> str:
     if code is None:
         return "-"
@@ -272,7 +261,7 @@ def _status_block(job: Job, now: float) -> str:
     rows = [
         ("name", job.name or "-"),
         ("command", shlex.join([job.command, *job.args])),
-        ("requirements", _requirements(job.requirements)),
+        ("requirements", job.requirements.describe()),
         ("node", job.node or "-"),
         ("attempts", f"{job.attempts}/{job.max_attempts}"
                      + ("" if job.restart_on_node_failure else " (no restart)")),
@@ -301,8 +290,8 @@ def summary(job: Job, now: float | None = None) -> str:
         line += f" after {_span(ran)}"
     details = []
     if job.exit_code is not None and job.exit_code != 0 and (
-            not job.reason or "exit code" not in job.reason
-            and "signal" not in job.reason):
+            not job.reason or ("exit code" not in job.reason
+            and "signal" not in job.reason)):
         details.append(f"exit code {_exit(job.exit_code)}")
     if job.reason and job.reason != job.status:
         details.append(job.reason)

@@ -52,25 +52,14 @@ class LogsUnavailable(SkedError):
     """A job's output cannot be fetched: not started, or its node cannot be reached."""
 
 
-def _fmt_req(req: JobRequirements) -> str:
-    parts = []
-    if req.memory:
-        parts.append(f"memory {req.memory} MiB")
-    if req.cpu_units:
-        parts.append(f"cpu_units {req.cpu_units}")
-    if req.disk:
-        parts.append(f"disk {req.disk} MiB")
-    return ", ".join(parts) or "nothing"
-
-
 def explain_waiting(job: Job, nodes: list[JobNode]) -> str:
     """Why a queued job has not been claimed, from the live nodes' capacities."""
     if not nodes:
         return "no job worker is running"
     if not any(job.requirements.fits(n.capacity) for n in nodes):
         largest = max(nodes, key=lambda n: (n.capacity.memory, n.capacity.cpu_units))
-        return (f"no node can meet its requirements ({_fmt_req(job.requirements)}); "
-                f"the largest node, {largest.name}, offers {_fmt_req(largest.capacity)}")
+        return (f"no node can meet its requirements ({job.requirements.describe()}); "
+                f"the largest node, {largest.name}, offers {largest.capacity.describe()}")
     return "waiting for a node with free resources"
 
 

@@ -62,6 +62,13 @@ class JobRequirements(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     disk: NonNegative = 0
     """MiB of disk the node must have free for it (not enforced while it runs)."""
 
+    def describe(self) -> str:
+        """For people: ``memory 512 MiB, cpu_units 1024, disk 10 MiB`` (``none`` if empty)."""
+        parts = [f"memory {self.memory} MiB" if self.memory else "",
+                 f"cpu_units {self.cpu_units}" if self.cpu_units else "",
+                 f"disk {self.disk} MiB" if self.disk else ""]
+        return ", ".join(p for p in parts if p) or "none"
+
     def fits(self, free: JobRequirements) -> bool:
         """True when these requirements fit into ``free``."""
         return (self.memory <= free.memory and self.cpu_units <= free.cpu_units

@@ -175,7 +175,7 @@ def test_status_shows_state_node_attempts_exit_reason_and_times(client: Client,
     assert lines[0] == f"job {job_id}: queued"
     fields = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
     assert fields["name"] == "etl" and fields["command"] == "sh -c 'echo a b'"
-    assert fields["requirements"] == "memory 512M, cpu 0.5 (512 units)"
+    assert fields["requirements"] == "memory 512 MiB, cpu_units 512"
     assert (fields["attempts"], fields["exit code"], fields["timeout"]) == ("0/3", "-", "1h")
     assert fields["reason"] == "no job worker is running"
     assert fields["started"] == "-" and "ago)" in fields["submitted"]
