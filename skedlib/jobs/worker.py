@@ -46,7 +46,7 @@ from skedlib.jobs.models import Job, JobNode, JobRequirements
 from skedlib.jobs.store import JobStore, StoredJob
 from skedlib.keys import Keyspace, validate_name
 from skedlib.locks import KeptLease, Lock
-from skedlib.store.base import Backend, Compare, KeyValue, Put, WatchEvent
+from skedlib.store.base import Backend, Compare, KeyValue, Put, Watch, WatchEvent
 
 __all__ = ["JobWorker", "WorkerConfig", "WorkerStats"]
 
@@ -72,7 +72,7 @@ class WorkerConfig:
     lease_ttl: float = 10.0
     claim_delay: float = 0.02
     """Seconds waited before a claim when every slot is busy; scaled by the load."""
-    claim_window: int = 4
+    claim_window: int = 16
     """A claim picks at random among this many of the oldest jobs that fit."""
     limits: str = "auto"
     retention: float = 7 * 86400.0
@@ -112,6 +112,8 @@ class _Running:
     proc: subprocess.Popen[bytes] | None = None
     limited: Limited | None = None
     terminating: bool = False
+    finishing: bool = False
+    """Set before the finish transaction: the running key it deletes is its own doing."""
 
 
 def _host_capacity(state_dir: Path) -> JobRequirements:
@@ -344,9 +346,12 @@ class JobWorker:
                 if kv is None:
                     return
                 load = len(self._running) / self.slots
-            delay = self.config.claim_delay * load + random.uniform(0, 0.002)
-            if delay > 0 and self._stopping.wait(delay):
-                return
+                # A deep queue saturates every node anyway: holding back helps nobody.
+                deep = len(self._queued) > 2 * self.config.claim_window
+            if not deep:
+                delay = self.config.claim_delay * load + random.uniform(0, 0.002)
+                if self._stopping.wait(delay):
+                    return
             with self._cond:
                 if self._queued.get(kv.key) is not kv:
                     continue  # claimed (or changed) while we waited
@@ -474,6 +479,7 @@ class JobWorker:
 
     def _finish(self, run: _Running, status: str, exit_code: int | None, reason: str) -> None:
         job, revision = run.stored.job, run.stored.revision
+        run.finishing = True
         delay = 0.1
         while True:
             try:
@@ -510,7 +516,7 @@ class JobWorker:
 
     def _spawn_terminator(self, run: _Running) -> None:
         proc, limited = run.proc, run.limited
-        if proc is None or limited is None or run.terminating:
+        if proc is None or limited is None or run.terminating or proc.returncode is not None:
             return
         run.terminating = True
         threading.Thread(target=self._guard("stop", lambda: self._terminate(proc, limited)),
@@ -545,14 +551,15 @@ class JobWorker:
                 self._stopping.wait(0.5)
 
     def _check_running_keys(self, prefix: str) -> None:
+        ours = dict(self._running)  # before the listing: a later claim is not missing
         present = {kv.key.rsplit("/", 1)[1] for kv in self.backend.list(prefix).items}
-        for job_id in list(self._running):
-            if job_id not in present:
+        for job_id, run in ours.items():
+            if job_id not in present and not run.finishing:
                 self._running_key_gone(job_id)
 
     def _running_key_gone(self, job_id: str) -> None:
         run = self._running.get(job_id)
-        if run is None or run.stop.is_set():
+        if run is None or run.stop.is_set() or run.finishing:
             return
         try:
             job = self.store.get(job_id).job
@@ -568,20 +575,26 @@ class JobWorker:
     def _upkeep_loop(self) -> None:
         last_cleanup = 0.0
         compact_mark = 0
-        watch = None
-        while not self._stopping.wait(0.0 if watch is not None else 1.0):
+        watch: Watch | None = None
+        while not self._stopping.is_set():
             try:
                 if self.config.cleaner and not self._is_cleaner():
-                    watch = None
+                    if watch is not None:
+                        watch.close()
+                        watch = None
                     self._try_become_cleaner()
                     if self._is_cleaner():
+                        last_cleanup = 0.0  # sweep at once: nodes lost meanwhile
+                if self._is_cleaner():
+                    if watch is None:
                         listed = self.backend.list(self.keys.job_nodes)
                         watch = self.backend.watch(self.keys.job_nodes, listed.revision + 1)
                         last_cleanup = 0.0
-                if watch is not None and self._is_cleaner():
                     for ev in watch.next(timeout=1.0):
                         if ev.kind == "delete":
                             self._take_back(ev.key.rsplit("/", 1)[1])
+                elif self._stopping.wait(1.0):
+                    break
                 if time.monotonic() - last_cleanup >= self.config.cleanup_interval:
                     last_cleanup = time.monotonic()
                     self._purge_local_logs()
@@ -592,7 +605,7 @@ class JobWorker:
                 log.warning("job worker %s: upkeep: %s", self.node, exc)
                 if watch is not None:
                     watch.close()
-                watch = None
+                watch = None  # listed and watched again on the next turn
                 self._stopping.wait(1.0)
         if watch is not None:
             watch.close()

@@ -284,7 +284,9 @@ class SqliteBackend(Backend):
         conn.close()
 
     def _poll_events(self, conn: sqlite3.Connection, prefix: str,
-                     start: int) -> builtins.list[WatchEvent]:
+                     start: int) -> tuple[builtins.list[WatchEvent], int]:
+        """The events under ``prefix`` from ``start`` on, and the revision read at (a
+        watch with no events may resume after it: nothing under its prefix came before)."""
         self._expire(conn)
         with self._read(conn):
             compacted = conn.execute(
@@ -295,8 +297,9 @@ class SqliteBackend(Backend):
             rows = conn.execute(
                 "SELECT rev, key, kind, value FROM events WHERE rev >= ? AND key >= ? "
                 "AND key < ? ORDER BY rev, seq", (start, prefix, prefix_end(prefix))).fetchall()
+            revision = self._revision(conn)
         return [WatchEvent("put" if kind == _PUT else "delete", key, value, rev)
-                for rev, key, kind, value in rows]
+                for rev, key, kind, value in rows], revision
 
 
 class _Guard:
@@ -334,11 +337,15 @@ class _SqliteWatch(Watch):
                     if version != self._seen_version or time.time() >= \
                             self._backend._next_expiry_check:
                         self._seen_version = version
-                        events = self._backend._poll_events(self._conn, self._prefix,
-                                                            self._next)
+                        events, revision = self._backend._poll_events(
+                            self._conn, self._prefix, self._next)
                         if events:
                             self._next = events[-1].revision + 1
                             return events
+                        # nothing under the prefix up to ``revision``: move past it, so a
+                        # quiet watch neither rescans old events nor falls behind a
+                        # compaction
+                        self._next = max(self._next, revision + 1)
                 wait = self._backend.poll
                 if deadline is not None:
                     left = deadline - time.monotonic()
