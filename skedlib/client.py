@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import msgspec
 
-from skedlib.codecs import ManifestDocument, decode, encode
-from skedlib.errors import BackendError, Compacted, ConflictError, NotFound, ValidationError
+from skedlib.codecs import ManifestDocument, decode, encode, object_label
+from skedlib.errors import (
+    BackendError,
+    Compacted,
+    ConflictError,
+    NotFound,
+    ValidationError,
+    one_line,
+)
 from skedlib.keys import Keyspace, validate_name
 from skedlib.models import (
     Cluster,
@@ -209,16 +216,22 @@ class Client:
         if isinstance(doc, Manifest):
             doc = ManifestDocument(doc, "<manifest>")
         for _ in range(_RETRIES):
-            compares, ops, result = self._plan_apply(doc)
+            compares, ops, result, before = self._plan_apply(doc)
             if not ops:
                 return result
-            revision = self._commit_pairs(compares, ops)
+            revision = self._commit_pairs(compares, ops, before)
             if revision:
                 return msgspec.structs.replace(result, revision=revision)
         raise ConflictError(f"{doc.source}: the store kept changing under apply; try again")
 
-    def _commit_pairs(self, compares: Sequence[Compare], ops: Sequence[Op]) -> int:
-        """One transaction if it fits, else chunks each carrying its own keys' compares."""
+    def _commit_pairs(self, compares: Sequence[Compare], ops: Sequence[Op],
+                      before: Mapping[str, bytes | None] | None = None) -> int:
+        """Write ``ops`` if every compare holds; the revision written, or 0 (nothing
+        written). One transaction when it fits the backend's limit. Otherwise chunks,
+        each carrying its own keys' compares; when a chunk's compare fails, the chunks
+        already written are undone (each undo compared on the revision it wrote, so a
+        newer write by someone else is never overwritten), and the caller re-plans.
+        ``before`` holds the values the plan read (None: absent), for the undo."""
         limit = self.backend.max_txn_ops
         if limit is None or len(compares) + len(ops) <= limit:
             res = self.backend.txn(compares, ops)
@@ -226,21 +239,40 @@ class Client:
         by_key = {c.key: c for c in compares}
         revision = 0
         step = max(1, limit // 2)
+        written: list[tuple[str, int]] = []
         for i in range(0, len(ops), step):
             chunk = list(ops[i:i + step])
             res = self.backend.txn([by_key[op.key] for op in chunk if op.key in by_key], chunk)
             if not res.succeeded:
+                self._undo(written, before or {}, step)
                 return 0
             revision = res.revision
+            written.extend((op.key, res.revision) for op in chunk)
         return revision
 
-    def _plan_apply(self, doc: ManifestDocument) -> tuple[list[Compare], list[Op], ApplyResult]:
+    def _undo(self, written: Sequence[tuple[str, int]], before: Mapping[str, bytes | None],
+              step: int) -> None:
+        """Put back what a partly written apply changed, key by key where nobody wrote
+        since. A key changed again by someone else keeps their value (theirs is newer)."""
+        undo: list[tuple[Compare, Op]] = []
+        for key, rev in written:
+            old = before.get(key)
+            undo.append((Compare(key, rev), Put(key, old) if old is not None else Delete(key)))
+        for i in range(0, len(undo), step):
+            part = undo[i:i + step]
+            res = self.backend.txn([c for c, _ in part], [op for _, op in part])
+            if not res.succeeded:  # someone wrote one of them: undo the rest one by one
+                for compare, op in part:
+                    self.backend.txn([compare], [op])
+
+    def _plan_apply(self, doc: ManifestDocument
+                    ) -> tuple[list[Compare], list[Op], ApplyResult, dict[str, bytes | None]]:
         src, m = doc.source, doc.manifest
-        tds = [check_task_definition(td, f'{src}: task_definitions[{i}] "{td.name}"')
+        tds = [check_task_definition(td, f"{src}: {object_label('task_definitions', i, td.name)}")
                for i, td in enumerate(m.task_definitions)]
-        services = [check_service(s, f'{src}: services[{i}] "{s.name}"')
+        services = [check_service(s, f"{src}: {object_label('services', i, s.name)}")
                     for i, s in enumerate(m.services)]
-        clusters = [check_cluster(c, f'{src}: clusters[{i}] "{c.name}"')
+        clusters = [check_cluster(c, f"{src}: {object_label('clusters', i, c.name)}")
                     for i, c in enumerate(m.clusters)]
         _no_duplicates(src, "task_definitions", [f"{t.name} version {t.version}" for t in tds])
         _no_duplicates(src, "services", [s.name for s in services])
@@ -285,15 +317,17 @@ class Client:
                     unchanged.append(label)
                     continue
                 if isinstance(obj, TaskDefinition):
+                    where = object_label("task_definitions", tds.index(obj), obj.name)
                     raise ValidationError(
-                        f'{src}: task definition "{obj.name}" version {obj.version} already '
-                        "exists with different content; versions are immutable, so give the "
-                        "changed definition a new version")
+                        f"{src}: {where}: field version: version {obj.version} of "
+                        f'"{one_line(obj.name)}" already exists with different content; '
+                        "versions are immutable, so give the changed definition a new version")
                 configured.append(label)
             compares.append(Compare(key, old.revision if old else 0))
             ops.append(Put(key, encode(obj)))
         result = ApplyResult(tuple(created), tuple(configured), tuple(unchanged), doc.warnings)
-        return compares, ops, result
+        before = {c.key: stored[c.key].value if c.key in stored else None for c in compares}
+        return compares, ops, result, before
 
     # -- delete ---------------------------------------------------------------------------
     def delete(self, kind: str, name: str) -> None:

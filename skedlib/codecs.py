@@ -23,14 +23,15 @@ import msgspec.inspect as mi
 import yaml
 
 from skedlib.durations import parse_duration
-from skedlib.errors import ValidationError
-from skedlib.models import Cluster, Manifest, Service, TaskDefinition
+from skedlib.errors import ValidationError, one_line
+from skedlib.models import Cluster, Container, Manifest, Service, TaskDefinition
 
 __all__ = [
     "ManifestDocument",
     "decode",
     "encode",
     "load_manifest",
+    "object_label",
     "parse_manifest",
     "to_builtins",
     "to_yaml",
@@ -107,7 +108,8 @@ class _FieldError(Exception):
 def _normalize(value: Any, t: mi.Type, path: str, warn: Callable[[str], None]) -> Any:
     """Walk YAML data along its type: durations to ns, nulls to defaults, unknown keys."""
     if isinstance(t, mi.Metadata):
-        if t.extra and t.extra.get("duration") and isinstance(value, str | float):
+        if (t.extra and t.extra.get("duration") and isinstance(value, str | float | int)
+                and not isinstance(value, bool)):
             try:
                 return parse_duration(value)
             except ValidationError as exc:
@@ -124,6 +126,8 @@ def _normalize(value: Any, t: mi.Type, path: str, warn: Callable[[str], None]) -
             if item is None and not _nullable(field.type):
                 continue  # null means "the default"
             out[key] = _normalize(item, field.type, f"{path + '.' if path else ''}{key}", warn)
+        if t.cls is Container:
+            _warn_executor_fields(value, path, warn)
         return out
     if isinstance(t, mi.ListType) and isinstance(value, list):
         return [_normalize(v, t.item_type, f"{path}[{i}]", warn) for i, v in enumerate(value)]
@@ -136,6 +140,19 @@ def _normalize(value: Any, t: mi.Type, path: str, warn: Callable[[str], None]) -
     return value
 
 
+def _warn_executor_fields(container: dict[str, Any], path: str,
+                          warn: Callable[[str], None]) -> None:
+    """Warn about unknown fields in the executor blob of a built-in executor type (a
+    plugin's executor checks its own blob); its values are kept as written."""
+    # imported here: validation imports skedlib.scheduling, which imports this module
+    from skedlib.validation import BUILTIN_EXECUTOR_CONFIGS
+
+    config = BUILTIN_EXECUTOR_CONFIGS.get(str(container.get("type")))
+    blob = container.get("executor")
+    if config is not None and isinstance(blob, dict):
+        _normalize(blob, mi.type_info(config), f"{path + '.' if path else ''}executor", warn)
+
+
 def _nullable(t: mi.Type) -> bool:
     if isinstance(t, mi.Metadata):
         return _nullable(t.type)
@@ -143,15 +160,50 @@ def _nullable(t: mi.Type) -> bool:
         isinstance(t, mi.UnionType) and any(isinstance(u, mi.NoneType) for u in t.types))
 
 
+def object_label(section: str, index: int, name: object = None) -> str:
+    """How messages name a manifest object: ``services[2] "web"`` (``services[2]`` when
+    it has no string name). Unprintable characters in the name are escaped, so the
+    label stays one line."""
+    if isinstance(name, str):
+        return f'{section}[{index}] "{one_line(name)}"'
+    return f"{section}[{index}]"
+
+
 def _label(section: str, index: int, item: Any) -> str:
-    name = item.get("name") if isinstance(item, dict) else None
-    return f'{section}[{index}] "{name}"' if isinstance(name, str) else f"{section}[{index}]"
+    return object_label(section, index, item.get("name") if isinstance(item, dict) else None)
+
+
+def _surrogate_path(value: Any, path: str) -> str | None:
+    """The path of the first string (or mapping key) in ``value`` holding an unpaired
+    surrogate, which cannot be stored as UTF-8; None when there is none."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "(root)"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else str(k)
+            found = _surrogate_path(k, sub) or _surrogate_path(v, sub)
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _surrogate_path(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def convert_object(item: Any, type_: type[T], label: str, warn: Callable[[str], None]) -> T:
     """Convert one manifest object (YAML data) into ``type_``, or raise ValidationError."""
     if not isinstance(item, dict):
         raise ValidationError(f"{label}: expected a mapping, got {type(item).__name__}")
+    bad_text = _surrogate_path(item, "")
+    if bad_text is not None:
+        raise ValidationError(one_line(f"{label}: field {bad_text}: text with an unpaired "
+                                       "surrogate (\\ud800-\\udfff) cannot be stored"))
     try:
         data = _normalize(item, mi.type_info(type_), "", lambda w: warn(f"{label}: {w}"))
         result: T = msgspec.convert(data, type_, strict=True)
@@ -168,9 +220,9 @@ def parse_manifest(text: str, source: str = "<manifest>") -> ManifestDocument:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        where = f" line {mark.line + 1} column {mark.column + 1}:" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValidationError(f"{source}:{where}: malformed YAML: {problem}") from None
+        raise ValidationError(one_line(f"{source}:{where} malformed YAML: {problem}")) from None
     warnings: list[str] = []
     sections: dict[str, list[Any]] = {name: [] for name in SECTIONS}
     for doc in docs:
@@ -196,10 +248,10 @@ def parse_manifest(text: str, source: str = "<manifest>") -> ManifestDocument:
                 converted[key].append(convert_object(item, SECTIONS[key], label,
                                                      warnings.append))
             except ValidationError as exc:
-                raise ValidationError(f"{source}: {exc}") from None
+                raise ValidationError(one_line(f"{source}: {exc}")) from None
     manifest = Manifest(clusters=converted["clusters"], services=converted["services"],
                         task_definitions=converted["task_definitions"])
-    warnings = [w if w.startswith(source) else f"{source}: {w}" for w in warnings]
+    warnings = [one_line(w if w.startswith(source) else f"{source}: {w}") for w in warnings]
     return ManifestDocument(manifest, source, tuple(warnings))
 
 

@@ -20,6 +20,32 @@ edge (``raise BackendUnavailable(...) from exc``) and never escape raw::
 
 from __future__ import annotations
 
+__all__ = [
+    "BackendError",
+    "BackendUnavailable",
+    "Compacted",
+    "ConflictError",
+    "InvalidName",
+    "LeaseExpired",
+    "LockError",
+    "NotFound",
+    "PluginError",
+    "SkedError",
+    "TxnTooLarge",
+    "ValidationError",
+    "one_line",
+]
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks, control and other unprintable characters escaped
+    (``\\n``, ``\\x1b``, ``\\ud800``), so a message naming user input stays one line and
+    cannot drive a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
 
 class SkedError(Exception):
     """Base class of every error raised by skedlib."""

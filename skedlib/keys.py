@@ -67,15 +67,21 @@ __all__ = [
 
 DEFAULT_PREFIX = "sked/"
 MAX_NAME_LENGTH = 128
-_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f/]")
+#: whitespace, ``/``, control characters (C0, DEL, C1), unpaired surrogates (not UTF-8),
+#: and invisible format characters: soft hyphen, zero-width and bidirectional controls,
+#: BOM. Whitespace aside, a fixed list rather than the running Python's Unicode tables,
+#: so a name means the same to every Python version.
+_BAD_CHAR = re.compile(r"[\s/\x00-\x1f\x7f-\x9f\xad\u200b-\u200f\u202a-\u202e"
+                       r"\u2060-\u206f\ufeff\ud800-\udfff]")
 
 
 def validate_name(name: object, what: str = "name", *, allow_dash: bool = True) -> str:
     """Return ``name`` if it can be one segment of a key, else raise :class:`InvalidName`.
 
-    A name is 1 to 128 characters with no ``/``, whitespace or control characters, and is
-    neither ``.`` nor ``..`` nor contains ``..``. ``allow_dash=False`` also refuses ``-``
-    (cluster names, so task ids stay parseable).
+    A name is 1 to 128 characters with no ``/``, whitespace, control characters,
+    unpaired surrogates or invisible format characters (zero-width, bidirectional
+    controls), and is neither ``.`` nor ``..`` nor contains ``..``. ``allow_dash=False``
+    also refuses ``-`` (cluster names, so task ids stay parseable).
     """
     if not isinstance(name, str):
         raise InvalidName(f"invalid {what} {name!r}: must be a string")
@@ -547,8 +553,9 @@ class Keyspace:
                 parsed = ClusterKey(name)
             case ["config", "services", name]:
                 parsed = ServiceKey(name)
-            case ["config", "task_definitions", name, version] if version.isdigit() and (
-                    version == "0" or not version.startswith("0")):
+            case ["config", "task_definitions", name, version] if (
+                    version.isascii() and version.isdigit()
+                    and (version == "0" or not version.startswith("0"))):
                 parsed = TaskDefinitionKey(name, int(version))
             case ["config", "hosts", name]:
                 parsed = HostConfigKey(name)
@@ -579,7 +586,7 @@ class Keyspace:
             case ["jobs", "status", "running", node, job_id]:
                 parsed = JobRunningKey(node, job_id)
             case ["jobs", "status", state, epoch, job_id] if (
-                    state in FINISHED_JOB_STATES and epoch.isdigit()
+                    state in FINISHED_JOB_STATES and epoch.isascii() and epoch.isdigit()
                     and len(epoch) == EPOCH_DIGITS):
                 parsed = JobFinishedKey(state, int(epoch), job_id)
             case ["jobs", "nodes", node]:

@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from skedlib.durations import MAX_DURATION
+
 __all__ = [
     "DEFAULT_SCHEDULER",
     "BashExecutor",
@@ -50,7 +52,7 @@ __all__ = [
 
 DEFAULT_SCHEDULER = "binpack"
 
-Duration = Annotated[int, msgspec.Meta(extra={"duration": True},
+Duration = Annotated[int, msgspec.Meta(le=MAX_DURATION, extra={"duration": True},
                                        description="nanoseconds; manifests may write '60s'")]
 """Integer nanoseconds; YAML manifests may also write Go-style strings like ``"1m30s"``."""
 
@@ -172,13 +174,23 @@ class TaskId(msgspec.Struct, frozen=True, order=True):
 
     @classmethod
     def parse(cls, text: str) -> TaskId:
-        """Split a task id into its parts; raises :class:`ValueError` if it is not one."""
+        """Split a task id into its parts; raises :class:`ValueError` if it is not one.
+
+        Version and instance are decimal integers without leading zeros, so an id has
+        exactly one spelling: ``str(TaskId.parse(text)) == text``.
+        """
         cluster, sep, rest = text.partition("-")
         head, _, instance = rest.rpartition("-")
         service, _, version = head.rpartition("-")
-        if not (sep and cluster and service and version.isdigit() and instance.isdigit()):
+        if not (sep and cluster and service and _canonical_int(version)
+                and _canonical_int(instance)):
             raise ValueError(f"not a task id: {text!r}")
         return cls(cluster, service, int(version), int(instance))
+
+
+def _canonical_int(text: str) -> bool:
+    """``text`` is a non-negative decimal integer in ASCII, without leading zeros."""
+    return text.isascii() and text.isdigit() and (text == "0" or not text.startswith("0"))
 
 
 class Task(msgspec.Struct, kw_only=True):

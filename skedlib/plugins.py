@@ -96,7 +96,10 @@ class Registry:
 
     def open_backend(self, url: str) -> Backend:
         """Open the backend for ``url``, chosen by its scheme."""
-        scheme = urlsplit(url).scheme
+        try:
+            scheme = urlsplit(url).scheme
+        except ValueError as exc:  # e.g. an unclosed [ of an IPv6 address
+            raise BackendUnavailable(f"{url!r}: not a valid URL: {exc}") from None
         if not scheme:
             raise BackendUnavailable(f"{url!r}: not a backend URL (expected e.g. "
                                      "sqlite:///path/to/file.db, etcd://host:2379)")

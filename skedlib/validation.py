@@ -1,8 +1,9 @@
 """Validation of desired state, and the safe defaults the seed says validation applies.
 
 Each ``check_*`` function takes an object and a label for messages
-(``services[2] "web"``) and returns the object with defaults filled in, or raises
-:class:`~skedlib.errors.ValidationError` naming the object and the field. Defaults:
+(``services[2] "web"``; unprintable characters in it are escaped) and returns the object
+with defaults filled in, or raises :class:`~skedlib.errors.ValidationError` naming the
+object and the field. Defaults:
 
 - task definition: ``grace_period`` 60s, ``max_attempts`` 10;
 - check: ``interval`` 10s, ``timeout`` 5s (never longer than the interval);
@@ -15,7 +16,7 @@ from __future__ import annotations
 import msgspec
 
 from skedlib.durations import MINUTE, SECOND, parse_duration
-from skedlib.errors import ValidationError
+from skedlib.errors import ValidationError, one_line
 from skedlib.keys import validate_name
 from skedlib.models import (
     BashExecutor,
@@ -63,6 +64,7 @@ def _name(value: str, label: str, field: str, what: str, *, allow_dash: bool = T
 
 def check_cluster(cluster: Cluster, label: str) -> Cluster:
     """Names of the cluster, its services and hosts are valid."""
+    label = one_line(label)
     _name(cluster.name, label, "name", "cluster name", allow_dash=False)
     for i, svc in enumerate(cluster.services):
         _name(svc, label, f"services[{i}]", "service name")
@@ -75,6 +77,7 @@ def check_cluster(cluster: Cluster, label: str) -> Cluster:
 
 def check_service(service: Service, label: str) -> Service:
     """Names valid; 0 ≤ min ≤ desired ≤ max; update strategy sane. Fills defaults."""
+    label = one_line(label)
     _name(service.name, label, "name", "service name")
     _name(service.task_name, label, "task_name", "task definition name")
     _name(service.scheduler, label, "scheduler", "scheduler name")
@@ -148,6 +151,7 @@ def _check_container(c: Container, label: str, field: str) -> Container:
 
 def check_task_definition(td: TaskDefinition, label: str) -> TaskDefinition:
     """Names, ports, resources, containers and checks valid. Fills defaults."""
+    label = one_line(label)
     _name(td.name, label, "name", "task definition name")
     if td.version < 0:
         raise ValidationError(f"{label}: field version: must be ≥ 0")

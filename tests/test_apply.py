@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from skedlib.client import Client
-from skedlib.codecs import parse_manifest
+from skedlib.codecs import encode, parse_manifest
 from skedlib.errors import ConflictError, NotFound, ValidationError
+from skedlib.store.base import Compare, Op, Put, TxnResult
 
 TD = """
 task_definitions:
@@ -52,9 +54,11 @@ def test_apply_writes_then_is_a_no_op(client: Client) -> None:
     td = client.task_definition("web", 1)
     assert td is not None
     assert td.grace_period == 60 * 10**9 and td.max_attempts == 10  # defaults applied
-    assert td.containers[0].checks[0].interval == "10s"
+    check = td.containers[0].checks[0]
+    assert (check.interval, check.timeout) == ("10s", "5s")
     svc = client.service("web")
     assert svc is not None and svc.max == 0  # 0: as many as desired, whatever it becomes
+    assert svc.update.deadline == 600 * 10**9
 
 
 def test_changed_service_is_configured(client: Client) -> None:
@@ -68,7 +72,8 @@ def test_changed_service_is_configured(client: Client) -> None:
 def test_task_definition_versions_are_immutable(client: Client) -> None:
     client.apply(parse_manifest(_manifest(), "m.yml"))
     rev = client.backend.current_revision()
-    with pytest.raises(ValidationError, match='"web" version 1 already exists with different'):
+    with pytest.raises(ValidationError, match=r'task_definitions\[0\] "web": field version: '
+                       'version 1 of "web" already exists with different content'):
         client.apply(parse_manifest(_manifest(start="other", desired=5), "m.yml"))
     assert client.backend.current_revision() == rev
     svc = client.service("web")
@@ -134,3 +139,69 @@ def test_large_manifest_on_a_limited_backend_is_chunked() -> None:
         res = c.apply(parse_manifest(tds, "big.yml"))
         assert len(res.created) == 40
         assert len(c.task_definitions()) == 40
+
+
+def test_a_chunked_apply_that_loses_a_race_writes_nothing() -> None:
+    """Over the backend's transaction limit, apply writes in chunks; when a later chunk's
+    compare fails, the earlier chunks are undone, so the store never holds part of it."""
+    with Client.open("memory://?max_txn_ops=8") as c:
+        c.apply(parse_manifest(_manifest(), "m.yml"))
+        tds = "task_definitions:\n" + "".join(
+            f"  - {{name: t{i}, version: 1, containers: [{{name: c, type: bash, executor: "
+            f"{{start: x}}}}]}}\n" for i in range(20))
+        text = tds + SVC.format(version=1, desired=7, min=1)
+        contested = c.keys.service("web")
+        real_txn = c.backend.txn
+        calls = 0
+
+        def racing_txn(compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+            nonlocal calls
+            if any(cmp.key == contested for cmp in compares):
+                calls += 1  # another writer changes the service just before each attempt
+                svc = c.service("web")
+                assert svc is not None
+                c.backend.put(contested, encode(msgspec.structs.replace(svc, desired=100 + calls)))
+            return real_txn(compares, ops)
+
+        c.backend.txn = racing_txn  # type: ignore[method-assign]
+        before = {kv.key: kv.value for kv in c.backend.list("").items}
+        with pytest.raises(ConflictError, match="kept changing"):
+            c.apply(parse_manifest(text, "big.yml"))
+        c.backend.txn = real_txn  # type: ignore[method-assign]
+        after = {kv.key: kv.value for kv in c.backend.list("").items}
+        assert calls > 1
+        assert after.keys() == before.keys()  # none of the 20 new definitions stayed
+        assert {k: v for k, v in after.items() if k != contested} == {
+            k: v for k, v in before.items() if k != contested}
+        svc = c.service("web")
+        assert svc is not None and svc.desired == 100 + calls  # the other writer's value is kept
+        res = c.apply(parse_manifest(text, "big.yml"))  # without the race it goes through
+        assert len(res.created) == 20 and res.configured == ("services/web",)
+
+
+def test_an_undo_keeps_a_newer_write_by_someone_else() -> None:
+    with Client.open("memory://?max_txn_ops=4") as c:
+        key_a, key_b = c.keys.service("a"), c.keys.service("b")
+        c.backend.put(key_a, b"old-a")
+        rev_a = c.backend.get(key_a)
+        assert rev_a is not None
+        ops: list[Op] = [Put(key_a, b"new-a"), Put(key_b, b"new-b"),
+                         Put(c.keys.service("c"), b"new-c"), Put(c.keys.service("d"), b"d")]
+        compares = [Compare(key_a, rev_a.revision), Compare(key_b, 0),
+                    Compare(c.keys.service("c"), 0), Compare(c.keys.service("d"), 0)]
+        real_txn = c.backend.txn
+        seen = 0
+
+        def racing_txn(cmps: Sequence[Compare], txn_ops: Sequence[Op]) -> TxnResult:
+            nonlocal seen
+            seen += 1
+            res = real_txn(cmps, txn_ops)
+            if seen == 1:  # after the first chunk: someone rewrites b, and takes c
+                real_txn([], [Put(key_b, b"theirs"), Put(c.keys.service("c"), b"theirs")])
+            return res
+
+        c.backend.txn = racing_txn  # type: ignore[method-assign]
+        assert c._commit_pairs(compares, ops, {key_a: b"old-a", key_b: None}) == 0
+        c.backend.txn = real_txn  # type: ignore[method-assign]
+        got = {kv.key: kv.value for kv in c.backend.list(c.keys.services).items}
+        assert got == {key_a: b"old-a", key_b: b"theirs", c.keys.service("c"): b"theirs"}

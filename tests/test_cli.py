@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from skedlib.cli.main import main
 from skedlib.client import Client
 from skedlib.codecs import decode, load_manifest
 from skedlib.models import Service
+from skedlib.validation import check_service
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello-world.yml"
@@ -34,9 +36,32 @@ def test_apply_then_get_services_json_round_trips(url: str,
               json.loads(capsys.readouterr().out)]
     with Client.open(url) as c:
         assert listed == c.services()
-    applied = load_manifest(HELLO).manifest.services[0]
-    assert (listed[0].name, listed[0].desired, listed[0].task_version) == (
-        applied.name, applied.desired, applied.task_version)
+    # what comes back is what was applied, with validation's defaults filled in
+    applied = load_manifest(HELLO).manifest.services
+    assert listed == [check_service(s, "") for s in applied]
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_get_output_applies_back_unchanged(url: str, tmp_path: Path, fmt: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """``sked get KIND -o json|yaml`` is a manifest section: applying it changes nothing."""
+    assert main(["--backend", url, "apply", "-f", str(HELLO)]) == 0
+    capsys.readouterr()
+    sections = {}
+    for kind in ("clusters", "services", "task_definitions"):
+        assert main(["--backend", url, "get", kind, "-o", fmt]) == 0
+        sections[kind] = yaml.safe_load(capsys.readouterr().out)  # JSON is YAML too
+    again = tmp_path / f"again.{fmt}"
+    again.write_text(yaml.safe_dump(sections))
+    with Client.open(url) as c:
+        revision = c.backend.current_revision()
+    assert main(["--backend", url, "apply", "-f", str(again)]) == 0
+    out, err = capsys.readouterr()
+    assert out.split("\n")[:-1] == [f"{label} unchanged" for label in (
+        "task_definitions/helloworld:1", "services/helloworld", "clusters/default")]
+    assert err == ""
+    with Client.open(url) as c:
+        assert c.backend.current_revision() == revision
 
 
 def test_get_one_as_yaml_and_table(url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,6 +87,68 @@ def test_errors_are_one_line_without_traceback(url: str, tmp_path: Path,
     assert "service 'nope' not found" in capsys.readouterr().err
     assert main(["--backend", "nosuch://x", "get", "services"]) == 1
     assert "no backend named 'nosuch'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("manifest", "message"), [
+    ("services:\n  - name: web\n    task_name: [\n", "line 4 column 1: malformed YAML"),
+    ('services: [{name: "a\\nb", task_name: helloworld, task_version: 1}]',
+     'services[0] "a\\nb": field name: invalid service name'),
+    ('services: [{name: "x\\e[2Jy", task_name: helloworld, task_version: 1}]',
+     'services[0] "x\\x1b[2Jy": field name'),
+    ("services: [{name: web, task_name: helloworld, task_version: 1, min: 5, desired: 4, "
+     "max: 3}]", "need 0 ≤ min ≤ desired ≤ max, got min=5 desired=4 max=3"),
+    ("services: [{name: web, task_name: gone, task_version: 1}]",
+     'services[0] "web": field task_version: task definition "gone" version 1 does not exist'),
+])
+def test_bad_manifests_are_one_printable_line_and_write_nothing(
+        url: str, tmp_path: Path, manifest: str, message: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--backend", url, "apply", "-f", str(HELLO)]) == 0
+    with Client.open(url) as c:
+        before = c.backend.list("").items
+    bad = tmp_path / "bad.yml"
+    bad.write_text(manifest)
+    capsys.readouterr()
+    assert main(["--backend", url, "apply", "-f", str(bad)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"sked: error: {bad}: ") and message in err, err
+    assert err.count("\n") == 1 and err[:-1].isprintable()
+    with Client.open(url) as c:
+        assert c.backend.list("").items == before
+
+
+def test_unknown_fields_warn_and_the_rest_is_applied(url: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    text = HELLO.read_text().replace("desired: 2", "desired: 2\n    colour: red")
+    manifest = tmp_path / "m.yml"
+    manifest.write_text(text)
+    assert main(["--backend", url, "apply", "-f", str(manifest)]) == 0
+    err = capsys.readouterr().err
+    assert err == f'warning: {manifest}: services[0] "helloworld": field colour: unknown ' \
+                  "field, ignored\n"
+    with Client.open(url) as c:
+        assert [s.name for s in c.services()] == ["helloworld"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["get", "bogus"], "sked: error: argument kind: unknown kind 'bogus'"),
+    (["get", "services", "-o", "xml"], "sked: error: argument -o/--output: invalid choice"),
+    (["apply"], "sked: error: the following arguments are required: -f/--file"),
+    (["--backend", "sqlite:///x.db?timeout=soon", "get", "services"],
+     "sked: error: sqlite:///x.db?timeout=soon: timeout must be"),
+    (["--backend", "memory://?max_txn_ops=0", "get", "services"],
+     "sked: error: memory://?max_txn_ops=0: max_txn_ops must be"),
+])
+def test_usage_and_url_errors_are_one_line(argv: list[str], message: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = int(exc.code or 0)
+    assert code in (1, 2)
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
 
 
 def test_delete(url: str, capsys: pytest.CaptureFixture[str]) -> None:

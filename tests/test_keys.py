@@ -32,8 +32,9 @@ from skedlib.keys import (
     TaskKey,
     validate_name,
 )
+from skedlib.models import TaskId
 
-_name_chars = st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"),
+_name_chars = st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Zs", "Zl", "Zp"),
                             blacklist_characters="/\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85")
 names = st.text(_name_chars, min_size=1, max_size=40).filter(
     lambda s: ".." not in s and s != "." and not any(c.isspace() for c in s))
@@ -80,7 +81,11 @@ bad_names = st.one_of(
     st.just(""), st.just("."), st.just(".."),
     st.builds(lambda a, b: f"{a}/{b}", names, names),
     st.builds(lambda a, b: f"{a}..{b}", st.text(max_size=3), st.text(max_size=3)),
-    st.builds(lambda a, c: a + c, names, st.sampled_from([" ", "\t", "\n", "\x00", "\x7f"])),
+    st.builds(lambda a, c, b: a + c + b, names,
+              st.sampled_from([" ", "\t", "\n", "\x00", "\x1b", "\x7f", "\x85", "\x9b",
+                               "\u00a0", "\u2028", "\u3000", "\ud800", "\udfff", "\u00ad",
+                               "\u200b", "\u200e", "\u202e", "\u2066", "\ufeff"]),
+              st.text(_name_chars, max_size=3)),
     st.text(min_size=129, max_size=200).map(lambda s: "x" * 129 + s),
 )
 
@@ -92,7 +97,12 @@ def test_invalid_names_are_refused_by_every_builder(name: str) -> None:
                   lambda n: ks.task_definition(n, 1), lambda n: ks.lock("c", n),
                   lambda n: ks.service_status("c", n), ks.host_alloc,
                   lambda n: ks.task(f"c-{n}-1-0"), ks.environment,
-                  lambda n: ks.deployment("e", n), lambda n: ks.deployment(n, "1")):
+                  lambda n: ks.deployment("e", n), lambda n: ks.deployment(n, "1"),
+                  lambda n: ks.host_task(n, "c-s-1-0"), lambda n: ks.host_task("h", f"c-{n}-1-0"),
+                  lambda n: ks.task_health(f"c-{n}-1-0"), lambda n: ks.rollout(n, "s"),
+                  lambda n: ks.rollout("c", n), lambda n: ks.task_definition_versions(n),
+                  ks.job, ks.job_node, lambda n: ks.job_running(n, "j"),
+                  lambda n: ks.job_finished("failed", 1, n)):
         with pytest.raises(InvalidName):
             build(name)
 
@@ -105,11 +115,21 @@ def test_cluster_names_refuse_dashes() -> None:
 @pytest.mark.parametrize("key", [
     "sked/config/clusters/a/b", "sked/state/tasks/not-an-id", "other/config/clusters/a",
     "sked/config/task_definitions/web/01", "sked/config/task_definitions/web/x",
+    "sked/config/task_definitions/web/²", "sked/config/task_definitions/web/\u0661",
+    "sked/state/tasks/c-web-01-0", "sked/state/health/c-web-1-٣", "sked/config/clusters/a\x9b",
     "sked/nothing", "sked/state/hosts/h1",
 ])
 def test_parse_refuses_foreign_keys(key: str) -> None:
     with pytest.raises(ValidationError):
         Keyspace().parse(key)
+
+
+@given(cluster=cluster_names, service=names, version=versions,
+       instance=st.integers(min_value=0, max_value=10**5))
+def test_task_id_has_one_spelling(cluster: str, service: str, version: int,
+                                  instance: int) -> None:
+    tid = TaskId(cluster, service, version, instance)
+    assert TaskId.parse(str(tid)) == tid
 
 
 def test_validate_name_messages_say_why() -> None:

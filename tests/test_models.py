@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from skedlib.codecs import decode, encode
+from skedlib.errors import ValidationError
 from skedlib.models import DockerExecutor, Resources, Task, TaskId
 
 SEED_TASK = Path(__file__).parent / "data" / "seed_task.json"
@@ -71,10 +72,19 @@ def test_task_id_parse_round_trip(text: str) -> None:
     assert str(TaskId.parse(text)) == text
 
 
-@pytest.mark.parametrize("text", ["default-web-x-0", "web-2-0", "default--2-0", "", "a-b-c"])
+@pytest.mark.parametrize("text", ["default-web-x-0", "web-2-0", "default--2-0", "", "a-b-c",
+                                  "default-web-02-0", "default-web-2-00", "default-web-٢-0",
+                                  "default-web-²-0"])
 def test_task_id_parse_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         TaskId.parse(text)
+
+
+def test_stored_durations_fit_64_bits() -> None:
+    data = json.loads(SEED_TASK.read_text())
+    data["task_definition"]["grace_period"] = 2**63
+    with pytest.raises(ValidationError, match=r"field task_definition.grace_period"):
+        decode(json.dumps(data).encode(), Task, where="k")
 
 
 def test_resources_arithmetic_and_fit() -> None:

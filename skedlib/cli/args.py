@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from skedlib.client import default_backend_url
+from skedlib.errors import one_line
 from skedlib.keys import DEFAULT_PREFIX
 
-__all__ = ["add_backend_options", "positive_number"]
+__all__ = ["OneLineParser", "add_backend_options", "positive_number"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr, like every other
+    error of the programs (``sked: error: … (see sked get --help)``), with exit status 2.
+    Parsers of its subcommands are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        program = self.prog.split()[0]
+        self.exit(2, one_line(f"{program}: error: {message} (see {self.prog} --help)") + "\n")
 
 
 def positive_number(text: str) -> float:

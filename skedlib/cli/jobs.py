@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from skedlib.cli.args import positive_number
 from skedlib.cli.output import render
@@ -103,21 +103,12 @@ def _offset(text: str) -> int:
     return int(text)
 
 
-class _Parser(argparse.ArgumentParser):
-    """The ``sked job`` subcommands' parsers: a usage error is one line on stderr (no
-    usage dump) and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"sked: error: {message} (see {self.prog} --help)\n")
-
-
 # -- the parser ---------------------------------------------------------------------------
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``job`` and its subcommands to ``sked``'s subcommands."""
     p = sub.add_parser("job", parents=[common],
                        help="batch jobs: submit, status, ls, cancel, wait, logs, nodes")
-    jsub = p.add_subparsers(dest="job_command", required=True, metavar="COMMAND",
-                            parser_class=_Parser)
+    jsub = p.add_subparsers(dest="job_command", required=True, metavar="COMMAND")
     p.set_defaults(func=cmd_job)
 
     c = jsub.add_parser(

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from skedlib.cli import envs, jobs, ops, up
-from skedlib.cli.args import positive_number
+from skedlib.cli.args import OneLineParser, positive_number
 from skedlib.cli.output import render, table
 from skedlib.cli.schema import KINDS as SCHEMA_KINDS
 from skedlib.cli.schema import render_schema
@@ -42,7 +42,14 @@ from skedlib.cli.views import (
 from skedlib.client import Client, default_backend_url
 from skedlib.codecs import load_manifest, parse_manifest, to_builtins
 from skedlib.durations import format_duration
-from skedlib.errors import BackendError, Compacted, NotFound, SkedError, ValidationError
+from skedlib.errors import (
+    BackendError,
+    Compacted,
+    NotFound,
+    SkedError,
+    ValidationError,
+    one_line,
+)
 from skedlib.models import Cluster, TaskDefinition
 
 __all__ = ["main"]
@@ -68,13 +75,13 @@ def _kind(value: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sked``."""
-    parser = argparse.ArgumentParser(prog="sked", description="Operate a skedlib cluster.")
+    parser = OneLineParser(prog="sked", description="Operate a skedlib cluster.")
     parser.add_argument("--backend", default=None, metavar="URL",
                         help="storage backend URL (default: $SKED_BACKEND or "
                              f"{default_backend_url()})")
     parser.add_argument("--prefix", default=None, help="key prefix (default sked/)")
     # --backend and --prefix are also accepted after the command (sked up --backend URL)
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("--backend", default=argparse.SUPPRESS, metavar="URL",
                         help="storage backend URL (as before the command)")
     common.add_argument("--prefix", default=argparse.SUPPRESS,
@@ -144,7 +151,7 @@ def cmd_apply(client: Client, args: argparse.Namespace) -> int:
     warnings = tuple(w for d in docs for w in d.warnings)
     source = ", ".join(d.source for d in docs)
     for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(f"warning: {one_line(w)}", file=sys.stderr)
     from skedlib.codecs import ManifestDocument
 
     doc = ManifestDocument(merged, source, warnings)
@@ -313,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = args.func(client, args)
             return code
     except SkedError as exc:
-        print(f"sked: error: {exc}", file=sys.stderr)
+        print(f"sked: error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
-from skedlib.errors import Compacted, LeaseExpired, TxnTooLarge
+from skedlib.errors import BackendUnavailable, Compacted, LeaseExpired, TxnTooLarge
 from skedlib.store.base import (
     Backend,
     Compare,
@@ -223,7 +223,10 @@ def open_memory(url: str) -> MemoryBackend:
     """
     parts = urlsplit(url)
     query = parse_qs(parts.query)
-    limit = int(query["max_txn_ops"][0]) if "max_txn_ops" in query else None
+    raw = query.get("max_txn_ops", [""])[0]
+    if raw and not (raw.isascii() and raw.isdigit() and int(raw) > 0):
+        raise BackendUnavailable(f"{url}: max_txn_ops must be a whole number greater than 0")
+    limit = int(raw) if raw else None
     name = parts.netloc + parts.path
     if not name:
         return MemoryBackend(url, max_txn_ops=limit)

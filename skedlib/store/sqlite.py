@@ -376,6 +376,13 @@ def open_sqlite(url: str) -> SqliteBackend:
     if not path:
         raise BackendUnavailable(f"{url}: no file path (expected sqlite:///path/to/file.db)")
     query = parse_qs(parts.query)
-    timeout = float(query.get("timeout", ["10"])[0])
-    history = int(query.get("history", ["100000"])[0])
+    try:
+        timeout = float(query.get("timeout", ["10"])[0])
+        history = int(query.get("history", ["100000"])[0])
+    except ValueError:
+        raise BackendUnavailable(f"{url}: timeout must be a number of seconds and history "
+                                 "a whole number of revisions") from None
+    if not (0 < timeout <= 86400 and history > 0):  # also refuses nan and inf
+        raise BackendUnavailable(f"{url}: timeout must be in (0, 86400] seconds and history "
+                                 "greater than 0")
     return SqliteBackend(path, url=url, timeout=timeout, history=history)

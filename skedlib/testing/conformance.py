@@ -72,6 +72,15 @@ def _increment_worker(url: str, key: str, n: int) -> None:
         backend.close()
 
 
+def _put_keys(url: str, prefix: str, n: int) -> None:
+    backend = open_backend(url)
+    try:
+        for i in range(n):
+            backend.put(f"{prefix}{i:02d}", str(i).encode())
+    finally:
+        backend.close()
+
+
 def _hold_lease_then_die(url: str, key: str, ttl: float, ready: Any) -> None:
     backend = open_backend(url)
     lease = backend.grant_lease(ttl)
@@ -260,6 +269,27 @@ class BackendConformance:
             t.join()
         assert [(e.kind, e.key, e.value) for e in got] == [("put", ns + "late", b"x")]
 
+    def test_watch_sees_writes_of_another_process(self, backend: Backend, backend_url: str,
+                                                  ns: str) -> None:
+        if not self.cross_process:
+            pytest.skip("this backend cannot be shared between processes")
+        start = backend.current_revision() + 1
+        with backend.watch(ns + "x/", start) as w:  # open before the writer starts
+            ctx = multiprocessing.get_context("spawn")
+            p = ctx.Process(target=_put_keys, args=(backend_url, ns + "x/", 5))
+            p.start()
+            events: list[WatchEvent] = []
+            deadline = time.monotonic() + 60
+            final: dict[str, bytes] = {}
+            while len(final) < 5 and time.monotonic() < deadline:
+                events += w.next(timeout=1.0)
+                final = {e.key: e.value for e in events}
+            p.join(60)
+        assert p.exitcode == 0
+        assert final == {f"{ns}x/{i:02d}": str(i).encode() for i in range(5)}
+        if self.ordered_watch_history:
+            assert [e.key for e in events] == sorted(final)
+
     def test_watch_timeout_returns_empty(self, backend: Backend, ns: str) -> None:
         with backend.watch(ns, backend.current_revision() + 1) as w:
             t0 = time.monotonic()
@@ -360,7 +390,8 @@ class BackendConformance:
     # -- the backend against a model ------------------------------------------------------
     def test_stateful_against_model(self, backend: Backend, ns: str) -> None:
         run_state_machine_as_test(
-            lambda: _ModelMachine(backend, ns + uuid.uuid4().hex[:8] + "/"),  # type: ignore[arg-type]
+            lambda: _ModelMachine(backend, ns + uuid.uuid4().hex[:8] + "/",  # type: ignore[arg-type]
+                                  self.ordered_watch_history),
             settings=settings(max_examples=15, stateful_step_count=20, deadline=None,
                               suppress_health_check=list(HealthCheck)))
 
@@ -370,14 +401,18 @@ _VALUES = st.binary(max_size=8)
 
 
 class _ModelMachine(RuleBasedStateMachine):
-    """Puts, deletes and compare-transactions checked against a dict of (value, revision)."""
+    """Puts, deletes and compare-transactions checked against a dict of (value, revision);
+    at the end, a watch from the start replays the run and must arrive at the same state."""
 
-    def __init__(self, backend: Backend, ns: str) -> None:
+    def __init__(self, backend: Backend, ns: str, ordered_watch_history: bool = True) -> None:
         super().__init__()
         self.backend = backend
         self.ns = ns
+        self.ordered = ordered_watch_history
         self.model: dict[str, tuple[bytes, int]] = {}
+        self.start = backend.current_revision() + 1
         self.last_revision = 0
+        self.last_change = 0  # the revision of the last write that changed a key
 
     def _rev(self, key: str) -> int:
         return self.model.get(key, (b"", 0))[1]
@@ -392,12 +427,14 @@ class _ModelMachine(RuleBasedStateMachine):
         assert rev > self.last_revision
         self._saw(rev)
         self.model[key] = (value, rev)
+        self.last_change = rev
 
     @rule(key=_KEYS)
     def delete(self, key: str) -> None:
         rev = self.backend.delete(self.ns + key)
         self._saw(rev)
-        self.model.pop(key, None)
+        if self.model.pop(key, None) is not None:
+            self.last_change = rev
 
     @rule(key=_KEYS, other=_KEYS, value=_VALUES, stale=st.booleans())
     def txn(self, key: str, other: str, value: bytes, stale: bool) -> None:
@@ -408,6 +445,7 @@ class _ModelMachine(RuleBasedStateMachine):
         assert res.succeeded is (not stale)
         if res.succeeded:
             self._saw(res.revision)
+            self.last_change = res.revision
             if key != other:
                 self.model.pop(key, None)
             self.model[other] = (value, res.revision)
@@ -418,8 +456,31 @@ class _ModelMachine(RuleBasedStateMachine):
         got = {kv.key[len(self.ns):]: (kv.value, kv.revision) for kv in listed.items}
         assert got == self.model
         assert listed.revision >= max((r for _, r in self.model.values()), default=0)
+        for key in ("a", "d/e"):
+            kv = self.backend.get(self.ns + key)
+            assert (None if kv is None else (kv.value, kv.revision)) == self.model.get(key)
+
+    def _replay(self) -> None:
+        """A watch from the start, applied to an empty dict, gives the model."""
+        if not self.ordered or self.last_change < self.start:
+            return
+        replayed: dict[str, tuple[bytes, int]] = {}
+        revisions: list[int] = []
+        deadline = time.monotonic() + 30
+        with self.backend.watch(self.ns, self.start) as w:
+            while (not revisions or revisions[-1] < self.last_change) and \
+                    time.monotonic() < deadline:
+                for e in w.next(timeout=1.0):
+                    revisions.append(e.revision)
+                    if e.kind == "put":
+                        replayed[e.key[len(self.ns):]] = (e.value, e.revision)
+                    else:
+                        replayed.pop(e.key[len(self.ns):], None)
+        assert revisions == sorted(revisions)
+        assert replayed == self.model
 
     def teardown(self) -> None:
+        self._replay()
         for key in list(self.model):
             self.backend.delete(self.ns + key)
 

@@ -13,7 +13,7 @@ import pytest
 from skedlib.errors import LockError
 from skedlib.locks import KeptLease, Lock
 from skedlib.plugins import open_backend
-from skedlib.store.base import Backend, Put
+from skedlib.store.base import Backend, Compare, Put
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -40,6 +40,18 @@ def test_lock_is_kept_alive_beyond_its_ttl(backend: Backend) -> None:
         time.sleep(1.6)
         assert lock.held
         assert not Lock(backend, "locks/k", ttl=0.5).try_acquire()
+
+
+def test_leaving_the_with_block_releases_even_on_error(backend: Backend) -> None:
+    with pytest.raises(RuntimeError), Lock(backend, "locks/e", ttl=5) as lock:
+        token = lock.token
+        assert backend.get("locks/e") is not None
+        raise RuntimeError("the work failed")
+    assert not lock.held and backend.get("locks/e") is None
+    assert not backend.txn([Compare("locks/e", token)], [Put("data", b"late")]).succeeded
+    other = Lock(backend, "locks/e", ttl=5)
+    assert other.try_acquire()  # free at once, not after the TTL
+    other.release()
 
 
 def test_acquire_waits_for_release_and_times_out(backend: Backend) -> None:

@@ -1,0 +1,83 @@
+"""What the embedded store promises beyond the conformance suite: WAL, readers never
+blocked by a writer, a busy write lock is an error (not a hang), compaction, durability."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from skedlib.errors import BackendUnavailable, Compacted
+from skedlib.plugins import open_backend
+from skedlib.store.sqlite import SqliteBackend
+
+
+def test_the_file_is_in_wal_mode(tmp_path: Path) -> None:
+    with open_backend(f"sqlite://{tmp_path}/s.db") as backend:
+        backend.put("k", b"v")
+    raw = sqlite3.connect(tmp_path / "s.db")
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        raw.close()
+
+
+def test_readers_go_on_while_another_connection_holds_the_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with open_backend(f"sqlite://{path}?timeout=0.3") as backend:
+        backend.put("k", b"before")
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("UPDATE kv SET value = x'00' WHERE key = 'k'")  # not committed
+            kv = backend.get("k")
+            assert kv is not None and kv.value == b"before"
+            assert [i.key for i in backend.list("").items] == ["k"]
+            with pytest.raises(BackendUnavailable, match="cannot take the write lock") as info:
+                backend.put("k", b"blocked")
+            assert "\n" not in str(info.value)
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        backend.put("k", b"after")
+        kv = backend.get("k")
+        assert kv is not None and kv.value == b"after"
+
+
+def test_a_watch_from_a_compacted_revision_says_where_to_resume(tmp_path: Path) -> None:
+    with open_backend(f"sqlite://{tmp_path}/s.db") as backend:
+        revs = [backend.put(f"p/{i}", b"x") for i in range(6)]
+        backend.compact(revs[3])
+        with pytest.raises(Compacted) as info, backend.watch("p/", revs[1]) as w:
+            w.next(timeout=1)
+        assert info.value.compact_revision == revs[3]
+        with backend.watch("p/", info.value.compact_revision) as w:
+            assert [e.key for e in w.next(timeout=5)] == ["p/3", "p/4", "p/5"]
+
+
+def _put_then_wait(url: str, ready: multiprocessing.synchronize.Event) -> None:
+    backend = open_backend(url)
+    backend.put("durable", b"yes")
+    ready.set()
+    time.sleep(3600)  # killed by the test
+
+
+def test_a_write_survives_its_process_being_killed(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/s.db"
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_put_then_wait, args=(url, ready))
+    p.start()
+    try:
+        assert ready.wait(30)
+        p.kill()
+        p.join(10)
+    finally:
+        if p.is_alive():
+            p.kill()
+    with SqliteBackend(tmp_path / "s.db") as backend:
+        kv = backend.get("durable")
+        assert kv is not None and kv.value == b"yes"

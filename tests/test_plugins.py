@@ -1,0 +1,81 @@
+"""The plugin registry: backends chosen by URL scheme, extended by plugins like built-ins."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from skedlib.errors import BackendUnavailable, PluginError
+from skedlib.hookspecs import BackendFactory, hookimpl
+from skedlib.plugins import Registry
+from skedlib.store.memory import MemoryBackend
+
+
+class ToyBackend(MemoryBackend):
+    """A third party's backend (here: the memory store under another scheme)."""
+
+
+class ToyPlugin:
+    @hookimpl
+    def skedlib_backends(self) -> Mapping[str, BackendFactory]:
+        return {"toy": ToyBackend}
+
+
+def test_a_plugin_adds_a_backend_scheme() -> None:
+    registry = Registry(load_entrypoints=False, plugins=(ToyPlugin(),))
+    assert {"memory", "sqlite", "toy"} <= set(registry.names("backends"))
+    backend = registry.open_backend("toy://anything")
+    assert isinstance(backend, ToyBackend) and backend.url == "toy://anything"
+    backend.put("k", b"v")
+    kv = backend.get("k")
+    assert kv is not None and kv.value == b"v"
+
+
+def test_registering_later_clears_the_cache() -> None:
+    registry = Registry(load_entrypoints=False)
+    assert "toy" not in registry.names("backends")
+    registry.register(ToyPlugin(), name="toy-plugin")
+    assert isinstance(registry.open_backend("toy://"), ToyBackend)
+
+
+def test_a_scheme_offered_twice_names_both_plugins() -> None:
+    class Clash:
+        @hookimpl
+        def skedlib_backends(self) -> Mapping[str, BackendFactory]:
+            return {"memory": MemoryBackend}
+
+    registry = Registry(load_entrypoints=False)
+    registry.register(Clash(), name="clash")
+    with pytest.raises(PluginError, match=r"'memory' is offered by both 'skedlib\.builtin' "
+                                          r"and 'clash'"):
+        registry.open_backend("memory://")
+
+
+@pytest.mark.parametrize(("result", "message"), [
+    ({"bad": lambda url: object()}, "backend factory for 'bad' returned object"),
+    (["bad"], r"skedlib_backends\(\) returned list, expected a mapping"),
+    ({"bad": "not callable"}, "entry 'bad' must map a name to a callable"),
+])
+def test_a_misbehaving_plugin_is_named(result: Any, message: str) -> None:
+    class Bad:
+        @hookimpl
+        def skedlib_backends(self) -> Any:
+            return result
+
+    registry = Registry(load_entrypoints=False)
+    registry.register(Bad(), name="bad-plugin")
+    with pytest.raises(PluginError, match=message):
+        registry.open_backend("bad://x")
+
+
+def test_unknown_scheme_lists_the_installed_ones() -> None:
+    registry = Registry(load_entrypoints=False)
+    with pytest.raises(PluginError, match=r"no backend named 'nosuch' is installed "
+                                          r"\(installed: memory, sqlite\)"):
+        registry.open_backend("nosuch://x")
+    with pytest.raises(BackendUnavailable, match="not a backend URL"):
+        registry.open_backend("/just/a/path.db")
+    with pytest.raises(BackendUnavailable, match=r"'etcd://\[::1': not a valid URL"):
+        registry.open_backend("etcd://[::1")
