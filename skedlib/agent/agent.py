@@ -48,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -108,10 +109,14 @@ class AgentConfig(msgspec.Struct, kw_only=True):
     cluster: str = ""
     attributes: dict[str, str] = msgspec.field(default_factory=dict)
     executors: list[str] | None = None
-    """Executors enabled on this host; None: every installed one."""
+    """Executors enabled on this host; None: every installed one that starts. A name
+    here that is not installed or whose executor cannot be created (bad options) makes
+    :class:`Agent` raise :class:`~skedlib.errors.PluginError`."""
     executor_options: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
     """Options per executor name (``--executor-opt process.log_max_bytes=1000000``)."""
-    health_provider: str = "local"
+    health_provider: str = ""
+    """The health provider plugin; empty: the provider named like the backend's URL
+    scheme when one is installed (``consul://`` → ``consul``), else ``local``."""
     health_options: dict[str, str] = msgspec.field(default_factory=dict)
     state_dir: Path | None = None
     """Default: :func:`default_state_dir`."""
@@ -338,19 +343,24 @@ class Agent:
         self._warned: dict[str, str] = {}
         self._gave_up_at: float | None = None  # last give-up under memory pressure
 
+        self.health_provider_name = self._health_provider_name()
+        """The health provider in use (see :attr:`AgentConfig.health_provider`)."""
+        self.health: HealthProvider = self._open_health_provider()
+
         self.installed = self.registry.names("executors")
         wanted = self.installed if config.executors is None else list(config.executors)
         self.executors: dict[str, Executor] = {}
         self.unavailable: dict[str, str] = {}
+        """Installed executors that failed to start, and why (only when the config names
+        none: a named executor that cannot start is an error)."""
         self._callbacks: set[str] = set()
-        for name in wanted:
-            self._open_executor(name)
-
         try:
-            self.health: HealthProvider = self._open_health_provider()
+            for name in wanted:
+                self._open_executor(name, required=config.executors is not None)
         except BaseException:
             for executor in self.executors.values():
                 executor.close()
+            self.health.close()
             raise
         self.writer = HealthWriter(backend, self.keys, self.host)
         template = Host(name=self.host, address=config.address or default_address(),
@@ -363,12 +373,13 @@ class Agent:
                                      lambda events: self._queue.put(_Changed(events)))
 
     # -- set-up -----------------------------------------------------------------------
-    def _open_executor(self, name: str) -> None:
+    def _open_executor(self, name: str, required: bool) -> None:
+        """Create executor ``name``. One that cannot be created raises
+        :class:`PluginError` when ``required`` (named in the config), else it is left out
+        with a warning, and tasks that need it are rejected with the reason."""
         if name not in self.installed:
-            self.unavailable[name] = (f"no executor named {name!r} is installed (installed: "
-                                      f"{', '.join(self.installed) or 'none'})")
-            log.warning("executor %s: %s", name, self.unavailable[name])
-            return
+            raise PluginError(f"no executor named {name!r} is installed (installed: "
+                              f"{', '.join(self.installed) or 'none'})")
         ctx = ExecutorContext(host=self.host, state_dir=self.state_dir / "executors" / name,
                               log_dir=self.log_dir,
                               options=dict(self.config.executor_options.get(name, {})))
@@ -378,6 +389,8 @@ class Agent:
                 raise PluginError(f"executor factory {name!r} returned "
                                   f"{type(executor).__name__}, not an Executor")
         except Exception as exc:
+            if required:
+                raise PluginError(f"executor {name!r} failed to start: {exc}") from exc
             self.unavailable[name] = f"executor {name!r} failed to start: {exc}"
             log.warning("%s", self.unavailable[name])
             return
@@ -390,8 +403,17 @@ class Agent:
             self._queue.put(_Exited(name, ref, status))
         return exited
 
+    def _health_provider_name(self) -> str:
+        """The configured provider, else the backend's own (by URL scheme), else local."""
+        if self.config.health_provider:
+            return self.config.health_provider
+        scheme = urlsplit(self.backend.url).scheme
+        if scheme and scheme in self.registry.names("health_providers"):
+            return scheme
+        return "local"
+
     def _open_health_provider(self) -> HealthProvider:
-        name = self.config.health_provider
+        name = self.health_provider_name
         ctx = HealthContext(host=self.host, backend=self.backend, keyspace=self.keys,
                             on_change=lambda task_id: self._queue.put(_HealthChanged(task_id)),
                             failure_threshold=self.config.check_failures,
@@ -424,8 +446,9 @@ class Agent:
         """Start every thread and return; :meth:`wait_ready` waits for adoption."""
         if self._control is not None:
             raise RuntimeError("the agent was already started")
-        log.info("agent %s starting: executors %s, state in %s", self.host,
-                 ", ".join(sorted(self.executors)) or "none", self.state_dir)
+        log.info("agent %s starting: executors %s, health provider %s, state in %s",
+                 self.host, ", ".join(sorted(self.executors)) or "none",
+                 self.health_provider_name, self.state_dir)
         self._control = threading.Thread(target=self._loop, name="agent-control",
                                          daemon=True)
         self._control.start()

@@ -35,10 +35,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from skedlib.agent.ports import substitute_port
 from skedlib.durations import SECOND, parse_duration
 from skedlib.errors import ValidationError
-from skedlib.executors.base import TaskRejected
+from skedlib.executors.base import PROVIDED_PORT_VAR, TaskRejected, substitute_port
 from skedlib.models import Check, Task
 from skedlib.validation import DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT
 
@@ -83,8 +82,9 @@ def resolve_check(check: Check, container: str, index: int, port: int) -> Resolv
         raise TaskRejected(f"{label}: a check needs exactly one of http, tcp, script, ttl "
                            f"(got {', '.join(kinds) or 'none'})")
     kind: CheckKind = kinds[0]  # type: ignore[assignment]
-    target = substitute_port(getattr(check, kind), port) if kind != "ttl" else ""
-    if "PROVIDED_PORT" in getattr(check, kind) and not port:
+    raw: str = getattr(check, kind)  # messages quote it: the port may be a placeholder
+    target = substitute_port(raw, port) if kind != "ttl" else ""
+    if PROVIDED_PORT_VAR.search(raw) and not port:
         raise TaskRejected(f"{label}: uses $PROVIDED_PORT but the task has no port")
     try:
         interval = _seconds(check.interval or DEFAULT_CHECK_INTERVAL, "interval")
@@ -95,16 +95,16 @@ def resolve_check(check: Check, container: str, index: int, port: int) -> Resolv
     if kind == "http":
         parts = urlsplit(target)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise TaskRejected(f"{label}: http {target!r} is not an http:// or https:// URL "
+            raise TaskRejected(f"{label}: http {raw!r} is not an http:// or https:// URL "
                                "with a host")
         try:
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError:
-            raise TaskRejected(f"{label}: http {target!r} has a bad port") from None
+            raise TaskRejected(f"{label}: http {raw!r} has a bad port") from None
     elif kind == "tcp":
         host, sep, port_text = target.rpartition(":")
         if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise TaskRejected(f"{label}: tcp {target!r} is not host:port")
+            raise TaskRejected(f"{label}: tcp {raw!r} is not host:port")
     elif kind == "ttl":
         if ttl <= 0:
             raise TaskRejected(f"{label}: ttl {check.ttl!r} must be longer than 0s")

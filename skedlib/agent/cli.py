@@ -102,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor-opt", action="append", type=_key_value, default=[],
                    metavar="EXECUTOR.KEY=VALUE",
                    help="an executor option, e.g. process.log_max_bytes=1000000")
-    p.add_argument("--health-provider", default="local",
-                   help="health provider plugin (default: local)")
+    p.add_argument("--health-provider", default="",
+                   help="health provider plugin (default: consul with a consul:// backend, "
+                        "else local)")
     p.add_argument("--health-opt", action="append", type=_key_value, default=[],
                    metavar="KEY=VALUE",
                    help="a health provider option, e.g. consul.url=http://127.0.0.1:8500")

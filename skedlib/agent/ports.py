@@ -14,7 +14,7 @@ import random
 import socket
 import threading
 
-from skedlib.executors.base import TaskRejected
+from skedlib.executors.base import TaskRejected, substitute_port
 
 __all__ = ["DEFAULT_PORT_RANGE", "PortAllocator", "port_is_free", "substitute_port"]
 
@@ -35,12 +35,6 @@ def port_is_free(port: int, *, reuse: bool = True) -> bool:
         except OSError:
             return False
     return True
-
-
-def substitute_port(text: str, port: int) -> str:
-    """``text`` with ``$PROVIDED_PORT`` / ``${PROVIDED_PORT}`` replaced by ``port``."""
-    value = str(port) if port else ""
-    return text.replace("${PROVIDED_PORT}", value).replace("$PROVIDED_PORT", value)
 
 
 class PortAllocator:

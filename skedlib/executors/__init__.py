@@ -6,6 +6,9 @@ from skedlib.executors.base import (
     Executor,
     ExecutorContext,
     TaskRejected,
+    convert_blob,
+    substitute_port,
 )
 
-__all__ = ["ContainerRef", "ContainerStatus", "Executor", "ExecutorContext", "TaskRejected"]
+__all__ = ["ContainerRef", "ContainerStatus", "Executor", "ExecutorContext", "TaskRejected",
+           "convert_blob", "substitute_port"]

@@ -29,9 +29,10 @@ Contracts:
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -39,17 +40,49 @@ from skedlib.errors import SkedError
 from skedlib.models import Container, Task
 
 __all__ = [
+    "PROVIDED_PORT_VAR",
     "ContainerRef",
     "ContainerStatus",
     "Executor",
     "ExecutorContext",
     "ExitCallback",
     "TaskRejected",
+    "convert_blob",
+    "substitute_port",
 ]
+
+T = TypeVar("T")
 
 
 class TaskRejected(SkedError):
     """This host cannot run the task as configured; the message is the reason shown."""
+
+
+PROVIDED_PORT_VAR = re.compile(r"\$(?:\{PROVIDED_PORT\}|PROVIDED_PORT(?![A-Za-z0-9_]))")
+"""``$PROVIDED_PORT`` or ``${PROVIDED_PORT}`` (not ``$PROVIDED_PORTS``)."""
+
+
+def substitute_port(text: str, port: int | str) -> str:
+    """``text`` with ``$PROVIDED_PORT`` and ``${PROVIDED_PORT}`` replaced by ``port`` (by
+    nothing when the task has none: ``0`` or ``""``). Executors, checks and plugins use
+    this one function, so the variable means the same everywhere."""
+    value = str(port) if port else ""
+    return PROVIDED_PORT_VAR.sub(lambda _m: value, text)
+
+
+def convert_blob(container: Container, type_: type[T]) -> T:
+    """Decode ``container.executor`` as ``type_``, or raise :class:`TaskRejected` saying
+    which field is wrong (``container web: process executor: field argv: Expected …``)."""
+    try:
+        return msgspec.convert(container.executor, type_)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        message, sep, at = text.rpartition(" - at `")
+        if sep:
+            path = at.rstrip("`").removeprefix("$").lstrip(".")
+            text = f"field {path}: {message}" if path else message
+        raise TaskRejected(f"container {container.name}: {container.type} executor: "
+                           f"{text}") from None
 
 
 class ExecutorContext(msgspec.Struct, kw_only=True):

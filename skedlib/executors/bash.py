@@ -58,18 +58,18 @@ from skedlib.executors.base import (
     ExecutorContext,
     ExitCallback,
     TaskRejected,
+    convert_blob,
+    substitute_port,
 )
 from skedlib.executors.process import (
     LogRotator,
     ProcessSupervisor,
-    convert_blob,
     describe_exit,
     kill_group_members,
     log_tail,
     option,
     read_record,
     signal_group,
-    substitute_port,
     write_record,
 )
 from skedlib.models import BashExecutor, Container, Task
@@ -174,6 +174,7 @@ class BashRunner(Executor):
         config = convert_blob(container, BashExecutor)
         ref = ContainerRef(task.id, container.name)
         where = f"container {container.name}"
+        port = env.get("PROVIDED_PORT", "")
         if not config.start.strip():
             raise TaskRejected(f"{where}: bash executor: field start is empty")
         added: dict[str, str] = {}
@@ -182,7 +183,7 @@ class BashRunner(Executor):
             if not sep or not key:
                 raise TaskRejected(f"{where}: bash executor: field env[{i}]: {item!r} is "
                                    "not KEY=VALUE")
-            added[key] = substitute_port(value, env)
+            added[key] = substitute_port(value, port)
         added.update(env)
         added["SKED_CONTAINER"] = container.name
         workdir = self.workdir(ref)
@@ -192,7 +193,7 @@ class BashRunner(Executor):
         out, err = self.log_paths(ref)
         out.parent.mkdir(parents=True, exist_ok=True)
         if config.artifact:
-            dest = Path(substitute_port(config.download_dir, env) or workdir)
+            dest = Path(substitute_port(config.download_dir, port) or workdir)
             if not dest.is_absolute():
                 dest = workdir / dest
             added["SKED_ARTIFACT"] = str(self._download(where, config.artifact, dest))
@@ -200,11 +201,11 @@ class BashRunner(Executor):
         for i, command in enumerate(container.setup or []):
             self._setup(where, i, len(container.setup or []), command, full_env, workdir,
                         out, err)
-        start = substitute_port(config.start, env)
+        start = substitute_port(config.start, port)
         proc = self.supervisor.spawn(ref, [self.shell, "-c", start], full_env, str(workdir),
                                      out, err, report_exit=False)
         self.rotator.add(out, err)
-        stop = substitute_port(config.stop, env)
+        stop = substitute_port(config.stop, port)
         record = _Record(mode="foreground", pgid=proc.pgid, pid=proc.pid,
                          create_time=proc.create_time, started_at=proc.started_at,
                          stop=stop, env=added, cwd=str(workdir))

@@ -42,18 +42,20 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import msgspec
 import psutil
 
 from skedlib.executors.base import (
+    PROVIDED_PORT_VAR,
     ContainerRef,
     ContainerStatus,
     Executor,
     ExecutorContext,
     ExitCallback,
     TaskRejected,
+    convert_blob,
+    substitute_port,
 )
 from skedlib.models import Container, ProcessExecutor, Task
 
@@ -71,40 +73,16 @@ __all__ = [
     "read_record",
     "resolve_command",
     "signal_group",
-    "substitute_port",
     "write_record",
 ]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: how close a recorded and a measured process start time must be to be the same process
 CREATE_TIME_TOLERANCE = 0.05
 
 
 # -- helpers shared with the bash executor --------------------------------------------------
-def substitute_port(text: str, env: Mapping[str, str]) -> str:
-    """``text`` with ``$PROVIDED_PORT`` and ``${PROVIDED_PORT}`` replaced from ``env``."""
-    port = env.get("PROVIDED_PORT", "")
-    return text.replace("${PROVIDED_PORT}", port).replace("$PROVIDED_PORT", port)
-
-
-def convert_blob(container: Container, type_: type[T]) -> T:
-    """Decode ``container.executor`` as ``type_``, or raise :class:`TaskRejected` saying
-    which field is wrong (``container web: process executor: field argv: Expected …``)."""
-    try:
-        return msgspec.convert(container.executor, type_)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        message, sep, at = text.rpartition(" - at `")
-        if sep:
-            path = at.rstrip("`").removeprefix("$").lstrip(".")
-            text = f"field {path}: {message}" if path else message
-        raise TaskRejected(f"container {container.name}: {container.type} executor: "
-                           f"{text}") from None
-
-
 def describe_exit(code: int | None) -> str:
     """``exited with code 3`` / ``killed by SIGKILL`` / ``exited``."""
     if code is None:
@@ -607,11 +585,12 @@ class ProcessRunner(Executor):
     @staticmethod
     def _substitute(text: str, env: Mapping[str, str], container: Container,
                     where: str) -> str:
-        if "PROVIDED_PORT" in text and "$" in text and not env.get("PROVIDED_PORT"):
+        port = env.get("PROVIDED_PORT", "")
+        if not port and PROVIDED_PORT_VAR.search(text):
             raise TaskRejected(f"container {container.name}: field {where} uses "
                                "$PROVIDED_PORT but the task has no port (set provide_port "
                                "or port in the task definition)")
-        return substitute_port(text, env)
+        return substitute_port(text, port)
 
     def _stop_leftover(self, ref: ContainerRef) -> None:
         proc = self.supervisor.get(ref)

@@ -127,11 +127,14 @@ def test_tasks_removed_while_the_agent_was_down_are_stopped(env: AgentEnv) -> No
 
 def test_host_record_disappears_within_the_lease_ttl_after_kill_9(env: AgentEnv) -> None:
     agent = env.start_agent("--attribute", "zone=a", "--attribute", "disk=ssd",
-                            "--memory", "2048", "--cpu-units", "4096", lease_ttl=2.0)
+                            "--memory", "2048", "--cpu-units", "4096",
+                            "--address", "192.0.2.7", lease_ttl=2.0)
     record = env.host_record()
     assert record is not None
+    assert (record.name, record.address) == (env.host, "192.0.2.7")
     assert record.attributes == {"zone": "a", "disk": "ssd"}
     assert (record.total.memory, record.total.cpu_units) == (2048, 4096)
+    assert record.total.disk > 0 and record.observed.memory > 0 and record.observed.disk > 0
     assert record.updated_at > time.time() - 10
     env.kill9(agent)
     start = time.monotonic()

@@ -1,8 +1,9 @@
 """The host agent with ``health_provider="consul"``: Consul's agent runs the task's checks.
 
-An in-process :class:`~skedlib.agent.Agent` (sqlite store, or a ``consul://`` store on
-the same dev agent) runs real processes; the checks are registered with the Consul dev
-agent of the harness, which runs them. What Consul was told is read back through its own
+An in-process :class:`~skedlib.agent.Agent` (sqlite store with the provider named, or a
+``consul://`` store on the same dev agent, where the agent picks the provider itself) runs
+real processes; the checks are registered with the Consul dev agent of the harness, which
+runs them. What Consul was told is read back through its own
 APIs (``/v1/health/service/<service>``, ``/v1/agent/checks``).
 """
 
@@ -36,10 +37,10 @@ def start_agent() -> Iterator[AgentFactory]:
     """Start in-process agents with the consul health provider; stopped (tasks too) after."""
     agents: list[Agent] = []
 
-    def start(env: AgentEnv, **options: str) -> Agent:
+    def start(env: AgentEnv, health_provider: str = "consul", **options: str) -> Agent:
         config = AgentConfig(host=env.host, prefix=env.prefix, state_dir=env.state_dir,
                              lease_ttl=2.0, executors=["process"], check_failures=2,
-                             health_provider="consul", health_options=dict(options))
+                             health_provider=health_provider, health_options=dict(options))
         agent = Agent(env.backend, config)
         agents.append(agent)
         agent.start()
@@ -143,10 +144,12 @@ def test_consul_store_ttl_check_and_stop_deregisters(
         tmp_path: Path, consul_dev: harness.ConsulCluster,
         start_agent: AgentFactory) -> None:
     consul = consul_dev.members[0]
-    # no consul.url: the agent's own consul:// backend names the Consul agent
+    # no provider named and no consul.url: with a consul:// backend the agent uses the
+    # consul provider, and the backend names the Consul agent
     env = AgentEnv(tmp_path, consul_dev.url(), f"t{uuid.uuid4().hex[:8]}/")
     try:
-        agent = start_agent(env)
+        agent = start_agent(env, health_provider="")
+        assert agent.health_provider_name == "consul" and agent.health.name == "consul"
         assert agent.health.url == f"http://{consul.endpoint}"  # type: ignore[attr-defined]
         service = f"beat{uuid.uuid4().hex[:6]}"
         main = sleeper()

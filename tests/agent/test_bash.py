@@ -103,3 +103,46 @@ def test_artifact_is_downloaded_and_bad_artifacts_are_rejected(env: AgentEnv,
     env.put_task(ftp)
     assert env.wait_rejected(missing.id).reject_reason.endswith("nope.sh': no such file")
     assert "only http://, https:// and file:// URLs" in env.wait_rejected(ftp.id).reject_reason
+
+
+def test_a_detached_task_is_restarted_when_its_check_fails(env: AgentEnv) -> None:
+    env.start_agent()
+    container = Container(name="daemon", type="bash", executor={
+        "start": f"nohup {PY} -m http.server $PROVIDED_PORT --bind 127.0.0.1 "
+                 ">/dev/null 2>&1 & echo $! > daemon.pid",
+        "stop": "kill $(cat daemon.pid)"},
+        checks=[Check(http="http://127.0.0.1:$PROVIDED_PORT/", interval="300ms",
+                      timeout="250ms")])
+    task = make_task(0, containers=[container])
+    env.put_task(task)
+    env.wait_healthy(task.id)
+    pidfile = _workdir(env, task.id, "daemon") / "daemon.pid"
+    first = int(pidfile.read_text())
+    psutil.Process(first).kill()  # nothing supervises it: only the check can tell
+    second = wait_for(lambda: (pid := int(pidfile.read_text() or 0)) != first and pid, 15,
+                      "a new daemon")
+    assert env.wait_healthy(task.id).attempts == 1
+    assert psutil.pid_exists(second)
+    assert "failed (attempt 1 of 10): check daemon.checks[0] critical" in env.log_text()
+
+
+def test_starts_run_in_parallel_up_to_the_workers_bound(env: AgentEnv, tmp_path: Path) -> None:
+    """Each setup command waits until three setups run at once (so starts that ran one at
+    a time would fail), and notes how many run as it begins (never more than --workers)."""
+    shared = tmp_path / "setups"
+    shared.mkdir()
+    barrier = (
+        'touch "$D/in.$SKED_TASK_ID"; ls "$D" | grep -c "^in\\." >> "$D/counts"; i=0; '
+        'while [ "$(ls "$D" | grep -c "^in\\.")" -lt 3 ] && [ ! -e "$D/go" ]; do '
+        'sleep 0.05; i=$((i+1)); [ $i -gt 300 ] && exit 1; done; '
+        'touch "$D/go"; sleep 0.5; rm "$D/in.$SKED_TASK_ID"')
+    env.start_agent("--workers", "3")
+    tasks = [make_task(i, provide_port=False, containers=[Container(
+        name="app", type="bash", setup=[barrier],
+        executor={"start": "sleep 300", "env": [f"D={shared}"]})]) for i in range(6)]
+    for task in tasks:
+        env.put_task(task)
+    for task in tasks:
+        assert env.wait_healthy(task.id, 30).attempts == 0  # no setup gave up waiting
+    counts = [int(n) for n in (shared / "counts").read_text().split()]
+    assert len(counts) == 6 and max(counts) <= 3, counts

@@ -4,6 +4,7 @@ compacted watch."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from skedlib.store.base import (
     WatchEvent,
 )
 from skedlib.store.memory import MemoryBackend
-from tests.agent.conftest import AgentEnv, make_task, sleeper, wait_for
+from tests.agent.conftest import AGENT, PY, AgentEnv, make_task, sleeper, wait_for
 
 
 def test_sigterm_leaves_tasks_running_for_the_next_agent(env: AgentEnv) -> None:
@@ -58,6 +59,44 @@ def test_stop_tasks_on_exit_stops_them_and_removes_the_host(env: AgentEnv) -> No
     assert health is not None and health.state == "stopped" and not health.healthy
 
 
+def test_stopping_waits_the_grace_period_after_sigterm_then_kills(env: AgentEnv) -> None:
+    env.start_agent()
+    stubborn = Container(name="main", type="process", executor={"argv": [
+        PY, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                  "print('ready', flush=True); time.sleep(600)"]})
+    task = make_task(0, containers=[stubborn], provide_port=False, grace=1.5)
+    env.put_task(task)
+    env.wait_healthy(task.id)
+    pid = env.pid(task.id)
+    wait_for(lambda: "ready" in (env.state_dir / "logs" / task.id / "main.out.log")
+             .read_text(), 10, "the SIGTERM handler")
+    env.delete_task(task.id)
+    wait_for(lambda: not psutil.pid_exists(pid) or
+             psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 15, "the kill")
+    # the task definition's grace period (not the 60 s default) passed before SIGKILL
+    assert f"{task.id}/main did not stop within 1.5s of SIGTERM: killing it" in \
+        env.log_text()
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--executors", "bash,nosuch"],
+     "no executor named 'nosuch' is installed (installed: bash, "),
+    (["--executors", "process", "--executor-opt", "process.log_max_bytes=lots"],
+     "executor 'process' failed to start: process executor option log_max_bytes='lots' is "
+     "not a number"),
+    (["--health-provider", "nosuch"], "no health provider named 'nosuch' is installed"),
+])
+def test_a_bad_command_line_stops_the_agent_with_one_line(
+        tmp_path: Path, args: list[str], error: str) -> None:
+    assert AGENT is not None
+    proc = subprocess.run([AGENT, "--backend", f"sqlite://{tmp_path}/s.db", "--host", "h1",
+                           "--state-dir", str(tmp_path / "state"), *args],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"skedlib-agent: {error}")
+    assert proc.stderr.count("\n") == 1, proc.stderr  # one line, nothing started
+
+
 @pytest.fixture
 def memory() -> Iterator[MemoryBackend]:
     backend = MemoryBackend()
@@ -79,6 +118,7 @@ def test_in_process_agent_with_a_ttl_check(memory: MemoryBackend, tmp_path: Path
     agent.start()
     try:
         assert agent.wait_ready(10)
+        assert agent.health_provider_name == "local"  # no provider of the backend's own
         task = make_task(0, provide_port=False, containers=[Container(
             name="main", type="process", executor={"argv": ["sleep", "60"]},
             checks=[Check(name="heartbeat", ttl="3s")])])

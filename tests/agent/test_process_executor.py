@@ -53,13 +53,15 @@ def test_start_in_own_group_with_env_and_substitution(runner: ProcessRunner,
                                                       tmp_path: Path) -> None:
     ref = _start(runner, [PY, "-c", "import os,sys; print(os.environ['X'], sys.argv[1]); "
                           "import time; time.sleep(60)", "$PROVIDED_PORT"],
-                 env={"X": "port=${PROVIDED_PORT}"}, cwd=str(tmp_path))
+                 env={"X": "port=${PROVIDED_PORT} $PROVIDED_PORTS"}, cwd=str(tmp_path))
     status = runner.status(ref)
     assert status.state == "running" and status.pid
     assert os.getpgid(status.pid) == status.pid != os.getpgid(0)
     assert psutil.Process(status.pid).cwd() == str(tmp_path)
     out, _ = runner.log_paths(ref)
-    wait_for(lambda: out.exists() and out.read_text() == "port=12345 12345\n", 5, "output")
+    # another variable that merely starts with the name is left alone
+    wait_for(lambda: out.exists() and out.read_text() == "port=12345 $PROVIDED_PORTS 12345\n",
+             5, "output")
     assert runner.running() == [ref]
 
 

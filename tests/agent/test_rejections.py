@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
+from skedlib.cli.main import main as sked_main
 from skedlib.models import Check, Container
 from tests.agent.conftest import PY, AgentEnv, http_server, make_task, sleeper, wait_for
 
@@ -19,7 +22,8 @@ def _reason(env: AgentEnv, task_id: str) -> str:
     return rejected.reject_reason
 
 
-def test_bad_input_is_rejected_and_other_tasks_are_untouched(env: AgentEnv) -> None:
+def test_bad_input_is_rejected_and_other_tasks_are_untouched(
+        env: AgentEnv, capsys: pytest.CaptureFixture[str]) -> None:
     agent = env.start_agent()
     good = make_task(0, service="good", containers=[http_server()])
     env.put_task(good)
@@ -53,8 +57,8 @@ def test_bad_input_is_rejected_and_other_tasks_are_untouched(env: AgentEnv) -> N
     assert "command 'no-such-command-xyz' not found on PATH" in _reason(env, missing.id)
     assert "command '/nonexistent/bin/server' does not exist" in _reason(env, missing_path.id)
     assert _reason(env, bad_url.id) == (
-        "container app: checks[0]: http 'htp://127.0.0.1:1/' is not an http:// or https:// "
-        "URL with a host")
+        "container app: checks[0]: http 'htp://127.0.0.1:$PROVIDED_PORT/' is not an http:// "
+        "or https:// URL with a host")
     assert "invalid duration 'soon'" in _reason(env, bad_interval.id)
     assert "no executor named 'nosuch' is installed" in _reason(env, unknown.id)
     assert f"executor 'docker' is not enabled on host {env.host} (enabled: bash, process)" \
@@ -68,6 +72,14 @@ def test_bad_input_is_rejected_and_other_tasks_are_untouched(env: AgentEnv) -> N
         health = env.health(task.id)
         assert health is not None and health.state == "rejected" and health.message
         assert not env.processes(task.id)
+
+    # what an operator sees: each task's host, whether rejected or healthy, its state
+    assert sked_main(["--backend", env.url, "--prefix", env.prefix, "get", "tasks"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    #            host      rejected healthy state
+    assert [rows[good.id][i] for i in (1, 2, 7, 8)] == [env.host, "false", "true", "healthy"]
+    assert [rows[missing.id][i] for i in (1, 2, 7, 8)] == [env.host, "true", "false",
+                                                            "rejected"]
 
 
 def test_undecodable_records_are_rejected(env: AgentEnv) -> None:
@@ -100,6 +112,11 @@ def test_port_in_use_and_not_enough_resources_are_rejected(env: AgentEnv) -> Non
     env.put_task(big)
     assert _reason(env, big.id) == (f"needs 200 MiB of memory but only 100 of 100 are free "
                                     f"on host {env.host}")
+    busy = make_task(0, service="busy", containers=[sleeper()], provide_port=False)
+    busy.task_definition.cpu_units = 2048
+    env.put_task(busy)
+    assert _reason(env, busy.id) == (f"needs 2048 CPU units but only 1024 of 1024 are free "
+                                     f"on host {env.host}")
     fits = make_task(0, service="fits", containers=[sleeper()], memory=60,
                      provide_port=False)
     second = make_task(1, service="fits", containers=[sleeper()], memory=60,

@@ -363,7 +363,8 @@ def test_exits_are_notified_but_not_stops(executor: DockerEngineExecutor,
 
 def test_missing_image_is_rejected_with_its_name(executor: DockerEngineExecutor) -> None:
     task, ctr = make_task({"image": "skedlib-test/does-not-exist:42", "cmd": ["true"]})
-    with pytest.raises(TaskRejected, match=r"skedlib-test/does-not-exist:42"):
+    with pytest.raises(TaskRejected, match=r"^container main: docker image "
+                                           r"'skedlib-test/does-not-exist:42' is not present"):
         executor.start(task, ctr, agent_env(task, ctr))
     assert executor.running() == []
 
@@ -428,8 +429,10 @@ def test_the_plugin_registers_the_docker_executor(docker_engine: harness.DockerE
 # -- end to end, with the agent ----------------------------------------------------------------
 def test_the_agent_runs_adopts_and_stops_a_docker_task(docker_engine: harness.DockerEngine,
                                                        tmp_path: Path, host: str) -> None:
-    """A task written into the store by hand is run by an in-process agent, stays up
-    across an agent restart (adopted, not restarted), and stops when its key goes."""
+    """Tasks written into the store by hand are run by an in-process agent; a task whose
+    image does not exist is rejected without touching the others; across an agent restart
+    the running task is adopted (not restarted) and the one whose key went away meanwhile
+    is removed; a task stops when its key goes."""
     needs_bridge(docker_engine)
     from skedlib.agent import Agent, AgentConfig
 
@@ -445,10 +448,27 @@ def test_the_agent_runs_adopts_and_stops_a_docker_task(docker_engine: harness.Do
                               "cmd": ["sh", "-c", HTTPD.format(p=8080)]},
                     checks=[Check(http="http://127.0.0.1:$PROVIDED_PORT/", interval="300ms",
                                   timeout="250ms")])
-    definition = TaskDefinition(name="web", version=1, provide_port=True, containers=[web],
-                                grace_period=10**9, max_attempts=3)
-    task = Task(cluster=Cluster(name="default"), task_definition=definition, service="web",
-                instance=0, host=host, scheduled=True)
+
+    def issue(service: str, container: Container, provide_port: bool = False) -> Task:
+        definition = TaskDefinition(name=service, version=1, provide_port=provide_port,
+                                    containers=[container], grace_period=10**9,
+                                    max_attempts=3)
+        task = Task(cluster=Cluster(name="default"), task_definition=definition,
+                    service=service, instance=0, host=host, scheduled=True)
+        value = encode(task)
+        backend.put(keys.host_task(host, task.id), value)
+        backend.put(keys.task(task.id), value)
+        return task
+
+    def stored(task: Task) -> Task:
+        kv = backend.get(keys.task(task.id))
+        assert kv is not None
+        return decode(kv.value, Task)
+
+    def withdraw(task: Task) -> None:
+        backend.delete(keys.host_task(host, task.id))
+        backend.delete(keys.task(task.id))
+
     agents: list[Agent] = []
 
     def start_agent() -> Agent:
@@ -458,35 +478,51 @@ def test_the_agent_runs_adopts_and_stops_a_docker_task(docker_engine: harness.Do
         assert agent.wait_ready(15)
         return agent
 
-    def healthy() -> TaskHealth | None:
-        kv = backend.get(keys.task_health(task.id))
-        health = decode(kv.value, TaskHealth) if kv else None
-        return health if health is not None and health.healthy else None
+    def healthy(task: Task) -> Callable[[], TaskHealth | None]:
+        def probe() -> TaskHealth | None:
+            kv = backend.get(keys.task_health(task.id))
+            health = decode(kv.value, TaskHealth) if kv else None
+            return health if health is not None and health.healthy else None
+        return probe
 
     try:
         first = start_agent()
-        value = encode(task)
-        backend.put(keys.host_task(host, task.id), value)
-        backend.put(keys.task(task.id), value)
-        wait_for("the task to be healthy", healthy, 30)
-        kv = backend.get(keys.task(task.id))
-        assert kv is not None
-        port = decode(kv.value, Task).port
+        task = issue("web", web, provide_port=True)
+        # --init: sleep ends on SIGTERM (the agent that stops it after its key went away
+        # no longer knows the task's grace period, so it allows the default 60 s)
+        idle = issue("idle", Container(name="main", type="docker", executor={
+            "image": docker_engine.image, "cmd": ["sleep", "300"], "flags": ["--init"]}))
+        wait_for("the task to be healthy", healthy(task), 30)
+        wait_for("the idle task to be healthy", healthy(idle), 30)
+        port = stored(task).port
         assert port and http_get(port).strip() == f"hello-{port}"
-        ref = ContainerRef(task.id, "web")
-        assert observer.running() == [ref]
+        ref, idle_ref = ContainerRef(task.id, "web"), ContainerRef(idle.id, "main")
+        assert observer.running() == sorted([ref, idle_ref])
         name = container_name(host, task.id, "web")
         container_id = docker_engine.client().api.inspect_container(name)["Id"]
 
-        first.stop()  # tasks keep running; the next agent adopts them
-        assert observer.status(ref).state == "running"
-        start_agent()
-        time.sleep(1.0)  # long enough for a wrong restart to show up
-        assert wait_for("healthy again", healthy, 15).attempts == 0
+        # an image that does not exist: rejected with its name, the others untouched
+        missing = issue("missing", Container(name="app", type="docker", executor={
+            "image": "skedlib-test/does-not-exist:42", "cmd": ["true"]}))
+        rejected = wait_for("the rejection", lambda: (t := stored(missing)).rejected and t)
+        assert rejected.reject_reason == (
+            f"container app: docker image 'skedlib-test/does-not-exist:42' is not present on "
+            f"host {host} (pulling is off: set the executor option docker.pull=true)")
+        assert host in rejected.rejected_hosts
+        assert wait_for("still healthy", healthy(task)).attempts == 0
         assert docker_engine.client().api.inspect_container(name)["Id"] == container_id
 
-        backend.delete(keys.host_task(host, task.id))
-        backend.delete(keys.task(task.id))
+        first.stop()  # tasks keep running; the next agent adopts them
+        assert observer.status(ref).state == "running"
+        withdraw(idle)  # its key goes while no agent runs
+        start_agent()
+        wait_for("the withdrawn task's container to be removed",
+                 lambda: observer.running() == [ref], 15)
+        time.sleep(1.0)  # long enough for a wrong restart to show up
+        assert wait_for("healthy again", healthy(task), 15).attempts == 0
+        assert docker_engine.client().api.inspect_container(name)["Id"] == container_id
+
+        withdraw(task)
         wait_for("the container to be removed", lambda: observer.running() == [], 15)
         wait_for(f"port {port} to close", lambda: port_closed(port), 5)
     finally:
@@ -560,7 +596,8 @@ def test_blob_translation() -> None:
 
 
 @pytest.mark.parametrize(("blob", "message"), [
-    ({"cmd": ["x"]}, "invalid docker executor"),
+    ({"cmd": ["x"]}, "docker executor: Object missing required field `image`"),
+    ({"image": "a", "cmd": "sh -c x"}, "docker executor: field cmd: Expected `array`"),
     ({"image": " "}, "needs an image"),
     ({"image": "a", "ports": ["5000"]}, "host port is required"),
     ({"image": "a", "ports": ["70000:80"]}, "not a port"),
@@ -581,8 +618,9 @@ def test_blob_translation() -> None:
 ])
 def test_bad_blobs_are_rejected(blob: dict[str, Any], message: str) -> None:
     task, ctr = make_task(blob)
-    with pytest.raises(TaskRejected, match=message):
+    with pytest.raises(TaskRejected, match=message) as info:
         build_run_spec(task, ctr, {}, host="h")
+    assert str(info.value).startswith("container main: ")  # which container of the task
 
 
 def test_names_are_docker_safe_and_distinct() -> None:

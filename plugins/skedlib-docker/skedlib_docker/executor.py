@@ -305,6 +305,12 @@ class DockerEngineExecutor(Executor):
         """
         spec = build_run_spec(task, container, env, host=self.host,
                               bind_ip=self.options.bind_ip)
+        try:
+            self._start(task, container, spec)
+        except TaskRejected as exc:
+            raise TaskRejected(f"container {container.name}: {exc}") from exc.__cause__
+
+    def _start(self, task: Task, container: Container, spec: RunSpec) -> None:
         ref = ContainerRef(task.id, container.name)
         with self._locked(spec.name):
             info = self._inspect(spec.name)

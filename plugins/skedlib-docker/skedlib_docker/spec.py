@@ -23,9 +23,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
-from skedlib.executors.base import TaskRejected
+from skedlib.executors.base import (
+    PROVIDED_PORT_VAR,
+    TaskRejected,
+    convert_blob,
+    substitute_port,
+)
 from skedlib.models import Container, Task
 from skedlib.models import DockerExecutor as DockerConfig
 
@@ -57,7 +60,6 @@ LABEL_SPEC = "skedlib.spec"
 """Label holding a digest of the container's configuration (to spot stale containers)."""
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.-]")
-_PORT_VAR = re.compile(r"\$(?:\{PROVIDED_PORT\}|PROVIDED_PORT(?![A-Za-z0-9_]))")
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _PROTOCOLS = ("tcp", "udp", "sctp")
@@ -81,11 +83,6 @@ def container_name(host: str, task_id: str, container: str) -> str:
         digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:10]
         name = f"{name}-{digest}"
     return name
-
-
-def substitute_port(text: str, port: str) -> str:
-    """Replace ``$PROVIDED_PORT`` and ``${PROVIDED_PORT}`` in ``text`` by ``port``."""
-    return _PORT_VAR.sub(lambda _m: port, text)
 
 
 def parse_memory(text: str, what: str = "memory") -> int:
@@ -437,25 +434,29 @@ def build_run_spec(task: Task, container: Container, env: Mapping[str, str], *,
     The container's environment is the blob's ``env`` entries, then ``env`` (the agent's
     task variables: ``PROVIDED_PORT``, ``SKED_TASK_ID`` …, which win over the blob's, as
     for the process executor), then ``SKED_CONTAINER``; the agent's own environment is
-    not passed in. ``bind_ip`` is the host address published ports listen on.
+    not passed in. ``bind_ip`` is the host address published ports listen on. Every
+    message starts with ``container <name>:``.
     """
+    config = convert_blob(container, DockerConfig)  # "container web: docker executor: …"
     try:
-        config = msgspec.convert(container.executor, DockerConfig)
-    except msgspec.ValidationError as exc:
-        raise TaskRejected(f"container {container.name!r}: invalid docker executor: "
-                           f"{exc}") from None
+        return _translate(task, container, config, env, host=host, bind_ip=bind_ip)
+    except TaskRejected as exc:
+        raise TaskRejected(f"container {container.name}: {exc}") from None
+
+
+def _translate(task: Task, container: Container, config: DockerConfig,
+               env: Mapping[str, str], *, host: str, bind_ip: str) -> RunSpec:
     port = _provided_port(task, env)
     port_text = str(port) if port else ""
 
     def sub(text: str) -> str:
-        if not port_text and _PORT_VAR.search(text):
-            raise TaskRejected(f"container {container.name!r}: {text!r} uses $PROVIDED_PORT "
-                               "but the task has no port (set provide_port or port in the "
-                               "task definition)")
+        if not port_text and PROVIDED_PORT_VAR.search(text):
+            raise TaskRejected(f"{text!r} uses $PROVIDED_PORT but the task has no port (set "
+                               "provide_port or port in the task definition)")
         return substitute_port(text, port_text)
 
     if not config.image.strip():
-        raise TaskRejected(f"container {container.name!r}: the docker executor needs an image")
+        raise TaskRejected("the docker executor needs an image")
     flags = parse_flags([sub(f) for f in config.flags])
 
     environment: dict[str, str] = {}
