@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 3.0  # the backend's per-call timeout in these tests
-TTL = 10.0
+TTL = 20.0  # the shortest lease on Consul (a session of Consul's minimum, 10 s)
 
 
 def _ns() -> str:
@@ -57,8 +57,13 @@ def _wait_for(what: str, cond: object, timeout: float, interval: float = 0.1) ->
         time.sleep(interval)
 
 
-def test_leader_killed_while_writing_and_watching(
-        consul_fault_cluster: harness.ConsulCluster) -> None:
+@pytest.mark.parametrize("fault", ["kill", "sigstop"])
+def test_leader_fault_while_writing_and_watching(
+        consul_fault_cluster: harness.ConsulCluster, fault: str) -> None:
+    """kill -9 (or SIGSTOP) the leader, the server the client uses, under writes and a
+    watch. Writes resume as soon as the other servers have elected a leader (plus, after
+    a SIGSTOP, the timeout of the write held by the frozen leader); the watch delivers
+    the final value of every key, never an event twice or out of order."""
     cluster = consul_fault_cluster
     leader = cluster.leader()
     others = [m for m in cluster.members if m is not leader]
@@ -68,27 +73,46 @@ def test_leader_killed_while_writing_and_watching(
     backend = open_backend(url)
     stop = threading.Event()
     written: dict[str, bytes] = {}
-    oks: list[float] = []
+    oks: list[float] = []  # when writes were acknowledged
+    sent_oks: list[tuple[float, float]] = []  # (sent, acknowledged) of the same
     failures: list[str] = []
     seen: dict[str, bytes] = {}
+    delivered: list[tuple[str, int]] = []
     watch_errors: list[str] = []
     watch_done = threading.Event()
 
     listed = backend.list(ns)
 
+    anomalies: list[str] = []
+
     def writer() -> None:
+        # Each write is a compare-and-swap on the key's last revision, retried until it is
+        # known to be done. A plain put retried after an unknown outcome is not safe: the
+        # first attempt, held by a frozen server, may be applied when it resumes, after
+        # newer writes, and undo them. A stale compare-and-swap fails instead.
+        revision = dict.fromkeys(keys, 0)
         i = 0
         while not stop.is_set():
             key, value = keys[i % len(keys)], str(i).encode()
-            while not stop.is_set():  # retry the same write until it is known to be done
+            while not stop.is_set():
+                sent = time.monotonic()
                 try:
-                    backend.put(key, value)
+                    res = backend.txn([Compare(key, revision[key])], [Put(key, value)])
+                    if res.succeeded:
+                        revision[key] = res.revision
+                    else:  # an attempt whose outcome was unknown was applied after all
+                        kv = backend.get(key)
+                        if kv is None or kv.value != value:
+                            anomalies.append(f"{key}: expected {value!r}, found {kv}")
+                            return
+                        revision[key] = kv.revision
                 except BackendUnavailable as exc:
                     failures.append(str(exc))
                     time.sleep(0.05)
                     continue
                 written[key] = value
                 oks.append(time.monotonic())
+                sent_oks.append((sent, oks[-1]))
                 break
             i += 1
             time.sleep(0.01)
@@ -106,6 +130,7 @@ def test_leader_killed_while_writing_and_watching(
                 for e in events:
                     assert e.revision >= last, "watch events went back in revision"
                     last = e.revision
+                    delivered.append((e.key, e.revision))
                     if e.kind == "put":
                         seen[e.key] = e.value
                     else:
@@ -119,13 +144,32 @@ def test_leader_killed_while_writing_and_watching(
         t.start()
     try:
         _wait_for("writes before the fault", lambda: len(oks) >= 20, 10)
+        elected: list[float] = []
         killed_at = time.monotonic()
-        leader.kill()
-        _wait_for("a write after the kill", lambda: oks and oks[-1] > killed_at, 30, 0.01)
-        resumed = min(t for t in oks if t > killed_at) - killed_at
+        if fault == "kill":
+            leader.kill()  # and reaped: gone when this returns
+        else:
+            leader.pause()  # returns once the process is stopped
+        dead_at = time.monotonic()
+
+        def resumed_writes() -> list[float]:  # acknowledged writes sent after the fault
+            return [done for sent, done in sent_oks if sent > dead_at]
+
+        def election() -> None:  # when the servers that answer agree on a new leader
+            cluster.leader(timeout=20)
+            elected.append(time.monotonic() - killed_at)
+
+        follower = threading.Thread(target=election, daemon=True)
+        follower.start()
+        _wait_for("a write sent after the fault", resumed_writes, 30, 0.01)
+        resumed = resumed_writes()[0] - killed_at
+        follower.join(25)
         new_leader = cluster.leader(timeout=20)
-        _report(f"leader {leader.name} killed -9: writes resumed after {resumed:.2f}s "
-                f"({len(failures)} failed attempts), new leader {new_leader.name}")
+        assert elected, "no new leader was elected"
+        what = "killed -9" if fault == "kill" else "SIGSTOPped"
+        _report(f"leader {leader.name} {what}: new leader {new_leader.name} agreed after "
+                f"{elected[0]:.2f}s; writes resumed after {resumed:.2f}s "
+                f"({len(failures)} failed attempts)")
         for cause in sorted({f.split(": ", 1)[-1][:160] for f in failures})[:4]:
             _report(f"  a failed write said: {cause}")
         n = len(oks)
@@ -140,15 +184,27 @@ def test_leader_killed_while_writing_and_watching(
     assert not alive, (
         f"threads still running: {alive}; seen {seen} written {written} stored {final}; "
         f"{len(watch_errors)} watch errors, last: {watch_errors[-3:]}")
-    # the watch delivered the final value of every key
+    assert not anomalies, anomalies
+    # the watch delivered the final value of every key, and no event twice
     assert seen == written, f"watch missed final values (watch errors: {watch_errors[:3]})"
     assert final == written
-    assert resumed < 15, f"writes took {resumed:.1f}s to resume"
+    assert len(delivered) == len(set(delivered)), "the watch delivered an event twice"
+    # Consul 0.8's raft (raft_multiplier 1, its minimum) elects a new leader 1.5-4 s after
+    # the old one stops answering; the client adds little to that: a killed leader
+    # refuses at once, a frozen one holds the write in flight until its timeout
+    slack = 1.0 if fault == "kill" else TIMEOUT + 1.0
+    assert resumed < max(elected[0], 0.0) + slack, (
+        f"writes resumed {resumed:.2f}s after the fault, {elected[0]:.2f}s after which a new "
+        "leader was agreed")
 
-    # the killed server rejoins with its data and serves the writes it missed
-    leader.start()
+    # the server rejoins (restarted, or resumed by SIGCONT) and serves the writes it missed
+    if fault == "kill":
+        leader.start()
+    else:
+        leader.resume()
     cluster.wait_healthy(30)
     with open_backend(cluster.url([leader], timeout=TIMEOUT)) as direct:
+        # a write held by the frozen server ran when it resumed: its stale compare failed
         assert {kv.key: kv.value for kv in direct.list(ns).items} == written
     backend.close()
 
@@ -165,6 +221,9 @@ def test_frozen_server_times_out_fails_over_and_rejoins(
     writer = open_backend(url)  # a second client whose first call after the freeze writes
     backend.put(ns + "before", b"1")
     assert writer.get(ns + "before") is not None
+    lease = backend.grant_lease(TTL)
+    watch = backend.watch(ns, backend.list(ns).revision + 1)
+    assert watch.next(timeout=0.2) == []  # its first listing is done: it now blocks
     frozen.pause()
     try:
         # a read fails over within the call
@@ -190,10 +249,24 @@ def test_frozen_server_times_out_fails_over_and_rejoins(
 
         # nothing hangs: every call returns or fails within its bound
         for call in (lambda: backend.list(ns), lambda: backend.put(ns + "again", b"3"),
-                     lambda: backend.current_revision()):
+                     lambda: backend.current_revision(), lambda: backend.keepalive(lease),
+                     lambda: backend.grant_lease(TTL)):
             t0 = time.monotonic()
             call()
             assert time.monotonic() - t0 < TIMEOUT * len(cluster.members) + 1
+
+        # the watch, blocked on the frozen server, moves on and sees the writes
+        t0 = time.monotonic()
+        watched: dict[str, bytes] = {}
+        while set(watched) != {ns + "during", ns + "again"} and time.monotonic() - t0 < 30:
+            try:
+                watched.update((e.key, e.value) for e in watch.next(timeout=1))
+            except BackendUnavailable:
+                time.sleep(0.1)
+        took = time.monotonic() - t0
+        _report(f"the watch on the frozen server delivered after {took:.2f}s")
+        assert watched == {ns + "during": b"2", ns + "again": b"3"}
+        watch.close()
 
         # a client that knows only the frozen server fails in time with a clear message
         with pytest.raises(BackendUnavailable) as info:
@@ -210,6 +283,7 @@ def test_frozen_server_times_out_fails_over_and_rejoins(
                         lambda: direct.get(ns + "during") is not None, 20)
         kv = direct.get(ns + "during")
         assert kv is not None and kv.value == b"2"
+    backend.revoke_lease(lease)
     maybe = backend.get(ns + "maybe")
     _report(f"{frozen.name} SIGCONT: serving again after {got:.2f}s; the write with the "
             f"unknown outcome was {'applied late' if maybe else 'not applied'}")
@@ -257,12 +331,12 @@ def test_dead_and_stalled_lock_holders(consul_fault_cluster: harness.ConsulClust
         killed.kill()
         os.kill(stalled.pid, signal.SIGSTOP)  # a holder that stalls past its TTL
         gone = _wait_for("the dead holder's lock key to go",
-                         lambda: backend.get(ns + "lock/a") is None, 2 * TTL + 5)
+                         lambda: backend.get(ns + "lock/a") is None, TTL + 10)
         _wait_for("the stalled holder's lock key to go",
-                  lambda: backend.get(ns + "lock/b") is None, 2 * TTL + 5)
+                  lambda: backend.get(ns + "lock/b") is None, TTL + 10)
         _report(f"holder killed -9: its session-bound key was gone after {gone:.1f}s "
-                f"(TTL {TTL:g}s; Consul allows up to 2 x TTL)")
-        assert gone <= 2 * TTL + 3
+                f"(TTL {TTL:g}s)")
+        assert gone <= TTL + 2  # free within the TTL (+ the watch's polling and timing)
 
         # someone else takes both locks
         new_tokens = {}

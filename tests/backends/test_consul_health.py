@@ -11,6 +11,7 @@ states, ``on_change``, the failure threshold, TTL reports through the store.
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 import time
 import uuid
@@ -18,11 +19,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from skedlib_consul.backend import ConsulBackend, parse_url
 from skedlib_consul.health import (
     ConsulAgentHealthProvider,
     ConsulHealthProvider,
     agent_options,
     check_definitions,
+    on_this_host,
 )
 
 from skedlib.agent.health import HealthContext, HealthProvider, pass_ttl_check
@@ -477,11 +480,41 @@ def test_agent_provider_options(consul_dev: harness.ConsulCluster,
         assert (o.endpoints, o.timeout) == (backend.options.endpoints[:1], 4.0)  # type: ignore[attr-defined]
     finally:
         backend.close()
+    # … but only one on this host: a server elsewhere would run the checks, and place
+    # the service, on its own node
+    monkeypatch.delenv("CONSUL_HTTP_ADDR", raising=False)
+    elsewhere_first = ConsulBackend(parse_url(
+        "consul://192.0.2.10:8500,127.0.0.1:8600,127.0.0.2:8700?token=t&timeout=3"))
+    only_elsewhere = ConsulBackend(parse_url("consul://192.0.2.10:8500?token=t&timeout=3"))
+    try:
+        o = agent_options(ctx({}, elsewhere_first))
+        assert (o.endpoints, o.token, o.timeout) == ((("127.0.0.1", 8600),), "t", 3.0)
+        o = agent_options(ctx({}, only_elsewhere))  # the local agent, the backend's token
+        assert (o.endpoints, o.token, o.timeout) == ((("127.0.0.1", 8500),), "t", 3.0)
+        monkeypatch.setenv("CONSUL_HTTP_ADDR", "10.9.9.9:8500")
+        assert agent_options(ctx({}, only_elsewhere)).endpoints == (("10.9.9.9", 8500),)
+    finally:
+        elsewhere_first.close()
+        only_elsewhere.close()
     # … else $CONSUL_HTTP_ADDR, else 127.0.0.1:8500
-    monkeypatch.setenv("CONSUL_HTTP_ADDR", "10.9.9.9:8500")
     assert agent_options(ctx({})).endpoints == (("10.9.9.9", 8500),)
     monkeypatch.delenv("CONSUL_HTTP_ADDR")
     assert agent_options(ctx({})).endpoints == (("127.0.0.1", 8500),)
+
+
+def test_on_this_host_needs_no_dns() -> None:
+    for local in ("127.0.0.1", "127.3.2.1", "::1", "localhost", socket.gethostname()):
+        assert on_this_host(local), local
+    for other in ("192.0.2.10", "0.0.0.0", "2001:db8::1", "consul.example.invalid"):
+        assert not on_this_host(other), other
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this picks the outgoing address
+            mine = s.getsockname()[0]
+        except OSError:
+            mine = ""
+    if mine and not mine.startswith("127."):
+        assert on_this_host(mine)  # an address of a real interface of this machine
 
 
 def test_agent_provider_without_consul_stays_starting(agent_provider: ProviderFactory) -> None:

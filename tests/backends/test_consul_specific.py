@@ -22,11 +22,13 @@ from skedlib_consul.backend import (
     ConsulWatch,
     open_consul,
     parse_url,
+    redact_url,
 )
 
 from skedlib.errors import BackendUnavailable, InvalidName, LeaseExpired, TxnTooLarge
 from skedlib.plugins import open_backend
 from skedlib.store.base import Compare, Delete, KeyValue, Put, WatchEvent
+from tests.backends._cli import sked_fails
 from tests.harness import consul as harness
 
 consul_dev = harness.consul_dev
@@ -57,8 +59,7 @@ def test_parse_url_defaults_and_options(monkeypatch: pytest.MonkeyPatch,
                                         tmp_path: Path) -> None:
     monkeypatch.delenv("CONSUL_HTTP_TOKEN", raising=False)
     assert parse_url("consul://10.0.0.1") == ConsulOptions(endpoints=(("10.0.0.1", 8500),))
-    ca = tmp_path / "ca.pem"
-    ca.write_text("x")
+    ca = harness.make_tls_files(tmp_path)["ca"]  # read when the URL is parsed
     o = parse_url(f"consul://a:1,b:2,[::1]:3/?dc=east&token=t0k&timeout=2.5&ca={ca}")
     assert o.endpoints == (("a", 1), ("b", 2), ("::1", 3))
     assert (o.dc, o.token, o.timeout, o.scheme, o.ca) == ("east", "t0k", 2.5, "https", str(ca))
@@ -71,6 +72,8 @@ def test_parse_url_defaults_and_options(monkeypatch: pytest.MonkeyPatch,
 
 @pytest.mark.parametrize("url, why", [
     ("consul://", "no endpoint"),
+    ("consul://[::1", "not a valid URL"),
+    ("consul://a?key=/etc/hostname", "key= needs cert="),
     ("consul://a:99999", "bad port"),
     ("consul://a/some/path", "no path"),
     ("consul://a?tokn=x", "unknown option"),
@@ -143,6 +146,20 @@ def test_bad_token_and_missing_token_are_refused(consul_acl: harness.ConsulClust
         assert good.get(ns + "leased") is None
 
 
+def test_the_token_from_consul_http_token(consul_acl: harness.ConsulCluster,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    ns = _ns()
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", harness.ACL_MASTER_TOKEN)
+    with open_backend(consul_acl.url()) as b:  # no token= in the URL
+        b.put(ns + "k", b"v")
+        kv = b.get(ns + "k")
+        assert kv is not None and kv.value == b"v"
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "not-a-token")
+    with open_backend(consul_acl.url()) as b:
+        message = _one_line_within(lambda: b.get(ns + "k"), 6)
+        assert "Consul refused the ACL token" in message and "not-a-token" not in message
+
+
 def test_https_against_plain_http_says_so(consul_dev: harness.ConsulCluster) -> None:
     message = _one_line_within(lambda: open_backend(consul_dev.url(scheme="https", timeout=1)),
                                2.5)
@@ -169,6 +186,41 @@ def test_tls(consul_tls: tuple[harness.ConsulCluster, dict[str, Path]]) -> None:
     assert "certificate verify failed" in message
     message = _one_line_within(lambda: open_backend(agent.url(timeout=1)), 2.5)
     assert "scheme=https" in message
+
+
+def test_tls_files_are_checked_when_the_url_is_opened(
+        consul_tls: tuple[harness.ConsulCluster, dict[str, Path]]) -> None:
+    _, files = consul_tls
+    ca, cert, key = files["ca"], files["cert"], files["key"]
+    ca_key = ca.with_suffix(".key")  # a key, but not the certificate's
+    with pytest.raises(BackendUnavailable, match=r"ca file .* holds no PEM certificate"):
+        parse_url(f"consul://a?ca={key}")
+    with pytest.raises(BackendUnavailable, match="key does not match the certificate"):
+        parse_url(f"consul://a?ca={ca}&cert={cert}&key={ca_key}")
+    with pytest.raises(BackendUnavailable, match="must hold the key too"):
+        parse_url(f"consul://a?ca={ca}&cert={cert}")
+    assert parse_url(f"consul://a?ca={ca}&cert={cert}&key={key}").cert == str(cert)
+
+
+def test_the_cli_says_what_is_wrong_in_one_line(
+        consul_tls: tuple[harness.ConsulCluster, dict[str, Path]],
+        consul_acl: harness.ConsulCluster, consul_dev: harness.ConsulCluster) -> None:
+    agent, files = consul_tls
+    cases = {
+        agent.url(ca=files["other_ca"], timeout=1): "certificate verify failed",
+        agent.url(timeout=1): "does the server expect scheme=https?",
+        agent.url(ca=files["ca"], cert=files["cert"], key=files["ca"].with_suffix(".key"),
+                  timeout=1): "the key does not match the certificate",
+        consul_dev.url(scheme="https", timeout=1): "use scheme=http",
+        consul_acl.url(token="not-a-token", timeout=1): "Consul refused the ACL token",
+        f"consul://127.0.0.1:{harness.free_ports(1)[0]}?timeout=1": "connection refused",
+        "consul://h?tokn=x": "unknown option",
+    }
+    for url, says in cases.items():
+        lines = sked_fails(url).splitlines()
+        assert len(lines) == 1, lines  # no traceback, no log lines
+        assert lines[0].startswith(f"sked: error: {redact_url(url)}: "), lines[0]
+        assert says in lines[0] and "not-a-token" not in lines[0]
 
 
 # -- the contract, mapped -------------------------------------------------------------------
@@ -231,13 +283,17 @@ def test_txn_limit_is_64_and_checked_before_sending(backend: ConsulBackend) -> N
 
 def test_sessions_are_ttl_delete_sessions_without_checks(consul_dev: harness.ConsulCluster,
                                                         backend: ConsulBackend) -> None:
-    assert backend.min_lease_ttl == 10
-    lease = backend.grant_lease(1)  # raised to Consul's minimum
+    assert backend.min_lease_ttl == 20
+    lease = backend.grant_lease(1)  # raised to the minimum: a session of Consul's minimum
     status, info = consul_dev.members[0].api("GET", f"/v1/session/info/{lease}")
     assert status == 200
     (session,) = info
     assert (session["TTL"], session["Behavior"], session["LockDelay"], session["Checks"]) == (
         "10s", "delete", 0, [])
+    longer = backend.grant_lease(45)  # Consul ends a session 2 x its TTL after renewal
+    status, info = consul_dev.members[0].api("GET", f"/v1/session/info/{longer}")
+    assert status == 200 and info[0]["TTL"] == "22.5s"
+    backend.revoke_lease(longer)
     backend.revoke_lease(lease)
     with pytest.raises(LeaseExpired):
         backend.keepalive(lease)

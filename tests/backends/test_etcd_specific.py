@@ -1,4 +1,4 @@
-"""etcd-specific behaviour: URL parsing, bad input, limits, chunked commits, auth and TLS.
+"""etcd-specific behaviour: URL parsing, bad input, limits, auth and TLS.
 
 Everything but the URL parsing runs against real etcd servers (see tests/harness/etcd.py).
 """
@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +20,12 @@ from skedlib.store.base import (
     Backend,
     Compare,
     Delete,
-    KeyValue,
-    ListResult,
-    Op,
     Put,
-    TxnResult,
     Watch,
     WatchEvent,
 )
 from skedlib.store.chunks import commit_chunked
+from tests.backends._cli import sked_fails
 from tests.harness import etcd as harness
 
 harness.skip_module_unless_plugin_importable()
@@ -322,120 +319,12 @@ def test_server_side_limits_map_to_txn_too_large(etcd_limited: harness.EtcdClust
         assert len(b.list(ns + "g").items) == 40
 
 
-# -- large commits ----------------------------------------------------------------------------
-def _groups(ns: str, n: int) -> list[list[Op]]:
-    """``n`` tasks, each a task key and its host index entry (a group never split)."""
-    return [[Put(f"{ns}tasks/{i:04d}", b"task"), Put(f"{ns}hosts/h{i % 7}/{i:04d}", b"idx")]
-            for i in range(n)]
-
-
-def _by_revision(events: Sequence[WatchEvent]) -> dict[int, list[WatchEvent]]:
-    out: dict[int, list[WatchEvent]] = {}
-    for e in events:
-        out.setdefault(e.revision, []).append(e)
-    return out
-
-
 def _drain(w: Watch, want: int, timeout: float = 10.0) -> list[WatchEvent]:
     events: list[WatchEvent] = []
     deadline = time.monotonic() + timeout
     while len(events) < want and time.monotonic() < deadline:
         events += w.next(timeout=0.5)
     return events
-
-
-def test_commit_chunked_beyond_128_ops(backend: Backend, ns: str) -> None:
-    fence_key = ns + "lock"
-    token = backend.put(fence_key, b"me")
-    start = backend.current_revision() + 1
-    groups = _groups(ns, 150)  # 300 ops
-    with backend.watch(ns, start) as w:
-        result = commit_chunked(backend, [Compare(fence_key, token)], groups)
-        events = _drain(w, 300)
-    # 127 ops fit beside the fence: 63 groups of 2 per chunk → chunks of 126, 126, 48
-    assert result.succeeded and result.applied_ops == 300
-    assert result.total_chunks == result.applied_chunks == 3
-    chunks = _by_revision(events)
-    assert [len(c) for c in chunks.values()] == [126, 126, 48]
-    assert max(chunks) == result.revision
-    # each chunk is atomic: one revision; a task and its index entry share it
-    revision_of = {e.key: e.revision for e in events}
-    for task, index in groups:
-        assert revision_of[task.key] == revision_of[index.key]
-    assert len(backend.list(ns + "tasks/").items) == 150
-
-
-class _FenceTakenAfter(Backend):
-    """The real etcd backend; after ``n`` transactions someone else takes the fence key.
-
-    Not a mock: every call goes to etcd. It only interleaves a competitor's write at a
-    deterministic point, between two chunks.
-    """
-
-    def __init__(self, inner: Backend, fence_key: str, n: int) -> None:
-        self.inner, self.fence_key, self.n = inner, fence_key, n
-        self.max_txn_ops = inner.max_txn_ops
-        self.calls = 0
-
-    def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
-        result = self.inner.txn(compares, ops)
-        self.calls += 1
-        if self.calls == self.n:
-            self.inner.put(self.fence_key, b"someone else")
-        return result
-
-    def get(self, key: str) -> KeyValue | None:
-        return self.inner.get(key)
-
-    def list(self, prefix: str) -> ListResult:
-        return self.inner.list(prefix)
-
-    def watch(self, prefix: str, start_revision: int) -> Watch:
-        return self.inner.watch(prefix, start_revision)
-
-    def grant_lease(self, ttl: float) -> str:
-        return self.inner.grant_lease(ttl)
-
-    def keepalive(self, lease: str) -> None:
-        self.inner.keepalive(lease)
-
-    def revoke_lease(self, lease: str) -> None:
-        self.inner.revoke_lease(lease)
-
-
-def test_commit_chunked_stops_when_the_fence_is_lost(backend: Backend, ns: str) -> None:
-    fence_key = ns + "lock"
-    token = backend.put(fence_key, b"me")
-    racing = _FenceTakenAfter(backend, fence_key, 1)
-    result = commit_chunked(racing, [Compare(fence_key, token)], _groups(ns, 150))
-    assert not result.succeeded
-    assert (result.applied_chunks, result.total_chunks, result.applied_ops) == (1, 3, 126)
-    # a reader sees exactly the first chunk: a prefix of the commit, never part of a chunk
-    tasks = backend.list(ns + "tasks/").items
-    assert [kv.key for kv in tasks] == [f"{ns}tasks/{i:04d}" for i in range(63)]
-    assert {kv.revision for kv in tasks} == {result.revision}
-
-
-def test_readers_see_whole_chunks_while_a_commit_runs(backend: Backend, ns: str) -> None:
-    fence_key = ns + "lock"
-    token = backend.put(fence_key, b"me")
-    seen: list[int] = []
-    stop = threading.Event()
-
-    def reader() -> None:
-        while not stop.is_set():
-            seen.append(len(backend.list(ns + "tasks/").items))
-
-    t = threading.Thread(target=reader)
-    t.start()
-    try:
-        result = commit_chunked(backend, [Compare(fence_key, token)], _groups(ns, 400))
-    finally:
-        stop.set()
-        t.join(10)
-    assert result.succeeded and result.total_chunks == 7
-    # a reader only ever observes a prefix of whole chunks: multiples of 63 tasks
-    assert set(seen) <= {0, *range(63, 400, 63), 400}, sorted(set(seen))
 
 
 # -- auth -------------------------------------------------------------------------------------
@@ -506,13 +395,35 @@ def test_tls_misconfiguration_is_one_clear_line(etcd_tls: harness.EtcdCluster,
         message = _unavailable_within(url, 1.0)
         print(f"\n{what}: {message}")
         assert "no etcd member answered within 1s" in message
-        if what != "plaintext to a TLS port":
+        if what == "plaintext to a TLS port":
+            assert "does it expect TLS (etcds://, ca=...)?" in message
+        else:
             assert "TLS handshake failed" in message
     missing = _unavailable_within(etcd_tls.url(ca=str(tmp_path / "nope.pem")), 0.1)
     assert "cannot read the TLS CA file" in missing
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("hello")
     assert "is not PEM" in _unavailable_within(etcd_tls.url(ca=str(not_pem)), 0.1)
+
+
+def test_the_cli_says_what_is_wrong_in_one_line(etcd_tls: harness.EtcdCluster,
+                                                etcd_auth: harness.EtcdCluster) -> None:
+    tls = etcd_tls.tls
+    assert tls is not None
+    ca_key = str(tls.ca.with_suffix(".key"))  # a key that does not match the certificate
+    cases = {
+        etcd_tls.url(ca=str(tls.other_ca), timeout=1): "TLS handshake failed",
+        etcd_tls.url(cert=str(tls.cert), key=ca_key, timeout=1): "key does not match",
+        f"etcd://{etcd_tls.members[0].endpoint}?timeout=1": "no etcd member answered",
+        etcd_auth.url(password="wrong", timeout=1): "refused the credentials",
+        f"etcd://127.0.0.1:{harness.free_ports(1)[0]}?timeout=1": "Connection refused",
+        "etcd://h:1?timout=1": "unknown option",
+    }
+    for url, says in cases.items():
+        lines = sked_fails(url).splitlines()
+        assert len(lines) == 1, lines  # no gRPC log lines, no traceback
+        assert lines[0].startswith(f"sked: error: {redact(url)}: "), lines[0]
+        assert says in lines[0]
 
 
 def test_backend_class_is_exported() -> None:

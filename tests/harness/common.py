@@ -318,9 +318,23 @@ class ServerProcess:
         self.paused = False
 
     def pause(self) -> None:
-        """SIGSTOP: the process keeps its sockets open but answers nothing."""
+        """SIGSTOP: the process keeps its sockets open but answers nothing.
+
+        Returns once the kernel reports the process stopped (or after a second), so that
+        whatever the caller does next happens after the freeze.
+        """
         self.send(signal.SIGSTOP)
         self.paused = True
+        if self.running:
+            stat = Path(f"/proc/{self.pid}/stat")
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                try:  # "pid (comm) STATE ...": T is stopped
+                    if stat.read_text().rsplit(")", 1)[1].split()[0] in ("T", "t"):
+                        break
+                except (OSError, IndexError):
+                    break
+                time.sleep(0.001)
 
     def resume(self) -> None:
         """SIGCONT."""

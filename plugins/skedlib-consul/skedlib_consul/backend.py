@@ -33,10 +33,11 @@ How the contract maps onto Consul
   when the put is bound to a lease; ``Delete`` is ``delete``. Consul 0.8 takes at most
   64 operations: :attr:`ConsulBackend.max_txn_ops` is 64, and larger transactions raise
   :class:`~skedlib.errors.TxnTooLarge` before anything is sent.
-- **Leases are sessions** with a TTL (at least 10 s: ``min_lease_ttl``), behaviour
-  ``delete`` (the session's keys are deleted when it ends), lock-delay 0 and *no* health
-  checks (so a session does not die with the agent it was created through). Consul
-  invalidates a session between TTL and 2 x TTL after its last renewal.
+- **Leases are sessions**, behaviour ``delete`` (the session's keys are deleted when it
+  ends), lock-delay 0 and *no* health checks (so a session does not die with the agent
+  it was created through). Consul ends a session 2 x its TTL after its last renewal, so
+  a lease of TTL t is a session of TTL t/2: it ends t after its last keep-alive, as on
+  etcd. Consul's shortest session TTL is 10 s, so ``min_lease_ttl`` is 20 s.
 - **Watches** are blocking queries on the prefix, diffed against the previous listing.
   See :class:`ConsulWatch` for what they can and cannot see.
 
@@ -64,6 +65,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -94,6 +96,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_TXN_OPS",
     "MIN_LEASE_TTL",
+    "MIN_SESSION_TTL",
     "ConsulBackend",
     "ConsulOptions",
     "ConsulWatch",
@@ -108,8 +111,11 @@ DEFAULT_TIMEOUT = 5.0
 #: Consul 0.8's limit on operations in one ``/v1/txn`` request
 MAX_TXN_OPS = 64
 #: Consul's shortest session TTL (``session_ttl_min``, 10 s by default)
-MIN_LEASE_TTL = 10.0
-#: Consul's longest session TTL
+MIN_SESSION_TTL = 10.0
+#: the shortest lease: a lease of TTL t is a session of TTL t/2, because Consul ends a
+#: session 2 x its TTL after the last renewal; so a lease ends t after its last renewal
+MIN_LEASE_TTL = 2 * MIN_SESSION_TTL
+#: Consul's longest session TTL, which also bounds a lease's
 MAX_LEASE_TTL = 86400.0
 #: the longest blocking query a watch sends (a frozen server is noticed within this)
 MAX_WATCH_WAIT = 10.0
@@ -162,8 +168,11 @@ def redact_url(url: str) -> str:
 def parse_url(url: str) -> ConsulOptions:
     """Parse ``consul://host:port[,host:port…][?options]``; raises BackendUnavailable."""
     shown = redact_url(url)
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "consul":
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. an unbalanced IPv6 bracket
+        raise BackendUnavailable(f"{shown}: not a valid URL: {exc}") from exc
+    if parts.scheme.lower() != "consul":
         raise BackendUnavailable(f"{shown}: not a consul:// URL")
     if parts.path not in ("", "/") or parts.fragment:
         raise BackendUnavailable(f"{shown}: a consul:// URL has no path (expected "
@@ -206,12 +215,36 @@ def parse_url(url: str) -> ConsulOptions:
     for name, path in (("ca", ca), ("cert", cert), ("key", key)):
         if path is not None and not os.path.isfile(path):
             raise BackendUnavailable(f"{shown}: {name} file {path!r} does not exist")
+    if key is not None and cert is None:
+        raise BackendUnavailable(f"{shown}: key= needs cert= (the client certificate)")
+    _check_tls_files(shown, ca, cert, key)
     if (ca or cert) and scheme == "http" and one("scheme") is None:
         scheme = "https"  # TLS files imply TLS
     token = one("token") or os.environ.get("CONSUL_HTTP_TOKEN") or None
     return ConsulOptions(endpoints=tuple(endpoints), dc=one("dc") or None, token=token,
                          timeout=timeout, scheme="https" if scheme == "https" else "http",
                          ca=ca, cert=cert, key=key)
+
+
+def _check_tls_files(shown: str, ca: str | None, cert: str | None, key: str | None) -> None:
+    """Load the TLS files now, so that a wrong one is named (not "PEM lib" at connect)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise BackendUnavailable(f"{shown}: the ca file {ca!r} holds no PEM "
+                                     f"certificate ({exc})") from exc
+    if cert is not None:
+        try:  # a key protected by a password fails here instead of prompting for it
+            context.load_cert_chain(cert, key, password=lambda: b"")
+        except (ssl.SSLError, OSError) as exc:
+            mismatch = getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH"
+            files = f"the cert file {cert!r}" + (f" and the key file {key!r}" if key else
+                                                " (no key=: it must hold the key too)")
+            why = "the key does not match the certificate" if mismatch else \
+                "not a PEM certificate and unencrypted key"
+            raise BackendUnavailable(f"{shown}: cannot use {files}: {why}") from exc
 
 
 # -- HTTP with timeouts and failover -------------------------------------------------------
@@ -552,6 +585,11 @@ class ConsulBackend(Backend):
         while True:
             resp = self._http.request("GET", "/v1/status/leader", what="connect",
                                       timeout=max(0.1, deadline - time.monotonic()))
+            if resp.status_code == 404:  # every Consul agent since 0.1 has this endpoint
+                raise BackendUnavailable(
+                    f"{self.url}: connect: {self._http.current_endpoint} answered HTTP 404 "
+                    f"({_body_text(resp, 60)}) for /v1/status/leader: is it a Consul agent's "
+                    "HTTP API?")
             self._check_status("connect", resp)
             if resp.text.strip() not in ('""', ""):
                 return
@@ -738,10 +776,12 @@ class ConsulBackend(Backend):
     # -- leases -----------------------------------------------------------------------------
     def grant_lease(self, ttl: float) -> str:
         ttl = min(max(float(ttl), MIN_LEASE_TTL), MAX_LEASE_TTL)
+        session_ttl = ttl / 2  # Consul's timer runs 2 x the session's TTL
         with self._errors("grant lease"):
             session_id = self._sessions.create(
                 name=self._session_name, lock_delay=0, behavior="delete",
-                ttl=int(ttl) if ttl.is_integer() else round(ttl, 3), checks=[])
+                ttl=int(session_ttl) if session_ttl.is_integer() else round(session_ttl, 3),
+                checks=[])
         if not isinstance(session_id, str) or not session_id:
             raise BackendError(f"{self.url}: grant lease: Consul returned no session id")
         return session_id

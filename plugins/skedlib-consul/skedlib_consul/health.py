@@ -101,20 +101,24 @@ Options (``HealthContext.options``, i.e. ``AgentConfig.health_options``, e.g.
 ``{"consul.url": "http://127.0.0.1:8500"}``; the ``consul.`` prefix is optional):
 ``url`` (also ``agent``) the Consul agent of this host, ``token``, ``timeout`` (seconds
 per call, default 5); any other key is a :class:`~skedlib.errors.PluginError`. Without
-``url`` the agent is the first endpoint of the agent's own backend when it is
-``consul://`` (with its token, timeout and TLS settings), else ``$CONSUL_HTTP_ADDR``,
-else ``http://127.0.0.1:8500``.
+``url`` the agent is the first endpoint of the agent's own ``consul://`` backend that is
+on this host (a loopback address or one of the machine's own; with its token, timeout
+and TLS settings), else ``$CONSUL_HTTP_ADDR``, else ``http://127.0.0.1:8500``: never a
+server elsewhere, which would run the checks and place the service on its own node
+(see :func:`agent_options`).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import ipaddress
 import json
 import logging
 import math
 import os
 import shlex
+import socket
 import threading
 import time
 import urllib.parse
@@ -151,6 +155,7 @@ __all__ = [
     "agent_options",
     "check_definitions",
     "from_context",
+    "on_this_host",
 ]
 
 log = logging.getLogger(__name__)
@@ -509,13 +514,40 @@ def from_context(context: Any = None, *, agent_url: str | None = None,
 _OPTION_NAMES = {"url": "url", "agent": "url", "token": "token", "timeout": "timeout"}
 
 
-def agent_options(ctx: HealthContext) -> ConsulOptions:
-    """Where :class:`ConsulAgentHealthProvider` finds the host's Consul agent.
+def on_this_host(host: str) -> bool:
+    """True when ``host`` is an address of this machine: ``localhost``, this machine's
+    host name, a loopback address, or an IP address a socket can bind here (no DNS)."""
+    if host.lower() in ("localhost", "localhost.localdomain", socket.gethostname().lower()):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # another name: finding out would need DNS, which has no timeout
+    if ip.is_loopback:
+        return True
+    if ip.is_unspecified:
+        return False
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))  # fails (EADDRNOTAVAIL) for an address of another machine
+    except OSError:
+        return False
+    return True
 
-    From ``ctx.options`` (``consul.url`` or ``url``, also ``consul.agent``;
-    ``consul.token``; ``consul.timeout``), else the first endpoint of ``ctx.backend``
-    when it is a Consul backend (with its token and TLS files), else
-    ``$CONSUL_HTTP_ADDR``, else ``http://127.0.0.1:8500``. Raises
+
+def agent_options(ctx: HealthContext) -> ConsulOptions:
+    """Where :class:`ConsulAgentHealthProvider` finds the Consul agent of this host.
+
+    Services and checks belong to the Consul agent they are registered with (it runs the
+    checks, and the catalog places the service on its node), so this must be the agent
+    on the host where the tasks run. From ``ctx.options`` (``consul.url`` or ``url``, also
+    ``consul.agent``; ``consul.token``; ``consul.timeout``), else the first endpoint of
+    ``ctx.backend`` that is on this host (:func:`on_this_host`) when it is a Consul
+    backend (with its token, timeout and TLS files), else ``$CONSUL_HTTP_ADDR``, else
+    ``http://127.0.0.1:8500`` (with a Consul backend's token and timeout). A Consul
+    backend's servers elsewhere are never used: a service registered there would run its
+    checks, and be advertised, on that server's node. Raises
     :class:`~skedlib.errors.PluginError` for an unknown option or a bad value.
     """
     given: dict[str, str] = {}
@@ -540,10 +572,19 @@ def agent_options(ctx: HealthContext) -> ConsulOptions:
             return _agent_options(given["url"], token, timeout)
         if isinstance(ctx.backend, ConsulBackend):
             o = ctx.backend.options
-            return ConsulOptions(endpoints=o.endpoints[:1], dc=None,
-                                 token=token if token is not None else o.token,
-                                 timeout=timeout if timeout is not None else o.timeout,
-                                 scheme=o.scheme, ca=o.ca, cert=o.cert, key=o.key)
+            local = [ep for ep in o.endpoints if on_this_host(ep[0])]
+            if local:
+                return ConsulOptions(endpoints=(local[0],), dc=None,
+                                     token=token if token is not None else o.token,
+                                     timeout=timeout if timeout is not None else o.timeout,
+                                     scheme=o.scheme, ca=o.ca, cert=o.cert, key=o.key)
+            if token is None:
+                token = o.token
+            if timeout is None:
+                timeout = o.timeout
+            log.info("consul health provider: no endpoint of the backend %s is on this host; "
+                     "using the Consul agent at %s (set consul.url to choose another)",
+                     ctx.backend.url, os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_AGENT)
         return _agent_options(os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_AGENT, token,
                               timeout)
     except BackendUnavailable as exc:

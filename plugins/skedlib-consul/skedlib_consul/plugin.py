@@ -33,8 +33,9 @@ def make_health_provider(context: HealthContext) -> ConsulAgentHealthProvider:
 
     See :class:`skedlib_consul.health.ConsulAgentHealthProvider`; the Consul agent's
     address comes from ``context.options`` (``consul.url``, ``consul.token``,
-    ``consul.timeout``), else the backend, else ``$CONSUL_HTTP_ADDR``, else
-    ``http://127.0.0.1:8500`` (:func:`skedlib_consul.health.agent_options`).
+    ``consul.timeout``), else an endpoint of the backend on this host, else
+    ``$CONSUL_HTTP_ADDR``, else ``http://127.0.0.1:8500``
+    (:func:`skedlib_consul.health.agent_options`).
     """
     from skedlib_consul.health import ConsulAgentHealthProvider
 

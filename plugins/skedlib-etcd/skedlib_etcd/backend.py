@@ -46,6 +46,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import os
+import ssl
 import threading
 import time
 import weakref
@@ -53,6 +55,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
+
+# gRPC's C core logs failed TLS handshakes and bad keys to stderr, line after line, before
+# the one BackendUnavailable line that says the same; set GRPC_VERBOSITY to see them
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc
 from etcd3 import etcdrpc
@@ -243,6 +249,20 @@ def _read_file(shown: str, what: str, path: str | None) -> bytes | None:
     return data
 
 
+def _check_key_pair(shown: str, cert: str, key: str) -> None:
+    """Load the client certificate and key now: a wrong pair is named, not left to the
+    handshake ("Failed to create security handshaker")."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:  # a key protected by a password fails here instead of prompting for it
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        why = "the key does not match the certificate" if \
+            getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH" else \
+            "not a PEM certificate and unencrypted key"
+        raise BackendUnavailable(f"{shown}: cannot use the TLS cert file {cert!r} with the "
+                                 f"key file {key!r}: {why}") from exc
+
+
 # -- errors -----------------------------------------------------------------------------------
 def _code(exc: Any) -> Any:
     try:
@@ -400,6 +420,8 @@ class EtcdBackend(Backend):
                 _read_file(self.display_url, "CA", options.ca),
                 _read_file(self.display_url, "key", options.key),
                 _read_file(self.display_url, "certificate", options.cert))
+            if options.cert is not None and options.key is not None:
+                _check_key_pair(self.display_url, options.cert, options.key)
         self._members = [_Member(ep, credentials) for ep in options.endpoints]
         self._current = 0
         self._lock = threading.Lock()
@@ -501,6 +523,9 @@ class EtcdBackend(Backend):
                 if any(m in causes.lower() for m in _TLS_TROUBLE):
                     hint = (" - the TLS handshake failed: check the URL's ca, cert and key "
                             "and the server's certificate")
+                elif not self.options.tls and "socket closed" in causes.lower():
+                    hint = (" - the member closed the connection at once: does it expect "
+                            "TLS (etcds://, ca=...)?")
                 raise self._fail(what, f"no etcd member answered within {self.timeout:g}s "
                                        f"({causes or 'no attempt finished'}){hint}")
             index, member = self._pick()

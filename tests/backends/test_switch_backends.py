@@ -1,0 +1,64 @@
+"""The same ``sked`` commands on sqlite, etcd and Consul: only ``--backend`` changes.
+
+Runs the installed console script as a user would (apply a manifest, read it back,
+apply it again, delete a service) against a SQLite file, a real etcd and a real Consul
+agent, and checks that the outputs are the same.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.harness import consul as consul_harness
+from tests.harness import etcd as etcd_harness
+
+pytestmark = [pytest.mark.integration]
+
+etcd_single = etcd_harness.etcd_single
+consul_dev = consul_harness.consul_dev
+
+REPO = Path(__file__).resolve().parents[2]
+HELLO = REPO / "examples" / "hello-world.yml"
+
+
+def _sked(url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    sked = shutil.which("sked", path=str(Path(sys.executable).parent))
+    assert sked is not None, "the sked console script is not installed next to this Python"
+    return subprocess.run([sked, "--backend", url, "--prefix", prefix, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(params=["sqlite", "etcd", "consul"])
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'sked.db'}"
+    server = request.getfixturevalue("etcd_single" if request.param == "etcd" else "consul_dev")
+    url: str = server.url()
+    return url
+
+
+def test_the_same_commands_on_every_backend(backend_url: str) -> None:
+    prefix = f"switch/{uuid.uuid4().hex[:8]}/"
+    applied = _sked(backend_url, prefix, "apply", "-f", str(HELLO))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.splitlines() == ["task_definitions/helloworld:1 created",
+                                           "services/helloworld created",
+                                           "clusters/default created"]
+    again = _sked(backend_url, prefix, "apply", "-f", str(HELLO))
+    assert again.returncode == 0, again.stderr
+    assert "created" not in again.stdout  # nothing changed: nothing rewritten
+    got = _sked(backend_url, prefix, "get", "services", "-o", "json")
+    assert got.returncode == 0, got.stderr
+    services = json.loads(got.stdout)
+    assert [(s["name"], s["task_name"], s["desired"]) for s in services] == [
+        ("helloworld", "helloworld", 2)]
+    deleted = _sked(backend_url, prefix, "delete", "service", "helloworld")
+    assert deleted.returncode == 0, deleted.stderr
+    assert json.loads(_sked(backend_url, prefix, "get", "services", "-o", "json").stdout) == []
