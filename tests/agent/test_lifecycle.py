@@ -20,16 +20,13 @@ from skedlib.keys import Keyspace
 from skedlib.models import Check, Container, Host, TaskHealth
 from skedlib.store.base import (
     Backend,
-    Compare,
-    KeyValue,
     ListResult,
-    Op,
-    TxnResult,
     Watch,
     WatchEvent,
 )
 from skedlib.store.memory import MemoryBackend
 from tests.agent.conftest import AGENT, PY, AgentEnv, make_task, sleeper, wait_for
+from tests.harness.common import DelegatingBackend
 
 
 def test_sigterm_leaves_tasks_running_for_the_next_agent(env: AgentEnv) -> None:
@@ -160,36 +157,18 @@ def test_a_lost_lease_is_granted_again_and_the_record_republished(
         agent.stop()
 
 
-class _CompactingOnce(Backend):
+class _CompactingOnce(DelegatingBackend):
     """Delegates to a memory backend; its first watch raises Compacted."""
 
     def __init__(self, inner: MemoryBackend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.watches = 0
-
-    def get(self, key: str) -> KeyValue | None:
-        return self.inner.get(key)
-
-    def list(self, prefix: str) -> ListResult:
-        return self.inner.list(prefix)
-
-    def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
-        return self.inner.txn(compares, ops)
 
     def watch(self, prefix: str, start_revision: int) -> Watch:
         self.watches += 1
         if self.watches == 1:
             raise Compacted("compacted", start_revision + 1)
         return self.inner.watch(prefix, start_revision)
-
-    def grant_lease(self, ttl: float) -> str:
-        return self.inner.grant_lease(ttl)
-
-    def keepalive(self, lease: str) -> None:
-        self.inner.keepalive(lease)
-
-    def revoke_lease(self, lease: str) -> None:
-        self.inner.revoke_lease(lease)
 
 
 def test_watcher_lists_again_after_compaction(memory: MemoryBackend) -> None:

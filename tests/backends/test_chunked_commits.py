@@ -21,15 +21,14 @@ from skedlib.store.base import (
     Backend,
     Compare,
     KeyValue,
-    ListResult,
     Op,
     Put,
     TxnResult,
-    Watch,
 )
 from skedlib.store.chunks import commit_chunked
 from tests.harness import consul as consul_harness
 from tests.harness import etcd as etcd_harness
+from tests.harness.common import DelegatingBackend
 
 pytestmark = [pytest.mark.integration]
 
@@ -89,7 +88,7 @@ def test_a_commit_over_the_limit_lands_in_atomic_chunks(backend: Backend, ns: st
         assert revision_of[task.key] == revision_of[index.key]
 
 
-class _FenceTakenAfter(Backend):
+class _FenceTakenAfter(DelegatingBackend):
     """The real backend; after ``n`` transactions someone else takes the fence key.
 
     Not a mock: every call goes to the server. It only interleaves a competitor's write
@@ -97,8 +96,8 @@ class _FenceTakenAfter(Backend):
     """
 
     def __init__(self, inner: Backend, fence_key: str, n: int) -> None:
-        self.inner, self.fence_key, self.n = inner, fence_key, n
-        self.max_txn_ops = inner.max_txn_ops
+        super().__init__(inner)
+        self.fence_key, self.n = fence_key, n
         self.calls = 0
 
     def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
@@ -107,24 +106,6 @@ class _FenceTakenAfter(Backend):
         if self.calls == self.n:
             self.inner.put(self.fence_key, b"someone else")
         return result
-
-    def get(self, key: str) -> KeyValue | None:
-        return self.inner.get(key)
-
-    def list(self, prefix: str) -> ListResult:
-        return self.inner.list(prefix)
-
-    def watch(self, prefix: str, start_revision: int) -> Watch:
-        return self.inner.watch(prefix, start_revision)
-
-    def grant_lease(self, ttl: float) -> str:
-        return self.inner.grant_lease(ttl)
-
-    def keepalive(self, lease: str) -> None:
-        self.inner.keepalive(lease)
-
-    def revoke_lease(self, lease: str) -> None:
-        self.inner.revoke_lease(lease)
 
 
 def test_a_lost_fence_stops_the_rest_and_keeps_what_was_applied(backend: Backend,

@@ -37,8 +37,19 @@ from urllib.parse import urlencode
 
 import pytest
 
+from skedlib.store.base import (
+    Backend,
+    Compare,
+    KeyValue,
+    ListResult,
+    Op,
+    TxnResult,
+    Watch,
+)
+
 __all__ = [
     "ClusterMember",
+    "DelegatingBackend",
     "ServerCluster",
     "ServerProcess",
     "ServerUnavailableError",
@@ -58,6 +69,37 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class DelegatingBackend(Backend):
+    """A real backend passed through unchanged; tests subclass it to interleave a
+    competitor's write or a fault at a chosen call (every call still reaches ``inner``)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.url, self.max_txn_ops = inner.url, inner.max_txn_ops
+        self.min_lease_ttl = inner.min_lease_ttl
+
+    def get(self, key: str) -> KeyValue | None:
+        return self.inner.get(key)
+
+    def list(self, prefix: str) -> ListResult:
+        return self.inner.list(prefix)
+
+    def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+        return self.inner.txn(compares, ops)
+
+    def watch(self, prefix: str, start_revision: int) -> Watch:
+        return self.inner.watch(prefix, start_revision)
+
+    def grant_lease(self, ttl: float) -> str:
+        return self.inner.grant_lease(ttl)
+
+    def keepalive(self, lease: str) -> None:
+        self.inner.keepalive(lease)
+
+    def revoke_lease(self, lease: str) -> None:
+        self.inner.revoke_lease(lease)
 
 
 class ServerUnavailableError(RuntimeError):
