@@ -36,23 +36,24 @@ from skedlib.keys import Keyspace  # noqa: E402
 from skedlib.locks import Lock  # noqa: E402
 from skedlib.models import Host  # noqa: E402
 from skedlib.plugins import get_registry, open_backend  # noqa: E402
+from skedlib.runtime import Group, write_groups  # noqa: E402
 from skedlib.scheduler.daemon import SchedulerDaemon  # noqa: E402
 from skedlib.scheduling import SnapshotCache, commit_plan  # noqa: E402
 from skedlib.store.base import Backend, Put  # noqa: E402
-from skedlib.store.chunks import commit_chunked  # noqa: E402
 
 
 def _setup(url: str, hosts: int, tasks: int, services: int) -> tuple[Backend, Keyspace]:
     backend = open_backend(url)
     ks = Keyspace(f"bench{time.monotonic_ns()}/")
     template = sched_bench.workload(3, hosts, tasks, services, correlated=True)
-    setup = [[Put(ks.agent(h), encode(Host(name=h, total=s.total)))]
-             for h, s in template.hosts.items()]
-    setup += [[Put(ks.task_definition(t.name, t.version), encode(t))]
-              for t in template.task_definitions.values()]
-    setup += [[Put(ks.service(s.name), encode(s))] for s in template.services.values()]
-    setup += [[Put(ks.cluster(c.name), encode(c))] for c in template.clusters.values()]
-    commit_chunked(backend, [], setup)
+    puts = [Put(ks.agent(h), encode(Host(name=h, total=s.total)))
+            for h, s in template.hosts.items()]
+    puts += [Put(ks.task_definition(t.name, t.version), encode(t))
+             for t in template.task_definitions.values()]
+    puts += [Put(ks.service(s.name), encode(s)) for s in template.services.values()]
+    puts += [Put(ks.cluster(c.name), encode(c)) for c in template.clusters.values()]
+    setup = [Group(ops=(put,)) for put in puts]
+    write_groups(backend, setup)
     return backend, ks
 
 

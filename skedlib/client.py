@@ -42,6 +42,7 @@ from skedlib.models import (
     TaskHealth,
 )
 from skedlib.plugins import open_backend
+from skedlib.runtime import Group, write_groups
 from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put
 from skedlib.validation import check_cluster, check_service, check_task_definition
 
@@ -227,43 +228,16 @@ class Client:
     def _commit_pairs(self, compares: Sequence[Compare], ops: Sequence[Op],
                       before: Mapping[str, bytes | None] | None = None) -> int:
         """Write ``ops`` if every compare holds; the revision written, or 0 (nothing
-        written). One transaction when it fits the backend's limit. Otherwise chunks,
-        each carrying its own keys' compares; when a chunk's compare fails, the chunks
-        already written are undone (each undo compared on the revision it wrote, so a
-        newer write by someone else is never overwritten), and the caller re-plans.
+        written). One transaction when it fits the backend's limit; above it, chunks
+        (each op with its own key's compare) undone when a later chunk loses its race
+        (see :func:`~skedlib.runtime.write_groups`), and the caller plans again.
         ``before`` holds the values the plan read (None: absent), for the undo."""
-        limit = self.backend.max_txn_ops
-        if limit is None or len(compares) + len(ops) <= limit:
-            res = self.backend.txn(compares, ops)
-            return res.revision if res.succeeded else 0
         by_key = {c.key: c for c in compares}
-        revision = 0
-        step = max(1, limit // 2)
-        written: list[tuple[str, int]] = []
-        for i in range(0, len(ops), step):
-            chunk = list(ops[i:i + step])
-            res = self.backend.txn([by_key[op.key] for op in chunk if op.key in by_key], chunk)
-            if not res.succeeded:
-                self._undo(written, before or {}, step)
-                return 0
-            revision = res.revision
-            written.extend((op.key, res.revision) for op in chunk)
-        return revision
-
-    def _undo(self, written: Sequence[tuple[str, int]], before: Mapping[str, bytes | None],
-              step: int) -> None:
-        """Put back what a partly written apply changed, key by key where nobody wrote
-        since. A key changed again by someone else keeps their value (theirs is newer)."""
-        undo: list[tuple[Compare, Op]] = []
-        for key, rev in written:
-            old = before.get(key)
-            undo.append((Compare(key, rev), Put(key, old) if old is not None else Delete(key)))
-        for i in range(0, len(undo), step):
-            part = undo[i:i + step]
-            res = self.backend.txn([c for c, _ in part], [op for _, op in part])
-            if not res.succeeded:  # someone wrote one of them: undo the rest one by one
-                for compare, op in part:
-                    self.backend.txn([compare], [op])
+        groups = [Group((by_key[op.key],) if op.key in by_key else (), (op,)) for op in ops]
+        written = {op.key for op in ops}
+        groups += [Group((c,)) for c in compares if c.key not in written]
+        result = write_groups(self.backend, groups, on_conflict="undo", before=before)
+        return result.revision if result.succeeded else 0
 
     def _plan_apply(self, doc: ManifestDocument
                     ) -> tuple[list[Compare], list[Op], ApplyResult, dict[str, bytes | None]]:

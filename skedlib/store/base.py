@@ -3,7 +3,7 @@
 A backend is a small, strongly consistent key-value store with revisions, transactions,
 watches and leases: the common ground of etcd, Consul and the embedded SQLite store.
 Everything else (locks, leader election, fencing, chunked commits, typed objects) is
-built once on top of these primitives, in :mod:`skedlib.locks` and :mod:`skedlib.store.chunks`.
+built once on top of these primitives, in :mod:`skedlib.locks` and :mod:`skedlib.runtime`.
 
 Revisions: every successful write transaction gets one store-wide revision, greater than
 every earlier one. A key's ``revision`` is the revision of its last write, and

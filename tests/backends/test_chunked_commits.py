@@ -1,6 +1,6 @@
 """Commits larger than one transaction on real etcd and Consul servers.
 
-``skedlib.store.chunks.commit_chunked`` splits a commit into transactions of at most
+``skedlib.runtime.write_groups`` splits a commit into transactions of at most
 ``max_txn_ops`` operations (etcd: 128, Consul 0.8: 64), each carrying the same fence.
 These tests check the documented semantics on both (docs/backends/etcd.md and
 consul.md, "Large commits"): each chunk is atomic (one revision, never seen in part), the
@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from skedlib.plugins import open_backend
+from skedlib.runtime import Group, write_groups
 from skedlib.store.base import (
     Backend,
     Compare,
@@ -25,7 +26,6 @@ from skedlib.store.base import (
     Put,
     TxnResult,
 )
-from skedlib.store.chunks import commit_chunked
 from tests.harness import consul as consul_harness
 from tests.harness import etcd as etcd_harness
 from tests.harness.common import DelegatingBackend
@@ -51,9 +51,10 @@ def ns() -> str:
     return f"chunked/{uuid.uuid4().hex[:10]}/"
 
 
-def _groups(ns: str, n: int) -> list[list[Op]]:
+def _groups(ns: str, n: int) -> list[Group]:
     """``n`` tasks, each a task key and its host index entry (a group never split)."""
-    return [[Put(f"{ns}tasks/{i:04d}", b"task"), Put(f"{ns}hosts/h{i % 7}/{i:04d}", b"idx")]
+    return [Group(ops=(Put(f"{ns}tasks/{i:04d}", b"task"),
+                       Put(f"{ns}hosts/h{i % 7}/{i:04d}", b"idx")))
             for i in range(n)]
 
 
@@ -72,9 +73,9 @@ def test_a_commit_over_the_limit_lands_in_atomic_chunks(backend: Backend, ns: st
     token = backend.put(fence_key, b"me")
     per = _per_chunk(backend)
     groups = _groups(ns, 2 * per + 24)  # two full chunks and one of 24 groups
-    result = commit_chunked(backend, [Compare(fence_key, token)], groups)
-    assert result.succeeded and result.applied_ops == 2 * len(groups)
-    assert result.total_chunks == result.applied_chunks == 3
+    result = write_groups(backend, groups, fence=[Compare(fence_key, token)])
+    assert result.succeeded and 2 * result.written_groups == 2 * len(groups)
+    assert result.total_chunks == result.written_chunks == 3
     # each chunk is one transaction: every key it wrote has its revision
     items = _written(backend, ns)
     by_revision: dict[int, int] = {}
@@ -114,9 +115,9 @@ def test_a_lost_fence_stops_the_rest_and_keeps_what_was_applied(backend: Backend
     token = backend.put(fence_key, b"me")
     per = _per_chunk(backend)
     racing = _FenceTakenAfter(backend, fence_key, 1)
-    result = commit_chunked(racing, [Compare(fence_key, token)], _groups(ns, 2 * per + 24))
+    result = write_groups(racing, _groups(ns, 2 * per + 24), fence=[Compare(fence_key, token)])
     assert not result.succeeded
-    assert (result.applied_chunks, result.total_chunks, result.applied_ops) == (1, 3, 2 * per)
+    assert (result.written_chunks, result.total_chunks, result.written_groups) == (1, 3, per)
     # a reader sees exactly the first chunk: a prefix of the commit, never part of a chunk
     tasks = backend.list(ns + "tasks/").items
     assert [kv.key for kv in tasks] == [f"{ns}tasks/{i:04d}" for i in range(per)]
@@ -138,7 +139,7 @@ def test_readers_see_whole_chunks_while_a_commit_runs(backend: Backend, ns: str)
     t = threading.Thread(target=reader)
     t.start()
     try:
-        result = commit_chunked(backend, [Compare(fence_key, token)], _groups(ns, n))
+        result = write_groups(backend, _groups(ns, n), fence=[Compare(fence_key, token)])
     finally:
         stop.set()
         t.join(10)

@@ -16,6 +16,7 @@ import pytest
 
 from skedlib.errors import BackendUnavailable, Compacted, LeaseExpired, TxnTooLarge
 from skedlib.plugins import get_registry, open_backend
+from skedlib.runtime import Group, write_groups
 from skedlib.store.base import (
     Backend,
     Compare,
@@ -24,7 +25,6 @@ from skedlib.store.base import (
     Watch,
     WatchEvent,
 )
-from skedlib.store.chunks import commit_chunked
 from tests.backends._cli import sked_fails
 from tests.harness import etcd as harness
 
@@ -312,9 +312,9 @@ def test_server_side_limits_map_to_txn_too_large(etcd_limited: harness.EtcdClust
         assert b.max_txn_ops == 16
         with pytest.raises(TxnTooLarge, match="limit of 16"):
             b.txn([], [Put(f"{ns}{i}", b"v") for i in range(17)])
-        result = commit_chunked(b, [Compare(ns + "fence", 0)],
-                                [[Put(f"{ns}g{i}/a", b"1"), Put(f"{ns}g{i}/b", b"1")]
-                                 for i in range(20)])
+        result = write_groups(b, [Group(ops=(Put(f"{ns}g{i}/a", b"1"),
+                                              Put(f"{ns}g{i}/b", b"1"))) for i in range(20)],
+                              fence=[Compare(ns + "fence", 0)])
         assert result.succeeded and result.total_chunks == 3  # 7 groups of 2 per chunk
         assert len(b.list(ns + "g").items) == 40
 

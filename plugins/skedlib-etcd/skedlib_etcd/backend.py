@@ -624,7 +624,7 @@ class EtcdBackend(Backend):
         if total > self.options.max_txn_ops:
             raise TxnTooLarge(f"{self.display_url}: transaction of {total} operations "
                               f"exceeds the limit of {self.options.max_txn_ops} (etcd's "
-                              "--max-txn-ops); split it, e.g. with commit_chunked")
+                              "--max-txn-ops); split it, e.g. with write_groups")
         last: dict[str, Op] = {}
         for op in ops:
             last.pop(op.key, None)
