@@ -41,8 +41,7 @@ from skedlib.models import (
     TaskDefinition,
     TaskHealth,
 )
-from skedlib.plugins import open_backend
-from skedlib.runtime import Group, write_groups
+from skedlib.runtime import Group, Store, write_groups
 from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put
 from skedlib.validation import check_cluster, check_service, check_task_definition
 
@@ -117,15 +116,23 @@ class ServiceProgress(msgspec.Struct, frozen=True, kw_only=True):
 class Client:
     """Typed reads and writes of clusters, services, task definitions, hosts and tasks."""
 
-    def __init__(self, backend: Backend, keyspace: Keyspace | None = None) -> None:
-        self.backend = backend
-        self.keys = keyspace or Keyspace()
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @property
+    def backend(self) -> Backend:
+        """The store's backend."""
+        return self.store.backend
+
+    @property
+    def keys(self) -> Keyspace:
+        """The store's keyspace."""
+        return self.store.keys
 
     @classmethod
     def open(cls, url: str | None = None, prefix: str | None = None) -> Client:
         """Open the backend at ``url`` (default: :func:`default_backend_url`)."""
-        keyspace = Keyspace(prefix) if prefix is not None else None
-        return cls(open_backend(url or default_backend_url()), keyspace)
+        return cls(Store.open(url or default_backend_url(), prefix))
 
     def close(self) -> None:
         """Close the backend."""

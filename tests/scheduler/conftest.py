@@ -29,6 +29,7 @@ from skedlib.codecs import decode, parse_manifest
 from skedlib.keys import Keyspace
 from skedlib.models import ServiceStatus, Task, TaskHealth
 from skedlib.plugins import open_backend
+from skedlib.runtime import Store
 from tests.harness import etcd as harness
 from tests.harness.common import eventually
 
@@ -95,7 +96,7 @@ class Loop:
         self.prefix = prefix
         self.keys = Keyspace(prefix)
         self.backend = open_backend(url)
-        self.client = Client(self.backend, self.keys)
+        self.client = Client(Store(self.backend, self.keys))
         self.tag = uuid.uuid4().hex[:6]
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: dict[str, Path] = {}
