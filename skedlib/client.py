@@ -20,8 +20,6 @@ import msgspec
 
 from skedlib.codecs import ManifestDocument, decode, encode, object_label
 from skedlib.errors import (
-    BackendError,
-    Compacted,
     ConflictError,
     NotFound,
     ValidationError,
@@ -41,7 +39,15 @@ from skedlib.models import (
     TaskDefinition,
     TaskHealth,
 )
-from skedlib.runtime import Group, Store, write_groups
+from skedlib.runtime import (
+    RETRY,
+    Group,
+    Retry,
+    Store,
+    retry_on_conflict,
+    wait_for_change,
+    write_groups,
+)
 from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put
 from skedlib.validation import check_cluster, check_service, check_task_definition
 
@@ -223,14 +229,17 @@ class Client:
         :class:`ValidationError` (nothing written) or :class:`ConflictError`."""
         if isinstance(doc, Manifest):
             doc = ManifestDocument(doc, "<manifest>")
-        for _ in range(_RETRIES):
-            compares, ops, result, before = self._plan_apply(doc)
+        document = doc
+
+        def attempt() -> ApplyResult | Retry:
+            compares, ops, result, before = self._plan_apply(document)
             if not ops:
                 return result
             revision = self._commit_pairs(compares, ops, before)
-            if revision:
-                return msgspec.structs.replace(result, revision=revision)
-        raise ConflictError(f"{doc.source}: the store kept changing under apply; try again")
+            return msgspec.structs.replace(result, revision=revision) if revision else RETRY
+
+        return retry_on_conflict(attempt, what=f"{doc.source}: the stored objects",
+                                 attempts=_RETRIES)
 
     def _commit_pairs(self, compares: Sequence[Compare], ops: Sequence[Op],
                       before: Mapping[str, bytes | None] | None = None) -> int:
@@ -318,11 +327,12 @@ class Client:
         ``name:version``) or ``host``. A service is also removed from the clusters that
         list it; a task definition still used by a service is refused.
         """
-        for _ in range(_RETRIES):
+        def attempt() -> Retry | None:
             compares, ops = self._plan_delete(kind, name)
-            if self.backend.txn(compares, ops).succeeded:
-                return
-        raise ConflictError(f"delete {kind} {name}: the store kept changing; try again")
+            return None if self.backend.txn(compares, ops).succeeded else RETRY
+
+        retry_on_conflict(attempt, what=f"delete {kind} {name}: the stored objects",
+                          attempts=_RETRIES)
 
     def _plan_delete(self, kind: str, name: str) -> tuple[list[Compare], list[Op]]:
         stored = {kv.key: kv for kv in self.backend.list(self.keys.config).items}
@@ -377,7 +387,8 @@ class Client:
         kept changing under the write.
         """
         key = self.keys.host_config(host)
-        for _ in range(_RETRIES):
+
+        def attempt() -> HostConfig | Retry:
             kv = self.backend.get(key)
             if kv is None and self.backend.get(self.keys.agent(host)) is None:
                 raise NotFound(f'host "{host}": unknown host: no agent has registered it '
@@ -389,8 +400,10 @@ class Client:
             compare = Compare(key, kv.revision if kv else 0)
             if self.backend.txn([compare], [Put(key, encode(config))]).succeeded:
                 return config
-        raise ConflictError(f'host "{host}": field draining: the host\'s settings kept '
-                            "changing under the write; try again")
+            return RETRY
+
+        return retry_on_conflict(attempt, what=f'host "{host}": field draining: the '
+                                 "host's settings", attempts=_RETRIES)
 
     def scale(self, service: str, desired: int) -> ScaleResult:
         """Set ``service``'s ``desired`` to ``desired``, within its ``min`` and ``max``.
@@ -403,7 +416,8 @@ class Client:
         written then.
         """
         key = self.keys.service(service)
-        for _ in range(_SCALE_RETRIES):
+
+        def attempt() -> ScaleResult | Retry:
             kv = self.backend.get(key)
             if kv is None:
                 raise NotFound(f"service {service!r} not found")
@@ -413,10 +427,10 @@ class Client:
                 return ScaleResult(current, current.desired)
             new = msgspec.structs.replace(current, desired=desired)
             res = self.backend.txn([Compare(key, kv.revision)], [Put(key, encode(new))])
-            if res.succeeded:
-                return ScaleResult(new, current.desired, res.revision)
-        raise ConflictError(f'service "{service}": field desired: the service kept changing '
-                            f"while scaling it ({_SCALE_RETRIES} tries); try again")
+            return ScaleResult(new, current.desired, res.revision) if res.succeeded else RETRY
+
+        return retry_on_conflict(attempt, what=f'service "{service}": field desired: the '
+                                 "service", attempts=_SCALE_RETRIES)
 
     # -- waiting --------------------------------------------------------------------------
     def convergence(self, services: Sequence[Service], settle: float = 5.0) -> Convergence:
@@ -451,24 +465,11 @@ class Client:
         until it says done (its second value) or ``deadline`` (``time.monotonic()``)
         passes. A failing or compacted watch falls back to polling."""
         revision = self.backend.current_revision()
-        while time.monotonic() < deadline:
-            try:
-                with self.backend.watch(prefix, revision + 1) as watch:
-                    while True:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            return
-                        events = watch.next(timeout=min(poll, remaining))
-                        if events:
-                            revision = events[-1].revision
-                        if check()[1]:
-                            return
-            except Compacted:
-                revision = self.backend.current_revision()
-            except BackendError:
-                time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
-                if check()[1]:
-                    return
+        while (remaining := deadline - time.monotonic()) > 0:
+            seen = wait_for_change(self.backend, prefix, revision, min(poll, remaining))
+            revision = seen if seen is not None else revision
+            if check()[1]:
+                return
 
 
 def _check_scale(service: Service, desired: int) -> None:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from skedlib.errors import BackendError, LeaseExpired, LockError
+from skedlib.runtime.informer import wait_for_change
 from skedlib.store.base import Backend, Compare, Delete, Put
 
 __all__ = ["KeptLease", "Lock"]
@@ -150,16 +151,15 @@ class Lock:
             if self.try_acquire():
                 return
             kv = self.backend.get(self.key)
-            start = self.backend.current_revision() + 1
             if kv is None:
                 continue
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise LockError(f"lock {self.key} not acquired within {timeout}s "
                                 f"(held by {kv.value.decode(errors='replace')})")
-            with self.backend.watch(self.key, start) as w:
-                events = w.next(timeout=min(left, 1.0) if left is not None else 1.0)
-                del events  # any change (or a timeout) means: try again
+            # any change of the key (or a second without one) means: try again
+            wait_for_change(self.backend, self.key, kv.revision,
+                            min(left, 1.0) if left is not None else 1.0)
 
     def release(self) -> None:
         """Give the lock up (only if still ours). Idempotent."""

@@ -43,14 +43,13 @@ from skedlib.client import Client, default_backend_url
 from skedlib.codecs import load_manifest, parse_manifest, to_builtins
 from skedlib.durations import format_duration
 from skedlib.errors import (
-    BackendError,
-    Compacted,
     NotFound,
     SkedError,
     ValidationError,
     one_line,
 )
 from skedlib.models import Cluster, TaskDefinition
+from skedlib.runtime import wait_for_change
 
 __all__ = ["main"]
 
@@ -275,15 +274,8 @@ def _watch_tasks(client: Client, args: argparse.Namespace, view: View) -> int:
                   flush=True)
             if not tty:
                 print(flush=True)
-            try:
-                with client.backend.watch(state_prefix, view.revision + 1) as w:
-                    while not w.next(timeout=1.0):
-                        pass
-            except Compacted:
-                pass  # read again below
-            except BackendError as exc:
-                print(f"sked: watching failed: {exc} (retrying)", file=sys.stderr)
-                time.sleep(1.0)
+            while wait_for_change(client.backend, state_prefix, view.revision, 1.0) is None:
+                pass  # nothing yet (or the store is away: read again when it is back)
             time.sleep(0.2)  # let a burst of changes land: one redraw for all of them
             view = read_view(client)
     except KeyboardInterrupt:

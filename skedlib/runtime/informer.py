@@ -134,19 +134,26 @@ class Informer:
                 self._watch = None
 
 
-def wait_for_change(backend: Backend, prefix: str, after: int, timeout: float) -> bool:
+def wait_for_change(backend: Backend, prefix: str, after: int, timeout: float) -> int | None:
     """Block until something under ``prefix`` changes after revision ``after``, at most
-    ``timeout`` seconds. True when a change (or a compaction, which hides whether one
-    happened) was seen; False when the time ran out or the backend could not be reached
-    (the caller reads again either way)."""
+    ``timeout`` seconds.
+
+    Returns the revision to wait after next time (the last change seen, or after a
+    compaction, which hides whether anything changed, the current revision), or None
+    when the time ran out or the backend could not be reached; the caller reads again
+    either way."""
     if timeout <= 0:
-        return False
+        return None
     try:
         with backend.watch(prefix, after + 1) as watch:
-            return bool(watch.next(timeout=timeout))
+            events = watch.next(timeout=timeout)
+            return events[-1].revision if events else None
     except Compacted:
-        return True
+        try:
+            return backend.current_revision()
+        except BackendError:
+            return None
     except BackendError as exc:
         log.debug("waiting for a change under %s: %s", prefix, exc)
         time.sleep(min(timeout, 0.5))  # not a busy loop for callers that wait again
-        return False
+        return None

@@ -9,10 +9,11 @@ compare fails and the attempt is simply made again on fresh reads::
         res = backend.txn([Compare(key, kv.revision if kv else 0)], [Put(key, new(kv))])
         return res.revision if res.succeeded else RETRY
 
-    revision = retry_on_conflict(attempt, what=f"{key}")
+    revision = retry_on_conflict(attempt, what=key)
 
 An attempt returns its result, or :data:`RETRY` to be called again. After ``attempts``
-tries :class:`~skedlib.errors.ConflictError` is raised, saying what kept changing.
+tries :class:`~skedlib.errors.ConflictError` is raised: ``<what> kept changing under the
+write (N attempts); try again`` — one wording for every such error.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
-from typing import Final, Literal, TypeVar
+from typing import Final, TypeVar
 
 from skedlib.errors import ConflictError
 from skedlib.runtime.backoff import Backoff
@@ -40,7 +41,7 @@ RETRY: Final = Retry.RETRY
 """Returned by an attempt whose compare failed: read again and try again."""
 
 
-def retry_on_conflict(attempt: Callable[[], T | Literal[Retry.RETRY]], *, what: str,
+def retry_on_conflict(attempt: Callable[[], T | Retry], *, what: str,
                       attempts: int = 8, backoff: Backoff | None = None) -> T:
     """Call ``attempt`` until it returns something other than :data:`RETRY`.
 
@@ -54,4 +55,5 @@ def retry_on_conflict(attempt: Callable[[], T | Literal[Retry.RETRY]], *, what: 
             return result
         if backoff is not None:
             time.sleep(backoff.next())
-    raise ConflictError(f"{what} kept changing: gave up after {attempts} attempts")
+    raise ConflictError(f"{what} kept changing under the write ({attempts} attempts); "
+                        "try again")

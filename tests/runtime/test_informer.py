@@ -170,12 +170,15 @@ def test_stop_wakes_a_blocked_watch(backend: Backend) -> None:
 
 def test_wait_for_change(backend: Backend) -> None:
     rev = backend.current_revision()
-    assert not wait_for_change(backend, "p/", rev, timeout=0.05)
+    assert wait_for_change(backend, "p/", rev, timeout=0.05) is None
     timer = threading.Timer(0.05, lambda: backend.put("p/x", b"1"))
     timer.start()
-    assert wait_for_change(backend, "p/", rev, timeout=10)
+    seen = wait_for_change(backend, "p/", rev, timeout=10)
     timer.join()
-    assert not wait_for_change(backend, "p/", rev, timeout=0)
+    assert seen == backend.current_revision() == rev + 1
+    assert wait_for_change(backend, "p/", rev, timeout=0) is None
+    backend.put("q/other", b"1")
+    assert wait_for_change(backend, "p/", seen, timeout=0.05) is None  # not under p/
 
 
 def test_store_pairs_a_backend_with_its_keyspace(tmp_path: Path) -> None:
