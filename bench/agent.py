@@ -116,7 +116,7 @@ def _task_pids(host: str) -> dict[str, int]:
 def _import_baseline() -> float:
     """RSS (MB) of a process that imports the agent and loads every installed plugin."""
     code = ("import psutil; from skedlib.plugins import get_registry; get_registry(); "
-            "import skedlib.agent.cli, skedlib.executors.process; "
+            "import skedlib.cli.agent, skedlib.executors.process; "
             "print(psutil.Process().memory_info().rss)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout

@@ -4,5 +4,5 @@ desired state.
 - :mod:`skedlib.scheduler.daemon`: :class:`~skedlib.scheduler.daemon.SchedulerDaemon`;
 - :mod:`skedlib.scheduler.queue`: the de-duplicating work queue it uses;
 - :mod:`skedlib.scheduler.status`: service status records;
-- :mod:`skedlib.scheduler.cli`: the ``skedlib-scheduler`` command.
+- :mod:`skedlib.cli.scheduler`: the ``skedlib-scheduler`` command.
 """

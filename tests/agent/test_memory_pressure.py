@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from skedlib.agent.agent import Agent, AgentConfig
-from skedlib.agent.cli import build_parser, config_from_args
+from skedlib.cli.agent import build_parser, config_from_args
 from skedlib.agent.pressure import (
     PressureCandidate,
     choose_task_to_give_up,
