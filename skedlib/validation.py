@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import msgspec
 
+from skedlib.constraints import parse_constraint
 from skedlib.durations import MINUTE, SECOND, parse_duration
 from skedlib.errors import ValidationError, one_line
 from skedlib.keys import validate_name
@@ -28,7 +29,6 @@ from skedlib.models import (
     Service,
     TaskDefinition,
 )
-from skedlib.scheduling.constraints import parse_constraint
 
 __all__ = [
     "BUILTIN_EXECUTOR_CONFIGS",

@@ -5,9 +5,9 @@ A scheduler reads a :class:`Snapshot`, returns a :class:`Plan` (through
 with :func:`commit_plan` under optimistic concurrency.
 """
 
+from skedlib.constraints import Constraint, parse_constraint
 from skedlib.scheduling.cache import SnapshotCache
 from skedlib.scheduling.commit import CommitResult, commit_plan
-from skedlib.scheduling.constraints import Constraint, parse_constraint
 from skedlib.scheduling.framework import (
     BestFit,
     ConstraintsFilter,

@@ -23,8 +23,8 @@ from typing import Literal
 
 import msgspec
 
+from skedlib.constraints import Constraint, parse_constraint
 from skedlib.models import Resources, Service, Task
-from skedlib.scheduling.constraints import Constraint, parse_constraint
 from skedlib.scheduling.snapshot import HostState
 
 __all__ = [

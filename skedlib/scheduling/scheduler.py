@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
+from skedlib.constraints import parse_constraint
 from skedlib.models import Cluster, Rollout, Service, Task
-from skedlib.scheduling.constraints import parse_constraint
 from skedlib.scheduling.framework import (
     Filter,
     HostPool,

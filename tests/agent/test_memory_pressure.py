@@ -11,13 +11,13 @@ import psutil
 import pytest
 
 from skedlib.agent.agent import Agent, AgentConfig
-from skedlib.cli.agent import build_parser, config_from_args
 from skedlib.agent.pressure import (
     PressureCandidate,
     choose_task_to_give_up,
     memory_in_use,
     pressure_reason,
 )
+from skedlib.cli.agent import build_parser, config_from_args
 from skedlib.plugins import open_backend
 from tests.scheduler.conftest import (
     PY,

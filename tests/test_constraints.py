@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from skedlib.constraints import parse_constraint
 from skedlib.errors import ValidationError
-from skedlib.scheduling.constraints import parse_constraint
 
 
 @pytest.mark.parametrize(("text", "attrs", "ok"), [

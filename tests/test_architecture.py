@@ -1,0 +1,61 @@
+"""The import contract (docs/architecture.md), checked on every run.
+
+- skedlib's layers import only downward: the contract in pyproject.toml
+  (``[tool.importlinter]``), checked with import-linter;
+- plugins/, reference_schedulers/ and examples/ use only the public API: the front door
+  ``skedlib`` (and ``skedlib.testing`` for their tests), never a module inside skedlib.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLIC = {"skedlib", "skedlib.testing"}
+
+
+def test_layers_import_only_downward() -> None:
+    importlinter_cli = pytest.importorskip("importlinter.cli")
+    # lint_imports returns 0 when every contract in pyproject.toml is kept; it prints the
+    # broken imports (module, line) otherwise
+    assert importlinter_cli.lint_imports(config_filename=str(ROOT / "pyproject.toml"),
+                                         no_cache=True) == 0
+
+
+def _skedlib_imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return [(line, m) for line, m in found if m == "skedlib" or m.startswith("skedlib.")]
+
+
+def _third_party_sources() -> list[Path]:
+    files: list[Path] = []
+    for top in ("plugins", "reference_schedulers", "examples"):
+        files += [p for p in (ROOT / top).rglob("*.py") if ".venv" not in p.parts
+                  and "build" not in p.parts]
+    return sorted(files)
+
+
+def test_plugins_reference_schedulers_and_examples_use_only_the_public_api() -> None:
+    files = _third_party_sources()
+    assert len(files) > 10, "the sources to check were not found"
+    internal = [f"{p.relative_to(ROOT)}:{line}: imports {module}"
+                for p in files for line, module in _skedlib_imports(p) if module not in PUBLIC]
+    assert internal == [], "\n".join(internal)
+
+
+def test_every_public_name_is_importable_and_documented() -> None:
+    import skedlib
+
+    assert list(skedlib.__all__) == sorted(skedlib.__all__)
+    missing_doc = [name for name in skedlib.__all__
+                   if callable(obj := getattr(skedlib, name)) and not getattr(obj, "__doc__", "")]
+    assert missing_doc == []
