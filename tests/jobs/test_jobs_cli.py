@@ -1,5 +1,5 @@
 """``sked job submit|status|ls|cancel|wait|logs|nodes`` over a real SQLite store, with the
-job worker's side simulated as in ``test_jobs_api.py`` (store transitions, and a tiny
+job worker's side simulated as in ``tests/api/test_jobs_api.py`` (store transitions, and a tiny
 log server). Most commands run ``sked``'s ``main`` in-process; ``logs`` runs the
 installed ``sked`` so its raw bytes on stdout are checked as a pipe receives them."""
 
@@ -20,7 +20,7 @@ from skedlib.cli.jobs import parse_cores, parse_size, summary
 from skedlib.cli.main import main
 from skedlib.client import Client
 from skedlib.jobs import Job, JobStore
-from tests.jobs.test_jobs_api import (
+from tests.jobs.fakes import (
     OUTPUT,
     LogNode,
     Worker,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from skedlib.scheduling import read_snapshot
-from tests.environments.conftest import Http, Loop, daemon_manifest
+from tests.api.conftest import Http, Loop, daemon_manifest
 from tests.scheduler.conftest import wait_for
 
 pytestmark = pytest.mark.slow
