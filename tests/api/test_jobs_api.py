@@ -247,10 +247,11 @@ def test_wait_returns_once_another_thread_finishes_the_job(client: Client,
     status, got = http.get(f"/jobs/{job['id']}/wait", timeout="20")
     took = time.monotonic() - started
     assert status == 200 and (got["status"], got["exit_code"]) == ("complete", 0)
-    assert 0.4 < took < 5, took
-    started = time.monotonic()  # an ended job: at once
+    # It waited for the finish; a wait that missed it would still be waiting when the
+    # client's 10 s read timeout fails the request, long before its own 20 s.
+    assert took > 0.4, took
+    # An ended job answers at once: the default wait (30 s) would outlast that timeout.
     assert http.get(f"/jobs/{job['id']}/wait")[1]["status"] == "complete"
-    assert time.monotonic() - started < 1
 
 
 def test_wait_answers_with_the_unfinished_job_at_its_timeout(client: Client,
@@ -258,7 +259,7 @@ def test_wait_answers_with_the_unfinished_job_at_its_timeout(client: Client,
     job = _submit(http)
     started = time.monotonic()
     status, got = http.get(f"/jobs/{job['id']}/wait", timeout="0.3")
-    assert 0.25 < time.monotonic() - started < 5
+    assert time.monotonic() - started > 0.25  # and it answered: the client waits 10 s at most
     assert (status, got["status"], got["reason"]) == (200, "queued",
                                                       "no job worker is running")
     status, got = http.get(f"/jobs/{job['id']}/wait", timeout="0")

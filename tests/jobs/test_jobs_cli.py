@@ -256,7 +256,8 @@ def test_wait_exit_status_follows_the_outcome(client: Client, sked: Run) -> None
     later(0.3, worker.finish, "w1", "complete", 0)
     started = time.monotonic()
     code, out, _ = sked("job", "wait", "w1", "--timeout", "20")
-    assert 0.25 < time.monotonic() - started < 10
+    assert time.monotonic() - started > 0.25
+    # exit status 0: it saw the finish (at its 20 s timeout it would have failed)
     assert code == 0 and out.startswith("job w1 complete on node n1 after ")
     assert out.endswith(": exited with status 0\n")
     worker.claim("w2")
