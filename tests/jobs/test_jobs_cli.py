@@ -1,7 +1,8 @@
 """``sked job submit|status|ls|cancel|wait|logs|nodes`` over a real SQLite store, with the
-job worker's side simulated as in ``tests/api/test_jobs_api.py`` (store transitions, and a tiny
-log server). Most commands run ``sked``'s ``main`` in-process; ``logs`` runs the
-installed ``sked`` so its raw bytes on stdout are checked as a pipe receives them."""
+job worker's side simulated as in ``tests/api/test_jobs_api.py`` (``tests/jobs/fakes.py``:
+store transitions, and a tiny log server). Most commands run ``sked``'s ``main``
+in-process; ``logs`` runs the installed ``sked`` so its raw bytes on stdout are checked as
+a pipe receives them."""
 
 from __future__ import annotations
 
