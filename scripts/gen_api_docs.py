@@ -4,8 +4,8 @@
     python scripts/gen_api_docs.py           # rewrite docs/api.md
     python scripts/gen_api_docs.py --check   # exit 1 if docs/api.md is out of date
 
-The document comes from :func:`skedlib.environments.openapi.openapi_document`, the one
-``sked serve`` serves at ``GET /v1/openapi.json``; ``tests/environments/test_docs.py``
+The document comes from :func:`skedlib.api.openapi_document`, the one
+``sked serve`` serves at ``GET /v1/openapi.json``; ``tests/api/test_docs.py``
 fails when docs/api.md was not regenerated after a change.
 """
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="exit 1 if docs/api.md differs from what would be generated")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from skedlib.environments.openapi import openapi_document
+    from skedlib.api import openapi_document
 
     text = render(openapi_document())
     if args.check:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from skedlib.api import DEFAULT_LISTEN, ApiServer, is_loopback, parse_listen
 from skedlib.cli.args import positive_number
 from skedlib.cli.output import render
 from skedlib.client import Client
@@ -29,7 +30,6 @@ from skedlib.environments import (
     EnvironmentUpdate,
     EnvironmentView,
 )
-from skedlib.environments.api import DEFAULT_LISTEN, ApiServer, is_loopback, parse_listen
 from skedlib.errors import SkedError, ValidationError
 
 __all__ = ["add_parsers", "cmd_deploy", "cmd_deployments", "cmd_env", "cmd_serve"]

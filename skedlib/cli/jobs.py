@@ -27,9 +27,9 @@ from skedlib.cli.args import positive_number
 from skedlib.cli.output import render
 from skedlib.client import Client
 from skedlib.durations import format_duration
-from skedlib.environments.api import with_waiting_reasons
 from skedlib.jobs.client import JobClient, JobWaitTimeout
 from skedlib.jobs.models import JOB_STATES, Job, JobNode
+from skedlib.jobs.reasons import with_waiting_reasons
 
 __all__ = ["JOB_HEADERS", "NODE_HEADERS", "add_parsers", "cmd_job", "parse_cores",
            "parse_size", "summary"]

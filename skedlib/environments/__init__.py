@@ -2,8 +2,9 @@
 
 An :class:`Environment` names a cluster and a task definition; a :class:`Deployment`
 puts one task of it on every eligible host of the cluster, through the scheduler daemon
-(the environment is materialised as a ``daemon`` service of its own name). See
-``docs/environments.md`` and, for the REST API, ``docs/api.md``.
+(the environment is materialised as a ``daemon`` service of its own name). The REST API
+over them is :mod:`skedlib.api`. See ``docs/environments.md`` and, for the REST API,
+``docs/api.md``.
 """
 
 from skedlib.environments.manager import Environments

@@ -21,13 +21,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from skedlib.api import ApiServer, openapi_document
 from skedlib.client import Client
 from skedlib.codecs import encode, parse_manifest
 from skedlib.environments import EnvironmentCreate, Environments
-from skedlib.environments.api import ApiServer
-from skedlib.environments.openapi import openapi_document
 from skedlib.jobs import JobNode, JobRequirements, JobSpec, JobStore
-from tests.environments.conftest import daemon_manifest
+from tests.api.conftest import daemon_manifest
 
 TOKEN = "schemathesis-token"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from skedlib.environments.openapi import openapi_document
+from skedlib.api import openapi_document
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,13 +21,12 @@ from typing import Any
 import pytest
 import requests
 
+from skedlib.api import MAX_BODY, ApiServer, is_loopback, openapi_document, parse_listen
 from skedlib.cli.main import main as sked_main
 from skedlib.client import Client
 from skedlib.codecs import parse_manifest
-from skedlib.environments.api import MAX_BODY, ApiServer, is_loopback, parse_listen
-from skedlib.environments.openapi import openapi_document
 from skedlib.errors import BackendUnavailable, ValidationError
-from tests.environments.conftest import Http, daemon_manifest
+from tests.api.conftest import Http, daemon_manifest
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Fixtures for the environments tests: the scheduler tests' :class:`Loop` (real agent
+"""Fixtures for the API tests: the scheduler tests' :class:`Loop` (real agent
 and scheduler processes), the API server in-process on a free port, and a small HTTP
 client for it."""
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from skedlib.environments.api import ApiServer
+from skedlib.api import ApiServer
 from tests.scheduler.conftest import PY, Loop, etcd_cluster, etcd_loop, sqlite_loop
 
 __all__ = ["PY", "Http", "Loop", "daemon_manifest", "etcd_cluster", "etcd_loop", "serve",

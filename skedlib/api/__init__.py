@@ -1,0 +1,39 @@
+"""The REST API (``sked serve``): environments, deployments and batch jobs over HTTP.
+
+One route table (:data:`ROUTES`, each :class:`Route` declaring its handler, parameters and
+documentation) serves both the :class:`Router` and the OpenAPI document
+(:func:`openapi_document`); authentication is :class:`BearerAuth`, error mapping is
+:func:`error_response`; :class:`ApiServer` runs it all over HTTP. ``docs/api.md`` is the
+reference, rendered from the document.
+"""
+
+from skedlib.api.app import ROUTES, Api, openapi_document
+from skedlib.api.auth import BearerAuth
+from skedlib.api.errors import HttpError, error_response
+from skedlib.api.jobs import DEFAULT_WAIT, MAX_WAIT
+from skedlib.api.responses import Response, Stream
+from skedlib.api.routing import BASE_PATH, Call, QueryParam, Route, Router
+from skedlib.api.server import DEFAULT_LISTEN, MAX_BODY, ApiServer, is_loopback, parse_listen
+
+__all__ = [
+    "BASE_PATH",
+    "DEFAULT_LISTEN",
+    "DEFAULT_WAIT",
+    "MAX_BODY",
+    "MAX_WAIT",
+    "ROUTES",
+    "Api",
+    "ApiServer",
+    "BearerAuth",
+    "Call",
+    "HttpError",
+    "QueryParam",
+    "Response",
+    "Route",
+    "Router",
+    "Stream",
+    "error_response",
+    "is_loopback",
+    "openapi_document",
+    "parse_listen",
+]

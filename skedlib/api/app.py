@@ -1,0 +1,108 @@
+"""The API independent of HTTP: :class:`Api` maps a request (method, target, headers,
+body) to a :class:`~skedlib.api.responses.Response` through one router over
+:data:`ROUTES`, one authentication check (:class:`~skedlib.api.auth.BearerAuth`) and one
+error mapping (:func:`~skedlib.api.errors.error_response`).
+
+Each request goes, in order: path under ``/v1`` and known (else 404), method allowed
+(else 405 with ``Allow``), bearer token unless the route is public (else 401), query
+parameters declared and well-formed, body decoded into the route's type (else 400),
+then the handler.
+"""
+
+from __future__ import annotations
+
+import functools
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+from skedlib.api import environments, jobs
+from skedlib.api.auth import BearerAuth
+from skedlib.api.errors import HttpError, error_response
+from skedlib.api.openapi import build_document
+from skedlib.api.responses import Response
+from skedlib.api.routing import BASE_PATH, Call, Route, Router, decode_body, parse_query
+from skedlib.environments.manager import Environments
+from skedlib.environments.models import Ping
+from skedlib.jobs.client import JobClient
+
+__all__ = ["ROUTES", "Api", "openapi_document"]
+
+
+def _ping(call: Call) -> Response:
+    return Response(200, Ping())
+
+
+def _openapi(call: Call) -> Response:
+    return Response(200, _served_document())
+
+
+_META = (
+    Route("GET", "/ping", _ping, "ping", "Liveness",
+          "Answers while the server runs (does not touch the store).",
+          ok_schema="Ping", public=True, tag="meta"),
+    Route("GET", "/openapi.json", _openapi, "openapi", "This document",
+          "The OpenAPI 3.1 document of this API, generated from the types the server "
+          "decodes requests into and encodes responses from.",
+          public=True, tag="meta",
+          ok_response={"description": "The OpenAPI document",
+                       "content": {"application/json": {"schema": {"type": "object"}}}}),
+)
+
+ROUTES: tuple[Route, ...] = (*_META, *environments.ROUTES, *jobs.ROUTES)
+"""Every route of the API, in the order the document lists them."""
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of :data:`ROUTES` (a fresh JSON-ready dict)."""
+    return build_document(ROUTES)
+
+
+@functools.cache
+def _served_document() -> dict[str, Any]:
+    return openapi_document()  # built once; only ever encoded, never changed
+
+
+class Api:
+    """The routes, independent of HTTP: :meth:`handle` maps a request to a
+    :class:`Response`."""
+
+    def __init__(self, environments: Environments, token: str | None = None,
+                 jobs: JobClient | None = None) -> None:
+        self.environments = environments
+        self.jobs = jobs or JobClient(environments.client.backend, environments.client.keys)
+        self.auth = BearerAuth(token)
+        self.router = Router(ROUTES)
+
+    def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes
+               ) -> Response:
+        """Route one request (``headers`` with lower-case names); never raises (errors
+        become their responses)."""
+        try:
+            return self._route(method, target, headers, body)
+        except Exception as exc:
+            return error_response(exc, f"{method} {target}")
+
+    def _route(self, method: str, target: str, headers: Mapping[str, str], body: bytes
+               ) -> Response:
+        split = urllib.parse.urlsplit(target)
+        path = split.path
+        if path != BASE_PATH and not path.startswith(BASE_PATH + "/"):
+            raise HttpError(404, f"no such path {path!r}: the API is under {BASE_PATH}/")
+        parts = [urllib.parse.unquote(p) for p in path[len(BASE_PATH) + 1:].split("/")]
+        if len(parts) > 1 and parts[-1] == "":
+            parts.pop()  # a trailing slash
+        found = self.router.match(parts)
+        if found is None:
+            raise HttpError(404, f"no such path {path!r} (see GET {BASE_PATH}/openapi.json)")
+        methods, params = found
+        route = methods.get(method)
+        if route is None:
+            allowed = ", ".join(self.router.allowed(methods))
+            raise HttpError(405, f"{method} is not allowed on {path} (allowed: {allowed})",
+                            {"Allow": allowed})
+        if not route.public:
+            self.auth.check(headers)
+        query = parse_query(route, split.query)
+        data = decode_body(body, route.body) if route.body is not None else None
+        return route.handler(Call(self.environments, self.jobs, params, query, data))
