@@ -1,5 +1,5 @@
 """skedlib's built-in plugin: the ``memory`` and ``sqlite`` backends, the ``bash`` and
-``process`` executors and the ``local`` health provider.
+``process`` executors (with their config Structs) and the ``local`` health provider.
 
 Registered through the same hooks a third-party plugin implements. Executors and the
 health provider are imported when first created, so commands that never run tasks
@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from skedlib.hookspecs import BackendFactory, hookimpl
+from skedlib.models import BashExecutor, ProcessExecutor
 from skedlib.store.memory import open_memory
 from skedlib.store.sqlite import open_sqlite
 
@@ -48,6 +51,12 @@ def _local_health(ctx: HealthContext) -> HealthProvider:
 def skedlib_executors() -> Mapping[str, Callable[..., Any]]:
     """``bash`` (seed 001's shell commands) and ``process`` (a supervised command)."""
     return {"bash": _bash, "process": _process}
+
+
+@hookimpl
+def skedlib_executor_configs() -> Mapping[str, type[msgspec.Struct]]:
+    """The blobs of ``bash`` and ``process`` containers."""
+    return {"bash": BashExecutor, "process": ProcessExecutor}
 
 
 @hookimpl

@@ -142,14 +142,16 @@ def _normalize(value: Any, t: mi.Type, path: str, warn: Callable[[str], None]) -
 
 def _warn_executor_fields(container: dict[str, Any], path: str,
                           warn: Callable[[str], None]) -> None:
-    """Warn about unknown fields in the executor blob of a built-in executor type (a
-    plugin's executor checks its own blob); its values are kept as written."""
-    # imported here: validation imports skedlib.scheduling, which imports this module
-    from skedlib.validation import BUILTIN_EXECUTOR_CONFIGS
-
-    config = BUILTIN_EXECUTOR_CONFIGS.get(str(container.get("type")))
+    """Warn about unknown fields in the executor blob of a type whose executor declares
+    its config Struct (``skedlib_executor_configs``); its values are kept as written."""
     blob = container.get("executor")
-    if config is not None and isinstance(blob, dict):
+    if not isinstance(blob, dict):
+        return
+    # imported here: codecs sit below the plugin registry (which imports the stores)
+    from skedlib.plugins import get_registry
+
+    config = get_registry().executor_config(str(container.get("type")))
+    if config is not None:
         _normalize(blob, mi.type_info(config), f"{path + '.' if path else ''}executor", warn)
 
 

@@ -4,8 +4,8 @@ A plugin is a module or object with functions marked ``@hookimpl`` and named aft
 specs below. skedlib registers its built-in pieces exactly as third-party plugins are
 registered: the ``skedlib`` entry-point group (``[project.entry-points.skedlib]`` in a
 plugin package's pyproject) names the module. Each hook returns a mapping of names to
-factories; every result is merged, and a name offered by two plugins is an error that
-names both.
+factories (or, for ``skedlib_executor_configs``, to config Structs); every result is
+merged, and a name offered by two plugins is an error that names both.
 
 Use :mod:`skedlib.plugins` (``get_registry()``) rather than calling hooks directly: it
 validates what plugins return and names the plugin at fault.
@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import msgspec
+
     from skedlib.store.base import Backend
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "skedlib_backends",
+    "skedlib_executor_configs",
     "skedlib_executors",
     "skedlib_health_providers",
     "skedlib_schedulers",
@@ -56,6 +59,24 @@ def skedlib_executors() -> Mapping[str, Callable[..., Any]]:  # type: ignore[emp
 
     A factory is called with the agent's :class:`~skedlib.agent.ExecutorContext` and
     returns an :class:`~skedlib.executors.Executor`.
+    """
+
+
+@hookspec
+def skedlib_executor_configs() -> Mapping[str, type[msgspec.Struct]]:  # type: ignore[empty-body]
+    """Return executor names (a container's ``type``) mapped to the msgspec Struct that
+    the container's ``executor`` blob decodes as, e.g. ``{"docker": DockerConfig}``.
+
+    ``sked apply`` converts every container's blob with the Struct of its ``type`` and
+    refuses the manifest with a one-line error naming the file, object and field; unknown
+    fields of the blob warn. A ``type`` no installed plugin declares a Struct for passes
+    unchecked (so a manifest can be applied from a machine that does not run that
+    executor). The executor itself decodes its blob with the same Struct at start
+    (:func:`~skedlib.executors.convert_blob`).
+
+    Called once per registry, without creating any executor: keep the Struct in a module
+    that imports nothing heavy. Every plugin's result is merged; a type declared twice is
+    an error.
     """
 
 

@@ -30,7 +30,6 @@ __all__ = [
     "CheckStatus",
     "Cluster",
     "Container",
-    "DockerExecutor",
     "Duration",
     "Host",
     "HostConfig",
@@ -384,21 +383,6 @@ class BashExecutor(msgspec.Struct, kw_only=True):
     env: list[str] = msgspec.field(default_factory=list)
     artifact: str = ""
     download_dir: str = ""
-
-
-class DockerExecutor(msgspec.Struct, kw_only=True):
-    """The ``docker`` executor's blob (seed 001)."""
-
-    image: str
-    cmd: list[str] = msgspec.field(default_factory=list)
-    entry: str = ""
-    container_port: int = 0
-    ports: list[str] = msgspec.field(default_factory=list)
-    env: list[str] = msgspec.field(default_factory=list)
-    work_dir: str = ""
-    volumes: list[str] = msgspec.field(default_factory=list)
-    flags: list[str] = msgspec.field(default_factory=list)
-    name: str = ""
 
 
 class ProcessExecutor(msgspec.Struct, kw_only=True):

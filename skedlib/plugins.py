@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import pluggy
 
 from skedlib import hookspecs
@@ -28,7 +29,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = ("skedlib.builtin",)
 
 
 class Registry:
-    """Names → factories for backends, executors, schedulers and health providers."""
+    """Names → factories for backends, executors, schedulers and health providers, and
+    executor names → the config Struct of their blob."""
 
     def __init__(self, *, load_entrypoints: bool = True,
                  plugins: tuple[object, ...] = ()) -> None:
@@ -44,11 +46,19 @@ class Registry:
             except Exception as exc:  # an entry point that fails to import
                 raise PluginError(f"loading a 'skedlib' entry point failed: {exc}") from exc
         self._cache: dict[str, dict[str, Callable[..., Any]]] = {}
+        #: hook name → offered name → the name of the plugin that offers it
+        self._owners: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
 
     def register(self, plugin: object, name: str | None = None) -> None:
         """Register one more plugin (a module or object with ``@hookimpl`` functions)."""
         self.pm.register(plugin, name=name)
+        with self._lock:
+            self._cache.clear()
+
+    def unregister(self, plugin: object) -> None:
+        """Remove a plugin registered earlier (what it offered is no longer found)."""
+        self.pm.unregister(plugin)
         with self._lock:
             self._cache.clear()
 
@@ -78,10 +88,12 @@ class Registry:
                     merged[name] = factory
                     owner[name] = plugin_name
             self._cache[hook_name] = merged
+            self._owners[hook_name] = owner
             return merged
 
     def names(self, kind: str) -> list[str]:
-        """Sorted names offered for ``kind``: backends, executors, schedulers, health_providers."""
+        """Sorted names offered for ``kind``: backends, executors, executor_configs,
+        schedulers, health_providers."""
         return sorted(self._collect(f"skedlib_{kind}"))
 
     def _factory(self, kind: str, name: str) -> Callable[..., Any]:
@@ -113,6 +125,20 @@ class Registry:
     def executor_factory(self, name: str) -> Callable[..., Any]:
         """The factory of the executor called ``name``."""
         return self._factory("executors", name)
+
+    def executor_config(self, name: str) -> type[msgspec.Struct] | None:
+        """The Struct the blob of an executor called ``name`` decodes as, or None when no
+        installed plugin declares one (such blobs pass unchecked)."""
+        configs = self._collect("skedlib_executor_configs")
+        config = configs.get(name)
+        if config is None:
+            return None
+        if not (isinstance(config, type) and issubclass(config, msgspec.Struct)):
+            with self._lock:
+                plugin = self._owners["skedlib_executor_configs"].get(name, "?")
+            raise PluginError(f"plugin {plugin!r}: skedlib_executor_configs() entry "
+                              f"{name!r} is {config!r}, not a msgspec.Struct subclass")
+        return config
 
     def scheduler_factory(self, name: str) -> Callable[..., Any]:
         """The factory of the scheduler called ``name``."""

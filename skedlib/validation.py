@@ -9,6 +9,10 @@ object and the field. Defaults:
 - check: ``interval`` 10s, ``timeout`` 5s (never longer than the interval);
 - service: ``update.deadline`` 10m (``max`` 0 stays 0: it means "whatever ``desired`` is",
   so scaling needs no new ``max``).
+
+A container's ``executor`` blob is checked with the config Struct its executor declares
+(the ``skedlib_executor_configs`` hook, through the plugin registry); the blob of a type
+no installed plugin declares passes unchecked.
 """
 
 from __future__ import annotations
@@ -19,19 +23,10 @@ from skedlib.constraints import parse_constraint
 from skedlib.durations import MINUTE, SECOND, parse_duration
 from skedlib.errors import ValidationError, one_line
 from skedlib.keys import validate_name
-from skedlib.models import (
-    BashExecutor,
-    Check,
-    Cluster,
-    Container,
-    DockerExecutor,
-    ProcessExecutor,
-    Service,
-    TaskDefinition,
-)
+from skedlib.models import Check, Cluster, Container, Service, TaskDefinition
+from skedlib.plugins import Registry, get_registry
 
 __all__ = [
-    "BUILTIN_EXECUTOR_CONFIGS",
     "DEFAULT_CHECK_INTERVAL",
     "DEFAULT_CHECK_TIMEOUT",
     "DEFAULT_GRACE_PERIOD",
@@ -46,13 +41,6 @@ DEFAULT_MAX_ATTEMPTS = 10
 DEFAULT_CHECK_INTERVAL = "10s"
 DEFAULT_CHECK_TIMEOUT = "5s"
 DEFAULT_ROLLOUT_DEADLINE = 10 * MINUTE
-
-#: executor configs skedlib knows; blobs of other executor types are checked by their plugin
-BUILTIN_EXECUTOR_CONFIGS: dict[str, type[msgspec.Struct]] = {
-    "bash": BashExecutor,
-    "process": ProcessExecutor,
-    "docker": DockerExecutor,
-}
 
 
 def _name(value: str, label: str, field: str, what: str, *, allow_dash: bool = True) -> None:
@@ -130,13 +118,13 @@ def _check_check(check: Check, label: str, field: str) -> Check:
     return msgspec.structs.replace(check, interval=interval, timeout=timeout)
 
 
-def _check_container(c: Container, label: str, field: str) -> Container:
+def _check_container(c: Container, label: str, field: str, registry: Registry) -> Container:
     _name(c.name, label, f"{field}.name", "container name")
     _name(c.type, label, f"{field}.type", "executor type")
     for what in ("memory", "cpu_units", "disk_use"):
         if getattr(c, what) < 0:
             raise ValidationError(f"{label}: field {field}.{what}: must be ≥ 0")
-    config_type = BUILTIN_EXECUTOR_CONFIGS.get(c.type)
+    config_type = registry.executor_config(c.type)
     if config_type is not None:
         try:
             msgspec.convert(c.executor, config_type)
@@ -149,8 +137,11 @@ def _check_container(c: Container, label: str, field: str) -> Container:
     return msgspec.structs.replace(c, checks=checks)
 
 
-def check_task_definition(td: TaskDefinition, label: str) -> TaskDefinition:
-    """Names, ports, resources, containers and checks valid. Fills defaults."""
+def check_task_definition(td: TaskDefinition, label: str, *,
+                          registry: Registry | None = None) -> TaskDefinition:
+    """Names, ports, resources, containers and checks valid; each container's executor
+    blob decodes as the config Struct ``registry`` (default: the process-wide one) has
+    for its type. Fills defaults."""
     label = one_line(label)
     _name(td.name, label, "name", "task definition name")
     if td.version < 0:
@@ -169,7 +160,8 @@ def check_task_definition(td: TaskDefinition, label: str) -> TaskDefinition:
     names = [c.name for c in td.containers]
     if len(set(names)) != len(names):
         raise ValidationError(f"{label}: field containers: container names must be unique")
-    containers = [_check_container(c, label, f"containers[{i}]")
+    registry = registry or get_registry()
+    containers = [_check_container(c, label, f"containers[{i}]", registry)
                   for i, c in enumerate(td.containers)]
     return msgspec.structs.replace(
         td, containers=containers, grace_period=td.grace_period or DEFAULT_GRACE_PERIOD,

@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from skedlib.codecs import decode, encode
 from skedlib.errors import ValidationError
-from skedlib.models import DockerExecutor, Resources, Task, TaskId
+from skedlib.models import Resources, Task, TaskId
 
 SEED_TASK = Path(__file__).parent / "data" / "seed_task.json"
 
@@ -52,13 +51,6 @@ def test_seed_task_json_round_trips_with_same_keys_and_values() -> None:
     # what skedlib adds is only defaults, and decoding the re-encoding gives the same task
     assert again["rejected_hosts"] == []
     assert decode(encode(task), Task) == task
-
-
-def test_seed_executor_blob_decodes_as_docker_config() -> None:
-    task = decode(SEED_TASK.read_bytes(), Task)
-    blob = task.task_definition.containers[0].executor
-    cfg = msgspec.convert(blob, DockerExecutor)
-    assert (cfg.image, cfg.container_port) == ("tutum/hello-world", 80)
 
 
 def test_unknown_stored_fields_are_ignored_for_forward_compatibility() -> None:

@@ -1,14 +1,17 @@
-"""The plugin registry: backends chosen by URL scheme, extended by plugins like built-ins."""
+"""The plugin registry: backends chosen by URL scheme, executor configs by type, extended by
+plugins like built-ins."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import pytest
 
 from skedlib.errors import BackendUnavailable, PluginError
 from skedlib.hookspecs import BackendFactory, hookimpl
+from skedlib.models import BashExecutor, ProcessExecutor
 from skedlib.plugins import Registry
 from skedlib.store.memory import MemoryBackend
 
@@ -79,3 +82,49 @@ def test_unknown_scheme_lists_the_installed_ones() -> None:
         registry.open_backend("/just/a/path.db")
     with pytest.raises(BackendUnavailable, match=r"'etcd://\[::1': not a valid URL"):
         registry.open_backend("etcd://[::1")
+
+
+class ToyConfig(msgspec.Struct):
+    url: str
+
+
+def test_executors_declare_their_config_struct() -> None:
+    class Toy:
+        @hookimpl
+        def skedlib_executor_configs(self) -> Mapping[str, type[msgspec.Struct]]:
+            return {"toy": ToyConfig}
+
+    registry = Registry(load_entrypoints=False, plugins=(Toy(),))
+    assert registry.executor_config("bash") is BashExecutor
+    assert registry.executor_config("process") is ProcessExecutor
+    assert registry.executor_config("toy") is ToyConfig
+    assert registry.executor_config("nosuch") is None  # not installed here: unchecked
+    assert registry.names("executor_configs") == ["bash", "process", "toy"]
+
+
+@pytest.mark.parametrize(("result", "message"), [
+    ({"toy": dict}, r"plugin 'bad-plugin': skedlib_executor_configs\(\) entry 'toy' is "
+                    r"<class 'dict'>, not a msgspec.Struct subclass"),
+    ({"toy": ToyConfig(url="x")}, r"plugin 'bad-plugin': skedlib_executor_configs\(\) "
+                                  "entry 'toy' must map a name to a callable"),
+    ({"bash": ToyConfig}, r"'bash' is offered by both 'skedlib\.builtin' and 'bad-plugin'"),
+])
+def test_a_misdeclared_executor_config_names_the_plugin(result: Any, message: str) -> None:
+    class Bad:
+        @hookimpl
+        def skedlib_executor_configs(self) -> Any:
+            return result
+
+    registry = Registry(load_entrypoints=False)
+    registry.register(Bad(), name="bad-plugin")
+    with pytest.raises(PluginError, match=message):
+        registry.executor_config(next(iter(result)))
+
+
+def test_an_unregistered_plugin_offers_nothing() -> None:
+    registry = Registry(load_entrypoints=False)
+    plugin = ToyPlugin()
+    registry.register(plugin, name="toy-plugin")
+    assert "toy" in registry.names("backends")
+    registry.unregister(plugin)
+    assert "toy" not in registry.names("backends")

@@ -3,8 +3,11 @@ and adoption).
 
 An executor runs one kind of container (a container's ``type``: ``bash``, ``process``,
 ``docker`` …). It is registered by a plugin through the ``skedlib_executors`` hook as a
-factory ``(ExecutorContext) -> Executor``. The agent calls it from worker threads, so
-every method must be thread-safe, and none may block longer than its timeout.
+factory ``(ExecutorContext) -> Executor``, and the msgspec Struct its container blob
+decodes as through the ``skedlib_executor_configs`` hook, so ``sked apply`` checks blobs
+without creating the executor (see docs/executors/writing-an-executor.md). The agent
+calls it from worker threads, so every method must be thread-safe, and none may block
+longer than its timeout.
 
 Contracts:
 
@@ -71,8 +74,9 @@ def substitute_port(text: str, port: int | str) -> str:
 
 
 def convert_blob(container: Container, type_: type[T]) -> T:
-    """Decode ``container.executor`` as ``type_``, or raise :class:`TaskRejected` saying
-    which field is wrong (``container web: process executor: field argv: Expected …``)."""
+    """Decode ``container.executor`` as ``type_`` (the Struct the executor declares through
+    ``skedlib_executor_configs``), or raise :class:`TaskRejected` saying which field is
+    wrong (``container web: process executor: field argv: Expected …``)."""
     try:
         return msgspec.convert(container.executor, type_)
     except msgspec.ValidationError as exc:

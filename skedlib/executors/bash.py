@@ -54,16 +54,13 @@ import msgspec
 from skedlib.executors.base import (
     ContainerRef,
     ContainerStatus,
-    Executor,
     ExecutorContext,
-    ExitCallback,
     TaskRejected,
     convert_blob,
     substitute_port,
 )
-from skedlib.executors.process import (
-    LogRotator,
-    ProcessSupervisor,
+from skedlib.executors.supervision import (
+    SupervisedExecutor,
     describe_exit,
     kill_group_members,
     log_tail,
@@ -74,7 +71,7 @@ from skedlib.executors.process import (
 )
 from skedlib.models import BashExecutor, Container, Task
 
-__all__ = ["BashRunner", "create"]
+__all__ = ["BashRunner"]
 
 log = logging.getLogger(__name__)
 
@@ -103,40 +100,25 @@ class _Record(msgspec.Struct, kw_only=True):
     cwd: str = ""
 
 
-class BashRunner(Executor):
+class BashRunner(SupervisedExecutor):
     """The ``bash`` executor (see the module docstring)."""
 
     name = "bash"
 
     def __init__(self, ctx: ExecutorContext) -> None:
-        self.ctx = ctx
-        self.state_dir = Path(ctx.state_dir)
-        self.log_dir = Path(ctx.log_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.shell = shutil.which("bash") or "/bin/sh"
         self.detach_window = option(ctx.options, "detach_window", 1.0, self.name)
         self.setup_timeout = option(ctx.options, "setup_timeout", 300.0, self.name)
         self.download_timeout = option(ctx.options, "download_timeout", 60.0, self.name)
-        self.supervisor = ProcessSupervisor(self.name)
-        self.rotator = LogRotator(
-            max_bytes=int(option(ctx.options, "log_max_bytes", 10 * 1024 * 1024, self.name)),
-            backups=int(option(ctx.options, "log_backups", 3, self.name)))
+        super().__init__(ctx)
         self._records: dict[ContainerRef, _Record] = {}
         self._lock = threading.Lock()
         self._load_records()
 
     # -- files ------------------------------------------------------------------------
-    def _record_path(self, ref: ContainerRef) -> Path:
-        return self.state_dir / ref.task_id / f"{ref.container}.json"
-
     def workdir(self, ref: ContainerRef) -> Path:
         """The directory the container's commands run in."""
         return self.state_dir / ref.task_id / ref.container
-
-    def log_paths(self, ref: ContainerRef) -> tuple[Path, Path]:
-        """The stdout and stderr log files of a container."""
-        base = self.log_dir / ref.task_id
-        return base / f"{ref.container}.out.log", base / f"{ref.container}.err.log"
 
     def _save(self, ref: ContainerRef, record: _Record) -> None:
         with self._lock:
@@ -363,25 +345,9 @@ class BashRunner(Executor):
             detached = [r for r, rec in self._records.items() if rec.mode == "detached"]
         return sorted(set(self.supervisor.refs()) | set(detached))
 
-    def notify_exits(self, callback: ExitCallback) -> bool:
-        """Exits of foreground starts are reported at once."""
-        self.supervisor.on_exit = callback
-        return True
-
     def cleanup(self, ref: ContainerRef) -> None:
         """Forget an exited container (its work directory and logs are kept)."""
         proc = self.supervisor.get(ref)
         if proc is None or proc.exited.is_set():
             self.supervisor.forget(ref)
             self._drop(ref)
-
-    def close(self) -> None:
-        """Stop the reaper and the rotator; containers keep running."""
-        self.supervisor.close()
-        self.rotator.close()
-
-
-def create(ctx: ExecutorContext) -> BashRunner:
-    """Factory registered under ``bash``."""
-    return BashRunner(ctx)
-

@@ -12,7 +12,8 @@ Blob (:class:`skedlib.models.ProcessExecutor`)::
   is rotated by copy-and-truncate into ``.1`` … ``.<log_backups>`` (default 3). The
   command keeps writing to the same file, which is why the rotation copies.
 - Exit is seen at once: a reaper thread waits on a ``pidfd`` of every process (Linux
-  5.3+; elsewhere one waiting thread per process) and tells the agent.
+  5.3+; elsewhere one waiting thread per process) and tells the agent (see
+  :mod:`skedlib.executors.supervision`, shared with the ``bash`` executor).
 - The pid, process group and process start time (``psutil`` ``create_time``) are recorded
   in ``<state_dir>/<task_id>/<container>.json``. After an agent restart a recorded process
   is adopted only if a process with that pid still exists *and* started at that time, so
@@ -22,452 +23,33 @@ Blob (:class:`skedlib.models.ProcessExecutor`)::
 ``$PROVIDED_PORT`` (and ``${PROVIDED_PORT}``) is substituted in ``argv``, ``env`` and
 ``cwd``; the environment is the agent's, plus the blob's ``env``, plus ``PROVIDED_PORT``,
 ``SKED_TASK_ID``, ``SKED_HOST`` and ``SKED_CONTAINER``.
-
-:class:`ProcessSupervisor` and :class:`LogRotator` are used by the ``bash`` executor too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
-import select
 import shutil
-import signal
-import subprocess
-import threading
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import psutil
 
 from skedlib.executors.base import (
     PROVIDED_PORT_VAR,
     ContainerRef,
     ContainerStatus,
-    Executor,
     ExecutorContext,
-    ExitCallback,
     TaskRejected,
     convert_blob,
     substitute_port,
 )
+from skedlib.executors.supervision import SupervisedExecutor, read_record, write_record
 from skedlib.models import Container, ProcessExecutor, Task
 
-__all__ = [
-    "LogRotator",
-    "ProcessRunner",
-    "ProcessSupervisor",
-    "SupervisedProcess",
-    "convert_blob",
-    "create",
-    "describe_exit",
-    "kill_group_members",
-    "log_tail",
-    "option",
-    "read_record",
-    "resolve_command",
-    "signal_group",
-    "write_record",
-]
+__all__ = ["ProcessRunner", "resolve_command"]
 
 log = logging.getLogger(__name__)
-
-#: how close a recorded and a measured process start time must be to be the same process
-CREATE_TIME_TOLERANCE = 0.05
-
-
-# -- helpers shared with the bash executor --------------------------------------------------
-def describe_exit(code: int | None) -> str:
-    """``exited with code 3`` / ``killed by SIGKILL`` / ``exited``."""
-    if code is None:
-        return "exited"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
-
-
-def signal_group(pgid: int, sig: int) -> bool:
-    """Signal a process group; False when it has no member left."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        log.warning("not allowed to signal process group %d", pgid)
-        return False
-    return True
-
-
-def write_record(path: Path, data: Mapping[str, Any]) -> None:
-    """Write a JSON state record atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    """A JSON state record, or None when missing or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def log_tail(path: Path, limit: int = 400) -> str:
-    """The last ``limit`` characters of a log file, on one line."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return " ".join(text.split())
-
-
-# -- log rotation ---------------------------------------------------------------------------
-class LogRotator:
-    """Rotates registered log files by size, from one background thread.
-
-    Copy-and-truncate: the supervised process keeps its file descriptor (opened with
-    ``O_APPEND``), so after the truncation its next write lands at the start of the same
-    file. Lines written between the copy and the truncation can be lost; that is the price
-    of rotating a file the agent does not own the writing end of.
-    """
-
-    def __init__(self, max_bytes: int = 10 * 1024 * 1024, backups: int = 3,
-                 every: float = 5.0) -> None:
-        self.max_bytes = max_bytes
-        self.backups = max(1, backups)
-        self.every = every
-        self._files: set[Path] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def add(self, *paths: Path) -> None:
-        """Watch these files from now on (starts the thread on first use)."""
-        with self._lock:
-            self._files.update(paths)
-            if self._thread is None and self.max_bytes > 0:
-                self._thread = threading.Thread(target=self._run, name="log-rotator",
-                                                daemon=True)
-                self._thread.start()
-
-    def discard(self, *paths: Path) -> None:
-        """Stop watching these files."""
-        with self._lock:
-            self._files.difference_update(paths)
-
-    def rotate_now(self) -> None:
-        """Check every file once (the thread calls this every ``every`` seconds)."""
-        with self._lock:
-            files = list(self._files)
-        for path in files:
-            try:
-                if path.stat().st_size > self.max_bytes:
-                    self._rotate(path)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                log.warning("cannot rotate %s: %s", path, exc)
-
-    def _rotate(self, path: Path) -> None:
-        for i in range(self.backups - 1, 0, -1):
-            older = path.with_name(f"{path.name}.{i}")
-            if older.exists():
-                os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
-        with path.open("r+b") as f:
-            f.truncate(0)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self.rotate_now()
-
-    def close(self) -> None:
-        """Stop the thread."""
-        self._stop.set()
-
-
-# -- supervision ----------------------------------------------------------------------------
-@dataclass(eq=False)
-class SupervisedProcess:
-    """One process group leader the supervisor started or adopted."""
-
-    ref: ContainerRef
-    pid: int
-    pgid: int
-    create_time: float
-    started_at: float
-    child: bool = False
-    """True when this agent started it (it reaps it and knows the exit code); False when
-    adopted from an earlier agent."""
-    exited: threading.Event = field(default_factory=threading.Event)
-    exit_code: int | None = None
-    stopping: bool = False
-    report_exit: bool = True
-    """False while a starter waits for the process itself (bash's detach window)."""
-
-    @property
-    def adopted(self) -> bool:
-        """True when the process was started by an earlier agent."""
-        return not self.child
-
-    def status(self) -> ContainerStatus:
-        """The process's state now."""
-        if self.exited.is_set():
-            return ContainerStatus(state="exited", exit_code=self.exit_code, pid=self.pid,
-                                   started_at=self.started_at,
-                                   message=describe_exit(self.exit_code))
-        rss = 0
-        with contextlib.suppress(psutil.Error):
-            rss = psutil.Process(self.pid).memory_info().rss
-        return ContainerStatus(state="running", pid=self.pid, started_at=self.started_at,
-                               memory_bytes=rss)
-
-
-def _same_process(pid: int, create_time: float) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        return (abs(proc.create_time() - create_time) <= CREATE_TIME_TOLERANCE
-                and proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
-
-
-class ProcessSupervisor:
-    """Starts commands in their own process group, sees them exit at once, stops them.
-
-    One reaper thread waits on a pidfd per process (epoll); where pidfds are not available
-    each process gets a small waiting thread instead. ``on_exit`` is called from the reaper
-    for every process that exits while not being stopped.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.on_exit: ExitCallback | None = None
-        self._procs: dict[ContainerRef, SupervisedProcess] = {}
-        self._lock = threading.Lock()
-        self._fds: dict[int, SupervisedProcess] = {}
-        self._epoll: select.epoll | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        if hasattr(os, "pidfd_open") and hasattr(select, "epoll"):
-            self._epoll = select.epoll()
-            self._epoll.register(self._wake_r, select.EPOLLIN)
-            self._thread = threading.Thread(target=self._reap_loop,
-                                            name=f"{name}-reaper", daemon=True)
-            self._thread.start()
-
-    # -- registry ---------------------------------------------------------------------
-    def get(self, ref: ContainerRef) -> SupervisedProcess | None:
-        """The process of ``ref``, alive or exited, or None."""
-        with self._lock:
-            return self._procs.get(ref)
-
-    def refs(self) -> list[ContainerRef]:
-        """Refs of every process still running."""
-        with self._lock:
-            return sorted(r for r, p in self._procs.items() if not p.exited.is_set())
-
-    def forget(self, ref: ContainerRef) -> None:
-        """Drop an exited process from the registry."""
-        with self._lock:
-            proc = self._procs.get(ref)
-            if proc is not None and proc.exited.is_set():
-                del self._procs[ref]
-
-    # -- starting ---------------------------------------------------------------------
-    def spawn(self, ref: ContainerRef, argv: Sequence[str], env: Mapping[str, str],
-              cwd: str | None, stdout: Path, stderr: Path,
-              report_exit: bool = True) -> SupervisedProcess:
-        """Start ``argv`` as a new session; output is appended to ``stdout``/``stderr``.
-
-        With ``report_exit=False`` an exit is not passed to ``on_exit`` until the caller
-        sets :attr:`SupervisedProcess.report_exit`. Raises :class:`OSError` when the
-        command cannot be executed.
-        """
-        stdout.parent.mkdir(parents=True, exist_ok=True)
-        with stdout.open("ab") as out, stderr.open("ab") as err:
-            popen = subprocess.Popen(list(argv), env=dict(env), cwd=cwd or None,
-                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                     start_new_session=True, close_fds=True)
-        # The supervisor reaps its children itself (waitpid once the pidfd says so). Tell
-        # the Popen object it has nothing left to do, so that it never reaps the child
-        # behind our back nor warns, when collected, that the child still runs (it is
-        # meant to outlive this agent).
-        popen.returncode = 0
-        pid = popen.pid
-        try:
-            create_time = psutil.Process(pid).create_time()
-        except psutil.Error:  # already gone (and a zombie we will reap)
-            create_time = time.time()
-        proc = SupervisedProcess(ref, pid, pid, create_time, time.time(), child=True,
-                                 report_exit=report_exit)
-        self._track(proc)
-        return proc
-
-    def adopt(self, ref: ContainerRef, pid: int, pgid: int, create_time: float,
-              started_at: float) -> SupervisedProcess | None:
-        """Take over a process an earlier agent started, if it is still that process."""
-        proc = SupervisedProcess(ref, pid, pgid, create_time, started_at)
-        if not self._track(proc, verify=True):
-            return None
-        return proc
-
-    def _track(self, proc: SupervisedProcess, verify: bool = False) -> bool:
-        fd: int | None = None
-        if self._epoll is not None:
-            try:
-                fd = os.pidfd_open(proc.pid)
-            except ProcessLookupError:
-                if verify:
-                    return False
-            except OSError:  # pidfds refused (old kernel, seccomp): fall back
-                fd = None
-        # Verify after opening the pidfd: the pidfd pins the process we checked.
-        if verify and not _same_process(proc.pid, proc.create_time):
-            if fd is not None:
-                os.close(fd)
-            return False
-        with self._lock:
-            old = self._procs.get(proc.ref)
-            if old is not None and not old.exited.is_set():
-                raise RuntimeError(f"{proc.ref.task_id}/{proc.ref.container} is already "
-                                   f"running as pid {old.pid}")
-            self._procs[proc.ref] = proc
-            if fd is not None:
-                self._fds[fd] = proc
-        if fd is not None and self._epoll is not None:
-            self._epoll.register(fd, select.EPOLLIN)
-        elif fd is None and not proc.child and not self._closed:
-            threading.Thread(target=self._wait_adopted, args=(proc,), daemon=True,
-                             name=f"wait-{proc.pid}").start()
-        elif fd is None:
-            threading.Thread(target=self._wait_child, args=(proc,), daemon=True,
-                             name=f"wait-{proc.pid}").start()
-        return True
-
-    # -- noticing exits ---------------------------------------------------------------
-    def _reap_loop(self) -> None:
-        assert self._epoll is not None
-        while not self._closed:
-            try:
-                events = self._epoll.poll()
-            except InterruptedError:
-                continue
-            except OSError:
-                return  # closed
-            for fd, _ in events:
-                if fd == self._wake_r:
-                    with contextlib.suppress(OSError):
-                        os.read(self._wake_r, 4096)
-                    continue
-                with self._lock:
-                    proc = self._fds.pop(fd, None)
-                with contextlib.suppress(OSError):
-                    self._epoll.unregister(fd)
-                os.close(fd)
-                if proc is not None:
-                    self._exited(proc)
-
-    def _wait_child(self, proc: SupervisedProcess) -> None:
-        self._exited(proc)  # blocks in waitpid
-
-    def _wait_adopted(self, proc: SupervisedProcess) -> None:
-        with contextlib.suppress(psutil.Error):
-            psutil.Process(proc.pid).wait()
-        self._exited(proc)
-
-    def _exited(self, proc: SupervisedProcess) -> None:
-        if proc.child:
-            try:
-                _, status = os.waitpid(proc.pid, 0)
-                proc.exit_code = os.waitstatus_to_exitcode(status)
-            except ChildProcessError:  # reaped elsewhere: the code is lost
-                proc.exit_code = None
-        proc.exited.set()
-        if (proc.report_exit and not proc.stopping and not self._closed
-                and self.on_exit is not None):
-            try:
-                self.on_exit(proc.ref, proc.status())
-            except Exception:
-                log.exception("exit callback failed for %s", proc.ref)
-
-    # -- stopping ---------------------------------------------------------------------
-    def stop(self, ref: ContainerRef, grace: float) -> None:
-        """SIGTERM to the group, ``grace`` seconds, then SIGKILL. Idempotent."""
-        proc = self.get(ref)
-        if proc is None:
-            return
-        proc.stopping = True
-        self.terminate_group(proc, grace)
-
-    def terminate_group(self, proc: SupervisedProcess, grace: float) -> None:
-        """Stop ``proc`` and whatever is left of its process group."""
-        if not proc.exited.is_set():
-            signal_group(proc.pgid, signal.SIGTERM)
-            if not proc.exited.wait(grace):
-                log.info("%s/%s did not stop within %gs of SIGTERM: killing it",
-                         proc.ref.task_id, proc.ref.container, grace)
-                signal_group(proc.pgid, signal.SIGKILL)
-                proc.exited.wait(10)
-        # The leader is gone; members it left behind would hold ports and files.
-        kill_group_members(proc.pgid, grace)
-
-    def close(self) -> None:
-        """Stop noticing exits (processes keep running)."""
-        self._closed = True
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        with self._lock:
-            fds, self._fds = list(self._fds), {}
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if self._epoll is not None:
-            self._epoll.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def kill_group_members(pgid: int, grace: float) -> None:
-    """SIGTERM what is left of process group ``pgid``, wait up to ``grace``, SIGKILL the rest.
-
-    Used when a group leader has exited: members in the same group would otherwise keep
-    ports and files of the task.
-    """
-    if not signal_group(pgid, 0):
-        return
-    members = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(OSError, psutil.Error):
-            if os.getpgid(p.pid) == pgid:
-                members.append(p)
-    if not members:
-        return
-    signal_group(pgid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(members, timeout=grace)
-    if alive:
-        signal_group(pgid, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=5)
 
 
 # -- the executor ---------------------------------------------------------------------------
@@ -487,43 +69,16 @@ def resolve_command(argv0: str, env: Mapping[str, str], cwd: str) -> str:
     return found
 
 
-def option(options: Mapping[str, str], name: str, default: float, executor: str) -> float:
-    """A numeric executor option (``--executor-opt process.log_max_bytes=1000000``)."""
-    raw = options.get(name)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise TaskRejected(f"{executor} executor option {name}={raw!r} is not a number") \
-            from None
-
-
-class ProcessRunner(Executor):
+class ProcessRunner(SupervisedExecutor):
     """The ``process`` executor (see the module docstring)."""
 
     name = "process"
 
     def __init__(self, ctx: ExecutorContext) -> None:
-        self.ctx = ctx
-        self.state_dir = Path(ctx.state_dir)
-        self.log_dir = Path(ctx.log_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.supervisor = ProcessSupervisor(self.name)
-        self.rotator = LogRotator(
-            max_bytes=int(option(ctx.options, "log_max_bytes", 10 * 1024 * 1024, self.name)),
-            backups=int(option(ctx.options, "log_backups", 3, self.name)))
+        super().__init__(ctx)
         self._adopt_recorded()
 
-    # -- files ------------------------------------------------------------------------
-    def _record_path(self, ref: ContainerRef) -> Path:
-        return self.state_dir / ref.task_id / f"{ref.container}.json"
-
-    def log_paths(self, ref: ContainerRef) -> tuple[Path, Path]:
-        """The stdout and stderr log files of a container."""
-        base = self.log_dir / ref.task_id
-        return base / f"{ref.container}.out.log", base / f"{ref.container}.err.log"
-
+    # -- adoption ---------------------------------------------------------------------
     def _adopt_recorded(self) -> None:
         for path in sorted(self.state_dir.glob("*/*.json")):
             ref = ContainerRef(path.parent.name, path.stem)
@@ -619,11 +174,6 @@ class ProcessRunner(Executor):
         """Every container whose process is alive."""
         return self.supervisor.refs()
 
-    def notify_exits(self, callback: ExitCallback) -> bool:
-        """Exits are reported at once by the reaper thread."""
-        self.supervisor.on_exit = callback
-        return True
-
     def cleanup(self, ref: ContainerRef) -> None:
         """Forget an exited container's record (its logs are kept)."""
         self.supervisor.forget(ref)
@@ -631,14 +181,3 @@ class ProcessRunner(Executor):
             self._record_path(ref).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 self._record_path(ref).parent.rmdir()
-
-    def close(self) -> None:
-        """Stop the reaper and the rotator; processes keep running for the next agent."""
-        self.supervisor.close()
-        self.rotator.close()
-
-
-def create(ctx: ExecutorContext) -> ProcessRunner:
-    """Factory registered under ``process``."""
-    return ProcessRunner(ctx)
-

@@ -1,5 +1,6 @@
 """An executor added from outside skedlib, through the ``skedlib_executors`` pluggy hook,
-runs tasks under the agent like a built-in one.
+runs tasks under the agent like a built-in one, and the config Struct it declares through
+``skedlib_executor_configs`` is checked at ``sked apply`` like a built-in one's.
 
 The plugin here serves HTTP from threads of the test process (blob ``{"body": "…"}``) on
 the task's provided port. It has no exit notification, so the agent learns of a crash
@@ -19,7 +20,9 @@ import msgspec
 import pytest
 
 from skedlib.agent import Agent, AgentConfig
-from skedlib.codecs import decode, encode
+from skedlib.client import Client
+from skedlib.codecs import decode, encode, parse_manifest
+from skedlib.errors import ValidationError
 from skedlib.executors import (
     ContainerRef,
     ContainerStatus,
@@ -30,7 +33,7 @@ from skedlib.executors import (
 from skedlib.hookspecs import hookimpl
 from skedlib.keys import Keyspace
 from skedlib.models import Check, Container, Host, Task, TaskHealth
-from skedlib.plugins import Registry
+from skedlib.plugins import Registry, get_registry
 from skedlib.store.memory import MemoryBackend
 from tests.agent.conftest import make_task, wait_for
 
@@ -121,6 +124,10 @@ class _Plugin:
             return executor
         return {"threadhttp": create}
 
+    @hookimpl
+    def skedlib_executor_configs(self) -> Mapping[str, type[msgspec.Struct]]:
+        return {"threadhttp": _Blob}
+
 
 @pytest.fixture
 def backend() -> Iterator[MemoryBackend]:
@@ -203,3 +210,40 @@ def test_a_plugin_executor_runs_restarts_rejects_and_stops_tasks(
                  "the task to stop")
     finally:
         agent.stop(stop_tasks=True)
+
+
+THREADHTTP_MANIFEST = """\
+task_definitions:
+  - name: web
+    version: 1
+    containers:
+      - {name: main, type: threadhttp, executor: BLOB}
+"""
+
+
+def test_a_plugin_executor_config_is_checked_at_apply(backend: MemoryBackend) -> None:
+    plugin = _Plugin()
+    registry = get_registry()  # the one `sked apply` uses: built-ins and entry points
+    registry.register(plugin, name="threadhttp-plugin")
+    client = Client(backend)
+    try:
+        bad = parse_manifest(THREADHTTP_MANIFEST.replace("BLOB", "{body: 5}"), "m.yml")
+        with pytest.raises(ValidationError) as info:
+            client.apply(bad)
+        assert str(info.value) == (
+            'm.yml: task_definitions[0] "web": field containers[0].executor: threadhttp '
+            "executor: Expected `str`, got `int` - at `containers[0].executor.body`")
+        assert backend.list("").items == []
+
+        good = parse_manifest(THREADHTTP_MANIFEST.replace("BLOB", "{body: hi, bdoy: x}"),
+                              "m.yml")
+        assert good.warnings == ('m.yml: task_definitions[0] "web": field '
+                                 "containers[0].executor.bdoy: unknown field, ignored",)
+        assert client.apply(good).created == ("task_definitions/web:1",)
+    finally:
+        registry.unregister(plugin)
+    # where the plugin is not installed its blobs pass unchecked
+    unchecked = parse_manifest(THREADHTTP_MANIFEST.replace("BLOB", "{body: 5}").replace(
+        "version: 1", "version: 2"), "m.yml")
+    assert unchecked.warnings == ()
+    assert client.apply(unchecked).created == ("task_definitions/web:2",)

@@ -2,9 +2,11 @@
 
 Installing the package registers the executor through the ``skedlib`` entry-point group,
 so an agent runs containers whose ``type`` is ``docker`` on the host's Docker engine. The
-executor is :class:`skedlib_docker.executor.DockerEngineExecutor`; the translation of the
-executor blob (seed 001's ``image``, ``cmd``, ``entry``, ``container_port``, ``ports``,
-``env``, ``work_dir``, ``volumes``, ``flags``) is :func:`skedlib_docker.spec.build_run_spec`.
+executor is :class:`skedlib_docker.executor.DockerEngineExecutor`; its blob (seed 001's
+``image``, ``cmd``, ``entry``, ``container_port``, ``ports``, ``env``, ``work_dir``,
+``volumes``, ``flags``) is :class:`skedlib_docker.config.DockerConfig`, declared to skedlib
+so ``sked apply`` checks it, and its translation into Docker SDK arguments is
+:func:`skedlib_docker.spec.build_run_spec`.
 See ``docs/executors/docker.md``.
 """
 
@@ -13,8 +15,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from skedlib.plugins import lazy_attributes
+from skedlib_docker.config import DockerConfig
 
 __all__ = [
+    "DockerConfig",
     "DockerEngineExecutor",
     "DockerError",
     "DockerOptions",

@@ -78,7 +78,6 @@ __all__ = [
     "DockerError",
     "DockerOptions",
     "DockerUnavailable",
-    "create_executor",
 ]
 
 log = logging.getLogger(__name__)
@@ -637,8 +636,3 @@ class DockerEngineExecutor(Executor):
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
-
-
-def create_executor(context: ExecutorContext) -> DockerEngineExecutor:
-    """The factory registered as the ``docker`` executor."""
-    return DockerEngineExecutor(context)

@@ -1,0 +1,33 @@
+"""The ``docker`` executor's blob: what a ``docker`` container's ``executor`` holds.
+
+Declared to skedlib through the ``skedlib_executor_configs`` hook (see
+:mod:`skedlib_docker.plugin`), so ``sked apply`` checks docker blobs on any machine where
+this plugin is installed. This module imports nothing but msgspec: apply loads it without
+the Docker SDK.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["DockerConfig"]
+
+
+class DockerConfig(msgspec.Struct, kw_only=True):
+    """The ``docker`` executor's blob (seed 001's JSON shape)::
+
+        {"image": "ubuntu", "cmd": ["sked"], "entry": "", "container_port": 3000,
+         "ports": ["5000:5000"], "env": ["K=V"], "work_dir": "/", "volumes": [],
+         "flags": ["--net=host"]}
+    """
+
+    image: str
+    cmd: list[str] = msgspec.field(default_factory=list)
+    entry: str = ""
+    container_port: int = 0
+    ports: list[str] = msgspec.field(default_factory=list)
+    env: list[str] = msgspec.field(default_factory=list)
+    work_dir: str = ""
+    volumes: list[str] = msgspec.field(default_factory=list)
+    flags: list[str] = msgspec.field(default_factory=list)
+    name: str = ""
