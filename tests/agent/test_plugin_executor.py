@@ -34,6 +34,7 @@ from skedlib.hookspecs import hookimpl
 from skedlib.keys import Keyspace
 from skedlib.models import Check, Container, Host, Task, TaskHealth
 from skedlib.plugins import Registry, get_registry
+from skedlib.runtime import Store
 from skedlib.store.memory import MemoryBackend
 from tests.agent.conftest import make_task, wait_for
 
@@ -225,7 +226,7 @@ def test_a_plugin_executor_config_is_checked_at_apply(backend: MemoryBackend) ->
     plugin = _Plugin()
     registry = get_registry()  # the one `sked apply` uses: built-ins and entry points
     registry.register(plugin, name="threadhttp-plugin")
-    client = Client(backend)
+    client = Client(Store(backend))
     try:
         bad = parse_manifest(THREADHTTP_MANIFEST.replace("BLOB", "{body: 5}"), "m.yml")
         with pytest.raises(ValidationError) as info:
