@@ -1,13 +1,25 @@
 """skedlib-consul: the ``consul://`` storage backend and the Consul health provider.
 
-Installing the package registers both through the ``skedlib`` entry-point group, so
+Installing the package registers both through the ``skedlib`` entry-point group
+(:mod:`skedlib_consul.plugin`), so
 ``skedlib.plugins.open_backend("consul://10.0.0.1:8500,10.0.0.2:8500")`` works and
 ``get_registry().health_provider_factory("consul")`` returns the provider factory.
 
-- :class:`skedlib_consul.backend.ConsulBackend` (``open_consul(url)``): the storage
-  contract on Consul's KV store; see ``docs/backends/consul.md``.
-- :class:`skedlib_consul.health.ConsulHealthProvider`: registers a task as a service with
-  its checks on the host's Consul agent and reads its health back.
+Modules, from the wire up:
+
+- :mod:`~skedlib_consul.options`: :class:`ConsulOptions` from a ``consul://`` URL
+  (:func:`parse_url`) or a Consul agent's address;
+- :mod:`~skedlib_consul.client`: the one HTTP client under everything (timeouts,
+  failover, TLS, the ACL token, errors translated into :mod:`skedlib.errors`);
+- :mod:`~skedlib_consul.backend` and :mod:`~skedlib_consul.watch`:
+  :class:`ConsulBackend` (``open_consul(url)``), the storage contract on Consul's KV
+  store, sessions and blocking queries; see ``docs/backends/consul.md``;
+- :mod:`~skedlib_consul.checks`: skedlib's checks as Consul check definitions;
+- :mod:`~skedlib_consul.agent_client`: :class:`ConsulAgentClient`, which registers a
+  task as a service with its checks on a Consul agent and reads its health back;
+- :mod:`~skedlib_consul.provider`, :mod:`~skedlib_consul.states` and
+  :mod:`~skedlib_consul.local_agent`: :class:`ConsulHealthProvider`, the skedlib agent's
+  health provider ``consul``, built on that client.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from typing import TYPE_CHECKING
 from skedlib.plugins import lazy_attributes
 
 __all__ = [
+    "ConsulAgentClient",
     "ConsulBackend",
     "ConsulHealthProvider",
     "ConsulOptions",
@@ -27,14 +40,17 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from skedlib_consul.backend import ConsulBackend, ConsulOptions, open_consul, parse_url
-    from skedlib_consul.health import ConsulHealthProvider
+    from skedlib_consul.agent_client import ConsulAgentClient
+    from skedlib_consul.backend import ConsulBackend, open_consul
+    from skedlib_consul.options import ConsulOptions, parse_url
+    from skedlib_consul.provider import ConsulHealthProvider
 
 # imported on first use: registering the plugin must not load its client library
 __getattr__ = lazy_attributes(__name__, {
+    "ConsulAgentClient": "skedlib_consul.agent_client",
     "ConsulBackend": "skedlib_consul.backend",
-    "ConsulHealthProvider": "skedlib_consul.health",
-    "ConsulOptions": "skedlib_consul.backend",
+    "ConsulHealthProvider": "skedlib_consul.provider",
+    "ConsulOptions": "skedlib_consul.options",
     "open_consul": "skedlib_consul.backend",
-    "parse_url": "skedlib_consul.backend",
+    "parse_url": "skedlib_consul.options",
 })

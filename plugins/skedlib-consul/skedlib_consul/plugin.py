@@ -1,8 +1,9 @@
 """The skedlib hook implementations that register ``consul://`` and the Consul health provider.
 
 Named by the entry point ``[project.entry-points.skedlib] consul = "skedlib_consul.plugin"``.
-The backend and health modules (and with them requests and python-consul2) are imported
-only when a URL is opened or a provider is made, so loading the registry stays cheap.
+The backend and provider modules (and with them requests and python-consul2) are
+imported only when a URL is opened or a provider is made, so loading the registry stays
+cheap.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from skedlib.hookspecs import BackendFactory, hookimpl
 if TYPE_CHECKING:
     from skedlib.agent.health import HealthContext
     from skedlib_consul.backend import ConsulBackend
-    from skedlib_consul.health import ConsulAgentHealthProvider
+    from skedlib_consul.provider import ConsulHealthProvider
 
 __all__ = ["make_health_provider", "open_consul_url", "skedlib_backends",
            "skedlib_health_providers"]
@@ -28,18 +29,18 @@ def open_consul_url(url: str) -> ConsulBackend:
     return open_consul(url)
 
 
-def make_health_provider(context: HealthContext) -> ConsulAgentHealthProvider:
+def make_health_provider(context: HealthContext) -> ConsulHealthProvider:
     """The agent's ``consul`` health provider for ``context``.
 
-    See :class:`skedlib_consul.health.ConsulAgentHealthProvider`; the Consul agent's
+    See :class:`skedlib_consul.provider.ConsulHealthProvider`; the Consul agent's
     address comes from ``context.options`` (``consul.url``, ``consul.token``,
     ``consul.timeout``), else an endpoint of the backend on this host, else
     ``$CONSUL_HTTP_ADDR``, else ``http://127.0.0.1:8500``
-    (:func:`skedlib_consul.health.agent_options`).
+    (:func:`skedlib_consul.local_agent.agent_options`).
     """
-    from skedlib_consul.health import ConsulAgentHealthProvider
+    from skedlib_consul.provider import ConsulHealthProvider
 
-    return ConsulAgentHealthProvider(context)
+    return ConsulHealthProvider(context)
 
 
 @hookimpl

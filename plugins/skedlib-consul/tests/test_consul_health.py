@@ -1,11 +1,11 @@
-"""The Consul health provider against a real Consul agent and a real HTTP server.
+"""Consul's health checks against a real Consul agent and a real HTTP server.
 
-The provider registers a task (as a Consul service with its checks) on the agent; the
-agent itself runs the checks against a ``http.server`` the test starts on a free port.
-What was registered is verified through Consul's own agent and catalog APIs. The first
-tests use the plain client (:class:`ConsulHealthProvider`); the rest the agent's
-provider (:class:`ConsulAgentHealthProvider`) through the HealthProvider contract:
-states, ``on_change``, the failure threshold, TTL reports through the store.
+A task is registered (as a Consul service with its checks) on the agent; the agent
+itself runs the checks against a ``http.server`` the test starts on a free port. What
+was registered is verified through Consul's own agent and catalog APIs. The first tests
+use the plain client (:class:`ConsulAgentClient`); the rest the agent's provider
+(:class:`ConsulHealthProvider`) through the HealthProvider contract: states,
+``on_change``, the failure threshold, TTL reports through the store.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from skedlib_consul.backend import ConsulBackend, parse_url
-from skedlib_consul.health import (
-    ConsulAgentHealthProvider,
-    ConsulHealthProvider,
-    agent_options,
-    check_definitions,
-    on_this_host,
-)
+import skedlib_consul.provider
+from skedlib_consul.agent_client import ConsulAgentClient
+from skedlib_consul.backend import ConsulBackend
+from skedlib_consul.checks import check_definitions
+from skedlib_consul.client import HttpClient
+from skedlib_consul.local_agent import agent_options, on_this_host
+from skedlib_consul.options import parse_url
+from skedlib_consul.provider import ConsulHealthProvider
 
 from skedlib.agent.health import HealthContext, HealthProvider, pass_ttl_check
 from skedlib.codecs import encode
@@ -41,6 +41,10 @@ from tests.harness import consul as harness
 consul_dev = harness.consul_dev
 
 pytestmark = [pytest.mark.integration]
+
+#: what a loaded machine may add to a call bounded by its timeout (one that is not bounded
+#: would hang until pytest's own timeout)
+LOAD_SLACK = 3.0
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -88,8 +92,8 @@ def web_server() -> Iterator[_Server]:
 
 
 @pytest.fixture
-def provider(consul_dev: harness.ConsulCluster) -> Iterator[ConsulHealthProvider]:
-    p = ConsulHealthProvider(f"http://{consul_dev.members[0].endpoint}", host="host-1",
+def client(consul_dev: harness.ConsulCluster) -> Iterator[ConsulAgentClient]:
+    p = ConsulAgentClient(f"http://{consul_dev.members[0].endpoint}", host="host-1",
                              timeout=3)
     registered_before = set(p.registered())
     try:
@@ -110,11 +114,11 @@ def _task(port: int, checks: list[Check], *, tags: list[str] | None = None,
                 instance=1, port=port, host="host-1")
 
 
-def _wait_health(provider: ConsulHealthProvider, task_id: str,
+def _wait_health(client: ConsulAgentClient, task_id: str,
                  cond: Callable[[TaskHealth], bool], timeout: float = 15.0) -> TaskHealth:
     deadline = time.monotonic() + timeout
     while True:
-        h = provider.health(task_id)
+        h = client.health(task_id)
         if cond(h):
             return h
         if time.monotonic() > deadline:
@@ -127,7 +131,7 @@ def _status(h: TaskHealth) -> dict[str, str]:
 
 
 def test_http_tcp_and_ttl_checks_through_consul(consul_dev: harness.ConsulCluster,
-                                                provider: ConsulHealthProvider,
+                                                client: ConsulAgentClient,
                                                 web_server: _Server) -> None:
     agent = consul_dev.members[0]
     task = _task(web_server.port, [
@@ -137,7 +141,7 @@ def test_http_tcp_and_ttl_checks_through_consul(consul_dev: harness.ConsulCluste
               timeout="1s"),
         Check(id="ttl", name="ttl", ttl="30s"),
     ], tags=["web", "canary"])
-    assert provider.register(task) == task.id == f"prod-{task.service}-3-1"
+    assert client.register(task) == task.id == f"prod-{task.service}-3-1"
 
     # what Consul was told, read back through its own APIs
     status, services = agent.api("GET", "/v1/agent/services")
@@ -148,7 +152,7 @@ def test_http_tcp_and_ttl_checks_through_consul(consul_dev: harness.ConsulCluste
     status, checks = agent.api("GET", "/v1/agent/checks")
     mine = {cid: c for cid, c in checks.items() if c["ServiceID"] == task.id}
     assert set(mine) == {f"{task.id}:app:http", f"{task.id}:app:tcp", f"{task.id}:app:ttl"}
-    assert provider.check_ids(task) == [f"{task.id}:app:{n}" for n in ("http", "tcp", "ttl")]
+    assert client.check_ids(task) == [f"{task.id}:app:{n}" for n in ("http", "tcp", "ttl")]
 
     deadline = time.monotonic() + 15
     while True:  # the catalog is synced from the agent asynchronously
@@ -162,7 +166,7 @@ def test_http_tcp_and_ttl_checks_through_consul(consul_dev: harness.ConsulCluste
     assert sorted(catalog[0]["ServiceTags"]) == ["canary", "web"]
 
     # http and tcp pass once the agent ran them; the TTL check waits for a report
-    h = _wait_health(provider, task.id, lambda h: _status(h).get("http") == "passing"
+    h = _wait_health(client, task.id, lambda h: _status(h).get("http") == "passing"
                      and _status(h).get("tcp") == "passing")
     assert _status(h)["ttl"] == "critical" and not h.healthy and h.state == "unhealthy"
     assert h.host == "host-1" and h.task_id == task.id
@@ -171,36 +175,36 @@ def test_http_tcp_and_ttl_checks_through_consul(consul_dev: harness.ConsulCluste
     assert f"127.0.0.1:{web_server.port}/health" in outputs["http"]
     assert f"127.0.0.1:{web_server.port}" in outputs["tcp"]
 
-    provider.pass_ttl(task.id, note="all good")
-    h = _wait_health(provider, task.id, lambda h: h.healthy)
+    client.pass_ttl(task.id, note="all good")
+    h = _wait_health(client, task.id, lambda h: h.healthy)
     assert h.state == "healthy" and set(_status(h).values()) == {"passing"}
     assert {c.name: c.output for c in h.checks}["ttl"] == "all good"
 
-    provider.warn_ttl(task.id, "ttl", note="degraded")
-    h = _wait_health(provider, task.id, lambda h: _status(h)["ttl"] == "warning")
+    client.warn_ttl(task.id, "ttl", note="degraded")
+    h = _wait_health(client, task.id, lambda h: _status(h)["ttl"] == "warning")
     assert not h.healthy
 
-    provider.pass_ttl(task.id, f"{task.id}:app:ttl")
-    _wait_health(provider, task.id, lambda h: h.healthy)
+    client.pass_ttl(task.id, f"{task.id}:app:ttl")
+    _wait_health(client, task.id, lambda h: h.healthy)
 
     # the server goes away: the http and tcp checks turn critical
     web_server.stop()
-    h = _wait_health(provider, task.id, lambda h: _status(h)["http"] == "critical"
+    h = _wait_health(client, task.id, lambda h: _status(h)["http"] == "critical"
                      and _status(h)["tcp"] == "critical")
     assert not h.healthy and h.state == "unhealthy"
 
-    provider.deregister(task.id)
+    client.deregister(task.id)
     status, services = agent.api("GET", "/v1/agent/services")
     assert task.id not in services
     status, checks = agent.api("GET", "/v1/agent/checks")
     assert not [c for c in checks.values() if c["ServiceID"] == task.id]
     with pytest.raises(NotFound):
-        provider.health(task.id)
-    provider.deregister(task.id)  # idempotent
+        client.health(task.id)
+    client.deregister(task.id)  # idempotent
 
 
 def test_script_check_sees_the_substituted_port(consul_dev: harness.ConsulCluster,
-                                               provider: ConsulHealthProvider) -> None:
+                                               client: ConsulAgentClient) -> None:
     port = 34567
     # if $PROVIDED_PORT were left for the shell it would expand to "" and exit 2 (critical)
     ok = _task(port, [Check(name="port", script=f'test "$PROVIDED_PORT" = "{port}"',
@@ -208,53 +212,53 @@ def test_script_check_sees_the_substituted_port(consul_dev: harness.ConsulCluste
     bad = _task(port, [Check(name="fails", script="exit 2", interval="1s")])
     warn = _task(port, [Check(name="warns", script="exit 1", interval="1s")])
     for t in (ok, bad, warn):
-        provider.register(t)
-    assert _wait_health(provider, ok.id, lambda h: h.healthy).checks[0].status == "passing"
-    assert _wait_health(provider, bad.id,
+        client.register(t)
+    assert _wait_health(client, ok.id, lambda h: h.healthy).checks[0].status == "passing"
+    assert _wait_health(client, bad.id,
                         lambda h: _status(h) == {"fails": "critical"}).healthy is False
-    assert _wait_health(provider, warn.id,
+    assert _wait_health(client, warn.id,
                         lambda h: _status(h) == {"warns": "warning"}).healthy is False
-    assert {ok.id, bad.id, warn.id} <= set(provider.registered())
+    assert {ok.id, bad.id, warn.id} <= set(client.registered())
 
 
-def test_task_without_checks_is_healthy(provider: ConsulHealthProvider) -> None:
+def test_task_without_checks_is_healthy(client: ConsulAgentClient) -> None:
     task = _task(0, [])
-    provider.register(task)
-    h = provider.health(task.id)
+    client.register(task)
+    h = client.health(task.id)
     assert h.healthy and h.checks == []
 
 
-def test_bad_checks_are_refused_before_consul(provider: ConsulHealthProvider) -> None:
+def test_bad_checks_are_refused_before_consul(client: ConsulAgentClient) -> None:
     both = _task(80, [Check(name="x", http="http://127.0.0.1/", tcp="127.0.0.1:80")])
     with pytest.raises(ValidationError, match="exactly one of http, tcp, script, ttl"):
-        provider.register(both)
+        client.register(both)
     with pytest.raises(ValidationError, match="none"):
         check_definitions(_task(80, [Check(name="empty")]))
     bad_interval = _task(80, [Check(name="x", http="http://127.0.0.1/", interval="often")])
     with pytest.raises(ValidationError, match="Consul refused it"):
-        provider.register(bad_interval)
-    assert bad_interval.id not in provider.registered()
+        client.register(bad_interval)
+    assert bad_interval.id not in client.registered()
 
 
-def test_ttl_report_needs_a_ttl_check(provider: ConsulHealthProvider) -> None:
+def test_ttl_report_needs_a_ttl_check(client: ConsulAgentClient) -> None:
     task = _task(80, [Check(name="a", ttl="10s"), Check(name="b", ttl="10s")])
-    provider.register(task)
+    client.register(task)
     with pytest.raises(ValidationError, match="several TTL checks"):
-        provider.pass_ttl(task.id)
-    provider.pass_ttl(task.id, "a")
-    assert _status(_wait_health(provider, task.id, lambda h: _status(h)["a"] == "passing"))[
+        client.pass_ttl(task.id)
+    client.pass_ttl(task.id, "a")
+    assert _status(_wait_health(client, task.id, lambda h: _status(h)["a"] == "passing"))[
         "b"] == "critical"
     with pytest.raises(NotFound):
-        provider.pass_ttl("prod-nosuch-1-0")
+        client.pass_ttl("prod-nosuch-1-0")
 
 
 def test_unreachable_agent_fails_in_time() -> None:
     port = harness.free_ports(1)[0]
-    p = ConsulHealthProvider(f"http://127.0.0.1:{port}", timeout=1)
+    p = ConsulAgentClient(f"http://127.0.0.1:{port}", timeout=1)
     t0 = time.monotonic()
     with pytest.raises(BackendUnavailable, match="connection refused") as info:
         p.health("prod-web-1-0")
-    assert time.monotonic() - t0 < 2.5
+    assert time.monotonic() - t0 < 1 + LOAD_SLACK
     assert f"consul agent http://127.0.0.1:{port}" in str(info.value)
     assert "\n" not in str(info.value)
     p.close()
@@ -265,7 +269,7 @@ class _Changes:
     """``on_change`` for a HealthContext: when it was called, and the state then."""
 
     def __init__(self) -> None:
-        self.provider: ConsulAgentHealthProvider | None = None
+        self.provider: ConsulHealthProvider | None = None
         self.calls: list[tuple[float, str, str]] = []
         self.lock = threading.Lock()
 
@@ -284,18 +288,18 @@ class _Changes:
             return next(at for at, t, s in self.calls if t == task_id and s == state)
 
 
-ProviderFactory = Callable[..., tuple[ConsulAgentHealthProvider, _Changes]]
+ProviderFactory = Callable[..., tuple[ConsulHealthProvider, _Changes]]
 
 
 @pytest.fixture
 def agent_provider(consul_dev: harness.ConsulCluster) -> Iterator[ProviderFactory]:
-    """Make ConsulAgentHealthProviders on the dev agent; closed (tasks unwatched) after."""
-    made: list[ConsulAgentHealthProvider] = []
+    """Make ConsulHealthProviders on the dev agent; closed (tasks unwatched) after."""
+    made: list[ConsulHealthProvider] = []
 
     def make(*, threshold: int = 2, backend: Any = None,
              options: dict[str, str] | None = None,
-             cls: type[ConsulAgentHealthProvider] = ConsulAgentHealthProvider,
-             ) -> tuple[ConsulAgentHealthProvider, _Changes]:
+             cls: type[ConsulHealthProvider] = ConsulHealthProvider,
+             ) -> tuple[ConsulHealthProvider, _Changes]:
         changes = _Changes()
         ctx = HealthContext(host="host-1", backend=backend or MemoryBackend(),
                             keyspace=Keyspace(), on_change=changes, failure_threshold=threshold,
@@ -316,7 +320,7 @@ def agent_provider(consul_dev: harness.ConsulCluster) -> Iterator[ProviderFactor
             p.close()
 
 
-def _wait_state(p: ConsulAgentHealthProvider, task_id: str, cond: Callable[[TaskHealth], bool],
+def _wait_state(p: ConsulHealthProvider, task_id: str, cond: Callable[[TaskHealth], bool],
                 timeout: float = 15.0, what: str = "") -> TaskHealth:
     deadline = time.monotonic() + timeout
     while True:
@@ -347,16 +351,25 @@ def _wait_consul(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> A
 
 def test_agent_provider_follows_an_http_check_to_unhealthy(
         consul_dev: harness.ConsulCluster, agent_provider: ProviderFactory,
-        web_server: _Server) -> None:
+        web_server: _Server, monkeypatch: pytest.MonkeyPatch) -> None:
     agent = consul_dev.members[0]
+    # the agent is read on a status change or at the provider's own deadlines; a periodic
+    # read (every FOLLOW_WAIT) must not be what confirms the threshold below
+    monkeypatch.setattr(skedlib_consul.provider, "FOLLOW_WAIT", 30.0)
+    callers: set[int] = set()  # the threads that talked to Consul
+    request = HttpClient.request
+
+    def recorded(self: HttpClient, *args: Any, **kwargs: Any) -> Any:
+        callers.add(threading.get_ident())
+        return request(self, *args, **kwargs)
+
+    monkeypatch.setattr(HttpClient, "request", recorded)
     p, changes = agent_provider(threshold=2)
     assert isinstance(p, HealthProvider) and p.name == "consul"
     # the port comes from watch(), not from the task (which the agent writes back later)
     task = _task(0, [Check(name="http", http="http://127.0.0.1:$PROVIDED_PORT/health",
                            interval="1s", timeout="500ms")], tags=["web", "canary"])
-    t0 = time.monotonic()
     p.watch(task, web_server.port)
-    assert time.monotonic() - t0 < 0.1  # no Consul call on the caller's thread
     h = p.health(task.id)
     assert h is not None and h.state == "starting" and h.host == "host-1"
 
@@ -369,6 +382,8 @@ def test_agent_provider_follows_an_http_check_to_unhealthy(
     assert (svc["Service"], svc["Port"], sorted(svc["Tags"])) == (
         task.service, web_server.port, ["canary", "web"])
     assert set(_consul_checks(agent, task.id)) == {f"{task.id}:app:http"}
+    # every call to Consul came from the provider's threads, none from the caller's
+    assert callers and threading.get_ident() not in callers
 
     # someone removes the service behind our back (a restarted dev agent forgets it too):
     # it is registered again
@@ -384,8 +399,11 @@ def test_agent_provider_follows_an_http_check_to_unhealthy(
     assert h.checks[0].status == "critical" and not h.healthy
     seen = changes.states(task.id)[n:]
     assert seen[:2] == ["running", "unhealthy"], seen
+    # confirmed by a fresh read 1.5 intervals after the read that first saw it critical
+    # (less the time that read took), at the provider's own deadline: long before the
+    # next periodic read
     gap = changes.first(task.id, "unhealthy") - changes.first(task.id, "running")
-    assert 1.3 <= gap <= 4.0, gap
+    assert 1.0 <= gap < skedlib_consul.provider.FOLLOW_WAIT / 2, gap
 
     p.unwatch(task.id)
     assert p.health(task.id) is None
@@ -523,22 +541,22 @@ def test_agent_provider_without_consul_stays_starting(agent_provider: ProviderFa
                                          "consul.timeout": "1"})
     task = _task(0, [Check(name="http", http="http://127.0.0.1:$PROVIDED_PORT/",
                            interval="1s")])
-    t0 = time.monotonic()
     p.watch(task, 8080)
     h = _wait_state(p, task.id, lambda h: "not registered with Consul yet" in
-                    h.checks[0].output, timeout=5, what="reporting the failed registration")
+                    h.checks[0].output, timeout=1 + 2 * LOAD_SLACK,
+                    what="reporting the failed registration")
     assert h.state == "starting" and "connection refused" in h.checks[0].output
-    assert time.monotonic() - t0 < 5
     time.sleep(1.5)  # retried, never counted toward the threshold
     assert p.health(task.id).state == "starting"  # type: ignore[union-attr]
     assert "unhealthy" not in changes.states(task.id)
     p.unwatch(task.id)  # the deregistration is retried until close gives up on it
-    t0 = time.monotonic()
     p.close()
-    assert time.monotonic() - t0 < 4
+    # close gave up on it after a few seconds: the thread that retried it has ended
+    p._sync_thread.join(2 + 1 + LOAD_SLACK)  # 2 x the 1 s timeout, + close's own second
+    assert not p._sync_thread.is_alive()
 
 
-class _BadIntervals(ConsulAgentHealthProvider):
+class _BadIntervals(ConsulHealthProvider):
     """Sends Consul an interval it refuses (validation would catch it otherwise)."""
 
     def _definitions(self, *args: Any) -> list[dict[str, Any]]:
@@ -566,7 +584,7 @@ def test_registered_through_the_plugin_registry(consul_dev: harness.ConsulCluste
                         options={"consul.url": f"http://{consul_dev.members[0].endpoint}"})
     p = factory(ctx)
     try:
-        assert isinstance(p, ConsulAgentHealthProvider) and isinstance(p, HealthProvider)
+        assert isinstance(p, ConsulHealthProvider) and isinstance(p, HealthProvider)
         task = _task(0, [])
         p.watch(task, 0)
         h = p.health(task.id)

@@ -22,10 +22,12 @@ import pytest
 
 from skedlib.agent import Agent, AgentConfig, pass_ttl_check
 from skedlib.models import Check, Container
+from tests.agent import conftest as agent_tests
 from tests.agent.conftest import PY, AgentEnv, make_task, sleeper, wait_for
 from tests.harness import consul as harness
 
 consul_dev = harness.consul_dev
+env = agent_tests.env  # an AgentEnv on sqlite, as in the agent's own tests
 
 pytestmark = [pytest.mark.integration]
 

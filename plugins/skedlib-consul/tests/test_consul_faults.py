@@ -29,9 +29,12 @@ consul_fault_cluster = harness.consul_fault_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TIMEOUT = 3.0  # the backend's per-call timeout in these tests
 TTL = 20.0  # the shortest lease on Consul (a session of Consul's minimum, 10 s)
+#: what a loaded machine may add to a bounded wait (an unbounded one would hang until
+#: pytest's own timeout)
+LOAD_SLACK = 3.0
 
 
 def _ns() -> str:
@@ -190,9 +193,10 @@ def test_leader_fault_while_writing_and_watching(
     assert final == written
     assert len(delivered) == len(set(delivered)), "the watch delivered an event twice"
     # Consul 0.8's raft (raft_multiplier 1, its minimum) elects a new leader 1.5-4 s after
-    # the old one stops answering; the client adds little to that: a killed leader
-    # refuses at once, a frozen one holds the write in flight until its timeout
-    slack = 1.0 if fault == "kill" else TIMEOUT + 1.0
+    # the old one stops answering; the client adds little to that (0.0-0.3 s measured): a
+    # killed leader refuses at once, a frozen one holds the write in flight until its
+    # timeout
+    slack = LOAD_SLACK if fault == "kill" else TIMEOUT + LOAD_SLACK
     assert resumed < max(elected[0], 0.0) + slack, (
         f"writes resumed {resumed:.2f}s after the fault, {elected[0]:.2f}s after which a new "
         "leader was agreed")
@@ -231,7 +235,7 @@ def test_frozen_server_times_out_fails_over_and_rejoins(
         kv = backend.get(ns + "before")
         took = time.monotonic() - t0
         assert kv is not None and kv.value == b"1"
-        assert took < TIMEOUT + 1, f"failover read took {took:.2f}s"
+        assert took < TIMEOUT + LOAD_SLACK, f"failover read took {took:.2f}s"
         assert backend.current_endpoint != frozen.endpoint
         _report(f"{frozen.name} SIGSTOPped: a read failed over in {took:.2f}s")
 
@@ -241,7 +245,7 @@ def test_frozen_server_times_out_fails_over_and_rejoins(
         with pytest.raises(BackendUnavailable, match="outcome unknown"):
             writer.put(ns + "maybe", b"x")
         took = time.monotonic() - t0
-        assert took < TIMEOUT + 1, f"write to a frozen server took {took:.2f}s"
+        assert took < TIMEOUT + LOAD_SLACK, f"write to a frozen server took {took:.2f}s"
         t0 = time.monotonic()
         writer.put(ns + "during", b"2")
         _report(f"a write to the frozen server failed after {took:.2f}s (outcome unknown); "
@@ -253,7 +257,7 @@ def test_frozen_server_times_out_fails_over_and_rejoins(
                      lambda: backend.grant_lease(TTL)):
             t0 = time.monotonic()
             call()
-            assert time.monotonic() - t0 < TIMEOUT * len(cluster.members) + 1
+            assert time.monotonic() - t0 < TIMEOUT * len(cluster.members) + LOAD_SLACK
 
         # the watch, blocked on the frozen server, moves on and sees the writes
         t0 = time.monotonic()
@@ -272,7 +276,7 @@ def test_frozen_server_times_out_fails_over_and_rejoins(
         with pytest.raises(BackendUnavailable) as info:
             t0 = time.monotonic()
             open_backend(cluster.url([frozen], timeout=1))
-        assert time.monotonic() - t0 < 3
+        assert time.monotonic() - t0 < 1 + LOAD_SLACK
         assert "no answer within" in str(info.value) and frozen.endpoint in str(info.value)
     finally:
         frozen.resume()
@@ -336,7 +340,8 @@ def test_dead_and_stalled_lock_holders(consul_fault_cluster: harness.ConsulClust
                   lambda: backend.get(ns + "lock/b") is None, TTL + 10)
         _report(f"holder killed -9: its session-bound key was gone after {gone:.1f}s "
                 f"(TTL {TTL:g}s)")
-        assert gone <= TTL + 2  # free within the TTL (+ the watch's polling and timing)
+        # free within the TTL (+ polling and a loaded machine), not 2 x the session TTL
+        assert gone <= TTL + LOAD_SLACK
 
         # someone else takes both locks
         new_tokens = {}

@@ -1,0 +1,107 @@
+"""Which Consul agent the health provider registers with: the one on this host.
+
+Services and checks belong to the Consul agent they are registered with: it runs the
+checks (an ``http://127.0.0.1:$PROVIDED_PORT/`` check runs on *its* host) and the
+catalog places the service on its node. So :func:`agent_options` picks, from the
+provider's options (``HealthContext.options``, i.e. ``AgentConfig.health_options``,
+e.g. ``{"consul.url": "http://127.0.0.1:8500"}``; the ``consul.`` prefix is optional:
+``url`` (also ``agent``) the Consul agent of this host, ``token``, ``timeout`` in
+seconds per call, default 5; any other key is a :class:`~skedlib.errors.PluginError`),
+else the first endpoint of the skedlib agent's own ``consul://`` backend that is on this
+host (:func:`on_this_host`: a loopback address or one of the machine's own; with its
+token, timeout and TLS settings), else ``$CONSUL_HTTP_ADDR``, else
+``http://127.0.0.1:8500``: never a server elsewhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+
+from skedlib.agent.health import HealthContext
+from skedlib.errors import BackendUnavailable, PluginError
+from skedlib_consul.backend import ConsulBackend
+from skedlib_consul.options import DEFAULT_AGENT, ConsulOptions, agent_url_options
+
+__all__ = ["agent_options", "on_this_host"]
+
+log = logging.getLogger(__name__)
+
+_OPTION_NAMES = {"url": "url", "agent": "url", "token": "token", "timeout": "timeout"}
+
+
+def on_this_host(host: str) -> bool:
+    """True when ``host`` is an address of this machine: ``localhost``, this machine's
+    host name, a loopback address, or an IP address a socket can bind here (no DNS)."""
+    if host.lower() in ("localhost", "localhost.localdomain", socket.gethostname().lower()):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # another name: finding out would need DNS, which has no timeout
+    if ip.is_loopback:
+        return True
+    if ip.is_unspecified:
+        return False
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))  # fails (EADDRNOTAVAIL) for an address of another machine
+    except OSError:
+        return False
+    return True
+
+
+def agent_options(ctx: HealthContext) -> ConsulOptions:
+    """Where :class:`~skedlib_consul.provider.ConsulHealthProvider` finds the Consul agent
+    of this host.
+
+    Services and checks belong to the Consul agent they are registered with (it runs the
+    checks, and the catalog places the service on its node), so this must be the agent
+    on the host where the tasks run. From ``ctx.options`` (``consul.url`` or ``url``, also
+    ``consul.agent``; ``consul.token``; ``consul.timeout``), else the first endpoint of
+    ``ctx.backend`` that is on this host (:func:`on_this_host`) when it is a Consul
+    backend (with its token, timeout and TLS files), else ``$CONSUL_HTTP_ADDR``, else
+    ``http://127.0.0.1:8500`` (with a Consul backend's token and timeout). A Consul
+    backend's servers elsewhere are never used: a service registered there would run its
+    checks, and be advertised, on that server's node. Raises
+    :class:`~skedlib.errors.PluginError` for an unknown option or a bad value.
+    """
+    given: dict[str, str] = {}
+    for key, value in ctx.options.items():
+        bare = key[len("consul."):] if key.startswith("consul.") else key
+        if bare not in _OPTION_NAMES:
+            raise PluginError(f"health provider consul: unknown option {key!r} (known: "
+                              "consul.url, consul.token, consul.timeout)")
+        given[_OPTION_NAMES[bare]] = value
+    timeout: float | None = None
+    if "timeout" in given:
+        try:
+            timeout = float(given["timeout"])
+        except ValueError:
+            timeout = -1.0
+        if not 0 < timeout <= 3600:
+            raise PluginError(f"health provider consul: timeout must be a number of seconds "
+                              f"between 0 and 3600, not {given['timeout']!r}")
+    token = given.get("token") or None
+    try:
+        if given.get("url"):
+            return agent_url_options(given["url"], token, timeout)
+        if isinstance(ctx.backend, ConsulBackend):
+            o = ctx.backend.options
+            local = [i for i, (host, _port) in enumerate(o.endpoints) if on_this_host(host)]
+            if local:
+                return o.one_agent(local[0], token=token, timeout=timeout)
+            if token is None:
+                token = o.token
+            if timeout is None:
+                timeout = o.timeout
+            log.info("consul health provider: no endpoint of the backend %s is on this host; "
+                     "using the Consul agent at %s (set consul.url to choose another)",
+                     ctx.backend.url, os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_AGENT)
+        return agent_url_options(os.environ.get("CONSUL_HTTP_ADDR") or DEFAULT_AGENT, token,
+                                 timeout)
+    except BackendUnavailable as exc:
+        raise PluginError(f"health provider consul: {exc}") from exc
