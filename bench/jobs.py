@@ -160,8 +160,8 @@ def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, 
     """Submit ``n`` jobs, start ``k`` workers, time until all are complete."""
     assert AGENT is not None
     backend = open_backend(url)
-    keys = Keyspace(prefix)
-    client = JobClient(backend, keys)
+    client = JobClient(backend, Keyspace(prefix))
+    keys = client.keys
     try:
         t0 = time.perf_counter()
         for _ in range(n):

@@ -1,27 +1,19 @@
-"""The storage key schema: one builder and one parser for every key skedlib writes.
+"""The storage key schema: declarative tables of key templates.
 
-All keys live under a configurable prefix (default ``sked/``)::
+Every key skedlib writes is one :class:`KeyTemplate`, a pattern such as
+``state/hosts/{host}/{task_id}`` paired with the Struct its keys parse to
+(:class:`HostTaskKey`); each ``{field}`` is one segment of the key, turned into text
+and back by a :class:`Segment` that validates it. A :class:`KeyTable` is a class whose
+body lists templates; from that one list it gets its builders (the template's attribute
+name: ``keys.host_task("h1", "default-web-2-0")``), its prefixes (``host_task.prefix()``,
+``host_task.prefix_for("host")``), :meth:`KeyTable.build` and :meth:`KeyTable.parse`.
 
-    config/clusters/<name>                      desired state
-    config/services/<name>
-    config/task_definitions/<name>/<version>
-    config/hosts/<name>                         operator-side host settings
-    config/environments/<name>                  a daemon-per-host environment (sked serve)
-    state/tasks/<task_id>                       issued state: the task object
-    state/hosts/<host>/<task_id>                issued state indexed by host
-    state/health/<task_id>                      actual state written by the agent
-    state/agents/<host>                         live host record, bound to a lease
-    state/services/<cluster>/<service>          a scheduler's report on one service
-    state/alloc/<host>                          bumped by every commit placing on the host
-    state/rollouts/<cluster>/<service>          a service's rollouts: the current one, history
-    state/deployments/<environment>/<id>        an environment's deployments
-    locks/<cluster>/<service>                   scheduler locks
-    jobs/records/<job_id>                       a batch job (seed 003)
-    jobs/status/queued/<job_id>                 the job's record, while it waits to be claimed
-    jobs/status/running/<node>/<job_id>         claimed by a job worker
-    jobs/status/<complete|failed|canceled>/<epoch>/<job_id>   finished, by UNIX epoch
-    jobs/nodes/<node>                           a live job worker, bound to its lease
-    jobs/cleaner                                the elected cleaner's lock
+:class:`Keyspace` is the table of the core keys (desired, issued and actual state,
+scheduler locks), all under a configurable prefix (default ``sked/``). Packages own the
+keys of their own objects in a table of their own under the same prefix:
+:class:`skedlib.jobs.keys.JobKeyspace` (``jobs/…``) and
+:class:`skedlib.environments.keys.EnvironmentKeyspace` (``config/environments/…``,
+``state/deployments/…``). docs/concepts.md lists every key for other languages.
 
 Names are validated before any key is built, so a bad name is a clear
 :class:`~skedlib.errors.InvalidName`, never a stray key.
@@ -30,6 +22,8 @@ Names are validated before any key is built, so a bad name is a clear
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, cast, overload
 
 import msgspec
 
@@ -41,25 +35,23 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "AgentKey",
     "ClusterKey",
-    "DeploymentKey",
-    "EnvironmentKey",
     "HealthKey",
     "HostAllocKey",
     "HostConfigKey",
     "HostTaskKey",
-    "JobCleanerKey",
-    "JobFinishedKey",
-    "JobKey",
-    "JobNodeKey",
-    "JobQueuedKey",
-    "JobRunningKey",
     "Key",
+    "KeyTable",
+    "KeyTemplate",
     "Keyspace",
     "LockKey",
+    "Name",
+    "Natural",
     "RolloutKey",
+    "Segment",
     "ServiceKey",
     "ServiceStatusKey",
     "TaskDefinitionKey",
+    "TaskIdSegment",
     "TaskKey",
     "prefix_end",
     "validate_name",
@@ -120,146 +112,411 @@ def prefix_end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
+# -- segments ------------------------------------------------------------------------------
+class Segment:
+    """How one ``{field}`` of a :class:`KeyTemplate` becomes text and back.
+
+    :meth:`format` validates the value and raises :class:`InvalidName` naming the field;
+    :meth:`parse` returns ``None`` when the text cannot be this segment. ``parse`` need
+    not validate names: :meth:`KeyTable.parse` builds the parsed key again and compares,
+    so every value it returns has passed :meth:`format`.
+    """
+
+    def format(self, value: Any) -> str:
+        """The text of ``value`` in a key; :class:`InvalidName` if it cannot be one."""
+        raise NotImplementedError
+
+    def parse(self, text: str) -> Any:
+        """The value that ``text`` spells, or ``None`` if it spells none."""
+        return text
+
+
+class Name(Segment):
+    """A name checked by :func:`validate_name`; ``what`` names it in errors."""
+
+    def __init__(self, what: str, *, allow_dash: bool = True) -> None:
+        self.what = what
+        self.allow_dash = allow_dash
+
+    def format(self, value: Any) -> str:
+        """``value`` if it is a valid name."""
+        return validate_name(value, self.what, allow_dash=self.allow_dash)
+
+
+class TaskIdSegment(Segment):
+    """A task id ``<cluster>-<service>-<version>-<instance>`` with valid parts."""
+
+    def format(self, value: Any) -> str:
+        """``value`` if it is a valid task id."""
+        if not isinstance(value, str):
+            raise InvalidName(f"invalid task id {value!r}: must be a string")
+        _validate_task_id(value)
+        return value
+
+
+class Natural(Segment):
+    """An integer ≥ 0 in ASCII decimal without leading zeros (one spelling per number)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def format(self, value: Any) -> str:
+        """``value`` in decimal if it is an integer ≥ 0."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidName(f"invalid {self.what} {value!r}: must be an integer ≥ 0")
+        return str(value)
+
+    def parse(self, text: str) -> int | None:
+        """The number, or ``None`` unless ``text`` is canonical ASCII decimal."""
+        if text.isascii() and text.isdigit() and (text == "0" or not text.startswith("0")):
+            return int(text)
+        return None
+
+
+# -- templates -----------------------------------------------------------------------------
+_P = ParamSpec("_P")
+_S = TypeVar("_S", bound=msgspec.Struct)
+_K = TypeVar("_K", bound=msgspec.Struct)
+
+#: a template's parts: literal segments, and ``(field, Segment)`` for each placeholder
+_Part = str | tuple[str, Segment]
+
+
+class _TableMember:
+    """A descriptor in a :class:`KeyTable`'s body; it caches what it gives each table in
+    the table's ``__dict__`` under its own name, so later lookups skip it."""
+
+    name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+
+class KeyTemplate(_TableMember, Generic[_P, _S]):
+    """One kind of key: a ``/``-separated pattern whose ``{field}`` segments are the
+    fields of ``struct``, in the Struct's order, each given its :class:`Segment`.
+
+    As an attribute of a :class:`KeyTable` it is the builder of its keys: it takes the
+    Struct's fields and returns the key under the table's prefix (checked by mypy, since
+    it has the Struct's own signature)::
+
+        class Keyspace(KeyTable[Key]):
+            host_task = KeyTemplate("state/hosts/{host}/{task_id}", HostTaskKey,
+                                    host=Name("host name"), task_id=TaskIdSegment())
+
+        Keyspace().host_task("h1", "default-web-2-0")  # 'sked/state/hosts/h1/default-web-2-0'
+
+    The first segment must be a literal (the key's root), and every placeholder is a
+    whole segment, so a key parses by splitting it on ``/``.
+    """
+
+    def __init__(self, pattern: str, struct: Callable[_P, _S], **segments: Segment) -> None:
+        self.pattern = pattern
+        self.struct: type[_S] = cast("type[_S]", struct)
+        parts: list[_Part] = []
+        for text in pattern.split("/"):
+            if text.startswith("{") and text.endswith("}") and text[1:-1] in segments:
+                parts.append((text[1:-1], segments[text[1:-1]]))
+            elif text and "{" not in text and "}" not in text:
+                parts.append(text)
+            else:
+                raise TypeError(f"key template {pattern!r}: segment {text!r} is neither a "
+                                "literal nor a {field} given a Segment")
+        fields = tuple(p[0] for p in parts if isinstance(p, tuple))
+        if fields != self.struct.__struct_fields__ or len(segments) != len(fields):
+            raise TypeError(f"key template {pattern!r}: fields {fields} must be exactly "
+                            f"{self.struct.__name__}'s {self.struct.__struct_fields__}")
+        if not isinstance(parts[0], str):
+            raise TypeError(f"key template {pattern!r}: must start with a literal segment")
+        self.root = parts[0]
+        self.depth = len(parts)  # the number of segments of its keys
+        #: each field's segment, in the Struct's order
+        self.segments = {field: segments[field] for field in fields}
+        self._parts = tuple(parts)
+        self._fields = tuple(self.segments.items())
+        self._text = "/".join(p if isinstance(p, str) else "{}" for p in parts)
+
+    def __repr__(self) -> str:
+        return f"KeyTemplate({self.pattern!r}, {self.struct.__name__})"
+
+    @overload
+    def __get__(self, table: None, owner: type) -> KeyTemplate[_P, _S]: ...
+    @overload
+    def __get__(self, table: KeyTable[Any], owner: type) -> Callable[_P, str]: ...
+    def __get__(self, table: KeyTable[Any] | None, owner: type
+                ) -> KeyTemplate[_P, _S] | Callable[_P, str]:
+        if table is None:
+            return self
+        prefix, struct, format_ = table.prefix, self.struct, self.format
+        text, segments = self._text, tuple(self.segments.values())
+
+        def build(*args: _P.args, **kwargs: _P.kwargs) -> str:
+            if kwargs or len(args) != len(segments):  # let the Struct sort them out
+                return prefix + format_(struct(*args, **kwargs))
+            return prefix + text.format(*[s.format(a) for s, a in zip(segments, args, strict=True)])
+
+        build.__name__ = self.name
+        build.__doc__ = f"Key ``{self.pattern}`` under the prefix."
+        table.__dict__[self.name] = build
+        return build
+
+    def format(self, key: _S) -> str:
+        """The key (without prefix) of a parsed key; every segment is validated."""
+        return self._text.format(*[segment.format(getattr(key, field))
+                                   for field, segment in self._fields])
+
+    def match(self, segments: list[str]) -> _S | None:
+        """The parsed key if ``segments`` (a key split on ``/``, without prefix) has this
+        template's shape; the names in it are not validated yet (see :meth:`format`)."""
+        if len(segments) != self.depth:
+            return None
+        values = []
+        for text, part in zip(segments, self._parts, strict=True):
+            if isinstance(part, str):
+                if text != part:
+                    return None
+            else:
+                value = part[1].parse(text)
+                if value is None:
+                    return None
+                values.append(value)
+        return self.struct(*values)
+
+    def prefix(self) -> Prefix:
+        """The prefix every key of this template starts with (up to its first field), as
+        an attribute of its table: ``clusters = cluster.prefix()``."""
+        return Prefix(self._prefix_parts(0))
+
+    def prefix_for(self, field: str) -> PrefixFor:
+        """The prefix of the keys whose first field is given, up to the next field, as a
+        method of its table: ``host_tasks = host_task.prefix_for("host")``."""
+        parts = self._prefix_parts(1)
+        if not isinstance(parts[-1], tuple) or parts[-1][0] != field:
+            raise TypeError(f"key template {self.pattern!r}: {field!r} is not its first "
+                            "field, or no field follows it")
+        return PrefixFor(parts)
+
+    def _prefix_parts(self, fields: int) -> tuple[_Part, ...]:
+        """The parts before the placeholder after the first ``fields`` placeholders."""
+        seen = 0
+        for i, part in enumerate(self._parts):
+            if isinstance(part, tuple):
+                if seen == fields:
+                    return self._parts[:i]
+                seen += 1
+        raise TypeError(f"key template {self.pattern!r}: has no field after its first "
+                        f"{fields}; its keys share no prefix")
+
+
+class Prefix(_TableMember):
+    """A template's constant prefix under its table's prefix, read as an attribute."""
+
+    def __init__(self, parts: tuple[_Part, ...]) -> None:
+        self.text = "".join(f"{p}/" for p in parts if isinstance(p, str))
+
+    @overload
+    def __get__(self, table: None, owner: type) -> Prefix: ...
+    @overload
+    def __get__(self, table: KeyTable[Any], owner: type) -> str: ...
+    def __get__(self, table: KeyTable[Any] | None, owner: type) -> Prefix | str:
+        if table is None:
+            return self
+        value = table.__dict__[self.name] = table.prefix + self.text
+        return value
+
+
+class PrefixFor(_TableMember):
+    """A template's prefix given its first field, read as a method of its table."""
+
+    def __init__(self, parts: tuple[_Part, ...]) -> None:
+        literal, (_, self.segment) = parts[:-1], cast("tuple[str, Segment]", parts[-1])
+        self.text = "".join(f"{p}/" for p in literal if isinstance(p, str))
+
+    @overload
+    def __get__(self, table: None, owner: type) -> PrefixFor: ...
+    @overload
+    def __get__(self, table: KeyTable[Any], owner: type) -> Callable[[str], str]: ...
+    def __get__(self, table: KeyTable[Any] | None, owner: type
+                ) -> PrefixFor | Callable[[str], str]:
+        if table is None:
+            return self
+        head, format_ = table.prefix + self.text, self.segment.format
+
+        def prefix(value: str) -> str:
+            return f"{head}{format_(value)}/"
+
+        prefix.__name__ = self.name
+        table.__dict__[self.name] = prefix
+        return prefix
+
+
+class KeyTable(Generic[_K]):
+    """A set of keys under one prefix, declared as :class:`KeyTemplate` attributes.
+
+    A subclass lists its templates in its body (the declarative table); builders,
+    prefixes, :meth:`build` and :meth:`parse` all come from that list. ``_K`` is the union
+    of the table's parsed-key Structs. ``schema`` names the table in parse errors.
+
+    A table is made from a prefix, or from another table whose prefix it shares:
+    ``JobKeyspace(keyspace)`` holds the job keys under ``keyspace``'s prefix.
+    """
+
+    schema: ClassVar[str] = "skedlib's key schema"
+    _templates: ClassVar[tuple[KeyTemplate[..., Any], ...]] = ()
+    _by_struct: ClassVar[dict[type, KeyTemplate[..., Any]]] = {}
+    _by_shape: ClassVar[dict[tuple[int, str], tuple[KeyTemplate[..., Any], ...]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        templates = {name: value for klass in reversed(cls.__mro__)
+                     for name, value in vars(klass).items() if isinstance(value, KeyTemplate)}
+        cls._templates = tuple(templates.values())
+        cls._by_struct = {}
+        shapes: dict[tuple[int, str], list[KeyTemplate[..., Any]]] = {}
+        for template in cls._templates:
+            if template.struct in cls._by_struct:
+                raise TypeError(f"{cls.__name__}: {template.struct.__name__} has two "
+                                "key templates")
+            cls._by_struct[template.struct] = template
+            shapes.setdefault((template.depth, template.root), []).append(template)
+        cls._by_shape = {shape: tuple(ts) for shape, ts in shapes.items()}
+
+    def __init__(self, prefix: str | KeyTable[Any] = DEFAULT_PREFIX) -> None:
+        self.prefix: str
+        if isinstance(prefix, KeyTable):
+            self.prefix = prefix.prefix
+            return
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        for segment in prefix.split("/")[:-1]:
+            validate_name(segment, "key prefix segment")
+        self.prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.prefix!r})"
+
+    def __reduce__(self) -> tuple[type[KeyTable[_K]], tuple[str]]:
+        # the builders cached in the instance are closures: rebuild from the prefix
+        return type(self), (self.prefix,)
+
+    @classmethod
+    def templates(cls) -> tuple[KeyTemplate[..., Any], ...]:
+        """The table: every template, in declaration order."""
+        return cls._templates
+
+    def build(self, key: _K) -> str:
+        """The string form of a parsed key."""
+        template = self._by_struct.get(type(key))
+        if template is None:
+            raise TypeError(f"not a key of {type(self).__name__}: {key!r}")
+        return self.prefix + template.format(key)
+
+    def parse(self, key: str) -> _K:
+        """Parse a key string; raises :class:`ValidationError` if it is not one of this
+        table's keys (:class:`InvalidName` if it has a key's shape but a bad name)."""
+        if not key.startswith(self.prefix):
+            raise ValidationError(f"key {key!r} is not under prefix {self.prefix!r}")
+        rest = key[len(self.prefix):]
+        segments = rest.split("/")
+        for template in self._by_shape.get((len(segments), segments[0]), ()):
+            parsed = template.match(segments)
+            if parsed is not None:
+                if template.format(parsed) != rest:  # validates every name in it
+                    continue
+                return cast("_K", parsed)
+        raise ValidationError(f"key {key!r} is not in {self.schema}")
+
+
+# -- the core keys -------------------------------------------------------------------------
 class ClusterKey(msgspec.Struct, frozen=True, tag=True):
-    """``config/clusters/<name>``."""
+    """A cluster's desired state."""
 
     name: str
 
 
 class ServiceKey(msgspec.Struct, frozen=True, tag=True):
-    """``config/services/<name>``."""
+    """A service's desired state."""
 
     name: str
 
 
 class TaskDefinitionKey(msgspec.Struct, frozen=True, tag=True):
-    """``config/task_definitions/<name>/<version>``."""
+    """One version of a task definition (immutable once stored)."""
 
     name: str
     version: int
 
 
 class HostConfigKey(msgspec.Struct, frozen=True, tag=True):
-    """``config/hosts/<name>``."""
+    """A host's operator-side settings (drain, attributes)."""
 
     name: str
 
 
 class TaskKey(msgspec.Struct, frozen=True, tag=True):
-    """``state/tasks/<task_id>``."""
+    """An issued task."""
 
     task_id: str
 
 
 class HostTaskKey(msgspec.Struct, frozen=True, tag=True):
-    """``state/hosts/<host>/<task_id>``."""
+    """An issued task in its host's index (what the host's agent watches)."""
 
     host: str
     task_id: str
 
 
 class HealthKey(msgspec.Struct, frozen=True, tag=True):
-    """``state/health/<task_id>``."""
+    """A task's actual state, written by its agent."""
 
     task_id: str
 
 
 class AgentKey(msgspec.Struct, frozen=True, tag=True):
-    """``state/agents/<host>``."""
+    """A host's live record, bound to its agent's lease."""
 
     host: str
 
 
 class LockKey(msgspec.Struct, frozen=True, tag=True):
-    """``locks/<cluster>/<service>``."""
+    """The scheduler lock of one service in one cluster."""
 
     cluster: str
     service: str
 
 
 class ServiceStatusKey(msgspec.Struct, frozen=True, tag=True):
-    """``state/services/<cluster>/<service>``: a :class:`~skedlib.models.ServiceStatus`."""
+    """A scheduler's report on one service: a :class:`~skedlib.models.ServiceStatus`."""
 
     cluster: str
     service: str
 
 
 class HostAllocKey(msgspec.Struct, frozen=True, tag=True):
-    """``state/alloc/<host>``: its revision changes with every commit that places a task
-    on the host (see :mod:`skedlib.scheduling.commit`)."""
+    """A host's allocation marker: its revision changes with every commit that places a
+    task on the host (see :mod:`skedlib.scheduling.commit`)."""
 
     host: str
 
 
 class RolloutKey(msgspec.Struct, frozen=True, tag=True):
-    """``state/rollouts/<cluster>/<service>``: the service's rollout history."""
+    """A service's rollout history."""
 
     cluster: str
     service: str
 
 
-class EnvironmentKey(msgspec.Struct, frozen=True, tag=True):
-    """``config/environments/<name>``: an :class:`~skedlib.environments.Environment`."""
-
-    name: str
-
-
-class DeploymentKey(msgspec.Struct, frozen=True, tag=True):
-    """``state/deployments/<environment>/<id>``: a :class:`~skedlib.environments.Deployment`."""
-
-    environment: str
-    deployment_id: str
-
-
-class JobKey(msgspec.Struct, frozen=True, tag=True):
-    """``jobs/records/<job_id>``: a :class:`~skedlib.jobs.Job` record."""
-
-    job_id: str
-
-
-class JobQueuedKey(msgspec.Struct, frozen=True, tag=True):
-    """``jobs/status/queued/<job_id>``: the job waits to be claimed."""
-
-    job_id: str
-
-
-class JobRunningKey(msgspec.Struct, frozen=True, tag=True):
-    """``jobs/status/running/<node>/<job_id>``: the job runs on ``node``."""
-
-    node: str
-    job_id: str
-
-
-class JobFinishedKey(msgspec.Struct, frozen=True, tag=True):
-    """``jobs/status/<state>/<epoch>/<job_id>``: the job ended (complete, failed, canceled)."""
-
-    state: str
-    epoch: int
-    job_id: str
-
-
-class JobNodeKey(msgspec.Struct, frozen=True, tag=True):
-    """``jobs/nodes/<node>``: a live job worker's record, bound to its lease."""
-
-    node: str
-
-
-class JobCleanerKey(msgspec.Struct, frozen=True, tag=True):
-    """``jobs/cleaner``: the lock of the elected job cleaner."""
-
-
-FINISHED_JOB_STATES = ("complete", "failed", "canceled")
-EPOCH_DIGITS = 10
-
-
 Key = (ClusterKey | ServiceKey | TaskDefinitionKey | HostConfigKey | TaskKey | HostTaskKey
-       | HealthKey | AgentKey | LockKey | ServiceStatusKey | HostAllocKey | RolloutKey
-       | EnvironmentKey | DeploymentKey | JobKey | JobQueuedKey | JobRunningKey
-       | JobFinishedKey | JobNodeKey | JobCleanerKey)
+       | HealthKey | AgentKey | LockKey | ServiceStatusKey | HostAllocKey | RolloutKey)
+
+_CLUSTER = Name("cluster name", allow_dash=False)
+_SERVICE = Name("service name")
+_HOST = Name("host name")
+_TASK_ID = TaskIdSegment()
 
 
-class Keyspace:
-    """Builds and parses skedlib's keys under one prefix.
+class Keyspace(KeyTable[Key]):
+    """Builds and parses skedlib's core keys under one prefix.
 
     >>> ks = Keyspace()
     >>> ks.task("default-web-2-0")
@@ -268,333 +525,49 @@ class Keyspace:
     HostTaskKey(host='h1', task_id='default-web-2-0')
     """
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        for segment in prefix.split("/")[:-1]:
-            validate_name(segment, "key prefix segment")
-        self.prefix = prefix
+    # -- the table: one template per key ---------------------------------------------------
+    #: desired state, written by ``sked apply`` and the operator
+    cluster = KeyTemplate("config/clusters/{name}", ClusterKey, name=_CLUSTER)
+    service = KeyTemplate("config/services/{name}", ServiceKey, name=_SERVICE)
+    task_definition = KeyTemplate("config/task_definitions/{name}/{version}",
+                                  TaskDefinitionKey, name=Name("task definition name"),
+                                  version=Natural("task definition version"))
+    host_config = KeyTemplate("config/hosts/{name}", HostConfigKey, name=_HOST)
+    #: issued state: a scheduler writes a task at both keys in one transaction
+    task = KeyTemplate("state/tasks/{task_id}", TaskKey, task_id=_TASK_ID)
+    host_task = KeyTemplate("state/hosts/{host}/{task_id}", HostTaskKey,
+                            host=_HOST, task_id=_TASK_ID)
+    #: actual state, written by agents
+    task_health = KeyTemplate("state/health/{task_id}", HealthKey, task_id=_TASK_ID)
+    agent = KeyTemplate("state/agents/{host}", AgentKey, host=_HOST)
+    #: written by schedulers
+    service_status = KeyTemplate("state/services/{cluster}/{service}", ServiceStatusKey,
+                                 cluster=_CLUSTER, service=_SERVICE)
+    host_alloc = KeyTemplate("state/alloc/{host}", HostAllocKey, host=_HOST)
+    rollout = KeyTemplate("state/rollouts/{cluster}/{service}", RolloutKey,
+                          cluster=_CLUSTER, service=_SERVICE)
+    lock = KeyTemplate("locks/{cluster}/{service}", LockKey,
+                       cluster=_CLUSTER, service=_SERVICE)
 
-    # -- prefixes -------------------------------------------------------------------------
-    @property
-    def clusters(self) -> str:
-        """Prefix of every cluster key."""
-        return f"{self.prefix}config/clusters/"
-
-    @property
-    def services(self) -> str:
-        """Prefix of every service key."""
-        return f"{self.prefix}config/services/"
-
-    @property
-    def task_definitions(self) -> str:
-        """Prefix of every task definition key."""
-        return f"{self.prefix}config/task_definitions/"
-
-    def task_definition_versions(self, name: str) -> str:
-        """Prefix of every version of one task definition."""
-        return f"{self.task_definitions}{validate_name(name, 'task definition name')}/"
-
-    @property
-    def host_configs(self) -> str:
-        """Prefix of every operator-side host setting."""
-        return f"{self.prefix}config/hosts/"
+    # -- prefixes --------------------------------------------------------------------------
+    clusters = cluster.prefix()
+    services = service.prefix()
+    task_definitions = task_definition.prefix()
+    #: ``task_definition_versions(name)``: every version of one task definition
+    task_definition_versions = task_definition.prefix_for("name")
+    host_configs = host_config.prefix()
+    tasks = task.prefix()
+    all_host_tasks = host_task.prefix()
+    #: ``host_tasks(host)``: what the agent of ``host`` watches
+    host_tasks = host_task.prefix_for("host")
+    health = task_health.prefix()
+    agents = agent.prefix()
+    service_statuses = service_status.prefix()
+    host_allocs = host_alloc.prefix()
+    rollouts = rollout.prefix()
+    locks = lock.prefix()
 
     @property
     def config(self) -> str:
         """Prefix of the whole desired state."""
         return f"{self.prefix}config/"
-
-    @property
-    def tasks(self) -> str:
-        """Prefix of every issued task."""
-        return f"{self.prefix}state/tasks/"
-
-    def host_tasks(self, host: str) -> str:
-        """Prefix an agent watches: the tasks issued to ``host``."""
-        return f"{self.prefix}state/hosts/{validate_name(host, 'host name')}/"
-
-    @property
-    def all_host_tasks(self) -> str:
-        """Prefix of the issued state indexed by host."""
-        return f"{self.prefix}state/hosts/"
-
-    @property
-    def health(self) -> str:
-        """Prefix of every task's actual state."""
-        return f"{self.prefix}state/health/"
-
-    @property
-    def agents(self) -> str:
-        """Prefix of every live host record."""
-        return f"{self.prefix}state/agents/"
-
-    @property
-    def locks(self) -> str:
-        """Prefix of every scheduler lock."""
-        return f"{self.prefix}locks/"
-
-    @property
-    def service_statuses(self) -> str:
-        """Prefix of every service status record."""
-        return f"{self.prefix}state/services/"
-
-    @property
-    def host_allocs(self) -> str:
-        """Prefix of every host allocation marker."""
-        return f"{self.prefix}state/alloc/"
-
-    @property
-    def rollouts(self) -> str:
-        """Prefix of every rollout history."""
-        return f"{self.prefix}state/rollouts/"
-
-    @property
-    def environments(self) -> str:
-        """Prefix of every environment."""
-        return f"{self.prefix}config/environments/"
-
-    @property
-    def deployments(self) -> str:
-        """Prefix of every deployment record."""
-        return f"{self.prefix}state/deployments/"
-
-    def environment_deployments(self, environment: str) -> str:
-        """Prefix of the deployments of one environment."""
-        return f"{self.deployments}{validate_name(environment, 'environment name')}/"
-
-    @property
-    def jobs(self) -> str:
-        """Prefix of everything about batch jobs."""
-        return f"{self.prefix}jobs/"
-
-    @property
-    def job_records(self) -> str:
-        """Prefix of every job record."""
-        return f"{self.prefix}jobs/records/"
-
-    @property
-    def jobs_queued(self) -> str:
-        """Prefix job workers watch: the queued jobs."""
-        return f"{self.prefix}jobs/status/queued/"
-
-    @property
-    def jobs_running(self) -> str:
-        """Prefix of every running job, by node."""
-        return f"{self.prefix}jobs/status/running/"
-
-    def node_jobs_running(self, node: str) -> str:
-        """Prefix of the jobs running on ``node``."""
-        return f"{self.jobs_running}{validate_name(node, 'node name')}/"
-
-    def jobs_finished(self, state: str) -> str:
-        """Prefix of the jobs that ended in ``state`` (complete, failed, canceled), by epoch."""
-        if state not in FINISHED_JOB_STATES:
-            raise InvalidName(f"invalid finished job state {state!r}: expected one of "
-                              f"{', '.join(FINISHED_JOB_STATES)}")
-        return f"{self.prefix}jobs/status/{state}/"
-
-    @property
-    def job_nodes(self) -> str:
-        """Prefix of every live job worker's record."""
-        return f"{self.prefix}jobs/nodes/"
-
-    # -- keys -----------------------------------------------------------------------------
-    def cluster(self, name: str) -> str:
-        """Key of a cluster."""
-        return self.clusters + validate_name(name, "cluster name", allow_dash=False)
-
-    def service(self, name: str) -> str:
-        """Key of a service."""
-        return self.services + validate_name(name, "service name")
-
-    def task_definition(self, name: str, version: int) -> str:
-        """Key of one version of a task definition."""
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise InvalidName(f"invalid task definition version {version!r}: must be an "
-                              "integer ≥ 0")
-        return f"{self.task_definition_versions(name)}{version}"
-
-    def host_config(self, name: str) -> str:
-        """Key of a host's operator-side settings."""
-        return self.host_configs + validate_name(name, "host name")
-
-    def task(self, task_id: str) -> str:
-        """Key of an issued task."""
-        _validate_task_id(task_id)
-        return self.tasks + task_id
-
-    def host_task(self, host: str, task_id: str) -> str:
-        """Key of an issued task in its host's index."""
-        _validate_task_id(task_id)
-        return self.host_tasks(host) + task_id
-
-    def task_health(self, task_id: str) -> str:
-        """Key of a task's actual state."""
-        _validate_task_id(task_id)
-        return self.health + task_id
-
-    def agent(self, host: str) -> str:
-        """Key of a host's live record."""
-        return self.agents + validate_name(host, "host name")
-
-    def lock(self, cluster: str, service: str) -> str:
-        """Key of the scheduler lock of one service in one cluster."""
-        return (f"{self.locks}{validate_name(cluster, 'cluster name', allow_dash=False)}/"
-                f"{validate_name(service, 'service name')}")
-
-    def service_status(self, cluster: str, service: str) -> str:
-        """Key of the status record of one service in one cluster."""
-        return (f"{self.service_statuses}"
-                f"{validate_name(cluster, 'cluster name', allow_dash=False)}/"
-                f"{validate_name(service, 'service name')}")
-
-    def host_alloc(self, host: str) -> str:
-        """Key of a host's allocation marker (bumped by every commit placing on it)."""
-        return self.host_allocs + validate_name(host, "host name")
-
-    def rollout(self, cluster: str, service: str) -> str:
-        """Key of the rollout history of one service in one cluster."""
-        return (f"{self.rollouts}{validate_name(cluster, 'cluster name', allow_dash=False)}/"
-                f"{validate_name(service, 'service name')}")
-
-    def environment(self, name: str) -> str:
-        """Key of an environment."""
-        return self.environments + validate_name(name, "environment name")
-
-    def deployment(self, environment: str, deployment_id: str) -> str:
-        """Key of one deployment of an environment."""
-        return (self.environment_deployments(environment)
-                + validate_name(deployment_id, "deployment id"))
-
-    def job(self, job_id: str) -> str:
-        """Key of a job record."""
-        return self.job_records + validate_name(job_id, "job id")
-
-    def job_queued(self, job_id: str) -> str:
-        """Key marking a job queued."""
-        return self.jobs_queued + validate_name(job_id, "job id")
-
-    def job_running(self, node: str, job_id: str) -> str:
-        """Key marking a job running on ``node``."""
-        return self.node_jobs_running(node) + validate_name(job_id, "job id")
-
-    def job_finished(self, state: str, epoch: int, job_id: str) -> str:
-        """Key marking a job ended in ``state`` at UNIX time ``epoch`` (seconds)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or not (
-                0 <= epoch < 10 ** EPOCH_DIGITS):
-            raise InvalidName(f"invalid job epoch {epoch!r}: must be an integer in "
-                              f"[0, 10^{EPOCH_DIGITS})")
-        return (f"{self.jobs_finished(state)}{epoch:0{EPOCH_DIGITS}d}/"
-                f"{validate_name(job_id, 'job id')}")
-
-    def job_node(self, node: str) -> str:
-        """Key of a live job worker's record."""
-        return self.job_nodes + validate_name(node, "node name")
-
-    @property
-    def job_cleaner(self) -> str:
-        """Key of the job cleaner's lock."""
-        return f"{self.prefix}jobs/cleaner"
-
-    def build(self, key: Key) -> str:
-        """The string form of a parsed key."""
-        match key:
-            case ClusterKey(name=name):
-                return self.cluster(name)
-            case ServiceKey(name=name):
-                return self.service(name)
-            case TaskDefinitionKey(name=name, version=version):
-                return self.task_definition(name, version)
-            case HostConfigKey(name=name):
-                return self.host_config(name)
-            case TaskKey(task_id=task_id):
-                return self.task(task_id)
-            case HostTaskKey(host=host, task_id=task_id):
-                return self.host_task(host, task_id)
-            case HealthKey(task_id=task_id):
-                return self.task_health(task_id)
-            case AgentKey(host=host):
-                return self.agent(host)
-            case LockKey(cluster=cluster, service=service):
-                return self.lock(cluster, service)
-            case ServiceStatusKey(cluster=cluster, service=service):
-                return self.service_status(cluster, service)
-            case HostAllocKey(host=host):
-                return self.host_alloc(host)
-            case RolloutKey(cluster=cluster, service=service):
-                return self.rollout(cluster, service)
-            case EnvironmentKey(name=name):
-                return self.environment(name)
-            case DeploymentKey(environment=environment, deployment_id=deployment_id):
-                return self.deployment(environment, deployment_id)
-            case JobKey(job_id=job_id):
-                return self.job(job_id)
-            case JobQueuedKey(job_id=job_id):
-                return self.job_queued(job_id)
-            case JobRunningKey(node=node, job_id=job_id):
-                return self.job_running(node, job_id)
-            case JobFinishedKey(state=state, epoch=epoch, job_id=job_id):
-                return self.job_finished(state, epoch, job_id)
-            case JobNodeKey(node=node):
-                return self.job_node(node)
-            case JobCleanerKey():
-                return self.job_cleaner
-        raise TypeError(f"not a key: {key!r}")
-
-    def parse(self, key: str) -> Key:
-        """Parse a key string; raises :class:`ValidationError` if it is not a skedlib key."""
-        if not key.startswith(self.prefix):
-            raise ValidationError(f"key {key!r} is not under prefix {self.prefix!r}")
-        parts = key[len(self.prefix):].split("/")
-        parsed: Key | None = None
-        match parts:
-            case ["config", "clusters", name]:
-                parsed = ClusterKey(name)
-            case ["config", "services", name]:
-                parsed = ServiceKey(name)
-            case ["config", "task_definitions", name, version] if (
-                    version.isascii() and version.isdigit()
-                    and (version == "0" or not version.startswith("0"))):
-                parsed = TaskDefinitionKey(name, int(version))
-            case ["config", "hosts", name]:
-                parsed = HostConfigKey(name)
-            case ["state", "tasks", task_id]:
-                parsed = TaskKey(task_id)
-            case ["state", "hosts", host, task_id]:
-                parsed = HostTaskKey(host, task_id)
-            case ["state", "health", task_id]:
-                parsed = HealthKey(task_id)
-            case ["state", "agents", host]:
-                parsed = AgentKey(host)
-            case ["locks", cluster, service]:
-                parsed = LockKey(cluster, service)
-            case ["state", "services", cluster, service]:
-                parsed = ServiceStatusKey(cluster, service)
-            case ["state", "alloc", host]:
-                parsed = HostAllocKey(host)
-            case ["state", "rollouts", cluster, service]:
-                parsed = RolloutKey(cluster, service)
-            case ["config", "environments", name]:
-                parsed = EnvironmentKey(name)
-            case ["state", "deployments", environment, deployment_id]:
-                parsed = DeploymentKey(environment, deployment_id)
-            case ["jobs", "records", job_id]:
-                parsed = JobKey(job_id)
-            case ["jobs", "status", "queued", job_id]:
-                parsed = JobQueuedKey(job_id)
-            case ["jobs", "status", "running", node, job_id]:
-                parsed = JobRunningKey(node, job_id)
-            case ["jobs", "status", state, epoch, job_id] if (
-                    state in FINISHED_JOB_STATES and epoch.isascii() and epoch.isdigit()
-                    and len(epoch) == EPOCH_DIGITS):
-                parsed = JobFinishedKey(state, int(epoch), job_id)
-            case ["jobs", "nodes", node]:
-                parsed = JobNodeKey(node)
-            case ["jobs", "cleaner"]:
-                parsed = JobCleanerKey()
-        if parsed is None:
-            raise ValidationError(f"key {key!r} is not in skedlib's key schema")
-        if self.build(parsed) != key:  # validates every name in it
-            raise ValidationError(f"key {key!r} is not in skedlib's key schema")
-        return parsed

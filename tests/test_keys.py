@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from skedlib.environments.keys import EnvironmentKeyspace
 from skedlib.errors import InvalidName, ValidationError
+from skedlib.jobs.keys import JobKeyspace
 from skedlib.keys import (
-    AgentKey,
-    ClusterKey,
-    DeploymentKey,
-    EnvironmentKey,
-    HealthKey,
-    HostAllocKey,
-    HostConfigKey,
-    HostTaskKey,
-    JobCleanerKey,
-    JobFinishedKey,
-    JobKey,
-    JobNodeKey,
-    JobQueuedKey,
-    JobRunningKey,
     Key,
     Keyspace,
-    LockKey,
-    RolloutKey,
-    ServiceKey,
-    ServiceStatusKey,
-    TaskDefinitionKey,
-    TaskKey,
+    KeyTable,
+    KeyTemplate,
+    Name,
+    Natural,
+    Segment,
+    TaskIdSegment,
     validate_name,
 )
 from skedlib.models import TaskId
@@ -44,37 +37,86 @@ task_ids = st.builds(lambda c, s, v, i: f"{c}-{s}-{v}-{i}", cluster_names, names
                      st.integers(min_value=0, max_value=10**5)).filter(lambda t: len(t) <= 128)
 prefixes = st.sampled_from(["sked/", "", "team/a/"])
 
-keys: st.SearchStrategy[Key] = st.one_of(
-    st.builds(ClusterKey, cluster_names),
-    st.builds(ServiceKey, names),
-    st.builds(TaskDefinitionKey, names, versions),
-    st.builds(HostConfigKey, names),
-    st.builds(TaskKey, task_ids),
-    st.builds(HostTaskKey, names, task_ids),
-    st.builds(HealthKey, task_ids),
-    st.builds(AgentKey, names),
-    st.builds(LockKey, cluster_names, names),
-    st.builds(ServiceStatusKey, cluster_names, names),
-    st.builds(HostAllocKey, names),
-    st.builds(RolloutKey, cluster_names, names),
-    st.builds(EnvironmentKey, names),
-    st.builds(DeploymentKey, names, names),
-    st.builds(JobKey, names),
-    st.builds(JobQueuedKey, names),
-    st.builds(JobRunningKey, names, names),
-    st.builds(JobFinishedKey, st.sampled_from(["complete", "failed", "canceled"]),
-              st.integers(min_value=0, max_value=10**10 - 1), names),
-    st.builds(JobNodeKey, names),
-    st.just(JobCleanerKey()),
-)
+
+def segment_values(segment: Segment) -> st.SearchStrategy[Any]:
+    """Valid values of one of skedlib.keys' own segment kinds."""
+    match segment:
+        case Name(allow_dash=False):
+            return cluster_names
+        case Name():
+            return names
+        case TaskIdSegment():
+            return task_ids
+        case Natural():
+            return versions
+    raise AssertionError(f"no strategy for {segment!r}: pass it in by_field")
 
 
-@given(key=keys, prefix=prefixes)
+def template_keys(table: type[KeyTable[Any]],
+                  by_field: Mapping[str, st.SearchStrategy[Any]] = {}) -> st.SearchStrategy[Any]:
+    """Parsed keys of every template of ``table``, so a new template is tested too;
+    ``by_field`` gives the values of a table's own segment kinds, by field name."""
+    return st.one_of([
+        st.builds(template.struct, *[by_field[field] if field in by_field
+                                     else segment_values(segment)
+                                     for field, segment in template.segments.items()])
+        for template in table.templates()])
+
+
+@given(key=template_keys(Keyspace), prefix=prefixes)
 def test_parse_build_round_trip(key: Key, prefix: str) -> None:
     ks = Keyspace(prefix)
     text = ks.build(key)
     assert text.startswith(prefix)
     assert ks.parse(text) == key
+
+
+def test_builders_and_build_agree() -> None:
+    ks = Keyspace("p/")
+    assert ks.host_task("h1", "c-web-2-0") == "p/state/hosts/h1/c-web-2-0"
+    assert ks.task_definition("web", 2) == "p/config/task_definitions/web/2"
+    assert ks.lock(cluster="c", service="web") == "p/locks/c/web"
+    assert ks.host_tasks("h1") == "p/state/hosts/h1/"
+    assert ks.task_definition_versions("web") == "p/config/task_definitions/web/"
+    assert (ks.clusters, ks.all_host_tasks, ks.health, ks.locks, ks.config) == (
+        "p/config/clusters/", "p/state/hosts/", "p/state/health/", "p/locks/", "p/config/")
+    for template in Keyspace.templates():
+        assert getattr(Keyspace, template.name) is template
+
+
+def test_sub_keyspaces_share_the_prefix_and_parse_only_their_own_keys() -> None:
+    ks = Keyspace("team/a/")
+    jobs, envs = JobKeyspace(ks), EnvironmentKeyspace(ks)
+    assert jobs.prefix == envs.prefix == "team/a/"
+    assert ks.parse(ks.cluster("c")).name == "c"
+    for table, other in ((ks, jobs.job("j1")), (ks, envs.environment("e")),
+                         (jobs, ks.cluster("c")), (envs, jobs.job_node("n1"))):
+        with pytest.raises(ValidationError, match="is not in skedlib's"):
+            table.parse(other)
+    with pytest.raises(TypeError, match="not a key of Keyspace"):
+        ks.build(jobs.parse(jobs.job("j1")))  # type: ignore[arg-type]
+
+
+def test_docs_list_every_key() -> None:
+    """docs/concepts.md's key table names the keys of every table, and no others."""
+    text = (Path(__file__).parents[1] / "docs" / "concepts.md").read_text()
+    text = text.split("\n## Key schema\n", 1)[1].split("\n## ", 1)[0]
+    documented = {re.sub(r"<[^>]*>", "<>", key.replace("\\|", "|"))
+                  for key in re.findall(r"^\| `([^`]+)` \|", text, re.M)}
+    declared = {re.sub(r"\{[^}]*\}", "<>", t.pattern)
+                for table in (Keyspace, JobKeyspace, EnvironmentKeyspace)
+                for t in table.templates()}
+    assert documented == declared
+
+
+def test_templates_refuse_a_pattern_that_is_not_their_struct() -> None:
+    from skedlib.keys import AgentKey, LockKey
+    with pytest.raises(TypeError, match="must be exactly"):
+        KeyTemplate("locks/{service}/{cluster}", LockKey, cluster=Name("c"), service=Name("s"))
+    with pytest.raises(TypeError, match="neither a literal"):
+        KeyTemplate("state/agents/{host}", AgentKey)
+    with pytest.raises(TypeError, match="start with a literal"):
+        KeyTemplate("{host}", AgentKey, host=Name("host"))
 
 
 bad_names = st.one_of(
@@ -96,13 +138,10 @@ def test_invalid_names_are_refused_by_every_builder(name: str) -> None:
     for build in (ks.cluster, ks.service, ks.host_config, ks.agent, ks.host_tasks,
                   lambda n: ks.task_definition(n, 1), lambda n: ks.lock("c", n),
                   lambda n: ks.service_status("c", n), ks.host_alloc,
-                  lambda n: ks.task(f"c-{n}-1-0"), ks.environment,
-                  lambda n: ks.deployment("e", n), lambda n: ks.deployment(n, "1"),
+                  lambda n: ks.task(f"c-{n}-1-0"),
                   lambda n: ks.host_task(n, "c-s-1-0"), lambda n: ks.host_task("h", f"c-{n}-1-0"),
                   lambda n: ks.task_health(f"c-{n}-1-0"), lambda n: ks.rollout(n, "s"),
-                  lambda n: ks.rollout("c", n), lambda n: ks.task_definition_versions(n),
-                  ks.job, ks.job_node, lambda n: ks.job_running(n, "j"),
-                  lambda n: ks.job_finished("failed", 1, n)):
+                  lambda n: ks.rollout("c", n), lambda n: ks.task_definition_versions(n)):
         with pytest.raises(InvalidName):
             build(name)
 

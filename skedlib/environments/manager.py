@@ -24,6 +24,7 @@ import msgspec
 from skedlib.client import Client
 from skedlib.codecs import decode, encode
 from skedlib.durations import SECOND
+from skedlib.environments.keys import EnvironmentKeyspace
 from skedlib.environments.models import (
     HISTORY_LIMIT,
     Deleted,
@@ -100,12 +101,13 @@ class Environments:
         self.client = client
         self.backend = client.backend
         self.keys = client.keys
+        self.env_keys = EnvironmentKeyspace(client.keys)
         self.clock = clock
         self.settle = settle
 
     # -- reading ------------------------------------------------------------------------
     def _env(self, name: str) -> tuple[KeyValue, Environment]:
-        key = self.keys.environment(name)
+        key = self.env_keys.environment(name)
         kv = self.backend.get(key)
         if kv is None:
             raise NotFound(f"{_label(name)} not found")
@@ -141,7 +143,7 @@ class Environments:
         view = EnvironmentView(**msgspec.structs.asdict(env), revision=kv.revision)
         if not env.current_deployment:
             return view
-        dep_kv = self.backend.get(self.keys.deployment(env.name, env.current_deployment))
+        dep_kv = self.backend.get(self.env_keys.deployment(env.name, env.current_deployment))
         seen = self._seen(env, dep_kv, hosts)
         if dep_kv is not None:
             dep = decode(dep_kv.value, Deployment, where=dep_kv.key)
@@ -165,7 +167,7 @@ class Environments:
                 raise ValidationError(f"query parameter cluster: {exc}") from None
         after = _page_after(next_token) if next_token else None
         found: list[tuple[KeyValue, Environment]] = []
-        for kv in self.backend.list(self.keys.environments).items:
+        for kv in self.backend.list(self.env_keys.environments).items:
             env = decode(kv.value, Environment, where=kv.key)
             if (cluster is None or env.cluster == cluster) and \
                     (after is None or env.name > after):
@@ -181,7 +183,7 @@ class Environments:
     def deployment(self, name: str, deployment_id: str) -> Deployment:
         """One deployment of an environment, its status brought up to date."""
         _, env = self._env(name)
-        kv = self.backend.get(self.keys.deployment(name, deployment_id))
+        kv = self.backend.get(self.env_keys.deployment(name, deployment_id))
         if kv is None:
             raise NotFound(f'deployment "{deployment_id}" of {_label(name)} not found')
         return self._track(env, kv, decode(kv.value, Deployment, where=kv.key))
@@ -192,7 +194,7 @@ class Environments:
         _check_limit(limit)
         _, env = self._env(name)
         before = _page_after(next_token) if next_token else None
-        items = [kv for kv in self.backend.list(self.keys.environment_deployments(name)).items
+        items = [kv for kv in self.backend.list(self.env_keys.environment_deployments(name)).items
                  if before is None or kv.key.rsplit("/", 1)[1] < before]
         items.sort(key=lambda kv: kv.key, reverse=True)
         out = [self._track(env, kv, decode(kv.value, Deployment, where=kv.key))
@@ -204,11 +206,11 @@ class Environments:
         """Bring every environment's in-progress deployment up to date (storing those
         that completed or failed); returns how many were in progress."""
         n = 0
-        for kv in self.backend.list(self.keys.environments).items:
+        for kv in self.backend.list(self.env_keys.environments).items:
             env = decode(kv.value, Environment, where=kv.key)
             if not env.current_deployment:
                 continue
-            dep_kv = self.backend.get(self.keys.deployment(env.name, env.current_deployment))
+            dep_kv = self.backend.get(self.env_keys.deployment(env.name, env.current_deployment))
             if dep_kv is None:
                 continue
             dep = decode(dep_kv.value, Deployment, where=dep_kv.key)
@@ -254,7 +256,7 @@ class Environments:
             except ValidationError as exc:
                 raise ValidationError(f"{label}: field {field}: {exc}") from None
         for _ in range(_RETRIES):
-            env_key = self.keys.environment(req.name)
+            env_key = self.env_keys.environment(req.name)
             if self.backend.get(env_key) is not None:
                 raise ConflictError(f"{label} already exists")
             now = self.clock()
@@ -315,7 +317,7 @@ class Environments:
             compares = [Compare(kv.key, kv.revision)]
             ops: builtins.list[Op] = [Delete(kv.key)]
             ops += [Delete(d.key) for d in
-                    self.backend.list(self.keys.environment_deployments(name)).items]
+                    self.backend.list(self.env_keys.environment_deployments(name)).items]
             deployed = bool(env.current_deployment)
             service_key = self.keys.service(name)
             service_kv = self.backend.get(service_key) if deployed else None
@@ -362,7 +364,7 @@ class Environments:
                     f"(already used, or never issued; the current deployment is "
                     f'"{env.current_deployment or "none"}"): nothing was deployed; read the '
                     "environment for its current deployment_token")
-            listed = self.backend.list(self.keys.environment_deployments(name)).items
+            listed = self.backend.list(self.env_keys.environment_deployments(name)).items
             history = sorted(((d, decode(d.value, Deployment, where=d.key)) for d in listed),
                              key=lambda p: p[1].id)
             spec = env
@@ -408,7 +410,7 @@ class Environments:
                 previous_version=previous.task_version if previous else None,
                 message="waiting for the scheduler to take the deployment up",
                 started_at=now, deadline=spec.deployment_deadline)
-            dep_key = self.keys.deployment(name, dep.id)
+            dep_key = self.env_keys.deployment(name, dep.id)
             new_env = msgspec.structs.replace(
                 spec, deployment_token=_new_token(), current_deployment=dep.id,
                 deployment_count=env.deployment_count + 1, updated_at=now)

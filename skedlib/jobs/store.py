@@ -1,7 +1,7 @@
 """Every job state transition, each one transaction that rewrites the record and moves
 its status key together, so the record and the status prefixes never disagree.
 
-Key layout (under the keyspace prefix, see :mod:`skedlib.keys`)::
+Key layout (under the keyspace prefix, see :mod:`skedlib.jobs.keys`)::
 
     jobs/records/<id>                         the Job (JSON)
     jobs/status/queued/<id>                   the same bytes as the record, while queued
@@ -29,6 +29,13 @@ from dataclasses import dataclass
 import msgspec
 
 from skedlib.errors import ConflictError, NotFound, SkedError, ValidationError
+from skedlib.jobs.keys import (
+    JobFinishedKey,
+    JobKey,
+    JobKeyspace,
+    JobQueuedKey,
+    JobRunningKey,
+)
 from skedlib.jobs.models import (
     FINISHED_STATES,
     Job,
@@ -37,14 +44,7 @@ from skedlib.jobs.models import (
     JobState,
     check_spec,
 )
-from skedlib.keys import (
-    JobFinishedKey,
-    JobKey,
-    JobQueuedKey,
-    JobRunningKey,
-    Keyspace,
-    validate_name,
-)
+from skedlib.keys import Keyspace, validate_name
 from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put, TxnResult
 
 __all__ = ["JobFinished", "JobStore", "StoredJob", "decode_job", "encode_job"]
@@ -94,7 +94,7 @@ class JobStore:
     def __init__(self, backend: Backend, keyspace: Keyspace | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
-        self.keys = keyspace or Keyspace()
+        self.keys = JobKeyspace(keyspace or Keyspace())
         self.clock = clock
 
     # -- reading --------------------------------------------------------------------------

@@ -135,8 +135,8 @@ class JobWorker:
         self.backend = backend
         self.config = config
         self.node = config.node
-        self.keys = Keyspace(config.prefix)
-        self.store = JobStore(backend, self.keys)
+        self.store = JobStore(backend, Keyspace(config.prefix))
+        self.keys = self.store.keys
         self.stats = WorkerStats()
         self.capacity = config.capacity or _host_capacity(config.state_dir)
         self.slots = config.slots or (os.cpu_count() or 1)
@@ -614,9 +614,9 @@ class JobWorker:
         return self._cleaner_lock is not None and self._cleaner_lock.held
 
     def _try_become_cleaner(self) -> None:
-        if self.backend.get(self.keys.job_cleaner) is not None:
+        if self.backend.get(self.keys.job_cleaner()) is not None:
             return
-        lock = Lock(self.backend, self.keys.job_cleaner, ttl=self.config.lease_ttl,
+        lock = Lock(self.backend, self.keys.job_cleaner(), ttl=self.config.lease_ttl,
                     holder=self.node)
         if lock.try_acquire():
             self._cleaner_lock = lock

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from skedlib.environments.keys import EnvironmentKeyspace
 from skedlib.scheduling import read_snapshot
 from tests.api.conftest import Http, Loop, daemon_manifest
 from tests.scheduler.conftest import wait_for
@@ -154,7 +155,7 @@ def test_bad_input_changes_nothing_and_delete_can_keep_tasks(sqlite_loop: Loop,
 
     def stored() -> list[tuple[str, bytes]]:
         return [(kv.key, kv.value) for kv in loop.backend.list(loop.prefix + "config/").items
-                + loop.backend.list(loop.keys.deployments).items]
+                + loop.backend.list(EnvironmentKeyspace(loop.keys).deployments).items]
 
     before = stored()
     cases: list[tuple[int, str, tuple[Any, ...]]] = [
@@ -210,7 +211,8 @@ def test_bad_input_changes_nothing_and_delete_can_keep_tasks(sqlite_loop: Loop,
     deleted = http.ok("DELETE", "/environments/web", keep_tasks="true")
     assert deleted["kept_tasks"] is True and "keep running" in deleted["message"]
     assert http.get("/environments/web")[0] == 404
-    assert loop.backend.list(loop.keys.environment_deployments("web")).items == []
+    deployments = EnvironmentKeyspace(loop.keys).environment_deployments("web")
+    assert loop.backend.list(deployments).items == []
     time.sleep(1.5)  # the scheduler had time to react: nothing is stopped
     assert [t.id for t in loop.healthy("web")] == [task.id]
     assert loop.processes(task.id)

@@ -22,6 +22,7 @@ import requests
 from skedlib.api import ApiServer, Stream
 from skedlib.client import Client
 from skedlib.jobs import JobStore
+from skedlib.jobs.keys import JobKeyspace
 from tests.api.conftest import Http
 from tests.jobs.fakes import (
     OUTPUT,
@@ -189,7 +190,7 @@ def test_cancel_queued_and_running_jobs_but_not_finished_ones(client: Client,
         status, got = http.post(f"/jobs/{job['id']}/cancel")
         assert status == 200 and (got["status"], got["reason"]) == ("canceled", "canceled")
         assert got["finished_at"] is not None
-    assert client.backend.list(client.keys.node_jobs_running("n1")).items == []
+    assert client.backend.list(JobKeyspace(client.keys).node_jobs_running("n1")).items == []
     status, err = http.post(f"/jobs/{queued['id']}/cancel")
     assert (status, err) == (409, {"error": "conflict", "message":
                                    f"job {queued['id']} is already canceled (canceled)"})
@@ -353,7 +354,7 @@ def test_following_logs_streams_until_the_job_ends(client: Client, server: Any,
     later(0.2, end)
     rest = b"".join(chunks)
     assert rest == b"end\n"
-    assert client.backend.get(client.keys.job(job["id"])) is not None
+    assert client.backend.get(JobKeyspace(client.keys).job(job["id"])) is not None
 
 
 def test_logs_when_the_node_cannot_serve_them(client: Client, server: Any, http: Http,

@@ -57,12 +57,12 @@ def _jobs_in_every_state(client: Client) -> None:
     store = JobStore(client.backend, client.keys)
     node = JobNode(name="worker1", capacity=JobRequirements(memory=1024, cpu_units=2048),
                    slots=2, limits="rlimit", pid=1, hostname="h", started_at=1.0)
-    revision = client.backend.put(client.keys.job_node("worker1"), encode(node))
+    revision = client.backend.put(store.keys.job_node("worker1"), encode(node))
     ids = [store.submit(JobSpec(command="true", args=["x"], env={"A": "1"},
                                 requirements=JobRequirements(memory=m))).id
            for m in (64, 64, 64, 64, 4096)]
     for job_id in ids[1:4]:
-        queued = client.backend.get(client.keys.job_queued(job_id))
+        queued = client.backend.get(store.keys.job_queued(job_id))
         assert queued is not None
         assert store.claim(queued, "worker1", revision) is not None
     for job_id, exit_code in ((ids[2], 0), (ids[3], 1)):

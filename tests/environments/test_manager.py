@@ -21,6 +21,7 @@ from skedlib.environments import (
     environment_health,
     evaluate,
 )
+from skedlib.environments.keys import EnvironmentKeyspace
 from skedlib.environments.models import HISTORY_LIMIT
 from skedlib.errors import ConflictError, NotFound, ValidationError
 from skedlib.models import (
@@ -82,7 +83,7 @@ def _store(client: Client) -> list[tuple[str, bytes]]:
 def _complete(client: Client, envs: Environments, name: str = "agentd") -> Deployment:
     """Mark the current deployment completed, as the tracker would."""
     env = envs.get(name)
-    key = client.keys.deployment(name, env.current_deployment)
+    key = EnvironmentKeyspace(client.keys).deployment(name, env.current_deployment)
     kv = client.backend.get(key)
     assert kv is not None
     dep = msgspec.structs.replace(decode(kv.value, Deployment), status="completed")
@@ -196,7 +197,8 @@ def test_delete_removes_the_service_or_keeps_it(client: Client, envs: Environmen
     assert not deleted.kept_tasks and "the scheduler stops its tasks" in deleted.message
     assert client.service("agentd") is None
     assert client.cluster("default").services == ["keep"]  # type: ignore[union-attr]
-    assert client.backend.list(client.keys.environment_deployments("agentd")).items == []
+    deployments = EnvironmentKeyspace(client.keys).environment_deployments("agentd")
+    assert client.backend.list(deployments).items == []
     kept = envs.delete("keep", keep_tasks=True)
     assert kept.kept_tasks and "sked delete service keep" in kept.message
     assert client.service("keep") is not None
@@ -355,7 +357,7 @@ def test_tracking_stores_the_outcome_once(client: Client, envs: Environments,
     assert envs.deployment("agentd", dep.id).status == "in_progress"
     clock.now += 31
     assert envs.track_all() == 1
-    stored = client.backend.get(client.keys.deployment("agentd", dep.id))
+    stored = client.backend.get(EnvironmentKeyspace(client.keys).deployment("agentd", dep.id))
     assert stored is not None
     failed = decode(stored.value, Deployment)
     assert failed.status == "failed" and "is one running?" in failed.message

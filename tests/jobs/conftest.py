@@ -74,7 +74,7 @@ class JobLoop:
         self.workers[node] = proc
         if wait:
             wait_for(lambda: proc.poll() is not None
-                     or self.backend.get(self.keys.job_node(node)), 20,
+                     or self.backend.get(self.jobs.keys.job_node(node)), 20,
                      f"the node record of {node}")
             assert proc.poll() is None, f"worker {node} exited:\n{self.log_text()}"
         return proc

@@ -45,10 +45,10 @@ class Worker:
                                                            disk=disk),
                        slots=slots, log_url=log_url, limits="rlimit", pid=4242,
                        hostname="host-a", started_at=time.time() - 90)
-        self.revision = client.backend.put(client.keys.job_node(name), encode(node))
+        self.revision = client.backend.put(self.store.keys.job_node(name), encode(node))
 
     def claim(self, job_id: str) -> Job:
-        queued = self.client.backend.get(self.client.keys.job_queued(job_id))
+        queued = self.client.backend.get(self.store.keys.job_queued(job_id))
         assert queued is not None, f"job {job_id} is not queued"
         job = self.store.claim(queued, self.name, self.revision, log_url=self.log_url,
                                limits="rlimit")
@@ -65,7 +65,7 @@ class Worker:
         return self.store.get(job_id).job
 
     def leave(self) -> None:
-        self.client.backend.delete(self.client.keys.job_node(self.name))
+        self.client.backend.delete(self.store.keys.job_node(self.name))
 
 
 class LogNode:

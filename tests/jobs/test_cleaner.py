@@ -73,8 +73,7 @@ def test_one_cleaner_at_a_time_and_a_successor(store: tuple[Backend, str],
 def test_finished_jobs_are_removed_after_retention_and_history_compacted(
         store: tuple[Backend, str], tmp_path: Path) -> None:
     backend, prefix = store
-    keys = Keyspace(prefix)
-    jobs = JobClient(backend, keys)
+    jobs = JobClient(backend, Keyspace(prefix))
     start = backend.current_revision()
     worker = _worker(backend, prefix, tmp_path, f"r0x{uuid.uuid4().hex[:6]}",
                      retention=1.0, cleanup_interval=0.5)
@@ -86,12 +85,12 @@ def test_finished_jobs_are_removed_after_retention_and_history_compacted(
         log_file = worker.logs_dir / f"{ids[0]}.log"
         assert log_file.read_bytes() == b"0\n"
         wait_for(lambda: not jobs.list(), 15, "finished jobs to be removed")
-        assert backend.list(keys.jobs_finished("complete")).items == []
+        assert backend.list(jobs.keys.jobs_finished("complete")).items == []
         wait_for(lambda: not log_file.exists(), 10, "the node's output file to go")
 
         def compacted() -> bool:
             try:
-                with backend.watch(keys.jobs, start + 1) as w:
+                with backend.watch(jobs.keys.jobs, start + 1) as w:
                     w.next(timeout=0.2)
             except Compacted:
                 return True

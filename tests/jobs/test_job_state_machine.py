@@ -36,6 +36,7 @@ from hypothesis.stateful import (
 )
 
 from skedlib.errors import ConflictError, NotFound, TxnTooLarge
+from skedlib.jobs.keys import JobKeyspace
 from skedlib.jobs.models import (
     FINISHED_STATES,
     JOB_STATES,
@@ -66,7 +67,7 @@ def _claimed(store: JobStore, result: StoredJob | None) -> Job:
     return result.job
 
 
-def _snapshot(backend: Backend, keys: Keyspace) -> dict[str, tuple[bytes, int]]:
+def _snapshot(backend: Backend, keys: JobKeyspace) -> dict[str, tuple[bytes, int]]:
     """Every key under ``jobs/`` with its value and revision."""
     return {kv.key: (kv.value, kv.revision) for kv in backend.list(keys.jobs).items}
 
@@ -122,9 +123,10 @@ class JobMachine(RuleBasedStateMachine):
     def __init__(self, backend: Backend) -> None:
         super().__init__()
         self.backend = backend
-        self.keys = Keyspace(f"sm{uuid.uuid4().hex[:12]}/")
         self.clock = FakeClock()
-        self.store = JobStore(backend, self.keys, clock=self.clock)
+        self.store = JobStore(backend, Keyspace(f"sm{uuid.uuid4().hex[:12]}/"),
+                              clock=self.clock)
+        self.keys = self.store.keys
         self.model: dict[str, ModelJob] = {}
         self.purged: set[str] = set()
         self.counter = 0
