@@ -23,6 +23,7 @@ from skedlib.models import (
     TaskHealth,
 )
 from skedlib.plugins import open_backend
+from skedlib.runtime import Store
 from skedlib.scheduling import (
     Plan,
     Snapshot,
@@ -108,7 +109,7 @@ def test_listing_plus_events_equals_a_fresh_read(seed: int) -> None:
     backend = open_backend("memory://")
     for _ in range(30):
         backend.txn([], _random_op(rng))
-    cache = SnapshotCache()
+    cache = SnapshotCache(Store(backend))
     listed = backend.list(KS.prefix)
     cache.reset(listed)
     with backend.watch(KS.prefix, listed.revision + 1) as watch:
@@ -117,20 +118,20 @@ def test_listing_plus_events_equals_a_fresh_read(seed: int) -> None:
             if step % 37 == 0 or step == 299:
                 _drain(backend, cache, watch)
                 with cache.view() as snap:
-                    assert _summary(snap) == _summary(read_snapshot(backend)), step
+                    assert _summary(snap) == _summary(read_snapshot(Store(backend))), step
 
 
 def test_a_recorded_commit_is_seen_at_once_and_late_events_do_not_undo_it() -> None:
     backend = open_backend("memory://")
     backend.txn([], [Put(KS.agent("h0"), encode(Host(
         name="h0", total=Resources(memory=1000, cpu_units=100))))])
-    cache = SnapshotCache()
+    cache = SnapshotCache(Store(backend))
     listed = backend.list(KS.prefix)
     cache.reset(listed)
     with backend.watch(KS.prefix, listed.revision + 1) as watch:
         first = _task(0, "h0")
         with cache.view() as snap:
-            res = commit_plan(backend, snap, Plan(place=[first]))
+            res = commit_plan(Store(backend), snap, Plan(place=[first]))
             cache.record(Plan(place=[first]), res)
             assert snap.hosts["h0"].allocated.memory == 100
             assert snap.task_revisions[first.id] == res.task_revisions[first.id]
@@ -139,17 +140,17 @@ def test_a_recorded_commit_is_seen_at_once_and_late_events_do_not_undo_it() -> N
         # recorded marker revision, so it commits
         second = _task(1, "h0")
         with cache.view() as snap:
-            res2 = commit_plan(backend, snap, Plan(place=[second]))
+            res2 = commit_plan(Store(backend), snap, Plan(place=[second]))
             assert res2.committed == (second.id,) and not res2.conflicts
             cache.record(Plan(place=[second]), res2)
         # the stop of the first, recorded; then the late events of all three arrive
         with cache.view() as snap:
-            res3 = commit_plan(backend, snap, Plan(stop=[first.id]))
+            res3 = commit_plan(Store(backend), snap, Plan(stop=[first.id]))
             assert res3.committed == (first.id,)
             cache.record(Plan(stop=[first.id]), res3)
         _drain(backend, cache, watch)
         with cache.view() as snap:
-            assert _summary(snap) == _summary(read_snapshot(backend))
+            assert _summary(snap) == _summary(read_snapshot(Store(backend)))
             assert set(snap.tasks) == {second.id}
 
 
@@ -158,13 +159,13 @@ def test_a_stale_cache_makes_a_conflict_not_an_overcommit() -> None:
     backend = open_backend("memory://")
     backend.txn([], [Put(KS.agent("h0"), encode(Host(
         name="h0", total=Resources(memory=150, cpu_units=100))))])
-    cache = SnapshotCache()
+    cache = SnapshotCache(Store(backend))
     cache.reset(backend.list(KS.prefix))
-    other = read_snapshot(backend)
-    assert commit_plan(backend, other, Plan(place=[_task(0, "h0")])).committed
+    other = read_snapshot(Store(backend))
+    assert commit_plan(Store(backend), other, Plan(place=[_task(0, "h0")])).committed
     with cache.view() as snap:
         assert snap.hosts["h0"].allocated.memory == 0  # stale
-        res = commit_plan(backend, snap, Plan(place=[_task(1, "h0")]))
+        res = commit_plan(Store(backend), snap, Plan(place=[_task(1, "h0")]))
     assert res.conflicts == (_task(1, "h0").id,) and not res.committed
 
 
@@ -174,9 +175,9 @@ def test_statuses_and_bad_records() -> None:
     backend.txn([], [Put(KS.service_status("c", "web"), encode(status)),
                      Put(KS.service("bad"), b"{not json")])
     bad: list[str] = []
-    cache = SnapshotCache(on_bad=lambda kv, exc: bad.append(kv.key))
+    cache = SnapshotCache(Store(backend), on_bad=lambda kv, exc: bad.append(kv.key))
     cache.reset(backend.list(KS.prefix))
     assert cache.status("c", "web") == status
     assert bad == [KS.service("bad")]
     with pytest.raises(Exception, match="bad"):
-        SnapshotCache().reset(backend.list(KS.prefix))
+        SnapshotCache(Store(backend)).reset(backend.list(KS.prefix))
