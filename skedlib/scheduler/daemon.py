@@ -134,12 +134,18 @@ class SchedulerDaemon:
         log.info("scheduler %s stopped", self.holder)
 
     # -- watching (called by the cache, under its lock) -------------------------------
+    # A daemon that was not started (run_once from a test or a script) lists and records
+    # too, but has no workers: it queues nothing.
     def _listed(self, snap: Snapshot) -> None:
+        if not self.cache.started:
+            return
         for pair in sorted(all_pairs(snap)):
             self.queue.add(pair)
         self._ready.set()
 
     def _changed(self, snap: Snapshot, change: Change) -> None:
+        if not self.cache.started:
+            return
         # queued while the cache is locked: the pairs' runs see this change
         for pair in sorted(affected_pairs(snap, change, self.runner.unschedulable)):
             self.queue.add(pair)

@@ -149,7 +149,8 @@ class SnapshotCache:
             raise RuntimeError("the snapshot cache was already started")
         self._informer = self.store.informer(
             self.keys.prefix, on_list=self._listed, on_events=self._watched,
-            name=f"snapshot cache {self.keys.prefix}").start()
+            name=f"snapshot cache {self.keys.prefix}")
+        self._informer.start()  # after the assignment: its callbacks may ask `started`
         return self
 
     def stop(self) -> None:
