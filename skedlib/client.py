@@ -48,6 +48,7 @@ from skedlib.runtime import (
     wait_for_change,
     write_groups,
 )
+from skedlib.scheduling import is_task_healthy
 from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put
 from skedlib.validation import check_cluster, check_service, check_task_definition
 
@@ -635,7 +636,7 @@ class Convergence:
             if backend.get(keys.agent(t.host)) is None:
                 return False
             h = self.client._get(keys.task_health(t.id), TaskHealth)
-            if h is None or not h.healthy or h.host not in ("", t.host):
+            if not is_task_healthy(t, h, {t.host}):  # its host is live: checked above
                 return False
         return True
 

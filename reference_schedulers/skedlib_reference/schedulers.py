@@ -92,9 +92,7 @@ class DaemonScheduler(Scheduler):
         constraints = tuple(parse_constraint(c) for c in service.constraints)
 
         def healthy(t: Task) -> bool:
-            h = snapshot.health.get(t.id)
-            return bool(not t.rejected and h is not None and h.healthy
-                        and h.host in ("", t.host))
+            return snapshot.is_healthy(t.id)
 
         def allowed(host: str) -> bool:
             attributes = hosts[host].attributes

@@ -28,6 +28,7 @@ from skedlib.codecs import decode
 from skedlib.environments.models import Deployment, EnvironmentHealth, FailedHost
 from skedlib.keys import Keyspace
 from skedlib.models import RolloutHistory, Service, ServiceStatus, Task, TaskHealth
+from skedlib.scheduling import is_task_healthy
 from skedlib.store.base import Backend
 
 __all__ = ["SETTLE", "Observed", "environment_health", "evaluate", "observe"]
@@ -78,9 +79,7 @@ def observe(backend: Backend, keys: Keyspace, cluster: str, service: str,
 
 
 def _healthy(seen: Observed, t: Task) -> bool:
-    h = seen.health.get(t.id)
-    return bool(not t.rejected and t.host in seen.hosts and h is not None and h.healthy
-                and h.host in ("", t.host))
+    return is_task_healthy(t, seen.health.get(t.id), seen.hosts)
 
 
 def _why_not(seen: Observed, t: Task) -> str:

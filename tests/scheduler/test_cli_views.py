@@ -42,7 +42,7 @@ def url(tmp_path: Path) -> str:
         c.backend.put(ks.agent("h2"), encode(Host(name="h2", total=Resources(
             memory=1000, cpu_units=1000))))
         c.apply(parse_manifest(MANIFEST, "m.yml"))
-        SchedulerDaemon(c.backend).run_once(("default", "web"))
+        SchedulerDaemon(c.store).run_once(("default", "web"))
         on_h1 = sorted(t.id for t in c.tasks() if t.host == "h1")
         c.backend.put(ks.task_health(on_h1[0]), encode(TaskHealth(
             task_id=on_h1[0], host="h1", state="healthy", healthy=True)))
