@@ -8,9 +8,7 @@ writes the issued state with commit_plan (optimistic: on a conflict, run it agai
 
 import sys
 
-from skedlib.models import Task
-from skedlib.runtime import Store
-from skedlib.scheduling import Plan, commit_plan, read_snapshot
+from skedlib import Plan, Store, Task, commit_plan, read_snapshot
 
 url, cluster_name, service_name, count = *sys.argv[1:4], int(sys.argv[4])
 prefix = sys.argv[5] if len(sys.argv) > 5 else "sked/"

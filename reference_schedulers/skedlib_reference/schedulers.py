@@ -15,22 +15,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from skedlib.models import Cluster, Service, Task
-from skedlib.scheduling import (
+from skedlib import (
     BestFit,
+    Cluster,
     Filter,
     HostState,
     LeastLoaded,
+    Scheduler,
+    SchedulingResult,
     Scorer,
+    Service,
     ServiceScheduler,
     Snapshot,
     SpreadAttribute,
+    Task,
     TaskRequest,
     demand_of,
     parse_constraint,
     stock_filters,
 )
-from skedlib.scheduling.scheduler import Scheduler, SchedulingResult
 
 __all__ = ["BinpackScheduler", "DaemonScheduler", "SpreadScheduler"]
 

@@ -30,11 +30,7 @@ from __future__ import annotations
 import shlex
 from typing import Any, Literal
 
-from skedlib.agent.checks import ResolvedCheck
-from skedlib.agent.health import check_env
-from skedlib.errors import ValidationError
-from skedlib.executors.base import substitute_port
-from skedlib.models import Check, Task
+from skedlib import Check, ResolvedCheck, Task, ValidationError, check_env, substitute_port
 
 __all__ = [
     "DEFAULT_INTERVAL",

@@ -58,11 +58,18 @@ from typing import Any
 
 import msgspec
 
-from skedlib.agent.checks import ResolvedCheck, resolve_checks
-from skedlib.agent.health import HealthContext, HealthProvider
-from skedlib.codecs import decode
-from skedlib.errors import BackendError, ValidationError
-from skedlib.models import CheckStatus, Task, TaskHealth
+from skedlib import (
+    BackendError,
+    CheckStatus,
+    HealthContext,
+    HealthProvider,
+    ResolvedCheck,
+    Task,
+    TaskHealth,
+    ValidationError,
+    decode,
+    resolve_checks,
+)
 from skedlib_consul.agent_client import ConsulAgentClient
 from skedlib_consul.checks import (
     assign_check_ids,

@@ -52,16 +52,18 @@ import docker.utils  # type: ignore[import-untyped,unused-ignore]
 import requests
 import urllib3
 
-from skedlib.errors import SkedError, ValidationError
-from skedlib.executors.base import (
+from skedlib import (
+    Container,
     ContainerRef,
     ContainerStatus,
     Executor,
     ExecutorContext,
     ExitCallback,
+    SkedError,
+    Task,
     TaskRejected,
+    ValidationError,
 )
-from skedlib.models import Container, Task
 from skedlib_docker.spec import (
     LABEL_CONTAINER,
     LABEL_HOST,
