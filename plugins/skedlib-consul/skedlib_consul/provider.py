@@ -60,6 +60,7 @@ import msgspec
 
 from skedlib import (
     BackendError,
+    Backoff,
     CheckStatus,
     HealthContext,
     HealthProvider,
@@ -114,7 +115,7 @@ class ConsulHealthProvider(HealthProvider):
         """Task ids whose registration must be brought in line, with when (monotonic)."""
         self._absent: set[str] = set()
         """Task ids known not to be registered (deregistered by us since)."""
-        self._retries: dict[str, float] = {}
+        self._retries: dict[str, Backoff] = {}
         self._generation = 0
         self._cond = threading.Condition()
         self._refresh_lock = threading.Lock()
@@ -331,9 +332,10 @@ class ConsulHealthProvider(HealthProvider):
             self._forward_ttl(job[1], job[2])
 
     def _backoff(self, task_id: str) -> float:
-        delay = self._retries.get(task_id, _RETRY_INITIAL)
-        self._retries[task_id] = min(delay * 2, _RETRY_MAX)
-        return delay
+        backoff = self._retries.get(task_id)
+        if backoff is None:
+            backoff = self._retries[task_id] = Backoff(_RETRY_INITIAL, _RETRY_MAX)
+        return backoff.next()
 
     def _register(self, task_id: str, generation: int, payload: dict[str, Any]) -> None:
         client = self._sync_client
@@ -457,7 +459,7 @@ class ConsulHealthProvider(HealthProvider):
         client = self._follow_client
         node: str | None = None
         index = 0
-        pause = _RETRY_INITIAL
+        pause = Backoff(_RETRY_INITIAL, _RETRY_MAX)
         last_sig: Any = None
         last_read = 0.0
         while True:
@@ -478,8 +480,7 @@ class ConsulHealthProvider(HealthProvider):
                                      f"the Consul agent {self.url} (retrying): {exc}")
                 node, index = None, 0
                 with self._cond:
-                    self._cond.wait(pause)
-                pause = min(pause * 2, _RETRY_MAX)
+                    self._cond.wait(pause.next())
                 continue
             except Exception:
                 log.exception("consul health provider: following %s failed", self.url)
@@ -489,7 +490,7 @@ class ConsulHealthProvider(HealthProvider):
             if self._closed:
                 return
             self._ok("follow")
-            pause = _RETRY_INITIAL
+            pause.reset()
             index = new_index if new_index >= index else 0  # an index that went back: reset
             sig = sorted((str(c.get("CheckID")), str(c.get("Status"))) for c in body
                          if isinstance(c, Mapping) and c.get("CheckID") in ours)
