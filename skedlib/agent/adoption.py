@@ -21,7 +21,7 @@ from skedlib.keys import Keyspace
 from skedlib.models import Task, TaskHealth
 from skedlib.store.base import Backend
 
-__all__ = ["Ref", "forget_stale_health", "is_complete", "running_containers"]
+__all__ = ["Ref", "forget_stale_health", "is_complete", "running_containers", "verdict"]
 
 log = logging.getLogger("skedlib.agent")
 
@@ -43,6 +43,18 @@ def running_containers(executors: Mapping[str, Executor]) -> dict[str, list[Ref]
         for ref in listed:
             found.setdefault(ref.task_id, []).append((name, ref))
     return found
+
+
+def verdict(issued: bool, task: Task | None, wanted: bool, refs: list[Ref]) -> str:
+    """'' to adopt ``refs`` for ``task``, else why they are stopped (``issued``: the
+    task's key was in the listing; ``wanted``: it holds a task to run)."""
+    if not issued:
+        return "its key was removed while the agent was down"
+    if not wanted:
+        return "it is rejected"
+    if task is None or not is_complete(task, refs):
+        return "only some of its containers were still running"
+    return ""
 
 
 def is_complete(task: Task, refs: list[Ref]) -> bool:

@@ -40,7 +40,6 @@ class wires them to the store, the executors, the health provider and the timers
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -56,7 +55,7 @@ import msgspec
 
 from skedlib.agent import lifecycle as lc
 from skedlib.agent.admission import Admission, demand
-from skedlib.agent.adoption import Ref, forget_stale_health, is_complete, running_containers
+from skedlib.agent.adoption import Ref, forget_stale_health, running_containers, verdict
 from skedlib.agent.control import (
     Call,
     Changed,
@@ -71,22 +70,16 @@ from skedlib.agent.control import (
 )
 from skedlib.agent.health import DEFAULT_FAILURE_THRESHOLD, HealthProvider
 from skedlib.agent.hostinfo import HostReporter, default_address, measure_total
-from skedlib.agent.operations import StaleTask, Started, StartFailed, TaskOperations
+from skedlib.agent.operations import Started, TaskOperations, start_failure
+from skedlib.agent.poll import StatusPoll
 from skedlib.agent.ports import DEFAULT_PORT_RANGE, PortAllocator
-from skedlib.agent.pressure import (
-    PRESSURE_INTERVAL,
-    PressureCandidate,
-    choose_task_to_give_up,
-    memory_in_use,
-    pressure_reason,
-)
-from skedlib.agent.records import HealthWriter
+from skedlib.agent.pressure import PRESSURE_INTERVAL, PressureCandidate, PressureGuard
+from skedlib.agent.records import HealthWriter, compose_health
 from skedlib.agent.wiring import Executors, health_provider_name, open_health_provider
-from skedlib.codecs import decode
-from skedlib.errors import BackendError, ConflictError, ValidationError
+from skedlib.errors import ValidationError
 from skedlib.executors.base import ContainerRef, ContainerStatus, Executor, TaskRejected
 from skedlib.keys import DEFAULT_PREFIX, Keyspace
-from skedlib.models import CheckStatus, Host, Resources, Task, TaskHealth
+from skedlib.models import HealthState, Host, Resources, Task
 from skedlib.plugins import Registry, get_registry
 from skedlib.runtime import Backoff, Informer
 from skedlib.store.base import Backend, KeyValue, ListResult
@@ -94,11 +87,6 @@ from skedlib.store.base import Backend, KeyValue, ListResult
 __all__ = ["Agent", "AgentConfig", "default_state_dir"]
 
 log = logging.getLogger("skedlib.agent")
-
-_HEALTH_STATES = {"idle": "pending", "starting": "starting", "stopping": "exited",
-                  "backoff": "exited", "rejecting": "rejected", "rejected": "rejected"}
-"""The health record's state for a task that is not running, by phase."""
-
 
 def default_state_dir(host: str) -> Path:
     """``/var/lib/skedlib/agent/<host>`` as root, else ``$XDG_STATE_HOME`` (or
@@ -161,18 +149,13 @@ class AgentConfig(msgspec.Struct, kw_only=True):
     """Seconds after giving up a task under memory pressure before giving up another."""
 
 
-def _spec(task: Task) -> bytes:
-    """What makes two issued versions of a task run differently (the port aside)."""
-    return msgspec.json.encode((task.cluster.name, task.service, task.instance,
-                                task.task_definition))
-
-
-def _raw_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) else None
+def _check(config: AgentConfig) -> None:
+    if not 0 <= config.memory_pressure < 100:
+        raise ValueError(f"memory_pressure must be a percentage from 0 (off) to below "
+                         f"100, got {config.memory_pressure}")
+    if config.pressure_cooldown < 0:
+        raise ValueError(f"pressure_cooldown must be >= 0 seconds, got "
+                         f"{config.pressure_cooldown}")
 
 
 class Agent:
@@ -196,12 +179,7 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.ports = PortAllocator(*config.port_range)
-        if not 0 <= config.memory_pressure < 100:
-            raise ValueError(f"memory_pressure must be a percentage from 0 (off) to below "
-                             f"100, got {config.memory_pressure}")
-        if config.pressure_cooldown < 0:
-            raise ValueError(f"pressure_cooldown must be >= 0 seconds, got "
-                             f"{config.pressure_cooldown}")
+        _check(config)
         self.policy = lc.Policy(self.host, Backoff(initial=config.backoff_initial,
                                                    maximum=config.backoff_max),
                                 config.attempt_reset)
@@ -217,10 +195,8 @@ class Agent:
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._adopted = False
-        self._polling = False
         self._control: threading.Thread | None = None
-        self._warned: dict[str, str] = {}
-        self._gave_up_at: float | None = None  # last give-up under memory pressure
+        self._pressure = PressureGuard(config.memory_pressure, config.pressure_cooldown)
 
         self.health_provider_name = health_provider_name(config.health_provider, backend,
                                                          self.registry)
@@ -235,12 +211,9 @@ class Agent:
                                     config.executor_options,
                                     lambda *args: self._queue.put(Exited(*args)))
         self.installed = self._executors.installed
-        wanted = self.installed if config.executors is None else list(config.executors)
         try:
-            for name in wanted:
-                self._executors.open(name, required=config.executors is not None)
+            self._executors.open_all(config.executors)
         except BaseException:
-            self._executors.close()
             self.health.close()
             raise
         self.executors: dict[str, Executor] = self._executors.running
@@ -251,32 +224,18 @@ class Agent:
                                    self.installed, self.ports, self.health)
         self.operations = TaskOperations(backend, self.keys, self.host, self.executors,
                                          self.ports)
+        self._poll = StatusPoll(self.executors, self._executors.callbacks, config.status_poll,
+                                self._pool.submit, self._queue.put)
         self.writer = HealthWriter(backend, self.keys, self.host)
         template = Host(name=self.host, address=config.address or default_address(),
                         cluster=config.cluster, attributes=dict(config.attributes),
                         total=self.total, executors=sorted(self.executors))
         self.reporter = HostReporter(backend, self.keys, template, config.lease_ttl,
-                                     self.state_dir, self._reserved_ports)
+                                     self.state_dir, self._executors.reserved_ports)
         self.watcher = Informer(backend, self.keys.host_tasks(self.host),
                                 on_list=lambda listing: self._queue.put(Listed(listing)),
                                 on_events=lambda events: self._queue.put(Changed(events)),
                                 name="issued-watcher")
-
-    def _reserved_ports(self) -> list[int]:
-        ports: list[int] = []
-        for name, executor in list(self.executors.items()):
-            try:
-                ports += executor.reserved_ports()
-            except Exception as exc:  # e.g. its daemon is down: report the rest
-                self._warn_once(f"reserved-ports:{name}",
-                                f"executor {name} cannot list its reserved ports: {exc}")
-        return ports
-
-    def _warn_once(self, topic: str, message: str) -> None:
-        """Log ``message`` unless it is what was last logged for ``topic``."""
-        if self._warned.get(topic) != message:
-            self._warned[topic] = message
-            log.warning("%s", message)
 
     # -- life cycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -328,7 +287,7 @@ class Agent:
     # -- the control loop -------------------------------------------------------------
     def _loop(self) -> None:
         self._timers.add(max(self.config.health_refresh, 5.0), self._refresh_health)
-        self._timers.add(self._poll_interval(), self._poll_status)
+        self._timers.add(self._poll.interval(), self._poll_status)
         if self.config.memory_pressure > 0:
             self._timers.add(PRESSURE_INTERVAL, self._check_pressure)
         while True:
@@ -384,20 +343,18 @@ class Agent:
                 event = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if isinstance(event, Done):
-                task = self._tasks.get(event.task_id)
-                if task is None:
-                    continue
-                m = task
-                m.lc.busy = False  # the control loop ends: no more steps for it
-                if not stop_tasks:
-                    continue
-                if event.op == "start" and event.error is None:
-                    for name, ref in event.result.refs:  # started as we were shutting down
-                        self.operations.stop_quietly(name, ref, event.result.task)
-                if event.op in ("stop", "start"):
-                    m.refs = []
-                    self._publish(m, force_state="stopped")
+            if not isinstance(event, Done) or event.task_id not in self._tasks:
+                continue
+            done = self._tasks[event.task_id]
+            done.lc.busy = False  # the control loop ends: no more steps for it
+            if not stop_tasks:
+                continue
+            if event.op == "start" and event.error is None:
+                for name, ref in event.result.refs:  # started as we were shutting down
+                    self.operations.stop_quietly(name, ref, event.result.task)
+            if event.op in ("stop", "start"):
+                done.refs = []
+                self._publish(done, force_state="stopped")
 
     # -- the issued state -------------------------------------------------------------
     def _task_id_of(self, key: str) -> str | None:
@@ -435,15 +392,7 @@ class Agent:
             m = self._tasks[task_id] = Tracked(task_id)
         elif m.revision == kv.revision and m.raw == kv.value:
             return  # a relisting: nothing changed
-        m.raw, m.revision, m.bad_record = kv.value, kv.revision, ""
-        try:
-            task = decode(kv.value, Task, where=kv.key)
-            if task.id != task_id:
-                raise ValidationError(f"{kv.key}: holds task {task.id!r}, not {task_id!r}")
-            m.issued = task
-        except ValidationError as exc:
-            m.issued = None
-            m.bad_record = str(exc)
+        m.put(kv)
         self._step(m, lc.Issued(reconcile))
 
     def _on_delete(self, key: str, revision: int) -> None:
@@ -452,28 +401,10 @@ class Agent:
         if m is None:
             return
         m.issued, m.raw, m.revision, m.bad_record = None, b"", revision, ""
-        self._step(m, lc.Issued())
+        self._step(m, lc.Issued())  # deleted
 
     def _view(self, m: Tracked) -> lc.View:
-        """What the store holds for ``m``, as the lifecycle sees it."""
-        wanted = (m.issued is not None and not m.issued.rejected
-                  and m.revision > m.reject_revision)
-        invalid = unwritable = ""
-        if not wanted and m.bad_record and m.raw:
-            obj = _raw_object(m.raw)
-            if obj is None:
-                unwritable = m.bad_record
-            elif obj.get("rejected") is not True:
-                invalid = m.bad_record
-        changed = False
-        if wanted and m.running is not None and m.issued is not None:
-            moved = bool(m.issued.port and m.issued.port != m.port)
-            changed = moved or _spec(m.issued) != _spec(m.running)
-        return lc.View(present=bool(m.raw), wanted=wanted, invalid=invalid,
-                       unwritable=unwritable, changed=changed,
-                       reject_reason=m.issued.reject_reason if m.issued else "",
-                       newer=not (m.revision == m.op_revision and m.raw),
-                       active=self._adopted and not self._stopped.is_set())
+        return m.view(active=self._adopted and not self._stopped.is_set())
 
     # -- the lifecycle and its effects ------------------------------------------------
     def _step(self, m: Tracked, event: lc.Input) -> None:
@@ -585,16 +516,7 @@ class Agent:
                 exited = self._first_exit(m)
             return lc.StartOk(started.max_attempts, self._has_checks(started.task),
                               rejected, exited)
-        max_attempts = None
-        if isinstance(err, StartFailed):
-            max_attempts, err = err.max_attempts, err.__cause__
-        if isinstance(err, StaleTask):
-            return lc.StartFailed("stale", max_attempts=max_attempts)
-        if isinstance(err, TaskRejected):
-            return lc.StartFailed("rejected", str(err), max_attempts)
-        if isinstance(err, BackendError | ConflictError):
-            log.warning("could not start %s: %s", m.task_id, err)
-        return lc.StartFailed("failed", str(err), max_attempts)
+        return start_failure(m.task_id, err)
 
     def _watch_health(self, task: Task, port: int) -> str:
         """Have the health provider watch ``task``; why it refused, or ''."""
@@ -609,26 +531,17 @@ class Agent:
         return any(c.checks for c in task.task_definition.containers)
 
     # -- exits and health -------------------------------------------------------------
-    def _exit_input(self, m: Tracked, executor: str, ref: ContainerRef,
-                    status: ContainerStatus) -> lc.Exited:
-        task = m.running or m.issued
-        container = None if task is None else next(
-            (c for c in task.task_definition.containers if c.name == ref.container), None)
-        return lc.Exited(ref.container, status.message or status.state,
-                         essential=container is None or container.essential,
-                         known=(executor, ref) in m.refs)
-
     def _first_exit(self, m: Tracked) -> lc.Exited | None:
         for name, ref in m.refs:
             status = self.executors[name].status(ref)
             if status.state in ("exited", "missing"):
-                return self._exit_input(m, name, ref, status)
+                return m.exited(name, ref, status)
         return None
 
     def _on_exited(self, executor: str, ref: ContainerRef, status: ContainerStatus) -> None:
         m = self._tasks.get(ref.task_id)
         if m is not None:
-            self._step(m, self._exit_input(m, executor, ref, status))
+            self._step(m, m.exited(executor, ref, status))
 
     def _on_health(self, task_id: str) -> None:
         m = self._tasks.get(task_id)
@@ -643,30 +556,9 @@ class Agent:
                                       bad.output if bad else "", self.config.check_failures))
 
     # -- health records ---------------------------------------------------------------
-    def _compose(self, m: Tracked, force_state: str | None = None) -> TaskHealth:
-        s = m.lc
-        checks: list[CheckStatus] = list(m.health.checks) if m.health else []
-        healthy = False
-        state: str
-        if force_state is not None:
-            state = force_state
-        elif s.phase == "running":
-            if s.healthy:
-                state, healthy = "healthy", True
-            elif not s.ever_healthy:
-                state = "starting"
-            else:
-                state = "unhealthy"
-        else:
-            state = _HEALTH_STATES.get(s.phase, "stopped")
-        return TaskHealth(task_id=m.task_id, host=self.host, state=state,  # type: ignore[arg-type]
-                          healthy=healthy, checks=checks, attempts=s.attempts,
-                          message=s.message, since=s.healthy_since or time.time(),
-                          updated_at=time.time())
-
-    def _publish(self, m: Tracked, force: bool = False, force_state: str | None = None
-                 ) -> None:
-        record = self._compose(m, force_state)
+    def _publish(self, m: Tracked, force: bool = False,
+                 force_state: HealthState | None = None) -> None:
+        record = compose_health(m.lc, self.host, m.health, force_state)
         fingerprint = (record.state, record.healthy,
                        tuple((c.name, c.status) for c in record.checks), record.attempts,
                        record.message)
@@ -680,89 +572,40 @@ class Agent:
                 self._publish(m, force=True)
         self._timers.add(max(self.config.health_refresh, 5.0), self._refresh_health)
 
-    # -- the safety-net status poll ---------------------------------------------------
-    def _poll_interval(self) -> float:
-        if set(self.executors) - self._executors.callbacks:
-            return min(self.config.status_poll, 1.0)
-        return self.config.status_poll
-
     def _poll_status(self) -> None:
-        self._timers.add(self._poll_interval(), self._poll_status)
-        if self._polling:
-            return
-        running = [list(m.refs) for m in self._tasks.values()
-                   if m.lc.phase == "running" and not m.lc.busy]
-        if not running:
-            return
-        self._polling = True
-
-        def poll() -> None:
-            try:
-                for refs in running:
-                    for name, ref in refs:
-                        status = self.executors[name].status(ref)
-                        if status.state in ("exited", "missing"):
-                            self._queue.put(Exited(name, ref, status))
-            finally:
-                self._queue.put(Call(self._poll_done))
-
-        self._pool.submit(poll)
-
-    def _poll_done(self) -> None:
-        self._polling = False
+        """Timer: the safety-net poll of the running tasks' containers."""
+        self._timers.add(self._poll.interval(), self._poll_status)
+        self._poll.poll([list(m.refs) for m in self._tasks.values()
+                         if m.lc.phase == "running" and not m.lc.busy])
 
     # -- memory pressure --------------------------------------------------------------
     def _check_pressure(self) -> None:
         """Timer: under memory pressure, give up one running task (then cool down)."""
         self._timers.add(PRESSURE_INTERVAL, self._check_pressure)
-        now = time.monotonic()
-        cooldown = self.config.pressure_cooldown
-        if self._gave_up_at is not None and now - self._gave_up_at < cooldown:
-            return
-        threshold = self.config.memory_pressure
-        in_use = memory_in_use()
-        if in_use < threshold:
-            self._warned.pop("memory-pressure", None)
-            return
         candidates = [PressureCandidate(m.task_id, m.running.task_definition.priority,
                                         m.lc.run_started)
                       for m in self._tasks.values()
                       if m.lc.phase == "running" and not m.lc.busy and m.running is not None]
-        chosen = choose_task_to_give_up(candidates)
-        if chosen is None:
-            self._warn_once("memory-pressure",
-                            f"memory pressure: host memory in use >= {threshold:g}%, but "
-                            "this agent runs no task it could give up")
-            return
-        m = self._tasks[chosen.task_id]
-        reason = pressure_reason(in_use, threshold)
-        log.warning("giving up %s (priority %d, of %d running task(s)): %s; no other task "
-                    "is given up for %gs", m.task_id, chosen.priority, len(candidates),
-                    reason, cooldown)
-        self._gave_up_at = now
-        self._step(m, lc.GiveUp(reason))
+        chosen = self._pressure.choose(candidates, time.monotonic())
+        if chosen is not None:
+            self._step(self._tasks[chosen[0].task_id], lc.GiveUp(chosen[1]))
 
     # -- adoption ---------------------------------------------------------------------
     def _adopt(self) -> None:
         """Adopt what the executors still run; stop what is no longer issued here."""
         for task_id, refs in sorted(running_containers(self.executors).items()):
             m = self._tasks.get(task_id)
-            wanted = m is not None and self._view(m).wanted
-            if m is not None and m.issued is not None and wanted and is_complete(m.issued,
-                                                                                 refs):
-                self._adopt_one(m, refs)
-                continue
-            if m is None:
+            issued = m is not None
+            if m is None:  # tracked from here on so that it is stopped, then forgotten
                 m = self._tasks[task_id] = Tracked(task_id)
                 m.lc = lc.TaskState(task_id, phase="gone")
                 self._phases[task_id] = "gone"
-                why = "its key was removed while the agent was down"
-            elif not wanted:
-                why = "it is rejected"
+            why = verdict(issued, m.issued, self._view(m).wanted, refs)
+            if why:
+                m.refs = refs
+                self._step(m, lc.StopNow(why))
             else:
-                why = "only some of its containers were still running"
-            m.refs = refs
-            self._step(m, lc.StopNow(why))
+                self._adopt_one(m, refs)
         forget_stale_health(self.backend, self.keys, self.host, self._tasks, self.writer)
 
     def _adopt_one(self, m: Tracked, refs: list[Ref]) -> None:

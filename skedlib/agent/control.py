@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
+from skedlib.agent import lifecycle
 from skedlib.agent.adoption import Ref
 from skedlib.agent.lifecycle import TaskState
+from skedlib.codecs import decode
+from skedlib.errors import ValidationError
 from skedlib.executors.base import ContainerRef, ContainerStatus
 from skedlib.models import Resources, Task, TaskHealth
-from skedlib.store.base import ListResult, WatchEvent
+from skedlib.store.base import KeyValue, ListResult, WatchEvent
 
 __all__ = ["Call", "Changed", "Done", "Event", "Exited", "HealthChanged", "Listed",
            "Shutdown", "Timers", "Tracked"]
@@ -104,6 +110,64 @@ class Tracked:
 
     def __post_init__(self) -> None:
         self.lc = TaskState(self.task_id)
+
+    def put(self, kv: KeyValue) -> None:
+        """Record a new stored version of the task's key (which may not decode)."""
+        self.raw, self.revision, self.bad_record = kv.value, kv.revision, ""
+        try:
+            task = decode(kv.value, Task, where=kv.key)
+            if task.id != self.task_id:
+                raise ValidationError(f"{kv.key}: holds task {task.id!r}, not "
+                                      f"{self.task_id!r}")
+            self.issued = task
+        except ValidationError as exc:
+            self.issued = None
+            self.bad_record = str(exc)
+
+    def view(self, active: bool) -> lifecycle.View:
+        """What the store holds for the task, as its lifecycle sees it (``active``: the
+        agent has adopted and is not shutting down)."""
+        wanted = (self.issued is not None and not self.issued.rejected
+                  and self.revision > self.reject_revision)
+        invalid = unwritable = ""
+        if not wanted and self.bad_record and self.raw:
+            obj = _json_object(self.raw)
+            if obj is None:
+                unwritable = self.bad_record
+            elif obj.get("rejected") is not True:
+                invalid = self.bad_record
+        changed = False
+        if wanted and self.running is not None and self.issued is not None:
+            moved = bool(self.issued.port and self.issued.port != self.port)
+            changed = moved or _spec(self.issued) != _spec(self.running)
+        return lifecycle.View(present=bool(self.raw), wanted=wanted, invalid=invalid,
+                       unwritable=unwritable, changed=changed,
+                       reject_reason=self.issued.reject_reason if self.issued else "",
+                       newer=not (self.revision == self.op_revision and self.raw),
+                       active=active)
+
+    def exited(self, executor: str, ref: ContainerRef, status: ContainerStatus) -> lifecycle.Exited:
+        """The lifecycle input for one of the task's containers that exited."""
+        task = self.running or self.issued
+        container = None if task is None else next(
+            (c for c in task.task_definition.containers if c.name == ref.container), None)
+        return lifecycle.Exited(ref.container, status.message or status.state,
+                         essential=container is None or container.essential,
+                         known=(executor, ref) in self.refs)
+
+
+def _spec(task: Task) -> bytes:
+    """What makes two issued versions of a task run differently (the port aside)."""
+    return msgspec.json.encode((task.cluster.name, task.service, task.instance,
+                                task.task_definition))
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 class Timers:

@@ -14,18 +14,19 @@ from typing import Any
 
 import msgspec
 
+from skedlib.agent import lifecycle as lc
 from skedlib.agent.adoption import Ref
 from skedlib.agent.issued import patch_task
 from skedlib.agent.ports import PortAllocator, port_is_free
 from skedlib.codecs import decode
-from skedlib.errors import BackendError, ValidationError
+from skedlib.errors import BackendError, ConflictError, ValidationError
 from skedlib.executors.base import ContainerRef, Executor, TaskRejected
 from skedlib.keys import Keyspace
 from skedlib.models import Service, Task
 from skedlib.store.base import Backend
 from skedlib.validation import DEFAULT_GRACE_PERIOD, DEFAULT_MAX_ATTEMPTS
 
-__all__ = ["StaleTask", "StartFailed", "Started", "TaskOperations"]
+__all__ = ["StaleTask", "StartFailed", "Started", "TaskOperations", "grace", "start_failure"]
 
 log = logging.getLogger("skedlib.agent")
 
@@ -53,6 +54,20 @@ class Started:
     description: str
     revision: int
     """The host key's revision after the port was written back (else as read)."""
+
+
+def start_failure(task_id: str, err: BaseException | None) -> lc.StartFailed:
+    """The lifecycle input for a start that raised ``err``."""
+    max_attempts = None
+    if isinstance(err, StartFailed):
+        max_attempts, err = err.max_attempts, err.__cause__
+    if isinstance(err, StaleTask):
+        return lc.StartFailed("stale", max_attempts=max_attempts)
+    if isinstance(err, TaskRejected):
+        return lc.StartFailed("rejected", str(err), max_attempts)
+    if isinstance(err, BackendError | ConflictError):
+        log.warning("could not start %s: %s", task_id, err)
+    return lc.StartFailed("failed", str(err), max_attempts)
 
 
 def grace(task: Task | None) -> float:

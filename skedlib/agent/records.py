@@ -15,19 +15,49 @@ import logging
 import threading
 import time
 
+from skedlib.agent.lifecycle import TaskState
 from skedlib.codecs import decode, encode
 from skedlib.errors import BackendError, ValidationError
 from skedlib.keys import Keyspace
-from skedlib.models import TaskHealth
+from skedlib.models import HealthState, TaskHealth
 from skedlib.store.base import Backend, Compare, Delete, KeyValue, Put
 
-__all__ = ["HealthWriter", "merge_checks"]
+__all__ = ["HealthWriter", "compose_health", "merge_checks"]
 
 log = logging.getLogger(__name__)
 
 _DELETE = None
 _RETRY_AFTER = 1.0
 _ATTEMPTS = 5
+
+
+_STATES: dict[str, HealthState] = {
+    "idle": "pending", "starting": "starting", "stopping": "exited", "backoff": "exited",
+    "rejecting": "rejected", "rejected": "rejected"}
+"""The record's state for a task that is not running, by lifecycle phase."""
+
+
+def compose_health(state: TaskState, host: str, checks: TaskHealth | None,
+                   force_state: HealthState | None = None) -> TaskHealth:
+    """The health record of a task in lifecycle ``state`` (``checks``: the health
+    provider's last report)."""
+    healthy = False
+    record_state: HealthState
+    if force_state is not None:
+        record_state = force_state
+    elif state.phase == "running":
+        if state.healthy:
+            record_state, healthy = "healthy", True
+        elif not state.ever_healthy:
+            record_state = "starting"
+        else:
+            record_state = "unhealthy"
+    else:
+        record_state = _STATES.get(state.phase, "stopped")
+    return TaskHealth(task_id=state.task_id, host=host, state=record_state, healthy=healthy,
+                      checks=list(checks.checks) if checks else [], attempts=state.attempts,
+                      message=state.message, since=state.healthy_since or time.time(),
+                      updated_at=time.time())
 
 
 def merge_checks(ours: TaskHealth, stored: TaskHealth) -> TaskHealth:

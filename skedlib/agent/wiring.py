@@ -38,6 +38,17 @@ class Executors:
         """Installed executors that failed to start, and why."""
         self.callbacks: set[str] = set()
         """Executors that report exits themselves (the others are polled)."""
+        self._warned: dict[str, str] = {}
+
+    def open_all(self, names: list[str] | None) -> None:
+        """Open ``names`` (each required), or every installed executor that starts (None).
+        On an error the ones opened are closed again."""
+        try:
+            for name in self.installed if names is None else names:
+                self.open(name, required=names is not None)
+        except BaseException:
+            self.close()
+            raise
 
     def open(self, name: str, required: bool) -> None:
         """Create executor ``name``. One that cannot be created raises
@@ -67,6 +78,20 @@ class Executors:
         def exited(ref: ContainerRef, status: ContainerStatus) -> None:
             self.on_exit(name, ref, status)
         return exited
+
+    def reserved_ports(self) -> list[int]:
+        """The ports the executors hold for themselves (one that cannot answer, e.g. its
+        daemon is down, is left out with a warning logged once)."""
+        ports: list[int] = []
+        for name, executor in list(self.running.items()):
+            try:
+                ports += executor.reserved_ports()
+            except Exception as exc:
+                message = f"executor {name} cannot list its reserved ports: {exc}"
+                if self._warned.get(name) != message:
+                    self._warned[name] = message
+                    log.warning("%s", message)
+        return ports
 
     def close(self) -> None:
         """Close every executor (a failure is logged)."""
