@@ -9,10 +9,13 @@ sleeps never and does no I/O, so every path can be driven by a test.
 
 Phases::
 
-    idle ─admit─▶ starting ─ok─▶ running ─exit, unhealthy─▶ stopping ─▶ backoff ─timer─▶ idle
-                     │                                                     │
-                     └─failed─▶ (a failed attempt) ─max_attempts reached─▶ rejecting ─▶ rejected
-    not wanted: stopping (while containers are held) ─▶ rejected, or forgotten (key gone)
+    idle ─admit─▶ starting ─ok─▶ running
+                     │              │ an essential container exits, a check stays critical
+                     │              ▼
+                     └─failed─▶ a failed attempt (stopping first while containers run)
+                                    ├─ attempts left: backoff ─timer─▶ idle
+                                    └─ max_attempts reached: rejecting ─▶ rejected
+    not wanted: stopping (while containers run) ─▶ rejected, or forgotten (its key is gone)
 
 One operation (start, stop, reject) is in flight per task at a time (``busy``); inputs
 that would start another wait for it to finish. A failed attempt (an essential container
