@@ -21,23 +21,10 @@ from typing import Any, Literal
 
 from skedlib.errors import ValidationError
 from skedlib.keys import Keyspace
-from skedlib.runtime import RETRY, Informer, Retry, retry_on_conflict
-from skedlib.store.base import Backend, Compare, ListResult, Op, Put, WatchEvent
+from skedlib.runtime import RETRY, Retry, retry_on_conflict
+from skedlib.store.base import Backend, Compare, Op, Put
 
-__all__ = ["IssuedWatcher", "patch_task"]
-
-
-class IssuedWatcher(Informer):
-    """An :class:`~skedlib.runtime.Informer` taking its callbacks by position.
-
-    Kept for callers written against the former watcher; new code builds an
-    :class:`~skedlib.runtime.Informer` (or ``Store.informer``) directly."""
-
-    def __init__(self, backend: Backend, prefix: str, on_list: Callable[[ListResult], None],
-                 on_events: Callable[[list[WatchEvent]], None],
-                 poll_timeout: float = 1.0) -> None:
-        super().__init__(backend, prefix, on_list=on_list, on_events=on_events,
-                         name=f"watcher {prefix}", poll_timeout=poll_timeout)
+__all__ = ["patch_task"]
 
 
 def _patched(value: bytes, patch: Callable[[dict[str, Any]], None]) -> bytes | None:
