@@ -9,14 +9,6 @@ layers behind these names.
     from skedlib import Client, ServiceScheduler, Store, load_manifest
 """
 
-from skedlib.agent.checks import ResolvedCheck, resolve_checks
-from skedlib.agent.health import (
-    HealthContext,
-    HealthProvider,
-    LocalHealthProvider,
-    check_env,
-    pass_ttl_check,
-)
 from skedlib.client import ApplyResult, Client, ScaleResult, default_backend_url
 from skedlib.codecs import decode, encode, load_manifest, parse_manifest, to_builtins
 from skedlib.constraints import Constraint, parse_constraint
@@ -45,6 +37,14 @@ from skedlib.executors.base import (
     TaskRejected,
     convert_blob,
     substitute_port,
+)
+from skedlib.health.checks import ResolvedCheck, resolve_checks
+from skedlib.health.provider import (
+    HealthContext,
+    HealthProvider,
+    LocalHealthProvider,
+    check_env,
+    pass_ttl_check,
 )
 from skedlib.hookspecs import BackendFactory, hookimpl
 from skedlib.keys import DEFAULT_PREFIX, Keyspace, validate_name

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from skedlib.agent.health import HealthProvider
 from skedlib.agent.ports import PortAllocator
 from skedlib.executors.base import Executor, TaskRejected
+from skedlib.health.provider import HealthProvider
 from skedlib.models import Resources, Task
 
 __all__ = ["Admission", "demand"]

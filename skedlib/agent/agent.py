@@ -6,7 +6,7 @@ One **control thread** owns every task's state and reacts to events, in order:
   delivers listings and watch batches),
 - containers that exit (executors call back at once; a periodic status poll is the
   safety net, and the only source for executors that cannot call back),
-- health changes (from the :class:`~skedlib.agent.health.HealthProvider`),
+- health changes (from the :class:`~skedlib.HealthProvider`),
 - finished start/stop/reject operations, which run on a bounded thread pool so tasks
   start and stop in parallel while the control thread never blocks on them,
 - timers (restart backoff, health record refresh, status poll).
@@ -68,7 +68,6 @@ from skedlib.agent.control import (
     Timers,
     Tracked,
 )
-from skedlib.agent.health import DEFAULT_FAILURE_THRESHOLD, HealthProvider
 from skedlib.agent.hostinfo import HostReporter, default_address, measure_total
 from skedlib.agent.operations import Started, TaskOperations, start_failure
 from skedlib.agent.poll import StatusPoll
@@ -78,6 +77,7 @@ from skedlib.agent.records import HealthWriter, compose_health
 from skedlib.agent.wiring import Executors, health_provider_name, open_health_provider
 from skedlib.errors import ValidationError
 from skedlib.executors.base import ContainerRef, ContainerStatus, Executor, TaskRejected
+from skedlib.health.provider import DEFAULT_FAILURE_THRESHOLD, HealthProvider
 from skedlib.keys import DEFAULT_PREFIX, Keyspace
 from skedlib.models import HealthState, Host, Resources, Task
 from skedlib.plugins import Registry, get_registry

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from skedlib.agent.health import HealthContext, HealthProvider
 from skedlib.errors import PluginError
 from skedlib.executors.base import ContainerRef, ContainerStatus, Executor, ExecutorContext
+from skedlib.health.provider import HealthContext, HealthProvider
 from skedlib.keys import Keyspace
 from skedlib.plugins import Registry
 from skedlib.store.base import Backend

@@ -12,7 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from skedlib.agent import Agent, AgentConfig, pass_ttl_check
+from skedlib import pass_ttl_check
+from skedlib.agent import Agent, AgentConfig
 from skedlib.codecs import decode, encode
 from skedlib.errors import Compacted
 from skedlib.keys import Keyspace

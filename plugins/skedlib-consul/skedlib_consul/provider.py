@@ -5,12 +5,12 @@ default with a ``consul://`` backend) lets Consul run a task's checks instead of
 checking locally: the task becomes a Consul service on the Consul agent of the host it
 runs on, with its containers' checks (mapped as :mod:`skedlib_consul.checks` says), and
 its health is read back from that agent. :class:`ConsulHealthProvider` follows the
-contract of :mod:`skedlib.agent.health`; every method returns at once, Consul is only
+contract of :mod:`skedlib.health.provider`; every method returns at once, Consul is only
 talked to from the provider's two threads, through
 :class:`~skedlib_consul.agent_client.ConsulAgentClient` (every call with a timeout):
 
 - ``validate`` resolves the checks as the local provider does
-  (:func:`skedlib.agent.checks.resolve_checks`: one kind, a usable target, parsable
+  (:func:`skedlib.resolve_checks`: one kind, a usable target, parsable
   durations) and raises :class:`~skedlib.executors.base.TaskRejected`.
 - ``watch(task, port)`` registers the task as a service (ID the task id, Name the
   service, Port ``port``, Tags the definition's tags) with its checks; intervals and
@@ -36,7 +36,7 @@ time against ``failure_threshold``) is in :mod:`skedlib_consul.states`; which Co
 agent is used (``consul.url``, ``consul.token``, ``consul.timeout``, else the backend's
 endpoint on this host) in :mod:`skedlib_consul.local_agent`.
 
-TTL checks: ``skedlib.agent.health.pass_ttl_check`` works as with the local provider.
+TTL checks: ``skedlib.pass_ttl_check`` works as with the local provider.
 The provider reads each TTL task's health record (``state/health/<task_id>``) every
 quarter TTL (0.25 s to 2 s) and forwards reports newer than the last one it forwarded
 (and not older than the TTL, and not written by the agent from the provider's own

@@ -49,9 +49,9 @@ from typing import Literal
 
 import msgspec
 
-from skedlib.agent.checks import ResolvedCheck, resolve_checks, run_check
 from skedlib.codecs import decode, encode
 from skedlib.errors import BackendError, NotFound, ValidationError
+from skedlib.health.checks import ResolvedCheck, resolve_checks, run_check
 from skedlib.keys import Keyspace
 from skedlib.models import CheckStatus, Task, TaskHealth
 from skedlib.runtime import RETRY, Retry, retry_on_conflict

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from skedlib.agent.checks import ResolvedCheck, resolve_checks, run_check
-from skedlib.agent.health import HealthContext, LocalHealthProvider, pass_ttl_check
 from skedlib.codecs import encode
 from skedlib.errors import NotFound
 from skedlib.executors.base import TaskRejected
+from skedlib.health.checks import ResolvedCheck, resolve_checks, run_check
+from skedlib.health.provider import HealthContext, LocalHealthProvider, pass_ttl_check
 from skedlib.keys import Keyspace
 from skedlib.models import Check, CheckStatus, Container, TaskHealth
 from skedlib.store.memory import MemoryBackend
