@@ -25,8 +25,8 @@ from skedlib.store.base import (
     Watch,
     WatchEvent,
 )
-from tests.backends._cli import sked_fails
 from tests.harness import etcd as harness
+from tests.harness.cli import sked_fails
 
 harness.skip_module_unless_plugin_importable()
 

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 etcd_fault_cluster = harness.etcd_fault_cluster
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TIMEOUT = 5.0  # the backend's default per-call timeout, used by these tests
 SLACK = 0.75  # scheduling noise allowed on top of a timeout
 

@@ -18,7 +18,7 @@ from skedlib.codecs import encode, parse_manifest
 from skedlib.keys import Keyspace
 from skedlib.models import Host, Resources, Task, TaskHealth
 from skedlib.scheduler.daemon import SchedulerDaemon
-from tests.scheduler.conftest import BIN
+from tests.harness.cli import sked_script
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = """
@@ -120,8 +120,7 @@ def test_schema_matches_msgspec(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_tasks_watch_redraws_on_change(url: str) -> None:
-    sked = BIN / "sked"
-    proc = subprocess.Popen([str(sked), "--backend", url, "tasks", "--watch"],
+    proc = subprocess.Popen([sked_script(), "--backend", url, "tasks", "--watch"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
