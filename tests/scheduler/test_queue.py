@@ -53,11 +53,11 @@ def test_add_after_keeps_the_earliest_delay(monkeypatch: pytest.MonkeyPatch) -> 
 def test_close_wakes_blocked_getters() -> None:
     q: WorkQueue[str] = WorkQueue()
     got: list[str | None] = []
-    t = threading.Thread(target=lambda: got.append(q.get(10)))
+    t = threading.Thread(target=lambda: got.append(q.get(120)))
     t.start()
     time.sleep(0.05)
     q.close()
-    t.join(2)
+    t.join(30)  # well before the get's own 120 s
     assert got == [None] and not t.is_alive()
     q.add("a")
     assert q.get(0) is None
