@@ -430,6 +430,11 @@ class _Machine:
                 self.stop("its task changed", then="reconcile")
             return
         if s.phase == "idle" and not s.stale:
+            if s.attempts and s.attempts >= s.max_attempts:
+                # its attempts are used up (a rejection lost a race with another write
+                # of the same task): reject it again rather than start it once more
+                self.reject(s.message)
+                return
             self.emit(Admit())
 
     def await_newer(self) -> None:

@@ -22,7 +22,7 @@ from skedlib_consul.watch import ConsulWatch
 from skedlib.errors import BackendUnavailable, InvalidName, LeaseExpired, TxnTooLarge
 from skedlib.plugins import open_backend
 from skedlib.store.base import Compare, Delete, KeyValue, Put, WatchEvent
-from tests.backends._cli import sked_fails
+from tests.harness.cli import sked_fails
 from tests.harness import consul as harness
 
 consul_dev = harness.consul_dev
