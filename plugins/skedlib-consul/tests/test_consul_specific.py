@@ -22,8 +22,8 @@ from skedlib_consul.watch import ConsulWatch
 from skedlib.errors import BackendUnavailable, InvalidName, LeaseExpired, TxnTooLarge
 from skedlib.plugins import open_backend
 from skedlib.store.base import Compare, Delete, KeyValue, Put, WatchEvent
-from tests.harness.cli import sked_fails
 from tests.harness import consul as harness
+from tests.harness.cli import sked_fails
 
 consul_dev = harness.consul_dev
 consul_acl = harness.consul_acl
