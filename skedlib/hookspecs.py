@@ -1,14 +1,15 @@
 """Every hook a skedlib plugin can implement, in one place.
 
-A plugin is a module or object with functions marked ``@hookimpl`` and named after the
-specs below. skedlib registers its built-in pieces exactly as third-party plugins are
-registered: the ``skedlib`` entry-point group (``[project.entry-points.skedlib]`` in a
-plugin package's pyproject) names the module. Each hook returns a mapping of names to
-factories (or, for ``skedlib_executor_configs``, to config Structs); every result is
-merged, and a name offered by two plugins is an error that names both.
+A plugin is a module or object with functions marked ``@skedlib.hookimpl`` and named
+after the specs below. skedlib registers its built-in pieces exactly as third-party
+plugins are registered: the ``skedlib`` entry-point group
+(``[project.entry-points.skedlib]`` in a plugin package's pyproject) names the module.
+Each hook returns a mapping of names to factories (or, for ``skedlib_executor_configs``,
+to config Structs); every result is merged, and a name offered by two plugins is an
+error that names both.
 
-Use :mod:`skedlib.plugins` (``get_registry()``) rather than calling hooks directly: it
-validates what plugins return and names the plugin at fault.
+Use :func:`skedlib.get_registry` (a typed :class:`skedlib.Registry`) rather than calling
+hooks directly: it validates what plugins return and names the plugin at fault.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 BackendFactory = Callable[[str], "Backend"]
-"""Opens a backend from its URL; raises :class:`~skedlib.errors.BackendUnavailable`."""
+"""Opens a backend from its URL; raises :class:`skedlib.BackendUnavailable`."""
 
 
 # -- storage ------------------------------------------------------------------------------
@@ -57,8 +58,8 @@ def skedlib_backends() -> Mapping[str, BackendFactory]:  # type: ignore[empty-bo
 def skedlib_executors() -> Mapping[str, Callable[..., Any]]:  # type: ignore[empty-body]
     """Return executor names (a container's ``type``) mapped to executor factories.
 
-    A factory is called with the agent's :class:`~skedlib.agent.ExecutorContext` and
-    returns an :class:`~skedlib.executors.Executor`.
+    A factory is called with the agent's :class:`skedlib.ExecutorContext` and
+    returns an :class:`skedlib.Executor`.
     """
 
 
@@ -72,7 +73,7 @@ def skedlib_executor_configs() -> Mapping[str, type[msgspec.Struct]]:  # type: i
     fields of the blob warn. A ``type`` no installed plugin declares a Struct for passes
     unchecked (so a manifest can be applied from a machine that does not run that
     executor). The executor itself decodes its blob with the same Struct at start
-    (:func:`~skedlib.executors.convert_blob`).
+    (:func:`skedlib.convert_blob`).
 
     Called once per registry, without creating any executor: keep the Struct in a module
     that imports nothing heavy. Every plugin's result is merged; a type declared twice is
@@ -82,7 +83,8 @@ def skedlib_executor_configs() -> Mapping[str, type[msgspec.Struct]]:  # type: i
 
 @hookspec
 def skedlib_health_providers() -> Mapping[str, Callable[..., Any]]:  # type: ignore[empty-body]
-    """Return health provider names mapped to factories (called with the agent's context).
+    """Return health provider names mapped to factories, each called with the agent's
+    :class:`skedlib.HealthContext` and returning a :class:`skedlib.HealthProvider`.
 
     A backend may name the provider its agents use by default (Consul's agents register
     checks with the local Consul agent instead of checking locally).
@@ -94,5 +96,5 @@ def skedlib_health_providers() -> Mapping[str, Callable[..., Any]]:  # type: ign
 def skedlib_schedulers() -> Mapping[str, Callable[..., Any]]:  # type: ignore[empty-body]
     """Return scheduler names (a service's ``scheduler``) mapped to scheduler factories.
 
-    A factory takes no arguments and returns a :class:`~skedlib.scheduling.Scheduler`.
+    A factory takes no arguments and returns a :class:`skedlib.Scheduler`.
     """
