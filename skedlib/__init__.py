@@ -2,9 +2,10 @@
 
 This module is the front door: everything a scheduler, executor, health-provider or
 backend author needs is importable from here, and ``__all__`` is the public API. Every
-other module is internal — its path may change in any release — except
-:mod:`skedlib.testing` (the backend conformance suite). docs/architecture.md shows the
-layers behind these names.
+other module is internal — its path may change in any release — except three public
+subpackages: :mod:`skedlib.testing` (the backend conformance suite), :mod:`skedlib.agent`
+(``Agent``, to embed an agent) and :mod:`skedlib.scheduler` (``SchedulerDaemon``, to embed
+the daemon). docs/architecture.md shows the layers behind these names.
 
     from skedlib import Client, ServiceScheduler, Store, load_manifest
 """
@@ -38,6 +39,7 @@ from skedlib.executors.base import (
     convert_blob,
     substitute_port,
 )
+from skedlib.executors.supervision import SupervisedExecutor
 from skedlib.health.checks import ResolvedCheck, resolve_checks
 from skedlib.health.provider import (
     HealthContext,
@@ -82,6 +84,7 @@ from skedlib.runtime import (
 )
 from skedlib.scheduling import (
     BestFit,
+    Change,
     CommitResult,
     ConstraintsFilter,
     DistinctHostFilter,
@@ -108,6 +111,7 @@ from skedlib.scheduling import (
     Unschedulable,
     commit_plan,
     demand_of,
+    is_task_healthy,
     read_snapshot,
     stock_filters,
     validate_plan,
@@ -138,6 +142,7 @@ __all__ = [
     "BackendUnavailable",
     "Backoff",
     "BestFit",
+    "Change",
     "Check",
     "CheckStatus",
     "Client",
@@ -206,6 +211,7 @@ __all__ = [
     "SnapshotCache",
     "SpreadAttribute",
     "Store",
+    "SupervisedExecutor",
     "Task",
     "TaskDefinition",
     "TaskHealth",
@@ -228,6 +234,7 @@ __all__ = [
     "encode",
     "get_registry",
     "hookimpl",
+    "is_task_healthy",
     "lazy_attributes",
     "load_manifest",
     "one_line",

@@ -3,7 +3,8 @@
 - skedlib's layers import only downward: the contract in pyproject.toml
   (``[tool.importlinter]``), checked with import-linter;
 - plugins/, reference_schedulers/ and examples/ use only the public API: the front door
-  ``skedlib`` and ``skedlib.testing``, never a module inside skedlib. The plugins' own
+  ``skedlib`` and the public subpackages (``skedlib.testing``, ``skedlib.agent``,
+  ``skedlib.scheduler``), never a module inside skedlib. The plugins' own
   tests (``plugins/*/tests/``) are the project's tests and, like ``tests/``, may reach
   inside.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PUBLIC = {"skedlib", "skedlib.testing"}
+PUBLIC = {"skedlib", "skedlib.testing", "skedlib.agent", "skedlib.scheduler"}
+"""The public modules (the docstring of skedlib/__init__.py says why each)."""
 
 
 def test_layers_import_only_downward() -> None:

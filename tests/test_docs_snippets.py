@@ -40,13 +40,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_architecture import PUBLIC
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 SQLITE_TMP = "sqlite:///tmp/"
 _PATH_COMMENT = re.compile(r"#\s*([A-Za-z_][\w/]*\.py)\b")
 
 
-PUBLIC_MODULES = {"skedlib", "skedlib.testing"}
+PUBLIC_MODULES = PUBLIC
 INTERNAL_IMPORTS_ALLOWED: dict[str, set[str]] = {
     # JobClient is not in skedlib.__all__: the batch-jobs page has no public import yet
     "docs/jobs.md": {"skedlib.jobs.client", "skedlib.plugins"},

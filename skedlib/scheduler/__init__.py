@@ -1,5 +1,6 @@
 """The scheduler daemon (``skedlib-scheduler``): runs registered Scheduler plugins over the
-desired state.
+desired state. Public: :class:`SchedulerDaemon`, to embed the daemon (or test a scheduler
+end to end with :meth:`SchedulerDaemon.run_once`); the modules below are internal.
 
 - :mod:`skedlib.scheduler.daemon`: :class:`~skedlib.scheduler.daemon.SchedulerDaemon`
   (threads, the watch-fed snapshot cache, the work queue, resync);
@@ -10,3 +11,7 @@ desired state.
 - :mod:`skedlib.scheduler.queue`: the de-duplicating work queue;
 - :mod:`skedlib.cli.scheduler`: the ``skedlib-scheduler`` command.
 """
+
+from skedlib.scheduler.daemon import RunOutcome, SchedulerDaemon
+
+__all__ = ["RunOutcome", "SchedulerDaemon"]
