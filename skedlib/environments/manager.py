@@ -17,11 +17,10 @@ import builtins
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
-from skedlib.client import Client
 from skedlib.codecs import decode, encode
 from skedlib.durations import SECOND
 from skedlib.environments.keys import EnvironmentKeyspace
@@ -42,11 +41,13 @@ from skedlib.environments.tracker import (
     environment_health,
     evaluate,
     observe,
+    observe_all,
 )
 from skedlib.errors import ConflictError, NotFound, ValidationError
 from skedlib.keys import validate_name
 from skedlib.models import Cluster, Service, UpdateStrategy
-from skedlib.store.base import Compare, Delete, KeyValue, Op, Put
+from skedlib.runtime import RETRY, Retry, Store, retry_on_conflict
+from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put
 from skedlib.validation import check_service
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_DEADLINE", "MAX_PAGE_SIZE", "Environments"]
@@ -55,7 +56,6 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_DEADLINE = 7 * 86400.0
 """The longest ``deployment_deadline`` accepted (a week), in seconds."""
-_RETRIES = 8
 
 
 def _label(name: str) -> str:
@@ -88,7 +88,7 @@ def _check_limit(limit: int) -> int:
 
 
 class Environments:
-    """Create, read, update, delete and deploy environments stored in ``client``'s backend.
+    """Create, read, update, delete and deploy environments stored in ``store``.
 
     Errors are :class:`~skedlib.errors.SkedError` subclasses with one-line messages
     naming the environment and the field: :class:`ValidationError` (bad input, nothing
@@ -96,14 +96,18 @@ class Environments:
     token, or state that forbids the request), or a backend error.
     """
 
-    def __init__(self, client: Client, *, clock: Callable[[], float] = time.time,
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time,
                  settle: float = SETTLE) -> None:
-        self.client = client
-        self.backend = client.backend
-        self.keys = client.keys
-        self.env_keys = EnvironmentKeyspace(client.keys)
+        self.store = store
+        self.keys = store.keys
+        self.env_keys = EnvironmentKeyspace(store.keys)
         self.clock = clock
         self.settle = settle
+
+    @property
+    def backend(self) -> Backend:
+        """The store's backend."""
+        return self.store.backend
 
     # -- reading ------------------------------------------------------------------------
     def _env(self, name: str) -> tuple[KeyValue, Environment]:
@@ -113,13 +117,19 @@ class Environments:
             raise NotFound(f"{_label(name)} not found")
         return kv, decode(kv.value, Environment, where=kv.key)
 
-    def _seen(self, env: Environment, dep_kv: KeyValue | None,
-              hosts: set[str] | None = None) -> Observed:
-        seen = observe(self.backend, self.keys, env.cluster, env.name,
-                       dep_kv.create_revision if dep_kv else 0)
-        if hosts is not None:
-            seen.hosts = hosts
-        return seen
+    def _observe(self, envs: Sequence[Environment]
+                 ) -> dict[str, tuple[KeyValue | None, Observed]]:
+        """Each deployed environment's current deployment record and what its status is
+        derived from, all observed in one read (see
+        :func:`~skedlib.environments.tracker.observe_all`)."""
+        deployed = [env for env in envs if env.current_deployment]
+        records = [self.backend.get(self.env_keys.deployment(env.name, env.current_deployment))
+                   for env in deployed]
+        seen = observe_all(self.store, [(env.cluster, env.name,
+                                         dep_kv.create_revision if dep_kv else 0)
+                                        for env, dep_kv in zip(deployed, records, strict=True)])
+        return {env.name: (dep_kv, obs)
+                for env, dep_kv, obs in zip(deployed, records, seen, strict=True)}
 
     def _track(self, env: Environment, dep_kv: KeyValue, dep: Deployment,
                seen: Observed | None = None) -> Deployment:
@@ -127,7 +137,7 @@ class Environments:
         compare on the record, so concurrent trackers agree on one outcome)."""
         if dep.status in ("completed", "failed") or dep.id != env.current_deployment:
             return dep
-        seen = seen or self._seen(env, dep_kv)
+        seen = seen or observe(self.store, env.cluster, env.name, dep_kv.create_revision)
         now = evaluate(dep, seen, self.clock(), self.settle)
         if now.status == dep.status:
             return now
@@ -139,12 +149,12 @@ class Environments:
         return decode(kv.value, Deployment, where=kv.key) if kv else now
 
     def _view(self, kv: KeyValue, env: Environment,
-              hosts: set[str] | None = None) -> EnvironmentView:
+              observed: dict[str, tuple[KeyValue | None, Observed]] | None = None
+              ) -> EnvironmentView:
         view = EnvironmentView(**msgspec.structs.asdict(env), revision=kv.revision)
         if not env.current_deployment:
             return view
-        dep_kv = self.backend.get(self.env_keys.deployment(env.name, env.current_deployment))
-        seen = self._seen(env, dep_kv, hosts)
+        dep_kv, seen = (observed if observed is not None else self._observe([env]))[env.name]
         if dep_kv is not None:
             dep = decode(dep_kv.value, Deployment, where=dep_kv.key)
             view.deployment_status = self._track(env, dep_kv, dep, seen).status
@@ -174,9 +184,8 @@ class Environments:
                 found.append((kv, env))
         found.sort(key=lambda p: p[1].name)
         page = found[:limit]
-        hosts = {kv.key[len(self.keys.agents):]
-                 for kv in self.backend.list(self.keys.agents).items} if page else set()
-        return EnvironmentPage(items=[self._view(kv, env, hosts) for kv, env in page],
+        observed = self._observe([env for _, env in page])
+        return EnvironmentPage(items=[self._view(kv, env, observed) for kv, env in page],
                                next_token=_page_token(page[-1][1].name)
                                if len(found) > limit else "")
 
@@ -204,19 +213,20 @@ class Environments:
 
     def track_all(self) -> int:
         """Bring every environment's in-progress deployment up to date (storing those
-        that completed or failed); returns how many were in progress."""
+        that completed or failed), all observed in one read; returns how many were in
+        progress."""
+        envs = [decode(kv.value, Environment, where=kv.key)
+                for kv in self.backend.list(self.env_keys.environments).items]
+        observed = self._observe(envs)
         n = 0
-        for kv in self.backend.list(self.env_keys.environments).items:
-            env = decode(kv.value, Environment, where=kv.key)
-            if not env.current_deployment:
-                continue
-            dep_kv = self.backend.get(self.env_keys.deployment(env.name, env.current_deployment))
-            if dep_kv is None:
+        for env in envs:
+            dep_kv, seen = observed.get(env.name, (None, None))
+            if dep_kv is None or seen is None:
                 continue
             dep = decode(dep_kv.value, Deployment, where=dep_kv.key)
             if dep.status in ("pending", "in_progress"):
                 n += 1
-                self._track(env, dep_kv, dep)
+                self._track(env, dep_kv, dep, seen)
         return n
 
     # -- checks -------------------------------------------------------------------------
@@ -255,7 +265,8 @@ class Environments:
                 validate_name(value, what, allow_dash=dash)
             except ValidationError as exc:
                 raise ValidationError(f"{label}: field {field}: {exc}") from None
-        for _ in range(_RETRIES):
+
+        def attempt() -> EnvironmentView | Retry:
             env_key = self.env_keys.environment(req.name)
             if self.backend.get(env_key) is not None:
                 raise ConflictError(f"{label} already exists")
@@ -284,13 +295,16 @@ class Environments:
                 [Put(env_key, encode(env))])
             if res.succeeded:
                 return EnvironmentView(**msgspec.structs.asdict(env), revision=res.revision)
-        raise ConflictError(f"{label}: the store kept changing while creating it; try again")
+            return RETRY
+
+        return retry_on_conflict(attempt, what=f"{label}: the store")
 
     def update(self, name: str, req: EnvironmentUpdate) -> EnvironmentView:
         """Change an environment's task definition, constraints, max_parallel or deadline;
         takes effect with the next deployment."""
         label = _label(name)
-        for _ in range(_RETRIES):
+
+        def attempt() -> EnvironmentView | Retry:
             kv, env = self._env(name)
             changes = {f: v for f in req.__struct_fields__
                        if (v := getattr(req, f)) is not None}
@@ -303,8 +317,9 @@ class Environments:
                                    [Put(kv.key, encode(new))])
             if res.succeeded:
                 return self._view(KeyValue(kv.key, b"", res.revision, kv.create_revision), new)
-        raise ConflictError(f"{label}: the environment kept changing while updating it; "
-                            "try again")
+            return RETRY
+
+        return retry_on_conflict(attempt, what=f"{label}: the environment")
 
     def delete(self, name: str, keep_tasks: bool = False) -> Deleted:
         """Delete an environment and its deployment records; unless ``keep_tasks``, also
@@ -312,7 +327,8 @@ class Environments:
         ``keep_tasks`` the service stays: the tasks keep running as a plain daemon
         service, no longer managed by an environment."""
         label = _label(name)
-        for _ in range(_RETRIES):
+
+        def attempt() -> Deleted | Retry:
             kv, env = self._env(name)
             compares = [Compare(kv.key, kv.revision)]
             ops: builtins.list[Op] = [Delete(kv.key)]
@@ -343,7 +359,9 @@ class Environments:
                                f'"{env.cluster}": the scheduler stops its tasks')
                 return Deleted(name=name, kept_tasks=keep_tasks and service_kv is not None,
                                message=message)
-        raise ConflictError(f"{label}: the store kept changing while deleting it; try again")
+            return RETRY
+
+        return retry_on_conflict(attempt, what=f"{label}: the store")
 
     def deploy(self, name: str, token: str, rollback: bool = False) -> Deployment:
         """Deploy the environment's task definition (or, with ``rollback``, the previous
@@ -356,7 +374,8 @@ class Environments:
         replaces is marked failed (superseded).
         """
         label = _label(name)
-        for _ in range(_RETRIES):
+
+        def attempt() -> Deployment | Retry:
             kv, env = self._env(name)
             if not hmac.compare_digest(token.encode(), env.deployment_token.encode()):
                 raise ConflictError(
@@ -437,4 +456,6 @@ class Environments:
                 ops.append(Delete(old_kv.key))
             if self.backend.txn(compares, ops).succeeded:
                 return dep
-        raise ConflictError(f"{label}: the store kept changing while deploying; try again")
+            return RETRY
+
+        return retry_on_conflict(attempt, what=f"{label}: the store")

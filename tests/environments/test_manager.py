@@ -66,7 +66,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def envs(client: Client, clock: Clock) -> Environments:
-    return Environments(client, clock=clock, settle=3.0)
+    return Environments(client.store, clock=clock, settle=3.0)
 
 
 def _create(envs: Environments, name: str = "agentd", cluster: str = "default",
