@@ -189,10 +189,9 @@ def test_restarted_worker_takes_back_its_own_jobs_at_once(sqlite_jobs: JobLoop) 
     wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status()
                              != psutil.STATUS_ZOMBIE for p in pids), 5,
              "the job to die with its worker")
-    started = time.monotonic()
     sqlite_jobs.start_worker(0, "--lease-ttl", "30", slots=1)
-    done = sqlite_jobs.jobs.wait(job.id, timeout=20)
-    assert time.monotonic() - started < 15, "did not wait for the 30 s lease to expire"
+    # taken back by the restart itself: the wait ends before the 30 s lease could
+    done = sqlite_jobs.jobs.wait(job.id, timeout=25)
     assert done.status == "complete" and done.attempts == 2
 
 
