@@ -5,7 +5,7 @@ deployment tracker's status derivation."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -20,7 +20,6 @@ from skedlib.environments import (
     Observed,
     environment_health,
     evaluate,
-    observe,
 )
 from skedlib.environments.keys import EnvironmentKeyspace
 from skedlib.environments.models import HISTORY_LIMIT
@@ -36,9 +35,7 @@ from skedlib.models import (
     TaskDefinition,
     TaskHealth,
 )
-from skedlib.runtime import Store
 from skedlib.store.base import ListResult
-from skedlib.store.memory import MemoryBackend
 
 MANIFEST = """
 clusters: [{name: default, services: []}, {name: other, services: []}]
@@ -368,56 +365,6 @@ def test_tracking_stores_the_outcome_once(client: Client, envs: Environments,
     assert envs.track_all() == 0
     assert envs.get("agentd").deployment_status == "failed"
 
-
-class _Recording(MemoryBackend):
-    """Records every prefix listed; ``on_list`` runs before a listing (to write between
-    the tracker's reads)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.listed: list[str] = []
-        self.on_list: Callable[[str], None] = lambda prefix: None
-
-    def list(self, prefix: str) -> ListResult:
-        self.listed.append(prefix)
-        self.on_list(prefix)
-        return super().list(prefix)
-
-
-def test_observe_reads_one_listing_at_one_revision() -> None:
-    backend = _Recording()
-    store = Store(backend)
-    keys = store.keys
-    task = Task(cluster=_CLUSTER, task_definition=_TD[2], service="agentd", instance=0,
-                host="h1")
-    backend.put(keys.service("agentd"), encode(Service(name="agentd", task_name="d",
-                                                       task_version=2, scheduler="daemon")))
-    backend.put(keys.task(task.id), encode(task))
-    backend.put(keys.task_health(task.id), encode(TaskHealth(task_id=task.id, host="h1",
-                                                             healthy=True)))
-    backend.put(keys.agent("h1"), b"{}")
-    backend.listed.clear()
-    seen = observe(store, "default", "agentd", 7)
-    assert backend.listed == [f"{keys.prefix}state/"], "one listing, of state/ only"
-    assert seen.revision == backend.current_revision()
-    assert seen.service is not None and seen.service.task_version == 2
-    assert [t.id for t in seen.tasks] == [task.id] and set(seen.health) == {task.id}
-    assert seen.hosts == {"h1"} and seen.deployment_revision == 7
-
-    # the service changes between its read and the listing: read again, never a mix
-    changes = iter([3])
-
-    def change_service(prefix: str) -> None:
-        version = next(changes, None)
-        if version is not None:
-            backend.put(keys.service("agentd"), encode(Service(
-                name="agentd", task_name="d", task_version=version, scheduler="daemon")))
-    backend.on_list = change_service
-    backend.listed.clear()
-    seen = observe(store, "default", "agentd")
-    assert len(backend.listed) == 2
-    assert seen.service is not None and seen.service.task_version == 3
-    assert seen.revision == backend.current_revision()
 
 
 def test_a_page_of_environments_is_observed_in_one_read(client: Client,
