@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from skedlib.keys import Keyspace  # noqa: E402
 from skedlib.locks import Lock  # noqa: E402
 from skedlib.models import Host  # noqa: E402
 from skedlib.plugins import get_registry, open_backend  # noqa: E402
-from skedlib.runtime import Group, write_groups  # noqa: E402
+from skedlib.runtime import Group, Store, write_groups  # noqa: E402
 from skedlib.scheduler.daemon import SchedulerDaemon  # noqa: E402
 from skedlib.scheduling import SnapshotCache, commit_plan  # noqa: E402
 from skedlib.store.base import Backend, Put  # noqa: E402
@@ -62,21 +61,10 @@ def run_loop(url: str, hosts: int, tasks: int, services: int) -> dict[str, Any]:
     backend, ks = _setup(url, hosts, tasks, services)
     scheduler = get_registry().scheduler_factory("binpack")()
     t0 = time.perf_counter()
-    cache = SnapshotCache(ks)
-    listed = backend.list(ks.prefix)
-    cache.reset(listed)
+    store = Store(backend, ks)
+    cache = SnapshotCache(store).start()
+    assert cache.wait_ready(60), "the keyspace was not listed within 60s"
     read_s = time.perf_counter() - t0
-    stop = threading.Event()
-
-    def follow() -> None:
-        with backend.watch(ks.prefix, listed.revision + 1) as w:
-            while not stop.is_set():
-                events = w.next(timeout=0.2)
-                if events:
-                    cache.apply(events)
-
-    watcher = threading.Thread(target=follow, daemon=True)
-    watcher.start()
     plan_s = commit_s = 0.0
     committed = conflicts = 0
     with cache.view() as snap:
@@ -88,7 +76,7 @@ def run_loop(url: str, hosts: int, tasks: int, services: int) -> dict[str, Any]:
             t1 = time.perf_counter()
             result = scheduler.plan(snap, snap.clusters["bench"], snap.services[name])
             t2 = time.perf_counter()
-            res = commit_plan(backend, snap, result.plan, fence=[lock.fence()], keyspace=ks)
+            res = commit_plan(store, snap, result.plan, fence=[lock.fence()])
             cache.record(result.plan, res)
             t3 = time.perf_counter()
         lock.release()
@@ -97,8 +85,7 @@ def run_loop(url: str, hosts: int, tasks: int, services: int) -> dict[str, Any]:
         committed += len(res.committed)
         conflicts += len(res.conflicts)
     total = time.perf_counter() - t0
-    stop.set()
-    watcher.join(5)
+    cache.stop()
     stored = len(backend.list(ks.tasks).items)
     backend.close()
     return {"hosts": hosts, "tasks": tasks, "services": services, "committed": committed,
@@ -112,7 +99,7 @@ def run_daemon(url: str, hosts: int, tasks: int, services: int,
                workers: int) -> dict[str, Any]:
     """The scheduler daemon itself, from start until every task is in the store."""
     backend, ks = _setup(url, hosts, tasks, services)
-    daemon = SchedulerDaemon(backend, ks, workers=workers)
+    daemon = SchedulerDaemon(Store(backend, ks), workers=workers)
     t0 = time.perf_counter()
     daemon.start()
     deadline = t0 + 300

@@ -8,15 +8,12 @@ writes the issued state with commit_plan (optimistic: on a conflict, run it agai
 
 import sys
 
-from skedlib.keys import Keyspace
-from skedlib.models import Task
-from skedlib.plugins import open_backend
-from skedlib.scheduling import Plan, commit_plan, read_snapshot
+from skedlib import Plan, Store, Task, commit_plan, read_snapshot
 
 url, cluster_name, service_name, count = *sys.argv[1:4], int(sys.argv[4])
 prefix = sys.argv[5] if len(sys.argv) > 5 else "sked/"
-with open_backend(url) as backend:
-    snap = read_snapshot(backend, Keyspace(prefix))
+with Store.open(url, prefix) as store:
+    snap = read_snapshot(store)
     cluster, service = snap.clusters[cluster_name], snap.services[service_name]
     td = snap.task_definitions[(service.task_name, service.task_version)]
     hosts = sorted(h.name for h in snap.cluster_hosts(cluster) if not h.draining)
@@ -29,6 +26,6 @@ with open_backend(url) as backend:
         plan.place.append(Task(cluster=cluster, task_definition=td, service=service.name,
                                instance=i, port=td.port, host=hosts[i % len(hosts)],
                                scheduled=True))
-    result = commit_plan(backend, snap, plan, keyspace=Keyspace(prefix))
+    result = commit_plan(store, snap, plan)
     print("\n".join(f"wrote {tid}" for tid in result.committed) or "nothing to do")
     sys.exit(f"conflicts, run again: {result.conflicts}" if result.conflicts else 0)

@@ -19,8 +19,8 @@ from skedlib.store.memory import open_memory
 from skedlib.store.sqlite import open_sqlite
 
 if TYPE_CHECKING:
-    from skedlib.agent.health import HealthContext, HealthProvider
     from skedlib.executors.base import Executor, ExecutorContext
+    from skedlib.health.provider import HealthContext, HealthProvider
 
 
 @hookimpl
@@ -42,7 +42,7 @@ def _process(ctx: ExecutorContext) -> Executor:
 
 
 def _local_health(ctx: HealthContext) -> HealthProvider:
-    from skedlib.agent.health import LocalHealthProvider
+    from skedlib.health.provider import LocalHealthProvider
 
     return LocalHealthProvider(ctx)
 

@@ -48,6 +48,7 @@ from skedlib.runtime import (
     wait_for_change,
     write_groups,
 )
+from skedlib.scheduling import is_task_healthy
 from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put
 from skedlib.validation import check_cluster, check_service, check_task_definition
 
@@ -453,18 +454,19 @@ class Client:
                 on_progress(progress)
             return progress, _settled(progress)
 
-        progress, done = check()
-        if done:
-            return progress
         self.await_changes(self.keys.service_statuses, deadline, check, poll)
-        return convergence.last or progress
+        return convergence.last or []
 
     def await_changes(self, prefix: str, deadline: float,
                       check: Callable[[], tuple[object, bool]], poll: float = 0.5) -> None:
-        """Call ``check`` after every change under ``prefix`` and every ``poll`` seconds
-        until it says done (its second value) or ``deadline`` (``time.monotonic()``)
-        passes. A failing or compacted watch falls back to polling."""
+        """Call ``check`` now, then after every change under ``prefix`` and every ``poll``
+        seconds, until it says done (its second value) or ``deadline``
+        (``time.monotonic()``) passes. Changes are followed from the revision read before
+        the first check, so none made while it runs is missed; a failing or compacted
+        watch falls back to polling."""
         revision = self.backend.current_revision()
+        if check()[1]:
+            return
         while (remaining := deadline - time.monotonic()) > 0:
             seen = wait_for_change(self.backend, prefix, revision, min(poll, remaining))
             revision = seen if seen is not None else revision
@@ -635,7 +637,7 @@ class Convergence:
             if backend.get(keys.agent(t.host)) is None:
                 return False
             h = self.client._get(keys.task_health(t.id), TaskHealth)
-            if h is None or not h.healthy or h.host not in ("", t.host):
+            if not is_task_healthy(t, h, {t.host}):  # its host is live: checked above
                 return False
         return True
 

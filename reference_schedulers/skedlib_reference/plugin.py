@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from skedlib.hookspecs import hookimpl
+from skedlib import hookimpl
 from skedlib_reference.schedulers import BinpackScheduler, DaemonScheduler, SpreadScheduler
 
 

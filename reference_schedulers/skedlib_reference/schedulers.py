@@ -15,22 +15,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from skedlib.models import Cluster, Service, Task
-from skedlib.scheduling import (
+from skedlib import (
     BestFit,
+    Cluster,
     Filter,
     HostState,
     LeastLoaded,
+    Scheduler,
+    SchedulingResult,
     Scorer,
+    Service,
     ServiceScheduler,
     Snapshot,
     SpreadAttribute,
+    Task,
     TaskRequest,
     demand_of,
     parse_constraint,
     stock_filters,
 )
-from skedlib.scheduling.scheduler import Scheduler, SchedulingResult
 
 __all__ = ["BinpackScheduler", "DaemonScheduler", "SpreadScheduler"]
 
@@ -92,9 +95,7 @@ class DaemonScheduler(Scheduler):
         constraints = tuple(parse_constraint(c) for c in service.constraints)
 
         def healthy(t: Task) -> bool:
-            h = snapshot.health.get(t.id)
-            return bool(not t.rejected and h is not None and h.healthy
-                        and h.host in ("", t.host))
+            return snapshot.is_healthy(t.id)
 
         def allowed(host: str) -> bool:
             attributes = hosts[host].attributes

@@ -35,6 +35,7 @@ from skedlib.errors import BackendError
 from skedlib.keys import Keyspace
 from skedlib.locks import KeptLease
 from skedlib.models import Host, Resources
+from skedlib.runtime import Backoff
 from skedlib.store.base import Backend
 
 __all__ = ["HostReporter", "default_address", "measure_observed", "measure_total"]
@@ -134,17 +135,16 @@ class HostReporter:
 
     def _run(self) -> None:
         interval = max(self.ttl / 3, 0.1)
-        backoff = 0.2
+        backoff = Backoff(initial=0.2, maximum=5.0)
         while not self._stop.is_set():
             self._changed.clear()  # a change signalled from now on is published next round
             try:
                 self._publish()
-                backoff = 0.2
+                backoff.reset()
                 timeout = interval
             except BackendError as exc:
                 log.warning("could not publish the host record: %s", exc)
-                timeout = backoff
-                backoff = min(backoff * 2, 5.0)
+                timeout = backoff.next()
             self._changed.wait(timeout)
 
     def _publish(self) -> None:

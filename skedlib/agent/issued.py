@@ -1,9 +1,8 @@
-"""The agent's side of the issued state: following its host's tasks and writing back.
+"""The agent's side of the issued state: writing its host's tasks back.
 
-:class:`IssuedWatcher` follows ``state/hosts/<host>/`` without gaps: list, then watch from
-the list's revision + 1; after a :class:`~skedlib.errors.Compacted` it lists again (the
-agent diffs the new list against what it knew); while the backend is unreachable it
-retries with backoff and resumes from the last revision it saw.
+The agent follows ``state/hosts/<host>/`` with an :class:`~skedlib.runtime.Informer`
+(list, watch from the listing's revision + 1, list again after a compaction, back off
+while the store is away).
 
 :func:`patch_task` is the only way the agent writes a task: the provided port and
 rejections. It edits the stored JSON objects in place (fields it does not know survive,
@@ -17,86 +16,15 @@ places the task on another host.
 from __future__ import annotations
 
 import json
-import logging
-import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
-from skedlib.errors import BackendError, Compacted, ConflictError, ValidationError
+from skedlib.errors import ValidationError
 from skedlib.keys import Keyspace
-from skedlib.store.base import Backend, Compare, ListResult, Op, Put, Watch, WatchEvent
+from skedlib.runtime import RETRY, Retry, retry_on_conflict
+from skedlib.store.base import Backend, Compare, Op, Put
 
-__all__ = ["IssuedWatcher", "patch_task"]
-
-log = logging.getLogger(__name__)
-
-
-class IssuedWatcher:
-    """Calls ``on_list`` with every (re)listing and ``on_events`` with every watch batch."""
-
-    def __init__(self, backend: Backend, prefix: str, on_list: Callable[[ListResult], None],
-                 on_events: Callable[[list[WatchEvent]], None],
-                 poll_timeout: float = 1.0) -> None:
-        self.backend = backend
-        self.prefix = prefix
-        self.on_list = on_list
-        self.on_events = on_events
-        self.poll_timeout = poll_timeout
-        self._stop = threading.Event()
-        self._watch: Watch | None = None
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="issued-watcher", daemon=True)
-
-    def start(self) -> None:
-        """Start following the prefix."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop following (a blocked watch returns at once)."""
-        self._stop.set()
-        with self._lock:
-            watch = self._watch
-        if watch is not None:
-            watch.close()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        next_revision = 0
-        backoff = 0.2
-        while not self._stop.is_set():
-            try:
-                if next_revision == 0:
-                    listed = self.backend.list(self.prefix)
-                    self.on_list(listed)
-                    next_revision = listed.revision + 1
-                watch = self.backend.watch(self.prefix, next_revision)
-                with self._lock:
-                    self._watch = watch
-                if self._stop.is_set():
-                    watch.close()
-                    return
-                with watch:
-                    while not self._stop.is_set():
-                        events = watch.next(timeout=self.poll_timeout)
-                        if events:
-                            self.on_events(events)
-                            next_revision = events[-1].revision + 1
-                            backoff = 0.2
-            except Compacted as exc:
-                log.info("watch of %s fell behind compaction (%s): listing again",
-                         self.prefix, exc)
-                next_revision = 0
-            except BackendError as exc:
-                if self._stop.is_set():
-                    return
-                log.warning("watching %s failed: %s (retrying in %.1fs)", self.prefix, exc,
-                            backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                with self._lock:
-                    self._watch = None
+__all__ = ["patch_task"]
 
 
 def _patched(value: bytes, patch: Callable[[dict[str, Any]], None]) -> bytes | None:
@@ -115,13 +43,15 @@ def patch_task(backend: Backend, keys: Keyspace, host: str, task_id: str, revisi
     """Apply ``patch`` to the task's JSON object at both keys (see the module docstring).
 
     ``revision`` is the host key's revision the caller decided on. Returns the revision
-    of the write, or 0 when the host key changed or vanished (nothing written). Raises
-    :class:`ConflictError` if ``state/tasks/<id>`` kept changing, and
-    :class:`~skedlib.errors.ValidationError` when the host key's value is not a JSON object.
+    of the write, or 0 when the host key changed or vanished (nothing written, not
+    retried). Raises :class:`~skedlib.errors.ConflictError` if ``state/tasks/<id>`` kept
+    changing, and :class:`~skedlib.errors.ValidationError` when the host key's value is
+    not a JSON object.
     """
     host_key = keys.host_task(host, task_id)
     task_key = keys.task(task_id)
-    for _ in range(attempts):
+
+    def attempt() -> int | Literal[Retry.RETRY]:
         hkv = backend.get(host_key)
         if hkv is None or hkv.revision != revision:
             return 0
@@ -141,6 +71,7 @@ def patch_task(backend: Backend, keys: Keyspace, host: str, task_id: str, revisi
             if new_task is not None:
                 ops.append(Put(task_key, new_task))
         res = backend.txn(compares, ops)
-        if res.succeeded:
-            return res.revision
-    raise ConflictError(f"{task_key} kept changing while the agent wrote {task_id} back")
+        return res.revision if res.succeeded else RETRY
+
+    return retry_on_conflict(attempt, what=f"{task_key} (written back by host {host})",
+                             attempts=attempts)

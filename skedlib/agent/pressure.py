@@ -9,13 +9,16 @@ the task on another host.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psutil
 
-__all__ = ["PRESSURE_INTERVAL", "PressureCandidate", "choose_task_to_give_up",
-           "memory_in_use", "pressure_reason"]
+__all__ = ["PRESSURE_INTERVAL", "PressureCandidate", "PressureGuard",
+           "choose_task_to_give_up", "memory_in_use", "pressure_reason"]
+
+log = logging.getLogger("skedlib.agent")
 
 PRESSURE_INTERVAL = 2.0
 """Seconds between two readings of the host's memory use."""
@@ -48,3 +51,40 @@ def choose_task_to_give_up(candidates: Iterable[PressureCandidate]
 def pressure_reason(in_use: float, threshold: float) -> str:
     """The ``reject_reason`` of a task given up under memory pressure."""
     return f"memory pressure: host memory {in_use:.1f}% in use >= {threshold:g}%"
+
+
+class PressureGuard:
+    """Decides at each reading whether to give up a task now, and logs why.
+
+    At most one task is given up per ``cooldown`` seconds; while the host is under
+    pressure but runs nothing to give up, that is logged once."""
+
+    def __init__(self, threshold: float, cooldown: float) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.gave_up_at: float | None = None
+        """Monotonic time of the last give-up."""
+        self._warned = False
+
+    def choose(self, candidates: Sequence[PressureCandidate], now: float
+               ) -> tuple[PressureCandidate, str] | None:
+        """The task to give up now and the reason to reject it with, or None."""
+        if self.gave_up_at is not None and now - self.gave_up_at < self.cooldown:
+            return None
+        in_use = memory_in_use()
+        if in_use < self.threshold:
+            self._warned = False
+            return None
+        chosen = choose_task_to_give_up(candidates)
+        if chosen is None:
+            if not self._warned:
+                self._warned = True
+                log.warning("memory pressure: host memory in use >= %g%%, but this agent "
+                            "runs no task it could give up", self.threshold)
+            return None
+        reason = pressure_reason(in_use, self.threshold)
+        log.warning("giving up %s (priority %d, of %d running task(s)): %s; no other task "
+                    "is given up for %gs", chosen.task_id, chosen.priority, len(candidates),
+                    reason, self.cooldown)
+        self.gave_up_at = now
+        return chosen, reason

@@ -11,23 +11,56 @@ wrote, or that names this host.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from typing import Literal
 
+from skedlib.agent.lifecycle import TaskState
 from skedlib.codecs import decode, encode
-from skedlib.errors import BackendError, ValidationError
+from skedlib.errors import BackendError, ConflictError, ValidationError
 from skedlib.keys import Keyspace
-from skedlib.models import TaskHealth
+from skedlib.models import HealthState, TaskHealth
+from skedlib.runtime import RETRY, Retry, retry_on_conflict
 from skedlib.store.base import Backend, Compare, Delete, KeyValue, Put
 
-__all__ = ["HealthWriter", "merge_checks"]
+__all__ = ["HealthWriter", "compose_health", "merge_checks"]
 
 log = logging.getLogger(__name__)
 
 _DELETE = None
 _RETRY_AFTER = 1.0
 _ATTEMPTS = 5
+
+
+_STATES: dict[str, HealthState] = {
+    "idle": "pending", "starting": "starting", "stopping": "exited", "backoff": "exited",
+    "rejecting": "rejected", "rejected": "rejected"}
+"""The record's state for a task that is not running, by lifecycle phase."""
+
+
+def compose_health(state: TaskState, host: str, checks: TaskHealth | None,
+                   force_state: HealthState | None = None) -> TaskHealth:
+    """The health record of a task in lifecycle ``state`` (``checks``: the health
+    provider's last report)."""
+    healthy = False
+    record_state: HealthState
+    if force_state is not None:
+        record_state = force_state
+    elif state.phase == "running":
+        if state.healthy:
+            record_state, healthy = "healthy", True
+        elif not state.ever_healthy:
+            record_state = "starting"
+        else:
+            record_state = "unhealthy"
+    else:
+        record_state = _STATES.get(state.phase, "stopped")
+    return TaskHealth(task_id=state.task_id, host=host, state=record_state, healthy=healthy,
+                      checks=list(checks.checks) if checks else [], attempts=state.attempts,
+                      message=state.message, since=state.healthy_since or time.time(),
+                      updated_at=time.time())
 
 
 def merge_checks(ours: TaskHealth, stored: TaskHealth) -> TaskHealth:
@@ -122,30 +155,45 @@ class HealthWriter:
 
     def _write(self, record: TaskHealth) -> None:
         key = self.keys.task_health(record.task_id)
-        revision = self._revisions.get(record.task_id)
-        for _ in range(_ATTEMPTS):
+        # the first try compares the revision this writer wrote last, without a read
+        known = self._revisions.get(record.task_id)
+
+        def attempt() -> Literal[Retry.RETRY] | None:
+            nonlocal known, record
+            revision, known = known, None
             if revision is None:
                 revision, stored = self._stored(key)
                 if stored is not None:
                     record = merge_checks(record, stored)
             res = self.backend.txn([Compare(key, revision)], [Put(key, encode(record))])
-            if res.succeeded:
-                self._revisions[record.task_id] = res.revision
-                return
-            revision = None
-        log.warning("gave up writing the health of %s: the record kept changing",
-                    record.task_id)
+            if not res.succeeded:
+                return RETRY
+            self._revisions[record.task_id] = res.revision
+            return None
+
+        try:
+            retry_on_conflict(attempt, what=key, attempts=_ATTEMPTS)
+        except ConflictError:
+            log.warning("gave up writing the health of %s: the record kept changing",
+                        record.task_id)
 
     def _delete(self, task_id: str) -> None:
         key = self.keys.task_health(task_id)
-        revision = self._revisions.pop(task_id, None)
-        for _ in range(_ATTEMPTS):
+        known = self._revisions.pop(task_id, None)
+
+        def attempt() -> Literal[Retry.RETRY] | None:
+            nonlocal known
+            revision, known = known, None
             if revision is None:
                 revision, stored = self._stored(key)
                 if revision == 0:
-                    return
+                    return None
                 if stored is not None and stored.host and stored.host != self.host:
-                    return  # the task runs elsewhere now
+                    return None  # the task runs elsewhere now
             if self.backend.txn([Compare(key, revision)], [Delete(key)]).succeeded:
-                return
-            revision = None
+                return None
+            return RETRY
+
+        # when someone keeps writing it, it is theirs to remove
+        with contextlib.suppress(ConflictError):
+            retry_on_conflict(attempt, what=key, attempts=_ATTEMPTS)

@@ -202,8 +202,7 @@ def _wait_drained(client: Client, host: str, timeout: float, out: TextIO) -> int
                      if left else ""))
         return left, not left
 
-    if not check()[1]:
-        client.await_changes(client.keys.host_tasks(host), time.monotonic() + timeout, check)
+    client.await_changes(client.keys.host_tasks(host), time.monotonic() + timeout, check)
     line.end()
     if left:
         raise WaitFailed(f'host "{host}": {len(left)} task(s) still on it after '

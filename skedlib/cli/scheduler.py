@@ -25,6 +25,7 @@ from skedlib.client import default_backend_url
 from skedlib.errors import SkedError
 from skedlib.keys import Keyspace
 from skedlib.plugins import get_registry, open_backend
+from skedlib.runtime import Store
 from skedlib.scheduler.daemon import SchedulerDaemon
 
 __all__ = ["build_parser", "main"]
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.info("schedulers installed: %s", ", ".join(schedulers) or "none")
     try:
-        daemon = SchedulerDaemon(backend, keyspace, workers=max(1, args.workers),
+        daemon = SchedulerDaemon(Store(backend, keyspace), workers=max(1, args.workers),
                                  lock_ttl=args.lock_ttl, resync=args.resync)
         daemon.run(stop)
     finally:

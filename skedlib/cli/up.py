@@ -213,7 +213,7 @@ def cmd_up(client: Client, args: argparse.Namespace) -> int:
     print(f"sked up: store {client.backend.url or '?'}, host {args.host}, executors "
           f"{', '.join(executors)}", file=out, flush=True)
     agent = Agent(client.backend, config)
-    daemon = SchedulerDaemon(client.backend, client.keys, workers=args.workers)
+    daemon = SchedulerDaemon(client.store, workers=args.workers)
     try:
         with _signals(stop):
             agent.start()

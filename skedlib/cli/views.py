@@ -15,7 +15,7 @@ from skedlib.client import Client
 from skedlib.keys import Keyspace
 from skedlib.models import Service, Task
 from skedlib.scheduler.status import describe, read_statuses
-from skedlib.scheduling import Snapshot
+from skedlib.scheduling import Snapshot, is_task_healthy
 from skedlib.store.base import ListResult
 
 __all__ = [
@@ -95,7 +95,7 @@ def task_rows(view: View, tasks: Sequence[Task] | None = None) -> list[TaskRow]:
             id=t.id, host=t.host, rejected=t.rejected, cluster=t.cluster.name,
             service=t.service, task_definition=t.task_definition.name,
             version=t.task_definition.version,
-            healthy=bool(h and current and h.healthy and not t.rejected), state=state,
+            healthy=is_task_healthy(t, h, snap.hosts), state=state,
             port=t.port, host_live=t.host in snap.hosts, reject_reason=t.reject_reason,
             message=(h.message if h is not None and current else "") or t.reject_reason))
     return rows

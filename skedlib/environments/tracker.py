@@ -34,6 +34,7 @@ from skedlib.environments.models import Deployment, EnvironmentHealth, FailedHos
 from skedlib.keys import Keyspace
 from skedlib.models import RolloutHistory, Service, ServiceStatus, Task, TaskHealth
 from skedlib.runtime import RETRY, Group, Retry, Store, retry_on_conflict, write_groups
+from skedlib.scheduling import is_task_healthy
 from skedlib.store.base import Compare, KeyValue, ListResult
 
 __all__ = ["SETTLE", "Observed", "environment_health", "evaluate", "observe", "observe_all"]
@@ -140,9 +141,7 @@ class _Listing:
 
 
 def _healthy(seen: Observed, t: Task) -> bool:
-    h = seen.health.get(t.id)
-    return bool(not t.rejected and t.host in seen.hosts and h is not None and h.healthy
-                and h.host in ("", t.host))
+    return is_task_healthy(t, seen.health.get(t.id), seen.hosts)
 
 
 def _why_not(seen: Observed, t: Task) -> str:

@@ -9,6 +9,7 @@ placed.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
@@ -17,10 +18,12 @@ import msgspec
 from skedlib.codecs import decode
 from skedlib.errors import ValidationError
 from skedlib.keys import Keyspace, ServiceStatusKey
-from skedlib.models import ServiceStatus
+from skedlib.models import Service, ServiceState, ServiceStatus
+from skedlib.scheduling import CommitResult, Plan, PlanProblem, SchedulingResult, Snapshot
 from skedlib.store.base import KeyValue
 
-__all__ = ["MAX_REASONS", "describe", "read_statuses", "reasons_of", "same_status"]
+__all__ = ["MAX_REASONS", "compute_status", "describe", "read_statuses", "reasons_of",
+           "same_status"]
 
 MAX_REASONS = 10
 
@@ -52,10 +55,11 @@ def describe(status: ServiceStatus | None) -> str:
     return status.state
 
 
-def read_statuses(items: Iterable[KeyValue], keyspace: Keyspace | None = None
+def read_statuses(items: Iterable[KeyValue], keys: Keyspace
                   ) -> dict[tuple[str, str], ServiceStatus]:
-    """The status records among ``items`` (a listing), by ``(cluster, service)``."""
-    ks = keyspace or Keyspace()
+    """The status records among ``items`` (a listing of ``keys``), by
+    ``(cluster, service)``."""
+    ks = keys
     found: dict[tuple[str, str], ServiceStatus] = {}
     for kv in items:
         if not kv.key.startswith(ks.service_statuses):
@@ -68,3 +72,52 @@ def read_statuses(items: Iterable[KeyValue], keyspace: Keyspace | None = None
         if isinstance(key, ServiceStatusKey):
             found[(key.cluster, key.service)] = status
     return found
+
+
+def compute_status(pair: tuple[str, str], service: Service, snap: Snapshot, *,
+                   result: SchedulingResult | None = None, plan: Plan | None = None,
+                   commit: CommitResult | None = None,
+                   problems: list[PlanProblem] | None = None,
+                   state: ServiceState | None = None, message: str = "") -> ServiceStatus:
+    """The status of ``pair`` after a run: its tasks as ``snap`` holds them with the
+    committed part of ``plan`` applied; placed means on a live host and not rejected,
+    healthy is :meth:`Snapshot.is_healthy` (a task placed by this very plan is not
+    healthy yet). ``state`` and ``message`` given: that state (an error), else derived."""
+    cluster_name, service_name = pair
+    final = {t.id: t for t in snap.service_tasks(cluster_name, service_name)}
+    fresh: set[str] = set()
+    if plan is not None and commit is not None:
+        placed = {t.id: t for t in plan.place}
+        for tid in commit.committed:
+            if tid in placed:
+                final[tid] = placed[tid]
+                fresh.add(tid)
+            else:
+                final.pop(tid, None)
+    running = [t for t in final.values() if not t.rejected and t.host in snap.hosts]
+    healthy = sum(1 for t in running if t.id not in fresh and snap.is_healthy(t.id))
+    unschedulable = result.unschedulable if result is not None else {}
+    if plan is not None:
+        wanted = ({tid for tid in final if tid not in plan.stop}
+                  | {t.id for t in plan.place} | set(unschedulable))
+        desired = len(wanted)
+    else:
+        desired = service.desired
+    if not state:
+        if unschedulable:
+            state, message = "unschedulable", result.message if result else ""
+        elif len(running) == desired and healthy == desired and not problems and \
+                not (commit and commit.conflicts):
+            state = "ok"
+        else:
+            state = "progressing"
+            waiting = desired - healthy
+            message = (f"{healthy}/{desired} healthy" if waiting > 0 else
+                       f"{len(running)} placed, {desired} wanted")
+    return ServiceStatus(
+        cluster=cluster_name, service=service_name, scheduler=service.scheduler,
+        task_version=service.task_version, state=state,
+        desired=desired, placed=len(running), healthy=healthy,
+        unschedulable=len(unschedulable), message=message,
+        reasons=reasons_of(unschedulable), revision=snap.revision,
+        updated_at=time.time())

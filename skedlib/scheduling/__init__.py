@@ -6,7 +6,7 @@ with :func:`commit_plan` under optimistic concurrency.
 """
 
 from skedlib.constraints import Constraint, parse_constraint
-from skedlib.scheduling.cache import SnapshotCache
+from skedlib.scheduling.cache import Change, SnapshotCache
 from skedlib.scheduling.commit import CommitResult, commit_plan
 from skedlib.scheduling.framework import (
     BestFit,
@@ -29,10 +29,17 @@ from skedlib.scheduling.framework import (
 )
 from skedlib.scheduling.plan import Plan, PlanProblem, validate_plan
 from skedlib.scheduling.scheduler import Scheduler, SchedulingResult, ServiceScheduler
-from skedlib.scheduling.snapshot import HostState, Snapshot, demand_of, read_snapshot
+from skedlib.scheduling.snapshot import (
+    HostState,
+    Snapshot,
+    demand_of,
+    is_task_healthy,
+    read_snapshot,
+)
 
 __all__ = [
     "BestFit",
+    "Change",
     "CommitResult",
     "Constraint",
     "ConstraintsFilter",
@@ -60,6 +67,7 @@ __all__ = [
     "Unschedulable",
     "commit_plan",
     "demand_of",
+    "is_task_healthy",
     "parse_constraint",
     "read_snapshot",
     "stock_filters",

@@ -19,14 +19,24 @@ Why this stays safe although the view may lag the store:
 
 Watch batches must hold whole transactions (every backend of skedlib delivers a
 revision's events together).
+
+:meth:`~SnapshotCache.start` follows the store with an
+:class:`~skedlib.runtime.Informer` (list, watch, resume, relist after a compaction).
+Every watch event is decoded once, here: a process that must react to changes (the
+scheduler daemon maps them to the services to plan again) passes ``on_change`` and is
+handed each :class:`Change` — the record before and after — with the snapshot as it
+stands just after it, instead of keeping and decoding a copy of its own.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
+
+import msgspec
 
 from skedlib.codecs import decode
 from skedlib.errors import ValidationError
@@ -36,7 +46,7 @@ from skedlib.keys import (
     HealthKey,
     HostAllocKey,
     HostConfigKey,
-    Keyspace,
+    Key,
     RolloutKey,
     ServiceKey,
     ServiceStatusKey,
@@ -54,35 +64,73 @@ from skedlib.models import (
     TaskDefinition,
     TaskHealth,
 )
+from skedlib.runtime.informer import Informer
+from skedlib.runtime.store import Store
 from skedlib.scheduling.commit import CommitResult
 from skedlib.scheduling.plan import Plan
 from skedlib.scheduling.snapshot import Snapshot
 from skedlib.store.base import KeyValue, ListResult, WatchEvent
 
-__all__ = ["SnapshotCache"]
+__all__ = ["Change", "Record", "SnapshotCache"]
+
+log = logging.getLogger(__name__)
+
+Record = (Cluster | Service | TaskDefinition | Host | HostConfig | Task | TaskHealth
+          | RolloutHistory | ServiceStatus)
+"""A decoded record of the keyspace."""
+
+
+class Change(msgspec.Struct, frozen=True):
+    """One key of the keyspace changed: its record before and after (None: absent).
+
+    ``bad`` is True when the new value was written but does not decode (it is then left
+    out of the snapshot, so ``new`` is None). A change to a record that the cache did not
+    hold and still does not (a delete written through by :meth:`SnapshotCache.record`,
+    seen again on the watch) has ``old`` and ``new`` both None.
+    """
+
+    key: Key
+    old: Record | None
+    new: Record | None
+    bad: bool = False
+
 
 OnBad = Callable[[KeyValue, ValidationError], None]
+OnChange = Callable[[Snapshot, Change], None]
+OnReset = Callable[[Snapshot], None]
 _T = TypeVar("_T")
 _K = TypeVar("_K")
+_R = TypeVar("_R", bound=Record)
 
 
 class SnapshotCache:
-    """One live :class:`Snapshot` of a keyspace, fed by a listing and its watch.
+    """One live :class:`Snapshot` of a store's keyspace, fed by a listing and its watch.
 
-    >>> cache = SnapshotCache()
-    >>> cache.reset(backend.list(cache.keys.prefix))          # doctest: +SKIP
-    >>> # on every watch batch:  cache.apply(events)
+    >>> cache = SnapshotCache(store).start()                    # doctest: +SKIP
+    >>> cache.wait_ready(10)                                    # doctest: +SKIP
     >>> with cache.view() as snap:                              # doctest: +SKIP
     ...     plan = scheduler.plan(snap, cluster, service).plan
-    ...     cache.record(plan, commit_plan(backend, snap, plan))
+    ...     cache.record(plan, commit_plan(store, snap, plan))
+
+    Without :meth:`start`, feed it by hand: :meth:`refresh` (or :meth:`reset` with a
+    listing) and :meth:`apply` with every watch batch.
 
     Thread-safe: :meth:`apply` and :meth:`reset` wait while a view is borrowed. Records
     that do not decode are left out and reported to ``on_bad`` (default: raise).
+    ``on_change`` is called with every change applied (from the watch, or written through
+    by :meth:`record`) and ``on_reset`` after every listing, each with the snapshot as it
+    stands then and under the cache's lock: they must be quick and must not wait for a
+    view.
     """
 
-    def __init__(self, keyspace: Keyspace | None = None, on_bad: OnBad | None = None) -> None:
-        self.keys = keyspace or Keyspace()
+    def __init__(self, store: Store, on_bad: OnBad | None = None, *,
+                 on_change: OnChange | None = None, on_reset: OnReset | None = None
+                 ) -> None:
+        self.store = store
+        self.keys = store.keys
         self._on_bad = on_bad
+        self._on_change = on_change
+        self._on_reset = on_reset
         self._lock = threading.RLock()
         self._snap = Snapshot(0, alloc_revisions={})
         self._statuses: dict[tuple[str, str], ServiceStatus] = {}
@@ -91,6 +139,45 @@ class SnapshotCache:
         self._deleted: dict[str, int] = {}
         """Keys deleted through :meth:`record`: revision of the delete."""
         self._ready = threading.Event()
+        self._informer: Informer | None = None
+
+    # -- following the store ------------------------------------------------------------
+    def start(self) -> SnapshotCache:
+        """Follow the store's keyspace on a thread of its own (an
+        :class:`~skedlib.runtime.Informer`); returns ``self``."""
+        if self._informer is not None:
+            raise RuntimeError("the snapshot cache was already started")
+        self._informer = self.store.informer(
+            self.keys.prefix, on_list=self._listed, on_events=self._watched,
+            name=f"snapshot cache {self.keys.prefix}")
+        self._informer.start()  # after the assignment: its callbacks may ask `started`
+        return self
+
+    def stop(self) -> None:
+        """Stop following the store (idempotent; the snapshot stays readable)."""
+        if self._informer is not None:
+            self._informer.stop()
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` was called."""
+        return self._informer is not None
+
+    def refresh(self) -> None:
+        """List the store's keyspace now and start over from it."""
+        self.reset(self.store.list(self.keys.prefix))
+
+    def _listed(self, listing: ListResult) -> None:
+        try:
+            self.reset(listing)
+        except Exception:  # a bug must not stop the watch; the next listing starts over
+            log.exception("caching a listing of %s failed", self.keys.prefix)
+
+    def _watched(self, events: list[WatchEvent]) -> None:
+        try:
+            self.apply(events)
+        except Exception:  # a bug must not stop the watch
+            log.exception("caching a watch batch of %s failed", self.keys.prefix)
 
     # -- feeding ------------------------------------------------------------------------
     def reset(self, listing: ListResult) -> None:
@@ -111,6 +198,8 @@ class SnapshotCache:
             self._written.clear()
             self._deleted.clear()
             self._ready.set()
+            if self._on_reset is not None:
+                self._on_reset(snap)
 
     def apply(self, events: Iterable[WatchEvent]) -> None:
         """Apply one watch batch, in order."""
@@ -119,9 +208,14 @@ class SnapshotCache:
             for ev in events:
                 if self._stale(ev):
                     continue
-                self._apply(snap, ev)
+                change = self._apply(snap, ev)
                 if ev.revision > snap.revision:
                     snap.revision = ev.revision
+                if change is not None and self._on_change is not None:
+                    try:
+                        self._on_change(snap, change)
+                    except Exception:  # one bad event must not stop the others
+                        log.exception("reacting to %s %s failed", ev.kind, ev.key)
             self._prune(snap.revision)
 
     def record(self, plan: Plan, result: CommitResult) -> None:
@@ -133,6 +227,7 @@ class SnapshotCache:
             for task_id in result.committed:
                 rev = result.task_revisions.get(task_id, 0)
                 key = self.keys.task(task_id)
+                old = snap.tasks.get(task_id)
                 task = placed.get(task_id)
                 if task is not None:
                     snap.put_task(task, rev)
@@ -143,6 +238,8 @@ class SnapshotCache:
                     snap.health.pop(task_id, None)
                     self._deleted[key] = rev
                     self._written.pop(key, None)
+                if self._on_change is not None:
+                    self._on_change(snap, Change(TaskKey(task_id), old, task))
             allocs = snap.alloc_revisions
             assert allocs is not None
             for host, rev in result.alloc_revisions.items():
@@ -229,55 +326,68 @@ class SnapshotCache:
             self._bad(kv, exc)
             return None
 
-    def _apply(self, snap: Snapshot, ev: WatchEvent) -> None:
+    def _apply(self, snap: Snapshot, ev: WatchEvent) -> Change | None:
+        """Apply one event; the change it made (None: not a record the cache keeps)."""
         try:
             key = self.keys.parse(ev.key)
         except ValidationError:
-            return  # not a key of the schema
+            return None  # not a key of the schema
         put = ev.kind == "put"
         kv = KeyValue(ev.key, ev.value, ev.revision, 0)
+        old: Record | None
+        new: Record | None
         match key:
             case TaskKey(task_id=task_id):
-                task = self._decode(kv, Task) if put else None
-                if task is not None:
-                    snap.put_task(task, ev.revision)
+                old, new = snap.tasks.get(task_id), self._decode(kv, Task) if put else None
+                if new is not None:
+                    snap.put_task(new, ev.revision)
                 else:
                     snap.remove_task(task_id)
             case AgentKey(host=name):
-                host = self._decode(kv, Host) if put else None
-                if host is not None:
-                    snap.put_host(host)
+                state = snap.hosts.get(name)
+                old, new = state.host if state else None, self._decode(kv, Host) if put else None
+                if new is not None:
+                    snap.put_host(new)
                 else:
                     snap.remove_host(name)
             case HostConfigKey(name=name):
-                snap.put_host_config(name, self._decode(kv, HostConfig) if put else None)
+                old, new = snap.host_configs.get(name), \
+                    self._decode(kv, HostConfig) if put else None
+                snap.put_host_config(name, new)
             case HostAllocKey(host=name):
                 assert snap.alloc_revisions is not None
                 if put:
                     snap.alloc_revisions[name] = ev.revision
                 else:
                     snap.alloc_revisions.pop(name, None)
+                return None
             case HealthKey(task_id=task_id):
-                self._set(snap.health, task_id, kv, TaskHealth, put)
+                return self._set(key, snap.health, task_id, kv, TaskHealth, put)
             case ServiceKey(name=name):
-                self._set(snap.services, name, kv, Service, put)
+                return self._set(key, snap.services, name, kv, Service, put)
             case ClusterKey(name=name):
-                self._set(snap.clusters, name, kv, Cluster, put)
+                return self._set(key, snap.clusters, name, kv, Cluster, put)
             case TaskDefinitionKey(name=name, version=version):
-                self._set(snap.task_definitions, (name, version), kv, TaskDefinition, put)
+                return self._set(key, snap.task_definitions, (name, version), kv,
+                                 TaskDefinition, put)
             case RolloutKey(cluster=cluster, service=service):
-                self._set(snap.rollouts, (cluster, service), kv, RolloutHistory, put)
+                return self._set(key, snap.rollouts, (cluster, service), kv,
+                                 RolloutHistory, put)
             case ServiceStatusKey(cluster=cluster, service=service):
-                self._set(self._statuses, (cluster, service), kv, ServiceStatus, put)
+                return self._set(key, self._statuses, (cluster, service), kv,
+                                 ServiceStatus, put)
             case _:
-                pass  # host index entries and locks: nothing a planner reads
+                return None  # host index entries and locks: nothing a planner reads
+        return Change(key, old, new, bad=put and new is None)
 
-    def _set(self, table: dict[_K, _T], name: _K, kv: KeyValue, type_: type[_T],
-             put: bool) -> None:
+    def _set(self, key: Key, table: dict[_K, _R], name: _K, kv: KeyValue, type_: type[_R],
+             put: bool) -> Change:
         """Put the decoded value of ``kv`` in ``table`` (or drop ``name``: a delete, or a
-        value that does not decode)."""
+        value that does not decode); the change made."""
+        old = table.get(name)
         value = self._decode(kv, type_) if put else None
         if value is not None:
             table[name] = value
         else:
             table.pop(name, None)
+        return Change(key, old, value, bad=put and value is None)

@@ -33,9 +33,10 @@ import msgspec
 from skedlib.codecs import encode
 from skedlib.errors import TxnTooLarge
 from skedlib.keys import Keyspace
+from skedlib.runtime.store import Store
 from skedlib.scheduling.plan import Plan
 from skedlib.scheduling.snapshot import Snapshot
-from skedlib.store.base import Backend, Compare, Delete, Op, Put
+from skedlib.store.base import Compare, Delete, Op, Put
 
 __all__ = ["CommitResult", "commit_plan"]
 
@@ -137,11 +138,11 @@ def _txn_parts(members: Sequence[_Group], guarded: dict[str, int], ks: Keyspace
     return compares, ops
 
 
-def commit_plan(backend: Backend, snapshot: Snapshot, plan: Plan,
-                fence: Sequence[Compare] = (), keyspace: Keyspace | None = None
-                ) -> CommitResult:
-    """Write ``plan``; conflicting tasks are left out and reported, never half written."""
-    ks = keyspace or Keyspace()
+def commit_plan(store: Store, snapshot: Snapshot, plan: Plan,
+                fence: Sequence[Compare] = ()) -> CommitResult:
+    """Write ``plan`` under the store's keyspace; conflicting tasks are left out and
+    reported, never half written."""
+    backend, ks = store.backend, store.keys
     groups = _groups(snapshot, plan, ks)
     if not groups:
         return CommitResult(revision=snapshot.revision)

@@ -138,8 +138,7 @@ class _Reconcile:
         return not t.rejected and t.host in self.snap.hosts
 
     def healthy(self, t: Task) -> bool:
-        h = self.snap.health.get(t.id)
-        return bool(self.live(t) and h is not None and h.healthy and h.host in ("", t.host))
+        return self.snap.is_healthy(t.id)
 
     def counted(self, t: Task) -> bool:
         """Healthy for at least min_healthy_time (else asks to be woken when it is)."""

@@ -9,7 +9,7 @@ have placed), not from the agents' reports, which lag behind.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import TypeVar
 
 from skedlib.codecs import decode
@@ -37,9 +37,10 @@ from skedlib.models import (
     TaskDefinition,
     TaskHealth,
 )
-from skedlib.store.base import Backend, KeyValue
+from skedlib.runtime.store import Store
+from skedlib.store.base import KeyValue
 
-__all__ = ["HostState", "Snapshot", "demand_of", "read_snapshot"]
+__all__ = ["HostState", "Snapshot", "demand_of", "is_task_healthy", "read_snapshot"]
 
 _T = TypeVar("_T")
 
@@ -48,6 +49,21 @@ def demand_of(td: TaskDefinition) -> Resources:
     """The resources one task of ``td`` reserves on its host."""
     return Resources(memory=td.total_memory(), cpu_units=td.total_cpu_units(),
                      disk=td.total_disk())
+
+
+def is_task_healthy(task: Task, health: TaskHealth | None, live_hosts: Container[str]
+                    ) -> bool:
+    """The one health rule: ``task`` is healthy on its current host.
+
+    True when the agent reports it healthy (``health``, its ``state/health/`` record) *for
+    the host the task is issued to now* (a record written for another host is left over
+    from before the task moved; one with no host predates host-stamped records), the task
+    was not rejected, and that host is live (in ``live_hosts``: a record of a host that is
+    gone is stale). Every scheduler, status and view counts health with this rule, through
+    :meth:`Snapshot.is_healthy` where it has a snapshot.
+    """
+    return bool(health is not None and health.healthy and health.host in ("", task.host)
+                and not task.rejected and task.host in live_hosts)
 
 
 class HostState:
@@ -223,13 +239,15 @@ class Snapshot:
         return [self.hosts[n].copy() for n in names]
 
     def is_healthy(self, task_id: str) -> bool:
-        """True when the task's agent reports it healthy."""
-        h = self.health.get(task_id)
-        return bool(h and h.healthy)
+        """True when the issued task ``task_id`` is healthy on its current host, which is
+        live (the rule of :func:`is_task_healthy`); False for a task the snapshot does
+        not hold."""
+        task = self.tasks.get(task_id)
+        return task is not None and is_task_healthy(task, self.health.get(task_id),
+                                                    self.hosts)
 
     @classmethod
-    def from_items(cls, items: Iterable[KeyValue], revision: int,
-                   keyspace: Keyspace | None = None,
+    def from_items(cls, items: Iterable[KeyValue], revision: int, keys: Keyspace,
                    on_bad: Callable[[KeyValue, ValidationError], None] | None = None
                    ) -> Snapshot:
         """Build a snapshot from a listing of the whole keyspace (foreign keys are ignored).
@@ -241,7 +259,7 @@ class Snapshot:
         ``on_bad``, is reported to it and left out, so that one bad value written by hand
         cannot stop every scheduler.
         """
-        ks = keyspace or Keyspace()
+        ks = keys
         buckets: dict[type, list[KeyValue]] = defaultdict(list)
         for kv in items:
             try:
@@ -274,8 +292,7 @@ class Snapshot:
             alloc_revisions=allocs, rollouts=values(RolloutKey, RolloutHistory))
 
 
-def read_snapshot(backend: Backend, keyspace: Keyspace | None = None) -> Snapshot:
-    """Read the whole keyspace at one revision and build a :class:`Snapshot`."""
-    ks = keyspace or Keyspace()
-    listed = backend.list(ks.prefix)
-    return Snapshot.from_items(listed.items, listed.revision, ks)
+def read_snapshot(store: Store) -> Snapshot:
+    """Read the store's whole keyspace at one revision and build a :class:`Snapshot`."""
+    listed = store.list(store.keys.prefix)
+    return Snapshot.from_items(listed.items, listed.revision, store.keys)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from skedlib.environments.keys import EnvironmentKeyspace
+from skedlib.runtime import Store
 from skedlib.scheduling import read_snapshot
 from tests.api.conftest import Http, Loop, daemon_manifest
 from tests.scheduler.conftest import wait_for
@@ -104,7 +105,7 @@ def test_deploy_follow_hosts_update_rollback_delete(sqlite_loop: Loop, serve: An
     samples, worst = 0, 0
     while http.ok("GET", f"/environments/web/deployments/{second['id']}")["status"] \
             == "in_progress":
-        snap = read_snapshot(loop.backend, loop.keys)  # one revision: tasks and health
+        snap = read_snapshot(Store(loop.backend, loop.keys))  # one revision: tasks and health
         tasks = snap.service_tasks("default", "web")
         assert len({t.host for t in tasks}) == len(tasks), "two tasks on one host"
         down = [h for h in snap.hosts if not any(

@@ -8,9 +8,7 @@ agent, and checks that the outputs are the same.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 
 from tests.harness import consul as consul_harness
 from tests.harness import etcd as etcd_harness
+from tests.harness.cli import sked_script
 
 pytestmark = [pytest.mark.integration]
 
@@ -29,9 +28,7 @@ HELLO = REPO / "examples" / "hello-world.yml"
 
 
 def _sked(url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
-    sked = shutil.which("sked", path=str(Path(sys.executable).parent))
-    assert sked is not None, "the sked console script is not installed next to this Python"
-    return subprocess.run([sked, "--backend", url, "--prefix", prefix, *args],
+    return subprocess.run([sked_script(), "--backend", url, "--prefix", prefix, *args],
                           capture_output=True, text=True, timeout=60)
 
 

@@ -183,7 +183,7 @@ def test_kill_all_kills_grandchildren(jobs: Jobs) -> None:
     pids = sleepers()
     limited.kill_all()
     assert proc.wait(5) == -signal.SIGKILL
-    wait_for(lambda: all(gone(pid) for pid in pids), 2, f"{pids} to die")
+    wait_for(lambda: all(gone(pid) for pid in pids), 20, f"{pids} to die")
     assert limited.exceeded(proc.returncode) is None
 
 
@@ -206,7 +206,7 @@ def test_job_dies_with_its_parent(jobs: Jobs, tmp_path) -> None:
         assert not gone(job_pid)
         inter.kill()
         inter.wait(5)
-        wait_for(lambda: gone(job_pid), 2, f"job {job_pid} to die with its parent")
+        wait_for(lambda: gone(job_pid), 20, f"job {job_pid} to die with its parent")
     finally:
         if job_pid and not gone(job_pid):
             os.kill(job_pid, signal.SIGKILL)

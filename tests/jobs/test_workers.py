@@ -179,19 +179,21 @@ def test_wait_and_shutdown_gives_running_jobs_back(sqlite_jobs: JobLoop) -> None
 
 def test_restarted_worker_takes_back_its_own_jobs_at_once(sqlite_jobs: JobLoop) -> None:
     a = sqlite_jobs.node(0)
-    proc = sqlite_jobs.start_worker(0, "--lease-ttl", "30", slots=1)
+    # a 60 s lease: a job retaken only when it expires could not be done in under 50 s
+    proc = sqlite_jobs.start_worker(0, "--lease-ttl", "60", slots=1)
     job = sqlite_jobs.jobs.submit("sleep", ["1"])
     wait_for(lambda: _running_on(sqlite_jobs, job.id) == a, 20, "the job to run")
     pids = [p.pid for p in sqlite_jobs.job_processes()]
     assert pids
     sqlite_jobs.kill_worker(a)
+    killed = time.monotonic()
     assert proc.returncode == -signal.SIGKILL
     wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status()
                              != psutil.STATUS_ZOMBIE for p in pids), 5,
              "the job to die with its worker")
-    sqlite_jobs.start_worker(0, "--lease-ttl", "30", slots=1)
-    # taken back by the restart itself: the wait ends before the 30 s lease could
-    done = sqlite_jobs.jobs.wait(job.id, timeout=25)
+    sqlite_jobs.start_worker(0, "--lease-ttl", "60", slots=1)
+    done = sqlite_jobs.jobs.wait(job.id, timeout=45)
+    assert time.monotonic() - killed < 50, "waited for the 60 s lease to expire"
     assert done.status == "complete" and done.attempts == 2
 
 

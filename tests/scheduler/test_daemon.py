@@ -38,7 +38,7 @@ def client() -> Iterator[Client]:
 
 @pytest.fixture
 def daemon(client: Client) -> Iterator[SchedulerDaemon]:
-    d = SchedulerDaemon(client.backend, workers=2, lock_ttl=1.0, resync=60)
+    d = SchedulerDaemon(client.store, workers=2, lock_ttl=1.0, resync=60)
     d.start()
     assert d.wait_ready(5)
     yield d
@@ -116,7 +116,7 @@ def test_deleting_the_cluster_stops_everything(client: Client, daemon: Scheduler
 def test_a_locked_service_is_left_to_its_holder(client: Client) -> None:
     _host(client, "h1")
     client.apply(parse_manifest(MANIFEST, "m.yml"))
-    d = SchedulerDaemon(client.backend, lock_ttl=1.0)
+    d = SchedulerDaemon(client.store, lock_ttl=1.0)
     with Lock(client.backend, Keyspace().lock("default", "web"), ttl=5):
         out = d.run_once(("default", "web"))
         assert out.skipped and out.retry_after == 1.0 and client.tasks() == []
@@ -128,7 +128,7 @@ def test_a_locked_service_is_left_to_its_holder(client: Client) -> None:
 def test_status_is_written_only_when_it_changes(client: Client) -> None:
     _host(client, "h1")
     client.apply(parse_manifest(MANIFEST, "m.yml"))
-    d = SchedulerDaemon(client.backend)
+    d = SchedulerDaemon(client.store)
     d.run_once(("default", "web"))
     key = Keyspace().service_status("default", "web")
     first = client.backend.get(key)
@@ -141,7 +141,7 @@ def test_an_uninstalled_scheduler_stops_only_its_service(client: Client) -> None
     _host(client, "h1")
     client.apply(parse_manifest(MANIFEST.replace(
         "desired: 1}", "desired: 1, scheduler: not-installed}"), "m.yml"))
-    d = SchedulerDaemon(client.backend)
+    d = SchedulerDaemon(client.store)
     assert d.run_once(("default", "db")).placed == []
     st = _status(client, "db")
     assert st is not None and st.state == "error"
@@ -157,17 +157,17 @@ def test_two_services_cannot_overfill_one_host(client: Client) -> None:
     _host(client, "h2", memory=1000)
     client.apply(parse_manifest(MANIFEST.replace("desired: 3", "desired: 2")
                                 .replace("desired: 1", "desired: 2"), "m.yml"))
-    snap = read_snapshot(client.backend)
+    snap = read_snapshot(client.store)
     c = snap.clusters["default"]
     web = BinpackScheduler().plan(snap, c, snap.services["web"]).plan
     db = BinpackScheduler().plan(snap, c, snap.services["db"]).plan
     assert {t.host for t in web.place} == {t.host for t in db.place} == {"h1"}  # 4 x 300
-    assert len(commit_plan(client.backend, snap, web).committed) == 2
-    res = commit_plan(client.backend, snap, db)
+    assert len(commit_plan(client.store, snap, web).committed) == 2
+    res = commit_plan(client.store, snap, db)
     assert res.committed == () and len(res.conflicts) == 2
-    fresh = read_snapshot(client.backend)
+    fresh = read_snapshot(client.store)
     db = BinpackScheduler().plan(fresh, c, fresh.services["db"]).plan
-    assert len(commit_plan(client.backend, fresh, db).committed) == 2
+    assert len(commit_plan(client.store, fresh, db).committed) == 2
     per_host: dict[str, int] = {}
     for t in client.tasks():
         per_host[t.host] = per_host.get(t.host, 0) + t.task_definition.memory
@@ -181,7 +181,7 @@ def test_a_bad_record_does_not_stop_the_others(client: Client,
     ks = Keyspace()
     client.backend.put(ks.task("default-db-1-0"), b"{not json")
     client.backend.put(ks.agent("broken"), b"[]")
-    d = SchedulerDaemon(client.backend)
+    d = SchedulerDaemon(client.store)
     assert len(d.run_once(("default", "web")).placed) == 3
     assert "ignoring a record that does not decode" in caplog.text
     assert caplog.text.count("state/agents/broken") == 1

@@ -80,7 +80,7 @@ def test_example_manifests_schedule(manifest: Path) -> None:
                 name=f"h{i}", attributes={"zone": zone},
                 total=Resources(memory=4096, cpu_units=4096))))
         c.apply(load_manifest(manifest))
-        daemon = SchedulerDaemon(c.backend)
+        daemon = SchedulerDaemon(c.store)
         for cluster in c.clusters():
             for service in cluster.services:
                 out = daemon.run_once((cluster.name, service))

@@ -146,8 +146,8 @@ def test_status_says_why_a_service_is_not_placed(sqlite_loop: Loop) -> None:
 
 
 def test_daemon_scheduler_follows_hosts_that_join_and_leave(sqlite_loop: Loop) -> None:
-    """The ``daemon`` scheduler: a host that joins gets its task within 2 s of its host
-    record; a host that leaves (its agent killed, its lease expired) loses its task."""
+    """The ``daemon`` scheduler: a host that joins gets its task at once (well before the
+    30 s resync); a host that leaves (its agent killed, its lease expired) loses its task."""
     loop = sqlite_loop
     loop.start_agent(1, memory=256)
     leaving = loop.start_agent(2, memory=256)
@@ -158,8 +158,10 @@ def test_daemon_scheduler_follows_hosts_that_join_and_leave(sqlite_loop: Loop) -
 
     loop.start_agent(3, memory=256)  # returns when its host record is in the store
     joined = time.monotonic()
-    wait_for(lambda: any(t.host == loop.host(3) for t in loop.tasks("web")), 2.0,
-             "the joining host's task within 2 s")
+    # the host change is followed at once; 10 s holds on a loaded machine and is well
+    # before the 30 s resync that would place the task anyway
+    wait_for(lambda: any(t.host == loop.host(3) for t in loop.tasks("web")), 10.0,
+             "the joining host's task within 10 s")
     print(f"\n[daemon scheduler] task issued at most {time.monotonic() - joined:.2f}s after the "
           "host record appeared")
     loop.wait_healthy("web", 3)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
+
+import pytest
 
 from skedlib.scheduler.queue import WorkQueue
 
@@ -31,26 +34,30 @@ def test_a_key_changed_while_active_runs_again_after() -> None:
     assert q.get(0) is None and q.pending() == 0
 
 
-def test_add_after_keeps_the_earliest_delay() -> None:
+def test_add_after_keeps_the_earliest_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]  # the queue's clock, moved by hand: no wall-clock bound to miss
+    monkeypatch.setattr("skedlib.scheduler.queue.time",
+                        SimpleNamespace(monotonic=lambda: now[0]))
     q: WorkQueue[str] = WorkQueue()
     q.add_after("a", 5.0)
     q.add_after("a", 0.05)
     q.add_after("a", 1.0)
-    start = time.monotonic()
-    assert q.get(2.0) == "a"
-    assert time.monotonic() - start < 0.5
+    assert q.get(0) is None  # not due yet
+    now[0] += 0.06
+    assert q.get(0) == "a"  # due after the earliest delay
     q.done("a")
-    assert q.get(0.1) is None and q.pending() == 0
+    now[0] += 10.0
+    assert q.get(0) is None and q.pending() == 0  # the later delays were dropped
 
 
 def test_close_wakes_blocked_getters() -> None:
     q: WorkQueue[str] = WorkQueue()
     got: list[str | None] = []
-    t = threading.Thread(target=lambda: got.append(q.get(10)))
+    t = threading.Thread(target=lambda: got.append(q.get(120)))
     t.start()
     time.sleep(0.05)
     q.close()
-    t.join(2)
+    t.join(30)  # well before the get's own 120 s
     assert got == [None] and not t.is_alive()
     q.add("a")
     assert q.get(0) is None

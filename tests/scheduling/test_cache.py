@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
 from skedlib.codecs import encode
-from skedlib.keys import Keyspace
+from skedlib.keys import AgentKey, HealthKey, Keyspace, TaskKey
 from skedlib.models import (
     Cluster,
     Container,
@@ -23,7 +24,9 @@ from skedlib.models import (
     TaskHealth,
 )
 from skedlib.plugins import open_backend
+from skedlib.runtime import Store
 from skedlib.scheduling import (
+    Change,
     Plan,
     Snapshot,
     SnapshotCache,
@@ -106,9 +109,10 @@ def _drain(backend: Backend, cache: SnapshotCache, watch: object) -> None:
 def test_listing_plus_events_equals_a_fresh_read(seed: int) -> None:
     rng = random.Random(seed)
     backend = open_backend("memory://")
+    store = Store(backend)
     for _ in range(30):
         backend.txn([], _random_op(rng))
-    cache = SnapshotCache()
+    cache = SnapshotCache(store)
     listed = backend.list(KS.prefix)
     cache.reset(listed)
     with backend.watch(KS.prefix, listed.revision + 1) as watch:
@@ -117,20 +121,21 @@ def test_listing_plus_events_equals_a_fresh_read(seed: int) -> None:
             if step % 37 == 0 or step == 299:
                 _drain(backend, cache, watch)
                 with cache.view() as snap:
-                    assert _summary(snap) == _summary(read_snapshot(backend)), step
+                    assert _summary(snap) == _summary(read_snapshot(store)), step
 
 
 def test_a_recorded_commit_is_seen_at_once_and_late_events_do_not_undo_it() -> None:
     backend = open_backend("memory://")
+    store = Store(backend)
     backend.txn([], [Put(KS.agent("h0"), encode(Host(
         name="h0", total=Resources(memory=1000, cpu_units=100))))])
-    cache = SnapshotCache()
+    cache = SnapshotCache(store)
     listed = backend.list(KS.prefix)
     cache.reset(listed)
     with backend.watch(KS.prefix, listed.revision + 1) as watch:
         first = _task(0, "h0")
         with cache.view() as snap:
-            res = commit_plan(backend, snap, Plan(place=[first]))
+            res = commit_plan(store, snap, Plan(place=[first]))
             cache.record(Plan(place=[first]), res)
             assert snap.hosts["h0"].allocated.memory == 100
             assert snap.task_revisions[first.id] == res.task_revisions[first.id]
@@ -139,44 +144,109 @@ def test_a_recorded_commit_is_seen_at_once_and_late_events_do_not_undo_it() -> N
         # recorded marker revision, so it commits
         second = _task(1, "h0")
         with cache.view() as snap:
-            res2 = commit_plan(backend, snap, Plan(place=[second]))
+            res2 = commit_plan(store, snap, Plan(place=[second]))
             assert res2.committed == (second.id,) and not res2.conflicts
             cache.record(Plan(place=[second]), res2)
         # the stop of the first, recorded; then the late events of all three arrive
         with cache.view() as snap:
-            res3 = commit_plan(backend, snap, Plan(stop=[first.id]))
+            res3 = commit_plan(store, snap, Plan(stop=[first.id]))
             assert res3.committed == (first.id,)
             cache.record(Plan(stop=[first.id]), res3)
         _drain(backend, cache, watch)
         with cache.view() as snap:
-            assert _summary(snap) == _summary(read_snapshot(backend))
+            assert _summary(snap) == _summary(read_snapshot(store))
             assert set(snap.tasks) == {second.id}
 
 
 def test_a_stale_cache_makes_a_conflict_not_an_overcommit() -> None:
     """Another writer fills the host; the cache has not seen it: the commit conflicts."""
     backend = open_backend("memory://")
+    store = Store(backend)
     backend.txn([], [Put(KS.agent("h0"), encode(Host(
         name="h0", total=Resources(memory=150, cpu_units=100))))])
-    cache = SnapshotCache()
+    cache = SnapshotCache(store)
     cache.reset(backend.list(KS.prefix))
-    other = read_snapshot(backend)
-    assert commit_plan(backend, other, Plan(place=[_task(0, "h0")])).committed
+    other = read_snapshot(store)
+    assert commit_plan(store, other, Plan(place=[_task(0, "h0")])).committed
     with cache.view() as snap:
         assert snap.hosts["h0"].allocated.memory == 0  # stale
-        res = commit_plan(backend, snap, Plan(place=[_task(1, "h0")]))
+        res = commit_plan(store, snap, Plan(place=[_task(1, "h0")]))
     assert res.conflicts == (_task(1, "h0").id,) and not res.committed
 
 
 def test_statuses_and_bad_records() -> None:
     backend = open_backend("memory://")
+    store = Store(backend)
     status = ServiceStatus(cluster="c", service="web", state="ok")
     backend.txn([], [Put(KS.service_status("c", "web"), encode(status)),
                      Put(KS.service("bad"), b"{not json")])
     bad: list[str] = []
-    cache = SnapshotCache(on_bad=lambda kv, exc: bad.append(kv.key))
+    cache = SnapshotCache(store, on_bad=lambda kv, exc: bad.append(kv.key))
     cache.reset(backend.list(KS.prefix))
     assert cache.status("c", "web") == status
     assert bad == [KS.service("bad")]
     with pytest.raises(Exception, match="bad"):
-        SnapshotCache().reset(backend.list(KS.prefix))
+        SnapshotCache(store).reset(backend.list(KS.prefix))
+
+
+def test_each_change_is_reported_once_with_its_record_before_and_after() -> None:
+    backend = open_backend("memory://")
+    store = Store(backend)
+    seen: list[tuple[object, object, object, bool]] = []
+    listed: list[int] = []
+
+    def changed(snap: Snapshot, change: Change) -> None:
+        # handed the snapshot as it stands just after the change
+        if isinstance(change.key, AgentKey):
+            assert (change.key.host in snap.hosts) == (change.new is not None)
+        seen.append((change.key, change.old, change.new, change.bad))
+
+    cache = SnapshotCache(store, on_bad=lambda kv, exc: None, on_change=changed,
+                          on_reset=lambda snap: listed.append(snap.revision))
+    cache.refresh()
+    assert listed == [backend.current_revision()]
+    h0 = Host(name="h0", total=Resources(memory=1000, cpu_units=100))
+    h0_drained = Host(name="h0", total=Resources(memory=1000, cpu_units=100), draining=True)
+    task = _task(0, "h0")
+    health = TaskHealth(task_id=task.id, host="h0", healthy=True)
+    with backend.watch(KS.prefix, backend.current_revision() + 1) as watch:
+        backend.txn([], [Put(KS.agent("h0"), encode(h0))])
+        backend.txn([], [Put(KS.agent("h0"), encode(h0_drained))])
+        backend.txn([], [Put(KS.task(task.id), encode(task))])
+        backend.txn([], [Put(KS.task_health(task.id), encode(health))])
+        backend.txn([], [Put(KS.task("c-web-1-1"), b"{not json")])
+        backend.txn([], [Delete(KS.agent("h0")), Put(KS.host_alloc("h0"), b"{}")])
+        _drain(backend, cache, watch)
+    assert seen == [
+        (AgentKey("h0"), None, h0, False),
+        (AgentKey("h0"), h0, h0_drained, False),
+        (TaskKey(task.id), None, task, False),
+        (HealthKey(task.id), None, health, False),
+        (TaskKey("c-web-1-1"), None, None, True),
+        (AgentKey("h0"), h0_drained, None, False),
+    ]  # the allocation marker and the sentinel are not records: no change
+    seen.clear()
+    with cache.view() as snap:  # a commit written through is reported too
+        res = commit_plan(store, snap, Plan(stop=[task.id]))
+        cache.record(Plan(stop=[task.id]), res)
+    assert seen == [(TaskKey(task.id), task, None, False)]
+
+
+def test_a_started_cache_follows_the_store() -> None:
+    backend = open_backend("memory://")
+    store = Store(backend)
+    backend.put(KS.cluster("c"), encode(CLUSTER))
+    cache = SnapshotCache(store).start()
+    try:
+        assert cache.wait_ready(10) and cache.started
+        with cache.view() as snap:
+            assert set(snap.clusters) == {"c"}
+        upto = backend.put(KS.agent("h0"), encode(Host(
+            name="h0", total=Resources(memory=1000, cpu_units=100))))
+        deadline = time.monotonic() + 30
+        while cache.revision < upto and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with cache.view() as snap:
+            assert set(snap.hosts) == {"h0"}
+    finally:
+        cache.stop()

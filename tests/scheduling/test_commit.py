@@ -45,10 +45,10 @@ def _setup(client: Client, hosts: int = 3, memory: int = 1000) -> None:
 
 
 def _plan_and_commit(client: Client) -> tuple[int, int]:
-    snap = read_snapshot(client.backend)
+    snap = read_snapshot(client.store)
     result = Binpack().plan(snap, snap.clusters["c"], snap.services["web"])
     assert validate_plan(snap, result.plan) == []
-    res = commit_plan(client.backend, snap, result.plan)
+    res = commit_plan(client.store, snap, result.plan)
     return len(res.committed), len(result.unschedulable)
 
 
@@ -70,7 +70,7 @@ def test_unschedulable_tasks_say_why() -> None:
         _setup(client, hosts=1)
         committed, unschedulable = _plan_and_commit(client)
         assert (committed, unschedulable) == (3, 2)
-        snap = read_snapshot(client.backend)
+        snap = read_snapshot(client.store)
         result = Binpack().plan(snap, snap.clusters["c"], snap.services["web"])
         assert result.message == "2 task(s) unschedulable: 0/1 hosts fit: not enough memory " \
                                  "on 1 host"
@@ -96,11 +96,11 @@ def test_rejected_task_moves_and_avoids_the_host() -> None:
 def test_conflicting_write_rejects_only_its_part() -> None:
     with Client.open("memory://") as client:
         _setup(client, hosts=3, memory=10_000)
-        snap = read_snapshot(client.backend)
+        snap = read_snapshot(client.store)
         result = Binpack().plan(snap, snap.clusters["c"], snap.services["web"])
         contested = result.plan.place[2]
         client.backend.put(Keyspace().task(contested.id), encode(contested))  # a rival wrote it
-        res = commit_plan(client.backend, snap, result.plan)
+        res = commit_plan(client.store, snap, result.plan)
         assert res.conflicts == (contested.id,)
         assert len(res.committed) == 4
 

@@ -9,6 +9,7 @@ from skedlib.codecs import encode
 from skedlib.keys import Keyspace
 from skedlib.models import Cluster, Container, Host, Resources, Task, TaskDefinition
 from skedlib.plugins import open_backend
+from skedlib.runtime import Store
 from skedlib.scheduling import Plan, Snapshot, demand_of, read_snapshot, validate_plan
 from skedlib.store.base import Put
 
@@ -86,7 +87,7 @@ def test_read_snapshot_is_consistent_and_counts_allocations() -> None:
     t = _task(0, "h1", 300, 200, port=8080)
     backend.txn([], [Put(ks.task(t.id), encode(t)), Put(ks.host_task("h1", t.id), encode(t)),
                      Put("unrelated/key", b"x")])
-    snap = read_snapshot(backend)
+    snap = read_snapshot(Store(backend))
     assert snap.revision == backend.current_revision()
     h = snap.hosts["h1"]
     assert h.free == Resources(memory=700, cpu_units=800) and h.ports == {8080}

@@ -1,11 +1,20 @@
-"""Locks and fencing on the built-in backends, including a holder killed with -9."""
+"""Locks and fencing on every backend (memory, sqlite, etcd, Consul), including a holder
+killed with -9.
+
+etcd runs on the session's single node and Consul on its ``-dev`` agent (started by
+``tests/harness``); every test works under a key prefix of its own, so the servers are
+shared. Leases do not end equally fast everywhere, so the tests that wait for a lease to
+end take their TTL and their waits from :data:`TIMING`.
+"""
 
 from __future__ import annotations
 
 import multiprocessing
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,112 +23,210 @@ from skedlib.errors import LockError
 from skedlib.locks import KeptLease, Lock
 from skedlib.plugins import open_backend
 from skedlib.store.base import Backend, Compare, Put
+from tests.harness import consul as consul_harness
+from tests.harness import etcd as etcd_harness
+
+etcd_single = etcd_harness.etcd_single
+consul_dev = consul_harness.consul_dev
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    url = "memory://" if request.param == "memory" else f"sqlite://{tmp_path}/l.db"
+@dataclass(frozen=True)
+class Timing:
+    """How one backend ends a lease that is no longer kept alive."""
+
+    ttl: float
+    """The TTL the tests ask for."""
+    outlives: float
+    """A time after which a lease of ``ttl`` would surely have ended without keep-alives."""
+    ends_within: float
+    """A generous bound (it holds on a loaded machine) on when a lease of ``ttl`` has ended
+    after its last keep-alive; the tests wait this long for the lock to come free."""
+
+
+TIMING = {
+    # a lease ends at the first call after its deadline
+    "memory": Timing(ttl=0.5, outlives=1.6, ends_within=10),
+    "sqlite": Timing(ttl=0.5, outlives=1.6, ends_within=10),
+    # etcd rounds a TTL up to whole seconds, at least 2 s; its leader checks every 500 ms
+    "etcd": Timing(ttl=2, outlives=4, ends_within=20),
+    # Consul's shortest lease is 20 s (a session of 10 s, which Consul ends within twice
+    # its TTL after the last renewal)
+    "consul": Timing(ttl=20, outlives=25, ends_within=40),
+}
+
+
+def on_backends(*names: str, waits_for_expiry: bool = False) -> pytest.MarkDecorator:
+    """Run the test on the backends ``names`` (default: all four).
+
+    etcd and Consul start real servers (``integration``); a test that waits for a lease to
+    end takes 20 s or more on Consul (``slow`` there)."""
+    marks: dict[str, list[pytest.MarkDecorator]] = {
+        "etcd": [pytest.mark.integration],
+        "consul": [pytest.mark.integration, *([pytest.mark.slow] if waits_for_expiry else [])]}
+    return pytest.mark.parametrize(
+        "backend_name", [pytest.param(n, marks=marks.get(n, []), id=n)
+                         for n in names or list(TIMING)], indirect=True)
+
+
+@pytest.fixture
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The test's parameter: which backend it runs on."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def url(request: pytest.FixtureRequest, backend_name: str, tmp_path: Path) -> str:
+    """The URL of the test's backend (etcd and Consul are started on first use)."""
+    name = backend_name
+    if name == "memory":
+        return "memory://"
+    if name == "sqlite":
+        return f"sqlite://{tmp_path}/l.db"
+    server = request.getfixturevalue("etcd_single" if name == "etcd" else "consul_dev")
+    server_url: str = server.url()
+    return server_url
+
+
+@pytest.fixture
+def timing(backend_name: str) -> Timing:
+    """The lease timing of the test's backend."""
+    return TIMING[backend_name]
+
+
+@pytest.fixture
+def backend(url: str) -> Iterator[Backend]:
     b = open_backend(url)
     yield b
     b.close()
 
 
-def test_try_lock_excludes_and_release_frees(backend: Backend) -> None:
-    a, b = Lock(backend, "locks/x", ttl=1), Lock(backend, "locks/x", ttl=1)
+@pytest.fixture
+def ns() -> str:
+    """A key prefix of the test's own (etcd and Consul are shared by the session)."""
+    return f"locks-{uuid.uuid4().hex[:10]}/"
+
+
+@on_backends()
+def test_try_lock_excludes_and_release_frees(backend: Backend, ns: str) -> None:
+    key = ns + "x"
+    a, b = Lock(backend, key, ttl=1), Lock(backend, key, ttl=1)
     assert a.try_acquire()
     assert not b.try_acquire()
     a.release()
     assert b.try_acquire()
     assert b.token > 0
     b.release()
-    assert backend.get("locks/x") is None
+    assert backend.get(key) is None
 
 
-def test_lock_is_kept_alive_beyond_its_ttl(backend: Backend) -> None:
-    with Lock(backend, "locks/k", ttl=0.5) as lock:
-        time.sleep(1.6)
+@on_backends(waits_for_expiry=True)
+def test_lock_is_kept_alive_beyond_its_ttl(backend: Backend, ns: str, timing: Timing) -> None:
+    key = ns + "k"
+    with Lock(backend, key, ttl=timing.ttl) as lock:
+        time.sleep(timing.outlives)
         assert lock.held
-        assert not Lock(backend, "locks/k", ttl=0.5).try_acquire()
+        assert not Lock(backend, key, ttl=timing.ttl).try_acquire()
 
 
-def test_leaving_the_with_block_releases_even_on_error(backend: Backend) -> None:
-    with pytest.raises(RuntimeError), Lock(backend, "locks/e", ttl=5) as lock:
+@on_backends()
+def test_leaving_the_with_block_releases_even_on_error(backend: Backend, ns: str) -> None:
+    key = ns + "e"
+    with pytest.raises(RuntimeError), Lock(backend, key, ttl=5) as lock:
         token = lock.token
-        assert backend.get("locks/e") is not None
+        assert backend.get(key) is not None
         raise RuntimeError("the work failed")
-    assert not lock.held and backend.get("locks/e") is None
-    assert not backend.txn([Compare("locks/e", token)], [Put("data", b"late")]).succeeded
-    other = Lock(backend, "locks/e", ttl=5)
+    assert not lock.held and backend.get(key) is None
+    assert not backend.txn([Compare(key, token)], [Put(ns + "data", b"late")]).succeeded
+    other = Lock(backend, key, ttl=5)
     assert other.try_acquire()  # free at once, not after the TTL
     other.release()
 
 
-def test_acquire_waits_for_release_and_times_out(backend: Backend) -> None:
-    holder = Lock(backend, "locks/w", ttl=2)
+@on_backends()
+def test_acquire_waits_for_release_and_times_out(backend: Backend, ns: str) -> None:
+    key = ns + "w"
+    holder = Lock(backend, key, ttl=2)
     holder.acquire()
     with pytest.raises(LockError, match="not acquired within"):
-        Lock(backend, "locks/w", ttl=2).acquire(timeout=0.3)
-    threading.Timer(0.3, holder.release).start()
-    waiter = Lock(backend, "locks/w", ttl=2)
-    t0 = time.monotonic()
-    waiter.acquire(timeout=5)
-    assert time.monotonic() - t0 < 3
+        Lock(backend, key, ttl=2).acquire(timeout=0.3)
+    releasing = threading.Event()
+
+    def release() -> None:
+        releasing.set()
+        holder.release()
+
+    timer = threading.Timer(0.3, release)
+    timer.start()
+    waiter = Lock(backend, key, ttl=2)
+    try:
+        waiter.acquire(timeout=30)
+        # the holder's lease is still kept alive: only its release can have freed the lock
+        assert releasing.is_set()
+    finally:
+        timer.join()
     waiter.release()
 
 
-def test_fencing_refuses_a_stale_holder(backend: Backend) -> None:
-    stale = Lock(backend, "locks/f", ttl=0.5)
+@on_backends(waits_for_expiry=True)
+def test_fencing_refuses_a_stale_holder(backend: Backend, ns: str, timing: Timing) -> None:
+    key, data = ns + "f", ns + "data"
+    stale = Lock(backend, key, ttl=timing.ttl)
     assert stale.try_acquire()
     fence = stale.fence()
-    assert backend.txn([fence], [Put("data", b"by stale while valid")]).succeeded
+    assert backend.txn([fence], [Put(data, b"by stale while valid")]).succeeded
     # the holder stalls: its lease is no longer renewed and expires
     assert stale._lease is not None
     stale._lease._stop.set()
-    deadline = time.monotonic() + 5
-    fresh = Lock(backend, "locks/f", ttl=5)
+    deadline = time.monotonic() + timing.ends_within
+    fresh = Lock(backend, key, ttl=5)
     while not fresh.try_acquire():
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, "the stalled holder's lease did not end"
         time.sleep(0.05)
     assert fresh.token != fence.revision
-    assert not backend.txn([fence], [Put("data", b"by stale after losing")]).succeeded
-    assert backend.txn([fresh.fence()], [Put("data", b"by fresh")]).succeeded
-    kv = backend.get("data")
+    assert not backend.txn([fence], [Put(data, b"by stale after losing")]).succeeded
+    assert backend.txn([fresh.fence()], [Put(data, b"by fresh")]).succeeded
+    kv = backend.get(data)
     assert kv is not None and kv.value == b"by fresh"
     fresh.release()
 
 
-def test_kept_lease_reports_loss(backend: Backend) -> None:
+@on_backends(waits_for_expiry=True)
+def test_kept_lease_reports_loss(backend: Backend, timing: Timing) -> None:
     lost = threading.Event()
-    lease = KeptLease(backend, 0.5, on_lost=lost.set)
+    lease = KeptLease(backend, timing.ttl, on_lost=lost.set)
     backend.revoke_lease(lease.id)
-    assert lost.wait(3)
+    assert lost.wait(timing.ends_within)  # at the next keep-alive, a third of the TTL on
     lease.revoke()
 
 
-def _hold(url: str, ready: multiprocessing.synchronize.Event) -> None:
+def _hold(url: str, key: str, ttl: float, ready: multiprocessing.synchronize.Event) -> None:
     backend = open_backend(url)
-    lock = Lock(backend, "locks/dead", ttl=1)
+    lock = Lock(backend, key, ttl=ttl)
     assert lock.try_acquire()
     ready.set()
     time.sleep(3600)
 
 
-def test_lock_of_a_killed_process_is_free_within_its_ttl(tmp_path: Path) -> None:
-    url = f"sqlite://{tmp_path}/dead.db"
+# memory:// lives in one process only: nobody outside can hold its locks
+@on_backends("sqlite", "etcd", "consul", waits_for_expiry=True)
+def test_lock_of_a_killed_process_is_free_within_its_ttl(url: str, ns: str,
+                                                         timing: Timing) -> None:
+    key = ns + "dead"
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
-    p = ctx.Process(target=_hold, args=(url, ready))
+    p = ctx.Process(target=_hold, args=(url, key, timing.ttl, ready))
     p.start()
     try:
-        assert ready.wait(30)
+        assert ready.wait(60)
         with open_backend(url) as backend:
-            assert not Lock(backend, "locks/dead").try_acquire()
+            assert not Lock(backend, key).try_acquire()
             p.kill()
             p.join(5)
-            killed = time.monotonic()
-            lock = Lock(backend, "locks/dead", ttl=1)
-            lock.acquire(timeout=5)
-            assert time.monotonic() - killed <= 1.0 + 1.0  # TTL plus polling slack
+            # nothing but the end of the dead holder's lease frees the key; the wait is
+            # the TTL plus slack for a loaded machine
+            lock = Lock(backend, key, ttl=timing.ttl)
+            lock.acquire(timeout=timing.ends_within)
             lock.release()
     finally:
         if p.is_alive():

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sked_most_free_cpu.scheduler import MostFreeCpuScheduler
-from skedlib.hookspecs import hookimpl
+from skedlib import hookimpl
 
 
 @hookimpl

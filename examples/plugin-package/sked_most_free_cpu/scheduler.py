@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from skedlib.models import Service
-from skedlib.scheduling import HostState, Scorer, ServiceScheduler, Snapshot, TaskRequest
+from skedlib import HostState, Scorer, Service, ServiceScheduler, Snapshot, TaskRequest
 
 
 class MostFreeCpu(Scorer):

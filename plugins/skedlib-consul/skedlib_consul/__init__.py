@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from skedlib.plugins import lazy_attributes
+from skedlib import lazy_attributes
 
 __all__ = [
     "ConsulAgentClient",

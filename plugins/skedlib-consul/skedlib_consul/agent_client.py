@@ -43,8 +43,7 @@ from typing import Any, Literal
 
 import consul.base
 
-from skedlib.errors import BackendError, NotFound, ValidationError
-from skedlib.models import CheckStatus, Task, TaskHealth
+from skedlib import BackendError, CheckStatus, NotFound, Task, TaskHealth, ValidationError
 from skedlib_consul.checks import check_definitions, consul_status, service_definition
 from skedlib_consul.client import (
     ApiContext,

@@ -75,8 +75,21 @@ from typing import Any
 import consul.base
 import requests
 
-from skedlib.errors import BackendError, BackendUnavailable, InvalidName, LeaseExpired, TxnTooLarge
-from skedlib.store.base import Backend, Compare, KeyValue, ListResult, Op, Put, TxnResult, Watch
+from skedlib import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    Compare,
+    InvalidName,
+    KeyValue,
+    LeaseExpired,
+    ListResult,
+    Op,
+    Put,
+    TxnResult,
+    TxnTooLarge,
+    Watch,
+)
 from skedlib_consul.client import (
     ApiContext,
     HttpClient,

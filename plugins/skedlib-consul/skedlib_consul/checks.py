@@ -16,7 +16,7 @@ TTL (``PUT /v1/agent/check/pass/<CheckID>``).
   replaced by the task's port; ``interval`` defaults to ``10s``; ``timeout`` is passed
   when given; Consul refuses what it cannot parse.
 - **As resolved** (:func:`resolved_check_definitions`, what the health provider
-  registers): the checks as :func:`skedlib.agent.checks.resolve_checks` resolved them for
+  registers): the checks as :func:`skedlib.resolve_checks` resolved them for
   the local provider (validated, port substituted, default interval and timeout),
   durations in milliseconds; script checks get ``PROVIDED_PORT``, ``SKED_TASK_ID`` and
   ``SKED_HOST`` exported first, as the local provider runs them.
@@ -30,11 +30,7 @@ from __future__ import annotations
 import shlex
 from typing import Any, Literal
 
-from skedlib.agent.checks import ResolvedCheck
-from skedlib.agent.health import check_env
-from skedlib.errors import ValidationError
-from skedlib.executors.base import substitute_port
-from skedlib.models import Check, Task
+from skedlib import Check, ResolvedCheck, Task, ValidationError, check_env, substitute_port
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -127,7 +123,7 @@ def resolved_check_definitions(task: Task, port: int, host: str,
                                ids: list[str]) -> list[dict[str, Any]]:
     """The Consul check definitions of checks already resolved, with their CheckIDs.
 
-    ``resolved`` and ``ids`` are parallel (:func:`skedlib.agent.checks.resolve_checks`,
+    ``resolved`` and ``ids`` are parallel (:func:`skedlib.resolve_checks`,
     :func:`assign_check_ids`); script checks get the environment the local provider
     gives them (``host`` is the skedlib agent's host name).
     """

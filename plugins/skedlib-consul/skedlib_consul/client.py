@@ -39,7 +39,7 @@ import consul.base
 import requests
 import urllib3.exceptions
 
-from skedlib.errors import BackendError, BackendUnavailable
+from skedlib import BackendError, BackendUnavailable
 from skedlib_consul.options import ConsulOptions
 
 __all__ = [

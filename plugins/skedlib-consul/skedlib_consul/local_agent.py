@@ -20,8 +20,7 @@ import logging
 import os
 import socket
 
-from skedlib.agent.health import HealthContext
-from skedlib.errors import BackendUnavailable, PluginError
+from skedlib import BackendUnavailable, HealthContext, PluginError
 from skedlib_consul.backend import ConsulBackend
 from skedlib_consul.options import DEFAULT_AGENT, ConsulOptions, agent_url_options
 

@@ -26,7 +26,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Literal
 
-from skedlib.errors import BackendUnavailable
+from skedlib import BackendUnavailable
 
 __all__ = [
     "DEFAULT_AGENT",

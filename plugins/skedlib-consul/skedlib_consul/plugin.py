@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from skedlib.hookspecs import BackendFactory, hookimpl
+from skedlib import BackendFactory, hookimpl
 
 if TYPE_CHECKING:
-    from skedlib.agent.health import HealthContext
+    from skedlib import HealthContext
     from skedlib_consul.backend import ConsulBackend
     from skedlib_consul.provider import ConsulHealthProvider
 

@@ -5,12 +5,12 @@ default with a ``consul://`` backend) lets Consul run a task's checks instead of
 checking locally: the task becomes a Consul service on the Consul agent of the host it
 runs on, with its containers' checks (mapped as :mod:`skedlib_consul.checks` says), and
 its health is read back from that agent. :class:`ConsulHealthProvider` follows the
-contract of :mod:`skedlib.agent.health`; every method returns at once, Consul is only
+contract of :mod:`skedlib.health.provider`; every method returns at once, Consul is only
 talked to from the provider's two threads, through
 :class:`~skedlib_consul.agent_client.ConsulAgentClient` (every call with a timeout):
 
 - ``validate`` resolves the checks as the local provider does
-  (:func:`skedlib.agent.checks.resolve_checks`: one kind, a usable target, parsable
+  (:func:`skedlib.resolve_checks`: one kind, a usable target, parsable
   durations) and raises :class:`~skedlib.executors.base.TaskRejected`.
 - ``watch(task, port)`` registers the task as a service (ID the task id, Name the
   service, Port ``port``, Tags the definition's tags) with its checks; intervals and
@@ -36,7 +36,7 @@ time against ``failure_threshold``) is in :mod:`skedlib_consul.states`; which Co
 agent is used (``consul.url``, ``consul.token``, ``consul.timeout``, else the backend's
 endpoint on this host) in :mod:`skedlib_consul.local_agent`.
 
-TTL checks: ``skedlib.agent.health.pass_ttl_check`` works as with the local provider.
+TTL checks: ``skedlib.pass_ttl_check`` works as with the local provider.
 The provider reads each TTL task's health record (``state/health/<task_id>``) every
 quarter TTL (0.25 s to 2 s) and forwards reports newer than the last one it forwarded
 (and not older than the TTL, and not written by the agent from the provider's own
@@ -58,11 +58,19 @@ from typing import Any
 
 import msgspec
 
-from skedlib.agent.checks import ResolvedCheck, resolve_checks
-from skedlib.agent.health import HealthContext, HealthProvider
-from skedlib.codecs import decode
-from skedlib.errors import BackendError, ValidationError
-from skedlib.models import CheckStatus, Task, TaskHealth
+from skedlib import (
+    BackendError,
+    Backoff,
+    CheckStatus,
+    HealthContext,
+    HealthProvider,
+    ResolvedCheck,
+    Task,
+    TaskHealth,
+    ValidationError,
+    decode,
+    resolve_checks,
+)
 from skedlib_consul.agent_client import ConsulAgentClient
 from skedlib_consul.checks import (
     assign_check_ids,
@@ -107,7 +115,7 @@ class ConsulHealthProvider(HealthProvider):
         """Task ids whose registration must be brought in line, with when (monotonic)."""
         self._absent: set[str] = set()
         """Task ids known not to be registered (deregistered by us since)."""
-        self._retries: dict[str, float] = {}
+        self._retries: dict[str, Backoff] = {}
         self._generation = 0
         self._cond = threading.Condition()
         self._refresh_lock = threading.Lock()
@@ -324,9 +332,10 @@ class ConsulHealthProvider(HealthProvider):
             self._forward_ttl(job[1], job[2])
 
     def _backoff(self, task_id: str) -> float:
-        delay = self._retries.get(task_id, _RETRY_INITIAL)
-        self._retries[task_id] = min(delay * 2, _RETRY_MAX)
-        return delay
+        backoff = self._retries.get(task_id)
+        if backoff is None:
+            backoff = self._retries[task_id] = Backoff(_RETRY_INITIAL, _RETRY_MAX)
+        return backoff.next()
 
     def _register(self, task_id: str, generation: int, payload: dict[str, Any]) -> None:
         client = self._sync_client
@@ -450,7 +459,7 @@ class ConsulHealthProvider(HealthProvider):
         client = self._follow_client
         node: str | None = None
         index = 0
-        pause = _RETRY_INITIAL
+        pause = Backoff(_RETRY_INITIAL, _RETRY_MAX)
         last_sig: Any = None
         last_read = 0.0
         while True:
@@ -471,8 +480,7 @@ class ConsulHealthProvider(HealthProvider):
                                      f"the Consul agent {self.url} (retrying): {exc}")
                 node, index = None, 0
                 with self._cond:
-                    self._cond.wait(pause)
-                pause = min(pause * 2, _RETRY_MAX)
+                    self._cond.wait(pause.next())
                 continue
             except Exception:
                 log.exception("consul health provider: following %s failed", self.url)
@@ -482,7 +490,7 @@ class ConsulHealthProvider(HealthProvider):
             if self._closed:
                 return
             self._ok("follow")
-            pause = _RETRY_INITIAL
+            pause.reset()
             index = new_index if new_index >= index else 0  # an index that went back: reset
             sig = sorted((str(c.get("CheckID")), str(c.get("Status"))) for c in body
                          if isinstance(c, Mapping) and c.get("CheckID") in ours)

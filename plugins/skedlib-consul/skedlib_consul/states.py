@@ -34,8 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from skedlib.agent.checks import ResolvedCheck
-from skedlib.models import CheckStatus, Task
+from skedlib import CheckStatus, ResolvedCheck, Task
 from skedlib_consul.checks import consul_status
 
 __all__ = ["CONSUL_MIN_INTERVAL", "FIRST_RESULT_SLACK", "TrackedCheck", "TrackedTask"]

@@ -10,7 +10,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from skedlib.store.base import KeyValue, Watch, WatchEvent
+from skedlib import KeyValue, Watch, WatchEvent
 
 if TYPE_CHECKING:
     from skedlib_consul.backend import ConsulBackend

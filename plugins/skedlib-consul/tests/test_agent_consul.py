@@ -20,7 +20,8 @@ from typing import Any
 import psutil
 import pytest
 
-from skedlib.agent import Agent, AgentConfig, pass_ttl_check
+from skedlib import pass_ttl_check
+from skedlib.agent import Agent, AgentConfig
 from skedlib.models import Check, Container
 from tests.agent import conftest as agent_tests
 from tests.agent.conftest import PY, AgentEnv, make_task, sleeper, wait_for

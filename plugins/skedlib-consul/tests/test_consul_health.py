@@ -28,10 +28,10 @@ from skedlib_consul.local_agent import agent_options, on_this_host
 from skedlib_consul.options import parse_url
 from skedlib_consul.provider import ConsulHealthProvider
 
-from skedlib.agent.health import HealthContext, HealthProvider, pass_ttl_check
 from skedlib.codecs import encode
 from skedlib.errors import BackendUnavailable, NotFound, PluginError, ValidationError
 from skedlib.executors.base import TaskRejected
+from skedlib.health.provider import HealthContext, HealthProvider, pass_ttl_check
 from skedlib.keys import Keyspace
 from skedlib.models import Check, Cluster, Container, Task, TaskDefinition, TaskHealth
 from skedlib.plugins import get_registry, open_backend
@@ -264,7 +264,7 @@ def test_unreachable_agent_fails_in_time() -> None:
     p.close()
 
 
-# -- the agent's provider (skedlib.agent.health.HealthProvider) --------------------------------
+# -- the agent's provider (skedlib.HealthProvider) --------------------------------
 class _Changes:
     """``on_change`` for a HealthContext: when it was called, and the state then."""
 

@@ -17,7 +17,7 @@ from skedlib_consul.states import (
     TrackedTask,
 )
 
-from skedlib.agent.checks import ResolvedCheck
+from skedlib.health.checks import ResolvedCheck
 from skedlib.models import Cluster, Container, Task, TaskDefinition
 
 Status = Any  # "passing" | "warning" | "critical"

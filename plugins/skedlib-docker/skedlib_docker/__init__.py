@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from skedlib.plugins import lazy_attributes
+from skedlib import lazy_attributes
 from skedlib_docker.config import DockerConfig
 
 __all__ = [

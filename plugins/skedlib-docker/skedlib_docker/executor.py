@@ -52,16 +52,19 @@ import docker.utils  # type: ignore[import-untyped,unused-ignore]
 import requests
 import urllib3
 
-from skedlib.errors import SkedError, ValidationError
-from skedlib.executors.base import (
+from skedlib import (
+    Backoff,
+    Container,
     ContainerRef,
     ContainerStatus,
     Executor,
     ExecutorContext,
     ExitCallback,
+    SkedError,
+    Task,
     TaskRejected,
+    ValidationError,
 )
-from skedlib.models import Container, Task
 from skedlib_docker.spec import (
     LABEL_CONTAINER,
     LABEL_HOST,
@@ -560,7 +563,7 @@ class DockerEngineExecutor(Executor):
     def _watch_events(self) -> None:
         since = time.time()
         seen: dict[tuple[str, int], None] = {}
-        backoff = 0.2
+        backoff = Backoff(initial=0.2, maximum=30.0)
         last_error = ""
         filters = {"type": "container", "event": "die", "label": f"{LABEL_HOST}={self.host}"}
         while not self._closing.is_set():
@@ -572,7 +575,7 @@ class DockerEngineExecutor(Executor):
                         stream.close()
                         return
                     self._events_stream = stream
-                backoff = 0.2
+                backoff.reset()
                 if last_error:
                     log.info("docker events for host %s: following again", self.host)
                     last_error = ""
@@ -594,9 +597,8 @@ class DockerEngineExecutor(Executor):
                     log.warning("docker events for host %s: %s (retrying; the agent polls "
                                 "status meanwhile)", self.host, exc)
                     last_error = str(exc)
-            if self._closing.wait(backoff):
+            if self._closing.wait(backoff.next()):
                 return
-            backoff = min(backoff * 2, 30.0)
 
     def _on_die(self, event: Mapping[str, Any]) -> None:
         attrs = (event.get("Actor") or {}).get("Attributes") or {}

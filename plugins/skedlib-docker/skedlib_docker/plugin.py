@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from skedlib.executors.base import ExecutorContext
-from skedlib.hookspecs import hookimpl
+from skedlib import ExecutorContext, hookimpl
 from skedlib_docker.config import DockerConfig
 
 if TYPE_CHECKING:

@@ -23,13 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from skedlib.executors.base import (
-    PROVIDED_PORT_VAR,
-    TaskRejected,
-    convert_blob,
-    substitute_port,
-)
-from skedlib.models import Container, Task
+from skedlib import PROVIDED_PORT_VAR, Container, Task, TaskRejected, convert_blob, substitute_port
 from skedlib_docker.config import DockerConfig
 
 __all__ = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from skedlib.plugins import lazy_attributes
+from skedlib import lazy_attributes
 
 __all__ = ["EtcdBackend", "EtcdOptions", "open_etcd", "parse_url"]
 

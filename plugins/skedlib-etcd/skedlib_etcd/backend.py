@@ -63,16 +63,20 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import grpc
 from etcd3 import etcdrpc
 
-from skedlib.errors import BackendUnavailable, Compacted, LeaseExpired, SkedError, TxnTooLarge
-from skedlib.store.base import (
+from skedlib import (
     Backend,
+    BackendUnavailable,
+    Compacted,
     Compare,
     Delete,
     KeyValue,
+    LeaseExpired,
     ListResult,
     Op,
     Put,
+    SkedError,
     TxnResult,
+    TxnTooLarge,
     Watch,
     WatchEvent,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from skedlib.hookspecs import BackendFactory, hookimpl
+from skedlib import BackendFactory, hookimpl
 
 if TYPE_CHECKING:
     from skedlib_etcd.backend import EtcdBackend

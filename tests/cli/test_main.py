@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,9 @@ from skedlib.client import Client
 from skedlib.codecs import decode, load_manifest
 from skedlib.models import Service
 from skedlib.validation import check_service
+from tests.harness.cli import sked_script
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello-world.yml"
 
 
@@ -159,9 +158,7 @@ def test_delete(url: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_console_script_uses_sked_backend_env(tmp_path: Path) -> None:
-    sked = shutil.which("sked", path=str(Path(sys.executable).parent))
-    if sked is None:
-        pytest.fail("the sked console script is not installed next to this Python")
+    sked = sked_script()
     env = dict(os.environ, SKED_BACKEND=f"sqlite://{tmp_path}/env.db")
     run = subprocess.run([sked, "apply", "-f", str(HELLO)], env=env, capture_output=True,
                          text=True, timeout=60)

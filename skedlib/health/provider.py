@@ -49,11 +49,12 @@ from typing import Literal
 
 import msgspec
 
-from skedlib.agent.checks import ResolvedCheck, resolve_checks, run_check
 from skedlib.codecs import decode, encode
-from skedlib.errors import BackendError, ConflictError, NotFound, ValidationError
+from skedlib.errors import BackendError, NotFound, ValidationError
+from skedlib.health.checks import ResolvedCheck, resolve_checks, run_check
 from skedlib.keys import Keyspace
 from skedlib.models import CheckStatus, Task, TaskHealth
+from skedlib.runtime import RETRY, Retry, retry_on_conflict
 from skedlib.store.base import Backend, Compare, Put
 
 __all__ = [
@@ -333,7 +334,8 @@ def pass_ttl_check(backend: Backend, task_id: str, check: str, *,
     """
     keys = keyspace or Keyspace()
     key = keys.task_health(task_id)
-    for _ in range(retries):
+
+    def attempt() -> Literal[Retry.RETRY] | None:
         kv = backend.get(key)
         if kv is None:
             raise NotFound(f"task {task_id!r} has no health record: is it running?")
@@ -347,6 +349,8 @@ def pass_ttl_check(backend: Backend, task_id: str, check: str, *,
                                      output=output or f"reported {status}", updated_at=now)
                          if c.name == check else c for c in record.checks]
         if backend.txn([Compare(key, kv.revision)], [Put(key, encode(record))]).succeeded:
-            return
-    raise ConflictError(f"could not report check {check!r} of {task_id!r}: the health "
-                        "record kept changing")
+            return None
+        return RETRY
+
+    retry_on_conflict(attempt, what=f"{key} (reporting check {check!r} of {task_id!r})",
+                      attempts=retries)

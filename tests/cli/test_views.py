@@ -18,7 +18,7 @@ from skedlib.codecs import encode, parse_manifest
 from skedlib.keys import Keyspace
 from skedlib.models import Host, Resources, Task, TaskHealth
 from skedlib.scheduler.daemon import SchedulerDaemon
-from tests.scheduler.conftest import BIN
+from tests.harness.cli import sked_script
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = """
@@ -42,7 +42,7 @@ def url(tmp_path: Path) -> str:
         c.backend.put(ks.agent("h2"), encode(Host(name="h2", total=Resources(
             memory=1000, cpu_units=1000))))
         c.apply(parse_manifest(MANIFEST, "m.yml"))
-        SchedulerDaemon(c.backend).run_once(("default", "web"))
+        SchedulerDaemon(c.store).run_once(("default", "web"))
         on_h1 = sorted(t.id for t in c.tasks() if t.host == "h1")
         c.backend.put(ks.task_health(on_h1[0]), encode(TaskHealth(
             task_id=on_h1[0], host="h1", state="healthy", healthy=True)))
@@ -120,8 +120,7 @@ def test_schema_matches_msgspec(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_tasks_watch_redraws_on_change(url: str) -> None:
-    sked = BIN / "sked"
-    proc = subprocess.Popen([str(sked), "--backend", url, "tasks", "--watch"],
+    proc = subprocess.Popen([sked_script(), "--backend", url, "tasks", "--watch"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:

@@ -14,13 +14,13 @@ import psutil
 import pytest
 
 from skedlib.client import Client
-from tests.scheduler.conftest import BIN, wait_for
+from tests.harness.cli import sked_script
+from tests.harness.common import eventually
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello-world.yml"
-SKED = str(BIN / "sked")
 
 
 class Up:
@@ -33,7 +33,8 @@ class Up:
         self.env = dict(os.environ, SKED_BACKEND=self.url)
 
     def argv(self, *args: str) -> list[str]:
-        return [SKED, "up", "--host", self.host, "--state-dir", str(self.tmp / "agent"), *args]
+        return [sked_script(), "up", "--host", self.host, "--state-dir", str(self.tmp / "agent"),
+                *args]
 
     def run(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.argv(*args), env=self.env, capture_output=True, text=True,
@@ -110,7 +111,7 @@ def test_up_keeps_running_until_sigterm(up: Up) -> None:
         assert {p.pid for p in up.processes()} == pids
         again = up.run("--once", "-q", "-f", str(HELLO))
         assert again.returncode == 0, again.stdout
-        wait_for(lambda: not up.processes(), 10, "the adopted tasks to stop")
+        eventually(lambda: not up.processes(), 10, "the adopted tasks to stop")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -12,7 +12,7 @@ container and the check. Results follow Consul's conventions:
 - ``script``: ``sh -c SCRIPT``; exit 0 passes, 1 is a warning, anything else (or running
   past the timeout) is critical.
 - ``ttl``: passes while someone reports it passing at least every ``ttl``
-  (:func:`skedlib.agent.health.pass_ttl_check`).
+  (:func:`skedlib.pass_ttl_check`).
 
 Defaults (as validation applies them): interval 10s, timeout 5s but never longer than the
 interval. A ttl check is read back every quarter of its ttl (at least every 2 s, at most

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from skedlib.agent.checks import ResolvedCheck, resolve_checks, run_check
-from skedlib.agent.health import HealthContext, LocalHealthProvider, pass_ttl_check
 from skedlib.codecs import encode
 from skedlib.errors import NotFound
 from skedlib.executors.base import TaskRejected
+from skedlib.health.checks import ResolvedCheck, resolve_checks, run_check
+from skedlib.health.provider import HealthContext, LocalHealthProvider, pass_ttl_check
 from skedlib.keys import Keyspace
 from skedlib.models import Check, CheckStatus, Container, TaskHealth
 from skedlib.store.memory import MemoryBackend
@@ -67,7 +67,8 @@ def test_http_and_tcp_time_out_and_refuse() -> None:
         port = s.getsockname()[1]
         started = time.monotonic()
         slow = run_check(_check("http", f"http://127.0.0.1:{port}/", timeout=0.3), {})
-        assert slow.status == "critical" and time.monotonic() - started < 2
+        assert slow.status == "critical" and "timed out" in slow.output
+        assert time.monotonic() - started < 60  # never waited for a reply that never comes
         assert run_check(_check("tcp", f"127.0.0.1:{port}"), {}).status == "passing"
     refused = run_check(_check("tcp", f"127.0.0.1:{port}"), {})
     assert refused.status == "critical" and "refused" in refused.output.lower()
@@ -80,9 +81,9 @@ def test_script_exit_codes_and_timeout() -> None:
     assert run_check(_check("script", "exit 1"), env).status == "warning"
     assert run_check(_check("script", "exit 2"), env).status == "critical"
     started = time.monotonic()
-    slow = run_check(_check("script", "sleep 5", timeout=0.3), env)
+    slow = run_check(_check("script", "sleep 60", timeout=0.3), env)
     assert slow.status == "critical" and "timed out" in slow.output
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 60  # the script was not waited for
 
 
 def test_resolution_substitutes_the_port_and_applies_defaults() -> None:

@@ -1,0 +1,79 @@
+"""Admission: can this host ever run a task as issued? Accept it, or say why not.
+
+A task is rejected at once (never started) when a container needs an executor this host
+does not have (not installed, failed to start, or not enabled), when its demand exceeds
+what is left of the host's memory, CPU units or disk (disk only when the host offers
+some), when its fixed port is held by another of this agent's tasks, or when the health
+provider refuses its checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from skedlib.agent.ports import PortAllocator
+from skedlib.executors.base import Executor, TaskRejected
+from skedlib.health.provider import HealthProvider
+from skedlib.models import Resources, Task
+
+__all__ = ["Admission", "demand"]
+
+
+def demand(task: Task) -> Resources:
+    """What the task takes from the host while it runs."""
+    td = task.task_definition
+    return Resources(memory=td.total_memory(), cpu_units=td.total_cpu_units(),
+                     disk=td.total_disk())
+
+
+@dataclass
+class Admission:
+    """What the host offers, and the judgement of one task against it."""
+
+    host: str
+    total: Resources
+    executors: Mapping[str, Executor]
+    """The executors enabled and running on this host."""
+    unavailable: Mapping[str, str]
+    """Installed executors that failed to start, and why."""
+    installed: Sequence[str]
+    ports: PortAllocator
+    health: HealthProvider
+
+    def reason(self, task_id: str, task: Task, allocated: Resources) -> str | None:
+        """Why this host can never run ``task`` as issued, or None. ``allocated`` is what
+        the host's other tasks hold."""
+        td = task.task_definition
+        if not td.containers:
+            return "the task definition has no containers"
+        for c in td.containers:
+            if c.type not in self.executors:
+                return self._missing_executor(c.name, c.type)
+        need = demand(task)
+        free = self.total - allocated
+        for what, unit in (("memory", "MiB of memory"), ("cpu_units", "CPU units"),
+                           ("disk", "MiB of disk")):
+            wanted, left = getattr(need, what), getattr(free, what)
+            if wanted > left and (what != "disk" or self.total.disk):
+                return (f"needs {wanted} {unit} but only {max(left, 0)} of "
+                        f"{getattr(self.total, what)} are free on host {self.host}")
+        port = task.port or td.port
+        if port:
+            owner = self.ports.owner(port)
+            if owner is not None and owner != task_id:
+                return f"port {port} is already used by task {owner} on host {self.host}"
+        try:
+            self.health.validate(task, port or (1 if td.provide_port else 0))
+        except TaskRejected as exc:
+            return str(exc)
+        return None
+
+    def _missing_executor(self, container: str, kind: str) -> str:
+        if kind in self.unavailable:
+            return f"container {container}: {self.unavailable[kind]}"
+        if kind not in self.installed:
+            return (f"container {container}: no executor named {kind!r} is installed on "
+                    f"host {self.host} (installed: {', '.join(self.installed) or 'none'})")
+        return (f"container {container}: executor {kind!r} is not enabled on host "
+                f"{self.host} (enabled: {', '.join(sorted(self.executors)) or 'none'})")

@@ -1,0 +1,127 @@
+"""Opening what the agent runs with: its executors and its health provider, by plugin name."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from skedlib.errors import PluginError
+from skedlib.executors.base import ContainerRef, ContainerStatus, Executor, ExecutorContext
+from skedlib.health.provider import HealthContext, HealthProvider
+from skedlib.keys import Keyspace
+from skedlib.plugins import Registry
+from skedlib.store.base import Backend
+
+__all__ = ["Executors", "health_provider_name", "open_health_provider"]
+
+log = logging.getLogger("skedlib.agent")
+
+ExitCallback = Callable[[str, ContainerRef, ContainerStatus], None]
+
+
+class Executors:
+    """The executors enabled on a host, opened from the registry."""
+
+    def __init__(self, registry: Registry, host: str, state_dir: Path, log_dir: Path,
+                 options: dict[str, dict[str, str]], on_exit: ExitCallback) -> None:
+        self.registry = registry
+        self.host = host
+        self.state_dir = state_dir
+        self.log_dir = log_dir
+        self.options = options
+        self.on_exit = on_exit
+        self.installed = registry.names("executors")
+        self.running: dict[str, Executor] = {}
+        self.unavailable: dict[str, str] = {}
+        """Installed executors that failed to start, and why."""
+        self.callbacks: set[str] = set()
+        """Executors that report exits themselves (the others are polled)."""
+        self._warned: dict[str, str] = {}
+
+    def open_all(self, names: list[str] | None) -> None:
+        """Open ``names`` (each required), or every installed executor that starts (None).
+        On an error the ones opened are closed again."""
+        try:
+            for name in self.installed if names is None else names:
+                self.open(name, required=names is not None)
+        except BaseException:
+            self.close()
+            raise
+
+    def open(self, name: str, required: bool) -> None:
+        """Create executor ``name``. One that cannot be created raises
+        :class:`PluginError` when ``required`` (named in the config), else it is left out
+        with a warning, and tasks that need it are rejected with the reason."""
+        if name not in self.installed:
+            raise PluginError(f"no executor named {name!r} is installed (installed: "
+                              f"{', '.join(self.installed) or 'none'})")
+        ctx = ExecutorContext(host=self.host, state_dir=self.state_dir / "executors" / name,
+                              log_dir=self.log_dir, options=dict(self.options.get(name, {})))
+        try:
+            executor = self.registry.executor_factory(name)(ctx)
+            if not isinstance(executor, Executor):
+                raise PluginError(f"executor factory {name!r} returned "
+                                  f"{type(executor).__name__}, not an Executor")
+        except Exception as exc:
+            if required:
+                raise PluginError(f"executor {name!r} failed to start: {exc}") from exc
+            self.unavailable[name] = f"executor {name!r} failed to start: {exc}"
+            log.warning("%s", self.unavailable[name])
+            return
+        self.running[name] = executor
+        if executor.notify_exits(self._exit_callback(name)):
+            self.callbacks.add(name)
+
+    def _exit_callback(self, name: str) -> Callable[[ContainerRef, ContainerStatus], None]:
+        def exited(ref: ContainerRef, status: ContainerStatus) -> None:
+            self.on_exit(name, ref, status)
+        return exited
+
+    def reserved_ports(self) -> list[int]:
+        """The ports the executors hold for themselves (one that cannot answer, e.g. its
+        daemon is down, is left out with a warning logged once)."""
+        ports: list[int] = []
+        for name, executor in list(self.running.items()):
+            try:
+                ports += executor.reserved_ports()
+            except Exception as exc:
+                message = f"executor {name} cannot list its reserved ports: {exc}"
+                if self._warned.get(name) != message:
+                    self._warned[name] = message
+                    log.warning("%s", message)
+        return ports
+
+    def close(self) -> None:
+        """Close every executor (a failure is logged)."""
+        for executor in self.running.values():
+            try:
+                executor.close()
+            except Exception:
+                log.exception("closing executor %s failed", executor.name)
+
+
+def health_provider_name(configured: str, backend: Backend, registry: Registry) -> str:
+    """The configured provider, else the backend's own (by URL scheme), else local."""
+    if configured:
+        return configured
+    scheme = urlsplit(backend.url).scheme
+    if scheme and scheme in registry.names("health_providers"):
+        return scheme
+    return "local"
+
+
+def open_health_provider(registry: Registry, name: str, *, host: str, backend: Backend,
+                         keys: Keyspace, on_change: Callable[[str], None],
+                         failure_threshold: int, workers: int,
+                         options: dict[str, str]) -> HealthProvider:
+    """Create health provider ``name``; a factory returning something else is an error."""
+    ctx = HealthContext(host=host, backend=backend, keyspace=keys, on_change=on_change,
+                        failure_threshold=failure_threshold, workers=workers,
+                        options=dict(options))
+    provider = registry.health_provider_factory(name)(ctx)
+    if not isinstance(provider, HealthProvider):
+        raise PluginError(f"health provider factory {name!r} returned "
+                          f"{type(provider).__name__}, not a HealthProvider")
+    return provider

@@ -1,0 +1,273 @@
+"""One run of the scheduler for a ``(cluster, service)`` pair: the daemon workers' step.
+
+:meth:`PairRunner.run_once` takes the pair's lock (a try-lock: when another daemon holds
+it, that daemon does the work), plans on the :class:`~skedlib.scheduling.SnapshotCache`'s
+snapshot with the service's Scheduler plugin, drops what
+:func:`~skedlib.scheduling.validate_plan` refuses, commits the rest with
+:func:`~skedlib.scheduling.commit_plan` fenced by the lock, writes the commit through to
+the cache, then stores the rollout (:mod:`skedlib.scheduler.rollouts`) and the service's
+status (:mod:`skedlib.scheduler.status`) when they changed. A pair that is not wanted any
+more has its tasks stopped and its status removed. What it did is a :class:`RunOutcome`,
+with the delay after which the pair should run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+import msgspec
+
+from skedlib.codecs import encode
+from skedlib.errors import PluginError
+from skedlib.locks import Lock
+from skedlib.models import ServiceStatus
+from skedlib.plugins import Registry
+from skedlib.runtime import Backoff
+from skedlib.scheduler.affected import Pair, label
+from skedlib.scheduler.rollouts import with_rollout, write_rollout
+from skedlib.scheduler.status import compute_status, same_status
+from skedlib.scheduling import (
+    CommitResult,
+    Plan,
+    PlanProblem,
+    Scheduler,
+    SchedulingResult,
+    Snapshot,
+    SnapshotCache,
+    commit_plan,
+    validate_plan,
+)
+from skedlib.store.base import Delete, Put
+
+__all__ = ["PairRunner", "RunOutcome"]
+
+log = logging.getLogger("skedlib.scheduler")
+
+
+class RunOutcome(msgspec.Struct, kw_only=True):
+    """What one run for a pair did (returned by :meth:`SchedulerDaemon.run_once`)."""
+
+    pair: Pair
+    skipped: bool = False
+    """Another daemon held the pair's lock."""
+    placed: list[str] = msgspec.field(default_factory=list)
+    stopped: list[str] = msgspec.field(default_factory=list)
+    conflicts: list[str] = msgspec.field(default_factory=list)
+    invalid: list[str] = msgspec.field(default_factory=list)
+    """Parts of the plan that failed validation (dropped, planned again)."""
+    fenced_out: bool = False
+    status: ServiceStatus | None = None
+    retry_after: float | None = None
+    """Seconds after which the pair should run again (None: only on a change)."""
+
+
+class PairRunner:
+    """Runs the scheduler for one pair at a time, on ``cache`` (thread-safe: runs hold
+    the cache's view for their whole length)."""
+
+    def __init__(self, cache: SnapshotCache, registry: Registry, *, holder: str,
+                 lock_ttl: float, resync: float) -> None:
+        self.cache = cache
+        self.store = cache.store
+        self.keys = cache.store.keys
+        self.registry = registry
+        self.holder = holder
+        self.lock_ttl = lock_ttl
+        self.resync = resync
+        self.unschedulable: set[Pair] = set()
+        """Pairs whose last run left tasks that fit no host (under the cache's lock)."""
+        self._failures: dict[Pair, int] = {}
+        self._logged: dict[Pair, str] = {}
+        self._last: dict[Pair, ServiceStatus] = {}
+
+    def last_status(self, pair: Pair) -> ServiceStatus | None:
+        """The status computed in the last run of ``pair``, or None."""
+        return self._last.get(pair)
+
+    def run_once(self, pair: Pair) -> RunOutcome:
+        """Lock the pair, plan it and commit.
+
+        Raises :class:`~skedlib.errors.BackendError` when the store cannot be reached.
+        """
+        lock_key = self.keys.lock(*pair)
+        lock = Lock(self.store.backend, lock_key, ttl=self.lock_ttl, holder=self.holder)
+        # a get first: a lock that is held costs nothing (try_acquire grants a lease)
+        if self.store.get(lock_key) is not None or not lock.try_acquire():
+            return RunOutcome(pair=pair, skipped=True, retry_after=self.lock_ttl)
+        try:
+            if not self.cache.started:
+                self.cache.refresh()
+            with self.cache.view() as snap:
+                return self._schedule(pair, lock, snap)
+        finally:
+            lock.release()
+
+    def backoff(self, pair: Pair, base: float, cap: float) -> float:
+        """The delay before the pair's next try: grows with its failures in a row (one
+        count per pair, whatever failed), jittered by ±50%."""
+        n = self._failures.get(pair, 0) + 1
+        self._failures[pair] = n
+        return Backoff(initial=base, maximum=cap).delay(n) * random.uniform(0.5, 1.5)
+
+    def _schedule(self, pair: Pair, lock: Lock, snap: Snapshot) -> RunOutcome:
+        cluster = snap.clusters.get(pair[0])
+        service = snap.services.get(pair[1])
+        if cluster is None or service is None or pair[1] not in cluster.services:
+            return self._stop_all(pair, snap, lock)
+        outcome = RunOutcome(pair=pair)
+        try:
+            scheduler = self._scheduler(service.scheduler)
+        except PluginError as exc:
+            self._note(pair, str(exc), warn=True)
+            outcome.status = self._write_status(lock, pair, compute_status(
+                pair, service, snap, state="error", message=str(exc)))
+            return outcome
+        try:
+            result = scheduler.plan(snap, cluster, service)
+            if not isinstance(result, SchedulingResult):
+                raise PluginError(f"plan() returned {type(result).__name__}, not a "
+                                  "SchedulingResult")
+        except Exception as exc:
+            message = f"scheduler {service.scheduler!r} failed: {exc}"
+            log.exception("%s: %s", label(pair), message)
+            outcome.status = self._write_status(lock, pair, compute_status(
+                pair, service, snap, state="error", message=message))
+            outcome.retry_after = self.backoff(pair, base=1.0, cap=30.0)
+            return outcome
+        plan, problems = self._valid_part(snap, result.plan)
+        outcome.invalid = sorted({p.task_id for p in problems})
+        for p in problems:
+            log.warning("%s: plan refused %s on %s: %s", label(pair), p.task_id, p.host,
+                        p.reason)
+        res = commit_plan(self.store, snap, plan, fence=[lock.fence()]) if plan \
+            else CommitResult()
+        self._log_commit(pair, snap, plan, res, outcome)
+        self.cache.record(plan, res)
+        if res.fenced_out:
+            log.warning("%s: lost the lock while committing; will plan again", label(pair))
+            outcome.fenced_out = True
+            outcome.retry_after = self.backoff(pair, base=0.1, cap=5.0)
+            return outcome
+        self._note(pair, result.message)
+        rollout = write_rollout(self.cache, snap, pair, service, result.rollout,
+                                lock.fence()) if result.rollout is not None else None
+        status = compute_status(pair, service, snap, result=result, plan=plan, commit=res,
+                                problems=problems)
+        outcome.status = self._write_status(lock, pair, with_rollout(status, service, rollout))
+        if result.unschedulable:
+            self.unschedulable.add(pair)
+        else:
+            self.unschedulable.discard(pair)
+        if res.conflicts or problems:
+            outcome.retry_after = self.backoff(pair, base=0.05, cap=5.0)
+        else:
+            self._failures.pop(pair, None)
+            if result.unschedulable:
+                outcome.retry_after = min(self.resync, 10.0)
+        if result.retry_after is not None:
+            outcome.retry_after = min(outcome.retry_after or result.retry_after,
+                                      result.retry_after)
+        return outcome
+
+    def _scheduler(self, name: str) -> Scheduler:
+        scheduler = self.registry.scheduler_factory(name)()
+        if not isinstance(scheduler, Scheduler):
+            raise PluginError(f"scheduler factory {name!r} returned "
+                              f"{type(scheduler).__name__}, not a Scheduler")
+        return scheduler
+
+    @staticmethod
+    def _valid_part(snap: Snapshot, plan: Plan) -> tuple[Plan, list[PlanProblem]]:
+        """``plan`` without the parts :func:`validate_plan` refuses (checked again until
+        what is left is valid)."""
+        refused: list[PlanProblem] = []
+        for _ in range(len(plan.place) + 1):
+            problems = validate_plan(snap, plan)
+            if not problems:
+                break
+            refused += problems
+            bad = {p.task_id for p in problems}
+            plan = Plan(place=[t for t in plan.place if t.id not in bad],
+                        stop=[t for t in plan.stop if t not in bad])
+        return plan, refused
+
+    def _log_commit(self, pair: Pair, snap: Snapshot, plan: Plan, res: CommitResult,
+                    outcome: RunOutcome) -> None:
+        placed = {t.id: t for t in plan.place}
+        for tid in res.committed:
+            task = placed.get(tid)
+            if task is None:
+                outcome.stopped.append(tid)
+                log.info("stopped %s", tid)
+                continue
+            outcome.placed.append(tid)
+            old = snap.tasks.get(tid)
+            if old is not None and old.host and old.host != task.host:
+                why = f"rejected: {old.reject_reason}" if old.rejected else \
+                    "its host is gone" if old.host not in snap.hosts else "moved"
+                log.info("placed %s on %s (was on %s: %s)", tid, task.host, old.host, why)
+            else:
+                log.info("placed %s on %s", tid, task.host)
+        outcome.conflicts = list(res.conflicts)
+        if res.conflicts:
+            log.info("%s: %d write conflict(s) (%s…); planning again", label(pair),
+                     len(res.conflicts), res.conflicts[0])
+
+    def _note(self, pair: Pair, message: str, warn: bool = False) -> None:
+        """Log a pair's problem once, and once more when it is gone."""
+        last = self._logged.get(pair, "")
+        if message == last:
+            return
+        if message:
+            self._logged[pair] = message
+            (log.warning if warn else log.info)("%s: %s", label(pair), message)
+        else:
+            self._logged.pop(pair, None)
+            log.info("%s: every task placed", label(pair))
+
+    def _write_status(self, lock: Lock, pair: Pair, new: ServiceStatus | None
+                      ) -> ServiceStatus | None:
+        """Write (or delete, for None) the status when it changed; fenced by the lock."""
+        if new is not None:
+            self._last[pair] = new
+        if same_status(self.cache.status(*pair), new):
+            return new
+        key = self.keys.service_status(*pair)
+        res = self.store.txn([lock.fence()], [Put(key, encode(new)) if new is not None
+                                              else Delete(key)])
+        if not res.succeeded:
+            log.warning("%s: lost the lock before writing the status", key)
+        else:
+            self.cache.record_status(*pair, new, res.revision)
+        return new
+
+    def _stop_all(self, pair: Pair, snap: Snapshot, lock: Lock) -> RunOutcome:
+        """The pair is not wanted any more: stop its tasks, then drop its status."""
+        outcome = RunOutcome(pair=pair)
+        tasks = snap.service_tasks(*pair)
+        self.unschedulable.discard(pair)
+        self._logged.pop(pair, None)
+        self._last.pop(pair, None)
+        if not tasks:
+            self._write_status(lock, pair, None)
+            return outcome
+        plan = Plan(stop=[t.id for t in tasks])
+        res = commit_plan(self.store, snap, plan, fence=[lock.fence()])
+        self.cache.record(plan, res)
+        for tid in res.committed:
+            log.info("stopped %s (%s is no longer wanted)", tid, label(pair))
+        outcome.stopped = list(res.committed)
+        outcome.conflicts = list(res.conflicts)
+        if res.conflicts or res.fenced_out:
+            outcome.retry_after = self.backoff(pair, base=0.05, cap=5.0)
+            outcome.status = ServiceStatus(
+                cluster=pair[0], service=pair[1], state="stopping",
+                placed=len(res.conflicts), message="no longer wanted: stopping its tasks",
+                revision=snap.revision, updated_at=time.time())
+            self._write_status(lock, pair, outcome.status)
+        else:
+            self._failures.pop(pair, None)
+            self._write_status(lock, pair, None)
+        return outcome
