@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from skedlib.errors import BackendError, LeaseExpired
+from skedlib.errors import BackendError, LeaseExpired, SkedError
 from skedlib.jobs._config import WorkerConfig, WorkerStats
 from skedlib.jobs.store import JobStore
 from skedlib.locks import Lock
@@ -118,8 +118,16 @@ class Upkeep:
 
     def _nodes_changed(self, events: list[WatchEvent]) -> None:
         for ev in events:
-            if ev.kind == "delete":
-                self._take_back(ev.key.rsplit("/", 1)[1])
+            if ev.kind != "delete":
+                continue
+            node = ev.key.rsplit("/", 1)[1]
+            try:
+                self._take_back(node)
+            except BackendError:
+                raise  # the informer hands this batch again once the store answers
+            except SkedError as exc:  # a bad record must not stop the node watch
+                log.warning("cleaner %s: cannot take back the jobs of lost node %s: %s "
+                            "(the next sweep tries again)", self.node, node, exc)
 
     def _take_back(self, node: str) -> None:
         lock = self._lock

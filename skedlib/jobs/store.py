@@ -235,6 +235,9 @@ class JobStore:
                 stored = self.get(job_id)
             except NotFound:
                 continue
+            except ValidationError as exc:  # one bad record must not hold up the rest
+                log.warning("%s; left as it is", exc)
+                continue
             if stored.job.node != node:
                 continue
             new = self.requeue_or_fail(stored, why, fence)

@@ -58,3 +58,14 @@ def test_a_deleted_running_key_stops_its_job_but_not_a_finishing_one(tmp_path: P
     runs._changed(events)
     assert runs.jobs["a"].stop.is_set() and runs.jobs["a"].stop_reason == "running"
     assert not runs.jobs["b"].stop.is_set()
+
+
+def test_taking_back_a_lost_node_skips_a_record_that_does_not_decode(
+        tmp_path: Path) -> None:
+    store, runs, node_rev = _runs(tmp_path)
+    _claim(store, runs, node_rev, "bad")
+    _claim(store, runs, node_rev, "good")
+    store.backend.put(store.keys.job("bad"), b"not a job")
+    moved = store.requeue_node("n1", "node n1 lost")
+    assert [j.id for j in moved] == ["good"] and moved[0].status == "queued"
+    assert store.backend.get(store.keys.job("bad")).value == b"not a job"  # type: ignore[union-attr]
