@@ -255,19 +255,24 @@ class JobStore:
         few fenced transactions as the backend allows; a chunk whose compares fail (a
         lost fence) is skipped, and the next candidates are tried up to ``limit``."""
         cutoff = _epoch(older_than)
-        records = {kv.key: kv for kv in self.backend.list(self.keys.job_records).items}
-        groups: list[Group] = []
+        old: list[tuple[KeyValue, str]] = []
         for state in FINISHED_STATES:
             for kv in self.backend.list(self.keys.jobs_finished(state)).items:
                 parsed = self.keys.parse(kv.key)
-                if not isinstance(parsed, JobFinishedKey) or parsed.epoch >= cutoff:
-                    continue
-                record = records.get(self.keys.job(parsed.job_id))
-                if record is None:  # a stray status key: remove it alone
-                    groups.append(Group((Compare(kv.key, kv.revision),), (Delete(kv.key),)))
-                else:
-                    groups.append(Group((Compare(record.key, record.revision),),
-                                        (Delete(record.key), Delete(kv.key))))
+                if isinstance(parsed, JobFinishedKey) and parsed.epoch < cutoff:
+                    old.append((kv, parsed.job_id))
+        if not old:
+            return 0
+        # read after the status keys: a finished record no longer changes until purged
+        records = {kv.key: kv for kv in self.backend.list(self.keys.job_records).items}
+        groups: list[Group] = []
+        for kv, job_id in old:
+            record = records.get(self.keys.job(job_id))
+            if record is None:  # a stray status key: remove it alone
+                groups.append(Group((Compare(kv.key, kv.revision),), (Delete(kv.key),)))
+            else:
+                groups.append(Group((Compare(record.key, record.revision),),
+                                    (Delete(record.key), Delete(kv.key))))
         deleted = 0
         while groups and deleted < limit:
             take, groups = groups[:limit - deleted], groups[limit - deleted:]
