@@ -117,19 +117,22 @@ class Environments:
             raise NotFound(f"{_label(name)} not found")
         return kv, decode(kv.value, Environment, where=kv.key)
 
-    def _observe(self, envs: Sequence[Environment]
+    def _current(self, env: Environment) -> KeyValue | None:
+        """The record of the environment's current deployment (None: there is none)."""
+        if not env.current_deployment:
+            return None
+        return self.backend.get(self.env_keys.deployment(env.name, env.current_deployment))
+
+    def _observe(self, deployed: Sequence[tuple[Environment, KeyValue | None]]
                  ) -> dict[str, tuple[KeyValue | None, Observed]]:
-        """Each deployed environment's current deployment record and what its status is
-        derived from, all observed in one read (see
+        """Each environment's current deployment record with what its status is derived
+        from, all observed in one read (see
         :func:`~skedlib.environments.tracker.observe_all`)."""
-        deployed = [env for env in envs if env.current_deployment]
-        records = [self.backend.get(self.env_keys.deployment(env.name, env.current_deployment))
-                   for env in deployed]
         seen = observe_all(self.store, [(env.cluster, env.name,
                                          dep_kv.create_revision if dep_kv else 0)
-                                        for env, dep_kv in zip(deployed, records, strict=True)])
+                                        for env, dep_kv in deployed])
         return {env.name: (dep_kv, obs)
-                for env, dep_kv, obs in zip(deployed, records, seen, strict=True)}
+                for (env, dep_kv), obs in zip(deployed, seen, strict=True)}
 
     def _track(self, env: Environment, dep_kv: KeyValue, dep: Deployment,
                seen: Observed | None = None) -> Deployment:
@@ -154,7 +157,9 @@ class Environments:
         view = EnvironmentView(**msgspec.structs.asdict(env), revision=kv.revision)
         if not env.current_deployment:
             return view
-        dep_kv, seen = (observed if observed is not None else self._observe([env]))[env.name]
+        if observed is None:
+            observed = self._observe([(env, self._current(env))])
+        dep_kv, seen = observed[env.name]
         if dep_kv is not None:
             dep = decode(dep_kv.value, Deployment, where=dep_kv.key)
             view.deployment_status = self._track(env, dep_kv, dep, seen).status
@@ -184,7 +189,8 @@ class Environments:
                 found.append((kv, env))
         found.sort(key=lambda p: p[1].name)
         page = found[:limit]
-        observed = self._observe([env for _, env in page])
+        observed = self._observe([(env, self._current(env)) for _, env in page
+                                  if env.current_deployment])
         return EnvironmentPage(items=[self._view(kv, env, observed) for kv, env in page],
                                next_token=_page_token(page[-1][1].name)
                                if len(found) > limit else "")
@@ -215,19 +221,19 @@ class Environments:
         """Bring every environment's in-progress deployment up to date (storing those
         that completed or failed), all observed in one read; returns how many were in
         progress."""
-        envs = [decode(kv.value, Environment, where=kv.key)
-                for kv in self.backend.list(self.env_keys.environments).items]
-        observed = self._observe(envs)
-        n = 0
-        for env in envs:
-            dep_kv, seen = observed.get(env.name, (None, None))
-            if dep_kv is None or seen is None:
+        in_progress: builtins.list[tuple[Environment, KeyValue, Deployment]] = []
+        for kv in self.backend.list(self.env_keys.environments).items:
+            env = decode(kv.value, Environment, where=kv.key)
+            dep_kv = self._current(env)
+            if dep_kv is None:
                 continue
             dep = decode(dep_kv.value, Deployment, where=dep_kv.key)
             if dep.status in ("pending", "in_progress"):
-                n += 1
-                self._track(env, dep_kv, dep, seen)
-        return n
+                in_progress.append((env, dep_kv, dep))
+        observed = self._observe([(env, dep_kv) for env, dep_kv, _ in in_progress])
+        for env, dep_kv, dep in in_progress:
+            self._track(env, dep_kv, dep, observed[env.name][1])
+        return len(in_progress)
 
     # -- checks -------------------------------------------------------------------------
     def _check_spec(self, label: str, env: Environment) -> KeyValue:

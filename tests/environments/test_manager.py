@@ -384,3 +384,8 @@ def test_a_page_of_environments_is_observed_in_one_read(client: Client,
     lists.clear()
     assert envs.track_all() == 3
     assert lists.count(f"{client.keys.prefix}state/") == 1
+    for name in ("a1", "a2", "a3"):
+        _complete(client, envs, name)
+    lists.clear()
+    assert envs.track_all() == 0
+    assert f"{client.keys.prefix}state/" not in lists, "nothing in progress: nothing read"
