@@ -87,6 +87,29 @@ def _check_limit(limit: int) -> int:
     return limit
 
 
+def _daemon_service(spec: Environment) -> Service:
+    """The ``daemon`` service an environment runs as, for ``spec``'s task definition."""
+    return Service(name=spec.name, task_name=spec.task_name, task_version=spec.task_version,
+                   scheduler="daemon", desired=0, min=0, constraints=list(spec.constraints),
+                   update=UpdateStrategy(max_parallel=spec.max_parallel, deadline=max(
+                       1, round(spec.deployment_deadline * SECOND))))
+
+
+def _rollback_spec(label: str, env: Environment, history: list[Deployment]
+                   ) -> tuple[Environment, str]:
+    """``env`` with the task definition, constraints, max_parallel and deadline of its
+    latest earlier completed deployment (``history`` oldest first), and that one's id."""
+    prior = [d for d in history if d.status == "completed" and d.id != env.current_deployment]
+    if not prior:
+        raise ConflictError(f"{label}: field rollback: there is no earlier completed "
+                            "deployment to roll back to")
+    target = prior[-1]
+    return msgspec.structs.replace(
+        env, task_name=target.task_name, task_version=target.task_version,
+        constraints=list(target.constraints), max_parallel=target.max_parallel,
+        deployment_deadline=target.deadline), target.id
+
+
 class Environments:
     """Create, read, update, delete and deploy environments stored in ``store``.
 
@@ -241,23 +264,13 @@ class Environments:
         if not 0 < env.deployment_deadline <= MAX_DEADLINE:
             raise ValidationError(f"{label}: field deployment_deadline: must be > 0 and "
                                   f"≤ {MAX_DEADLINE:g} seconds, got {env.deployment_deadline}")
-        check_service(self._service_of(env.name, env.task_name, env.task_version,
-                                       env.constraints, env.max_parallel,
-                                       env.deployment_deadline), label)
+        check_service(_daemon_service(env), label)
         td = self.backend.get(self.keys.task_definition(env.task_name, env.task_version))
         if td is None:
             raise ValidationError(f'{label}: field task_version: task definition '
                                   f'"{env.task_name}" version {env.task_version} does not '
                                   "exist")
         return td
-
-    @staticmethod
-    def _service_of(name: str, task_name: str, task_version: int, constraints: builtins.list[str],
-                    max_parallel: int, deadline: float) -> Service:
-        return Service(name=name, task_name=task_name, task_version=task_version,
-                       scheduler="daemon", desired=0, min=0, constraints=list(constraints),
-                       update=UpdateStrategy(max_parallel=max_parallel,
-                                             deadline=max(1, round(deadline * SECOND))))
 
     # -- writing ------------------------------------------------------------------------
     def create(self, req: EnvironmentCreate) -> EnvironmentView:
@@ -392,20 +405,8 @@ class Environments:
             listed = self.backend.list(self.env_keys.environment_deployments(name)).items
             history = sorted(((d, decode(d.value, Deployment, where=d.key)) for d in listed),
                              key=lambda p: p[1].id)
-            spec = env
-            rollback_to = ""
-            if rollback:
-                prior = [d for _, d in history
-                         if d.status == "completed" and d.id != env.current_deployment]
-                if not prior:
-                    raise ConflictError(f"{label}: field rollback: there is no earlier "
-                                        "completed deployment to roll back to")
-                target = prior[-1]
-                rollback_to = target.id
-                spec = msgspec.structs.replace(
-                    env, task_name=target.task_name, task_version=target.task_version,
-                    constraints=list(target.constraints), max_parallel=target.max_parallel,
-                    deployment_deadline=target.deadline)
+            spec, rollback_to = _rollback_spec(label, env, [d for _, d in history]) \
+                if rollback else (env, "")
             cluster_kv = self.backend.get(self.keys.cluster(env.cluster))
             if cluster_kv is None:
                 raise ConflictError(f'{label}: field cluster: cluster "{env.cluster}" no '
@@ -423,9 +424,7 @@ class Environments:
                                     "the environment")
             previous = decode(service_kv.value, Service, where=service_kv.key) \
                 if service_kv is not None else None
-            service = check_service(self._service_of(
-                name, spec.task_name, spec.task_version, spec.constraints, spec.max_parallel,
-                spec.deployment_deadline), label)
+            service = check_service(_daemon_service(spec), label)
             now = self.clock()
             dep = Deployment(
                 id=f"{env.deployment_count + 1:08d}", environment=name, cluster=env.cluster,
