@@ -65,8 +65,7 @@ sys.path.insert(0, str(BENCH))
 
 from skedlib.jobs.client import JobClient  # noqa: E402
 from skedlib.jobs.limits import detect_limiter  # noqa: E402
-from skedlib.keys import Keyspace  # noqa: E402
-from skedlib.plugins import open_backend  # noqa: E402
+from skedlib.runtime import Store  # noqa: E402
 
 BIN = Path(sys.executable).parent
 AGENT = shutil.which("skedlib-agent", path=str(BIN)) or shutil.which("skedlib-agent")
@@ -159,8 +158,9 @@ def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, 
                 limits: str, extra: list[str]) -> dict[str, Any]:
     """Submit ``n`` jobs, start ``k`` workers, time until all are complete."""
     assert AGENT is not None
-    backend = open_backend(url)
-    client = JobClient(backend, Keyspace(prefix))
+    store = Store.open(url, prefix)
+    backend = store.backend
+    client = JobClient(store)
     keys = client.keys
     try:
         t0 = time.perf_counter()

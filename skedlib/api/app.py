@@ -70,7 +70,7 @@ class Api:
     def __init__(self, environments: Environments, token: str | None = None,
                  jobs: JobClient | None = None) -> None:
         self.environments = environments
-        self.jobs = jobs or JobClient(environments.client.backend, environments.client.keys)
+        self.jobs = jobs or JobClient(environments.store)
         self.auth = BearerAuth(token)
         self.router = Router(ROUTES)
 

@@ -206,8 +206,8 @@ class ApiServer:
                  token: str | None = None, track_every: float = 1.0,
                  environments: Environments | None = None,
                  jobs: JobClient | None = None) -> None:
-        self.environments = environments or Environments(client)
-        self.jobs = jobs or JobClient(client.backend, client.keys)
+        self.environments = environments or Environments(client.store)
+        self.jobs = jobs or JobClient(client.store)
         self.api = Api(self.environments, token, self.jobs)
         self.track_every = track_every
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

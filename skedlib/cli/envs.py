@@ -213,7 +213,7 @@ def cmd_serve(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_env(client: Client, args: argparse.Namespace) -> int:
     """``sked env create|ls|get|update|delete``."""
-    envs = Environments(client)
+    envs = Environments(client.store)
     command = args.env_command
     if command == "create":
         task_name, task_version = args.task
@@ -268,7 +268,7 @@ def cmd_env(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
     """``sked deploy ENV [--token T] [--rollback] [--wait [--timeout S]]``."""
-    envs = Environments(client)
+    envs = Environments(client.store)
     token = args.token
     if token is None:
         token = envs.get(args.name).deployment_token
@@ -306,7 +306,7 @@ def _deploy(envs: Environments, name: str, token: str, rollback: bool, wait: boo
 
 def cmd_deployments(client: Client, args: argparse.Namespace) -> int:
     """``sked deployments ENV [ID] [-o table|json|yaml]``."""
-    envs = Environments(client)
+    envs = Environments(client.store)
     if args.id:
         print(render([envs.deployment(args.name, args.id)],
                      args.output if args.output != "table" else "yaml",

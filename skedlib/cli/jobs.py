@@ -296,7 +296,7 @@ def _show(objects: Sequence[Any], fmt: str) -> None:
 # -- commands -----------------------------------------------------------------------------
 def cmd_job(client: Client, args: argparse.Namespace) -> int:
     """``sked job submit|status|ls|cancel|wait|logs|nodes``."""
-    jobs = JobClient(client.backend, client.keys)
+    jobs = JobClient(client.store)
     command: str = args.job_command
     if command == "submit":
         return _submit(jobs, args)

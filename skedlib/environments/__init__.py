@@ -24,7 +24,13 @@ from skedlib.environments.models import (
     ErrorBody,
     FailedHost,
 )
-from skedlib.environments.tracker import Observed, environment_health, evaluate, observe
+from skedlib.environments.tracker import (
+    Observed,
+    environment_health,
+    evaluate,
+    observe,
+    observe_all,
+)
 
 __all__ = [
     "DEFAULT_DEPLOYMENT_DEADLINE",
@@ -46,4 +52,5 @@ __all__ = [
     "environment_health",
     "evaluate",
     "observe",
+    "observe_all",
 ]

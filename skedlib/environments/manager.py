@@ -17,11 +17,10 @@ import builtins
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
-from skedlib.client import Client
 from skedlib.codecs import decode, encode
 from skedlib.durations import SECOND
 from skedlib.environments.keys import EnvironmentKeyspace
@@ -42,11 +41,13 @@ from skedlib.environments.tracker import (
     environment_health,
     evaluate,
     observe,
+    observe_all,
 )
 from skedlib.errors import ConflictError, NotFound, ValidationError
 from skedlib.keys import validate_name
 from skedlib.models import Cluster, Service, UpdateStrategy
-from skedlib.store.base import Compare, Delete, KeyValue, Op, Put
+from skedlib.runtime import RETRY, Retry, Store, retry_on_conflict
+from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put
 from skedlib.validation import check_service
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_DEADLINE", "MAX_PAGE_SIZE", "Environments"]
@@ -55,7 +56,6 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_DEADLINE = 7 * 86400.0
 """The longest ``deployment_deadline`` accepted (a week), in seconds."""
-_RETRIES = 8
 
 
 def _label(name: str) -> str:
@@ -87,8 +87,31 @@ def _check_limit(limit: int) -> int:
     return limit
 
 
+def _daemon_service(spec: Environment) -> Service:
+    """The ``daemon`` service an environment runs as, for ``spec``'s task definition."""
+    return Service(name=spec.name, task_name=spec.task_name, task_version=spec.task_version,
+                   scheduler="daemon", desired=0, min=0, constraints=list(spec.constraints),
+                   update=UpdateStrategy(max_parallel=spec.max_parallel, deadline=max(
+                       1, round(spec.deployment_deadline * SECOND))))
+
+
+def _rollback_spec(label: str, env: Environment, history: list[Deployment]
+                   ) -> tuple[Environment, str]:
+    """``env`` with the task definition, constraints, max_parallel and deadline of its
+    latest earlier completed deployment (``history`` oldest first), and that one's id."""
+    prior = [d for d in history if d.status == "completed" and d.id != env.current_deployment]
+    if not prior:
+        raise ConflictError(f"{label}: field rollback: there is no earlier completed "
+                            "deployment to roll back to")
+    target = prior[-1]
+    return msgspec.structs.replace(
+        env, task_name=target.task_name, task_version=target.task_version,
+        constraints=list(target.constraints), max_parallel=target.max_parallel,
+        deployment_deadline=target.deadline), target.id
+
+
 class Environments:
-    """Create, read, update, delete and deploy environments stored in ``client``'s backend.
+    """Create, read, update, delete and deploy environments stored in ``store``.
 
     Errors are :class:`~skedlib.errors.SkedError` subclasses with one-line messages
     naming the environment and the field: :class:`ValidationError` (bad input, nothing
@@ -96,14 +119,18 @@ class Environments:
     token, or state that forbids the request), or a backend error.
     """
 
-    def __init__(self, client: Client, *, clock: Callable[[], float] = time.time,
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time,
                  settle: float = SETTLE) -> None:
-        self.client = client
-        self.backend = client.backend
-        self.keys = client.keys
-        self.env_keys = EnvironmentKeyspace(client.keys)
+        self.store = store
+        self.keys = store.keys
+        self.env_keys = EnvironmentKeyspace(store.keys)
         self.clock = clock
         self.settle = settle
+
+    @property
+    def backend(self) -> Backend:
+        """The store's backend."""
+        return self.store.backend
 
     # -- reading ------------------------------------------------------------------------
     def _env(self, name: str) -> tuple[KeyValue, Environment]:
@@ -113,13 +140,22 @@ class Environments:
             raise NotFound(f"{_label(name)} not found")
         return kv, decode(kv.value, Environment, where=kv.key)
 
-    def _seen(self, env: Environment, dep_kv: KeyValue | None,
-              hosts: set[str] | None = None) -> Observed:
-        seen = observe(self.backend, self.keys, env.cluster, env.name,
-                       dep_kv.create_revision if dep_kv else 0)
-        if hosts is not None:
-            seen.hosts = hosts
-        return seen
+    def _current(self, env: Environment) -> KeyValue | None:
+        """The record of the environment's current deployment (None: there is none)."""
+        if not env.current_deployment:
+            return None
+        return self.backend.get(self.env_keys.deployment(env.name, env.current_deployment))
+
+    def _observe(self, deployed: Sequence[tuple[Environment, KeyValue | None]]
+                 ) -> dict[str, tuple[KeyValue | None, Observed]]:
+        """Each environment's current deployment record with what its status is derived
+        from, all observed in one read (see
+        :func:`~skedlib.environments.tracker.observe_all`)."""
+        seen = observe_all(self.store, [(env.cluster, env.name,
+                                         dep_kv.create_revision if dep_kv else 0)
+                                        for env, dep_kv in deployed])
+        return {env.name: (dep_kv, obs)
+                for (env, dep_kv), obs in zip(deployed, seen, strict=True)}
 
     def _track(self, env: Environment, dep_kv: KeyValue, dep: Deployment,
                seen: Observed | None = None) -> Deployment:
@@ -127,7 +163,7 @@ class Environments:
         compare on the record, so concurrent trackers agree on one outcome)."""
         if dep.status in ("completed", "failed") or dep.id != env.current_deployment:
             return dep
-        seen = seen or self._seen(env, dep_kv)
+        seen = seen or observe(self.store, env.cluster, env.name, dep_kv.create_revision)
         now = evaluate(dep, seen, self.clock(), self.settle)
         if now.status == dep.status:
             return now
@@ -139,12 +175,14 @@ class Environments:
         return decode(kv.value, Deployment, where=kv.key) if kv else now
 
     def _view(self, kv: KeyValue, env: Environment,
-              hosts: set[str] | None = None) -> EnvironmentView:
+              observed: dict[str, tuple[KeyValue | None, Observed]] | None = None
+              ) -> EnvironmentView:
         view = EnvironmentView(**msgspec.structs.asdict(env), revision=kv.revision)
         if not env.current_deployment:
             return view
-        dep_kv = self.backend.get(self.env_keys.deployment(env.name, env.current_deployment))
-        seen = self._seen(env, dep_kv, hosts)
+        if observed is None:
+            observed = self._observe([(env, self._current(env))])
+        dep_kv, seen = observed[env.name]
         if dep_kv is not None:
             dep = decode(dep_kv.value, Deployment, where=dep_kv.key)
             view.deployment_status = self._track(env, dep_kv, dep, seen).status
@@ -174,9 +212,9 @@ class Environments:
                 found.append((kv, env))
         found.sort(key=lambda p: p[1].name)
         page = found[:limit]
-        hosts = {kv.key[len(self.keys.agents):]
-                 for kv in self.backend.list(self.keys.agents).items} if page else set()
-        return EnvironmentPage(items=[self._view(kv, env, hosts) for kv, env in page],
+        observed = self._observe([(env, self._current(env)) for _, env in page
+                                  if env.current_deployment])
+        return EnvironmentPage(items=[self._view(kv, env, observed) for kv, env in page],
                                next_token=_page_token(page[-1][1].name)
                                if len(found) > limit else "")
 
@@ -204,20 +242,21 @@ class Environments:
 
     def track_all(self) -> int:
         """Bring every environment's in-progress deployment up to date (storing those
-        that completed or failed); returns how many were in progress."""
-        n = 0
+        that completed or failed), all observed in one read; returns how many were in
+        progress."""
+        in_progress: builtins.list[tuple[Environment, KeyValue, Deployment]] = []
         for kv in self.backend.list(self.env_keys.environments).items:
             env = decode(kv.value, Environment, where=kv.key)
-            if not env.current_deployment:
-                continue
-            dep_kv = self.backend.get(self.env_keys.deployment(env.name, env.current_deployment))
+            dep_kv = self._current(env)
             if dep_kv is None:
                 continue
             dep = decode(dep_kv.value, Deployment, where=dep_kv.key)
             if dep.status in ("pending", "in_progress"):
-                n += 1
-                self._track(env, dep_kv, dep)
-        return n
+                in_progress.append((env, dep_kv, dep))
+        observed = self._observe([(env, dep_kv) for env, dep_kv, _ in in_progress])
+        for env, dep_kv, dep in in_progress:
+            self._track(env, dep_kv, dep, observed[env.name][1])
+        return len(in_progress)
 
     # -- checks -------------------------------------------------------------------------
     def _check_spec(self, label: str, env: Environment) -> KeyValue:
@@ -225,23 +264,13 @@ class Environments:
         if not 0 < env.deployment_deadline <= MAX_DEADLINE:
             raise ValidationError(f"{label}: field deployment_deadline: must be > 0 and "
                                   f"≤ {MAX_DEADLINE:g} seconds, got {env.deployment_deadline}")
-        check_service(self._service_of(env.name, env.task_name, env.task_version,
-                                       env.constraints, env.max_parallel,
-                                       env.deployment_deadline), label)
+        check_service(_daemon_service(env), label)
         td = self.backend.get(self.keys.task_definition(env.task_name, env.task_version))
         if td is None:
             raise ValidationError(f'{label}: field task_version: task definition '
                                   f'"{env.task_name}" version {env.task_version} does not '
                                   "exist")
         return td
-
-    @staticmethod
-    def _service_of(name: str, task_name: str, task_version: int, constraints: builtins.list[str],
-                    max_parallel: int, deadline: float) -> Service:
-        return Service(name=name, task_name=task_name, task_version=task_version,
-                       scheduler="daemon", desired=0, min=0, constraints=list(constraints),
-                       update=UpdateStrategy(max_parallel=max_parallel,
-                                             deadline=max(1, round(deadline * SECOND))))
 
     # -- writing ------------------------------------------------------------------------
     def create(self, req: EnvironmentCreate) -> EnvironmentView:
@@ -255,7 +284,8 @@ class Environments:
                 validate_name(value, what, allow_dash=dash)
             except ValidationError as exc:
                 raise ValidationError(f"{label}: field {field}: {exc}") from None
-        for _ in range(_RETRIES):
+
+        def attempt() -> EnvironmentView | Retry:
             env_key = self.env_keys.environment(req.name)
             if self.backend.get(env_key) is not None:
                 raise ConflictError(f"{label} already exists")
@@ -284,13 +314,16 @@ class Environments:
                 [Put(env_key, encode(env))])
             if res.succeeded:
                 return EnvironmentView(**msgspec.structs.asdict(env), revision=res.revision)
-        raise ConflictError(f"{label}: the store kept changing while creating it; try again")
+            return RETRY
+
+        return retry_on_conflict(attempt, what=f"{label}: the store")
 
     def update(self, name: str, req: EnvironmentUpdate) -> EnvironmentView:
         """Change an environment's task definition, constraints, max_parallel or deadline;
         takes effect with the next deployment."""
         label = _label(name)
-        for _ in range(_RETRIES):
+
+        def attempt() -> EnvironmentView | Retry:
             kv, env = self._env(name)
             changes = {f: v for f in req.__struct_fields__
                        if (v := getattr(req, f)) is not None}
@@ -303,8 +336,9 @@ class Environments:
                                    [Put(kv.key, encode(new))])
             if res.succeeded:
                 return self._view(KeyValue(kv.key, b"", res.revision, kv.create_revision), new)
-        raise ConflictError(f"{label}: the environment kept changing while updating it; "
-                            "try again")
+            return RETRY
+
+        return retry_on_conflict(attempt, what=f"{label}: the environment")
 
     def delete(self, name: str, keep_tasks: bool = False) -> Deleted:
         """Delete an environment and its deployment records; unless ``keep_tasks``, also
@@ -312,7 +346,8 @@ class Environments:
         ``keep_tasks`` the service stays: the tasks keep running as a plain daemon
         service, no longer managed by an environment."""
         label = _label(name)
-        for _ in range(_RETRIES):
+
+        def attempt() -> Deleted | Retry:
             kv, env = self._env(name)
             compares = [Compare(kv.key, kv.revision)]
             ops: builtins.list[Op] = [Delete(kv.key)]
@@ -343,7 +378,9 @@ class Environments:
                                f'"{env.cluster}": the scheduler stops its tasks')
                 return Deleted(name=name, kept_tasks=keep_tasks and service_kv is not None,
                                message=message)
-        raise ConflictError(f"{label}: the store kept changing while deleting it; try again")
+            return RETRY
+
+        return retry_on_conflict(attempt, what=f"{label}: the store")
 
     def deploy(self, name: str, token: str, rollback: bool = False) -> Deployment:
         """Deploy the environment's task definition (or, with ``rollback``, the previous
@@ -356,7 +393,8 @@ class Environments:
         replaces is marked failed (superseded).
         """
         label = _label(name)
-        for _ in range(_RETRIES):
+
+        def attempt() -> Deployment | Retry:
             kv, env = self._env(name)
             if not hmac.compare_digest(token.encode(), env.deployment_token.encode()):
                 raise ConflictError(
@@ -367,20 +405,8 @@ class Environments:
             listed = self.backend.list(self.env_keys.environment_deployments(name)).items
             history = sorted(((d, decode(d.value, Deployment, where=d.key)) for d in listed),
                              key=lambda p: p[1].id)
-            spec = env
-            rollback_to = ""
-            if rollback:
-                prior = [d for _, d in history
-                         if d.status == "completed" and d.id != env.current_deployment]
-                if not prior:
-                    raise ConflictError(f"{label}: field rollback: there is no earlier "
-                                        "completed deployment to roll back to")
-                target = prior[-1]
-                rollback_to = target.id
-                spec = msgspec.structs.replace(
-                    env, task_name=target.task_name, task_version=target.task_version,
-                    constraints=list(target.constraints), max_parallel=target.max_parallel,
-                    deployment_deadline=target.deadline)
+            spec, rollback_to = _rollback_spec(label, env, [d for _, d in history]) \
+                if rollback else (env, "")
             cluster_kv = self.backend.get(self.keys.cluster(env.cluster))
             if cluster_kv is None:
                 raise ConflictError(f'{label}: field cluster: cluster "{env.cluster}" no '
@@ -398,9 +424,7 @@ class Environments:
                                     "the environment")
             previous = decode(service_kv.value, Service, where=service_kv.key) \
                 if service_kv is not None else None
-            service = check_service(self._service_of(
-                name, spec.task_name, spec.task_version, spec.constraints, spec.max_parallel,
-                spec.deployment_deadline), label)
+            service = check_service(_daemon_service(spec), label)
             now = self.clock()
             dep = Deployment(
                 id=f"{env.deployment_count + 1:08d}", environment=name, cluster=env.cluster,
@@ -437,4 +461,6 @@ class Environments:
                 ops.append(Delete(old_kv.key))
             if self.backend.txn(compares, ops).succeeded:
                 return dep
-        raise ConflictError(f"{label}: the store kept changing while deploying; try again")
+            return RETRY
+
+        return retry_on_conflict(attempt, what=f"{label}: the store")

@@ -3,7 +3,8 @@ dangling.
 
 :func:`observe` reads what a deployment's outcome depends on (the environment's service,
 the scheduler's status record and rollout history for it, its tasks, their health, the
-live hosts); :func:`evaluate` turns that into the deployment's status:
+live hosts) at one store revision; :func:`evaluate` turns that into the deployment's
+status:
 
 - ``failed`` when a host rejected the deployed task (its agent could not run it: the
   reason is the task's ``reject_reason``), when the scheduler reports an error for the
@@ -22,23 +23,28 @@ deployment started, for a deployment that changed nothing the status shows.
 
 from __future__ import annotations
 
+import bisect
+import os.path
+from collections.abc import Iterator, Sequence
+
 import msgspec
 
 from skedlib.codecs import decode
 from skedlib.environments.models import Deployment, EnvironmentHealth, FailedHost
 from skedlib.keys import Keyspace
 from skedlib.models import RolloutHistory, Service, ServiceStatus, Task, TaskHealth
+from skedlib.runtime import RETRY, Group, Retry, Store, retry_on_conflict, write_groups
 from skedlib.scheduling import is_task_healthy
-from skedlib.store.base import Backend
+from skedlib.store.base import Compare, KeyValue, ListResult
 
-__all__ = ["SETTLE", "Observed", "environment_health", "evaluate", "observe"]
+__all__ = ["SETTLE", "Observed", "environment_health", "evaluate", "observe", "observe_all"]
 
 SETTLE = 3.0
 """Seconds after which an unchanged ``ok`` status counts for a deployment."""
 
 
 class Observed(msgspec.Struct, kw_only=True):
-    """What a deployment's status is derived from, read from the store."""
+    """What a deployment's status is derived from, read from the store at one revision."""
 
     service: Service | None = None
     status: ServiceStatus | None = None
@@ -50,32 +56,88 @@ class Observed(msgspec.Struct, kw_only=True):
     """Names of the live hosts."""
     deployment_revision: int = 0
     """The store revision at which the deployment record was created."""
+    revision: int = 0
+    """The store revision everything above was read at."""
 
 
-def observe(backend: Backend, keys: Keyspace, cluster: str, service: str,
+def observe(store: Store, cluster: str, service: str,
             deployment_revision: int = 0) -> Observed:
-    """Read what :func:`evaluate` needs for ``service`` in ``cluster``."""
-    def get(key: str, type_: type[msgspec.Struct]) -> object:
-        kv = backend.get(key)
+    """Read what :func:`evaluate` needs for ``service`` in ``cluster``, at one revision
+    (see :func:`observe_all`)."""
+    return observe_all(store, [(cluster, service, deployment_revision)])[0]
+
+
+def observe_all(store: Store, wanted: Sequence[tuple[str, str, int]]) -> list[Observed]:
+    """:func:`observe` for each ``(cluster, service, deployment_revision)`` of ``wanted``,
+    all from one consistent read.
+
+    Everything but the services lives under ``state/`` (the scheduler's status and
+    rollouts, the tasks, their health, the live hosts), so that prefix is listed once —
+    not the whole keyspace, which also holds every task definition and job record. The
+    services (``config/services/<name>``) are read just before the listing, and one
+    compare-only transaction after it checks that none of them changed in between: then
+    each was, at the listing's revision, what was read. When one did change, it is all
+    read again.
+    """
+    if not wanted:
+        return []
+    keys = store.keys
+    state = os.path.commonpath([keys.tasks, keys.health, keys.agents,
+                                keys.service_statuses, keys.rollouts]) + "/"  # state/
+
+    def attempt() -> list[Observed] | Retry:
+        services = {name: store.get(keys.service(name)) for _, name, _ in wanted}
+        listed = store.list(state)
+        unchanged = [Group((Compare(keys.service(name), kv.revision if kv else 0),))
+                     for name, kv in services.items()]
+        if not write_groups(store.backend, unchanged).succeeded:
+            return RETRY
+        view = _Listing(listed, keys)
+        return [view.observed(cluster, name, services[name], revision)
+                for cluster, name, revision in wanted]
+
+    return retry_on_conflict(attempt, what="the environments' services")
+
+
+class _Listing:
+    """One listing of ``state/``, with its keys sorted to find a prefix's range."""
+
+    def __init__(self, listed: ListResult, keys: Keyspace) -> None:
+        self.keys = keys
+        self.revision = listed.revision
+        self.by_key = {kv.key: kv for kv in listed.items}
+        self.sorted = sorted(self.by_key)
+        self.hosts = {kv.key[len(keys.agents):] for kv in self.under(keys.agents)}
+
+    def under(self, prefix: str) -> Iterator[KeyValue]:
+        i = bisect.bisect_left(self.sorted, prefix)
+        while i < len(self.sorted) and self.sorted[i].startswith(prefix):
+            yield self.by_key[self.sorted[i]]
+            i += 1
+
+    def get(self, key: str, type_: type[msgspec.Struct]) -> object:
+        kv = self.by_key.get(key)
         return decode(kv.value, type_, where=kv.key) if kv else None
 
-    svc = get(keys.service(service), Service)
-    status = get(keys.service_status(cluster, service), ServiceStatus)
-    rollouts = get(keys.rollout(cluster, service), RolloutHistory)
-    id_prefix = f"{cluster}-{service}-"
-    tasks = [t for t in (decode(kv.value, Task, where=kv.key)
-                         for kv in backend.list(keys.tasks + id_prefix).items)
-             if t.service == service and t.cluster.name == cluster]
-    ids = {t.id for t in tasks}
-    health = {h.task_id: h for h in (decode(kv.value, TaskHealth, where=kv.key)
-                                     for kv in backend.list(keys.health + id_prefix).items)
-              if h.task_id in ids}
-    hosts = {kv.key[len(keys.agents):] for kv in backend.list(keys.agents).items}
-    assert svc is None or isinstance(svc, Service)
-    assert status is None or isinstance(status, ServiceStatus)
-    assert rollouts is None or isinstance(rollouts, RolloutHistory)
-    return Observed(service=svc, status=status, rollouts=rollouts, tasks=tasks,
-                    health=health, hosts=hosts, deployment_revision=deployment_revision)
+    def observed(self, cluster: str, service: str, service_kv: KeyValue | None,
+                 deployment_revision: int) -> Observed:
+        keys = self.keys
+        svc = decode(service_kv.value, Service, where=service_kv.key) if service_kv else None
+        status = self.get(keys.service_status(cluster, service), ServiceStatus)
+        rollouts = self.get(keys.rollout(cluster, service), RolloutHistory)
+        id_prefix = f"{cluster}-{service}-"
+        tasks = [t for t in (decode(kv.value, Task, where=kv.key)
+                             for kv in self.under(keys.tasks + id_prefix))
+                 if t.service == service and t.cluster.name == cluster]
+        ids = {t.id for t in tasks}
+        health = {h.task_id: h for h in (decode(kv.value, TaskHealth, where=kv.key)
+                                         for kv in self.under(keys.health + id_prefix))
+                  if h.task_id in ids}
+        assert status is None or isinstance(status, ServiceStatus)
+        assert rollouts is None or isinstance(rollouts, RolloutHistory)
+        return Observed(service=svc, status=status, rollouts=rollouts, tasks=tasks,
+                        health=health, hosts=set(self.hosts),
+                        deployment_revision=deployment_revision, revision=self.revision)
 
 
 def _healthy(seen: Observed, t: Task) -> bool:

@@ -1,8 +1,8 @@
 """Batch jobs with work stealing (seed 003): submit run-to-completion commands; job
 workers (``skedlib-agent --jobs``) claim them from the queue in transactions.
 
->>> from skedlib.jobs import JobClient          # doctest: +SKIP
->>> jobs = JobClient(open_backend("sqlite:///tmp/sked.db"))
+>>> from skedlib.jobs.client import JobClient   # doctest: +SKIP
+>>> jobs = JobClient(Store.open("sqlite:///tmp/sked.db"))
 >>> job = jobs.submit("sh", ["-c", "echo hi"], memory=64)
 >>> jobs.wait(job.id).status
 'complete'

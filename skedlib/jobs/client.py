@@ -3,9 +3,9 @@
 ::
 
     from skedlib.jobs.client import JobClient
-    from skedlib.plugins import open_backend
+    from skedlib.runtime import Store
 
-    jobs = JobClient(open_backend("etcd://10.0.0.1:2379"))
+    jobs = JobClient(Store.open("etcd://10.0.0.1:2379"))
     job = jobs.submit("python3", ["train.py"], memory=2048, cpu_units=2048)
     done = jobs.wait(job.id, timeout=3600)
     print(done.status, done.exit_code)
@@ -21,7 +21,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 
-from skedlib.errors import NotFound, SkedError, ValidationError
+from skedlib.errors import SkedError, ValidationError
 from skedlib.jobs.models import (
     JOB_STATES,
     Job,
@@ -31,8 +31,8 @@ from skedlib.jobs.models import (
     JobSpec,
     JobState,
 )
-from skedlib.jobs.store import JobStore
-from skedlib.keys import Keyspace
+from skedlib.jobs.store import JobStore, StoredJob
+from skedlib.runtime import Store, wait_for_change
 from skedlib.store.base import Backend
 
 __all__ = ["DEFAULT_PAGE_SIZE", "FOLLOW_POLL", "MAX_PAGE_SIZE", "JobClient", "JobWaitTimeout",
@@ -64,14 +64,18 @@ def explain_waiting(job: Job, nodes: list[JobNode]) -> str:
 
 
 class JobClient:
-    """Jobs on one backend. Every call is a few backend calls; safe to share."""
+    """Jobs on one :class:`~skedlib.runtime.Store`. Every call is a few backend calls;
+    safe to share."""
 
-    def __init__(self, backend: Backend, keyspace: Keyspace | None = None,
-                 http_timeout: float = 10.0) -> None:
-        self.store = JobStore(backend, keyspace)
-        self.backend = backend
+    def __init__(self, store: Store, http_timeout: float = 10.0) -> None:
+        self.store = JobStore(store)
         self.keys = self.store.keys
         self.http_timeout = http_timeout
+
+    @property
+    def backend(self) -> Backend:
+        """The store's backend."""
+        return self.store.backend
 
     def submit(self, command: str, args: list[str] | tuple[str, ...] = (), *,
                env: dict[str, str] | None = None, cwd: str = "", memory: int = 0,
@@ -147,20 +151,19 @@ class JobClient:
         Raises :class:`JobWaitTimeout` after ``timeout`` seconds (None: wait forever).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        key = self.keys.job(job_id)
         while True:
-            kv = self.backend.get(key)
-            if kv is None:
-                raise NotFound(f"job {job_id} not found")
-            job = self.store.get(job_id).job if kv.value else None
-            if job is not None and job.finished:
-                return job
+            stored = self.store.get(job_id)
+            if stored.job.finished:
+                return stored.job
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                state = job.status if job is not None else "unknown"
-                raise JobWaitTimeout(f"job {job_id} is still {state} after {timeout:g}s")
-            with self.backend.watch(key, kv.revision + 1) as watch:
-                watch.next(timeout=min(left, 5.0) if left is not None else 5.0)
+                raise JobWaitTimeout(f"job {job_id} is still {stored.job.status} after "
+                                     f"{timeout:g}s")
+            self._wait_for_record(stored, min(left, 5.0) if left is not None else 5.0)
+
+    def _wait_for_record(self, stored: StoredJob, timeout: float) -> None:
+        """Until the job's record changes after ``stored`` (at most ``timeout`` s)."""
+        wait_for_change(self.backend, self.keys.job(stored.job.id), stored.revision, timeout)
 
     def logs(self, job_id: str, follow: bool = False, offset: int = 0) -> Iterator[bytes]:
         """The job's output (stdout and stderr as they came), fetched from the node that
@@ -189,10 +192,12 @@ class JobClient:
                 yield chunk
             if job.finished:
                 return
-            job = self.store.get(job.id).job
-            while not job.finished and (job.status == "queued" or not job.log_url):
-                time.sleep(0.5)  # between attempts: wait for the next claim
-                job = self.store.get(job.id).job
+            stored = self.store.get(job.id)
+            while not stored.job.finished and (stored.job.status == "queued"
+                                               or not stored.job.log_url):
+                self._wait_for_record(stored, 5.0)  # between attempts: the next claim
+                stored = self.store.get(job.id)
+            job = stored.job
             if job.log_url != url:
                 received, url = 0, job.log_url
             if not job.log_url:

@@ -44,7 +44,8 @@ from skedlib.jobs.models import (
     JobState,
     check_spec,
 )
-from skedlib.keys import Keyspace, validate_name
+from skedlib.keys import validate_name
+from skedlib.runtime import RETRY, Group, Retry, Store, retry_on_conflict, write_groups
 from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put, TxnResult
 
 __all__ = ["JobFinished", "JobStore", "StoredJob", "decode_job", "encode_job"]
@@ -86,16 +87,21 @@ def _epoch(now: float) -> int:
 
 
 class JobStore:
-    """The job transitions on one backend and keyspace. Safe to share between threads.
+    """The job transitions on one :class:`~skedlib.runtime.Store` (its backend, under its
+    keyspace's prefix). Safe to share between threads.
 
     ``clock`` gives UNIX seconds (``time.time`` unless a test sets another).
     """
 
-    def __init__(self, backend: Backend, keyspace: Keyspace | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.backend = backend
-        self.keys = JobKeyspace(keyspace or Keyspace())
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.keys = JobKeyspace(store.keys)
         self.clock = clock
+
+    @property
+    def backend(self) -> Backend:
+        """The store's backend."""
+        return self.store.backend
 
     # -- reading --------------------------------------------------------------------------
     def get(self, job_id: str) -> StoredJob:
@@ -182,7 +188,7 @@ class JobStore:
         Raises :class:`NotFound` for an unknown id and :class:`JobFinished` for a job
         that already ended.
         """
-        while True:
+        def attempt() -> Job | Retry:
             stored = self.get(job_id)
             job = stored.job
             if job.finished:
@@ -191,8 +197,10 @@ class JobStore:
             now = self.clock()
             done = msgspec.structs.replace(job, status="canceled", reason=reason,
                                            finished_at=now)
-            if self._move(job, stored.revision, done, now, []).succeeded:
-                return done
+            return done if self._move(job, stored.revision, done, now, []).succeeded \
+                else RETRY
+
+        return retry_on_conflict(attempt, what=f"job {job_id}")
 
     def requeue_or_fail(self, stored: StoredJob, why: str,
                         fence: Sequence[Compare] = ()) -> Job | None:
@@ -227,6 +235,9 @@ class JobStore:
                 stored = self.get(job_id)
             except NotFound:
                 continue
+            except ValidationError as exc:  # one bad record must not hold up the rest
+                log.warning("%s; left as it is", exc)
+                continue
             if stored.job.node != node:
                 continue
             new = self.requeue_or_fail(stored, why, fence)
@@ -237,44 +248,37 @@ class JobStore:
     def purge(self, older_than: float, fence: Sequence[Compare] = (),
               limit: int = 10_000) -> int:
         """Delete finished jobs (record and status key) that ended before UNIX time
-        ``older_than``; at most ``limit``. Returns how many were deleted."""
+        ``older_than``; at most ``limit``. Returns how many were deleted.
+
+        Each job is one group (its record, compared on the revision listed, and its
+        status key) for :func:`~skedlib.runtime.write_groups`, which packs them into as
+        few fenced transactions as the backend allows; a chunk whose compares fail (a
+        lost fence) is skipped, and the next candidates are tried up to ``limit``."""
         cutoff = _epoch(older_than)
-        batch = max(1, ((self.backend.max_txn_ops or 128) - len(fence)) // 3)
-        deleted = 0
+        old: list[tuple[KeyValue, str]] = []
         for state in FINISHED_STATES:
-            items = self.backend.list(self.keys.jobs_finished(state)).items
-            old: list[tuple[str, str]] = []
-            for kv in items:
+            for kv in self.backend.list(self.keys.jobs_finished(state)).items:
                 parsed = self.keys.parse(kv.key)
                 if isinstance(parsed, JobFinishedKey) and parsed.epoch < cutoff:
-                    old.append((kv.key, parsed.job_id))
-            for start in range(0, len(old), batch):
-                if deleted >= limit:
-                    return deleted
-                take = min(batch, limit - deleted)
-                deleted += self._purge_batch(old[start:start + take], fence)
-        return deleted
-
-    def _purge_batch(self, entries: Sequence[tuple[str, str]],
-                     fence: Sequence[Compare]) -> int:
-        compares = list(fence)
-        ops: list[Op] = []
-        for status_key, job_id in entries:
-            kv = self.backend.get(self.keys.job(job_id))
-            if kv is None:  # a stray status key: remove it alone
-                compares.append(Compare(status_key, self._revision_of(status_key)))
-                ops.append(Delete(status_key))
-                continue
-            compares.append(Compare(kv.key, kv.revision))
-            ops += [Delete(kv.key), Delete(status_key)]
-        if not ops:
+                    old.append((kv, parsed.job_id))
+        if not old:
             return 0
-        res = self.backend.txn(compares, ops)
-        return len(entries) if res.succeeded else 0
-
-    def _revision_of(self, key: str) -> int:
-        kv = self.backend.get(key)
-        return kv.revision if kv is not None else 0
+        # read after the status keys: a finished record no longer changes until purged
+        records = {kv.key: kv for kv in self.backend.list(self.keys.job_records).items}
+        groups: list[Group] = []
+        for kv, job_id in old:
+            record = records.get(self.keys.job(job_id))
+            if record is None:  # a stray status key: remove it alone
+                groups.append(Group((Compare(kv.key, kv.revision),), (Delete(kv.key),)))
+            else:
+                groups.append(Group((Compare(record.key, record.revision),),
+                                    (Delete(record.key), Delete(kv.key))))
+        deleted = 0
+        while groups and deleted < limit:
+            take, groups = groups[:limit - deleted], groups[limit - deleted:]
+            deleted += write_groups(self.backend, take, fence=fence,
+                                    on_conflict="skip").written_groups
+        return deleted
 
     # -- the one way a status moves -------------------------------------------------------
     def _status_key(self, job: Job, epoch: int) -> str:

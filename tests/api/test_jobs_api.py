@@ -102,7 +102,7 @@ def test_submit_queues_the_spec_and_status_explains_the_wait(client: Client, ser
     assert {k: job[k] for k in body} == body
     assert (job["status"], job["attempts"], job["exit_code"], job["started_at"]) == (
         "queued", 0, None, None)
-    assert JobStore(client.backend, client.keys).get(job["id"]).job.args == body["args"]
+    assert JobStore(client.store).get(job["id"]).job.args == body["args"]
 
     status, got = http.get(f"/jobs/{job['id']}")
     assert status == 200 and got["reason"] == "no job worker is running"
@@ -146,7 +146,7 @@ def test_submit_refuses_bad_input(client: Client, http: Http, body: Any, query: 
     status, err = http.post("/jobs" + query, body)
     assert (status, err["error"]) == (400, "bad_request"), err
     assert why in err["message"], err["message"]
-    assert JobStore(client.backend, client.keys).list() == []
+    assert JobStore(client.store).list() == []
 
 
 def test_malformed_json_is_a_400(http: Http) -> None:
@@ -199,7 +199,7 @@ def test_cancel_queued_and_running_jobs_but_not_finished_ones(client: Client,
     assert http.get(f"/jobs/{done['id']}")[1]["status"] == "complete"
     status, err = http.post(f"/jobs/{done['id']}/cancel?reason=x")
     assert status == 400 and "query parameter reason: unknown" in err["message"]
-    assert JobStore(client.backend, client.keys).inconsistencies() == []
+    assert JobStore(client.store).inconsistencies() == []
 
 
 # -- list -----------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     path: Path = tmp_path_factory.mktemp("schemathesis") / "store.db"
     with Client.open(f"sqlite://{path}", f"t{uuid.uuid4().hex[:6]}/") as client:
         client.apply(parse_manifest(daemon_manifest(), "m.yml"))
-        envs = Environments(client)
+        envs = Environments(client.store)
         for name in ("web", "other"):
             envs.create(EnvironmentCreate(name=name, cluster="default", task_name="web",
                                           task_version=1))
@@ -54,7 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
 
 
 def _jobs_in_every_state(client: Client) -> None:
-    store = JobStore(client.backend, client.keys)
+    store = JobStore(client.store)
     node = JobNode(name="worker1", capacity=JobRequirements(memory=1024, cpu_units=2048),
                    slots=2, limits="rlimit", pid=1, hostname="h", started_at=1.0)
     revision = client.backend.put(store.keys.job_node("worker1"), encode(node))

@@ -50,7 +50,7 @@ def sked(url: str, client: Client, capsys: pytest.CaptureFixture[str]) -> Run:
 
 
 def _store(client: Client) -> JobStore:
-    return JobStore(client.backend, client.keys)
+    return JobStore(client.store)
 
 
 def _one_line_error(err: str, code: int, status: int = 1) -> str:

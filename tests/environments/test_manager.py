@@ -35,6 +35,7 @@ from skedlib.models import (
     TaskDefinition,
     TaskHealth,
 )
+from skedlib.store.base import ListResult
 
 MANIFEST = """
 clusters: [{name: default, services: []}, {name: other, services: []}]
@@ -66,7 +67,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def envs(client: Client, clock: Clock) -> Environments:
-    return Environments(client, clock=clock, settle=3.0)
+    return Environments(client.store, clock=clock, settle=3.0)
 
 
 def _create(envs: Environments, name: str = "agentd", cluster: str = "default",
@@ -363,3 +364,28 @@ def test_tracking_stores_the_outcome_once(client: Client, envs: Environments,
     assert failed.status == "failed" and "is one running?" in failed.message
     assert envs.track_all() == 0
     assert envs.get("agentd").deployment_status == "failed"
+
+
+
+def test_a_page_of_environments_is_observed_in_one_read(client: Client,
+                                                        envs: Environments) -> None:
+    for name in ("a1", "a2", "a3"):
+        envs.deploy(name, _create(envs, name=name))
+    lists: list[str] = []
+    real = client.backend.list
+
+    def counting(prefix: str) -> ListResult:
+        lists.append(prefix)
+        return real(prefix)
+    client.backend.list = counting  # type: ignore[method-assign]
+    page = envs.list()
+    assert [v.name for v in page.items] == ["a1", "a2", "a3"]
+    assert lists.count(f"{client.keys.prefix}state/") == 1
+    lists.clear()
+    assert envs.track_all() == 3
+    assert lists.count(f"{client.keys.prefix}state/") == 1
+    for name in ("a1", "a2", "a3"):
+        _complete(client, envs, name)
+    lists.clear()
+    assert envs.track_all() == 0
+    assert f"{client.keys.prefix}state/" not in lists, "nothing in progress: nothing read"

@@ -22,6 +22,7 @@ from skedlib.jobs.client import JobClient
 from skedlib.jobs.models import Job
 from skedlib.keys import Keyspace
 from skedlib.plugins import open_backend
+from skedlib.runtime import Store
 from tests.harness import etcd as harness
 from tests.harness.common import eventually
 
@@ -45,8 +46,9 @@ class JobLoop:
         self.url = url
         self.prefix = prefix
         self.keys = Keyspace(prefix)
-        self.backend = open_backend(url)
-        self.jobs = JobClient(self.backend, self.keys)
+        self.store = Store(open_backend(url), self.keys)
+        self.backend = self.store.backend
+        self.jobs = JobClient(self.store)
         self.tag = uuid.uuid4().hex[:6]
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}

@@ -38,7 +38,7 @@ class Worker:
                  cpu_units: int = 4096, disk: int = 10240, log_url: str = "",
                  slots: int = 4) -> None:
         self.client = client
-        self.store = JobStore(client.backend, client.keys)
+        self.store = JobStore(client.store)
         self.name = name
         self.log_url = log_url
         node = JobNode(name=name, capacity=JobRequirements(memory=memory, cpu_units=cpu_units,

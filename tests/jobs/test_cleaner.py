@@ -17,6 +17,7 @@ from skedlib.jobs.models import JobRequirements
 from skedlib.jobs.worker import JobWorker, WorkerConfig
 from skedlib.keys import Keyspace
 from skedlib.plugins import open_backend
+from skedlib.runtime import Store
 from skedlib.store.base import Backend
 from tests.harness import etcd as harness
 from tests.jobs.conftest import remove_cgroups, wait_for
@@ -73,7 +74,7 @@ def test_one_cleaner_at_a_time_and_a_successor(store: tuple[Backend, str],
 def test_finished_jobs_are_removed_after_retention_and_history_compacted(
         store: tuple[Backend, str], tmp_path: Path) -> None:
     backend, prefix = store
-    jobs = JobClient(backend, Keyspace(prefix))
+    jobs = JobClient(Store(backend, Keyspace(prefix)))
     start = backend.current_revision()
     worker = _worker(backend, prefix, tmp_path, f"r0x{uuid.uuid4().hex[:6]}",
                      retention=1.0, cleanup_interval=0.5)

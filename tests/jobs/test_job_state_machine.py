@@ -48,6 +48,7 @@ from skedlib.jobs.models import (
 from skedlib.jobs.store import JobFinished, JobStore, StoredJob, encode_job
 from skedlib.keys import Keyspace
 from skedlib.plugins import open_backend
+from skedlib.runtime import Store
 from skedlib.store.base import Backend, Compare, KeyValue, Op, Put, TxnResult
 from skedlib.store.memory import MemoryBackend
 
@@ -124,7 +125,7 @@ class JobMachine(RuleBasedStateMachine):
         super().__init__()
         self.backend = backend
         self.clock = FakeClock()
-        self.store = JobStore(backend, Keyspace(f"sm{uuid.uuid4().hex[:12]}/"),
+        self.store = JobStore(Store(backend, Keyspace(f"sm{uuid.uuid4().hex[:12]}/")),
                               clock=self.clock)
         self.keys = self.store.keys
         self.model: dict[str, ModelJob] = {}
@@ -483,7 +484,7 @@ def _register(store: JobStore, name: str) -> int:
 
 
 def test_queued_key_holds_the_record_bytes(backend: Backend) -> None:
-    store = JobStore(backend, clock=FakeClock())
+    store = JobStore(Store(backend), clock=FakeClock())
     job = store.submit(JobSpec(command="true", args=["a b"], env={"X": "1"}), "j1")
     record = backend.get(store.keys.job("j1"))
     queued = backend.get(store.keys.job_queued("j1"))
@@ -508,7 +509,7 @@ def test_queued_key_holds_the_record_bytes(backend: Backend) -> None:
 
 
 def test_claim_compares_the_node_key(backend: Backend) -> None:
-    store = JobStore(backend, clock=FakeClock())
+    store = JobStore(Store(backend), clock=FakeClock())
     store.submit(JobSpec(command="true"), "j1")
     queued = backend.get(store.keys.job_queued("j1"))
     assert queued is not None
@@ -525,7 +526,7 @@ def test_claim_compares_the_node_key(backend: Backend) -> None:
 
 
 def test_requeue_counts_attempts(backend: Backend) -> None:
-    store = JobStore(backend, clock=FakeClock())
+    store = JobStore(Store(backend), clock=FakeClock())
     store.submit(JobSpec(command="true", max_attempts=2), "again")
     store.submit(JobSpec(command="true", restart_on_node_failure=False), "once")
 
@@ -551,7 +552,7 @@ def test_requeue_counts_attempts(backend: Backend) -> None:
 
 
 def test_two_threads_claim_one_job_exactly_one_wins(sqlite_backend: Backend) -> None:
-    store = JobStore(sqlite_backend)
+    store = JobStore(Store(sqlite_backend))
     revs = {name: _register(store, name) for name in ("a", "b")}
     for i in range(50):
         job_id = f"race{i:02d}"
@@ -620,7 +621,7 @@ def test_purge_respects_max_txn_ops(with_fence: bool) -> None:
     with pytest.raises(TxnTooLarge):  # the limit is honoured
         backend.txn([], [Put(f"k{i}", b"") for i in range(8)])
     clock = FakeClock()
-    store = JobStore(backend, clock=clock)
+    store = JobStore(Store(backend), clock=clock)
     _finished_jobs(store, 50)
     store.submit(JobSpec(command="true"), "young")  # unfinished: never purged
     fence: list[Compare] = []
@@ -640,7 +641,7 @@ def test_purge_respects_max_txn_ops(with_fence: bool) -> None:
 def test_purge_with_a_lost_fence_deletes_nothing() -> None:
     backend = MemoryBackend(max_txn_ops=7)
     clock = FakeClock()
-    store = JobStore(backend, clock=clock)
+    store = JobStore(Store(backend), clock=clock)
     _finished_jobs(store, 6)
     rev = backend.put("cleaner-lock", b"me")
     backend.put("cleaner-lock", b"someone else")
@@ -652,7 +653,7 @@ def test_purge_with_a_lost_fence_deletes_nothing() -> None:
 
 def test_purge_keeps_jobs_that_ended_at_or_after_the_cutoff() -> None:
     clock = FakeClock(1000.5)
-    store = JobStore(MemoryBackend(), clock=clock)
+    store = JobStore(Store(MemoryBackend()), clock=clock)
     store.submit(JobSpec(command="true"), "j1")
     store.cancel("j1")  # ended at 1000.5, epoch 1000
     assert store.purge(1000.9) == 0  # same epoch second: kept
@@ -664,7 +665,7 @@ def test_purge_keeps_jobs_that_ended_at_or_after_the_cutoff() -> None:
 @pytest.mark.parametrize("max_txn_ops", [None, 7])
 def test_purge_deletes_at_most_limit(max_txn_ops: int | None) -> None:
     clock = FakeClock()
-    store = JobStore(MemoryBackend(max_txn_ops=max_txn_ops), clock=clock)
+    store = JobStore(Store(MemoryBackend(max_txn_ops=max_txn_ops)), clock=clock)
     _finished_jobs(store, 12)  # 4 of each finished state
     clock.now += 100
     assert store.purge(clock.now, limit=3) == 3  # within one batch
