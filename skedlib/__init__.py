@@ -13,6 +13,13 @@ the daemon). docs/architecture.md shows the layers behind these names.
 from skedlib.client import ApplyResult, Client, ScaleResult, default_backend_url
 from skedlib.codecs import decode, encode, load_manifest, parse_manifest, to_builtins
 from skedlib.constraints import Constraint, parse_constraint
+from skedlib.environments import (
+    Deployment,
+    DeploymentCreate,
+    Environment,
+    EnvironmentCreate,
+    Environments,
+)
 from skedlib.errors import (
     BackendError,
     BackendUnavailable,
@@ -49,6 +56,8 @@ from skedlib.health.provider import (
     pass_ttl_check,
 )
 from skedlib.hookspecs import BackendFactory, hookimpl
+from skedlib.jobs import Job, JobRequirements, JobSpec, JobState
+from skedlib.jobs.client import JobClient, JobWaitTimeout, LogsUnavailable
 from skedlib.keys import DEFAULT_PREFIX, Keyspace, validate_name
 from skedlib.locks import KeptLease, Lock
 from skedlib.models import (
@@ -157,7 +166,12 @@ __all__ = [
     "ContainerRef",
     "ContainerStatus",
     "Delete",
+    "Deployment",
+    "DeploymentCreate",
     "DistinctHostFilter",
+    "Environment",
+    "EnvironmentCreate",
+    "Environments",
     "Executor",
     "ExecutorContext",
     "ExitCallback",
@@ -171,6 +185,12 @@ __all__ = [
     "HostState",
     "Informer",
     "InvalidName",
+    "Job",
+    "JobClient",
+    "JobRequirements",
+    "JobSpec",
+    "JobState",
+    "JobWaitTimeout",
     "KeptLease",
     "KeyValue",
     "Keyspace",
@@ -180,6 +200,7 @@ __all__ = [
     "LocalHealthProvider",
     "Lock",
     "LockError",
+    "LogsUnavailable",
     "Manifest",
     "NotDraining",
     "NotFound",

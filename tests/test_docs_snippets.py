@@ -49,10 +49,8 @@ _PATH_COMMENT = re.compile(r"#\s*([A-Za-z_][\w/]*\.py)\b")
 
 
 PUBLIC_MODULES = PUBLIC
-INTERNAL_IMPORTS_ALLOWED: dict[str, set[str]] = {
-    # JobClient is not in skedlib.__all__: the batch-jobs page has no public import yet
-    "docs/jobs.md": {"skedlib.jobs.client", "skedlib.plugins"},
-}
+INTERNAL_IMPORTS_ALLOWED: dict[str, set[str]] = {}
+"""Pages allowed an internal import, with the module (none today: keep it that way)."""
 
 
 @dataclass(frozen=True)
