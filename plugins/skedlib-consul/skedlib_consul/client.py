@@ -39,7 +39,7 @@ import consul.base
 import requests
 import urllib3.exceptions
 
-from skedlib import BackendError, BackendUnavailable
+from skedlib import BackendError, BackendUnavailable, Backoff
 from skedlib_consul.options import ConsulOptions
 
 __all__ = [
@@ -193,7 +193,7 @@ class HttpClient:
         failures: list[str] = []
         last_exc: BaseException | None = None
         attempt = 0
-        pause = 0.05
+        backoff = Backoff(initial=0.05, maximum=0.5)
         while True:
             idx = (first + attempt) % n
             left = deadline - time.monotonic()
@@ -229,10 +229,10 @@ class HttpClient:
                 self._move_from(idx)
             attempt += 1
             if attempt % n == 0:
+                pause = backoff.next()
                 if time.monotonic() + pause >= deadline:
                     break
                 time.sleep(pause)  # every endpoint failed once: back off, then go round again
-                pause = min(pause * 2, 0.5)
         causes = "; ".join(dict.fromkeys(failures[-n:]))
         raise BackendUnavailable(f"{self.label}: {what} failed: {causes}") from last_exc
 

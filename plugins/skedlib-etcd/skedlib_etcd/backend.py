@@ -66,6 +66,7 @@ from etcd3 import etcdrpc
 from skedlib import (
     Backend,
     BackendUnavailable,
+    Backoff,
     Compacted,
     Compare,
     Delete,
@@ -905,7 +906,7 @@ class _EtcdWatch(Watch):
     # -- the stream side (a background thread) --------------------------------------------
     def _run(self) -> None:
         backend = self._backend
-        pause = 0.05
+        backoff = Backoff(initial=0.05, maximum=1.0)
         token_refreshes = 0
         while not self._closed.is_set():
             index, member = backend._pick()
@@ -958,7 +959,9 @@ class _EtcdWatch(Watch):
                     self._down_since = time.monotonic()
                 self._cond.notify_all()
             backend._advance(index)
-            pause = 0.05 if established else min(pause * 2, 1.0)
+            if established:
+                backoff.reset()
+            pause = backoff.next()
             self._wake.wait(pause)
             self._wake.clear()
 
