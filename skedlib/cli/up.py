@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -114,17 +114,28 @@ def _signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def _setup_logging(quiet: bool) -> logging.Handler | None:
+def _show_daemon_logs(quiet: bool) -> Callable[[], None]:
+    """Show the scheduler's and the agent's log lines on stderr; returns the function
+    that puts the loggers back as they were found (``sked up`` can run inside a
+    process that has logging of its own)."""
     if quiet:
-        return None
+        return lambda: None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("  %(name)s: %(message)s"))
-    for name in ("skedlib.scheduler", "skedlib.agent"):
-        lg = logging.getLogger(name)
+    loggers = [logging.getLogger(name) for name in ("skedlib.scheduler", "skedlib.agent")]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)
         lg.propagate = False
-    return handler
+
+    def restore() -> None:
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+    return restore
 
 
 class _Progress:
@@ -205,7 +216,6 @@ def cmd_up(client: Client, args: argparse.Namespace) -> int:
               + ("install the reference schedulers: pip install -e reference_schedulers"
                  if name == DEFAULT_SCHEDULER else "its services will not be placed"),
               file=sys.stderr)
-    handler = _setup_logging(args.quiet)
     executors = _executors()
     config = AgentConfig(host=args.host, executors=executors, prefix=client.keys.prefix,
                          state_dir=args.state_dir or default_state_dir(args.host),
@@ -214,6 +224,7 @@ def cmd_up(client: Client, args: argparse.Namespace) -> int:
           f"{', '.join(executors)}", file=out, flush=True)
     agent = Agent(client.backend, config)
     daemon = SchedulerDaemon(client.store, workers=args.workers)
+    restore_logs = _show_daemon_logs(args.quiet)
     try:
         with _signals(stop):
             agent.start()
@@ -250,9 +261,7 @@ def cmd_up(client: Client, args: argparse.Namespace) -> int:
               + ("" if args.keep_tasks else " (and the tasks)") + " …", file=out, flush=True)
         daemon.stop()
         agent.stop(stop_tasks=not args.keep_tasks)
-        if handler is not None:
-            for name in ("skedlib.scheduler", "skedlib.agent"):
-                logging.getLogger(name).removeHandler(handler)
+        restore_logs()
         print("stopped", file=out, flush=True)
 
 
