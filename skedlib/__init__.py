@@ -10,6 +10,8 @@ the daemon). docs/architecture.md shows the layers behind these names.
     from skedlib import Client, ServiceScheduler, Store, load_manifest
 """
 
+from importlib import metadata as _metadata
+
 from skedlib.client import ApplyResult, Client, ScaleResult, default_backend_url
 from skedlib.codecs import decode, encode, load_manifest, parse_manifest, to_builtins
 from skedlib.constraints import Constraint, parse_constraint
@@ -138,7 +140,10 @@ from skedlib.store.base import (
     WatchEvent,
 )
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("skedlib")
+except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DEFAULT_PREFIX",

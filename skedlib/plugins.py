@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -22,7 +23,15 @@ from skedlib import hookspecs
 from skedlib.errors import BackendUnavailable, PluginError
 from skedlib.store.base import Backend
 
-__all__ = ["BUILTIN_PLUGINS", "Registry", "get_registry", "lazy_attributes", "open_backend"]
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "FIRST_PARTY_PLUGINS",
+    "Registry",
+    "get_registry",
+    "lazy_attributes",
+    "open_backend",
+    "plugin_distributions",
+]
 
 #: modules that register skedlib's own pieces, loaded before any entry point
 BUILTIN_PLUGINS: tuple[str, ...] = ("skedlib.builtin",)
@@ -103,8 +112,10 @@ class Registry:
         except KeyError:
             known = ", ".join(sorted(factories)) or "none"
             singular = kind.rstrip("s").replace("_", " ")
+            package = FIRST_PARTY_PLUGINS.get((kind, name))
+            hint = f"; it comes with the {package} plugin package" if package else ""
             raise PluginError(f"no {singular} named {name!r} is installed (installed: "
-                              f"{known})") from None
+                              f"{known}){hint}") from None
 
     def open_backend(self, url: str) -> Backend:
         """Open the backend for ``url``, chosen by its scheme."""
@@ -153,6 +164,31 @@ class Registry:
 def get_registry() -> Registry:
     """The process-wide registry: built-ins plus every installed ``skedlib`` entry point."""
     return Registry()
+
+
+FIRST_PARTY_PLUGINS: Mapping[tuple[str, str], str] = {
+    ("backends", "etcd"): "skedlib-etcd",
+    ("backends", "etcds"): "skedlib-etcd",
+    ("backends", "consul"): "skedlib-consul",
+    ("health_providers", "consul"): "skedlib-consul",
+    ("executors", "docker"): "skedlib-docker",
+    ("schedulers", "binpack"): "skedlib-reference-schedulers",
+    ("schedulers", "spread"): "skedlib-reference-schedulers",
+    ("schedulers", "daemon"): "skedlib-reference-schedulers",
+}
+"""(hook kind, name) → the first-party distribution that registers it, named in the error
+when it is missing."""
+
+
+def plugin_distributions() -> list[tuple[str, str, list[str]]]:
+    """Each installed distribution with entry points in the ``skedlib`` group: its name,
+    version and entry-point names, sorted by name."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+        dist = ep.dist
+        name, version = (dist.name, dist.version) if dist is not None else (ep.module, "?")
+        found.setdefault(name, (version, []))[1].append(ep.name)
+    return [(name, version, sorted(eps)) for name, (version, eps) in sorted(found.items())]
 
 
 def open_backend(url: str) -> Backend:

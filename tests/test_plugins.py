@@ -128,3 +128,16 @@ def test_an_unregistered_plugin_offers_nothing() -> None:
     assert "toy" in registry.names("backends")
     registry.unregister(plugin)
     assert "toy" not in registry.names("backends")
+
+
+def test_a_missing_first_party_plugin_is_named_in_the_error() -> None:
+    registry = Registry(load_entrypoints=False)  # the built-ins only
+    with pytest.raises(PluginError, match=r"no backend named 'etcd' is installed "
+                                          r"\(installed: memory, sqlite\); it comes with "
+                                          r"the skedlib-etcd plugin package"):
+        registry.open_backend("etcd://127.0.0.1:2379")
+    with pytest.raises(PluginError, match="comes with the skedlib-reference-schedulers"):
+        registry.scheduler_factory("binpack")
+    with pytest.raises(PluginError) as info:
+        registry.scheduler_factory("mine")
+    assert "comes with" not in str(info.value)  # a third party's name gets no hint

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from skedlib import __version__
 from skedlib.cli import envs, jobs, ops, up
 from skedlib.cli.args import OneLineParser, positive_number
 from skedlib.cli.output import render, table
@@ -49,6 +50,7 @@ from skedlib.errors import (
     one_line,
 )
 from skedlib.models import Cluster, TaskDefinition
+from skedlib.plugins import plugin_distributions
 from skedlib.runtime import wait_for_change
 
 __all__ = ["main"]
@@ -79,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="storage backend URL (default: $SKED_BACKEND or "
                              f"{default_backend_url()})")
     parser.add_argument("--prefix", default=None, help="key prefix (default sked/)")
+    parser.add_argument("--version", action="version", version=f"sked (skedlib) {__version__}")
     # --backend and --prefix are also accepted after the command (sked up --backend URL)
     common = OneLineParser(add_help=False)
     common.add_argument("--backend", default=argparse.SUPPRESS, metavar="URL",
@@ -130,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", nargs="?", metavar="KIND",
                    help=f"one of {', '.join(SCHEMA_KINDS)} (default: every kind)")
     p.set_defaults(func=cmd_schema, needs_backend=False)
+
+    p = sub.add_parser("version", help="versions of skedlib and of every installed plugin")
+    p.set_defaults(func=cmd_version, needs_backend=False)
 
     ops.add_parsers(sub, common)
     up.add_parser(sub, common)
@@ -297,6 +303,16 @@ def cmd_schema(client: Client | None, args: argparse.Namespace) -> int:
     """``sked schema [KIND]``: JSON Schema of the stored objects."""
     del client
     print(render_schema(args.kind))
+    return 0
+
+
+def cmd_version(client: Client | None, args: argparse.Namespace) -> int:
+    """``sked version``: skedlib's version, then each plugin distribution registered in the
+    ``skedlib`` entry-point group, with its version and what it registers."""
+    del client, args
+    print(f"skedlib {__version__}")
+    for name, version, entry_points in plugin_distributions():
+        print(f"{name} {version} (plugin: {', '.join(entry_points)})")
     return 0
 
 

@@ -167,3 +167,16 @@ def test_console_script_uses_sked_backend_env(tmp_path: Path) -> None:
                          timeout=60)
     assert "helloworld" in run.stdout
     assert (tmp_path / "env.db").exists()
+
+
+def test_version_names_skedlib_and_each_installed_plugin() -> None:
+    from importlib.metadata import version
+
+    out = subprocess.run([sked_script(), "--version"], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == f"sked (skedlib) {version('skedlib')}"
+    lines = subprocess.run([sked_script(), "version"], capture_output=True, text=True,
+                           timeout=60, check=True).stdout.splitlines()
+    assert lines[0] == f"skedlib {version('skedlib')}"
+    reference = version("skedlib-reference-schedulers")
+    assert f"skedlib-reference-schedulers {reference} (plugin: reference)" in lines[1:]
