@@ -54,7 +54,7 @@ from skedlib.errors import BackendError, NotFound, ValidationError
 from skedlib.health.checks import ResolvedCheck, resolve_checks, run_check
 from skedlib.keys import Keyspace
 from skedlib.models import CheckStatus, Task, TaskHealth
-from skedlib.runtime import RETRY, Retry, retry_on_conflict
+from skedlib.runtime import RETRY, Retry, Store, retry_on_conflict
 from skedlib.store.base import Backend, Compare, Put
 
 __all__ = [
@@ -320,10 +320,9 @@ class LocalHealthProvider(HealthProvider):
 
 
 # -- reporting a ttl check ------------------------------------------------------------------
-def pass_ttl_check(backend: Backend, task_id: str, check: str, *,
+def pass_ttl_check(store: Store, task_id: str, check: str, *,
                    status: Literal["passing", "warning", "critical"] = "passing",
-                   output: str = "", keyspace: Keyspace | None = None,
-                   retries: int = 8) -> None:
+                   output: str = "", retries: int = 8) -> None:
     """Report the ttl check ``check`` of ``task_id`` as ``status`` now.
 
     Writes the check's entry in the task's health record (``state/health/<task_id>``)
@@ -332,8 +331,8 @@ def pass_ttl_check(backend: Backend, task_id: str, check: str, *,
     this call. Raises :class:`~skedlib.errors.NotFound` when the task has no health
     record (it is not running) or no check of that name.
     """
-    keys = keyspace or Keyspace()
-    key = keys.task_health(task_id)
+    backend = store.backend
+    key = store.keys.task_health(task_id)
 
     def attempt() -> Literal[Retry.RETRY] | None:
         kv = backend.get(key)

@@ -18,7 +18,7 @@ from skedlib.codecs import decode, encode
 from skedlib.errors import Compacted
 from skedlib.keys import Keyspace
 from skedlib.models import Check, Container, Host, TaskHealth
-from skedlib.runtime import Informer
+from skedlib.runtime import Informer, Store
 from skedlib.store.base import (
     Backend,
     ListResult,
@@ -131,7 +131,7 @@ def test_in_process_agent_with_a_ttl_check(memory: MemoryBackend, tmp_path: Path
         starting = wait_for(lambda: (h := health()) and h.checks and h, 5, "a record")
         assert starting.state == "starting" and not starting.healthy
         assert agent.phases() == {task.id: "running"}
-        pass_ttl_check(memory, task.id, "heartbeat", output="beat")
+        pass_ttl_check(Store(memory), task.id, "heartbeat", output="beat")
         healthy = wait_for(lambda: (h := health()) and h.healthy and h, 10, "healthy")
         assert healthy.checks[0].status == "passing" and healthy.checks[0].output == "beat"
         record = decode(memory.get(keys.agent("local1")).value, Host)  # type: ignore[union-attr]

@@ -17,6 +17,7 @@ from skedlib.health.checks import ResolvedCheck, resolve_checks, run_check
 from skedlib.health.provider import HealthContext, LocalHealthProvider, pass_ttl_check
 from skedlib.keys import Keyspace
 from skedlib.models import Check, CheckStatus, Container, TaskHealth
+from skedlib.runtime import Store
 from skedlib.store.memory import MemoryBackend
 from tests.agent.conftest import make_task, wait_for
 
@@ -133,15 +134,15 @@ def test_provider_states_threshold_and_ttl(server: int) -> None:
         # the ttl check passes once reported in the task's health record
         backend.put(keys.task_health(ttl.id), encode(TaskHealth(
             task_id=ttl.id, checks=[CheckStatus(name="alive")])))
-        pass_ttl_check(backend, ttl.id, "alive", output="I am alive")
+        pass_ttl_check(Store(backend), ttl.id, "alive", output="I am alive")
         provider.watch(ttl, 0)  # re-evaluate now rather than after the ttl
         report = wait_for(lambda: (h := provider.health(ttl.id)) and h.healthy and h, 5,
                           "the ttl check to pass")
         assert report.checks[0].output == "I am alive"
         with pytest.raises(NotFound, match="no check named 'nope'"):
-            pass_ttl_check(backend, ttl.id, "nope")
+            pass_ttl_check(Store(backend), ttl.id, "nope")
         with pytest.raises(NotFound, match="no health record"):
-            pass_ttl_check(backend, good.id, "x")
+            pass_ttl_check(Store(backend), good.id, "x")
         provider.unwatch(good.id)
         assert provider.health(good.id) is None
     finally:

@@ -23,6 +23,7 @@ import pytest
 from skedlib import pass_ttl_check
 from skedlib.agent import Agent, AgentConfig
 from skedlib.models import Check, Container
+from skedlib.runtime import Store
 from tests.agent import conftest as agent_tests
 from tests.agent.conftest import PY, AgentEnv, make_task, sleeper, wait_for
 from tests.harness import consul as harness
@@ -165,7 +166,7 @@ def test_consul_store_ttl_check_and_stop_deregisters(
         # reaches Consul, and the task is healthy
         wait_for(lambda: (h := env.health(task.id)) is not None and h.checks, 10,
                  "the record to list the check")
-        pass_ttl_check(env.backend, task.id, "heartbeat", output="beat", keyspace=env.keys)
+        pass_ttl_check(Store(env.backend, env.keys), task.id, "heartbeat", output="beat")
         record = env.wait_healthy(task.id, 10)
         assert record.checks[0].output == "beat"
         _, checks = consul.api("GET", "/v1/agent/checks")

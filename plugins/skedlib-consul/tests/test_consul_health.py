@@ -35,6 +35,7 @@ from skedlib.health.provider import HealthContext, HealthProvider, pass_ttl_chec
 from skedlib.keys import Keyspace
 from skedlib.models import Check, Cluster, Container, Task, TaskDefinition, TaskHealth
 from skedlib.plugins import get_registry, open_backend
+from skedlib.runtime import Store
 from skedlib.store.memory import MemoryBackend
 from tests.harness import consul as harness
 
@@ -436,7 +437,7 @@ def test_agent_provider_forwards_ttl_reports_from_the_store(
         return h
 
     assert agent_writes().state == "starting"  # nobody reported the ttl check yet
-    pass_ttl_check(backend, task.id, "beat", output="alive")
+    pass_ttl_check(Store(backend), task.id, "beat", output="alive")
     h = _wait_state(p, task.id, lambda h: h.state == "healthy", timeout=5, what="healthy")
     assert h.checks[0].output == "alive"
     c = _consul_checks(agent, task.id)[f"{task.id}:app:beat"]
@@ -452,7 +453,7 @@ def test_agent_provider_forwards_ttl_reports_from_the_store(
     assert "running" in changes.states(task.id)
 
     # a report revives it
-    pass_ttl_check(backend, task.id, "beat", output="back")
+    pass_ttl_check(Store(backend), task.id, "beat", output="back")
     h = _wait_state(p, task.id, lambda h: h.state == "healthy", timeout=5, what="healthy")
     assert h.checks[0].output == "back"
 
