@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import msgspec
 
 from skedlib.api.app import Api
+from skedlib.api.auth import RequestGuard
 from skedlib.api.errors import CODES, error
 from skedlib.api.responses import Response, Stream
 from skedlib.api.routing import BASE_PATH
@@ -196,23 +198,32 @@ class ApiServer:
     """``sked serve``: the REST API (environments and jobs) on ``host:port`` (port 0:
     any free port), and the deployment tracker loop.
 
-    >>> server = ApiServer(client, "127.0.0.1", 0)   # doctest: +SKIP
-    >>> server.start(); server.url                   # doctest: +SKIP
+    Every request but ``ping`` and the OpenAPI document needs ``token`` (a random one,
+    :attr:`token`, when None); every request must name this server in ``Host`` (its
+    address, or one of ``allowed_hosts``) and not come from another site (see
+    :class:`~skedlib.api.auth.RequestGuard`).
+
+    >>> server = ApiServer(client, "127.0.0.1", 0, token=token)   # doctest: +SKIP
+    >>> server.start(); server.url                               # doctest: +SKIP
     'http://127.0.0.1:40123/v1'
-    >>> server.stop()                                # doctest: +SKIP
+    >>> server.stop()                                            # doctest: +SKIP
     """
 
     def __init__(self, client: Client, host: str = "127.0.0.1", port: int = 2000, *,
-                 token: str | None = None, track_every: float = 1.0,
-                 environments: Environments | None = None,
+                 token: str | None = None, allowed_hosts: tuple[str, ...] = (),
+                 track_every: float = 1.0, environments: Environments | None = None,
                  jobs: JobClient | None = None) -> None:
         self.environments = environments or Environments(client.store)
         self.jobs = jobs or JobClient(client.store)
-        self.api = Api(self.environments, token, self.jobs)
+        self.token = token or secrets.token_urlsafe(32)
+        """The bearer token requests must carry."""
         self.track_every = track_every
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("_BoundServer", (_Server,), {"address_family": family})
         self.httpd: _Server = server_class((host, port), _Handler)
+        # the guard needs the bound port (port 0 picks one)
+        guard = RequestGuard(self.token, (host, self.address[1]), allowed_hosts)
+        self.api = Api(self.environments, guard, self.jobs)
         self.httpd.api = self.api
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
