@@ -163,3 +163,13 @@ def test_there_is_always_a_token(client: Client) -> None:
         r = requests.get(server.url + "/jobs", timeout=10,
                          headers={"Authorization": f"Bearer {server.token}"})
         assert r.status_code == 200
+
+
+def test_a_cors_preflight_is_never_granted(client: Client, server: ApiServer) -> None:
+    # a cross-site fetch with a JSON body asks first; no answer lets it through
+    r = requests.options(server.url + "/jobs", timeout=10, headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type, authorization"})
+    assert r.status_code >= 400
+    assert not any(k.lower().startswith("access-control-") for k in r.headers)
+    assert JobClient(client.store).list() == []
