@@ -15,7 +15,14 @@ from skedlib.api.errors import HttpError, error_response
 from skedlib.api.jobs import DEFAULT_WAIT, MAX_WAIT
 from skedlib.api.responses import Response, Stream
 from skedlib.api.routing import BASE_PATH, Call, QueryParam, Route, Router
-from skedlib.api.server import DEFAULT_LISTEN, MAX_BODY, ApiServer, is_loopback, parse_listen
+from skedlib.api.server import (
+    DEFAULT_LISTEN,
+    MAX_BODY,
+    ApiServer,
+    is_loopback,
+    parse_listen,
+    tls_context,
+)
 from skedlib.api.token import (
     TOKEN_ENV,
     create_token_file,
@@ -51,5 +58,6 @@ __all__ = [
     "openapi_document",
     "parse_listen",
     "read_token_file",
+    "tls_context",
     "token_for_serve",
 ]

@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from skedlib.api import DEFAULT_LISTEN, ApiServer, is_loopback, parse_listen, token_for_serve
+from skedlib.api import (
+    DEFAULT_LISTEN,
+    ApiServer,
+    is_loopback,
+    parse_listen,
+    tls_context,
+    token_for_serve,
+)
 from skedlib.cli.args import positive_number
 from skedlib.cli.output import render
 from skedlib.client import Client
@@ -69,6 +76,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="also accept requests whose Host header is NAME (a DNS name of "
                         "this machine or of a reverse proxy); repeatable")
+    p.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                   help="serve HTTPS with this PEM certificate (chain); needs --tls-key")
+    p.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
+                   help="the certificate's PEM private key (mode 0600)")
     p.add_argument("--track-every", type=positive_number, default=1.0, metavar="SECONDS",
                    help="how often in-progress deployments are brought up to date "
                         "(default 1)")
@@ -186,7 +197,7 @@ def _convert(data: dict[str, Any], type_: type[T], label: str) -> T:
 
 def cmd_serve(client: Client, args: argparse.Namespace) -> int:
     """``sked serve [--listen HOST:PORT] [--public] [--token-file FILE] [--allowed-host
-    NAME]``: until SIGINT/SIGTERM."""
+    NAME] [--tls-cert FILE --tls-key FILE]``: until SIGINT/SIGTERM."""
     if args.token is not None:
         raise ValidationError("--token: a secret on the command line is visible to every "
                               "local user (ps); set $SKED_API_TOKEN or --token-file FILE")
@@ -195,13 +206,16 @@ def cmd_serve(client: Client, args: argparse.Namespace) -> int:
         raise ValidationError(f"--listen {args.listen}: not a loopback address; pass "
                               "--public to listen beyond this machine (with "
                               "$SKED_API_TOKEN or --token-file)")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValidationError("--tls-cert and --tls-key: give both or neither")
+    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     token, source = token_for_serve(client.backend, args.token_file,
                                     public=args.public or not is_loopback(host))
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
         server = ApiServer(client, host, port, token=token,
-                           allowed_hosts=tuple(args.allowed_host),
+                           allowed_hosts=tuple(args.allowed_host), tls=tls,
                            track_every=args.track_every)
     except OSError as exc:
         raise SkedError(f"--listen {args.listen}: cannot listen there: "
