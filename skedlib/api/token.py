@@ -3,10 +3,10 @@ operator (``--token-file``), or the token file ``sked serve`` creates on its fir
 (:func:`default_token_path`: beside a SQLite store, else in the user's configuration
 directory). Clients on the same machine find it the same way (:func:`find_token`).
 
-A token file is created atomically with mode 0600 (never readable by others, not even for
-an instant) and is trusted only when it is a regular file owned by the current user that
-no one else can read or write: a file planted by another user (in a shared directory)
-would hand them the token.
+A token file is created with mode 0600 (never readable by others, not even for an
+instant) and linked into place whole. It is trusted only when it is a regular file owned
+by the current user that no one else can read or write: a file planted by another user
+(in a shared directory) would hand them the token.
 """
 
 from __future__ import annotations
@@ -63,20 +63,26 @@ def read_token_file(path: Path) -> str:
 
 
 def create_token_file(path: Path) -> str:
-    """A new random token written to the new file ``path`` (mode 0600, created with
-    ``O_EXCL``: an existing file or symlink is never overwritten nor followed); its
-    directory is created 0700 when missing. Raises FileExistsError if ``path`` exists."""
+    """A new random token written to the new file ``path`` (mode 0600 from its creation;
+    an existing file or symlink is never overwritten nor followed); its directory is
+    created 0700 when missing. Raises FileExistsError if ``path`` exists.
+
+    The token is written to a private temporary file first and linked into place, so a
+    second server starting at the same moment finds either no file or the whole token."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
                  0o600)
     try:
-        os.write(fd, f"{token}\n".encode())
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
+        try:
+            os.write(fd, f"{token}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path)  # fails if path exists, whatever it is
+    finally:
+        temp.unlink(missing_ok=True)
     return token
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,13 @@ def test_serve_makes_the_token_file_says_where_and_finds_it_again(tmp_path: Path
         assert Http(api, token).get("/jobs")[0] == 200
     finally:
         _stop(proc)
+
+
+def test_servers_starting_together_agree_on_one_token(sqlite: Client) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        tokens = set(pool.map(lambda _: token_for_serve(sqlite.backend, None, False)[0],
+                              range(16)))
+    assert tokens == {read_token_file(default_token_path(sqlite.backend))}
+    leftovers = [p.name for p in default_token_path(sqlite.backend).parent.iterdir()
+                 if p.name.startswith(".")]
+    assert leftovers == []
