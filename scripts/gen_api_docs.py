@@ -151,9 +151,14 @@ def render(doc: dict[str, Any]) -> str:
         "",
         f"Every path is under `{base}`; the OpenAPI document itself is at "
         f"`GET {base}/openapi.json`. Request and response bodies are JSON, but for a job's "
-        "output (`text/plain`, streamed). When the server was started with `--token` (or "
-        "`$SKED_API_TOKEN`), every operation but `ping` and `openapi.json` needs "
-        "`Authorization: Bearer <token>`. How to use it: [environments.md](environments.md) "
+        "output (`text/plain`, streamed); a request body must say `Content-Type: "
+        "application/json`. Every operation but `ping` and `openapi.json` needs "
+        "`Authorization: Bearer <token>`: the token of `$SKED_API_TOKEN` or `--token-file`, "
+        "else the one `sked serve` writes on its first start (it prints where). Every "
+        "request must name the server in `Host` (its listen address, or a name given with "
+        "`--allowed-host`) and must not come from another site (`Origin`, "
+        "`Sec-Fetch-Site`); see [security.md](security.md). How to use it: "
+        "[environments.md](environments.md) "
         "(environments and deployments), [jobs.md](jobs.md) (batch jobs); the same "
         "operations from the shell: [cli.md](cli.md).",
         "",

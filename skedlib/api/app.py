@@ -1,12 +1,13 @@
 """The API independent of HTTP: :class:`Api` maps a request (method, target, headers,
 body) to a :class:`~skedlib.api.responses.Response` through one router over
-:data:`ROUTES`, one authentication check (:class:`~skedlib.api.auth.BearerAuth`) and one
+:data:`ROUTES`, one check of who may call (:class:`~skedlib.api.auth.RequestGuard`) and one
 error mapping (:func:`~skedlib.api.errors.error_response`).
 
 Each request goes, in order: path under ``/v1`` and known (else 404), method allowed
-(else 405 with ``Allow``), bearer token unless the route is public (else 401), query
-parameters declared and well-formed, body decoded into the route's type (else 400),
-then the handler.
+(else 405 with ``Allow``), the :class:`~skedlib.api.auth.RequestGuard` (``Host``, the
+browser's cross-site headers, the bearer token unless the route is public, a JSON
+``Content-Type``: else 403, 401 or 415), query parameters declared and well-formed, body
+decoded into the route's type (else 400), then the handler.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from skedlib.api import environments, jobs
-from skedlib.api.auth import BearerAuth
+from skedlib.api.auth import RequestGuard
 from skedlib.api.errors import HttpError, error_response
 from skedlib.api.openapi import build_document
 from skedlib.api.responses import Response
@@ -67,11 +68,11 @@ class Api:
     """The routes, independent of HTTP: :meth:`handle` maps a request to a
     :class:`Response`."""
 
-    def __init__(self, environments: Environments, token: str | None = None,
+    def __init__(self, environments: Environments, guard: RequestGuard,
                  jobs: JobClient | None = None) -> None:
         self.environments = environments
         self.jobs = jobs or JobClient(environments.store)
-        self.auth = BearerAuth(token)
+        self.guard = guard
         self.router = Router(ROUTES)
 
     def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes
@@ -101,8 +102,7 @@ class Api:
             allowed = ", ".join(self.router.allowed(methods))
             raise HttpError(405, f"{method} is not allowed on {path} (allowed: {allowed})",
                             {"Allow": allowed})
-        if not route.public:
-            self.auth.check(headers)
+        self.guard.check(route, headers, body)
         query = parse_query(route, split.query)
         data = decode_body(body, route.body) if route.body is not None else None
         return route.handler(Call(self.environments, self.jobs, params, query, data))

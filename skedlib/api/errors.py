@@ -1,7 +1,7 @@
 """Errors as responses, in one place: every failure of a request becomes a JSON
 :class:`~skedlib.environments.models.ErrorBody` ``{"error": code, "message": one line}``
 with the status its exception class maps to (:data:`STATUS_OF`); an error of the HTTP
-layer itself (a wrong path or method, a missing token, a body too large) is an
+layer itself (a wrong path or method, a missing token, a cross-site request, a body too large) is an
 :class:`HttpError` carrying its status and headers."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ __all__ = ["CODES", "STATUS_OF", "HttpError", "error", "error_response"]
 
 log = logging.getLogger("skedlib.api")
 
-CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
          405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-         500: "internal", 503: "unavailable"}
+         415: "unsupported_media_type", 500: "internal", 503: "unavailable"}
 """Status → the ``error`` code of the body."""
 
 STATUS_OF: tuple[tuple[type[SkedError], int], ...] = (

@@ -67,12 +67,15 @@ _JOB_FIELD_DOCS: dict[str, dict[str, str]] = {
 _ERRORS = {
     "400": "Bad input: malformed JSON, a wrong or unknown field, a bad name or query "
            "parameter, a task definition or cluster that does not exist. Nothing changed.",
-    "401": "A bearer token is required (the server was started with --token) and was "
-           "missing or wrong.",
+    "401": "The bearer token was missing or wrong. Nothing changed.",
+    "403": "Refused as cross-site: the Host header does not name this server (its listen "
+           "address or an --allowed-host name), or Origin / Sec-Fetch-Site say the request "
+           "comes from another site. Nothing changed.",
     "404": "No such environment or deployment.",
     "409": "Conflict: a duplicate name, a stale or reused deployment token, or state "
            "that forbids the request. Nothing changed.",
     "413": "The request body is larger than 1 MiB.",
+    "415": "The request body's Content-Type is not application/json. Nothing changed.",
     "503": "The store is unavailable; try again.",
 }
 
@@ -126,7 +129,8 @@ def _operation(route: Route) -> dict[str, Any]:
     responses: dict[str, Any] = {route.ok: dict(route.ok_response) if route.ok_response
                                  else _json(_ref(route.ok_schema),
                                             "OK" if route.ok == "200" else "Created")}
-    codes = list(route.errors) + ([] if route.public else ["401", "503"])
+    codes = [*route.errors, "403", *([] if route.public else ["401", "503"]),
+             *(["415"] if route.body is not None else [])]
     texts = {**_ERRORS, **(_JOB_ERRORS if route.tag == "jobs" else {}), **route.meanings}
     for code in sorted(codes):
         responses[code] = _json(_ref("ErrorBody"), texts[code])
@@ -180,7 +184,7 @@ def build_document(routes: Sequence[Route]) -> dict[str, Any]:
                                 "batch jobs, served by `sked serve`. Errors are JSON "
                                 "`{\"error\": code, \"message\": one line}`."},
         "servers": [{"url": BASE_PATH}],
-        "security": [{"bearerAuth": []}, {}],  # {}: a server without --token
+        "security": [{"bearerAuth": []}],
         "paths": {path: _path_item(group) for path, group in by_path.items()},
         "tags": [{"name": "environments",
                   "description": "Daemon-per-host environments and their deployments."},
@@ -191,7 +195,8 @@ def build_document(routes: Sequence[Route]) -> dict[str, Any]:
             "schemas": dict(sorted(components.items())),
             "securitySchemes": {"bearerAuth": {
                 "type": "http", "scheme": "bearer",
-                "description": "Required only when the server was started with --token "
-                               "or $SKED_API_TOKEN."}},
+                "description": "Every operation but ping and this document: the token "
+                               "of $SKED_API_TOKEN, --token-file, or the file sked "
+                               "serve makes on first start."}},
         },
     }

@@ -17,15 +17,19 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import secrets
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from skedlib.api.app import Api
+from skedlib.api.auth import RequestGuard
 from skedlib.api.errors import CODES, error
 from skedlib.api.responses import Response, Stream
 from skedlib.api.routing import BASE_PATH
@@ -36,7 +40,8 @@ from skedlib.environments.models import ErrorBody
 from skedlib.errors import BackendError, ValidationError
 from skedlib.jobs.client import JobClient
 
-__all__ = ["DEFAULT_LISTEN", "MAX_BODY", "ApiServer", "is_loopback", "parse_listen"]
+__all__ = ["DEFAULT_LISTEN", "MAX_BODY", "ApiServer", "is_loopback", "parse_listen",
+           "tls_context"]
 
 log = logging.getLogger("skedlib.api")
 
@@ -190,29 +195,76 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     api: Api
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """With TLS, the handshake happens here, in the connection's own thread, so a slow
+        or silent client never holds up accepting the next one."""
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(_Handler.timeout)
+        try:
+            wrapped = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:  # wrap_socket closed it
+            log.info("%s: TLS handshake failed: %s", client_address[0], exc)
+            return
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            wrapped.close()
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2 or later) for the PEM files ``cert`` and ``key``;
+    raises :class:`ValidationError` naming the file."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise ValidationError(f"--tls-cert/--tls-key: {exc.filename}: no such file"
+                              ) from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ValidationError(f"--tls-cert {cert} / --tls-key {key}: not a certificate "
+                              f"and its key: {exc}") from None
+    return context
 
 
 class ApiServer:
     """``sked serve``: the REST API (environments and jobs) on ``host:port`` (port 0:
     any free port), and the deployment tracker loop.
 
-    >>> server = ApiServer(client, "127.0.0.1", 0)   # doctest: +SKIP
-    >>> server.start(); server.url                   # doctest: +SKIP
+    Every request but ``ping`` and the OpenAPI document needs ``token`` (a random one,
+    :attr:`token`, when None); every request must name this server in ``Host`` (its
+    address, or one of ``allowed_hosts``) and not come from another site (see
+    :class:`~skedlib.api.auth.RequestGuard`). With ``tls`` (:func:`tls_context`) it
+    speaks HTTPS only.
+
+    >>> server = ApiServer(client, "127.0.0.1", 0, token=token)   # doctest: +SKIP
+    >>> server.start(); server.url                               # doctest: +SKIP
     'http://127.0.0.1:40123/v1'
-    >>> server.stop()                                # doctest: +SKIP
+    >>> server.stop()                                            # doctest: +SKIP
     """
 
     def __init__(self, client: Client, host: str = "127.0.0.1", port: int = 2000, *,
-                 token: str | None = None, track_every: float = 1.0,
+                 token: str | None = None, allowed_hosts: tuple[str, ...] = (),
+                 tls: ssl.SSLContext | None = None, track_every: float = 1.0,
                  environments: Environments | None = None,
                  jobs: JobClient | None = None) -> None:
         self.environments = environments or Environments(client.store)
         self.jobs = jobs or JobClient(client.store)
-        self.api = Api(self.environments, token, self.jobs)
+        self.token = token or secrets.token_urlsafe(32)
+        """The bearer token requests must carry."""
         self.track_every = track_every
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("_BoundServer", (_Server,), {"address_family": family})
         self.httpd: _Server = server_class((host, port), _Handler)
+        self.httpd.tls = tls
+        # the guard needs the bound port (port 0 picks one)
+        guard = RequestGuard(self.token, (host, self.address[1]), allowed_hosts,
+                             default_port=443 if tls else 80)
+        self.api = Api(self.environments, guard, self.jobs)
         self.httpd.api = self.api
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -225,10 +277,11 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        """``http://HOST:PORT/v1``."""
+        """``http://HOST:PORT/v1`` (``https`` with TLS)."""
         host, port = self.address
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{port}{BASE_PATH}"
+        scheme = "https" if self.httpd.tls else "http"
+        return f"{scheme}://{host}:{port}{BASE_PATH}"
 
     def start(self) -> None:
         """Serve and track in background threads; returns at once."""

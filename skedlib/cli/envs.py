@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
-from skedlib.api import DEFAULT_LISTEN, ApiServer, is_loopback, parse_listen
+from skedlib.api import (
+    DEFAULT_LISTEN,
+    ApiServer,
+    is_loopback,
+    parse_listen,
+    tls_context,
+    token_for_serve,
+)
 from skedlib.cli.args import positive_number
 from skedlib.cli.output import render
 from skedlib.client import Client
@@ -59,10 +66,20 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help=f"address to listen on (default {DEFAULT_LISTEN}); a non-loopback "
                         "address needs --public")
     p.add_argument("--public", action="store_true",
-                   help="allow listening beyond loopback (use with --token)")
-    p.add_argument("--token", default=None,
-                   help="require 'Authorization: Bearer TOKEN' (default: $SKED_API_TOKEN; "
-                        "unset: no authentication)")
+                   help="allow listening beyond loopback (needs $SKED_API_TOKEN or "
+                        "--token-file)")
+    p.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                   help="the bearer token every request but ping needs, read from FILE "
+                        "(mode 0600); default: $SKED_API_TOKEN, else a file made on first "
+                        "start beside a SQLite store or in ~/.config/skedlib/api-token")
+    p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused: see cmd_serve
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also accept requests whose Host header is NAME (a DNS name of "
+                        "this machine or of a reverse proxy); repeatable")
+    p.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                   help="serve HTTPS with this PEM certificate (chain); needs --tls-key")
+    p.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
+                   help="the certificate's PEM private key (mode 0600)")
     p.add_argument("--track-every", type=positive_number, default=1.0, metavar="SECONDS",
                    help="how often in-progress deployments are brought up to date "
                         "(default 1)")
@@ -179,16 +196,26 @@ def _convert(data: dict[str, Any], type_: type[T], label: str) -> T:
 
 
 def cmd_serve(client: Client, args: argparse.Namespace) -> int:
-    """``sked serve [--listen HOST:PORT] [--public] [--token T]``: until SIGINT/SIGTERM."""
+    """``sked serve [--listen HOST:PORT] [--public] [--token-file FILE] [--allowed-host
+    NAME] [--tls-cert FILE --tls-key FILE]``: until SIGINT/SIGTERM."""
+    if args.token is not None:
+        raise ValidationError("--token: a secret on the command line is visible to every "
+                              "local user (ps); set $SKED_API_TOKEN or --token-file FILE")
     host, port = parse_listen(args.listen)
     if not args.public and not is_loopback(host):
         raise ValidationError(f"--listen {args.listen}: not a loopback address; pass "
-                              "--public to listen beyond this machine (and set --token)")
-    token = args.token if args.token is not None else os.environ.get("SKED_API_TOKEN")
+                              "--public to listen beyond this machine (with "
+                              "$SKED_API_TOKEN or --token-file)")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValidationError("--tls-cert and --tls-key: give both or neither")
+    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    token, source = token_for_serve(client.backend, args.token_file,
+                                    public=args.public or not is_loopback(host))
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
-        server = ApiServer(client, host, port, token=token or None,
+        server = ApiServer(client, host, port, token=token,
+                           allowed_hosts=tuple(args.allowed_host), tls=tls,
                            track_every=args.track_every)
     except OSError as exc:
         raise SkedError(f"--listen {args.listen}: cannot listen there: "
@@ -198,7 +225,7 @@ def cmd_serve(client: Client, args: argparse.Namespace) -> int:
         if threading.current_thread() is threading.main_thread() else None
     server.start()
     print(f"sked serve: listening on {server.url} (OpenAPI document: {server.url}/openapi.json"
-          f"; {'bearer token required' if token else 'no authentication'})", flush=True)
+          f"; bearer token required, from {source})", flush=True)
     try:
         while not stop.wait(0.5):
             pass

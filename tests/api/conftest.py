@@ -13,7 +13,7 @@ import requests
 from skedlib.api import ApiServer
 from tests.scheduler.conftest import PY, Loop, etcd_cluster, etcd_loop, sqlite_loop
 
-__all__ = ["PY", "Http", "Loop", "daemon_manifest", "etcd_cluster", "etcd_loop", "serve",
+__all__ = ["PY", "TOKEN", "Http", "Loop", "daemon_manifest", "etcd_cluster", "etcd_loop", "serve",
            "sqlite_loop"]
 
 
@@ -48,8 +48,9 @@ class Http:
 
     def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
              **params: Any) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"} if raw is not None else None
         r = self.session.request(method, self.base + path, json=body, data=raw,
-                                 params=params or None, timeout=10)
+                                 params=params or None, headers=headers, timeout=10)
         assert r.headers["Content-Type"] == "application/json", r.text
         return r.status_code, r.json()
 
@@ -72,13 +73,17 @@ class Http:
         return data
 
 
+TOKEN = "api-test-token"
+"""The bearer token of the servers the fixtures start."""
+
+
 @pytest.fixture
 def serve() -> Iterator[Any]:
-    """``serve(loop, token=None) -> (server, Http)``: the API in-process on a free port
-    over ``loop``'s store; stopped after the test."""
+    """``serve(loop, token=TOKEN) -> (server, Http)``: the API in-process on a free port
+    over ``loop``'s store, and a client sending the token; stopped after the test."""
     servers: list[ApiServer] = []
 
-    def start(loop: Loop, token: str | None = None) -> tuple[ApiServer, Http]:
+    def start(loop: Loop, token: str = TOKEN) -> tuple[ApiServer, Http]:
         server = ApiServer(loop.client, "127.0.0.1", 0, token=token, track_every=0.2)
         server.start()
         servers.append(server)

@@ -394,7 +394,7 @@ def test_logs_to_an_http_1_0_client_end_with_the_connection(client: Client, serv
     log_node.append(job["id"], OUTPUT)
     host, port = server.address
     with socket.create_connection((host, port), timeout=10) as s:
-        s.sendall(f"GET /v1/jobs/{job['id']}/logs HTTP/1.0\r\n"
+        s.sendall(f"GET /v1/jobs/{job['id']}/logs HTTP/1.0\r\nHost: {host}:{port}\r\n"
                   f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())
         data = b""
         while chunk := s.recv(65536):
@@ -411,13 +411,15 @@ def test_the_logs_route_without_http(client: Client, server: Any, http: Http,
     job = _submit(http)
     Worker(client, "n1", log_url=log_node.url).claim(job["id"])
     log_node.append(job["id"], OUTPUT)
+    host, port = server.address
+    here = {"host": f"{host}:{port}"}  # the HTTP layer passes the Host header on
     response = server.api.handle("GET", f"/v1/jobs/{job['id']}/logs?offset=5",
-                                 {"authorization": f"Bearer {TOKEN}"}, b"")
+                                 {"authorization": f"Bearer {TOKEN}", **here}, b"")
     assert response.status == 200 and isinstance(response.body, Stream)
     assert b"".join(response.body.chunks) == OUTPUT[5:]
-    response = server.api.handle("GET", f"/v1/jobs/{job['id']}", {}, b"")
+    response = server.api.handle("GET", f"/v1/jobs/{job['id']}", here, b"")
     assert response.status == 401
     response = server.api.handle("GET", f"/v1/jobs/{job['id']}/wait?timeout=0",
-                                 {"authorization": f"Bearer {TOKEN}"}, b"")
+                                 {"authorization": f"Bearer {TOKEN}", **here}, b"")
     assert response.status == 200 and msgspec.structs.asdict(response.body)["status"] == \
         "running"

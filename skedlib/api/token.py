@@ -1,0 +1,119 @@
+"""Where the API's bearer token comes from: ``$SKED_API_TOKEN``, a token file given by the
+operator (``--token-file``), or the token file ``sked serve`` creates on its first start
+(:func:`default_token_path`: beside a SQLite store, else in the user's configuration
+directory). Clients on the same machine find it the same way (:func:`find_token`).
+
+A token file is created with mode 0600 (never readable by others, not even for an
+instant) and linked into place whole. It is trusted only when it is a regular file owned
+by the current user that no one else can read or write: a file planted by another user
+(in a shared directory) would hand them the token.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from skedlib.errors import ValidationError
+from skedlib.store.base import Backend
+from skedlib.store.sqlite import SqliteBackend
+
+__all__ = ["TOKEN_ENV", "create_token_file", "default_token_path", "find_token",
+           "read_token_file", "token_for_serve"]
+
+TOKEN_ENV = "SKED_API_TOKEN"
+"""The environment variable holding the token (never put it on a command line)."""
+
+
+def default_token_path(backend: Backend) -> Path:
+    """``<store file>.api-token`` for a SQLite store (whoever may read the store may use
+    the API), else ``$XDG_CONFIG_HOME/skedlib/api-token`` (``~/.config``)."""
+    if isinstance(backend, SqliteBackend) and str(backend.path) != ":memory:":
+        return backend.path.with_name(backend.path.name + ".api-token")
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "skedlib" / "api-token"
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``; raises :class:`ValidationError` (one line naming the file)
+    unless it is a regular file of this user's that no one else can read or write."""
+    try:  # O_NONBLOCK: a FIFO planted there must not hang us before fstat refuses it
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ValidationError(f"token file {path}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValidationError(f"token file {path}: not a regular file")
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            raise ValidationError(f"token file {path}: owned by uid {info.st_uid}, not by "
+                                  "this user; refusing a token someone else may know")
+        if info.st_mode & 0o077:
+            raise ValidationError(f"token file {path}: mode {stat.S_IMODE(info.st_mode):04o}"
+                                  f"; others may read it (chmod 600 {path})")
+        token = os.read(fd, 4096).decode("utf-8", "replace").strip()
+    finally:
+        os.close(fd)
+    if not token:
+        raise ValidationError(f"token file {path}: empty")
+    return token
+
+
+def create_token_file(path: Path) -> str:
+    """A new random token written to the new file ``path`` (mode 0600 from its creation;
+    an existing file or symlink is never overwritten nor followed); its directory is
+    created 0700 when missing. Raises FileExistsError if ``path`` exists.
+
+    The token is written to a private temporary file first and linked into place, so a
+    second server starting at the same moment finds either no file or the whole token."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                 0o600)
+    try:
+        try:
+            os.write(fd, f"{token}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path)  # fails if path exists, whatever it is
+    finally:
+        temp.unlink(missing_ok=True)
+    return token
+
+
+def find_token(backend: Backend, token_file: Path | None = None) -> str | None:
+    """The token a client on this machine sends: ``token_file`` if given, else
+    ``$SKED_API_TOKEN``, else :func:`default_token_path` if it exists, else None."""
+    if token_file is not None:
+        return read_token_file(token_file)
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    path = default_token_path(backend)
+    return read_token_file(path) if path.exists() else None
+
+
+def token_for_serve(backend: Backend, token_file: Path | None, public: bool
+                    ) -> tuple[str, str]:
+    """``sked serve``'s token and where it came from (for the start-up line; never the
+    token itself): ``token_file``, else ``$SKED_API_TOKEN``, else the default file, made
+    on first start. ``public`` (listening beyond loopback) needs one of the first two."""
+    if token_file is not None:
+        return read_token_file(token_file), f"token file {token_file}"
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV], f"${TOKEN_ENV}"
+    if public:
+        raise ValidationError(f"--public: an explicit token is required; set ${TOKEN_ENV} "
+                              "or --token-file FILE")
+    path = default_token_path(backend)
+    try:
+        return create_token_file(path), f"token file {path} (new)"
+    except FileExistsError:
+        return read_token_file(path), f"token file {path}"
+    except OSError as exc:
+        raise ValidationError(f"token file {path}: cannot create it: "
+                              f"{exc.strerror or exc}") from None
