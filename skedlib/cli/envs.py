@@ -9,10 +9,8 @@ running server. ``sked serve`` runs the REST API.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any, TypeVar
@@ -21,6 +19,7 @@ import msgspec
 
 from skedlib.api import DEFAULT_LISTEN, ApiServer, is_loopback, parse_listen
 from skedlib.cli.args import positive_number
+from skedlib.cli.logs import configure_logging
 from skedlib.cli.output import render
 from skedlib.client import Client
 from skedlib.environments import (
@@ -185,8 +184,7 @@ def cmd_serve(client: Client, args: argparse.Namespace) -> int:
         raise ValidationError(f"--listen {args.listen}: not a loopback address; pass "
                               "--public to listen beyond this machine (and set --token)")
     token = args.token if args.token is not None else os.environ.get("SKED_API_TOKEN")
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging(args.log_level)
     try:
         server = ApiServer(client, host, port, token=token or None,
                            track_every=args.track_every)
