@@ -15,10 +15,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from skedlib.api import ApiServer
 from skedlib.cli.agent import build_parser, worker_config_from_args
+from skedlib.client import Client
 from skedlib.errors import SkedError
 from skedlib.jobs._logserver import LogServer, load_token
-from skedlib.jobs.models import JobNode
+from skedlib.jobs.models import JobNode, JobRequirements
+from skedlib.jobs.store import JobStore
+from tests.api.conftest import Http
 from tests.jobs.conftest import JobLoop
 
 TOKEN = "s3cret-token"
@@ -152,3 +156,15 @@ def test_a_worker_serves_on_loopback_with_its_token_and_keeps_its_files_private(
     for d in (state / "jobs", state / "jobs" / "logs", state / "jobs" / "work"):
         assert mode(d) == 0o700, d
     assert mode(state / "jobs" / "logs" / f"{job.id}.log") == 0o640
+
+
+def test_the_api_does_not_list_a_nodes_token(tmp_path: Path) -> None:
+    with Client.open(f"sqlite://{tmp_path}/s.db") as client:
+        node = JobNode(name="n1", capacity=JobRequirements(memory=1, cpu_units=1, disk=0),
+                       slots=1, log_url="http://127.0.0.1:1", log_token="n0de-secret")
+        client.backend.put(JobStore(client.store).keys.job_node("n1"),
+                           msgspec.json.encode(node))
+        with ApiServer(client, "127.0.0.1", 0, token="api-token") as server:
+            status, body = Http(server.url, "api-token").get("/nodes")
+    assert status == 200 and [n["name"] for n in body["items"]] == ["n1"]
+    assert "n0de-secret" not in str(body) and body["items"][0]["log_token"] == ""
