@@ -203,7 +203,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         host=args.host, address=args.address, cluster=args.cluster,
         attributes=dict(args.attribute), executors=executors, executor_options=options,
         health_provider=args.health_provider, health_options=dict(args.health_opt),
-        state_dir=args.state_dir or default_state_dir(args.host), log_dir=args.log_dir,
+        # None: the agent's own default, which it narrows to 0700 if an older version
+        # left it wider (a --state-dir the operator gave is theirs)
+        state_dir=args.state_dir, log_dir=args.log_dir,
         prefix=args.prefix, lease_ttl=args.lease_ttl, memory=args.memory,
         cpu_units=args.cpu_units, disk=args.disk, port_range=args.port_range,
         workers=max(1, args.workers), check_failures=max(1, args.check_failures),
