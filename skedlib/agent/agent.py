@@ -53,6 +53,7 @@ from typing import Any
 
 import msgspec
 
+from skedlib._files import private_dirs
 from skedlib.agent import lifecycle as lc
 from skedlib.agent.admission import Admission, demand
 from skedlib.agent.adoption import Ref, forget_stale_health, running_containers, verdict
@@ -176,8 +177,10 @@ class Agent:
         self.registry = registry or get_registry()
         self.state_dir = Path(config.state_dir or default_state_dir(self.host))
         self.log_dir = Path(config.log_dir or self.state_dir / "logs")
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # 0700 at creation; an existing directory skedlib names itself is narrowed, one
+        # the operator chose is left as it is (what is inside is created private)
+        private_dirs(self.state_dir, narrow_existing=config.state_dir is None)
+        private_dirs(self.log_dir, narrow_existing=config.log_dir is None)
         self.ports = PortAllocator(*config.port_range)
         _check(config)
         self.policy = lc.Policy(self.host, Backoff(initial=config.backoff_initial,

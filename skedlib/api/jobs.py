@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import urllib.parse
 
+import msgspec
+
 from skedlib.api.errors import HttpError
 from skedlib.api.responses import Response, Stream
 from skedlib.api.routing import (
@@ -77,7 +79,9 @@ def _logs(call: Call) -> Response:
 
 
 def _nodes(call: Call) -> Response:
-    return Response(200, JobNodeList(items=sorted(call.jobs.nodes(), key=lambda n: n.name)))
+    # a node's log token is for readers of the store, not for API clients
+    nodes = [msgspec.structs.replace(n, log_token="") for n in call.jobs.nodes()]
+    return Response(200, JobNodeList(items=sorted(nodes, key=lambda n: n.name)))
 
 
 _LOGS_OK = {

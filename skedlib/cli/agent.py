@@ -26,14 +26,21 @@ from types import FrameType
 from skedlib.agent.agent import Agent, AgentConfig, default_state_dir
 from skedlib.agent.hostinfo import default_address, measure_total
 from skedlib.agent.ports import DEFAULT_PORT_RANGE
+from skedlib.api import is_loopback
 from skedlib.cli.args import add_backend_options, positive_number
+from skedlib.cli.logs import configure_logging
 from skedlib.client import default_backend_url
 from skedlib.errors import SkedError
 from skedlib.jobs.models import JobRequirements
 from skedlib.jobs.worker import JobWorker, WorkerConfig
 from skedlib.plugins import open_backend
 
-__all__ = ["build_parser", "config_from_args", "main", "worker_config_from_args"]
+__all__ = ["JOBS_LISTEN_DEFAULT", "build_parser", "config_from_args", "main",
+           "worker_config_from_args"]
+
+
+JOBS_LISTEN_DEFAULT = "127.0.0.1"
+"""The job output server's default host: loopback (another host needs ``--jobs-listen``)."""
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -71,7 +78,10 @@ def _listen(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return host or "0.0.0.0", int(port)
+    if not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a host (0.0.0.0 for every "
+                                         f"interface), got {text!r}")
+    return host, int(port)
 
 
 def _seconds(text: str) -> float:
@@ -153,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--job-disk", type=int, default=None, metavar="MIB",
                    help="disk offered to jobs (default: free space of the state dir)")
     g.add_argument("--jobs-listen", type=_listen, default=None, metavar="HOST:PORT",
-                   help="where the job output server listens (default: ADDRESS:0, a free "
-                        "port on the published address)")
+                   help="where the job output server listens (default 127.0.0.1:0, a free "
+                        "loopback port: `sked job logs` works on this host only; give the "
+                        "published address, or 0.0.0.0, to serve other hosts)")
     g.add_argument("--job-limits", default="auto",
                    choices=("auto", "cgroup2", "cgroup1", "rlimit", "none"),
                    help="how job requirements are enforced (default auto: cgroup v2, "
@@ -192,7 +203,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         host=args.host, address=args.address, cluster=args.cluster,
         attributes=dict(args.attribute), executors=executors, executor_options=options,
         health_provider=args.health_provider, health_options=dict(args.health_opt),
-        state_dir=args.state_dir or default_state_dir(args.host), log_dir=args.log_dir,
+        # None: the agent's own default, which it narrows to 0700 if an older version
+        # left it wider (a --state-dir the operator gave is theirs)
+        state_dir=args.state_dir, log_dir=args.log_dir,
         prefix=args.prefix, lease_ttl=args.lease_ttl, memory=args.memory,
         cpu_units=args.cpu_units, disk=args.disk, port_range=args.port_range,
         workers=max(1, args.workers), check_failures=max(1, args.check_failures),
@@ -202,11 +215,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
 
 def worker_config_from_args(args: argparse.Namespace) -> WorkerConfig:
     """A job :class:`WorkerConfig` from parsed arguments."""
-    address = args.address or default_address()
-    if args.jobs_listen:
-        host, port = args.jobs_listen
+    # loopback unless the operator says otherwise: the log server serves job output
+    host, port = args.jobs_listen or (JOBS_LISTEN_DEFAULT, 0)
+    if is_loopback(host):
+        advertise = host  # other hosts could not reach it under another name
     else:
-        host, port = address, 0
+        advertise = args.address or (host if host not in ("0.0.0.0", "::")
+                                     else default_address())
     capacity = None
     if args.job_memory is not None or args.job_cpu_units is not None \
             or args.job_disk is not None:
@@ -220,7 +235,7 @@ def worker_config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(
         node=args.host, state_dir=args.state_dir or default_state_dir(args.host),
         capacity=capacity, slots=args.job_slots, listen=(host, port),
-        advertise=args.address or (host if host not in ("0.0.0.0", "::") else address),
+        advertise=advertise,
         lease_ttl=args.lease_ttl, claim_delay=args.job_claim_delay, limits=args.job_limits,
         retention=args.job_retention, cleaner=not args.no_job_cleaner,
         grace_period=args.job_grace_period, drain_timeout=args.job_drain,
@@ -230,8 +245,7 @@ def worker_config_from_args(args: argparse.Namespace) -> WorkerConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``skedlib-agent``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging(args.log_level)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

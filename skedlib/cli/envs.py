@@ -9,9 +9,7 @@ running server. ``sked serve`` runs the REST API.
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from skedlib.api import (
     token_for_serve,
 )
 from skedlib.cli.args import positive_number
+from skedlib.cli.logs import configure_logging
 from skedlib.cli.output import render
 from skedlib.client import Client
 from skedlib.environments import (
@@ -211,8 +210,7 @@ def cmd_serve(client: Client, args: argparse.Namespace) -> int:
     tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     token, source = token_for_serve(client.backend, args.token_file,
                                     public=args.public or not is_loopback(host))
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging(args.log_level)
     try:
         server = ApiServer(client, host, port, token=token,
                            allowed_hosts=tuple(args.allowed_host), tls=tls,

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from skedlib.cli.args import add_backend_options, positive_number
+from skedlib.cli.logs import configure_logging
 from skedlib.client import default_backend_url
 from skedlib.errors import SkedError
 from skedlib.keys import Keyspace
@@ -50,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``skedlib-scheduler``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging(args.log_level)
     log = logging.getLogger("skedlib.scheduler")
     stop = threading.Event()
 

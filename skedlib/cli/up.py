@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from skedlib.agent.agent import Agent, AgentConfig, default_state_dir
+from skedlib.cli.logs import OneLineFormatter
 from skedlib.cli.output import table
 from skedlib.cli.views import TASK_HEADERS, View, read_view, task_cells, task_rows
 from skedlib.client import Client
@@ -121,7 +122,7 @@ def _show_daemon_logs(quiet: bool) -> Callable[[], None]:
     if quiet:
         return lambda: None
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("  %(name)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter("  %(name)s: %(message)s"))
     loggers = [logging.getLogger(name) for name in ("skedlib.scheduler", "skedlib.agent")]
     saved = [(lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:

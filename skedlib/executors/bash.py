@@ -51,6 +51,7 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+from skedlib._files import open_append, private_dirs
 from skedlib.executors.base import (
     ContainerRef,
     ContainerStatus,
@@ -169,11 +170,11 @@ class BashRunner(SupervisedExecutor):
         added.update(env)
         added["SKED_CONTAINER"] = container.name
         workdir = self.workdir(ref)
-        workdir.mkdir(parents=True, exist_ok=True)
+        private_dirs(workdir)
         added["SKED_WORKDIR"] = str(workdir)
         self._stop_leftover(ref)
         out, err = self.log_paths(ref)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(out.parent)
         if config.artifact:
             dest = Path(substitute_port(config.download_dir, port) or workdir)
             if not dest.is_absolute():
@@ -221,7 +222,7 @@ class BashRunner(SupervisedExecutor):
     def _setup(self, where: str, index: int, count: int, command: str,
                env: Mapping[str, str], cwd: Path, out: Path, err: Path) -> None:
         label = f"{where}: setup command {index + 1} of {count} ({command!r})"
-        with out.open("ab") as o, err.open("ab") as e:
+        with open_append(out) as o, open_append(err) as e:
             proc = subprocess.Popen([self.shell, "-c", command], env=dict(env), cwd=cwd,
                                     stdin=subprocess.DEVNULL, stdout=o, stderr=e,
                                     start_new_session=True)
@@ -308,10 +309,10 @@ class BashRunner(SupervisedExecutor):
 
     def _run_stop(self, ref: ContainerRef, record: _Record, grace: float) -> None:
         out, err = self.log_paths(ref)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(out.parent)
         env = {**os.environ, **record.env}
         cwd = record.cwd if record.cwd and os.path.isdir(record.cwd) else None
-        with out.open("ab") as o, err.open("ab") as e:
+        with open_append(out) as o, open_append(err) as e:
             proc = subprocess.Popen([self.shell, "-c", record.stop], env=env, cwd=cwd,
                                     stdin=subprocess.DEVNULL, stdout=o, stderr=e,
                                     start_new_session=True)

@@ -31,6 +31,7 @@ from typing import Any
 
 import psutil
 
+from skedlib._files import LOG_FILE_MODE, open_append, open_truncate, private_dirs, write_private
 from skedlib.executors.base import (
     ContainerRef,
     ContainerStatus,
@@ -88,10 +89,8 @@ def signal_group(pgid: int, sig: int) -> bool:
 
 def write_record(path: Path, data: Mapping[str, Any]) -> None:
     """Write a JSON state record atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    private_dirs(path.parent)
+    write_private(path, json.dumps(data).encode())
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -168,7 +167,9 @@ class LogRotator:
             older = path.with_name(f"{path.name}.{i}")
             if older.exists():
                 os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+        with path.open("rb") as src, \
+                open_truncate(path.with_name(f"{path.name}.1"), LOG_FILE_MODE) as dst:
+            shutil.copyfileobj(src, dst)
         with path.open("r+b") as f:
             f.truncate(0)
 
@@ -280,8 +281,8 @@ class ProcessSupervisor:
         sets :attr:`SupervisedProcess.report_exit`. Raises :class:`OSError` when the
         command cannot be executed.
         """
-        stdout.parent.mkdir(parents=True, exist_ok=True)
-        with stdout.open("ab") as out, stderr.open("ab") as err:
+        private_dirs(stdout.parent)
+        with open_append(stdout) as out, open_append(stderr) as err:
             popen = subprocess.Popen(list(argv), env=dict(env), cwd=cwd or None,
                                      stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                      start_new_session=True, close_fds=True)
@@ -480,7 +481,7 @@ class SupervisedExecutor(Executor):
         self.ctx = ctx
         self.state_dir = Path(ctx.state_dir)
         self.log_dir = Path(ctx.log_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.state_dir)
         self.supervisor = ProcessSupervisor(self.name)
         self.rotator = LogRotator(max_bytes=max_bytes, backups=backups)
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from skedlib._files import open_append, private_dirs
 from skedlib.errors import BackendUnavailable, SkedError
 from skedlib.jobs._config import WorkerConfig, WorkerStats, spawn
 from skedlib.jobs.limits import Limited, Limiter
@@ -121,7 +122,7 @@ class Runs:
                         f"working directory {job.cwd} does not exist on node {self.node}")
         else:
             cwd = self.work_dir / job.id
-            cwd.mkdir(parents=True, exist_ok=True)
+            private_dirs(cwd)
         try:
             limited = self.limiter.wrap(job.id, job.requirements, [program, *job.args])
         except SkedError as exc:
@@ -138,7 +139,7 @@ class Runs:
         job = run.stored.job
         log_path = self.logs_dir / f"{job.id}.log"
         try:
-            with open(log_path, "ab") as out:
+            with open_append(log_path) as out:
                 proc = subprocess.Popen(limited.argv, stdin=subprocess.DEVNULL, stdout=out,
                                         stderr=subprocess.STDOUT, cwd=cwd, env=env,
                                         start_new_session=True)

@@ -21,6 +21,8 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 
+import msgspec
+
 from skedlib.errors import SkedError, ValidationError
 from skedlib.jobs.models import (
     JOB_STATES,
@@ -216,8 +218,10 @@ class JobClient:
         conn = http.client.HTTPConnection(url.hostname, url.port or 80,
                                           timeout=self.http_timeout + FOLLOW_POLL)
         where = f"node {job.node} ({job.log_url})"
+        token = self._log_token(job.node)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            conn.request("GET", path)
+            conn.request("GET", path, headers=headers)
             resp = conn.getresponse()
         except OSError as exc:
             conn.close()
@@ -231,6 +235,17 @@ class JobClient:
                                       f"{body}")
             raise LogsUnavailable(f"{where} answered {resp.status}: {body}")
         return self._stream(conn, resp, where, job.id)
+
+    def _log_token(self, node: str) -> str:
+        """The token the log server of ``node`` wants, from the node's record ('' when
+        the node is gone: its output went with it)."""
+        kv = self.backend.get(self.keys.job_node(node)) if node else None
+        if kv is None:
+            return ""
+        try:
+            return msgspec.json.decode(kv.value, type=JobNode).log_token
+        except msgspec.DecodeError:
+            return ""
 
     @staticmethod
     def _stream(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,

@@ -169,6 +169,9 @@ class JobNode(msgspec.Struct, kw_only=True):
     """Jobs it runs at once at most."""
     log_url: str = ""
     """Base URL of its log server."""
+    log_token: str = ""
+    """The bearer token its log server wants. Whoever can read the store can read it (and
+    could already run jobs); the HTTP API leaves it out of node listings."""
     limits: str = ""
     """How it enforces requirements: cgroup2, cgroup1, rlimit or none."""
     pid: int = 0

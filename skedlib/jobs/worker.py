@@ -18,7 +18,9 @@ One :class:`JobWorker` per node (``skedlib-agent --jobs``). It wires together:
   are taken back (queued again or failed), finished jobs older than the retention are
   removed, and the backend's history is compacted;
 - the **log server** (:mod:`skedlib.jobs._logserver`):
-  ``GET /v1/jobs/<id>/logs?offset=&follow=``.
+  ``GET /v1/jobs/<id>/logs?offset=&follow=``, on loopback unless configured otherwise,
+  answering only requests that carry the node's token (kept 0600 in
+  ``STATE_DIR/jobs/log-token`` and published in the node's record).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from pathlib import Path
 
 import msgspec
 
+from skedlib._files import private_dirs
 from skedlib.errors import BackendError, LeaseExpired, SkedError
 from skedlib.jobs._cleaner import Upkeep
 from skedlib.jobs._config import WorkerConfig, WorkerStats, spawn
-from skedlib.jobs._logserver import FOLLOW_IDLE, LogServer
+from skedlib.jobs._logserver import FOLLOW_IDLE, LogServer, load_token
 from skedlib.jobs._queue import ClaimQueue
 from skedlib.jobs._running import Runs
 from skedlib.jobs.limits import Limiter, detect_limiter
@@ -94,14 +97,18 @@ class JobWorker:
         self._upkeep_thread: threading.Thread | None = None
         self._server: LogServer | None = None
         self.log_url = ""
+        self.log_token = ""
+        """The secret the log server wants (published in the node's record)."""
 
     # -- life -----------------------------------------------------------------------------
     def start(self) -> None:
         """Open the log server, register the node, and start claiming."""
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.logs_dir)
+        private_dirs(self.work_dir)
+        self.log_token = load_token(self.config.state_dir / "jobs" / "log-token")
         self._server = LogServer(self.node, self.logs_dir, self.config.listen,
-                                 self.config.advertise, self.job_running_here)
+                                 self.config.advertise, self.job_running_here,
+                                 token=self.log_token)
         self._server.start()
         self.log_url = self.queue.log_url = self._server.url
         self._register(takeover=True)
@@ -160,6 +167,7 @@ class JobWorker:
     def _node_record(self) -> bytes:
         return msgspec.json.encode(JobNode(
             name=self.node, capacity=self.capacity, slots=self.slots, log_url=self.log_url,
+            log_token=self.log_token,
             limits=self.limiter.kind, pid=os.getpid(), hostname=socket.gethostname(),
             started_at=time.time()))
 

@@ -30,6 +30,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from skedlib._files import STATE_FILE_MODE, narrow, private_dirs
 from skedlib.errors import BackendUnavailable, Compacted, LeaseExpired
 from skedlib.keys import prefix_end
 from skedlib.store.base import (
@@ -85,12 +86,34 @@ class SqliteBackend(Backend):
         self._closed = False
         self._next_expiry_check = 0.0
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._create_private()
             self._conn().executescript(_SCHEMA)  # idempotent: safe if processes race
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable(f"{self.url}: cannot open the store: {exc}") from exc
 
     # -- connections ----------------------------------------------------------------------
+    def _create_private(self) -> None:
+        """Create the store file readable by its owner only before SQLite opens it:
+        SQLite gives the -wal and -shm files the mode of the database file. A directory
+        made for it is 0700; the files of an existing store are narrowed to 0600."""
+        if not self.path.parent.exists():
+            private_dirs(self.path.parent)
+        if not self.path.exists():
+            # Made under a temporary name and linked into place: closing a descriptor of
+            # the store file itself would drop the POSIX locks that another connection
+            # of this process holds on it (SQLite's locking is per process and inode).
+            tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}")
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             STATE_FILE_MODE))
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:  # another process or thread made it meanwhile
+                pass
+            finally:
+                os.unlink(tmp)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            narrow(Path(f"{self.path}{suffix}"), STATE_FILE_MODE)
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
                                check_same_thread=False)

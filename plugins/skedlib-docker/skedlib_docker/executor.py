@@ -458,8 +458,11 @@ class DockerEngineExecutor(Executor):
         path = Path(self.context.log_dir) / task_id / f"{container}.log"
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as out:
+            # the task's logs are readable by the agent's user only (docs/security.md):
+            # directories 0700, the file 0640, given at creation
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            with os.fdopen(fd, "ab") as out:
                 out.write(f"---- docker container {name}, output kept at removal "
                           f"{stamp} ----\n".encode())
                 out.write(data if data.endswith(b"\n") else data + b"\n")

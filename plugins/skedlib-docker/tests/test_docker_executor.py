@@ -8,8 +8,10 @@ need no engine at all.
 
 from __future__ import annotations
 
+import os
 import queue
 import socket
+import stat
 import threading
 import time
 import urllib.error
@@ -282,6 +284,9 @@ def test_env_and_provided_port_substitution(executor: DockerEngineExecutor,
     executor.stop(ref, grace=0)
     kept = (tmp_path / "logs" / task.id / "main.log").read_text()
     assert expected in kept  # the output is kept in the log directory at removal
+    # ... readable by the agent's user only (docs/security.md)
+    assert stat.S_IMODE(os.stat(tmp_path / "logs" / task.id / "main.log").st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(tmp_path / "logs" / task.id).st_mode) == 0o700
 
 
 def test_limits_and_supported_flags(executor: DockerEngineExecutor,

@@ -1,0 +1,100 @@
+"""Files and directories that hold state or output, created readable by their owner only.
+
+The mode is given at creation (``os.open``/``os.mkdir`` with a mode, which the umask can
+only narrow), never by a ``chmod`` after the content is written, so there is no moment
+when another local user could open the file. A file or directory of skedlib's own making
+that already exists with a wider mode (from an earlier version) is narrowed when it is
+opened again.
+
+- state (the SQLite store, pid records, tokens): files :data:`STATE_FILE_MODE` (0600),
+  directories :data:`STATE_DIR_MODE` (0700);
+- logs (task and job output): files :data:`LOG_FILE_MODE` (0640) inside 0700
+  directories: private by default; an operator who wants a log-reading group opens the
+  directory to that group (``chgrp`` + ``chmod 2750``) and the files already allow it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["LOG_FILE_MODE", "STATE_DIR_MODE", "STATE_FILE_MODE", "narrow", "open_append",
+           "open_truncate", "private_dirs", "write_private"]
+
+STATE_FILE_MODE = 0o600
+STATE_DIR_MODE = 0o700
+LOG_FILE_MODE = 0o640
+
+
+def _narrow_fd(fd: int, mode: int) -> None:
+    st = os.fstat(fd)
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & ~mode:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & mode)
+
+
+def narrow(path: Path, mode: int) -> None:
+    """Take away from an existing ``path`` (of our making) the permissions ``mode`` does
+    not give; nothing when it is missing, not ours, or a symbolic link."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid():
+        return
+    if stat.S_IMODE(st.st_mode) & ~mode:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+
+
+def private_dirs(path: Path, *, narrow_existing: bool = True) -> Path:
+    """Create ``path`` and its missing parents with mode 0700 (``mkdir -p``); an existing
+    ``path`` is narrowed to 0700 unless ``narrow_existing`` is false (a directory the
+    user chose and skedlib does not own, like the one a store file is put in)."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made by another process meanwhile
+            os.mkdir(d, STATE_DIR_MODE)
+    if narrow_existing and not missing:
+        narrow(path, STATE_DIR_MODE)
+    return path
+
+
+def open_append(path: Path, mode: int = LOG_FILE_MODE) -> BinaryIO:
+    """``path`` opened for appending (created with ``mode``; an existing file is narrowed
+    to it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, mode)
+    try:
+        _narrow_fd(fd, mode)
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "ab")
+
+
+def open_truncate(path: Path, mode: int) -> BinaryIO:
+    """``path`` opened for writing from the start (created with ``mode``, an existing file
+    narrowed to it and emptied)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        _narrow_fd(fd, mode)
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb")
+
+
+def write_private(path: Path, data: bytes, mode: int = STATE_FILE_MODE) -> None:
+    """Write ``data`` to ``path`` atomically (a temp file beside it, then a rename), the
+    file readable by its owner only."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open_truncate(tmp, mode) as f:
+        f.write(data)
+    os.replace(tmp, path)
