@@ -396,6 +396,32 @@ class EtcdCluster(ServerCluster[EtcdMember]):
         auth.AuthEnable(rpc.AuthEnableRequest(), timeout=5, metadata=md)
         self.auth = ("root", password)
 
+    def add_prefix_user(self, name: str, password: str, prefix: str) -> None:
+        """Add user ``name`` whose one role (``name``) may read and write only the keys
+        under ``prefix`` (what ``etcdctl role grant-permission --prefix ROLE readwrite
+        PREFIX`` does). Auth must be enabled; adding the same user again is a no-op."""
+        assert self.auth is not None, "enable_auth first"
+        rpc = _rpc()
+        auth = self._probe(self.members[0]).auth
+        token = auth.Authenticate(rpc.AuthenticateRequest(name=self.auth[0],
+                                                          password=self.auth[1]),
+                                  timeout=5).token
+        md = [("hasleader", "true"), ("token", token)]
+        start = prefix.encode()
+        end = start[:-1] + bytes([start[-1] + 1])  # the prefix's range end
+        with contextlib.suppress(Exception):  # already there (the server is shared)
+            auth.UserAdd(rpc.AuthUserAddRequest(name=name, password=password), timeout=5,
+                         metadata=md)
+        with contextlib.suppress(Exception):
+            auth.RoleAdd(rpc.AuthRoleAddRequest(name=name), timeout=5, metadata=md)
+        authpb = rpc.auth_pb2
+        permission = authpb.Permission(permType=authpb.Permission.READWRITE, key=start,
+                                       range_end=end)
+        auth.RoleGrantPermission(rpc.AuthRoleGrantPermissionRequest(name=name, perm=permission),
+                                 timeout=5, metadata=md)
+        auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user=name, role=name), timeout=5,
+                           metadata=md)
+
 
 # -- fixtures -------------------------------------------------------------------------------
 _SHARED = SessionServers[EtcdCluster]()
