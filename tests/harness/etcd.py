@@ -28,7 +28,9 @@ stopped at the end of the session):
 - ``etcd_single``, ``etcd_cluster``: one node and three members, shared; never fault them;
 - ``etcd_auth``: one node with auth enabled (``root`` / ``s3cret pw``; ``url()`` includes
   the credentials); ``etcd_tls``: one node serving TLS that requires a client certificate
-  (``url()`` includes ``ca``, ``cert``, ``key``); ``etcd_limited``: one node with
+  (``url()`` includes ``ca``, ``cert``, ``key``); ``etcd_tls_auth``: the same with
+  ``--client-cert-auth`` and auth enabled (the certificate's CN is the etcd user);
+  ``etcd_limited``: one node with
   ``--max-txn-ops=16 --max-request-bytes=65536``;
 - ``etcd_fault_cluster``: three members the test may kill, pause and restart (election
   timeout 500 ms), healed (every member resumed, restarted, healthy) before each test.
@@ -73,6 +75,7 @@ __all__ = [
     "etcd_limited",
     "etcd_single",
     "etcd_tls",
+    "etcd_tls_auth",
     "free_ports",
     "make_tls_files",
     "require_etcd",
@@ -470,6 +473,19 @@ def etcd_tls(request: pytest.FixtureRequest,
     _require()
     return _SHARED.shared(request, "tls", lambda: EtcdCluster(
         1, name="tls", tls=make_tls_files(tmp_path_factory.mktemp("etcd-tls"))))
+
+
+@pytest.fixture(scope="session")
+def etcd_tls_auth(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> EtcdCluster:
+    """A single node serving TLS with ``--client-cert-auth`` and authentication enabled
+    (``root`` / ``s3cret pw``): a client certificate authenticates as the user named by
+    its common name (``127.0.0.1`` for ``cluster.tls.cert``), which has no user yet."""
+    _require()
+    return _SHARED.shared(request, "tls-auth", lambda: EtcdCluster(
+        1, name="tls-auth", tls=make_tls_files(tmp_path_factory.mktemp("etcd-tls-auth")),
+        extra_args=["--client-cert-auth"]),
+        setup=lambda cluster: cluster.enable_auth("s3cret pw"))
 
 
 @pytest.fixture(scope="session")

@@ -50,11 +50,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import math
 import os
 import ssl
-import stat
 import threading
 import time
 import weakref
@@ -88,6 +86,7 @@ from skedlib import (
     Watch,
     WatchEvent,
 )
+from skedlib.store.credentials import read_secret_file, warn_secret_in_url
 from skedlib_etcd import wire
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_TIMEOUT", "MAX_TXN_OPS", "PASSWORD_ENV", "EtcdBackend",
@@ -104,8 +103,7 @@ _QUERY_KEYS = ("timeout", "user", "password", "password_file", "ca", "cert", "ke
                "max_txn_ops")
 #: the environment variable the password of the URL's ``user`` is read from
 PASSWORD_ENV = "SKED_ETCD_PASSWORD"
-log = logging.getLogger(__name__)
-_warned_about_url_password = False
+
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
@@ -251,7 +249,7 @@ def parse_url(url: str) -> EtcdOptions:
         if in_url:
             raise BackendUnavailable(f"{shown}: give the password in the URL or in "
                                      "password_file, not both")
-        password = _read_password_file(shown, password_file)
+        password = read_secret_file(shown, "password file", password_file)
     elif password is None and user is not None:
         password = os.environ.get(PASSWORD_ENV)
     if (user is None) != (password is None):
@@ -273,35 +271,6 @@ def parse_url(url: str) -> EtcdOptions:
         max_ops = int(text)
     return EtcdOptions(endpoints, timeout, user, password, tls, ca, cert, key, max_ops,
                        password_in_url=in_url)
-
-
-def _read_password_file(shown: str, path: str) -> str:
-    """The password in ``path`` (one trailing newline dropped); a file every user may read
-    is refused, since the password in it is no secret."""
-    try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            if mode & stat.S_IROTH:
-                raise BackendUnavailable(
-                    f"{shown}: the password file {path!r} is readable by every user "
-                    f"(mode {stat.S_IMODE(mode):04o}); chmod o-r it (e.g. 0600)")
-            data = f.read()
-    except OSError as exc:
-        raise BackendUnavailable(f"{shown}: cannot read the password file {path!r}: "
-                                 f"{exc.strerror or exc}") from exc
-    text = data.decode("utf-8", errors="surrogateescape")
-    return text[:-1] if text.endswith("\n") else text
-
-
-def _warn_about_url_password(shown: str) -> None:
-    """Say once per process that the URL holds a password (never the password itself)."""
-    global _warned_about_url_password
-    if _warned_about_url_password:
-        return
-    _warned_about_url_password = True
-    log.warning("%s: the password is written in the URL, where other local users can read "
-                "it (ps, /proc); give it in $%s or a file named by password_file= instead",
-                shown, PASSWORD_ENV)
 
 
 def _read_file(shown: str, what: str, path: str | None) -> bytes | None:
@@ -483,7 +452,8 @@ class EtcdBackend(Backend):
         # the URL with any password replaced by ***: url is printed and logged by callers
         self.url = self.display_url = redact(url or "etcd://" + ",".join(options.endpoints))
         if options.password_in_url:
-            _warn_about_url_password(self.display_url)
+            warn_secret_in_url(self.display_url, "the password",
+                               f"${PASSWORD_ENV} or a file named by password_file=")
         self.timeout = options.timeout
         credentials = None
         if options.tls:

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 etcd_auth = harness.etcd_auth
 etcd_tls = harness.etcd_tls
+etcd_tls_auth = harness.etcd_tls_auth
 
 USER, PASSWORD, PREFIX = "sked", "sked user pw", "sked/"
 PASSWORD_ENV = "SKED_ETCD_PASSWORD"
@@ -230,3 +231,27 @@ def test_tls_client_certificate_without_a_password(etcd_tls: harness.EtcdCluster
     with open_etcd(url) as b:
         rev = b.put(ns + "tls", b"1")
         assert b.current_revision(ns) >= rev
+
+
+def test_a_prefix_limited_user_by_client_certificate(etcd_tls_auth: harness.EtcdCluster,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd with --client-cert-auth: the certificate's CN is the user; its role covers
+    ``sked/`` only, and no password is anywhere."""
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    etcd_tls_auth.add_prefix_user("127.0.0.1", uuid.uuid4().hex, PREFIX)  # the cert's CN
+    tls = etcd_tls_auth.tls
+    assert tls is not None
+    member = etcd_tls_auth.members[0].endpoint
+    url = f"etcds://{member}?ca={tls.ca}&cert={tls.cert}&key={tls.key}"
+    ns = _ns()
+    with open_etcd(url) as b:
+        start = b.current_revision(ns)
+        rev = b.put(ns + "a", b"1")
+        assert rev > start and b.list(ns).items[0].key == ns + "a"
+        lease = b.grant_lease(5)
+        b.put(ns + "l", b"1", lease=lease)
+        b.revoke_lease(lease)
+        with pytest.raises(BackendUnavailable, match="denied permission to the user"):
+            b.get("other/a")
+    with pytest.raises(BackendUnavailable, match="TLS handshake failed"):
+        open_etcd(f"etcds://{member}?ca={tls.ca}&timeout=1").close()  # no certificate
