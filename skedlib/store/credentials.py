@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import threading
 
 from skedlib.errors import BackendUnavailable
 
-__all__ = ["read_secret_file", "warn_secret_in_url"]
+__all__ = ["read_secret_file", "redact_url", "warn_secret_in_url"]
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:password|token)=)[^&#]*")
+_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` of any backend with its secrets (``password=``, ``token=``, the password of
+    ``user:password@``) replaced by ``***``, for help texts, messages and logs; plugins
+    that parse their URLs redact them themselves (``backend.url`` is already redacted)."""
+    return _USERINFO_PASSWORD.sub(r"\1:***@", _SECRET_QUERY.sub(r"\1***", url))
 
 
 def read_secret_file(shown: str, what: str, path: str) -> str:

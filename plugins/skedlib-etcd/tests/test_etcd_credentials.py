@@ -255,3 +255,14 @@ def test_a_prefix_limited_user_by_client_certificate(etcd_tls_auth: harness.Etcd
             b.get("other/a")
     with pytest.raises(BackendUnavailable, match="TLS handshake failed"):
         open_etcd(f"etcds://{member}?ca={tls.ca}&timeout=1").close()  # no certificate
+
+
+def test_help_never_shows_the_password_in_sked_backend() -> None:
+    """``--help`` shows the default backend, ``$SKED_BACKEND``: redacted."""
+    env = dict(os.environ, SKED_BACKEND="etcd://u:hunter2@h:1?user=u&password=hunter2")
+    scheduler = str(Path(sked_script()).with_name("skedlib-scheduler"))
+    for argv in ([sked_script(), "--help"], [scheduler, "--help"]):
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+        assert run.returncode == 0, run.stderr
+        assert "hunter2" not in run.stdout + run.stderr
+        assert "password=***" in run.stdout and "u:***@" in run.stdout
