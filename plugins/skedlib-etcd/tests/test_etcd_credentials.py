@@ -125,7 +125,7 @@ def test_agent_scheduler_and_cli_run_as_the_prefix_limited_user(
     prefix = _ns()
     loop = Loop(tmp_path, limited_url, prefix)
     try:
-        loop.start_agent(1, memory=256)
+        loop.start_agent(1, "--jobs", "--jobs-listen", "127.0.0.1:0", memory=256)
         loop.start_scheduler()
         manifest = tmp_path / "web.yml"
         manifest.write_text(web_manifest(desired=2, memory=64))
@@ -136,7 +136,10 @@ def test_agent_scheduler_and_cli_run_as_the_prefix_limited_user(
         assert got.returncode == 0 and "web" in got.stdout, got.stdout + got.stderr
         tasks = _sked(limited_url, prefix, "tasks")
         assert tasks.returncode == 0 and "default-web-1-0" in tasks.stdout, tasks.stderr
-        logs = loop.log_text() + applied.stderr + got.stderr + tasks.stderr
+        job = _sked(limited_url, prefix, "job", "submit", "--wait", "--wait-timeout", "60",
+                    "--", "true")  # the batch jobs run as that user too
+        assert job.returncode == 0, job.stdout + job.stderr + loop.log_text()
+        logs = loop.log_text() + applied.stderr + got.stderr + tasks.stderr + job.stderr
         assert "permission denied" not in logs.lower() and "denied permission" not in logs
         assert PASSWORD not in logs
     finally:
