@@ -464,7 +464,7 @@ class Client:
         (``time.monotonic()``) passes. Changes are followed from the revision read before
         the first check, so none made while it runs is missed; a failing or compacted
         watch falls back to polling."""
-        revision = self.backend.current_revision()
+        revision = self.backend.current_revision(prefix)
         if check()[1]:
             return
         while (remaining := deadline - time.monotonic()) > 0:

@@ -8,6 +8,7 @@ from typing import NoReturn
 from skedlib.client import default_backend_url
 from skedlib.errors import one_line
 from skedlib.keys import DEFAULT_PREFIX
+from skedlib.store.credentials import redact_url
 
 __all__ = ["OneLineParser", "add_backend_options", "positive_number"]
 
@@ -38,6 +39,6 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     ``--prefix``."""
     parser.add_argument("--backend", metavar="URL", default=None,
                         help="storage backend URL (default: $SKED_BACKEND or "
-                             f"{default_backend_url()})")
+                             f"{redact_url(default_backend_url())})")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX,
                         help="key prefix (default sked/)")

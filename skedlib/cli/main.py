@@ -52,6 +52,7 @@ from skedlib.errors import (
 from skedlib.models import Cluster, TaskDefinition
 from skedlib.plugins import plugin_distributions
 from skedlib.runtime import wait_for_change
+from skedlib.store.credentials import redact_url
 
 __all__ = ["main"]
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="sked", description="Operate a skedlib cluster.")
     parser.add_argument("--backend", default=None, metavar="URL",
                         help="storage backend URL (default: $SKED_BACKEND or "
-                             f"{default_backend_url()})")
+                             f"{redact_url(default_backend_url())})")
     parser.add_argument("--prefix", default=None, help="key prefix (default sked/)")
     parser.add_argument("--version", action="version", version=f"sked (skedlib) {__version__}")
     # --backend and --prefix are also accepted after the command (sked up --backend URL)

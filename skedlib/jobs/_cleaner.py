@@ -162,7 +162,7 @@ class Upkeep:
         # at most one interval behind can still resume.
         if mark:
             self.backend.compact(mark)
-        return self.backend.current_revision()
+        return self.backend.current_revision(self.keys.prefix)
 
     def _purge_local_logs(self) -> None:
         cutoff = time.time() - self.config.retention

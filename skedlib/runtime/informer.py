@@ -150,7 +150,7 @@ def wait_for_change(backend: Backend, prefix: str, after: int, timeout: float) -
             return events[-1].revision if events else None
     except Compacted:
         try:
-            return backend.current_revision()
+            return backend.current_revision(prefix)
         except BackendError:
             return None
     except BackendError as exc:

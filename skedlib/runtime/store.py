@@ -81,8 +81,8 @@ class Store:
         return self.backend.watch(prefix, start_revision)
 
     def current_revision(self) -> int:
-        """The store's current revision."""
-        return self.backend.current_revision()
+        """The store's current revision (read under the keyspace's prefix)."""
+        return self.backend.current_revision(self.keys.prefix)
 
     def informer(self, prefix: str, *, on_list: Callable[[ListResult], None],
                  on_events: Callable[[builtins.list[WatchEvent]], None],

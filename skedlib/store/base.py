@@ -185,9 +185,15 @@ class Backend(abc.ABC):
         """Release connections and threads. Idempotent."""
 
     # -- conveniences built on the primitives ----------------------------------------------
-    def current_revision(self) -> int:
-        """The store's current revision."""
-        return self.list("\x00").revision
+    def current_revision(self, prefix: str = "") -> int:
+        """The store's current revision, learnt without reading outside ``prefix``.
+
+        Callers pass the key prefix they work under (a keyspace's prefix), so that a
+        backend whose credentials cover only that prefix (an etcd role, a Consul ACL
+        policy) can answer; the revision is the store's, not the prefix's. The default
+        lists the empty range ``prefix + "\\x00"``.
+        """
+        return self.list(prefix + "\x00").revision
 
     def put(self, key: str, value: bytes, lease: str | None = None) -> int:
         """Write unconditionally; returns the revision of the write."""

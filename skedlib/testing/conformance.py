@@ -235,9 +235,17 @@ class BackendConformance:
         kv = backend.get(key)
         assert kv is not None and int(kv.value) == procs * each
 
+    def test_current_revision_is_the_stores_whatever_the_prefix(self, backend: Backend,
+                                                                  ns: str) -> None:
+        written = backend.put(ns + "rev/a", b"1")
+        under_ns = backend.current_revision(ns)
+        elsewhere = backend.current_revision(ns + "empty/")
+        assert under_ns >= written and elsewhere >= under_ns  # the store's, not the prefix's
+        assert backend.list(ns).revision >= elsewhere
+
     # -- watches --------------------------------------------------------------------------
     def test_watch_sees_puts_and_deletes_in_order(self, backend: Backend, ns: str) -> None:
-        start = backend.current_revision() + 1
+        start = backend.current_revision(ns) + 1
         backend.put(ns + "w/a", b"1")
         backend.put(ns + "other", b"not watched")
         backend.put(ns + "w/b", b"2")
@@ -255,7 +263,7 @@ class BackendConformance:
         assert revs == sorted(revs)
 
     def test_watch_wakes_on_later_write(self, backend: Backend, ns: str) -> None:
-        start = backend.current_revision() + 1
+        start = backend.current_revision(ns) + 1
         got: list[WatchEvent] = []
         with backend.watch(ns, start) as w:
             def writer() -> None:
@@ -273,7 +281,7 @@ class BackendConformance:
                                                   ns: str) -> None:
         if not self.cross_process:
             pytest.skip("this backend cannot be shared between processes")
-        start = backend.current_revision() + 1
+        start = backend.current_revision(ns) + 1
         with backend.watch(ns + "x/", start) as w:  # open before the writer starts
             ctx = multiprocessing.get_context("spawn")
             p = ctx.Process(target=_put_keys, args=(backend_url, ns + "x/", 5))
@@ -291,13 +299,13 @@ class BackendConformance:
             assert [e.key for e in events] == sorted(final)
 
     def test_watch_timeout_returns_empty(self, backend: Backend, ns: str) -> None:
-        with backend.watch(ns, backend.current_revision() + 1) as w:
+        with backend.watch(ns, backend.current_revision(ns) + 1) as w:
             t0 = time.monotonic()
             assert w.next(timeout=0.2) == []
             assert time.monotonic() - t0 < 5
 
     def test_watch_resume_has_no_gaps_or_duplicates(self, backend: Backend, ns: str) -> None:
-        start = backend.current_revision() + 1
+        start = backend.current_revision(ns) + 1
         for i in range(10):
             backend.put(f"{ns}r/{i}", str(i).encode())
         first = _collect(backend, ns + "r/", start, want=4)
@@ -310,7 +318,7 @@ class BackendConformance:
         assert keys == [f"{ns}r/{i}" for i in range(15)]
 
     def test_watch_close_unblocks(self, backend: Backend, ns: str) -> None:
-        w = backend.watch(ns, backend.current_revision() + 1)
+        w = backend.watch(ns, backend.current_revision(ns) + 1)
         out: list[list[WatchEvent]] = []
         t = threading.Thread(target=lambda: out.append(w.next(timeout=30)))
         t.start()
@@ -410,7 +418,7 @@ class _ModelMachine(RuleBasedStateMachine):
         self.ns = ns
         self.ordered = ordered_watch_history
         self.model: dict[str, tuple[bytes, int]] = {}
-        self.start = backend.current_revision() + 1
+        self.start = backend.current_revision(ns) + 1
         self.last_revision = 0
         self.last_change = 0  # the revision of the last write that changed a key
 

@@ -28,7 +28,9 @@ stopped at the end of the session):
 - ``etcd_single``, ``etcd_cluster``: one node and three members, shared; never fault them;
 - ``etcd_auth``: one node with auth enabled (``root`` / ``s3cret pw``; ``url()`` includes
   the credentials); ``etcd_tls``: one node serving TLS that requires a client certificate
-  (``url()`` includes ``ca``, ``cert``, ``key``); ``etcd_limited``: one node with
+  (``url()`` includes ``ca``, ``cert``, ``key``); ``etcd_tls_auth``: the same with
+  ``--client-cert-auth`` and auth enabled (the certificate's CN is the etcd user);
+  ``etcd_limited``: one node with
   ``--max-txn-ops=16 --max-request-bytes=65536``;
 - ``etcd_fault_cluster``: three members the test may kill, pause and restart (election
   timeout 500 ms), healed (every member resumed, restarted, healthy) before each test.
@@ -73,6 +75,7 @@ __all__ = [
     "etcd_limited",
     "etcd_single",
     "etcd_tls",
+    "etcd_tls_auth",
     "free_ports",
     "make_tls_files",
     "require_etcd",
@@ -396,6 +399,32 @@ class EtcdCluster(ServerCluster[EtcdMember]):
         auth.AuthEnable(rpc.AuthEnableRequest(), timeout=5, metadata=md)
         self.auth = ("root", password)
 
+    def add_prefix_user(self, name: str, password: str, prefix: str) -> None:
+        """Add user ``name`` whose one role (``name``) may read and write only the keys
+        under ``prefix`` (what ``etcdctl role grant-permission --prefix ROLE readwrite
+        PREFIX`` does). Auth must be enabled; adding the same user again is a no-op."""
+        assert self.auth is not None, "enable_auth first"
+        rpc = _rpc()
+        auth = self._probe(self.members[0]).auth
+        token = auth.Authenticate(rpc.AuthenticateRequest(name=self.auth[0],
+                                                          password=self.auth[1]),
+                                  timeout=5).token
+        md = [("hasleader", "true"), ("token", token)]
+        start = prefix.encode()
+        end = start[:-1] + bytes([start[-1] + 1])  # the prefix's range end
+        with contextlib.suppress(Exception):  # already there (the server is shared)
+            auth.UserAdd(rpc.AuthUserAddRequest(name=name, password=password), timeout=5,
+                         metadata=md)
+        with contextlib.suppress(Exception):
+            auth.RoleAdd(rpc.AuthRoleAddRequest(name=name), timeout=5, metadata=md)
+        authpb = rpc.auth_pb2
+        permission = authpb.Permission(permType=authpb.Permission.READWRITE, key=start,
+                                       range_end=end)
+        auth.RoleGrantPermission(rpc.AuthRoleGrantPermissionRequest(name=name, perm=permission),
+                                 timeout=5, metadata=md)
+        auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user=name, role=name), timeout=5,
+                           metadata=md)
+
 
 # -- fixtures -------------------------------------------------------------------------------
 _SHARED = SessionServers[EtcdCluster]()
@@ -444,6 +473,19 @@ def etcd_tls(request: pytest.FixtureRequest,
     _require()
     return _SHARED.shared(request, "tls", lambda: EtcdCluster(
         1, name="tls", tls=make_tls_files(tmp_path_factory.mktemp("etcd-tls"))))
+
+
+@pytest.fixture(scope="session")
+def etcd_tls_auth(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> EtcdCluster:
+    """A single node serving TLS with ``--client-cert-auth`` and authentication enabled
+    (``root`` / ``s3cret pw``): a client certificate authenticates as the user named by
+    its common name (``127.0.0.1`` for ``cluster.tls.cert``), which has no user yet."""
+    _require()
+    return _SHARED.shared(request, "tls-auth", lambda: EtcdCluster(
+        1, name="tls-auth", tls=make_tls_files(tmp_path_factory.mktemp("etcd-tls-auth")),
+        extra_args=["--client-cert-auth"]),
+        setup=lambda cluster: cluster.enable_auth("s3cret pw"))
 
 
 @pytest.fixture(scope="session")

@@ -229,9 +229,10 @@ class ConsulBackend(Backend):
                 raise BackendError(f"{self.url}: list {prefix!r}: Consul sent no index")
             return ListResult(kvs, int(index))  # python-consul2 hands the index as a string
 
-    def current_revision(self) -> int:
-        """The KV store's index (the index of the last KV write or delete)."""
-        return self.list("\x00").revision
+    def current_revision(self, prefix: str = "") -> int:
+        """The KV store's index (the index of the last KV write or delete), read through
+        the empty range ``prefix + "\\x00"`` (an ACL token limited to ``prefix`` may)."""
+        return self.list(prefix + "\x00").revision
 
     # -- transactions -----------------------------------------------------------------------
     def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:

@@ -2,12 +2,14 @@
 
 Two kinds of address lead to the same options:
 
-- a backend URL, ``consul://HOST[:PORT][,HOST[:PORT]...][?dc=DC&token=T&timeout=5&
+- a backend URL, ``consul://HOST[:PORT][,HOST[:PORT]...][?dc=DC&token_file=F&timeout=5&
   scheme=https&ca=F&cert=F&key=F]`` (:func:`parse_url`): ``PORT`` defaults to 8500,
-  ``token`` to ``$CONSUL_HTTP_TOKEN``; ``scheme=https`` talks TLS, verified against ``ca``
-  (a PEM bundle; default: the system store), with an optional client certificate
-  ``cert``/``key`` (``ca`` or ``cert`` imply https). Unknown options are refused and the
-  TLS files are loaded at once, so a wrong one is named;
+  ``token`` to the file named by ``token_file``, else ``$CONSUL_HTTP_TOKEN``, else the
+  file named by ``$CONSUL_HTTP_TOKEN_FILE`` (a token file every user may read is
+  refused; a token written in the URL works but is warned about once); ``scheme=https``
+  talks TLS, verified against ``ca`` (a PEM bundle; default: the system store), with an
+  optional client certificate ``cert``/``key`` (``ca`` or ``cert`` imply https). Unknown
+  options are refused and the TLS files are loaded at once, so a wrong one is named;
 - the address of one Consul agent, ``http://HOST:PORT``, ``https://HOST:PORT`` or a
   ``consul://`` URL naming one endpoint (:func:`agent_url_options`), as the health
   provider and :class:`~skedlib_consul.agent_client.ConsulAgentClient` take it.
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from skedlib import BackendUnavailable
+from skedlib.store.credentials import read_secret_file, warn_secret_in_url
 
 __all__ = [
     "DEFAULT_AGENT",
@@ -42,7 +45,7 @@ DEFAULT_PORT = 8500
 DEFAULT_TIMEOUT = 5.0
 #: the Consul agent of this host when nothing else names one
 DEFAULT_AGENT = "http://127.0.0.1:8500"
-_QUERY_KEYS = ("dc", "token", "timeout", "scheme", "ca", "cert", "key")
+_QUERY_KEYS = ("dc", "token", "token_file", "timeout", "scheme", "ca", "cert", "key")
 
 
 @dataclass(frozen=True)
@@ -143,10 +146,30 @@ def parse_url(url: str) -> ConsulOptions:
     _check_tls_files(shown, ca, cert, key)
     if (ca or cert) and scheme == "http" and one("scheme") is None:
         scheme = "https"  # TLS files imply TLS
-    token = one("token") or os.environ.get("CONSUL_HTTP_TOKEN") or None
+    token = _token(shown, one("token") or None, one("token_file") or None)
     return ConsulOptions(endpoints=tuple(endpoints), dc=one("dc") or None, token=token,
                          timeout=timeout, scheme="https" if scheme == "https" else "http",
                          ca=ca, cert=cert, key=key)
+
+
+def _token(shown: str, in_url: str | None, token_file: str | None) -> str | None:
+    """The ACL token: ``token=``, ``token_file=``, ``$CONSUL_HTTP_TOKEN`` or the file named
+    by ``$CONSUL_HTTP_TOKEN_FILE``, in that order (the token never needs to be on a
+    command line, which every local user can read)."""
+    if in_url is not None and token_file is not None:
+        raise BackendUnavailable(f"{shown}: give token or token_file, not both")
+    if in_url is not None:
+        warn_secret_in_url(shown, "the ACL token",
+                           "$CONSUL_HTTP_TOKEN or a file named by token_file=")
+        return in_url
+    if token_file is not None:
+        return read_secret_file(shown, "token file", token_file).strip() or None
+    from_env = os.environ.get("CONSUL_HTTP_TOKEN") or None
+    env_file = os.environ.get("CONSUL_HTTP_TOKEN_FILE") or None
+    if from_env is None and env_file is not None:
+        return read_secret_file(shown, "token file ($CONSUL_HTTP_TOKEN_FILE)",
+                                env_file).strip() or None
+    return from_env
 
 
 def _check_tls_files(shown: str, ca: str | None, cert: str | None, key: str | None) -> None:
@@ -195,7 +218,7 @@ def agent_url_options(agent_url: str, token: str | None = None,
         if not parts.hostname:
             raise BackendUnavailable(f"{redact_url(url)}: no host")
         opts = ConsulOptions(endpoints=((parts.hostname, port),),
-                             token=os.environ.get("CONSUL_HTTP_TOKEN") or None,
+                             token=_token(redact_url(url), None, None),
                              scheme="https" if parts.scheme == "https" else "http")
     else:
         raise BackendUnavailable(f"{redact_url(url)}: a Consul agent address is "

@@ -2,9 +2,14 @@
 
 URL::
 
-    etcd://HOST[:PORT][,HOST[:PORT]...][?timeout=5&user=U&password=P&ca=F&cert=F&key=F
+    etcd://HOST[:PORT][,HOST[:PORT]...][?timeout=5&user=U&password_file=F&ca=F&cert=F&key=F
                                         &max_txn_ops=128]
     etcds://...   the same over TLS (TLS is also implied by ``ca=`` or ``cert=``)
+
+The password of ``user`` comes from ``$SKED_ETCD_PASSWORD`` or from the file named by
+``password_file`` (which must not be readable by every user), so it never needs to be on
+a command line; a password in the URL itself (``password=`` or ``user:password@``) still
+works but is warned about once, as any local user can read a command line.
 
 The client keeps one gRPC channel, with etcd3's generated stubs, per listed member and
 sends every call to the *current* member. When a call fails because that member is down,
@@ -52,7 +57,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -81,10 +86,11 @@ from skedlib import (
     Watch,
     WatchEvent,
 )
+from skedlib.store.credentials import read_secret_file, warn_secret_in_url
 from skedlib_etcd import wire
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_TIMEOUT", "MAX_TXN_OPS", "EtcdBackend", "EtcdOptions",
-           "open_etcd", "parse_url", "redact"]
+__all__ = ["DEFAULT_PORT", "DEFAULT_TIMEOUT", "MAX_TXN_OPS", "PASSWORD_ENV", "EtcdBackend",
+           "EtcdOptions", "open_etcd", "parse_url", "redact"]
 
 DEFAULT_PORT = 2379
 DEFAULT_TIMEOUT = 5.0
@@ -93,7 +99,11 @@ MAX_TXN_OPS = 128
 
 _T = TypeVar("_T")
 _Metadata = tuple[tuple[str, str], ...]
-_QUERY_KEYS = ("timeout", "user", "password", "ca", "cert", "key", "max_txn_ops")
+_QUERY_KEYS = ("timeout", "user", "password", "password_file", "ca", "cert", "key",
+               "max_txn_ops")
+#: the environment variable the password of the URL's ``user`` is read from
+PASSWORD_ENV = "SKED_ETCD_PASSWORD"
+
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
@@ -109,28 +119,39 @@ _NOT_SENT = ("failed to connect to all addresses", "connection refused",
              "no route to host")
 _NOT_APPLIED = ("etcdserver: no leader", "etcdserver: not capable",
                 "etcdserver: too many requests", "raft proposal dropped")
+_AUTH_HINT = ("add user=... to the URL, with the password in $SKED_ETCD_PASSWORD or a file "
+              "named by password_file=...; or a client certificate")
 _TOKEN_STALE = ("invalid auth token", "auth store is old")
 _TLS_TROUBLE = ("ssl", "tsi_", "handshake", "certificate", "unwrap failed", "tls")
 # a member that answered nothing for this long is checked before a write is sent to it
 _FRESH = 1.0
-# the barrier read: one absent key, linearizable (it needs a live leader and a quorum)
-_BARRIER = etcdrpc.RangeRequest(key=b"\x00", limit=1)
+
+
+def _barrier(key: bytes) -> Any:
+    """The barrier read before a write: the write's own key, linearizable (it needs a live
+    leader and a quorum), so it needs no permission beyond the write's."""
+    return etcdrpc.RangeRequest(key=key, limit=1, keys_only=True, count_only=True)
 
 
 # -- the URL ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EtcdOptions:
-    """What an ``etcd://`` URL says: members, timeout, credentials and TLS files."""
+    """What an ``etcd://`` URL says: members, timeout, credentials and TLS files.
+
+    ``password_in_url`` is True when the password was written in the URL itself (rather
+    than taken from ``$SKED_ETCD_PASSWORD`` or ``password_file``).
+    """
 
     endpoints: tuple[str, ...]
     timeout: float = DEFAULT_TIMEOUT
     user: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: bool = False
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
     max_txn_ops: int = MAX_TXN_OPS
+    password_in_url: bool = False
 
 
 def redact(url: str) -> str:
@@ -222,8 +243,19 @@ def parse_url(url: str) -> EtcdOptions:
                                      f"seconds, not {opts['timeout']!r}")
     user = opts.get("user", user) or None
     password = opts.get("password", password)
+    in_url = password is not None
+    password_file = opts.get("password_file") or None
+    if password_file is not None:
+        if in_url:
+            raise BackendUnavailable(f"{shown}: give the password in the URL or in "
+                                     "password_file, not both")
+        password = read_secret_file(shown, "password file", password_file)
+    elif password is None and user is not None:
+        password = os.environ.get(PASSWORD_ENV)
     if (user is None) != (password is None):
-        raise BackendUnavailable(f"{shown}: give both user and password, or neither")
+        raise BackendUnavailable(f"{shown}: give both user and password, or neither (the "
+                                 f"password in ${PASSWORD_ENV} or a file named by "
+                                 "password_file=)")
     cert, key = opts.get("cert") or None, opts.get("key") or None
     if (cert is None) != (key is None):
         raise BackendUnavailable(f"{shown}: give both cert and key (a client "
@@ -237,7 +269,8 @@ def parse_url(url: str) -> EtcdOptions:
             raise BackendUnavailable(f"{shown}: max_txn_ops must be a positive integer "
                                      f"(the server's --max-txn-ops), not {text!r}")
         max_ops = int(text)
-    return EtcdOptions(endpoints, timeout, user, password, tls, ca, cert, key, max_ops)
+    return EtcdOptions(endpoints, timeout, user, password, tls, ca, cert, key, max_ops,
+                       password_in_url=in_url)
 
 
 def _read_file(shown: str, what: str, path: str | None) -> bytes | None:
@@ -325,7 +358,7 @@ def _is_auth_refusal(exc: Any) -> str | None:
     if "authentication failed" in details:
         return "refused the credentials (wrong user or password)"
     if "user name is empty" in details:
-        return "requires authentication (add user=...&password=... to the URL)"
+        return f"requires authentication ({_AUTH_HINT})"
     if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details:
         return "denied permission to the user"
     if code == grpc.StatusCode.UNAUTHENTICATED and not _is_stale_token(exc):
@@ -416,8 +449,11 @@ class EtcdBackend(Backend):
             raise BackendUnavailable(f"{url or 'etcd://'}: no etcd member listed")
         self.options = options
         self.max_txn_ops = options.max_txn_ops
-        self.url = url or "etcd://" + ",".join(options.endpoints)
-        self.display_url = redact(self.url)
+        # the URL with any password replaced by ***: url is printed and logged by callers
+        self.url = self.display_url = redact(url or "etcd://" + ",".join(options.endpoints))
+        if options.password_in_url:
+            warn_secret_in_url(self.display_url, "the password",
+                               f"${PASSWORD_ENV} or a file named by password_file=")
         self.timeout = options.timeout
         credentials = None
         if options.tls:
@@ -436,7 +472,7 @@ class EtcdBackend(Backend):
         self._watches: weakref.WeakSet[_EtcdWatch] = weakref.WeakSet()
         if connect:
             try:
-                self.current_revision()
+                self._connect()
             except BaseException:
                 self.close()
                 raise
@@ -501,7 +537,7 @@ class EtcdBackend(Backend):
         return now < self._trouble_until or now - member.last_ok > _FRESH
 
     def _run(self, what: str, call: Callable[[_Member, float, _Metadata], _T], *,
-             write: bool) -> _T:
+             write: bool, barrier: bytes = b"") -> _T:
         """Run ``call`` on the current member, failing over until the timeout.
 
         Reads (``write=False``) are retried on the next member after any member failure.
@@ -509,10 +545,11 @@ class EtcdBackend(Backend):
         the last ``max(2 * timeout, 5)`` s) may take half the timeout; otherwise attempt
         *k* may take ``timeout/8 * 2**k`` seconds, so a frozen member costs little and a
         slow one still gets its time. A write is sent once: before sending it to a
-        member that has been quiet (or after any recent failure), a linearizable read on
-        that member checks that it answers and has a live leader, which, unlike the write,
-        may be retried elsewhere. If the write itself fails and etcd cannot have applied
-        it, it is retried; if the outcome is unknown, BackendUnavailable says so.
+        member that has been quiet (or after any recent failure), a linearizable read of
+        ``barrier`` (a key the write touches) on that member checks that it answers and
+        has a live leader, which, unlike the write, may be retried elsewhere. If the write
+        itself fails and etcd cannot have applied it, it is retried; if the outcome is
+        unknown, BackendUnavailable says so.
         """
         self._check_open()
         deadline = time.monotonic() + self.timeout
@@ -547,7 +584,7 @@ class EtcdBackend(Backend):
                 self._authenticate(member, budget)
                 md = self._metadata(member)
                 if write and suspect:
-                    member.kv.Range(_BARRIER, timeout=budget, metadata=md)
+                    member.kv.Range(_barrier(barrier), timeout=budget, metadata=md)
                     member.last_ok = time.monotonic()
                     remaining = deadline - member.last_ok
                     if remaining <= 0:
@@ -614,9 +651,65 @@ class EtcdBackend(Backend):
         response = self._range(f"list {prefix!r}", key, end)
         return ListResult([_kv(kv) for kv in response.kvs], int(response.header.revision))
 
-    def current_revision(self) -> int:
-        """The cluster's current revision (a linearizable read of one key)."""
-        return int(self._range("read the revision", b"\x00").header.revision)
+    def current_revision(self, prefix: str = "") -> int:
+        """The cluster's current revision: a linearizable read of the one key
+        ``prefix + "\\x00"``, so a user whose role covers only ``prefix`` may ask."""
+        request = etcdrpc.RangeRequest(key=_b(prefix + "\x00"), keys_only=True,
+                                       count_only=True)
+
+        def call(m: _Member, timeout: float, md: _Metadata) -> Any:
+            return m.kv.Range(request, timeout=timeout, metadata=md)
+
+        try:
+            response = self._run("read the revision", call, write=False)
+        except grpc.RpcError as exc:
+            raise self._rpc_error("read the revision", exc) from exc
+        return int(response.header.revision)
+
+    def _status(self, what: str) -> Any:
+        """The current member's status (answered to any client: it reads no key)."""
+        request = etcdrpc.StatusRequest()
+
+        def call(m: _Member, timeout: float, md: _Metadata) -> Any:
+            return m.maintenance.Status(request, timeout=timeout, metadata=md)
+
+        try:
+            return self._run(what, call, write=False)
+        except grpc.RpcError as exc:
+            raise self._rpc_error(what, exc) from exc
+
+    def _connect(self) -> None:
+        """Check that a member answers and has a leader, and that we may use it, without
+        reading any key (the backend does not know which keys the user may read).
+
+        With neither a user nor a client certificate, an empty authentication request
+        finds out whether the cluster requires one, so that is said now rather than at
+        the first read.
+        """
+        self._status("connect")
+        if self.options.user is not None or self.options.cert is not None:
+            return
+        request = etcdrpc.AuthenticateRequest(name="", password="")
+
+        def call(m: _Member, timeout: float, md: _Metadata) -> str | None:
+            try:
+                m.auth.Authenticate(request, timeout=timeout, metadata=md)
+            except grpc.RpcError as exc:
+                details = _details(exc).lower()
+                if "authentication is not enabled" in details:
+                    return None
+                if "authentication failed" in details:
+                    return m.endpoint
+                raise
+            return None
+
+        try:
+            refused_by = self._run("connect", call, write=False)
+        except grpc.RpcError as exc:
+            raise self._rpc_error("connect", exc) from exc
+        if refused_by is not None:
+            raise self._fail("connect", f"{refused_by} requires authentication "
+                                        f"({_AUTH_HINT})")
 
     # -- transactions ---------------------------------------------------------------------
     def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
@@ -656,7 +749,8 @@ class EtcdBackend(Backend):
 
         what = f"txn ({len(compares)} compares, {len(ops)} ops)"
         try:
-            response = self._run(what, call, write=bool(requests))
+            response = self._run(what, call, write=bool(requests),
+                                 barrier=_b(next(iter(last), "")))
         except grpc.RpcError as exc:
             leases = sorted({op.lease for op in ops if isinstance(op, Put) and op.lease})
             raise self._write_error(what, exc, leases) from exc
@@ -688,7 +782,7 @@ class EtcdBackend(Backend):
             return m.kv.Put(request, timeout=timeout, metadata=md)
 
         try:
-            response = self._run("put", call, write=True)
+            response = self._run("put", call, write=True, barrier=request.key)
         except grpc.RpcError as exc:
             raise self._write_error("put", exc, [lease] if lease else []) from exc
         return int(response.header.revision)
@@ -780,7 +874,8 @@ class EtcdBackend(Backend):
                 raise self._rpc_error(f"compact at {revision}", exc) from exc
         else:
             return
-        target = self.current_revision()  # asked beyond the present: compact at it
+        # asked beyond the present: compact at it (a member's status reads no key)
+        target = int(self._status(f"compact at {revision}").header.revision)
         try:
             self._compact(target)
         except grpc.RpcError as exc:
