@@ -139,6 +139,7 @@ from skedlib.store.base import (
     Watch,
     WatchEvent,
 )
+from skedlib.store.credentials import read_secret_file, redact_url, warn_secret_in_url
 
 try:
     __version__ = _metadata.version("skedlib")
@@ -268,7 +269,9 @@ __all__ = [
     "parse_constraint",
     "parse_manifest",
     "pass_ttl_check",
+    "read_secret_file",
     "read_snapshot",
+    "redact_url",
     "resolve_checks",
     "retry_on_conflict",
     "stock_filters",
@@ -277,5 +280,6 @@ __all__ = [
     "validate_name",
     "validate_plan",
     "wait_for_change",
+    "warn_secret_in_url",
     "write_groups",
 ]

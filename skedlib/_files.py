@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["LOG_FILE_MODE", "STATE_DIR_MODE", "STATE_FILE_MODE", "narrow", "open_append",
-           "open_truncate", "private_dirs", "write_private"]
+__all__ = ["LOG_FILE_MODE", "STATE_DIR_MODE", "STATE_FILE_MODE", "SecretFileError",
+           "create_secret", "narrow", "open_append", "open_truncate", "private_dirs",
+           "read_secret", "write_private"]
 
 STATE_FILE_MODE = 0o600
 STATE_DIR_MODE = 0o700
@@ -98,3 +100,67 @@ def write_private(path: Path, data: bytes, mode: int = STATE_FILE_MODE) -> None:
     with open_truncate(tmp, mode) as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+class SecretFileError(Exception):
+    """A secret file that cannot be read or must not be trusted; the message says why in
+    a few words (the caller names the file and what it holds)."""
+
+
+def read_secret(path: Path | str, *, owner_only: bool) -> str:
+    """The secret in ``path`` (surrounding whitespace dropped).
+
+    The file must be a regular file (a symbolic link is not followed, a FIFO not waited
+    on) that other users cannot read. With ``owner_only`` it must also be this user's and
+    closed to its group: a token skedlib itself makes and trusts. Without it a group may
+    read it (``0640``, an operators' group) and anyone may own it (a credential an
+    operator hands to the process). Raises :class:`SecretFileError`, or ``OSError`` when
+    it cannot be opened (``FileNotFoundError`` included)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        mode = stat.S_IMODE(info.st_mode)
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretFileError("not a regular file")
+        if owner_only and info.st_uid != os.geteuid():
+            raise SecretFileError(f"owned by uid {info.st_uid}, not by this user; someone "
+                                  "else may know it")
+        if owner_only and mode & 0o077:
+            raise SecretFileError(f"mode {mode:04o}; others may read it (chmod 600)")
+        if mode & 0o007:
+            raise SecretFileError(f"mode {mode:04o}; readable by every user (chmod o-rwx, "
+                                  "e.g. 600)")
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    finally:
+        os.close(fd)
+    secret = data.decode("utf-8", errors="surrogateescape").strip()
+    if not secret:
+        raise SecretFileError("empty")
+    return secret
+
+
+def create_secret(path: Path) -> str:
+    """A new random secret (32 bytes, URL-safe base64) in the new file ``path``, mode
+    0600 from its creation, its missing directories 0700.
+
+    It is written to a private temporary file first and linked into place, so a process
+    starting at the same moment finds either no file or the whole secret, and an existing
+    file or symbolic link is never overwritten nor followed: raises ``FileExistsError``
+    if ``path`` exists."""
+    private_dirs(path.parent, narrow_existing=False)
+    secret = secrets.token_urlsafe(32)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 STATE_FILE_MODE)
+    try:
+        try:
+            os.write(fd, f"{secret}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path)  # fails if path exists, whatever it is
+    finally:
+        temp.unlink(missing_ok=True)
+    return secret

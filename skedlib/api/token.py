@@ -12,10 +12,9 @@ by the current user that no one else can read or write: a file planted by anothe
 from __future__ import annotations
 
 import os
-import secrets
-import stat
 from pathlib import Path
 
+from skedlib._files import SecretFileError, create_secret, read_secret
 from skedlib.errors import ValidationError
 from skedlib.store.base import Backend
 from skedlib.store.sqlite import SqliteBackend
@@ -39,51 +38,19 @@ def default_token_path(backend: Backend) -> Path:
 def read_token_file(path: Path) -> str:
     """The token in ``path``; raises :class:`ValidationError` (one line naming the file)
     unless it is a regular file of this user's that no one else can read or write."""
-    try:  # O_NONBLOCK: a FIFO planted there must not hang us before fstat refuses it
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-                     | getattr(os, "O_NONBLOCK", 0))
+    try:
+        return read_secret(path, owner_only=True)
+    except SecretFileError as exc:
+        raise ValidationError(f"token file {path}: {exc}") from None
     except OSError as exc:
         raise ValidationError(f"token file {path}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValidationError(f"token file {path}: not a regular file")
-        if hasattr(os, "getuid") and info.st_uid != os.getuid():
-            raise ValidationError(f"token file {path}: owned by uid {info.st_uid}, not by "
-                                  "this user; refusing a token someone else may know")
-        if info.st_mode & 0o077:
-            raise ValidationError(f"token file {path}: mode {stat.S_IMODE(info.st_mode):04o}"
-                                  f"; others may read it (chmod 600 {path})")
-        token = os.read(fd, 4096).decode("utf-8", "replace").strip()
-    finally:
-        os.close(fd)
-    if not token:
-        raise ValidationError(f"token file {path}: empty")
-    return token
 
 
 def create_token_file(path: Path) -> str:
     """A new random token written to the new file ``path`` (mode 0600 from its creation;
     an existing file or symlink is never overwritten nor followed); its directory is
-    created 0700 when missing. Raises FileExistsError if ``path`` exists.
-
-    The token is written to a private temporary file first and linked into place, so a
-    second server starting at the same moment finds either no file or the whole token."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
-                 0o600)
-    try:
-        try:
-            os.write(fd, f"{token}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(temp, path)  # fails if path exists, whatever it is
-    finally:
-        temp.unlink(missing_ok=True)
-    return token
+    created 0700 when missing. Raises FileExistsError if ``path`` exists."""
+    return create_secret(path)
 
 
 def find_token(backend: Backend, token_file: Path | None = None) -> str | None:

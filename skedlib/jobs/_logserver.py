@@ -8,12 +8,12 @@ directory are served: a symbolic link is not followed."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import http.server
 import logging
 import os
-import secrets
 import socket
 import stat
 import threading
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from skedlib._files import STATE_FILE_MODE, narrow, write_private
+from skedlib._files import STATE_FILE_MODE, SecretFileError, create_secret, narrow, read_secret
 from skedlib.errors import SkedError, one_line
 from skedlib.keys import validate_name
 
@@ -40,18 +40,17 @@ MAX_OFFSET = 2**63 - 1
 def load_token(path: Path) -> str:
     """The node's log server token kept in ``path``; a new random one, written there
     readable by the owner only, when there is none."""
-    try:
-        narrow(path, STATE_FILE_MODE)
-        token = path.read_text(encoding="ascii").strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SkedError(f"{path}: cannot read the log server token: {exc}") from None
-    token = secrets.token_urlsafe(32)
-    write_private(path, token.encode() + b"\n")
-    return token
+    narrow(path, STATE_FILE_MODE)  # made by an older version with a wider mode
+    for _ in range(2):
+        try:
+            return read_secret(path, owner_only=True)
+        except FileNotFoundError:
+            pass
+        except (OSError, SecretFileError) as exc:
+            raise SkedError(f"{path}: cannot read the log server token: {exc}") from None
+        with contextlib.suppress(FileExistsError):  # another worker made it meanwhile
+            return create_secret(path)
+    raise SkedError(f"{path}: the log server token keeps disappearing")
 
 
 class LogServer:

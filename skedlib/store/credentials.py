@@ -9,11 +9,10 @@ refuses a file every user may read. A secret written in the URL still works, but
 from __future__ import annotations
 
 import logging
-import os
 import re
-import stat
 import threading
 
+from skedlib._files import SecretFileError, read_secret
 from skedlib.errors import BackendUnavailable
 
 __all__ = ["read_secret_file", "redact_url", "warn_secret_in_url"]
@@ -33,26 +32,21 @@ def redact_url(url: str) -> str:
 
 
 def read_secret_file(shown: str, what: str, path: str) -> str:
-    """The secret in ``path``, one trailing newline dropped (``echo pw > file`` adds it).
+    """The secret in ``path`` (surrounding whitespace dropped: ``echo pw > file`` adds a
+    newline).
 
     ``shown`` is the URL with its secrets hidden and ``what`` names the secret ("password
     file", "token file"); both go into the one-line :class:`BackendUnavailable` raised when
-    the file cannot be read or when every user may read it (then it is no secret: ``0600``
-    or ``0640`` are fine).
+    the file cannot be read, is not a regular file, or every user may read it (then it is
+    no secret: ``0600`` or ``0640`` are fine).
     """
     try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            if mode & stat.S_IROTH:
-                raise BackendUnavailable(
-                    f"{shown}: the {what} {path!r} is readable by every user (mode "
-                    f"{stat.S_IMODE(mode):04o}); chmod o-r it (e.g. 0600)")
-            data = f.read()
+        return read_secret(path, owner_only=False)
+    except SecretFileError as exc:
+        raise BackendUnavailable(f"{shown}: the {what} {path!r}: {exc}") from None
     except OSError as exc:
         raise BackendUnavailable(f"{shown}: cannot read the {what} {path!r}: "
                                  f"{exc.strerror or exc}") from exc
-    text = data.decode("utf-8", errors="surrogateescape")
-    return text[:-1] if text.endswith("\n") else text
 
 
 def warn_secret_in_url(shown: str, what: str, instead: str) -> None:

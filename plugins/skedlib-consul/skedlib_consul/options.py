@@ -28,8 +28,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Literal
 
-from skedlib import BackendUnavailable
-from skedlib.store.credentials import read_secret_file, warn_secret_in_url
+from skedlib import BackendUnavailable, read_secret_file, warn_secret_in_url
 
 __all__ = [
     "DEFAULT_AGENT",

@@ -85,8 +85,9 @@ from skedlib import (
     TxnTooLarge,
     Watch,
     WatchEvent,
+    read_secret_file,
+    warn_secret_in_url,
 )
-from skedlib.store.credentials import read_secret_file, warn_secret_in_url
 from skedlib_etcd import wire
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_TIMEOUT", "MAX_TXN_OPS", "PASSWORD_ENV", "EtcdBackend",
