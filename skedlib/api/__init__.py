@@ -24,10 +24,12 @@ from skedlib.api.server import (
     tls_context,
 )
 from skedlib.api.token import (
+    READ_TOKEN_ENV,
     TOKEN_ENV,
     create_token_file,
     default_token_path,
     find_token,
+    read_only_token_for_serve,
     read_token_file,
     token_for_serve,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "DEFAULT_WAIT",
     "MAX_BODY",
     "MAX_WAIT",
+    "READ_TOKEN_ENV",
     "ROUTES",
     "TOKEN_ENV",
     "Api",
@@ -57,6 +60,7 @@ __all__ = [
     "is_loopback",
     "openapi_document",
     "parse_listen",
+    "read_only_token_for_serve",
     "read_token_file",
     "tls_context",
     "token_for_serve",

@@ -9,7 +9,8 @@ In order, a request is refused when
 2. it comes from a browser on another site: an ``Origin`` other than the server's own, or
    ``Sec-Fetch-Site`` other than ``same-origin`` or ``none`` → 403;
 3. the route is not public (``ping``, the OpenAPI document) and ``Authorization: Bearer``
-   does not carry the token (compared in constant time) → 401;
+   carries neither the token nor the read-only token (compared in constant time) → 401;
+   the read-only token on a route that writes (any method but ``GET``/``HEAD``) → 403;
 4. it has a body whose ``Content-Type`` is not ``application/json`` (what a browser cannot
    send cross-site without asking first) → 415. (An empty body carries nothing; a route
    that needs one refuses it with 400.)
@@ -27,10 +28,13 @@ from collections.abc import Iterable, Mapping
 from skedlib.api.errors import HttpError
 from skedlib.api.routing import Route
 
-__all__ = ["LOOPBACK_NAMES", "RequestGuard"]
+__all__ = ["LOOPBACK_NAMES", "READ_METHODS", "RequestGuard"]
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 """Names a ``Host`` header may use for a server listening on loopback."""
+
+READ_METHODS = frozenset({"GET", "HEAD"})
+"""The methods of routes that only read: the read-only token may call them."""
 
 
 def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -67,14 +71,20 @@ class RequestGuard:
     every interface); None skips the ``Host`` check (an :class:`~skedlib.api.Api` used
     without HTTP). ``allowed_hosts``: more names accepted on any port (a reverse proxy's
     or a DNS name of this machine). ``default_port``: the port a ``Host`` without one
-    means (80 for HTTP).
+    means (80 for HTTP). ``read_token``: a second token that may only read (dashboards,
+    monitoring): it passes ``GET`` and ``HEAD`` routes and gets 403 on the others.
     """
 
     def __init__(self, token: str, listen: tuple[str, int] | None = None,
-                 allowed_hosts: Iterable[str] = (), default_port: int = 80) -> None:
+                 allowed_hosts: Iterable[str] = (), default_port: int = 80,
+                 read_token: str | None = None) -> None:
         if not token:
             raise ValueError("the API needs a non-empty bearer token")
+        if read_token is not None and (not read_token or read_token == token):
+            raise ValueError("the read-only token must be non-empty and differ from the "
+                             "token")
         self._token = token.encode()
+        self._read_token = read_token.encode() if read_token else None
         self.listen = listen
         self.allowed_hosts = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
         self.default_port = default_port
@@ -85,7 +95,8 @@ class RequestGuard:
         host = self._check_host(headers.get("host"))
         self._check_site(headers, host)
         if not route.public:
-            self._check_token(headers.get("authorization", ""))
+            self._check_token(headers.get("authorization", ""),
+                              writes=route.method not in READ_METHODS)
         if body:
             media = headers.get("content-type", "").partition(";")[0].strip().lower()
             if media != "application/json":
@@ -134,9 +145,19 @@ class RequestGuard:
             raise HttpError(403, f"header Sec-Fetch-Site: {site!r}: cross-site requests "
                                  "are refused")
 
-    def _check_token(self, authorization: str) -> None:
+    def _check_token(self, authorization: str, writes: bool) -> None:
         scheme, _, given = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 self._token):
-            raise HttpError(401, "missing or wrong bearer token: send 'Authorization: "
-                                 "Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+        presented = given.strip().encode() if scheme.lower() == "bearer" else b""
+        # both comparisons always run, so the time taken says nothing about which matched
+        admin = hmac.compare_digest(presented, self._token)
+        reader = self._read_token is not None and hmac.compare_digest(presented,
+                                                                      self._read_token)
+        if admin:
+            return
+        if reader:
+            if writes:
+                raise HttpError(403, "this token may only read (GET); changes need the "
+                                     "API's full token")
+            return
+        raise HttpError(401, "missing or wrong bearer token: send 'Authorization: "
+                             "Bearer <token>'", {"WWW-Authenticate": "Bearer"})

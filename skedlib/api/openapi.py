@@ -197,6 +197,8 @@ def build_document(routes: Sequence[Route]) -> dict[str, Any]:
                 "type": "http", "scheme": "bearer",
                 "description": "Every operation but ping and this document: the token "
                                "of $SKED_API_TOKEN, --token-file, or the file sked "
-                               "serve makes on first start."}},
+                               "serve makes on first start; GET operations also take "
+                               "the read-only token ($SKED_API_READ_TOKEN, "
+                               "--read-token-file)."}},
         },
     }

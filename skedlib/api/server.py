@@ -236,8 +236,10 @@ class ApiServer:
     any free port), and the deployment tracker loop.
 
     Every request but ``ping`` and the OpenAPI document needs ``token`` (a random one,
-    :attr:`token`, when None); every request must name this server in ``Host`` (its
-    address, or one of ``allowed_hosts``) and not come from another site (see
+    :attr:`token`, when None), or ``read_token`` for ``GET`` requests (a token for
+    dashboards and monitoring that cannot change anything); every request must name
+    this server in ``Host`` (its address, or one of ``allowed_hosts``) and not come
+    from another site (see
     :class:`~skedlib.api.auth.RequestGuard`). With ``tls`` (:func:`tls_context`) it
     speaks HTTPS only.
 
@@ -248,7 +250,8 @@ class ApiServer:
     """
 
     def __init__(self, client: Client, host: str = "127.0.0.1", port: int = 2000, *,
-                 token: str | None = None, allowed_hosts: tuple[str, ...] = (),
+                 token: str | None = None, read_token: str | None = None,
+                 allowed_hosts: tuple[str, ...] = (),
                  tls: ssl.SSLContext | None = None, track_every: float = 1.0,
                  environments: Environments | None = None,
                  jobs: JobClient | None = None) -> None:
@@ -263,7 +266,7 @@ class ApiServer:
         self.httpd.tls = tls
         # the guard needs the bound port (port 0 picks one)
         guard = RequestGuard(self.token, (host, self.address[1]), allowed_hosts,
-                             default_port=443 if tls else 80)
+                             default_port=443 if tls else 80, read_token=read_token)
         self.api = Api(self.environments, guard, self.jobs)
         self.httpd.api = self.api
         self._stop = threading.Event()

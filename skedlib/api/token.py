@@ -19,11 +19,14 @@ from skedlib.errors import ValidationError
 from skedlib.store.base import Backend
 from skedlib.store.sqlite import SqliteBackend
 
-__all__ = ["TOKEN_ENV", "create_token_file", "default_token_path", "find_token",
-           "read_token_file", "token_for_serve"]
+__all__ = ["READ_TOKEN_ENV", "TOKEN_ENV", "create_token_file", "default_token_path",
+           "find_token", "read_only_token_for_serve", "read_token_file", "token_for_serve"]
 
 TOKEN_ENV = "SKED_API_TOKEN"
 """The environment variable holding the token (never put it on a command line)."""
+
+READ_TOKEN_ENV = "SKED_API_READ_TOKEN"
+"""The environment variable holding the optional read-only token."""
 
 
 def default_token_path(backend: Backend) -> Path:
@@ -84,3 +87,13 @@ def token_for_serve(backend: Backend, token_file: Path | None, public: bool
     except OSError as exc:
         raise ValidationError(f"token file {path}: cannot create it: "
                               f"{exc.strerror or exc}") from None
+
+
+def read_only_token_for_serve(token_file: Path | None) -> tuple[str | None, str]:
+    """``sked serve``'s optional read-only token (``token_file``, else
+    ``$SKED_API_READ_TOKEN``, else none) and where it came from."""
+    if token_file is not None:
+        return read_token_file(token_file), f"token file {token_file}"
+    if os.environ.get(READ_TOKEN_ENV):
+        return os.environ[READ_TOKEN_ENV], f"${READ_TOKEN_ENV}"
+    return None, ""

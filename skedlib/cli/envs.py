@@ -22,6 +22,7 @@ from skedlib.api import (
     ApiServer,
     is_loopback,
     parse_listen,
+    read_only_token_for_serve,
     tls_context,
     token_for_serve,
 )
@@ -72,6 +73,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                         "(mode 0600); default: $SKED_API_TOKEN, else a file made on first "
                         "start beside a SQLite store or in ~/.config/skedlib/api-token")
     p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused: see cmd_serve
+    p.add_argument("--read-token-file", type=Path, default=None, metavar="FILE",
+                   help="a second token, read from FILE (mode 0600), that may only read "
+                        "(GET: dashboards, monitoring); default: $SKED_API_READ_TOKEN, "
+                        "else none")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="also accept requests whose Host header is NAME (a DNS name of "
                         "this machine or of a reverse proxy); repeatable")
@@ -210,9 +215,13 @@ def cmd_serve(client: Client, args: argparse.Namespace) -> int:
     tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     token, source = token_for_serve(client.backend, args.token_file,
                                     public=args.public or not is_loopback(host))
+    read_token, read_source = read_only_token_for_serve(args.read_token_file)
+    if read_token == token:
+        raise ValidationError("--read-token-file: the read-only token is the same as the "
+                              "full token; give it a token of its own")
     configure_logging(args.log_level)
     try:
-        server = ApiServer(client, host, port, token=token,
+        server = ApiServer(client, host, port, token=token, read_token=read_token,
                            allowed_hosts=tuple(args.allowed_host), tls=tls,
                            track_every=args.track_every)
     except OSError as exc:
@@ -223,7 +232,8 @@ def cmd_serve(client: Client, args: argparse.Namespace) -> int:
         if threading.current_thread() is threading.main_thread() else None
     server.start()
     print(f"sked serve: listening on {server.url} (OpenAPI document: {server.url}/openapi.json"
-          f"; bearer token required, from {source})", flush=True)
+          f"; bearer token required, from {source}"
+          + (f"; read-only token from {read_source}" if read_token else "") + ")", flush=True)
     try:
         while not stop.wait(0.5):
             pass

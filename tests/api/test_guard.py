@@ -173,3 +173,40 @@ def test_a_cors_preflight_is_never_granted(client: Client, server: ApiServer) ->
     assert r.status_code >= 400
     assert not any(k.lower().startswith("access-control-") for k in r.headers)
     assert JobClient(client.store).list() == []
+
+
+def test_the_read_only_token_reads_and_changes_nothing(client: Client) -> None:
+    reader = "read-" + TOKEN
+    with ApiServer(client, "127.0.0.1", 0, token=TOKEN, read_token=reader) as server:
+        as_reader = {**_ok(server), "Authorization": f"Bearer {reader}"}
+        # every write is refused with a 403 that says why, and queues nothing
+        r = _post(server, as_reader)
+        _refused(r, 403, "forbidden", client)
+        assert "may only read" in r.json()["message"]
+        for method, path in (("PUT", "/environments/e1"), ("DELETE", "/environments/e1"),
+                             ("POST", "/environments")):
+            r = requests.request(method, server.url + path, data=b"{}", headers=as_reader,
+                                 timeout=10)
+            assert r.status_code == 403, (method, path, r.text)
+        # the full token writes; the reader then sees the job and cannot cancel it
+        created = _post(server, _ok(server))
+        assert created.status_code == 201, created.text
+        job = created.json()["id"]
+        got = requests.get(f"{server.url}/jobs/{job}", headers=as_reader, timeout=10)
+        assert got.status_code == 200 and got.json()["id"] == job
+        listed = requests.get(f"{server.url}/jobs", headers=as_reader, timeout=10)
+        assert listed.status_code == 200 and [j["id"] for j in listed.json()["items"]] == [job]
+        cancel = requests.post(f"{server.url}/jobs/{job}/cancel", headers=as_reader,
+                               timeout=10)
+        assert cancel.status_code == 403
+        assert JobClient(client.store).status(job).status == "queued"
+        # a wrong token is still a 401
+        wrong = requests.get(f"{server.url}/jobs", timeout=10,
+                             headers={**as_reader, "Authorization": f"Bearer {reader}x"})
+        assert wrong.status_code == 401
+
+
+def test_the_read_only_token_must_be_its_own(client: Client) -> None:
+    for bad in ("", TOKEN):
+        with pytest.raises(ValueError, match="read-only token"):
+            RequestGuard(TOKEN, read_token=bad)

@@ -196,3 +196,37 @@ def test_servers_starting_together_agree_on_one_token(sqlite: Client) -> None:
     leftovers = [p.name for p in default_token_path(sqlite.backend).parent.iterdir()
                  if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_serve_takes_a_read_only_token_from_a_file(tmp_path: Path) -> None:
+    sked = shutil.which("sked", path=str(Path(sys.executable).parent))
+    assert sked is not None
+    url, reader_file = f"sqlite://{tmp_path}/s.db", tmp_path / "reader.token"
+    reader_file.write_text("reader-token-0123456789\n")
+    reader_file.chmod(0o600)
+    proc = subprocess.Popen(
+        [sked, "--backend", url, "serve", "--listen", "127.0.0.1:0",
+         "--read-token-file", str(reader_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={k: v for k, v in os.environ.items() if k != TOKEN_ENV})
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    try:
+        assert f"read-only token from token file {reader_file}" in line, line
+        api = line.split("listening on ")[1].split()[0]
+        token = (tmp_path / "s.db.api-token").read_text().strip()
+        reader = Http(api, "reader-token-0123456789")
+        assert reader.get("/jobs")[0] == 200
+        status, body = reader.post("/jobs", {"command": "true"})
+        assert status == 403 and "may only read" in body["message"]
+        assert Http(api, token).post("/jobs", {"command": "true"})[0] == 201
+    finally:
+        _stop(proc)
+    assert "reader-token-0123456789" not in line
+    # the same token for both is refused, in one line
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("reader-token-0123456789\n")
+    token_file.chmod(0o600)
+    code, out = _sked("--backend", url, "serve", "--token-file", str(token_file),
+                      "--read-token-file", str(reader_file))
+    assert code == 1 and "the same as the full token" in out and out.count("\n") == 1
