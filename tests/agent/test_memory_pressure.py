@@ -187,9 +187,10 @@ def test_short_of_memory_the_agent_gives_up_its_lowest_priority_task(
     hog.write_text(HOG)
     total_mib = psutil.virtual_memory().total >> 20
 
-    # host 1 gives up a task once its host's memory use grows by about 1% of the total
+    # host 1 gives up a task once its host's memory use grows by about 5% of the total
+    # (wide enough that other programs on a shared machine do not cross it by themselves)
     loop.start_scheduler()
-    threshold = round(min(memory_in_use() + 1.0, 99.0), 1)
+    threshold = round(min(memory_in_use() + 5.0, 99.0), 1)
     loop.start_agent(1, "--memory-pressure", str(threshold), "--pressure-cooldown", "300")
     h1, h2 = loop.host(1), loop.host(2)
 
@@ -205,13 +206,13 @@ def test_short_of_memory_the_agent_gives_up_its_lowest_priority_task(
     loop.start_agent(2)  # room for the hog to go to; no memory-pressure watch
     in_use = memory_in_use()
     print(f"memory in use: {in_use}%, threshold {threshold}%")
-    assert in_use < threshold - 0.2, (
+    assert in_use < threshold - 2.0, (
         f"the machine's memory use moved by itself: {in_use}% (threshold {threshold}%)")
     assert not loop.tasks("hog")[0].rejected_hosts, loop.log_text()
 
-    # the hog allocates 2.5% of the host's memory, and at least 1.5% more than the
-    # threshold needs
-    mib = int(max(2.5, threshold - in_use + 1.5) * total_mib / 100)
+    # the hog allocates 8% of the host's memory, and at least 3% more than the threshold
+    # needs
+    mib = int(max(8.0, threshold - in_use + 3.0) * total_mib / 100)
     trigger.write_text(str(mib))
 
     def moved() -> bool:
