@@ -68,6 +68,7 @@ __all__ = [
     "consul_cluster",
     "consul_dev",
     "consul_fault_cluster",
+    "consul_acl_tls",
     "consul_tls",
     "free_ports",
     "make_tls_files",
@@ -395,4 +396,20 @@ def consul_tls(request: pytest.FixtureRequest,
               "key_file": str(files["key"])}
     cluster = _SHARED.shared(request, "tls", lambda: ConsulCluster(
         1, dev=True, name="tls", config=config, tls=True))
+    return cluster, files
+
+
+@pytest.fixture(scope="session")
+def consul_acl_tls(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                   ) -> tuple[ConsulCluster, dict[str, Path]]:
+    """A ``-dev`` agent with ACLs (default deny, master token ACL_MASTER_TOKEN) serving
+    the HTTP API over TLS only, and its certificate files: how a production agent is run."""
+    _require()
+    files = make_tls_files(tmp_path_factory.mktemp("consul-acl-tls"))
+    config = {"ca_file": str(files["ca"]), "cert_file": str(files["cert"]),
+              "key_file": str(files["key"]), "acl_datacenter": "dc1",
+              "acl_master_token": ACL_MASTER_TOKEN, "acl_default_policy": "deny",
+              "acl_down_policy": "deny"}
+    cluster = _SHARED.shared(request, "acl-tls", lambda: ConsulCluster(
+        1, dev=True, name="acl-tls", config=config, tls=True, token=ACL_MASTER_TOKEN))
     return cluster, files

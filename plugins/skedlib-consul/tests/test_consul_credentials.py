@@ -22,6 +22,7 @@ from skedlib.store import credentials
 from tests.harness import consul as harness
 
 consul_acl = harness.consul_acl
+consul_acl_tls = harness.consul_acl_tls
 
 pytestmark = [pytest.mark.integration]
 
@@ -66,6 +67,29 @@ def test_a_prefix_limited_token_from_a_file(consul_acl: harness.ConsulCluster,
         b.revoke_lease(lease)
         with pytest.raises(BackendUnavailable, match="Permission denied"):
             b.put("other/a", b"1")  # outside the prefix: refused
+
+
+def test_a_prefix_limited_token_over_tls(
+        consul_acl_tls: tuple[harness.ConsulCluster, dict[str, Path]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # how a production agent runs: ACLs on, the HTTP API over TLS only
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN", raising=False)
+    cluster, files = consul_acl_tls
+    secret = _secret(tmp_path, _limited_token(cluster), 0o600)
+    ns = _ns()
+    with open_backend(cluster.url(token_file=str(secret), ca=str(files["ca"]))) as b:
+        rev = b.put(ns + "a", b"over tls")
+        kv = b.get(ns + "a")
+        assert kv is not None and kv.value == b"over tls" and kv.revision == rev
+        with pytest.raises(BackendUnavailable, match="Permission denied"):
+            b.put("other/a", b"1")  # outside the prefix: refused
+    # a wrong token over TLS is refused as well, in one line without the token
+    (tmp_path / "w").mkdir()
+    wrong = _secret(tmp_path / "w", str(uuid.UUID(int=0)), 0o600)
+    with open_backend(cluster.url(token_file=str(wrong), ca=str(files["ca"]), timeout=2)
+                      ) as bad, pytest.raises(BackendUnavailable) as info:
+        bad.put(ns + "b", b"1")
+    assert "\n" not in str(info.value) and str(uuid.UUID(int=0)) not in str(info.value)
 
 
 def test_the_token_file_from_the_environment(consul_acl: harness.ConsulCluster,
