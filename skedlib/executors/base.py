@@ -35,12 +35,15 @@ import abc
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import msgspec
 
 from skedlib.errors import SkedError
 from skedlib.models import Container, Task
+
+if TYPE_CHECKING:
+    from skedlib.executors.policy import HostPolicy
 
 __all__ = [
     "PROVIDED_PORT_VAR",
@@ -89,6 +92,12 @@ def convert_blob(container: Container, type_: type[T]) -> T:
                            f"{text}") from None
 
 
+def _default_policy() -> HostPolicy:
+    from skedlib.executors.policy import HostPolicy  # it imports TaskRejected from here
+
+    return HostPolicy()
+
+
 class ExecutorContext(msgspec.Struct, kw_only=True):
     """What the agent gives an executor factory."""
 
@@ -100,6 +109,9 @@ class ExecutorContext(msgspec.Struct, kw_only=True):
     """Per-task log files go below this directory."""
     options: dict[str, str] = msgspec.field(default_factory=dict)
     """Executor options from the agent's command line (``--executor-opt docker.url=…``)."""
+    policy: HostPolicy = msgspec.field(default_factory=_default_policy)
+    """This host's policy (``skedlib-agent --policy``, ``--run-as``): an executor asks it
+    before it starts anything (:meth:`Executor.admit` and ``start``)."""
 
 
 class ContainerRef(msgspec.Struct, frozen=True, order=True):
@@ -138,6 +150,15 @@ class Executor(abc.ABC):
 
         Raises :class:`TaskRejected` for what can never work here; any other exception
         is a failed attempt.
+        """
+
+    def admit(self, task: Task, container: Container) -> None:  # noqa: B027 - optional
+        """Raise :class:`TaskRejected` if this host can never run ``container`` as
+        configured (its blob, the host policy), before any container of the task starts.
+
+        Called by the agent's admission, from its control thread: pure, no I/O, no
+        blocking. The task may have no port yet (a provided port is picked later); the
+        default accepts everything. ``start`` must check the same again.
         """
 
     @abc.abstractmethod

@@ -25,6 +25,7 @@ import pytest
 
 from skedlib.codecs import decode, encode
 from skedlib.errors import SkedError
+from skedlib import DockerPolicy, HostPolicy
 from skedlib.executors import ContainerRef, ContainerStatus, ExecutorContext, TaskRejected
 from skedlib.keys import DEFAULT_PREFIX, Keyspace
 from skedlib.models import Check, Cluster, Container, Task, TaskDefinition, TaskHealth
@@ -117,11 +118,32 @@ def port_closed(port: int) -> bool:
 
 
 def make_executor(engine: DockerEngine, tmp_path: Path, host: str,
-                  **options: str) -> DockerEngineExecutor:
+                  policy: HostPolicy | None = None, **options: str) -> DockerEngineExecutor:
     ctx = ExecutorContext(host=host, state_dir=tmp_path / "state", log_dir=tmp_path / "logs",
                           options={"docker.url": engine.url, "docker.bind_ip": "127.0.0.1",
-                                   "docker.timeout": "30", **options})
+                                   "docker.timeout": "30", **options},
+                          policy=policy or HostPolicy())
     return DockerEngineExecutor(ctx)
+
+
+@pytest.fixture
+def make_permissive(docker_engine: DockerEngine, tmp_path: Path, host: str
+                    ) -> Iterator[Callable[..., DockerEngineExecutor]]:
+    """An executor whose host policy allows what a test's container asks (the default
+    policy refuses host mounts, added capabilities and the host network)."""
+    made: list[DockerEngineExecutor] = []
+
+    def make(**docker: Any) -> DockerEngineExecutor:
+        ex = make_executor(docker_engine, tmp_path, host,
+                           HostPolicy(docker=DockerPolicy(**docker)))
+        made.append(ex)
+        return ex
+
+    yield make
+    for ex in made:
+        for ref in ex.running():
+            ex.stop(ref, 0)
+        ex.close()
 
 
 @pytest.fixture
@@ -289,8 +311,9 @@ def test_env_and_provided_port_substitution(executor: DockerEngineExecutor,
     assert stat.S_IMODE(os.stat(tmp_path / "logs" / task.id).st_mode) == 0o700
 
 
-def test_limits_and_supported_flags(executor: DockerEngineExecutor,
+def test_limits_and_supported_flags(make_permissive: Callable[..., DockerEngineExecutor],
                                     docker_engine: DockerEngine) -> None:
+    executor = make_permissive(capabilities=["NET_ADMIN"])
     task, ctr = make_task({"image": docker_engine.image,
                            "cmd": ["sh", "-c", "id -u; hostname; touch /x 2>/dev/null || echo ro; "
                                    "touch /scratch/y && echo tmpfs-ok; sleep 300"],
@@ -326,8 +349,10 @@ def test_limits_and_supported_flags(executor: DockerEngineExecutor,
     assert die["Actor"]["Attributes"]["exitCode"] == "143"
 
 
-def test_net_host_container_listens_on_the_task_port(executor: DockerEngineExecutor,
-                                                     docker_engine: DockerEngine) -> None:
+def test_net_host_container_listens_on_the_task_port(
+        make_permissive: Callable[..., DockerEngineExecutor],
+        docker_engine: DockerEngine) -> None:
+    executor = make_permissive(host_network=True)
     port = free_port()
     task, ctr = make_task({"image": docker_engine.image, "container_port": 8080,
                            "cmd": ["sh", "-c", HTTPD.format(p="$PROVIDED_PORT")],
@@ -344,10 +369,11 @@ def test_net_host_container_listens_on_the_task_port(executor: DockerEngineExecu
     wait_for(f"port {port} to close", lambda: port_closed(port), 5)
 
 
-def test_extra_port_mappings_and_volume(executor: DockerEngineExecutor,
+def test_extra_port_mappings_and_volume(make_permissive: Callable[..., DockerEngineExecutor],
                                         docker_engine: DockerEngine,
                                         tmp_path: Path) -> None:
     needs_bridge(docker_engine)
+    executor = make_permissive(mounts=[str(tmp_path / "www")])
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text("from-a-volume\n")
