@@ -32,6 +32,7 @@ Contracts:
 from __future__ import annotations
 
 import abc
+import copy
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -62,6 +63,13 @@ T = TypeVar("T")
 
 class TaskRejected(SkedError):
     """This host cannot run the task as configured; the message is the reason shown."""
+
+    def within(self, where: str) -> TaskRejected:
+        """The same rejection (same class and attributes) with ``where: `` in front of
+        its message (``container web: …``)."""
+        placed = copy.copy(self)
+        placed.args = (f"{where}: {self}",)
+        return placed
 
 
 PROVIDED_PORT_VAR = re.compile(r"\$(?:\{PROVIDED_PORT\}|PROVIDED_PORT(?![A-Za-z0-9_]))")

@@ -190,7 +190,7 @@ class BashRunner(SupervisedExecutor):
                 raise policy.refuse("run_as", "download_dir must stay inside the work "
                                     "directory when tasks run as another user")
         except TaskRejected as exc:
-            raise TaskRejected(f"{where}: {exc}") from None
+            raise exc.within(where) from None
         return config, identity
 
     def start(self, task: Task, container: Container, env: Mapping[str, str]) -> None:

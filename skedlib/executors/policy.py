@@ -62,9 +62,10 @@ docker executor adds the socket of the engine it talks to)."""
 class PolicyRefused(TaskRejected):
     """The host policy refuses the task; the message names the rule (``docker.privileged``)."""
 
-    def __init__(self, rule: str, what: str, source: str = "default") -> None:
-        super().__init__(f"refused by the host policy ({source}), rule {rule}: {what}")
+    def __init__(self, message: str, *, rule: str = "") -> None:
+        super().__init__(message)
         self.rule = rule
+        """The policy field that refused (``docker.privileged``, ``commands`` …)."""
 
 
 class DockerPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -146,8 +147,10 @@ class HostPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     # -- executors and commands -------------------------------------------------------
     def refuse(self, rule: str, what: str) -> PolicyRefused:
-        """A :class:`PolicyRefused` naming ``rule`` and this policy's source."""
-        return PolicyRefused(rule, what, self.source)
+        """A :class:`PolicyRefused` naming ``rule`` and this policy's source:
+        ``refused by the host policy (FILE), rule RULE: WHAT``."""
+        return PolicyRefused(f"refused by the host policy ({self.source}), rule {rule}: "
+                             f"{what}", rule=rule)
 
     def check_executor(self, name: str) -> None:
         """Raise :class:`PolicyRefused` unless executor ``name`` is allowed."""
@@ -252,7 +255,8 @@ class HostPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if request.user and _is_root(request.user) and not rules.root:
             raise self.refuse("docker.root", f"--user={request.user} runs the container "
                               "as root")
-        if request.user and self.run_as and not _is_root(request.user):
+        if (request.user and self.run_as and not _is_root(request.user)
+                and request.user != self.docker_user(request.image)):
             name = request.user.partition(":")[0]
             if request.user not in self.users and name not in self.users:
                 raise self.refuse("users", f"--user={request.user}: this host runs "

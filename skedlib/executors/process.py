@@ -127,7 +127,7 @@ class ProcessRunner(SupervisedExecutor):
             resolved = resolve_command(argv[0], full_env, cwd)
             self.ctx.policy.check_argv(argv, resolved)
         except TaskRejected as exc:
-            raise TaskRejected(f"container {container.name}: {exc}") from None
+            raise exc.within(f"container {container.name}") from None
         return config, argv, full_env, cwd
 
     def start(self, task: Task, container: Container, env: Mapping[str, str]) -> None:

@@ -325,7 +325,7 @@ class DockerEngineExecutor(Executor):
             policy.check_docker(docker_request(spec, bind_ip=self.options.bind_ip,
                                                sockets=self.engine_sockets()))
         except TaskRejected as exc:
-            raise TaskRejected(f"container {container.name}: {exc}") from None
+            raise exc.within(f"container {container.name}") from None
         return spec
 
     def admit(self, task: Task, container: Container) -> None:
