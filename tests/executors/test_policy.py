@@ -6,7 +6,9 @@ import pwd
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
+import yaml
 
 from skedlib import (
     DockerPolicy,
@@ -170,3 +172,13 @@ def test_users_come_from_run_as_or_the_users_allowlist() -> None:
     assert keeps.docker_user("db:5") is None
     with pytest.raises(PolicyRefused, match="rule users"):
         keeps.check_docker(DockerRequest(image="a", user="daemon"))
+
+
+def test_the_example_in_the_security_docs_names_only_real_fields() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
+    section = text.split("## Host policy", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    data = yaml.safe_load(block)
+    policy = msgspec.convert(data, HostPolicy)  # unknown fields would raise
+    assert policy.docker.registries == ["registry.example.com"]
+    assert policy.executors == ["process", "docker"]
