@@ -138,6 +138,9 @@ class ProcessRunner(SupervisedExecutor):
         if cwd and not os.path.isdir(cwd):
             raise TaskRejected(f"container {container.name}: cwd {cwd!r} is not a directory")
         identity = self.ctx.policy.identity(config.user)
+        if identity is not None and not cwd:
+            # not the agent's working directory, which the user may not even enter
+            cwd = identity.home if os.path.isdir(identity.home) else "/"
         self._stop_leftover(ref)
         out, err = self.log_paths(ref)
         try:

@@ -79,6 +79,8 @@ def test_run_as_starts_tasks_with_that_uid_and_per_task_users_only_if_allowed(
     assert proc.uids().real == proc.uids().effective == NOBODY.pw_uid
     assert proc.gids().real == NOBODY.pw_gid
     assert proc.environ()["HOME"] == NOBODY.pw_dir and proc.environ()["USER"] == "nobody"
+    home = NOBODY.pw_dir if os.path.isdir(NOBODY.pw_dir) else "/"
+    assert proc.cwd() == home  # not the agent's working directory
 
     env.wait_healthy(chosen.id)
     (proc,) = env.processes(chosen.id)
