@@ -141,6 +141,8 @@ class BashRunner(SupervisedExecutor):
         path = self._record_path(ref)
         write_record(path, msgspec.to_builtins(record))
         path.chmod(0o600)  # the environment may hold secrets
+        if record.user:  # writing the record narrowed the task's directory to 0700
+            reachable_by(self.workdir(ref), self.state_dir)
 
     def _drop(self, ref: ContainerRef) -> None:
         with self._lock:

@@ -70,7 +70,8 @@ def test_run_as_starts_tasks_with_that_uid_and_per_task_users_only_if_allowed(
         name="main", type="process", executor={"argv": ["sleep", "600"], "user": "root"})])
     shell = make_task(0, service="shell", containers=[Container(
         name="sh", type="bash", executor={
-            "start": "id -u > \"$SKED_WORKDIR/uid\"; echo out-$(id -u); exec sleep 600"})])
+            "start": "id -u > \"$SKED_WORKDIR/uid\"; echo out-$(id -u); exec sleep 600",
+            "stop": "id -u > \"$SKED_WORKDIR/stopped\""})])
     for task in (plain, chosen, root, shell):
         env.put_task(task)
 
@@ -106,6 +107,11 @@ def test_run_as_starts_tasks_with_that_uid_and_per_task_users_only_if_allowed(
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (os.geteuid(), 0o640)
     for d in (env.state_dir / "executors", env.state_dir / "executors" / "bash"):
         assert stat.S_IMODE(d.stat().st_mode) == 0o711  # pass, not list
+
+    env.delete_task(shell.id)  # the stop command runs as the task's user too
+    stopped = wait_for(lambda: (workdir / "stopped").exists() and workdir / "stopped", 15,
+                       "the stop command")
+    assert stopped.read_text().strip() == str(NOBODY.pw_uid)
 
 
 def test_a_bad_policy_file_stops_the_agent_with_one_line(
