@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from skedlib import DockerPolicy, HostPolicy, PolicyRefused
+from skedlib import DockerPolicy, HostPolicy, PolicyRefused, load_policy
 from skedlib.codecs import decode, encode
 from skedlib.errors import SkedError
 from skedlib.executors import ContainerRef, ContainerStatus, ExecutorContext, TaskRejected
@@ -757,6 +757,56 @@ def test_the_agent_runs_adopts_and_stops_a_docker_task(docker_engine: DockerEngi
     finally:
         for agent in agents:
             agent.stop(stop_tasks=True)
+        for r in observer.running():
+            observer.stop(r, 0)
+        observer.close()
+        backend.close()
+
+
+def test_the_agent_rejects_what_its_policy_refuses_before_any_container_starts(
+        docker_engine: DockerEngine, tmp_path: Path, host: str) -> None:
+    """A two-container task whose second container asks for --privileged is rejected
+    naming the rule, and its harmless first container was never created either."""
+    from skedlib.agent import Agent, AgentConfig
+
+    backend = open_backend(f"sqlite://{tmp_path}/store.db")
+    keys = Keyspace(DEFAULT_PREFIX)
+    policy_file = tmp_path / "policy.yml"
+    policy_file.write_text("docker:\n  capabilities: [NET_ADMIN]\n")
+    config = AgentConfig(host=host, state_dir=tmp_path / "agent", executors=["docker"],
+                         executor_options={"docker": {"url": docker_engine.url}},
+                         lease_ttl=2.0, host_policy=load_policy(policy_file))
+    observer = make_executor(docker_engine, tmp_path, host)
+    side = Container(name="side", type="docker",
+                     executor={"image": docker_engine.image, "cmd": ["sleep", "300"],
+                               "flags": ["--cap-add=NET_ADMIN"]})
+    root = Container(name="root", type="docker",
+                     executor={"image": docker_engine.image, "cmd": ["sleep", "300"],
+                               "flags": ["--privileged"]})
+    definition = TaskDefinition(name="both", version=1, containers=[side, root],
+                                grace_period=10**9, max_attempts=3)
+    task = Task(cluster=Cluster(name="default"), task_definition=definition,
+                service="both", instance=0, host=host, scheduled=True)
+    agent = Agent(backend, config)
+    try:
+        agent.start()
+        assert agent.wait_ready(15)
+        backend.put(keys.host_task(host, task.id), encode(task))
+        backend.put(keys.task(task.id), encode(task))
+
+        def rejected() -> Task | None:
+            kv = backend.get(keys.task(task.id))
+            stored = decode(kv.value, Task) if kv else None
+            return stored if stored is not None and stored.rejected else None
+
+        found = wait_for("the rejection", rejected)
+        assert found.reject_reason == (
+            f"container root: refused by the host policy ({policy_file}), rule "
+            "docker.privileged: a privileged container is root on the host")
+        assert host in found.rejected_hosts
+        assert observer.running() == []  # not even the allowed container was created
+    finally:
+        agent.stop(stop_tasks=True)
         for r in observer.running():
             observer.stop(r, 0)
         observer.close()
