@@ -187,10 +187,13 @@ class BashRunner(SupervisedExecutor):
             for i, command in enumerate(container.setup or []):
                 policy.check_shell(command, f"setup command {i + 1}")
             identity = policy.identity(config.user)
-            if identity is not None and config.download_dir:
+            inside = not os.path.isabs(config.download_dir) and ".." not in Path(
+                config.download_dir).parts
+            if identity is not None and not inside:
                 # the agent downloads: elsewhere it would write as its own user
-                raise policy.refuse("run_as", "download_dir must stay inside the work "
-                                    "directory when tasks run as another user")
+                raise policy.refuse("run_as", f"download_dir {config.download_dir!r} must "
+                                    "be inside the work directory (a relative path) when "
+                                    "tasks run as another user")
         except TaskRejected as exc:
             raise exc.within(where) from None
         return config, identity
@@ -227,7 +230,8 @@ class BashRunner(SupervisedExecutor):
                 dest = workdir / dest
             artifact = self._download(where, config.artifact, dest)
             if identity is not None:
-                os.chown(artifact, identity.uid, identity.gid)
+                for path in {artifact, artifact.parent} - {workdir}:
+                    os.chown(path, identity.uid, identity.gid)
             added["SKED_ARTIFACT"] = str(artifact)
         full_env = {**os.environ, **added}
         for i, command in enumerate(container.setup or []):

@@ -374,7 +374,7 @@ def _capability(name: str) -> str:
 
 def _is_root(user: str) -> bool:
     name = user.partition(":")[0].strip()
-    return name in ("0", "root")
+    return name == "root" or (name.isdigit() and int(name) == 0)
 
 
 def normalize_image(image: str) -> str:

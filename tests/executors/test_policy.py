@@ -11,15 +11,22 @@ import pytest
 import yaml
 
 from skedlib import (
+    Cluster,
+    Container,
     DockerPolicy,
     DockerRequest,
+    ExecutorContext,
     HostPolicy,
     Identity,
     PolicyRefused,
+    Task,
+    TaskDefinition,
     ValidationError,
     load_policy,
     normalize_image,
 )
+from skedlib.executors.bash import BashRunner
+from skedlib.executors.process import ProcessRunner
 
 EXAMPLE = """\
 # /etc/skedlib/policy.yml
@@ -121,7 +128,7 @@ def test_dangerous_docker_options_are_refused_by_default_each_by_its_rule() -> N
         "docker.host_pid": DockerRequest(image="a", pid_mode="host"),
         "docker.host_ipc": DockerRequest(image="a", ipc_mode="host"),
         "docker.devices": DockerRequest(image="a", devices=["/dev/sda"]),
-        "docker.root": DockerRequest(image="a", user="0:0"),
+        "docker.root": DockerRequest(image="a", user="00:0"),
         "docker.publish_addresses": DockerRequest(image="a", publish_addresses=["0.0.0.0"]),
     }
     for rule, request in cases.items():
@@ -182,3 +189,32 @@ def test_the_example_in_the_security_docs_names_only_real_fields() -> None:
     policy = msgspec.convert(data, HostPolicy)  # unknown fields would raise
     assert policy.docker.registries == ["registry.example.com"]
     assert policy.executors == ["process", "docker"]
+
+
+def test_the_process_and_bash_executors_ask_the_policy_at_admission(tmp_path: Path) -> None:
+    policy = HostPolicy(commands=["sleep *", "/usr/bin/sleep"], run_as="nobody")
+    ctx = ExecutorContext(host="h", state_dir=tmp_path / "s", log_dir=tmp_path / "l",
+                          policy=policy)
+    task = Task(cluster=Cluster(name="c"), service="s", instance=0,
+                task_definition=TaskDefinition(name="s", version=1, containers=[]))
+    process, bash = ProcessRunner(ctx), BashRunner(ctx)
+    try:
+        process.admit(task, Container(name="a", type="process",
+                                      executor={"argv": ["sleep", "5"]}))
+        with pytest.raises(PolicyRefused, match=r"^container a: refused by the host policy "
+                                                r"\(default\), rule commands: command "
+                                                r"'true' matches no"):
+            process.admit(task, Container(name="a", type="process",
+                                          executor={"argv": ["true"]}))
+        bash.admit(task, Container(name="b", type="bash", executor={
+            "start": "sleep 5", "download_dir": "bin"}))
+        with pytest.raises(PolicyRefused, match=r"rule commands: setup command 1 'rm -rf /'"):
+            bash.admit(task, Container(name="b", type="bash", setup=["rm -rf /"],
+                                       executor={"start": "sleep 5"}))
+        for outside in ("/opt/app", "../x"):
+            with pytest.raises(PolicyRefused, match=r"rule run_as: download_dir"):
+                bash.admit(task, Container(name="b", type="bash", executor={
+                    "start": "sleep 5", "download_dir": outside}))
+    finally:
+        process.close()
+        bash.close()
