@@ -3,10 +3,11 @@
 A task is rejected at once (never started) when a container needs an executor this host
 does not have (not installed, failed to start, not enabled, or not allowed by the host
 policy), when its executor refuses it (:meth:`~skedlib.executors.Executor.admit`: a bad
-blob, or the host policy: a command, an image, a docker option, a user), when its demand exceeds
-what is left of the host's memory, CPU units or disk (disk only when the host offers
-some), when its fixed port is held by another of this agent's tasks, or when the health
-provider refuses its checks.
+blob, or the host policy: a command, an image, a docker option, a user), when its
+demand exceeds what is left of the host's memory, CPU units or disk (disk only when the
+host offers some), when its fixed port is held by another of this agent's tasks, or when
+the health provider refuses its checks. Every container is judged before any starts, so
+a refused task leaves nothing half-started.
 """
 
 from __future__ import annotations

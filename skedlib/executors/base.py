@@ -16,6 +16,9 @@ Contracts:
   configured" (bad executor blob, missing image, command not found, port taken): the
   agent rejects the task at once with the message as the reason. Any other exception is
   a failed attempt, retried with backoff up to ``max_attempts``.
+- ``admit`` (optional) refuses, with :class:`TaskRejected`, what ``start`` would refuse
+  and can be known without starting (the blob, the host policy in ``ExecutorContext.policy``),
+  so the agent rejects a task before any of its containers starts.
 - ``stop`` is idempotent: stopping a container that is not running is not an error.
   It sends a polite signal, waits up to ``grace`` seconds, then kills.
 - ``status`` never raises for a container it does not know: it returns ``state="missing"``.
@@ -164,9 +167,10 @@ class Executor(abc.ABC):
         """Raise :class:`TaskRejected` if this host can never run ``container`` as
         configured (its blob, the host policy), before any container of the task starts.
 
-        Called by the agent's admission, from its control thread: pure, no I/O, no
-        blocking. The task may have no port yet (a provided port is picked later); the
-        default accepts everything. ``start`` must check the same again.
+        Called by the agent's admission, from its control thread: it must not block (no
+        network, no engine call; a ``stat`` is fine). The task may have no port yet (a
+        provided port is picked later: judge with a stand-in). The default accepts
+        everything. ``start`` must check the same again.
         """
 
     @abc.abstractmethod
