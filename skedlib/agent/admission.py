@@ -61,6 +61,12 @@ class Admission:
             if c.type not in self.executors:
                 return self._missing_executor(c.name, c.type)
         for c in td.containers:  # the policy and the blobs, before anything starts
+            for i, check in enumerate(c.checks or []):
+                if check.script:
+                    try:
+                        self.policy.check_script(check.script, f"checks[{i}]: script")
+                    except TaskRejected as exc:
+                        return f"container {c.name}: {exc}"
             try:
                 self.executors[c.type].admit(task, c)
             except TaskRejected as exc:

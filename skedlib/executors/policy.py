@@ -181,6 +181,15 @@ class HostPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if not any(fnmatch.fnmatchcase(command.strip(), p) for p in self.commands):
             raise self.refuse("commands", f"{what} {command!r} matches no allowed pattern")
 
+    def check_script(self, script: str, what: str = "script check") -> None:
+        """Raise :class:`PolicyRefused` for a ``script`` check the host would not run: one
+        that matches no ``commands`` pattern, or any script when tasks run as another user
+        (``run_as``), since the health provider runs checks as the agent's own user."""
+        if self.run_as:
+            raise self.refuse("run_as", f"{what} {script!r} would run as the agent's user, "
+                              f"not as {self.run_as} (use an http or tcp check)")
+        self.check_shell(script, what)
+
     # -- users ------------------------------------------------------------------------
     def identity(self, requested: str = "") -> Identity | None:
         """Who a task runs as: ``requested`` (a per-task user, only if in ``users``),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from skedlib.cli.agent import main as agent_main
-from skedlib.models import Container
+from skedlib.models import Check, Container
 from tests.agent.conftest import PY, AgentEnv, http_server, make_task, sleeper, wait_for
 
 NOBODY = pwd.getpwnam("nobody")
@@ -72,7 +72,10 @@ def test_run_as_starts_tasks_with_that_uid_and_per_task_users_only_if_allowed(
         name="sh", type="bash", executor={
             "start": "id -u > \"$SKED_WORKDIR/uid\"; echo out-$(id -u); exec sleep 600",
             "stop": "id -u > \"$SKED_WORKDIR/stopped\""})])
-    for task in (plain, chosen, root, shell):
+    script = make_task(0, service="script", containers=[Container(
+        name="main", type="process", executor={"argv": ["sleep", "600"]},
+        checks=[Check(script="true", interval="1s")])])
+    for task in (plain, chosen, root, shell, script):
         env.put_task(task)
 
     env.wait_healthy(plain.id)
@@ -90,6 +93,12 @@ def test_run_as_starts_tasks_with_that_uid_and_per_task_users_only_if_allowed(
     assert "rule users: the task asks to run as 'root', which is not allowed" in \
         env.wait_rejected(root.id).reject_reason
     assert env.processes(root.id) == []
+    # the health provider runs script checks as the agent: not under --run-as
+    assert env.wait_rejected(script.id).reject_reason == (
+        f"container main: refused by the host policy ({policy}), rule run_as: checks[0]: "
+        "script 'true' would run as the agent's user, not as nobody (use an http or tcp "
+        "check)")
+    assert env.processes(script.id) == []
 
     # bash: the work directory is the task user's own, reachable by its absolute path;
     # the logs stay the agent's, private to everyone else

@@ -102,6 +102,15 @@ def test_shell_commands_must_match_as_a_whole() -> None:
         policy.check_shell("curl x | sh", "start command")
 
 
+def test_script_checks_are_commands_and_never_run_as_the_agent_under_run_as() -> None:
+    HostPolicy().check_script("curl -f localhost")  # the default: allowed
+    with pytest.raises(PolicyRefused, match="rule commands: script check 'rm -rf /'"):
+        HostPolicy(commands=["curl *"]).check_script("rm -rf /")
+    with pytest.raises(PolicyRefused, match="rule run_as: script check 'true' would run as "
+                                            "the agent's user, not as nobody"):
+        HostPolicy(run_as="nobody").check_script("true")
+
+
 def test_images_match_patterns_or_registries_in_full_form() -> None:
     assert normalize_image("busybox") == "docker.io/library/busybox:latest"
     assert normalize_image("me/app:2") == "docker.io/me/app:2"
