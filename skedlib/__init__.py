@@ -48,6 +48,16 @@ from skedlib.executors.base import (
     convert_blob,
     substitute_port,
 )
+from skedlib.executors.policy import (
+    DOCKER_SOCKETS,
+    DockerPolicy,
+    DockerRequest,
+    HostPolicy,
+    Identity,
+    PolicyRefused,
+    load_policy,
+    normalize_image,
+)
 from skedlib.executors.supervision import SupervisedExecutor
 from skedlib.health.checks import ResolvedCheck, resolve_checks
 from skedlib.health.provider import (
@@ -148,6 +158,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that is no
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "DOCKER_SOCKETS",
     "PROVIDED_PORT_VAR",
     "RETRY",
     "ApplyResult",
@@ -175,6 +186,8 @@ __all__ = [
     "Deployment",
     "DeploymentCreate",
     "DistinctHostFilter",
+    "DockerPolicy",
+    "DockerRequest",
     "Environment",
     "EnvironmentCreate",
     "Environments",
@@ -187,8 +200,10 @@ __all__ = [
     "HealthProvider",
     "Host",
     "HostConfig",
+    "HostPolicy",
     "HostPool",
     "HostState",
+    "Identity",
     "Informer",
     "InvalidName",
     "Job",
@@ -217,6 +232,7 @@ __all__ = [
     "Plan",
     "PlanProblem",
     "PluginError",
+    "PolicyRefused",
     "PortsFree",
     "Put",
     "Registry",
@@ -264,6 +280,8 @@ __all__ = [
     "is_task_healthy",
     "lazy_attributes",
     "load_manifest",
+    "load_policy",
+    "normalize_image",
     "one_line",
     "open_backend",
     "parse_constraint",

@@ -383,6 +383,9 @@ class BashExecutor(msgspec.Struct, kw_only=True):
     env: list[str] = msgspec.field(default_factory=list)
     artifact: str = ""
     download_dir: str = ""
+    user: str = ""
+    """``USER[:GROUP]`` to run the commands as; only where the host policy lists it in
+    ``users`` (empty: the host's ``--run-as`` user, else the agent's)."""
 
 
 class ProcessExecutor(msgspec.Struct, kw_only=True):
@@ -391,6 +394,9 @@ class ProcessExecutor(msgspec.Struct, kw_only=True):
     argv: list[str]
     env: dict[str, str] = msgspec.field(default_factory=dict)
     cwd: str = ""
+    user: str = ""
+    """``USER[:GROUP]`` to run the command as; only where the host policy lists it in
+    ``users`` (empty: the host's ``--run-as`` user, else the agent's)."""
 
 
 class Manifest(msgspec.Struct, kw_only=True):

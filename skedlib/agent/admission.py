@@ -1,10 +1,13 @@
 """Admission: can this host ever run a task as issued? Accept it, or say why not.
 
 A task is rejected at once (never started) when a container needs an executor this host
-does not have (not installed, failed to start, or not enabled), when its demand exceeds
-what is left of the host's memory, CPU units or disk (disk only when the host offers
-some), when its fixed port is held by another of this agent's tasks, or when the health
-provider refuses its checks.
+does not have (not installed, failed to start, not enabled, or not allowed by the host
+policy), when its executor refuses it (:meth:`~skedlib.executors.Executor.admit`: a bad
+blob, or the host policy: a command, an image, a docker option, a user), when its
+demand exceeds what is left of the host's memory, CPU units or disk (disk only when the
+host offers some), when its fixed port is held by another of this agent's tasks, or when
+the health provider refuses its checks. Every container is judged before any starts, so
+a refused task leaves nothing half-started.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 
 from skedlib.agent.ports import PortAllocator
 from skedlib.executors.base import Executor, TaskRejected
+from skedlib.executors.policy import HostPolicy
 from skedlib.health.provider import HealthProvider
 from skedlib.models import Resources, Task
 
@@ -40,6 +44,8 @@ class Admission:
     installed: Sequence[str]
     ports: PortAllocator
     health: HealthProvider
+    policy: HostPolicy
+    """The host policy: executors, and what each executor's :meth:`Executor.admit` asks."""
 
     def reason(self, task_id: str, task: Task, allocated: Resources) -> str | None:
         """Why this host can never run ``task`` as issued, or None. ``allocated`` is what
@@ -48,8 +54,25 @@ class Admission:
         if not td.containers:
             return "the task definition has no containers"
         for c in td.containers:
+            try:
+                self.policy.check_executor(c.type)
+            except TaskRejected as exc:
+                return f"container {c.name}: {exc}"
             if c.type not in self.executors:
                 return self._missing_executor(c.name, c.type)
+        for c in td.containers:  # the policy and the blobs, before anything starts
+            for i, check in enumerate(c.checks or []):
+                if check.script:
+                    try:
+                        self.policy.check_script(check.script, f"checks[{i}]: script")
+                    except TaskRejected as exc:
+                        return f"container {c.name}: {exc}"
+            try:
+                self.executors[c.type].admit(task, c)
+            except TaskRejected as exc:
+                return str(exc)
+            except Exception as exc:  # a plugin's bug must not take the agent down
+                return f"container {c.name}: executor {c.type!r} cannot judge it: {exc}"
         need = demand(task)
         free = self.total - allocated
         for what, unit in (("memory", "MiB of memory"), ("cpu_units", "CPU units"),

@@ -78,6 +78,8 @@ from skedlib.agent.records import HealthWriter, compose_health
 from skedlib.agent.wiring import Executors, health_provider_name, open_health_provider
 from skedlib.errors import ValidationError
 from skedlib.executors.base import ContainerRef, ContainerStatus, Executor, TaskRejected
+from skedlib.executors.policy import HostPolicy
+from skedlib.executors.supervision import reachable_by
 from skedlib.health.provider import DEFAULT_FAILURE_THRESHOLD, HealthProvider
 from skedlib.keys import DEFAULT_PREFIX, Keyspace
 from skedlib.models import HealthState, Host, Resources, Task
@@ -148,6 +150,11 @@ class AgentConfig(msgspec.Struct, kw_only=True):
     newest) so a scheduler moves it elsewhere; 0: never."""
     pressure_cooldown: float = 60.0
     """Seconds after giving up a task under memory pressure before giving up another."""
+    host_policy: HostPolicy = msgspec.field(default_factory=HostPolicy)
+    """What this host accepts (``--policy FILE``, ``--run-as``): executors, commands,
+    images, docker options, users; a task it refuses is rejected naming the rule. The
+    default allows every executor, command and image and refuses dangerous docker
+    options (docs/security.md)."""
 
 
 def _check(config: AgentConfig) -> None:
@@ -212,7 +219,8 @@ class Agent:
 
         self._executors = Executors(self.registry, self.host, self.state_dir, self.log_dir,
                                     config.executor_options,
-                                    lambda *args: self._queue.put(Exited(*args)))
+                                    lambda *args: self._queue.put(Exited(*args)),
+                                    config.host_policy)
         self.installed = self._executors.installed
         try:
             self._executors.open_all(config.executors)
@@ -220,11 +228,17 @@ class Agent:
             self.health.close()
             raise
         self.executors: dict[str, Executor] = self._executors.running
+        if config.state_dir is None and (config.host_policy.run_as or
+                                         config.host_policy.users):
+            # the default dir's parents are skedlib's own (…/skedlib/agent/HOST): let
+            # task users pass through them to their work directories
+            reachable_by(self.state_dir, self.state_dir.parent.parent)
         self.unavailable: dict[str, str] = self._executors.unavailable
         """Installed executors that failed to start, and why (only when the config names
         none: a named executor that cannot start is an error)."""
         self.admission = Admission(self.host, self.total, self.executors, self.unavailable,
-                                   self.installed, self.ports, self.health)
+                                   self.installed, self.ports, self.health,
+                                   config.host_policy)
         self.operations = TaskOperations(backend, self.keys, self.host, self.executors,
                                          self.ports)
         self._poll = StatusPoll(self.executors, self._executors.callbacks, config.status_poll,

@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 from skedlib.errors import PluginError
 from skedlib.executors.base import ContainerRef, ContainerStatus, Executor, ExecutorContext
+from skedlib.executors.policy import HostPolicy
+from skedlib.executors.supervision import reachable_by
 from skedlib.health.provider import HealthContext, HealthProvider
 from skedlib.keys import Keyspace
 from skedlib.plugins import Registry
@@ -25,8 +27,10 @@ class Executors:
     """The executors enabled on a host, opened from the registry."""
 
     def __init__(self, registry: Registry, host: str, state_dir: Path, log_dir: Path,
-                 options: dict[str, dict[str, str]], on_exit: ExitCallback) -> None:
+                 options: dict[str, dict[str, str]], on_exit: ExitCallback,
+                 policy: HostPolicy | None = None) -> None:
         self.registry = registry
+        self.policy = policy or HostPolicy()
         self.host = host
         self.state_dir = state_dir
         self.log_dir = log_dir
@@ -41,10 +45,15 @@ class Executors:
         self._warned: dict[str, str] = {}
 
     def open_all(self, names: list[str] | None) -> None:
-        """Open ``names`` (each required), or every installed executor that starts (None).
-        On an error the ones opened are closed again."""
+        """Open ``names`` (each required), or every installed executor that starts (None),
+        leaving out those the host policy's ``executors`` does not allow. On an error the
+        ones opened are closed again."""
         try:
             for name in self.installed if names is None else names:
+                if self.policy.executors is not None and name not in self.policy.executors:
+                    log.info("executor %s is not enabled: the host policy (%s) does not "
+                             "allow it", name, self.policy.source)
+                    continue
                 self.open(name, required=names is not None)
         except BaseException:
             self.close()
@@ -58,7 +67,8 @@ class Executors:
             raise PluginError(f"no executor named {name!r} is installed (installed: "
                               f"{', '.join(self.installed) or 'none'})")
         ctx = ExecutorContext(host=self.host, state_dir=self.state_dir / "executors" / name,
-                              log_dir=self.log_dir, options=dict(self.options.get(name, {})))
+                              log_dir=self.log_dir, options=dict(self.options.get(name, {})),
+                              policy=self.policy)
         try:
             executor = self.registry.executor_factory(name)(ctx)
             if not isinstance(executor, Executor):
@@ -71,6 +81,10 @@ class Executors:
             log.warning("%s", self.unavailable[name])
             return
         self.running[name] = executor
+        if self.policy.run_as or self.policy.users:
+            # tasks running as other users reach their work directories below the
+            # executor's state dir by path: let them pass (0711), not list
+            reachable_by(ctx.state_dir / "x", self.state_dir)
         if executor.notify_exits(self._exit_callback(name)):
             self.callbacks.add(name)
 

@@ -31,6 +31,7 @@ from skedlib.cli.args import add_backend_options, positive_number
 from skedlib.cli.logs import configure_logging
 from skedlib.client import default_backend_url
 from skedlib.errors import SkedError
+from skedlib.executors.policy import HostPolicy, Identity, load_policy
 from skedlib.jobs.models import JobRequirements
 from skedlib.jobs.worker import JobWorker, WorkerConfig
 from skedlib.plugins import open_backend
@@ -109,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE", help="a host attribute for constraints; repeatable")
     p.add_argument("--executors", action="append", metavar="NAME[,NAME…]",
                    help="executors enabled on this host (default: every installed one)")
+    p.add_argument("--policy", type=Path, default=None, metavar="FILE",
+                   help="host policy (YAML): which executors, commands, images, docker "
+                        "options and users this host accepts (default: every executor, "
+                        "command and image; no dangerous docker option; see "
+                        "docs/security.md)")
+    p.add_argument("--run-as", default="", metavar="USER[:GROUP]",
+                   help="run process and bash tasks as this user, and docker containers "
+                        "with --user UID:GID (default: the policy's run_as, else the "
+                        "agent's own user)")
     p.add_argument("--executor-opt", action="append", type=_key_value, default=[],
                    metavar="EXECUTOR.KEY=VALUE",
                    help="an executor option, e.g. process.log_max_bytes=1000000")
@@ -199,7 +209,15 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         if not sep or not option:
             raise SkedError(f"--executor-opt {key}={value}: expected EXECUTOR.KEY=VALUE")
         options.setdefault(name, {})[option] = value
+    policy = load_policy(args.policy) if args.policy else HostPolicy()
+    if args.run_as:
+        try:
+            Identity.resolve(args.run_as)
+        except ValueError as exc:
+            raise SkedError(f"--run-as {args.run_as}: {exc}") from None
+        policy.run_as = args.run_as
     return AgentConfig(
+        host_policy=policy,
         host=args.host, address=args.address, cluster=args.cluster,
         attributes=dict(args.attribute), executors=executors, executor_options=options,
         health_provider=args.health_provider, health_options=dict(args.health_opt),

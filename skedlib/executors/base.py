@@ -16,6 +16,9 @@ Contracts:
   configured" (bad executor blob, missing image, command not found, port taken): the
   agent rejects the task at once with the message as the reason. Any other exception is
   a failed attempt, retried with backoff up to ``max_attempts``.
+- ``admit`` (optional) refuses, with :class:`TaskRejected`, what ``start`` would refuse
+  and can be known without starting (the blob, the host policy in ``ExecutorContext.policy``),
+  so the agent rejects a task before any of its containers starts.
 - ``stop`` is idempotent: stopping a container that is not running is not an error.
   It sends a polite signal, waits up to ``grace`` seconds, then kills.
 - ``status`` never raises for a container it does not know: it returns ``state="missing"``.
@@ -32,15 +35,19 @@ Contracts:
 from __future__ import annotations
 
 import abc
+import copy
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import msgspec
 
 from skedlib.errors import SkedError
 from skedlib.models import Container, Task
+
+if TYPE_CHECKING:
+    from skedlib.executors.policy import HostPolicy
 
 __all__ = [
     "PROVIDED_PORT_VAR",
@@ -59,6 +66,13 @@ T = TypeVar("T")
 
 class TaskRejected(SkedError):
     """This host cannot run the task as configured; the message is the reason shown."""
+
+    def within(self, where: str) -> TaskRejected:
+        """The same rejection (same class and attributes) with ``where: `` in front of
+        its message (``container web: …``)."""
+        placed = copy.copy(self)
+        placed.args = (f"{where}: {self}",)
+        return placed
 
 
 PROVIDED_PORT_VAR = re.compile(r"\$(?:\{PROVIDED_PORT\}|PROVIDED_PORT(?![A-Za-z0-9_]))")
@@ -89,6 +103,12 @@ def convert_blob(container: Container, type_: type[T]) -> T:
                            f"{text}") from None
 
 
+def _default_policy() -> HostPolicy:
+    from skedlib.executors.policy import HostPolicy  # it imports TaskRejected from here
+
+    return HostPolicy()
+
+
 class ExecutorContext(msgspec.Struct, kw_only=True):
     """What the agent gives an executor factory."""
 
@@ -100,6 +120,9 @@ class ExecutorContext(msgspec.Struct, kw_only=True):
     """Per-task log files go below this directory."""
     options: dict[str, str] = msgspec.field(default_factory=dict)
     """Executor options from the agent's command line (``--executor-opt docker.url=…``)."""
+    policy: HostPolicy = msgspec.field(default_factory=_default_policy)
+    """This host's policy (``skedlib-agent --policy``, ``--run-as``): an executor asks it
+    before it starts anything (:meth:`Executor.admit` and ``start``)."""
 
 
 class ContainerRef(msgspec.Struct, frozen=True, order=True):
@@ -138,6 +161,16 @@ class Executor(abc.ABC):
 
         Raises :class:`TaskRejected` for what can never work here; any other exception
         is a failed attempt.
+        """
+
+    def admit(self, task: Task, container: Container) -> None:  # noqa: B027 - optional
+        """Raise :class:`TaskRejected` if this host can never run ``container`` as
+        configured (its blob, the host policy), before any container of the task starts.
+
+        Called by the agent's admission, from its control thread: it must not block (no
+        network, no engine call; a ``stat`` is fine). The task may have no port yet (a
+        provided port is picked later: judge with a stand-in). The default accepts
+        everything. ``start`` must check the same again.
         """
 
     @abc.abstractmethod

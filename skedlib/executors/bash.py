@@ -26,6 +26,15 @@ Starting:
    status ``detached``, liveness from the task's checks. A non-zero exit within the
    window is a failed attempt (127, "command not found", rejects the task).
 
+The host policy (:class:`~skedlib.executors.policy.HostPolicy`) is asked first, at
+admission and again at start: ``start``, ``stop`` and each ``setup`` command must match
+its ``commands`` patterns as a whole, and every command runs as its ``run_as`` user, or
+as the blob's ``user`` when the policy lists it in ``users``. Such a task's work
+directory is its own (0700); the agent's directories above it let it pass (0711) but
+not list; the artifact is downloaded by the agent into the work directory and handed to
+the user (``download_dir`` elsewhere is refused, as the agent would write there as
+itself); log files stay the agent's.
+
 Stopping runs ``stop`` (if any) within the grace period, then SIGTERM to what is left of
 the process group, the rest of the grace period, and SIGKILL. What stop needs (mode,
 process group, stop command, environment additions, work directory) is recorded in
@@ -60,14 +69,17 @@ from skedlib.executors.base import (
     convert_blob,
     substitute_port,
 )
+from skedlib.executors.policy import Identity
 from skedlib.executors.supervision import (
     SupervisedExecutor,
     describe_exit,
     kill_group_members,
     log_tail,
     option,
+    reachable_by,
     read_record,
     signal_group,
+    user_popen_args,
     write_record,
 )
 from skedlib.models import BashExecutor, Container, Task
@@ -99,6 +111,8 @@ class _Record(msgspec.Struct, kw_only=True):
     env: dict[str, str] = msgspec.field(default_factory=dict)
     """Additions to the agent's environment (never the agent's own variables)."""
     cwd: str = ""
+    user: str = ""
+    """``UID:GID`` the commands run as (empty: the agent's user)."""
 
 
 class BashRunner(SupervisedExecutor):
@@ -127,6 +141,8 @@ class BashRunner(SupervisedExecutor):
         path = self._record_path(ref)
         write_record(path, msgspec.to_builtins(record))
         path.chmod(0o600)  # the environment may hold secrets
+        if record.user:  # writing the record narrowed the task's directory to 0700
+            reachable_by(self.workdir(ref), self.state_dir)
 
     def _drop(self, ref: ContainerRef) -> None:
         with self._lock:
@@ -152,14 +168,42 @@ class BashRunner(SupervisedExecutor):
             self.rotator.add(*self.log_paths(ref))
 
     # -- starting ---------------------------------------------------------------------
+    def admit(self, task: Task, container: Container) -> None:
+        """The blob decodes, and the host policy allows its commands and its user."""
+        self._checked(container)
+
+    def _checked(self, container: Container) -> tuple[BashExecutor, Identity | None]:
+        """The blob and who runs it, once the host policy allows its commands (start,
+        stop, setup, each matched as written) and its user."""
+        config = convert_blob(container, BashExecutor)
+        where = f"container {container.name}"
+        if not config.start.strip():
+            raise TaskRejected(f"{where}: bash executor: field start is empty")
+        policy = self.ctx.policy
+        try:
+            policy.check_shell(config.start, "start command")
+            if config.stop:
+                policy.check_shell(config.stop, "stop command")
+            for i, command in enumerate(container.setup or []):
+                policy.check_shell(command, f"setup command {i + 1}")
+            identity = policy.identity(config.user)
+            inside = not os.path.isabs(config.download_dir) and ".." not in Path(
+                config.download_dir).parts
+            if identity is not None and not inside:
+                # the agent downloads: elsewhere it would write as its own user
+                raise policy.refuse("run_as", f"download_dir {config.download_dir!r} must "
+                                    "be inside the work directory (a relative path) when "
+                                    "tasks run as another user")
+        except TaskRejected as exc:
+            raise exc.within(where) from None
+        return config, identity
+
     def start(self, task: Task, container: Container, env: Mapping[str, str]) -> None:
         """Download, set up and start (see the module docstring)."""
-        config = convert_blob(container, BashExecutor)
+        config, identity = self._checked(container)
         ref = ContainerRef(task.id, container.name)
         where = f"container {container.name}"
         port = env.get("PROVIDED_PORT", "")
-        if not config.start.strip():
-            raise TaskRejected(f"{where}: bash executor: field start is empty")
         added: dict[str, str] = {}
         for i, item in enumerate(config.env):
             key, sep, value = item.partition("=")
@@ -171,6 +215,11 @@ class BashRunner(SupervisedExecutor):
         added["SKED_CONTAINER"] = container.name
         workdir = self.workdir(ref)
         private_dirs(workdir)
+        if identity is not None:
+            # the task's own directory, private to it; the agent's directories above it
+            # only let it pass (0711), so its files are reachable by absolute path
+            os.chown(workdir, identity.uid, identity.gid)
+            reachable_by(workdir, self.state_dir)
         added["SKED_WORKDIR"] = str(workdir)
         self._stop_leftover(ref)
         out, err = self.log_paths(ref)
@@ -179,19 +228,24 @@ class BashRunner(SupervisedExecutor):
             dest = Path(substitute_port(config.download_dir, port) or workdir)
             if not dest.is_absolute():
                 dest = workdir / dest
-            added["SKED_ARTIFACT"] = str(self._download(where, config.artifact, dest))
+            artifact = self._download(where, config.artifact, dest)
+            if identity is not None:
+                for path in {artifact, artifact.parent} - {workdir}:
+                    os.chown(path, identity.uid, identity.gid)
+            added["SKED_ARTIFACT"] = str(artifact)
         full_env = {**os.environ, **added}
         for i, command in enumerate(container.setup or []):
             self._setup(where, i, len(container.setup or []), command, full_env, workdir,
-                        out, err)
+                        out, err, identity)
         start = substitute_port(config.start, port)
         proc = self.supervisor.spawn(ref, [self.shell, "-c", start], full_env, str(workdir),
-                                     out, err, report_exit=False)
+                                     out, err, report_exit=False, identity=identity)
         self.rotator.add(out, err)
         stop = substitute_port(config.stop, port)
         record = _Record(mode="foreground", pgid=proc.pgid, pid=proc.pid,
                          create_time=proc.create_time, started_at=proc.started_at,
-                         stop=stop, env=added, cwd=str(workdir))
+                         stop=stop, env=added, cwd=str(workdir),
+                         user=f"{identity.uid}:{identity.gid}" if identity else "")
         if proc.exited.wait(self.detach_window):
             self._started_and_exited(where, ref, record, proc.exit_code, err)
             return
@@ -220,12 +274,14 @@ class BashRunner(SupervisedExecutor):
         raise RuntimeError(f"{where}: start {describe_exit(code)} at once{_output(out, err)}")
 
     def _setup(self, where: str, index: int, count: int, command: str,
-               env: Mapping[str, str], cwd: Path, out: Path, err: Path) -> None:
+               env: Mapping[str, str], cwd: Path, out: Path, err: Path,
+               identity: Identity | None) -> None:
         label = f"{where}: setup command {index + 1} of {count} ({command!r})"
+        user_args, full_env = user_popen_args(identity, env)
         with open_append(out) as o, open_append(err) as e:
-            proc = subprocess.Popen([self.shell, "-c", command], env=dict(env), cwd=cwd,
+            proc = subprocess.Popen([self.shell, "-c", command], env=full_env, cwd=cwd,
                                     stdin=subprocess.DEVNULL, stdout=o, stderr=e,
-                                    start_new_session=True)
+                                    start_new_session=True, **user_args)
             try:
                 code = proc.wait(self.setup_timeout)
             except subprocess.TimeoutExpired:
@@ -310,12 +366,13 @@ class BashRunner(SupervisedExecutor):
     def _run_stop(self, ref: ContainerRef, record: _Record, grace: float) -> None:
         out, err = self.log_paths(ref)
         private_dirs(out.parent)
-        env = {**os.environ, **record.env}
+        identity = Identity.resolve(record.user) if record.user else None
+        user_args, env = user_popen_args(identity, {**os.environ, **record.env})
         cwd = record.cwd if record.cwd and os.path.isdir(record.cwd) else None
         with open_append(out) as o, open_append(err) as e:
             proc = subprocess.Popen([self.shell, "-c", record.stop], env=env, cwd=cwd,
                                     stdin=subprocess.DEVNULL, stdout=o, stderr=e,
-                                    start_new_session=True)
+                                    start_new_session=True, **user_args)
             try:
                 code = proc.wait(max(grace, 0.1))
             except subprocess.TimeoutExpired:

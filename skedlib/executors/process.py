@@ -20,6 +20,12 @@ Blob (:class:`skedlib.models.ProcessExecutor`)::
   a recycled pid is never mistaken for the task.
 - Stopping sends SIGTERM to the process group, waits the grace period, then SIGKILL.
 
+The host policy (:class:`~skedlib.executors.policy.HostPolicy`) is asked first, at
+admission and again at start: the command must match its ``commands`` patterns, and the
+process runs as its ``run_as`` user, or as the blob's ``user`` when the policy lists it in
+``users``. The log files are opened by the agent and handed over, so they stay the
+agent's (0640 in 0700 directories) whoever the task runs as.
+
 ``$PROVIDED_PORT`` (and ``${PROVIDED_PORT}``) is substituted in ``argv``, ``env`` and
 ``cwd``; the environment is the agent's, plus the blob's ``env``, plus ``PROVIDED_PORT``,
 ``SKED_TASK_ID``, ``SKED_HOST`` and ``SKED_CONTAINER``.
@@ -98,26 +104,48 @@ class ProcessRunner(SupervisedExecutor):
             self.rotator.add(*self.log_paths(ref))
 
     # -- the interface ----------------------------------------------------------------
-    def start(self, task: Task, container: Container, env: Mapping[str, str]) -> None:
-        """Start ``argv`` supervised; rejects a bad blob or a command that cannot run."""
+    def admit(self, task: Task, container: Container) -> None:
+        """The blob decodes, and the host policy allows its command and user (with the
+        task's port, or a stand-in when it is yet to be provided)."""
+        port = task.port or task.task_definition.port or (
+            1 if task.task_definition.provide_port else 0)
+        self._checked(container, {"PROVIDED_PORT": str(port)} if port else {})
+
+    def _checked(self, container: Container, env: Mapping[str, str]
+                 ) -> tuple[ProcessExecutor, list[str], dict[str, str], str]:
+        """Decode and check the blob against this host and its policy: the blob, the argv
+        (substituted), the full environment and the working directory."""
         config = convert_blob(container, ProcessExecutor)
-        ref = ContainerRef(task.id, container.name)
         if not config.argv:
             raise TaskRejected(f"container {container.name}: process executor: field argv "
                                "is empty")
         full_env = self._environment(container, config, env)
         argv = [self._substitute(a, env, container, "argv") for a in config.argv]
         cwd = self._substitute(config.cwd, env, container, "cwd")
+        try:
+            self.ctx.policy.identity(config.user)
+            resolved = resolve_command(argv[0], full_env, cwd)
+            self.ctx.policy.check_argv(argv, resolved)
+        except TaskRejected as exc:
+            raise exc.within(f"container {container.name}") from None
+        return config, argv, full_env, cwd
+
+    def start(self, task: Task, container: Container, env: Mapping[str, str]) -> None:
+        """Start ``argv`` supervised, as the policy's user; rejects a bad blob, a command
+        that cannot run or one the host policy refuses."""
+        config, argv, full_env, cwd = self._checked(container, env)
+        ref = ContainerRef(task.id, container.name)
         if cwd and not os.path.isdir(cwd):
             raise TaskRejected(f"container {container.name}: cwd {cwd!r} is not a directory")
-        try:
-            resolve_command(argv[0], full_env, cwd)
-        except TaskRejected as exc:
-            raise TaskRejected(f"container {container.name}: {exc}") from None
+        identity = self.ctx.policy.identity(config.user)
+        if identity is not None and not cwd:
+            # not the agent's working directory, which the user may not even enter
+            cwd = identity.home if os.path.isdir(identity.home) else "/"
         self._stop_leftover(ref)
         out, err = self.log_paths(ref)
         try:
-            proc = self.supervisor.spawn(ref, argv, full_env, cwd, out, err)
+            proc = self.supervisor.spawn(ref, argv, full_env, cwd, out, err,
+                                         identity=identity)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR):
                 raise TaskRejected(f"container {container.name}: cannot execute "

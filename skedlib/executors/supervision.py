@@ -21,6 +21,7 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -40,6 +41,7 @@ from skedlib.executors.base import (
     ExitCallback,
     TaskRejected,
 )
+from skedlib.executors.policy import Identity
 
 __all__ = [
     "CREATE_TIME_TOLERANCE",
@@ -51,8 +53,10 @@ __all__ = [
     "kill_group_members",
     "log_tail",
     "option",
+    "reachable_by",
     "read_record",
     "signal_group",
+    "user_popen_args",
     "write_record",
 ]
 
@@ -113,6 +117,35 @@ def log_tail(path: Path, limit: int = 400) -> str:
     except OSError:
         return ""
     return " ".join(text.split())
+
+
+def user_popen_args(identity: Identity | None,
+                    env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``subprocess.Popen`` keyword arguments that run a command as ``identity`` (its uid,
+    gid and own supplementary groups; nothing for None), and ``env`` with that user's
+    ``HOME``, ``USER`` and ``LOGNAME`` (the agent's would point at root's home)."""
+    if identity is None:
+        return {}, dict(env)
+    kwargs: dict[str, Any] = {"user": identity.uid, "group": identity.gid,
+                              "extra_groups": list(identity.groups)}
+    return kwargs, {**env, "HOME": identity.home, "USER": identity.name,
+                    "LOGNAME": identity.name}
+
+
+def reachable_by(path: Path, top: Path) -> None:
+    """Let other users pass through the directories from ``path``'s parent up to ``top``
+    (search permission only, ``0711``: nothing can be listed, and what is inside keeps
+    its own modes), so a task running as another user reaches its work directory
+    ``path`` by its absolute path. Only directories of the agent's own user are
+    changed."""
+    top = top.resolve()
+    for parent in path.resolve().parents:
+        with contextlib.suppress(OSError):
+            st = os.lstat(parent)
+            if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o011 != 0o011:
+                os.chmod(parent, stat.S_IMODE(st.st_mode) | 0o011)
+        if parent == top or parent == parent.parent:
+            break
 
 
 # -- log rotation ---------------------------------------------------------------------------
@@ -274,18 +307,22 @@ class ProcessSupervisor:
     # -- starting ---------------------------------------------------------------------
     def spawn(self, ref: ContainerRef, argv: Sequence[str], env: Mapping[str, str],
               cwd: str | None, stdout: Path, stderr: Path,
-              report_exit: bool = True) -> SupervisedProcess:
-        """Start ``argv`` as a new session; output is appended to ``stdout``/``stderr``.
+              report_exit: bool = True, identity: Identity | None = None
+              ) -> SupervisedProcess:
+        """Start ``argv`` as a new session; output is appended to ``stdout``/``stderr``
+        (opened by the agent: the log files stay its own, private to others), as
+        ``identity`` when given (else as the agent's user).
 
         With ``report_exit=False`` an exit is not passed to ``on_exit`` until the caller
         sets :attr:`SupervisedProcess.report_exit`. Raises :class:`OSError` when the
         command cannot be executed.
         """
         private_dirs(stdout.parent)
+        user_args, full_env = user_popen_args(identity, env)
         with open_append(stdout) as out, open_append(stderr) as err:
-            popen = subprocess.Popen(list(argv), env=dict(env), cwd=cwd or None,
+            popen = subprocess.Popen(list(argv), env=full_env, cwd=cwd or None,
                                      stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                     start_new_session=True, close_fds=True)
+                                     start_new_session=True, close_fds=True, **user_args)
         # The supervisor reaps its children itself (waitpid once the pidfd says so). Tell
         # the Popen object it has nothing left to do, so that it never reaps the child
         # behind our back nor warns, when collected, that the child still runs (it is

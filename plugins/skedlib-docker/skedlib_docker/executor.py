@@ -21,8 +21,10 @@ each key with or without its ``docker.`` prefix):
 ``docker.timeout``
     Seconds each API call may take (default 30).
 ``docker.bind_ip``
-    Host address published ports listen on (default ``0.0.0.0``; ``127.0.0.1`` keeps them
-    local).
+    Host address published ports listen on (default ``127.0.0.1``: loopback, where the
+    task's checks reach them; give the host's address to serve other hosts). A port
+    mapping naming another address is refused unless the host policy lists it
+    (``docker.publish_addresses``).
 ``docker.pull``
     ``true``: pull an image that is not present (default ``false``: such a task is
     rejected).
@@ -49,10 +51,12 @@ from typing import Any
 import docker  # type: ignore[import-untyped,unused-ignore]
 import docker.errors  # type: ignore[import-untyped,unused-ignore]
 import docker.utils  # type: ignore[import-untyped,unused-ignore]
+import msgspec
 import requests
 import urllib3
 
 from skedlib import (
+    DOCKER_SOCKETS,
     Backoff,
     Container,
     ContainerRef,
@@ -74,6 +78,7 @@ from skedlib_docker.spec import (
     RunSpec,
     build_run_spec,
     container_name,
+    docker_request,
 )
 
 __all__ = [
@@ -126,7 +131,7 @@ class DockerOptions:
 
     url: str | None = None
     timeout: float = 30.0
-    bind_ip: str = "0.0.0.0"
+    bind_ip: str = "127.0.0.1"
     pull: bool = False
     pull_timeout: float = 600.0
     stats: bool = True
@@ -296,6 +301,42 @@ class DockerEngineExecutor(Executor):
                 all=all_states, filters={"label": [f"{LABEL_HOST}={self.host}"]})
         return found
 
+    # -- the host policy -------------------------------------------------------------------
+    def engine_sockets(self) -> list[str]:
+        """The sockets of the engine this executor talks to, and the usual ones: what no
+        container may mount unless the policy allows ``docker.docker_socket``."""
+        sockets = list(DOCKER_SOCKETS)
+        for url in (self.options.url or "", os.environ.get("DOCKER_HOST", "")):
+            if "unix://" in url:
+                sockets.append(url.split("unix://", 1)[1])
+        return sockets
+
+    def _spec(self, task: Task, container: Container, env: Mapping[str, str]) -> RunSpec:
+        """The container's run spec, once the host policy allows it (raises
+        :class:`~skedlib.PolicyRefused` naming the rule, before anything is created)."""
+        policy = self.context.policy
+        spec = build_run_spec(task, container, env, host=self.host,
+                              bind_ip=self.options.bind_ip)
+        user = policy.docker_user(spec.image)
+        if user is not None and spec.user is None:
+            spec = build_run_spec(task, container, env, host=self.host,
+                                  bind_ip=self.options.bind_ip, user=user)
+        try:
+            policy.check_docker(docker_request(spec, bind_ip=self.options.bind_ip,
+                                               sockets=self.engine_sockets()))
+        except TaskRejected as exc:
+            raise exc.within(f"container {container.name}") from None
+        return spec
+
+    def admit(self, task: Task, container: Container) -> None:
+        """The blob translates and the host policy allows the image and every option
+        (with the task's port, or a stand-in when it is yet to be provided)."""
+        definition = task.task_definition
+        port = task.port or definition.port or (1 if definition.provide_port else 0)
+        env = {"PROVIDED_PORT": str(port)} if port else {}
+        probe = task if task.port or not port else msgspec.structs.replace(task, port=port)
+        self._spec(probe, container, env)
+
     # -- start ---------------------------------------------------------------------------
     def start(self, task: Task, container: Container, env: Mapping[str, str]) -> None:
         """Create and start the container (see :func:`~skedlib_docker.spec.build_run_spec`).
@@ -305,8 +346,7 @@ class DockerEngineExecutor(Executor):
         :class:`~skedlib.executors.TaskRejected` for a bad blob, an unsupported flag, a
         missing image (unless ``docker.pull``), a taken port or a missing command.
         """
-        spec = build_run_spec(task, container, env, host=self.host,
-                              bind_ip=self.options.bind_ip)
+        spec = self._spec(task, container, env)
         try:
             self._start(task, container, spec)
         except TaskRejected as exc:

@@ -23,7 +23,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from skedlib import PROVIDED_PORT_VAR, Container, Task, TaskRejected, convert_blob, substitute_port
+from skedlib import (
+    DOCKER_SOCKETS,
+    PROVIDED_PORT_VAR,
+    Container,
+    DockerRequest,
+    Task,
+    TaskRejected,
+    convert_blob,
+    substitute_port,
+)
 from skedlib_docker.config import DockerConfig
 
 __all__ = [
@@ -37,6 +46,7 @@ __all__ = [
     "RunSpec",
     "build_run_spec",
     "container_name",
+    "docker_request",
     "parse_flags",
     "parse_memory",
     "substitute_port",
@@ -118,6 +128,10 @@ class RunSpec:
     host_ports: list[int] = field(default_factory=list)
     """Host ports this container reserves (published ports; the task port on ``host``)."""
     network_mode: str | None = None
+    pid_mode: str | None = None
+    ipc_mode: str | None = None
+    devices: list[str] = field(default_factory=list)
+    """``HOST[:CONTAINER[:PERMS]]``."""
     mem_limit: int | None = None
     nano_cpus: int | None = None
     privileged: bool = False
@@ -146,6 +160,8 @@ class RunSpec:
             "entrypoint": self.entrypoint,
             "working_dir": self.working_dir,
             "network_mode": self.network_mode,
+            "pid_mode": self.pid_mode,
+            "ipc_mode": self.ipc_mode,
             "mem_limit": self.mem_limit,
             "nano_cpus": self.nano_cpus,
             "user": self.user,
@@ -158,6 +174,8 @@ class RunSpec:
             kwargs["ports"] = {k: list(v) for k, v in self.ports.items()}
         if self.volumes:
             kwargs["volumes"] = list(self.volumes)
+        if self.devices:
+            kwargs["devices"] = list(self.devices)
         if self.privileged:
             kwargs["privileged"] = True
         if self.read_only:
@@ -187,6 +205,9 @@ class RunSpec:
 @dataclass
 class _Flags:
     network: str | None = None
+    pid: str | None = None
+    ipc: str | None = None
+    devices: list[str] = field(default_factory=list)
     memory: int | None = None
     nano_cpus: int | None = None
     privileged: bool = False
@@ -209,6 +230,21 @@ class _Flags:
 
 def _set_network(f: _Flags, v: str) -> None:
     f.network = v
+
+
+def _set_pid(f: _Flags, v: str) -> None:
+    f.pid = v
+
+
+def _set_ipc(f: _Flags, v: str) -> None:
+    f.ipc = v
+
+
+def _add_device(f: _Flags, v: str) -> None:
+    if not v.startswith("/"):
+        raise TaskRejected(f"docker flag --device={v}: expected HOST_PATH[:CONTAINER_PATH"
+                           "[:PERMISSIONS]]")
+    f.devices.append(v)
 
 
 def _set_memory(f: _Flags, v: str) -> None:
@@ -264,6 +300,9 @@ _ValueHandler = Callable[[_Flags, str], None]
 #: flags taking a value: canonical name → handler
 _VALUE_FLAGS: dict[str, _ValueHandler] = {
     "--network": _set_network,
+    "--pid": _set_pid,
+    "--ipc": _set_ipc,
+    "--device": _add_device,
     "--memory": _set_memory,
     "--cpus": _set_cpus,
     "--cap-add": lambda f, v: f.cap_add.append(v),
@@ -421,25 +460,30 @@ def _provided_port(task: Task, env: Mapping[str, str]) -> int:
 
 
 def build_run_spec(task: Task, container: Container, env: Mapping[str, str], *,
-                   host: str, bind_ip: str = "0.0.0.0") -> RunSpec:
+                   host: str, bind_ip: str = "127.0.0.1",
+                   user: str | None = None) -> RunSpec:
     """Check and translate ``container``'s blob; raises :class:`TaskRejected` when it can
     never run.
 
     The container's environment is the blob's ``env`` entries, then ``env`` (the agent's
     task variables: ``PROVIDED_PORT``, ``SKED_TASK_ID`` …, which win over the blob's, as
     for the process executor), then ``SKED_CONTAINER``; the agent's own environment is
-    not passed in. ``bind_ip`` is the host address published ports listen on. Every
-    message starts with ``container <name>:``.
+    not passed in. ``bind_ip`` is the host address published ports listen on; ``user``
+    the one the container runs as when its flags name none (the host's run-as user).
+    Every message starts with ``container <name>:``. Whether the host allows what it asks
+    is :func:`docker_request` for :meth:`skedlib.HostPolicy.check_docker`.
     """
     config = convert_blob(container, DockerConfig)  # "container web: docker executor: …"
     try:
-        return _translate(task, container, config, env, host=host, bind_ip=bind_ip)
+        return _translate(task, container, config, env, host=host, bind_ip=bind_ip,
+                          user=user)
     except TaskRejected as exc:
         raise TaskRejected(f"container {container.name}: {exc}") from None
 
 
 def _translate(task: Task, container: Container, config: DockerConfig,
-               env: Mapping[str, str], *, host: str, bind_ip: str) -> RunSpec:
+               env: Mapping[str, str], *, host: str, bind_ip: str,
+               user: str | None) -> RunSpec:
     port = _provided_port(task, env)
     port_text = str(port) if port else ""
 
@@ -524,13 +568,16 @@ def _translate(task: Task, container: Container, config: DockerConfig,
         volumes=[_parse_volume(sub(v)) for v in [*config.volumes, *flags.volumes]],
         host_ports=sorted(host_ports),
         network_mode=network,
+        pid_mode=flags.pid,
+        ipc_mode=flags.ipc,
+        devices=flags.devices,
         mem_limit=mem_limit,
         nano_cpus=nano_cpus,
         privileged=flags.privileged,
         cap_add=flags.cap_add,
         cap_drop=flags.cap_drop,
         read_only=flags.read_only,
-        user=flags.user,
+        user=flags.user if flags.user is not None else user,
         hostname=flags.hostname,
         extra_hosts=flags.extra_hosts,
         dns=flags.dns,
@@ -546,3 +593,19 @@ def _translate(task: Task, container: Container, config: DockerConfig,
     }
     spec.labels[LABEL_SPEC] = spec.digest()
     return spec
+
+
+def docker_request(spec: RunSpec, *, bind_ip: str,
+                   sockets: list[str] | None = None) -> DockerRequest:
+    """What ``spec`` asks of the host, for :meth:`skedlib.HostPolicy.check_docker`:
+    its image, privileged mode, bind-mount sources, added capabilities, namespaces,
+    devices, user and the addresses its ports are published on. ``sockets``: the
+    engine sockets no mount may expose (default :data:`skedlib.DOCKER_SOCKETS`)."""
+    return DockerRequest(
+        image=spec.image, privileged=spec.privileged,
+        binds=[v.split(":")[0] for v in spec.volumes], cap_add=list(spec.cap_add),
+        network_mode=spec.network_mode, pid_mode=spec.pid_mode, ipc_mode=spec.ipc_mode,
+        devices=list(spec.devices), user=spec.user,
+        publish_addresses=sorted({ip for bindings in spec.ports.values()
+                                  for ip, _ in bindings}),
+        bind_ip=bind_ip, sockets=list(sockets if sockets is not None else DOCKER_SOCKETS))

@@ -9,7 +9,9 @@ need no engine at all.
 from __future__ import annotations
 
 import os
+import pwd
 import queue
+import re
 import socket
 import stat
 import threading
@@ -23,6 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from skedlib import DockerPolicy, HostPolicy, PolicyRefused, load_policy
 from skedlib.codecs import decode, encode
 from skedlib.errors import SkedError
 from skedlib.executors import ContainerRef, ContainerStatus, ExecutorContext, TaskRejected
@@ -35,6 +38,8 @@ require_docker_plugin()
 
 from skedlib_docker import (  # noqa: E402 - after the plugin check
     DockerEngineExecutor,
+    DockerError,
+    DockerOptions,
     DockerUnavailable,
     build_run_spec,
     container_name,
@@ -117,11 +122,32 @@ def port_closed(port: int) -> bool:
 
 
 def make_executor(engine: DockerEngine, tmp_path: Path, host: str,
-                  **options: str) -> DockerEngineExecutor:
+                  policy: HostPolicy | None = None, **options: str) -> DockerEngineExecutor:
     ctx = ExecutorContext(host=host, state_dir=tmp_path / "state", log_dir=tmp_path / "logs",
                           options={"docker.url": engine.url, "docker.bind_ip": "127.0.0.1",
-                                   "docker.timeout": "30", **options})
+                                   "docker.timeout": "30", **options},
+                          policy=policy or HostPolicy())
     return DockerEngineExecutor(ctx)
+
+
+@pytest.fixture
+def make_permissive(docker_engine: DockerEngine, tmp_path: Path, host: str
+                    ) -> Iterator[Callable[..., DockerEngineExecutor]]:
+    """An executor whose host policy allows what a test's container asks (the default
+    policy refuses host mounts, added capabilities and the host network)."""
+    made: list[DockerEngineExecutor] = []
+
+    def make(**docker: Any) -> DockerEngineExecutor:
+        ex = make_executor(docker_engine, tmp_path, host,
+                           HostPolicy(docker=DockerPolicy(**docker)))
+        made.append(ex)
+        return ex
+
+    yield make
+    for ex in made:
+        for ref in ex.running():
+            ex.stop(ref, 0)
+        ex.close()
 
 
 @pytest.fixture
@@ -289,8 +315,9 @@ def test_env_and_provided_port_substitution(executor: DockerEngineExecutor,
     assert stat.S_IMODE(os.stat(tmp_path / "logs" / task.id).st_mode) == 0o700
 
 
-def test_limits_and_supported_flags(executor: DockerEngineExecutor,
+def test_limits_and_supported_flags(make_permissive: Callable[..., DockerEngineExecutor],
                                     docker_engine: DockerEngine) -> None:
+    executor = make_permissive(capabilities=["NET_ADMIN"])
     task, ctr = make_task({"image": docker_engine.image,
                            "cmd": ["sh", "-c", "id -u; hostname; touch /x 2>/dev/null || echo ro; "
                                    "touch /scratch/y && echo tmpfs-ok; sleep 300"],
@@ -326,8 +353,10 @@ def test_limits_and_supported_flags(executor: DockerEngineExecutor,
     assert die["Actor"]["Attributes"]["exitCode"] == "143"
 
 
-def test_net_host_container_listens_on_the_task_port(executor: DockerEngineExecutor,
-                                                     docker_engine: DockerEngine) -> None:
+def test_net_host_container_listens_on_the_task_port(
+        make_permissive: Callable[..., DockerEngineExecutor],
+        docker_engine: DockerEngine) -> None:
+    executor = make_permissive(host_network=True)
     port = free_port()
     task, ctr = make_task({"image": docker_engine.image, "container_port": 8080,
                            "cmd": ["sh", "-c", HTTPD.format(p="$PROVIDED_PORT")],
@@ -344,10 +373,11 @@ def test_net_host_container_listens_on_the_task_port(executor: DockerEngineExecu
     wait_for(f"port {port} to close", lambda: port_closed(port), 5)
 
 
-def test_extra_port_mappings_and_volume(executor: DockerEngineExecutor,
+def test_extra_port_mappings_and_volume(make_permissive: Callable[..., DockerEngineExecutor],
                                         docker_engine: DockerEngine,
                                         tmp_path: Path) -> None:
     needs_bridge(docker_engine)
+    executor = make_permissive(mounts=[str(tmp_path / "www")])
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text("from-a-volume\n")
@@ -448,6 +478,181 @@ def test_the_plugin_registers_the_docker_executor(docker_engine: DockerEngine,
         assert ex.running() == []
     finally:
         ex.close()
+
+
+# -- the host policy -----------------------------------------------------------------------------
+def _no_container(engine: DockerEngine, executor: DockerEngineExecutor, task: Task,
+                  ctr: Container) -> bool:
+    """Nothing was created for the container (not even a stopped one)."""
+    name = container_name(executor.host, task.id, ctr.name)
+    return not engine.client().api.containers(all=True, filters={"name": name})
+
+
+def _hc(engine: DockerEngine, executor: DockerEngineExecutor, task: Task,
+        ctr: Container) -> dict[str, Any]:
+    info: dict[str, Any] = engine.client().api.inspect_container(
+        container_name(executor.host, task.id, ctr.name))
+    return info
+
+
+# (what the blob adds, the policy that allows it, the rule refusing it by default, what
+# the engine shows once allowed)
+DANGEROUS: list[tuple[str, Callable[[DockerEngine, Path], dict[str, Any]],
+                      Callable[[DockerEngine, Path], dict[str, Any]], str,
+                      Callable[[dict[str, Any], DockerEngine, Path], bool]]] = [
+    ("privileged",
+     lambda e, t: {"flags": ["--privileged"]}, lambda e, t: {"privileged": True},
+     "docker.privileged", lambda i, e, t: i["HostConfig"]["Privileged"] is True),
+    ("host mount",
+     lambda e, t: {"volumes": [f"{t}:/host:ro"]}, lambda e, t: {"mounts": [str(t)]},
+     "docker.mounts", lambda i, e, t: i["HostConfig"]["Binds"] == [f"{t}:/host:ro"]),
+    ("root mount",
+     lambda e, t: {"volumes": ["/:/host"]}, lambda e, t: {"mounts": ["/"],
+                                                        "docker_socket": True},
+     "docker.docker_socket", lambda i, e, t: i["HostConfig"]["Binds"] == ["/:/host"]),
+    ("docker socket",
+     lambda e, t: {"volumes": [f"{e.socket}:/var/run/docker.sock"]},
+     lambda e, t: {"mounts": [str(e.socket.parent)], "docker_socket": True},
+     "docker.docker_socket",
+     lambda i, e, t: i["HostConfig"]["Binds"] == [f"{e.socket}:/var/run/docker.sock"]),
+    ("cap-add ALL",
+     lambda e, t: {"flags": ["--cap-add=ALL"]}, lambda e, t: {"capabilities": ["ALL"]},
+     "docker.capabilities", lambda i, e, t: i["HostConfig"]["CapAdd"] == ["ALL"]),
+    ("cap-add SYS_ADMIN",
+     lambda e, t: {"flags": ["--cap-add", "SYS_ADMIN"]},
+     lambda e, t: {"capabilities": ["SYS_ADMIN"]},
+     "docker.capabilities", lambda i, e, t: i["HostConfig"]["CapAdd"] == ["SYS_ADMIN"]),
+    ("host network",
+     lambda e, t: {"flags": ["--network=host"]}, lambda e, t: {"host_network": True},
+     "docker.host_network", lambda i, e, t: i["HostConfig"]["NetworkMode"] == "host"),
+    ("host pid",
+     lambda e, t: {"flags": ["--pid=host"]}, lambda e, t: {"host_pid": True},
+     "docker.host_pid", lambda i, e, t: i["HostConfig"]["PidMode"] == "host"),
+    ("host ipc",
+     lambda e, t: {"flags": ["--ipc=host"]}, lambda e, t: {"host_ipc": True},
+     "docker.host_ipc", lambda i, e, t: i["HostConfig"]["IpcMode"] == "host"),
+    ("device",
+     lambda e, t: {"flags": ["--device=/dev/null:/dev/xnull"]},
+     lambda e, t: {"devices": ["/dev/null"]}, "docker.devices",
+     lambda i, e, t: i["HostConfig"]["Devices"][0]["PathOnHost"] == "/dev/null"),
+    ("user root",
+     lambda e, t: {"flags": ["--user=0"]}, lambda e, t: {"root": True},
+     "docker.root", lambda i, e, t: i["Config"]["User"] == "0"),
+    ("user root by name",
+     lambda e, t: {"flags": ["-u", "root:root"]}, lambda e, t: {"root": True},
+     "docker.root", lambda i, e, t: i["Config"]["User"] == "root:root"),
+]
+
+
+@pytest.mark.parametrize(("blob_extra", "allowing", "rule", "shows"),
+                         [case[1:] for case in DANGEROUS], ids=[c[0] for c in DANGEROUS])
+def test_each_dangerous_option_is_refused_by_default_and_allowed_by_the_policy(
+        executor: DockerEngineExecutor, make_permissive: Callable[..., DockerEngineExecutor],
+        docker_engine: DockerEngine, tmp_path: Path,
+        blob_extra: Callable[[DockerEngine, Path], dict[str, Any]],
+        allowing: Callable[[DockerEngine, Path], dict[str, Any]], rule: str,
+        shows: Callable[[dict[str, Any], DockerEngine, Path], bool]) -> None:
+    task, ctr = make_task({"image": docker_engine.image, "cmd": ["sleep", "300"],
+                           **blob_extra(docker_engine, tmp_path)})
+    expected = f"container main: refused by the host policy (default), rule {rule}: "
+    with pytest.raises(PolicyRefused, match=re.escape(expected)):
+        executor.admit(task, ctr)  # what the agent asks before starting any container
+    with pytest.raises(PolicyRefused, match=re.escape(expected)):
+        executor.start(task, ctr, agent_env(task, ctr))
+    assert _no_container(docker_engine, executor, task, ctr)  # nothing half-started
+
+    allowed = make_permissive(**allowing(docker_engine, tmp_path))
+    allowed.admit(task, ctr)
+    try:
+        allowed.start(task, ctr, agent_env(task, ctr))
+    except DockerError as exc:
+        # the policy let it through to the engine; a machine that is itself confined
+        # (a container without every capability) cannot grant all of them
+        assert "operation not permitted" in str(exc) and rule in (
+            "docker.privileged", "docker.capabilities")
+        return
+    info = _hc(docker_engine, allowed, task, ctr)
+    assert info["State"]["Running"] is True
+    assert shows(info, docker_engine, tmp_path)
+
+
+def test_ports_are_published_on_loopback_by_default(docker_engine: DockerEngine,
+                                                    tmp_path: Path, host: str) -> None:
+    needs_bridge(docker_engine)
+    assert DockerOptions.from_mapping({}).bind_ip == "127.0.0.1"
+    ctx = ExecutorContext(host=host, state_dir=tmp_path / "s", log_dir=tmp_path / "l",
+                          options={"docker.url": docker_engine.url})  # no bind_ip given
+    executor = DockerEngineExecutor(ctx)
+    try:
+        port, extra = free_port(), free_port()
+        task, ctr = make_task({"image": docker_engine.image, "container_port": 8080,
+                               "ports": [f"{extra}:9090"], "cmd": ["sleep", "300"]},
+                              port=port)
+        executor.start(task, ctr, agent_env(task, ctr))
+        bindings = _hc(docker_engine, executor, task, ctr)["HostConfig"]["PortBindings"]
+        assert bindings == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}],
+                            "9090/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(extra)}]}
+
+        # a task naming every interface itself is refused unless the policy lists it
+        wide, wide_ctr = make_task({"image": docker_engine.image, "cmd": ["sleep", "300"],
+                                    "ports": [f"0.0.0.0:{free_port()}:80"]})
+        with pytest.raises(PolicyRefused, match=r"rule docker.publish_addresses: a port "
+                                                r"published on 0.0.0.0"):
+            executor.start(wide, wide_ctr, agent_env(wide, wide_ctr))
+        assert _no_container(docker_engine, executor, wide, wide_ctr)
+    finally:
+        for ref in executor.running():
+            executor.stop(ref, 0)
+        executor.close()
+
+
+def test_images_outside_the_allowlist_are_refused(
+        docker_engine: DockerEngine, make_permissive: Callable[..., DockerEngineExecutor]
+        ) -> None:
+    refusing = make_permissive(registries=["registry.example.com"])
+    task, ctr = make_task({"image": docker_engine.image, "cmd": ["sleep", "300"]})
+    with pytest.raises(PolicyRefused, match=r"rule docker.images: image "
+                                            r"'skedlib-test/busybox:1' \(docker.io/"):
+        refusing.start(task, ctr, agent_env(task, ctr))
+    assert _no_container(docker_engine, refusing, task, ctr)
+    allowing = make_permissive(images=["docker.io/skedlib-test/*"])
+    allowing.start(task, ctr, agent_env(task, ctr))
+    assert _hc(docker_engine, allowing, task, ctr)["State"]["Running"] is True
+
+
+def test_run_as_gives_containers_the_users_numbers(docker_engine: DockerEngine,
+                                                   tmp_path: Path, host: str) -> None:
+    nobody = pwd.getpwnam("nobody")
+    policy = HostPolicy(run_as="nobody", users=["4321"],
+                        docker=DockerPolicy(image_user=["*/keeps:*"]))
+    executor = make_executor(docker_engine, tmp_path, host, policy)
+    try:
+        task, ctr = make_task({"image": docker_engine.image,
+                               "cmd": ["sh", "-c", "id -u; sleep 300"]})
+        executor.start(task, ctr, agent_env(task, ctr))
+        name = container_name(executor.host, task.id, ctr.name)
+        assert _hc(docker_engine, executor, task, ctr)["Config"]["User"] == \
+            f"{nobody.pw_uid}:{nobody.pw_gid}"
+        wait_for("the container's uid", lambda: docker_engine.client().api.logs(name)
+                 .decode().split() == [str(nobody.pw_uid)])
+        # another --user only from the users allowlist; root never by default
+        other, other_ctr = make_task({"image": docker_engine.image, "cmd": ["sleep", "1"],
+                                      "flags": ["--user=www-data"]})
+        with pytest.raises(PolicyRefused, match="rule users: --user=www-data"):
+            executor.start(other, other_ctr, agent_env(other, other_ctr))
+        root, root_ctr = make_task({"image": docker_engine.image, "cmd": ["sleep", "1"],
+                                    "flags": ["--user=0:0"]})
+        with pytest.raises(PolicyRefused, match=r"rule docker\.root"):
+            executor.start(root, root_ctr, agent_env(root, root_ctr))
+        listed, listed_ctr = make_task({"image": docker_engine.image, "cmd": ["sleep", "300"],
+                                        "flags": ["--user=4321:4321"]})
+        executor.start(listed, listed_ctr, agent_env(listed, listed_ctr))
+        assert _hc(docker_engine, executor, listed, listed_ctr)["Config"]["User"] == \
+            "4321:4321"
+    finally:
+        for ref in executor.running():
+            executor.stop(ref, 0)
+        executor.close()
 
 
 # -- end to end, with the agent ----------------------------------------------------------------
@@ -552,6 +757,56 @@ def test_the_agent_runs_adopts_and_stops_a_docker_task(docker_engine: DockerEngi
     finally:
         for agent in agents:
             agent.stop(stop_tasks=True)
+        for r in observer.running():
+            observer.stop(r, 0)
+        observer.close()
+        backend.close()
+
+
+def test_the_agent_rejects_what_its_policy_refuses_before_any_container_starts(
+        docker_engine: DockerEngine, tmp_path: Path, host: str) -> None:
+    """A two-container task whose second container asks for --privileged is rejected
+    naming the rule, and its harmless first container was never created either."""
+    from skedlib.agent import Agent, AgentConfig
+
+    backend = open_backend(f"sqlite://{tmp_path}/store.db")
+    keys = Keyspace(DEFAULT_PREFIX)
+    policy_file = tmp_path / "policy.yml"
+    policy_file.write_text("docker:\n  capabilities: [NET_ADMIN]\n")
+    config = AgentConfig(host=host, state_dir=tmp_path / "agent", executors=["docker"],
+                         executor_options={"docker": {"url": docker_engine.url}},
+                         lease_ttl=2.0, host_policy=load_policy(policy_file))
+    observer = make_executor(docker_engine, tmp_path, host)
+    side = Container(name="side", type="docker",
+                     executor={"image": docker_engine.image, "cmd": ["sleep", "300"],
+                               "flags": ["--cap-add=NET_ADMIN"]})
+    root = Container(name="root", type="docker",
+                     executor={"image": docker_engine.image, "cmd": ["sleep", "300"],
+                               "flags": ["--privileged"]})
+    definition = TaskDefinition(name="both", version=1, containers=[side, root],
+                                grace_period=10**9, max_attempts=3)
+    task = Task(cluster=Cluster(name="default"), task_definition=definition,
+                service="both", instance=0, host=host, scheduled=True)
+    agent = Agent(backend, config)
+    try:
+        agent.start()
+        assert agent.wait_ready(15)
+        backend.put(keys.host_task(host, task.id), encode(task))
+        backend.put(keys.task(task.id), encode(task))
+
+        def rejected() -> Task | None:
+            kv = backend.get(keys.task(task.id))
+            stored = decode(kv.value, Task) if kv else None
+            return stored if stored is not None and stored.rejected else None
+
+        found = wait_for("the rejection", rejected)
+        assert found.reject_reason == (
+            f"container root: refused by the host policy ({policy_file}), rule "
+            "docker.privileged: a privileged container is root on the host")
+        assert host in found.rejected_hosts
+        assert observer.running() == []  # not even the allowed container was created
+    finally:
+        agent.stop(stop_tasks=True)
         for r in observer.running():
             observer.stop(r, 0)
         observer.close()
