@@ -231,8 +231,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         pressure_cooldown=args.pressure_cooldown)
 
 
-def worker_config_from_args(args: argparse.Namespace) -> WorkerConfig:
-    """A job :class:`WorkerConfig` from parsed arguments."""
+def worker_config_from_args(args: argparse.Namespace,
+                            policy: HostPolicy | None = None) -> WorkerConfig:
+    """A job :class:`WorkerConfig` from parsed arguments, under the agent's host
+    ``policy`` (the commands and the user of jobs too)."""
     # loopback unless the operator says otherwise: the log server serves job output
     host, port = args.jobs_listen or (JOBS_LISTEN_DEFAULT, 0)
     if is_loopback(host):
@@ -257,7 +259,7 @@ def worker_config_from_args(args: argparse.Namespace) -> WorkerConfig:
         lease_ttl=args.lease_ttl, claim_delay=args.job_claim_delay, limits=args.job_limits,
         retention=args.job_retention, cleaner=not args.no_job_cleaner,
         grace_period=args.job_grace_period, drain_timeout=args.job_drain,
-        prefix=args.prefix)
+        prefix=args.prefix, policy=policy or HostPolicy())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.jobs_only:
             agent = Agent(backend, config)
         if args.jobs or args.jobs_only:
-            worker = JobWorker(backend, worker_config_from_args(args))
+            worker = JobWorker(backend, worker_config_from_args(args, config.host_policy))
     except (SkedError, OSError, ValueError) as exc:
         print(f"skedlib-agent: {exc}", file=sys.stderr)
         backend.close()

@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
+from skedlib.executors.policy import HostPolicy
 from skedlib.jobs.models import JobRequirements
 
 __all__ = ["WorkerConfig", "WorkerStats", "spawn"]
@@ -47,6 +48,10 @@ class WorkerConfig:
     drain_timeout: float = 0.0
     """On shutdown, seconds to let running jobs finish before giving them back."""
     prefix: str = "sked/"
+    policy: HostPolicy = field(default_factory=HostPolicy)
+    """The host policy: the commands jobs may run (``commands``) and the user they run
+    as (``run_as``); the agent's ``--policy`` and ``--run-as``. A job the policy refuses
+    fails with the rule."""
 
 
 class WorkerStats(msgspec.Struct):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from skedlib._files import open_append, private_dirs
 from skedlib.errors import BackendUnavailable, SkedError
+from skedlib.executors.base import TaskRejected
+from skedlib.executors.supervision import reachable_by, user_popen_args
 from skedlib.jobs._config import WorkerConfig, WorkerStats, spawn
 from skedlib.jobs.limits import Limited, Limiter
 from skedlib.jobs.models import Job, JobRequirements
@@ -115,6 +117,14 @@ class Runs:
         program = shutil.which(job.command, path=env.get("PATH"))
         if program is None:
             return "failed", None, f"command not found on node {self.node}: {job.command}"
+        # the host policy: the commands this node runs, and the user it runs them as
+        policy = self.config.policy
+        try:
+            policy.check_argv([job.command, *job.args], resolved=program)
+            user = policy.identity()
+        except (TaskRejected, ValueError) as exc:  # PolicyRefused included
+            return "failed", None, f"node {self.node}: {exc}"
+        _, env = user_popen_args(user, env)
         if job.cwd:
             cwd = Path(job.cwd)
             if not cwd.is_dir():
@@ -123,8 +133,12 @@ class Runs:
         else:
             cwd = self.work_dir / job.id
             private_dirs(cwd)
+            if user is not None:  # its own, private; the worker's directories let it pass
+                os.chown(cwd, user.uid, user.gid)
+                reachable_by(cwd, self.config.state_dir)
         try:
-            limited = self.limiter.wrap(job.id, job.requirements, [program, *job.args])
+            limited = self.limiter.wrap(job.id, job.requirements, [program, *job.args],
+                                        user=user)
         except SkedError as exc:
             return "failed", None, f"cannot apply limits on node {self.node}: {exc}"
         try:

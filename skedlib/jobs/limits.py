@@ -56,6 +56,7 @@ import time
 from typing import NamedTuple, NoReturn
 
 from skedlib.errors import SkedError
+from skedlib.executors.policy import Identity
 from skedlib.jobs.models import JobRequirements
 
 __all__ = ["LIMITER_KINDS", "Limited", "Limiter", "detect_limiter"]
@@ -175,6 +176,22 @@ def _enter_cgroups_argv(cgroups: list[str], argv: list[str]) -> list[str]:
         steps.append(f"shift {len(cgroups) - 1}")
     steps.append('exec "$@"')
     return [_SH, "-c", " && ".join(steps), *cgroups, *argv]
+
+
+def _start_prefix(job_id: str, user: Identity | None) -> list[str]:
+    """What a job's program is started through: ``setpriv`` that drops to ``user`` (when
+    given) and sets the parent-death signal — one ``setpriv``, since changing the uid
+    clears a parent-death signal set before it (setpriv sets the signal last)."""
+    if user is None:
+        return list(_pdeathsig_prefix())
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise SkedError(f"job {job_id}: running jobs as user {user.name} needs setpriv "
+                        "(util-linux), which is not installed")
+    groups = (["--groups", ",".join(str(g) for g in user.groups)] if user.groups
+              else ["--clear-groups"])
+    return [setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", *groups,
+            *(_pdeathsig_prefix()[1:-1]), "--"]
 
 
 @functools.cache
@@ -422,15 +439,18 @@ class Limiter:
         self.detail = detail or self.kind
         """One line for the worker's log: what is enforced and how."""
 
-    def wrap(self, job_id: str, requirements: JobRequirements, argv: list[str]) -> Limited:
-        """Set up the limits of one job and give the command line to start it with.
+    def wrap(self, job_id: str, requirements: JobRequirements, argv: list[str],
+             user: Identity | None = None) -> Limited:
+        """Set up the limits of one job and give the command line to start it with (as
+        ``user`` when given: the program runs with that uid, gid and groups; the limits
+        are set up as the worker's user first).
 
         Raises :class:`~skedlib.errors.SkedError` (with a one-line message to fail the job
         with) when the limits cannot be set up.
         """
         if not argv:
             raise SkedError(f"job {job_id}: empty command line")
-        return Limited(job_id, requirements, [*_pdeathsig_prefix(), *argv])
+        return Limited(job_id, requirements, [*_start_prefix(job_id, user), *argv])
 
     def close(self) -> None:
         """Remove the node's parent cgroups if no job uses them (the worker may call this
@@ -445,7 +465,8 @@ class _RlimitLimiter(Limiter):
         how = "prlimit --as" if self._prlimit else "ulimit -v"
         super().__init__(node, f"rlimit: memory as RLIMIT_AS ({how}); cpu not enforced")
 
-    def wrap(self, job_id: str, requirements: JobRequirements, argv: list[str]) -> Limited:
+    def wrap(self, job_id: str, requirements: JobRequirements, argv: list[str],
+             user: Identity | None = None) -> Limited:
         """Start the job under ``RLIMIT_AS`` of its memory requirement (cpu: unenforced)."""
         if not argv:
             raise SkedError(f"job {job_id}: empty command line")
@@ -456,7 +477,7 @@ class _RlimitLimiter(Limiter):
             else:
                 cmd = [_SH, "-c", 'ulimit -v "$0" && exec "$@"',
                        str(requirements.memory * 1024), *cmd]
-        return _RlimitLimited(job_id, requirements, [*_pdeathsig_prefix(), *cmd])
+        return _RlimitLimited(job_id, requirements, [*_start_prefix(job_id, user), *cmd])
 
 
 class _CgroupLimiter(Limiter):
@@ -487,10 +508,13 @@ class _CgroupLimiter(Limiter):
         os.mkdir(path)
         return path
 
-    def wrap(self, job_id: str, requirements: JobRequirements, argv: list[str]) -> Limited:
-        """Create the job's cgroups with its limits; the returned argv enters them first."""
+    def wrap(self, job_id: str, requirements: JobRequirements, argv: list[str],
+             user: Identity | None = None) -> Limited:
+        """Create the job's cgroups with its limits; the returned argv enters them first
+        (as the worker's user: a job's own user could not move itself into them)."""
         if not argv:
             raise SkedError(f"job {job_id}: empty command line")
+        prefix = _start_prefix(job_id, user)
         cgroups: list[str] = []
         for attempt in (1, 2):
             try:
@@ -506,7 +530,7 @@ class _CgroupLimiter(Limiter):
                 if attempt == 1 and isinstance(exc, FileNotFoundError):
                     continue
                 self._fail(job_id, exc)
-        wrapped = _enter_cgroups_argv(cgroups, [*_pdeathsig_prefix(), *argv])
+        wrapped = _enter_cgroups_argv(cgroups, [*prefix, *argv])
         return self._limited(job_id, requirements, wrapped, cgroups)
 
     def _fail(self, job_id: str, exc: OSError | _Unusable) -> NoReturn:
