@@ -8,8 +8,10 @@
 #                                         /usr/share/gocode/src/go.etcd.io/etcd) and trim them
 #
 # Trimming removes what only Go and the HTTP gateway use (gogoproto options, google.api.http
-# annotations) and points the imports at the package, so the generated modules import each
-# other as skedlib_etcd._proto.*; messages, fields and services are etcd's, unchanged.
+# annotations), points the imports at the package, so the generated modules import each
+# other as skedlib_etcd._proto.*, and prefixes the proto packages with skedlib_etcd. (so
+# they cannot clash with another copy of etcd's protos in protobuf's default pool); the
+# messages, fields and services are etcd's, unchanged.
 #
 # grpcio-tools is pinned: 1.72.2 bundles protoc 30.0, whose gencode (protobuf 6.30.0) loads on
 # every protobuf runtime from 6.30.0 up to, but excluding, 8 (the runtime must not be older
@@ -46,7 +48,8 @@ files = {  # where each file lives in etcd's tree (3.4: top level; 3.5+: api/)
     "auth.proto": ["auth/authpb/auth.proto", "api/authpb/auth.proto"],
 }
 header = ("// etcd's {name} ({origin}), trimmed by scripts/gen_proto.sh: gogoproto options\n"
-          "// and google.api.http annotations removed, imports pointed at this package.\n")
+          "// and google.api.http annotations removed, imports pointed at this package, the\n"
+          "// package prefixed with skedlib_etcd. (messages and fields are etcd's).\n")
 for name, candidates in files.items():
     path = next((src / c for c in candidates if (src / c).is_file()), None)
     if path is None:
@@ -64,6 +67,13 @@ for name, candidates in files.items():
     text = re.sub(r"\s*\[\(gogoproto\.[^\]]*\]", "", text)
     text = re.sub(r'import "[\w/]*/(kv|auth)\.proto";', r'import "skedlib_etcd/_proto/\1.proto";',
                   text)
+    # a package of our own, so another copy of etcd's protos in the process (another etcd
+    # client) does not clash in protobuf's default pool; rpc.proto's references to
+    # mvccpb.X and authpb.X still resolve (to the sibling skedlib_etcd.* packages). Only
+    # the service paths carry the package on the wire, and stubs.py spells them etcd's way.
+    text, n = re.subn(r"^package (\w+);", r"package skedlib_etcd.\1;", text, flags=re.M)
+    if n != 1:
+        sys.exit(f"{path}: expected one package statement, found {n}")
     text = text.replace("// for grpc-gateway\n", "")
     text = re.sub(r"\n{3,}", "\n\n", text)
     if "gogoproto" in text or "google.api" in text:

@@ -1,8 +1,11 @@
 """gRPC stubs for etcd's v3 API, built from the descriptors of the generated messages.
 
-The messages are the modules ``rpc_pb2`` (package ``etcdserverpb``), ``kv_pb2`` (``mvccpb``)
-and ``auth_pb2`` (``authpb``) re-exported here, generated from etcd's own ``.proto`` files
-by ``scripts/gen_proto.sh``. Instead of grpcio-tools'
+The messages are the modules ``rpc_pb2``, ``kv_pb2`` and ``auth_pb2`` re-exported here,
+generated from etcd's own ``.proto`` files by ``scripts/gen_proto.sh``. Their proto packages
+are etcd's prefixed with ``skedlib_etcd.`` (``skedlib_etcd.etcdserverpb``), so another etcd
+client's copy of the same protos can be imported in the same process; protobuf's binary
+encoding does not carry message names, and the gRPC paths are etcd's
+(``/etcdserverpb.KV/Range``). Instead of grpcio-tools'
 ``*_pb2_grpc`` modules (which pin a minimum grpcio), a :class:`Stub` declares each method
 of a service on the channel from ``rpc.proto``'s service descriptors::
 
@@ -22,10 +25,12 @@ from google.protobuf.message_factory import GetMessageClass
 
 from skedlib_etcd._proto import auth_pb2, kv_pb2, rpc_pb2
 
-__all__ = ["SERVICES", "Stub", "auth_pb2", "kv_pb2", "rpc_pb2"]
+__all__ = ["PACKAGE", "SERVICES", "Stub", "auth_pb2", "kv_pb2", "rpc_pb2"]
 
-#: the services of etcd's ``rpc.proto`` (package ``etcdserverpb``)
+#: the services of etcd's ``rpc.proto``
 SERVICES = tuple(rpc_pb2.DESCRIPTOR.services_by_name)
+#: etcd's proto package, which names the services in gRPC paths
+PACKAGE = "etcdserverpb"
 
 _KINDS = {(False, False): "unary_unary", (False, True): "unary_stream",
           (True, False): "stream_unary", (True, True): "stream_stream"}
@@ -46,7 +51,7 @@ class Stub:
             response = GetMessageClass(method.output_type)
             declare = getattr(channel, _KINDS[method.client_streaming, method.server_streaming])
             setattr(self, method.name, declare(
-                f"/{descriptor.full_name}/{method.name}",
+                f"/{PACKAGE}.{descriptor.name}/{method.name}",
                 request_serializer=request.SerializeToString,
                 response_deserializer=response.FromString))
 

@@ -27,8 +27,19 @@ def test_the_installed_protobuf_is_compiled_and_within_the_declared_range() -> N
     assert google.protobuf.__version__ in declared.specifier
     assert int(google.protobuf.__version__.split(".")[0]) >= 6
     assert api_implementation.Type() == "upb"
-    # the generated modules are registered with the runtime's (C) descriptor pool
-    assert rpc_pb2.DESCRIPTOR.package == "etcdserverpb"
+    # registered in the runtime's default pool under a package of the plugin's own
+    assert rpc_pb2.DESCRIPTOR.package == "skedlib_etcd.etcdserverpb"
+
+
+def test_another_copy_of_etcds_protos_can_be_loaded_beside_the_plugins() -> None:
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    # what importing another etcd client's generated rpc_pb2 does (etcd3, aetcd, ...)
+    other = descriptor_pb2.FileDescriptorProto(name="another/client/rpc.proto",
+                                               package="etcdserverpb")
+    other.message_type.add(name="ResponseHeader")
+    descriptor_pool.Default().AddSerializedFile(other.SerializeToString())
+    assert rpc_pb2.ResponseHeader.DESCRIPTOR.full_name == "skedlib_etcd.etcdserverpb.ResponseHeader"
 
 
 def test_a_stub_has_every_method_of_its_service_and_only_those() -> None:

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eskedlib_etcd/_proto/auth.proto\x12\x06\x61uthpb\"%\n\x0eUserAddOptions\x12\x13\n\x0bno_password\x18\x01 \x01(\x08\"^\n\x04User\x12\x0c\n\x04name\x18\x01 \x01(\x0c\x12\x10\n\x08password\x18\x02 \x01(\x0c\x12\r\n\x05roles\x18\x03 \x03(\t\x12\'\n\x07options\x18\x04 \x01(\x0b\x32\x16.authpb.UserAddOptions\"\x83\x01\n\nPermission\x12)\n\x08permType\x18\x01 \x01(\x0e\x32\x17.authpb.Permission.Type\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\x11\n\trange_end\x18\x03 \x01(\x0c\"*\n\x04Type\x12\x08\n\x04READ\x10\x00\x12\t\n\x05WRITE\x10\x01\x12\r\n\tREADWRITE\x10\x02\"?\n\x04Role\x12\x0c\n\x04name\x18\x01 \x01(\x0c\x12)\n\rkeyPermission\x18\x02 \x03(\x0b\x32\x12.authpb.Permissionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eskedlib_etcd/_proto/auth.proto\x12\x13skedlib_etcd.authpb\"%\n\x0eUserAddOptions\x12\x13\n\x0bno_password\x18\x01 \x01(\x08\"k\n\x04User\x12\x0c\n\x04name\x18\x01 \x01(\x0c\x12\x10\n\x08password\x18\x02 \x01(\x0c\x12\r\n\x05roles\x18\x03 \x03(\t\x12\x34\n\x07options\x18\x04 \x01(\x0b\x32#.skedlib_etcd.authpb.UserAddOptions\"\x90\x01\n\nPermission\x12\x36\n\x08permType\x18\x01 \x01(\x0e\x32$.skedlib_etcd.authpb.Permission.Type\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\x11\n\trange_end\x18\x03 \x01(\x0c\"*\n\x04Type\x12\x08\n\x04READ\x10\x00\x12\t\n\x05WRITE\x10\x01\x12\r\n\tREADWRITE\x10\x02\"L\n\x04Role\x12\x0c\n\x04name\x18\x01 \x01(\x0c\x12\x36\n\rkeyPermission\x18\x02 \x03(\x0b\x32\x1f.skedlib_etcd.authpb.Permissionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'skedlib_etcd._proto.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USERADDOPTIONS']._serialized_start=42
-  _globals['_USERADDOPTIONS']._serialized_end=79
-  _globals['_USER']._serialized_start=81
-  _globals['_USER']._serialized_end=175
-  _globals['_PERMISSION']._serialized_start=178
-  _globals['_PERMISSION']._serialized_end=309
-  _globals['_PERMISSION_TYPE']._serialized_start=267
-  _globals['_PERMISSION_TYPE']._serialized_end=309
-  _globals['_ROLE']._serialized_start=311
-  _globals['_ROLE']._serialized_end=374
+  _globals['_USERADDOPTIONS']._serialized_start=55
+  _globals['_USERADDOPTIONS']._serialized_end=92
+  _globals['_USER']._serialized_start=94
+  _globals['_USER']._serialized_end=201
+  _globals['_PERMISSION']._serialized_start=204
+  _globals['_PERMISSION']._serialized_end=348
+  _globals['_PERMISSION_TYPE']._serialized_start=306
+  _globals['_PERMISSION_TYPE']._serialized_end=348
+  _globals['_ROLE']._serialized_start=350
+  _globals['_ROLE']._serialized_end=426
 # @@protoc_insertion_point(module_scope)
