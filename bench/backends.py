@@ -42,26 +42,39 @@ def _mean_us(fn: Callable[[int], object], n: int) -> float:
 
 
 def overhead_etcd(url: str, endpoint: str, n: int) -> dict[str, Any]:
-    import etcd3  # the raw client, called with the same per-call deadline
+    import grpc
 
-    host, port = endpoint.split(":")
-    raw = etcd3.client(host=host, port=int(port), timeout=5)
+    # the raw client: etcd's API over plain grpc (the plugin's generated messages and stubs,
+    # no failover, no checks), with the same per-call deadline and the same requests
+    from skedlib_etcd.stubs import Stub
+    from skedlib_etcd.stubs import rpc_pb2 as pb
+
+    channel = grpc.insecure_channel(endpoint)
+    kv = Stub(channel, "KV")
     b = open_backend(url)
     ns = f"ovh/{uuid.uuid4().hex[:6]}/"
     b.put(ns + "k", b"v")
+
+    def raw_txn(i: int) -> object:
+        return kv.Txn(pb.TxnRequest(
+            compare=[pb.Compare(target=pb.Compare.MOD, key=(ns + "absent").encode(),
+                                mod_revision=0)],
+            success=[pb.RequestOp(request_put=pb.PutRequest(key=(ns + "t").encode(),
+                                                            value=b"v" * 100))]), timeout=5)
+
     out = {
         "get": (_mean_us(lambda i: b.get(ns + "k"), n),
-                _mean_us(lambda i: raw.get(ns + "k"), n)),
+                _mean_us(lambda i: kv.Range(pb.RangeRequest(key=(ns + "k").encode()),
+                                            timeout=5), n)),
         "put": (_mean_us(lambda i: b.put(ns + "p", b"v" * 100), n),
-                _mean_us(lambda i: raw.put(ns + "p", "v" * 100), n)),
+                _mean_us(lambda i: kv.Put(pb.PutRequest(key=(ns + "p").encode(),
+                                                        value=b"v" * 100), timeout=5), n)),
         "txn": (_mean_us(lambda i: b.txn([Compare(ns + "absent", 0)],
                                          [Put(ns + "t", b"v" * 100)]), n),
-                _mean_us(lambda i: raw.transaction(
-                    compare=[raw.transactions.create(ns + "absent") == 0],
-                    success=[raw.transactions.put(ns + "t", "v" * 100)], failure=[]), n)),
+                _mean_us(raw_txn, n)),
     }
     b.close()
-    raw.close()
+    channel.close()
     return _ratios(out)
 
 

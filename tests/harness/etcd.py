@@ -137,11 +137,11 @@ def free_ports(n: int) -> list[int]:
     return _free_ports(n, error=EtcdUnavailableError)
 
 
-# -- grpc probes (the harness talks to etcd with etcd3's generated stubs) -------------------
+# -- grpc probes (the harness talks to etcd with the plugin's stubs) --------------------------
 def _rpc() -> Any:
-    import etcd3.etcdrpc as rpc  # imported late: the module warns at import (filtered)
+    from skedlib_etcd import stubs  # imported late: only etcd tests need grpc
 
-    return rpc
+    return stubs
 
 
 class _Probe:
@@ -157,11 +157,11 @@ class _Probe:
             self.channel = grpc.secure_channel(endpoint, creds)
         else:
             self.channel = grpc.insecure_channel(endpoint)
-        rpc = _rpc()
-        self.rpc = rpc
-        self.kv = rpc.KVStub(self.channel)
-        self.maintenance = rpc.MaintenanceStub(self.channel)
-        self.auth = rpc.AuthStub(self.channel)
+        stubs = _rpc()
+        self.rpc = stubs.rpc_pb2
+        self.kv = stubs.Stub(self.channel, "KV")
+        self.maintenance = stubs.Stub(self.channel, "Maintenance")
+        self.auth = stubs.Stub(self.channel, "Auth")
 
     def status(self, timeout: float) -> Any:
         return self.maintenance.Status(self.rpc.StatusRequest(), timeout=timeout)
@@ -387,7 +387,7 @@ class EtcdCluster(ServerCluster[EtcdMember]):
     # -- auth ------------------------------------------------------------------------------
     def enable_auth(self, password: str) -> None:
         """Add ``root`` with ``password``, grant it the root role, and enable auth."""
-        rpc = _rpc()
+        rpc = _rpc().rpc_pb2
         auth = self._probe(self.members[0]).auth
         md = [("hasleader", "true")]
         with contextlib.suppress(Exception):  # the role may already exist
@@ -404,7 +404,7 @@ class EtcdCluster(ServerCluster[EtcdMember]):
         under ``prefix`` (what ``etcdctl role grant-permission --prefix ROLE readwrite
         PREFIX`` does). Auth must be enabled; adding the same user again is a no-op."""
         assert self.auth is not None, "enable_auth first"
-        rpc = _rpc()
+        rpc = _rpc().rpc_pb2
         auth = self._probe(self.members[0]).auth
         token = auth.Authenticate(rpc.AuthenticateRequest(name=self.auth[0],
                                                           password=self.auth[1]),
@@ -417,7 +417,7 @@ class EtcdCluster(ServerCluster[EtcdMember]):
                          metadata=md)
         with contextlib.suppress(Exception):
             auth.RoleAdd(rpc.AuthRoleAddRequest(name=name), timeout=5, metadata=md)
-        authpb = rpc.auth_pb2
+        authpb = _rpc().auth_pb2
         permission = authpb.Permission(permType=authpb.Permission.READWRITE, key=start,
                                        range_end=end)
         auth.RoleGrantPermission(rpc.AuthRoleGrantPermissionRequest(name=name, perm=permission),

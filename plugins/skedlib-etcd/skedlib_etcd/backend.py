@@ -11,7 +11,8 @@ The password of ``user`` comes from ``$SKED_ETCD_PASSWORD`` or from the file nam
 a command line; a password in the URL itself (``password=`` or ``user:password@``) still
 works but is warned about once, as any local user can read a command line.
 
-The client keeps one gRPC channel, with etcd3's generated stubs, per listed member and
+The client keeps one gRPC channel per listed member, with stubs for etcd's v3 API (messages
+generated from etcd's own protos, see :mod:`skedlib_etcd.stubs`), and
 sends every call to the *current* member. When a call fails because that member is down,
 frozen or without a leader, the backend moves on to the next member and, when that is
 safe, retries there; everything happens within the call's ``timeout`` (default 5 s), after
@@ -66,7 +67,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc
-from etcd3 import etcdrpc
 
 from skedlib import (
     Backend,
@@ -88,7 +88,8 @@ from skedlib import (
     read_secret_file,
     warn_secret_in_url,
 )
-from skedlib_etcd import wire
+from skedlib_etcd._proto import rpc_pb2 as pb
+from skedlib_etcd.stubs import Stub
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_TIMEOUT", "MAX_TXN_OPS", "PASSWORD_ENV", "EtcdBackend",
            "EtcdOptions", "open_etcd", "parse_url", "redact"]
@@ -131,7 +132,7 @@ _FRESH = 1.0
 def _barrier(key: bytes) -> Any:
     """The barrier read before a write: the write's own key, linearizable (it needs a live
     leader and a quorum), so it needs no permission beyond the write's."""
-    return etcdrpc.RangeRequest(key=key, limit=1, keys_only=True, count_only=True)
+    return pb.RangeRequest(key=key, limit=1, keys_only=True, count_only=True)
 
 
 # -- the URL ----------------------------------------------------------------------------------
@@ -381,15 +382,11 @@ class _Member:
             self.channel = grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
         else:
             self.channel = grpc.secure_channel(endpoint, credentials, options=_CHANNEL_OPTIONS)
-        self.kv = etcdrpc.KVStub(self.channel)
-        self.watch = etcdrpc.WatchStub(self.channel)
-        self.lease = etcdrpc.LeaseStub(self.channel)
-        self.maintenance = etcdrpc.MaintenanceStub(self.channel)
-        self.auth = etcdrpc.AuthStub(self.channel)
-        # KV/Txn with requests and replies in protobuf's wire format (see wire.py)
-        self.txn = self.channel.unary_unary(
-            "/etcdserverpb.KV/Txn", request_serializer=None,
-            response_deserializer=wire.read_txn_reply)
+        self.kv = Stub(self.channel, "KV")
+        self.watch = Stub(self.channel, "Watch")
+        self.lease = Stub(self.channel, "Lease")
+        self.maintenance = Stub(self.channel, "Maintenance")
+        self.auth = Stub(self.channel, "Auth")
         self.token: str | None = None
         self.auth_lock = threading.Lock()
         self.last_ok = 0.0  # monotonic time of the last answer
@@ -515,7 +512,7 @@ class EtcdBackend(Backend):
         with member.auth_lock:
             if member.token is not None:
                 return
-            request = etcdrpc.AuthenticateRequest(name=self.options.user,
+            request = pb.AuthenticateRequest(name=self.options.user,
                                                   password=self.options.password or "")
             try:
                 response = member.auth.Authenticate(request, timeout=timeout,
@@ -631,7 +628,7 @@ class EtcdBackend(Backend):
     # -- reads ----------------------------------------------------------------------------
     def _range(self, what: str, key: bytes, range_end: bytes = b"", *,
                limit: int = 0) -> Any:
-        request = etcdrpc.RangeRequest(key=key, range_end=range_end, limit=limit)
+        request = pb.RangeRequest(key=key, range_end=range_end, limit=limit)
 
         def call(m: _Member, timeout: float, md: _Metadata) -> Any:
             return m.kv.Range(request, timeout=timeout, metadata=md)
@@ -655,7 +652,7 @@ class EtcdBackend(Backend):
     def current_revision(self, prefix: str = "") -> int:
         """The cluster's current revision: a linearizable read of the one key
         ``prefix + "\\x00"``, so a user whose role covers only ``prefix`` may ask."""
-        request = etcdrpc.RangeRequest(key=_b(prefix + "\x00"), keys_only=True,
+        request = pb.RangeRequest(key=_b(prefix + "\x00"), keys_only=True,
                                        count_only=True)
 
         def call(m: _Member, timeout: float, md: _Metadata) -> Any:
@@ -669,7 +666,7 @@ class EtcdBackend(Backend):
 
     def _status(self, what: str) -> Any:
         """The current member's status (answered to any client: it reads no key)."""
-        request = etcdrpc.StatusRequest()
+        request = pb.StatusRequest()
 
         def call(m: _Member, timeout: float, md: _Metadata) -> Any:
             return m.maintenance.Status(request, timeout=timeout, metadata=md)
@@ -690,7 +687,7 @@ class EtcdBackend(Backend):
         self._status("connect")
         if self.options.user is not None or self.options.cert is not None:
             return
-        request = etcdrpc.AuthenticateRequest(name="", password="")
+        request = pb.AuthenticateRequest(name="", password="")
 
         def call(m: _Member, timeout: float, md: _Metadata) -> str | None:
             try:
@@ -728,34 +725,41 @@ class EtcdBackend(Backend):
         for op in ops:
             last.pop(op.key, None)
             last[op.key] = op
-        requests: list[bytes] = []
+        # filled in place: building each PutRequest and RequestOp on its own and passing
+        # them to the constructors copies every one (several times slower on upb)
+        request = pb.TxnRequest()
+        for c in compares:
+            compare = request.compare.add()
+            compare.target = pb.Compare.MOD  # result EQUAL is the default
+            compare.key = _b(c.key)
+            compare.mod_revision = c.revision
+        add = request.success.add
         for op in last.values():
             if isinstance(op, Put):
-                lease = 0
+                put = add().request_put
+                put.key = _b(op.key)
+                put.value = op.value
                 if op.lease is not None:
                     parsed = _lease_id(op.lease)
                     if parsed is None:
                         raise LeaseExpired(f"{self.display_url}: lease {op.lease!r} does not "
                                            "exist")
-                    lease = parsed
-                requests.append(wire.put_op(_b(op.key), op.value, lease))
+                    put.lease = parsed
             elif isinstance(op, Delete):
-                requests.append(wire.delete_op(_b(op.key)))
-        request = wire.txn_request(
-            [wire.mod_revision_equals(_b(c.key), c.revision) for c in compares], requests)
+                add().request_delete_range.key = _b(op.key)
 
-        def call(m: _Member, timeout: float, md: _Metadata) -> wire.TxnReply:
-            reply: wire.TxnReply = m.txn(request, timeout=timeout, metadata=md)
-            return reply
+        def call(m: _Member, timeout: float, md: _Metadata) -> pb.TxnResponse:
+            response: pb.TxnResponse = m.kv.Txn(request, timeout=timeout, metadata=md)
+            return response
 
         what = f"txn ({len(compares)} compares, {len(ops)} ops)"
         try:
-            response = self._run(what, call, write=bool(requests),
+            response = self._run(what, call, write=len(request.success) > 0,
                                  barrier=_b(next(iter(last), "")))
         except grpc.RpcError as exc:
             leases = sorted({op.lease for op in ops if isinstance(op, Put) and op.lease})
             raise self._write_error(what, exc, leases) from exc
-        return TxnResult(response.succeeded, response.revision)
+        return TxnResult(response.succeeded, response.header.revision)
 
     def _write_error(self, what: str, exc: Any, leases: Sequence[str]) -> SkedError:
         """The skedlib error for a write etcd refused."""
@@ -777,7 +781,7 @@ class EtcdBackend(Backend):
             if parsed is None:
                 raise LeaseExpired(f"{self.display_url}: lease {lease!r} does not exist")
             lease_id = parsed
-        request = etcdrpc.PutRequest(key=_b(key), value=value, lease=lease_id)
+        request = pb.PutRequest(key=_b(key), value=value, lease=lease_id)
 
         def call(m: _Member, timeout: float, md: _Metadata) -> Any:
             return m.kv.Put(request, timeout=timeout, metadata=md)
@@ -800,7 +804,7 @@ class EtcdBackend(Backend):
     def grant_lease(self, ttl: float) -> str:
         """A new etcd lease; the TTL is rounded up to whole seconds, at least 2."""
         seconds = max(math.ceil(max(ttl, self.min_lease_ttl)), 1)
-        request = etcdrpc.LeaseGrantRequest(TTL=seconds, ID=0)
+        request = pb.LeaseGrantRequest(TTL=seconds, ID=0)
 
         def call(m: _Member, timeout: float, md: _Metadata) -> Any:
             return m.lease.LeaseGrant(request, timeout=timeout, metadata=md)
@@ -818,7 +822,7 @@ class EtcdBackend(Backend):
         lease_id = _lease_id(lease)
         if lease_id is None:
             raise LeaseExpired(f"{self.display_url}: lease {lease!r} does not exist")
-        request = etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
+        request = pb.LeaseKeepAliveRequest(ID=lease_id)
 
         def call(m: _Member, timeout: float, md: _Metadata) -> int:
             stream = m.lease.LeaseKeepAlive(iter([request]), timeout=timeout, metadata=md)
@@ -844,7 +848,7 @@ class EtcdBackend(Backend):
         lease_id = _lease_id(lease)
         if lease_id is None:
             return
-        request = etcdrpc.LeaseRevokeRequest(ID=lease_id)
+        request = pb.LeaseRevokeRequest(ID=lease_id)
 
         def call(m: _Member, timeout: float, md: _Metadata) -> None:
             m.lease.LeaseRevoke(request, timeout=timeout, metadata=md)
@@ -884,7 +888,7 @@ class EtcdBackend(Backend):
                 raise self._rpc_error(f"compact at {target}", exc) from exc
 
     def _compact(self, revision: int) -> None:
-        request = etcdrpc.CompactionRequest(revision=revision, physical=False)
+        request = pb.CompactionRequest(revision=revision, physical=False)
 
         def call(m: _Member, timeout: float, md: _Metadata) -> None:
             m.kv.Compact(request, timeout=timeout, metadata=md)
@@ -1069,12 +1073,12 @@ class _EtcdWatch(Watch):
     def _follow(self, member: _Member) -> bool:
         """Stream from ``member`` until the stream ends; True if it was established."""
         backend = self._backend
-        create = etcdrpc.WatchCreateRequest(key=self._key, range_end=self._end,
+        create = pb.WatchCreateRequest(key=self._key, range_end=self._end,
                                             start_revision=self._next)
         done = threading.Event()
 
         def requests() -> Iterator[Any]:
-            yield etcdrpc.WatchRequest(create_request=create)
+            yield pb.WatchRequest(create_request=create)
             done.wait()  # keep the request side open until the stream is over
 
         stream = member.watch.Watch(requests(), metadata=backend._metadata(member))
@@ -1124,7 +1128,7 @@ class _EtcdWatch(Watch):
         """Probe a quiet stream's member; cancel the stream when it is frozen or leaderless."""
         backend = self._backend
         interval = min(1.0, backend.timeout / 2)
-        probe = etcdrpc.RangeRequest(key=self._key, range_end=self._end, limit=1,
+        probe = pb.RangeRequest(key=self._key, range_end=self._end, limit=1,
                                      serializable=True, keys_only=True)
         while not done.wait(interval):
             if time.monotonic() - activity[0] < interval:

@@ -1,7 +1,7 @@
 """The skedlib hook implementation that registers ``etcd://`` and ``etcds://``.
 
 Named by the entry point ``[project.entry-points.skedlib] etcd = "skedlib_etcd.plugin"``.
-The backend module (and with it grpc and etcd3) is imported only when a URL is opened,
+The backend module (and with it grpc and protobuf) is imported only when a URL is opened,
 so loading the registry stays cheap.
 """
 
