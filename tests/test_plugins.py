@@ -132,12 +132,17 @@ def test_an_unregistered_plugin_offers_nothing() -> None:
 
 def test_a_missing_first_party_plugin_is_named_in_the_error() -> None:
     registry = Registry(load_entrypoints=False)  # the built-ins only
-    with pytest.raises(PluginError, match=r"no backend named 'etcd' is installed "
-                                          r"\(installed: memory, sqlite\); it comes with "
-                                          r"the skedlib-etcd plugin package"):
+    with pytest.raises(PluginError, match=r"^no backend named 'etcd' is installed "
+                                          r"\(installed: memory, sqlite\); "
+                                          r"pip install 'skedlib\[etcd\]'$"):
         registry.open_backend("etcd://127.0.0.1:2379")
-    with pytest.raises(PluginError, match="comes with the skedlib-reference-schedulers"):
+    with pytest.raises(PluginError, match=r"; pip install 'skedlib\[consul\]'$"):
+        registry.open_backend("consul://127.0.0.1:8500")
+    with pytest.raises(PluginError, match=r"; pip install 'skedlib\[docker\]'$"):
+        registry.executor_factory("docker")
+    # the reference schedulers ship inside skedlib: only a broken install lacks them
+    with pytest.raises(PluginError, match=r"it ships with skedlib .*: reinstall skedlib$"):
         registry.scheduler_factory("binpack")
     with pytest.raises(PluginError) as info:
         registry.scheduler_factory("mine")
-    assert "comes with" not in str(info.value)  # a third party's name gets no hint
+    assert "install" not in str(info.value).split(")", 1)[1]  # a third party gets no hint
