@@ -63,10 +63,10 @@ done
 wheels=("$WORK"/dist/*.whl)
 [ "${#wheels[@]}" -eq "${#PROJECTS[@]}" ] || fail "expected ${#PROJECTS[@]} wheels, got: ${wheels[*]}"
 skedlib_wheel=$(ls "$WORK"/dist/skedlib-[0-9]*.whl)
-unzip -l "$skedlib_wheel" | grep -q 'skedlib/examples/hello-world.yml' \
-  || fail "the skedlib wheel has no skedlib/examples/hello-world.yml"
-unzip -l "$skedlib_wheel" | grep -q 'skedlib_reference/plugin.py' \
-  || fail "the skedlib wheel has no reference schedulers"
+for member in skedlib/examples/hello-world.yml skedlib_reference/plugin.py; do
+  "$PY" -c 'import sys, zipfile; sys.exit(sys.argv[2] not in zipfile.ZipFile(sys.argv[1]).namelist())' \
+    "$skedlib_wheel" "$member" || fail "the skedlib wheel has no $member"
+done
 
 say "installing the wheels into a fresh venv: skedlib[etcd,consul,docker] ${NEIGHBOURS[*]}"
 "$PY" -m venv "$WORK/venv"
