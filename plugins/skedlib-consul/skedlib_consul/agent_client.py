@@ -41,15 +41,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from skedlib import (
-    BackendError,
-    BackendUnavailable,
-    CheckStatus,
-    NotFound,
-    Task,
-    TaskHealth,
-    ValidationError,
-)
+from skedlib import BackendError, CheckStatus, NotFound, Task, TaskHealth, ValidationError
 from skedlib_consul.checks import check_definitions, consul_status, service_definition
 from skedlib_consul.client import (
     HttpClient,
@@ -255,15 +247,11 @@ class ConsulAgentClient:
         when the task has one TTL check)."""
         check_id = self._ttl_check_id(task_id, check)
         verb = {"passing": "pass", "warning": "warn", "critical": "fail"}[status]
-        try:
-            self._http.call("PUT", f"/v1/agent/check/{verb}/{check_id}",
-                            params=[("note", note)] if note else None,
-                            what=f"report TTL check {check_id}")
-        except BackendUnavailable as exc:
-            if "does not have associated TTL" in str(exc) or "Unknown check" in str(exc):
-                raise ValidationError(f"{self._label}: {check_id} is not a TTL check of a "
-                                      f"registered task: {exc}") from exc
-            raise
+        # a check that is not a TTL check (or went away since it was looked up above) is
+        # an HTTP 500 from Consul, retried as any server error until the timeout
+        self._http.call("PUT", f"/v1/agent/check/{verb}/{check_id}",
+                        params=[("note", note)] if note else None,
+                        what=f"report TTL check {check_id}")
 
     def pass_ttl(self, task_id: str, check: str | None = None, note: str = "") -> None:
         """Report a TTL check of the task passing."""
