@@ -28,6 +28,7 @@ __all__ = [
     "FIRST_PARTY_PLUGINS",
     "Registry",
     "get_registry",
+    "install_hint",
     "lazy_attributes",
     "open_backend",
     "plugin_distributions",
@@ -112,10 +113,9 @@ class Registry:
         except KeyError:
             known = ", ".join(sorted(factories)) or "none"
             singular = kind.rstrip("s").replace("_", " ")
-            package = FIRST_PARTY_PLUGINS.get((kind, name))
-            hint = f"; it comes with the {package} plugin package" if package else ""
+            hint = install_hint(kind, name)
             raise PluginError(f"no {singular} named {name!r} is installed (installed: "
-                              f"{known}){hint}") from None
+                              f"{known}){'; ' + hint if hint else ''}") from None
 
     def open_backend(self, url: str) -> Backend:
         """Open the backend for ``url``, chosen by its scheme."""
@@ -167,17 +167,31 @@ def get_registry() -> Registry:
 
 
 FIRST_PARTY_PLUGINS: Mapping[tuple[str, str], str] = {
-    ("backends", "etcd"): "skedlib-etcd",
-    ("backends", "etcds"): "skedlib-etcd",
-    ("backends", "consul"): "skedlib-consul",
-    ("health_providers", "consul"): "skedlib-consul",
-    ("executors", "docker"): "skedlib-docker",
-    ("schedulers", "binpack"): "skedlib-reference-schedulers",
-    ("schedulers", "spread"): "skedlib-reference-schedulers",
-    ("schedulers", "daemon"): "skedlib-reference-schedulers",
+    ("backends", "etcd"): "etcd",
+    ("backends", "etcds"): "etcd",
+    ("backends", "consul"): "consul",
+    ("health_providers", "consul"): "consul",
+    ("executors", "docker"): "docker",
+    ("schedulers", "binpack"): "",
+    ("schedulers", "spread"): "",
+    ("schedulers", "daemon"): "",
 }
-"""(hook kind, name) → the first-party distribution that registers it, named in the error
-when it is missing."""
+"""(hook kind, name) → the extra of skedlib that installs the first-party plugin registering
+it (``pip install 'skedlib[etcd]'`` installs skedlib-etcd), or "" for a plugin that ships
+inside skedlib itself (the reference schedulers); named in the error when it is missing."""
+
+
+def install_hint(kind: str, name: str) -> str:
+    """What to install to get the first-party plugin that offers ``name`` for ``kind``
+    (backends, executors, schedulers, health_providers), or "" for any other name."""
+    extra = FIRST_PARTY_PLUGINS.get((kind, name))
+    if extra is None:
+        return ""
+    if extra:
+        return f"pip install 'skedlib[{extra}]'"
+    # it ships in skedlib's wheel: only a broken or partial install lacks it
+    return ("it ships with skedlib (entry point 'reference' of the 'skedlib' group): "
+            "reinstall skedlib")
 
 
 def plugin_distributions() -> list[tuple[str, str, list[str]]]:

@@ -4,6 +4,7 @@ plugins like built-ins."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -132,12 +133,30 @@ def test_an_unregistered_plugin_offers_nothing() -> None:
 
 def test_a_missing_first_party_plugin_is_named_in_the_error() -> None:
     registry = Registry(load_entrypoints=False)  # the built-ins only
-    with pytest.raises(PluginError, match=r"no backend named 'etcd' is installed "
-                                          r"\(installed: memory, sqlite\); it comes with "
-                                          r"the skedlib-etcd plugin package"):
+    with pytest.raises(PluginError, match=r"^no backend named 'etcd' is installed "
+                                          r"\(installed: memory, sqlite\); "
+                                          r"pip install 'skedlib\[etcd\]'$"):
         registry.open_backend("etcd://127.0.0.1:2379")
-    with pytest.raises(PluginError, match="comes with the skedlib-reference-schedulers"):
+    with pytest.raises(PluginError, match=r"; pip install 'skedlib\[consul\]'$"):
+        registry.open_backend("consul://127.0.0.1:8500")
+    with pytest.raises(PluginError, match=r"; pip install 'skedlib\[docker\]'$"):
+        registry.executor_factory("docker")
+    with pytest.raises(PluginError, match=r"; pip install 'skedlib\[consul\]'$"):
+        registry.health_provider_factory("consul")
+    # the reference schedulers ship inside skedlib: only a broken install lacks them
+    with pytest.raises(PluginError, match=r"it ships with skedlib .*: reinstall skedlib$"):
         registry.scheduler_factory("binpack")
     with pytest.raises(PluginError) as info:
         registry.scheduler_factory("mine")
-    assert "comes with" not in str(info.value)  # a third party's name gets no hint
+    assert "install" not in str(info.value).split(")", 1)[1]  # a third party gets no hint
+
+
+def test_an_agent_given_a_missing_first_party_executor_names_the_extra(tmp_path: Path) -> None:
+    from skedlib.agent.wiring import Executors
+
+    executors = Executors(Registry(load_entrypoints=False), "h1", tmp_path, tmp_path, {},
+                          lambda *_: None)
+    with pytest.raises(PluginError, match=r"^no executor named 'docker' is installed "
+                                          r"\(installed: [^)]*\); pip install "
+                                          r"'skedlib\[docker\]'$"):
+        executors.open("docker", required=True)

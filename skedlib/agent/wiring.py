@@ -13,7 +13,7 @@ from skedlib.executors.policy import HostPolicy
 from skedlib.executors.supervision import reachable_by
 from skedlib.health.provider import HealthContext, HealthProvider
 from skedlib.keys import Keyspace
-from skedlib.plugins import Registry
+from skedlib.plugins import Registry, install_hint
 from skedlib.store.base import Backend
 
 __all__ = ["Executors", "health_provider_name", "open_health_provider"]
@@ -64,8 +64,10 @@ class Executors:
         :class:`PluginError` when ``required`` (named in the config), else it is left out
         with a warning, and tasks that need it are rejected with the reason."""
         if name not in self.installed:
+            hint = install_hint("executors", name)
             raise PluginError(f"no executor named {name!r} is installed (installed: "
-                              f"{', '.join(self.installed) or 'none'})")
+                              f"{', '.join(self.installed) or 'none'})"
+                              + (f"; {hint}" if hint else ""))
         ctx = ExecutorContext(host=self.host, state_dir=self.state_dir / "executors" / name,
                               log_dir=self.log_dir, options=dict(self.options.get(name, {})),
                               policy=self.policy)

@@ -3,7 +3,8 @@
 Commands: ``apply``, ``get``, ``delete`` (desired state); ``tasks`` and ``hosts`` (issued
 and actual state, as the seed's ``sked tasks`` table); ``drain``/``undrain``, ``scale``
 and ``rollout status|history`` (operations, see :mod:`skedlib.cli.ops`); ``schema``
-(JSON Schema of the stored objects); ``up`` (combined mode: a scheduler and an agent in
+(JSON Schema of the stored objects); ``example`` (the example manifests that ship with
+skedlib, see :mod:`skedlib.cli.example`); ``up`` (combined mode: a scheduler and an agent in
 one process, see :mod:`skedlib.cli.up`); ``serve``, ``env``, ``deploy`` and ``deployments``
 (daemon-per-host environments and their REST API, see :mod:`skedlib.cli.envs`); ``job``
 (batch jobs: submit, status, ls, cancel, wait, logs, nodes, see :mod:`skedlib.cli.jobs`).
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from skedlib import __version__
-from skedlib.cli import envs, jobs, ops, up
+from skedlib.cli import envs, example, jobs, ops, up
 from skedlib.cli.args import OneLineParser, positive_number
 from skedlib.cli.output import render, table
 from skedlib.cli.schema import KINDS as SCHEMA_KINDS
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("version", help="versions of skedlib and of every installed plugin")
     p.set_defaults(func=cmd_version, needs_backend=False)
+
+    example.add_parser(sub)
 
     ops.add_parsers(sub, common)
     up.add_parser(sub, common)

@@ -35,7 +35,7 @@ from skedlib.client import Client
 from skedlib.codecs import ManifestDocument, load_manifest, parse_manifest
 from skedlib.errors import SkedError
 from skedlib.models import DEFAULT_SCHEDULER, ServiceStatus
-from skedlib.plugins import get_registry
+from skedlib.plugins import get_registry, install_hint
 from skedlib.scheduler.daemon import Pair, SchedulerDaemon
 from skedlib.scheduler.status import describe
 
@@ -214,8 +214,7 @@ def cmd_up(client: Client, args: argparse.Namespace) -> int:
     for name in sorted(wanted - set(installed)):
         print(f"warning: no scheduler named {name!r} is installed (installed: "
               f"{', '.join(installed) or 'none'}); "
-              + ("install the reference schedulers: pip install -e reference_schedulers"
-                 if name == DEFAULT_SCHEDULER else "its services will not be placed"),
+              + (install_hint("schedulers", name) or "its services will not be placed"),
               file=sys.stderr)
     executors = _executors()
     config = AgentConfig(host=args.host, executors=executors, prefix=client.keys.prefix,

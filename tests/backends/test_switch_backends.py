@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from skedlib.cli.example import examples
 from tests.harness import consul as consul_harness
 from tests.harness import etcd as etcd_harness
 from tests.harness.cli import sked_script
@@ -23,8 +24,7 @@ pytestmark = [pytest.mark.integration]
 etcd_single = etcd_harness.etcd_single
 consul_dev = consul_harness.consul_dev
 
-REPO = Path(__file__).resolve().parents[2]
-HELLO = REPO / "examples" / "hello-world.yml"
+HELLO = Path(str(examples()["hello-world"]))  # as the installed package ships it
 
 
 def _sked(url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from skedlib.cli.example import examples
 from skedlib.client import Client
 from tests.harness.cli import sked_script
 from tests.harness.common import eventually
@@ -20,7 +21,7 @@ from tests.harness.common import eventually
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-HELLO = ROOT / "examples" / "hello-world.yml"
+HELLO = Path(str(examples()["hello-world"]))  # as the installed package ships it
 
 
 class Up:

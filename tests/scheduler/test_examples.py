@@ -71,7 +71,9 @@ def test_plugin_package_scheduler_by_name(plugin_installed: None, sqlite_loop: L
         loop.log_text("scheduler")
 
 
-@pytest.mark.parametrize("manifest", sorted(EXAMPLES.glob("*.yml")), ids=lambda p: p.name)
+# the example manifests are package data (sked example): skedlib/examples/*.yml
+@pytest.mark.parametrize("manifest", sorted((ROOT / "skedlib" / "examples").glob("*.yml")),
+                         ids=lambda p: p.name)
 def test_example_manifests_schedule(manifest: Path) -> None:
     """Every example manifest applies and is fully placed by the reference schedulers."""
     with Client.open(f"memory://{uuid.uuid4().hex}") as c:

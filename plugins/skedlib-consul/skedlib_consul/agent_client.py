@@ -41,12 +41,9 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import consul.base
-
 from skedlib import BackendError, CheckStatus, NotFound, Task, TaskHealth, ValidationError
 from skedlib_consul.checks import check_definitions, consul_status, service_definition
 from skedlib_consul.client import (
-    ApiContext,
     HttpClient,
     body_text,
     consul_errors,
@@ -85,7 +82,6 @@ class ConsulAgentClient:
             self.url = redact_url(agent_url)
         self.host = host
         self._http = HttpClient(self.options, f"consul agent {self.url}")
-        self._agent = consul.base.Consul.Agent(ApiContext(self._http, None))
         self._ttl_checks: dict[str, list[str]] = {}
 
     def __repr__(self) -> str:
@@ -96,7 +92,11 @@ class ConsulAgentClient:
         return f"consul agent {self.url}"
 
     def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
-        return consul_errors(self._label, what, token=bool(self.options.token))
+        return consul_errors(self._label, what)
+
+    def _get(self, path: str, what: str) -> Any:
+        """The JSON answer of ``GET path`` on the agent (None for HTTP 404)."""
+        return self._http.call_json("GET", path, what=what)[1]
 
     # -- registration -----------------------------------------------------------------------
     def check_ids(self, task: Task) -> list[str]:
@@ -137,21 +137,21 @@ class ConsulAgentClient:
 
     def deregister(self, task_id: str) -> None:
         """Remove the task's service and its checks from the agent. Idempotent."""
-        with self._errors(f"deregister task {task_id}"):
-            self._agent.service.deregister(task_id)
+        self._http.call("PUT", f"/v1/agent/service/deregister/{task_id}",
+                        what=f"deregister task {task_id}")
         self._ttl_checks.pop(task_id, None)
 
     def registered(self) -> list[str]:
         """The IDs of every service registered on the agent (``consul`` itself excluded)."""
-        with self._errors("list services"):
-            services: Mapping[str, Any] = self._agent.services() or {}
+        services: Mapping[str, Any] = self._get("/v1/agent/services", "list services") or {}
         return sorted(sid for sid in services if sid != "consul")
 
     # -- reading the agent ----------------------------------------------------------------------
     def node_name(self) -> str:
         """The name of the agent's node (``/v1/agent/self`` ``Config.NodeName``)."""
-        with self._errors("read the agent's node name"):
-            me: Mapping[str, Any] = self._agent.self()
+        what = "read the agent's node name"
+        me: Mapping[str, Any] = self._get("/v1/agent/self", what) or {}
+        with self._errors(what):
             name = str((me.get("Config") or {}).get("NodeName") or
                        (me.get("Member") or {}).get("Name") or "")
         if not name:
@@ -160,10 +160,11 @@ class ConsulAgentClient:
 
     def local_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The agent's services and checks (``/v1/agent/services``, ``/v1/agent/checks``)."""
-        with self._errors("read the agent's services and checks"):
-            services = dict(self._agent.services() or {})
-            checks = dict(self._agent.checks() or {})
-        return services, checks
+        what = "read the agent's services and checks"
+        services = self._get("/v1/agent/services", what) or {}
+        checks = self._get("/v1/agent/checks", what) or {}
+        with self._errors(what):
+            return dict(services), dict(checks)
 
     def wait_node(self, node: str, index: int, wait: float) -> tuple[int, list[Any]]:
         """A blocking query on ``/v1/health/node/<node>``: (index, checks).
@@ -198,17 +199,18 @@ class ConsulAgentClient:
         ``state`` is ``healthy`` when every check passes, else ``unhealthy`` (this client
         keeps no history; the agent's provider counts consecutive results).
         """
-        with self._errors(f"health of task {task_id}"):
-            services: Mapping[str, Any] = self._agent.services() or {}
-            if task_id not in services:
-                raise NotFound(f"{self._label}: task {task_id} is not registered")
-            checks: Mapping[str, Any] = self._agent.checks() or {}
+        what = f"health of task {task_id}"
+        services: Mapping[str, Any] = self._get("/v1/agent/services", what) or {}
+        if task_id not in services:
+            raise NotFound(f"{self._label}: task {task_id} is not registered")
+        checks: Mapping[str, Any] = self._get("/v1/agent/checks", what) or {}
         now = time.time()
-        statuses = [
-            CheckStatus(name=str(c.get("Name") or cid),
-                        status=consul_status(c.get("Status")),
-                        output=str(c.get("Output") or ""), updated_at=now)
-            for cid, c in sorted(checks.items()) if c.get("ServiceID") == task_id]
+        with self._errors(what):
+            statuses = [
+                CheckStatus(name=str(c.get("Name") or cid),
+                            status=consul_status(c.get("Status")),
+                            output=str(c.get("Output") or ""), updated_at=now)
+                for cid, c in sorted(checks.items()) if c.get("ServiceID") == task_id]
         healthy = all(s.status == "passing" for s in statuses)
         return TaskHealth(task_id=task_id, host=self.host,
                           state="healthy" if healthy else "unhealthy", healthy=healthy,
@@ -217,8 +219,8 @@ class ConsulAgentClient:
     def _ttl_check_id(self, task_id: str, check: str | None) -> str:
         if check and check.startswith(f"{task_id}:"):
             return check
-        with self._errors(f"checks of task {task_id}"):
-            checks: Mapping[str, Any] = self._agent.checks() or {}
+        checks: Mapping[str, Any] = self._get("/v1/agent/checks",
+                                              f"checks of task {task_id}") or {}
         mine = {cid: c for cid, c in checks.items() if c.get("ServiceID") == task_id}
         if check:
             found = [cid for cid, c in mine.items()
@@ -244,16 +246,12 @@ class ConsulAgentClient:
         """Report a TTL check of the task (``check``: its id, name or CheckID; optional
         when the task has one TTL check)."""
         check_id = self._ttl_check_id(task_id, check)
-        call = {"passing": self._agent.check.ttl_pass, "warning": self._agent.check.ttl_warn,
-                "critical": self._agent.check.ttl_fail}[status]
-        with self._errors(f"report TTL check {check_id}"):
-            try:
-                call(check_id, note or None)
-            except consul.base.ConsulException as exc:
-                if "does not have associated TTL" in str(exc) or "Unknown check" in str(exc):
-                    raise ValidationError(f"{self._label}: {check_id} is not a TTL check "
-                                          f"of a registered task: {exc}") from exc
-                raise
+        verb = {"passing": "pass", "warning": "warn", "critical": "fail"}[status]
+        # a check that is not a TTL check (or went away since it was looked up above) is
+        # an HTTP 500 from Consul, retried as any server error until the timeout
+        self._http.call("PUT", f"/v1/agent/check/{verb}/{check_id}",
+                        params=[("note", note)] if note else None,
+                        what=f"report TTL check {check_id}")
 
     def pass_ttl(self, task_id: str, check: str | None = None, note: str = "") -> None:
         """Report a TTL check of the task passing."""

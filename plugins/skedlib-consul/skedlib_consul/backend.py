@@ -72,7 +72,6 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import consul.base
 import requests
 
 from skedlib import (
@@ -91,7 +90,6 @@ from skedlib import (
     Watch,
 )
 from skedlib_consul.client import (
-    ApiContext,
     HttpClient,
     body_text,
     consul_errors,
@@ -145,14 +143,9 @@ def _b64(value: bytes) -> str:
     return base64.b64encode(value).decode("ascii")
 
 
-def _kv_from_json(item: Mapping[str, Any], *, decoded: bool = False) -> KeyValue:
+def _kv_from_json(item: Mapping[str, Any]) -> KeyValue:
     raw = item.get("Value")
-    if raw is None:
-        value = b""
-    elif decoded:
-        value = raw if isinstance(raw, bytes) else str(raw).encode()
-    else:
-        value = base64.b64decode(raw)
+    value = b"" if raw is None else base64.b64decode(raw)
     return KeyValue(key=str(item["Key"]), value=value, revision=int(item["ModifyIndex"]),
                     create_revision=int(item["CreateIndex"]),
                     lease=str(item["Session"]) if item.get("Session") else None)
@@ -174,9 +167,6 @@ class ConsulBackend(Backend):
         self.url = redact_url(url) if url else "consul://" + ",".join(
             options.endpoint_text(i) for i in range(len(options.endpoints)))
         self._http = HttpClient(options, self.url)
-        api = ApiContext(self._http, options.dc)
-        self._kv = consul.base.Consul.KV(api)
-        self._sessions = consul.base.Consul.Session(api)
         self._watches: weakref.WeakSet[ConsulWatch] = weakref.WeakSet()
         self._watches_lock = threading.Lock()
         self._session_name = f"skedlib {socket.gethostname()}:{os.getpid()}"
@@ -187,7 +177,15 @@ class ConsulBackend(Backend):
         return self._http.current_endpoint
 
     def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
-        return consul_errors(self.url, what, token=bool(self.options.token))
+        return consul_errors(self.url, what)
+
+    def _read(self, key: str, what: str, *, recurse: bool = False) -> tuple[int, list[Any]]:
+        """A consistent read of ``/v1/kv/<key>``: (index, the entries; none for HTTP 404)."""
+        params: list[tuple[str, Any]] = [("consistent", "")]
+        if recurse:
+            params.append(("recurse", ""))
+        index, body = self._http.call_json("GET", "/v1/kv/" + key, params=params, what=what)
+        return index, body or []
 
     def _check_status(self, what: str, resp: requests.Response) -> None:
         raise_for_status(self.url, what, resp, token=bool(self.options.token))
@@ -214,20 +212,21 @@ class ConsulBackend(Backend):
     # -- reads ----------------------------------------------------------------------------
     def get(self, key: str) -> KeyValue | None:
         _check_key(key)
-        with self._errors(f"get {key!r}"):
-            _index, item = self._kv.get(key, consistency="consistent")
-            return None if item is None else _kv_from_json(item, decoded=True)
+        what = f"get {key!r}"
+        _index, items = self._read(key, what)
+        with self._errors(what):
+            return _kv_from_json(items[0]) if items else None
 
     def list(self, prefix: str) -> ListResult:
         if prefix.startswith("/"):
             raise InvalidName(f"invalid prefix {prefix!r}: Consul keys cannot start with '/'")
-        with self._errors(f"list {prefix!r}"):
-            index, items = self._kv.get(prefix, recurse=True, consistency="consistent")
-            kvs = sorted((_kv_from_json(i, decoded=True) for i in items or ()),
-                         key=lambda kv: kv.key)
-            if index is None:
-                raise BackendError(f"{self.url}: list {prefix!r}: Consul sent no index")
-            return ListResult(kvs, int(index))  # python-consul2 hands the index as a string
+        what = f"list {prefix!r}"
+        index, items = self._read(prefix, what, recurse=True)
+        with self._errors(what):
+            kvs = sorted((_kv_from_json(i) for i in items), key=lambda kv: kv.key)
+        if not index:
+            raise BackendError(f"{self.url}: {what}: Consul sent no index")
+        return ListResult(kvs, index)
 
     def current_revision(self, prefix: str = "") -> int:
         """The KV store's index (the index of the last KV write or delete), read through
@@ -395,11 +394,15 @@ class ConsulBackend(Backend):
     def grant_lease(self, ttl: float) -> str:
         ttl = min(max(float(ttl), MIN_LEASE_TTL), MAX_LEASE_TTL)
         session_ttl = ttl / 2  # Consul's timer runs 2 x the session's TTL
+        seconds = int(session_ttl) if session_ttl.is_integer() else round(session_ttl, 3)
+        # no checks: the session lives exactly as long as it is renewed (not as long as
+        # this node's serfHealth); "delete": its keys go with it, as a lease's do
+        spec = {"Name": self._session_name, "LockDelay": "0s", "Behavior": "delete",
+                "TTL": f"{seconds}s", "Checks": []}
+        _index, body = self._http.call_json("PUT", "/v1/session/create", what="grant lease",
+                                            data=json.dumps(spec))
         with self._errors("grant lease"):
-            session_id = self._sessions.create(
-                name=self._session_name, lock_delay=0, behavior="delete",
-                ttl=int(session_ttl) if session_ttl.is_integer() else round(session_ttl, 3),
-                checks=[])
+            session_id = body["ID"] if body is not None else None
         if not isinstance(session_id, str) or not session_id:
             raise BackendError(f"{self.url}: grant lease: Consul returned no session id")
         return session_id
@@ -407,19 +410,16 @@ class ConsulBackend(Backend):
     def keepalive(self, lease: str) -> None:
         if not _SESSION_ID.fullmatch(lease):
             raise LeaseExpired(f"{self.url}: lease {lease!r} does not exist")
-        with self._errors(f"keep-alive of lease {lease}"):
-            try:
-                renewed = self._sessions.renew(lease)
-            except consul.base.NotFound:
-                renewed = None
+        # Consul answers the renewed session, [] or HTTP 404 when it has ended
+        _index, renewed = self._http.call_json("PUT", f"/v1/session/renew/{lease}",
+                                               what=f"keep-alive of lease {lease}")
         if not renewed:
             raise LeaseExpired(f"{self.url}: lease {lease} does not exist")
 
     def revoke_lease(self, lease: str) -> None:
         if not _SESSION_ID.fullmatch(lease):
             return  # not a session id: there is no such lease
-        with self._errors(f"revoke lease {lease}"):
-            self._sessions.destroy(lease)
+        self._http.call("PUT", f"/v1/session/destroy/{lease}", what=f"revoke lease {lease}")
 
     # -- life cycle -------------------------------------------------------------------------
     def close(self) -> None:

@@ -20,8 +20,10 @@
   :class:`~skedlib.errors.BackendError` (:func:`raise_for_status`,
   :func:`consul_errors`).
 
-python-consul2's endpoint classes (KV, Session, Agent) are used for their request
-building and answer parsing only: :class:`ApiContext` runs them over this client.
+The few endpoints the plugin calls (KV reads, sessions, the agent API, ``/v1/txn``) are
+plain HTTP through :meth:`HttpClient.call` and :meth:`HttpClient.call_json`: the plugin
+needs no Consul client library, so it installs beside either of the distributions that
+provide a ``consul`` module (python-consul, py-consul), whatever their version.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
-import consul.base
 import requests
 import urllib3.exceptions
 
@@ -43,7 +44,6 @@ from skedlib import BackendError, BackendUnavailable, Backoff
 from skedlib_consul.options import ConsulOptions
 
 __all__ = [
-    "ApiContext",
     "HttpClient",
     "RetryPolicy",
     "body_text",
@@ -130,8 +130,6 @@ def body_text(resp: requests.Response, limit: int = 200) -> str:
 class HttpClient:
     """requests to the listed endpoints, with a timeout on every call and failover.
 
-    It also offers the ``get/put/delete/post(callback, path, params, data, headers)``
-    interface python-consul2's endpoint classes call, so they run over this client.
     ``label`` starts every error message (the backend's URL, or ``consul agent URL``).
     Thread-safe: one connection pool shared by every thread.
     """
@@ -241,51 +239,41 @@ class HttpClient:
             if self._current == idx:
                 self._current = (idx + 1) % len(self.options.endpoints)
 
-    # -- the interface python-consul2's endpoint classes call ---------------------------
-    def _call(self, method: str, callback: Any, path: str, params: Any, data: Any,
-              headers: Any) -> Any:
-        # writes through python-consul2 are idempotent here (sessions, agent API): a
-        # session created twice by a retry expires on its own
-        resp = self.request(method, path, params=params, data=data or None,
-                            headers=headers, retry="any")
-        resp.encoding = "utf-8"
-        return callback(consul.base.Response(resp.status_code, resp.headers, resp.text,
-                                             resp.content))
+    # -- Consul's API: JSON answers, the index, errors ------------------------------------
+    def call(self, method: str, path: str, *, what: str,
+             params: Sequence[tuple[str, Any]] | None = None,
+             data: str | None = None) -> requests.Response:
+        """One call that may be sent again (every call but a transaction).
 
-    def get(self, callback: Any, path: str, params: Any = None, headers: Any = None) -> Any:
-        """python-consul2 HTTPClient.get."""
-        return self._call("GET", callback, path, params, None, headers)
+        Writes sent here are safe to repeat: a session created twice by a retry expires on
+        its own, a service registered twice is replaced, a TTL report or a deregistration
+        sent twice changes nothing. Returns a success or an HTTP 404 (the caller says what
+        a missing key, session or service means); raises :func:`refused` for HTTP 401/403
+        and :class:`~skedlib.errors.BackendUnavailable` for another error.
+        """
+        resp = self.request(method, path, params=params, data=data, retry="any", what=what)
+        code = resp.status_code
+        if code in (401, 403):
+            raise refused(self.label, what, body_text(resp) or "permission denied",
+                          bool(self.options.token))
+        if code >= 400 and code != 404:
+            raise BackendUnavailable(f"{self.label}: {what} failed: {code} {body_text(resp)}")
+        return resp
 
-    def put(self, callback: Any, path: str, params: Any = None, data: Any = "",
-            headers: Any = None) -> Any:
-        """python-consul2 HTTPClient.put."""
-        return self._call("PUT", callback, path, params, data, headers)
-
-    def delete(self, callback: Any, path: str, params: Any = None, data: Any = "",
-               headers: Any = None) -> Any:
-        """python-consul2 HTTPClient.delete."""
-        return self._call("DELETE", callback, path, params, data, headers)
-
-    def post(self, callback: Any, path: str, params: Any = None, headers: Any = None,
-             data: Any = "") -> Any:
-        """python-consul2 HTTPClient.post."""
-        return self._call("POST", callback, path, params, data, headers)
-
-
-class ApiContext:
-    """What python-consul2's endpoint classes read from their ``agent`` argument.
-
-    We do not construct ``consul.Consul`` itself: its constructor reads
-    ``CONSUL_HTTP_ADDR``/``CONSUL_HTTP_SSL`` (which would override the URL), lets
-    ``CONSUL_HTTP_TOKEN`` override an explicit token, and builds deprecated endpoint
-    objects that emit DeprecationWarnings.
-    """
-
-    def __init__(self, http: HttpClient, dc: str | None) -> None:
-        self.http = http
-        self.token: str | None = None  # sent by the transport's session
-        self.dc = dc
-        self.consistency = "consistent"
+    def call_json(self, method: str, path: str, *, what: str,
+                  params: Sequence[tuple[str, Any]] | None = None,
+                  data: str | None = None) -> tuple[int, Any]:
+        """:meth:`call`, answered with (``X-Consul-Index``, the decoded JSON body); the body
+        is None for HTTP 404."""
+        resp = self.call(method, path, what=what, params=params, data=data)
+        index = index_of(resp, self.label, what)
+        if resp.status_code == 404:
+            return index, None
+        try:
+            return index, resp.json()
+        except ValueError as exc:
+            raise BackendError(f"{self.label}: {what}: unexpected answer from Consul: "
+                               f"{body_text(resp)}") from exc
 
 
 def refused(label: str, what: str, detail: str, token: bool) -> BackendUnavailable:
@@ -295,19 +283,14 @@ def refused(label: str, what: str, detail: str, token: bool) -> BackendUnavailab
 
 
 @contextlib.contextmanager
-def consul_errors(label: str, what: str, *, token: bool = True) -> Iterator[None]:
-    """Translate python-consul2's exceptions into skedlib's, naming ``label`` and ``what``.
-
-    ``token`` says whether a token was sent (for the message when ACLs refuse).
-    """
+def consul_errors(label: str, what: str) -> Iterator[None]:
+    """Translate an answer that is not what Consul sends (a missing field, a value of the
+    wrong type) into :class:`~skedlib.errors.BackendError`, naming ``label`` and ``what``."""
     try:
         yield
-    except (consul.base.ACLPermissionDenied, consul.base.ACLDisabled) as exc:
-        raise refused(label, what, _short(exc) or "permission denied", token) from exc
-    except consul.base.ConsulException as exc:
-        raise BackendUnavailable(f"{label}: {what} failed: {_short(exc)}") from exc
-    except (ValueError, KeyError, TypeError) as exc:  # a body that is not what Consul sends
-        raise BackendError(f"{label}: {what}: unexpected answer from Consul: {exc}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BackendError(f"{label}: {what}: unexpected answer from Consul: "
+                           f"{_short(exc)}") from exc
 
 
 def _short(exc: BaseException) -> str:
