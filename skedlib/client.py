@@ -18,7 +18,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from skedlib.codecs import ManifestDocument, decode, encode, object_label
+from skedlib.codecs import ManifestDocument, decode, decode_listing, encode, object_label
 from skedlib.errors import (
     ConflictError,
     NotFound,
@@ -157,7 +157,8 @@ class Client:
         return decode(kv.value, type_, where=kv.key) if kv else None
 
     def _list(self, prefix: str, type_: type[T]) -> list[T]:
-        return [decode(kv.value, type_, where=kv.key) for kv in self.backend.list(prefix).items]
+        # decode or quarantine: a bad record is skipped with one warning, never fatal
+        return decode_listing(self.backend.list(prefix).items, type_, self.keys)
 
     def cluster(self, name: str) -> Cluster | None:
         """One cluster, or None."""

@@ -14,7 +14,9 @@ wrong types are errors.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import logging
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,20 +26,50 @@ import yaml
 
 from skedlib.durations import parse_duration
 from skedlib.errors import ValidationError, one_line
-from skedlib.models import Cluster, Container, Manifest, Service, TaskDefinition
+from skedlib.keys import (
+    AgentKey,
+    ClusterKey,
+    HealthKey,
+    HostConfigKey,
+    Key,
+    Keyspace,
+    ServiceKey,
+    TaskDefinitionKey,
+    TaskKey,
+)
+from skedlib.models import (
+    Cluster,
+    Container,
+    Host,
+    HostConfig,
+    Manifest,
+    Service,
+    Task,
+    TaskDefinition,
+    TaskHealth,
+)
+from skedlib.store.base import KeyValue
 
 __all__ = [
+    "InvalidRecord",
     "ManifestDocument",
+    "check_record",
     "decode",
+    "decode_listing",
+    "decode_record",
     "encode",
+    "find_invalid_records",
     "load_manifest",
     "object_label",
     "parse_manifest",
+    "record_type",
     "to_builtins",
     "to_yaml",
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
 
@@ -68,6 +100,138 @@ def decode(data: bytes | str, type_: type[T], *, where: str = "") -> T:
     except msgspec.DecodeError as exc:
         raise ValidationError(f"{where or type_.__name__}: malformed JSON: {exc}") from None
     return result
+
+# -- stored records: decode or quarantine ------------------------------------------------
+# Every reader of the keyspace (the scheduler's snapshot and its watch-fed cache, the
+# agent, the CLI's views, the client's listings, the API) decodes stored records here, so
+# that a record written by hand or by a buggy plugin is handled the same way everywhere:
+# skipped with one warning naming its key, never fatal, and listed by `sked doctor`.
+
+#: the record type stored under each kind of key (the keys whose id can be checked)
+_RECORD_TYPES: dict[type, type[Any]] = {
+    ClusterKey: Cluster, ServiceKey: Service, TaskDefinitionKey: TaskDefinition,
+    HostConfigKey: HostConfig, TaskKey: Task, HealthKey: TaskHealth, AgentKey: Host,
+}
+
+
+class InvalidRecord(msgspec.Struct, frozen=True):
+    """A stored record that readers skip: it does not decode, or its id does not match
+    its key. ``key`` is the full key, ``reason`` one line."""
+
+    key: str
+    reason: str
+    revision: int = 0
+
+
+def record_type(key: Key) -> type[Any] | None:
+    """The record type stored under a parsed key, or None (markers, locks, statuses…)."""
+    return _RECORD_TYPES.get(type(key))
+
+
+def _identity(key: Key, obj: Any) -> tuple[object, object] | None:
+    """(what the key says, what the record says) for keys that name their record."""
+    match key:
+        case TaskKey(task_id=task_id) if isinstance(obj, Task):
+            return task_id, obj.id
+        case HealthKey(task_id=task_id) if isinstance(obj, TaskHealth):
+            return task_id, obj.task_id
+        case AgentKey(host=name) if isinstance(obj, Host):
+            return name, obj.name
+        case (ClusterKey(name=name) | ServiceKey(name=name) | HostConfigKey(name=name)) \
+                if isinstance(obj, Cluster | Service | HostConfig):
+            return name, obj.name
+        case TaskDefinitionKey(name=name, version=version) if isinstance(obj, TaskDefinition):
+            return f"{name}:{version}", f"{obj.name}:{obj.version}"
+    return None
+
+
+def check_record(kv: KeyValue, type_: type[T], key: Key | None = None) -> T:
+    """Decode the stored record ``kv`` as ``type_`` and, when ``key`` (the parsed key) is
+    given, check that the record's id is the one its key names.
+
+    Raises :class:`ValidationError` whose one-line message starts with the key."""
+    where = one_line(kv.key)
+    obj = decode(kv.value, type_, where=where)
+    if key is not None:
+        ids = _identity(key, obj)
+        if ids is not None and ids[0] != ids[1]:
+            raise ValidationError(one_line(f"{where}: the record's id {ids[1]!s} does not "
+                                           f"match its key ({ids[0]!s})"))
+    return obj
+
+
+class _Warned:
+    """The (key, revision) pairs already warned about: one warning per bad version of a
+    key, however often it is read (bounded: forgotten wholesale past a limit)."""
+
+    limit = 10_000
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+
+    def first(self, key: str, revision: int) -> bool:
+        with self._lock:
+            if (key, revision) in self._seen:
+                return False
+            if len(self._seen) >= self.limit:
+                self._seen.clear()
+            self._seen.add((key, revision))
+            return True
+
+
+_warned = _Warned()
+
+
+def quarantine(kv: KeyValue, exc: ValidationError) -> None:
+    """Report a record that readers skip: one warning per key and revision (logger
+    ``skedlib.codecs``), pointing at ``sked doctor``."""
+    if _warned.first(kv.key, kv.revision):
+        log.warning("ignoring a record that does not decode or does not match its key: %s "
+                    "(sked doctor lists such records)",
+                    one_line(str(exc)))
+
+
+def decode_record(kv: KeyValue, type_: type[T], key: Key | None = None, *,
+                  on_bad: Callable[[KeyValue, ValidationError], None] | None = None
+                  ) -> T | None:
+    """Decode or quarantine: the record (see :func:`check_record`), or None after one
+    warning (:func:`quarantine`) when it does not decode or its id does not match
+    ``key``. ``on_bad`` is told about every skipped record too (e.g. to count it)."""
+    try:
+        return check_record(kv, type_, key)
+    except ValidationError as exc:
+        quarantine(kv, exc)
+        if on_bad is not None:
+            on_bad(kv, exc)
+        return None
+
+
+def _record_prefixes(keys: Keyspace) -> tuple[str, ...]:
+    return (keys.clusters, keys.services, keys.task_definitions, keys.host_configs,
+            keys.tasks, keys.health, keys.agents)
+
+
+def find_invalid_records(items: Iterable[KeyValue], keys: Keyspace) -> list[InvalidRecord]:
+    """Every record in ``items`` (a listing) that readers skip, by key; keys that are
+    not records of the schema (markers, locks, foreign keys) are not looked at."""
+    out = []
+    for kv in items:
+        try:
+            parsed = keys.parse(kv.key)
+        except ValidationError as exc:
+            if kv.key.startswith(_record_prefixes(keys)):  # a record's place, a bad name
+                out.append(InvalidRecord(kv.key, one_line(f"{kv.key}: not a valid key: "
+                                                          f"{exc}"), kv.revision))
+            continue
+        type_ = record_type(parsed)
+        if type_ is None:
+            continue
+        try:
+            check_record(kv, type_, parsed)
+        except ValidationError as exc:
+            out.append(InvalidRecord(kv.key, str(exc), kv.revision))
+    return sorted(out, key=lambda r: r.key)
 
 
 def to_builtins(obj: Any) -> Any:
@@ -265,3 +429,20 @@ def load_manifest(path: str | Path) -> ManifestDocument:
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError(f"{p}: cannot read: {exc}") from None
     return parse_manifest(text, str(p))
+
+
+def decode_listing(items: Iterable[KeyValue], type_: type[T], keys: Keyspace) -> list[T]:
+    """Decode or quarantine every record of a listing (``Client.services()`` …): a key
+    that is not one of the schema's (a name with NUL, garbage) or a record that does not
+    decode or match its key is skipped with one warning (:func:`quarantine`)."""
+    out = []
+    for kv in items:
+        try:
+            parsed = keys.parse(kv.key)
+        except ValidationError as exc:
+            quarantine(kv, ValidationError(one_line(f"{kv.key}: not a valid key: {exc}")))
+            continue
+        obj = decode_record(kv, type_, parsed)
+        if obj is not None:
+            out.append(obj)
+    return out

@@ -74,7 +74,8 @@ class SqliteBackend(Backend):
     min_lease_ttl = 0.1
 
     def __init__(self, path: str | os.PathLike[str], *, url: str = "",
-                 timeout: float = 10.0, history: int = 100_000, poll: float = 0.01) -> None:
+                 timeout: float = 10.0, history: int = 100_000, poll: float = 0.01,
+                 create: bool = True) -> None:
         self.path = Path(path)
         self.url = url or f"sqlite://{self.path}"
         self.timeout = timeout
@@ -85,6 +86,10 @@ class SqliteBackend(Backend):
         self._conns_lock = threading.Lock()
         self._closed = False
         self._next_expiry_check = 0.0
+        if not create and not self.path.is_file():
+            # a reader must not leave an empty store (and its directories) behind
+            raise BackendUnavailable(f"{self.path}: no such store (nothing was applied "
+                                     "there; a write such as sked apply creates it)")
         try:
             self._create_private()
             self._conn().executescript(_SCHEMA)  # idempotent: safe if processes race
@@ -392,7 +397,8 @@ def open_sqlite(url: str) -> SqliteBackend:
     """Open ``sqlite:///absolute/path.db`` or ``sqlite://relative/path.db``.
 
     Query options: ``timeout`` (seconds to wait for the write lock, default 10),
-    ``history`` (revisions kept for watches, default 100000).
+    ``history`` (revisions kept for watches, default 100000), ``create`` (``false``:
+    open an existing store only, as read-only commands do; default ``true``).
     """
     parts = urlsplit(url)
     path = unquote(parts.netloc + parts.path)
@@ -402,10 +408,13 @@ def open_sqlite(url: str) -> SqliteBackend:
     try:
         timeout = float(query.get("timeout", ["10"])[0])
         history = int(query.get("history", ["100000"])[0])
-    except ValueError:
-        raise BackendUnavailable(f"{url}: timeout must be a number of seconds and history "
-                                 "a whole number of revisions") from None
+        create = {"true": True, "1": True, "false": False, "0": False}[
+            query.get("create", ["true"])[0].lower()]
+    except (ValueError, KeyError):
+        raise BackendUnavailable(f"{url}: timeout must be a number of seconds, history "
+                                 "a whole number of revisions and create true or false"
+                                 ) from None
     if not (0 < timeout <= 86400 and history > 0):  # also refuses nan and inf
         raise BackendUnavailable(f"{url}: timeout must be in (0, 86400] seconds and history "
                                  "greater than 0")
-    return SqliteBackend(path, url=url, timeout=timeout, history=history)
+    return SqliteBackend(path, url=url, timeout=timeout, history=history, create=create)

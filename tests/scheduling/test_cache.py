@@ -185,8 +185,11 @@ def test_statuses_and_bad_records() -> None:
     cache.reset(backend.list(KS.prefix))
     assert cache.status("c", "web") == status
     assert bad == [KS.service("bad")]
-    with pytest.raises(Exception, match="bad"):
-        SnapshotCache(store).reset(backend.list(KS.prefix))
+    # without on_bad the record is quarantined too (never fatal), and marked invalid
+    quiet = SnapshotCache(store)
+    quiet.reset(backend.list(KS.prefix))
+    with quiet.view() as snap:
+        assert "bad" not in snap.services and KS.service("bad") in snap.invalid
 
 
 def test_each_change_is_reported_once_with_its_record_before_and_after() -> None:
