@@ -50,7 +50,13 @@ from skedlib.runtime import (
 )
 from skedlib.scheduling import is_task_healthy
 from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put
-from skedlib.validation import check_cluster, check_service, check_task_definition
+from skedlib.validation import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_cluster,
+    check_service,
+    check_task_definition,
+)
 
 __all__ = [
     "ApplyResult",
@@ -225,6 +231,17 @@ class Client:
         """Names of the clusters that list ``service``, sorted."""
         return sorted(c.name for c in self.clusters() if service in c.services)
 
+    def limits(self) -> Limits:
+        """The store's bounds of desired state: ``<prefix>config/limits`` (JSON of
+        :class:`~skedlib.validation.Limits`), else the defaults."""
+        kv = self.backend.get(self.limits_key)
+        return decode(kv.value, Limits, where=kv.key) if kv else DEFAULT_LIMITS
+
+    @property
+    def limits_key(self) -> str:
+        """Where the store's :class:`~skedlib.validation.Limits` are kept."""
+        return f"{self.keys.prefix}config/limits"
+
     # -- apply ----------------------------------------------------------------------------
     def apply(self, doc: ManifestDocument | Manifest) -> ApplyResult:
         """Validate and write a manifest, all or nothing. Retries lost races; raises
@@ -260,9 +277,11 @@ class Client:
     def _plan_apply(self, doc: ManifestDocument
                     ) -> tuple[list[Compare], list[Op], ApplyResult, dict[str, bytes | None]]:
         src, m = doc.source, doc.manifest
-        tds = [check_task_definition(td, f"{src}: {object_label('task_definitions', i, td.name)}")
+        limits = self.limits()
+        tds = [check_task_definition(td, f"{src}: {object_label('task_definitions', i, td.name)}",
+                                     limits=limits)
                for i, td in enumerate(m.task_definitions)]
-        services = [check_service(s, f"{src}: {object_label('services', i, s.name)}")
+        services = [check_service(s, f"{src}: {object_label('services', i, s.name)}", limits)
                     for i, s in enumerate(m.services)]
         clusters = [check_cluster(c, f"{src}: {object_label('clusters', i, c.name)}")
                     for i, c in enumerate(m.clusters)]
@@ -425,6 +444,10 @@ class Client:
                 raise NotFound(f"service {service!r} not found")
             current = decode(kv.value, Service, where=key)
             _check_scale(current, desired)
+            limit = self.limits().desired
+            if desired > limit:
+                raise ValidationError(f'service "{service}": field desired: {desired} is '
+                                      f"above the limit {limit}")
             if current.desired == desired:
                 return ScaleResult(current, current.desired)
             new = msgspec.structs.replace(current, desired=desired)

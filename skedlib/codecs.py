@@ -51,6 +51,8 @@ from skedlib.models import (
 from skedlib.store.base import KeyValue
 
 __all__ = [
+    "MAX_MANIFEST_BYTES",
+    "MAX_MANIFEST_OBJECTS",
     "InvalidRecord",
     "ManifestDocument",
     "check_record",
@@ -380,21 +382,63 @@ def convert_object(item: Any, type_: type[T], label: str, warn: Callable[[str], 
     return result
 
 
-def parse_manifest(text: str, source: str = "<manifest>") -> ManifestDocument:
-    """Parse manifest YAML; errors are one line starting with ``source``."""
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that repeats a key (plain YAML lets the
+    last one win silently, so a typo'd copy of ``desired:`` would override the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first != line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first})",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+"""The largest manifest :func:`parse_manifest` reads (bytes of UTF-8)."""
+MAX_MANIFEST_OBJECTS = 10_000
+"""The most objects (clusters, services and task definitions together) in a manifest."""
+
+
+def parse_manifest(text: str, source: str = "<manifest>", *,
+                   max_bytes: int = MAX_MANIFEST_BYTES,
+                   max_objects: int = MAX_MANIFEST_OBJECTS) -> ManifestDocument:
+    """Parse manifest YAML; errors are one line starting with ``source``.
+
+    Strict: a repeated key in a mapping, a manifest with no document (empty, or only
+    comments), and a document that is not a mapping with at least one of the sections
+    are errors."""
+    if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ValidationError(f"{source}: manifest larger than {max_bytes} bytes (the "
+                              "manifest size limit)")
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}:" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ValidationError(one_line(f"{source}:{where} malformed YAML: {problem}")) from None
+    if not docs:
+        raise ValidationError(f"{source}: empty manifest (expected a mapping with "
+                              f"{', '.join(SECTIONS)})")
     warnings: list[str] = []
     sections: dict[str, list[Any]] = {name: [] for name in SECTIONS}
     for doc in docs:
         if not isinstance(doc, dict):
             raise ValidationError(f"{source}: expected a mapping with "
                                   f"{', '.join(SECTIONS)}; got {type(doc).__name__}")
+        if not any(key in SECTIONS for key in doc):
+            raise ValidationError(one_line(
+                f"{source}: not a manifest: none of {', '.join(SECTIONS)} in a document "
+                f"with keys {', '.join(map(str, list(doc)[:5]))}"))
         for key, items in doc.items():
             if key not in SECTIONS:
                 warnings.append(f"{source}: unknown top-level key {key!r}, ignored")
@@ -405,6 +449,10 @@ def parse_manifest(text: str, source: str = "<manifest>") -> ManifestDocument:
                 raise ValidationError(f"{source}: {key}: expected a list, got "
                                       f"{type(items).__name__}")
             sections[key].extend(items)
+    count = sum(len(items) for items in sections.values())
+    if count > max_objects:
+        raise ValidationError(f"{source}: {count} objects, more than {max_objects} (the "
+                              "manifest object limit)")
     converted: dict[str, list[Any]] = {}
     for key, items in sections.items():
         converted[key] = []
@@ -425,6 +473,9 @@ def load_manifest(path: str | Path) -> ManifestDocument:
     """Read and parse a manifest file (``-`` is not accepted here; read stdin yourself)."""
     p = Path(path)
     try:
+        if p.stat().st_size > MAX_MANIFEST_BYTES:  # refused before it is read
+            raise ValidationError(f"{p}: manifest larger than {MAX_MANIFEST_BYTES} bytes "
+                                  "(the manifest size limit)")
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError(f"{p}: cannot read: {exc}") from None

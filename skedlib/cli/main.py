@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from skedlib import __version__
 from skedlib.cli import doctor, envs, jobs, ops, up
@@ -57,6 +57,7 @@ from skedlib.models import Cluster, TaskDefinition
 from skedlib.plugins import plugin_distributions
 from skedlib.runtime import wait_for_change
 from skedlib.store.credentials import redact_url
+from skedlib.store.sqlite import read_only_url
 
 __all__ = ["main"]
 
@@ -324,12 +325,8 @@ def cmd_version(client: Client | None, args: argparse.Namespace) -> int:
 
 def _read_only_url(url: str) -> str:
     """``url`` for a command that only reads: an embedded store is opened only if it
-    exists (``create=false``), so a typo in a path does not leave an empty store."""
-    parts = urlsplit(url)
-    if parts.scheme != "sqlite" or "create" in parse_qs(parts.query):
-        return url
-    query = f"{parts.query}&create=false" if parts.query else "create=false"
-    return urlunsplit(parts._replace(query=query))
+    exists, so a typo in a path does not leave an empty store behind."""
+    return read_only_url(url) if urlsplit(url).scheme == "sqlite" else url
 
 
 class _SkippedRecords(logging.Handler):

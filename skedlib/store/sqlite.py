@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -393,6 +394,18 @@ class _SqliteWatch(Watch):
         return self._closed.is_set()
 
 
+_CREATE_OPTION = re.compile(r"[?&]create=(?:true|false|1|0)$", re.IGNORECASE)
+"""A trailing ``create`` option, as :func:`read_only_url` adds it."""
+
+
+def read_only_url(url: str) -> str:
+    """``url`` with ``create=false`` (unless it says otherwise): the store is opened only
+    if it exists, so a reader never leaves an empty store (and its directories) behind."""
+    if "create=" in urlsplit(url).query:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}create=false"
+
+
 def open_sqlite(url: str) -> SqliteBackend:
     """Open ``sqlite:///absolute/path.db`` or ``sqlite://relative/path.db``.
 
@@ -401,6 +414,7 @@ def open_sqlite(url: str) -> SqliteBackend:
     open an existing store only, as read-only commands do; default ``true``).
     """
     parts = urlsplit(url)
+    url = _CREATE_OPTION.sub("", url)  # messages show the URL as the user wrote it
     path = unquote(parts.netloc + parts.path)
     if not path:
         raise BackendUnavailable(f"{url}: no file path (expected sqlite:///path/to/file.db)")
