@@ -18,7 +18,14 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from skedlib.codecs import ManifestDocument, decode, decode_listing, encode, object_label
+from skedlib.codecs import (
+    ManifestDocument,
+    decode,
+    decode_listing,
+    decode_record,
+    encode,
+    object_label,
+)
 from skedlib.errors import (
     ConflictError,
     NotFound,
@@ -323,11 +330,13 @@ class Client:
             if old is None:
                 created.append(label)
             else:
-                old_obj = decode(old.value, type(obj), where=key)
+                # an invalid stored record (sked doctor lists it) is replaced: applying
+                # the object again is one way to repair it
+                old_obj = decode_record(old, type(obj), self.keys.parse(key))
                 if old_obj == obj:
                     unchanged.append(label)
                     continue
-                if isinstance(obj, TaskDefinition):
+                if isinstance(obj, TaskDefinition) and old_obj is not None:
                     where = object_label("task_definitions", tds.index(obj), obj.name)
                     raise ValidationError(
                         f"{src}: {where}: field version: version {obj.version} of "
@@ -365,8 +374,9 @@ class Client:
             if not keys:
                 raise NotFound(f"task definition {name!r} not found")
             used = {self.keys.task_definition(s.task_name, s.task_version): s.name
-                    for s in (decode(kv.value, Service, where=k) for k, kv in stored.items()
-                              if k.startswith(self.keys.services))}
+                    for s in decode_listing([kv for k, kv in stored.items()
+                                             if k.startswith(self.keys.services)],
+                                            Service, self.keys)}
             for k in keys:
                 if k in used:
                     raise ConflictError(f"task definition {name!r} is used by service "
@@ -385,8 +395,8 @@ class Client:
         if kind == "service":
             for k, kv in stored.items():
                 if k.startswith(self.keys.clusters):
-                    cluster = decode(kv.value, Cluster, where=k)
-                    if name in cluster.services:
+                    cluster = decode_record(kv, Cluster)  # an invalid one: skipped
+                    if cluster is not None and name in cluster.services:
                         cluster.services = [s for s in cluster.services if s != name]
                         compares.append(Compare(k, kv.revision))
                         ops.append(Put(k, encode(cluster)))
@@ -554,8 +564,8 @@ class Convergence:
                          if (old := stored.get(s.name)) is None
                          or old.task_version != s.task_version}
         self._baseline: dict[tuple[str, str], set[tuple[int, int, float]]] = {}
-        for kv in client.backend.list(client.keys.rollouts).items:
-            history = decode(kv.value, RolloutHistory, where=kv.key)
+        for history in decode_listing(client.backend.list(client.keys.rollouts).items,
+                                      RolloutHistory, client.keys):
             if history.service in names:
                 self._baseline[(history.cluster, history.service)] = {
                     _rollout_id(r) for r in history.rollouts}
@@ -570,8 +580,8 @@ class Convergence:
             for kv in config.values():
                 if not kv.key.startswith(keys.clusters):
                     continue
-                cluster = decode(kv.value, Cluster, where=kv.key)
-                if s.name in cluster.services:
+                cluster = decode_record(kv, Cluster)  # an invalid one: skipped
+                if cluster is not None and s.name in cluster.services:
                     self._thresholds[(cluster.name, s.name)] = max(
                         kv.revision, service_kv.revision if service_kv else 0)
 

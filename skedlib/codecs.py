@@ -33,7 +33,9 @@ from skedlib.keys import (
     HostConfigKey,
     Key,
     Keyspace,
+    RolloutKey,
     ServiceKey,
+    ServiceStatusKey,
     TaskDefinitionKey,
     TaskKey,
 )
@@ -43,7 +45,9 @@ from skedlib.models import (
     Host,
     HostConfig,
     Manifest,
+    RolloutHistory,
     Service,
+    ServiceStatus,
     Task,
     TaskDefinition,
     TaskHealth,
@@ -113,6 +117,7 @@ def decode(data: bytes | str, type_: type[T], *, where: str = "") -> T:
 _RECORD_TYPES: dict[type, type[Any]] = {
     ClusterKey: Cluster, ServiceKey: Service, TaskDefinitionKey: TaskDefinition,
     HostConfigKey: HostConfig, TaskKey: Task, HealthKey: TaskHealth, AgentKey: Host,
+    RolloutKey: RolloutHistory, ServiceStatusKey: ServiceStatus,
 }
 
 
@@ -144,6 +149,8 @@ def _identity(key: Key, obj: Any) -> tuple[object, object] | None:
             return name, obj.name
         case TaskDefinitionKey(name=name, version=version) if isinstance(obj, TaskDefinition):
             return f"{name}:{version}", f"{obj.name}:{obj.version}"
+        case RolloutKey(cluster=cluster, service=service) if isinstance(obj, RolloutHistory):
+            return f"{cluster}/{service}", f"{obj.cluster}/{obj.service}"
     return None
 
 

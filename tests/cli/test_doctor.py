@@ -121,3 +121,13 @@ def test_read_only_commands_never_create_a_store(tmp_path: Path, argv: list[str]
     assert main(["--backend", f"sqlite://{missing}", "apply", "-f", str(HELLO)]) == 0
     assert missing.exists()
     assert main(["--backend", f"sqlite://{missing}", *argv]) == 0
+
+
+def test_applying_an_object_again_replaces_its_invalid_record(
+        url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with Client.open(url) as c:
+        c.backend.put(KS.service("helloworld"), b"{broken")
+    assert main(["--backend", url, "doctor"]) == 1
+    assert main(["--backend", url, "apply", "-f", str(HELLO)]) == 0
+    assert "services/helloworld configured" in capsys.readouterr().out
+    assert main(["--backend", url, "doctor"]) == 0
