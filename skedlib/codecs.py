@@ -24,34 +24,12 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
+from skedlib import keys as sk
+from skedlib import models as sm
 from skedlib.durations import parse_duration
 from skedlib.errors import ValidationError, one_line
-from skedlib.keys import (
-    AgentKey,
-    ClusterKey,
-    HealthKey,
-    HostConfigKey,
-    Key,
-    Keyspace,
-    RolloutKey,
-    ServiceKey,
-    ServiceStatusKey,
-    TaskDefinitionKey,
-    TaskKey,
-)
-from skedlib.models import (
-    Cluster,
-    Container,
-    Host,
-    HostConfig,
-    Manifest,
-    RolloutHistory,
-    Service,
-    ServiceStatus,
-    Task,
-    TaskDefinition,
-    TaskHealth,
-)
+from skedlib.keys import Key, Keyspace
+from skedlib.models import Cluster, Container, Manifest, Service, TaskDefinition
 from skedlib.store.base import KeyValue
 
 __all__ = [
@@ -115,9 +93,10 @@ def decode(data: bytes | str, type_: type[T], *, where: str = "") -> T:
 
 #: the record type stored under each kind of key (the keys whose id can be checked)
 _RECORD_TYPES: dict[type, type[Any]] = {
-    ClusterKey: Cluster, ServiceKey: Service, TaskDefinitionKey: TaskDefinition,
-    HostConfigKey: HostConfig, TaskKey: Task, HealthKey: TaskHealth, AgentKey: Host,
-    RolloutKey: RolloutHistory, ServiceStatusKey: ServiceStatus,
+    sk.ClusterKey: Cluster, sk.ServiceKey: Service, sk.TaskDefinitionKey: TaskDefinition,
+    sk.HostConfigKey: sm.HostConfig, sk.TaskKey: sm.Task, sk.HealthKey: sm.TaskHealth,
+    sk.AgentKey: sm.Host, sk.RolloutKey: sm.RolloutHistory,
+    sk.ServiceStatusKey: sm.ServiceStatus,
 }
 
 
@@ -131,25 +110,27 @@ class InvalidRecord(msgspec.Struct, frozen=True):
 
 
 def record_type(key: Key) -> type[Any] | None:
-    """The record type stored under a parsed key, or None (markers, locks, statuses…)."""
+    """The record type stored under a parsed key, or None (markers, locks, host index)."""
     return _RECORD_TYPES.get(type(key))
 
 
 def _identity(key: Key, obj: Any) -> tuple[object, object] | None:
     """(what the key says, what the record says) for keys that name their record."""
     match key:
-        case TaskKey(task_id=task_id) if isinstance(obj, Task):
+        case sk.TaskKey(task_id=task_id) if isinstance(obj, sm.Task):
             return task_id, obj.id
-        case HealthKey(task_id=task_id) if isinstance(obj, TaskHealth):
+        case sk.HealthKey(task_id=task_id) if isinstance(obj, sm.TaskHealth):
             return task_id, obj.task_id
-        case AgentKey(host=name) if isinstance(obj, Host):
+        case sk.AgentKey(host=name) if isinstance(obj, sm.Host):
             return name, obj.name
-        case (ClusterKey(name=name) | ServiceKey(name=name) | HostConfigKey(name=name)) \
-                if isinstance(obj, Cluster | Service | HostConfig):
+        case (sk.ClusterKey(name=name) | sk.ServiceKey(name=name)
+              | sk.HostConfigKey(name=name)) if isinstance(obj, Cluster | Service | sm.HostConfig):
             return name, obj.name
-        case TaskDefinitionKey(name=name, version=version) if isinstance(obj, TaskDefinition):
+        case sk.TaskDefinitionKey(name=name, version=version) \
+                if isinstance(obj, TaskDefinition):
             return f"{name}:{version}", f"{obj.name}:{obj.version}"
-        case RolloutKey(cluster=cluster, service=service) if isinstance(obj, RolloutHistory):
+        case sk.RolloutKey(cluster=cluster, service=service) \
+                if isinstance(obj, sm.RolloutHistory):
             return f"{cluster}/{service}", f"{obj.cluster}/{obj.service}"
     return None
 
