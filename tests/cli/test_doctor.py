@@ -108,7 +108,8 @@ def test_find_invalid_records_skips_markers_and_foreign_keys(url: str) -> None:
         assert find_invalid_records(c.backend.list(KS.prefix).items, KS) == []
 
 
-@pytest.mark.parametrize("argv", [["tasks"], ["hosts"], ["get", "services"], ["doctor"]])
+@pytest.mark.parametrize("argv", [["tasks"], ["hosts"], ["get", "services"], ["doctor"],
+                                  ["rollout", "history", "helloworld"]])
 def test_read_only_commands_never_create_a_store(tmp_path: Path, argv: list[str],
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "missing" / "dir" / "x.db"
