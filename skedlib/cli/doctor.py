@@ -47,8 +47,8 @@ def removal_command(client: Client, record: InvalidRecord) -> str:
             return f"sked delete cluster {shlex.quote(name)}"
         case TaskDefinitionKey(name=name, version=version):
             return f"sked delete task_definition {shlex.quote(f'{name}:{version}')}"
-        case HostConfigKey():
-            pass
+        case HostConfigKey(name=name):
+            return f"sked delete host {shlex.quote(name)}"
     return f"sked doctor --delete {shlex.quote(one_line(record.key))}"
 
 

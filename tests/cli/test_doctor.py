@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 import skedlib.codecs
+from skedlib.cli.doctor import removal_command
 from skedlib.cli.main import main
 from skedlib.client import Client
-from skedlib.codecs import encode, find_invalid_records
+from skedlib.codecs import InvalidRecord, encode, find_invalid_records
 from skedlib.keys import Keyspace
 from skedlib.models import Cluster, Task, TaskDefinition
 
@@ -132,3 +133,17 @@ def test_applying_an_object_again_replaces_its_invalid_record(
     assert main(["--backend", url, "apply", "-f", str(HELLO)]) == 0
     assert "services/helloworld configured" in capsys.readouterr().out
     assert main(["--backend", url, "doctor"]) == 0
+
+
+@pytest.mark.parametrize(("key", "command"), [
+    ("sked/config/services/web", "sked delete service web"),
+    ("sked/config/clusters/prod", "sked delete cluster prod"),
+    ("sked/config/task_definitions/web/3", "sked delete task_definition web:3"),
+    ("sked/config/hosts/h1", "sked delete host h1"),
+    ("sked/state/agents/h1", "sked doctor --delete sked/state/agents/h1"),
+    ("sked/config/services/a b\0", "sked doctor --delete 'sked/config/services/a b\\x00'"),
+])
+def test_each_invalid_record_gets_the_command_that_removes_it(url: str, key: str,
+                                                              command: str) -> None:
+    with Client.open(url) as c:
+        assert removal_command(c, InvalidRecord(key, "why")) == command
