@@ -18,7 +18,14 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from skedlib.codecs import ManifestDocument, decode, encode, object_label
+from skedlib.codecs import (
+    ManifestDocument,
+    decode,
+    decode_listing,
+    decode_record,
+    encode,
+    object_label,
+)
 from skedlib.errors import (
     ConflictError,
     NotFound,
@@ -50,7 +57,13 @@ from skedlib.runtime import (
 )
 from skedlib.scheduling import is_task_healthy
 from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put
-from skedlib.validation import check_cluster, check_service, check_task_definition
+from skedlib.validation import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_cluster,
+    check_service,
+    check_task_definition,
+)
 
 __all__ = [
     "ApplyResult",
@@ -157,7 +170,8 @@ class Client:
         return decode(kv.value, type_, where=kv.key) if kv else None
 
     def _list(self, prefix: str, type_: type[T]) -> list[T]:
-        return [decode(kv.value, type_, where=kv.key) for kv in self.backend.list(prefix).items]
+        # decode or quarantine: a bad record is skipped with one warning, never fatal
+        return decode_listing(self.backend.list(prefix).items, type_, self.keys)
 
     def cluster(self, name: str) -> Cluster | None:
         """One cluster, or None."""
@@ -224,6 +238,17 @@ class Client:
         """Names of the clusters that list ``service``, sorted."""
         return sorted(c.name for c in self.clusters() if service in c.services)
 
+    def limits(self) -> Limits:
+        """The store's bounds of desired state: ``<prefix>config/limits`` (JSON of
+        :class:`~skedlib.validation.Limits`), else the defaults."""
+        kv = self.backend.get(self.limits_key)
+        return decode(kv.value, Limits, where=kv.key) if kv else DEFAULT_LIMITS
+
+    @property
+    def limits_key(self) -> str:
+        """Where the store's :class:`~skedlib.validation.Limits` are kept."""
+        return f"{self.keys.prefix}config/limits"
+
     # -- apply ----------------------------------------------------------------------------
     def apply(self, doc: ManifestDocument | Manifest) -> ApplyResult:
         """Validate and write a manifest, all or nothing. Retries lost races; raises
@@ -259,9 +284,11 @@ class Client:
     def _plan_apply(self, doc: ManifestDocument
                     ) -> tuple[list[Compare], list[Op], ApplyResult, dict[str, bytes | None]]:
         src, m = doc.source, doc.manifest
-        tds = [check_task_definition(td, f"{src}: {object_label('task_definitions', i, td.name)}")
+        limits = self.limits()
+        tds = [check_task_definition(td, f"{src}: {object_label('task_definitions', i, td.name)}",
+                                     limits=limits)
                for i, td in enumerate(m.task_definitions)]
-        services = [check_service(s, f"{src}: {object_label('services', i, s.name)}")
+        services = [check_service(s, f"{src}: {object_label('services', i, s.name)}", limits)
                     for i, s in enumerate(m.services)]
         clusters = [check_cluster(c, f"{src}: {object_label('clusters', i, c.name)}")
                     for i, c in enumerate(m.clusters)]
@@ -303,11 +330,13 @@ class Client:
             if old is None:
                 created.append(label)
             else:
-                old_obj = decode(old.value, type(obj), where=key)
+                # an invalid stored record (sked doctor lists it) is replaced: applying
+                # the object again is one way to repair it
+                old_obj = decode_record(old, type(obj), self.keys.parse(key))
                 if old_obj == obj:
                     unchanged.append(label)
                     continue
-                if isinstance(obj, TaskDefinition):
+                if isinstance(obj, TaskDefinition) and old_obj is not None:
                     where = object_label("task_definitions", tds.index(obj), obj.name)
                     raise ValidationError(
                         f"{src}: {where}: field version: version {obj.version} of "
@@ -345,8 +374,9 @@ class Client:
             if not keys:
                 raise NotFound(f"task definition {name!r} not found")
             used = {self.keys.task_definition(s.task_name, s.task_version): s.name
-                    for s in (decode(kv.value, Service, where=k) for k, kv in stored.items()
-                              if k.startswith(self.keys.services))}
+                    for s in decode_listing([kv for k, kv in stored.items()
+                                             if k.startswith(self.keys.services)],
+                                            Service, self.keys)}
             for k in keys:
                 if k in used:
                     raise ConflictError(f"task definition {name!r} is used by service "
@@ -365,8 +395,8 @@ class Client:
         if kind == "service":
             for k, kv in stored.items():
                 if k.startswith(self.keys.clusters):
-                    cluster = decode(kv.value, Cluster, where=k)
-                    if name in cluster.services:
+                    cluster = decode_record(kv, Cluster)  # an invalid one: skipped
+                    if cluster is not None and name in cluster.services:
                         cluster.services = [s for s in cluster.services if s != name]
                         compares.append(Compare(k, kv.revision))
                         ops.append(Put(k, encode(cluster)))
@@ -424,6 +454,10 @@ class Client:
                 raise NotFound(f"service {service!r} not found")
             current = decode(kv.value, Service, where=key)
             _check_scale(current, desired)
+            limit = self.limits().desired
+            if desired > limit:
+                raise ValidationError(f'service "{service}": field desired: {desired} is '
+                                      f"above the limit {limit}")
             if current.desired == desired:
                 return ScaleResult(current, current.desired)
             new = msgspec.structs.replace(current, desired=desired)
@@ -530,8 +564,8 @@ class Convergence:
                          if (old := stored.get(s.name)) is None
                          or old.task_version != s.task_version}
         self._baseline: dict[tuple[str, str], set[tuple[int, int, float]]] = {}
-        for kv in client.backend.list(client.keys.rollouts).items:
-            history = decode(kv.value, RolloutHistory, where=kv.key)
+        for history in decode_listing(client.backend.list(client.keys.rollouts).items,
+                                      RolloutHistory, client.keys):
             if history.service in names:
                 self._baseline[(history.cluster, history.service)] = {
                     _rollout_id(r) for r in history.rollouts}
@@ -546,8 +580,8 @@ class Convergence:
             for kv in config.values():
                 if not kv.key.startswith(keys.clusters):
                     continue
-                cluster = decode(kv.value, Cluster, where=kv.key)
-                if s.name in cluster.services:
+                cluster = decode_record(kv, Cluster)  # an invalid one: skipped
+                if cluster is not None and s.name in cluster.services:
                     self._thresholds[(cluster.name, s.name)] = max(
                         kv.revision, service_kv.revision if service_kv else 0)
 

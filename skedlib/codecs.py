@@ -14,7 +14,9 @@ wrong types are errors.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import logging
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,22 +24,36 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
+from skedlib import keys as sk
+from skedlib import models as sm
 from skedlib.durations import parse_duration
 from skedlib.errors import ValidationError, one_line
+from skedlib.keys import Key, Keyspace
 from skedlib.models import Cluster, Container, Manifest, Service, TaskDefinition
+from skedlib.store.base import KeyValue
 
 __all__ = [
+    "MAX_MANIFEST_BYTES",
+    "MAX_MANIFEST_OBJECTS",
+    "InvalidRecord",
     "ManifestDocument",
+    "check_record",
     "decode",
+    "decode_listing",
+    "decode_record",
     "encode",
+    "find_invalid_records",
     "load_manifest",
     "object_label",
     "parse_manifest",
+    "record_type",
     "to_builtins",
     "to_yaml",
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
 
@@ -68,6 +84,144 @@ def decode(data: bytes | str, type_: type[T], *, where: str = "") -> T:
     except msgspec.DecodeError as exc:
         raise ValidationError(f"{where or type_.__name__}: malformed JSON: {exc}") from None
     return result
+
+# -- stored records: decode or quarantine ------------------------------------------------
+# Every reader of the keyspace (the scheduler's snapshot and its watch-fed cache, the
+# agent, the CLI's views, the client's listings, the API) decodes stored records here, so
+# that a record written by hand or by a buggy plugin is handled the same way everywhere:
+# skipped with one warning naming its key, never fatal, and listed by `sked doctor`.
+
+#: the record type stored under each kind of key (the keys whose id can be checked)
+_RECORD_TYPES: dict[type, type[Any]] = {
+    sk.ClusterKey: Cluster, sk.ServiceKey: Service, sk.TaskDefinitionKey: TaskDefinition,
+    sk.HostConfigKey: sm.HostConfig, sk.TaskKey: sm.Task, sk.HealthKey: sm.TaskHealth,
+    sk.AgentKey: sm.Host, sk.RolloutKey: sm.RolloutHistory,
+    sk.ServiceStatusKey: sm.ServiceStatus,
+}
+
+
+class InvalidRecord(msgspec.Struct, frozen=True):
+    """A stored record that readers skip: it does not decode, or its id does not match
+    its key. ``key`` is the full key, ``reason`` one line."""
+
+    key: str
+    reason: str
+    revision: int = 0
+
+
+def record_type(key: Key) -> type[Any] | None:
+    """The record type stored under a parsed key, or None (markers, locks, host index)."""
+    return _RECORD_TYPES.get(type(key))
+
+
+def _identity(key: Key, obj: Any) -> tuple[object, object] | None:
+    """(what the key says, what the record says) for keys that name their record."""
+    match key:
+        case sk.TaskKey(task_id=task_id) if isinstance(obj, sm.Task):
+            return task_id, obj.id
+        case sk.HealthKey(task_id=task_id) if isinstance(obj, sm.TaskHealth):
+            return task_id, obj.task_id
+        case sk.AgentKey(host=name) if isinstance(obj, sm.Host):
+            return name, obj.name
+        case (sk.ClusterKey(name=name) | sk.ServiceKey(name=name)
+              | sk.HostConfigKey(name=name)) if isinstance(obj, Cluster | Service | sm.HostConfig):
+            return name, obj.name
+        case sk.TaskDefinitionKey(name=name, version=version) \
+                if isinstance(obj, TaskDefinition):
+            return f"{name}:{version}", f"{obj.name}:{obj.version}"
+        case sk.RolloutKey(cluster=cluster, service=service) \
+                if isinstance(obj, sm.RolloutHistory):
+            return f"{cluster}/{service}", f"{obj.cluster}/{obj.service}"
+    return None
+
+
+def check_record(kv: KeyValue, type_: type[T], key: Key | None = None) -> T:
+    """Decode the stored record ``kv`` as ``type_`` and, when ``key`` (the parsed key) is
+    given, check that the record's id is the one its key names.
+
+    Raises :class:`ValidationError` whose one-line message starts with the key."""
+    where = one_line(kv.key)
+    obj = decode(kv.value, type_, where=where)
+    if key is not None:
+        ids = _identity(key, obj)
+        if ids is not None and ids[0] != ids[1]:
+            raise ValidationError(one_line(f"{where}: the record's id {ids[1]!s} does not "
+                                           f"match its key ({ids[0]!s})"))
+    return obj
+
+
+class _Warned:
+    """The (key, revision) pairs already warned about: one warning per bad version of a
+    key, however often it is read (bounded: forgotten wholesale past a limit)."""
+
+    limit = 10_000
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+
+    def first(self, key: str, revision: int) -> bool:
+        with self._lock:
+            if (key, revision) in self._seen:
+                return False
+            if len(self._seen) >= self.limit:
+                self._seen.clear()
+            self._seen.add((key, revision))
+            return True
+
+
+_warned = _Warned()
+
+
+def quarantine(kv: KeyValue, exc: ValidationError) -> None:
+    """Report a record that readers skip: one warning per key and revision (logger
+    ``skedlib.codecs``), pointing at ``sked doctor``."""
+    if _warned.first(kv.key, kv.revision):
+        log.warning("ignoring a record that does not decode or does not match its key: %s "
+                    "(sked doctor lists such records)",
+                    one_line(str(exc)))
+
+
+def decode_record(kv: KeyValue, type_: type[T], key: Key | None = None, *,
+                  on_bad: Callable[[KeyValue, ValidationError], None] | None = None
+                  ) -> T | None:
+    """Decode or quarantine: the record (see :func:`check_record`), or None after one
+    warning (:func:`quarantine`) when it does not decode or its id does not match
+    ``key``. ``on_bad`` is told about every skipped record too (e.g. to count it)."""
+    try:
+        return check_record(kv, type_, key)
+    except ValidationError as exc:
+        quarantine(kv, exc)
+        if on_bad is not None:
+            on_bad(kv, exc)
+        return None
+
+
+def _record_prefixes(keys: Keyspace) -> tuple[str, ...]:
+    return (keys.clusters, keys.services, keys.task_definitions, keys.host_configs,
+            keys.tasks, keys.health, keys.agents)
+
+
+def find_invalid_records(items: Iterable[KeyValue], keys: Keyspace) -> list[InvalidRecord]:
+    """Every record in ``items`` (a listing) that readers skip, by key; keys that are
+    not records of the schema (markers, locks, foreign keys) are not looked at."""
+    out = []
+    for kv in items:
+        try:
+            parsed = keys.parse(kv.key)
+        except ValidationError as exc:
+            if kv.key.startswith(_record_prefixes(keys)):  # a record's place, a bad name
+                out.append(InvalidRecord(kv.key, one_line(f"{kv.key}: not a valid key: "
+                                                          f"{exc}"), kv.revision))
+            continue
+        type_ = record_type(parsed)
+        if type_ is None:
+            continue
+        try:
+            check_record(kv, type_, parsed)
+        except ValidationError as exc:
+            out.append(InvalidRecord(kv.key, str(exc), kv.revision))
+    return sorted(out, key=lambda r: r.key)
 
 
 def to_builtins(obj: Any) -> Any:
@@ -216,21 +370,63 @@ def convert_object(item: Any, type_: type[T], label: str, warn: Callable[[str], 
     return result
 
 
-def parse_manifest(text: str, source: str = "<manifest>") -> ManifestDocument:
-    """Parse manifest YAML; errors are one line starting with ``source``."""
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that repeats a key (plain YAML lets the
+    last one win silently, so a typo'd copy of ``desired:`` would override the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first != line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first})",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+"""The largest manifest :func:`parse_manifest` reads (bytes of UTF-8)."""
+MAX_MANIFEST_OBJECTS = 10_000
+"""The most objects (clusters, services and task definitions together) in a manifest."""
+
+
+def parse_manifest(text: str, source: str = "<manifest>", *,
+                   max_bytes: int = MAX_MANIFEST_BYTES,
+                   max_objects: int = MAX_MANIFEST_OBJECTS) -> ManifestDocument:
+    """Parse manifest YAML; errors are one line starting with ``source``.
+
+    Strict: a repeated key in a mapping, a manifest with no document (empty, or only
+    comments), and a document that is not a mapping with at least one of the sections
+    are errors."""
+    if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ValidationError(f"{source}: manifest larger than {max_bytes} bytes (the "
+                              "manifest size limit)")
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}:" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ValidationError(one_line(f"{source}:{where} malformed YAML: {problem}")) from None
+    if not docs:
+        raise ValidationError(f"{source}: empty manifest (expected a mapping with "
+                              f"{', '.join(SECTIONS)})")
     warnings: list[str] = []
     sections: dict[str, list[Any]] = {name: [] for name in SECTIONS}
     for doc in docs:
         if not isinstance(doc, dict):
             raise ValidationError(f"{source}: expected a mapping with "
                                   f"{', '.join(SECTIONS)}; got {type(doc).__name__}")
+        if not any(key in SECTIONS for key in doc):
+            raise ValidationError(one_line(
+                f"{source}: not a manifest: none of {', '.join(SECTIONS)} in a document "
+                f"with keys {', '.join(map(str, list(doc)[:5]))}"))
         for key, items in doc.items():
             if key not in SECTIONS:
                 warnings.append(f"{source}: unknown top-level key {key!r}, ignored")
@@ -241,6 +437,10 @@ def parse_manifest(text: str, source: str = "<manifest>") -> ManifestDocument:
                 raise ValidationError(f"{source}: {key}: expected a list, got "
                                       f"{type(items).__name__}")
             sections[key].extend(items)
+    count = sum(len(items) for items in sections.values())
+    if count > max_objects:
+        raise ValidationError(f"{source}: {count} objects, more than {max_objects} (the "
+                              "manifest object limit)")
     converted: dict[str, list[Any]] = {}
     for key, items in sections.items():
         converted[key] = []
@@ -261,7 +461,27 @@ def load_manifest(path: str | Path) -> ManifestDocument:
     """Read and parse a manifest file (``-`` is not accepted here; read stdin yourself)."""
     p = Path(path)
     try:
+        if p.stat().st_size > MAX_MANIFEST_BYTES:  # refused before it is read
+            raise ValidationError(f"{p}: manifest larger than {MAX_MANIFEST_BYTES} bytes "
+                                  "(the manifest size limit)")
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError(f"{p}: cannot read: {exc}") from None
     return parse_manifest(text, str(p))
+
+
+def decode_listing(items: Iterable[KeyValue], type_: type[T], keys: Keyspace) -> list[T]:
+    """Decode or quarantine every record of a listing (``Client.services()`` …): a key
+    that is not one of the schema's (a name with NUL, garbage) or a record that does not
+    decode or match its key is skipped with one warning (:func:`quarantine`)."""
+    out = []
+    for kv in items:
+        try:
+            parsed = keys.parse(kv.key)
+        except ValidationError as exc:
+            quarantine(kv, ValidationError(one_line(f"{kv.key}: not a valid key: {exc}")))
+            continue
+        obj = decode_record(kv, type_, parsed)
+        if obj is not None:
+            out.append(obj)
+    return out

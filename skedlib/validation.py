@@ -30,7 +30,9 @@ __all__ = [
     "DEFAULT_CHECK_INTERVAL",
     "DEFAULT_CHECK_TIMEOUT",
     "DEFAULT_GRACE_PERIOD",
+    "DEFAULT_LIMITS",
     "DEFAULT_MAX_ATTEMPTS",
+    "Limits",
     "check_cluster",
     "check_service",
     "check_task_definition",
@@ -41,6 +43,36 @@ DEFAULT_MAX_ATTEMPTS = 10
 DEFAULT_CHECK_INTERVAL = "10s"
 DEFAULT_CHECK_TIMEOUT = "5s"
 DEFAULT_ROLLOUT_DEADLINE = 10 * MINUTE
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Upper bounds of desired state, enforced at apply, scale and in the API.
+
+    Store-wide: a store may hold its own under ``<prefix>config/limits`` (JSON of this
+    Struct; unset fields keep their defaults), read by every writer, so every client of
+    the store enforces the same bounds (a per-client option would let one client write
+    what the others refuse). Memory and disk are MiB, CPU is 1/1024-core units.
+    """
+
+    desired: int = 100_000
+    """Most tasks of one service (``desired`` and ``max``)."""
+    version: int = 1_000_000_000
+    """Highest task definition version (and a service's ``task_version``)."""
+    memory: int = 16 * 1024 * 1024
+    """Most memory of one task or container (MiB; 16 TiB)."""
+    cpu_units: int = 1024 * 1024
+    """Most CPU of one task or container (1024 cores)."""
+    disk: int = 1024 * 1024 * 1024
+    """Most disk of one container (MiB; 1 PiB)."""
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _at_most(value: int, limit: int, label: str, field: str) -> None:
+    if value > limit:
+        raise ValidationError(f"{label}: field {field}: {value} is above the limit "
+                              f"{limit}")
 
 
 def _name(value: str, label: str, field: str, what: str, *, allow_dash: bool = True) -> None:
@@ -63,9 +95,13 @@ def check_cluster(cluster: Cluster, label: str) -> Cluster:
     return cluster
 
 
-def check_service(service: Service, label: str) -> Service:
-    """Names valid; 0 ≤ min ≤ desired ≤ max; update strategy sane. Fills defaults."""
+def check_service(service: Service, label: str, limits: Limits = DEFAULT_LIMITS) -> Service:
+    """Names valid; 0 ≤ min ≤ desired ≤ max ≤ ``limits.desired``; update strategy sane.
+    Fills defaults."""
     label = one_line(label)
+    _at_most(service.desired, limits.desired, label, "desired")
+    _at_most(service.max, limits.desired, label, "max")
+    _at_most(service.task_version, limits.version, label, "task_version")
     _name(service.name, label, "name", "service name")
     _name(service.task_name, label, "task_name", "task definition name")
     _name(service.scheduler, label, "scheduler", "scheduler name")
@@ -118,8 +154,12 @@ def _check_check(check: Check, label: str, field: str) -> Check:
     return msgspec.structs.replace(check, interval=interval, timeout=timeout)
 
 
-def _check_container(c: Container, label: str, field: str, registry: Registry) -> Container:
+def _check_container(c: Container, label: str, field: str, registry: Registry,
+                     limits: Limits) -> Container:
     _name(c.name, label, f"{field}.name", "container name")
+    _at_most(c.memory, limits.memory, label, f"{field}.memory")
+    _at_most(c.cpu_units, limits.cpu_units, label, f"{field}.cpu_units")
+    _at_most(c.disk_use, limits.disk, label, f"{field}.disk_use")
     _name(c.type, label, f"{field}.type", "executor type")
     for what in ("memory", "cpu_units", "disk_use"):
         if getattr(c, what) < 0:
@@ -138,7 +178,8 @@ def _check_container(c: Container, label: str, field: str, registry: Registry) -
 
 
 def check_task_definition(td: TaskDefinition, label: str, *,
-                          registry: Registry | None = None) -> TaskDefinition:
+                          registry: Registry | None = None,
+                          limits: Limits = DEFAULT_LIMITS) -> TaskDefinition:
     """Names, ports, resources, containers and checks valid; each container's executor
     blob decodes as the config Struct ``registry`` (default: the process-wide one) has
     for its type. Fills defaults."""
@@ -146,6 +187,9 @@ def check_task_definition(td: TaskDefinition, label: str, *,
     _name(td.name, label, "name", "task definition name")
     if td.version < 0:
         raise ValidationError(f"{label}: field version: must be ≥ 0")
+    _at_most(td.version, limits.version, label, "version")
+    _at_most(td.memory, limits.memory, label, "memory")
+    _at_most(td.cpu_units, limits.cpu_units, label, "cpu_units")
     if not 0 <= td.port <= 65535:
         raise ValidationError(f"{label}: field port: must be 0..65535")
     if td.port and td.provide_port:
@@ -161,7 +205,7 @@ def check_task_definition(td: TaskDefinition, label: str, *,
     if len(set(names)) != len(names):
         raise ValidationError(f"{label}: field containers: container names must be unique")
     registry = registry or get_registry()
-    containers = [_check_container(c, label, f"containers[{i}]", registry)
+    containers = [_check_container(c, label, f"containers[{i}]", registry, limits)
                   for i, c in enumerate(td.containers)]
     return msgspec.structs.replace(
         td, containers=containers, grace_period=td.grace_period or DEFAULT_GRACE_PERIOD,

@@ -16,9 +16,10 @@ import msgspec
 from skedlib.agent import lifecycle
 from skedlib.agent.adoption import Ref
 from skedlib.agent.lifecycle import TaskState
-from skedlib.codecs import decode
+from skedlib.codecs import check_record, quarantine
 from skedlib.errors import ValidationError
 from skedlib.executors.base import ContainerRef, ContainerStatus
+from skedlib.keys import TaskKey
 from skedlib.models import Resources, Task, TaskHealth
 from skedlib.store.base import KeyValue, ListResult, WatchEvent
 
@@ -114,13 +115,10 @@ class Tracked:
     def put(self, kv: KeyValue) -> None:
         """Record a new stored version of the task's key (which may not decode)."""
         self.raw, self.revision, self.bad_record = kv.value, kv.revision, ""
-        try:
-            task = decode(kv.value, Task, where=kv.key)
-            if task.id != self.task_id:
-                raise ValidationError(f"{kv.key}: holds task {task.id!r}, not "
-                                      f"{self.task_id!r}")
-            self.issued = task
+        try:  # the one decode-and-match-the-key check every reader uses
+            self.issued = check_record(kv, Task, TaskKey(self.task_id))
         except ValidationError as exc:
+            quarantine(kv, exc)
             self.issued = None
             self.bad_record = str(exc)
 

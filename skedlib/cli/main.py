@@ -17,15 +17,19 @@ stderr and a non-zero exit: 1 for a failed operation, 2 for bad usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from skedlib import __version__
-from skedlib.cli import envs, example, jobs, ops, up
+from skedlib.cli import doctor, envs, example, jobs, ops, up
 from skedlib.cli.args import OneLineParser, positive_number
+from skedlib.cli.logs import OneLineFormatter
 from skedlib.cli.output import render, table
 from skedlib.cli.schema import KINDS as SCHEMA_KINDS
 from skedlib.cli.schema import render_schema
@@ -54,6 +58,7 @@ from skedlib.models import Cluster, TaskDefinition
 from skedlib.plugins import plugin_distributions
 from skedlib.runtime import wait_for_change
 from skedlib.store.credentials import redact_url
+from skedlib.store.sqlite import read_only_url
 
 __all__ = ["main"]
 
@@ -110,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "tasks")
     p.add_argument("name", nargs="?", help="one object (task definitions: NAME[:VERSION])")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
-    p.set_defaults(func=cmd_get)
+    p.set_defaults(func=cmd_get, read_only=True)
 
     p = sub.add_parser("delete", parents=[common], help="delete an object of desired state")
     p.add_argument("kind", type=_kind)
@@ -123,12 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-w", "--watch", action="store_true",
                    help="redraw whenever a task, its health or a host changes (Ctrl-C exits)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    p.set_defaults(func=cmd_tasks)
+    p.set_defaults(func=cmd_tasks, read_only=True)
 
     p = sub.add_parser("hosts", parents=[common],
                        help="live hosts: capacity as scheduled, tasks, attributes")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    p.set_defaults(func=cmd_hosts)
+    p.set_defaults(func=cmd_hosts, read_only=True)
 
     p = sub.add_parser("schema", help="JSON Schema of the stored objects (for schedulers "
                                       "in other languages)")
@@ -142,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_parser(sub)
 
     ops.add_parsers(sub, common)
+    doctor.add_parser(sub, common)
     up.add_parser(sub, common)
     envs.add_parsers(sub, common)
     jobs.add_parsers(sub, common)
@@ -320,6 +326,37 @@ def cmd_version(client: Client | None, args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_only_url(url: str) -> str:
+    """``url`` for a command that only reads: an embedded store is opened only if it
+    exists, so a typo in a path does not leave an empty store behind."""
+    return read_only_url(url) if urlsplit(url).scheme == "sqlite" else url
+
+
+class _SkippedRecords(logging.Handler):
+    """Shows the one-line warning about each record a read skips (decode or quarantine,
+    in :mod:`skedlib.codecs`) as ``sked: warning: …`` on the current stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(OneLineFormatter("sked: warning: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _skipped_records_shown() -> Iterator[None]:
+    records_log = logging.getLogger("skedlib.codecs")
+    handler, propagate = _SkippedRecords(), records_log.propagate
+    records_log.addHandler(handler)
+    records_log.propagate = False
+    try:
+        yield
+    finally:
+        records_log.removeHandler(handler)
+        records_log.propagate = propagate
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sked``; returns the exit status."""
     parser = build_parser()
@@ -328,7 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "needs_backend", True):
             code: int = args.func(None, args)
             return code
-        with Client.open(args.backend, args.prefix) as client:
+        url = args.backend or default_backend_url()
+        read_only = getattr(args, "read_only", False)
+        if read_only:
+            url = _read_only_url(url)
+        with (_skipped_records_shown() if read_only else contextlib.nullcontext(),
+              Client.open(url, args.prefix) as client):
             code = args.func(client, args)
             return code
     except SkedError as exc:

@@ -84,7 +84,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         r.add_argument("--cluster", default=None,
                        help="the cluster (default: the only cluster listing the service)")
         r.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
-        r.set_defaults(func=cmd_rollout)
+        r.set_defaults(func=cmd_rollout, read_only=True)
 
 
 # -- progress lines -----------------------------------------------------------------------

@@ -174,6 +174,9 @@ def service_row(view: View, s: Service) -> list[Any]:
             if sum(r.healthy for r in mine) != st.desired or len(mine) != st.desired:
                 text = (f"not converged ({sum(r.healthy for r in mine)}/{st.desired} "
                         "healthy; is a scheduler running?)")
+        invalid = view.snapshot.invalid_count(c, s.name)
+        if invalid:
+            text += f"; {invalid} invalid record(s) (see sked doctor)"
         parts.append(text if len(clusters) == 1 else f"{c}: {text}")
     return [s.name, s.task_name, s.task_version, s.scheduler, s.desired, placed, healthy,
             "; ".join(parts)]

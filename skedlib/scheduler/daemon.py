@@ -44,7 +44,7 @@ import threading
 import time
 import uuid
 
-from skedlib.errors import BackendError, ValidationError
+from skedlib.errors import BackendError
 from skedlib.models import ServiceStatus
 from skedlib.plugins import Registry, get_registry
 from skedlib.runtime import Store
@@ -52,7 +52,6 @@ from skedlib.scheduler.affected import Pair, affected_pairs, all_pairs, label
 from skedlib.scheduler.queue import WorkQueue
 from skedlib.scheduler.run import PairRunner, RunOutcome
 from skedlib.scheduling import Change, Snapshot, SnapshotCache
-from skedlib.store.base import KeyValue
 
 __all__ = ["Pair", "RunOutcome", "SchedulerDaemon"]
 
@@ -81,14 +80,13 @@ class SchedulerDaemon:
         self.resync = resync
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.queue: WorkQueue[Pair] = WorkQueue()
-        self.cache = SnapshotCache(store, on_bad=self._bad_record, on_change=self._changed,
+        self.cache = SnapshotCache(store, on_change=self._changed,
                                    on_reset=self._listed)
         """The desired and issued state, kept current by the watch; every run plans
         on it (see :class:`~skedlib.scheduling.SnapshotCache`)."""
         self.runner = PairRunner(self.cache, self.registry, holder=self.holder,
                                  lock_ttl=lock_ttl, resync=resync)
         """Does each run (lock, plan, commit, rollout, status)."""
-        self._bad: dict[str, int] = {}
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -154,13 +152,6 @@ class SchedulerDaemon:
         while not self._stop.wait(self.resync):
             for pair in self.pairs():
                 self.queue.add(pair)
-
-    def _bad_record(self, kv: KeyValue, exc: ValidationError) -> None:
-        """Leave out (and log once) a record that does not decode, so one bad value
-        written by hand cannot stop every service."""
-        if self._bad.get(kv.key) != kv.revision:
-            self._bad[kv.key] = kv.revision
-            log.warning("ignoring a record that does not decode: %s", exc)
 
     # -- working ----------------------------------------------------------------------
     def _work_loop(self) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
-from skedlib.codecs import decode
+from skedlib.codecs import decode_record
 from skedlib.errors import ValidationError
 from skedlib.keys import Keyspace, ServiceStatusKey
 from skedlib.models import Service, ServiceState, ServiceStatus
@@ -66,11 +66,12 @@ def read_statuses(items: Iterable[KeyValue], keys: Keyspace
             continue
         try:
             key = ks.parse(kv.key)
-            status = decode(kv.value, ServiceStatus, where=kv.key)
         except ValidationError:
-            continue  # not ours, or written by something else: ignore
+            continue  # not ours: ignore
         if isinstance(key, ServiceStatusKey):
-            found[(key.cluster, key.service)] = status
+            status = decode_record(kv, ServiceStatus, key)  # decode or quarantine
+            if status is not None:
+                found[(key.cluster, key.service)] = status
     return found
 
 

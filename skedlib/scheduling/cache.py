@@ -38,7 +38,7 @@ from typing import TypeVar
 
 import msgspec
 
-from skedlib.codecs import decode
+from skedlib.codecs import decode_record
 from skedlib.errors import ValidationError
 from skedlib.keys import (
     AgentKey,
@@ -116,7 +116,9 @@ class SnapshotCache:
     listing) and :meth:`apply` with every watch batch.
 
     Thread-safe: :meth:`apply` and :meth:`reset` wait while a view is borrowed. Records
-    that do not decode are left out and reported to ``on_bad`` (default: raise).
+    that do not decode, or whose id does not match their key, are left out with one
+    warning, marked in the snapshot's ``invalid`` (a task key stays occupied), and
+    reported to ``on_bad`` when given.
     ``on_change`` is called with every change applied (from the watch, or written through
     by :meth:`record`) and ``on_reset`` after every listing, each with the snapshot as it
     stands then and under the cache's lock: they must be quick and must not wait for a
@@ -315,16 +317,23 @@ class SnapshotCache:
                     del marks[key]
 
     def _bad(self, kv: KeyValue, exc: ValidationError) -> None:
-        if self._on_bad is None:
-            raise exc
-        self._on_bad(kv, exc)
+        if self._on_bad is not None:
+            self._on_bad(kv, exc)
 
-    def _decode(self, kv: KeyValue, type_: type[_T]) -> _T | None:
-        try:
-            return decode(kv.value, type_, where=kv.key)
-        except ValidationError as exc:
+    def _decode(self, kv: KeyValue, type_: type[_T], key: Key | None = None,
+                snap: Snapshot | None = None) -> _T | None:
+        """Decode or quarantine (one warning per key and revision); with ``snap``, the
+        key is marked invalid in it, or no longer invalid."""
+        reason: list[str] = []
+
+        def bad(kv: KeyValue, exc: ValidationError) -> None:
+            reason.append(str(exc))
             self._bad(kv, exc)
-            return None
+
+        value = decode_record(kv, type_, key, on_bad=bad)
+        if snap is not None:
+            snap.put_invalid(kv.key, key, reason[0] if reason else None)
+        return value
 
     def _apply(self, snap: Snapshot, ev: WatchEvent) -> Change | None:
         """Apply one event; the change it made (None: not a record the cache keeps)."""
@@ -334,25 +343,29 @@ class SnapshotCache:
             return None  # not a key of the schema
         put = ev.kind == "put"
         kv = KeyValue(ev.key, ev.value, ev.revision, 0)
+        if not put:
+            snap.put_invalid(ev.key, key, None)
         old: Record | None
         new: Record | None
         match key:
             case TaskKey(task_id=task_id):
-                old, new = snap.tasks.get(task_id), self._decode(kv, Task) if put else None
+                old = snap.tasks.get(task_id)
+                new = self._decode(kv, Task, key, snap) if put else None
                 if new is not None:
                     snap.put_task(new, ev.revision)
                 else:
                     snap.remove_task(task_id)
             case AgentKey(host=name):
                 state = snap.hosts.get(name)
-                old, new = state.host if state else None, self._decode(kv, Host) if put else None
+                old = state.host if state else None
+                new = self._decode(kv, Host, key, snap) if put else None
                 if new is not None:
                     snap.put_host(new)
                 else:
                     snap.remove_host(name)
             case HostConfigKey(name=name):
-                old, new = snap.host_configs.get(name), \
-                    self._decode(kv, HostConfig) if put else None
+                old = snap.host_configs.get(name)
+                new = self._decode(kv, HostConfig, key, snap) if put else None
                 snap.put_host_config(name, new)
             case HostAllocKey(host=name):
                 assert snap.alloc_revisions is not None
@@ -385,7 +398,7 @@ class SnapshotCache:
         """Put the decoded value of ``kv`` in ``table`` (or drop ``name``: a delete, or a
         value that does not decode); the change made."""
         old = table.get(name)
-        value = self._decode(kv, type_) if put else None
+        value = self._decode(kv, type_, key, self._snap) if put else None
         if value is not None:
             table[name] = value
         else:

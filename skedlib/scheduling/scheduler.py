@@ -19,9 +19,10 @@ subclass only chooses filters and scorers:
 from __future__ import annotations
 
 import abc
+import itertools
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import msgspec
 
@@ -39,7 +40,12 @@ from skedlib.scheduling.framework import (
 from skedlib.scheduling.plan import Plan
 from skedlib.scheduling.snapshot import HostState, Snapshot, demand_of
 
-__all__ = ["Scheduler", "SchedulingResult", "ServiceScheduler"]
+__all__ = ["MAX_REPORTED", "Scheduler", "SchedulingResult", "ServiceScheduler"]
+
+MAX_REPORTED = 1000
+"""A plan stops trying to place after this many failures in a row (the hosts are full:
+the rest would fail too), and reports at most this many unschedulable tasks, however
+large ``desired`` is."""
 
 
 class SchedulingResult(msgspec.Struct, kw_only=True):
@@ -162,7 +168,7 @@ class _Reconcile:
             reason = (f"task definition {service.task_name!r} version {version}"
                       " does not exist")
             result.unschedulable = {f"{cluster.name}-{service.name}-{version}-{i}": reason
-                                    for i in range(service.desired)}
+                                    for i in range(min(service.desired, MAX_REPORTED))}
             return result
         self.td = td
         hosts = snap.cluster_hosts(cluster)
@@ -204,25 +210,49 @@ class _Reconcile:
         rolling = rollout is not None and rollout.state == "running"
         # old tasks no longer needed (a new one counts in their stead)
         self.stop_old(old, len(old) - max(0, self.desired - counted))
-        missing = [i for i in range(self.desired)
-                   if i not in new or not self.live(new[i])]
+        # counted, not listed: desired may be large, and a plan holds only what it places
+        n_missing = self.desired - len(new_live)
         if rolling:
-            want = min(len(missing), max(0, self.parallel - self.in_flight))
+            want = min(n_missing, max(0, self.parallel - self.in_flight))
             short = want - max(0, self.max_total - self.total)
             if short > 0:  # max leaves no room: stop old tasks first, as min allows
                 self.stop_old(old, short)
             budget = min(want, max(0, self.max_total - self.total))
         else:
-            budget = len(missing)
-        for instance in missing[:budget]:
-            self.place(instance, new.get(instance))
-        if len(missing) > budget:
+            budget = n_missing
+        failures = 0
+        for instance in itertools.islice(self.missing(new), budget):
+            if self.place(instance, new.get(instance)):
+                failures = 0
+                continue
+            failures += 1
+            if failures >= MAX_REPORTED:  # the hosts are full: the rest would fail too
+                self.result.wake_in(5.0)
+                break
+        if n_missing > budget:
             self.result.wake_in(5.0)  # waiting for room or for new tasks to count
         if not rolling:
             self.migrate(new_live)
         if rollout is not None:
             result.rollout = self.progress(rollout, new, old)
         return result
+
+    def missing(self, new: dict[int, Task]) -> Iterator[int]:
+        """Instances below desired without a live task of the current version, lazily,
+        in order. An instance whose task key holds an invalid record is reported as
+        unschedulable instead: its key is occupied, so a create could never commit."""
+        cluster, service, version = self.cluster.name, self.service.name, self.td.version
+        for i in range(self.desired):
+            t = new.get(i)
+            if t is not None and self.live(t):
+                continue
+            task_id = f"{cluster}-{service}-{version}-{i}"
+            why = self.snap.invalid_tasks.get(task_id)
+            if why is not None:
+                self.result.unschedulable[task_id] = (
+                    f"its key holds an invalid record ({why}); remove it (sked doctor)")
+                continue
+            yield i
 
     def rollout_of(self, current: Rollout | None, old: list[Task], new: dict[int, Task]
                    ) -> Rollout | None:

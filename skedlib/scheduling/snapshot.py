@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Container, Iterable, Mapping
 from typing import TypeVar
 
-from skedlib.codecs import decode
+from skedlib.codecs import decode_record
 from skedlib.errors import ValidationError
 from skedlib.keys import (
     AgentKey,
@@ -20,6 +20,7 @@ from skedlib.keys import (
     HealthKey,
     HostAllocKey,
     HostConfigKey,
+    Key,
     Keyspace,
     RolloutKey,
     ServiceKey,
@@ -36,6 +37,7 @@ from skedlib.models import (
     Task,
     TaskDefinition,
     TaskHealth,
+    TaskId,
 )
 from skedlib.runtime.store import Store
 from skedlib.store.base import KeyValue
@@ -159,6 +161,12 @@ class Snapshot:
         for task, rev in tasks:
             self.put_task(task, rev)
         self.health = {h.task_id: h for h in health}
+        self.invalid: dict[str, str] = {}
+        """Full key → why: records readers skip (they do not decode, or their id does not
+        match their key); see :meth:`put_invalid`."""
+        self.invalid_tasks: dict[str, str] = {}
+        """Task id → why, for task keys holding an invalid record: the key is occupied,
+        so planners never place a task with that id (its create could never commit)."""
 
     def apply(self, place: Iterable[Task], stop: Iterable[str] = ()) -> None:
         """Record a committed plan in this snapshot, so planning can go on from it
@@ -199,6 +207,32 @@ class Snapshot:
                 del self._by_host[old.host]
         if old.host in self.hosts and not old.rejected:
             self.hosts[old.host].release(task_id, demand_of(old.task_definition), old.port)
+
+    def put_invalid(self, key: str, parsed: Key | None, reason: str | None) -> None:
+        """Mark ``key`` (``parsed``: its parsed form) as holding an invalid record
+        (``reason``), or, with None, as no longer holding one. A task key counts as
+        occupied-but-invalid."""
+        task_id = parsed.task_id if isinstance(parsed, TaskKey) else None
+        if reason is None:
+            self.invalid.pop(key, None)
+            if task_id is not None:
+                self.invalid_tasks.pop(task_id, None)
+            return
+        self.invalid[key] = reason
+        if task_id is not None:
+            self.remove_task(task_id)  # whatever the key held before is gone
+            self.invalid_tasks[task_id] = reason
+
+    def invalid_count(self, cluster: str, service: str) -> int:
+        """How many task keys of one service in one cluster hold invalid records."""
+        n = 0
+        for task_id in self.invalid_tasks:
+            try:
+                parsed = TaskId.parse(task_id)
+            except ValueError:
+                continue
+            n += parsed.cluster == cluster and parsed.service == service
+        return n
 
     def put_host(self, host: Host) -> None:
         """Add or replace one live host record; the tasks issued to it count again."""
@@ -255,41 +289,52 @@ class Snapshot:
         The listing must hold every key under the prefix: the hosts' allocation markers
         in it are what :func:`~skedlib.scheduling.commit_plan` guards placements with.
 
-        A record that does not decode raises :class:`ValidationError`, or, with
-        ``on_bad``, is reported to it and left out, so that one bad value written by hand
-        cannot stop every scheduler.
+        A record that does not decode, or whose id does not match its key, is left out
+        with one warning (:func:`skedlib.codecs.decode_record`), reported to ``on_bad``
+        when given, and listed in :attr:`invalid`: one bad value written by hand cannot
+        stop every scheduler, and its key is never planned onto.
         """
         ks = keys
-        buckets: dict[type, list[KeyValue]] = defaultdict(list)
+        buckets: dict[type, list[tuple[KeyValue, Key]]] = defaultdict(list)
+        invalid: dict[str, str] = {}
+        parsed_keys: dict[str, Key] = {}
+
+        def bad(kv: KeyValue, exc: ValidationError) -> None:
+            invalid[kv.key] = str(exc)
+            if on_bad is not None:
+                on_bad(kv, exc)
+
         for kv in items:
             try:
                 parsed = ks.parse(kv.key)
             except ValidationError:  # keys outside the schema are not ours
                 continue
-            buckets[type(parsed)].append(kv)
+            buckets[type(parsed)].append((kv, parsed))
+            parsed_keys[kv.key] = parsed
 
         def objs(kind: type, type_: type[_T]) -> list[tuple[_T, int]]:
             out = []
-            for kv in buckets[kind]:
-                try:
-                    out.append((decode(kv.value, type_, where=kv.key), kv.revision))
-                except ValidationError as exc:
-                    if on_bad is None:
-                        raise
-                    on_bad(kv, exc)
+            for kv, parsed in buckets[kind]:
+                obj = decode_record(kv, type_, parsed, on_bad=bad)
+                if obj is not None:
+                    out.append((obj, kv.revision))
             return out
 
         def values(kind: type, type_: type[_T]) -> list[_T]:
             return [obj for obj, _ in objs(kind, type_)]
 
-        allocs = {kv.key[len(ks.host_allocs):]: kv.revision for kv in buckets[HostAllocKey]}
-        return cls(
+        allocs = {kv.key[len(ks.host_allocs):]: kv.revision
+                  for kv, _ in buckets[HostAllocKey]}
+        snap = cls(
             revision,
             clusters=values(ClusterKey, Cluster), services=values(ServiceKey, Service),
             task_definitions=values(TaskDefinitionKey, TaskDefinition),
             hosts=values(AgentKey, Host), host_configs=values(HostConfigKey, HostConfig),
             tasks=objs(TaskKey, Task), health=values(HealthKey, TaskHealth),
             alloc_revisions=allocs, rollouts=values(RolloutKey, RolloutHistory))
+        for key, reason in invalid.items():
+            snap.put_invalid(key, parsed_keys.get(key), reason)
+        return snap
 
 
 def read_snapshot(store: Store) -> Snapshot:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -74,7 +75,8 @@ class SqliteBackend(Backend):
     min_lease_ttl = 0.1
 
     def __init__(self, path: str | os.PathLike[str], *, url: str = "",
-                 timeout: float = 10.0, history: int = 100_000, poll: float = 0.01) -> None:
+                 timeout: float = 10.0, history: int = 100_000, poll: float = 0.01,
+                 create: bool = True) -> None:
         self.path = Path(path)
         self.url = url or f"sqlite://{self.path}"
         self.timeout = timeout
@@ -85,6 +87,10 @@ class SqliteBackend(Backend):
         self._conns_lock = threading.Lock()
         self._closed = False
         self._next_expiry_check = 0.0
+        if not create and not self.path.is_file():
+            # a reader must not leave an empty store (and its directories) behind
+            raise BackendUnavailable(f"{self.path}: no such store (nothing was applied "
+                                     "there; a write such as sked apply creates it)")
         try:
             self._create_private()
             self._conn().executescript(_SCHEMA)  # idempotent: safe if processes race
@@ -388,13 +394,27 @@ class _SqliteWatch(Watch):
         return self._closed.is_set()
 
 
+_CREATE_OPTION = re.compile(r"[?&]create=(?:true|false|1|0)$", re.IGNORECASE)
+"""A trailing ``create`` option, as :func:`read_only_url` adds it."""
+
+
+def read_only_url(url: str) -> str:
+    """``url`` with ``create=false`` (unless it says otherwise): the store is opened only
+    if it exists, so a reader never leaves an empty store (and its directories) behind."""
+    if "create=" in urlsplit(url).query:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}create=false"
+
+
 def open_sqlite(url: str) -> SqliteBackend:
     """Open ``sqlite:///absolute/path.db`` or ``sqlite://relative/path.db``.
 
     Query options: ``timeout`` (seconds to wait for the write lock, default 10),
-    ``history`` (revisions kept for watches, default 100000).
+    ``history`` (revisions kept for watches, default 100000), ``create`` (``false``:
+    open an existing store only, as read-only commands do; default ``true``).
     """
     parts = urlsplit(url)
+    url = _CREATE_OPTION.sub("", url)  # messages show the URL as the user wrote it
     path = unquote(parts.netloc + parts.path)
     if not path:
         raise BackendUnavailable(f"{url}: no file path (expected sqlite:///path/to/file.db)")
@@ -402,10 +422,13 @@ def open_sqlite(url: str) -> SqliteBackend:
     try:
         timeout = float(query.get("timeout", ["10"])[0])
         history = int(query.get("history", ["100000"])[0])
-    except ValueError:
-        raise BackendUnavailable(f"{url}: timeout must be a number of seconds and history "
-                                 "a whole number of revisions") from None
+        create = {"true": True, "1": True, "false": False, "0": False}[
+            query.get("create", ["true"])[0].lower()]
+    except (ValueError, KeyError):
+        raise BackendUnavailable(f"{url}: timeout must be a number of seconds, history "
+                                 "a whole number of revisions and create true or false"
+                                 ) from None
     if not (0 < timeout <= 86400 and history > 0):  # also refuses nan and inf
         raise BackendUnavailable(f"{url}: timeout must be in (0, 86400] seconds and history "
                                  "greater than 0")
-    return SqliteBackend(path, url=url, timeout=timeout, history=history)
+    return SqliteBackend(path, url=url, timeout=timeout, history=history, create=create)

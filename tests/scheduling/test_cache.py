@@ -185,8 +185,11 @@ def test_statuses_and_bad_records() -> None:
     cache.reset(backend.list(KS.prefix))
     assert cache.status("c", "web") == status
     assert bad == [KS.service("bad")]
-    with pytest.raises(Exception, match="bad"):
-        SnapshotCache(store).reset(backend.list(KS.prefix))
+    # without on_bad the record is quarantined too (never fatal), and marked invalid
+    quiet = SnapshotCache(store)
+    quiet.reset(backend.list(KS.prefix))
+    with quiet.view() as snap:
+        assert "bad" not in snap.services and KS.service("bad") in snap.invalid
 
 
 def test_each_change_is_reported_once_with_its_record_before_and_after() -> None:
@@ -250,3 +253,32 @@ def test_a_started_cache_follows_the_store() -> None:
             assert set(snap.hosts) == {"h0"}
     finally:
         cache.stop()
+
+
+def test_a_task_record_whose_id_does_not_match_its_key_is_occupied_not_a_task() -> None:
+    backend = open_backend("memory://")
+    store = Store(backend)
+    real = _task(0, "h0")
+    backend.put(KS.task(real.id), encode(real))
+    wrong_key = KS.task(_task(1, "h0").id)
+    backend.put(wrong_key, encode(real))  # task 0's record under task 1's key
+    cache = SnapshotCache(store)
+    cache.refresh()
+    with cache.view() as snap:
+        assert list(snap.tasks) == [real.id] and snap.task_revisions[real.id] == 1
+        assert set(snap.invalid_tasks) == {_task(1, "h0").id}
+        assert "does not match its key" in snap.invalid[wrong_key]
+    with backend.watch(KS.prefix, backend.current_revision() + 1) as watch:
+        backend.put(wrong_key, encode(_task(1, "h0")))  # repaired
+        _drain(backend, cache, watch)
+        with cache.view() as snap:
+            assert snap.invalid == {} and snap.invalid_tasks == {}
+            assert sorted(snap.tasks) == [real.id, _task(1, "h0").id]
+        backend.put(wrong_key, b"{garbage")  # broken again, then deleted
+        _drain(backend, cache, watch)
+        with cache.view() as snap:
+            assert list(snap.tasks) == [real.id] and wrong_key in snap.invalid
+        backend.delete(wrong_key)
+        _drain(backend, cache, watch)
+        with cache.view() as snap:
+            assert snap.invalid == {} and snap.invalid_tasks == {}
