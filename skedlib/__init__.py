@@ -13,7 +13,17 @@ the daemon). docs/architecture.md shows the layers behind these names.
 from importlib import metadata as _metadata
 
 from skedlib.client import ApplyResult, Client, ScaleResult, default_backend_url
-from skedlib.codecs import decode, encode, load_manifest, parse_manifest, to_builtins
+from skedlib.codecs import (
+    InvalidRecord,
+    check_record,
+    decode,
+    decode_record,
+    encode,
+    find_invalid_records,
+    load_manifest,
+    parse_manifest,
+    to_builtins,
+)
 from skedlib.constraints import Constraint, parse_constraint
 from skedlib.environments import (
     Deployment,
@@ -150,6 +160,7 @@ from skedlib.store.base import (
     WatchEvent,
 )
 from skedlib.store.credentials import read_secret_file, redact_url, warn_secret_in_url
+from skedlib.validation import DEFAULT_LIMITS, Limits
 
 try:
     __version__ = _metadata.version("skedlib")
@@ -157,6 +168,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that is no
     __version__ = "0+unknown"
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "DEFAULT_PREFIX",
     "DOCKER_SOCKETS",
     "PROVIDED_PORT_VAR",
@@ -206,6 +218,7 @@ __all__ = [
     "Identity",
     "Informer",
     "InvalidName",
+    "InvalidRecord",
     "Job",
     "JobClient",
     "JobRequirements",
@@ -217,6 +230,7 @@ __all__ = [
     "Keyspace",
     "LeaseExpired",
     "LeastLoaded",
+    "Limits",
     "ListResult",
     "LocalHealthProvider",
     "Lock",
@@ -269,12 +283,15 @@ __all__ = [
     "WatchEvent",
     "WriteResult",
     "check_env",
+    "check_record",
     "commit_plan",
     "convert_blob",
     "decode",
+    "decode_record",
     "default_backend_url",
     "demand_of",
     "encode",
+    "find_invalid_records",
     "get_registry",
     "hookimpl",
     "is_task_healthy",
