@@ -17,7 +17,7 @@ from skedlib.keys import Keyspace
 from skedlib.models import Cluster, Task, TaskDefinition
 
 ROOT = Path(__file__).resolve().parents[2]
-HELLO = ROOT / "examples" / "hello-world.yml"
+HELLO = ROOT / "skedlib" / "examples" / "hello-world.yml"
 KS = Keyspace()
 
 
