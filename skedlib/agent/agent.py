@@ -437,9 +437,10 @@ class Agent:
     def _perform(self, m: Tracked, effect: lc.Effect) -> None:
         if isinstance(effect, lc.Admit):
             assert m.issued is not None
-            reason = self.admission.reason(m.task_id, m.issued,
+            refusal = self.admission.judge(m.task_id, m.issued,
                                            self._allocated(exclude=m.task_id))
-            self._step(m, lc.Admitted(reason))
+            self._step(m, lc.Admitted(refusal.reason, refusal.capacity) if refusal
+                       else lc.Admitted(None))
         elif isinstance(effect, lc.Start):
             assert m.issued is not None
             m.admitted, m.demand = True, demand(m.issued)
@@ -450,8 +451,10 @@ class Agent:
             self._submit(m, "stop", self.operations.stop, list(m.refs), m.running or m.issued)
         elif isinstance(effect, lc.Reject):
             refs, m.refs = m.refs, []
+            free = self.total - self._allocated(exclude=m.task_id) if effect.capacity \
+                else None
             self._submit(m, "reject", self.operations.reject, refs, m.running or m.issued,
-                         m.revision, effect.reason)
+                         m.revision, effect.reason, free)
         elif isinstance(effect, lc.Timer):
             token = effect.token
             self._timers.add(effect.delay, lambda: self._step_known(m, lc.TimerFired(token)))
