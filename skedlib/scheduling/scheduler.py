@@ -348,9 +348,12 @@ class _Reconcile:
             self.in_flight += 1
             return True
         self.result.unschedulable[task.id] = str(choice)
-        if task.capacity_rejections:  # look again when the first of them expires
-            self.result.wake_in(min(capacity_retry_at(r) for r in task.capacity_rejections)
-                                - self.now)
+        # look again when the next capacity rejection expires (those expired already
+        # did not keep the task off their host: no reason to hurry back)
+        pending = [at for r in task.capacity_rejections
+                   if (at := capacity_retry_at(r)) > self.now]
+        if pending:
+            self.result.wake_in(min(pending) - self.now)
         return False
 
     def scheduler_place(self, request: TaskRequest) -> Placement | object:

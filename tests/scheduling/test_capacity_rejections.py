@@ -4,9 +4,11 @@ a backoff passes or the host has more free; a rejection for good stays."""
 from __future__ import annotations
 
 import json
+import time
 
 import msgspec
 import pytest
+from skedlib_reference import BinpackScheduler
 
 from skedlib.agent.operations import capacity_rejected
 from skedlib.codecs import decode
@@ -16,6 +18,7 @@ from skedlib.models import (
     Container,
     Host,
     Resources,
+    Service,
     Task,
     TaskDefinition,
 )
@@ -27,7 +30,7 @@ from skedlib.scheduling.framework import (
     capacity_rejection_holds,
     capacity_retry_at,
 )
-from skedlib.scheduling.snapshot import HostState
+from skedlib.scheduling.snapshot import HostState, Snapshot
 
 FREE = Resources(memory=100, cpu_units=1024, disk=0)
 BACKOFF = Backoff(initial=10.0, maximum=40.0)
@@ -114,3 +117,47 @@ def test_the_agent_renews_its_own_entry_and_keeps_others() -> None:
     mine = msgspec.convert(twice[-1], CapacityRejection)
     assert (mine.count, mine.at, mine.reason, mine.free.memory) == (2, 9.0, "still no room", 7)
     assert stored == [{"host": "b", "count": 3}, "junk"]  # the input is not changed
+
+
+# -- the stock scheduler ------------------------------------------------------------------
+
+
+def _snapshot(rejection: CapacityRejection, host_memory: int = 100) -> tuple[Snapshot, Task]:
+    td = TaskDefinition(name="s", version=1, memory=50,
+                        containers=[Container(name="c", type="process")])
+    cluster = Cluster(name="c", services=["s"])
+    task = Task(cluster=cluster, task_definition=td, service="s", instance=0, host="a",
+                scheduled=True, rejected=True, reject_reason=rejection.reason,
+                capacity_rejections=[rejection])
+    snap = Snapshot(1, clusters=[cluster],
+                    services=[Service(name="s", task_name="s", task_version=1, desired=1)],
+                    task_definitions=[td], tasks=[(task, 1)],
+                    hosts=[Host(name="a", total=Resources(memory=host_memory,
+                                                          cpu_units=1024))])
+    return snap, task
+
+
+def test_the_scheduler_waits_out_the_backoff_then_places_it_there_again() -> None:
+    now = time.time()
+    snap, _ = _snapshot(CapacityRejection(host="a", reason="port 80 is in use", at=now,
+                                          free=FREE))
+    result = BinpackScheduler().plan(snap, snap.clusters["c"], snap.services["s"])
+    assert not result.plan.place and result.unschedulable
+    assert result.retry_after is not None and 0 < result.retry_after <= \
+        CAPACITY_BACKOFF.delay(1)
+
+    snap, _ = _snapshot(CapacityRejection(host="a", reason="port 80 is in use",
+                                          at=now - 3600, free=FREE))
+    result = BinpackScheduler().plan(snap, snap.clusters["c"], snap.services["s"])
+    (placed,) = result.plan.place
+    assert placed.host == "a" and not placed.rejected
+    assert [r.host for r in placed.capacity_rejections] == ["a"]  # kept: the count grows
+
+
+def test_an_expired_rejection_does_not_hurry_the_next_plan() -> None:
+    # the host is too small anyway: nothing to wake up for soon
+    snap, _ = _snapshot(CapacityRejection(host="a", at=time.time() - 3600, free=FREE),
+                        host_memory=10)
+    result = BinpackScheduler().plan(snap, snap.clusters["c"], snap.services["s"])
+    assert result.unschedulable
+    assert result.retry_after is None or result.retry_after >= 1.0
