@@ -26,6 +26,7 @@ from skedlib.durations import MAX_DURATION
 __all__ = [
     "DEFAULT_SCHEDULER",
     "BashExecutor",
+    "CapacityRejection",
     "Check",
     "CheckStatus",
     "Cluster",
@@ -192,6 +193,19 @@ def _canonical_int(text: str) -> bool:
     return text.isascii() and text.isdigit() and (text == "0" or not text.startswith("0"))
 
 
+class CapacityRejection(msgspec.Struct, kw_only=True):
+    """A host turned a task down for want of room: retried there once this expires."""
+
+    host: str
+    reason: str = ""
+    at: float = 0.0
+    """When the host last rejected the task (seconds since the epoch)."""
+    count: int = 1
+    """How many times in a row the host rejected it for want of room (the backoff grows)."""
+    free: Resources = msgspec.field(default_factory=lambda: Resources())
+    """What the host had free (as its agent saw it) when it rejected the task."""
+
+
 class Task(msgspec.Struct, kw_only=True):
     """A task definition placed on a host for a cluster and service: the issued state."""
 
@@ -205,7 +219,12 @@ class Task(msgspec.Struct, kw_only=True):
     rejected: bool = False
     reject_reason: str = ""
     rejected_hosts: list[str] = msgspec.field(default_factory=list)
-    """Hosts that rejected this task before; schedulers avoid them for it."""
+    """Hosts that rejected this task for good (policy, executor, blob, attempts used up);
+    schedulers avoid them for it."""
+    capacity_rejections: list[CapacityRejection] = msgspec.field(default_factory=list)
+    """Hosts that rejected this task for want of room (memory, CPU, disk, a busy fixed
+    port): schedulers avoid them only until the rejection expires (a backoff, or the
+    host's free resources grow)."""
 
     @property
     def task_id(self) -> TaskId:

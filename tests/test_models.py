@@ -16,7 +16,7 @@ SEED_TASK = Path(__file__).parent / "data" / "seed_task.json"
 
 # Fields skedlib adds to the seed's shapes; each has a default, so older writers still decode.
 EXTENSIONS = {
-    "task": {"rejected_hosts"},
+    "task": {"rejected_hosts", "capacity_rejections"},
     "task_definition": {"memory", "cpu_units", "priority"},
     "container": {"essential"},
 }
@@ -49,7 +49,7 @@ def test_seed_task_json_round_trips_with_same_keys_and_values() -> None:
     allowed = set().union(*EXTENSIONS.values())
     _assert_superset(json.loads(raw), again, allowed, "$")
     # what skedlib adds is only defaults, and decoding the re-encoding gives the same task
-    assert again["rejected_hosts"] == []
+    assert again["rejected_hosts"] == [] and again["capacity_rejections"] == []
     assert decode(encode(task), Task) == task
 
 

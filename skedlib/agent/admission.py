@@ -21,7 +21,7 @@ from skedlib.executors.policy import HostPolicy
 from skedlib.health.provider import HealthProvider
 from skedlib.models import Resources, Task
 
-__all__ = ["Admission", "demand"]
+__all__ = ["Admission", "Refusal", "demand"]
 
 
 def demand(task: Task) -> Resources:
@@ -29,6 +29,15 @@ def demand(task: Task) -> Resources:
     td = task.task_definition
     return Resources(memory=td.total_memory(), cpu_units=td.total_cpu_units(),
                      disk=td.total_disk())
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a host will not run a task; ``capacity`` when only room is missing (memory,
+    CPU, disk, a busy fixed port), so the rejection may expire."""
+
+    reason: str
+    capacity: bool = False
 
 
 @dataclass
@@ -48,48 +57,57 @@ class Admission:
     """The host policy: executors, and what each executor's :meth:`Executor.admit` asks."""
 
     def reason(self, task_id: str, task: Task, allocated: Resources) -> str | None:
-        """Why this host can never run ``task`` as issued, or None. ``allocated`` is what
+        """Why this host cannot run ``task`` as issued, or None. ``allocated`` is what
         the host's other tasks hold."""
+        refusal = self.judge(task_id, task, allocated)
+        return refusal.reason if refusal else None
+
+    def judge(self, task_id: str, task: Task, allocated: Resources) -> Refusal | None:
+        """Why this host cannot run ``task`` as issued (and whether only room is
+        missing), or None. ``allocated`` is what the host's other tasks hold."""
         td = task.task_definition
         if not td.containers:
-            return "the task definition has no containers"
+            return Refusal("the task definition has no containers")
         for c in td.containers:
             try:
                 self.policy.check_executor(c.type)
             except TaskRejected as exc:
-                return f"container {c.name}: {exc}"
+                return Refusal(f"container {c.name}: {exc}")
             if c.type not in self.executors:
-                return self._missing_executor(c.name, c.type)
+                return Refusal(self._missing_executor(c.name, c.type))
         for c in td.containers:  # the policy and the blobs, before anything starts
             for i, check in enumerate(c.checks or []):
                 if check.script:
                     try:
                         self.policy.check_script(check.script, f"checks[{i}]: script")
                     except TaskRejected as exc:
-                        return f"container {c.name}: {exc}"
+                        return Refusal(f"container {c.name}: {exc}")
             try:
                 self.executors[c.type].admit(task, c)
             except TaskRejected as exc:
-                return str(exc)
+                return Refusal(str(exc))
             except Exception as exc:  # a plugin's bug must not take the agent down
-                return f"container {c.name}: executor {c.type!r} cannot judge it: {exc}"
+                return Refusal(f"container {c.name}: executor {c.type!r} cannot judge it: "
+                               f"{exc}")
         need = demand(task)
         free = self.total - allocated
         for what, unit in (("memory", "MiB of memory"), ("cpu_units", "CPU units"),
                            ("disk", "MiB of disk")):
             wanted, left = getattr(need, what), getattr(free, what)
             if wanted > left and (what != "disk" or self.total.disk):
-                return (f"needs {wanted} {unit} but only {max(left, 0)} of "
-                        f"{getattr(self.total, what)} are free on host {self.host}")
+                return Refusal(f"needs {wanted} {unit} but only {max(left, 0)} of "
+                               f"{getattr(self.total, what)} are free on host {self.host}",
+                               capacity=True)
         port = task.port or td.port
         if port:
             owner = self.ports.owner(port)
             if owner is not None and owner != task_id:
-                return f"port {port} is already used by task {owner} on host {self.host}"
+                return Refusal(f"port {port} is already used by task {owner} on host "
+                               f"{self.host}", capacity=True)
         try:
             self.health.validate(task, port or (1 if td.provide_port else 0))
         except TaskRejected as exc:
-            return str(exc)
+            return Refusal(str(exc))
         return None
 
     def _missing_executor(self, container: str, kind: str) -> str:

@@ -89,6 +89,9 @@ from skedlib.store.base import Backend, KeyValue, ListResult
 
 __all__ = ["Agent", "AgentConfig", "default_state_dir"]
 
+MAX_WITHDRAW = 256
+"""At most this many stale copies are stopped at once after a restart."""
+
 log = logging.getLogger("skedlib.agent")
 
 def default_state_dir(host: str) -> Path:
@@ -202,6 +205,8 @@ class Agent:
         self._timers = Timers()
         self._pool = ThreadPoolExecutor(max_workers=max(1, config.workers),
                                         thread_name_prefix="task-op")
+        self._withdraw: ThreadPoolExecutor | None = None
+        """While stale copies are withdrawn at adoption: the pool their stops run on."""
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._adopted = False
@@ -437,9 +442,10 @@ class Agent:
     def _perform(self, m: Tracked, effect: lc.Effect) -> None:
         if isinstance(effect, lc.Admit):
             assert m.issued is not None
-            reason = self.admission.reason(m.task_id, m.issued,
+            refusal = self.admission.judge(m.task_id, m.issued,
                                            self._allocated(exclude=m.task_id))
-            self._step(m, lc.Admitted(reason))
+            self._step(m, lc.Admitted(refusal.reason, refusal.capacity) if refusal
+                       else lc.Admitted(None))
         elif isinstance(effect, lc.Start):
             assert m.issued is not None
             m.admitted, m.demand = True, demand(m.issued)
@@ -450,8 +456,10 @@ class Agent:
             self._submit(m, "stop", self.operations.stop, list(m.refs), m.running or m.issued)
         elif isinstance(effect, lc.Reject):
             refs, m.refs = m.refs, []
+            free = self.total - self._allocated(exclude=m.task_id) if effect.capacity \
+                else None
             self._submit(m, "reject", self.operations.reject, refs, m.running or m.issued,
-                         m.revision, effect.reason)
+                         m.revision, effect.reason, free)
         elif isinstance(effect, lc.Timer):
             token = effect.token
             self._timers.add(effect.delay, lambda: self._step_known(m, lc.TimerFired(token)))
@@ -486,7 +494,7 @@ class Agent:
             else:
                 self._queue.put(Done(task_id, op, result=result))
 
-        self._pool.submit(run)
+        (self._withdraw or self._pool).submit(run)
 
     def _allocated(self, exclude: str = "") -> Resources:
         total = Resources()
@@ -609,7 +617,13 @@ class Agent:
 
     # -- adoption ---------------------------------------------------------------------
     def _adopt(self) -> None:
-        """Adopt what the executors still run; stop what is no longer issued here."""
+        """Adopt what the executors still run; stop what is no longer issued here.
+
+        Stale copies (tasks moved to other hosts while this agent was away) are withdrawn
+        all at once, on a pool of their own as wide as their number, before anything is
+        started: they run on beside their replacements until stopped, so the double-run
+        window must not depend on ``workers`` nor wait behind starts."""
+        stale: list[tuple[Tracked, list[Ref], str]] = []
         for task_id, refs in sorted(running_containers(self.executors).items()):
             m = self._tasks.get(task_id)
             issued = m is not None
@@ -619,10 +633,19 @@ class Agent:
                 self._phases[task_id] = "gone"
             why = verdict(issued, m.issued, self._view(m).wanted, refs)
             if why:
-                m.refs = refs
-                self._step(m, lc.StopNow(why))
+                stale.append((m, refs, why))
             else:
                 self._adopt_one(m, refs)
+        if stale:
+            self._withdraw = ThreadPoolExecutor(max_workers=min(len(stale), MAX_WITHDRAW),
+                                                thread_name_prefix="withdraw")
+            try:
+                for m, refs, why in stale:
+                    m.refs = refs
+                    self._step(m, lc.StopNow(why))
+            finally:
+                self._withdraw.shutdown(wait=False)  # its threads end with their stops
+                self._withdraw = None
         forget_stale_health(self.backend, self.keys, self.host, self._tasks, self.writer)
 
     def _adopt_one(self, m: Tracked, refs: list[Ref]) -> None:

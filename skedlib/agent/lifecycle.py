@@ -125,6 +125,8 @@ class TaskState:
     attempts: int = 0
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     message: str = ""
+    reject_capacity: bool = False
+    """The rejection being written is for want of room only."""
     run_started: float = 0.0
     """Monotonic time the current run started (0: not running)."""
     healthy: bool = False
@@ -157,6 +159,9 @@ class Admitted:
     """The answer to :class:`Admit`: None, or why this host cannot run the task."""
 
     reason: str | None
+    capacity: bool = False
+    """Only room is missing (memory, CPU, disk, a busy fixed port): the rejection may
+    expire."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,8 @@ class StartFailed:
     kind: Literal["stale", "rejected", "failed"]
     reason: str = ""
     max_attempts: int | None = None
+    capacity: bool = False
+    """``rejected`` for want of room only (a busy fixed port): the rejection may expire."""
 
 
 @dataclass(frozen=True)
@@ -276,6 +283,8 @@ class Reject:
     """Stop the containers and write the rejection back (answer: :class:`RejectDone`)."""
 
     reason: str
+    capacity: bool = False
+    """For want of room only: written as a capacity rejection, which expires."""
 
 
 @dataclass(frozen=True)
@@ -360,7 +369,7 @@ class _Machine:
         elif isinstance(event, Reconcile):
             self.reconcile()
         elif isinstance(event, Admitted):
-            self.admitted(event.reason)
+            self.admitted(event.reason, event.capacity)
         elif isinstance(event, StartOk):
             self.start_ok(event)
         elif isinstance(event, StartFailed):
@@ -445,10 +454,10 @@ class _Machine:
             self.reconcile()
 
     # -- start --------------------------------------------------------------------------
-    def admitted(self, reason: str | None) -> None:
+    def admitted(self, reason: str | None, capacity: bool = False) -> None:
         s = self.s
         if reason is not None:
-            self.reject(reason)
+            self.reject(reason, capacity)
             return
         s.exit_pending = False
         s.phase = "starting"
@@ -487,7 +496,7 @@ class _Machine:
             self.await_newer()
         elif event.kind == "rejected":
             self.emit(Release())
-            self.reject(event.reason)
+            self.reject(event.reason, event.capacity)
         else:
             s.phase = "idle"
             self.fail(f"start failed: {event.reason}")
@@ -593,7 +602,7 @@ class _Machine:
             s.phase = "idle"
             self.reconcile()
         elif s.phase == "rejecting" and not s.busy and self.view.present:
-            self.reject(s.message)
+            self.reject(s.message, s.reject_capacity)
 
     def arm(self, delay: float) -> None:
         s = self.s
@@ -601,16 +610,17 @@ class _Machine:
         s.timer = s.timers
         self.emit(Timer(delay, s.timer))
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, capacity: bool = False) -> None:
         s = self.s
         self.emit(UnwatchHealth())
         s.message = reason
+        s.reject_capacity = capacity
         s.timer = 0
         self.set_healthy(False)
         s.phase = "rejecting"
         s.holding = False  # the reject operation stops them
         s.busy = True
-        self.emit(Reject(reason))
+        self.emit(Reject(reason, capacity))
 
     def reject_done(self, event: RejectDone) -> None:
         s = self.s

@@ -8,6 +8,7 @@ turns that into the next input of the task's :mod:`~skedlib.agent.lifecycle`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,17 +23,23 @@ from skedlib.codecs import decode
 from skedlib.errors import BackendError, ConflictError, ValidationError
 from skedlib.executors.base import ContainerRef, Executor, TaskRejected
 from skedlib.keys import Keyspace
-from skedlib.models import Service, Task
+from skedlib.models import CapacityRejection, Resources, Service, Task
 from skedlib.store.base import Backend
 from skedlib.validation import DEFAULT_GRACE_PERIOD, DEFAULT_MAX_ATTEMPTS
 
-__all__ = ["StaleTask", "StartFailed", "Started", "TaskOperations", "grace", "start_failure"]
+__all__ = ["PortBusy", "StaleTask", "StartFailed", "Started", "TaskOperations",
+           "capacity_rejected", "grace", "start_failure"]
 
 log = logging.getLogger("skedlib.agent")
 
 
 class StaleTask(Exception):
     """The task changed in the store while an operation ran: wait for the new version."""
+
+
+class PortBusy(TaskRejected):
+    """The task's fixed port is held by a process that is not one of this agent's tasks:
+    a rejection for want of room, which expires."""
 
 
 class StartFailed(Exception):
@@ -64,7 +71,8 @@ def start_failure(task_id: str, err: BaseException | None) -> lc.StartFailed:
     if isinstance(err, StaleTask):
         return lc.StartFailed("stale", max_attempts=max_attempts)
     if isinstance(err, TaskRejected):
-        return lc.StartFailed("rejected", str(err), max_attempts)
+        return lc.StartFailed("rejected", str(err), max_attempts,
+                              capacity=isinstance(err, PortBusy))
     if isinstance(err, BackendError | ConflictError):
         log.warning("could not start %s: %s", task_id, err)
     return lc.StartFailed("failed", str(err), max_attempts)
@@ -117,8 +125,8 @@ class TaskOperations:
             task, revision = msgspec.structs.replace(task, port=port), written
         elif port:
             if not port_is_free(port):
-                raise TaskRejected(f"port {port} is in use on host {self.host} by a process "
-                                   "that is not one of this agent's tasks")
+                raise PortBusy(f"port {port} is in use on host {self.host} by a process "
+                               "that is not one of this agent's tasks")
             self.ports.hold(task_id, port)
         env = {"SKED_TASK_ID": task_id, "SKED_HOST": self.host}
         if port:
@@ -142,14 +150,23 @@ class TaskOperations:
             self.stop_quietly(name, ref, task)
 
     def reject(self, task_id: str, refs: list[Ref], task: Task | None, revision: int,
-               reason: str) -> int:
-        """Stop the containers, then write the rejection back (0: the key changed)."""
+               reason: str, free: Resources | None = None) -> int:
+        """Stop the containers, then write the rejection back (0: the key changed).
+
+        With ``free`` (what the host has free) the rejection is for want of room: it goes
+        to ``capacity_rejections``, which expire; else this host joins ``rejected_hosts``
+        for good."""
         self.stop(task_id, refs, task)
         host = self.host
+        now = time.time()
 
         def patch(obj: dict[str, Any]) -> None:
             obj["rejected"] = True
             obj["reject_reason"] = reason
+            if free is not None:
+                obj["capacity_rejections"] = capacity_rejected(
+                    obj.get("capacity_rejections"), host, reason, now, free)
+                return
             hosts = obj.get("rejected_hosts")
             hosts = list(hosts) if isinstance(hosts, list) else []
             if host not in hosts:
@@ -192,3 +209,20 @@ class TaskOperations:
         if port:
             parts.append(f"port {port}")
         return ", ".join(parts)
+
+
+def capacity_rejected(stored: object, host: str, reason: str, now: float,
+                      free: Resources) -> list[Any]:
+    """The stored ``capacity_rejections`` list with ``host``'s entry added or renewed
+    (its count grows, so the backoff does). Entries it cannot read are kept as they are."""
+    entries = list(stored) if isinstance(stored, list) else []
+    count = 1
+    for i, entry in enumerate(entries):
+        if isinstance(entry, dict) and entry.get("host") == host:
+            old = entry.get("count")
+            count = old + 1 if isinstance(old, int) and old > 0 else 1
+            del entries[i]
+            break
+    entries.append(msgspec.to_builtins(CapacityRejection(
+        host=host, reason=reason, at=now, count=count, free=free)))
+    return entries

@@ -476,7 +476,9 @@ def kill_group_members(pgid: int, grace: float) -> None:
     members = []
     for p in psutil.process_iter():
         with contextlib.suppress(OSError, psutil.Error):
-            if os.getpgid(p.pid) == pgid:
+            # a zombie holds nothing and cannot be waited for here: it stays until its
+            # parent reaps it (init, for an adopted task: that can take seconds)
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
                 members.append(p)
     if not members:
         return

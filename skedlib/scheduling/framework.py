@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import abc
 import bisect
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
 import msgspec
 
 from skedlib.constraints import Constraint, parse_constraint
-from skedlib.models import Resources, Service, Task
+from skedlib.models import CapacityRejection, Resources, Service, Task
+from skedlib.runtime import Backoff
 from skedlib.scheduling.snapshot import HostState
 
 __all__ = [
+    "CAPACITY_BACKOFF",
     "BestFit",
     "ConstraintsFilter",
     "DistinctHostFilter",
@@ -44,6 +47,8 @@ __all__ = [
     "SpreadAttribute",
     "TaskRequest",
     "Unschedulable",
+    "capacity_rejection_holds",
+    "capacity_retry_at",
     "stock_filters",
 ]
 
@@ -138,13 +143,48 @@ class NotDraining(Filter):
         return "host is draining" if host.draining else None
 
 
+CAPACITY_BACKOFF = Backoff(initial=10.0, maximum=300.0)
+"""How long a host that rejected a task for want of room is avoided for it: 10 s after
+the first such rejection, doubling to 5 minutes."""
+
+
+def capacity_retry_at(rejection: CapacityRejection,
+                      backoff: Backoff = CAPACITY_BACKOFF) -> float:
+    """When (seconds since the epoch) a capacity rejection expires by its backoff."""
+    return rejection.at + backoff.delay(max(rejection.count, 1))
+
+
+def capacity_rejection_holds(rejection: CapacityRejection, now: float, free: Resources,
+                             backoff: Backoff = CAPACITY_BACKOFF) -> bool:
+    """Whether ``rejection`` still keeps the task off its host at ``now``, the host's
+    record showing ``free`` resources: until its backoff passes, or until the host has
+    more of some resource free than when it rejected the task (its capacity grew, or
+    another task left it)."""
+    if now >= capacity_retry_at(rejection, backoff):
+        return False
+    was = rejection.free
+    return not (free.memory > was.memory or free.cpu_units > was.cpu_units
+                or free.disk > was.disk)
+
+
 class NotRejectedBefore(Filter):
-    """The host has not rejected this task before."""
+    """The host has not rejected this task for good, nor for want of room lately (see
+    :func:`capacity_rejection_holds`)."""
 
     name = "rejected"
 
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
-        return "host rejected this task" if host.name in request.task.rejected_hosts else None
+        task = request.task
+        if host.name in task.rejected_hosts:
+            return "host rejected this task"
+        for r in task.capacity_rejections:
+            if r.host == host.name and capacity_rejection_holds(
+                    r, self.clock(), host.host.total - host.host.allocated):
+                return "host lacked room for this task lately"
+        return None
 
 
 class ConstraintsFilter(Filter):

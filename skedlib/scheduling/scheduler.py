@@ -35,6 +35,7 @@ from skedlib.scheduling.framework import (
     Placer,
     Scorer,
     TaskRequest,
+    capacity_retry_at,
     stock_filters,
 )
 from skedlib.scheduling.plan import Plan
@@ -333,7 +334,8 @@ class _Reconcile:
     def place(self, instance: int, old: Task | None) -> bool:
         task = Task(cluster=self.cluster, task_definition=self.td, service=self.service.name,
                     instance=instance, port=self.td.port, scheduled=True,
-                    rejected_hosts=list(old.rejected_hosts) if old else [])
+                    rejected_hosts=list(old.rejected_hosts) if old else [],
+                    capacity_rejections=list(old.capacity_rejections) if old else [])
         if old is not None and old.host in self.pool.by_name and not old.rejected:
             self.pool.release(old.host, old.id, demand_of(old.task_definition), old.port)
         request = TaskRequest(task=task, demand=self.demand, service=self.service,
@@ -346,6 +348,12 @@ class _Reconcile:
             self.in_flight += 1
             return True
         self.result.unschedulable[task.id] = str(choice)
+        # look again when the next capacity rejection expires (those expired already
+        # did not keep the task off their host: no reason to hurry back)
+        pending = [at for r in task.capacity_rejections
+                   if (at := capacity_retry_at(r)) > self.now]
+        if pending:
+            self.result.wake_in(min(pending) - self.now)
         return False
 
     def scheduler_place(self, request: TaskRequest) -> Placement | object:

@@ -12,9 +12,17 @@ from skedlib.models import Check, Container
 from tests.agent.conftest import PY, AgentEnv, http_server, make_task, sleeper, wait_for
 
 
-def _reason(env: AgentEnv, task_id: str) -> str:
+def _reason(env: AgentEnv, task_id: str, *, capacity: bool = False) -> str:
+    """The rejection's reason; for good (``rejected_hosts``) or, with ``capacity``, for
+    want of room (``capacity_rejections``, which expire)."""
     rejected = env.wait_rejected(task_id)
-    assert env.host in rejected.rejected_hosts
+    room = [r for r in rejected.capacity_rejections if r.host == env.host]
+    if capacity:
+        assert env.host not in rejected.rejected_hosts
+        assert len(room) == 1 and room[0].reason == rejected.reject_reason
+        assert room[0].count == 1 and room[0].at > 0
+    else:
+        assert env.host in rejected.rejected_hosts and not room
     assert "\n" not in rejected.reject_reason
     indexed = env.task(task_id, by_host=True)
     assert indexed is not None and indexed.rejected
@@ -106,17 +114,18 @@ def test_port_in_use_and_not_enough_resources_are_rejected(env: AgentEnv) -> Non
         fixed = make_task(0, service="fixed", provide_port=False, port=taken,
                           containers=[sleeper()])
         env.put_task(fixed)
-        assert _reason(env, fixed.id) == (f"port {taken} is in use on host {env.host} by a "
-                                          "process that is not one of this agent's tasks")
+        assert _reason(env, fixed.id, capacity=True) == (
+            f"port {taken} is in use on host {env.host} by a process that is not one of "
+            "this agent's tasks")
     big = make_task(0, service="big", containers=[sleeper()], memory=200, provide_port=False)
     env.put_task(big)
-    assert _reason(env, big.id) == (f"needs 200 MiB of memory but only 100 of 100 are free "
-                                    f"on host {env.host}")
+    assert _reason(env, big.id, capacity=True) == (
+        f"needs 200 MiB of memory but only 100 of 100 are free on host {env.host}")
     busy = make_task(0, service="busy", containers=[sleeper()], provide_port=False)
     busy.task_definition.cpu_units = 2048
     env.put_task(busy)
-    assert _reason(env, busy.id) == (f"needs 2048 CPU units but only 1024 of 1024 are free "
-                                     f"on host {env.host}")
+    assert _reason(env, busy.id, capacity=True) == (
+        f"needs 2048 CPU units but only 1024 of 1024 are free on host {env.host}")
     fits = make_task(0, service="fits", containers=[sleeper()], memory=60,
                      provide_port=False)
     second = make_task(1, service="fits", containers=[sleeper()], memory=60,
@@ -124,7 +133,9 @@ def test_port_in_use_and_not_enough_resources_are_rejected(env: AgentEnv) -> Non
     env.put_task(fits)
     env.wait_healthy(fits.id)
     env.put_task(second)
-    assert "only 40 of 100 are free" in _reason(env, second.id)
+    assert "only 40 of 100 are free" in _reason(env, second.id, capacity=True)
+    stored = env.task(second.id)
+    assert stored is not None and stored.capacity_rejections[0].free.memory == 40
     record = wait_for(lambda: (r := env.host_record()) and r.allocated.memory == 60 and r,
                       5, "the allocation in the host record")
     assert record.total.memory == 100

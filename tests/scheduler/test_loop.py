@@ -109,11 +109,13 @@ task_definitions:
 """)
         st = wait_for(lambda: (s := loop.status("fixed")) and s.state == "unschedulable" and s,
                       30, "the service to be unschedulable")
-    assert st.message == "1 task(s) unschedulable: 0/2 hosts fit: host rejected this task " \
-                         "on 2 hosts", st
+    # a busy port is a rejection for want of room: both hosts are avoided for a while
+    assert st.message == "1 task(s) unschedulable: 0/2 hosts fit: host lacked room for " \
+                         "this task lately on 2 hosts", st
     (task,) = loop.tasks("fixed")
     assert task.rejected and f"port {port} is in use" in task.reject_reason
-    assert sorted(task.rejected_hosts) == [loop.host(1), loop.host(2)]
+    assert sorted(r.host for r in task.capacity_rejections) == [loop.host(1), loop.host(2)]
+    assert task.rejected_hosts == []
 
 
 def test_status_says_why_a_service_is_not_placed(sqlite_loop: Loop) -> None:
