@@ -39,9 +39,11 @@ HOST = Resources(memory=16_384, cpu_units=8_192, disk=0)
 
 
 def workload(seed: int, hosts: int, tasks: int, services: int,
-             host: Resources = HOST, correlated: bool = False) -> Snapshot:
+             host: Resources = HOST, correlated: bool = False, zones: int = 0) -> Snapshot:
     """``correlated``: each task's CPU is proportional to its memory (as the hosts' are),
-    the usual shape of real services; otherwise both are drawn independently."""
+    the usual shape of real services; otherwise both are drawn independently.
+    ``zones``: hosts get a ``zone`` attribute (round robin over that many values) and
+    every service asks to be spread over it (``spread:zone``)."""
     rng = random.Random(seed)
     per = tasks // services
     svcs, tds = [], []
@@ -50,10 +52,13 @@ def workload(seed: int, hosts: int, tasks: int, services: int,
         cpu = memory // 2 if correlated else rng.choice([64, 128, 256, 512, 1024])
         tds.append(TaskDefinition(name=f"s{i}", version=1, memory=memory, cpu_units=cpu,
                                   containers=[Container(name="c", type="process")]))
-        svcs.append(Service(name=f"s{i}", task_name=f"s{i}", task_version=1, desired=per))
+        svcs.append(Service(name=f"s{i}", task_name=f"s{i}", task_version=1, desired=per,
+                            constraints=["spread:zone"] if zones else []))
     cluster = Cluster(name="bench", services=[s.name for s in svcs])
     return Snapshot(1, clusters=[cluster], services=svcs, task_definitions=tds,
-                    hosts=[Host(name=f"h{i:05d}", total=host) for i in range(hosts)])
+                    hosts=[Host(name=f"h{i:05d}", total=host,
+                                     attributes={"zone": f"z{i % zones}"} if zones else {})
+                                for i in range(hosts)])
 
 
 def plan_all(snapshot: Snapshot, scheduler_name: str) -> tuple[int, int, float]:

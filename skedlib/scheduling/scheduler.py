@@ -34,6 +34,7 @@ from skedlib.scheduling.framework import (
     Placement,
     Placer,
     Scorer,
+    ServiceHosts,
     TaskRequest,
     stock_filters,
 )
@@ -181,7 +182,7 @@ class _Reconcile:
         new: dict[int, Task] = {}
         old: list[Task] = []
         tasks = snap.service_tasks(cluster.name, service.name)
-        self.service_hosts: Counter[str] = Counter(t.host for t in tasks if self.live(t))
+        self.service_hosts: Counter[str] = ServiceHosts(t.host for t in tasks if self.live(t))
         for t in tasks:
             if t.task_definition.version == version and t.instance < self.desired:
                 new[t.instance] = t
