@@ -479,13 +479,18 @@ def _share(host: HostState) -> float:
             + (free.cpu_units / total.cpu_units if total.cpu_units else 0.0))
 
 
+_GIVE_UP = 64
+"""Refused hosts after which a placer stops looking in a later group of a walk."""
+
+
 class Placer:
     """Runs filters then scorers over hosts and assigns the task to the best one.
 
     How many hosts it looks at depends on its first scorer:
 
     - one with :meth:`Scorer.strata` (:class:`SpreadAttribute`): the first feasible host
-      of each group of that walk is scored;
+      of each group of that walk is scored (once a host is found, a later group is given
+      up after 64 refused hosts);
     - one that declares a :attr:`Scorer.walk`: the pool is walked in that order and the
       first ``sample`` feasible hosts are scored;
     - any other (a custom scorer without a walk): a bounded sample, as Kubernetes'
@@ -536,9 +541,15 @@ class Placer:
         if strata is not None:
             refused = self._refused_for(request, pool)
             for group in strata:
+                skipped = 0
                 for host in group:
                     if host.name in refused or \
                             self._refusal(request, host, refused) is not None:
+                        skipped += 1
+                        # a later group refused wholesale (distinct_host) must not cost
+                        # O(hosts) per task once some host was found
+                        if best is not None and skipped >= _GIVE_UP:
+                            break
                         continue
                     best = _better(best, self._score(request, host), host.name)
                     break  # the group's first feasible host is its best
