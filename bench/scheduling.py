@@ -33,7 +33,7 @@ from typing import Any
 
 from skedlib.models import Cluster, Container, Host, Resources, Service, TaskDefinition
 from skedlib.plugins import get_registry
-from skedlib.scheduling import Snapshot, validate_plan
+from skedlib.scheduling import Scheduler, Snapshot, validate_plan
 
 HOST = Resources(memory=16_384, cpu_units=8_192, disk=0)
 
@@ -61,8 +61,10 @@ def workload(seed: int, hosts: int, tasks: int, services: int,
                                 for i in range(hosts)])
 
 
-def plan_all(snapshot: Snapshot, scheduler_name: str) -> tuple[int, int, float]:
-    scheduler = get_registry().scheduler_factory(scheduler_name)()
+def plan_all(snapshot: Snapshot, scheduler: str | Scheduler) -> tuple[int, int, float]:
+    """Plan every service of the workload (``scheduler``: a registered name, or one)."""
+    if isinstance(scheduler, str):
+        scheduler = get_registry().scheduler_factory(scheduler)()
     cluster = snapshot.clusters["bench"]
     placed = unschedulable = 0
     t0 = time.perf_counter()
