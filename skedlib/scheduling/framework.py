@@ -243,9 +243,9 @@ class LeastLoaded(Scorer):
 def _least_loaded(host: HostState) -> float:
     """The :class:`LeastLoaded` score: it depends on the host alone, so an index can
     keep hosts ordered by it."""
-    free, total = host.free, host.total
-    mem = free.memory / total.memory if total.memory else 0.0
-    cpu = free.cpu_units / total.cpu_units if total.cpu_units else 0.0
+    total, used = host.total, host.allocated  # not host.free: no Resources to build
+    mem = (total.memory - used.memory) / total.memory if total.memory else 0.0
+    cpu = (total.cpu_units - used.cpu_units) / total.cpu_units if total.cpu_units else 0.0
     return (mem + cpu) / 2 + 1.0 / (1 + len(host.tasks))
 
 
@@ -273,7 +273,7 @@ class SpreadAttribute(Scorer):
 
     def score(self, request: TaskRequest, host: HostState) -> float:
         if not self.attribute:
-            return 1.0 / (1 + request.service_hosts[host.name])
+            return 1.0 / (1 + request.service_hosts.get(host.name, 0))
         value = host.attributes.get(self.attribute, "")
         index = self._index
         if index is not None and index.follows(request.service_hosts):
@@ -310,15 +310,15 @@ class _SpreadIndex:
         self.active = True
         self.tracked = isinstance(counts, ServiceHosts)
         self._value_of = value_of
-        self.key: dict[str, tuple[float, str]] = {}
+        self.key = {h.name: (-_least_loaded(h), h.name) for h in pool.hosts}
         self.by_host: list[tuple[int, float, str]] = []
         self.buckets: dict[str, list[tuple[float, str]]] = defaultdict(list)
         self.value_count: dict[str, int] = defaultdict(int)
         self.bucket_of: dict[str, str] = {}
-        for h in pool.hosts:
-            self.key[h.name] = (-_least_loaded(h), h.name)
         if not attribute:
-            self.by_host = sorted((counts[n], k[0], n) for n, k in self.key.items())
+            get = counts.get  # not counts[n]: Counter.__missing__ is slow Python
+            self.by_host = [(get(n, 0), k[0], n) for n, k in self.key.items()]
+            self.by_host.sort()
         else:
             for h in pool.hosts:
                 value = h.attributes.get(attribute, "")
@@ -344,7 +344,7 @@ class _SpreadIndex:
         old, new = self.key[host.name], (-_least_loaded(host), host.name)
         self.key[host.name] = new
         if not self.attribute:
-            n = self.counts[host.name]
+            n = self.counts.get(host.name, 0)
             _replace(self.by_host, (n, *old), (n, *new))
         else:
             _replace(self.buckets[self.bucket_of[host.name]], old, new)
@@ -355,7 +355,7 @@ class _SpreadIndex:
         if not self.attribute:
             key = self.key.get(name)
             if key is not None:
-                n = self.counts[name]
+                n = self.counts.get(name, 0)
                 _replace(self.by_host, (n - delta, *key), (n, *key))
         else:
             value = self._value_of.get(name)
