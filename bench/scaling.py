@@ -76,7 +76,8 @@ class _NoWalk(Scorer):
     def score(self, request: TaskRequest, host: HostState) -> float:
         return self.inner.score(request, host)
 
-    def strata(self, request: TaskRequest, pool: HostPool) -> None:
+    def strata(self, request: TaskRequest, pool: HostPool,
+               others: Sequence[Scorer]) -> None:
         return None
 
 

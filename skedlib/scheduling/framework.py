@@ -135,13 +135,14 @@ class Scorer(abc.ABC):
     def score(self, request: TaskRequest, host: HostState) -> float:
         """How good ``host`` is for ``request``."""
 
-    def strata(self, request: TaskRequest, pool: HostPool
+    def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
                ) -> list[Iterator[HostState]] | None:
         """An index walk, for a scorer whose best hosts :attr:`walk` cannot name: groups
-        of hosts, each ordered best first for this scorer together with the ones after it
-        in the placer. A placer whose first scorer returns groups scores the first
-        feasible host of each group and takes the best of those. None (the default): no
-        such walk."""
+        of hosts, each ordered best first for this scorer together with ``others`` (the
+        scorers after it in the placer). A placer whose first scorer returns groups
+        scores the first feasible host of each group and takes the best of those. None
+        (the default, or when ``others`` rank in a way the walk does not know): no such
+        walk."""
         return None
 
 
@@ -257,7 +258,8 @@ class SpreadAttribute(Scorer):
     grouped by how many tasks of the service their value (or, without an attribute, the
     host itself) holds, fewest first, and within a group ordered by the
     :class:`LeastLoaded` score, then by name. So the first feasible host of each group is
-    that group's best for ``[SpreadAttribute, LeastLoaded]`` at any weights, and a placer
+    that group's best for ``[SpreadAttribute, LeastLoaded]`` at any positive weights (with
+    other scorers after it there is no walk: the placer samples), and a placer
     finds the best host in O(groups · log n) instead of scoring every host. The index
     follows the request's counts incrementally when they are a :class:`ServiceHosts`
     (what :meth:`TaskRequest.for_task` and the service scheduler use); with a plain
@@ -283,8 +285,11 @@ class SpreadAttribute(Scorer):
                         if self._value_of.get(name) == value)
         return 1.0 / (1 + count)
 
-    def strata(self, request: TaskRequest, pool: HostPool
+    def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
                ) -> list[Iterator[HostState]] | None:
+        if not all(type(s) is LeastLoaded and s.weight > 0 for s in others) or \
+                self.weight <= 0:
+            return None  # groups ordered by load would not be best first for these
         index = self._index
         if index is None or index.pool is not pool or \
                 not index.follows(request.service_hosts):
@@ -536,7 +541,8 @@ class Placer:
     def choose(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
         """The best feasible host for ``request``, or why there is none. Does not assign."""
         first = self.scorers[0] if self.scorers else None
-        strata = first.strata(request, pool) if first is not None else None
+        strata = first.strata(request, pool, self.scorers[1:]) if first is not None \
+            else None
         best: tuple[float, str] | None = None
         if strata is not None:
             refused = self._refused_for(request, pool)

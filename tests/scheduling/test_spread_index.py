@@ -4,12 +4,14 @@ scorers without a walk."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skedlib.models import Cluster, Container, Host, Resources, Service, Task, TaskDefinition
 from skedlib.scheduling.framework import (
+    BestFit,
     HostPool,
     LeastLoaded,
     Placement,
@@ -56,7 +58,8 @@ def _spread(attribute: str, hosts: list[HostState]) -> list[Scorer]:
 class _NoWalk(SpreadAttribute):
     """SpreadAttribute scored on every host: the brute force the index must match."""
 
-    def strata(self, request: TaskRequest, pool: HostPool) -> None:
+    def strata(self, request: TaskRequest, pool: HostPool,
+               others: Sequence[Scorer]) -> None:
         return None
 
 
@@ -141,6 +144,18 @@ def test_a_plain_counter_gives_the_same_choices() -> None:
         return out
 
     assert run(Counter()) == run(ServiceHosts())
+
+
+def test_spread_followed_by_other_scorers_has_no_walk() -> None:
+    hosts = _hosts(3)
+    spread = SpreadAttribute("", hosts)
+    request = _request(0, 10, _svc(), ServiceHosts())
+    assert spread.strata(request, HostPool(hosts), [BestFit()]) is None
+    assert spread.strata(request, HostPool(hosts), [LeastLoaded()]) is not None
+    # scoring every host (3 < min_sample): best fit after spread still packs
+    result = Placer(stock_filters(), [spread, BestFit()]).choose(
+        request, HostPool(_hosts(3, sizes=[1000, 50, 1000])))
+    assert isinstance(result, Placement) and result.host == "h001"
 
 
 class _Counting(Scorer):
