@@ -33,15 +33,17 @@ from typing import Any
 
 from skedlib.models import Cluster, Container, Host, Resources, Service, TaskDefinition
 from skedlib.plugins import get_registry
-from skedlib.scheduling import Snapshot, validate_plan
+from skedlib.scheduling import Scheduler, Snapshot, validate_plan
 
 HOST = Resources(memory=16_384, cpu_units=8_192, disk=0)
 
 
 def workload(seed: int, hosts: int, tasks: int, services: int,
-             host: Resources = HOST, correlated: bool = False) -> Snapshot:
+             host: Resources = HOST, correlated: bool = False, zones: int = 0) -> Snapshot:
     """``correlated``: each task's CPU is proportional to its memory (as the hosts' are),
-    the usual shape of real services; otherwise both are drawn independently."""
+    the usual shape of real services; otherwise both are drawn independently.
+    ``zones``: hosts get a ``zone`` attribute (round robin over that many values) and
+    every service asks to be spread over it (``spread:zone``)."""
     rng = random.Random(seed)
     per = tasks // services
     svcs, tds = [], []
@@ -50,14 +52,19 @@ def workload(seed: int, hosts: int, tasks: int, services: int,
         cpu = memory // 2 if correlated else rng.choice([64, 128, 256, 512, 1024])
         tds.append(TaskDefinition(name=f"s{i}", version=1, memory=memory, cpu_units=cpu,
                                   containers=[Container(name="c", type="process")]))
-        svcs.append(Service(name=f"s{i}", task_name=f"s{i}", task_version=1, desired=per))
+        svcs.append(Service(name=f"s{i}", task_name=f"s{i}", task_version=1, desired=per,
+                            constraints=["spread:zone"] if zones else []))
     cluster = Cluster(name="bench", services=[s.name for s in svcs])
     return Snapshot(1, clusters=[cluster], services=svcs, task_definitions=tds,
-                    hosts=[Host(name=f"h{i:05d}", total=host) for i in range(hosts)])
+                    hosts=[Host(name=f"h{i:05d}", total=host,
+                                     attributes={"zone": f"z{i % zones}"} if zones else {})
+                                for i in range(hosts)])
 
 
-def plan_all(snapshot: Snapshot, scheduler_name: str) -> tuple[int, int, float]:
-    scheduler = get_registry().scheduler_factory(scheduler_name)()
+def plan_all(snapshot: Snapshot, scheduler: str | Scheduler) -> tuple[int, int, float]:
+    """Plan every service of the workload (``scheduler``: a registered name, or one)."""
+    if isinstance(scheduler, str):
+        scheduler = get_registry().scheduler_factory(scheduler)()
     cluster = snapshot.clusters["bench"]
     placed = unschedulable = 0
     t0 = time.perf_counter()

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import abc
 import bisect
+import heapq
+import math
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -28,6 +30,8 @@ from skedlib.constraints import Constraint, parse_constraint
 from skedlib.models import CapacityRejection, Resources, Service, Task
 from skedlib.runtime import Backoff
 from skedlib.scheduling.snapshot import HostState
+
+_K = TypeVar("_K", tuple[int, float, str], tuple[float, str])
 
 __all__ = [
     "CAPACITY_BACKOFF",
@@ -44,6 +48,7 @@ __all__ = [
     "PortsFree",
     "ResourcesFit",
     "Scorer",
+    "ServiceHosts",
     "SpreadAttribute",
     "TaskRequest",
     "Unschedulable",
@@ -53,6 +58,36 @@ __all__ = [
 ]
 
 
+class ServiceHosts(Counter[str]):
+    """Host → how many tasks of one service it holds: a :class:`~collections.Counter`
+    that tells its watchers of every change made by item assignment or deletion
+    (``c[host] += 1``, ``del c[host]``), so a scorer's index follows it without rescanning.
+    """
+
+    def __init__(self, hosts: Iterable[str] = (), /) -> None:
+        """Count ``hosts`` (one entry per task)."""
+        self._watchers: list[Callable[[str, int], None]] = []
+        super().__init__(hosts)
+
+    def watch(self, callback: Callable[[str, int], None]) -> None:
+        """Call ``callback(host, delta)`` after each change of a host's count."""
+        self._watchers.append(callback)
+
+    def __setitem__(self, key: str, value: int) -> None:
+        delta = value - self.get(key, 0)
+        super().__setitem__(key, value)
+        if delta:
+            for w in self._watchers:
+                w(key, delta)
+
+    def __delitem__(self, key: object) -> None:
+        delta = -self.get(key, 0)  # type: ignore[call-overload]
+        super().__delitem__(key)
+        if delta and isinstance(key, str):
+            for w in self._watchers:
+                w(key, delta)
+
+
 class TaskRequest(msgspec.Struct, kw_only=True):
     """One task to place, with what the filters and scorers need to know."""
 
@@ -60,7 +95,7 @@ class TaskRequest(msgspec.Struct, kw_only=True):
     demand: Resources
     service: Service | None = None
     constraints: tuple[Constraint, ...] = ()
-    service_hosts: Counter[str] = msgspec.field(default_factory=Counter)
+    service_hosts: Counter[str] = msgspec.field(default_factory=ServiceHosts)
     """How many tasks of the same service each host holds (kept up to date by the placer)."""
 
     @classmethod
@@ -74,7 +109,8 @@ class TaskRequest(msgspec.Struct, kw_only=True):
                    service=service,
                    constraints=tuple(parse_constraint(c) for c in
                                      (service.constraints if service else [])),
-                   service_hosts=service_hosts if service_hosts is not None else Counter())
+                   service_hosts=service_hosts if service_hosts is not None
+                   else ServiceHosts())
 
 
 class Filter(abc.ABC):
@@ -103,6 +139,16 @@ class Scorer(abc.ABC):
     @abc.abstractmethod
     def score(self, request: TaskRequest, host: HostState) -> float:
         """How good ``host`` is for ``request``."""
+
+    def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
+               ) -> list[Iterator[HostState]] | None:
+        """An index walk, for a scorer whose best hosts :attr:`walk` cannot name: groups
+        of hosts, each ordered best first for this scorer together with ``others`` (the
+        scorers after it in the placer). A placer whose first scorer returns groups
+        scores the first feasible host of each group and takes the best of those. None
+        (the default, or when ``others`` rank in a way the walk does not know): no such
+        walk."""
+        return None
 
 
 class ResourcesFit(Filter):
@@ -232,29 +278,161 @@ class LeastLoaded(Scorer):
     walk = "loosest"
 
     def score(self, request: TaskRequest, host: HostState) -> float:
-        free, total = host.free, host.total
-        mem = free.memory / total.memory if total.memory else 0.0
-        cpu = free.cpu_units / total.cpu_units if total.cpu_units else 0.0
-        return (mem + cpu) / 2 + 1.0 / (1 + len(host.tasks))
+        return _least_loaded(host)
+
+
+def _least_loaded(host: HostState) -> float:
+    """The :class:`LeastLoaded` score: it depends on the host alone, so an index can
+    keep hosts ordered by it."""
+    total, used = host.total, host.allocated  # not host.free: no Resources to build
+    mem = (total.memory - used.memory) / total.memory if total.memory else 0.0
+    cpu = (total.cpu_units - used.cpu_units) / total.cpu_units if total.cpu_units else 0.0
+    return (mem + cpu) / 2 + 1.0 / (1 + len(host.tasks))
 
 
 class SpreadAttribute(Scorer):
     """Prefer hosts whose value of ``attribute`` holds the fewest tasks of the service
-    (``attribute=""``: spread over hosts)."""
+    (``attribute=""``: spread over hosts).
+
+    Its walk (:meth:`strata`) is an index kept up to date as the plan is built: hosts
+    grouped by how many tasks of the service their value (or, without an attribute, the
+    host itself) holds, fewest first, and within a group ordered by the
+    :class:`LeastLoaded` score, then by name. So the first feasible host of each group is
+    that group's best for ``[SpreadAttribute, LeastLoaded]`` at any positive weights (with
+    other scorers after it there is no walk: the placer samples), and a placer
+    finds the best host in O(groups · log n) instead of scoring every host. The index
+    follows the request's counts incrementally when they are a :class:`ServiceHosts`
+    (what :meth:`TaskRequest.for_task` and the service scheduler use); with a plain
+    ``Counter`` it is rebuilt for every choice.
+    """
 
     name = "spread"
 
     def __init__(self, attribute: str = "", hosts: Sequence[HostState] = ()) -> None:
         self.attribute = attribute
         self._value_of = {h.name: h.attributes.get(attribute, "") for h in hosts}
+        self._index: _SpreadIndex | None = None
 
     def score(self, request: TaskRequest, host: HostState) -> float:
         if not self.attribute:
-            return 1.0 / (1 + request.service_hosts[host.name])
+            return 1.0 / (1 + request.service_hosts.get(host.name, 0))
         value = host.attributes.get(self.attribute, "")
-        count = sum(n for name, n in request.service_hosts.items()
-                    if self._value_of.get(name) == value)
+        index = self._index
+        if index is not None and index.follows(request.service_hosts):
+            count = index.value_count.get(value, 0)
+        else:
+            count = sum(n for name, n in request.service_hosts.items()
+                        if self._value_of.get(name) == value)
         return 1.0 / (1 + count)
+
+    def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
+               ) -> list[Iterator[HostState]] | None:
+        if not all(type(s) is LeastLoaded and s.weight > 0 for s in others) or \
+                self.weight <= 0:
+            return None  # groups ordered by load would not be best first for these
+        index = self._index
+        if index is None or index.pool is not pool or \
+                not index.follows(request.service_hosts):
+            if index is not None:
+                index.active = False
+            index = self._index = _SpreadIndex(self.attribute, self._value_of, pool,
+                                               request.service_hosts)
+        return index.strata()
+
+
+class _SpreadIndex:
+    """The walk of one :class:`SpreadAttribute` over one pool for one service's counts.
+
+    Without an attribute: one sorted list of ``(count on the host, -least loaded score,
+    name)``. With one: per value, a sorted list of ``(-least loaded score, name)``, and
+    the count of each value; the values with the same count are merged when walked (a
+    few values, such as zones, is the expected case: O(values) per choice).
+    """
+
+    def __init__(self, attribute: str, value_of: dict[str, str], pool: HostPool,
+                 counts: Counter[str]) -> None:
+        self.attribute, self.pool, self.counts = attribute, pool, counts
+        self.active = True
+        self.tracked = isinstance(counts, ServiceHosts)
+        self._value_of = value_of
+        self.key = {h.name: (-_least_loaded(h), h.name) for h in pool.hosts}
+        self.by_host: list[tuple[int, float, str]] = []
+        self.buckets: dict[str, list[tuple[float, str]]] = defaultdict(list)
+        self.value_count: dict[str, int] = defaultdict(int)
+        self.bucket_of: dict[str, str] = {}
+        if not attribute:
+            get = counts.get  # not counts[n]: Counter.__missing__ is slow Python
+            self.by_host = [(get(n, 0), k[0], n) for n, k in self.key.items()]
+            self.by_host.sort()
+        else:
+            for h in pool.hosts:
+                value = h.attributes.get(attribute, "")
+                self.bucket_of[h.name] = value
+                self.buckets[value].append(self.key[h.name])
+            for keys in self.buckets.values():
+                keys.sort()
+            for name, n in counts.items():
+                value_ = value_of.get(name)
+                if value_ is not None:
+                    self.value_count[value_] += n
+        if self.tracked:
+            pool.watch(self._host_moved)
+            counts.watch(self._count_changed)  # type: ignore[attr-defined]
+
+    def follows(self, counts: Counter[str]) -> bool:
+        """True when this index is kept up to date with ``counts``."""
+        return self.active and self.tracked and counts is self.counts
+
+    def _host_moved(self, host: HostState) -> None:
+        if not self.active or host.name not in self.key:
+            return
+        old, new = self.key[host.name], (-_least_loaded(host), host.name)
+        self.key[host.name] = new
+        if not self.attribute:
+            n = self.counts.get(host.name, 0)
+            _replace(self.by_host, (n, *old), (n, *new))
+        else:
+            _replace(self.buckets[self.bucket_of[host.name]], old, new)
+
+    def _count_changed(self, name: str, delta: int) -> None:
+        if not self.active:
+            return
+        if not self.attribute:
+            key = self.key.get(name)
+            if key is not None:
+                n = self.counts.get(name, 0)
+                _replace(self.by_host, (n - delta, *key), (n, *key))
+        else:
+            value = self._value_of.get(name)
+            if value is not None:
+                self.value_count[value] += delta
+
+    def strata(self) -> list[Iterator[HostState]]:
+        """The groups, fewest tasks first, each best host first."""
+        by_name = self.pool.by_name
+        if not self.attribute:
+            keys = self.by_host
+            groups: list[Iterator[HostState]] = []
+            i = 0
+            while i < len(keys):
+                j = bisect.bisect_left(keys, (keys[i][0], math.inf, ""), i)
+                groups.append(by_name[keys[k][2]] for k in range(i, j))
+                i = j
+            return groups
+        by_count: dict[int, list[str]] = defaultdict(list)
+        for value in self.buckets:
+            by_count[self.value_count.get(value, 0)].append(value)
+        return [(by_name[name] for _, name in
+                 heapq.merge(*(self.buckets[v] for v in by_count[c])))
+                for c in sorted(by_count)]
+
+
+def _replace(keys: list[_K], old: _K, new: _K) -> None:
+    """Move ``old`` to ``new`` in the sorted list ``keys``."""
+    i = bisect.bisect_left(keys, old)
+    if i < len(keys) and keys[i] == old:
+        del keys[i]
+    bisect.insort(keys, new)
 
 
 class Placement(msgspec.Struct, frozen=True):
@@ -293,6 +471,12 @@ class HostPool:
         self._max_memory = max((h.total.memory for h in self.hosts), default=0) or 1
         self._max_cpu = max((h.total.cpu_units for h in self.hosts), default=0) or 1
         self._keys = sorted((_share(h), h.name) for h in self.hosts)
+        self._watchers: list[Callable[[HostState], None]] = []
+
+    def watch(self, callback: Callable[[HostState], None]) -> None:
+        """Call ``callback(host)`` after each :meth:`assign` or :meth:`release`, so an
+        index kept by a scorer follows the hosts' load."""
+        self._watchers.append(callback)
 
     def __len__(self) -> int:
         return len(self.hosts)
@@ -316,6 +500,8 @@ class HostPool:
         if i < len(keys) and keys[i] == (old, host.name):
             del keys[i]
         bisect.insort(keys, (_share(host), host.name))
+        for w in self._watchers:
+            w(host)
 
     def assign(self, name: str, task_id: str, demand: Resources, port: int = 0) -> None:
         """Count a task as placed on host ``name``."""
@@ -338,20 +524,41 @@ def _share(host: HostState) -> float:
             + (free.cpu_units / total.cpu_units if total.cpu_units else 0.0))
 
 
+_GIVE_UP = 64
+"""Refused hosts after which a placer stops looking in a later group of a walk."""
+
+
 class Placer:
     """Runs filters then scorers over hosts and assigns the task to the best one.
 
-    When the first scorer declares a :attr:`Scorer.walk`, the placer walks the pool in
-    that order and scores only the first ``sample`` feasible hosts; otherwise (or when
-    the walk finds nothing, to report why) it filters and scores every host.
+    How many hosts it looks at depends on its first scorer:
+
+    - one with :meth:`Scorer.strata` (:class:`SpreadAttribute`): the first feasible host
+      of each group of that walk is scored (once a host is found, a later group is given
+      up after 64 refused hosts);
+    - one that declares a :attr:`Scorer.walk`: the pool is walked in that order and the
+      first ``sample`` feasible hosts are scored;
+    - any other (a custom scorer without a walk): a bounded sample, as Kubernetes'
+      ``percentageOfNodesToScore``: at most ``max(min_sample, sample_share * hosts)``
+      feasible hosts are scored, taken in a rotating order (each choice starts where the
+      last one stopped), so a plan costs O(sample) per task instead of O(hosts); the best
+      of the sample wins, which may be worse than the best host (bench/scaling.py
+      measures by how much; docs/performance.md).
+
+    When the walk or sample finds no feasible host, every host is filtered, to find one
+    or report why there is none.
     """
 
     def __init__(self, filters: Sequence[Filter], scorers: Sequence[Scorer],
-                 sample: int = 4) -> None:
+                 sample: int = 4, min_sample: int = 100, sample_share: float = 0.05
+                 ) -> None:
         self.filters = list(filters)
         self.scorers = list(scorers)
         self.sample = sample
+        self.min_sample = min_sample
+        self.sample_share = sample_share
         self._refused: dict[tuple[object, ...], set[str]] = {}
+        self._next = 0  # where the next sampled search starts
 
     def _refusal(self, request: TaskRequest, host: HostState,
                  refused: set[str] | None = None) -> str | None:
@@ -366,16 +573,36 @@ class Placer:
     def _score(self, request: TaskRequest, host: HostState) -> float:
         return sum(s.weight * s.score(request, host) for s in self.scorers)
 
+    def _refused_for(self, request: TaskRequest, pool: HostPool) -> set[str]:
+        key = (id(pool), request.demand.memory, request.demand.cpu_units,
+               request.demand.disk, request.task.task_definition.port, request.constraints)
+        return self._refused.setdefault(key, set())
+
     def choose(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
         """The best feasible host for ``request``, or why there is none. Does not assign."""
-        walk = self.scorers[0].walk if self.scorers else None
+        first = self.scorers[0] if self.scorers else None
+        strata = first.strata(request, pool, self.scorers[1:]) if first is not None \
+            else None
         best: tuple[float, str] | None = None
-        if walk is not None:
-            hosts = pool.tightest(request.demand) if walk == "tightest" else pool.loosest()
-            key = (id(pool), request.demand.memory, request.demand.cpu_units,
-                   request.demand.disk, request.task.task_definition.port,
-                   request.constraints)
-            refused = self._refused.setdefault(key, set())
+        if strata is not None:
+            refused = self._refused_for(request, pool)
+            for group in strata:
+                skipped = 0
+                for host in group:
+                    if host.name in refused or \
+                            self._refusal(request, host, refused) is not None:
+                        skipped += 1
+                        # a later group refused wholesale (distinct_host) must not cost
+                        # O(hosts) per task once some host was found
+                        if best is not None and skipped >= _GIVE_UP:
+                            break
+                        continue
+                    best = _better(best, self._score(request, host), host.name)
+                    break  # the group's first feasible host is its best
+        elif first is not None and first.walk is not None:
+            hosts = pool.tightest(request.demand) if first.walk == "tightest" \
+                else pool.loosest()
+            refused = self._refused_for(request, pool)
             looked = 0
             for host in hosts:
                 if host.name in refused or \
@@ -385,8 +612,11 @@ class Placer:
                 looked += 1
                 if looked >= self.sample:
                     break
-            if best is not None:
-                return Placement(best[1], best[0])
+        elif len(pool) > (limit := max(self.min_sample,
+                                       math.ceil(self.sample_share * len(pool)))):
+            best = self._sampled(request, pool, limit)
+        if best is not None:
+            return Placement(best[1], best[0])
         reasons: Counter[str] = Counter()
         for host in pool.hosts:
             reason = self._refusal(request, host)
@@ -397,6 +627,28 @@ class Placer:
         if best is None:
             return Unschedulable(dict(reasons), len(pool))
         return Placement(best[1], best[0])
+
+    def _sampled(self, request: TaskRequest, pool: HostPool, limit: int
+                 ) -> tuple[float, str] | None:
+        """The best of up to ``limit`` feasible hosts, from where the last search
+        stopped (hosts that are all refused cost one pass over the pool)."""
+        hosts, n = pool.hosts, len(pool)
+        refused = self._refused_for(request, pool)
+        best: tuple[float, str] | None = None
+        looked = 0
+        start = self._next % n
+        for k in range(n):
+            host = hosts[(start + k) % n]
+            if host.name in refused or self._refusal(request, host, refused) is not None:
+                continue
+            best = _better(best, self._score(request, host), host.name)
+            looked += 1
+            if looked >= limit:
+                self._next = start + k + 1
+                break
+        else:
+            self._next = start
+        return best
 
     def place(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
         """Choose a host and record the task on it (and in ``request.service_hosts``)."""

@@ -34,6 +34,7 @@ from skedlib.scheduling.framework import (
     Placement,
     Placer,
     Scorer,
+    ServiceHosts,
     TaskRequest,
     capacity_retry_at,
     stock_filters,
@@ -109,6 +110,11 @@ class ServiceScheduler(Scheduler):
     clock: Callable[[], float] = staticmethod(time.time)
     """Seconds since the epoch (replaceable in tests)."""
 
+    min_sample: int = 100
+    sample_share: float = 0.05
+    """When the first scorer has no walk, each task is placed on the best of at most
+    ``max(min_sample, sample_share * hosts)`` feasible hosts (see :class:`Placer`)."""
+
     def filters(self, snapshot: Snapshot, hosts: Sequence[HostState]) -> list[Filter]:
         """Feasibility filters (default: the stock ones)."""
         return stock_filters()
@@ -175,14 +181,16 @@ class _Reconcile:
         hosts = snap.cluster_hosts(cluster)
         self.pool = HostPool(hosts)
         self.placer = Placer(self.scheduler.filters(snap, hosts),
-                             self.scheduler.scorers(snap, service, hosts))
+                             self.scheduler.scorers(snap, service, hosts),
+                             min_sample=self.scheduler.min_sample,
+                             sample_share=self.scheduler.sample_share)
         self.constraints = tuple(parse_constraint(c) for c in service.constraints)
         self.demand = demand_of(td)
 
         new: dict[int, Task] = {}
         old: list[Task] = []
         tasks = snap.service_tasks(cluster.name, service.name)
-        self.service_hosts: Counter[str] = Counter(t.host for t in tasks if self.live(t))
+        self.service_hosts: Counter[str] = ServiceHosts(t.host for t in tasks if self.live(t))
         for t in tasks:
             if t.task_definition.version == version and t.instance < self.desired:
                 new[t.instance] = t

@@ -1,0 +1,169 @@
+"""How planning time grows with the cluster, for binpack and spread, printed as JSON.
+
+    python bench/scaling.py [--budget SECONDS] [--sizes 1k/1k,5k/2.5k,...] [--repeat N]
+
+Each size plans ``tasks`` tasks of ``tasks // 500`` services (at least 2) on ``hosts``
+hosts of 16 GiB / 8 cores (the workload of ``bench/scheduling.py``: seeded, CPU
+proportional to memory), one service after another as the daemon would, with
+``binpack``, ``spread`` (over hosts) and ``spread`` over a ``zone`` attribute of 10
+values (``spread:zone``). Binpack and spread run alternately in this one process, so
+``spread_to_binpack`` (placements/s of spread over those of binpack) is a ratio measured
+in one run. A scheduler whose next size would take longer than ``--budget`` seconds,
+judging by the exponent fitted so far, is skipped there (reported as ``skipped``).
+
+``sampled_search``: the cost of the bounded sample a custom scorer without a walk gets
+(the best of ``max(100, 5 % of hosts)`` feasible hosts, in a rotating order): two custom
+scorers, best fit and least loaded with no walk, plan the same workload sampled and
+exhaustively (every host scored); reported are the hosts used (best fit: fewer is
+better), the spread of tasks per host (least loaded: max - min, lower is better) and the
+speed of both.
+
+``exponent``: the slope of log(seconds) over log(tasks), fitted by least squares over the
+sizes that ran (1.0 is linear).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from scheduling import plan_all, workload
+
+from skedlib import (
+    BestFit,
+    HostPool,
+    HostState,
+    LeastLoaded,
+    Scorer,
+    Service,
+    ServiceScheduler,
+    Snapshot,
+    TaskRequest,
+)
+
+SIZES = [(1_000, 1_000), (5_000, 2_500), (10_000, 5_000), (50_000, 10_000)]
+KINDS = [("binpack", "binpack", 0), ("spread", "spread", 0), ("spread_zone", "spread", 10)]
+
+
+def _size(text: str) -> int:
+    text = text.strip().lower()
+    scale = 1_000 if text.endswith("k") else 1
+    return round(float(text.rstrip("k")) * scale)
+
+
+def fit_exponent(points: list[tuple[int, float]]) -> float | None:
+    """Least-squares slope of log(seconds) over log(tasks)."""
+    if len(points) < 2:
+        return None
+    xs = [math.log(t) for t, _ in points]
+    ys = [math.log(max(s, 1e-6)) for _, s in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den, 2) \
+        if den else None
+
+
+class _NoWalk(Scorer):
+    """A stock scorer hidden behind a custom one that declares no walk."""
+
+    def __init__(self, inner: Scorer) -> None:
+        self.inner, self.name = inner, f"custom_{inner.name}"
+
+    def score(self, request: TaskRequest, host: HostState) -> float:
+        return self.inner.score(request, host)
+
+    def strata(self, request: TaskRequest, pool: HostPool,
+               others: Sequence[Scorer]) -> None:
+        return None
+
+
+def _custom(inner: type[Scorer], exhaustive: bool) -> ServiceScheduler:
+    class Custom(ServiceScheduler):
+        name = "custom"
+        min_sample = 10**9 if exhaustive else 100
+
+        def scorers(self, snapshot: Snapshot, service: Service,
+                    hosts: Sequence[HostState]) -> list[Scorer]:
+            return [_NoWalk(inner())]
+
+    return Custom()
+
+
+def bench_sampled(hosts: int, tasks: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"hosts": hosts, "tasks": tasks,
+                           "scored_per_task": max(100, math.ceil(0.05 * hosts))}
+    for inner in (BestFit, LeastLoaded):
+        row: dict[str, Any] = {}
+        for mode in ("sampled", "exhaustive"):
+            snap = workload(2, hosts, tasks, max(2, tasks // 500), correlated=True)
+            placed, _, seconds = plan_all(snap, _custom(inner, mode == "exhaustive"))
+            per_host = [len(h.tasks) for h in snap.hosts.values()]
+            row[mode] = {"placed": placed, "seconds": round(seconds, 3),
+                         "placements_per_s": round(placed / seconds),
+                         "hosts_used": sum(1 for n in per_host if n),
+                         "max_minus_min_tasks_per_host": max(per_host) - min(per_host)}
+        s, e = row["sampled"], row["exhaustive"]
+        row["hosts_used_ratio"] = round(s["hosts_used"] / e["hosts_used"], 3)
+        row["speedup"] = round(e["seconds"] / s["seconds"], 1)
+        out[f"custom_{inner.name}"] = row
+    return out
+
+
+def run_one(scheduler: str, tasks: int, hosts: int, zones: int) -> dict[str, Any]:
+    snap = workload(1, hosts, tasks, max(2, tasks // 500), correlated=True, zones=zones)
+    placed, unschedulable, seconds = plan_all(snap, scheduler)
+    return {"placed": placed, "unschedulable": unschedulable, "seconds": round(seconds, 3),
+            "placements_per_s": round(placed / seconds) if seconds else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--budget", type=float, default=40.0,
+                        help="skip a run predicted to take longer (seconds)")
+    parser.add_argument("--sizes", default="",
+                        help="comma-separated TASKS/HOSTS, e.g. 1k/1k,5k/2.5k")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per size and scheduler (the best is kept)")
+    parser.add_argument("--no-sampled", action="store_true",
+                        help="skip the sampled-search quality figures")
+    args = parser.parse_args()
+    sizes = [(_size(a), _size(b)) for a, b in
+             (part.split("/") for part in args.sizes.split(",") if part)] or SIZES
+    points: dict[str, list[tuple[int, float]]] = {k: [] for k, _, _ in KINDS}
+    rows = []
+    for tasks, hosts in sizes:
+        row: dict[str, Any] = {"tasks": tasks, "hosts": hosts}
+        for kind, scheduler, zones in KINDS:
+            done = points[kind]
+            if done:
+                last_tasks, last_s = done[-1]
+                exp = fit_exponent(done) or 1.0
+                predicted = last_s * (tasks / last_tasks) ** max(exp, 1.0)
+                if predicted > args.budget:
+                    row[kind] = {"skipped": f"predicted {predicted:.0f}s > budget"}
+                    continue
+            runs = [run_one(scheduler, tasks, hosts, zones) for _ in range(args.repeat)]
+            best = min(runs, key=lambda r: r["seconds"])
+            row[kind] = best
+            done.append((tasks, best["seconds"]))
+        bp = row["binpack"].get("placements_per_s")
+        for kind in ("spread", "spread_zone"):
+            sp = row[kind].get("placements_per_s")
+            if bp and sp:
+                row[f"{kind}_to_binpack"] = round(sp / bp, 3)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    out = {"bench": "scaling", "sizes": rows,
+           "sampled_search": None if args.no_sampled else bench_sampled(2_000, 4_000),
+           "exponent": {k: fit_exponent(v) for k, v in points.items()},
+           "target": {"spread_to_binpack": 0.5}}
+    json.dump(out, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
