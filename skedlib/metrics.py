@@ -36,8 +36,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["METRICS", "Metrics", "MetricsServer", "exposition", "parse_listen",
-           "reject_kind", "serve"]
+__all__ = ["METRICS", "Metrics", "MetricsServer", "exposition", "reject_kind",
+           "serve"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                     5.0, 10.0)
@@ -163,17 +163,6 @@ METRICS = Metrics()
 def exposition(metrics: Metrics = METRICS) -> tuple[bytes, str]:
     """The text exposition of ``metrics`` and its content type."""
     return generate_latest(metrics.registry), CONTENT_TYPE_LATEST
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``:PORT`` (loopback, the project's default) → (host, port);
-    raises ValueError. An IPv6 host is written in brackets."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT or :PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host or "127.0.0.1", int(port)
 
 
 class _Handler(WSGIRequestHandler):

@@ -6,10 +6,11 @@ import argparse
 import logging
 from typing import NoReturn
 
+from skedlib.api import parse_listen
 from skedlib.client import default_backend_url
-from skedlib.errors import SkedError, one_line
+from skedlib.errors import SkedError, ValidationError, one_line
 from skedlib.keys import DEFAULT_PREFIX
-from skedlib.metrics import MetricsServer, parse_listen, serve
+from skedlib.metrics import MetricsServer, serve
 from skedlib.store.credentials import redact_url
 
 __all__ = ["OneLineParser", "add_backend_options", "metrics_listen", "positive_number",
@@ -38,12 +39,14 @@ def positive_number(text: str) -> float:
 
 
 def metrics_listen(text: str) -> tuple[str, int]:
-    """An argparse type: ``--metrics [HOST]:PORT`` → (host, port), loopback when HOST is
-    left out (:func:`skedlib.metrics.parse_listen`)."""
+    """An argparse type: ``--metrics [HOST]:PORT`` → (host, port). HOST left out is
+    127.0.0.1, not every interface: the metrics are served without a token, so reaching
+    them from elsewhere is the operator's explicit choice (``0.0.0.0:PORT``)."""
     try:
-        return parse_listen(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        host, port = parse_listen(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"expected [HOST]:PORT, got {text!r}") from None
+    return host or "127.0.0.1", port
 
 
 def start_metrics(listen: tuple[str, int] | None, program: str) -> MetricsServer | None:
