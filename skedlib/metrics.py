@@ -136,6 +136,12 @@ class Metrics:
         self.rejections = Counter("skedlib_agent_task_rejections",
                                   "Tasks rejected by this agent, by kind of reason",
                                   ["kind"], registry=r)
+        self.check_seconds = Histogram("skedlib_agent_check_seconds",
+                                       "Time one run of a health check took, by kind",
+                                       ["kind"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.check_failures = Counter("skedlib_agent_check_failures",
+                                      "Health check runs that ended critical, by kind",
+                                      ["kind"], registry=r)
         self.lease_losses = Counter("skedlib_agent_lease_losses",
                                     "Times the host record's lease was lost", registry=r)
         # jobs

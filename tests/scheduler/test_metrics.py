@@ -52,6 +52,7 @@ def test_a_scrape_of_each_daemon_shows_what_it_did(sqlite_loop: Loop) -> None:
                      .get('skedlib_agent_tasks{state="running"}', 0) == 1 and s,
                      30, "the running task counted")
     assert agent["skedlib_agent_task_starts_total"] >= 1
+    assert agent['skedlib_agent_check_seconds_count{kind="http"}'] >= 1
     assert agent["skedlib_agent_lease_losses_total"] == 0
     # the agent's process has no scheduler work: its scheduler counters stay at 0
     assert agent["skedlib_scheduler_placements_total"] == 0
