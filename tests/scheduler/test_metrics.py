@@ -14,7 +14,7 @@ from tests.harness.common import free_ports
 from tests.scheduler.conftest import Loop, wait_for, web_manifest
 
 
-def _scrape(port: int) -> dict[str, float]:
+def scrape(port: int) -> dict[str, float]:
     """``GET /metrics`` → sample name with its labels → value."""
     r = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
     assert r.status_code == 200, r.text
@@ -39,7 +39,7 @@ def test_a_scrape_of_each_daemon_shows_what_it_did(sqlite_loop: Loop) -> None:
     loop.apply(web_manifest(desired=1, memory=100))
     loop.wait_healthy("web", 1)
 
-    sched = wait_for(lambda: (s := _scrape(scheduler_port))
+    sched = wait_for(lambda: (s := scrape(scheduler_port))
                      .get("skedlib_scheduler_placements_total", 0) >= 1 and s,
                      30, "a placement counted")
     assert sched["skedlib_scheduler_plan_seconds_count"] >= 1
@@ -48,7 +48,7 @@ def test_a_scrape_of_each_daemon_shows_what_it_did(sqlite_loop: Loop) -> None:
     assert sched["skedlib_scheduler_unschedulable_tasks"] == 0
     assert sched["skedlib_scheduler_queue_depth"] >= 0
 
-    agent = wait_for(lambda: (s := _scrape(agent_port))
+    agent = wait_for(lambda: (s := scrape(agent_port))
                      .get('skedlib_agent_tasks{state="running"}', 0) == 1 and s,
                      30, "the running task counted")
     assert agent["skedlib_agent_task_starts_total"] >= 1
