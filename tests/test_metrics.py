@@ -1,0 +1,67 @@
+"""skedlib.metrics on its own: its registry is not prometheus_client's default one, a
+level is read from live sources only, rejection reasons become a few kinds, and the
+exposition server answers on the port it was given."""
+
+from __future__ import annotations
+
+import gc
+
+import prometheus_client
+import pytest
+import requests
+
+from skedlib.metrics import Metrics, exposition, reject_kind, serve
+
+
+def _value(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_skedlib_metrics_stay_out_of_the_default_registry() -> None:
+    names = {m.name for m in prometheus_client.REGISTRY.collect()}
+    assert not any(n.startswith("skedlib_") for n in names)
+    assert Metrics().registry is not prometheus_client.REGISTRY
+
+
+def test_a_level_is_summed_over_its_live_sources() -> None:
+    metrics = Metrics()
+
+    class Agent:
+        def __init__(self, running: int) -> None:
+            self.running = running
+
+        def counts(self) -> dict[tuple[str, ...], float]:
+            return {("running",): float(self.running)}
+
+    a, b = Agent(2), Agent(3)
+    metrics.add_source("skedlib_agent_tasks", a.counts)
+    metrics.add_source("skedlib_agent_tasks", b.counts)
+    assert _value(metrics, "skedlib_agent_tasks", state="running") == 5
+    del b
+    gc.collect()
+    assert _value(metrics, "skedlib_agent_tasks", state="running") == 2
+    assert _value(metrics, "skedlib_scheduler_queue_depth") == 0
+    with pytest.raises(KeyError, match="no gauge"):
+        metrics.add_source("skedlib_nope", a.counts)
+
+
+def test_rejection_reasons_become_few_kinds() -> None:
+    assert reject_kind("memory pressure: host memory 93.0% in use >= 90%") == "pressure"
+    assert reject_kind("port 8080 is already used by task x on host h") == "port"
+    assert reject_kind("failed 5 attempts") == "attempts"
+    assert reject_kind("something new") == "other"
+
+
+def test_the_server_serves_the_exposition() -> None:
+    metrics = Metrics()
+    metrics.placements.inc(3)
+    server = serve("127.0.0.1", 0, metrics)
+    try:
+        r = requests.get(f"http://127.0.0.1:{server.address[1]}/metrics", timeout=10)
+        assert r.status_code == 200
+        assert "skedlib_scheduler_placements_total 3.0" in r.text
+    finally:
+        server.close()
+    body, content_type = exposition(metrics)
+    assert b"skedlib_scheduler_placements_total 3.0" in body
+    assert content_type.startswith("text/plain")
