@@ -65,3 +65,24 @@ def test_the_server_serves_the_exposition() -> None:
     body, content_type = exposition(metrics)
     assert b"skedlib_scheduler_placements_total 3.0" in body
     assert content_type.startswith("text/plain")
+
+
+def test_the_docs_list_every_metric_and_the_dashboard_uses_only_them() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    body, _ = exposition(Metrics())
+    families = {f.name for f in text_string_to_metric_families(body.decode())
+                if f.name.startswith("skedlib_") and not f.name.endswith("_created")}
+    listed = (docs / "metrics.md").read_text()
+    for name in families:
+        assert f"`{name}" in listed, f"docs/metrics.md does not list {name}"
+    dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
+    used = {re.sub(r"_(total|bucket|sum|count)$", "", n)
+            for panel in dashboard["panels"] for t in panel["targets"]
+            for n in re.findall(r"skedlib_\w+", t["expr"])}
+    assert used and used <= families, used - families
