@@ -142,6 +142,8 @@ class Metrics:
         self.check_failures = Counter("skedlib_agent_check_failures",
                                       "Health check runs that ended critical, by kind",
                                       ["kind"], registry=r)
+        self.lease_renewals = Counter("skedlib_agent_lease_renewals",
+                                      "Renewals of the host record's lease", registry=r)
         self.lease_losses = Counter("skedlib_agent_lease_losses",
                                     "Times the host record's lease was lost", registry=r)
         # jobs

@@ -155,7 +155,8 @@ class HostReporter:
                 log.warning("host lease lost: publishing the host record on a new lease")
                 METRICS.lease_losses.inc()
             lease = self._lease = KeptLease(self.backend, self.ttl,
-                                             on_lost=self._changed.set)
+                                             on_lost=self._changed.set,
+                                             on_renewed=METRICS.lease_renewals.inc)
             self._published = None
         record = self.record()
         self.backend.put(self.key, encode(record), lease=lease.id)

@@ -54,6 +54,9 @@ def test_a_scrape_of_each_daemon_shows_what_it_did(sqlite_loop: Loop) -> None:
     assert agent["skedlib_agent_task_starts_total"] >= 1
     assert agent['skedlib_agent_check_seconds_count{kind="http"}'] >= 1
     assert agent["skedlib_agent_lease_losses_total"] == 0
+    # --lease-ttl 2: renewed every 2/3 s
+    wait_for(lambda: scrape(agent_port)["skedlib_agent_lease_renewals_total"] >= 1, 30,
+             "a lease renewal counted")
     # the agent's process has no scheduler work: its scheduler counters stay at 0
     assert agent["skedlib_scheduler_placements_total"] == 0
 
