@@ -86,3 +86,24 @@ def test_the_docs_list_every_metric_and_the_dashboard_uses_only_them() -> None:
             for panel in dashboard["panels"] for t in panel["targets"]
             for n in re.findall(r"skedlib_\w+", t["expr"])}
     assert used and used <= families, used - families
+
+
+def test_metrics_flag_parsing_and_a_taken_port() -> None:
+    import argparse
+    import socket
+
+    from skedlib.cli.args import metrics_listen, start_metrics
+    from skedlib.errors import SkedError
+
+    assert metrics_listen(":9101") == ("127.0.0.1", 9101)  # loopback unless written out
+    assert metrics_listen("0.0.0.0:9101") == ("0.0.0.0", 9101)
+    assert metrics_listen("[::1]:9101") == ("::1", 9101)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"expected \[HOST\]:PORT"):
+        metrics_listen("9101")
+    assert start_metrics(None, "skedlib-agent") is None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SkedError, match=f"--metrics 127.0.0.1:{port}: cannot listen"):
+            start_metrics(("127.0.0.1", port), "skedlib-agent")
