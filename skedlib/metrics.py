@@ -17,6 +17,7 @@ no task, job or service name is ever a label. docs/metrics.md lists every metric
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import weakref
@@ -56,16 +57,18 @@ _GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
 """The gauges read from sources: name → (help, label names)."""
 
 
+_REJECT_KINDS = tuple((kind, re.compile(pattern)) for kind, pattern in (
+    ("pressure", r"\bmemory pressure\b"), ("port", r"\bports?\b"),
+    ("attempts", r"\battempts?\b"), ("policy", r"\bpolicy\b|\bnot allowed\b"),
+    ("resources", r"\b(memory|cpu|disk)\b|\bfit\b"), ("executor", r"\bexecutors?\b")))
+
+
 def reject_kind(reason: str) -> str:
-    """A rejection reason's kind, a label of few values (the reason itself is free text)."""
+    """A rejection reason's kind, a label of few values (the reason itself is free text):
+    the first of pressure, port, attempts, policy, resources, executor whose words it
+    holds, else other."""
     text = reason.lower()
-    for kind, words in (("pressure", ("memory pressure",)), ("port", ("port ",)),
-                        ("attempts", ("attempt",)), ("policy", ("policy", "not allowed")),
-                        ("resources", ("memory", "cpu", "disk", "fit")),
-                        ("executor", ("executor",))):
-        if any(w in text for w in words):
-            return kind
-    return "other"
+    return next((kind for kind, pattern in _REJECT_KINDS if pattern.search(text)), "other")
 
 
 class _Sources(Collector):

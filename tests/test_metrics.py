@@ -49,6 +49,8 @@ def test_rejection_reasons_become_few_kinds() -> None:
     assert reject_kind("memory pressure: host memory 93.0% in use >= 90%") == "pressure"
     assert reject_kind("port 8080 is already used by task x on host h") == "port"
     assert reject_kind("failed 5 attempts") == "attempts"
+    assert reject_kind("executor 'docker' does not support it") == "executor"
+    assert reject_kind("image not allowed by the host policy") == "policy"
     assert reject_kind("something new") == "other"
 
 
