@@ -37,12 +37,14 @@ class KeptLease:
     """A lease renewed in the background until :meth:`revoke` (or the context) ends it."""
 
     def __init__(self, backend: Backend, ttl: float,
-                 on_lost: Callable[[], None] | None = None) -> None:
+                 on_lost: Callable[[], None] | None = None,
+                 on_renewed: Callable[[], None] | None = None) -> None:
         self.backend = backend
         self.ttl = max(ttl, backend.min_lease_ttl)
         self.id = backend.grant_lease(self.ttl)
         self.lost = threading.Event()
         self._on_lost = on_lost
+        self._on_renewed = on_renewed  # after each renewal (the agent counts them)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{self.id[:8]}",
                                         daemon=True)
@@ -55,6 +57,8 @@ class KeptLease:
             try:
                 self.backend.keepalive(self.id)
                 last_ok = time.monotonic()
+                if self._on_renewed is not None:
+                    self._on_renewed()
             except LeaseExpired:
                 self._lose("expired")
                 return

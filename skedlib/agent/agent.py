@@ -82,6 +82,7 @@ from skedlib.executors.policy import HostPolicy
 from skedlib.executors.supervision import reachable_by
 from skedlib.health.provider import DEFAULT_FAILURE_THRESHOLD, HealthProvider
 from skedlib.keys import DEFAULT_PREFIX, Keyspace
+from skedlib.metrics import METRICS, reject_kind
 from skedlib.models import HealthState, Host, Resources, Task
 from skedlib.plugins import Registry, get_registry
 from skedlib.runtime import Backoff, Informer
@@ -270,6 +271,7 @@ class Agent:
         self._control = threading.Thread(target=self._loop, name="agent-control",
                                          daemon=True)
         self._control.start()
+        METRICS.add_source("skedlib_agent_tasks", self._phase_counts)
         self.reporter.start()
         self.watcher.start()
 
@@ -305,6 +307,14 @@ class Agent:
     def phases(self) -> dict[str, str]:
         """Each known task's phase (idle, starting, running, backoff, rejected …)."""
         return dict(self._phases)
+
+    def _phase_counts(self) -> dict[tuple[str, ...], float]:
+        counts: dict[tuple[str, ...], float] = {}
+        if self._stopped.is_set():
+            return counts
+        for phase in self.phases().values():
+            counts[(phase,)] = counts.get((phase,), 0.0) + 1
+        return counts
 
     # -- the control loop -------------------------------------------------------------
     def _loop(self) -> None:
@@ -448,6 +458,8 @@ class Agent:
                        else lc.Admitted(None))
         elif isinstance(effect, lc.Start):
             assert m.issued is not None
+            if m.lc.attempts:
+                METRICS.restarts.inc()
             m.admitted, m.demand = True, demand(m.issued)
             self._submit(m, "start", self.operations.start, m.issued, m.revision)
         elif isinstance(effect, lc.Stop):
@@ -455,6 +467,7 @@ class Agent:
                 log.info("stopping %s: %s", m.task_id, effect.why)
             self._submit(m, "stop", self.operations.stop, list(m.refs), m.running or m.issued)
         elif isinstance(effect, lc.Reject):
+            METRICS.rejections.labels(reject_kind(effect.reason)).inc()
             refs, m.refs = m.refs, []
             free = self.total - self._allocated(exclude=m.task_id) if effect.capacity \
                 else None
@@ -535,6 +548,7 @@ class Agent:
             m.revision = max(m.revision, started.revision)
             m.health = None
             log.info("started %s (%s)", m.task_id, started.description)
+            METRICS.starts.inc()
             rejected = self._watch_health(started.task, started.port)
             exited = None
             if m.lc.exit_pending and not rejected:

@@ -34,6 +34,7 @@ from skedlib.codecs import encode
 from skedlib.errors import BackendError
 from skedlib.keys import Keyspace
 from skedlib.locks import KeptLease
+from skedlib.metrics import METRICS
 from skedlib.models import Host, Resources
 from skedlib.runtime import Backoff
 from skedlib.store.base import Backend
@@ -152,8 +153,10 @@ class HostReporter:
         if lease is None or lease.lost.is_set():
             if lease is not None:
                 log.warning("host lease lost: publishing the host record on a new lease")
+                METRICS.lease_losses.inc()
             lease = self._lease = KeptLease(self.backend, self.ttl,
-                                             on_lost=self._changed.set)
+                                             on_lost=self._changed.set,
+                                             on_renewed=METRICS.lease_renewals.inc)
             self._published = None
         record = self.record()
         self.backend.put(self.key, encode(record), lease=lease.id)

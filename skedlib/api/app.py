@@ -21,11 +21,12 @@ from skedlib.api import environments, jobs
 from skedlib.api.auth import RequestGuard
 from skedlib.api.errors import HttpError, error_response
 from skedlib.api.openapi import build_document
-from skedlib.api.responses import Response
+from skedlib.api.responses import Response, Stream
 from skedlib.api.routing import BASE_PATH, Call, Route, Router, decode_body, parse_query
 from skedlib.environments.manager import Environments
 from skedlib.environments.models import Ping
 from skedlib.jobs.client import JobClient
+from skedlib.metrics import exposition
 
 __all__ = ["ROUTES", "Api", "openapi_document"]
 
@@ -38,6 +39,11 @@ def _openapi(call: Call) -> Response:
     return Response(200, _served_document())
 
 
+def _metrics(call: Call) -> Response:
+    data, content_type = exposition()
+    return Response(200, Stream(iter([data]), content_type=content_type))
+
+
 _META = (
     Route("GET", "/ping", _ping, "ping", "Liveness",
           "Answers while the server runs (does not touch the store).",
@@ -48,6 +54,13 @@ _META = (
           public=True, tag="meta",
           ok_response={"description": "The OpenAPI document",
                        "content": {"application/json": {"schema": {"type": "object"}}}}),
+    Route("GET", "/metrics", _metrics, "metrics", "Prometheus metrics",
+          "This process's skedlib_ metrics in the Prometheus text format (see "
+          "docs/metrics.md). Readable with the read-only token.",
+          tag="meta",
+          ok_response={"description": "The metrics, in the Prometheus text exposition "
+                                      "format",
+                       "content": {"text/plain": {"schema": {"type": "string"}}}}),
 )
 
 ROUTES: tuple[Route, ...] = (*_META, *environments.ROUTES, *jobs.ROUTES)

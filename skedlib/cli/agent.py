@@ -27,8 +27,8 @@ from skedlib.agent.agent import Agent, AgentConfig, default_state_dir
 from skedlib.agent.hostinfo import default_address, measure_total
 from skedlib.agent.ports import DEFAULT_PORT_RANGE
 from skedlib.api import is_loopback
-from skedlib.cli.args import add_backend_options, positive_number
-from skedlib.cli.logs import configure_logging
+from skedlib.cli.args import add_backend_options, metrics_listen, positive_number, start_metrics
+from skedlib.cli.logs import add_log_options, configure_logging
 from skedlib.client import default_backend_url
 from skedlib.errors import SkedError
 from skedlib.executors.policy import HostPolicy, Identity, load_policy
@@ -192,8 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0.02)")
     g.add_argument("--no-job-cleaner", action="store_true",
                    help="never act as the elected job cleaner")
-    p.add_argument("--log-level", default="INFO",
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--metrics", type=metrics_listen, default=None, metavar="[HOST]:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST "
+                        "defaults to 127.0.0.1; a non-loopback address exposes them to "
+                        "the network, unauthenticated; see docs/metrics.md)")
+    add_log_options(p)
     return p
 
 
@@ -265,7 +268,7 @@ def worker_config_from_args(args: argparse.Namespace,
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``skedlib-agent``."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, log_format=args.log_format)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -284,13 +287,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     agent: Agent | None = None
     worker: JobWorker | None = None
+    exporter = None
     try:
+        exporter = start_metrics(args.metrics, "skedlib-agent")
         if not args.jobs_only:
             agent = Agent(backend, config)
         if args.jobs or args.jobs_only:
             worker = JobWorker(backend, worker_config_from_args(args, config.host_policy))
     except (SkedError, OSError, ValueError) as exc:
         print(f"skedlib-agent: {exc}", file=sys.stderr)
+        if exporter is not None:
+            exporter.close()
         backend.close()
         return 1
     try:
@@ -304,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if worker is not None:
             worker.stop()
     finally:
+        if exporter is not None:
+            exporter.close()
         backend.close()
     return 0
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import NoReturn
 
+from skedlib.api import parse_listen
 from skedlib.client import default_backend_url
-from skedlib.errors import one_line
+from skedlib.errors import SkedError, ValidationError, one_line
 from skedlib.keys import DEFAULT_PREFIX
+from skedlib.metrics import MetricsServer, serve
 from skedlib.store.credentials import redact_url
 
-__all__ = ["OneLineParser", "add_backend_options", "positive_number"]
+__all__ = ["OneLineParser", "add_backend_options", "metrics_listen", "positive_number",
+           "start_metrics"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -32,6 +36,34 @@ def positive_number(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return value
+
+
+def metrics_listen(text: str) -> tuple[str, int]:
+    """An argparse type: ``--metrics [HOST]:PORT`` → (host, port). HOST left out is
+    127.0.0.1, not every interface: the metrics are served without a token, so reaching
+    them from elsewhere is the operator's explicit choice (``0.0.0.0:PORT``)."""
+    try:
+        host, port = parse_listen(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"expected [HOST]:PORT, got {text!r}") from None
+    return host or "127.0.0.1", port
+
+
+def start_metrics(listen: tuple[str, int] | None, program: str) -> MetricsServer | None:
+    """Serve ``GET /metrics`` at ``listen`` (``--metrics``; None: not at all) and log
+    where; raises :class:`SkedError` naming the address when it cannot listen there."""
+    if listen is None:
+        return None
+    host, port = listen
+    try:
+        server = serve(host, port)
+    except OSError as exc:
+        raise SkedError(f"--metrics {host}:{port}: cannot listen there: "
+                        f"{exc.strerror or exc}") from None
+    shown = f"[{host}]" if ":" in host else host
+    logging.getLogger(f"skedlib.{program.removeprefix('skedlib-')}").info(
+        "metrics at http://%s:%d/metrics", shown, server.address[1])
+    return server
 
 
 def add_backend_options(parser: argparse.ArgumentParser) -> None:

@@ -27,7 +27,7 @@ from skedlib.api import (
     token_for_serve,
 )
 from skedlib.cli.args import positive_number
-from skedlib.cli.logs import configure_logging
+from skedlib.cli.logs import add_log_options, configure_logging
 from skedlib.cli.output import render
 from skedlib.client import Client
 from skedlib.environments import (
@@ -87,8 +87,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--track-every", type=positive_number, default=1.0, metavar="SECONDS",
                    help="how often in-progress deployments are brought up to date "
                         "(default 1)")
-    p.add_argument("--log-level", default="INFO",
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_log_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("env", parents=[common],
@@ -219,7 +218,7 @@ def cmd_serve(client: Client, args: argparse.Namespace) -> int:
     if read_token == token:
         raise ValidationError("--read-token-file: the read-only token is the same as the "
                               "full token; give it a token of its own")
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, log_format=args.log_format)
     try:
         server = ApiServer(client, host, port, token=token, read_token=read_token,
                            allowed_hosts=tuple(args.allowed_host), tls=tls,

@@ -20,8 +20,8 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from skedlib.cli.args import add_backend_options, positive_number
-from skedlib.cli.logs import configure_logging
+from skedlib.cli.args import add_backend_options, metrics_listen, positive_number, start_metrics
+from skedlib.cli.logs import add_log_options, configure_logging
 from skedlib.client import default_backend_url
 from skedlib.errors import SkedError
 from skedlib.keys import Keyspace
@@ -43,15 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TTL of the per-service locks' leases (default 10)")
     p.add_argument("--resync", type=positive_number, default=30.0, metavar="SECONDS",
                    help="every service is planned again this often (default 30)")
-    p.add_argument("--log-level", default="INFO",
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--metrics", type=metrics_listen, default=None, metavar="[HOST]:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST "
+                        "defaults to 127.0.0.1; a non-loopback address exposes them to "
+                        "the network, unauthenticated; see docs/metrics.md)")
+    add_log_options(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``skedlib-scheduler``."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, log_format=args.log_format)
     log = logging.getLogger("skedlib.scheduler")
     stop = threading.Event()
 
@@ -71,10 +74,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.info("schedulers installed: %s", ", ".join(schedulers) or "none")
     try:
+        exporter = start_metrics(args.metrics, "skedlib-scheduler")
+    except SkedError as exc:
+        print(f"skedlib-scheduler: {exc}", file=sys.stderr)
+        backend.close()
+        return 1
+    try:
         daemon = SchedulerDaemon(Store(backend, keyspace), workers=max(1, args.workers),
                                  lock_ttl=args.lock_ttl, resync=args.resync)
         daemon.run(stop)
     finally:
+        if exporter is not None:
+            exporter.close()
         backend.close()
     return 0
 

@@ -28,7 +28,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from skedlib.agent.agent import Agent, AgentConfig, default_state_dir
-from skedlib.cli.logs import OneLineFormatter
+from skedlib.cli.logs import add_log_options, make_formatter
 from skedlib.cli.output import table
 from skedlib.cli.views import TASK_HEADERS, View, read_view, task_cells, task_rows
 from skedlib.client import Client
@@ -69,6 +69,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser | None = None) -> None:
     p.add_argument("--workers", type=int, default=4, help="scheduler workers (default 4)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no scheduler/agent log lines, only progress")
+    add_log_options(p, level=False)
     p.set_defaults(func=cmd_up)
 
 
@@ -115,14 +116,14 @@ def _signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def _show_daemon_logs(quiet: bool) -> Callable[[], None]:
+def _show_daemon_logs(quiet: bool, log_format: str = "text") -> Callable[[], None]:
     """Show the scheduler's and the agent's log lines on stderr; returns the function
     that puts the loggers back as they were found (``sked up`` can run inside a
     process that has logging of its own)."""
     if quiet:
         return lambda: None
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter("  %(name)s: %(message)s"))
+    handler.setFormatter(make_formatter(log_format, "  %(name)s: %(message)s"))
     loggers = [logging.getLogger(name) for name in ("skedlib.scheduler", "skedlib.agent")]
     saved = [(lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:
@@ -224,7 +225,7 @@ def cmd_up(client: Client, args: argparse.Namespace) -> int:
           f"{', '.join(executors)}", file=out, flush=True)
     agent = Agent(client.backend, config)
     daemon = SchedulerDaemon(client.store, workers=args.workers)
-    restore_logs = _show_daemon_logs(args.quiet)
+    restore_logs = _show_daemon_logs(args.quiet, args.log_format)
     try:
         with _signals(stop):
             agent.start()

@@ -53,6 +53,7 @@ from skedlib.codecs import decode, encode
 from skedlib.errors import BackendError, NotFound, ValidationError
 from skedlib.health.checks import ResolvedCheck, resolve_checks, run_check
 from skedlib.keys import Keyspace
+from skedlib.metrics import METRICS
 from skedlib.models import CheckStatus, Task, TaskHealth
 from skedlib.runtime import RETRY, Retry, Store, retry_on_conflict
 from skedlib.store.base import Backend, Compare, Put
@@ -264,7 +265,10 @@ class LocalHealthProvider(HealthProvider):
                 status, output, at = result
                 counts = True
         else:
-            res = run_check(check, env)
+            with METRICS.check_seconds.labels(check.kind).time():
+                res = run_check(check, env)
+            if res.status == "critical":
+                METRICS.check_failures.labels(check.kind).inc()
             status, output, at, counts = res.status, res.output, time.time(), True
         changed = False
         with self._cond:

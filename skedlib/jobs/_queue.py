@@ -17,6 +17,7 @@ from skedlib.jobs._config import WorkerConfig, WorkerStats, spawn
 from skedlib.jobs._running import Runs, command_line
 from skedlib.jobs.models import JobRequirements
 from skedlib.jobs.store import JobStore
+from skedlib.metrics import METRICS
 from skedlib.runtime import Backoff, Informer
 from skedlib.store.base import KeyValue, ListResult, WatchEvent
 
@@ -67,7 +68,12 @@ class ClaimQueue:
         self._informer = self.store.store.informer(
             self.store.keys.jobs_queued, on_list=self._listed, on_events=self._changed,
             name=f"job worker {self.node}: queue watch").start()
+        METRICS.add_source("skedlib_jobs_queue_depth", self._depth)
         self._claimer = spawn(self.node, "claim", self._claim_loop, f"jobs-claim-{self.node}")
+
+    def _depth(self) -> dict[tuple[str, ...], float]:
+        with self.cond:
+            return {} if self.stopping.is_set() else {(): float(len(self.queued))}
 
     def wake(self) -> None:
         """Let the claimer look again (registered, or stopping)."""
@@ -157,6 +163,7 @@ class ClaimQueue:
                 self.stats.conflicts += 1
                 return
             self.stats.claimed += 1
+            METRICS.job_claims.inc()
             run = self.runs.add(stored)
         log.info("job %s claimed by %s (attempt %d): %s", stored.job.id, self.node,
                  stored.job.attempts, command_line(stored.job))

@@ -26,6 +26,7 @@ from skedlib.jobs.limits import Limited, Limiter
 from skedlib.jobs.models import Job, JobRequirements
 from skedlib.jobs.store import JobStore, StoredJob
 from skedlib.locks import KeptLease
+from skedlib.metrics import METRICS
 from skedlib.runtime import Backoff, Informer
 from skedlib.store.base import ListResult, WatchEvent
 
@@ -50,6 +51,8 @@ class RunningJob:
     terminating: bool = False
     finishing: bool = False
     """Set before the finish transaction: the running key it deletes is its own doing."""
+    claimed_at: float = field(default_factory=time.monotonic)
+    """When this node claimed it (monotonic): the start of its duration metric."""
 
 
 def command_line(job: Job) -> str:
@@ -216,6 +219,7 @@ class Runs:
             log.info("job %s: ended (%s) after its record changed (canceled or taken "
                      "back); not recorded", job.id, status)
             return
+        METRICS.job_seconds.labels(status).observe(time.monotonic() - run.claimed_at)
         if status == "complete":
             self.stats.completed += 1
         else:

@@ -45,6 +45,7 @@ import time
 import uuid
 
 from skedlib.errors import BackendError
+from skedlib.metrics import METRICS
 from skedlib.models import ServiceStatus
 from skedlib.plugins import Registry, get_registry
 from skedlib.runtime import Store
@@ -92,6 +93,8 @@ class SchedulerDaemon:
         self._threads: list[threading.Thread] = []
         self.runs = 0
         """Runs done (skipped ones included): a figure for tests and benchmarks."""
+        METRICS.add_source("skedlib_scheduler_queue_depth", self._queue_depth)
+        METRICS.add_source("skedlib_scheduler_unschedulable_tasks", self._unschedulable)
 
     # -- life cycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -162,14 +165,19 @@ class SchedulerDaemon:
             try:
                 outcome = self.run_once(pair)
             except BackendError as exc:
+                METRICS.runs.labels("error").inc()
                 delay = self._backoff(pair, base=0.5, cap=10.0)
                 log.warning("%s: %s (retrying in %.1fs)", label(pair), exc, delay)
                 self.queue.add_after(pair, delay)
             except Exception:  # a bug must not take the daemon down
+                METRICS.runs.labels("error").inc()
                 delay = self._backoff(pair, base=1.0, cap=30.0)
                 log.exception("%s: internal error (retrying in %.1fs)", label(pair), delay)
                 self.queue.add_after(pair, delay)
             else:
+                METRICS.runs.labels("skipped" if outcome.skipped else
+                                    "conflict" if outcome.conflicts or outcome.fenced_out
+                                    else "done").inc()
                 if outcome.retry_after is not None:
                     self.queue.add_after(pair, outcome.retry_after)
             finally:
@@ -189,6 +197,13 @@ class SchedulerDaemon:
         return self.runner.run_once(pair)
 
     # -- introspection ----------------------------------------------------------------
+    def _queue_depth(self) -> dict[tuple[str, ...], float]:
+        return {(): float(self.queue.pending())} if self._threads else {}
+
+    def _unschedulable(self) -> dict[tuple[str, ...], float]:
+        statuses = [self.last_status(pair) for pair in list(self.runner.unschedulable)]
+        return {(): float(sum(s.unschedulable for s in statuses if s is not None))}
+
     def idle(self) -> bool:
         """True when nothing is queued, being worked on, or waiting for a retry."""
         return self.queue.pending() == 0

@@ -22,6 +22,7 @@ import msgspec
 from skedlib.codecs import encode
 from skedlib.errors import PluginError
 from skedlib.locks import Lock
+from skedlib.metrics import METRICS
 from skedlib.models import ServiceStatus
 from skedlib.plugins import Registry
 from skedlib.runtime import Backoff
@@ -125,7 +126,8 @@ class PairRunner:
                 pair, service, snap, state="error", message=str(exc)))
             return outcome
         try:
-            result = scheduler.plan(snap, cluster, service)
+            with METRICS.plan_seconds.time():
+                result = scheduler.plan(snap, cluster, service)
             if not isinstance(result, SchedulingResult):
                 raise PluginError(f"plan() returned {type(result).__name__}, not a "
                                   "SchedulingResult")
@@ -141,8 +143,9 @@ class PairRunner:
         for p in problems:
             log.warning("%s: plan refused %s on %s: %s", label(pair), p.task_id, p.host,
                         p.reason)
-        res = commit_plan(self.store, snap, plan, fence=[lock.fence()]) if plan \
-            else CommitResult()
+        with METRICS.commit_seconds.time():
+            res = commit_plan(self.store, snap, plan, fence=[lock.fence()]) if plan \
+                else CommitResult()
         self._log_commit(pair, snap, plan, res, outcome)
         self.cache.record(plan, res)
         if res.fenced_out:
@@ -211,6 +214,9 @@ class PairRunner:
             else:
                 log.info("placed %s on %s", tid, task.host)
         outcome.conflicts = list(res.conflicts)
+        METRICS.placements.inc(len(outcome.placed))
+        METRICS.stops.inc(len(outcome.stopped))
+        METRICS.conflicts.inc(len(res.conflicts))
         if res.conflicts:
             log.info("%s: %d write conflict(s) (%s…); planning again", label(pair),
                      len(res.conflicts), res.conflicts[0])

@@ -33,3 +33,20 @@ def test_a_traceback_keeps_its_lines_but_escapes_inside_them() -> None:
     assert rest[0] == "Traceback (most recent call last):"
     assert rest[-1] == "ValueError: bad key a\\nb\\x1b[31m"  # the message: one line
     assert all(x.startswith(" ") for x in rest[1:-1])  # frames, indented
+
+
+def test_json_lines_hold_the_fields_and_stay_one_line() -> None:
+    import json
+
+    from skedlib.cli.logs import JsonFormatter
+
+    fmt = JsonFormatter()
+    line = fmt.format(_record("ignoring %s: not a task key", "sked/x\nINFO forged"))
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["level"] == "WARNING" and entry["logger"] == "skedlib.agent"
+    assert entry["message"] == "ignoring sked/x\nINFO forged: not a task key"
+    assert entry["time"].endswith("Z") and "exception" not in entry
+    with_exc = fmt.format(_record("task %s failed", "t1", exc=True))
+    assert "\n" not in with_exc
+    assert "ValueError: bad key a\nb" in json.loads(with_exc)["exception"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -119,3 +120,12 @@ def test_up_keeps_running_until_sigterm(up: Up) -> None:
             proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_up_logs_json_lines_when_asked(up: Up) -> None:
+    run = up.run("--once", "--log-format", "json", "-f", str(HELLO))
+    assert run.returncode == 0, run.stdout + run.stderr
+    entries = [json.loads(line) for line in run.stderr.splitlines()]
+    assert entries and all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    assert any(e["logger"] == "skedlib.scheduler" and
+               e["message"] == f"placed default-helloworld-1-0 on {up.host}" for e in entries)
