@@ -83,6 +83,7 @@ from skedlib.jobs.client import JobClient, JobWaitTimeout, LogsUnavailable
 from skedlib.keys import DEFAULT_PREFIX, Keyspace, validate_name
 from skedlib.locks import KeptLease, Lock
 from skedlib.models import (
+    CapacityRejection,
     Check,
     CheckStatus,
     Cluster,
@@ -114,6 +115,7 @@ from skedlib.runtime import (
     write_groups,
 )
 from skedlib.scheduling import (
+    CAPACITY_BACKOFF,
     BestFit,
     Change,
     CommitResult,
@@ -134,12 +136,14 @@ from skedlib.scheduling import (
     Scheduler,
     SchedulingResult,
     Scorer,
+    ServiceHosts,
     ServiceScheduler,
     Snapshot,
     SnapshotCache,
     SpreadAttribute,
     TaskRequest,
     Unschedulable,
+    capacity_rejection_holds,
     commit_plan,
     demand_of,
     is_task_healthy,
@@ -168,6 +172,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that is no
     __version__ = "0+unknown"
 
 __all__ = [
+    "CAPACITY_BACKOFF",
     "DEFAULT_LIMITS",
     "DEFAULT_PREFIX",
     "DOCKER_SOCKETS",
@@ -180,6 +185,7 @@ __all__ = [
     "BackendUnavailable",
     "Backoff",
     "BestFit",
+    "CapacityRejection",
     "Change",
     "Check",
     "CheckStatus",
@@ -261,6 +267,7 @@ __all__ = [
     "SchedulingResult",
     "Scorer",
     "Service",
+    "ServiceHosts",
     "ServiceScheduler",
     "ServiceStatus",
     "SkedError",
@@ -282,6 +289,7 @@ __all__ = [
     "Watch",
     "WatchEvent",
     "WriteResult",
+    "capacity_rejection_holds",
     "check_env",
     "check_record",
     "commit_plan",

@@ -9,6 +9,7 @@ from skedlib.constraints import Constraint, parse_constraint
 from skedlib.scheduling.cache import Change, SnapshotCache
 from skedlib.scheduling.commit import CommitResult, commit_plan
 from skedlib.scheduling.framework import (
+    CAPACITY_BACKOFF,
     BestFit,
     ConstraintsFilter,
     DistinctHostFilter,
@@ -26,6 +27,7 @@ from skedlib.scheduling.framework import (
     SpreadAttribute,
     TaskRequest,
     Unschedulable,
+    capacity_rejection_holds,
     stock_filters,
 )
 from skedlib.scheduling.plan import Plan, PlanProblem, validate_plan
@@ -39,6 +41,7 @@ from skedlib.scheduling.snapshot import (
 )
 
 __all__ = [
+    "CAPACITY_BACKOFF",
     "BestFit",
     "Change",
     "CommitResult",
@@ -67,6 +70,7 @@ __all__ = [
     "SpreadAttribute",
     "TaskRequest",
     "Unschedulable",
+    "capacity_rejection_holds",
     "commit_plan",
     "demand_of",
     "is_task_healthy",
