@@ -17,12 +17,13 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from skedlib.api import environments, jobs
+from skedlib.api import cluster, environments, jobs
 from skedlib.api.auth import RequestGuard
 from skedlib.api.errors import HttpError, error_response
 from skedlib.api.openapi import build_document
 from skedlib.api.responses import Response, Stream
 from skedlib.api.routing import BASE_PATH, Call, Route, Router, decode_body, parse_query
+from skedlib.client import Client
 from skedlib.environments.manager import Environments
 from skedlib.environments.models import Ping
 from skedlib.jobs.client import JobClient
@@ -63,7 +64,7 @@ _META = (
                        "content": {"text/plain": {"schema": {"type": "string"}}}}),
 )
 
-ROUTES: tuple[Route, ...] = (*_META, *environments.ROUTES, *jobs.ROUTES)
+ROUTES: tuple[Route, ...] = (*_META, *cluster.ROUTES, *environments.ROUTES, *jobs.ROUTES)
 """Every route of the API, in the order the document lists them."""
 
 
@@ -82,9 +83,10 @@ class Api:
     :class:`Response`."""
 
     def __init__(self, environments: Environments, guard: RequestGuard,
-                 jobs: JobClient | None = None) -> None:
+                 jobs: JobClient | None = None, client: Client | None = None) -> None:
         self.environments = environments
         self.jobs = jobs or JobClient(environments.store)
+        self.client = client or Client(environments.store)
         self.guard = guard
         self.router = Router(ROUTES)
 
@@ -118,4 +120,5 @@ class Api:
         self.guard.check(route, headers, body)
         query = parse_query(route, split.query)
         data = decode_body(body, route.body) if route.body is not None else None
-        return route.handler(Call(self.environments, self.jobs, params, query, data))
+        return route.handler(Call(self.environments, self.jobs, self.client, params, query,
+                                  data))

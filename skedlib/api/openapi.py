@@ -21,7 +21,9 @@ from typing import Any
 
 import msgspec
 
+from skedlib.api import cluster
 from skedlib.api.routing import BASE_PATH, Route
+from skedlib.client import ScaleResult
 from skedlib.environments.models import (
     Deleted,
     Deployment,
@@ -37,12 +39,14 @@ from skedlib.environments.models import (
     Ping,
 )
 from skedlib.jobs.models import Job, JobNode, JobPage, JobRequirements, JobSpec
+from skedlib.models import HostConfig
 
 __all__ = ["build_document"]
 
 _MODELS: list[Any] = [EnvironmentCreate, EnvironmentUpdate, DeploymentCreate,
                       EnvironmentView, EnvironmentPage, Deployment, DeploymentPage, Deleted,
-                      ErrorBody, Ping, JobSpec, Job, JobPage, JobNode, JobNodeList]
+                      ErrorBody, Ping, JobSpec, Job, JobPage, JobNode, JobNodeList,
+                      *cluster.MODELS, ScaleResult, HostConfig]
 
 # Fields of the job models without an attribute docstring of their own.
 _JOB_FIELD_DOCS: dict[str, dict[str, str]] = {
@@ -80,11 +84,22 @@ _ERRORS = {
 }
 
 
+_CLUSTER_ERRORS = {
+    "400": "Bad input: malformed JSON, a wrong or unknown field, a bad name or query "
+           "parameter, a count outside the service's bounds. Nothing changed.",
+    "404": "No such service, task or host.",
+    "409": "Conflict: the object kept changing under the request (retried a few times), "
+           "or state that forbids it. Nothing changed.",
+}
+
 _JOB_ERRORS = {
     "400": "Bad input: malformed JSON, a wrong or unknown field, a bad job id or query "
            "parameter. Nothing changed.",
     "404": "No such job.",
 }
+
+
+_TAG_ERRORS = {"jobs": _JOB_ERRORS, "cluster": _CLUSTER_ERRORS}
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:
@@ -131,7 +146,7 @@ def _operation(route: Route) -> dict[str, Any]:
                                             "OK" if route.ok == "200" else "Created")}
     codes = [*route.errors, "403", *([] if route.public else ["401", "503"]),
              *(["415"] if route.body is not None else [])]
-    texts = {**_ERRORS, **(_JOB_ERRORS if route.tag == "jobs" else {}), **route.meanings}
+    texts = {**_ERRORS, **_TAG_ERRORS.get(route.tag, {}), **route.meanings}
     for code in sorted(codes):
         responses[code] = _json(_ref("ErrorBody"), texts[code])
     op: dict[str, Any] = {"operationId": route.operation_id, "summary": route.summary,
@@ -180,13 +195,18 @@ def build_document(routes: Sequence[Route]) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "skedlib REST API", "version": version,
-                 "description": "Daemon-per-host environments and their deployments, and "
-                                "batch jobs, served by `sked serve`. Errors are JSON "
+                 "description": "Services, tasks and hosts; daemon-per-host "
+                                "environments and their deployments; and batch jobs, "
+                                "served by `sked serve`. Errors are JSON "
                                 "`{\"error\": code, \"message\": one line}`."},
         "servers": [{"url": BASE_PATH}],
         "security": [{"bearerAuth": []}],
         "paths": {path: _path_item(group) for path, group in by_path.items()},
-        "tags": [{"name": "environments",
+        "tags": [{"name": "cluster",
+                  "description": "What runs where: services, tasks and hosts, the "
+                                 "operator's writes (scale, drain, delete), and a stream "
+                                 "of changes."},
+                 {"name": "environments",
                   "description": "Daemon-per-host environments and their deployments."},
                  {"name": "jobs", "description": "Batch jobs: run-to-completion commands "
                                                  "that job workers claim from a queue."},

@@ -20,12 +20,14 @@ from typing import Any
 import msgspec
 
 from skedlib.api.responses import Response
+from skedlib.client import Client
 from skedlib.codecs import decode
 from skedlib.environments.manager import Environments
 from skedlib.errors import ValidationError
 from skedlib.jobs.client import JobClient
 
-__all__ = ["BASE_PATH", "METHODS", "Call", "QueryParam", "Route", "Router", "boolean",
+__all__ = ["BASE_PATH", "METHODS", "Call", "QueryParam", "Route", "Router", "between",
+           "boolean",
            "decode_body", "integer", "non_negative", "one_of", "parse_query", "seconds",
            "text"]
 
@@ -59,6 +61,17 @@ def non_negative(name: str, value: str) -> int:
     if number < 0:
         raise ValidationError(f"query parameter {name}: must be >= 0, got {number}")
     return number
+
+
+def between(low: int, high: int) -> Parse:
+    """A parser of an integer from ``low`` to ``high``."""
+    def parse(name: str, value: str) -> int:
+        number = integer(name, value)
+        if not low <= number <= high:
+            raise ValidationError(f"query parameter {name}: expected {low} to {high}, got "
+                                  f"{number}")
+        return number
+    return parse
 
 
 def boolean(name: str, value: str) -> bool:
@@ -111,6 +124,7 @@ class Call:
 
     environments: Environments
     jobs: JobClient
+    client: Client
     path: dict[str, str]
     """Path parameters by name (``{name}`` in the template), unquoted."""
     query: dict[str, Any]

@@ -267,7 +267,7 @@ class ApiServer:
         # the guard needs the bound port (port 0 picks one)
         guard = RequestGuard(self.token, (host, self.address[1]), allowed_hosts,
                              default_port=443 if tls else 80, read_token=read_token)
-        self.api = Api(self.environments, guard, self.jobs)
+        self.api = Api(self.environments, guard, self.jobs, client)
         self.httpd.api = self.api
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -33,18 +33,6 @@ from skedlib.cli.logs import OneLineFormatter
 from skedlib.cli.output import render, table
 from skedlib.cli.schema import KINDS as SCHEMA_KINDS
 from skedlib.cli.schema import render_schema
-from skedlib.cli.views import (
-    HOST_HEADERS,
-    SERVICE_HEADERS,
-    TASK_HEADERS,
-    View,
-    host_rows,
-    read_view,
-    service_row,
-    task_cells,
-    task_rows,
-    tasks_by_host,
-)
 from skedlib.client import Client, default_backend_url
 from skedlib.codecs import load_manifest, parse_manifest, to_builtins
 from skedlib.durations import format_duration
@@ -59,6 +47,18 @@ from skedlib.plugins import plugin_distributions
 from skedlib.runtime import wait_for_change
 from skedlib.store.credentials import redact_url
 from skedlib.store.sqlite import read_only_url
+from skedlib.views import (
+    HOST_HEADERS,
+    SERVICE_HEADERS,
+    TASK_HEADERS,
+    View,
+    host_rows,
+    read_view,
+    service_row,
+    task_cells,
+    task_rows,
+    tasks_by_host,
+)
 
 __all__ = ["main"]
 

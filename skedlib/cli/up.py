@@ -30,7 +30,6 @@ from typing import Any, TextIO
 from skedlib.agent.agent import Agent, AgentConfig, default_state_dir
 from skedlib.cli.logs import add_log_options, make_formatter
 from skedlib.cli.output import table
-from skedlib.cli.views import TASK_HEADERS, View, read_view, task_cells, task_rows
 from skedlib.client import Client
 from skedlib.codecs import ManifestDocument, load_manifest, parse_manifest
 from skedlib.errors import SkedError
@@ -38,6 +37,7 @@ from skedlib.models import DEFAULT_SCHEDULER, ServiceStatus
 from skedlib.plugins import get_registry, install_hint
 from skedlib.scheduler.daemon import Pair, SchedulerDaemon
 from skedlib.scheduler.status import describe
+from skedlib.views import TASK_HEADERS, View, read_view, task_cells, task_rows
 
 __all__ = ["add_parser", "cmd_up"]
 

@@ -1,4 +1,6 @@
-"""What ``sked tasks``, ``sked hosts`` and ``sked get services`` show, read consistently.
+"""What ``sked tasks``, ``sked hosts`` and ``sked get services`` show, and what the REST
+API's ``/v1/tasks``, ``/v1/hosts`` and ``/v1/services`` return: one read model, read
+consistently.
 
 Every view is built from one listing of the keyspace (a
 :class:`~skedlib.scheduling.Snapshot`), so a table never mixes two moments.
@@ -22,11 +24,15 @@ __all__ = [
     "HOST_HEADERS",
     "SERVICE_HEADERS",
     "TASK_HEADERS",
+    "HostSummary",
+    "ServiceSummary",
     "TaskRow",
     "View",
     "host_rows",
+    "host_summaries",
     "read_view",
     "service_row",
+    "service_summary",
     "task_cells",
     "task_rows",
     "tasks_by_host",
@@ -130,41 +136,83 @@ def tasks_by_host(view: View) -> list[tuple[str, str, list[TaskRow]]]:
     return out
 
 
-def host_rows(view: View) -> list[list[Any]]:
-    """The rows of ``sked hosts``: live hosts, and hosts known only by their settings.
+class HostSummary(msgspec.Struct, kw_only=True):
+    """A host as ``sked hosts`` and ``GET /v1/hosts`` show it: live (its agent holds a
+    host record) or known only by its settings; memory (MiB) and CPU units are
+    allocated/total as schedulers count them (from the issued tasks), not what the
+    host's processes use now (absent for a host that is not live)."""
 
-    Memory and CPU are *allocated/total* as schedulers count them (from the issued
-    tasks), not what the host's processes use now."""
+    name: str
+    address: str = ""
+    live: bool
+    draining: bool
+    memory_allocated: int | None = None
+    memory_total: int | None = None
+    cpu_allocated: int | None = None
+    cpu_total: int | None = None
+    tasks: int
+    attributes: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+def host_summaries(view: View) -> list[HostSummary]:
+    """Every live host and every host known only by its settings, by name."""
     snap = view.snapshot
-    rows: list[list[Any]] = []
+    out: list[HostSummary] = []
     for name in sorted(set(snap.hosts) | set(snap.host_configs)):
         h = snap.hosts.get(name)
-        cfg = snap.host_configs.get(name)
         if h is None:
-            assert cfg is not None
-            rows.append([name, "", False, cfg.draining, "-", "-",
-                         sum(1 for t in snap.tasks.values() if t.host == name),
-                         [f"{k}={v}" for k, v in sorted(cfg.attributes.items())]])
+            cfg = snap.host_configs[name]
+            out.append(HostSummary(
+                name=name, live=False, draining=cfg.draining,
+                tasks=sum(1 for t in snap.tasks.values() if t.host == name),
+                attributes=dict(sorted(cfg.attributes.items()))))
             continue
-        rows.append([name, h.address, True, h.draining,
-                     f"{h.allocated.memory}/{h.total.memory}",
-                     f"{h.allocated.cpu_units}/{h.total.cpu_units}", len(h.tasks),
-                     [f"{k}={v}" for k, v in sorted(h.attributes.items())]])
-    return rows
+        out.append(HostSummary(
+            name=name, address=h.address, live=True, draining=h.draining,
+            memory_allocated=h.allocated.memory, memory_total=h.total.memory,
+            cpu_allocated=h.allocated.cpu_units, cpu_total=h.total.cpu_units,
+            tasks=len(h.tasks), attributes=dict(sorted(h.attributes.items()))))
+    return out
 
 
-def service_row(view: View, s: Service) -> list[Any]:
-    """A row of ``sked get services``: desired state, then what runs (placed on a live
-    host and not rejected; healthy) summed over the clusters that list the service, and
-    what the scheduler last said of it (``status``)."""
+def host_rows(view: View) -> list[list[Any]]:
+    """The rows of ``sked hosts`` (:func:`host_summaries` as table cells)."""
+    return [[h.name, h.address, h.live, h.draining,
+             "-" if h.memory_total is None else f"{h.memory_allocated}/{h.memory_total}",
+             "-" if h.cpu_total is None else f"{h.cpu_allocated}/{h.cpu_total}", h.tasks,
+             [f"{k}={v}" for k, v in h.attributes.items()]]
+            for h in host_summaries(view)]
+
+
+class ServiceSummary(msgspec.Struct, kw_only=True):
+    """A service as ``sked get services`` and ``GET /v1/services`` show it: its desired
+    state, what runs (``placed``: on a live host and not rejected; ``healthy``) summed
+    over the clusters that list it (None when no cluster does), and what the scheduler
+    last said of it (``status``, one line)."""
+
+    name: str
+    task_definition: str
+    version: int
+    scheduler: str
+    desired: int
+    placed: int | None = None
+    healthy: int | None = None
+    clusters: list[str] = msgspec.field(default_factory=list)
+    status: str = ""
+
+
+def service_summary(view: View, s: Service) -> ServiceSummary:
+    """What runs of ``s`` and what its schedulers said, from one :class:`View`."""
     clusters = sorted(c.name for c in view.snapshot.clusters.values()
                       if s.name in c.services)
+    base = ServiceSummary(name=s.name, task_definition=s.task_name, version=s.task_version,
+                          scheduler=s.scheduler, desired=s.desired, clusters=clusters)
     if not clusters:
-        return [s.name, s.task_name, s.task_version, s.scheduler, s.desired, "-", "-",
-                "not in any cluster"]
+        base.status = "not in any cluster"
+        return base
     rows = [r for r in task_rows(view) if r.service == s.name and r.cluster in clusters]
-    placed = sum(1 for r in rows if r.host_live and not r.rejected)
-    healthy = sum(1 for r in rows if r.healthy)
+    base.placed = sum(1 for r in rows if r.host_live and not r.rejected)
+    base.healthy = sum(1 for r in rows if r.healthy)
     parts = []
     for c in clusters:
         st = view.statuses.get((c, s.name))
@@ -178,5 +226,13 @@ def service_row(view: View, s: Service) -> list[Any]:
         if invalid:
             text += f"; {invalid} invalid record(s) (see sked doctor)"
         parts.append(text if len(clusters) == 1 else f"{c}: {text}")
-    return [s.name, s.task_name, s.task_version, s.scheduler, s.desired, placed, healthy,
-            "; ".join(parts)]
+    base.status = "; ".join(parts)
+    return base
+
+
+def service_row(view: View, s: Service) -> list[Any]:
+    """A row of ``sked get services`` (:func:`service_summary` as table cells)."""
+    m = service_summary(view, s)
+    return [m.name, m.task_definition, m.version, m.scheduler, m.desired,
+            "-" if m.placed is None else m.placed, "-" if m.healthy is None else m.healthy,
+            m.status]

@@ -1,0 +1,359 @@
+"""The cluster routes: what runs where, read (``/v1/services``, ``/v1/tasks``,
+``/v1/hosts``), the operator's writes (scale, drain, delete a service), and a stream of
+changes (``/v1/changes``, server-sent events) for a page or a program that follows the
+store without polling.
+
+Reads come from one listing of the keyspace (:class:`~skedlib.views.View`), the same read
+model as ``sked tasks``, ``sked hosts`` and ``sked get services``, so the API and the CLI
+never disagree. Writes go through :class:`~skedlib.client.Client` (compare-and-swap,
+bounds and limits checked as for the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import msgspec
+
+from skedlib.api.errors import HttpError
+from skedlib.api.responses import Response, Stream
+from skedlib.api.routing import Call, QueryParam, Route, between, seconds
+from skedlib.models import HostConfig, Service, Task, TaskHealth
+from skedlib.runtime import wait_for_change
+from skedlib.views import (
+    HostSummary,
+    ServiceSummary,
+    TaskRow,
+    host_summaries,
+    read_view,
+    service_summary,
+    task_rows,
+)
+
+__all__ = [
+    "DEFAULT_TASK_PAGE",
+    "HEARTBEAT",
+    "MAX_STREAMS",
+    "MAX_TASK_PAGE",
+    "ROUTES",
+    "DrainRequest",
+    "HostDetail",
+    "HostList",
+    "ScaleRequest",
+    "ServiceDetail",
+    "ServiceList",
+    "ServiceRemoved",
+    "TaskDetail",
+    "TaskPage",
+]
+
+DEFAULT_TASK_PAGE = 1000
+"""Tasks per page of ``GET /v1/tasks`` when no ``limit`` is given."""
+MAX_TASK_PAGE = 10_000
+"""The largest ``limit`` ``GET /v1/tasks`` accepts."""
+HEARTBEAT = 15.0
+"""Seconds between keep-alive comments on a quiet change stream (a closed client is
+noticed by the next write)."""
+MAX_STREAMS = 64
+"""Change streams open at once; more get 503 (each holds a server thread)."""
+MAX_STREAM_SECONDS = 3600.0
+"""The longest ``timeout`` a change stream accepts; an EventSource reconnects by itself."""
+
+class ScaleRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``PUT /v1/services/{name}/scale``."""
+
+    desired: int
+    """The new desired count, within the service's min and max and the store's limit."""
+
+
+class DrainRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``PUT /v1/hosts/{name}/drain``."""
+
+    draining: bool = True
+    """True: no new tasks are placed on the host and its tasks are moved away; false:
+    the host takes tasks again."""
+
+
+class ServiceList(msgspec.Struct, kw_only=True):
+    """``GET /v1/services``: every service (of one cluster, if asked), by name."""
+
+    items: list[ServiceSummary]
+    revision: int
+    """The store revision this listing was read at."""
+
+
+class ServiceDetail(msgspec.Struct, kw_only=True):
+    """``GET /v1/services/{name}``: the stored service, its summary and its tasks."""
+
+    service: Service
+    summary: ServiceSummary
+    tasks: list[TaskRow]
+    revision: int
+
+
+class ServiceRemoved(msgspec.Struct, kw_only=True):
+    """``DELETE /v1/services/{name}``: the service is gone from the store and from its
+    clusters; the scheduler stops its tasks."""
+
+    name: str
+    message: str
+
+
+class TaskPage(msgspec.Struct, kw_only=True):
+    """``GET /v1/tasks``: issued tasks in id order, a page at a time."""
+
+    items: list[TaskRow]
+    next_token: str | None = None
+    """Pass it as next_token for the next page; null on the last page."""
+    revision: int
+
+
+class TaskDetail(msgspec.Struct, kw_only=True):
+    """``GET /v1/tasks/{id}``: the task as ``sked tasks`` shows it, its stored record and
+    what its agent last reported of its health (null before the first report)."""
+
+    row: TaskRow
+    task: Task
+    health: TaskHealth | None = None
+    revision: int
+
+
+class HostList(msgspec.Struct, kw_only=True):
+    """``GET /v1/hosts``: live hosts and hosts known only by their settings, by name."""
+
+    items: list[HostSummary]
+    revision: int
+
+
+class HostDetail(msgspec.Struct, kw_only=True):
+    """``GET /v1/hosts/{name}``: the host's summary and the tasks issued to it."""
+
+    summary: HostSummary
+    tasks: list[TaskRow]
+    revision: int
+
+
+MODELS = (ScaleRequest, DrainRequest, ServiceList, ServiceDetail, ServiceRemoved, TaskPage,
+          TaskDetail, HostList, HostDetail)
+"""The request and response types of these routes (for the OpenAPI document)."""
+
+
+# -- services -------------------------------------------------------------------------------
+def _services(call: Call) -> Response:
+    view = read_view(call.client)
+    cluster = call.query.get("cluster")
+    services = sorted(view.snapshot.services.values(), key=lambda s: s.name)
+    items = [service_summary(view, s) for s in services]
+    if cluster is not None:
+        items = [m for m in items if cluster in m.clusters]
+    return Response(200, ServiceList(items=items, revision=view.revision))
+
+
+def _service(call: Call) -> Response:
+    name = call.path["name"]
+    view = read_view(call.client)
+    service = view.snapshot.services.get(name)
+    if service is None:
+        raise HttpError(404, f"no service named {name!r}")
+    summary = service_summary(view, service)
+    tasks = [r for r in task_rows(view)
+             if r.service == name and r.cluster in summary.clusters]
+    return Response(200, ServiceDetail(service=service, summary=summary, tasks=tasks,
+                                       revision=view.revision))
+
+
+def _scale(call: Call) -> Response:
+    req: ScaleRequest = call.data
+    return Response(200, call.client.scale(call.path["name"], req.desired))
+
+
+def _delete_service(call: Call) -> Response:
+    name = call.path["name"]
+    if call.client.service(name) is None:
+        raise HttpError(404, f"no service named {name!r}")
+    call.client.delete("service", name)
+    return Response(200, ServiceRemoved(
+        name=name, message=f"service {name!r} deleted; the scheduler stops its tasks"))
+
+
+# -- tasks ----------------------------------------------------------------------------------
+def _tasks(call: Call) -> Response:
+    view = read_view(call.client)
+    q = call.query
+    after = q.get("next_token", "")
+    limit = q.get("limit", DEFAULT_TASK_PAGE)
+    rows = [r for r in task_rows(view)
+            if r.id > after
+            and q.get("cluster", r.cluster) == r.cluster
+            and q.get("service", r.service) == r.service
+            and q.get("host", r.host) == r.host
+            and q.get("state", r.state) == r.state]
+    page = rows[:limit]
+    more = len(rows) > limit
+    return Response(200, TaskPage(items=page, next_token=page[-1].id if more else None,
+                                  revision=view.revision))
+
+
+def _task(call: Call) -> Response:
+    task_id = call.path["id"]
+    view = read_view(call.client)
+    task = view.snapshot.tasks.get(task_id)
+    if task is None:
+        raise HttpError(404, f"no task {task_id!r} is issued")
+    (row,) = task_rows(view, [task])
+    return Response(200, TaskDetail(row=row, task=task,
+                                    health=view.snapshot.health.get(task_id),
+                                    revision=view.revision))
+
+
+# -- hosts ----------------------------------------------------------------------------------
+def _hosts(call: Call) -> Response:
+    view = read_view(call.client)
+    return Response(200, HostList(items=host_summaries(view), revision=view.revision))
+
+
+def _host(call: Call) -> Response:
+    name = call.path["name"]
+    view = read_view(call.client)
+    found = [h for h in host_summaries(view) if h.name == name]
+    if not found:
+        raise HttpError(404, f"no host named {name!r} (neither live nor configured)")
+    tasks = [r for r in task_rows(view) if r.host == name]
+    return Response(200, HostDetail(summary=found[0], tasks=tasks, revision=view.revision))
+
+
+def _drain(call: Call) -> Response:
+    req: DrainRequest = call.data
+    config: HostConfig = call.client.set_draining(call.path["name"], req.draining)
+    return Response(200, config)
+
+
+# -- changes --------------------------------------------------------------------------------
+_streams = threading.BoundedSemaphore(MAX_STREAMS)
+
+
+def _event(revision: int) -> bytes:
+    return b"event: change\ndata: " + json.dumps({"revision": revision}).encode() + b"\n\n"
+
+
+def _changes(call: Call) -> Response:
+    if not _streams.acquire(blocking=False):
+        raise HttpError(503, f"{MAX_STREAMS} change streams are open already; try again "
+                             "later")
+    try:
+        backend = call.client.backend
+        prefix = call.client.keys.prefix
+        revision = backend.current_revision(prefix)
+    except BaseException:
+        _streams.release()
+        raise
+    deadline = time.monotonic() + call.query.get("timeout", 300.0)
+
+    def events() -> Iterator[bytes]:
+        nonlocal revision
+        try:
+            # the first event carries the revision the client should read at
+            yield b"retry: 2000\n\n" + _event(revision)
+            while (left := deadline - time.monotonic()) > 0:
+                got = wait_for_change(backend, prefix, revision, min(left, HEARTBEAT))
+                if got is None:
+                    yield b": keep-alive\n\n"
+                    continue
+                revision = got
+                yield _event(revision)
+        finally:
+            _streams.release()
+
+    return Response(200, Stream(events(), content_type="text/event-stream"),
+                    {"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+_SERVICE = {"name": "the service's name"}
+_HOST = {"name": "the host's name"}
+_LIMIT = QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": MAX_TASK_PAGE,
+                              "default": DEFAULT_TASK_PAGE}, "tasks per page",
+                    between(1, MAX_TASK_PAGE))
+_NEXT = QueryParam("next_token", {"type": "string"},
+                   "the next_token of the previous page (absent: the first page)")
+_CHANGES_OK = {
+    "description": "A text/event-stream: first `retry: 2000` and a `change` event with "
+                   "the store's current revision, then a `change` event "
+                   "(`data: {\"revision\": N}`) after each change under the store's "
+                   "prefix, and a `: keep-alive` comment every 15 s while nothing changes. "
+                   "Read what you show again on each event. The stream ends after "
+                   "`timeout` seconds; an EventSource reconnects by itself.",
+    "content": {"text/event-stream": {"schema": {
+        "description": "One event of the stream.",
+        "type": "object",
+        "properties": {
+            "event": {"const": "change"},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": {"type": "object", "required": ["revision"],
+                                       "properties": {"revision": {
+                                           "type": "integer", "minimum": 0}}}},
+            "retry": {"type": "integer"}}}}}}
+
+
+ROUTES = (
+    Route("GET", "/services", _services, "listServices", "List services",
+          "Every service with its desired count, what runs of it (placed on a live host; "
+          "healthy) and what its scheduler last said, read at one revision.",
+          ok_schema="ServiceList", errors=("400",), tag="cluster",
+          query=(QueryParam("cluster", {"type": "string"}, "only this cluster's"),)),
+    Route("GET", "/services/{name}", _service, "getService", "Describe a service",
+          "The stored service, its summary and its tasks.",
+          ok_schema="ServiceDetail", errors=("400", "404"), tag="cluster",
+          path_docs=_SERVICE),
+    Route("PUT", "/services/{name}/scale", _scale, "scaleService", "Scale a service",
+          "Sets the service's desired count (within its min and max and the store's "
+          "limit), compared on the service's revision so a concurrent change is never "
+          "overwritten. The scheduler then places or stops tasks.",
+          ok_schema="ScaleResult", errors=("400", "404", "409", "413"), body=ScaleRequest,
+          tag="cluster", path_docs=_SERVICE),
+    Route("DELETE", "/services/{name}", _delete_service, "deleteService", "Delete a service",
+          "Removes the service from the store and from the clusters that list it; the "
+          "scheduler stops its tasks.",
+          ok_schema="ServiceRemoved", errors=("400", "404", "409"), tag="cluster",
+          path_docs=_SERVICE),
+    Route("GET", "/tasks", _tasks, "listTasks", "List tasks",
+          "Issued tasks in id order, a page at a time, each with its host, whether it is "
+          "healthy and its state as its agent reported it; filtered by the given "
+          "parameters.",
+          ok_schema="TaskPage", errors=("400",), tag="cluster",
+          query=(QueryParam("cluster", {"type": "string"}, "only this cluster's"),
+                 QueryParam("service", {"type": "string"}, "only this service's"),
+                 QueryParam("host", {"type": "string"}, "only those issued to this host"),
+                 QueryParam("state", {"type": "string"},
+                            "only those in this state (as sked tasks shows it: healthy, "
+                            "pending, rejected, unassigned, host down …)"),
+                 _LIMIT, _NEXT)),
+    Route("GET", "/tasks/{id}", _task, "getTask", "Describe a task",
+          "The task's row, its stored record and its last health report.",
+          ok_schema="TaskDetail", errors=("400", "404"), tag="cluster",
+          path_docs={"id": "the task's id"}),
+    Route("GET", "/hosts", _hosts, "listHosts", "List hosts",
+          "Live hosts (their agent holds a host record) and hosts known only by their "
+          "settings, with what schedulers have allocated on each.",
+          ok_schema="HostList", tag="cluster"),
+    Route("GET", "/hosts/{name}", _host, "getHost", "Describe a host",
+          "The host's summary and the tasks issued to it.",
+          ok_schema="HostDetail", errors=("400", "404"), tag="cluster", path_docs=_HOST),
+    Route("PUT", "/hosts/{name}/drain", _drain, "drainHost", "Drain or undrain a host",
+          "Draining: schedulers place nothing new on the host and move its tasks away. "
+          "Stored in the host's settings, so it holds across agent restarts.",
+          ok_schema="HostConfig", errors=("400", "404", "409", "413"), body=DrainRequest,
+          tag="cluster", path_docs=_HOST),
+    Route("GET", "/changes", _changes, "watchChanges", "Follow changes",
+          "Server-sent events: one event per change of anything under the store's "
+          "prefix (coalesced), so a page or a program reads again only when something "
+          "changed. At most 64 streams are open at once (503 beyond).",
+          errors=("400",), tag="cluster", ok_response=_CHANGES_OK,
+          query=(QueryParam("timeout", {"type": "number", "minimum": 0,
+                                        "maximum": MAX_STREAM_SECONDS, "default": 300},
+                            "seconds until the stream ends",
+                            seconds(MAX_STREAM_SECONDS)),)),
+)
+"""The routes, in the document's order."""
