@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import urllib.parse
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any
 
 from skedlib.api import cluster, environments, jobs
@@ -29,7 +30,7 @@ from skedlib.environments.models import Ping
 from skedlib.jobs.client import JobClient
 from skedlib.metrics import exposition
 
-__all__ = ["ROUTES", "Api", "openapi_document"]
+__all__ = ["CONSOLE_FILES", "ROUTES", "Api", "console_file", "openapi_document"]
 
 
 def _ping(call: Call) -> Response:
@@ -68,6 +69,36 @@ ROUTES: tuple[Route, ...] = (*_META, *cluster.ROUTES, *environments.ROUTES, *job
 """Every route of the API, in the order the document lists them."""
 
 
+CONSOLE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
+                 "/console.js": ("console.js", "text/javascript; charset=utf-8"),
+                 "/console.css": ("console.css", "text/css; charset=utf-8")}
+"""The web console's files (path → file under skedlib/api/console/, media type)."""
+
+_CONSOLE_HEADERS = {
+    # the page runs only its own script, talks only to this server, and is never framed
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "connect-src 'self'; img-src 'self'; base-uri 'none'; "
+                               "form-action 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+@functools.cache
+def _console_bytes(name: str) -> bytes:
+    return resources.files("skedlib.api").joinpath("console", name).read_bytes()
+
+
+def console_file(path: str) -> Response:
+    """The response serving the console file at ``path`` (a key of
+    :data:`CONSOLE_FILES`)."""
+    name, media = CONSOLE_FILES[path]
+    return Response(200, Stream(iter([_console_bytes(name)]), content_type=media),
+                    dict(_CONSOLE_HEADERS))
+
+
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of :data:`ROUTES` (a fresh JSON-ready dict)."""
     return build_document(ROUTES)
@@ -103,6 +134,12 @@ class Api:
                ) -> Response:
         split = urllib.parse.urlsplit(target)
         path = split.path
+        if path in CONSOLE_FILES:
+            if method != "GET":
+                raise HttpError(405, f"{method} is not allowed on {path} (allowed: GET)",
+                                {"Allow": "GET"})
+            self.guard.check_page(headers)
+            return console_file(path)
         if path != BASE_PATH and not path.startswith(BASE_PATH + "/"):
             raise HttpError(404, f"no such path {path!r}: the API is under {BASE_PATH}/")
         parts = [urllib.parse.unquote(p) for p in path[len(BASE_PATH) + 1:].split("/")]

@@ -103,6 +103,12 @@ class RequestGuard:
                 raise HttpError(415, f"header Content-Type: {media or 'missing'}; request "
                                      "bodies must be application/json")
 
+    def check_page(self, headers: Mapping[str, str]) -> None:
+        """Raise a 403 unless a page of the console may be served: the ``Host`` and
+        cross-site checks of :meth:`check`, no token (the page holds no data; it asks
+        for the token and sends it with each API call)."""
+        self._check_site(headers, self._check_host(headers.get("host")))
+
     def _check_host(self, value: str | None) -> str | None:
         """The ``Host`` header if the server answers to it; raises a 403 otherwise."""
         if self.listen is None:

@@ -11,10 +11,11 @@ import pytest
 import requests
 
 from skedlib.api import ApiServer
+from skedlib.models import HostConfig
 from tests.scheduler.conftest import PY, Loop, etcd_cluster, etcd_loop, sqlite_loop
 
-__all__ = ["PY", "TOKEN", "Http", "Loop", "daemon_manifest", "etcd_cluster", "etcd_loop", "serve",
-           "sqlite_loop"]
+__all__ = ["PY", "READ_TOKEN", "TOKEN", "Http", "Loop", "daemon_manifest", "etcd_cluster",
+           "etcd_loop", "running", "serve", "sqlite_loop"]
 
 
 def daemon_manifest(versions: tuple[int, ...] = (1, 2), cluster: str = "default") -> str:
@@ -92,3 +93,42 @@ def serve() -> Iterator[Any]:
     yield start
     for s in servers:
         s.stop()
+
+
+READ_TOKEN = "read-only-token"
+
+
+def _manifest(desired: int = 3) -> str:
+    """Service ``web`` of ``desired`` cheap tasks (a sleep; healthy while it runs)."""
+    return f"""
+clusters: [{{name: default, services: [web]}}]
+task_definitions:
+  - name: web
+    version: 1
+    memory: 32
+    cpu_units: 16
+    grace_period: 1s
+    containers:
+      - {{name: web, type: process, executor: {{argv: [sleep, "3600"]}}}}
+services:
+  - {{name: web, task_name: web, task_version: 1, desired: {desired}, max: 5}}
+"""
+
+
+@pytest.fixture
+def running(sqlite_loop: Loop) -> Iterator[tuple[Loop, Http, Http]]:
+    """Two agents and a scheduler running service ``web`` (3 healthy tasks), and the API
+    over their store: (loop, admin client, read-only client)."""
+    loop = sqlite_loop
+    loop.apply(_manifest())
+    loop.client.put_host_config(HostConfig(name="spare", attributes={"zone": "b"}))
+    loop.start_agent(1, memory=512)
+    loop.start_agent(2, memory=512)
+    loop.start_scheduler()
+    loop.wait_healthy("web", 3)
+    server = ApiServer(loop.client, "127.0.0.1", 0, token=TOKEN, read_token=READ_TOKEN)
+    server.start()
+    try:
+        yield loop, Http(server.url, TOKEN), Http(server.url, READ_TOKEN)
+    finally:
+        server.stop()

@@ -14,52 +14,11 @@ from typing import Any
 import pytest
 import requests
 
-from skedlib.api import ApiServer
 from skedlib.api import cluster as cluster_routes
-from skedlib.models import HostConfig
-from tests.api.conftest import TOKEN, Http, Loop
+from tests.api.conftest import READ_TOKEN, Http, Loop
 from tests.scheduler.conftest import wait_for
 
 pytestmark = pytest.mark.slow
-
-READ_TOKEN = "read-only-token"
-
-
-def _manifest(desired: int = 3) -> str:
-    """Service ``web`` of ``desired`` cheap tasks (a sleep; healthy while it runs)."""
-    return f"""
-clusters: [{{name: default, services: [web]}}]
-task_definitions:
-  - name: web
-    version: 1
-    memory: 32
-    cpu_units: 16
-    grace_period: 1s
-    containers:
-      - {{name: web, type: process, executor: {{argv: [sleep, "3600"]}}}}
-services:
-  - {{name: web, task_name: web, task_version: 1, desired: {desired}, max: 5}}
-"""
-
-
-@pytest.fixture
-def running(sqlite_loop: Loop) -> Iterator[tuple[Loop, Http, Http]]:
-    """Two agents and a scheduler running service ``web`` (3 healthy tasks), and the API
-    over their store: (loop, admin client, read-only client)."""
-    loop = sqlite_loop
-    loop.apply(_manifest())
-    loop.client.put_host_config(HostConfig(name="spare", attributes={"zone": "b"}))
-    loop.start_agent(1, memory=512)
-    loop.start_agent(2, memory=512)
-    loop.start_scheduler()
-    loop.wait_healthy("web", 3)
-    server = ApiServer(loop.client, "127.0.0.1", 0, token=TOKEN, read_token=READ_TOKEN)
-    server.start()
-    try:
-        yield loop, Http(server.url, TOKEN), Http(server.url, READ_TOKEN)
-    finally:
-        server.stop()
-
 
 def test_reads_agree_with_the_store_and_the_cli(running: tuple[Loop, Http, Http]) -> None:
     loop, _, reader = running
