@@ -31,6 +31,7 @@ from skedlib.scheduler.rollouts import with_rollout, write_rollout
 from skedlib.scheduler.status import compute_status, same_status
 from skedlib.scheduling import (
     CommitResult,
+    ExecSchedulerError,
     Plan,
     PlanProblem,
     Scheduler,
@@ -133,7 +134,10 @@ class PairRunner:
                                   "SchedulingResult")
         except Exception as exc:
             message = f"scheduler {service.scheduler!r} failed: {exc}"
-            log.exception("%s: %s", label(pair), message)
+            if isinstance(exc, ExecSchedulerError):  # the program's fault: no traceback
+                self._note(pair, message, warn=True)
+            else:
+                log.exception("%s: %s", label(pair), message)
             outcome.status = self._write_status(lock, pair, compute_status(
                 pair, service, snap, state="error", message=message))
             outcome.retry_after = self.backoff(pair, base=1.0, cap=30.0)

@@ -8,6 +8,15 @@ with :func:`commit_plan` under optimistic concurrency.
 from skedlib.constraints import Constraint, parse_constraint
 from skedlib.scheduling.cache import Change, SnapshotCache
 from skedlib.scheduling.commit import CommitResult, commit_plan
+from skedlib.scheduling.executable import (
+    ExecHost,
+    ExecPlacement,
+    ExecRequest,
+    ExecResponse,
+    ExecScheduler,
+    ExecSchedulerError,
+    ExecSchedulers,
+)
 from skedlib.scheduling.framework import (
     CAPACITY_BACKOFF,
     BestFit,
@@ -48,6 +57,13 @@ __all__ = [
     "Constraint",
     "ConstraintsFilter",
     "DistinctHostFilter",
+    "ExecHost",
+    "ExecPlacement",
+    "ExecRequest",
+    "ExecResponse",
+    "ExecScheduler",
+    "ExecSchedulerError",
+    "ExecSchedulers",
     "Filter",
     "HostPool",
     "HostState",
