@@ -55,6 +55,7 @@ __all__ = [
     "ExecPlacement",
     "ExecRequest",
     "ExecResponse",
+    "ExecRun",
     "ExecScheduler",
     "ExecSchedulerError",
     "ExecSchedulers",
@@ -297,7 +298,11 @@ class ExecScheduler(Scheduler):
             hosts=[ExecHost.of(h) for h in snapshot.cluster_hosts(cluster)], tasks=tasks,
             healthy=[t.id for t in tasks if snapshot.is_healthy(t.id)])
 
-    def plan(self, snapshot: Snapshot, cluster: Cluster, service: Service) -> SchedulingResult:
+    def prepare(self, snapshot: Snapshot, cluster: Cluster, service: Service
+                ) -> bytes | SchedulingResult:
+        """The request to write to the program, or the result when there is nothing to
+        ask it (the service's task definition does not exist). Raises
+        :class:`ExecSchedulerError` when the program is refused."""
         version = service.task_version
         td = snapshot.task_definitions.get((service.task_name, version))
         if td is None:  # nothing the program could place; said as ServiceScheduler says it
@@ -306,16 +311,25 @@ class ExecScheduler(Scheduler):
                 f"{cluster.name}-{service.name}-{version}-{i}": reason
                 for i in range(min(service.desired, MAX_REPORTED))})
         _check_program(self.path)
-        data = _request_encoder.encode(self.request(snapshot, cluster, service, td))
+        return _request_encoder.encode(self.request(snapshot, cluster, service, td))
+
+    def execute(self, request: bytes) -> ExecResponse:
+        """Run the program on ``request`` (needs no snapshot: the daemon runs it without
+        holding one) and decode what it wrote, or :class:`ExecSchedulerError`."""
         env = {"PATH": ENVIRONMENT_PATH, "LANG": "C.UTF-8", "SKED_SCHEDULER": self.name}
-        output = run_program(self.path, data, timeout=self.timeout,
+        output = run_program(self.path, request, timeout=self.timeout,
                              max_output=self.max_output, env=env)
         try:
-            response = _response_decoder.decode(output)
+            return _response_decoder.decode(output)
         except msgspec.DecodeError as exc:
             raise ExecSchedulerError(f"{self.path}: its output is not a plan: "
                                      f"{one_line(str(exc))}") from None
-        return self.result(snapshot, cluster, service, response)
+
+    def plan(self, snapshot: Snapshot, cluster: Cluster, service: Service) -> SchedulingResult:
+        request = self.prepare(snapshot, cluster, service)
+        if isinstance(request, SchedulingResult):
+            return request
+        return self.result(snapshot, cluster, service, self.execute(request))
 
     def result(self, snapshot: Snapshot, cluster: Cluster, service: Service,
                response: ExecResponse) -> SchedulingResult:
@@ -389,6 +403,56 @@ class ExecScheduler(Scheduler):
             task.rejected_hosts = list(old.rejected_hosts)
             task.capacity_rejections = list(old.capacity_rejections)
         return task
+
+
+class ExecRun:
+    """One run of an :class:`ExecScheduler` in three steps, so that the program runs
+    while nothing is held: :meth:`start` on the snapshot (builds the request),
+    :meth:`execute` on nothing (runs the program), :meth:`plan` on the snapshot as it is
+    then (turns the response into a plan). The daemon does this; :meth:`ExecScheduler.plan`
+    does the same in one call."""
+
+    def __init__(self, scheduler: ExecScheduler, cluster: Cluster, service: Service,
+                 request: bytes | SchedulingResult | ExecSchedulerError) -> None:
+        self.scheduler = scheduler
+        self.cluster = cluster
+        self.service = service
+        self._outcome: bytes | SchedulingResult | ExecSchedulerError | ExecResponse = request
+
+    @classmethod
+    def start(cls, scheduler: ExecScheduler, snapshot: Snapshot, cluster: Cluster,
+              service: Service) -> ExecRun:
+        """Build the request from ``snapshot`` (a refusal is kept for :meth:`plan`)."""
+        try:
+            request = scheduler.prepare(snapshot, cluster, service)
+        except ExecSchedulerError as exc:
+            return cls(scheduler, cluster, service, exc)
+        return cls(scheduler, cluster, service, request)
+
+    def execute(self) -> None:
+        """Run the program, if there is one to run (its failure is kept for :meth:`plan`)."""
+        if isinstance(self._outcome, bytes):
+            try:
+                self._outcome = self.scheduler.execute(self._outcome)
+            except ExecSchedulerError as exc:
+                self._outcome = exc
+
+    def stale(self, cluster: Cluster, service: Service) -> bool:
+        """True when the cluster or the service changed since :meth:`start`: the
+        response answers a question that is no longer asked."""
+        return cluster != self.cluster or service != self.service
+
+    def plan(self, snapshot: Snapshot) -> SchedulingResult:
+        """The result, checked against ``snapshot``; raises the run's
+        :class:`ExecSchedulerError`."""
+        outcome = self._outcome
+        if isinstance(outcome, ExecSchedulerError):
+            raise outcome
+        if isinstance(outcome, SchedulingResult):
+            return outcome
+        if isinstance(outcome, bytes):
+            raise RuntimeError("ExecRun.plan() before execute()")
+        return self.scheduler.result(snapshot, self.cluster, self.service, outcome)
 
 
 # -- registration ----------------------------------------------------------------------------

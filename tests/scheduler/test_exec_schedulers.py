@@ -5,8 +5,10 @@ may be written by others puts the reason in the service's status."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from skedlib.client import Client
 from skedlib.codecs import encode, parse_manifest
 from skedlib.models import Host, Resources, ServiceStatus
 from skedlib.plugins import Registry
-from skedlib.scheduler.daemon import SchedulerDaemon
+from skedlib.scheduler.daemon import RunOutcome, SchedulerDaemon
 from skedlib.scheduling import ExecRequest, ExecSchedulerError, ExecSchedulers
 from tests.scheduler.conftest import Loop, wait_for, web_manifest
 
@@ -46,6 +48,9 @@ PROGRAMS = {
     "chatty": "#!/bin/sh\nexec yes '{}'\n",
     "loose": "#!/bin/sh\necho '{}'\n",
     "recorder": "#!/bin/sh\ncat > request.json\nenv > env.txt\necho '{}'\n",
+    "waiter": "#!/bin/sh\ncat > /dev/null\ntouch started\n"
+              "while [ ! -e go ]; do sleep 0.05; done\n"
+              "echo '{\"place\": [{\"instance\": 0, \"host\": \"h0\"}]}'\n",
     "whole": f"#!/bin/sh\necho '{json.dumps({'place': [WHOLE_TASK]})}'\n",
 }
 
@@ -90,7 +95,8 @@ def test_exec_schedulers_place_services_end_to_end(sqlite_loop: Loop) -> None:
     assert "writable by its group or others (mode 775): refused" in st.message, st
     log = loop.log_text("scheduler")
     assert "schedulers installed: binpack, chatty, daemon, fails, foreign, garbage, loose, " \
-           "most-memory-node, most-memory-sh, notjson, recorder, sleeper, spread, whole" in log
+           "most-memory-node, most-memory-sh, notjson, recorder, sleeper, spread, waiter, " \
+           "whole" in log
     assert "exec scheduler loose:" in log and "Traceback" not in log
     # scaled down: the program stops the instance above desired
     loop.apply(web_manifest("websh", 1, memory=200, scheduler="most-memory-sh",
@@ -115,15 +121,23 @@ def _scheduler_main(argv: list[str]) -> int:
 
 
 # -- each failure, through the daemon's run ------------------------------------------------
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[SchedulerDaemon, Client]]:
-    plugin = ExecSchedulers(program_dir(tmp_path), timeout=1.0, max_output=1 << 20)
-    registry = Registry(load_entrypoints=False, plugins=(plugin,))
+@contextlib.contextmanager
+def daemon_on(programs: ExecSchedulers) -> Iterator[tuple[SchedulerDaemon, Client]]:
+    """A daemon (not started: its runs are called) offering ``programs``, on an
+    in-memory store with hosts h0 (1000 MiB) and h1 (3000 MiB)."""
+    registry = Registry(load_entrypoints=False, plugins=(programs,))
     with Client.open(f"memory://{uuid.uuid4().hex}") as client:
         for name, memory in [("h0", 1000), ("h1", 3000)]:
             client.backend.put(client.keys.agent(name), encode(Host(
                 name=name, total=Resources(memory=memory, cpu_units=4096))))
         yield SchedulerDaemon(client.store, registry), client
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[SchedulerDaemon, Client]]:
+    with daemon_on(ExecSchedulers(program_dir(tmp_path), timeout=1.0,
+                                  max_output=1 << 20)) as pair:
+        yield pair
 
 
 def run(daemon: tuple[SchedulerDaemon, Client], scheduler: str, desired: int = 2
@@ -237,3 +251,29 @@ def test_whole_task_placements(daemon: tuple[SchedulerDaemon, Client]) -> None:
     # the same task again is no change
     assert run(daemon, "whole", desired=2).placed == 1
     assert client.tasks() == [placed]
+
+
+@pytest.mark.parametrize("changed", [False, True], ids=["unchanged", "changed"])
+def test_program_runs_without_holding_the_snapshot(tmp_path: Path, changed: bool) -> None:
+    """While a program runs, the daemon's snapshot is free (its watch and other workers
+    go on); a service that changed meanwhile is planned again instead of committed."""
+    programs = program_dir(tmp_path)
+    with daemon_on(ExecSchedulers(programs, timeout=120)) as (d, client):
+        client.apply(parse_manifest(web_manifest("web", 1, scheduler="waiter"), "t.yml"))
+        outcomes: list[RunOutcome] = []
+        run = threading.Thread(target=lambda: outcomes.append(d.run_once(("default", "web"))))
+        run.start()
+        wait_for(lambda: (programs / "started").exists(), 60, "the program to start")
+        if changed:
+            client.apply(parse_manifest(web_manifest("web", 2, scheduler="waiter"), "t.yml"))
+            d.cache.refresh()
+        with d.cache.view():  # would wait until the program timed out, if it were held
+            (programs / "go").touch()
+        run.join(120)
+        [outcome] = outcomes
+        if changed:
+            assert outcome.status is None and outcome.retry_after is not None
+            assert client.tasks() == []
+        else:
+            assert outcome.status is not None and outcome.status.placed == 1, outcome
+            assert [t.host for t in client.tasks()] == ["h0"]
