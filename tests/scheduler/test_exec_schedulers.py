@@ -23,13 +23,18 @@ from skedlib.models import Host, Resources, ServiceStatus
 from skedlib.plugins import Registry
 from skedlib.scheduler.daemon import RunOutcome, SchedulerDaemon
 from skedlib.scheduling import ExecRequest, ExecSchedulerError, ExecSchedulers
+from tests.harness.common import skip_or_fail
 from tests.scheduler.conftest import Loop, wait_for, web_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "exec-schedulers"
-NODE, JQ = shutil.which("node"), shutil.which("jq")
-needs_node_and_jq = pytest.mark.skipif(
-    not (NODE and JQ), reason="node and jq are installed by scripts/install-exec-tools.sh")
+
+
+@pytest.fixture
+def node_and_jq() -> None:
+    """The example programs need node and jq (skipped without them, failed under CI)."""
+    if not (shutil.which("node") and shutil.which("jq")):
+        skip_or_fail("no node or jq: run scripts/install-exec-tools.sh")
 
 #: a whole task, as a hand-rolled scheduler writes it (with a task definition of its own)
 WHOLE_TASK = {"cluster": {"name": "default", "services": ["web"]}, "service": "web",
@@ -72,8 +77,8 @@ def program_dir(tmp_path: Path) -> Path:
 
 # -- end to end: the real daemon, real agents ----------------------------------------------
 @pytest.mark.slow
-@needs_node_and_jq
-def test_exec_schedulers_place_services_end_to_end(sqlite_loop: Loop) -> None:
+def test_exec_schedulers_place_services_end_to_end(node_and_jq: None,
+                                                    sqlite_loop: Loop) -> None:
     loop = sqlite_loop
     programs = program_dir(loop.tmp)
     loop.start_agent(1, memory=512)
@@ -150,9 +155,9 @@ def run(daemon: tuple[SchedulerDaemon, Client], scheduler: str, desired: int = 2
     return out.status
 
 
-@needs_node_and_jq
 @pytest.mark.parametrize("program", ["most-memory-node", "most-memory-sh"])
-def test_examples_plan(daemon: tuple[SchedulerDaemon, Client], program: str) -> None:
+def test_examples_plan(node_and_jq: None, daemon: tuple[SchedulerDaemon, Client],
+                       program: str) -> None:
     status = run(daemon, program, desired=10)
     assert (status.state, status.placed, status.unschedulable) == ("unschedulable", 9, 1)
     tasks = daemon[1].tasks()
