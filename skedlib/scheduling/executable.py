@@ -27,6 +27,7 @@ import contextlib
 import functools
 import logging
 import os
+import select
 import signal
 import stat
 import subprocess
@@ -229,6 +230,24 @@ def _feed(dst: IO[bytes], data: bytes) -> None:
             dst.close()
 
 
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait until ``proc`` exits, without reaping it; False when ``timeout`` passed."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:  # no pidfd (an old kernel, a sandbox): wait and reap
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    finally:
+        os.close(fd)
+
+
 def run_program(path: Path, data: bytes, *, timeout: float, max_output: int,
                 env: Mapping[str, str]) -> bytes:
     """Run ``path`` with ``data`` on stdin; its stdout, or :class:`ExecSchedulerError`."""
@@ -249,16 +268,13 @@ def run_program(path: Path, data: bytes, *, timeout: float, max_output: int,
     ]
     for t in threads:
         t.start()
-    timed_out = False
     try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        timed_out = not _wait_exit(proc, timeout)
+    finally:
+        # it and whatever it started go (the latter stop holding the pipes open); the
+        # leader is not reaped yet, so its pid still names this group and no other
         signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
-    finally:
-        # whatever it started goes with it (and stops holding the pipes open)
-        signal_group(proc.pid, signal.SIGKILL)
         for t in threads:
             t.join(5.0)
         for f in (proc.stdout, proc.stderr):

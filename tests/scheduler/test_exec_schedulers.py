@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import threading
 import uuid
@@ -282,3 +283,23 @@ def test_program_runs_without_holding_the_snapshot(tmp_path: Path, changed: bool
         else:
             assert outcome.status is not None and outcome.status.placed == 1, outcome
             assert [t.host for t in client.tasks()] == ["h0"]
+
+
+def test_program_of_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    d = tmp_path / "others"
+    d.mkdir(mode=0o755)
+    d.chmod(0o755)
+    prog = d / "stranger"
+    prog.write_text("#!/bin/sh\necho '{}'\n")
+    prog.chmod(0o755)
+    os.chown(prog, 65534, 65534)
+    with daemon_on(ExecSchedulers(d)) as pair:
+        status = run(pair, "stranger")
+    assert status.state == "error"
+    assert "stranger: the program is owned by uid 65534, not by root or the daemon's user " \
+           "(uid 0): refused" in status.message
+    os.chown(d, 65534, 65534)
+    with pytest.raises(ExecSchedulerError, match="the directory is owned by uid 65534"):
+        ExecSchedulers(d)
