@@ -6,9 +6,10 @@ snapshot with the service's Scheduler plugin, drops what
 :func:`~skedlib.scheduling.validate_plan` refuses, commits the rest with
 :func:`~skedlib.scheduling.commit_plan` fenced by the lock, writes the commit through to
 the cache, then stores the rollout (:mod:`skedlib.scheduler.rollouts`) and the service's
-status (:mod:`skedlib.scheduler.status`) when they changed. A pair that is not wanted any
-more has its tasks stopped and its status removed. What it did is a :class:`RunOutcome`,
-with the delay after which the pair should run again.
+status (:mod:`skedlib.scheduler.status`) when they changed. An exec scheduler's program
+runs between two borrowings of the snapshot (:class:`~skedlib.scheduling.ExecRun`). A
+pair that is not wanted any more has its tasks stopped and its status removed. What it
+did is a :class:`RunOutcome`, with the delay after which the pair should run again.
 """
 
 from __future__ import annotations
@@ -105,8 +106,9 @@ class PairRunner:
                 self.cache.refresh()
             with self.cache.view() as snap:
                 staged = self._exec_run(pair, snap)
-            if staged is not None:
-                staged.execute()  # a program's seconds do not hold the snapshot
+                if staged is None:
+                    return self._schedule(pair, lock, snap)
+            staged.execute()  # a program's seconds do not hold the snapshot
             with self.cache.view() as snap:
                 return self._schedule(pair, lock, snap, staged)
         finally:
