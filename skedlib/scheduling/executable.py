@@ -196,7 +196,7 @@ def check_private(path: Path, what: str) -> os.stat_result:
 
 
 def _check_program(path: Path) -> None:
-    check_private(path.parent, "its directory")
+    check_private(path.parent, "the directory")
     st = check_private(path, "the program")
     if not stat.S_ISREG(st.st_mode):
         raise ExecSchedulerError(f"{path}: not a regular file: refused")
@@ -256,7 +256,10 @@ def run_program(path: Path, data: bytes, *, timeout: float, max_output: int,
                                 stderr=subprocess.PIPE, env=dict(env), cwd=path.parent,
                                 start_new_session=True, close_fds=True)
     except OSError as exc:
-        raise ExecSchedulerError(f"{path}: cannot run it: {exc.strerror or exc}") from None
+        why = exc.strerror or str(exc)
+        if isinstance(exc, FileNotFoundError) and path.exists():
+            why = "its interpreter (the #! line) was not found"
+        raise ExecSchedulerError(f"{path}: cannot run it: {why}") from None
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     out, err, overflow = bytearray(), bytearray(), threading.Event()
     threads = [
