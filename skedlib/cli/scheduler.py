@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from skedlib.cli.args import add_backend_options, metrics_listen, positive_number, start_metrics
@@ -28,6 +29,8 @@ from skedlib.keys import Keyspace
 from skedlib.plugins import get_registry, open_backend
 from skedlib.runtime import Store
 from skedlib.scheduler.daemon import SchedulerDaemon
+from skedlib.scheduling import ExecSchedulers
+from skedlib.scheduling.executable import DEFAULT_TIMEOUT
 
 __all__ = ["build_parser", "main"]
 
@@ -47,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST "
                         "defaults to 127.0.0.1; a non-loopback address exposes them to "
                         "the network, unauthenticated; see docs/metrics.md)")
+    p.add_argument("--exec-schedulers", type=Path, default=None, metavar="DIR",
+                   help="offer each executable DIR/NAME as the scheduler NAME: it reads the "
+                        "service to plan as JSON on stdin and writes its plan on stdout "
+                        "(`sked schema exec_request`, `exec_response`; "
+                        "docs/writing-a-scheduler.md)")
+    p.add_argument("--exec-timeout", type=positive_number, default=DEFAULT_TIMEOUT,
+                   metavar="SECONDS", help="an exec scheduler is killed after this long "
+                                           f"(default {DEFAULT_TIMEOUT:g})")
     add_log_options(p)
     return p
 
@@ -67,7 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         keyspace = Keyspace(args.prefix)
-        schedulers = get_registry().names("schedulers")
+        registry = get_registry()
+        if args.exec_schedulers is not None:
+            programs = ExecSchedulers(args.exec_schedulers, timeout=args.exec_timeout)
+            registry.register(programs, name=f"exec-schedulers:{programs.directory}")
+            for name, why in {**programs.skipped, **programs.refused()}.items():
+                log.warning("exec scheduler %s: %s", name, why)
+        schedulers = registry.names("schedulers")
         backend = open_backend(args.backend or default_backend_url())
     except (SkedError, OSError) as exc:
         print(f"skedlib-scheduler: {exc}", file=sys.stderr)
@@ -80,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend.close()
         return 1
     try:
-        daemon = SchedulerDaemon(Store(backend, keyspace), workers=max(1, args.workers),
+        daemon = SchedulerDaemon(Store(backend, keyspace), registry,
+                                 workers=max(1, args.workers),
                                  lock_ttl=args.lock_ttl, resync=args.resync)
         daemon.run(stop)
     finally:

@@ -24,6 +24,7 @@ from skedlib.models import (
     TaskDefinition,
     TaskHealth,
 )
+from skedlib.scheduling.executable import ExecRequest, ExecResponse
 
 __all__ = ["KINDS", "schema_document"]
 
@@ -40,12 +41,17 @@ KINDS: dict[str, tuple[type[msgspec.Struct], str]] = {
     "host": (Host, "state/agents/<host> (bound to the agent's lease)"),
     "service_status": (ServiceStatus, "state/services/<cluster>/<service>"),
     "manifest": (Manifest, "(not stored: the YAML/JSON document `sked apply` reads)"),
+    "exec_request": (ExecRequest, "(not stored: what skedlib-scheduler writes to an exec "
+                                  "scheduler's stdin)"),
+    "exec_response": (ExecResponse, "(not stored: what an exec scheduler writes on its "
+                                    "stdout)"),
 }
 
 _ALIASES = {"clusters": "cluster", "services": "service", "task_definitions": "task_definition",
             "taskdef": "task_definition", "td": "task_definition", "hosts": "host",
             "tasks": "task", "health": "task_health", "status": "service_status",
-            "host_configs": "host_config"}
+            "host_configs": "host_config", "request": "exec_request",
+            "response": "exec_response"}
 
 
 def _kind(name: str) -> str:

@@ -6,9 +6,10 @@ snapshot with the service's Scheduler plugin, drops what
 :func:`~skedlib.scheduling.validate_plan` refuses, commits the rest with
 :func:`~skedlib.scheduling.commit_plan` fenced by the lock, writes the commit through to
 the cache, then stores the rollout (:mod:`skedlib.scheduler.rollouts`) and the service's
-status (:mod:`skedlib.scheduler.status`) when they changed. A pair that is not wanted any
-more has its tasks stopped and its status removed. What it did is a :class:`RunOutcome`,
-with the delay after which the pair should run again.
+status (:mod:`skedlib.scheduler.status`) when they changed. An exec scheduler's program
+runs between two borrowings of the snapshot (:class:`~skedlib.scheduling.ExecRun`). A
+pair that is not wanted any more has its tasks stopped and its status removed. What it
+did is a :class:`RunOutcome`, with the delay after which the pair should run again.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from skedlib.scheduler.rollouts import with_rollout, write_rollout
 from skedlib.scheduler.status import compute_status, same_status
 from skedlib.scheduling import (
     CommitResult,
+    ExecRun,
+    ExecScheduler,
+    ExecSchedulerError,
     Plan,
     PlanProblem,
     Scheduler,
@@ -101,9 +105,28 @@ class PairRunner:
             if not self.cache.started:
                 self.cache.refresh()
             with self.cache.view() as snap:
-                return self._schedule(pair, lock, snap)
+                staged = self._exec_run(pair, snap)
+                if staged is None:
+                    return self._schedule(pair, lock, snap)
+            staged.execute()  # a program's seconds do not hold the snapshot
+            with self.cache.view() as snap:
+                return self._schedule(pair, lock, snap, staged)
         finally:
             lock.release()
+
+    def _exec_run(self, pair: Pair, snap: Snapshot) -> ExecRun | None:
+        """The first step of an exec scheduler's run, when the pair's scheduler is one."""
+        cluster = snap.clusters.get(pair[0])
+        service = snap.services.get(pair[1])
+        if cluster is None or service is None or pair[1] not in cluster.services:
+            return None
+        try:
+            scheduler = self._scheduler(service.scheduler)
+        except PluginError:
+            return None  # said in the status by _schedule
+        if not isinstance(scheduler, ExecScheduler):
+            return None
+        return ExecRun.start(scheduler, snap, cluster, service)
 
     def backoff(self, pair: Pair, base: float, cap: float) -> float:
         """The delay before the pair's next try: grows with its failures in a row (one
@@ -112,11 +135,15 @@ class PairRunner:
         self._failures[pair] = n
         return Backoff(initial=base, maximum=cap).delay(n) * random.uniform(0.5, 1.5)
 
-    def _schedule(self, pair: Pair, lock: Lock, snap: Snapshot) -> RunOutcome:
+    def _schedule(self, pair: Pair, lock: Lock, snap: Snapshot,
+                  staged: ExecRun | None = None) -> RunOutcome:
         cluster = snap.clusters.get(pair[0])
         service = snap.services.get(pair[1])
         if cluster is None or service is None or pair[1] not in cluster.services:
             return self._stop_all(pair, snap, lock)
+        if staged is not None and staged.stale(cluster, service):
+            # changed while its exec scheduler ran: plan the service as it is now
+            return RunOutcome(pair=pair, retry_after=0.05)
         outcome = RunOutcome(pair=pair)
         try:
             scheduler = self._scheduler(service.scheduler)
@@ -127,13 +154,17 @@ class PairRunner:
             return outcome
         try:
             with METRICS.plan_seconds.time():
-                result = scheduler.plan(snap, cluster, service)
+                result = staged.plan(snap) if staged is not None else \
+                    scheduler.plan(snap, cluster, service)
             if not isinstance(result, SchedulingResult):
                 raise PluginError(f"plan() returned {type(result).__name__}, not a "
                                   "SchedulingResult")
         except Exception as exc:
             message = f"scheduler {service.scheduler!r} failed: {exc}"
-            log.exception("%s: %s", label(pair), message)
+            if isinstance(exc, ExecSchedulerError):  # the program's fault: no traceback
+                self._note(pair, message, warn=True)
+            else:
+                log.exception("%s: %s", label(pair), message)
             outcome.status = self._write_status(lock, pair, compute_status(
                 pair, service, snap, state="error", message=message))
             outcome.retry_after = self.backoff(pair, base=1.0, cap=30.0)

@@ -8,6 +8,16 @@ with :func:`commit_plan` under optimistic concurrency.
 from skedlib.constraints import Constraint, parse_constraint
 from skedlib.scheduling.cache import Change, SnapshotCache
 from skedlib.scheduling.commit import CommitResult, commit_plan
+from skedlib.scheduling.executable import (
+    ExecHost,
+    ExecPlacement,
+    ExecRequest,
+    ExecResponse,
+    ExecRun,
+    ExecScheduler,
+    ExecSchedulerError,
+    ExecSchedulers,
+)
 from skedlib.scheduling.framework import (
     CAPACITY_BACKOFF,
     BestFit,
@@ -48,6 +58,14 @@ __all__ = [
     "Constraint",
     "ConstraintsFilter",
     "DistinctHostFilter",
+    "ExecHost",
+    "ExecPlacement",
+    "ExecRequest",
+    "ExecResponse",
+    "ExecRun",
+    "ExecScheduler",
+    "ExecSchedulerError",
+    "ExecSchedulers",
     "Filter",
     "HostPool",
     "HostState",
