@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import time
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -145,6 +146,43 @@ class ConsulAgentClient:
         """The IDs of every service registered on the agent (``consul`` itself excluded)."""
         services: Mapping[str, Any] = self._get("/v1/agent/services", "list services") or {}
         return sorted(sid for sid in services if sid != "consul")
+
+    def services(self) -> dict[str, Any]:
+        """The agent's services (``/v1/agent/services``), by service ID."""
+        what = "list services"
+        services = self._get("/v1/agent/services", what) or {}
+        with self._errors(what):
+            return dict(services)
+
+    def pass_checks(self, check_ids: list[str], note: str = "") -> None:
+        """Report each TTL check of ``check_ids`` passing (one call each, one connection)."""
+        for check_id in check_ids:
+            self._http.call("PUT", f"/v1/agent/check/pass/{check_id}",
+                            params=[("note", note)] if note else None,
+                            what=f"report TTL check {check_id}")
+
+    # -- the catalog ----------------------------------------------------------------------------
+    def catalog_services(self) -> dict[str, list[str]]:
+        """Every service name in the catalog with the tags registered under it."""
+        what = "list the catalog's services"
+        body = self._get("/v1/catalog/services", what) or {}
+        with self._errors(what):
+            return {str(name): [str(t) for t in tags or ()] for name, tags in body.items()}
+
+    def service_health(self, name: str) -> list[dict[str, Any]]:
+        """``/v1/health/service/<name>``: every entry (Node, Service, Checks) of ``name``."""
+        body = self._get("/v1/health/service/" + urllib.parse.quote(name, safe=""),
+                         f"read the health of service {name}") or []
+        return [e for e in body if isinstance(e, dict)]
+
+    def catalog_deregister(self, node: str, service_id: str) -> None:
+        """``PUT /v1/catalog/deregister``: remove a service from ``node`` in the catalog.
+
+        Only lasting when the node's Consul agent no longer holds the service (its
+        anti-entropy sync would register it again)."""
+        self._http.call("PUT", "/v1/catalog/deregister",
+                        data=json.dumps({"Node": node, "ServiceID": service_id}),
+                        what=f"deregister {service_id} from node {node}")
 
     # -- reading the agent ----------------------------------------------------------------------
     def node_name(self) -> str:
