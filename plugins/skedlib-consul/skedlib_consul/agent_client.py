@@ -138,8 +138,16 @@ class ConsulAgentClient:
 
     def deregister(self, task_id: str) -> None:
         """Remove the task's service and its checks from the agent. Idempotent."""
-        self._http.call("PUT", f"/v1/agent/service/deregister/{task_id}",
-                        what=f"deregister task {task_id}")
+        what = f"deregister task {task_id}"
+        # retry="unsent" returns a server error instead of retrying it: with ACLs enabled,
+        # Consul 0.8 answers an unknown service with HTTP 500 "Unknown service", which
+        # means there is nothing to remove (without ACLs it answers 200)
+        resp = self._http.request("PUT", f"/v1/agent/service/deregister/{task_id}",
+                                  retry="unsent", what=what)
+        gone = resp.status_code == 404 or (resp.status_code == 500
+                                           and "Unknown service" in resp.text)
+        if not gone:
+            raise_for_status(self._label, what, resp, token=bool(self.options.token))
         self._ttl_checks.pop(task_id, None)
 
     def registered(self) -> list[str]:

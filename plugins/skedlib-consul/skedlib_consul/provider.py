@@ -13,7 +13,10 @@ talked to from the provider's two threads, through
   (:func:`skedlib.resolve_checks`: one kind, a usable target, parsable
   durations) and raises :class:`~skedlib.executors.base.TaskRejected`.
 - ``watch(task, port)`` registers the task as a service (ID the task id, Name the
-  service, Port ``port``, Tags the definition's tags) with its checks; intervals and
+  service, Port ``port``, Tags the definition's tags and the mark ``skedlib-host=<host>``;
+  ``consul.naming=original``: the original program's naming, see
+  :mod:`skedlib_consul.catalog`) with its checks and a liveness TTL check that the sync
+  thread passes every third of ``consul.liveness_ttl`` while the task is watched; intervals and
   timeouts are the resolved ones (Consul raises intervals below 1 s to 1 s), script
   checks get ``PROVIDED_PORT``, ``SKED_TASK_ID`` and ``SKED_HOST`` exported. A
   registration that fails (Consul unreachable) is retried with backoff; one Consul
@@ -30,6 +33,11 @@ talked to from the provider's two threads, through
   agent's own, up-to-date view with outputs) and calls ``on_change`` when a status
   changed. A watched task whose service vanished from the agent (a restarted dev agent)
   is registered again.
+
+- On start and every ``consul.clean_interval`` the sync thread deregisters the
+  registrations marked with this host whose task is neither issued to the host nor
+  watched; a :class:`~skedlib_consul.catalog.CatalogCleaner`, when elected, removes dead
+  nodes' entries from the catalog (:mod:`skedlib_consul.catalog`).
 
 How results become states (no result yet, consecutive critical results counted in
 time against ``failure_threshold``) is in :mod:`skedlib_consul.states`; which Consul

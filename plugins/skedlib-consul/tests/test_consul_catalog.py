@@ -40,6 +40,7 @@ from tests.agent.conftest import AgentEnv, make_task, sleeper, wait_for
 from tests.harness import consul as harness
 
 env = agent_tests.env  # an AgentEnv on sqlite, with real skedlib-agent processes
+consul_acl_tls = harness.consul_acl_tls
 
 pytestmark = [pytest.mark.integration]
 
@@ -353,3 +354,48 @@ def test_liveness_pass_survives_a_vanished_check(env: AgentEnv, consul: _DnsClus
              "the task registered and passing again")
     time.sleep(TTL + 1)  # longer than the TTL: still passing, so it is being passed
     assert _ids(_entries(agent, service, passing=True)) == {task.id}
+
+
+def test_registration_liveness_and_sweep_with_acls_and_tls(
+        env: AgentEnv, consul_acl_tls: tuple[harness.ConsulCluster, dict[str, Path]]) -> None:
+    """As a production agent runs: ACLs (default deny) and HTTPS; the provider's token may
+    write services and nodes and nothing else, and comes from a private file."""
+    cluster, files = consul_acl_tls
+    agent = cluster.members[0]
+    master = harness.ACL_MASTER_TOKEN
+    rules = 'service "" { policy = "write" }\nnode "" { policy = "write" }\n'
+    status, body = agent.api("PUT", "/v1/acl/create", {"Name": "sked-provider",
+                                                       "Type": "client", "Rules": rules},
+                             token=master, timeout=5)
+    assert status == 200, body
+    token_file = env.tmp / "provider.token"
+    token_file.write_text(str(body["ID"]) + "\n")
+    token_file.chmod(0o600)
+    service = f"acl{uuid.uuid4().hex[:6]}"
+    stale = f"prod-{service}-1-9"
+    status, body = agent.api("PUT", "/v1/agent/service/register",
+                             {"ID": stale, "Name": service, "Tags": [host_tag(env.host)]},
+                             token=master)
+    assert status == 200, body
+    task = make_task(0, service=service, containers=[sleeper()], provide_port=False)
+    env.put_task(task)
+
+    def entries(passing: bool = False) -> set[str]:
+        status, body = agent.api("GET", f"/v1/health/service/{service}"
+                                 + ("?passing" if passing else ""), token=master)
+        assert status == 200, body
+        return {e["Service"]["ID"] for e in body}
+
+    url = (f"consul://{agent.endpoint}?token_file={token_file}&ca={files['ca']}")
+    env.start_agent("--health-provider", "consul", "--health-opt", f"consul.url={url}",
+                    "--health-opt", f"consul.liveness_ttl={TTL:g}")
+    try:
+        try:
+            wait_for(lambda: entries() == {task.id}, 20,
+                     "the task registered and the stale registration removed")
+        except AssertionError:
+            raise AssertionError(f"catalog: {entries()}\n{env.log_text()}") from None
+        time.sleep(TTL + 1)  # longer than the TTL: the liveness check is being passed
+        assert entries(passing=True) == {task.id}
+    finally:
+        agent.api("PUT", f"/v1/agent/service/deregister/{stale}", token=master)
