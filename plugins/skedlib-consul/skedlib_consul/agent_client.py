@@ -43,7 +43,12 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from skedlib import BackendError, CheckStatus, NotFound, Task, TaskHealth, ValidationError
-from skedlib_consul.checks import check_definitions, consul_status, service_definition
+from skedlib_consul.checks import (
+    LIVENESS_SUFFIX,
+    check_definitions,
+    consul_status,
+    service_definition,
+)
 from skedlib_consul.client import (
     HttpClient,
     body_text,
@@ -134,7 +139,8 @@ class ConsulAgentClient:
                                   f"{body_text(resp)}")
         raise_for_status(self._label, what, resp, token=bool(self.options.token))
         self._ttl_checks[task_id] = [str(d["CheckID"]) for d in payload.get("Checks", ())
-                                     if "TTL" in d]
+                                     if "TTL" in d
+                                     and not str(d["CheckID"]).endswith(LIVENESS_SUFFIX)]
 
     def deregister(self, task_id: str) -> None:
         """Remove the task's service and its checks from the agent. Idempotent."""

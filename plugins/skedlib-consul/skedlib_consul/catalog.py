@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from skedlib import Backend, BackendError, Keyspace, LeaseExpired, Lock, Task
 from skedlib_consul.agent_client import ConsulAgentClient
-from skedlib_consul.checks import go_duration, service_definition
+from skedlib_consul.checks import LIVENESS_SUFFIX, go_duration, service_definition
 
 __all__ = [
     "HOST_TAG",
@@ -61,9 +61,6 @@ log = logging.getLogger(__name__)
 
 #: the tag prefix that marks a registration as skedlib's, followed by the host name
 HOST_TAG = "skedlib-host="
-#: the liveness check's CheckID is ``<task id>`` + this (a task's own checks have two
-#: more ``:``-separated parts, so the two never collide)
-LIVENESS_SUFFIX = ":skedlib-agent"
 
 Naming = Literal["service", "original"]
 

@@ -6,7 +6,7 @@ checking locally: the task becomes a Consul service on the Consul agent of the h
 runs on, with its containers' checks (mapped as :mod:`skedlib_consul.checks` says), and
 its health is read back from that agent. :class:`ConsulHealthProvider` follows the
 contract of :mod:`skedlib.health.provider`; every method returns at once, Consul is only
-talked to from the provider's two threads, through
+talked to from the provider's threads (sync, follow, and the catalog cleaner), through
 :class:`~skedlib_consul.agent_client.ConsulAgentClient` (every call with a timeout):
 
 - ``validate`` resolves the checks as the local provider does
@@ -108,11 +108,14 @@ class ConsulHealthProvider(HealthProvider):
     """The ``consul`` health provider: Consul's agent on this host runs the checks.
 
     See the module docstring for what is registered, how results are followed, how
-    consecutive critical results are counted, and how TTL checks are passed. Two daemon
+    consecutive critical results are counted, and how TTL checks are passed. Daemon
     threads talk to Consul (each through its own connection pool): one registers,
-    deregisters, forwards TTL reports and confirms thresholds; one follows the node's
-    health with blocking queries. ``options`` overrides where the Consul agent is
-    (default: :func:`~skedlib_consul.local_agent.agent_options` of ``ctx``).
+    deregisters, forwards TTL reports, passes the liveness checks, sweeps stale
+    registrations and confirms thresholds; one follows the node's health with blocking
+    queries; the catalog cleaner stands for election and sweeps dead nodes' entries.
+    ``options`` overrides where the Consul agent is (default:
+    :func:`~skedlib_consul.local_agent.agent_options` of ``ctx``), ``settings`` how tasks
+    are registered (default: :func:`~skedlib_consul.local_agent.registration_settings`).
     """
 
     name = "consul"
