@@ -29,12 +29,24 @@ from typing import Any
 
 import psutil
 import pytest
-from skedlib_consul.catalog import host_tag, liveness_check_id
+from skedlib_consul.catalog import (
+    RegistrationSettings,
+    host_tag,
+    liveness_check_id,
+    owner,
+    registration,
+    stale_local,
+)
 from skedlib_consul.client import DEFAULT_POOL_SIZE, HttpClient
+from skedlib_consul.local_agent import agent_options, registration_settings
 from skedlib_consul.options import agent_url_options
 
 from skedlib.agent import Agent, AgentConfig
+from skedlib.errors import PluginError
+from skedlib.health.provider import HealthContext
+from skedlib.keys import Keyspace
 from skedlib.plugins import open_backend
+from skedlib.store.memory import MemoryBackend
 from tests.agent import conftest as agent_tests
 from tests.agent.conftest import AgentEnv, make_task, sleeper, wait_for
 from tests.harness import consul as harness
@@ -399,3 +411,52 @@ def test_registration_liveness_and_sweep_with_acls_and_tls(
         assert entries(passing=True) == {task.id}
     finally:
         agent.api("PUT", f"/v1/agent/service/deregister/{stale}", token=master)
+
+
+def test_registration_options() -> None:
+    def ctx(options: dict[str, str]) -> HealthContext:
+        return HealthContext(host="h", backend=MemoryBackend(), keyspace=Keyspace(),
+                             on_change=lambda _: None, options=options)
+
+    assert registration_settings(ctx({})) == RegistrationSettings()
+    s = registration_settings(ctx({"consul.naming": "original", "liveness_ttl": "5",
+                                   "consul.clean_interval": "2.5",
+                                   "consul.catalog_cleaner": "false",
+                                   "consul.address": "10.0.0.7"}))
+    assert s == RegistrationSettings(naming="original", liveness_ttl=5.0, clean_interval=2.5,
+                                     catalog_cleaner=False, address="10.0.0.7")
+    # these options are the provider's, not unknown ones
+    assert agent_options(ctx({"consul.naming": "original",
+                              "consul.url": "http://10.1.2.3:8500"})).endpoints == (
+        ("10.1.2.3", 8500),)
+    for options, message in (
+            ({"consul.naming": "fancy"}, "consul.naming must be 'service' or 'original'"),
+            ({"consul.liveness_ttl": "1"}, "consul.liveness_ttl must be a number of seconds "
+                                           "between 3 and 3600, not '1'"),
+            ({"consul.clean_interval": "often"}, "consul.clean_interval must be"),
+            ({"consul.catalog_cleaner": "maybe"}, "consul.catalog_cleaner must be true or "
+                                                  "false")):
+        with pytest.raises(PluginError) as info:
+            registration_settings(ctx(options))
+        assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_original_naming_payload() -> None:
+    task = make_task(0, service="web", containers=[sleeper()], provide_port=False)
+    task.task_definition.tags = ["urlprefix-/web", "web"]
+    payload = registration(task, 8080, [], host="h1",
+                           settings=RegistrationSettings(naming="original"),
+                           address="10.0.0.7")
+    assert (payload["ID"], payload["Name"], payload["Address"], payload["Port"]) == (
+        task.id, f"{task.cluster.name}-web", "10.0.0.7", 8080)
+    # the definition's tags, then the cluster and the service (once), then the mark
+    assert payload["Tags"] == ["urlprefix-/web", "web", task.cluster.name, "skedlib-host=h1"]
+    assert [c["CheckID"] for c in payload["Checks"]] == [liveness_check_id(task.id)]
+    plain = registration(task, 8080, [], host="h1", settings=RegistrationSettings(),
+                         address="10.0.0.7")
+    assert (plain["Name"], "Address" in plain) == ("web", False)
+    assert plain["Tags"] == ["urlprefix-/web", "web", "skedlib-host=h1"]
+    assert owner(plain["Tags"]) == "h1" and owner(["web"]) is None
+    services = {"a": {"Tags": ["skedlib-host=h1"]}, "b": {"Tags": ["skedlib-host=h2"]},
+                "c": {"Tags": ["web"]}, "d": {"Tags": ["skedlib-host=h1"]}}
+    assert stale_local(services, "h1", keep=["d"]) == ["a"]
