@@ -91,6 +91,10 @@ from skedlib.store.base import Backend, KeyValue, ListResult
 __all__ = ["Agent", "AgentConfig", "default_state_dir"]
 
 MAX_WITHDRAW = 256
+#: the agent's own threads that may call the store at once beside its two pools: the
+#: control loop, the issued-state watch, the host reporter and its lease, the health
+#: writer, and a health provider's threads
+AGENT_THREADS = 8
 """At most this many stale copies are stopped at once after a restart."""
 
 log = logging.getLogger("skedlib.agent")
@@ -206,6 +210,9 @@ class Agent:
         self._timers = Timers()
         self._pool = ThreadPoolExecutor(max_workers=max(1, config.workers),
                                         thread_name_prefix="task-op")
+        # a store with a connection pool keeps as many connections as may be used at once
+        backend.expect_concurrency(max(1, config.workers) + max(1, config.check_workers)
+                                   + AGENT_THREADS)
         self._withdraw: ThreadPoolExecutor | None = None
         """While stale copies are withdrawn at adoption: the pool their stops run on."""
         self._ready = threading.Event()

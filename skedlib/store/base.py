@@ -184,6 +184,13 @@ class Backend(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional for backends
         """Release connections and threads. Idempotent."""
 
+    def expect_concurrency(self, threads: int) -> None:  # noqa: B027 - optional
+        """Hint: up to ``threads`` threads may call this backend at once (size pools so).
+
+        A backend with a connection pool keeps that many connections for reuse; the
+        default does nothing. Only ever widens: several users may each give a hint.
+        """
+
     # -- conveniences built on the primitives ----------------------------------------------
     def current_revision(self, prefix: str = "") -> int:
         """The store's current revision, learnt without reading outside ``prefix``.

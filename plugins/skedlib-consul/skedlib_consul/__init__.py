@@ -19,7 +19,10 @@ Modules, from the wire up:
   task as a service with its checks on a Consul agent and reads its health back;
 - :mod:`~skedlib_consul.provider`, :mod:`~skedlib_consul.states` and
   :mod:`~skedlib_consul.local_agent`: :class:`ConsulHealthProvider`, the skedlib agent's
-  health provider ``consul``, built on that client.
+  health provider ``consul``, built on that client;
+- :mod:`~skedlib_consul.catalog`: how its registrations are marked, kept alive (a
+  liveness TTL check), named, and swept when their task is no longer issued to their host
+  (:class:`~skedlib_consul.catalog.CatalogCleaner` for dead nodes).
 """
 
 from __future__ import annotations

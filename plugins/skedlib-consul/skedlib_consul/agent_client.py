@@ -38,11 +38,17 @@ import contextlib
 import json
 import os
 import time
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from skedlib import BackendError, CheckStatus, NotFound, Task, TaskHealth, ValidationError
-from skedlib_consul.checks import check_definitions, consul_status, service_definition
+from skedlib_consul.checks import (
+    LIVENESS_SUFFIX,
+    check_definitions,
+    consul_status,
+    service_definition,
+)
 from skedlib_consul.client import (
     HttpClient,
     body_text,
@@ -133,18 +139,64 @@ class ConsulAgentClient:
                                   f"{body_text(resp)}")
         raise_for_status(self._label, what, resp, token=bool(self.options.token))
         self._ttl_checks[task_id] = [str(d["CheckID"]) for d in payload.get("Checks", ())
-                                     if "TTL" in d]
+                                     if "TTL" in d
+                                     and not str(d["CheckID"]).endswith(LIVENESS_SUFFIX)]
 
     def deregister(self, task_id: str) -> None:
         """Remove the task's service and its checks from the agent. Idempotent."""
-        self._http.call("PUT", f"/v1/agent/service/deregister/{task_id}",
-                        what=f"deregister task {task_id}")
+        what = f"deregister task {task_id}"
+        # retry="unsent" returns a server error instead of retrying it: with ACLs enabled,
+        # Consul 0.8 answers an unknown service with HTTP 500 "Unknown service", which
+        # means there is nothing to remove (without ACLs it answers 200)
+        resp = self._http.request("PUT", f"/v1/agent/service/deregister/{task_id}",
+                                  retry="unsent", what=what)
+        gone = resp.status_code == 404 or (resp.status_code == 500
+                                           and "Unknown service" in resp.text)
+        if not gone:
+            raise_for_status(self._label, what, resp, token=bool(self.options.token))
         self._ttl_checks.pop(task_id, None)
 
     def registered(self) -> list[str]:
         """The IDs of every service registered on the agent (``consul`` itself excluded)."""
         services: Mapping[str, Any] = self._get("/v1/agent/services", "list services") or {}
         return sorted(sid for sid in services if sid != "consul")
+
+    def services(self) -> dict[str, Any]:
+        """The agent's services (``/v1/agent/services``), by service ID."""
+        what = "list services"
+        services = self._get("/v1/agent/services", what) or {}
+        with self._errors(what):
+            return dict(services)
+
+    def pass_checks(self, check_ids: list[str], note: str = "") -> None:
+        """Report each TTL check of ``check_ids`` passing (one call each, one connection)."""
+        for check_id in check_ids:
+            self._http.call("PUT", f"/v1/agent/check/pass/{check_id}",
+                            params=[("note", note)] if note else None,
+                            what=f"report TTL check {check_id}")
+
+    # -- the catalog ----------------------------------------------------------------------------
+    def catalog_services(self) -> dict[str, list[str]]:
+        """Every service name in the catalog with the tags registered under it."""
+        what = "list the catalog's services"
+        body = self._get("/v1/catalog/services", what) or {}
+        with self._errors(what):
+            return {str(name): [str(t) for t in tags or ()] for name, tags in body.items()}
+
+    def service_health(self, name: str) -> list[dict[str, Any]]:
+        """``/v1/health/service/<name>``: every entry (Node, Service, Checks) of ``name``."""
+        body = self._get("/v1/health/service/" + urllib.parse.quote(name, safe=""),
+                         f"read the health of service {name}") or []
+        return [e for e in body if isinstance(e, dict)]
+
+    def catalog_deregister(self, node: str, service_id: str) -> None:
+        """``PUT /v1/catalog/deregister``: remove a service from ``node`` in the catalog.
+
+        Only lasting when the node's Consul agent no longer holds the service (its
+        anti-entropy sync would register it again)."""
+        self._http.call("PUT", "/v1/catalog/deregister",
+                        data=json.dumps({"Node": node, "ServiceID": service_id}),
+                        what=f"deregister {service_id} from node {node}")
 
     # -- reading the agent ----------------------------------------------------------------------
     def node_name(self) -> str:

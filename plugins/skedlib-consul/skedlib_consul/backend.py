@@ -176,6 +176,11 @@ class ConsulBackend(Backend):
         """``host:port`` of the endpoint requests currently go to first."""
         return self._http.current_endpoint
 
+    def expect_concurrency(self, threads: int) -> None:
+        """Keep up to ``threads`` connections per endpoint (see
+        :meth:`HttpClient.size_pool <skedlib_consul.client.HttpClient.size_pool>`)."""
+        self._http.size_pool(threads)
+
     def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
         return consul_errors(self.url, what)
 

@@ -34,6 +34,7 @@ from skedlib import Check, ResolvedCheck, Task, ValidationError, check_env, subs
 
 __all__ = [
     "DEFAULT_INTERVAL",
+    "LIVENESS_SUFFIX",
     "assign_check_ids",
     "check_definitions",
     "check_id",
@@ -45,6 +46,10 @@ __all__ = [
 
 #: the interval of a check that names none (Consul needs one for http, tcp and script)
 DEFAULT_INTERVAL = "10s"
+#: a registration's liveness check has the CheckID ``<task id>`` + this (a task's own
+#: checks have two more ``:``-separated parts, so the two never collide; see
+#: :mod:`skedlib_consul.catalog`)
+LIVENESS_SUFFIX = ":skedlib-agent"
 
 Status = Literal["passing", "warning", "critical"]
 _STATUSES: dict[str, Status] = {

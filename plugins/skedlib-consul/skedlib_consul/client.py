@@ -38,12 +38,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import requests
+import requests.adapters
 import urllib3.exceptions
 
 from skedlib import BackendError, BackendUnavailable, Backoff
 from skedlib_consul.options import ConsulOptions
 
 __all__ = [
+    "DEFAULT_POOL_SIZE",
     "HttpClient",
     "RetryPolicy",
     "body_text",
@@ -59,6 +61,9 @@ RetryPolicy = Literal["any", "unsent"]
 # the server could not connect to the leader to forward it
 _NOT_APPLIED = ("No cluster leader", "No path to datacenter", "no leader",
                 "failed to get conn")
+#: connections kept per endpoint until :meth:`HttpClient.size_pool` asks for more
+#: (requests' own default is 10, fewer than the agent's 16 task workers)
+DEFAULT_POOL_SIZE = 16
 
 
 def _innermost(exc: BaseException) -> BaseException:
@@ -131,12 +136,17 @@ class HttpClient:
     """requests to the listed endpoints, with a timeout on every call and failover.
 
     ``label`` starts every error message (the backend's URL, or ``consul agent URL``).
-    Thread-safe: one connection pool shared by every thread.
+    Thread-safe: one connection pool per endpoint shared by every thread, keeping up to
+    ``pool_size`` connections (:meth:`size_pool` widens it to the caller's concurrency,
+    so that threads beyond it do not open and throw away connections, which urllib3
+    reports as "Connection pool is full").
     """
 
-    def __init__(self, options: ConsulOptions, label: str) -> None:
+    def __init__(self, options: ConsulOptions, label: str, *,
+                 pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.options = options
         self.label = label
+        self.pool_size = 0
         self._session = requests.Session()
         self._session.trust_env = False  # no proxy or netrc surprises between us and Consul
         self._session.headers["User-Agent"] = "skedlib-consul"
@@ -150,6 +160,25 @@ class HttpClient:
         self._current = 0
         self._lock = threading.Lock()
         self._closed = False
+        self.size_pool(pool_size)
+
+    def size_pool(self, threads: int) -> None:
+        """Keep up to ``threads`` connections per endpoint (never fewer than before).
+
+        Call it with the number of threads that may call at once. A wider pool costs
+        nothing until it is used: connections are opened on demand and kept for reuse.
+        """
+        with self._lock:
+            if threads <= self.pool_size:
+                return
+            self.pool_size = threads
+            # one pool per endpoint host; pool_block=False: a thread beyond the size still
+            # gets a connection at once (it is then closed instead of kept)
+            adapter = requests.adapters.HTTPAdapter(
+                pool_connections=max(10, len(self.options.endpoints)), pool_maxsize=threads)
+            # mounted anew: requests in flight finish on the old adapter's connections
+            self._session.mount("http://", adapter)
+            self._session.mount("https://", adapter)
 
     @property
     def current_endpoint(self) -> str:

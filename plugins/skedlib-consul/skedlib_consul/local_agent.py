@@ -22,13 +22,71 @@ import socket
 
 from skedlib import BackendUnavailable, HealthContext, PluginError
 from skedlib_consul.backend import ConsulBackend
+from skedlib_consul.catalog import Naming, RegistrationSettings
 from skedlib_consul.options import DEFAULT_AGENT, ConsulOptions, agent_url_options
 
-__all__ = ["agent_options", "on_this_host"]
+__all__ = ["agent_options", "on_this_host", "registration_settings"]
 
 log = logging.getLogger(__name__)
 
 _OPTION_NAMES = {"url": "url", "agent": "url", "token": "token", "timeout": "timeout"}
+#: options of how tasks are registered (:func:`registration_settings`)
+_SETTING_NAMES = ("naming", "liveness_ttl", "clean_interval", "catalog_cleaner", "address")
+_KNOWN = "consul.url, consul.token, consul.timeout, " + ", ".join(
+    f"consul.{n}" for n in _SETTING_NAMES)
+
+
+def _bare(key: str) -> str:
+    return key[len("consul."):] if key.startswith("consul.") else key
+
+
+def _seconds(key: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not low <= value <= high:
+        raise PluginError(f"health provider consul: {key} must be a number of seconds "
+                          f"between {low:g} and {high:g}, not {raw!r}")
+    return value
+
+
+def registration_settings(ctx: HealthContext) -> RegistrationSettings:
+    """How tasks are registered, from ``ctx.options`` (the ``consul.`` prefix optional):
+
+    ``consul.naming`` ``service`` (default: Name = the service, Tags = the definition's
+    tags) or ``original`` (Name ``<cluster>-<service>``, Tags + cluster + service,
+    Address = the host's); ``consul.liveness_ttl`` the TTL of each registration's
+    liveness check (default 15, 3 to 3600 s); ``consul.clean_interval`` how often stale
+    registrations are looked for (default 10, 1 to 3600 s); ``consul.catalog_cleaner``
+    ``true``/``false`` (default true: stand for election as the cleaner of dead nodes'
+    entries); ``consul.address`` the address advertised with the ``original`` naming.
+    Raises :class:`~skedlib.errors.PluginError` for a bad value.
+    """
+    given = {_bare(k): (k, v) for k, v in ctx.options.items()}
+    defaults = RegistrationSettings()
+    naming_style: Naming = defaults.naming
+    if "naming" in given:
+        key, raw = given["naming"]
+        if raw not in ("service", "original"):
+            raise PluginError(f"health provider consul: {key} must be 'service' or "
+                              f"'original', not {raw!r}")
+        naming_style = "original" if raw == "original" else "service"
+    ttl = _seconds(*given["liveness_ttl"], 3.0, 3600.0) if "liveness_ttl" in given \
+        else defaults.liveness_ttl
+    interval = _seconds(*given["clean_interval"], 1.0, 3600.0) \
+        if "clean_interval" in given else defaults.clean_interval
+    cleaner = defaults.catalog_cleaner
+    if "catalog_cleaner" in given:
+        key, raw = given["catalog_cleaner"]
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise PluginError(f"health provider consul: {key} must be true or false, "
+                              f"not {raw!r}")
+        cleaner = raw.lower() in ("true", "1", "yes")
+    address = given["address"][1] if "address" in given else ""
+    return RegistrationSettings(naming=naming_style, liveness_ttl=ttl,
+                                clean_interval=interval, catalog_cleaner=cleaner,
+                                address=address)
 
 
 def on_this_host(host: str) -> bool:
@@ -70,10 +128,12 @@ def agent_options(ctx: HealthContext) -> ConsulOptions:
     """
     given: dict[str, str] = {}
     for key, value in ctx.options.items():
-        bare = key[len("consul."):] if key.startswith("consul.") else key
+        bare = _bare(key)
+        if bare in _SETTING_NAMES:
+            continue  # read by registration_settings
         if bare not in _OPTION_NAMES:
             raise PluginError(f"health provider consul: unknown option {key!r} (known: "
-                              "consul.url, consul.token, consul.timeout)")
+                              f"{_KNOWN})")
         given[_OPTION_NAMES[bare]] = value
     timeout: float | None = None
     if "timeout" in given:

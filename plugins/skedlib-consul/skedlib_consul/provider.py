@@ -6,14 +6,17 @@ checking locally: the task becomes a Consul service on the Consul agent of the h
 runs on, with its containers' checks (mapped as :mod:`skedlib_consul.checks` says), and
 its health is read back from that agent. :class:`ConsulHealthProvider` follows the
 contract of :mod:`skedlib.health.provider`; every method returns at once, Consul is only
-talked to from the provider's two threads, through
+talked to from the provider's threads (sync, follow, and the catalog cleaner), through
 :class:`~skedlib_consul.agent_client.ConsulAgentClient` (every call with a timeout):
 
 - ``validate`` resolves the checks as the local provider does
   (:func:`skedlib.resolve_checks`: one kind, a usable target, parsable
   durations) and raises :class:`~skedlib.executors.base.TaskRejected`.
 - ``watch(task, port)`` registers the task as a service (ID the task id, Name the
-  service, Port ``port``, Tags the definition's tags) with its checks; intervals and
+  service, Port ``port``, Tags the definition's tags and the mark ``skedlib-host=<host>``;
+  ``consul.naming=original``: the original program's naming, see
+  :mod:`skedlib_consul.catalog`) with its checks and a liveness TTL check that the sync
+  thread passes every third of ``consul.liveness_ttl`` while the task is watched; intervals and
   timeouts are the resolved ones (Consul raises intervals below 1 s to 1 s), script
   checks get ``PROVIDED_PORT``, ``SKED_TASK_ID`` and ``SKED_HOST`` exported. A
   registration that fails (Consul unreachable) is retried with backoff; one Consul
@@ -30,6 +33,11 @@ talked to from the provider's two threads, through
   agent's own, up-to-date view with outputs) and calls ``on_change`` when a status
   changed. A watched task whose service vanished from the agent (a restarted dev agent)
   is registered again.
+
+- On start and every ``consul.clean_interval`` the sync thread deregisters the
+  registrations marked with this host whose task is neither issued to the host nor
+  watched; a :class:`~skedlib_consul.catalog.CatalogCleaner`, when elected, removes dead
+  nodes' entries from the catalog (:mod:`skedlib_consul.catalog`).
 
 How results become states (no result yet, consecutive critical results counted in
 time against ``failure_threshold``) is in :mod:`skedlib_consul.states`; which Consul
@@ -64,6 +72,7 @@ from skedlib import (
     CheckStatus,
     HealthContext,
     HealthProvider,
+    Host,
     ResolvedCheck,
     Task,
     TaskHealth,
@@ -72,12 +81,16 @@ from skedlib import (
     resolve_checks,
 )
 from skedlib_consul.agent_client import ConsulAgentClient
-from skedlib_consul.checks import (
-    assign_check_ids,
-    resolved_check_definitions,
-    service_definition,
+from skedlib_consul.catalog import (
+    CatalogCleaner,
+    RegistrationSettings,
+    liveness_check_id,
+    owner,
+    registration,
+    stale_local,
 )
-from skedlib_consul.local_agent import agent_options
+from skedlib_consul.checks import assign_check_ids, resolved_check_definitions
+from skedlib_consul.local_agent import agent_options, registration_settings
 from skedlib_consul.options import ConsulOptions
 from skedlib_consul.states import TrackedCheck, TrackedTask
 
@@ -95,18 +108,24 @@ class ConsulHealthProvider(HealthProvider):
     """The ``consul`` health provider: Consul's agent on this host runs the checks.
 
     See the module docstring for what is registered, how results are followed, how
-    consecutive critical results are counted, and how TTL checks are passed. Two daemon
+    consecutive critical results are counted, and how TTL checks are passed. Daemon
     threads talk to Consul (each through its own connection pool): one registers,
-    deregisters, forwards TTL reports and confirms thresholds; one follows the node's
-    health with blocking queries. ``options`` overrides where the Consul agent is
-    (default: :func:`~skedlib_consul.local_agent.agent_options` of ``ctx``).
+    deregisters, forwards TTL reports, passes the liveness checks, sweeps stale
+    registrations and confirms thresholds; one follows the node's health with blocking
+    queries; the catalog cleaner stands for election and sweeps dead nodes' entries.
+    ``options`` overrides where the Consul agent is (default:
+    :func:`~skedlib_consul.local_agent.agent_options` of ``ctx``), ``settings`` how tasks
+    are registered (default: :func:`~skedlib_consul.local_agent.registration_settings`).
     """
 
     name = "consul"
 
-    def __init__(self, ctx: HealthContext, *, options: ConsulOptions | None = None) -> None:
+    def __init__(self, ctx: HealthContext, *, options: ConsulOptions | None = None,
+                 settings: RegistrationSettings | None = None) -> None:
         self.ctx = ctx
         self.options = options or agent_options(ctx)
+        self.settings = settings or registration_settings(ctx)
+        """How tasks are registered and the catalog kept clean (``consul.naming`` …)."""
         self.url = self.options.base_url(0)
         self._sync_client = ConsulAgentClient(self.options, host=ctx.host)
         self._follow_client = ConsulAgentClient(self.options, host=ctx.host)
@@ -124,12 +143,25 @@ class ConsulHealthProvider(HealthProvider):
         self._warned: dict[str, str] = {}
         self._closed = False
         self._close_by = 0.0
+        self._address = self.settings.address
+        """The address advertised with the original naming (from the host record)."""
+        self._next_alive = 0.0
+        self._next_clean = 0.0  # the first sweep of stale registrations: at once
+        self.cleaner: CatalogCleaner | None = None
+        """The catalog cleaner of dead nodes' entries (when ``consul.catalog_cleaner``)."""
+        if self.settings.catalog_cleaner:
+            self.cleaner = CatalogCleaner(ctx.backend, ctx.keyspace,
+                                          ConsulAgentClient(self.options, host=ctx.host),
+                                          holder=ctx.host,
+                                          interval=self.settings.clean_interval)
         self._sync_thread = threading.Thread(target=self._sync_loop, name="consul-health-sync",
                                              daemon=True)
         self._follow_thread = threading.Thread(target=self._follow_loop,
                                                name="consul-health-follow", daemon=True)
         self._sync_thread.start()
         self._follow_thread.start()
+        if self.cleaner is not None:
+            self.cleaner.start()
 
     def __repr__(self) -> str:
         return f"<ConsulHealthProvider {self.url}>"
@@ -149,8 +181,8 @@ class ConsulHealthProvider(HealthProvider):
     def watch(self, task: Task, port: int) -> None:
         """Register ``task`` with Consul soon (replacing an earlier watch of it)."""
         resolved, ids = self._resolve(task, port)
-        payload = service_definition(task, port,
-                                     self._definitions(task, port, resolved, ids))
+        payload = registration(task, port, self._definitions(task, port, resolved, ids),
+                               host=self.ctx.host, settings=self.settings)
         checks = [TrackedCheck.registering(r, check_id)
                   for r, check_id in zip(resolved, ids, strict=True)]
         with self._cond:
@@ -191,6 +223,9 @@ class ConsulHealthProvider(HealthProvider):
             self._cond.notify_all()
         self._sync_thread.join(timeout=max(0.0, self._close_by - time.monotonic()) + 1.0)
         self._follow_thread.join(timeout=0.5)
+        if self.cleaner is not None:
+            self.cleaner.close()
+            self.cleaner.client.close()
         self._sync_client.close()
         self._follow_client.close()
 
@@ -283,6 +318,13 @@ class ConsulHealthProvider(HealthProvider):
             return ("register", task_id, entry.generation, entry.payload), None
         if self._closed:
             return None, wait
+        if self._next_clean <= now:
+            return ("clean",), None
+        later(self._next_clean)
+        if any(e.registered for e in self._tasks.values()):
+            if self._next_alive <= now:
+                return ("alive",), None
+            later(self._next_alive)
         deadline = self._deadline()
         if deadline is not None:
             at = max(deadline, self._last_refresh_try + 1.0) if \
@@ -330,6 +372,10 @@ class ConsulHealthProvider(HealthProvider):
             self._refresh(self._sync_client)
         elif kind == "ttl":
             self._forward_ttl(job[1], job[2])
+        elif kind == "alive":
+            self._pass_alive()
+        elif kind == "clean":
+            self._clean()
 
     def _backoff(self, task_id: str) -> float:
         backoff = self._retries.get(task_id)
@@ -337,8 +383,23 @@ class ConsulHealthProvider(HealthProvider):
             backoff = self._retries[task_id] = Backoff(_RETRY_INITIAL, _RETRY_MAX)
         return backoff.next()
 
+    def _host_address(self) -> str:
+        """The host's address (its agent record's), once known; '' until then."""
+        if not self._address:
+            try:
+                kv = self.ctx.backend.get(self.ctx.keyspace.agent(self.ctx.host))
+                if kv is not None:
+                    self._address = decode(kv.value, Host, where=kv.key).address
+            except (BackendError, ValidationError) as exc:
+                log.debug("consul health provider: cannot read the host's address: %s", exc)
+        return self._address
+
     def _register(self, task_id: str, generation: int, payload: dict[str, Any]) -> None:
         client = self._sync_client
+        if self.settings.naming == "original" and "Address" not in payload:
+            address = self._host_address()
+            if address:
+                payload = {**payload, "Address": address}
         try:
             with self._cond:
                 known_absent = task_id in self._absent
@@ -409,6 +470,51 @@ class ConsulHealthProvider(HealthProvider):
                 self._dirty.pop(task_id, None)
                 self._absent.add(task_id)
         log.debug("consul health provider: deregistered %s from %s", task_id, self.url)
+
+    def _pass_alive(self) -> None:
+        """Pass the liveness check of every registered task (see
+        :mod:`skedlib_consul.catalog`): one read of the agent's checks, one call each."""
+        with self._cond:
+            self._next_alive = time.monotonic() + self.settings.liveness_ttl / 3
+            wanted = [liveness_check_id(task_id) for task_id, e in self._tasks.items()
+                      if e.registered]
+        try:
+            present = self._sync_client.local_state()[1]
+            self._sync_client.pass_checks([c for c in wanted if c in present],
+                                          note=f"skedlib agent {self.ctx.host} is running")
+        except (BackendError, ValidationError) as exc:
+            self._warn("alive", f"consul health provider: cannot pass the liveness checks "
+                                f"on {self.url}: {exc}")
+            return
+        self._ok("alive")
+
+    def _clean(self) -> None:
+        """Deregister this host's registrations whose task is neither issued here nor
+        watched (left by a killed agent, or moved away while it was down)."""
+        with self._cond:
+            self._next_clean = time.monotonic() + self.settings.clean_interval
+        host = self.ctx.host
+        try:
+            services = self._sync_client.services()
+            if not any(owner(svc.get("Tags")) == host for svc in services.values()
+                       if isinstance(svc, Mapping)):
+                return
+            prefix = self.ctx.keyspace.host_tasks(host)
+            issued = {kv.key[len(prefix):] for kv in self.ctx.backend.list(prefix).items}
+            with self._cond:
+                keep = issued | set(self._tasks)
+            for sid in stale_local(services, host, keep):
+                self._sync_client.deregister(sid)
+                with self._cond:
+                    if sid not in self._tasks:
+                        self._absent.add(sid)
+                log.info("consul health provider: deregistered %s from %s: it is not "
+                         "issued to %s", sid, self.url, host)
+        except BackendError as exc:
+            self._warn("clean", f"consul health provider: cannot look for stale "
+                                f"registrations on {self.url}: {exc}")
+            return
+        self._ok("clean")
 
     def _forward_ttl(self, task_id: str, generation: int) -> None:
         """Forward reports of the task's ttl checks from its health record to Consul."""

@@ -118,7 +118,7 @@ def test_http_check_through_consul_restart_and_deregistration(
                 return entry
         return None
     entry = wait_for(passing, 10, "the service passing in Consul's catalog")
-    assert sorted(entry["Service"]["Tags"]) == ["canary", "web"]
+    assert sorted(entry["Service"]["Tags"]) == ["canary", f"skedlib-host={env.host}", "web"]
     assert (entry["Service"]["Service"], entry["Service"]["Port"]) == (service, port)
 
     # the server dies: Consul's check turns critical, and the agent restarts the task

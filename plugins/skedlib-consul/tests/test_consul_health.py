@@ -381,8 +381,11 @@ def test_agent_provider_follows_an_http_check_to_unhealthy(
     _, services = agent.api("GET", "/v1/agent/services")
     svc = services[task.id]
     assert (svc["Service"], svc["Port"], sorted(svc["Tags"])) == (
-        task.service, web_server.port, ["canary", "web"])
-    assert set(_consul_checks(agent, task.id)) == {f"{task.id}:app:http"}
+        task.service, web_server.port, ["canary", "skedlib-host=host-1", "web"])
+    # the task's check, and the liveness check the provider keeps passing
+    checks = _consul_checks(agent, task.id)
+    assert set(checks) == {f"{task.id}:app:http", f"{task.id}:skedlib-agent"}
+    assert checks[f"{task.id}:skedlib-agent"]["Status"] == "passing"
     # every call to Consul came from the provider's threads, none from the caller's
     assert callers and threading.get_ident() not in callers
 
