@@ -96,8 +96,8 @@ def check_cluster(cluster: Cluster, label: str) -> Cluster:
 
 
 def check_service(service: Service, label: str, limits: Limits = DEFAULT_LIMITS) -> Service:
-    """Names (and label keys and values) valid; 0 ≤ min ≤ desired ≤ max ≤ ``limits.desired``; update strategy sane.
-    Fills defaults."""
+    """Names (and label keys and values) valid; 0 ≤ min ≤ desired ≤ max ≤
+    ``limits.desired``; update strategy sane. Fills defaults."""
     label = one_line(label)
     _at_most(service.desired, limits.desired, label, "desired")
     _at_most(service.max, limits.desired, label, "max")

@@ -73,6 +73,11 @@ def _kind(value: str) -> str:
             "tasks)") from None
 
 
+def _complete_kinds(**_: Any) -> list[str]:
+    """What Tab offers for ``get KIND`` and ``delete KIND``."""
+    return ["clusters", "services", "task_definitions", "hosts", "tasks"]
+
+
 COMMAND_GROUPS: list[tuple[str, list[str]]] = [
     ("Look at the cluster", ["get", "tasks", "hosts", "describe", "logs", "rollout",
                              "doctor"]),
@@ -160,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("get", parents=[common],
                        help="show clusters, services, task definitions, hosts or tasks")
-    p.add_argument("kind", type=_kind,
-                   help="clusters, services (svc), task_definitions (td), hosts, tasks")
+    a = p.add_argument("kind", type=_kind,
+                       help="clusters, services (svc), task_definitions (td), hosts, tasks")
+    a.completer = _complete_kinds  # type: ignore[attr-defined]  # read by argcomplete
     p.add_argument("name", nargs="?", metavar="NAME",
                    help="one object (task definitions: NAME[:VERSION])")
     add_output_options(p, selector="labels (services and their tasks) or attributes "
@@ -169,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_get, read_only=True)
 
     p = sub.add_parser("delete", parents=[common], help="delete an object of desired state")
-    p.add_argument("kind", type=_kind,
-                   help="cluster, service, task_definition or host (its settings)")
+    a = p.add_argument("kind", type=_kind,
+                       help="cluster, service, task_definition or host (its settings)")
+    a.completer = _complete_kinds  # type: ignore[attr-defined]
     p.add_argument("name", metavar="NAME",
                    help="the object; task definitions: NAME (every version) or NAME:VERSION")
     p.set_defaults(func=cmd_delete)
