@@ -95,12 +95,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     esub = p.add_subparsers(dest="env_command", required=True, metavar="COMMAND")
     c = esub.add_parser("create", parents=[common],
                         help="create an environment (nothing runs until `sked deploy`)")
-    c.add_argument("name")
-    c.add_argument("--cluster", required=True)
+    c.add_argument("name", help="the new environment's name")
+    c.add_argument("--cluster", required=True, help="the cluster whose hosts it runs on")
     c.add_argument("--task", type=_task, required=True, metavar="NAME:VERSION",
                    help="the task definition to run on every eligible host")
     _spec_options(c)
-    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table",
+                   metavar="FORMAT", help="table (default: one line), json or yaml: the "
+                                          "environment")
     c = esub.add_parser("ls", parents=[common], help="list environments")
     c.add_argument("--cluster", default=None, help="only this cluster's")
     add_output_options(c)
@@ -109,23 +111,26 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     add_output_options(c, default="yaml")
     c = esub.add_parser("update", parents=[common],
                         help="change an environment (takes effect with the next deploy)")
-    c.add_argument("name")
-    c.add_argument("--task", type=_task, default=None, metavar="NAME:VERSION")
+    c.add_argument("name", help="the environment")
+    c.add_argument("--task", type=_task, default=None, metavar="NAME:VERSION",
+                   help="run this task definition from the next deploy on")
     _spec_options(c)
     c.add_argument("--no-constraints", action="store_true", help="remove every constraint")
     c.add_argument("--deploy", action="store_true", help="then deploy it")
     _wait_options(c)
-    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table",
+                   metavar="FORMAT", help="table (default: one line), json or yaml: the "
+                                          "environment")
     c = esub.add_parser("delete", parents=[common],
                         help="delete an environment; its tasks stop unless --keep-tasks")
-    c.add_argument("name")
+    c.add_argument("name", help="the environment")
     c.add_argument("--keep-tasks", action="store_true",
                    help="keep the tasks running (the service stays, detached)")
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("deploy", parents=[common],
                        help="deploy an environment on every eligible host")
-    p.add_argument("name", metavar="ENV")
+    p.add_argument("name", metavar="ENV", help="the environment")
     p.add_argument("--token", default=None,
                    help="the deployment token (default: the environment's current one; "
                         "pass it to make a retried command deploy at most once)")
