@@ -360,7 +360,8 @@ def watch(client: Any, text: Callable[[], str], out: Any = None) -> int:
                 if tty:
                     out.write("\x1b[H\x1b[2J")
                 stamp = time.strftime("%H:%M:%S")
-                out.write(f"{stamp}  revision {revision}  (watching; Ctrl-C exits)\n{body}\n")
+                out.write(f"{stamp}  revision {revision}  (watching; Ctrl-C exits)\n"
+                          + (f"{body}\n" if body else ""))
                 if not tty:
                     out.write("\n")
                 out.flush()
