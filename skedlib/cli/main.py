@@ -272,9 +272,7 @@ def _get_listing(client: Client, kind: str, name: str | None) -> Listing[Any]:
              Column("hosts", lambda c: c.hosts or "all")],
             name=lambda c: c.name, single=name is not None)
     elif kind == "service":
-        view = read_view(client)
-        listing = service_listing(view, name)
-        listing.data = to_builtins  # the JSON form is the Service, a manifest section
+        listing = service_listing(read_view(client), name)  # JSON: the stored Service
     elif kind == "task_definition":
         base, _, version = (name or "").partition(":")
         listing = Listing[TaskDefinition](
@@ -285,13 +283,12 @@ def _get_listing(client: Client, kind: str, name: str | None) -> Listing[Any]:
             name=lambda t: f"{t.name}:{t.version}")
     elif kind == "host":
         view = read_view(client)
-        rows = host_listing(view, name)
-        live = {h.name: h for h in client.hosts()}
-        configs = {h.name: h for h in client.host_configs()}
-        objects = {r.name: live.get(r.name) or configs.get(r.name) for r in rows.objects}
-        # the table is sked hosts'; the JSON form is the stored Host (or HostConfig)
-        listing = rows
-        listing.data = lambda r: to_builtins(objects[r.name])
+        listing = host_listing(view, name)
+        snap = view.snapshot
+        # the table is sked hosts'; the JSON form is the stored Host (or its HostConfig
+        # when no agent is live there), from the same reading
+        listing.data = lambda r: to_builtins(
+            snap.hosts[r.name].host if r.name in snap.hosts else snap.host_configs[r.name])
     else:
         view = read_view(client)
         tasks = {t.id: t for t in view.tasks() if name in (None, t.id)}

@@ -316,3 +316,15 @@ def test_every_get_and_list_watches(argv: list[str], watching: Callable[..., Any
     proc.send_signal(signal.SIGINT)
     assert proc.wait(30) == 0
 
+
+
+def test_tasks_by_host_takes_the_same_options(sked: Run) -> None:
+    _, out, _ = sked("tasks", "--by-host", "-l", "team=core")
+    sections = out.strip().split("\n\n")
+    assert len(sections) == 1 and "default-api-1-0" in sections[0]
+    assert "default-web" not in out
+    _, out, _ = sked("tasks", "--by-host", "--no-headers")
+    assert "-----" not in out and " id " not in out and "default-web-1-0" in out
+    _, out, _ = sked("tasks", "--by-host", "-o", "name")
+    assert out.splitlines() == ["task/default-api-1-0", "task/default-web-1-0",
+                                "task/default-web-1-1"]
