@@ -111,8 +111,8 @@ def _grouped_help(sub: Any) -> str:
             lines.append(f"{title}:")
             lines += [f"  {n:<{width}}{helps[n]}" for n in names]
             lines.append("")
-    lines.append("Run sked COMMAND --help for a command's options. Documentation: "
-                 "docs/cli.md.")
+    lines.append("Run sked COMMAND --help for a command's options. Every get and list "
+                 "command takes -o, --no-headers, --sort-by, -l and -w.")
     return "\n".join(lines)
 
 
