@@ -96,6 +96,9 @@ class Service(msgspec.Struct, kw_only=True):
     constraints: list[str] = msgspec.field(default_factory=list)
     """Host constraints, e.g. ``"attribute:zone in [a, b]"`` or ``"distinct_host"``."""
     update: UpdateStrategy = msgspec.field(default_factory=UpdateStrategy)
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    """Labels for people and tools (``team: web``); ``sked get services -l team=web``
+    selects by them. Keys and values are names (see :func:`skedlib.keys.validate_name`)."""
 
 
 class Check(msgspec.Struct, kw_only=True):

@@ -96,8 +96,8 @@ def check_cluster(cluster: Cluster, label: str) -> Cluster:
 
 
 def check_service(service: Service, label: str, limits: Limits = DEFAULT_LIMITS) -> Service:
-    """Names valid; 0 ≤ min ≤ desired ≤ max ≤ ``limits.desired``; update strategy sane.
-    Fills defaults."""
+    """Names (and label keys and values) valid; 0 ≤ min ≤ desired ≤ max ≤
+    ``limits.desired``; update strategy sane. Fills defaults."""
     label = one_line(label)
     _at_most(service.desired, limits.desired, label, "desired")
     _at_most(service.max, limits.desired, label, "max")
@@ -114,6 +114,9 @@ def check_service(service: Service, label: str, limits: Limits = DEFAULT_LIMITS)
             f"min={service.min} desired={service.desired} max={maximum}")
     if service.max_attempts < 0:
         raise ValidationError(f"{label}: field max_attempts: must be ≥ 0")
+    for key, value in service.labels.items():
+        _name(key, label, "labels", "label key")
+        _name(value, label, f"labels.{key}", "label value")
     update = service.update
     if update.max_parallel < 1:
         raise ValidationError(f"{label}: field update.max_parallel: must be ≥ 1")

@@ -24,13 +24,14 @@ __all__ = [
     "HOST_HEADERS",
     "SERVICE_HEADERS",
     "TASK_HEADERS",
-    "HostSummary",
+    "HostRow",
     "ServiceSummary",
     "TaskRow",
     "View",
+    "host_cells",
     "host_rows",
-    "host_summaries",
     "read_view",
+    "service_labels",
     "service_row",
     "service_summary",
     "task_cells",
@@ -136,52 +137,55 @@ def tasks_by_host(view: View) -> list[tuple[str, str, list[TaskRow]]]:
     return out
 
 
-class HostSummary(msgspec.Struct, kw_only=True):
-    """A host as ``sked hosts`` and ``GET /v1/hosts`` show it: live (its agent holds a
-    host record) or known only by its settings; memory (MiB) and CPU units are
-    allocated/total as schedulers count them (from the issued tasks), not what the
-    host's processes use now (absent for a host that is not live)."""
+class HostRow(msgspec.Struct, kw_only=True):
+    """One line of ``sked hosts`` (also its ``-o json`` shape): a live host, or a host
+    known only by its settings (``live`` false; no address, capacity or usage).
+
+    Memory is MiB, CPU 1/1024-core units; *allocated* is what the issued tasks on the
+    host ask for, as schedulers count it, not what its processes use now."""
 
     name: str
     address: str = ""
-    live: bool
-    draining: bool
+    live: bool = False
+    draining: bool = False
     memory_allocated: int | None = None
     memory_total: int | None = None
     cpu_allocated: int | None = None
     cpu_total: int | None = None
-    tasks: int
+    tasks: int = 0
     attributes: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-def host_summaries(view: View) -> list[HostSummary]:
-    """Every live host and every host known only by its settings, by name."""
+def host_rows(view: View) -> list[HostRow]:
+    """The rows of ``sked hosts``: live hosts, and hosts known only by their settings,
+    by name."""
     snap = view.snapshot
-    out: list[HostSummary] = []
+    rows: list[HostRow] = []
     for name in sorted(set(snap.hosts) | set(snap.host_configs)):
         h = snap.hosts.get(name)
+        cfg = snap.host_configs.get(name)
         if h is None:
-            cfg = snap.host_configs[name]
-            out.append(HostSummary(
-                name=name, live=False, draining=cfg.draining,
-                tasks=sum(1 for t in snap.tasks.values() if t.host == name),
-                attributes=dict(sorted(cfg.attributes.items()))))
+            assert cfg is not None
+            rows.append(HostRow(name=name, draining=cfg.draining,
+                                tasks=sum(1 for t in snap.tasks.values() if t.host == name),
+                                attributes=dict(sorted(cfg.attributes.items()))))
             continue
-        out.append(HostSummary(
-            name=name, address=h.address, live=True, draining=h.draining,
-            memory_allocated=h.allocated.memory, memory_total=h.total.memory,
-            cpu_allocated=h.allocated.cpu_units, cpu_total=h.total.cpu_units,
-            tasks=len(h.tasks), attributes=dict(sorted(h.attributes.items()))))
-    return out
+        rows.append(HostRow(name=name, address=h.address, live=True, draining=h.draining,
+                            memory_allocated=h.allocated.memory, memory_total=h.total.memory,
+                            cpu_allocated=h.allocated.cpu_units, cpu_total=h.total.cpu_units,
+                            tasks=len(h.tasks), attributes=dict(sorted(h.attributes.items()))))
+    return rows
 
 
-def host_rows(view: View) -> list[list[Any]]:
-    """The rows of ``sked hosts`` (:func:`host_summaries` as table cells)."""
-    return [[h.name, h.address, h.live, h.draining,
-             "-" if h.memory_total is None else f"{h.memory_allocated}/{h.memory_total}",
-             "-" if h.cpu_total is None else f"{h.cpu_allocated}/{h.cpu_total}", h.tasks,
-             [f"{k}={v}" for k, v in h.attributes.items()]]
-            for h in host_summaries(view)]
+def host_cells(row: HostRow) -> list[Any]:
+    """Table cells of a host row, in :data:`HOST_HEADERS` order (memory and CPU as
+    *allocated/total*)."""
+    def used(allocated: int | None, total: int | None) -> str:
+        return "-" if allocated is None else f"{allocated}/{total}"
+    return [row.name, row.address, row.live, row.draining,
+            used(row.memory_allocated, row.memory_total),
+            used(row.cpu_allocated, row.cpu_total), row.tasks,
+            [f"{k}={v}" for k, v in row.attributes.items()]]
 
 
 class ServiceSummary(msgspec.Struct, kw_only=True):
@@ -236,3 +240,9 @@ def service_row(view: View, s: Service) -> list[Any]:
     return [m.name, m.task_definition, m.version, m.scheduler, m.desired,
             "-" if m.placed is None else m.placed, "-" if m.healthy is None else m.healthy,
             m.status]
+
+
+def service_labels(view: View, service: str) -> dict[str, str]:
+    """The labels of the service ``service`` (none if it is not in the desired state)."""
+    s = view.snapshot.services.get(service)
+    return dict(s.labels) if s is not None else {}

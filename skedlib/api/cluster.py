@@ -24,10 +24,10 @@ from skedlib.api.routing import Call, QueryParam, Route, between, seconds
 from skedlib.models import HostConfig, Service, Task, TaskHealth
 from skedlib.runtime import wait_for_change
 from skedlib.views import (
-    HostSummary,
+    HostRow,
     ServiceSummary,
     TaskRow,
-    host_summaries,
+    host_rows,
     read_view,
     service_summary,
     task_rows,
@@ -124,14 +124,14 @@ class TaskDetail(msgspec.Struct, kw_only=True):
 class HostList(msgspec.Struct, kw_only=True):
     """``GET /v1/hosts``: live hosts and hosts known only by their settings, by name."""
 
-    items: list[HostSummary]
+    items: list[HostRow]
     revision: int
 
 
 class HostDetail(msgspec.Struct, kw_only=True):
     """``GET /v1/hosts/{name}``: the host's summary and the tasks issued to it."""
 
-    summary: HostSummary
+    summary: HostRow
     tasks: list[TaskRow]
     revision: int
 
@@ -212,13 +212,13 @@ def _task(call: Call) -> Response:
 # -- hosts ----------------------------------------------------------------------------------
 def _hosts(call: Call) -> Response:
     view = read_view(call.client)
-    return Response(200, HostList(items=host_summaries(view), revision=view.revision))
+    return Response(200, HostList(items=host_rows(view), revision=view.revision))
 
 
 def _host(call: Call) -> Response:
     name = call.path["name"]
     view = read_view(call.client)
-    found = [h for h in host_summaries(view) if h.name == name]
+    found = [h for h in host_rows(view) if h.name == name]
     if not found:
         raise HttpError(404, f"no host named {name!r} (neither live nor configured)")
     tasks = [r for r in task_rows(view) if r.host == name]

@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between two give-ups under memory pressure (default 60)")
     p.add_argument("--stop-tasks-on-exit", action="store_true",
                    help="stop every task on SIGTERM/SIGINT (default: leave them running)")
-    g = p.add_argument_group("batch jobs (seed 003 work stealing; see docs/jobs.md)")
+    g = p.add_argument_group("batch jobs (work stealing; see docs/jobs.md)")
     g.add_argument("--jobs", action="store_true",
                    help="also work off the batch job queue on this host")
     g.add_argument("--jobs-only", action="store_true",

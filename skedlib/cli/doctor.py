@@ -27,7 +27,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("doctor", parents=[common],
                        help="list stored records that do not decode or do not match their "
                             "key, and how to remove them (exit 1 if any)")
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                   metavar="FORMAT", help="table (default) or json: a list of the records")
     p.add_argument("--delete", metavar="KEY",
                    help="delete one invalid record, its key as doctor prints it")
     p.set_defaults(func=cmd_doctor, read_only=True)

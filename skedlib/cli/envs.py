@@ -28,7 +28,7 @@ from skedlib.api import (
 )
 from skedlib.cli.args import positive_number
 from skedlib.cli.logs import add_log_options, configure_logging
-from skedlib.cli.output import render
+from skedlib.cli.output import Listing, add_output_options, columns, render, show
 from skedlib.client import Client
 from skedlib.environments import (
     Deployment,
@@ -95,37 +95,42 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     esub = p.add_subparsers(dest="env_command", required=True, metavar="COMMAND")
     c = esub.add_parser("create", parents=[common],
                         help="create an environment (nothing runs until `sked deploy`)")
-    c.add_argument("name")
-    c.add_argument("--cluster", required=True)
+    c.add_argument("name", help="the new environment's name")
+    c.add_argument("--cluster", required=True, help="the cluster whose hosts it runs on")
     c.add_argument("--task", type=_task, required=True, metavar="NAME:VERSION",
                    help="the task definition to run on every eligible host")
     _spec_options(c)
-    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table",
+                   metavar="FORMAT", help="table (default: one line), json or yaml: the "
+                                          "environment")
     c = esub.add_parser("ls", parents=[common], help="list environments")
     c.add_argument("--cluster", default=None, help="only this cluster's")
-    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    add_output_options(c)
     c = esub.add_parser("get", parents=[common], help="one environment")
-    c.add_argument("name")
-    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="yaml")
+    c.add_argument("name", help="the environment")
+    add_output_options(c, default="yaml")
     c = esub.add_parser("update", parents=[common],
                         help="change an environment (takes effect with the next deploy)")
-    c.add_argument("name")
-    c.add_argument("--task", type=_task, default=None, metavar="NAME:VERSION")
+    c.add_argument("name", help="the environment")
+    c.add_argument("--task", type=_task, default=None, metavar="NAME:VERSION",
+                   help="run this task definition from the next deploy on")
     _spec_options(c)
     c.add_argument("--no-constraints", action="store_true", help="remove every constraint")
     c.add_argument("--deploy", action="store_true", help="then deploy it")
     _wait_options(c)
-    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table",
+                   metavar="FORMAT", help="table (default: one line), json or yaml: the "
+                                          "environment")
     c = esub.add_parser("delete", parents=[common],
                         help="delete an environment; its tasks stop unless --keep-tasks")
-    c.add_argument("name")
+    c.add_argument("name", help="the environment")
     c.add_argument("--keep-tasks", action="store_true",
                    help="keep the tasks running (the service stays, detached)")
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("deploy", parents=[common],
                        help="deploy an environment on every eligible host")
-    p.add_argument("name", metavar="ENV")
+    p.add_argument("name", metavar="ENV", help="the environment")
     p.add_argument("--token", default=None,
                    help="the deployment token (default: the environment's current one; "
                         "pass it to make a retried command deploy at most once)")
@@ -136,9 +141,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("deployments", parents=[common],
                        help="an environment's deployments, newest first")
-    p.add_argument("name", metavar="ENV")
-    p.add_argument("id", nargs="?", help="one deployment")
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p.add_argument("name", metavar="ENV", help="the environment")
+    p.add_argument("id", nargs="?", help="one deployment (shown as YAML unless -o says)")
+    add_output_options(p)
     p.set_defaults(func=cmd_deployments)
 
 
@@ -162,6 +167,12 @@ def _wait_options(p: argparse.ArgumentParser) -> None:
 def _env_row(e: EnvironmentView) -> list[Any]:
     return [e.name, e.cluster, f"{e.task_name}:{e.task_version}", e.constraints,
             e.max_parallel, e.health, e.current_deployment, e.deployment_status]
+
+
+def _env_listing(items: list[EnvironmentView], empty: str,
+                 single: bool = False) -> Listing[EnvironmentView]:
+    return Listing("environment", items, columns(ENV_HEADERS, _env_row, states=("status",)),
+                   name=lambda e: e.name, single=single, empty=empty)
 
 
 def _when(ts: float) -> str:
@@ -263,22 +274,20 @@ def cmd_env(client: Client, args: argparse.Namespace) -> int:
             print(render([view], args.output, ENV_HEADERS, _env_row, single=True))
         return 0
     if command == "ls":
-        items: list[EnvironmentView] = []
-        token = ""
-        while True:
-            page = envs.list(cluster=args.cluster, next_token=token)
-            items += page.items
-            token = page.next_token
-            if not token:
-                break
-        if args.output == "table" and not items:
-            print("no environments")
-        else:
-            print(render(items, args.output, ENV_HEADERS, _env_row))
-        return 0
+        def listing() -> Listing[EnvironmentView]:
+            items: list[EnvironmentView] = []
+            token = ""
+            while True:
+                page = envs.list(cluster=args.cluster, next_token=token)
+                items += page.items
+                token = page.next_token
+                if not token:
+                    break
+            return _env_listing(items, "no environments")
+        return show(client, args, listing)
     if command == "get":
-        print(render([envs.get(args.name)], args.output, ENV_HEADERS, _env_row, single=True))
-        return 0
+        return show(client, args, lambda: _env_listing([envs.get(args.name)], "",
+                                                       single=True))
     if command == "update":
         task_name, task_version = args.task or (None, None)
         constraints = [] if args.no_constraints else args.constraint
@@ -339,23 +348,25 @@ def _deploy(envs: Environments, name: str, token: str, rollback: bool, wait: boo
 
 
 def cmd_deployments(client: Client, args: argparse.Namespace) -> int:
-    """``sked deployments ENV [ID] [-o table|json|yaml]``."""
+    """``sked deployments ENV [ID] [-o FORMAT] [-w]``."""
     envs = Environments(client.store)
-    if args.id:
-        print(render([envs.deployment(args.name, args.id)],
-                     args.output if args.output != "table" else "yaml",
-                     DEPLOYMENT_HEADERS, _dep_row, single=True))
-        return 0
-    items: list[Deployment] = []
-    token = ""
-    while True:
-        page = envs.deployments(args.name, next_token=token)
-        items += page.items
-        token = page.next_token
-        if not token:
-            break
-    if args.output == "table" and not items:
-        print(f"environment {args.name}: no deployments yet")
-    else:
-        print(render(items, args.output, DEPLOYMENT_HEADERS, _dep_row))
-    return 0
+    if args.id and args.output == "table":
+        args.output = "yaml"  # one deployment: all of it
+
+    def listing() -> Listing[Deployment]:
+        if args.id:
+            items = [envs.deployment(args.name, args.id)]
+        else:
+            items = []
+            token = ""
+            while True:
+                page = envs.deployments(args.name, next_token=token)
+                items += page.items
+                token = page.next_token
+                if not token:
+                    break
+        return Listing("deployment", items, columns(DEPLOYMENT_HEADERS, _dep_row,
+                                                    states=("status",)),
+                       name=lambda d: d.id, single=bool(args.id),
+                       empty=f"environment {args.name}: no deployments yet")
+    return show(client, args, listing)

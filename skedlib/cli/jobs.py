@@ -4,10 +4,10 @@ Like ``sked env``, these commands work on the store directly, through the same
 :class:`~skedlib.jobs.client.JobClient` the REST API uses, so they need no running
 server; ``sked job logs`` fetches the output from the job worker that ran the job.
 
-Exit status: 0 on success; ``wait`` (and ``submit --wait``) exit 1 when the job failed or
-was canceled, after a one-line summary on stdout. Errors (an unknown id, canceling a
-finished job, a wait that timed out, output that cannot be fetched) are one line on
-stderr and exit 1; bad usage (a bad size, ``--env`` without ``=``) is one line and exit 2.
+Exit status: 0 on success; ``wait ID…`` (and ``submit --wait``) exit 1 when any job
+failed or was canceled, after a one-line summary of each on stdout. Errors (an unknown
+id, canceling a finished job, a wait that timed out, output that cannot be fetched) are one
+line on stderr and exit 1; bad usage (a bad size, ``--env`` without ``=``) is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from skedlib.cli.args import positive_number
-from skedlib.cli.output import render
+from skedlib.cli.output import Listing, add_output_options, columns, render, show
 from skedlib.client import Client
 from skedlib.durations import format_duration
 from skedlib.jobs.client import JobClient, JobWaitTimeout
@@ -146,42 +146,51 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--wait-timeout", type=positive_number, default=None, metavar="SECONDS",
                    help="with --wait: give up after this long (default: wait until it ends)")
     c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table",
+                   metavar="FORMAT",
                    help="table: the id (with --wait, then a summary line); json, yaml: "
                         "the job")
     c.add_argument("argv", nargs="+", metavar="CMD [ARGS…]", help="the command to run")
 
     c = jsub.add_parser("status", parents=[common],
                         help="a job's state, node, attempts, exit code, reason, times")
-    c.add_argument("job_id", metavar="ID")
-    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    c.add_argument("job_id", metavar="ID", help="the job")
+    add_output_options(c)
 
     c = jsub.add_parser("ls", parents=[common], help="list jobs, oldest first")
     c.add_argument("--status", choices=JOB_STATES, default=None,
                    help="only jobs in this state")
-    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    add_output_options(c)
 
     c = jsub.add_parser("cancel", parents=[common],
                         help="cancel a queued or running job (its node stops it)")
-    c.add_argument("job_id", metavar="ID")
+    c.add_argument("job_id", metavar="ID", help="the job")
 
     c = jsub.add_parser("wait", parents=[common],
-                        help="wait until a job ends; exit 1 if it failed or was canceled")
-    c.add_argument("job_id", metavar="ID")
+                        help="wait until jobs end; exit 0 if all succeeded, else 1",
+                        description="Wait until every job given has ended, then print a "
+                                    "line on each. Exit status: 0 if every job completed "
+                                    "with exit code 0; 1 if any failed or was canceled, "
+                                    "or the timeout passed (an error, after the lines of "
+                                    "the jobs that ended).")
+    c.add_argument("job_ids", nargs="+", metavar="ID", help="the jobs (one or more)")
     c.add_argument("--timeout", type=positive_number, default=None, metavar="SECONDS",
-                   help="give up after this long (exit 1; default: wait until it ends)")
+                   help="give up after this long in all (exit 1; default: wait until "
+                        "they end)")
     c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table",
-                   help="table: a one-line summary; json, yaml: the job")
+                   metavar="FORMAT",
+                   help="table: a one-line summary per job; json, yaml: the job (a list "
+                        "of jobs for several ids)")
 
     c = jsub.add_parser("logs", parents=[common],
                         help="a job's output (stdout and stderr), from its node")
-    c.add_argument("job_id", metavar="ID")
+    c.add_argument("job_id", metavar="ID", help="the job")
     c.add_argument("-f", "--follow", action="store_true",
                    help="keep writing the output as it comes, until the job ends")
     c.add_argument("--offset", type=_argtype(_offset), default=0, metavar="BYTES",
                    help="start at this byte of the output (default 0)")
 
     c = jsub.add_parser("nodes", parents=[common], help="the live job workers")
-    c.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    add_output_options(c)
 
 
 # -- rendering ----------------------------------------------------------------------------
@@ -293,6 +302,21 @@ def _show(objects: Sequence[Any], fmt: str) -> None:
     print(render(objects, fmt, [], lambda o: [], single=True))
 
 
+def _job_listing(items: Sequence[Job], status: str | None) -> Listing[Job]:
+    now = time.time()
+    return Listing("job", items, columns(JOB_HEADERS, lambda j: _job_row(j, now),
+                                         states=("status",)),
+                   name=lambda j: j.id,
+                   empty="no jobs" + (f" {status}" if status else ""))
+
+
+def _node_listing(nodes: Sequence[JobNode]) -> Listing[JobNode]:
+    now = time.time()
+    return Listing("node", sorted(nodes, key=lambda n: n.name),
+                   columns(NODE_HEADERS, lambda n: _node_row(n, now)), name=lambda n: n.name,
+                   empty="no job workers (start one: skedlib-agent --jobs)")
+
+
 # -- commands -----------------------------------------------------------------------------
 def cmd_job(client: Client, args: argparse.Namespace) -> int:
     """``sked job submit|status|ls|cancel|wait|logs|nodes``."""
@@ -301,20 +325,15 @@ def cmd_job(client: Client, args: argparse.Namespace) -> int:
     if command == "submit":
         return _submit(jobs, args)
     if command == "status":
-        job = jobs.status(args.job_id)
-        if args.output == "table":
-            print(_status_block(job, time.time()))
-        else:
-            _show([job], args.output)
-        return 0
+        def status() -> Listing[Job]:
+            job = jobs.status(args.job_id)
+            return Listing("job", [job], [], name=lambda j: j.id, single=True,
+                           text=lambda js, _: "\n\n".join(
+                               _status_block(j, time.time()) for j in js))
+        return show(client, args, status)
     if command == "ls":
-        items = with_waiting_reasons(jobs, jobs.list(args.status))
-        if args.output == "table" and not items:
-            print("no jobs" + (f" {args.status}" if args.status else ""))
-        else:
-            now = time.time()
-            print(render(items, args.output, JOB_HEADERS, lambda j: _job_row(j, now)))
-        return 0
+        return show(client, args, lambda: _job_listing(
+            with_waiting_reasons(jobs, jobs.list(args.status)), args.status))
     if command == "cancel":
         job = jobs.cancel(args.job_id)
         was = (f"it was running on node {job.node}, which stops it"
@@ -322,16 +341,10 @@ def cmd_job(client: Client, args: argparse.Namespace) -> int:
         print(f"job {job.id} canceled ({was})")
         return 0
     if command == "wait":
-        return _wait(jobs, args.job_id, args.timeout, args.output)
+        return _wait(jobs, args.job_ids, args.timeout, args.output)
     if command == "logs":
         return _logs(jobs, args.job_id, args.follow, args.offset)
-    nodes = sorted(jobs.nodes(), key=lambda n: n.name)
-    if args.output == "table" and not nodes:
-        print("no job workers (start one: skedlib-agent --jobs)")
-    else:
-        now = time.time()
-        print(render(nodes, args.output, NODE_HEADERS, lambda n: _node_row(n, now)))
-    return 0
+    return show(client, args, lambda: _node_listing(jobs.nodes()))
 
 
 def _submit(jobs: JobClient, args: argparse.Namespace) -> int:
@@ -344,24 +357,31 @@ def _submit(jobs: JobClient, args: argparse.Namespace) -> int:
     if args.output == "table":
         print(job.id, flush=True)
     if args.wait:
-        return _wait(jobs, job.id, args.wait_timeout, args.output)
+        return _wait(jobs, [job.id], args.wait_timeout, args.output)
     if args.output != "table":
         _show([job], args.output)
     return 0
 
 
-def _wait(jobs: JobClient, job_id: str, timeout: float | None, fmt: str) -> int:
-    try:
-        job = jobs.wait(job_id, timeout)
-    except JobWaitTimeout:
-        now = jobs.status(job_id)
-        raise JobWaitTimeout(f"job {job_id} is still {now.status} after {timeout:g}s"
-                             + (f": {now.reason}" if now.reason else "")) from None
-    if fmt == "table":
-        print(summary(job))
-    else:
-        _show([job], fmt)
-    return 0 if job.succeeded else 1
+def _wait(jobs: JobClient, job_ids: Sequence[str], timeout: float | None, fmt: str) -> int:
+    """Wait for each job in turn (``timeout`` is for them all); print each outcome as it
+    is known; 0 if every job succeeded, else 1."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ended: list[Job] = []
+    for job_id in job_ids:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        try:
+            job = jobs.wait(job_id, left)
+        except JobWaitTimeout:
+            now = jobs.status(job_id)
+            raise JobWaitTimeout(f"job {job_id} is still {now.status} after {timeout:g}s"
+                                 + (f": {now.reason}" if now.reason else "")) from None
+        ended.append(job)
+        if fmt == "table":
+            print(summary(job), flush=True)
+    if fmt != "table":
+        print(render(ended, fmt, [], lambda o: [], single=len(ended) == 1))
+    return 0 if all(j.succeeded for j in ended) else 1
 
 
 def _logs(jobs: JobClient, job_id: str, follow: bool, offset: int) -> int:

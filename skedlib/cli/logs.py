@@ -81,7 +81,8 @@ def add_log_options(parser: argparse.ArgumentParser, *, level: bool = True) -> N
     daemon."""
     if level:
         parser.add_argument("--log-level", default="INFO",
-                            choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+                            choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                            help="the least severe messages logged (default INFO)")
     parser.add_argument("--log-format", default="text", choices=LOG_FORMATS,
                         help="text (default) or json: one JSON object per line with time, "
                              "level, logger, message and exception")

@@ -7,11 +7,15 @@ and ``rollout status|history`` (operations, see :mod:`skedlib.cli.ops`); ``schem
 skedlib, see :mod:`skedlib.cli.example`); ``up`` (combined mode: a scheduler and an agent in
 one process, see :mod:`skedlib.cli.up`); ``serve``, ``env``, ``deploy`` and ``deployments``
 (daemon-per-host environments and their REST API, see :mod:`skedlib.cli.envs`); ``job``
-(batch jobs: submit, status, ls, cancel, wait, logs, nodes, see :mod:`skedlib.cli.jobs`).
+(batch jobs: submit, status, ls, cancel, wait, logs, nodes, see :mod:`skedlib.cli.jobs`);
+``config`` (contexts, :mod:`skedlib.cli.config`); ``completion``
+(:mod:`skedlib.cli.completion`); ``version``.
 
-Every command takes ``--backend URL`` (default ``$SKED_BACKEND``, else the embedded
-SQLite store, see :func:`skedlib.client.default_backend_url`). Errors are one line on
-stderr and a non-zero exit: 1 for a failed operation, 2 for bad usage.
+Every get and list command shows what it read through :mod:`skedlib.cli.output`
+(``-o``, ``--no-headers``, ``--sort-by``, ``-l``, ``-w``, colour). The store comes from
+``--backend URL``, else ``$SKED_BACKEND``, else the context's, else the embedded SQLite
+store (see :mod:`skedlib.cli.config`). Errors are one line on stderr and a non-zero exit:
+1 for a failed operation, 2 for bad usage.
 """
 
 from __future__ import annotations
@@ -20,21 +24,22 @@ import argparse
 import contextlib
 import json
 import logging
+import platform
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from skedlib import __version__
-from skedlib.cli import doctor, envs, example, jobs, ops, up
+from skedlib.cli import completion, config, doctor, envs, example, jobs, ops, up
 from skedlib.cli.args import OneLineParser, positive_number
 from skedlib.cli.logs import OneLineFormatter
-from skedlib.cli.output import render, table
+from skedlib.cli.output import Column, Listing, add_output_options, columns, show
 from skedlib.cli.schema import KINDS as SCHEMA_KINDS
 from skedlib.cli.schema import render_schema
+from skedlib.cli.views import host_listing, service_listing, task_listing
 from skedlib.client import Client, default_backend_url
-from skedlib.codecs import load_manifest, parse_manifest, to_builtins
+from skedlib.codecs import load_manifest, parse_manifest, to_builtins, to_yaml
 from skedlib.durations import format_duration
 from skedlib.errors import (
     NotFound,
@@ -44,23 +49,13 @@ from skedlib.errors import (
 )
 from skedlib.models import Cluster, TaskDefinition
 from skedlib.plugins import plugin_distributions
-from skedlib.runtime import wait_for_change
 from skedlib.store.credentials import redact_url
 from skedlib.store.sqlite import read_only_url
 from skedlib.views import (
-    HOST_HEADERS,
-    SERVICE_HEADERS,
-    TASK_HEADERS,
-    View,
-    host_rows,
     read_view,
-    service_row,
-    task_cells,
-    task_rows,
-    tasks_by_host,
 )
 
-__all__ = ["main"]
+__all__ = ["COMMAND_GROUPS", "build_parser", "main", "version_info", "version_text"]
 
 _KINDS = {
     "cluster": "cluster", "clusters": "cluster",
@@ -81,21 +76,82 @@ def _kind(value: str) -> str:
             "tasks)") from None
 
 
+def _complete_kinds(**_: Any) -> list[str]:
+    """What Tab offers for ``get KIND`` and ``delete KIND``."""
+    return ["clusters", "services", "task_definitions", "hosts", "tasks"]
+
+
+COMMAND_GROUPS: list[tuple[str, list[str]]] = [
+    ("Look at the cluster", ["get", "tasks", "hosts", "describe", "logs", "rollout",
+                             "doctor"]),
+    ("Change desired state", ["apply", "delete", "scale", "drain", "undrain", "example"]),
+    ("Run the cluster", ["up", "serve", "sim"]),
+    ("Environments and batch jobs", ["env", "deploy", "deployments", "job"]),
+    ("Settings and tools", ["config", "completion", "schema", "version"]),
+]
+"""How ``sked --help`` groups the subcommands; a subcommand not listed here is shown under
+"Other commands", so a new one appears without a change here."""
+
+
+class _Version(argparse.Action):
+    """``--version``: what ``sked version`` prints, then exit 0."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def _grouped_help(sub: Any) -> str:
+    helps = {a.dest: a.help or "" for a in sub._choices_actions}
+    listed = {n for _, names in COMMAND_GROUPS for n in names}
+    groups = [(title, [n for n in names if n in helps]) for title, names in COMMAND_GROUPS]
+    groups.append(("Other commands", [n for n in helps if n not in listed]))
+    width = max(map(len, helps)) + 2
+    lines = []
+    for title, names in groups:
+        if names:
+            lines.append(f"{title}:")
+            lines += [f"  {n:<{width}}{helps[n]}" for n in names]
+            lines.append("")
+    lines.append("Run sked COMMAND --help for a command's options. Every get and list "
+                 "command takes -o, --no-headers, --sort-by, -l and -w.")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sked``."""
-    parser = OneLineParser(prog="sked", description="Operate a skedlib cluster.")
+    parser = OneLineParser(
+        prog="sked",
+        description="Operate a skedlib cluster: look at what runs, change desired state, "
+                    "run the daemons.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default=None, metavar="URL",
-                        help="storage backend URL (default: $SKED_BACKEND or "
+                        help="storage backend URL (default: $SKED_BACKEND, else the "
+                             "context's, else "
                              f"{redact_url(default_backend_url())})")
-    parser.add_argument("--prefix", default=None, help="key prefix (default sked/)")
-    parser.add_argument("--version", action="version", version=f"sked (skedlib) {__version__}")
-    # --backend and --prefix are also accepted after the command (sked up --backend URL)
+    parser.add_argument("--prefix", default=None,
+                        help="key prefix (default: $SKED_PREFIX, else the context's, "
+                             "else sked/)")
+    parser.add_argument("--context", default=None, metavar="NAME",
+                        help="use this context of the configuration file (default: "
+                             "$SKED_CONTEXT, else its current context; see sked config)")
+    parser.add_argument("--no-color", action="store_true",
+                        help="no colour even on a terminal (also: $NO_COLOR)")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print the versions of skedlib, Python and the plugins")
+    # the global options are also accepted after the command (sked up --backend URL)
     common = OneLineParser(add_help=False)
     common.add_argument("--backend", default=argparse.SUPPRESS, metavar="URL",
                         help="storage backend URL (as before the command)")
     common.add_argument("--prefix", default=argparse.SUPPRESS,
                         help="key prefix (as before the command)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common.add_argument("--context", default=argparse.SUPPRESS, metavar="NAME",
+                        help="context of the configuration file (as before the command)")
+    common.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
+                        help="no colour (as before the command)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help=argparse.SUPPRESS)
 
     p = sub.add_parser("apply", parents=[common],
                        help="write a manifest's desired state (all or nothing)")
@@ -110,29 +166,34 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{ops.DEFAULT_TIMEOUT:g})")
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser("get", parents=[common], help="show objects")
-    p.add_argument("kind", type=_kind, help="clusters, services, task_definitions, hosts, "
-                                            "tasks")
-    p.add_argument("name", nargs="?", help="one object (task definitions: NAME[:VERSION])")
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p = sub.add_parser("get", parents=[common],
+                       help="show clusters, services, task definitions, hosts or tasks")
+    a = p.add_argument("kind", type=_kind,
+                       help="clusters, services (svc), task_definitions (td), hosts, tasks")
+    a.completer = _complete_kinds  # type: ignore[attr-defined]  # read by argcomplete
+    p.add_argument("name", nargs="?", metavar="NAME",
+                   help="one object (task definitions: NAME[:VERSION])")
+    add_output_options(p, selector="labels (services and their tasks) or attributes "
+                                   "(hosts)")
     p.set_defaults(func=cmd_get, read_only=True)
 
     p = sub.add_parser("delete", parents=[common], help="delete an object of desired state")
-    p.add_argument("kind", type=_kind)
-    p.add_argument("name", help="task definitions: NAME (every version) or NAME:VERSION")
+    a = p.add_argument("kind", type=_kind,
+                       help="cluster, service, task_definition or host (its settings)")
+    a.completer = _complete_kinds  # type: ignore[attr-defined]
+    p.add_argument("name", metavar="NAME",
+                   help="the object; task definitions: NAME (every version) or NAME:VERSION")
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("tasks", parents=[common],
                        help="the issued tasks: where they run, whether healthy")
     p.add_argument("--by-host", action="store_true", help="group the tasks by host")
-    p.add_argument("-w", "--watch", action="store_true",
-                   help="redraw whenever a task, its health or a host changes (Ctrl-C exits)")
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    add_output_options(p, selector="service's labels")
     p.set_defaults(func=cmd_tasks, read_only=True)
 
     p = sub.add_parser("hosts", parents=[common],
-                       help="live hosts: capacity as scheduled, tasks, attributes")
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+                       help="hosts: capacity as scheduled, tasks, attributes")
+    add_output_options(p, selector="attributes")
     p.set_defaults(func=cmd_hosts, read_only=True)
 
     p = sub.add_parser("schema", help="JSON Schema of the stored objects (for schedulers "
@@ -141,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"one of {', '.join(SCHEMA_KINDS)} (default: every kind)")
     p.set_defaults(func=cmd_schema, needs_backend=False)
 
-    p = sub.add_parser("version", help="versions of skedlib and of every installed plugin")
+    p = sub.add_parser("version", help="versions of skedlib, Python and installed plugins")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table",
+                   metavar="FORMAT", help="table (default), json or yaml")
     p.set_defaults(func=cmd_version, needs_backend=False)
 
     example.add_parser(sub)
@@ -151,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_parser(sub, common)
     envs.add_parsers(sub, common)
     jobs.add_parsers(sub, common)
+    config.add_parsers(sub, common)
+    completion.add_parser(sub)
+    parser.epilog = _grouped_help(sub)
+    # set after the subcommands were added: their usage lines start with the parent's
+    parser.usage = "sked [OPTIONS] COMMAND ..."
     return parser
 
 
@@ -191,53 +259,47 @@ def _td_row(t: TaskDefinition) -> list[Any]:
 
 
 def cmd_get(client: Client, args: argparse.Namespace) -> int:
-    """``sked get KIND [NAME] [-o table|json|yaml]``."""
-    kind, name, fmt = args.kind, args.name, args.output
-    objects: Sequence[Any]
-    headers: list[str]
-    row: Callable[[Any], list[Any]]
+    """``sked get KIND [NAME] [-o FORMAT] [-l K=V] [--sort-by F] [-w]``."""
+    return show(client, args, lambda: _get_listing(client, args.kind, args.name))
+
+
+def _get_listing(client: Client, kind: str, name: str | None) -> Listing[Any]:
+    """What ``sked get KIND [NAME]`` shows (read now); raises NotFound for a NAME that
+    names nothing."""
+    listing: Listing[Any]
     if kind == "cluster":
-        objects = [c for c in client.clusters() if name in (None, c.name)]
-        headers = ["name", "datacenter", "services", "hosts"]
-
-        def row(c: Cluster) -> list[Any]:
-            return [c.name, c.datacenter, c.services, c.hosts or "all"]
+        listing = Listing[Cluster](
+            "cluster", [c for c in client.clusters() if name in (None, c.name)],
+            [Column("name", lambda c: c.name), Column("datacenter", lambda c: c.datacenter),
+             Column("services", lambda c: c.services),
+             Column("hosts", lambda c: c.hosts or "all")],
+            name=lambda c: c.name, single=name is not None)
     elif kind == "service":
-        objects = [s for s in client.services() if name in (None, s.name)]
-        headers = SERVICE_HEADERS
-        view = read_view(client) if fmt == "table" else None
-
-        def row(s: Any) -> list[Any]:
-            assert view is not None
-            return service_row(view, s)
+        listing = service_listing(read_view(client), name)  # JSON: the stored Service
     elif kind == "task_definition":
         base, _, version = (name or "").partition(":")
-        objects = [t for t in client.task_definitions(base or None)
-                   if not version or str(t.version) == version]
-        headers = ["name", "version", "executors", "port", "memory", "cpu", "grace"]
-        row = _td_row
+        listing = Listing[TaskDefinition](
+            "task_definition", [t for t in client.task_definitions(base or None)
+                                if not version or str(t.version) == version],
+            columns(["name", "version", "executors", "port", "memory", "cpu", "grace"],
+                    _td_row),
+            name=lambda t: f"{t.name}:{t.version}")
     elif kind == "host":
-        live = {h.name: h for h in client.hosts()}
-        configs = {h.name: h for h in client.host_configs()}
-        names = sorted(set(live) | set(configs))
-        objects = [live.get(n) or configs[n] for n in names if name in (None, n)]
-        headers = HOST_HEADERS
-        rows = {r[0]: r for r in host_rows(read_view(client))} if fmt == "table" else {}
-
-        def row(h: Any) -> list[Any]:
-            return rows.get(h.name) or [h.name] + ["-"] * (len(HOST_HEADERS) - 1)
+        view = read_view(client)
+        listing = host_listing(view, name)
+        snap = view.snapshot
+        # the table is sked hosts'; the JSON form is the stored Host (or its HostConfig
+        # when no agent is live there), from the same reading
+        listing.data = lambda r: to_builtins(
+            snap.hosts[r.name].host if r.name in snap.hosts else snap.host_configs[r.name])
     else:
         view = read_view(client)
-        objects = [t for t in view.tasks() if name in (None, t.id)]
-        headers = TASK_HEADERS
-        cells = {r.id: task_cells(r) for r in task_rows(view, objects)}
-
-        def row(t: Any) -> list[Any]:
-            return cells[t.id]
-    if name is not None and not objects:
+        tasks = {t.id: t for t in view.tasks() if name in (None, t.id)}
+        listing = task_listing(view, list(tasks.values()), single=name is not None)
+        listing.data = lambda r: to_builtins(tasks[r.id])  # the stored Task
+    if name is not None and not listing.objects:
         raise NotFound(f"{kind.replace('_', ' ')} {name!r} not found")
-    print(render(objects, fmt, headers, row, single=name is not None and kind != "task_definition"))
-    return 0
+    return listing
 
 
 def cmd_delete(client: Client, args: argparse.Namespace) -> int:
@@ -249,64 +311,17 @@ def cmd_delete(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _render_tasks(view: View, args: argparse.Namespace) -> str:
-    if args.output == "json":
-        return json.dumps(to_builtins(task_rows(view)), indent=2, ensure_ascii=False)
-    if not args.by_host:
-        rows = task_rows(view)
-        return table(TASK_HEADERS, [task_cells(r) for r in rows]) if rows else "no tasks"
-    sections = []
-    for host, summary, rows in tasks_by_host(view):
-        text = f"{host}: {summary}"
-        if rows:
-            text += "\n" + table([h for h in TASK_HEADERS if h != "host"],
-                                 [[c for i, c in enumerate(task_cells(r)) if i != 1]
-                                  for r in rows])
-        sections.append(text)
-    return "\n\n".join(sections) if sections else "no hosts and no tasks"
-
-
 def cmd_tasks(client: Client, args: argparse.Namespace) -> int:
-    """``sked tasks [--by-host] [--watch] [-o table|json]``: the seed's table, with the
-    agent's view of each task (``state``)."""
-    view = read_view(client)
-    if not args.watch:
-        print(_render_tasks(view, args))
-        return 0
-    return _watch_tasks(client, args, view)
-
-
-def _watch_tasks(client: Client, args: argparse.Namespace, view: View) -> int:
-    """Redraw on every change under ``state/`` (tasks, health, hosts); Ctrl-C exits."""
-    tty = sys.stdout.isatty()
-    state_prefix = f"{client.keys.prefix}state/"
-    try:
-        while True:
-            text = _render_tasks(view, args)
-            if tty:
-                sys.stdout.write("\x1b[H\x1b[2J")
-            stamp = time.strftime("%H:%M:%S")
-            print(f"{stamp}  revision {view.revision}  (watching; Ctrl-C exits)\n{text}",
-                  flush=True)
-            if not tty:
-                print(flush=True)
-            while wait_for_change(client.backend, state_prefix, view.revision, 1.0) is None:
-                pass  # nothing yet (or the store is away: read again when it is back)
-            time.sleep(0.2)  # let a burst of changes land: one redraw for all of them
-            view = read_view(client)
-    except KeyboardInterrupt:
-        return 0
+    """``sked tasks [--by-host] [-o FORMAT] [-l K=V] [-w]``: the seed's table, with the
+    agent's view of each task (``state``); ``-o json`` is a list of
+    :class:`~skedlib.views.TaskRow`."""
+    return show(client, args, lambda: task_listing(read_view(client), by_host=args.by_host))
 
 
 def cmd_hosts(client: Client, args: argparse.Namespace) -> int:
-    """``sked hosts [-o table|json]``: memory and CPU are allocated/total as scheduled."""
-    rows = host_rows(read_view(client))
-    if args.output == "json":
-        print(json.dumps([dict(zip(HOST_HEADERS, r, strict=True)) for r in rows], indent=2,
-                         ensure_ascii=False))
-    else:
-        print(table(HOST_HEADERS, rows) if rows else "no hosts")
-    return 0
+    """``sked hosts [-o FORMAT] [-l K=V] [-w]``: memory and CPU are allocated/total as
+    scheduled; ``-o json`` is a list of :class:`~skedlib.views.HostRow`."""
+    return show(client, args, lambda: host_listing(read_view(client)))
 
 
 def cmd_schema(client: Client | None, args: argparse.Namespace) -> int:
@@ -316,13 +331,33 @@ def cmd_schema(client: Client | None, args: argparse.Namespace) -> int:
     return 0
 
 
+def version_info() -> dict[str, Any]:
+    """skedlib's version, Python's, and each plugin distribution registered in the
+    ``skedlib`` entry-point group with its version and what it registers."""
+    return {"skedlib": __version__,
+            "python": platform.python_version(),
+            "plugins": [{"name": name, "version": version, "entry_points": eps}
+                        for name, version, eps in plugin_distributions()]}
+
+
+def version_text() -> str:
+    """What ``sked version`` and ``sked --version`` print."""
+    info = version_info()
+    lines = [f"skedlib {info['skedlib']}", f"python {info['python']}"]
+    lines += [f"{p['name']} {p['version']} (plugin: {', '.join(p['entry_points'])})"
+              for p in info["plugins"]]
+    return "\n".join(lines)
+
+
 def cmd_version(client: Client | None, args: argparse.Namespace) -> int:
-    """``sked version``: skedlib's version, then each plugin distribution registered in the
-    ``skedlib`` entry-point group, with its version and what it registers."""
-    del client, args
-    print(f"skedlib {__version__}")
-    for name, version, entry_points in plugin_distributions():
-        print(f"{name} {version} (plugin: {', '.join(entry_points)})")
+    """``sked version [-o table|json|yaml]``."""
+    del client
+    if args.output == "table":
+        print(version_text())
+    elif args.output == "json":
+        print(json.dumps(version_info(), indent=2))
+    else:
+        print(to_yaml(version_info()).rstrip())
     return 0
 
 
@@ -360,17 +395,19 @@ def _skipped_records_shown() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sked``; returns the exit status."""
     parser = build_parser()
+    completion.complete(parser)  # answers the shell and exits, when it asks
     args = parser.parse_args(argv)
     try:
         if not getattr(args, "needs_backend", True):
             code: int = args.func(None, args)
             return code
-        url = args.backend or default_backend_url()
+        settings = config.resolve(args)
+        url = settings.backend
         read_only = getattr(args, "read_only", False)
         if read_only:
             url = _read_only_url(url)
         with (_skipped_records_shown() if read_only else contextlib.nullcontext(),
-              Client.open(url, args.prefix) as client):
+              Client.open(url, settings.prefix) as client):
             code = args.func(client, args)
             return code
     except SkedError as exc:

@@ -55,7 +55,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``drain``, ``undrain``, ``scale`` and ``rollout`` to ``sked``'s subcommands."""
     p = sub.add_parser("drain", parents=[common],
                        help="mark a host draining: schedulers move its tasks elsewhere")
-    p.add_argument("host")
+    p.add_argument("host", help="the host (its name, as its agent reports it)")
     p.add_argument("--wait", action="store_true",
                    help="wait until no issued task is left on the host")
     p.add_argument("--timeout", type=positive_number, default=DEFAULT_TIMEOUT,
@@ -65,12 +65,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("undrain", parents=[common],
                        help="clear a host's draining mark: it takes tasks again")
-    p.add_argument("host")
+    p.add_argument("host", help="the host")
     p.set_defaults(func=cmd_undrain)
 
     p = sub.add_parser("scale", parents=[common],
                        help="set a service's desired task count (within its min and max)")
-    p.add_argument("service")
+    p.add_argument("service", help="the service")
     p.add_argument("count", type=int, metavar="N", help="the new desired count")
     p.set_defaults(func=cmd_scale)
 
@@ -80,10 +80,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     for name, text in (("status", "the current rollout; exit 1 if it failed"),
                        ("history", "every recorded rollout, oldest first")):
         r = rsub.add_parser(name, parents=[common], help=text)
-        r.add_argument("service")
+        r.add_argument("service", help="the service")
         r.add_argument("--cluster", default=None,
                        help="the cluster (default: the only cluster listing the service)")
-        r.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+        r.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table",
+                       metavar="FORMAT", help="table (default), json or yaml")
         r.set_defaults(func=cmd_rollout, read_only=True)
 
 

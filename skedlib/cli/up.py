@@ -1,6 +1,6 @@
 """``sked up``: combined mode — a scheduler daemon and an agent in one process.
 
-Seed 001's ``sked combined``: on one machine, with the embedded store by default, one
+Combined mode (``sked up``): on one machine, with the embedded store by default, one
 command runs the whole loop. ``sked up -f app.yml`` starts an
 :class:`~skedlib.agent.Agent` for this host and a
 :class:`~skedlib.scheduler.daemon.SchedulerDaemon`, applies the manifests, prints
@@ -49,7 +49,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser | None = None) -> None:
         help="combined mode: run a scheduler and an agent here, apply manifests, wait "
              "until healthy",
         description="Run a scheduler daemon and an agent for this host in one process "
-                    "(seed 001's combined mode), apply the manifests, wait until every "
+                    "(combined mode), apply the manifests, wait until every "
                     "service is healthy, print the tasks, and keep running until Ctrl-C.")
     p.add_argument("-f", "--file", action="append", default=[], metavar="FILE",
                    help="manifest to apply first; repeatable")

@@ -23,11 +23,11 @@ pytestmark = pytest.mark.slow
 
 try:
     from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as ChromeService
     from selenium.common.exceptions import (
         NoSuchElementException,
         StaleElementReferenceException,
     )
+    from selenium.webdriver.chrome.service import Service as ChromeService
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
 except ImportError:  # pragma: no cover - the test extra installs it
@@ -168,7 +168,7 @@ def test_console_shows_the_cluster_and_follows_changes(
 
 def test_console_refuses_a_bad_token_and_a_read_only_token_cannot_scale(
         running: tuple[Loop, Http, Http], browser: WebDriver) -> None:
-    _, admin, reader = running
+    _, admin, _ = running
     base = _base(admin)
     _sign_in(browser, base, "wrong-token")
     wait_for(lambda: "refused" in browser.find_element(By.ID, "login-error").text, 20,

@@ -8,6 +8,8 @@ agent, and checks that the outputs are the same.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -59,3 +61,34 @@ def test_the_same_commands_on_every_backend(backend_url: str) -> None:
     deleted = _sked(backend_url, prefix, "delete", "service", "helloworld")
     assert deleted.returncode == 0, deleted.stderr
     assert json.loads(_sked(backend_url, prefix, "get", "services", "-o", "json").stdout) == []
+
+
+def test_watch_follows_the_store_on_every_backend(backend_url: str) -> None:
+    """``sked get services -w`` draws a new frame when a shown change lands, by the
+    backend's own watch, and exits 0 on Ctrl-C."""
+    prefix = f"watch/{uuid.uuid4().hex[:8]}/"
+    assert _sked(backend_url, prefix, "apply", "-f", str(HELLO)).returncode == 0
+    proc = subprocess.Popen([sked_script(), "--backend", backend_url, "--prefix", prefix,
+                             "get", "services", "-o", "name", "-w"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        def frame() -> list[str]:
+            assert proc.stdout is not None
+            lines = []
+            while (line := proc.stdout.readline()) != "\n":
+                assert line, f"sked exited: {proc.stderr.read() if proc.stderr else ''}"
+                lines.append(line.rstrip("\n"))
+            return lines[1:]  # after the time and revision line
+        assert frame() == ["service/helloworld"]
+        assert _sked(backend_url, prefix, "delete", "service", "helloworld").returncode == 0
+        assert frame() == []
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()

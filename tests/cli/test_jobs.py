@@ -272,6 +272,48 @@ def test_wait_exit_status_follows_the_outcome(client: Client, sked: Run) -> None
     assert _one_line_error(err, code) == "sked: error: job nope not found\n"
 
 
+def test_wait_for_several_jobs(client: Client, sked: Run) -> None:
+    """``sked job wait A B C``: a line per job; 0 only when every one succeeded."""
+    worker = Worker(client)
+    for i in (1, 2, 3):
+        sked("job", "submit", "--id", f"m{i}", "true")
+    for i in (1, 2, 3):
+        worker.claim(f"m{i}")
+    worker.finish("m1", "complete", 0)
+    later(0.3, worker.finish, "m2", "complete", 0)  # ends while the wait is on
+    code, out, err = sked("job", "wait", "m1", "m2", "--timeout", "60")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert [line.split()[:3] for line in lines] == [["job", "m1", "complete"],
+                                                    ["job", "m2", "complete"]]
+    worker.finish("m3", "failed", 2, "exited with status 2")
+    code, out, _ = sked("job", "wait", "m1", "m3", "m2")
+    assert code == 1 and out.count("\n") == 3 and "job m3 failed" in out
+    code, out, _ = sked("job", "wait", "m1", "m2", "-o", "json")
+    assert code == 0 and [j["id"] for j in json.loads(out)] == ["m1", "m2"]  # a list
+    code, out, _ = sked("job", "wait", "m1", "nope")
+    assert out.startswith("job m1 complete")  # the jobs that ended are told first
+    assert _one_line_error(_, code) == "sked: error: job nope not found\n"
+    code, _, err = sked("job", "wait")
+    assert code == 2 and "the following arguments are required: ID" in err
+
+
+def test_list_output_conventions(client: Client, sked: Run) -> None:
+    """``job ls`` and ``job nodes`` take the output options of every list command."""
+    for i in (1, 2, 3):
+        sked("job", "submit", "--id", f"o{i}", "--name", f"n{4 - i}", "true")
+    code, out, _ = sked("job", "ls", "-o", "name")
+    assert (code, out) == (0, "job/o1\njob/o2\njob/o3\n")
+    code, out, _ = sked("job", "ls", "--sort-by", "name", "--no-headers")
+    assert [line.split()[0] for line in out.splitlines()] == ["o3", "o2", "o1"]
+    code, out, _ = sked("job", "ls", "-o", "json", "--sort-by", "name")
+    assert [j["id"] for j in json.loads(out)] == ["o3", "o2", "o1"]
+    code, out, _ = sked("job", "status", "o1", "-o", "name")
+    assert out == "job/o1\n"
+    code, out, _ = sked("job", "nodes", "-o", "json")
+    assert (code, json.loads(out)) == (0, [])
+
+
 def test_summary_of_a_job_that_never_ran() -> None:
     job = Job(id="x", command="true", status="canceled", reason="canceled", finished_at=1.0)
     assert summary(job) == "job x canceled"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -174,9 +175,19 @@ def test_version_names_skedlib_and_each_installed_plugin() -> None:
 
     out = subprocess.run([sked_script(), "--version"], capture_output=True, text=True,
                          timeout=60, check=True).stdout
-    assert out.strip() == f"sked (skedlib) {version('skedlib')}"
     lines = subprocess.run([sked_script(), "version"], capture_output=True, text=True,
                            timeout=60, check=True).stdout.splitlines()
+    assert out.splitlines() == lines  # --version prints what sked version prints
     assert lines[0] == f"skedlib {version('skedlib')}"
+    assert lines[1] == f"python {platform.python_version()}"
     # the reference schedulers ship in skedlib's wheel, registered as any plugin is
-    assert f"skedlib {version('skedlib')} (plugin: reference)" in lines[1:]
+    assert f"skedlib {version('skedlib')} (plugin: reference)" in lines[2:]
+    # the first-party plugins installed here, each with its own distribution's version
+    assert f"skedlib-etcd {version('skedlib-etcd')} (plugin: etcd)" in lines[2:]
+    info = json.loads(subprocess.run([sked_script(), "version", "-o", "json"],
+                                     capture_output=True, text=True, timeout=60,
+                                     check=True).stdout)
+    assert info["skedlib"] == version("skedlib")
+    assert info["python"] == platform.python_version()
+    assert {"name": "skedlib-etcd", "version": version("skedlib-etcd"),
+            "entry_points": ["etcd"]} in info["plugins"]
