@@ -11,6 +11,7 @@ import pytest
 
 from skedlib.cli.main import main
 from tests.harness.cli import BIN, sked_script
+from tests.harness.common import skip_or_fail
 
 BASH_COMPLETE = """
 eval "$(sked completion bash)"
@@ -67,16 +68,18 @@ def test_scripts_are_printed(shell: str, capsys: pytest.CaptureFixture[str]) -> 
         assert "_python_argcomplete" in script
 
 
-@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
 def test_fish_completes_a_subcommand() -> None:
+    if shutil.which("fish") is None:
+        skip_or_fail("fish is not installed (scripts/install-exec-tools.sh installs it)")
     run = subprocess.run(["fish", "-c", "sked completion fish | source; complete -C 'sked ge'"],
                          env=_env(), capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "get" in run.stdout.split()
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
 def test_zsh_script_loads() -> None:
+    if shutil.which("zsh") is None:
+        skip_or_fail("zsh is not installed (scripts/install-exec-tools.sh installs it)")
     run = subprocess.run(["zsh", "-c", "autoload -U compinit && compinit -u && "
                                        "source <(sked completion zsh) && "
                                        "print ${_comps[sked]}"],
