@@ -683,16 +683,17 @@ class Agent:
         the time the lease could expire; one log line, one count."""
         task = m.running or m.issued
         now = time.monotonic()
-        cap = self.fencing.grace_cap(task, now)
+        kill_by = self.fencing.kill_by(task)
         METRICS.fenced_tasks.inc()
         log.warning("fencing %s: the host lease was not renewed for %.1fs "
                     "(stop_after_disconnect %gs): stopping it%s", m.task_id,
                     self.fencing.silence(now), self.fencing.fence_of(task),
-                    "" if cap is None else f", killed within {cap:.1f}s")
+                    "" if kill_by is None else
+                    f", killed within {max(0.0, kill_by - now):.1f}s")
         if self._fence_pool is None:
             self._fence_pool = ThreadPoolExecutor(max_workers=MAX_WITHDRAW,
                                                   thread_name_prefix="fence")
-        self._submit(m, "stop", self.operations.stop, list(m.refs), task, cap,
+        self._submit(m, "stop", self.operations.stop, list(m.refs), task, kill_by,
                      pool=self._fence_pool)
 
     # -- adoption ---------------------------------------------------------------------

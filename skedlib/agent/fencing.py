@@ -146,12 +146,13 @@ class Fencing:
                 wait = min(wait, fence - silence)
         return max(wait, 0.005)
 
-    def grace_cap(self, task: Task | None, now: float) -> float | None:
-        """The longest grace period a fencing stop of ``task`` may have: what is left
-        until the lease could expire (None: its fence is past the TTL, no promise to keep)."""
+    def kill_by(self, task: Task | None) -> float | None:
+        """The monotonic time by which a fencing stop of ``task`` must have killed it:
+        when the lease could expire (None: its fence is past the TTL, no promise to keep,
+        its own grace period applies)."""
         if self.fence_of(task) > self.ttl:
             return None
-        return max(0.0, self.renewed_at() + self.ttl - now)
+        return self.renewed_at() + self.ttl
 
     def lift(self) -> set[str] | None:
         """When a renewal sent after the fence went up has succeeded: take the fence down

@@ -158,12 +158,12 @@ class TaskOperations:
         return Started(task, port, refs, max_attempts, self.describe(refs, port), revision)
 
     def stop(self, task_id: str, refs: list[Ref], task: Task | None,
-             grace_cap: float | None = None) -> None:
-        """Stop and clean up containers (in reverse start order); ``grace_cap`` shortens
-        the task's grace period (a fencing stop)."""
+             kill_by: float | None = None) -> None:
+        """Stop and clean up containers (in reverse start order); with ``kill_by`` (a
+        monotonic time: a fencing stop) every grace period ends by then at the latest."""
         del task_id
         for name, ref in reversed(refs):
-            self.stop_quietly(name, ref, task, grace_cap)
+            self.stop_quietly(name, ref, task, kill_by)
 
     def reject(self, task_id: str, refs: list[Ref], task: Task | None, revision: int,
                reason: str, free: Resources | None = None) -> int:
@@ -192,12 +192,15 @@ class TaskOperations:
         return patch_task(self.backend, self.keys, self.host, task_id, revision, patch)
 
     def stop_quietly(self, name: str, ref: ContainerRef, task: Task | None,
-                     grace_cap: float | None = None) -> None:
-        """Stop and clean up one container; a failure is logged, not raised."""
+                     kill_by: float | None = None) -> None:
+        """Stop and clean up one container (its grace period ending by ``kill_by`` when
+        given); a failure is logged, not raised."""
         executor = self.executors.get(name)
         if executor is None:
             return
-        seconds = grace(task) if grace_cap is None else min(grace(task), grace_cap)
+        seconds = grace(task)
+        if kill_by is not None:
+            seconds = min(seconds, max(0.0, kill_by - time.monotonic()))
         try:
             executor.stop(ref, seconds)
             executor.cleanup(ref)

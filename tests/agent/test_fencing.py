@@ -217,8 +217,7 @@ def test_a_task_is_fenced_when_its_fence_passes_and_freed_by_a_later_renewal() -
     assert fencing.holds("web", web, 108.0)
     assert not fencing.holds("plain", plain, 500.0)
     # killed by the time the lease could expire (renewal + TTL), not after its grace
-    assert fencing.grace_cap(web, 108.5) == pytest.approx(1.5)
-    assert fencing.grace_cap(web, 200.0) == 0.0
+    assert fencing.kill_by(web) == 110.0
     assert fencing.lift() is None  # no renewal since
     clock.renewed = 107.0  # sent before the fence went up: not proof enough
     assert fencing.lift() is None
@@ -240,7 +239,7 @@ def test_a_task_fence_out_of_bounds_is_warned_about_once(
     for _ in range(3):
         assert fencing.fence_of(long) == 30.0  # honoured: no promise past the TTL
         assert fencing.fence_of(short) == 5.0  # half the TTL: the lease renews every third
-    assert fencing.grace_cap(long, 200.0) is None  # its own grace period applies
+    assert fencing.kill_by(long) is None  # its own grace period applies
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 2, warnings
     assert "stop_after_disconnect 30s is longer than the lease TTL 10s of host h1" \
