@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from skedlib.plugins import open_backend
 from skedlib.store.base import Compare, Delete
 from tests.agent.conftest import AGENT, PY, AgentEnv, make_task, sleeper, wait_for
 from tests.harness import etcd as harness
+from tests.harness.common import free_ports
 
 IGNORES_SIGTERM = """\
 import signal, time
@@ -52,6 +54,12 @@ def own_etcd() -> Iterator[harness.EtcdCluster]:
         cluster.stop()
 
 
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text: str = r.read().decode()
+    return text
+
+
 def _fenced_task(script: Path) -> Task:
     task = make_task(0, service="single", provide_port=False, grace=60.0,
                      containers=[Container(name="main", type="process",
@@ -66,8 +74,9 @@ def test_a_fenced_task_stops_while_cut_off_and_comes_back(
     script = tmp_path / "stubborn.py"
     script.write_text(IGNORES_SIGTERM)
     env = AgentEnv(tmp_path, own_etcd.url(), f"t{uuid.uuid4().hex[:8]}/")
+    (metrics_port,) = free_ports(1)
     try:
-        env.start_agent(lease_ttl=LEASE_TTL)
+        env.start_agent("--metrics", f"127.0.0.1:{metrics_port}", lease_ttl=LEASE_TTL)
         fenced = _fenced_task(script)
         unfenced = make_task(0, service="plain", provide_port=False, containers=[sleeper()])
         env.put_task(fenced)
@@ -92,6 +101,8 @@ def test_a_fenced_task_stops_while_cut_off_and_comes_back(
         assert float(line.group(2)) + float(line.group(3)) <= LEASE_TTL + 0.1
         assert [p.pid for p in env.processes(unfenced.id)] == [unfenced_pid]
         assert not env.processes(fenced.id)
+        assert "skedlib_agent_fenced_tasks_total 1.0" in _metrics(metrics_port)
+        assert 'skedlib_agent_tasks{state="fenced"} 1.0' in _metrics(metrics_port)
 
         member.start()
         own_etcd.wait_healthy(30)
