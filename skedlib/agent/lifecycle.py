@@ -150,6 +150,8 @@ class TaskState:
     after_stop: Literal["reconcile", "failure"] = "reconcile"
     claim: bool = False
     """The task was fenced: its next start re-claims its key first."""
+    fenced_while_starting: bool = False
+    """A fence went up while the start in flight ran (it did not re-claim for that one)."""
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -422,6 +424,7 @@ class _Machine:
         s, v = self.s, self.view
         if v.fenced:
             s.claim = True  # whatever starts it next, after the fence, re-claims it first
+            s.fenced_while_starting = s.fenced_while_starting or s.phase == "starting"
         if s.busy or not v.active:
             return
         if not v.wanted:
@@ -463,6 +466,9 @@ class _Machine:
         if s.phase == "running":
             if v.changed:
                 self.stop("its task changed", then="reconcile")
+            elif s.claim:  # its start spanned a fence: its view may be stale
+                self.stop("it started while the host was fenced; starting it again after "
+                          "re-claiming it", then="reconcile")
             return
         if s.phase == "idle" and not s.stale:
             if s.attempts and s.attempts >= s.max_attempts:
@@ -499,6 +505,7 @@ class _Machine:
             self.reject(reason, capacity)
             return
         s.exit_pending = False
+        s.fenced_while_starting = False
         s.phase = "starting"
         self.emit(Publish())
         s.busy = True
@@ -508,7 +515,8 @@ class _Machine:
         s = self.s
         s.busy = False
         s.holding = True
-        s.claim = False
+        s.claim = s.fenced_while_starting  # a start re-claims or runs before the fence
+        s.fenced_while_starting = False
         s.max_attempts = event.max_attempts
         s.run_started = self.now
         s.healthy = s.ever_healthy = False

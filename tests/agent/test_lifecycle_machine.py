@@ -49,6 +49,8 @@ class World:
     """The agent could not renew its lease for the task's stop_after_disconnect."""
     must_claim: bool = False
     """A fence went up since the last successful start: the next start re-claims."""
+    fenced_while_starting: bool = False
+    """A fence went up while the start in flight ran."""
 
     def view(self) -> lc.View:
         return lc.View(present=self.present, wanted=self.wanted, invalid=self.invalid,
@@ -90,6 +92,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert (self.state.attempts < self.state.max_attempts
                     or w.version > w.exhausted), "started after max_attempts"
             w.pending, w.newer = "start", False
+            w.fenced_while_starting = False
         elif isinstance(effect, lc.Stop):
             w.pending, w.newer = "stop", False
             assert w.fenced or not effect.fence, "a fencing stop without a fence"
@@ -174,7 +177,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         w.pending = None
         if outcome.startswith("ok"):
             w.holding = True
-            w.must_claim = w.fenced
+            w.must_claim = w.fenced or w.fenced_while_starting
             w.changed = False  # the running version is the issued one
             exited = lc.Exited("c", "exited") if outcome == "ok-exited" else None
             refused = "bad check" if outcome == "ok-health-refused" else ""
@@ -211,7 +214,9 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule()
     def fence_up(self) -> None:
         """The lease was not renewed for the task's stop_after_disconnect."""
-        self.world.fenced = self.world.must_claim = True
+        w = self.world
+        w.fenced = w.must_claim = True
+        w.fenced_while_starting = w.fenced_while_starting or w.pending == "start"
         self.feed(lc.Reconcile())
 
     @precondition(lambda self: not self.world.forgotten and self.world.fenced)
@@ -272,6 +277,13 @@ class LifecycleMachine(RuleBasedStateMachine):
         w = self.world
         if w.fenced and w.pending is None and not w.forgotten:
             assert not w.holding, f"containers run behind the fence ({self.state.phase})"
+
+    @invariant()
+    def nothing_runs_unclaimed_after_a_fence(self) -> None:
+        # a start that spanned a fence is stopped and started again with a claim
+        w = self.world
+        if w.holding and w.pending is None and not w.forgotten:
+            assert not w.must_claim, f"runs unclaimed after a fence ({self.state.phase})"
 
     @invariant()
     def phases_agree_with_the_operation(self) -> None:
