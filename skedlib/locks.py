@@ -41,7 +41,11 @@ class KeptLease:
                  on_renewed: Callable[[], None] | None = None) -> None:
         self.backend = backend
         self.ttl = max(ttl, backend.min_lease_ttl)
+        sent = time.monotonic()
         self.id = backend.grant_lease(self.ttl)
+        self.renewed_at = sent
+        """Monotonic time the last successful renewal (or the grant) was *sent*: the
+        store keeps the lease at least ``ttl`` from then, whenever its answer arrived."""
         self.lost = threading.Event()
         self._on_lost = on_lost
         self._on_renewed = on_renewed  # after each renewal (the agent counts them)
@@ -54,9 +58,11 @@ class KeptLease:
         interval = self.ttl / 3
         last_ok = time.monotonic()
         while not self._stop.wait(interval):
+            sent = time.monotonic()
             try:
                 self.backend.keepalive(self.id)
                 last_ok = time.monotonic()
+                self.renewed_at = sent
                 if self._on_renewed is not None:
                     self._on_renewed()
             except LeaseExpired:

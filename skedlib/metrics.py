@@ -149,6 +149,9 @@ class Metrics:
                                       "Renewals of the host record's lease", registry=r)
         self.lease_losses = Counter("skedlib_agent_lease_losses",
                                     "Times the host record's lease was lost", registry=r)
+        self.fenced_tasks = Counter("skedlib_agent_fenced_tasks",
+                                    "Tasks stopped because the host lease could not be "
+                                    "renewed for their stop_after_disconnect", registry=r)
         # jobs
         self.job_claims = Counter("skedlib_jobs_claims", "Jobs claimed by this worker",
                                   registry=r)

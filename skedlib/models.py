@@ -146,6 +146,11 @@ class TaskDefinition(msgspec.Struct, kw_only=True):
     """Failed starts on one host before the agent rejects the task (validation's default: 10)."""
     priority: int = 0
     """Higher is more important: under memory pressure the lowest priority is given up first."""
+    stop_after_disconnect: Duration = 0
+    """Nanoseconds: an agent that could not renew its host lease for this long stops the
+    task itself (self-fencing), and starts it again once the store answers and the task
+    is still issued to it; 0: the agent's ``--stop-after-disconnect``, else never. At most
+    the agent's lease TTL for at-most-once across a partition (docs/operations.md)."""
 
     def total_memory(self) -> int:
         """MiB the task reserves: its own figure, or the sum of its containers'."""

@@ -198,7 +198,8 @@ def check_task_definition(td: TaskDefinition, label: str, *,
     if td.port and td.provide_port:
         raise ValidationError(f"{label}: fields port/provide_port: set a fixed port or ask "
                               "for a provided one, not both")
-    for what in ("memory", "cpu_units", "grace_period", "max_attempts"):
+    for what in ("memory", "cpu_units", "grace_period", "max_attempts",
+                 "stop_after_disconnect"):
         if getattr(td, what) < 0:
             raise ValidationError(f"{label}: field {what}: must be ≥ 0")
     if not td.containers:

@@ -17,7 +17,7 @@ SEED_TASK = Path(__file__).parent / "data" / "seed_task.json"
 # Fields skedlib adds to the seed's shapes; each has a default, so older writers still decode.
 EXTENSIONS = {
     "task": {"rejected_hosts", "capacity_rejections"},
-    "task_definition": {"memory", "cpu_units", "priority"},
+    "task_definition": {"memory", "cpu_units", "priority", "stop_after_disconnect"},
     "container": {"essential"},
 }
 

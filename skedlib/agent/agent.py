@@ -26,6 +26,12 @@ seconds; at or above the threshold it gives up one running task (the lowest
 ``priority``, then the newest) by rejecting it the same way, so a scheduler moves it to
 another host, and then waits ``pressure_cooldown`` seconds before giving up another.
 
+With ``stop_after_disconnect`` (the task definition's, else ``--stop-after-disconnect``)
+a task is *fenced* when the agent could not renew its host lease for that long: stopped
+(or kept from starting) so that it never runs beside the replacement a scheduler starts
+once the lease expired, and started again when the store answers and the task is still
+issued here (:mod:`~skedlib.agent.fencing`).
+
 When a task's key goes away it is stopped. On start the agent *adopts* what its
 executors still run for tasks still issued to it, and stops what runs for tasks whose
 keys vanished while it was down. On a graceful exit tasks keep running (the next agent
@@ -69,6 +75,7 @@ from skedlib.agent.control import (
     Timers,
     Tracked,
 )
+from skedlib.agent.fencing import Fencing, check_host_fence
 from skedlib.agent.hostinfo import HostReporter, default_address, measure_total
 from skedlib.agent.operations import Started, TaskOperations, start_failure
 from skedlib.agent.poll import StatusPoll
@@ -158,6 +165,10 @@ class AgentConfig(msgspec.Struct, kw_only=True):
     newest) so a scheduler moves it elsewhere; 0: never."""
     pressure_cooldown: float = 60.0
     """Seconds after giving up a task under memory pressure before giving up another."""
+    stop_after_disconnect: float = 0.0
+    """Seconds: fence (stop) every task of this host whose task definition says nothing
+    else when the host lease could not be renewed for this long; 0: never. From half the
+    lease TTL to the TTL (docs/operations.md, "Partitions and at-most-once")."""
     host_policy: HostPolicy = msgspec.field(default_factory=HostPolicy)
     """What this host accepts (``--policy FILE``, ``--run-as``): executors, commands,
     images, docker options, users; a task it refuses is rejected naming the rule. The
@@ -172,6 +183,7 @@ def _check(config: AgentConfig) -> None:
     if config.pressure_cooldown < 0:
         raise ValueError(f"pressure_cooldown must be >= 0 seconds, got "
                          f"{config.pressure_cooldown}")
+    check_host_fence(config.stop_after_disconnect, config.lease_ttl)
 
 
 class Agent:
@@ -215,6 +227,8 @@ class Agent:
                                    + AGENT_THREADS)
         self._withdraw: ThreadPoolExecutor | None = None
         """While stale copies are withdrawn at adoption: the pool their stops run on."""
+        self._fence_pool: ThreadPoolExecutor | None = None
+        """Where fencing stops run (made at the first): never behind other operations."""
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._adopted = False
@@ -262,6 +276,9 @@ class Agent:
                         total=self.total, executors=sorted(self.executors))
         self.reporter = HostReporter(backend, self.keys, template, config.lease_ttl,
                                      self.state_dir, self._executors.reserved_ports)
+        self.fencing = Fencing(self.host, config.stop_after_disconnect,
+                               max(config.lease_ttl, backend.min_lease_ttl),
+                               self.reporter.renewed_at)
         self.watcher = Informer(backend, self.keys.host_tasks(self.host),
                                 on_list=lambda listing: self._queue.put(Listed(listing)),
                                 on_events=lambda events: self._queue.put(Changed(events)),
@@ -304,6 +321,8 @@ class Agent:
             self._queue.put(Shutdown(stop_tasks))
             self._control.join(timeout)
         self._pool.shutdown(wait=True)
+        if self._fence_pool is not None:
+            self._fence_pool.shutdown(wait=True)
         self.health.close()
         self.writer.close()
         self.reporter.stop(revoke=stop_tasks)
@@ -329,6 +348,7 @@ class Agent:
         self._timers.add(self._poll.interval(), self._poll_status)
         if self.config.memory_pressure > 0:
             self._timers.add(PRESSURE_INTERVAL, self._check_pressure)
+        self._timers.add(0.0, self._check_fence)
         while True:
             try:
                 event: Event | None = self._queue.get(timeout=self._timers.delay())
@@ -443,7 +463,10 @@ class Agent:
         self._step(m, lc.Issued())  # deleted
 
     def _view(self, m: Tracked) -> lc.View:
-        return m.view(active=self._adopted and not self._stopped.is_set())
+        active = self._adopted and not self._stopped.is_set()
+        fenced = active and self.fencing.holds(m.task_id, m.running or m.issued,
+                                               time.monotonic())
+        return m.view(active=active, fenced=fenced)
 
     # -- the lifecycle and its effects ------------------------------------------------
     def _step(self, m: Tracked, event: lc.Input) -> None:
@@ -468,7 +491,10 @@ class Agent:
             if m.lc.attempts:
                 METRICS.restarts.inc()
             m.admitted, m.demand = True, demand(m.issued)
-            self._submit(m, "start", self.operations.start, m.issued, m.revision)
+            self._submit(m, "start", self.operations.start, m.issued, m.revision,
+                         effect.claim)
+        elif isinstance(effect, lc.Stop) and effect.fence:
+            self._fence_stop(m)
         elif isinstance(effect, lc.Stop):
             if effect.why:
                 log.info("stopping %s: %s", m.task_id, effect.why)
@@ -502,7 +528,8 @@ class Agent:
         if self._tasks.get(m.task_id) is m:
             self._step(m, event)
 
-    def _submit(self, m: Tracked, op: str, fn: Callable[..., Any], *args: Any) -> None:
+    def _submit(self, m: Tracked, op: str, fn: Callable[..., Any], *args: Any,
+                pool: ThreadPoolExecutor | None = None) -> None:
         m.op_revision = m.revision
         task_id = m.task_id
 
@@ -514,7 +541,7 @@ class Agent:
             else:
                 self._queue.put(Done(task_id, op, result=result))
 
-        (self._withdraw or self._pool).submit(run)
+        (pool or self._withdraw or self._pool).submit(run)
 
     def _allocated(self, exclude: str = "") -> Resources:
         total = Resources()
@@ -635,6 +662,46 @@ class Agent:
         chosen = self._pressure.choose(candidates, time.monotonic())
         if chosen is not None:
             self._step(self._tasks[chosen[0].task_id], lc.GiveUp(chosen[1]))
+
+    # -- self-fencing -----------------------------------------------------------------
+    def _check_fence(self) -> None:
+        """Timer: fence the tasks whose ``stop_after_disconnect`` has passed since the
+        last renewal of the host lease; lift the fence once a renewal succeeds again."""
+        now = time.monotonic()
+        if self._adopted and not self._stopped.is_set():
+            lifted = self.fencing.lift()
+            if lifted is not None:
+                log.info("host lease renewed again: %d fenced task(s) may start again "
+                         "(each re-claims its key first)", len(lifted))
+                for task_id in sorted(lifted):
+                    m = self._tasks.get(task_id)
+                    if m is not None:
+                        self._step(m, lc.Reconcile())
+            for m in list(self._tasks.values()):
+                if m.task_id not in self.fencing.fenced and self.fencing.holds(
+                        m.task_id, m.running or m.issued, now):
+                    self._step(m, lc.Reconcile())
+        self._timers.add(self.fencing.next_check(
+            [m.running or m.issued for m in self._tasks.values()
+             if m.task_id not in self.fencing.fenced], time.monotonic()), self._check_fence)
+
+    def _fence_stop(self, m: Tracked) -> None:
+        """Stop a fenced task at once, on a pool of its own, its grace period ending by
+        the time the lease could expire; one log line, one count."""
+        task = m.running or m.issued
+        now = time.monotonic()
+        kill_by = self.fencing.kill_by(task)
+        METRICS.fenced_tasks.inc()
+        log.warning("fencing %s: the host lease was not renewed for %.1fs "
+                    "(stop_after_disconnect %gs): stopping it%s", m.task_id,
+                    self.fencing.silence(now), self.fencing.fence_of(task),
+                    "" if kill_by is None else
+                    f", killed within {max(0.0, kill_by - now):.1f}s")
+        if self._fence_pool is None:
+            self._fence_pool = ThreadPoolExecutor(max_workers=MAX_WITHDRAW,
+                                                  thread_name_prefix="fence")
+        self._submit(m, "stop", self.operations.stop, list(m.refs), task, kill_by,
+                     pool=self._fence_pool)
 
     # -- adoption ---------------------------------------------------------------------
     def _adopt(self) -> None:

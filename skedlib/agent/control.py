@@ -122,9 +122,10 @@ class Tracked:
             self.issued = None
             self.bad_record = str(exc)
 
-    def view(self, active: bool) -> lifecycle.View:
+    def view(self, active: bool, fenced: bool = False) -> lifecycle.View:
         """What the store holds for the task, as its lifecycle sees it (``active``: the
-        agent has adopted and is not shutting down)."""
+        agent has adopted and is not shutting down; ``fenced``: see
+        :attr:`~skedlib.agent.lifecycle.View.fenced`)."""
         wanted = (self.issued is not None and not self.issued.rejected
                   and self.revision > self.reject_revision)
         invalid = unwritable = ""
@@ -142,7 +143,7 @@ class Tracked:
                        unwritable=unwritable, changed=changed,
                        reject_reason=self.issued.reject_reason if self.issued else "",
                        newer=not (self.revision == self.op_revision and self.raw),
-                       active=active)
+                       active=active, fenced=fenced)
 
     def exited(self, executor: str, ref: ContainerRef, status: ContainerStatus) -> lifecycle.Exited:
         """The lifecycle input for one of the task's containers that exited."""

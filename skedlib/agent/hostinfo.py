@@ -101,6 +101,9 @@ class HostReporter:
         self._allocated = Resources()
         self._ports: list[int] = []
         self._lease: KeptLease | None = None
+        self._holding: KeptLease | None = None
+        """The lease the record was last written under."""
+        self._started = time.monotonic()
         self._published: Host | None = None
         self._changed = threading.Event()
         self._stop = threading.Event()
@@ -111,6 +114,7 @@ class HostReporter:
 
     def start(self) -> None:
         """Publish now and keep publishing."""
+        self._started = time.monotonic()
         measure_observed(self.disk_path)  # primes psutil's CPU counter
         self._thread.start()
 
@@ -121,6 +125,14 @@ class HostReporter:
                 return
             self._allocated, self._ports = allocated, sorted(ports)
         self._changed.set()
+
+    def renewed_at(self) -> float:
+        """Monotonic time the last successful renewal (or grant) of the lease the record
+        is written under was sent; a new lease counts once the record was written on it.
+        Before the first: when the reporter started. The store keeps the record at least
+        the lease's TTL from then (what self-fencing counts from)."""
+        lease = self._holding
+        return self._started if lease is None else max(self._started, lease.renewed_at)
 
     def record(self) -> Host:
         """The record as it would be published now."""
@@ -160,6 +172,7 @@ class HostReporter:
             self._published = None
         record = self.record()
         self.backend.put(self.key, encode(record), lease=lease.id)
+        self._holding = lease
         self._published = record
         self.published.set()
 

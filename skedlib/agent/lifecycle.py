@@ -16,6 +16,7 @@ Phases::
                                     ├─ attempts left: backoff ─timer─▶ idle
                                     └─ max_attempts reached: rejecting ─▶ rejected
     not wanted: stopping (while containers run) ─▶ rejected, or forgotten (its key is gone)
+    fenced (cut off from the store): stopping (while containers run) ─▶ fenced ─▶ idle
 
 One operation (start, stop, reject) is in flight per task at a time (``busy``); inputs
 that would start another wait for it to finish. A failed attempt (an essential container
@@ -23,6 +24,12 @@ exited, a check stayed critical, a start failed) is counted; the task is restart
 :meth:`Backoff.delay` of the attempt count, until ``max_attempts`` failed attempts, when
 it is rejected. A task that ran healthy for ``attempt_reset`` seconds counts from zero
 again.
+
+A task is *fenced* while the agent could not renew its host lease for the task's
+``stop_after_disconnect`` (the agent decides, :mod:`~skedlib.agent.fencing`): it is
+stopped, or kept from starting, until the agent lifts the fence. Its next start then
+re-claims its key first (``Start(claim=True)``), so that a scheduler that moved it
+meanwhile either has done so (the start finds the key changed) or now cannot.
 """
 
 from __future__ import annotations
@@ -69,7 +76,7 @@ __all__ = [
 ]
 
 Phase = Literal["idle", "starting", "running", "stopping", "backoff", "rejecting",
-                "rejected", "gone"]
+                "rejected", "gone", "fenced"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,9 @@ class View:
     active: bool = True
     """The agent has adopted what ran before it and is not shutting down: only then is
     the issued state acted on."""
+    fenced: bool = False
+    """The agent could not renew its host lease for the task's ``stop_after_disconnect``
+    (and has not lifted the fence since): the task must not run."""
 
 
 @dataclass
@@ -138,6 +148,10 @@ class TaskState:
     timers: int = 0
     """Timers armed so far (the next one's number)."""
     after_stop: Literal["reconcile", "failure"] = "reconcile"
+    claim: bool = False
+    """The task was fenced: its next start re-claims its key first."""
+    fenced_while_starting: bool = False
+    """A fence went up while the start in flight ran (it did not re-claim for that one)."""
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -270,12 +284,19 @@ class Admit:
 class Start:
     """Start the issued task (answer: :class:`StartOk` or :class:`StartFailed`)."""
 
+    claim: bool = False
+    """Write the key back at the revision known before starting (a ``stale`` failure
+    when it changed): the task was fenced, and may have been moved meanwhile."""
+
 
 @dataclass(frozen=True)
 class Stop:
     """Stop the task's containers (answer: :class:`StopDone`); log ``why`` if set."""
 
     why: str = ""
+    fence: bool = False
+    """A fencing stop: it must not wait behind other operations, and its grace period
+    ends by the time the lease would expire (the agent logs and counts it)."""
 
 
 @dataclass(frozen=True)
@@ -401,6 +422,9 @@ class _Machine:
     # -- judging the issued state ---------------------------------------------------------
     def reconcile(self) -> None:
         s, v = self.s, self.view
+        if v.fenced:
+            s.claim = True  # whatever starts it next, after the fence, re-claims it first
+            s.fenced_while_starting = s.fenced_while_starting or s.phase == "starting"
         if s.busy or not v.active:
             return
         if not v.wanted:
@@ -434,9 +458,17 @@ class _Machine:
         if s.phase in ("rejected", "gone"):  # issued again
             s.phase = "idle"
             s.attempts, s.message = 0, ""
+        if v.fenced:
+            self.fence()
+            return
+        if s.phase == "fenced":  # the fence was lifted
+            s.phase = "idle"
         if s.phase == "running":
             if v.changed:
                 self.stop("its task changed", then="reconcile")
+            elif s.claim:  # its start spanned a fence: its view may be stale
+                self.stop("it started while the host was fenced; starting it again after "
+                          "re-claiming it", then="reconcile")
             return
         if s.phase == "idle" and not s.stale:
             if s.attempts and s.attempts >= s.max_attempts:
@@ -445,6 +477,19 @@ class _Machine:
                 self.reject(s.message)
                 return
             self.emit(Admit())
+
+    def fence(self) -> None:
+        """Cut off from the store for longer than the task may run so: stop it, or keep
+        it from starting (a backoff timer pending is dropped)."""
+        s = self.s
+        if s.holding:
+            self.stop("", then="reconcile", fence=True)
+        elif s.phase != "fenced":
+            s.timer = 0
+            s.phase = "fenced"
+            s.message = "fenced: the agent could not renew its host lease"
+            self.emit(Release())
+            self.emit(Publish())
 
     def await_newer(self) -> None:
         """The store had a newer version than the operation used: judge that one."""
@@ -460,15 +505,18 @@ class _Machine:
             self.reject(reason, capacity)
             return
         s.exit_pending = False
+        s.fenced_while_starting = False
         s.phase = "starting"
         self.emit(Publish())
         s.busy = True
-        self.emit(Start())
+        self.emit(Start(s.claim))
 
     def start_ok(self, event: StartOk) -> None:
         s = self.s
         s.busy = False
         s.holding = True
+        s.claim = s.fenced_while_starting  # a start re-claims or runs before the fence
+        s.fenced_while_starting = False
         s.max_attempts = event.max_attempts
         s.run_started = self.now
         s.healthy = s.ever_healthy = False
@@ -642,11 +690,12 @@ class _Machine:
                                      f"{event.error} (retrying)"))
             self.arm(1.0)
 
-    def stop(self, why: str, then: Literal["reconcile", "failure"]) -> None:
+    def stop(self, why: str, then: Literal["reconcile", "failure"], fence: bool = False
+             ) -> None:
         s = self.s
         self.emit(UnwatchHealth())
         self.set_healthy(False)
         s.phase = "stopping"
         s.after_stop = then
         s.busy = True
-        self.emit(Stop(why))
+        self.emit(Stop(why, fence))

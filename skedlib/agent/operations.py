@@ -95,18 +95,32 @@ class TaskOperations:
         self.executors = executors
         self.ports = ports
 
-    def start(self, task_id: str, task: Task, revision: int) -> Started:
+    def start(self, task_id: str, task: Task, revision: int, claim: bool = False) -> Started:
         """Provide the port, then start every container (stops them on failure).
+
+        With ``claim`` the host key is first written back unchanged at ``revision``: a
+        task that was fenced may have been moved while the agent was cut off, and this
+        write either finds it moved or makes a scheduler's commit that moves it from an
+        older snapshot fail (the commit compares ``state/tasks/<id>``, written too).
 
         Raises :class:`StaleTask` when the key changed, else :class:`StartFailed` with
         the cause chained."""
         max_attempts = self.max_attempts(task)
         try:
+            if claim:
+                revision = self._claim(task_id, revision)
             return self._start(task_id, task, revision, max_attempts)
         except StaleTask:
             raise
         except BaseException as exc:
             raise StartFailed(max_attempts) from exc
+
+    def _claim(self, task_id: str, revision: int) -> int:
+        written = patch_task(self.backend, self.keys, self.host, task_id, revision,
+                             lambda obj: None)
+        if not written:
+            raise StaleTask()
+        return written
 
     def _start(self, task_id: str, task: Task, revision: int, max_attempts: int) -> Started:
         td = task.task_definition
@@ -143,11 +157,13 @@ class TaskOperations:
             raise
         return Started(task, port, refs, max_attempts, self.describe(refs, port), revision)
 
-    def stop(self, task_id: str, refs: list[Ref], task: Task | None) -> None:
-        """Stop and clean up containers (in reverse start order)."""
+    def stop(self, task_id: str, refs: list[Ref], task: Task | None,
+             kill_by: float | None = None) -> None:
+        """Stop and clean up containers (in reverse start order); with ``kill_by`` (a
+        monotonic time: a fencing stop) every grace period ends by then at the latest."""
         del task_id
         for name, ref in reversed(refs):
-            self.stop_quietly(name, ref, task)
+            self.stop_quietly(name, ref, task, kill_by)
 
     def reject(self, task_id: str, refs: list[Ref], task: Task | None, revision: int,
                reason: str, free: Resources | None = None) -> int:
@@ -175,13 +191,18 @@ class TaskOperations:
 
         return patch_task(self.backend, self.keys, self.host, task_id, revision, patch)
 
-    def stop_quietly(self, name: str, ref: ContainerRef, task: Task | None) -> None:
-        """Stop and clean up one container; a failure is logged, not raised."""
+    def stop_quietly(self, name: str, ref: ContainerRef, task: Task | None,
+                     kill_by: float | None = None) -> None:
+        """Stop and clean up one container (its grace period ending by ``kill_by`` when
+        given); a failure is logged, not raised."""
         executor = self.executors.get(name)
         if executor is None:
             return
+        seconds = grace(task)
+        if kill_by is not None:
+            seconds = min(seconds, max(0.0, kill_by - time.monotonic()))
         try:
-            executor.stop(ref, grace(task))
+            executor.stop(ref, seconds)
             executor.cleanup(ref)
         except Exception:
             log.exception("stopping %s/%s failed", ref.task_id, ref.container)

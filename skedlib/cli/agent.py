@@ -30,7 +30,8 @@ from skedlib.api import is_loopback
 from skedlib.cli.args import add_backend_options, metrics_listen, positive_number, start_metrics
 from skedlib.cli.logs import add_log_options, configure_logging
 from skedlib.client import default_backend_url
-from skedlib.errors import SkedError
+from skedlib.durations import SECOND, parse_duration
+from skedlib.errors import SkedError, ValidationError
 from skedlib.executors.policy import HostPolicy, Identity, load_policy
 from skedlib.jobs.models import JobRequirements
 from skedlib.jobs.worker import JobWorker, WorkerConfig
@@ -96,6 +97,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> float:
+    """Seconds from a Go-style duration (``30s``, ``1m``) or a bare number of seconds."""
+    try:
+        return float(text) if text.strip().replace(".", "", 1).isdigit() \
+            else parse_duration(text) / SECOND
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``skedlib-agent``."""
     p = argparse.ArgumentParser(prog="skedlib-agent",
@@ -157,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "scheduler moves it (default: off)")
     p.add_argument("--pressure-cooldown", type=_seconds, default=60.0, metavar="SECONDS",
                    help="seconds between two give-ups under memory pressure (default 60)")
+    p.add_argument("--stop-after-disconnect", type=_duration, default=0.0,
+                   metavar="DURATION",
+                   help="stop (fence) this host's tasks when the host lease could not be "
+                        "renewed for this long, e.g. 8s, so they never run beside their "
+                        "replacements; a task definition's stop_after_disconnect wins; "
+                        "from half the lease TTL to the TTL (default: off)")
     p.add_argument("--stop-tasks-on-exit", action="store_true",
                    help="stop every task on SIGTERM/SIGINT (default: leave them running)")
     g = p.add_argument_group("batch jobs (work stealing; see docs/jobs.md)")
@@ -231,7 +247,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         cpu_units=args.cpu_units, disk=args.disk, port_range=args.port_range,
         workers=max(1, args.workers), check_failures=max(1, args.check_failures),
         stop_tasks_on_exit=args.stop_tasks_on_exit, memory_pressure=args.memory_pressure,
-        pressure_cooldown=args.pressure_cooldown)
+        pressure_cooldown=args.pressure_cooldown,
+        stop_after_disconnect=args.stop_after_disconnect)
 
 
 def worker_config_from_args(args: argparse.Namespace,

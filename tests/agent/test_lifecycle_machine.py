@@ -1,7 +1,8 @@
 """The pure task-lifecycle state machine, driven by hypothesis against a simulated world.
 
 The world plays the store (the task issued, changed, withdrawn, rejected by someone
-else, replaced by a bad record), the worker pool (operations finishing in any order the
+else, replaced by a bad record), the agent's fence (cut off from the store, and back),
+the worker pool (operations finishing in any order the
 rules pick, with any outcome), the containers (exits), the health provider and the
 timers (any armed timer may fire, stale ones included). After every step the invariants
 the agent relies on are checked.
@@ -44,10 +45,16 @@ class World:
     """The version at which the task used up its attempts (0: it has not)."""
     undelivered: bool = False
     """The key changed under an operation and the watch has not delivered it yet."""
+    fenced: bool = False
+    """The agent could not renew its lease for the task's stop_after_disconnect."""
+    must_claim: bool = False
+    """A fence went up since the last successful start: the next start re-claims."""
+    fenced_while_starting: bool = False
+    """A fence went up while the start in flight ran."""
 
     def view(self) -> lc.View:
         return lc.View(present=self.present, wanted=self.wanted, invalid=self.invalid,
-                       changed=self.changed, newer=self.newer)
+                       changed=self.changed, newer=self.newer, fenced=self.fenced)
 
 
 class LifecycleMachine(RuleBasedStateMachine):
@@ -79,12 +86,16 @@ class LifecycleMachine(RuleBasedStateMachine):
         elif isinstance(effect, lc.Start):
             assert not w.holding, "started while containers still run"
             assert w.wanted, "started a task that is not wanted"
+            assert not w.fenced, "started a fenced task"
+            assert effect.claim or not w.must_claim, "started after a fence without a claim"
             # out of attempts: never started again, unless a newer version was issued
             assert (self.state.attempts < self.state.max_attempts
                     or w.version > w.exhausted), "started after max_attempts"
             w.pending, w.newer = "start", False
+            w.fenced_while_starting = False
         elif isinstance(effect, lc.Stop):
             w.pending, w.newer = "stop", False
+            assert w.fenced or not effect.fence, "a fencing stop without a fence"
         elif isinstance(effect, lc.Reject):
             w.pending, w.newer = "reject", False
             if self.state.attempts >= self.state.max_attempts:
@@ -108,6 +119,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if w.forgotten:  # issued again after it was forgotten: the agent tracks it anew
             self.state = lc.TaskState("t1", max_attempts=MAX_ATTEMPTS)
             w.forgotten, w.timers = False, []
+            w.must_claim = w.fenced  # delivered by the watch: as fresh as any issue
         w.present, w.wanted, w.invalid, w.changed = True, True, "", False
         w.admit = admit
         self.new_version()
@@ -165,6 +177,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         w.pending = None
         if outcome.startswith("ok"):
             w.holding = True
+            w.must_claim = w.fenced or w.fenced_while_starting
             w.changed = False  # the running version is the issued one
             exited = lc.Exited("c", "exited") if outcome == "ok-exited" else None
             refused = "bad check" if outcome == "ok-health-refused" else ""
@@ -195,6 +208,22 @@ class LifecycleMachine(RuleBasedStateMachine):
         elif outcome == "changed":
             self.key_changed(delivered)
         self.feed(lc.RejectDone(outcome, "store away"))  # type: ignore[arg-type]
+
+    # -- the fence ----------------------------------------------------------------------
+    @precondition(lambda self: not self.world.forgotten and not self.world.fenced)
+    @rule()
+    def fence_up(self) -> None:
+        """The lease was not renewed for the task's stop_after_disconnect."""
+        w = self.world
+        w.fenced = w.must_claim = True
+        w.fenced_while_starting = w.fenced_while_starting or w.pending == "start"
+        self.feed(lc.Reconcile())
+
+    @precondition(lambda self: not self.world.forgotten and self.world.fenced)
+    @rule()
+    def fence_lifted(self) -> None:
+        self.world.fenced = False
+        self.feed(lc.Reconcile())
 
     # -- containers, checks, timers, pressure --------------------------------------------
     @precondition(lambda self: not self.world.forgotten)
@@ -242,6 +271,19 @@ class LifecycleMachine(RuleBasedStateMachine):
         if (s.attempts >= s.max_attempts and w.wanted and not w.forgotten
                 and w.version == w.exhausted):
             assert s.phase in ("rejecting", "rejected", "stopping"), s.phase
+
+    @invariant()
+    def nothing_runs_behind_a_fence(self) -> None:
+        w = self.world
+        if w.fenced and w.pending is None and not w.forgotten:
+            assert not w.holding, f"containers run behind the fence ({self.state.phase})"
+
+    @invariant()
+    def nothing_runs_unclaimed_after_a_fence(self) -> None:
+        # a start that spanned a fence is stopped and started again with a claim
+        w = self.world
+        if w.holding and w.pending is None and not w.forgotten:
+            assert not w.must_claim, f"runs unclaimed after a fence ({self.state.phase})"
 
     @invariant()
     def phases_agree_with_the_operation(self) -> None:
