@@ -77,6 +77,7 @@ from skedlib.agent.pressure import PRESSURE_INTERVAL, PressureCandidate, Pressur
 from skedlib.agent.records import HealthWriter, compose_health
 from skedlib.agent.wiring import Executors, health_provider_name, open_health_provider
 from skedlib.errors import ValidationError
+from skedlib.events import EventLog
 from skedlib.executors.base import ContainerRef, ContainerStatus, Executor, TaskRejected
 from skedlib.executors.policy import HostPolicy
 from skedlib.executors.supervision import reachable_by
@@ -85,7 +86,7 @@ from skedlib.keys import DEFAULT_PREFIX, Keyspace
 from skedlib.metrics import METRICS, reject_kind
 from skedlib.models import HealthState, Host, Resources, Task
 from skedlib.plugins import Registry, get_registry
-from skedlib.runtime import Backoff, Informer
+from skedlib.runtime import Backoff, Informer, Store
 from skedlib.store.base import Backend, KeyValue, ListResult
 
 __all__ = ["Agent", "AgentConfig", "default_state_dir"]
@@ -159,6 +160,14 @@ class AgentConfig(msgspec.Struct, kw_only=True):
     images, docker options, users; a task it refuses is rejected naming the rule. The
     default allows every executor, command and image and refuses dangerous docker
     options (docs/security.md)."""
+    events: bool = True
+    """Record the tasks' events in the store (:mod:`skedlib.events`)."""
+    logs_listen: tuple[str, int] | None = ("127.0.0.1", 0)
+    """Where the task output server listens (``sked logs``); None: no server. Loopback
+    by default: ``sked logs`` then works on this host only."""
+    logs_advertise: str = ""
+    """The address other hosts reach the output server at (default: the listen address,
+    or :attr:`address` when it listens on every interface)."""
 
 
 def _check(config: AgentConfig) -> None:
@@ -255,6 +264,9 @@ class Agent:
                         total=self.total, executors=sorted(self.executors))
         self.reporter = HostReporter(backend, self.keys, template, config.lease_ttl,
                                      self.state_dir, self._executors.reserved_ports)
+        self.events = EventLog(Store(backend, self.keys), f"agent {self.host}",
+                               enabled=config.events)
+        """Records the tasks' events: started, healthy, restarted … (:mod:`skedlib.events`)."""
         self.watcher = Informer(backend, self.keys.host_tasks(self.host),
                                 on_list=lambda listing: self._queue.put(Listed(listing)),
                                 on_events=lambda events: self._queue.put(Changed(events)),
@@ -298,6 +310,7 @@ class Agent:
             self._control.join(timeout)
         self._pool.shutdown(wait=True)
         self.health.close()
+        self.events.close()
         self.writer.close()
         self.reporter.stop(revoke=stop_tasks)
         self._executors.close()
@@ -443,7 +456,10 @@ class Agent:
         """Feed ``event`` to the task's lifecycle and carry out the effects, in order."""
         result = lc.step(m.lc, event, self._view(m), self.policy, now=time.monotonic(),
                          wall=time.time())
-        m.lc = result.state
+        was_healthy, m.lc = m.lc.healthy, result.state
+        if result.state.healthy != was_healthy and result.state.phase == "running":
+            self.events.record("task", m.task_id, "healthy" if result.state.healthy
+                               else "unhealthy", result.state.message, host=self.host)
         if self._tasks.get(m.task_id) is m:
             self._phases[m.task_id] = m.lc.phase
         for effect in result.effects:
@@ -460,14 +476,23 @@ class Agent:
             assert m.issued is not None
             if m.lc.attempts:
                 METRICS.restarts.inc()
+                self.events.record("task", m.task_id, "restarted", m.lc.message,
+                                   host=self.host, attempt=m.lc.attempts + 1)
             m.admitted, m.demand = True, demand(m.issued)
             self._submit(m, "start", self.operations.start, m.issued, m.revision)
         elif isinstance(effect, lc.Stop):
             if effect.why:
                 log.info("stopping %s: %s", m.task_id, effect.why)
+            self.events.record("task", m.task_id, "stopped", effect.why or m.lc.message,
+                               host=self.host)
             self._submit(m, "stop", self.operations.stop, list(m.refs), m.running or m.issued)
         elif isinstance(effect, lc.Reject):
             METRICS.rejections.labels(reject_kind(effect.reason)).inc()
+            if not effect.reason.startswith("memory pressure"):  # that one is "evicted"
+                self.events.record("task", m.task_id, "rejected", effect.reason,
+                                   host=self.host, capacity=effect.capacity or None)
+                self.events.record("host", self.host, "rejected",
+                                   f"{m.task_id}: {effect.reason}")
             refs, m.refs = m.refs, []
             free = self.total - self._allocated(exclude=m.task_id) if effect.capacity \
                 else None
@@ -548,6 +573,8 @@ class Agent:
             m.revision = max(m.revision, started.revision)
             m.health = None
             log.info("started %s (%s)", m.task_id, started.description)
+            self.events.record("task", m.task_id, "started", started.description,
+                               host=self.host, attempt=m.lc.attempts + 1)
             METRICS.starts.inc()
             rejected = self._watch_health(started.task, started.port)
             exited = None
@@ -580,6 +607,12 @@ class Agent:
     def _on_exited(self, executor: str, ref: ContainerRef, status: ContainerStatus) -> None:
         m = self._tasks.get(ref.task_id)
         if m is not None:
+            what = status.message or status.state
+            if (executor, ref) in m.refs:
+                oom = "oom" in what.lower() or "out of memory" in what.lower()
+                self.events.record("task", m.task_id, "oom" if oom else "exited",
+                                   f"container {ref.container} {what}", host=self.host,
+                                   container=ref.container)
             self._step(m, m.exited(executor, ref, status))
 
     def _on_health(self, task_id: str) -> None:
@@ -627,6 +660,8 @@ class Agent:
                       if m.lc.phase == "running" and not m.lc.busy and m.running is not None]
         chosen = self._pressure.choose(candidates, time.monotonic())
         if chosen is not None:
+            self.events.record("task", chosen[0].task_id, "evicted", chosen[1], host=self.host)
+            self.events.record("host", self.host, "evicted", f"{chosen[0].task_id}: {chosen[1]}")
             self._step(self._tasks[chosen[0].task_id], lc.GiveUp(chosen[1]))
 
     # -- adoption ---------------------------------------------------------------------
