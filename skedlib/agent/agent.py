@@ -70,19 +70,22 @@ from skedlib.agent.control import (
     Tracked,
 )
 from skedlib.agent.hostinfo import HostReporter, default_address, measure_total
+from skedlib.agent.logs import LogEndpoint, LogEndpointKeyspace, task_log_source
 from skedlib.agent.operations import Started, TaskOperations, start_failure
 from skedlib.agent.poll import StatusPoll
 from skedlib.agent.ports import DEFAULT_PORT_RANGE, PortAllocator
 from skedlib.agent.pressure import PRESSURE_INTERVAL, PressureCandidate, PressureGuard
 from skedlib.agent.records import HealthWriter, compose_health
 from skedlib.agent.wiring import Executors, health_provider_name, open_health_provider
-from skedlib.errors import ValidationError
+from skedlib.codecs import encode
+from skedlib.errors import BackendError, ValidationError
 from skedlib.events import EventLog
 from skedlib.executors.base import ContainerRef, ContainerStatus, Executor, TaskRejected
 from skedlib.executors.policy import HostPolicy
 from skedlib.executors.supervision import reachable_by
 from skedlib.health.provider import DEFAULT_FAILURE_THRESHOLD, HealthProvider
 from skedlib.keys import DEFAULT_PREFIX, Keyspace
+from skedlib.logserver import LogServer, load_token
 from skedlib.metrics import METRICS, reject_kind
 from skedlib.models import HealthState, Host, Resources, Task
 from skedlib.plugins import Registry, get_registry
@@ -267,6 +270,8 @@ class Agent:
         self.events = EventLog(Store(backend, self.keys), f"agent {self.host}",
                                enabled=config.events)
         """Records the tasks' events: started, healthy, restarted … (:mod:`skedlib.events`)."""
+        self.log_server: LogServer | None = None
+        """Serves the tasks' output (``sked logs``), when ``logs_listen`` is set."""
         self.watcher = Informer(backend, self.keys.host_tasks(self.host),
                                 on_list=lambda listing: self._queue.put(Listed(listing)),
                                 on_events=lambda events: self._queue.put(Changed(events)),
@@ -284,6 +289,8 @@ class Agent:
                                          daemon=True)
         self._control.start()
         METRICS.add_source("skedlib_agent_tasks", self._phase_counts)
+        if self.config.logs_listen is not None:
+            self._serve_logs(self.config.logs_listen)
         self.reporter.start()
         self.watcher.start()
 
@@ -311,6 +318,8 @@ class Agent:
         self._pool.shutdown(wait=True)
         self.health.close()
         self.events.close()
+        if self.log_server is not None:
+            self.log_server.stop()
         self.writer.close()
         self.reporter.stop(revoke=stop_tasks)
         self._executors.close()
@@ -450,6 +459,33 @@ class Agent:
 
     def _view(self, m: Tracked) -> lc.View:
         return m.view(active=self._adopted and not self._stopped.is_set())
+
+    def _serve_logs(self, listen: tuple[str, int]) -> None:
+        """Start the task output server and publish where it is, with its token."""
+        token = load_token(self.state_dir / "log-token")
+
+        def containers(task_id: str) -> list[str] | None:
+            m = self._tasks.get(task_id)
+            task = m.issued or m.running if m is not None else None
+            return [c.name for c in task.task_definition.containers] if task else None
+
+        source = task_log_source(self.log_dir, containers,
+                                 lambda task_id: self._phases.get(task_id) in
+                                 ("starting", "running"))
+        advertise = self.config.logs_advertise or (
+            self.config.address if listen[0] in ("0.0.0.0", "::") and self.config.address
+            else listen[0])
+        self.log_server = LogServer(f"agent {self.host}", {"tasks": source}, listen,
+                                    advertise, token=token)
+        self.log_server.start()
+        endpoint = LogEndpoint(host=self.host, url=self.log_server.url, token=token)
+        try:
+            self.backend.put(LogEndpointKeyspace(self.keys).log_endpoint(self.host),
+                             encode(endpoint))
+        except BackendError as exc:  # the tasks matter more than their output
+            log.warning("agent %s: cannot publish the task output server: %s", self.host,
+                        exc)
+        log.info("agent %s: task output served at %s", self.host, self.log_server.url)
 
     # -- the lifecycle and its effects ------------------------------------------------
     def _step(self, m: Tracked, event: lc.Input) -> None:

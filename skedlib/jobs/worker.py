@@ -36,6 +36,7 @@ import msgspec
 
 from skedlib._files import private_dirs
 from skedlib.errors import BackendError, LeaseExpired, SkedError
+from skedlib.events import EventLog
 from skedlib.jobs._cleaner import Upkeep
 from skedlib.jobs._config import WorkerConfig, WorkerStats, spawn
 from skedlib.jobs._queue import ClaimQueue
@@ -88,8 +89,10 @@ class JobWorker:
         self.limiter: Limiter = detect_limiter(self.node, config.limits)
         self._stopping = threading.Event()
         self._lease: KeptLease | None = None
+        self.events = EventLog(self.store.store, f"job worker {self.node}")
+        """Records the jobs' lifecycle (running, complete, failed …): :mod:`skedlib.events`."""
         self.runs = Runs(self.store, config, self.limiter, self.stats, self.logs_dir,
-                         self.work_dir, lambda: self._lease)
+                         self.work_dir, lambda: self._lease, self.events)
         self.queue = ClaimQueue(self.store, config, self.runs, self.stats, self.slots,
                                 self.capacity, self.limiter.kind, self._stopping)
         self.upkeep = Upkeep(self.store, config, self.stats, self.logs_dir,
@@ -155,6 +158,7 @@ class JobWorker:
         if self._upkeep_thread is not None:
             self._upkeep_thread.join(5)
         self.limiter.close()
+        self.events.close()
         log.info("job worker %s stopped: %s", self.node,
                  msgspec.json.encode(self.stats).decode())
 
