@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from skedlib import __version__
-from skedlib.cli import doctor, envs, example, jobs, ops, up
+from skedlib.cli import describe, doctor, envs, example, jobs, ops, tasklogs, up
 from skedlib.cli.args import OneLineParser, positive_number
 from skedlib.cli.logs import OneLineFormatter
 from skedlib.cli.output import render, table
@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_parser(sub, common)
     envs.add_parsers(sub, common)
     jobs.add_parsers(sub, common)
+    describe.add_parser(sub, common)
+    tasklogs.add_parser(sub, common)
     return parser
 
 

@@ -19,9 +19,9 @@ from skedlib.api import ApiServer
 from skedlib.cli.agent import build_parser, worker_config_from_args
 from skedlib.client import Client
 from skedlib.errors import SkedError
-from skedlib.logserver import LogServer, LogSource, load_token
 from skedlib.jobs.models import JobNode, JobRequirements
 from skedlib.jobs.store import JobStore
+from skedlib.logserver import LogServer, LogSource, load_token
 from tests.api.conftest import Http
 from tests.jobs.conftest import JobLoop
 
@@ -83,7 +83,8 @@ def test_a_symbolic_link_in_the_log_directory_is_not_followed(server: LogServer,
         for follow in ("false", "true"):
             status, body = get(server, f"/v1/jobs/{job}/logs?follow={follow}")
             assert status == 404 and b"root:" not in body, (job, follow)
-    os.mkfifo(server.sources["jobs"].directory / "fifo.log")  # not a regular file: refused, not waited on
+    # not a regular file: refused, not waited on
+    os.mkfifo(server.sources["jobs"].directory / "fifo.log")
     assert get(server, "/v1/jobs/fifo/logs")[0] == 404
 
 
