@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from skedlib.api import environments, jobs
+from skedlib.api import environments, events, jobs
 from skedlib.api.auth import RequestGuard
 from skedlib.api.errors import HttpError, error_response
 from skedlib.api.openapi import build_document
@@ -63,7 +63,7 @@ _META = (
                        "content": {"text/plain": {"schema": {"type": "string"}}}}),
 )
 
-ROUTES: tuple[Route, ...] = (*_META, *environments.ROUTES, *jobs.ROUTES)
+ROUTES: tuple[Route, ...] = (*_META, *environments.ROUTES, *jobs.ROUTES, *events.ROUTES)
 """Every route of the API, in the order the document lists them."""
 
 
