@@ -69,7 +69,7 @@ QUEUE_LIMIT = 1000
 """Events an :class:`EventLog` holds in memory before it drops the oldest."""
 FLUSH_INTERVAL = 0.2
 """Seconds the writer waits for more events before it writes a batch."""
-_ATTEMPTS = 3
+_ATTEMPTS = 5
 """Rounds of read-and-compare-and-swap for one batch before its rest is dropped."""
 
 
