@@ -20,9 +20,10 @@ import pytest
 
 from skedlib.agent.logs import LogEndpoint, LogEndpointKeyspace
 from skedlib.cli.main import main
-from skedlib.events import MAX_EVENTS, EventLog, read_events
+from skedlib.events import MAX_EVENTS, Event, EventLog, read_events
+from skedlib.models import Container
 from skedlib.runtime import Store
-from tests.agent.conftest import PY, AgentEnv, wait_for
+from tests.agent.conftest import PY, AgentEnv, make_task, wait_for
 from tests.harness.cli import sked_script
 
 SCHEDULER = shutil.which("skedlib-scheduler", path=str(Path(sys.executable).parent))
@@ -210,3 +211,24 @@ def test_recording_never_raises(tmp_path: Path) -> None:
         log.close()
         assert store.list(store.keys.prefix).items == []
 
+
+
+def test_a_failing_task_records_its_exit_and_restart(env: AgentEnv) -> None:
+    crash = Container(name="main", type="process",
+                      executor={"argv": [PY, "-c", "import time; time.sleep(0.3); exit(3)"]})
+    task = make_task(containers=[crash], provide_port=False, max_attempts=5)
+    env.start_agent()
+    env.put_task(task)
+
+    def restarted() -> list[Event] | None:
+        events = read_events(Store(env.backend, env.keys), "task", task.id)
+        return events if any(e.reason == "restarted" for e in events) else None
+
+    events = wait_for(restarted, 30, f"a restarted event\n{env.log_text()}")
+    reasons = [e.reason for e in events]
+    assert reasons[:2] == ["started", "healthy"], reasons
+    exited = next(e for e in events if e.reason == "exited")
+    assert "code 3" in exited.message and exited.details["container"] == "main"
+    again = next(e for e in events if e.reason == "restarted")
+    assert again.details["attempt"] == "2" and "code 3" in again.message
+    assert all(e.source == f"agent {env.host}" for e in events)
