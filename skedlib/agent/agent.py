@@ -77,22 +77,26 @@ from skedlib.agent.control import (
 )
 from skedlib.agent.fencing import Fencing, check_host_fence
 from skedlib.agent.hostinfo import HostReporter, default_address, measure_total
+from skedlib.agent.logs import LogEndpoint, LogEndpointKeyspace, task_log_source
 from skedlib.agent.operations import Started, TaskOperations, start_failure
 from skedlib.agent.poll import StatusPoll
 from skedlib.agent.ports import DEFAULT_PORT_RANGE, PortAllocator
 from skedlib.agent.pressure import PRESSURE_INTERVAL, PressureCandidate, PressureGuard
 from skedlib.agent.records import HealthWriter, compose_health
 from skedlib.agent.wiring import Executors, health_provider_name, open_health_provider
-from skedlib.errors import ValidationError
+from skedlib.codecs import encode
+from skedlib.errors import BackendError, ValidationError
+from skedlib.events import EventLog
 from skedlib.executors.base import ContainerRef, ContainerStatus, Executor, TaskRejected
 from skedlib.executors.policy import HostPolicy
 from skedlib.executors.supervision import reachable_by
 from skedlib.health.provider import DEFAULT_FAILURE_THRESHOLD, HealthProvider
 from skedlib.keys import DEFAULT_PREFIX, Keyspace
+from skedlib.logserver import LogServer, load_token
 from skedlib.metrics import METRICS, reject_kind
 from skedlib.models import HealthState, Host, Resources, Task
 from skedlib.plugins import Registry, get_registry
-from skedlib.runtime import Backoff, Informer
+from skedlib.runtime import Backoff, Informer, Store
 from skedlib.store.base import Backend, KeyValue, ListResult
 
 __all__ = ["Agent", "AgentConfig", "default_state_dir"]
@@ -174,6 +178,14 @@ class AgentConfig(msgspec.Struct, kw_only=True):
     images, docker options, users; a task it refuses is rejected naming the rule. The
     default allows every executor, command and image and refuses dangerous docker
     options (docs/security.md)."""
+    events: bool = True
+    """Record the tasks' events in the store (:mod:`skedlib.events`)."""
+    logs_listen: tuple[str, int] | None = ("127.0.0.1", 0)
+    """Where the task output server listens (``sked logs``); None: no server. Loopback
+    by default: ``sked logs`` then works on this host only."""
+    logs_advertise: str = ""
+    """The address other hosts reach the output server at (default: the listen address,
+    or :attr:`address` when it listens on every interface)."""
 
 
 def _check(config: AgentConfig) -> None:
@@ -279,6 +291,12 @@ class Agent:
         self.fencing = Fencing(self.host, config.stop_after_disconnect,
                                max(config.lease_ttl, backend.min_lease_ttl),
                                self.reporter.renewed_at)
+
+        self.events = EventLog(Store(backend, self.keys), f"agent {self.host}",
+                               enabled=config.events)
+        """Records the tasks' events: started, healthy, restarted … (:mod:`skedlib.events`)."""
+        self.log_server: LogServer | None = None
+        """Serves the tasks' output (``sked logs``), when ``logs_listen`` is set."""
         self.watcher = Informer(backend, self.keys.host_tasks(self.host),
                                 on_list=lambda listing: self._queue.put(Listed(listing)),
                                 on_events=lambda events: self._queue.put(Changed(events)),
@@ -296,6 +314,8 @@ class Agent:
                                          daemon=True)
         self._control.start()
         METRICS.add_source("skedlib_agent_tasks", self._phase_counts)
+        if self.config.logs_listen is not None:
+            self._serve_logs(self.config.logs_listen)
         self.reporter.start()
         self.watcher.start()
 
@@ -324,6 +344,9 @@ class Agent:
         if self._fence_pool is not None:
             self._fence_pool.shutdown(wait=True)
         self.health.close()
+        self.events.close()
+        if self.log_server is not None:
+            self.log_server.stop()
         self.writer.close()
         self.reporter.stop(revoke=stop_tasks)
         self._executors.close()
@@ -468,12 +491,42 @@ class Agent:
                                                time.monotonic())
         return m.view(active=active, fenced=fenced)
 
+    def _serve_logs(self, listen: tuple[str, int]) -> None:
+        """Start the task output server and publish where it is, with its token."""
+        token = load_token(self.state_dir / "log-token")
+
+        def containers(task_id: str) -> list[str] | None:
+            m = self._tasks.get(task_id)
+            task = m.issued or m.running if m is not None else None
+            return [c.name for c in task.task_definition.containers] if task else None
+
+        source = task_log_source(self.log_dir, containers,
+                                 lambda task_id: self._phases.get(task_id) in
+                                 ("starting", "running"))
+        advertise = self.config.logs_advertise or (
+            self.config.address if listen[0] in ("0.0.0.0", "::") and self.config.address
+            else listen[0])
+        self.log_server = LogServer(f"agent {self.host}", {"tasks": source}, listen,
+                                    advertise, token=token)
+        self.log_server.start()
+        endpoint = LogEndpoint(host=self.host, url=self.log_server.url, token=token)
+        try:
+            self.backend.put(LogEndpointKeyspace(self.keys).log_endpoint(self.host),
+                             encode(endpoint))
+        except BackendError as exc:  # the tasks matter more than their output
+            log.warning("agent %s: cannot publish the task output server: %s", self.host,
+                        exc)
+        log.info("agent %s: task output served at %s", self.host, self.log_server.url)
+
     # -- the lifecycle and its effects ------------------------------------------------
     def _step(self, m: Tracked, event: lc.Input) -> None:
         """Feed ``event`` to the task's lifecycle and carry out the effects, in order."""
         result = lc.step(m.lc, event, self._view(m), self.policy, now=time.monotonic(),
                          wall=time.time())
-        m.lc = result.state
+        was_healthy, m.lc = m.lc.healthy, result.state
+        if result.state.healthy != was_healthy and result.state.phase == "running":
+            self.events.record("task", m.task_id, "healthy" if result.state.healthy
+                               else "unhealthy", result.state.message, host=self.host)
         if self._tasks.get(m.task_id) is m:
             self._phases[m.task_id] = m.lc.phase
         for effect in result.effects:
@@ -490,6 +543,8 @@ class Agent:
             assert m.issued is not None
             if m.lc.attempts:
                 METRICS.restarts.inc()
+                self.events.record("task", m.task_id, "restarted", m.lc.message,
+                                   host=self.host, attempt=m.lc.attempts + 1)
             m.admitted, m.demand = True, demand(m.issued)
             self._submit(m, "start", self.operations.start, m.issued, m.revision,
                          effect.claim)
@@ -498,9 +553,16 @@ class Agent:
         elif isinstance(effect, lc.Stop):
             if effect.why:
                 log.info("stopping %s: %s", m.task_id, effect.why)
+            self.events.record("task", m.task_id, "stopped", effect.why or m.lc.message,
+                               host=self.host)
             self._submit(m, "stop", self.operations.stop, list(m.refs), m.running or m.issued)
         elif isinstance(effect, lc.Reject):
             METRICS.rejections.labels(reject_kind(effect.reason)).inc()
+            if not effect.reason.startswith("memory pressure"):  # that one is "evicted"
+                self.events.record("task", m.task_id, "rejected", effect.reason,
+                                   host=self.host, capacity=effect.capacity or None)
+                self.events.record("host", self.host, "rejected",
+                                   f"{m.task_id}: {effect.reason}")
             refs, m.refs = m.refs, []
             free = self.total - self._allocated(exclude=m.task_id) if effect.capacity \
                 else None
@@ -582,6 +644,8 @@ class Agent:
             m.revision = max(m.revision, started.revision)
             m.health = None
             log.info("started %s (%s)", m.task_id, started.description)
+            self.events.record("task", m.task_id, "started", started.description,
+                               host=self.host, attempt=m.lc.attempts + 1)
             METRICS.starts.inc()
             rejected = self._watch_health(started.task, started.port)
             exited = None
@@ -614,6 +678,12 @@ class Agent:
     def _on_exited(self, executor: str, ref: ContainerRef, status: ContainerStatus) -> None:
         m = self._tasks.get(ref.task_id)
         if m is not None:
+            what = status.message or status.state
+            if (executor, ref) in m.refs:
+                oom = "oom" in what.lower() or "out of memory" in what.lower()
+                self.events.record("task", m.task_id, "oom" if oom else "exited",
+                                   f"container {ref.container} {what}", host=self.host,
+                                   container=ref.container)
             self._step(m, m.exited(executor, ref, status))
 
     def _on_health(self, task_id: str) -> None:
@@ -661,6 +731,8 @@ class Agent:
                       if m.lc.phase == "running" and not m.lc.busy and m.running is not None]
         chosen = self._pressure.choose(candidates, time.monotonic())
         if chosen is not None:
+            self.events.record("task", chosen[0].task_id, "evicted", chosen[1], host=self.host)
+            self.events.record("host", self.host, "evicted", f"{chosen[0].task_id}: {chosen[1]}")
             self._step(self._tasks[chosen[0].task_id], lc.GiveUp(chosen[1]))
 
     # -- self-fencing -----------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-from skedlib.api import cluster, environments, jobs
+from skedlib.api import cluster, environments, events, jobs
 from skedlib.api.auth import RequestGuard
 from skedlib.api.errors import HttpError, error_response
 from skedlib.api.openapi import build_document
@@ -65,7 +65,8 @@ _META = (
                        "content": {"text/plain": {"schema": {"type": "string"}}}}),
 )
 
-ROUTES: tuple[Route, ...] = (*_META, *cluster.ROUTES, *environments.ROUTES, *jobs.ROUTES)
+ROUTES: tuple[Route, ...] = (*_META, *cluster.ROUTES, *events.ROUTES, *environments.ROUTES,
+                             *jobs.ROUTES)
 """Every route of the API, in the order the document lists them."""
 
 

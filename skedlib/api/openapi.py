@@ -38,6 +38,7 @@ from skedlib.environments.models import (
     Name,
     Ping,
 )
+from skedlib.events import EventHistory
 from skedlib.jobs.models import Job, JobNode, JobPage, JobRequirements, JobSpec
 from skedlib.models import HostConfig
 
@@ -46,7 +47,7 @@ __all__ = ["build_document"]
 _MODELS: list[Any] = [EnvironmentCreate, EnvironmentUpdate, DeploymentCreate,
                       EnvironmentView, EnvironmentPage, Deployment, DeploymentPage, Deleted,
                       ErrorBody, Ping, JobSpec, Job, JobPage, JobNode, JobNodeList,
-                      *cluster.MODELS, ScaleResult, HostConfig]
+                      *cluster.MODELS, ScaleResult, HostConfig, EventHistory]
 
 # Fields of the job models without an attribute docstring of their own.
 _JOB_FIELD_DOCS: dict[str, dict[str, str]] = {
@@ -210,6 +211,8 @@ def build_document(routes: Sequence[Route]) -> dict[str, Any]:
                   "description": "Daemon-per-host environments and their deployments."},
                  {"name": "jobs", "description": "Batch jobs: run-to-completion commands "
                                                  "that job workers claim from a queue."},
+                 {"name": "events", "description": "What happened lately to each task, "
+                                                   "service, host and job."},
                  {"name": "meta", "description": "The server itself."}],
         "components": {
             "schemas": dict(sorted(components.items())),

@@ -173,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "renewed for this long, e.g. 8s, so they never run beside their "
                         "replacements; a task definition's stop_after_disconnect wins; "
                         "from half the lease TTL to the TTL (default: off)")
+
+    p.add_argument("--logs-address", type=_listen, default=("127.0.0.1", 0),
+                   metavar="HOST:PORT",
+                   help="where the task output server for `sked logs` listens (default "
+                        "127.0.0.1:0, a free loopback port: `sked logs` works on this host "
+                        "only; give the published address, or 0.0.0.0, to serve other "
+                        "hosts; requests need the token the agent publishes in the store)")
+    p.add_argument("--no-logs-server", action="store_true",
+                   help="serve no task output (`sked logs` cannot reach this host)")
+    p.add_argument("--no-events", action="store_true",
+                   help="record no task events in the store (`sked describe` shows none)")
     p.add_argument("--stop-tasks-on-exit", action="store_true",
                    help="stop every task on SIGTERM/SIGINT (default: leave them running)")
     g = p.add_argument_group("batch jobs (work stealing; see docs/jobs.md)")
@@ -248,7 +259,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         workers=max(1, args.workers), check_failures=max(1, args.check_failures),
         stop_tasks_on_exit=args.stop_tasks_on_exit, memory_pressure=args.memory_pressure,
         pressure_cooldown=args.pressure_cooldown,
-        stop_after_disconnect=args.stop_after_disconnect)
+        stop_after_disconnect=args.stop_after_disconnect, events=not args.no_events,
+        logs_listen=None if args.no_logs_server else args.logs_address)
 
 
 def worker_config_from_args(args: argparse.Namespace,

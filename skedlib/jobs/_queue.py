@@ -167,4 +167,7 @@ class ClaimQueue:
             run = self.runs.add(stored)
         log.info("job %s claimed by %s (attempt %d): %s", stored.job.id, self.node,
                  stored.job.attempts, command_line(stored.job))
+        self.runs.events.record("job", stored.job.id, "running",
+                                f"claimed by node {self.node}", node=self.node,
+                                attempt=stored.job.attempts)
         self.runs.launch(run)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from skedlib._files import open_append, private_dirs
 from skedlib.errors import BackendUnavailable, SkedError
+from skedlib.events import EventLog
 from skedlib.executors.base import TaskRejected
 from skedlib.executors.supervision import reachable_by, user_popen_args
 from skedlib.jobs._config import WorkerConfig, WorkerStats, spawn
@@ -66,8 +67,10 @@ class Runs:
 
     def __init__(self, store: JobStore, config: WorkerConfig, limiter: Limiter,
                  stats: WorkerStats, logs_dir: Path, work_dir: Path,
-                 lease: Callable[[], KeptLease | None]) -> None:
+                 lease: Callable[[], KeptLease | None], events: EventLog | None = None
+                 ) -> None:
         self.store = store
+        self.events = events or EventLog(store.store, "", enabled=False)
         self.config = config
         self.node = config.node
         self.limiter = limiter
@@ -226,6 +229,8 @@ class Runs:
             self.stats.failed += 1
         log.info("job %s %s on %s%s", job.id, status, self.node,
                  f": {reason}" if reason else "")
+        self.events.record("job", job.id, status, reason or f"{status} on node {self.node}",
+                           node=self.node, exit=exit_code)
 
     # -- stopping ----------------------------------------------------------------------------
     def request_stop(self, run: RunningJob, reason: str, record_changed: bool) -> None:
@@ -262,6 +267,7 @@ class Runs:
             stored = self.store.get(run.stored.job.id)
             if stored.revision == run.stored.revision:
                 self.store.requeue_or_fail(stored, why)
+                self.events.record("job", stored.job.id, "given back", why, node=self.node)
         except SkedError as exc:
             log.warning("job %s: could not give it back: %s", run.stored.job.id, exc)
         self.request_stop(run, why, record_changed=True)

@@ -16,9 +16,7 @@
 from __future__ import annotations
 
 import builtins
-import http.client
 import time
-import urllib.parse
 from collections.abc import Iterator
 
 import msgspec
@@ -34,13 +32,14 @@ from skedlib.jobs.models import (
     JobState,
 )
 from skedlib.jobs.store import JobStore, StoredJob
+from skedlib.logserver import FOLLOW_IDLE, LogsUnavailable, fetch_log
 from skedlib.runtime import Store, wait_for_change
 from skedlib.store.base import Backend
 
 __all__ = ["DEFAULT_PAGE_SIZE", "FOLLOW_POLL", "MAX_PAGE_SIZE", "JobClient", "JobWaitTimeout",
            "LogsUnavailable", "explain_waiting"]
 
-FOLLOW_POLL = 15.0
+FOLLOW_POLL = FOLLOW_IDLE
 """Seconds a node holds a following log request open without new output."""
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -48,10 +47,6 @@ MAX_PAGE_SIZE = 1000
 
 class JobWaitTimeout(SkedError):
     """:meth:`JobClient.wait` ran out of time before the job ended."""
-
-
-class LogsUnavailable(SkedError):
-    """A job's output cannot be fetched: not started, or its node cannot be reached."""
 
 
 def explain_waiting(job: Job, nodes: list[JobNode]) -> str:
@@ -208,33 +203,9 @@ class JobClient:
             stream = self._fetch(job, not job.finished, received)
 
     def _fetch(self, job: Job, follow: bool, offset: int) -> Iterator[bytes]:
-        url = urllib.parse.urlsplit(job.log_url)
-        if url.scheme != "http" or not url.hostname:
-            raise LogsUnavailable(f"job {job.id}: node {job.node} gave a log URL that is "
-                                  f"not http://: {job.log_url!r}")
-        query = urllib.parse.urlencode({"offset": offset, "follow": "true" if follow
-                                        else "false"})
-        path = f"{url.path.rstrip('/')}/v1/jobs/{urllib.parse.quote(job.id)}/logs?{query}"
-        conn = http.client.HTTPConnection(url.hostname, url.port or 80,
-                                          timeout=self.http_timeout + FOLLOW_POLL)
-        where = f"node {job.node} ({job.log_url})"
-        token = self._log_token(job.node)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        try:
-            conn.request("GET", path, headers=headers)
-            resp = conn.getresponse()
-        except OSError as exc:
-            conn.close()
-            raise LogsUnavailable(f"the output of job {job.id} is kept on {where}, which "
-                                  f"cannot be reached: {exc}") from None
-        if resp.status != 200:
-            body = resp.read(2000).decode(errors="replace").strip()
-            conn.close()
-            if resp.status == 404:
-                raise LogsUnavailable(f"{where} no longer has the output of job {job.id}: "
-                                      f"{body}")
-            raise LogsUnavailable(f"{where} answered {resp.status}: {body}")
-        return self._stream(conn, resp, where, job.id)
+        return fetch_log(job.log_url, "jobs", job.id, self._log_token(job.node),
+                         offset=offset, follow=follow, timeout=self.http_timeout,
+                         where=f"node {job.node} ({job.log_url})", what=f"job {job.id}")
 
     def _log_token(self, node: str) -> str:
         """The token the log server of ``node`` wants, from the node's record ('' when
@@ -246,22 +217,3 @@ class JobClient:
             return msgspec.json.decode(kv.value, type=JobNode).log_token
         except msgspec.DecodeError:
             return ""
-
-    @staticmethod
-    def _stream(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
-                where: str, job_id: str) -> Iterator[bytes]:
-        try:
-            while True:
-                try:
-                    chunk = resp.read1(65536)
-                except (OSError, http.client.HTTPException) as exc:
-                    raise LogsUnavailable(f"lost {where} while reading the output of job "
-                                          f"{job_id}: {exc}") from None
-                if not chunk:
-                    if resp.length:  # a Content-Length body cut short
-                        raise LogsUnavailable(f"lost {where} while reading the output of "
-                                              f"job {job_id}: {resp.length} bytes missing")
-                    return
-                yield chunk
-        finally:
-            conn.close()

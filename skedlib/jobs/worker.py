@@ -17,7 +17,7 @@ One :class:`JobWorker` per node (``skedlib-agent --jobs``). It wires together:
   the one node holding the ``jobs/cleaner`` lock, the jobs of nodes whose record went
   are taken back (queued again or failed), finished jobs older than the retention are
   removed, and the backend's history is compacted;
-- the **log server** (:mod:`skedlib.jobs._logserver`):
+- the **log server** (:mod:`skedlib.logserver`, shared with the agent's task output):
   ``GET /v1/jobs/<id>/logs?offset=&follow=``, on loopback unless configured otherwise,
   answering only requests that carry the node's token (kept 0600 in
   ``STATE_DIR/jobs/log-token`` and published in the node's record).
@@ -36,9 +36,9 @@ import msgspec
 
 from skedlib._files import private_dirs
 from skedlib.errors import BackendError, LeaseExpired, SkedError
+from skedlib.events import EventLog
 from skedlib.jobs._cleaner import Upkeep
 from skedlib.jobs._config import WorkerConfig, WorkerStats, spawn
-from skedlib.jobs._logserver import FOLLOW_IDLE, LogServer, load_token
 from skedlib.jobs._queue import ClaimQueue
 from skedlib.jobs._running import Runs
 from skedlib.jobs.limits import Limiter, detect_limiter
@@ -46,6 +46,7 @@ from skedlib.jobs.models import JobNode, JobRequirements
 from skedlib.jobs.store import JobStore
 from skedlib.keys import Keyspace, validate_name
 from skedlib.locks import KeptLease
+from skedlib.logserver import FOLLOW_IDLE, LogServer, LogSource, load_token
 from skedlib.runtime import Backoff, Store
 from skedlib.store.base import Backend, Compare, Put
 
@@ -88,8 +89,10 @@ class JobWorker:
         self.limiter: Limiter = detect_limiter(self.node, config.limits)
         self._stopping = threading.Event()
         self._lease: KeptLease | None = None
+        self.events = EventLog(self.store.store, f"job worker {self.node}")
+        """Records the jobs' lifecycle (running, complete, failed …): :mod:`skedlib.events`."""
         self.runs = Runs(self.store, config, self.limiter, self.stats, self.logs_dir,
-                         self.work_dir, lambda: self._lease)
+                         self.work_dir, lambda: self._lease, self.events)
         self.queue = ClaimQueue(self.store, config, self.runs, self.stats, self.slots,
                                 self.capacity, self.limiter.kind, self._stopping)
         self.upkeep = Upkeep(self.store, config, self.stats, self.logs_dir,
@@ -106,8 +109,10 @@ class JobWorker:
         private_dirs(self.logs_dir)
         private_dirs(self.work_dir)
         self.log_token = load_token(self.config.state_dir / "jobs" / "log-token")
-        self._server = LogServer(self.node, self.logs_dir, self.config.listen,
-                                 self.config.advertise, self.job_running_here,
+        jobs = LogSource("job", self.logs_dir, lambda job_id, _query: [f"{job_id}.log"],
+                         self.job_running_here)
+        self._server = LogServer(f"job worker {self.node}", {"jobs": jobs},
+                                 self.config.listen, self.config.advertise,
                                  token=self.log_token)
         self._server.start()
         self.log_url = self.queue.log_url = self._server.url
@@ -153,6 +158,7 @@ class JobWorker:
         if self._upkeep_thread is not None:
             self._upkeep_thread.join(5)
         self.limiter.close()
+        self.events.close()
         log.info("job worker %s stopped: %s", self.node,
                  msgspec.json.encode(self.stats).decode())
 

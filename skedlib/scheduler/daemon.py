@@ -45,6 +45,7 @@ import time
 import uuid
 
 from skedlib.errors import BackendError
+from skedlib.events import EventLog
 from skedlib.metrics import METRICS
 from skedlib.models import ServiceStatus
 from skedlib.plugins import Registry, get_registry
@@ -72,7 +73,8 @@ class SchedulerDaemon:
     """
 
     def __init__(self, store: Store, registry: Registry | None = None, *, workers: int = 4,
-                 lock_ttl: float = 10.0, resync: float = 30.0) -> None:
+                 lock_ttl: float = 10.0, resync: float = 30.0,
+                 events: bool = True) -> None:
         self.store = store
         self.keys = store.keys
         self.registry = registry or get_registry()
@@ -85,8 +87,10 @@ class SchedulerDaemon:
                                    on_reset=self._listed)
         """The desired and issued state, kept current by the watch; every run plans
         on it (see :class:`~skedlib.scheduling.SnapshotCache`)."""
+        self.events = EventLog(store, "scheduler", enabled=events)
+        """Records placed, moved and unschedulable events (see :mod:`skedlib.events`)."""
         self.runner = PairRunner(self.cache, self.registry, holder=self.holder,
-                                 lock_ttl=lock_ttl, resync=resync)
+                                 lock_ttl=lock_ttl, resync=resync, events=self.events)
         """Does each run (lock, plan, commit, rollout, status)."""
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -132,6 +136,7 @@ class SchedulerDaemon:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        self.events.close(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
         log.info("scheduler %s stopped", self.holder)
 
     # -- watching (called by the cache, under its lock) -------------------------------

@@ -22,6 +22,7 @@ import msgspec
 
 from skedlib.codecs import encode
 from skedlib.errors import PluginError
+from skedlib.events import EventLog
 from skedlib.locks import Lock
 from skedlib.metrics import METRICS
 from skedlib.models import ServiceStatus
@@ -73,7 +74,7 @@ class PairRunner:
     the cache's view for their whole length)."""
 
     def __init__(self, cache: SnapshotCache, registry: Registry, *, holder: str,
-                 lock_ttl: float, resync: float) -> None:
+                 lock_ttl: float, resync: float, events: EventLog | None = None) -> None:
         self.cache = cache
         self.store = cache.store
         self.keys = cache.store.keys
@@ -86,6 +87,10 @@ class PairRunner:
         self._failures: dict[Pair, int] = {}
         self._logged: dict[Pair, str] = {}
         self._last: dict[Pair, ServiceStatus] = {}
+        self.events = events if events is not None else EventLog(cache.store, "scheduler",
+                                                                 enabled=False)
+        """Where placements are recorded (placed, moved, unschedulable)."""
+        self._unschedulable_noted: dict[Pair, dict[str, str]] = {}
 
     def last_status(self, pair: Pair) -> ServiceStatus | None:
         """The status computed in the last run of ``pair``, or None."""
@@ -177,7 +182,8 @@ class PairRunner:
         with METRICS.commit_seconds.time():
             res = commit_plan(self.store, snap, plan, fence=[lock.fence()]) if plan \
                 else CommitResult()
-        self._log_commit(pair, snap, plan, res, outcome)
+        self._log_commit(pair, snap, plan, res, outcome, result.placed)
+        self._note_unschedulable(pair, result.unschedulable)
         self.cache.record(plan, res)
         if res.fenced_out:
             log.warning("%s: lost the lock while committing; will plan again", label(pair))
@@ -228,22 +234,38 @@ class PairRunner:
         return plan, refused
 
     def _log_commit(self, pair: Pair, snap: Snapshot, plan: Plan, res: CommitResult,
-                    outcome: RunOutcome) -> None:
+                    outcome: RunOutcome, why: dict[str, str]) -> None:
         placed = {t.id: t for t in plan.place}
+        record = self.events.record
         for tid in res.committed:
             task = placed.get(tid)
             if task is None:
                 outcome.stopped.append(tid)
                 log.info("stopped %s", tid)
+                record("task", tid, "stopping", "the scheduler stopped it")
                 continue
             outcome.placed.append(tid)
             old = snap.tasks.get(tid)
             if old is not None and old.host and old.host != task.host:
-                why = f"rejected: {old.reject_reason}" if old.rejected else \
-                    "its host is gone" if old.host not in snap.hosts else "moved"
-                log.info("placed %s on %s (was on %s: %s)", tid, task.host, old.host, why)
+                gone = old.host not in snap.hosts
+                reason = f"rejected: {old.reject_reason}" if old.rejected else \
+                    "its host is gone" if gone else "moved"
+                log.info("placed %s on %s (was on %s: %s)", tid, task.host, old.host, reason)
+                if gone:
+                    record("task", tid, "moved", f"host {old.host} is gone",
+                           host=task.host, was=old.host)
+                    record("host", old.host, "moved", f"{tid} moved to {task.host}: the host "
+                                                      "is gone")
+                record("task", tid, "placed", f"on {task.host} (was on {old.host}: {reason}); "
+                       f"{why.get(tid, '')}".rstrip("; "), host=task.host)
             else:
                 log.info("placed %s on %s", tid, task.host)
+                record("task", tid, "placed", f"on {task.host}; {why.get(tid, '')}"
+                       .rstrip("; "), host=task.host)
+        if outcome.placed:
+            record("service", pair[1], "placed", f"{len(outcome.placed)} task(s) in cluster "
+                   f"{pair[0]}: {', '.join(outcome.placed[:5])}"
+                   + ("…" if len(outcome.placed) > 5 else ""))
         outcome.conflicts = list(res.conflicts)
         METRICS.placements.inc(len(outcome.placed))
         METRICS.stops.inc(len(outcome.stopped))
@@ -251,6 +273,18 @@ class PairRunner:
         if res.conflicts:
             log.info("%s: %d write conflict(s) (%s…); planning again", label(pair),
                      len(res.conflicts), res.conflicts[0])
+
+    def _note_unschedulable(self, pair: Pair, unschedulable: dict[str, str]) -> None:
+        """An ``unschedulable`` event for each task whose reason is new (not on every
+        run: a task that fits nowhere is planned again and again)."""
+        noted = self._unschedulable_noted.get(pair, {})
+        for tid, reason in unschedulable.items():
+            if noted.get(tid) != reason:
+                self.events.record("task", tid, "unschedulable", reason)
+        if unschedulable:
+            self._unschedulable_noted[pair] = dict(unschedulable)
+        else:
+            self._unschedulable_noted.pop(pair, None)
 
     def _note(self, pair: Pair, message: str, warn: bool = False) -> None:
         """Log a pair's problem once, and once more when it is gone."""

@@ -440,6 +440,18 @@ class Placement(msgspec.Struct, frozen=True):
 
     host: str
     score: float
+    refused: dict[str, int] = msgspec.field(default_factory=dict)
+    """How many hosts each filter refused, when the placer looked at every host (an
+    index walk or a sample stops at the first hosts that fit: then empty)."""
+
+    def why(self, hosts: int) -> str:
+        """One line: the score, and what the filters refused among ``hosts`` hosts."""
+        text = f"score {self.score:.3g}"
+        if self.refused:
+            text += f"; {hosts - sum(self.refused.values())}/{hosts} hosts fit; " + "; ".join(
+                f"{reason} on {n}" for reason, n in
+                sorted(self.refused.items(), key=lambda kv: -kv[1]))
+        return text
 
 
 class Unschedulable(msgspec.Struct, frozen=True):
@@ -626,7 +638,7 @@ class Placer:
             best = _better(best, self._score(request, host), host.name)
         if best is None:
             return Unschedulable(dict(reasons), len(pool))
-        return Placement(best[1], best[0])
+        return Placement(best[1], best[0], dict(reasons))
 
     def _sampled(self, request: TaskRequest, pool: HostPool, limit: int
                  ) -> tuple[float, str] | None:

@@ -61,6 +61,9 @@ class SchedulingResult(msgspec.Struct, kw_only=True):
 
     plan: Plan = msgspec.field(default_factory=Plan)
     unschedulable: dict[str, str] = msgspec.field(default_factory=dict)
+    placed: dict[str, str] = msgspec.field(default_factory=dict)
+    """Why each placed task went to its host (its score among the hosts that fit): the
+    ``placed`` event's message."""
     rollout: Rollout | None = None
     retry_after: float | None = None
 
@@ -351,6 +354,7 @@ class _Reconcile:
         choice = self.scheduler_place(request)
         if isinstance(choice, Placement):
             task.host = choice.host
+            self.result.placed[task.id] = choice.why(len(self.pool))
             self.result.plan.place.append(task)
             self.total += 0 if old is not None and self.live(old) else 1
             self.in_flight += 1

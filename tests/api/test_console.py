@@ -156,6 +156,10 @@ def test_console_shows_the_cluster_and_follows_changes(
              "the task's details")
     wait_for(lambda: '"service": "web"' in browser.find_element(By.ID, "task-record").text,
              20, "the task's record")
+    # its events, as the agent and the scheduler recorded them
+    wait_for(lambda: "started" in browser.find_element(By.ID, "task-events").text
+             and "placed" in browser.find_element(By.ID, "task-events").text, 30,
+             "the task's placed and started events")
     box = browser.find_element(By.ID, "task-filter")
     box.send_keys("no-such-task")
     wait_for(lambda: _rows(browser, "tasks") == [], 10, "the filter")

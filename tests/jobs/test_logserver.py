@@ -19,13 +19,20 @@ from skedlib.api import ApiServer
 from skedlib.cli.agent import build_parser, worker_config_from_args
 from skedlib.client import Client
 from skedlib.errors import SkedError
-from skedlib.jobs._logserver import LogServer, load_token
 from skedlib.jobs.models import JobNode, JobRequirements
 from skedlib.jobs.store import JobStore
+from skedlib.logserver import LogServer, LogSource, load_token
 from tests.api.conftest import Http
 from tests.jobs.conftest import JobLoop
 
 TOKEN = "s3cret-token"
+
+
+def job_log_server(logs: Path, token: str = TOKEN) -> LogServer:
+    """The log server of job worker n1 over ``logs`` (as the job worker makes it)."""
+    jobs = LogSource("job", logs, lambda job_id, _query: [f"{job_id}.log"],
+                     lambda job_id: False)
+    return LogServer("job worker n1", {"jobs": jobs}, ("127.0.0.1", 0), "", token=token)
 
 
 @pytest.fixture
@@ -34,7 +41,7 @@ def server(tmp_path: Path) -> Iterator[LogServer]:
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "j1.log").write_bytes(b"hello\nworld\n")
-    srv = LogServer("n1", logs, ("127.0.0.1", 0), "", lambda job_id: False, token=TOKEN)
+    srv = job_log_server(logs)
     srv.start()
     try:
         yield srv
@@ -63,21 +70,21 @@ def test_the_token_is_required(server: LogServer) -> None:
         assert body.count(b"\n") == 1 and b"hello" not in body
     assert get(server, "/v1/ping", None)[0] == 200  # says who answers, nothing more
     with pytest.raises(SkedError, match="token is required"):
-        LogServer("n1", server.logs_dir, ("127.0.0.1", 0), "", lambda job_id: False,
-                  token="")
+        job_log_server(server.sources["jobs"].directory, token="")
 
 
 def test_a_symbolic_link_in_the_log_directory_is_not_followed(server: LogServer,
                                                                tmp_path: Path) -> None:
-    (server.logs_dir / "evil.log").symlink_to("/etc/passwd")
+    (server.sources["jobs"].directory / "evil.log").symlink_to("/etc/passwd")
     secret = tmp_path / "secret"
     secret.write_bytes(b"root:x:0:0\n")
-    (server.logs_dir / "evil2.log").symlink_to(secret)
+    (server.sources["jobs"].directory / "evil2.log").symlink_to(secret)
     for job in ("evil", "evil2"):
         for follow in ("false", "true"):
             status, body = get(server, f"/v1/jobs/{job}/logs?follow={follow}")
             assert status == 404 and b"root:" not in body, (job, follow)
-    os.mkfifo(server.logs_dir / "fifo.log")  # not a regular file: refused, not waited on
+    # not a regular file: refused, not waited on
+    os.mkfifo(server.sources["jobs"].directory / "fifo.log")
     assert get(server, "/v1/jobs/fifo/logs")[0] == 404
 
 

@@ -143,10 +143,11 @@ async function loadTaskDetail(id) {
   const events = $("task-events");
   try {
     const found = await api(`/events?kind=task&name=${encodeURIComponent(id)}`);
-    const items = found.items || [];
+    const items = found.events || [];
     events.replaceChildren(...(items.length ? items.map((e) => el("li",
-      `${new Date((e.at || e.time || 0) * 1000).toLocaleTimeString()} ${e.type || e.kind}` +
-      `${e.message ? ": " + e.message : ""}`)) : [el("li", "no events yet")]));
+      `${new Date(e.time * 1000).toLocaleTimeString()} ${e.reason}` +
+      `${e.message ? ": " + e.message : ""}${e.source ? " (" + e.source + ")" : ""}`))
+      : [el("li", "no events yet")]));
   } catch (e) {
     events.replaceChildren(el("li", e instanceof ApiError && e.status === 404
       ? "this server keeps no events" : `events: ${e.message}`));

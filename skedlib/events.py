@@ -1,0 +1,313 @@
+"""Events: a short, bounded history of what happened to each task, service, host and job.
+
+An :class:`Event` says what happened (``reason``: placed, started, healthy, restarted …),
+when, who saw it (``source``: ``scheduler``, ``agent h1``, ``job worker n1``) and the
+details (the host and score of a placement, the attempt of a restart …). ``sked
+describe`` prints them; the API serves them at ``GET /v1/events?kind=&name=``.
+
+The store keeps one record per object, an :class:`EventHistory` at
+``<prefix>events/<kind>/<name>`` (:class:`EventKeyspace`) holding its last
+:data:`MAX_EVENTS` events, oldest first. One key per object rather than one key per
+event, because that is what every backend does well: a write is one read and one
+compare-and-swap of a small value (no counter to keep, no old keys to list and delete:
+the bound holds by construction), and ``describe`` reads one key. The record is bound to
+a lease of :data:`EVENT_TTL` seconds, renewed by every write, so the store itself drops
+the history of an object nothing happened to for that long (a deleted task, a finished
+job); events older than the TTL are also dropped from a record when it is read or written.
+
+Emitters use an :class:`EventLog`: :meth:`EventLog.record` never blocks and never raises.
+It queues the event in memory (at most :data:`QUEUE_LIMIT`; beyond that the oldest queued
+are dropped) and a background thread writes the queue in batches: the events of one
+object are merged into one write, and the writes of several objects are packed into as
+few transactions as the backend takes. Events are best effort: a write that keeps failing
+(the store is away) is dropped with a debug line in the log, and the operation that
+recorded it never waits for it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Literal, get_args
+
+import msgspec
+
+from skedlib.errors import InvalidName, LeaseExpired, SkedError
+from skedlib.keys import KeyTable, KeyTemplate, Name, Segment
+from skedlib.runtime.store import Store
+from skedlib.runtime.writer import pack, room_for
+from skedlib.store.base import Backend, Compare, Put
+
+__all__ = [
+    "EVENT_TTL",
+    "MAX_EVENTS",
+    "OBJECT_KINDS",
+    "QUEUE_LIMIT",
+    "Event",
+    "EventHistory",
+    "EventKey",
+    "EventKeyspace",
+    "EventLog",
+    "ObjectKind",
+    "describe_details",
+    "read_events",
+]
+
+log = logging.getLogger("skedlib.events")
+
+ObjectKind = Literal["task", "service", "host", "job"]
+"""What an event is about."""
+OBJECT_KINDS: Final = get_args(ObjectKind)
+MAX_EVENTS = 50
+"""How many events a record keeps per object: the oldest go first."""
+EVENT_TTL = 3600.0
+"""Seconds an event is kept (and a record with no newer event)."""
+QUEUE_LIMIT = 1000
+"""Events an :class:`EventLog` holds in memory before it drops the oldest."""
+FLUSH_INTERVAL = 0.2
+"""Seconds the writer waits for more events before it writes a batch."""
+_ATTEMPTS = 5
+"""Rounds of read-and-compare-and-swap for one batch before its rest is dropped."""
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing that happened to an object."""
+
+    time: float
+    """UNIX seconds."""
+    reason: str
+    """One word: placed, unschedulable, moved, rejected, started, healthy, unhealthy,
+    restarted, stopped, evicted, oom; for a job: queued, running, complete, failed,
+    canceled."""
+    message: str = ""
+    """One line for people."""
+    source: str = ""
+    """Who recorded it: ``scheduler``, ``agent <host>``, ``job worker <node>``."""
+    details: dict[str, str] = msgspec.field(default_factory=dict)
+    """Structured facts (``host``, ``score``, ``attempt``, ``exit`` …)."""
+
+
+class EventHistory(msgspec.Struct, kw_only=True):
+    """The stored record of one object: its last events, oldest first."""
+
+    kind: str
+    name: str
+    events: list[Event] = msgspec.field(default_factory=list)
+
+
+class EventKey(msgspec.Struct, frozen=True, tag=True):
+    """The event history of one object."""
+
+    kind: str
+    name: str
+
+
+class _Kind(Segment):
+    """One of :data:`ObjectKind`."""
+
+    def format(self, value: Any) -> str:
+        if value not in OBJECT_KINDS:
+            raise InvalidName(f"invalid event object kind {value!r}: expected one of "
+                              f"{', '.join(OBJECT_KINDS)}")
+        return str(value)
+
+    def parse(self, text: str) -> str | None:
+        return text if text in OBJECT_KINDS else None
+
+
+class EventKeyspace(KeyTable[EventKey]):
+    """The event keys under a keyspace's prefix.
+
+    >>> from skedlib.keys import Keyspace
+    >>> EventKeyspace(Keyspace()).event_history("task", "default-web-1-0")
+    'sked/events/task/default-web-1-0'
+    """
+
+    schema = "skedlib's event key schema"
+
+    event_history = KeyTemplate("events/{kind}/{name}", EventKey, kind=_Kind(),
+                                name=Name("object name"))
+    #: every history
+    histories = event_history.prefix()
+    #: ``histories_of(kind)``: the histories of one kind of object
+    histories_of = event_history.prefix_for("kind")
+
+
+_decode_history = msgspec.json.Decoder(EventHistory)
+_encode = msgspec.json.Encoder()
+
+
+def _fresh(events: Iterable[Event], now: float, ttl: float) -> list[Event]:
+    """``events`` younger than ``ttl``, oldest first, the last :data:`MAX_EVENTS`."""
+    kept = sorted((e for e in events if now - e.time < ttl), key=lambda e: e.time)
+    return kept[-MAX_EVENTS:]
+
+
+def _history(value: bytes | None, kind: str, name: str) -> EventHistory:
+    if value is None:
+        return EventHistory(kind=kind, name=name)
+    try:
+        return _decode_history.decode(value)
+    except msgspec.DecodeError:  # a damaged record: start it again rather than fail
+        return EventHistory(kind=kind, name=name)
+
+
+def read_events(store: Store, kind: ObjectKind, name: str, *,
+                ttl: float = EVENT_TTL) -> list[Event]:
+    """The events of object ``name`` of ``kind``, oldest first (empty when there are none).
+
+    Raises :class:`~skedlib.errors.InvalidName` for a bad kind or name."""
+    key = EventKeyspace(store.keys).event_history(kind, name)
+    kv = store.get(key)
+    if kv is None:
+        return []
+    return _fresh(_history(kv.value, kind, name).events, time.time(), ttl)
+
+
+class EventLog:
+    """Records events in the background, in batches; see the module's docstring.
+
+    ``source`` names the recorder in every event (``agent h1``). The writer thread starts
+    with the first event; :meth:`close` writes what is queued (for up to ``timeout``
+    seconds) and stops it.
+    """
+
+    def __init__(self, store: Store | Backend, source: str, *, ttl: float = EVENT_TTL,
+                 enabled: bool = True) -> None:
+        self.store = Store.of(store)
+        self.keys = EventKeyspace(self.store.keys)
+        self.source = source
+        self.ttl = ttl
+        self.enabled = enabled
+        self.dropped = 0
+        """Events dropped (the queue was full, or their write kept failing)."""
+        self._queue: collections.deque[tuple[str, str, str, Event]] = collections.deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Condition(self._lock)
+        self._writing = False
+        self._lease: str | None = None
+        self._lease_at = 0.0
+
+    def record(self, kind: ObjectKind, name: str, reason: str, message: str = "",
+               **details: object) -> None:
+        """Queue an event about ``name`` of ``kind``; never blocks, never raises."""
+        if not self.enabled or not name:
+            return
+        try:
+            key = self.keys.event_history(kind, name)
+            event = Event(time=time.time(), reason=reason, message=message,
+                          source=self.source,
+                          details={k: str(v) for k, v in details.items() if v is not None})
+        except (SkedError, ValueError, TypeError) as exc:
+            log.debug("event %s of %s %r not recorded: %s", reason, kind, name, exc)
+            return
+        with self._lock:
+            if self._closed:
+                return
+            if len(self._queue) >= QUEUE_LIMIT:
+                self._queue.popleft()
+                self.dropped += 1
+            self._queue.append((key, kind, name, event))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="event-writer",
+                                                daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until what was queued so far is written (or dropped); False on timeout."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        with self._idle:
+            while self._queue or self._writing:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._thread is None:
+                    return not (self._queue or self._writing)
+                self._idle.wait(min(left, 0.1))
+                self._wake.set()
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (for up to ``timeout`` seconds), then stop the writer."""
+        self.flush(timeout)
+        with self._lock:
+            self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- the writer thread ------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(FLUSH_INTERVAL)  # let a burst gather into one batch
+            with self._lock:
+                self._wake.clear()
+                batch = list(self._queue)
+                self._queue.clear()
+                self._writing = bool(batch)
+                closed = self._closed
+            if batch:
+                try:
+                    self._write(batch)
+                except Exception as exc:  # best effort: never take the emitter down
+                    self.dropped += len(batch)
+                    log.debug("events not recorded: %s", exc)
+                with self._idle:
+                    self._writing = False
+                    self._idle.notify_all()
+            if closed:
+                return
+
+    def _lease_id(self, renew: bool = False) -> str:
+        """A lease of the TTL, granted again once half of it is gone, so a record ends
+        between TTL/2 and TTL after its last write."""
+        now = time.monotonic()
+        if renew or self._lease is None or now - self._lease_at > self.ttl / 2:
+            self._lease = self.store.backend.grant_lease(self.ttl)
+            self._lease_at = now
+        return self._lease
+
+    def _write(self, batch: list[tuple[str, str, str, Event]]) -> None:
+        pending: dict[str, tuple[str, str, list[Event]]] = {}
+        for key, kind, name, event in batch:
+            pending.setdefault(key, (kind, name, []))[2].append(event)
+        backend = self.store.backend
+        renew = False
+        for _ in range(_ATTEMPTS):
+            lease = self._lease_id(renew)
+            renew = False
+            now = time.time()
+            groups: list[tuple[str, Compare, Put]] = []
+            for key, (kind, name, events) in pending.items():
+                kv = backend.get(key)
+                history = _history(kv.value if kv else None, kind, name)
+                history.events = _fresh([*history.events, *events], now, self.ttl)
+                groups.append((key, Compare(key, kv.revision if kv else 0),
+                               Put(key, _encode.encode(history), lease=lease)))
+            room = room_for(backend, (), 2 * len(groups))
+            for chunk in pack(groups, room, lambda _g: 2):
+                try:
+                    res = backend.txn([g[1] for g in chunk], [g[2] for g in chunk])
+                except LeaseExpired:
+                    renew = True  # the lease ended early (a store restored): a new one
+                    continue
+                if res.succeeded:
+                    for g in chunk:
+                        pending.pop(g[0], None)
+            if not pending:
+                return
+        self.dropped += sum(len(v[2]) for v in pending.values())
+        log.debug("events of %d object(s) not recorded: their records kept changing",
+                  len(pending))
+
+
+def describe_details(details: Mapping[str, str]) -> str:
+    """``details`` as ``key=value`` words, for one line."""
+    return " ".join(f"{k}={v}" for k, v in sorted(details.items()))
