@@ -189,6 +189,15 @@ class Executor(abc.ABC):
         """Host ports held by this executor's containers."""
         return []
 
+    def exec_check(self, ref: ContainerRef, command: str, timeout: float) -> tuple[int, str]:
+        """Run ``command`` (a shell command) inside the container for a ``docker`` health
+        check; return its exit status and (the end of) its output. Called from check
+        threads. The default raises :class:`NotImplementedError`: this executor's
+        containers cannot run commands inside (a check of that kind is critical)."""
+        del ref, command, timeout
+        raise NotImplementedError(f"the {self.name} executor cannot run a command inside "
+                                  "its containers (docker checks need a docker container)")
+
     def notify_exits(self, callback: ExitCallback) -> bool:
         """Call ``callback`` (from any thread) as soon as a container exits on its own.
 
