@@ -95,12 +95,14 @@ def decode(data: bytes | str, type_: type[T], *, where: str = "") -> T:
                        for m in markers):
         # fields of the original's shape that skedlib's would silently ignore
         compat = _decode_compat(data, type_)
-        if compat is not None:
+        if compat is not None and not isinstance(compat, str):
             return compat
     try:
         result: T = _decoder(type_).decode(data)  # type: ignore[arg-type]
     except msgspec.ValidationError as exc:
         compat = _decode_compat(data, type_)
+        if isinstance(compat, str):  # what is wrong once the original's shapes are read
+            raise ValidationError(f"{where or type_.__name__}: {compat}") from None
         if compat is not None:
             return compat
         raise ValidationError(f"{where or type_.__name__}: {_field_message(exc)}") from None
@@ -109,14 +111,19 @@ def decode(data: bytes | str, type_: type[T], *, where: str = "") -> T:
     return result
 
 
-def _decode_compat(data: bytes | str, type_: type[T]) -> T | None:
-    """``data`` decoded through the original program's shapes, or None when it does not
-    decode that way either (the slow path: only for records the fast one refused)."""
+def _decode_compat(data: bytes | str, type_: type[T]) -> T | str | None:
+    """``data`` decoded through the original program's shapes; else what is wrong with
+    it read that way (a message), or None when it is not JSON (the slow path: only for
+    records the fast one refused or that hold the original's field names)."""
     try:
         raw = msgspec.json.decode(data)
         normalized = _normalize(raw, mi.type_info(type_), "", lambda _w: None)
         converted: T = msgspec.convert(normalized, type_, strict=True)
-    except (msgspec.ValidationError, msgspec.DecodeError, _FieldError):
+    except msgspec.ValidationError as exc:
+        return _field_message(exc)
+    except _FieldError as exc:
+        return f"field {exc.path}: {exc.message}"
+    except msgspec.DecodeError:
         return None
     return converted
 
