@@ -45,6 +45,7 @@ __all__ = [
     "InvalidRecord",
     "ManifestDocument",
     "check_record",
+    "convert_blob_data",
     "decode",
     "decode_listing",
     "decode_record",
@@ -126,6 +127,22 @@ def _decode_compat(data: bytes | str, type_: type[T]) -> T | str | None:
     except msgspec.DecodeError:
         return None
     return converted
+
+
+def convert_blob_data(blob: Any, type_: type[T]) -> T:
+    """An executor blob (a container's ``executor``) as its config Struct ``type_``; a
+    blob in the original's shapes (``null`` for a list, Go duration strings) converts
+    too. Raises :class:`msgspec.ValidationError` (the strict conversion's) otherwise."""
+    try:
+        result: T = msgspec.convert(blob, type_)
+    except msgspec.ValidationError:
+        try:
+            normalized = _normalize(blob, mi.type_info(type_), "", lambda _w: None)
+            return msgspec.convert(normalized, type_)
+        except (msgspec.ValidationError, _FieldError):
+            pass
+        raise
+    return result
 
 
 # -- the original program's shapes -------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import msgspec
 
+from skedlib.codecs import convert_blob_data
 from skedlib.constraints import parse_constraint
 from skedlib.durations import MINUTE, SECOND, parse_duration
 from skedlib.errors import ValidationError, one_line
@@ -168,7 +169,7 @@ def _check_container(c: Container, label: str, field: str, registry: Registry,
     config_type = registry.executor_config(c.type)
     if config_type is not None:
         try:
-            msgspec.convert(c.executor, config_type)
+            convert_blob_data(c.executor, config_type)
         except msgspec.ValidationError as exc:
             text = str(exc).replace(" - at `$", f" - at `{field}.executor").replace("`$", "`")
             raise ValidationError(f"{label}: field {field}.executor: {c.type} executor: "

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import msgspec
 
+from skedlib.codecs import convert_blob_data
 from skedlib.errors import SkedError
 from skedlib.models import Container, Task
 
@@ -92,7 +93,7 @@ def convert_blob(container: Container, type_: type[T]) -> T:
     ``skedlib_executor_configs``), or raise :class:`TaskRejected` saying which field is
     wrong (``container web: process executor: field argv: Expected …``)."""
     try:
-        return msgspec.convert(container.executor, type_)
+        return convert_blob_data(container.executor, type_)
     except msgspec.ValidationError as exc:
         text = str(exc)
         message, sep, at = text.rpartition(" - at `")
