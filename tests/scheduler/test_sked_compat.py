@@ -112,8 +112,12 @@ def test_hand_written_go_shaped_task_runs_and_is_seen(sqlite_loop: Loop,
     code, out = loop.sked("tasks", "-o", "json")
     row = next(r for r in json.loads(out) if r["id"] == task_id)
     assert row["index_only"] is True and row["host"] == host and row["healthy"] is True
-    code, out = loop.sked("hosts")
-    assert code == 0 and "no tasks" not in out, out
+    code, out = loop.sked("hosts", "-o", "json")
+    assert code == 0, out
+    assert next(h for h in json.loads(out) if h["name"] == host)["tasks"] == 1, out
+    code, out = loop.sked("tasks", "--by-host")
+    assert code == 0 and f"{host}: live, 1 task(s) (1 index-only)" in out, out
+    assert "healthy (index-only)" in out, out
 
     # doctor reports the disagreement and the command that fixes it; the fix works
     code, out = loop.sked("doctor")
