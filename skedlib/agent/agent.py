@@ -671,6 +671,7 @@ class Agent:
         m.admitted, m.demand = True, demand(task)
         if port:
             self.ports.hold(m.task_id, port)
+        self.ports.reserve(m.task_id, task.task_definition.executor_ports())
         self._step(m, lc.Adopted(self.operations.max_attempts(task), self._has_checks(task),
                                  self.operations.describe(refs, port),
                                  self._watch_health(task, port)))
