@@ -89,8 +89,10 @@ def decode(data: bytes | str, type_: type[T], *, where: str = "") -> T:
     """Decode JSON ``data`` as ``type_``; raises :class:`ValidationError` naming ``where``.
 
     JSON in the original program's shape (see the module docstring) decodes too: when
-    the strict decoding fails, the data is read again through :func:`_compat`; the
-    error reported is the strict one when that fails as well."""
+    the strict decoding fails (or, for a Host, when the data holds one of Sked's field
+    names), the data is read again through :func:`_compat`; when that fails as well,
+    the error reported is the one of that reading (it names the field that is wrong
+    once Sked's spellings are accounted for)."""
     markers = _COMPAT_MARKERS.get(type_)
     if markers and any(m in (data if isinstance(data, bytes) else data.encode())
                        for m in markers):

@@ -116,7 +116,7 @@ def _fix_index(client: Client, task_id: str) -> int:
         ops.append(Put(keys.task(task_id), encode(task)))
         done = f"{keys.task(task_id)} written from the index entry on {task.host}"
     else:
-        placed = bool(task.host) and not task.rejected
+        placed = bool(task.host)  # a rejected task keeps its entry, as commits write it
         for host in sorted(on):
             if not (placed and host == task.host):
                 ops.append(Delete(keys.host_task(host, task_id)))
