@@ -22,9 +22,16 @@ from typing import Any
 
 from skedlib.cli.views import IndexProblem, index_problems, read_view
 from skedlib.client import Client
-from skedlib.codecs import InvalidRecord, encode, find_invalid_records, to_builtins
+from skedlib.codecs import (
+    InvalidRecord,
+    decode_record,
+    encode,
+    find_invalid_records,
+    to_builtins,
+)
 from skedlib.errors import ConflictError, ValidationError, one_line
 from skedlib.keys import ClusterKey, HostConfigKey, ServiceKey, TaskDefinitionKey
+from skedlib.models import Task
 from skedlib.store.base import Compare, Delete, Put
 
 __all__ = ["add_parser", "cmd_doctor", "removal_command"]
@@ -120,7 +127,7 @@ def _fix_index(client: Client, task_id: str) -> int:
         for host in sorted(on):
             if not (placed and host == task.host):
                 ops.append(Delete(keys.host_task(host, task_id)))
-        if placed and (task.host not in on or on[task.host] != task):
+        if placed and (task.host not in on or _entry(client, task) != task):
             ops.append(Put(keys.host_task(task.host, task_id), encode(task)))
         done = (f"index of {task_id}: {len(ops)} change(s)" if ops
                 else f"{task_id}: already agrees")
@@ -130,6 +137,12 @@ def _fix_index(client: Client, task_id: str) -> int:
             raise ConflictError(f"{task_id}: changed while fixing; run the command again")
     print(done)
     return 0
+
+
+def _entry(client: Client, task: Task) -> Task | None:
+    """The task stored in ``task``'s index entry on its host (None: none, or bad)."""
+    kv = client.backend.get(client.keys.host_task(task.host, task.id))
+    return decode_record(kv, Task) if kv is not None else None
 
 
 def _delete(client: Client, spelled: str) -> int:

@@ -12,7 +12,7 @@ The whole issued state is shown: a task present only in its host's index
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -59,8 +59,9 @@ class View:
         self.keys = keyspace
         self.snapshot = Snapshot.from_items(listing.items, listing.revision, keyspace)
         self.statuses = read_statuses(listing.items, keyspace)
-        self.index = read_index(listing.items, keyspace)
-        """The by-host index: task id → host → the task stored there."""
+        self.index = read_index(listing.items, keyspace, known=self.snapshot.tasks)
+        """The by-host index: task id → host → the task stored there (None for a task
+        that has a task record: its entries are not decoded a second time)."""
         self.index_only: dict[str, Task] = {
             tid: _on_index_host(hosts) for tid, hosts in self.index.items()
             if tid not in self.snapshot.tasks}
@@ -73,11 +74,12 @@ class View:
                       key=lambda t: t.task_id)
 
 
-def read_index(items: Iterable[Any], keys: Keyspace) -> dict[str, dict[str, Task]]:
-    """The by-host index among ``items`` (a listing): task id → host → its task. An
-    entry that does not decode, or whose task id is not its key's, is left out (one
-    warning; ``sked doctor`` lists it)."""
-    index: dict[str, dict[str, Task]] = {}
+def read_index(items: Iterable[Any], keys: Keyspace,
+               known: Container[str] = ()) -> dict[str, dict[str, Task | None]]:
+    """The by-host index among ``items`` (a listing): task id → host → its task (None,
+    not decoded, for the ids in ``known``). An entry that does not decode, or whose task
+    id is not its key's, is left out (one warning; ``sked doctor`` lists it)."""
+    index: dict[str, dict[str, Task | None]] = {}
     prefix = keys.all_host_tasks
     for kv in items:
         if not kv.key.startswith(prefix):
@@ -88,16 +90,20 @@ def read_index(items: Iterable[Any], keys: Keyspace) -> dict[str, dict[str, Task
             continue
         if not isinstance(parsed, HostTaskKey):
             continue
+        if parsed.task_id in known:
+            index.setdefault(parsed.task_id, {})[parsed.host] = None
+            continue
         task = decode_record(kv, Task)
         if task is not None and task.id == parsed.task_id:
             index.setdefault(parsed.task_id, {})[parsed.host] = task
     return index
 
 
-def _on_index_host(hosts: dict[str, Task]) -> Task:
+def _on_index_host(hosts: dict[str, Task | None]) -> Task:
     """The task of an index-only entry, on the host whose index holds it (the agent of
     that host runs it whatever its ``host`` field says)."""
     host, task = min(hosts.items())
+    assert task is not None  # only known ids are left undecoded
     return task if task.host == host else msgspec.structs.replace(task, host=host)
 
 
