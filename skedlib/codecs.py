@@ -9,6 +9,13 @@ Manifests (``sked apply -f``) are YAML documents with top-level lists ``clusters
 Beyond JSON, a manifest may write durations as strings (``grace_period: 60s``) and
 ``null`` for "use the default". Unknown fields are reported as warnings and ignored;
 wrong types are errors.
+
+The original program's shapes (Sked / consul-scheduler, docs/coming-from-sked.md) are
+read here too, in one place (:func:`_compat`, applied by manifests and by :func:`decode`
+when a record does not decode as written): ``tasks:`` as the manifest section of task
+definitions, Go duration strings (``"1m0s"``) wherever a duration is stored, ``null``
+for a list, a task's ``cluster`` as a bare name, and the original Host record's field
+names (``reserved_ports``, ``tags``, ``base_resources``, ``observed_resources`` …).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ __all__ = [
     "InvalidRecord",
     "ManifestDocument",
     "check_record",
+    "convert_blob_data",
     "decode",
     "decode_listing",
     "decode_record",
@@ -63,6 +71,8 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "services": Service,
     "task_definitions": TaskDefinition,
 }
+#: other names of sections: Sked's ``ApplyConfig`` read task definitions from ``tasks``
+SECTION_ALIASES = {"tasks": "task_definitions"}
 
 
 def encode(obj: Any) -> bytes:
@@ -76,14 +86,120 @@ def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
 
 
 def decode(data: bytes | str, type_: type[T], *, where: str = "") -> T:
-    """Decode JSON ``data`` as ``type_``; raises :class:`ValidationError` naming ``where``."""
+    """Decode JSON ``data`` as ``type_``; raises :class:`ValidationError` naming ``where``.
+
+    JSON in the original program's shape (see the module docstring) decodes too: when
+    the strict decoding fails (or, for a Host, when the data holds one of Sked's field
+    names), the data is read again through :func:`_compat`; when that fails as well,
+    the error reported is the one of that reading (it names the field that is wrong
+    once Sked's spellings are accounted for)."""
+    strict = _forbids_unknown(type_)
+    markers = None if strict else _COMPAT_MARKERS.get(type_)
+    if markers and any(m in (data if isinstance(data, bytes) else data.encode())
+                       for m in markers):
+        # fields of the original's shape that skedlib's would silently ignore
+        compat = _decode_compat(data, type_)
+        if compat is not None and not isinstance(compat, str):
+            return compat
     try:
         result: T = _decoder(type_).decode(data)  # type: ignore[arg-type]
     except msgspec.ValidationError as exc:
+        if strict:  # a type that refuses unknown fields is never read loosely
+            raise ValidationError(f"{where or type_.__name__}: {_field_message(exc)}") from None
+        compat = _decode_compat(data, type_)
+        if isinstance(compat, str):  # what is wrong once the original's shapes are read
+            raise ValidationError(f"{where or type_.__name__}: {compat}") from None
+        if compat is not None:
+            return compat
         raise ValidationError(f"{where or type_.__name__}: {_field_message(exc)}") from None
     except msgspec.DecodeError as exc:
         raise ValidationError(f"{where or type_.__name__}: malformed JSON: {exc}") from None
     return result
+
+
+def _forbids_unknown(type_: type[Any]) -> bool:
+    """True for a Struct declared with ``forbid_unknown_fields`` (a request body, a
+    config file): such input is decoded strictly, never through the original's shapes."""
+    config = getattr(type_, "__struct_config__", None)
+    return bool(getattr(config, "forbid_unknown_fields", False))
+
+
+def _decode_compat(data: bytes | str, type_: type[T]) -> T | str | None:
+    """``data`` decoded through the original program's shapes; else what is wrong with
+    it read that way (a message), or None when it is not JSON (the slow path: only for
+    records the fast one refused or that hold the original's field names)."""
+    try:
+        raw = msgspec.json.decode(data)
+        normalized = _normalize(raw, mi.type_info(type_), "", lambda _w: None)
+        converted: T = msgspec.convert(normalized, type_, strict=True)
+    except msgspec.ValidationError as exc:
+        return _field_message(exc)
+    except _FieldError as exc:
+        return f"field {exc.path}: {exc.message}"
+    except msgspec.DecodeError:
+        return None
+    return converted
+
+
+def convert_blob_data(blob: Any, type_: type[T]) -> T:
+    """An executor blob (a container's ``executor``) as its config Struct ``type_``; a
+    blob in the original's shapes (``null`` for a list, Go duration strings) converts
+    too. Raises :class:`msgspec.ValidationError` (the strict conversion's) otherwise."""
+    try:
+        result: T = msgspec.convert(blob, type_)
+    except msgspec.ValidationError:
+        try:
+            normalized = _normalize(blob, mi.type_info(type_), "", lambda _w: None)
+            return msgspec.convert(normalized, type_)
+        except (msgspec.ValidationError, _FieldError):
+            pass
+        raise
+    return result
+
+
+# -- the original program's shapes -------------------------------------------------------
+#: Sked's Host record field → skedlib's (None: accepted and not kept; skedlib computes it)
+_HOST_FIELDS: dict[str, str | None] = {
+    "reserved_ports": "ports", "tags": "attributes", "base_resources": "total",
+    "observed_resources": "observed", "calculated_resources": None, "health_check": None,
+    "mem_use_percent": None,
+}
+#: records whose original shape decodes without error but loses data (renamed fields):
+#: their JSON is read through _compat when it holds one of these
+_COMPAT_MARKERS: dict[type, tuple[bytes, ...]] = {
+    sm.Host: tuple(f'"{k}"'.encode() for k in ("reserved_ports", "tags", "base_resources",
+                                                "observed_resources", "disk_space")),
+}
+#: Sked's Resources field → skedlib's
+_RESOURCE_FIELDS: dict[str, str | None] = {"disk_space": "disk", "mem_use_percent": None}
+
+
+def _renamed(value: dict[str, Any], names: dict[str, str | None]) -> dict[str, Any]:
+    """``value`` with the original's field names replaced (skedlib's own name wins when
+    both are present)."""
+    out = {k: v for k, v in value.items() if k not in names}
+    for old, new in names.items():
+        if old in value and new is not None and new not in value:
+            out[new] = value[old]
+    return out
+
+
+def _compat(cls: type[Any], value: dict[str, Any]) -> dict[str, Any]:
+    """One object (a mapping, to be converted to ``cls``) with the original program's
+    shapes rewritten to skedlib's: the one place that knows them."""
+    if cls is sm.Task and isinstance(value.get("cluster"), str):
+        # Sked's Task.cluster is the cluster's name; the record carries the cluster
+        return {**value, "cluster": {"name": value["cluster"]}}
+    if cls is sm.Host:
+        out = _renamed(value, _HOST_FIELDS)
+        # the oldest Host record: memory, cpu_units and disk_space at the top level
+        flat = {k: out.pop(k) for k in ("memory", "cpu_units", "disk_space") if k in out}
+        if flat and "total" not in out:
+            out["total"] = flat
+        return out
+    if cls is sm.Resources:
+        return _renamed(value, _RESOURCE_FIELDS)
+    return value
 
 # -- stored records: decode or quarantine ------------------------------------------------
 # Every reader of the keyspace (the scheduler's snapshot and its watch-fed cache, the
@@ -270,6 +386,7 @@ def _normalize(value: Any, t: mi.Type, path: str, warn: Callable[[str], None]) -
                 raise _FieldError(path, str(exc)) from None
         return _normalize(value, t.type, path, warn)
     if isinstance(t, mi.StructType) and isinstance(value, dict):
+        value = _compat(t.cls, value)
         fields = {f.encode_name: f for f in t.fields}
         out = {}
         for key, item in value.items():
@@ -403,7 +520,8 @@ def parse_manifest(text: str, source: str = "<manifest>", *,
 
     Strict: a repeated key in a mapping, a manifest with no document (empty, or only
     comments), and a document that is not a mapping with at least one of the sections
-    are errors."""
+    are errors. ``tasks`` is read as ``task_definitions`` (Sked's manifests); a file that
+    uses both names is an error."""
     if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise ValidationError(f"{source}: manifest larger than {max_bytes} bytes (the "
                               "manifest size limit)")
@@ -419,18 +537,28 @@ def parse_manifest(text: str, source: str = "<manifest>", *,
                               f"{', '.join(SECTIONS)})")
     warnings: list[str] = []
     sections: dict[str, list[Any]] = {name: [] for name in SECTIONS}
+    used: set[str] = set()
     for doc in docs:
         if not isinstance(doc, dict):
             raise ValidationError(f"{source}: expected a mapping with "
                                   f"{', '.join(SECTIONS)}; got {type(doc).__name__}")
-        if not any(key in SECTIONS for key in doc):
+        if not any(key in SECTIONS or key in SECTION_ALIASES for key in doc):
             raise ValidationError(one_line(
                 f"{source}: not a manifest: none of {', '.join(SECTIONS)} in a document "
                 f"with keys {', '.join(map(str, list(doc)[:5]))}"))
-        for key, items in doc.items():
+        for name, items in doc.items():
+            key = SECTION_ALIASES.get(name, name)
             if key not in SECTIONS:
-                warnings.append(f"{source}: unknown top-level key {key!r}, ignored")
+                warnings.append(f"{source}: unknown top-level key {name!r}, ignored")
                 continue
+            used.add(name)
+            both = [n for n, k in [*SECTION_ALIASES.items(), (key, key)]
+                    if k == key and n in used]
+            if len(both) > 1:
+                raise ValidationError(one_line(
+                    f"{source}: both {' and '.join(repr(n) for n in sorted(both))} list "
+                    f"{key.replace('_', ' ')} (tasks is Sked's name for task_definitions); "
+                    "use one of them"))
             if items is None:
                 continue
             if not isinstance(items, list):

@@ -25,6 +25,8 @@ from skedlib.durations import MAX_DURATION
 
 __all__ = [
     "DEFAULT_SCHEDULER",
+    "DEFAULT_SCHEDULER_ALIASES",
+    "EXTERNAL_SCHEDULER",
     "BashExecutor",
     "CapacityRejection",
     "Check",
@@ -48,9 +50,25 @@ __all__ = [
     "TaskHealth",
     "TaskId",
     "UpdateStrategy",
+    "scheduler_name",
+    "shell_script",
 ]
 
 DEFAULT_SCHEDULER = "binpack"
+"""The scheduler a service gets when it names none (or names ``default``)."""
+DEFAULT_SCHEDULER_ALIASES = frozenset({"", "default"})
+"""Scheduler names that mean :data:`DEFAULT_SCHEDULER`: ``default`` is what Sked's
+manifests and seed 001's JSON write, and an empty name is what Go writes for an unset one."""
+EXTERNAL_SCHEDULER = "external"
+"""The scheduler name of a service placed by something outside the scheduler daemon (a
+script, a scheduler in another language writing ``state/hosts/<host>/<task_id>``): the
+daemon leaves its tasks alone and its status says "placed externally"."""
+
+
+def scheduler_name(name: str) -> str:
+    """The scheduler plugin a service's ``scheduler`` field names: :data:`DEFAULT_SCHEDULER`
+    for ``default`` and for an empty name, else the name as written."""
+    return DEFAULT_SCHEDULER if name in DEFAULT_SCHEDULER_ALIASES else name
 
 Duration = Annotated[int, msgspec.Meta(le=MAX_DURATION, extra={"duration": True},
                                        description="nanoseconds; manifests may write '60s'")]
@@ -112,6 +130,9 @@ class Check(msgspec.Struct, kw_only=True):
     interval: str = ""
     timeout: str = ""
     ttl: str = ""
+    docker: str = ""
+    """A command run inside a ``docker`` container of the task (``docker exec``; Sked's
+    ``docker`` check, Consul's ``docker_container_id`` + ``args``): passing when it exits 0."""
 
 
 class Container(msgspec.Struct, kw_only=True):
@@ -121,6 +142,9 @@ class Container(msgspec.Struct, kw_only=True):
     type: str
     executor: dict[str, Any] = msgspec.field(default_factory=dict)
     setup: list[str] | None = None
+    teardown: list[str] | None = None
+    """Shell commands run, in order, after the container has stopped (Sked's
+    ``teardown``); a failing one is logged, the next still runs."""
     checks: list[Check] = msgspec.field(default_factory=list)
     memory: int = 0
     cpu_units: int = 0
@@ -163,6 +187,18 @@ class TaskDefinition(msgspec.Struct, kw_only=True):
     def total_disk(self) -> int:
         """MiB of disk the task's containers declare."""
         return sum(c.disk_use for c in self.containers)
+
+    def executor_ports(self) -> list[int]:
+        """Host ports the task's executors reserve beyond its own port: the ``ports`` of
+        its ``bash`` containers (Sked's ``ReservedPorts``). Schedulers treat them like a
+        fixed port: two tasks reserving one port never share a host."""
+        found: set[int] = set()
+        for c in self.containers:
+            raw = c.executor.get("ports") if c.type == "bash" else None
+            if isinstance(raw, list):
+                found.update(p for p in raw
+                             if isinstance(p, int) and not isinstance(p, bool) and p > 0)
+        return sorted(found)
 
 
 class TaskId(msgspec.Struct, frozen=True, order=True):
@@ -233,6 +269,13 @@ class Task(msgspec.Struct, kw_only=True):
     """Hosts that rejected this task for want of room (memory, CPU, disk, a busy fixed
     port): schedulers avoid them only until the rejection expires (a backoff, or the
     host's free resources grow)."""
+
+    def reserved_ports(self) -> list[int]:
+        """Every host port the task holds: its port and its executors' reserved ports."""
+        ports = set(self.task_definition.executor_ports())
+        if self.port:
+            ports.add(self.port)
+        return sorted(ports)
 
     @property
     def task_id(self) -> TaskId:
@@ -405,14 +448,40 @@ class RolloutHistory(msgspec.Struct, kw_only=True):
 class BashExecutor(msgspec.Struct, kw_only=True):
     """The ``bash`` executor's blob (seed 001)."""
 
-    start: str
-    stop: str = ""
+    start: str | list[str]
+    """The start command; a list (Sked's older shape) runs its commands in order and
+    stops at the first that fails (:attr:`start_command`)."""
+    stop: str | list[str] = ""
+    ports: list[Annotated[int, msgspec.Meta(ge=1, le=65535)]] = msgspec.field(
+        default_factory=list)
+    """Host ports the commands listen on (Sked's bash ``ports``): reserved for the task,
+    so schedulers never put two tasks reserving one port on the same host."""
     env: list[str] = msgspec.field(default_factory=list)
     artifact: str = ""
     download_dir: str = ""
     user: str = ""
     """``USER[:GROUP]`` to run the commands as; only where the host policy lists it in
     ``users`` (empty: the host's ``--run-as`` user, else the agent's)."""
+
+    @property
+    def start_command(self) -> str:
+        """``start`` as one shell script (see :func:`shell_script`)."""
+        return shell_script(self.start)
+
+    @property
+    def stop_command(self) -> str:
+        """``stop`` as one shell script (see :func:`shell_script`)."""
+        return shell_script(self.stop)
+
+
+def shell_script(commands: str | list[str]) -> str:
+    """One shell script for a command or a list of commands: a list runs in order and
+    stops at the first command that fails, as Sked ran its lists (``set -e``)."""
+    if isinstance(commands, str):
+        return commands
+    if len(commands) <= 1:
+        return commands[0] if commands else ""
+    return "\n".join(["set -e", *commands])
 
 
 class ProcessExecutor(msgspec.Struct, kw_only=True):

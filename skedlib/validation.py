@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import msgspec
 
+from skedlib.codecs import convert_blob_data
 from skedlib.constraints import parse_constraint
 from skedlib.durations import MINUTE, SECOND, parse_duration
 from skedlib.errors import ValidationError, one_line
@@ -104,7 +105,8 @@ def check_service(service: Service, label: str, limits: Limits = DEFAULT_LIMITS)
     _at_most(service.task_version, limits.version, label, "task_version")
     _name(service.name, label, "name", "service name")
     _name(service.task_name, label, "task_name", "task definition name")
-    _name(service.scheduler, label, "scheduler", "scheduler name")
+    if service.scheduler:  # empty: the default scheduler (models.scheduler_name)
+        _name(service.scheduler, label, "scheduler", "scheduler name")
     if service.task_version < 0:
         raise ValidationError(f"{label}: field task_version: must be ≥ 0")
     maximum = service.max or service.desired
@@ -133,10 +135,10 @@ def check_service(service: Service, label: str, limits: Limits = DEFAULT_LIMITS)
 
 
 def _check_check(check: Check, label: str, field: str) -> Check:
-    kinds = [k for k in ("http", "tcp", "script", "ttl") if getattr(check, k)]
+    kinds = [k for k in ("http", "tcp", "script", "ttl", "docker") if getattr(check, k)]
     if len(kinds) != 1:
         raise ValidationError(f"{label}: field {field}: a check needs exactly one of http, "
-                              f"tcp, script, ttl (got {', '.join(kinds) or 'none'})")
+                              f"tcp, script, ttl, docker (got {', '.join(kinds) or 'none'})")
     if check.http and not check.http.startswith(("http://", "https://")):
         raise ValidationError(f"{label}: field {field}.http: {check.http!r} is not an "
                               "http:// or https:// URL")
@@ -170,7 +172,7 @@ def _check_container(c: Container, label: str, field: str, registry: Registry,
     config_type = registry.executor_config(c.type)
     if config_type is not None:
         try:
-            msgspec.convert(c.executor, config_type)
+            convert_blob_data(c.executor, config_type)
         except msgspec.ValidationError as exc:
             text = str(exc).replace(" - at `$", f" - at `{field}.executor").replace("`$", "`")
             raise ValidationError(f"{label}: field {field}.executor: {c.type} executor: "

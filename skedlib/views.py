@@ -4,17 +4,25 @@ consistently.
 
 Every view is built from one listing of the keyspace (a
 :class:`~skedlib.scheduling.Snapshot`), so a table never mixes two moments.
+
+The whole issued state is shown: a task present only in its host's index
+(``state/hosts/<host>/<task_id>``, as a hand-rolled scheduler writes it, with no
+``state/tasks/<task_id>``) is what that host's agent runs, so it is listed too, marked
+``index-only``. :func:`index_problems` says where the index and ``state/tasks`` disagree
+(``sked doctor`` reports them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 import msgspec
 
 from skedlib.client import Client
-from skedlib.keys import Keyspace
+from skedlib.codecs import decode_record
+from skedlib.errors import ValidationError
+from skedlib.keys import HostTaskKey, Keyspace
 from skedlib.models import Service, Task
 from skedlib.scheduler.status import describe, read_statuses
 from skedlib.scheduling import Snapshot, is_task_healthy
@@ -25,17 +33,21 @@ __all__ = [
     "SERVICE_HEADERS",
     "TASK_HEADERS",
     "HostRow",
+    "IndexProblem",
     "ServiceSummary",
     "TaskRow",
     "View",
     "host_cells",
     "host_rows",
+    "index_problems",
+    "read_index",
     "read_view",
     "service_labels",
     "service_row",
     "service_summary",
     "task_cells",
     "task_rows",
+    "task_state",
     "tasks_by_host",
 ]
 
@@ -52,12 +64,95 @@ class View:
 
     def __init__(self, listing: ListResult, keyspace: Keyspace) -> None:
         self.revision = listing.revision
+        self.keys = keyspace
         self.snapshot = Snapshot.from_items(listing.items, listing.revision, keyspace)
         self.statuses = read_statuses(listing.items, keyspace)
+        self.index = read_index(listing.items, keyspace, known=self.snapshot.tasks)
+        """The by-host index: task id → host → the task stored there (None for a task
+        that has a task record: its entries are not decoded a second time)."""
+        self.index_only: dict[str, Task] = {
+            tid: _on_index_host(hosts) for tid, hosts in self.index.items()
+            if tid not in self.snapshot.tasks}
+        """Tasks present only in the by-host index, by id (host: the index's)."""
 
     def tasks(self) -> list[Task]:
-        """Every issued task, in task id order (cluster, service, version, instance)."""
-        return sorted(self.snapshot.tasks.values(), key=lambda t: t.task_id)
+        """Every issued task, in task id order (cluster, service, version, instance),
+        those present only in the by-host index included."""
+        return sorted([*self.snapshot.tasks.values(), *self.index_only.values()],
+                      key=lambda t: t.task_id)
+
+
+def read_index(items: Iterable[Any], keys: Keyspace,
+               known: Container[str] = ()) -> dict[str, dict[str, Task | None]]:
+    """The by-host index among ``items`` (a listing): task id → host → its task (None,
+    not decoded, for the ids in ``known``). An entry that does not decode, or whose task
+    id is not its key's, is left out (one warning; ``sked doctor`` lists it)."""
+    index: dict[str, dict[str, Task | None]] = {}
+    prefix = keys.all_host_tasks
+    for kv in items:
+        if not kv.key.startswith(prefix):
+            continue
+        try:
+            parsed = keys.parse(kv.key)
+        except ValidationError:
+            continue
+        if not isinstance(parsed, HostTaskKey):
+            continue
+        if parsed.task_id in known:
+            index.setdefault(parsed.task_id, {})[parsed.host] = None
+            continue
+        task = decode_record(kv, Task)
+        if task is not None and task.id == parsed.task_id:
+            index.setdefault(parsed.task_id, {})[parsed.host] = task
+    return index
+
+
+def _on_index_host(hosts: dict[str, Task | None]) -> Task:
+    """The task of an index-only entry, on the host whose index holds it (the agent of
+    that host runs it whatever its ``host`` field says)."""
+    host, task = min(hosts.items())
+    assert task is not None  # only known ids are left undecoded
+    return task if task.host == host else msgspec.structs.replace(task, host=host)
+
+
+class IndexProblem(msgspec.Struct, frozen=True, kw_only=True):
+    """A disagreement between ``state/tasks/<id>`` and the by-host index."""
+
+    task_id: str
+    kind: str
+    """``no index entry``, ``index entry without task`` or ``host mismatch``."""
+    key: str
+    """The key to look at (the task record, or the index entry)."""
+    reason: str
+    """One line: what disagrees."""
+
+
+def index_problems(view: View) -> list[IndexProblem]:
+    """Where the by-host index and the task records disagree, by task id: a placed task
+    with no index entry on its host (its agent does not see it), an index entry with no
+    task record (run by its agent, unseen by schedulers), an entry on another host than
+    the task's (that host's agent runs it too)."""
+    keys = view.keys
+    out = []
+    for tid, task in sorted(view.snapshot.tasks.items()):
+        on = view.index.get(tid, {})
+        if task.host and not task.rejected and task.host not in on:
+            out.append(IndexProblem(
+                task_id=tid, kind="no index entry", key=keys.task(tid),
+                reason=f"placed on {task.host} but not in {keys.host_task(task.host, tid)}: "
+                       "its agent does not run it"))
+        for host in sorted(set(on) - {task.host}):
+            out.append(IndexProblem(
+                task_id=tid, kind="host mismatch", key=keys.host_task(host, tid),
+                reason=f"the task record says host {task.host or '(none)'}, the index "
+                       f"has it on {host}"))
+    for tid in sorted(view.index_only):
+        for host in sorted(view.index[tid]):
+            out.append(IndexProblem(
+                task_id=tid, kind="index entry without task", key=keys.host_task(host, tid),
+                reason=f"no {keys.task(tid)}: {host}'s agent runs it, schedulers do not "
+                       "see it"))
+    return out
 
 
 def read_view(client: Client) -> View:
@@ -81,6 +176,9 @@ class TaskRow(msgspec.Struct, kw_only=True):
     host_live: bool = False
     reject_reason: str = ""
     message: str = ""
+    index_only: bool = False
+    """Only in the host's index (``state/hosts/<host>/<id>``), no task record: placed
+    by something outside the schedulers (see docs/coming-from-sked.md)."""
 
 
 def task_rows(view: View, tasks: Sequence[Task] | None = None) -> list[TaskRow]:
@@ -104,14 +202,21 @@ def task_rows(view: View, tasks: Sequence[Task] | None = None) -> list[TaskRow]:
             version=t.task_definition.version,
             healthy=is_task_healthy(t, h, snap.hosts), state=state,
             port=t.port, host_live=t.host in snap.hosts, reject_reason=t.reject_reason,
-            message=(h.message if h is not None and current else "") or t.reject_reason))
+            message=(h.message if h is not None and current else "") or t.reject_reason,
+            index_only=t.id in view.index_only))
     return rows
 
 
 def task_cells(row: TaskRow) -> list[Any]:
     """Table cells of a task row, in :data:`TASK_HEADERS` order."""
     return [row.id, row.host, row.rejected, row.cluster, row.service, row.task_definition,
-            row.version, row.healthy, row.state]
+            row.version, row.healthy, task_state(row)]
+
+
+def task_state(row: TaskRow) -> str:
+    """A task row's state as shown: marked ``(index-only)`` for a task only in its
+    host's index."""
+    return f"{row.state} (index-only)" if row.index_only else row.state
 
 
 def tasks_by_host(view: View) -> list[tuple[str, str, list[TaskRow]]]:
@@ -124,10 +229,12 @@ def tasks_by_host(view: View) -> list[tuple[str, str, list[TaskRow]]]:
     for name in names:
         mine = [r for r in rows if r.host == name]
         h = snap.hosts.get(name)
+        marked = sum(r.index_only for r in mine)
+        count = f"{len(mine)} task(s)" + (f" ({marked} index-only)" if marked else "")
         if h is None:
-            summary = f"not live, {len(mine)} task(s)"
+            summary = f"not live, {count}"
         else:
-            summary = (f"live{', draining' if h.draining else ''}, {len(mine)} task(s), "
+            summary = (f"live{', draining' if h.draining else ''}, {count}, "
                        f"memory {h.allocated.memory}/{h.total.memory} MiB, "
                        f"cpu {h.allocated.cpu_units}/{h.total.cpu_units}")
         out.append((name, summary, mine))
@@ -161,19 +268,22 @@ def host_rows(view: View) -> list[HostRow]:
     by name."""
     snap = view.snapshot
     rows: list[HostRow] = []
+    index_only = [t.host for t in view.index_only.values()]
     for name in sorted(set(snap.hosts) | set(snap.host_configs)):
         h = snap.hosts.get(name)
         cfg = snap.host_configs.get(name)
         if h is None:
             assert cfg is not None
             rows.append(HostRow(name=name, draining=cfg.draining,
-                                tasks=sum(1 for t in snap.tasks.values() if t.host == name),
+                                tasks=sum(1 for t in snap.tasks.values() if t.host == name)
+                                + index_only.count(name),
                                 attributes=dict(sorted(cfg.attributes.items()))))
             continue
         rows.append(HostRow(name=name, address=h.address, live=True, draining=h.draining,
                             memory_allocated=h.allocated.memory, memory_total=h.total.memory,
                             cpu_allocated=h.allocated.cpu_units, cpu_total=h.total.cpu_units,
-                            tasks=len(h.tasks), attributes=dict(sorted(h.attributes.items()))))
+                            tasks=len(h.tasks) + index_only.count(name),
+                            attributes=dict(sorted(h.attributes.items()))))
     return rows
 
 

@@ -91,7 +91,7 @@ def test_task_definition_versions_are_immutable(client: Client) -> None:
     (TD.format(version=1, start="x") + "clusters: [{name: prod-eu}]", "must not contain '-'"),
     (TD.format(version=1, start="x").replace("checks: [{http: \"http://127.0.0.1:$PROVIDED_PORT"
                                              "\"}]", "checks: [{tcp: a, http: b}]"),
-     "a check needs exactly one of http, tcp, script, ttl"),
+     "a check needs exactly one of http, tcp, script, ttl, docker"),
     (TD.format(version=1, start="x").replace('{start: "x"}', "{stop: 1}"),
      "field containers[0].executor: bash executor"),
 ])

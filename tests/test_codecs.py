@@ -6,6 +6,7 @@ import contextlib
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -224,3 +225,14 @@ def test_fuzz_raw_yaml_text_only_raises_validation_errors(text: str) -> None:
         parse_manifest(text, "fuzz.yml")
     except ValidationError as exc:
         assert str(exc).startswith("fuzz.yml")
+
+
+def test_a_type_that_forbids_unknown_fields_is_never_read_loosely() -> None:
+    """The original program's shapes are accepted for stored records, but a request body
+    or a config file declared strict keeps refusing a misspelt field."""
+    class Strict(msgspec.Struct, forbid_unknown_fields=True):
+        desired: int
+
+    with pytest.raises(ValidationError, match="unknown field `extra`"):
+        decode(b'{"desired": 2, "extra": 1}', Strict, where="request body")
+    assert decode(b'{"desired": 2}', Strict).desired == 2

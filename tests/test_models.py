@@ -18,7 +18,8 @@ SEED_TASK = Path(__file__).parent / "data" / "seed_task.json"
 EXTENSIONS = {
     "task": {"rejected_hosts", "capacity_rejections"},
     "task_definition": {"memory", "cpu_units", "priority", "stop_after_disconnect"},
-    "container": {"essential"},
+    "container": {"essential", "teardown"},  # teardown: Sked's Go Container has it
+    "check": {"docker"},  # Sked's Go Check has it
 }
 
 

@@ -5,9 +5,9 @@ does not have (not installed, failed to start, not enabled, or not allowed by th
 policy), when its executor refuses it (:meth:`~skedlib.executors.Executor.admit`: a bad
 blob, or the host policy: a command, an image, a docker option, a user), when its
 demand exceeds what is left of the host's memory, CPU units or disk (disk only when the
-host offers some), when its fixed port is held by another of this agent's tasks, or when
-the health provider refuses its checks. Every container is judged before any starts, so
-a refused task leaves nothing half-started.
+host offers some), when its fixed port (or a port its bash containers reserve) is held
+by another of this agent's tasks, or when the health provider refuses its checks. Every
+container is judged before any starts, so a refused task leaves nothing half-started.
 """
 
 from __future__ import annotations
@@ -99,10 +99,10 @@ class Admission:
                                f"{getattr(self.total, what)} are free on host {self.host}",
                                capacity=True)
         port = task.port or td.port
-        if port:
-            owner = self.ports.owner(port)
+        for wanted in ([port] if port else []) + td.executor_ports():
+            owner = self.ports.owner(wanted)
             if owner is not None and owner != task_id:
-                return Refusal(f"port {port} is already used by task {owner} on host "
+                return Refusal(f"port {wanted} is already used by task {owner} on host "
                                f"{self.host}", capacity=True)
         try:
             self.health.validate(task, port or (1 if td.provide_port else 0))

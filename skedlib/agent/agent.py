@@ -254,7 +254,8 @@ class Agent:
             self.registry, self.health_provider_name, host=self.host, backend=backend,
             keys=self.keys, on_change=lambda task_id: self._queue.put(HealthChanged(task_id)),
             failure_threshold=config.check_failures, workers=config.check_workers,
-            options=config.health_options)
+            options=config.health_options,
+            exec_check=lambda *args: self._executors.exec_check(*args))
 
         self._executors = Executors(self.registry, self.host, self.state_dir, self.log_dir,
                                     config.executor_options,
@@ -816,6 +817,7 @@ class Agent:
         m.admitted, m.demand = True, demand(task)
         if port:
             self.ports.hold(m.task_id, port)
+        self.ports.reserve(m.task_id, task.task_definition.executor_ports())
         self._step(m, lc.Adopted(self.operations.max_attempts(task), self._has_checks(task),
                                  self.operations.describe(refs, port),
                                  self._watch_health(task, port)))

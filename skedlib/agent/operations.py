@@ -142,6 +142,7 @@ class TaskOperations:
                 raise PortBusy(f"port {port} is in use on host {self.host} by a process "
                                "that is not one of this agent's tasks")
             self.ports.hold(task_id, port)
+        self.ports.reserve(task_id, td.executor_ports())
         env = {"SKED_TASK_ID": task_id, "SKED_HOST": self.host}
         if port:
             env["PROVIDED_PORT"] = str(port)

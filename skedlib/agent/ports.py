@@ -47,21 +47,37 @@ class PortAllocator:
         self.low = low
         self.high = high
         self._by_task: dict[str, int] = {}
+        self._reserved: dict[str, frozenset[int]] = {}
+        """Ports a task's executors reserve beyond its own (bash ``ports``)."""
         self._lock = threading.Lock()
         self._rng = random.Random()
 
     def held(self) -> dict[int, str]:
         """Held ports and the task holding each."""
         with self._lock:
-            return {port: task for task, port in self._by_task.items()}
+            out = {port: task for task, ports in self._reserved.items() for port in ports}
+            out.update({port: task for task, port in self._by_task.items()})
+            return out
 
     def owner(self, port: int) -> str | None:
-        """The task holding ``port``, if any."""
+        """The task holding ``port`` (as its port or a reserved one), if any."""
         with self._lock:
             for task, held in self._by_task.items():
                 if held == port:
                     return task
+            for task, reserved in self._reserved.items():
+                if port in reserved:
+                    return task
         return None
+
+    def reserve(self, task_id: str, ports: list[int]) -> None:
+        """Record the ports ``task_id``'s executors reserve beyond its own port
+        (:meth:`skedlib.TaskDefinition.executor_ports`), replacing earlier ones."""
+        with self._lock:
+            if ports:
+                self._reserved[task_id] = frozenset(ports)
+            else:
+                self._reserved.pop(task_id, None)
 
     def hold(self, task_id: str, port: int) -> None:
         """Record that ``task_id`` uses ``port`` (replacing its earlier port)."""
@@ -69,9 +85,10 @@ class PortAllocator:
             self._by_task[task_id] = port
 
     def release(self, task_id: str) -> None:
-        """Forget the port of ``task_id``. Idempotent."""
+        """Forget the ports of ``task_id``. Idempotent."""
         with self._lock:
             self._by_task.pop(task_id, None)
+            self._reserved.pop(task_id, None)
 
     def pick(self, task_id: str) -> int:
         """Choose, hold and return a free port for ``task_id``.
@@ -79,7 +96,7 @@ class PortAllocator:
         Raises :class:`TaskRejected` when every port of the range is taken.
         """
         with self._lock:
-            taken = set(self._by_task.values())
+            taken = set(self._by_task.values()).union(*self._reserved.values())
             size = self.high - self.low + 1
             start = self._rng.randrange(size)
             for i in range(size):

@@ -11,7 +11,7 @@ from skedlib.errors import PluginError
 from skedlib.executors.base import ContainerRef, ContainerStatus, Executor, ExecutorContext
 from skedlib.executors.policy import HostPolicy
 from skedlib.executors.supervision import reachable_by
-from skedlib.health.provider import HealthContext, HealthProvider
+from skedlib.health.provider import ExecCheck, HealthContext, HealthProvider
 from skedlib.keys import Keyspace
 from skedlib.plugins import Registry, install_hint
 from skedlib.store.base import Backend
@@ -109,6 +109,15 @@ class Executors:
                     log.warning("%s", message)
         return ports
 
+    def exec_check(self, executor: str, ref: ContainerRef, command: str,
+                   timeout: float) -> tuple[int, str]:
+        """Run a ``docker`` check's command inside a container of executor ``executor``
+        (see :meth:`Executor.exec_check`)."""
+        running = self.running.get(executor)
+        if running is None:
+            raise NotImplementedError(f"executor {executor!r} is not running here")
+        return running.exec_check(ref, command, timeout)
+
     def close(self) -> None:
         """Close every executor (a failure is logged)."""
         for executor in self.running.values():
@@ -131,11 +140,12 @@ def health_provider_name(configured: str, backend: Backend, registry: Registry) 
 def open_health_provider(registry: Registry, name: str, *, host: str, backend: Backend,
                          keys: Keyspace, on_change: Callable[[str], None],
                          failure_threshold: int, workers: int,
-                         options: dict[str, str]) -> HealthProvider:
+                         options: dict[str, str],
+                         exec_check: ExecCheck | None = None) -> HealthProvider:
     """Create health provider ``name``; a factory returning something else is an error."""
     ctx = HealthContext(host=host, backend=backend, keyspace=keys, on_change=on_change,
                         failure_threshold=failure_threshold, workers=workers,
-                        options=dict(options))
+                        options=dict(options), exec_check=exec_check)
     provider = registry.health_provider_factory(name)(ctx)
     if not isinstance(provider, HealthProvider):
         raise PluginError(f"health provider factory {name!r} returned "

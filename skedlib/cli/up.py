@@ -33,7 +33,7 @@ from skedlib.cli.output import table
 from skedlib.client import Client
 from skedlib.codecs import ManifestDocument, load_manifest, parse_manifest
 from skedlib.errors import SkedError
-from skedlib.models import DEFAULT_SCHEDULER, ServiceStatus
+from skedlib.models import DEFAULT_SCHEDULER, EXTERNAL_SCHEDULER, ServiceStatus, scheduler_name
 from skedlib.plugins import get_registry, install_hint
 from skedlib.scheduler.daemon import Pair, SchedulerDaemon
 from skedlib.scheduler.status import describe
@@ -211,8 +211,9 @@ def cmd_up(client: Client, args: argparse.Namespace) -> int:
     stop = threading.Event()
     doc = _load(args.file)
     installed = get_registry().names("schedulers")
-    wanted = {s.scheduler for s in doc.manifest.services} if doc else {DEFAULT_SCHEDULER}
-    for name in sorted(wanted - set(installed)):
+    wanted = ({scheduler_name(s.scheduler) for s in doc.manifest.services} if doc
+              else {DEFAULT_SCHEDULER})
+    for name in sorted(wanted - set(installed) - {EXTERNAL_SCHEDULER}):
         print(f"warning: no scheduler named {name!r} is installed (installed: "
               f"{', '.join(installed) or 'none'}); "
               + (install_hint("schedulers", name) or "its services will not be placed"),

@@ -26,6 +26,7 @@ from skedlib.views import (
     service_labels,
     service_row,
     task_rows,
+    task_state,
     tasks_by_host,
 )
 
@@ -37,7 +38,7 @@ TASK_COLUMNS: list[Column[TaskRow]] = [
     Column("rejected", lambda r: r.rejected), Column("cluster", lambda r: r.cluster),
     Column("service", lambda r: r.service), Column("task def", lambda r: r.task_definition),
     Column("version", lambda r: r.version), Column("healthy", lambda r: r.healthy, state=True),
-    Column("state", lambda r: r.state, state=True),
+    Column("state", task_state, state=True),
     Column("port", lambda r: r.port or "", wide=True),
     Column("message", lambda r: r.message, wide=True),
 ]

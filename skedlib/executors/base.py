@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import msgspec
 
+from skedlib.codecs import convert_blob_data
 from skedlib.errors import SkedError
 from skedlib.models import Container, Task
 
@@ -92,7 +93,7 @@ def convert_blob(container: Container, type_: type[T]) -> T:
     ``skedlib_executor_configs``), or raise :class:`TaskRejected` saying which field is
     wrong (``container web: process executor: field argv: Expected …``)."""
     try:
-        return msgspec.convert(container.executor, type_)
+        return convert_blob_data(container.executor, type_)
     except msgspec.ValidationError as exc:
         text = str(exc)
         message, sep, at = text.rpartition(" - at `")
@@ -188,6 +189,15 @@ class Executor(abc.ABC):
     def reserved_ports(self) -> list[int]:
         """Host ports held by this executor's containers."""
         return []
+
+    def exec_check(self, ref: ContainerRef, command: str, timeout: float) -> tuple[int, str]:
+        """Run ``command`` (a shell command) inside the container for a ``docker`` health
+        check; return its exit status and (the end of) its output. Called from check
+        threads. The default raises :class:`NotImplementedError`: this executor's
+        containers cannot run commands inside (a check of that kind is critical)."""
+        del ref, command, timeout
+        raise NotImplementedError(f"the {self.name} executor cannot run a command inside "
+                                  "its containers (docker checks need a docker container)")
 
     def notify_exits(self, callback: ExitCallback) -> bool:
         """Call ``callback`` (from any thread) as soon as a container exits on its own.

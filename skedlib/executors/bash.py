@@ -6,7 +6,8 @@ Blob (:class:`skedlib.models.BashExecutor`)::
      "stop": "./server --shutdown",               # optional
      "env": ["MODE=prod"],                        # K=V strings
      "artifact": "https://example.com/server",   # http(s):// or file:// (optional)
-     "download_dir": "/opt/app"}                  # where the artifact goes (optional)
+     "download_dir": "/opt/app",                  # where the artifact goes (optional)
+     "ports": [8125]}                             # host ports reserved (optional)
 
 Every command runs with ``bash -c`` (``sh -c`` where bash is missing) in the container's
 work directory ``<state_dir>/<task_id>/<container>/``, with the agent's environment plus
@@ -36,7 +37,12 @@ the user (``download_dir`` elsewhere is refused, as the agent would write there 
 itself); log files stay the agent's.
 
 Stopping runs ``stop`` (if any) within the grace period, then SIGTERM to what is left of
-the process group, the rest of the grace period, and SIGKILL. What stop needs (mode,
+the process group, the rest of the grace period, and SIGKILL; then the container's
+``teardown`` commands, in order (each within ``setup_timeout``; one that fails is logged
+and the next still runs). ``start`` and ``stop`` may be lists (Sked's older shape): their
+commands run in order, stopping at the first that fails. The blob's ``ports`` are host
+ports the task reserves: schedulers keep two tasks reserving one port apart, and the
+agent publishes them with its host's ports while the container lives. What stop needs (mode,
 process group, stop command, environment additions, work directory) is recorded in
 ``<state_dir>/<task_id>/<container>.json`` at start, so a restarted agent can stop it.
 """
@@ -113,6 +119,10 @@ class _Record(msgspec.Struct, kw_only=True):
     cwd: str = ""
     user: str = ""
     """``UID:GID`` the commands run as (empty: the agent's user)."""
+    teardown: list[str] = msgspec.field(default_factory=list)
+    """The container's ``teardown`` commands, run in order once it has stopped."""
+    ports: list[int] = msgspec.field(default_factory=list)
+    """Host ports the blob reserves (its ``ports``), held while the container lives."""
 
 
 class BashRunner(SupervisedExecutor):
@@ -177,15 +187,17 @@ class BashRunner(SupervisedExecutor):
         stop, setup, each matched as written) and its user."""
         config = convert_blob(container, BashExecutor)
         where = f"container {container.name}"
-        if not config.start.strip():
+        if not config.start_command.strip():
             raise TaskRejected(f"{where}: bash executor: field start is empty")
         policy = self.ctx.policy
         try:
-            policy.check_shell(config.start, "start command")
-            if config.stop:
-                policy.check_shell(config.stop, "stop command")
+            policy.check_shell(config.start_command, "start command")
+            if config.stop_command:
+                policy.check_shell(config.stop_command, "stop command")
             for i, command in enumerate(container.setup or []):
                 policy.check_shell(command, f"setup command {i + 1}")
+            for i, command in enumerate(container.teardown or []):
+                policy.check_shell(command, f"teardown command {i + 1}")
             identity = policy.identity(config.user)
             inside = not os.path.isabs(config.download_dir) and ".." not in Path(
                 config.download_dir).parts
@@ -237,14 +249,16 @@ class BashRunner(SupervisedExecutor):
         for i, command in enumerate(container.setup or []):
             self._setup(where, i, len(container.setup or []), command, full_env, workdir,
                         out, err, identity)
-        start = substitute_port(config.start, port)
+        start = substitute_port(config.start_command, port)
         proc = self.supervisor.spawn(ref, [self.shell, "-c", start], full_env, str(workdir),
                                      out, err, report_exit=False, identity=identity)
         self.rotator.add(out, err)
-        stop = substitute_port(config.stop, port)
+        stop = substitute_port(config.stop_command, port)
         record = _Record(mode="foreground", pgid=proc.pgid, pid=proc.pid,
                          create_time=proc.create_time, started_at=proc.started_at,
                          stop=stop, env=added, cwd=str(workdir),
+                         teardown=[substitute_port(c, port) for c in container.teardown or []],
+                         ports=list(config.ports),
                          user=f"{identity.uid}:{identity.gid}" if identity else "")
         if proc.exited.wait(self.detach_window):
             self._started_and_exited(where, ref, record, proc.exit_code, err)
@@ -360,17 +374,25 @@ class BashRunner(SupervisedExecutor):
             self.supervisor.forget(ref)
         elif record is not None:
             kill_group_members(record.pgid, left)
+        if record is not None:
+            for i, command in enumerate(record.teardown):
+                self._run_stop(ref, record, self.setup_timeout, command,
+                               f"teardown command {i + 1} of {len(record.teardown)}")
         self._drop(ref)
         self.rotator.discard(*self.log_paths(ref))
 
-    def _run_stop(self, ref: ContainerRef, record: _Record, grace: float) -> None:
+    def _run_stop(self, ref: ContainerRef, record: _Record, grace: float,
+                  command: str = "", what: str = "stop command") -> None:
+        """Run ``command`` (default: the stop command) as the container's commands run,
+        within ``grace`` seconds; a failure is logged (stopping goes on)."""
+        command = command or record.stop
         out, err = self.log_paths(ref)
         private_dirs(out.parent)
         identity = Identity.resolve(record.user) if record.user else None
         user_args, env = user_popen_args(identity, {**os.environ, **record.env})
         cwd = record.cwd if record.cwd and os.path.isdir(record.cwd) else None
         with open_append(out) as o, open_append(err) as e:
-            proc = subprocess.Popen([self.shell, "-c", record.stop], env=env, cwd=cwd,
+            proc = subprocess.Popen([self.shell, "-c", command], env=env, cwd=cwd,
                                     stdin=subprocess.DEVNULL, stdout=o, stderr=e,
                                     start_new_session=True, **user_args)
             try:
@@ -378,11 +400,11 @@ class BashRunner(SupervisedExecutor):
             except subprocess.TimeoutExpired:
                 signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
-                log.warning("%s/%s: stop command did not finish within %gs", ref.task_id,
-                            ref.container, grace)
+                log.warning("%s/%s: %s did not finish within %gs", ref.task_id,
+                            ref.container, what, grace)
                 return
         if code != 0:
-            log.warning("%s/%s: stop command %s: %s", ref.task_id, ref.container,
+            log.warning("%s/%s: %s %s: %s", ref.task_id, ref.container, what,
                         describe_exit(code), log_tail(err))
 
     def status(self, ref: ContainerRef) -> ContainerStatus:
@@ -396,6 +418,11 @@ class BashRunner(SupervisedExecutor):
             return ContainerStatus(state="detached", started_at=record.started_at,
                                    message="start returned at once; liveness from checks")
         return ContainerStatus(state="missing")
+
+    def reserved_ports(self) -> list[int]:
+        """The ``ports`` of the blobs of the containers this executor runs."""
+        with self._lock:
+            return sorted({p for rec in self._records.values() for p in rec.ports})
 
     def running(self) -> list[ContainerRef]:
         """Live foreground processes and detached containers."""

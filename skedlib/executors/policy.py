@@ -110,6 +110,9 @@ class DockerPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     image_user: list[str] = msgspec.field(default_factory=list)
     """fnmatch patterns of images that keep their own user under ``run_as`` (otherwise
     containers get ``--user UID:GID`` of the run-as user)."""
+    volume_drivers: list[str] = msgspec.field(default_factory=list)
+    """Volume drivers ``--volume-driver`` (a docker blob's ``volume_driver``) may name
+    besides ``local``: a volume plugin mounts whatever it provides."""
 
 
 class HostPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -250,6 +253,11 @@ class HostPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             if mode.startswith("container:") and not rules.container_namespaces:
                 raise self.refuse("docker.container_namespaces", f"{flag}={mode} joins "
                                   "another container's namespace")
+        driver = request.volume_driver or ""
+        if driver and driver != "local" and driver not in rules.volume_drivers:
+            raise self.refuse("docker.volume_drivers", f"--volume-driver={driver} is not "
+                              f"allowed (allowed: local"
+                              f"{''.join(', ' + d for d in rules.volume_drivers)})")
         if request.pid_mode == "host" and not rules.host_pid:
             raise self.refuse("docker.host_pid", "--pid=host shares the host's process "
                               "namespace")
@@ -362,6 +370,8 @@ class DockerRequest:
     devices: list[str] = field(default_factory=list)
     """``HOST[:CONTAINER[:PERMS]]``."""
     user: str | None = None
+    volume_driver: str | None = None
+    """``--volume-driver``."""
     publish_addresses: list[str] = field(default_factory=list)
     """Host addresses ports are published on."""
     bind_ip: str = "127.0.0.1"

@@ -13,6 +13,10 @@ container and the check. Results follow Consul's conventions:
   past the timeout) is critical.
 - ``ttl``: passes while someone reports it passing at least every ``ttl``
   (:func:`skedlib.pass_ttl_check`).
+- ``docker`` (Sked's check): ``sh -c COMMAND`` run *inside* the check's container by
+  its executor (:meth:`skedlib.Executor.exec_check`; the docker executor runs it with
+  ``docker exec``); exit statuses as for ``script``. A container whose executor cannot
+  run commands inside it (bash, process) is critical, saying why.
 
 Defaults (as validation applies them): interval 10s, timeout 5s but never longer than the
 interval. A ttl check is read back every quarter of its ttl (at least every 2 s, at most
@@ -29,7 +33,7 @@ import signal
 import socket
 import ssl
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -37,13 +41,13 @@ import msgspec
 
 from skedlib.durations import SECOND, parse_duration
 from skedlib.errors import ValidationError
-from skedlib.executors.base import PROVIDED_PORT_VAR, TaskRejected, substitute_port
+from skedlib.executors.base import PROVIDED_PORT_VAR, ContainerRef, TaskRejected, substitute_port
 from skedlib.models import Check, Task
 from skedlib.validation import DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT
 
 __all__ = ["CheckKind", "CheckResult", "ResolvedCheck", "resolve_checks", "run_check"]
 
-CheckKind = Literal["http", "tcp", "script", "ttl"]
+CheckKind = Literal["http", "tcp", "script", "ttl", "docker"]
 Status = Literal["passing", "warning", "critical"]
 
 _OUTPUT_LIMIT = 500
@@ -60,6 +64,8 @@ class ResolvedCheck(msgspec.Struct, frozen=True, kw_only=True):
     interval: float
     timeout: float
     ttl: float = 0.0
+    executor: str = ""
+    """The container's executor type (what runs a ``docker`` check's command)."""
 
 
 class CheckResult(msgspec.Struct, frozen=True):
@@ -73,14 +79,15 @@ def _seconds(raw: str, what: str) -> float:
     return parse_duration(raw) / SECOND if raw else 0.0
 
 
-def resolve_check(check: Check, container: str, index: int, port: int) -> ResolvedCheck:
+def resolve_check(check: Check, container: str, index: int, port: int,
+                  executor: str = "") -> ResolvedCheck:
     """Resolve one check; raises :class:`TaskRejected` when it can never run."""
     label = f"container {container}: checks[{index}]"
     name = check.name or check.id or f"{container}.checks[{index}]"
-    kinds = [k for k in ("http", "tcp", "script", "ttl") if getattr(check, k)]
+    kinds = [k for k in ("http", "tcp", "script", "ttl", "docker") if getattr(check, k)]
     if len(kinds) != 1:
-        raise TaskRejected(f"{label}: a check needs exactly one of http, tcp, script, ttl "
-                           f"(got {', '.join(kinds) or 'none'})")
+        raise TaskRejected(f"{label}: a check needs exactly one of http, tcp, script, ttl, "
+                           f"docker (got {', '.join(kinds) or 'none'})")
     kind: CheckKind = kinds[0]  # type: ignore[assignment]
     raw: str = getattr(check, kind)  # messages quote it: the port may be a placeholder
     target = substitute_port(raw, port) if kind != "ttl" else ""
@@ -113,12 +120,12 @@ def resolve_check(check: Check, container: str, index: int, port: int) -> Resolv
         raise TaskRejected(f"{label}: interval shorter than 100ms")
     timeout = min(timeout or interval, interval)
     return ResolvedCheck(name=name, container=container, kind=kind, target=target,
-                         interval=interval, timeout=timeout, ttl=ttl)
+                         interval=interval, timeout=timeout, ttl=ttl, executor=executor)
 
 
 def resolve_checks(task: Task, port: int) -> list[ResolvedCheck]:
     """Every check of every container of ``task``; raises :class:`TaskRejected`."""
-    checks = [resolve_check(check, c.name, i, port)
+    checks = [resolve_check(check, c.name, i, port, c.type)
               for c in task.task_definition.containers for i, check in enumerate(c.checks)]
     names = [c.name for c in checks]
     for name in names:
@@ -128,8 +135,12 @@ def resolve_checks(task: Task, port: int) -> list[ResolvedCheck]:
     return checks
 
 
-def run_check(check: ResolvedCheck, env: Mapping[str, str]) -> CheckResult:
-    """Run an http, tcp or script check once (never raises; ttl is not run here)."""
+def run_check(check: ResolvedCheck, env: Mapping[str, str],
+              exec_check: Callable[[str, ContainerRef, str, float], tuple[int, str]]
+              | None = None) -> CheckResult:
+    """Run an http, tcp, script or docker check once (never raises; ttl is not run
+    here). ``exec_check`` runs a docker check's command in its container (the agent's
+    executors); ``env["SKED_TASK_ID"]`` names the task."""
     try:
         if check.kind == "http":
             return _http(check)
@@ -137,6 +148,15 @@ def run_check(check: ResolvedCheck, env: Mapping[str, str]) -> CheckResult:
             return _tcp(check)
         if check.kind == "script":
             return _script(check, env)
+        if check.kind == "docker":
+            if exec_check is None:
+                return CheckResult("critical", "docker checks are not run by this agent")
+            ref = ContainerRef(env.get("SKED_TASK_ID", ""), check.container)
+            try:
+                code, out = exec_check(check.executor, ref, check.target, check.timeout)
+            except NotImplementedError as exc:
+                return CheckResult("critical", str(exc))
+            return _verdict(code, out)
     except Exception as exc:  # a check never takes the agent down
         return CheckResult("critical", f"{check.kind} check failed: {exc}")
     raise ValueError(f"{check.kind} checks are not run by run_check")
@@ -194,9 +214,14 @@ def _script(check: ResolvedCheck, env: Mapping[str, str]) -> CheckResult:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         return CheckResult("critical", f"script timed out after {check.timeout:g}s")
-    text = out.decode(errors="replace").strip()[-_OUTPUT_LIMIT:]
-    if proc.returncode == 0:
+    return _verdict(proc.returncode, out.decode(errors="replace"))
+
+
+def _verdict(code: int, output: str) -> CheckResult:
+    """Consul's reading of a command's exit status: 0 passing, 1 warning, else critical."""
+    text = output.strip()[-_OUTPUT_LIMIT:]
+    if code == 0:
         return CheckResult("passing", text)
-    if proc.returncode == 1:
+    if code == 1:
         return CheckResult("warning", text)
-    return CheckResult("critical", text or f"script exited with {proc.returncode}")
+    return CheckResult("critical", text or f"script exited with {code}")

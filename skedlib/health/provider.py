@@ -51,6 +51,7 @@ import msgspec
 
 from skedlib.codecs import decode, encode
 from skedlib.errors import BackendError, NotFound, ValidationError
+from skedlib.executors.base import ContainerRef
 from skedlib.health.checks import ResolvedCheck, resolve_checks, run_check
 from skedlib.keys import Keyspace
 from skedlib.metrics import METRICS
@@ -60,6 +61,7 @@ from skedlib.store.base import Backend, Compare, Put
 
 __all__ = [
     "DEFAULT_FAILURE_THRESHOLD",
+    "ExecCheck",
     "HealthContext",
     "HealthProvider",
     "LocalHealthProvider",
@@ -70,6 +72,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_FAILURE_THRESHOLD = 3
+
+ExecCheck = Callable[[str, ContainerRef, str, float], tuple[int, str]]
+"""``(executor, container, command, timeout)`` → ``(exit status, output)``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +92,10 @@ class HealthContext:
     """Threads the provider may use to run checks."""
     options: dict[str, str] = field(default_factory=dict)
     """Provider options from the agent's command line."""
+    exec_check: ExecCheck | None = None
+    """Runs a ``docker`` check's command inside a task's container: ``(executor,
+    ContainerRef, command, timeout)`` → ``(exit status, output)`` (the agent's executors;
+    None: docker checks are critical)."""
 
 
 class HealthProvider(abc.ABC):
@@ -266,7 +275,7 @@ class LocalHealthProvider(HealthProvider):
                 counts = True
         else:
             with METRICS.check_seconds.labels(check.kind).time():
-                res = run_check(check, env)
+                res = run_check(check, env, self.ctx.exec_check)
             if res.status == "critical":
                 METRICS.check_failures.labels(check.kind).inc()
             status, output, at, counts = res.status, res.output, time.time(), True

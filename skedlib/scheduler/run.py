@@ -25,7 +25,7 @@ from skedlib.errors import PluginError
 from skedlib.events import EventLog
 from skedlib.locks import Lock
 from skedlib.metrics import METRICS
-from skedlib.models import ServiceStatus
+from skedlib.models import EXTERNAL_SCHEDULER, ServiceStatus, scheduler_name
 from skedlib.plugins import Registry
 from skedlib.runtime import Backoff
 from skedlib.scheduler.affected import Pair, label
@@ -150,8 +150,14 @@ class PairRunner:
             # changed while its exec scheduler ran: plan the service as it is now
             return RunOutcome(pair=pair, retry_after=0.05)
         outcome = RunOutcome(pair=pair)
+        if service.scheduler == EXTERNAL_SCHEDULER:
+            # placed by something outside the daemon: its tasks are left alone, and
+            # the status counts them (and says so) instead of reporting an error
+            outcome.status = self._write_status(lock, pair, compute_status(
+                pair, service, snap, external=True))
+            return outcome
         try:
-            scheduler = self._scheduler(service.scheduler)
+            scheduler = self._scheduler(scheduler_name(service.scheduler))
         except PluginError as exc:
             self._note(pair, str(exc), warn=True)
             outcome.status = self._write_status(lock, pair, compute_status(

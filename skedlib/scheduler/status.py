@@ -79,11 +79,14 @@ def compute_status(pair: tuple[str, str], service: Service, snap: Snapshot, *,
                    result: SchedulingResult | None = None, plan: Plan | None = None,
                    commit: CommitResult | None = None,
                    problems: list[PlanProblem] | None = None,
-                   state: ServiceState | None = None, message: str = "") -> ServiceStatus:
+                   state: ServiceState | None = None, message: str = "",
+                   external: bool = False) -> ServiceStatus:
     """The status of ``pair`` after a run: its tasks as ``snap`` holds them with the
     committed part of ``plan`` applied; placed means on a live host and not rejected,
     healthy is :meth:`Snapshot.is_healthy` (a task placed by this very plan is not
-    healthy yet). ``state`` and ``message`` given: that state (an error), else derived."""
+    healthy yet). ``state`` and ``message`` given: that state (an error), else derived.
+    ``external``: the service's tasks are placed by something outside the daemon
+    (``scheduler: external``); the message says "placed externally"."""
     cluster_name, service_name = pair
     final = {t.id: t for t in snap.service_tasks(cluster_name, service_name)}
     fresh: set[str] = set()
@@ -115,6 +118,8 @@ def compute_status(pair: tuple[str, str], service: Service, snap: Snapshot, *,
             waiting = desired - healthy
             message = (f"{healthy}/{desired} healthy" if waiting > 0 else
                        f"{len(running)} placed, {desired} wanted")
+    if external:
+        message = f"placed externally: {message}" if message else "placed externally"
     return ServiceStatus(
         cluster=cluster_name, service=service_name, scheduler=service.scheduler,
         task_version=service.task_version, state=state,

@@ -175,8 +175,12 @@ class PortsFree(Filter):
     monotonic = True
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
-        port = request.task.task_definition.port
-        return f"port {port} in use" if port and port in host.ports else None
+        definition = request.task.task_definition
+        for port in ([definition.port] if definition.port else []) + \
+                definition.executor_ports():
+            if port in host.ports:
+                return f"port {port} in use"
+        return None
 
 
 class NotDraining(Filter):
@@ -515,18 +519,20 @@ class HostPool:
         for w in self._watchers:
             w(host)
 
-    def assign(self, name: str, task_id: str, demand: Resources, port: int = 0) -> None:
-        """Count a task as placed on host ``name``."""
+    def assign(self, name: str, task_id: str, demand: Resources, port: int = 0,
+               reserved: Iterable[int] = ()) -> None:
+        """Count a task as placed on host ``name`` (see :meth:`HostState.assign`)."""
         host = self.by_name[name]
         old = _share(host)
-        host.assign(task_id, demand, port)
+        host.assign(task_id, demand, port, reserved)
         self._moved(host, old)
 
-    def release(self, name: str, task_id: str, demand: Resources, port: int = 0) -> None:
+    def release(self, name: str, task_id: str, demand: Resources, port: int = 0,
+                reserved: Iterable[int] = ()) -> None:
         """Count a task as gone from host ``name``."""
         host = self.by_name[name]
         old = _share(host)
-        host.release(task_id, demand, port)
+        host.release(task_id, demand, port, reserved)
         self._moved(host, old)
 
 
@@ -666,7 +672,8 @@ class Placer:
         """Choose a host and record the task on it (and in ``request.service_hosts``)."""
         result = self.choose(request, pool)
         if isinstance(result, Placement):
-            pool.assign(result.host, request.task.id, request.demand, request.task.port)
+            pool.assign(result.host, request.task.id, request.demand, request.task.port,
+                        request.task.task_definition.executor_ports())
             request.service_hosts[result.host] += 1
         return result
 

@@ -42,16 +42,17 @@ def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
     allocated: dict[str, Resources] = {n: h.allocated for n, h in snapshot.hosts.items()}
     ports: dict[str, dict[int, set[str]]] = {n: {} for n in snapshot.hosts}
     for task in snapshot.tasks.values():
-        if task.port and task.host in ports and not task.rejected:
-            ports[task.host].setdefault(task.port, set()).add(task.id)
+        if task.host in ports and not task.rejected:
+            for port in task.reserved_ports():
+                ports[task.host].setdefault(port, set()).add(task.id)
     leaving = set(plan.stop) | {t.id for t in plan.place if t.id in snapshot.tasks}
     for task_id in leaving:
         old = snapshot.tasks.get(task_id)
         if old is None or old.rejected or old.host not in allocated:
             continue
         allocated[old.host] = allocated[old.host] - demand_of(old.task_definition)
-        if old.port:
-            ports[old.host].get(old.port, set()).discard(task_id)
+        for port in old.reserved_ports():
+            ports[old.host].get(port, set()).discard(task_id)
     seen: set[str] = set()
     for task in plan.place:
         tid, name = task.id, task.host
@@ -71,10 +72,10 @@ def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
         if name in task.rejected_hosts:
             problems.append(PlanProblem(tid, name, "host rejected this task before"))
         allocated[name] = allocated[name] + demand_of(task.task_definition)
-        if task.port:
-            holders = ports[name].setdefault(task.port, set())
+        for port in task.reserved_ports():
+            holders = ports[name].setdefault(port, set())
             if holders - {tid}:
-                problems.append(PlanProblem(tid, name, f"port {task.port} already used by "
+                problems.append(PlanProblem(tid, name, f"port {port} already used by "
                                                        f"{', '.join(sorted(holders))}"))
             holders.add(tid)
     for name, alloc in allocated.items():

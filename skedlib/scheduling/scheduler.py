@@ -326,7 +326,8 @@ class _Reconcile:
             return
         self.result.plan.stop.append(t.id)
         if self.live(t) and t.host in self.pool.by_name:
-            self.pool.release(t.host, t.id, demand_of(t.task_definition), t.port)
+            self.pool.release(t.host, t.id, demand_of(t.task_definition), t.port,
+                              t.task_definition.executor_ports())
             self.service_hosts[t.host] -= 1
 
     def stop_old(self, old: list[Task], n: int) -> None:
@@ -348,7 +349,8 @@ class _Reconcile:
                     rejected_hosts=list(old.rejected_hosts) if old else [],
                     capacity_rejections=list(old.capacity_rejections) if old else [])
         if old is not None and old.host in self.pool.by_name and not old.rejected:
-            self.pool.release(old.host, old.id, demand_of(old.task_definition), old.port)
+            self.pool.release(old.host, old.id, demand_of(old.task_definition), old.port,
+                              old.task_definition.executor_ports())
         request = TaskRequest(task=task, demand=self.demand, service=self.service,
                               constraints=self.constraints, service_hosts=self.service_hosts)
         choice = self.scheduler_place(request)

@@ -109,19 +109,24 @@ class HostState:
         """Total minus allocated."""
         return self.total - self.allocated
 
-    def assign(self, task_id: str, demand: Resources, port: int = 0) -> None:
-        """Count a task as placed here."""
+    def assign(self, task_id: str, demand: Resources, port: int = 0,
+               reserved: Iterable[int] = ()) -> None:
+        """Count a task as placed here; ``reserved``: the host ports its executors
+        reserve beyond ``port`` (:meth:`TaskDefinition.executor_ports`)."""
         self.allocated = self.allocated + demand
         self.tasks.add(task_id)
         if port:
             self.ports.add(port)
+        self.ports.update(reserved)
 
-    def release(self, task_id: str, demand: Resources, port: int = 0) -> None:
+    def release(self, task_id: str, demand: Resources, port: int = 0,
+                reserved: Iterable[int] = ()) -> None:
         """Count a task as gone from here."""
         if task_id in self.tasks:
             self.tasks.discard(task_id)
             self.allocated = self.allocated - demand
             self.ports.discard(port)
+            self.ports.difference_update(reserved)
 
     def __repr__(self) -> str:
         return (f"HostState({self.name!r}, free={self.free}, tasks={len(self.tasks)}, "
@@ -188,7 +193,8 @@ class Snapshot:
             self._by_host[task.host].add(task.id)
         state = self.hosts.get(task.host)
         if state is not None and not task.rejected:
-            state.assign(task.id, demand_of(task.task_definition), task.port)
+            state.assign(task.id, demand_of(task.task_definition), task.port,
+                         task.task_definition.executor_ports())
 
     def remove_task(self, task_id: str) -> None:
         """Forget one issued task (no-op when unknown)."""
@@ -206,7 +212,8 @@ class Snapshot:
             if not on_host:
                 del self._by_host[old.host]
         if old.host in self.hosts and not old.rejected:
-            self.hosts[old.host].release(task_id, demand_of(old.task_definition), old.port)
+            self.hosts[old.host].release(task_id, demand_of(old.task_definition), old.port,
+                                         old.task_definition.executor_ports())
 
     def put_invalid(self, key: str, parsed: Key | None, reason: str | None) -> None:
         """Mark ``key`` (``parsed``: its parsed form) as holding an invalid record
@@ -240,7 +247,8 @@ class Snapshot:
         for task_id in self._by_host.get(host.name, ()):
             task = self.tasks[task_id]
             if not task.rejected:
-                state.assign(task_id, demand_of(task.task_definition), task.port)
+                state.assign(task_id, demand_of(task.task_definition), task.port,
+                             task.task_definition.executor_ports())
         self.hosts[host.name] = state
 
     def remove_host(self, name: str) -> None:

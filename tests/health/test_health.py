@@ -99,7 +99,7 @@ def test_resolution_substitutes_the_port_and_applies_defaults() -> None:
     assert (tcp_check.name, tcp_check.target, tcp_check.timeout) == ("db", "localhost:20001",
                                                                      2.0)
     assert (ttl_check.kind, ttl_check.ttl, ttl_check.interval) == ("ttl", 3.0, 0.75)
-    for bad, message in [(Check(), "exactly one of http, tcp, script, ttl (got none)"),
+    for bad, message in [(Check(), "exactly one of http, tcp, script, ttl, docker (got none)"),
                          (Check(http="x", tcp="y:1"), "(got http, tcp)"),
                          (Check(tcp="nohostport"), "is not host:port"),
                          (Check(http="http://h/", interval="50ms"), "shorter than 100ms")]:

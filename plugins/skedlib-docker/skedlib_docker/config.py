@@ -19,10 +19,17 @@ class DockerConfig(msgspec.Struct, kw_only=True):
         {"image": "ubuntu", "cmd": ["sked"], "entry": "", "container_port": 3000,
          "ports": ["5000:5000"], "env": ["K=V"], "work_dir": "/", "volumes": [],
          "flags": ["--net=host"]}
+
+    Sked's fields are read too: ``cmd`` as one string (split like a shell would, run
+    without one), ``net`` (``--network``), ``net_alias`` (``--network-alias``, on a
+    user-defined network) and ``volume_driver`` (``--volume-driver``; the host policy
+    must list the driver). ``net`` and ``volume_driver`` go through the host policy as
+    the same flags would: ``net: host`` is refused unless ``docker.host_network``.
     """
 
     image: str
-    cmd: list[str] = msgspec.field(default_factory=list)
+    cmd: list[str] | str = msgspec.field(default_factory=list)
+    """The command: an argv list, or one string split as a shell would (``shlex``)."""
     entry: str = ""
     container_port: int = 0
     ports: list[str] = msgspec.field(default_factory=list)
@@ -31,3 +38,9 @@ class DockerConfig(msgspec.Struct, kw_only=True):
     volumes: list[str] = msgspec.field(default_factory=list)
     flags: list[str] = msgspec.field(default_factory=list)
     name: str = ""
+    net: str = ""
+    """The network to join (``--network``); a ``--net``/``--network`` flag wins."""
+    net_alias: str = ""
+    """The container's alias on ``net`` (``--network-alias``)."""
+    volume_driver: str = ""
+    """The volume driver of the container's named volumes (``--volume-driver``)."""

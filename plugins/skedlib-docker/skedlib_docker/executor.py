@@ -575,6 +575,33 @@ class DockerEngineExecutor(Executor):
                     ports.add(int(text))
         return sorted(ports)
 
+    def exec_check(self, ref: ContainerRef, command: str, timeout: float) -> tuple[int, str]:
+        """Run a ``docker`` check's command inside the container (``docker exec … sh -c
+        COMMAND``); past ``timeout`` seconds the check is critical (the command is left
+        to finish in the container: the engine cannot cancel an exec)."""
+        name = self._name(ref)
+        result: list[tuple[int, str]] = []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                created = self.client.api.exec_create(name, ["sh", "-c", command])
+                out = self.client.api.exec_start(created["Id"])
+                code = self.client.api.exec_inspect(created["Id"]).get("ExitCode")
+                result.append((2 if code is None else int(code),
+                               (out or b"").decode(errors="replace")))
+            except BaseException as exc:  # reported by the check thread below
+                errors.append(exc)
+
+        thread = threading.Thread(target=run, name=f"docker-check-{name}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            return 2, f"docker check timed out after {timeout:g}s"
+        if errors:
+            return 2, f"docker exec in {name}: {_explain(errors[0])}"
+        return result[0]
+
     # -- exit notifications ----------------------------------------------------------------
     def notify_exits(self, callback: ExitCallback) -> bool:
         """Call ``callback(ref, status)`` when a container of this host dies on its own.

@@ -128,6 +128,9 @@ class RunSpec:
     host_ports: list[int] = field(default_factory=list)
     """Host ports this container reserves (published ports; the task port on ``host``)."""
     network_mode: str | None = None
+    network_aliases: list[str] = field(default_factory=list)
+    """Aliases of the container on ``network_mode`` (a user-defined network)."""
+    volume_driver: str | None = None
     pid_mode: str | None = None
     ipc_mode: str | None = None
     devices: list[str] = field(default_factory=list)
@@ -168,8 +171,14 @@ class RunSpec:
             "hostname": self.hostname,
             "shm_size": self.shm_size,
             "init": self.init,
+            "volume_driver": self.volume_driver,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
+        if self.network_aliases and self.network_mode:
+            # aliases need the network named as an endpoint, not as a mode
+            network = kwargs.pop("network_mode")
+            kwargs["network"] = network
+            kwargs["networking_config"] = {network: {"Aliases": list(self.network_aliases)}}
         if self.ports:
             kwargs["ports"] = {k: list(v) for k, v in self.ports.items()}
         if self.volumes:
@@ -517,7 +526,17 @@ def _translate(task: Task, container: Container, config: DockerConfig,
             raise TaskRejected(f"docker entry {entry!r}: {exc}") from None
 
     work_dir = flags.work_dir if flags.work_dir is not None else config.work_dir
-    network = flags.network
+    # Sked passed --net before the flags, so a flag naming a network wins
+    network = flags.network if flags.network is not None else (sub(config.net) or None)
+    if config.net_alias and not network:
+        raise TaskRejected(f"docker net_alias {config.net_alias!r} needs a network (net)")
+    if isinstance(config.cmd, str):
+        try:
+            command = shlex.split(sub(config.cmd))
+        except ValueError as exc:
+            raise TaskRejected(f"docker cmd {config.cmd!r}: {exc}") from None
+    else:
+        command = [sub(c) for c in config.cmd]
     publishes = network not in _NO_PUBLISH_NETWORKS and not (network or "").startswith(
         "container:")
 
@@ -560,7 +579,7 @@ def _translate(task: Task, container: Container, config: DockerConfig,
     spec = RunSpec(
         name=container_name(host, task_id, container.name),
         image=config.image.strip(),
-        command=[sub(c) for c in config.cmd] or None,
+        command=command or None,
         entrypoint=entrypoint,
         environment=[f"{k}={v}" for k, v in environment.items()],
         working_dir=sub(work_dir) if work_dir else None,
@@ -568,6 +587,8 @@ def _translate(task: Task, container: Container, config: DockerConfig,
         volumes=[_parse_volume(sub(v)) for v in [*config.volumes, *flags.volumes]],
         host_ports=sorted(host_ports),
         network_mode=network,
+        network_aliases=[sub(config.net_alias)] if config.net_alias else [],
+        volume_driver=config.volume_driver or None,
         pid_mode=flags.pid,
         ipc_mode=flags.ipc,
         devices=flags.devices,
@@ -605,6 +626,7 @@ def docker_request(spec: RunSpec, *, bind_ip: str,
         image=spec.image, privileged=spec.privileged,
         binds=[v.split(":")[0] for v in spec.volumes], cap_add=list(spec.cap_add),
         network_mode=spec.network_mode, pid_mode=spec.pid_mode, ipc_mode=spec.ipc_mode,
+        volume_driver=spec.volume_driver,
         devices=list(spec.devices), user=spec.user,
         publish_addresses=sorted({ip for bindings in spec.ports.values()
                                   for ip, _ in bindings}),

@@ -45,11 +45,12 @@ def test_the_plugin_declares_the_docker_config() -> None:
 def test_a_bad_docker_blob_is_refused_at_apply_in_one_line() -> None:
     with Client.open("memory://") as client:
         with pytest.raises(ValidationError) as info:
-            client.apply(parse_manifest(MANIFEST.replace("BLOB", "{image: x, cmd: run}"),
+            # (cmd may be a string: Sked's shape; ports may not)
+            client.apply(parse_manifest(MANIFEST.replace("BLOB", "{image: x, ports: run}"),
                                         "m.yml"))
         assert str(info.value) == (
             'm.yml: task_definitions[0] "web": field containers[0].executor: docker executor: '
-            "Expected `array`, got `str` - at `containers[0].executor.cmd`")
+            "Expected `array`, got `str` - at `containers[0].executor.ports`")
         with pytest.raises(ValidationError) as info:
             client.apply(parse_manifest(MANIFEST.replace("BLOB", "{cmd: [run]}"), "m.yml"))
         assert str(info.value) == (

@@ -29,6 +29,7 @@ from skedlib import DockerPolicy, HostPolicy, PolicyRefused, load_policy
 from skedlib.codecs import decode, encode
 from skedlib.errors import SkedError
 from skedlib.executors import ContainerRef, ContainerStatus, ExecutorContext, TaskRejected
+from skedlib.health.checks import resolve_check, run_check
 from skedlib.keys import DEFAULT_PREFIX, Keyspace
 from skedlib.models import Check, Cluster, Container, Task, TaskDefinition, TaskHealth
 from skedlib.plugins import get_registry, open_backend
@@ -44,7 +45,7 @@ from skedlib_docker import (  # noqa: E402 - after the plugin check
     build_run_spec,
     container_name,
 )
-from skedlib_docker.spec import parse_memory  # noqa: E402
+from skedlib_docker.spec import docker_request, parse_memory  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -269,6 +270,29 @@ def test_adoption_by_a_new_executor_instance(docker_engine: DockerEngine,
             for r in ex.running():
                 ex.stop(r, 0)
             ex.close()
+
+
+def test_a_docker_check_runs_its_command_inside_the_container(
+        executor: DockerEngineExecutor, docker_engine: DockerEngine) -> None:
+    """Sked's ``docker`` check: the command runs in the task's container (the file it
+    reads exists only there); exit statuses read as a script check's."""
+    task, ctr = make_task({"image": docker_engine.image,
+                           "cmd": "sh -c 'echo inside > /tmp/mark; exec sleep 300'"})
+    ref = ref_of(task, ctr)
+    executor.start(task, ctr, agent_env(task, ctr))
+    code, out = wait_for("the mark file", lambda: (
+        r := executor.exec_check(ref, "cat /tmp/mark", 10)) and r[0] == 0 and r)
+    assert (code, out.strip()) == (0, "inside")
+    assert executor.exec_check(ref, "echo warn; exit 1", 10)[0] == 1
+    check = Check(docker="test -f /tmp/mark", interval="1s")
+    resolved = resolve_check(check, ctr.name, 0, 0, "docker")
+    result = run_check(resolved, {"SKED_TASK_ID": task.id},
+                       lambda _e, r, c, t: executor.exec_check(r, c, t))
+    assert result.status == "passing"
+    absent = Check(docker="test -f /nope || exit 2")  # 1 would be a warning
+    gone = run_check(resolve_check(absent, ctr.name, 0, 0, "docker"), {"SKED_TASK_ID": task.id},
+                     lambda _e, r, c, t: executor.exec_check(r, c, t))
+    assert gone.status == "critical"
 
 
 def test_a_stale_container_of_the_task_is_replaced(executor: DockerEngineExecutor,
@@ -524,6 +548,9 @@ DANGEROUS: list[tuple[str, Callable[[DockerEngine, Path], dict[str, Any]],
      "docker.capabilities", lambda i, e, t: i["HostConfig"]["CapAdd"] == ["SYS_ADMIN"]),
     ("host network",
      lambda e, t: {"flags": ["--network=host"]}, lambda e, t: {"host_network": True},
+     "docker.host_network", lambda i, e, t: i["HostConfig"]["NetworkMode"] == "host"),
+    ("host network by Sked's net field",
+     lambda e, t: {"net": "host"}, lambda e, t: {"host_network": True},
      "docker.host_network", lambda i, e, t: i["HostConfig"]["NetworkMode"] == "host"),
     ("host pid",
      lambda e, t: {"flags": ["--pid=host"]}, lambda e, t: {"host_pid": True},
@@ -886,7 +913,9 @@ def test_blob_translation() -> None:
 
 @pytest.mark.parametrize(("blob", "message"), [
     ({"cmd": ["x"]}, "docker executor: Object missing required field `image`"),
-    ({"image": "a", "cmd": "sh -c x"}, "docker executor: field cmd: Expected `array`"),
+    ({"image": "a", "cmd": {"x": 1}}, "docker executor: .*field cmd"),
+    ({"image": "a", "cmd": "sh -c 'unclosed"}, "docker cmd .*No closing quotation"),
+    ({"image": "a", "net_alias": "web"}, "net_alias 'web' needs a network"),
     ({"image": " "}, "needs an image"),
     ({"image": "a", "ports": ["5000"]}, "host port is required"),
     ({"image": "a", "ports": ["70000:80"]}, "not a port"),
@@ -910,6 +939,44 @@ def test_bad_blobs_are_rejected(blob: dict[str, Any], message: str) -> None:
     with pytest.raises(TaskRejected, match=message) as info:
         build_run_spec(task, ctr, {}, host="h")
     assert str(info.value).startswith("container main: ")  # which container of the task
+
+
+def test_sked_blob_fields() -> None:
+    """Sked's docker blob as its Go code wrote it: cmd as one string (split as a shell
+    would, run without one; Sked itself never passed it to docker run), null lists,
+    net, net_alias and volume_driver."""
+    task, ctr = make_task({"image": "app:1", "cmd": "serve --port $PROVIDED_PORT 'a b'",
+                           "entry": "", "env": None, "ports": None, "volumes": None,
+                           "flags": None, "work_dir": "", "net": "backend",
+                           "net_alias": "web", "volume_driver": "local"}, port=20000)
+    spec = build_run_spec(task, ctr, {"PROVIDED_PORT": "20000"}, host="h1")
+    kw = spec.create_kwargs()
+    assert kw["command"] == ["serve", "--port", "20000", "a b"]
+    assert kw["network"] == "backend" and "network_mode" not in kw
+    assert kw["networking_config"] == {"backend": {"Aliases": ["web"]}}
+    assert kw["volume_driver"] == "local"
+    # an empty cmd (Go's zero value) is the image's own command
+    task2, ctr2 = make_task({"image": "app:1", "cmd": "", "net": "", "net_alias": ""})
+    kw2 = build_run_spec(task2, ctr2, {}, host="h1").create_kwargs()
+    assert "command" not in kw2 and "network_mode" not in kw2
+    # a --network flag wins over net (Sked put the flags after --net)
+    task3, ctr3 = make_task({"image": "app:1", "net": "a", "flags": ["--network=b"]})
+    assert build_run_spec(task3, ctr3, {}, host="h1").network_mode == "b"
+
+
+@pytest.mark.parametrize(("blob", "allowing", "rule"), [
+    ({"net": "host"}, {"host_network": True}, "docker.host_network"),
+    ({"net": "container:other"}, {"container_namespaces": True},
+     "docker.container_namespaces"),
+    ({"volume_driver": "rexray"}, {"volume_drivers": ["rexray"]}, "docker.volume_drivers"),
+])
+def test_sked_fields_go_through_the_host_policy(blob: dict[str, Any],
+                                                allowing: dict[str, Any], rule: str) -> None:
+    task, ctr = make_task({"image": "app:1", **blob})
+    request = docker_request(build_run_spec(task, ctr, {}, host="h1"), bind_ip="127.0.0.1")
+    with pytest.raises(PolicyRefused, match=re.escape(f"rule {rule}")):
+        HostPolicy().check_docker(request)
+    HostPolicy(docker=DockerPolicy(**allowing)).check_docker(request)
 
 
 def test_names_are_docker_safe_and_distinct() -> None:
