@@ -48,7 +48,10 @@ def test_a_task_killed_from_outside_is_restarted(env: AgentEnv) -> None:
     os.kill(old, signal.SIGKILL)
     new = wait_for(lambda: [p.pid for p in env.processes(task.id) if p.pid != old], 10,
                    "a new process")[0]
-    health = env.wait_healthy(task.id)
+    # healthy again after the restart (the record written before the kill was noticed
+    # says healthy with no attempt yet)
+    health = wait_for(lambda: (h := env.health(task.id)) is not None and h.healthy
+                      and h.attempts == 1 and h, 30, "healthy after the restart")
     assert health.attempts == 1 and new != old
     stored = env.task(task.id)
     assert stored is not None and not stored.rejected and _get(stored.port) == 200

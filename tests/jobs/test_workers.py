@@ -49,13 +49,18 @@ def test_worker_killed_mid_job_has_its_job_requeued_and_finished_elsewhere(
     a, b = job_loop.node(0), job_loop.node(1)
     job_loop.start_worker(0, slots=1)
     marks = job_loop.tmp / "marks.txt"
+    go = job_loop.tmp / "go"
+    # the job ends only once the test says so: on a loaded machine, a fixed sleep could
+    # end on node a before a is killed
     job = job_loop.jobs.submit(
-        "sh", ["-c", f'echo "start $SKED_NODE" >> {marks}; sleep 4; echo "done $SKED_NODE" '
+        "sh", ["-c", f'echo "start $SKED_NODE" >> {marks}; '
+                     f'while [ ! -e {go} ]; do sleep 0.1; done; echo "done $SKED_NODE" '
                      f'>> {marks}'])
     wait_for(lambda: _running_on(job_loop, job.id) == a, 20, "the job to run on node a")
     job_loop.start_worker(1, slots=1)
     wait_for(lambda: marks.exists() and "start" in marks.read_text(), 10, "the job to start")
     job_loop.kill_worker(a)
+    go.touch()
     (done,) = job_loop.wait_finished([job.id], 60)
     assert done.status == "complete", done
     assert done.node == b and done.attempts == 2
