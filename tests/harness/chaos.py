@@ -5,12 +5,14 @@ checked once it has converged.
 one SQLite file), ``skedlib-scheduler`` daemons, ``skedlib-agent`` processes (each with
 its own host name and private state directory) and applies services of cheap process
 tasks (``sleep``). :meth:`Chaos.run` then injects faults at random from a seeded
-generator for ``duration`` seconds:
+generator for ``duration`` seconds, every kind once first (so a short run covers them
+all), one every ``fault_gap`` seconds:
 
 - ``scheduler_kill``: ``kill -9`` of a scheduler, restarted after up to 3 s;
-- ``agent_kill`` / ``agent_and_tasks_kill``: ``kill -9`` of an agent, its task processes
-  left running or killed too, restarted ``early`` (within its lease) or ``late`` (after
-  its lease expired and the scheduler moved its tasks);
+- ``agent_kill_{early,late}_restart`` / ``agent_and_tasks_kill_{early,late}_restart``:
+  ``kill -9`` of an agent, its task processes left running or killed too, restarted
+  early (within its lease) or late (after its lease expired and the scheduler moved its
+  tasks); at most two agents are down at once (two hosts hold every task);
 - ``etcd_leader_kill``: ``kill -9`` of the etcd leader, restarted after 1 to 3 s;
 - ``etcd_member_stop_cont``: SIGSTOP of an etcd member, SIGCONT after 1 to 3 s;
 - ``scale_up`` / ``scale_down``: a service's ``desired`` changed.
@@ -19,7 +21,9 @@ Then everything is healed (every process running, etcd healthy) and the run wait
 the invariants hold (:func:`check_invariants`), reporting the time it took, and checks
 them once more after a few seconds. Throughout, a sampler scans the processes every
 0.5 s: the *double-run window* is the task-seconds during which one task id had a live
-process on two hosts.
+process on two hosts (``task_seconds_agents_up``: the part during which both agents
+ran); for each late restart of an agent whose tasks ran on, the time from its restart
+until none of its stale copies runs is listed (``late_restart_withdrawals``).
 
 Task processes are found by the ``SKED_TASK_ID`` and ``SKED_HOST`` the agent puts in
 their environment (``skedlib/agent/operations.py``); host names carry a random tag, so
@@ -139,6 +143,27 @@ def _kill_group(pid: int) -> None:
         os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
+def _logged_after(log: Path, marker: str, after: float) -> float | None:
+    """When (seconds since the epoch) the first line of ``log`` containing ``marker``
+    was logged at or after ``after``; None if there is none. Lines start with the
+    logging module's ``YYYY-MM-DD HH:MM:SS,mmm`` in local time."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if marker not in line:
+            continue
+        try:
+            stamp = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+        except ValueError:
+            continue
+        stamp += int(line[20:23]) / 1000 if line[20:23].isdigit() else 0.0
+        if stamp >= after:
+            return stamp
+    return None
+
+
 def check_invariants(client: Client, desired: dict[str, int], hosts: set[str],
                      capacity: dict[str, int]) -> dict[str, dict[str, Any]]:
     """The invariants of a converged deployment, each ``{"ok": bool, "detail": ...}``.
@@ -239,6 +264,12 @@ class Chaos:
         self.faults: Counter[str] = Counter()
         self.timeline: list[tuple[float, str, str]] = []
         self._t0 = time.monotonic()
+        self._deck = ["scale", "scheduler_kill", "agent_kill_early_restart",
+                      "agent_kill_late_restart", "agent_and_tasks_kill_early_restart",
+                      "agent_and_tasks_kill_late_restart"]
+        if self.etcd:
+            self._deck += ["etcd_leader_kill", "etcd_member_stop_cont"]
+        self.rng.shuffle(self._deck)
         self.pending: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         n = config.tasks
@@ -255,6 +286,11 @@ class Chaos:
         self.double_max = 0
         self.doubled: set[str] = set()
         self.samples = 0
+        # late restarts of agents whose tasks ran on: host -> (restarted at, stale ids)
+        self._lock = threading.Lock()
+        self._last_on: dict[str, set[str]] = {}
+        self._withdrawing: dict[str, tuple[float, set[str], float]] = {}
+        self.withdrawals: list[dict[str, Any]] = []
 
     def __enter__(self) -> Chaos:
         return self
@@ -359,6 +395,15 @@ class Chaos:
             self.doubled.update(twice)
             self.samples += 1
             last = now
+            with self._lock:
+                self._last_on = on
+                for host, (since, stale, wall) in list(self._withdrawing.items()):
+                    if not any(host in on[tid] and len(on[tid]) > 1 for tid in stale):
+                        del self._withdrawing[host]
+                        self.withdrawals.append({
+                            "host": host, "stale": len(stale),
+                            "seconds": round(now - since, 2),
+                            "restarted_at": wall, "gone_at": time.time()})
 
     # -- faults ----------------------------------------------------------------------------
     def _later(self, delay: float, action: Callable[[], None]) -> None:
@@ -375,9 +420,25 @@ class Chaos:
                 p.start()
         return go
 
+    def _restart_late(self, p: _Proc) -> Callable[[], None]:
+        """Restart an agent after its lease expired; the sampler times how long its
+        stale copies (tasks that now also run elsewhere) take to go."""
+        def go() -> None:
+            if p.running:
+                return
+            p.start()
+            with self._lock:
+                stale = {tid for tid, on in self._last_on.items()
+                         if p.name in on and len(on) > 1}
+                if stale:
+                    self._withdrawing[p.name] = (time.monotonic(), stale, time.time())
+        return go
+
     def _kill(self, p: _Proc) -> None:
         p.kill()
         p.down_by_us = True
+        with self._lock:  # killed again before it withdrew everything: no figure
+            self._withdrawing.pop(p.name, None)
 
     def _etcd_busy(self) -> bool:
         # one etcd fault at a time: two would take the quorum away for as long as they last
@@ -390,10 +451,17 @@ class Chaos:
         if up_sched:
             kinds.append(("scheduler_kill", 2.0))
         if len(up_agents) > len(self.agents) - 2:  # two hosts hold every task
-            kinds += [("agent_kill", 1.5), ("agent_and_tasks_kill", 1.0)]
+            kinds += [("agent_kill_early_restart", 0.75), ("agent_kill_late_restart", 0.75),
+                      ("agent_and_tasks_kill_early_restart", 0.5),
+                      ("agent_and_tasks_kill_late_restart", 0.5)]
         if self.etcd and not self._etcd_busy():
             kinds += [("etcd_leader_kill", 1.0), ("etcd_member_stop_cont", 1.0)]
-        kind = self.rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
+        # every kind once first (in a seeded order), so that a short run covers them all
+        kind = next((k for k in self._deck if k in dict(kinds)), "")
+        if kind:
+            self._deck.remove(kind)
+        else:
+            kind = self.rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
         target = ""
         if kind == "scale":
             service = self.rng.choice(SERVICES)
@@ -410,18 +478,17 @@ class Chaos:
             target = p.name
             self._kill(p)
             self._later(self.rng.uniform(0.2, 3.0), self._restart(p))
-        elif kind in ("agent_kill", "agent_and_tasks_kill"):
+        elif kind.startswith("agent_"):
             p = self.rng.choice(up_agents)
             target = p.name
             self._kill(p)
-            if kind == "agent_and_tasks_kill":
+            if kind.startswith("agent_and_tasks_"):
                 for pid, _tid, _host in task_processes({p.name}):
                     _kill_group(pid)
-            late = self.rng.random() < 0.5
+            late = kind.endswith("_late_restart")
             ttl = self.config.lease_ttl
             delay = ttl + self.rng.uniform(2, 6) if late else self.rng.uniform(0.3, ttl / 2)
-            kind += "_late_restart" if late else "_early_restart"
-            self._later(delay, self._restart(p))
+            self._later(delay, (self._restart_late if late else self._restart)(p))
         elif kind == "etcd_leader_kill":
             try:
                 m = self.cluster.leader(timeout=3)
@@ -470,23 +537,35 @@ class Chaos:
         healed = time.monotonic()
         results: dict[str, dict[str, Any]] = {}
         converged: float | None = None
+        flaps: list[dict[str, Any]] = []  # held, then broke again: what broke
+        # converged means stable: the invariants hold on every check for longer than a
+        # lease (a killed agent's record lives on until its lease expires, and what the
+        # scheduler does then must be seen); the time reported is when that stretch began
+        settle = cfg.lease_ttl + 5.0
+        held_since: float | None = None
         deadline = healed + cfg.converge_timeout
         while time.monotonic() < deadline:
+            now = time.monotonic()
             try:
                 results = check_invariants(self._client, self.desired, self.hosts,
                                            self.capacity)
             except Exception as exc:  # the store answered badly: not converged yet
                 results = {"store": {"ok": False, "detail": [repr(exc)], "count": 1}}
             if all(r["ok"] for r in results.values()):
-                converged = time.monotonic() - healed
-                break
+                held_since = now if held_since is None else held_since
+                if now - held_since >= settle:
+                    converged = held_since - healed
+                    break
+            elif held_since is not None:
+                held_since = None
+                flaps.append({"at_s": round(now - healed, 1), "broken": {
+                    k: {"count": r["count"], "detail": r["detail"][:3]}
+                    for k, r in results.items() if not r["ok"]}})
             time.sleep(1.0)
-        if converged is not None:
-            time.sleep(3.0)  # converged must mean stable: check again a little later
-            results = check_invariants(self._client, self.desired, self.hosts, self.capacity)
         self._stop.set()
         self._sampler.join(10)
         self._note_crashes()
+        withdrawals = self._withdrawal_figures()
         return {
             "backend": cfg.backend,
             "seed": cfg.seed,
@@ -501,16 +580,36 @@ class Chaos:
                                  for p in self.schedulers + self.agents if p.unexpected_exits},
             "converged": converged is not None,
             "convergence_s": None if converged is None else round(converged, 2),
+            "settle_s": settle,
+            "held_then_broke": flaps,
             "double_run": {"task_seconds": round(self.double_task_s, 2),
                            "task_seconds_agents_up": round(self.double_up_task_s, 2),
                            "max_tasks_at_once": self.double_max,
                            "tasks": len(self.doubled), "samples": self.samples,
+                           "late_restart_withdrawals": withdrawals,
+                           "late_restart_withdrawal_max_s": max(
+                               (w["seconds"] for w in withdrawals), default=None),
+                           "late_restart_withdrawal_after_agent_started_max_s": max(
+                               (w["after_agent_started_s"] for w in withdrawals
+                                if w["after_agent_started_s"] is not None), default=None),
                            "sample_every_s": SAMPLE_EVERY},
             "invariants": results,
             "ok": converged is not None and all(r["ok"] for r in results.values()),
             "timeline": self.timeline,
             "workdir": str(self.dir) if cfg.keep else None,
         }
+
+    def _withdrawal_figures(self) -> list[dict[str, Any]]:
+        """The late restarts' withdrawals, with the part after the agent was up: from
+        its ``starting:`` log line (Python start-up on a loaded machine takes seconds)."""
+        out = []
+        for w in self.withdrawals:
+            ready = _logged_after(self.dir / f"{w['host']}.log", " starting: ",
+                                  w["restarted_at"])
+            out.append({"host": w["host"], "stale": w["stale"], "seconds": w["seconds"],
+                        "after_agent_started_s": None if ready is None else
+                        round(max(0.0, w["gone_at"] - ready), 2)})
+        return out
 
     def logs(self, lines: int = 40) -> str:
         """The end of every scheduler's and agent's log, for a failure message."""
