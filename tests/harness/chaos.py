@@ -60,7 +60,9 @@ from skedlib import (
     Host,
     Keyspace,
     Store,
+    Task,
     TaskHealth,
+    decode,
     open_backend,
     parse_manifest,
 )
@@ -177,14 +179,26 @@ def check_invariants(client: Client, desired: dict[str, int], hosts: set[str],
     - ``all_healthy``: every task is placed, not rejected, and healthy on its host;
     - ``hosts_up``: every agent's host record is there.
     """
-    tasks = client.tasks()
     keys = client.keys
+    # one listing of the whole actual state: tasks, index, health and hosts as of one
+    # revision (separate listings would see a move half done)
+    tasks: list[Task] = []
     index: dict[str, list[str]] = defaultdict(list)
-    for kv in client.backend.list(keys.all_host_tasks).items:
-        host, tid = kv.key[len(keys.all_host_tasks):].split("/", 1)
-        index[tid].append(host)
-    health: dict[str, TaskHealth] = client.health()
-    live: dict[str, Host] = {h.name: h for h in client.hosts()}
+    health: dict[str, TaskHealth] = {}
+    live: set[str] = set()
+    state = os.path.commonpath([keys.tasks, keys.all_host_tasks, keys.health,
+                                keys.agents]) + "/"
+    for kv in client.backend.list(state).items:
+        if kv.key.startswith(keys.tasks):
+            tasks.append(decode(kv.value, Task, where=kv.key))
+        elif kv.key.startswith(keys.all_host_tasks):
+            host, tid = kv.key[len(keys.all_host_tasks):].split("/", 1)
+            index[tid].append(host)
+        elif kv.key.startswith(keys.health):
+            h = decode(kv.value, TaskHealth, where=kv.key)
+            health[h.task_id] = h
+        elif kv.key.startswith(keys.agents):
+            live.add(decode(kv.value, Host, where=kv.key).name)
     procs = task_processes(hosts)
     out: dict[str, dict[str, Any]] = {}
 
@@ -238,7 +252,7 @@ def check_invariants(client: Client, desired: dict[str, int], hosts: set[str],
         for t in tasks
         if not t.host or t.rejected or (h := health.get(t.id)) is None or not h.healthy
         or h.host != t.host])
-    verdict("hosts_up", sorted(hosts - set(live)))
+    verdict("hosts_up", sorted(hosts - live))
     return out
 
 
