@@ -114,12 +114,15 @@ class _Proc(ServerProcess):
         self.argv = argv
         self.down_by_us = False
         self.unexpected_exits = 0
+        self.started = 0.0
+        """When (monotonic) the running process was spawned."""
 
     def __repr__(self) -> str:
         return f"<{self.name} {self.state}>"
 
     def start(self) -> None:
         self.spawn(self.argv)
+        self.started = time.monotonic()
         self.down_by_us = False
 
 
@@ -143,6 +146,15 @@ def task_processes(hosts: set[str]) -> list[tuple[int, str, str]]:
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(OSError):
         os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    """Count, median and maximum of durations (seconds)."""
+    if not values:
+        return {"count": 0}
+    values = sorted(values)
+    return {"count": len(values), "p50_s": round(values[len(values) // 2], 2),
+            "max_s": round(values[-1], 2)}
 
 
 def _logged_after(log: Path, marker: str, after: float) -> float | None:
@@ -305,6 +317,10 @@ class Chaos:
         self._last_on: dict[str, set[str]] = {}
         self._withdrawing: dict[str, tuple[float, set[str], float]] = {}
         self.withdrawals: list[dict[str, Any]] = []
+        # task -> (doubled since, its hosts, their agents' spawn times or None if down)
+        self._open: dict[str, tuple[float, set[str], dict[str, float | None]]] = {}
+        self.episodes: list[tuple[float, bool]] = []
+        """(seconds, whether the stale copy's agent ran throughout) per doubled stretch."""
 
     def __enter__(self) -> Chaos:
         return self
@@ -409,6 +425,7 @@ class Chaos:
             self.doubled.update(twice)
             self.samples += 1
             last = now
+            self._episodes(on, twice, now)
             with self._lock:
                 self._last_on = on
                 for host, (since, stale, wall) in list(self._withdrawing.items()):
@@ -418,6 +435,24 @@ class Chaos:
                             "host": host, "stale": len(stale),
                             "seconds": round(now - since, 2),
                             "restarted_at": wall, "gone_at": time.time()})
+
+    def _episodes(self, on: dict[str, set[str]], twice: list[str], now: float) -> None:
+        """Track each stretch of a task live on two hosts; when it ends, note how long it
+        lasted and whether the agent of the copy that went had run throughout (then that
+        agent, not an outage, bounded the stretch)."""
+        agents = {p.name: p for p in self.agents}
+        for tid in twice:
+            if tid not in self._open:
+                self._open[tid] = (now, set(on[tid]),
+                                   {h: agents[h].started if agents[h].running else None
+                                    for h in on[tid]})
+        for tid in [t for t in self._open if t not in twice]:
+            began, hosts, started = self._open.pop(tid)
+            gone = hosts - on.get(tid, set())
+            throughout = bool(gone) and all(
+                started[h] is not None and agents[h].running
+                and agents[h].started == started[h] for h in gone)
+            self.episodes.append((now - began, throughout))
 
     # -- faults ----------------------------------------------------------------------------
     def _later(self, delay: float, action: Callable[[], None]) -> None:
@@ -523,7 +558,7 @@ class Chaos:
         for p in self.schedulers + self.agents:
             if not p.running and not p.down_by_us and p.proc is not None:
                 p.unexpected_exits += 1
-                p.down_by_us = True  # counted once; healed below or by _heal
+                p.down_by_us = True  # counted once; started again at the heal
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -597,9 +632,14 @@ class Chaos:
             "settle_s": settle,
             "held_then_broke": flaps,
             "double_run": {"task_seconds": round(self.double_task_s, 2),
-                           "task_seconds_agents_up": round(self.double_up_task_s, 2),
+                           "task_seconds_both_agents_running": round(self.double_up_task_s, 2),
                            "max_tasks_at_once": self.double_max,
                            "tasks": len(self.doubled), "samples": self.samples,
+                           "stretches": len(self.episodes),
+                           "stretches_stale_agent_running": _spread(
+                               [d for d, throughout in self.episodes if throughout]),
+                           "stretches_stale_agent_down_or_restarted": _spread(
+                               [d for d, throughout in self.episodes if not throughout]),
                            "late_restart_withdrawals": withdrawals,
                            "late_restart_withdrawal_max_s": max(
                                (w["seconds"] for w in withdrawals), default=None),
