@@ -18,12 +18,15 @@ all), one every ``fault_gap`` seconds:
 - ``scale_up`` / ``scale_down``: a service's ``desired`` changed.
 
 Then everything is healed (every process running, etcd healthy) and the run waits until
-the invariants hold (:func:`check_invariants`), reporting the time it took, and checks
-them once more after a few seconds. Throughout, a sampler scans the processes every
+the invariants (:func:`check_invariants`) hold on every check for longer than a lease,
+reporting when that stretch began. Throughout, a sampler scans the processes every
 0.5 s: the *double-run window* is the task-seconds during which one task id had a live
-process on two hosts (``task_seconds_agents_up``: the part during which both agents
-ran); for each late restart of an agent whose tasks ran on, the time from its restart
-until none of its stale copies runs is listed (``late_restart_withdrawals``).
+process on two hosts (``task_seconds_both_agents_running``: the part during which both
+agents' processes ran, a restarted agent's start-up included). Each such stretch is
+timed, split by whether the agent of the copy that went ran throughout; and for each
+late restart of an agent whose tasks ran on, the time from its restart (and from its
+``starting:`` log line) until none of its stale copies runs is listed
+(``late_restart_withdrawals``).
 
 Task processes are found by the ``SKED_TASK_ID`` and ``SKED_HOST`` the agent puts in
 their environment (``skedlib/agent/operations.py``); host names carry a random tag, so
@@ -632,7 +635,8 @@ class Chaos:
             "settle_s": settle,
             "held_then_broke": flaps,
             "double_run": {"task_seconds": round(self.double_task_s, 2),
-                           "task_seconds_both_agents_running": round(self.double_up_task_s, 2),
+                           "task_seconds_both_agents_running":
+                               round(self.double_up_task_s, 2),
                            "max_tasks_at_once": self.double_max,
                            "tasks": len(self.doubled), "samples": self.samples,
                            "stretches": len(self.episodes),
