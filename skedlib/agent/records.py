@@ -5,8 +5,9 @@ one background thread writes the latest record of each task (older ones queued f
 same task are dropped). Every write compares the revision this writer last wrote, so a
 record changed by someone else (``pass_ttl_check``, or another host's agent after the
 task moved) is read back and merged instead of overwritten: for each check, the entry
-with the newer ``updated_at`` wins. A delete only removes a record that this writer last
-wrote, or that names this host.
+with the newer ``updated_at`` wins; a record naming another host is only overwritten
+while the task is issued to this host. A delete only removes a record that this writer
+last wrote, or that names this host.
 """
 
 from __future__ import annotations
@@ -161,11 +162,22 @@ class HealthWriter:
         def attempt() -> Literal[Retry.RETRY] | None:
             nonlocal known, record
             revision, known = known, None
+            compares: list[Compare] = []
             if revision is None:
                 revision, stored = self._stored(key)
+                if stored is not None and stored.host and stored.host != self.host:
+                    # another host's record: overwrite it only while the task is issued
+                    # here. A restarted agent that adopted a task from a listing older
+                    # than its move would otherwise replace the new host's record, then
+                    # delete it when it stops its stale copy.
+                    issued = self.backend.get(self.keys.host_task(self.host, record.task_id))
+                    if issued is None:
+                        return None  # the task runs elsewhere now: the record is theirs
+                    compares.append(Compare(issued.key, issued.revision))
                 if stored is not None:
                     record = merge_checks(record, stored)
-            res = self.backend.txn([Compare(key, revision)], [Put(key, encode(record))])
+            res = self.backend.txn([Compare(key, revision), *compares],
+                                   [Put(key, encode(record))])
             if not res.succeeded:
                 return RETRY
             self._revisions[record.task_id] = res.revision
