@@ -58,7 +58,7 @@ MAX_VERSION = 2**53
 T = TypeVar("T")
 
 _TASK_DEFINITION_ARN = re.compile(
-    r"arn:[^:]+:ecs:[^:]*:[^:]*:task-definition/(?P<family>[^:]+):(?P<revision>\d+)")
+    r"arn:[^:]+:ecs:[^:]*:[^:]*:task-definition/(?P<family>[^:]+):(?P<revision>[0-9]+)")
 _CLUSTER_ARN = re.compile(r"arn:[^:]+:ecs:[^:]*:[^:]*:cluster/(?P<name>.+)")
 
 
@@ -157,7 +157,8 @@ def task_definition(value: str, latest: Callable[[str], int | None]) -> tuple[st
         if version is None:
             raise NotFound(f'{field}: task definition "{name}" has no version')
         return name, version
-    if int(revision) > MAX_VERSION:
+    # the length first: int() refuses a string of thousands of digits with a ValueError
+    if len(revision) > len(str(MAX_VERSION)) or int(revision) > MAX_VERSION:
         raise ValidationError(f"{field}: version {revision} is larger than {MAX_VERSION}")
     return name, int(revision)
 

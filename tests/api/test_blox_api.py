@@ -183,7 +183,7 @@ def test_task_definitions_and_clusters_as_blox_names_them() -> None:
     assert blox.task_definition(
         "arn:aws-cn:ecs:cn-north-1:123456789012:task-definition/web:12", latest) == ("web", 12)
     for wrong in ("web:", "web:-1", "web:\uff11", ":3", "arn:aws:ecs:r:1:task-definition/web",
-                  "a/b:1", f"web:{2**53 + 1}"):
+                  "a/b:1", f"web:{2**53 + 1}", "web:" + "9" * 5000):
         with pytest.raises(ValidationError, match="field taskDefinition"):
             blox.task_definition(wrong, latest)
     with pytest.raises(NotFound):
