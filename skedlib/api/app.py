@@ -7,7 +7,9 @@ Each request goes, in order: path under ``/v1`` and known (else 404), method all
 (else 405 with ``Allow``), the :class:`~skedlib.api.auth.RequestGuard` (``Host``, the
 browser's cross-site headers, the bearer token unless the route is public, a JSON
 ``Content-Type``: else 403, 401 or 415), query parameters declared and well-formed, body
-decoded into the route's type (else 400), then the handler.
+decoded into the route's type (else 400), then the handler. Paths under ``/blox/v1`` are
+blox's daemon-scheduler API (:mod:`skedlib.api.blox`): the same steps over its own route
+table, its errors answered as blox's string bodies.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-from skedlib.api import cluster, environments, events, jobs
+from skedlib.api import blox, cluster, environments, events, jobs
 from skedlib.api.auth import RequestGuard
 from skedlib.api.errors import HttpError, error_response
 from skedlib.api.openapi import build_document
@@ -126,6 +128,8 @@ class Api:
                ) -> Response:
         """Route one request (``headers`` with lower-case names); never raises (errors
         become their responses)."""
+        if blox.serves(target):  # blox's API has its own error bodies
+            return blox.handle(self, method, target, headers, body)
         try:
             return self._route(method, target, headers, body)
         except Exception as exc:
@@ -141,18 +145,28 @@ class Api:
                                 {"Allow": "GET"})
             self.guard.check_page(headers)
             return console_file(path)
-        if path != BASE_PATH and not path.startswith(BASE_PATH + "/"):
-            raise HttpError(404, f"no such path {path!r}: the API is under {BASE_PATH}/")
-        parts = [urllib.parse.unquote(p) for p in path[len(BASE_PATH) + 1:].split("/")]
+        return self.dispatch(self.router, BASE_PATH, f"GET {BASE_PATH}/openapi.json",
+                             method, split, headers, body)
+
+    def dispatch(self, router: Router, base: str, documented: str, method: str,
+                 split: urllib.parse.SplitResult, headers: Mapping[str, str], body: bytes
+                 ) -> Response:
+        """Route one request whose path should be under ``base`` through ``router`` (the
+        steps of the module docstring); ``documented`` says where the paths are listed.
+        Raises what the handler raises, or an :class:`HttpError`."""
+        path = split.path
+        if path != base and not path.startswith(base + "/"):
+            raise HttpError(404, f"no such path {path!r}: the API is under {base}/")
+        parts = [urllib.parse.unquote(p) for p in path[len(base) + 1:].split("/")]
         if len(parts) > 1 and parts[-1] == "":
             parts.pop()  # a trailing slash
-        found = self.router.match(parts)
+        found = router.match(parts)
         if found is None:
-            raise HttpError(404, f"no such path {path!r} (see GET {BASE_PATH}/openapi.json)")
+            raise HttpError(404, f"no such path {path!r} (see {documented})")
         methods, params = found
         route = methods.get(method)
         if route is None:
-            allowed = ", ".join(self.router.allowed(methods))
+            allowed = ", ".join(router.allowed(methods))
             raise HttpError(405, f"{method} is not allowed on {path} (allowed: {allowed})",
                             {"Allow": allowed})
         self.guard.check(route, headers, body)

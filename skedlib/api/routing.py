@@ -231,9 +231,10 @@ def decode_body(body: bytes, type_: type[Any]) -> Any:
         where: Any = type_
         for part in (at or "").split(".") if at else ():
             where = next((f.type for f in msgspec.structs.fields(where)
-                          if f.name == part), None)
-        expected = (f" (expected {', '.join(where.__struct_fields__)})"
-                    if hasattr(where, "__struct_fields__") else "")
+                          if f.encode_name == part), None)
+        # the names as JSON spells them (a renamed struct's camelCase, not its attributes)
+        expected = (f" (expected {', '.join(where.__struct_encode_fields__)})"
+                    if hasattr(where, "__struct_encode_fields__") else "")
         path = f"{at}.{name}" if at else name
         raise ValidationError(f"request body: field {path}: unknown field{expected}"
                               ) from None
