@@ -7,7 +7,7 @@ from pathlib import Path
 
 from skedlib.jobs._config import WorkerConfig, WorkerStats
 from skedlib.jobs._running import Runs
-from skedlib.jobs.limits import detect_limiter
+from skedlib.executors.limits import detect_limiter
 from skedlib.jobs.models import JobSpec
 from skedlib.jobs.store import JobStore
 from skedlib.runtime import Store
