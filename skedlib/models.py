@@ -280,6 +280,9 @@ class Host(msgspec.Struct, kw_only=True):
     allocated: Resources = msgspec.field(default_factory=Resources)
     observed: Resources = msgspec.field(default_factory=Resources)
     """What the host's processes use now, as the agent measures it."""
+    used: Resources = msgspec.field(default_factory=Resources)
+    """What the agent's tasks use now (memory: from their cgroups, summed); the agent
+    admits against the larger of each task's demand and its use."""
     ports: list[int] = msgspec.field(default_factory=list)
     """Ports in use or reserved on the host."""
     executors: list[str] = msgspec.field(default_factory=list)
@@ -312,6 +315,9 @@ class TaskHealth(msgspec.Struct, kw_only=True):
     message: str = ""
     since: float = 0.0
     """When ``healthy`` last changed (seconds since the epoch)."""
+    limits: str = ""
+    """How its containers' resources are contained on its host: ``cgroup2``, ``cgroup1``,
+    ``none`` … (as the executors say; empty when none says)."""
     updated_at: float = 0.0
 
 
