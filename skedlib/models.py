@@ -144,6 +144,15 @@ class TaskDefinition(msgspec.Struct, kw_only=True):
     priority: int = 0
     """Higher is more important: under memory pressure the lowest priority is given up first."""
 
+    def container_limits(self, container: Container) -> Resources:
+        """What ``container`` is held to while it runs (its cgroup, its docker limits):
+        its own ``memory`` and ``cpu_units``, or, for a figure it leaves at 0, the task
+        definition's when it is the only container (a task-level figure cannot be split
+        between several)."""
+        only = len(self.containers) <= 1
+        return Resources(memory=container.memory or (self.memory if only else 0),
+                         cpu_units=container.cpu_units or (self.cpu_units if only else 0))
+
     def total_memory(self) -> int:
         """MiB the task reserves: its own figure, or the sum of its containers'."""
         return self.memory or sum(c.memory for c in self.containers)

@@ -78,7 +78,6 @@ from skedlib.executors.base import (
 from skedlib.executors.policy import Identity
 from skedlib.executors.supervision import (
     SupervisedExecutor,
-    container_limits,
     describe_exit,
     kill_group_members,
     log_tail,
@@ -122,7 +121,7 @@ class _Record(msgspec.Struct, kw_only=True):
     """``UID:GID`` the commands run as (empty: the agent's user)."""
     memory: int = 0
     cpu_units: int = 0
-    """The limits its cgroup holds it to (see :func:`container_limits`)."""
+    """The limits its cgroup holds it to (``TaskDefinition.container_limits``)."""
 
 
 class BashRunner(SupervisedExecutor):
@@ -252,7 +251,7 @@ class BashRunner(SupervisedExecutor):
             self._setup(where, i, len(container.setup or []), command, full_env, workdir,
                         out, err, identity)
         start = substitute_port(config.start, port)
-        limits = container_limits(task, container)
+        limits = task.task_definition.container_limits(container)
         proc = self.supervisor.spawn(ref, [self.shell, "-c", start], full_env, str(workdir),
                                      out, err, report_exit=False, identity=identity,
                                      limits=limits)

@@ -42,6 +42,11 @@ started through ``setpriv --pdeathsig KILL`` (util-linux, when installed), so a 
 with the worker *thread* that started it rather than running on unsupervised. The chain
 is ``sh`` (cgroups) → ``setpriv`` → ``prlimit`` (rlimit) → program, all one process.
 
+``cpu="quota"`` (jobs) caps the cpu at ``cpu_units``; ``cpu="weight"`` (service tasks)
+gives them instead a share under contention (``cpu.weight``, v1 ``cpu.shares``) and lets
+them use idle cpu, as ``docker --cpu-shares`` does: a quota of a small ``cpu_units``
+slows a service's start and its checks by tens of times.
+
 When a cpu or pids controller is missing (but memory is available), the cgroup kinds
 still enforce memory and leave the other unenforced; :attr:`Limiter.detail` says so.
 
@@ -104,6 +109,18 @@ def _safe(name: str) -> str:
 def _cpu_quota_us(cpu_units: int) -> int:
     """CFS quota (µs per 100 ms period) for ``cpu_units`` (1024 per core)."""
     return max(_MIN_CPU_QUOTA_US, cpu_units * _CPU_PERIOD_US // 1024)
+
+
+def _cpu_shares(cpu_units: int) -> int:
+    """cgroup v1 ``cpu.shares`` for ``cpu_units``: the same scale (1024 = one core's
+    worth under contention), within the kernel's bounds."""
+    return min(max(cpu_units, 2), 262144)
+
+
+def _cpu_weight(cpu_units: int) -> int:
+    """cgroup v2 ``cpu.weight`` (1-10000, 100 by default) for ``cpu_units`` taken as
+    shares: the kernel's and systemd's mapping of shares 2-262144 onto weights."""
+    return 1 + (_cpu_shares(cpu_units) - 2) * 9999 // 262142
 
 
 def _read(path: str) -> str:
@@ -473,7 +490,10 @@ class Limiter:
     kind: str = "none"
     """``"cgroup2"``, ``"cgroup1"``, ``"rlimit"`` or ``"none"``."""
 
-    def __init__(self, node: str, detail: str = "", noun: str = "job") -> None:
+    def __init__(self, node: str, detail: str = "", noun: str = "job",
+                 cpu: str = "quota") -> None:
+        self.cpu = cpu
+        """``quota`` (a cap) or ``weight`` (a share under contention) for ``cpu_units``."""
         self.node = node
         """The node the jobs run on (part of the cgroup name)."""
         self.detail = detail or self.kind
@@ -518,11 +538,11 @@ class Limiter:
 class _RlimitLimiter(Limiter):
     kind = "rlimit"
 
-    def __init__(self, node: str, noun: str = "job") -> None:
+    def __init__(self, node: str, noun: str = "job", cpu: str = "quota") -> None:
         self._prlimit = shutil.which("prlimit")
         how = "prlimit --as" if self._prlimit else "ulimit -v"
         super().__init__(node, f"rlimit: memory as RLIMIT_AS ({how}); cpu and pids not "
-                         "enforced", noun)
+                         "enforced", noun, cpu)
 
     def wrap(self, job_id: str, requirements: Requirements, argv: list[str],
              user: Identity | None = None, *, pids: int = 0,
@@ -545,8 +565,9 @@ class _RlimitLimiter(Limiter):
 class _CgroupLimiter(Limiter):
     """Shared by the two cgroup kinds: a parent cgroup per hierarchy, a child per job."""
 
-    def __init__(self, node: str, parents: list[str], detail: str, noun: str = "job") -> None:
-        super().__init__(node, detail, noun)
+    def __init__(self, node: str, parents: list[str], detail: str, noun: str = "job",
+                 cpu: str = "quota") -> None:
+        super().__init__(node, detail, noun, cpu)
         self.parents = parents
         """The node's parent cgroup directories (``…/skedlib-<noun>s-<node>``)."""
 
@@ -631,13 +652,15 @@ class _Cgroup2Limiter(_CgroupLimiter):
     kind = "cgroup2"
 
     def __init__(self, node: str, parent: str, cpu: bool, pids: bool = False,
-                 noun: str = "job") -> None:
+                 noun: str = "job", cpu_mode: str = "quota") -> None:
         self._cpu = cpu
         self._pids = pids
-        cpu_note = "cpu.max" if cpu else "cpu not enforced (no cpu controller)"
+        cpu_file = "cpu.weight" if cpu_mode == "weight" else "cpu.max"
+        cpu_note = cpu_file if cpu else "cpu not enforced (no cpu controller)"
         pids_note = "pids.max" if pids else "pids not enforced (no pids controller)"
         super().__init__(node, [parent],
-                         f"cgroup2 at {parent}: memory.max, {cpu_note}, {pids_note}", noun)
+                         f"cgroup2 at {parent}: memory.max, {cpu_note}, {pids_note}", noun,
+                         cpu_mode)
 
     def _ensure_parents(self) -> None:
         parent = self.parents[0]
@@ -656,7 +679,9 @@ class _Cgroup2Limiter(_CgroupLimiter):
             swap = os.path.join(path, "memory.swap.max")
             if os.path.exists(swap):
                 _write(swap, "0")
-        if requirements.cpu_units > 0 and self._cpu:
+        if requirements.cpu_units > 0 and self._cpu and self.cpu == "weight":
+            _write(os.path.join(path, "cpu.weight"), str(_cpu_weight(requirements.cpu_units)))
+        elif requirements.cpu_units > 0 and self._cpu:
             _write(os.path.join(path, "cpu.max"),
                    f"{_cpu_quota_us(requirements.cpu_units)} {_CPU_PERIOD_US}")
         if pids > 0 and self._pids:
@@ -671,17 +696,19 @@ class _Cgroup1Limiter(_CgroupLimiter):
     kind = "cgroup1"
 
     def __init__(self, node: str, memory_parent: str, cpu_parent: str | None,
-                 pids_parent: str | None = None, noun: str = "job") -> None:
+                 pids_parent: str | None = None, noun: str = "job",
+                 cpu_mode: str = "quota") -> None:
         self._memory_parent = memory_parent
         self._cpu_parent = cpu_parent
         self._pids_parent = pids_parent
-        cpu_note = (f"cpu.cfs_quota_us at {cpu_parent}" if cpu_parent
+        cpu_file = "cpu.shares" if cpu_mode == "weight" else "cpu.cfs_quota_us"
+        cpu_note = (f"{cpu_file} at {cpu_parent}" if cpu_parent
                     else "cpu not enforced (no usable cpu hierarchy)")
         pids_note = (f"pids.max at {pids_parent}" if pids_parent
                      else "pids not enforced (no usable pids hierarchy)")
         parents = [memory_parent, *(p for p in (cpu_parent, pids_parent) if p)]
         super().__init__(node, parents, f"cgroup1: memory.limit_in_bytes at "
-                         f"{memory_parent}, {cpu_note}, {pids_note}", noun)
+                         f"{memory_parent}, {cpu_note}, {pids_note}", noun, cpu_mode)
 
     def _dirs(self, job_id: str, requirements: Requirements) -> list[str]:
         return [self._child(p, job_id) for p in self.parents]
@@ -699,9 +726,13 @@ class _Cgroup1Limiter(_CgroupLimiter):
         if requirements.cpu_units > 0 and self._cpu_parent:
             cpudir = self._job_dir(self._cpu_parent, job_id)
             cgroups.append(cpudir)
-            _write(os.path.join(cpudir, "cpu.cfs_period_us"), str(_CPU_PERIOD_US))
-            _write(os.path.join(cpudir, "cpu.cfs_quota_us"),
-                   str(_cpu_quota_us(requirements.cpu_units)))
+            if self.cpu == "weight":
+                _write(os.path.join(cpudir, "cpu.shares"),
+                       str(_cpu_shares(requirements.cpu_units)))
+            else:
+                _write(os.path.join(cpudir, "cpu.cfs_period_us"), str(_CPU_PERIOD_US))
+                _write(os.path.join(cpudir, "cpu.cfs_quota_us"),
+                       str(_cpu_quota_us(requirements.cpu_units)))
         if pids > 0 and self._pids_parent:
             pidsdir = self._job_dir(self._pids_parent, job_id)
             cgroups.append(pidsdir)
@@ -748,7 +779,7 @@ def _setup_cgroup2_parent(base: str, name: str) -> tuple[str, bool, bool]:
     return parent, "cpu" in enabled, "pids" in enabled
 
 
-def _detect_cgroup2(node: str, noun: str) -> Limiter:
+def _detect_cgroup2(node: str, noun: str, cpu_mode: str) -> Limiter:
     mounts = [m for m in _mounts() if m.fstype == "cgroup2"]
     if not mounts:
         raise _Unusable("no cgroup2 hierarchy is mounted")
@@ -770,7 +801,7 @@ def _detect_cgroup2(node: str, noun: str) -> Limiter:
         except _Unusable as exc:
             reasons.append(str(exc))
             continue
-        return _Cgroup2Limiter(node, parent, cpu, pids, noun)
+        return _Cgroup2Limiter(node, parent, cpu, pids, noun, cpu_mode)
     raise _Unusable("; ".join(reasons))
 
 
@@ -789,57 +820,62 @@ def _v1_parent(controller: str, node: str, required_file: str, noun: str) -> str
     return parent
 
 
-def _detect_cgroup1(node: str, noun: str) -> Limiter:
+def _detect_cgroup1(node: str, noun: str, cpu_mode: str) -> Limiter:
     memory_parent = _v1_parent("memory", node, "memory.limit_in_bytes", noun)
     optional: list[str | None] = []
     # the root cgroup of a hierarchy has no cpu.cfs_quota_us or pids.max: ask for a file
     # every cgroup has, and find pids.max in the children
-    for controller, required in (("cpu", "cpu.cfs_quota_us"), ("pids", "cgroup.procs")):
+    for controller, required in (("cpu", "cpu.shares" if cpu_mode == "weight"
+                                  else "cpu.cfs_quota_us"), ("pids", "cgroup.procs")):
         try:
             optional.append(_v1_parent(controller, node, required, noun))
         except _Unusable:
             optional.append(None)
-    return _Cgroup1Limiter(node, memory_parent, optional[0], optional[1], noun)
+    return _Cgroup1Limiter(node, memory_parent, optional[0], optional[1], noun, cpu_mode)
 
 
-def _detect_rlimit(node: str, noun: str) -> Limiter:
+def _detect_rlimit(node: str, noun: str, cpu_mode: str) -> Limiter:
     if not shutil.which("prlimit") and not os.access(_SH, os.X_OK):
         raise _Unusable(f"neither prlimit nor {_SH} is available")
-    return _RlimitLimiter(node, noun)
+    return _RlimitLimiter(node, noun, cpu_mode)
 
 
-def _detect_none(node: str, noun: str) -> Limiter:
-    return Limiter(node, "none: no limits enforced", noun)
+def _detect_none(node: str, noun: str, cpu_mode: str) -> Limiter:
+    return Limiter(node, "none: no limits enforced", noun, cpu_mode)
 
 
 _DETECT = {"cgroup2": _detect_cgroup2, "cgroup1": _detect_cgroup1,
            "rlimit": _detect_rlimit, "none": _detect_none}
 
 
-def detect_limiter(node: str, prefer: str = "auto", noun: str = "job") -> Limiter:
-    """The limiter for jobs (or, with ``noun="task"``, service tasks) on ``node``.
+def detect_limiter(node: str, prefer: str = "auto", noun: str = "job",
+                   cpu: str = "quota") -> Limiter:
+    """The limiter for jobs (or, with ``noun="task"``, service tasks) on ``node``;
+    ``cpu`` is ``quota`` (a cap at ``cpu_units``) or ``weight`` (a share).
 
     ``prefer="auto"`` takes the first usable of cgroup2, cgroup1 and rlimit (its
     :attr:`Limiter.detail` names why better kinds were passed over); a kind forces it and
     raises :class:`~skedlib.errors.SkedError` when it is not usable here. Creates the
     node's parent cgroup (``skedlib-<noun>s-<node>``) for the cgroup kinds.
     """
+    if cpu not in ("quota", "weight"):
+        raise SkedError(f"unknown cpu limit {cpu!r} (expected quota or weight)")
     if prefer != "auto" and prefer not in LIMITER_KINDS:
         raise SkedError(f"unknown {noun} limiter {prefer!r} "
                         f"(expected auto, {', '.join(LIMITER_KINDS)})")
     if prefer != "auto":
         try:
-            return _DETECT[prefer](node, noun)
+            return _DETECT[prefer](node, noun, cpu)
         except (_Unusable, OSError) as exc:
             raise SkedError(f"{noun} limiter {prefer} is not usable here: {exc}") from None
     passed: list[str] = []
     for kind in ("cgroup2", "cgroup1", "rlimit"):
         try:
-            limiter = _DETECT[kind](node, noun)
+            limiter = _DETECT[kind](node, noun, cpu)
         except (_Unusable, OSError) as exc:
             passed.append(f"{kind}: {exc}")
             continue
         if passed:
             limiter.detail += f" (passed over {'; '.join(passed)})"
         return limiter
-    return _detect_none(node, noun)
+    return _detect_none(node, noun, cpu)

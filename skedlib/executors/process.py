@@ -55,7 +55,6 @@ from skedlib.executors.base import (
 )
 from skedlib.executors.supervision import (
     SupervisedExecutor,
-    container_limits,
     read_record,
     write_record,
 )
@@ -156,7 +155,7 @@ class ProcessRunner(SupervisedExecutor):
             cwd = identity.home if os.path.isdir(identity.home) else "/"
         self._stop_leftover(ref)
         out, err = self.log_paths(ref)
-        limits = container_limits(task, container)
+        limits = task.task_definition.container_limits(container)
         try:
             proc = self.supervisor.spawn(ref, argv, full_env, cwd, out, err,
                                          identity=identity, limits=limits)

@@ -13,17 +13,18 @@
 
 Containment: every container runs in its own cgroup (``skedlib-tasks-<host>-<hash of
 the state directory>/task-<task_id>.<container>``), made by the limiter the batch jobs use
-(:mod:`skedlib.executors.limits`): a memory limit (:func:`container_limits`: the
-container's ``memory``, or the task's when it is the only container), a CPU quota from
-``cpu_units`` and a pids limit (executor option ``pids_max``, default
-:data:`DEFAULT_PIDS_MAX`). The command enters its cgroup before it runs, and runs on when
-the agent stops: a restarted agent finds the cgroup by the task id and takes it over. An
-OOM kill becomes the exit's message (``killed: used more than its memory limit of
-64 MiB``), a failure like any other exit. The cgroup goes when the container is stopped
-or cleaned up. Option ``limits`` (``auto``, ``cgroup2``, ``cgroup1``, ``none``) picks the
-mechanism; ``auto`` takes the first usable cgroup kind, else none (``RLIMIT_AS``, the jobs'
-last resort, breaks services whose runtime reserves address space: it is used only when
-asked for).
+(:mod:`skedlib.executors.limits`): a memory limit
+(:meth:`~skedlib.models.TaskDefinition.container_limits`: the container's ``memory``, or
+the task's when it is the only container), a CPU weight from ``cpu_units`` (its share
+under contention; executor option ``cpu=quota`` caps it instead) and a pids limit
+(executor option ``pids_max``, default :data:`DEFAULT_PIDS_MAX`). The command enters its
+cgroup before it runs, and runs on when the agent stops: a restarted agent finds the
+cgroup by the task id and takes it over. An OOM kill becomes the exit's message
+(``killed: used more than its memory limit of 64 MiB``), a failure like any other exit.
+The cgroup goes when the container is stopped or cleaned up. Option ``limits``
+(``auto``, ``cgroup2``, ``cgroup1``, ``rlimit``, ``none``) picks the mechanism; ``auto``
+takes the first usable cgroup kind, else none (``RLIMIT_AS``, the jobs' last resort,
+breaks services whose runtime reserves address space: it is used only when asked for).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from skedlib.executors.base import (
 )
 from skedlib.executors.limits import Limited, Limiter, Requirements, detect_limiter
 from skedlib.executors.policy import Identity
-from skedlib.models import Container, Resources, Task
+from skedlib.models import Resources
 
 __all__ = [
     "CREATE_TIME_TOLERANCE",
@@ -68,7 +69,6 @@ __all__ = [
     "ProcessSupervisor",
     "SupervisedExecutor",
     "SupervisedProcess",
-    "container_limits",
     "describe_exit",
     "kill_group_members",
     "log_tail",
@@ -87,16 +87,6 @@ CREATE_TIME_TOLERANCE = 0.05
 
 #: processes and threads a container may have at once (executor option ``pids_max``)
 DEFAULT_PIDS_MAX = 4096
-
-
-def container_limits(task: Task, container: Container) -> Resources:
-    """What a container is held to: its own ``memory`` and ``cpu_units``, or, for a
-    figure it leaves at 0, the task definition's when it is the task's only container
-    (a task-level figure cannot be split between several)."""
-    td = task.task_definition
-    only = len(td.containers) == 1
-    return Resources(memory=container.memory or (td.memory if only else 0),
-                     cpu_units=container.cpu_units or (td.cpu_units if only else 0))
 
 
 def _cgroup_id(ref: ContainerRef) -> str:
@@ -611,18 +601,17 @@ def option(options: Mapping[str, str], name: str, default: float, executor: str)
 
 
 
-def _task_limiter(host: str, prefer: str, executor: str) -> Limiter:
+def _task_limiter(host: str, prefer: str, cpu: str, executor: str) -> Limiter:
     """The limiter for service tasks: ``auto`` takes a cgroup kind or none (never rlimit,
     see the module docstring); a named kind must be usable."""
-    if prefer != "auto":
-        try:
-            return detect_limiter(host, prefer, noun="task")
-        except SkedError as exc:
-            raise TaskRejected(f"{executor} executor option limits: {exc}") from None
-    limiter = detect_limiter(host, "auto", noun="task")
-    if limiter.kind == "rlimit":
+    try:
+        limiter = detect_limiter(host, prefer, noun="task", cpu=cpu)
+    except SkedError as exc:
+        raise TaskRejected(f"{executor} executor options limits={prefer}, cpu={cpu}: "
+                           f"{exc}") from None
+    if prefer == "auto" and limiter.kind == "rlimit":
         return Limiter(host, "none: no usable cgroup (rlimit is used for service tasks "
-                       f"only with limits=rlimit; {limiter.detail})", noun="task")
+                       f"only with limits=rlimit; {limiter.detail})", noun="task", cpu=cpu)
     return limiter
 
 
@@ -649,8 +638,8 @@ class SupervisedExecutor(Executor):
         # state directory tells their cgroups apart, and a restarted agent reuses it.
         where = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:8]
         self.limiter = _task_limiter(f"{ctx.host}-{where}", ctx.options.get("limits", "auto"),
-                                     self.name)
-        log.info("%s executor: containment %s", self.name, self.limiter.detail)
+                                     ctx.options.get("cpu", "weight"), self.name)
+        log.debug("%s executor: containment %s", self.name, self.limiter.detail)
         self.supervisor = ProcessSupervisor(self.name, self.limiter, pids_max)
         self.rotator = LogRotator(max_bytes=max_bytes, backups=backups)
 

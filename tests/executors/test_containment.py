@@ -80,9 +80,9 @@ def _close(r: ProcessRunner) -> None:
 
 
 def _start(runner: ProcessRunner, argv: list[str], *, memory: int = 0,
-           task_memory: int = 0, instance: int = 0) -> ContainerRef:
+           task_memory: int = 0, instance: int = 0, cpu_units: int = 0) -> ContainerRef:
     container = Container(name="main", type="process", executor={"argv": argv},
-                          memory=memory)
+                          memory=memory, cpu_units=cpu_units)
     task = make_task(instance, containers=[container], memory=task_memory)
     runner.start(task, container, {"SKED_TASK_ID": task.id, "SKED_HOST": "h",
                                    "PROVIDED_PORT": "1"})
@@ -141,6 +141,23 @@ def test_well_behaved_task_runs_in_its_cgroup_until_stopped(runner: ProcessRunne
     runner.stop(ref, 2.0)
     assert not any(os.path.exists(c) for c in cgroups), "the cgroup outlived the stop"
     assert ref.task_id not in runner.memory_usage()
+
+
+def test_cpu_units_become_a_share(runner: ProcessRunner) -> None:
+    """A service's cpu_units is its share under contention (a quota of a small figure
+    would slow its start and its checks many times over)."""
+    if "cpu not enforced" in runner.limiter.detail:
+        pytest.skip(runner.limiter.detail)
+    ref = _start(runner, ["sleep", "600"], cpu_units=512)
+    files = [os.path.join(c, f) for c in _cgroups(runner, ref)
+             for f in ("cpu.weight", "cpu.shares", "cpu.max", "cpu.cfs_quota_us")
+             if os.path.exists(os.path.join(c, f))]
+    values = {os.path.basename(f): Path(f).read_text().split()[0] for f in files}
+    if runner.containment() == "cgroup2":
+        assert values["cpu.weight"] == str(1 + (512 - 2) * 9999 // 262142)
+        assert values["cpu.max"] == "max"
+    else:
+        assert values["cpu.shares"] == "512" and values["cpu.cfs_quota_us"] == "-1"
 
 
 def test_pids_limit_stops_a_fork_loop(tmp_path: Path) -> None:
