@@ -665,6 +665,8 @@ class SupervisedExecutor(Executor):
         return self.supervisor.memory_usage()
 
     def close(self) -> None:
-        """Stop the reaper and the rotator; processes keep running for the next agent."""
+        """Stop the reaper and the rotator; processes keep running for the next agent (in
+        their cgroups; the host's parent cgroups go only when no task is left in them)."""
         self.supervisor.close()
         self.rotator.close()
+        self.limiter.close()
