@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from skedlib.executors.base import ContainerRef, ContainerStatus, ExecutorContext
+from skedlib.executors.bash import BashRunner
 from skedlib.executors.limits import Limited
 from skedlib.executors.process import ProcessRunner
 from skedlib.models import Container, Resources
@@ -210,6 +211,35 @@ def test_none_runs_uncontained(tmp_path: Path) -> None:
         assert r.status(ref).state == "running" and r.memory_usage() == {}
     finally:
         _close(r)
+
+
+def test_bash_daemon_stays_contained_and_goes_with_its_cgroup(tmp_path: Path) -> None:
+    """A ``start`` that launches a daemon and returns at once (detached): the daemon is in
+    the container's cgroup, held to its limit, and stopping the container ends it even
+    though it left the process group (setsid)."""
+    ctx = _ctx(tmp_path, detach_window="0.3")
+    bash = BashRunner(ctx)
+    try:
+        if bash.containment() not in CGROUP_KINDS:
+            pytest.skip(f"no cgroup kind is usable here: {bash.limiter.detail}")
+        container = Container(name="sh", type="bash", memory=64, executor={
+            "start": "setsid sleep 600 < /dev/null > /dev/null 2>&1 &"})
+        task = make_task(7, containers=[container])
+        bash.start(task, container, {"SKED_TASK_ID": task.id, "PROVIDED_PORT": "1"})
+        ref = ContainerRef(task.id, "sh")
+        assert bash.status(ref).state == "detached"
+        limited = bash.supervisor._cgroups[ref]
+        cgroups: list[str] = getattr(limited, "cgroups")  # noqa: B009
+        daemon = wait_for(lambda: _procs(cgroups[0]), 10, "the daemon in the cgroup")[0]
+        bash.stop(ref, 1.0)
+        assert not any(os.path.exists(c) for c in cgroups)
+        wait_for(lambda: not os.path.exists(f"/proc/{daemon}") or
+                 Path(f"/proc/{daemon}/stat").read_text().split()[2] == "Z", 10,
+                 "the daemon to be killed")
+    finally:
+        for ref in bash.running():
+            bash.stop(ref, 1.0)
+        bash.close()
 
 
 # -- through a real agent -------------------------------------------------------------------
