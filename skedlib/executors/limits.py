@@ -118,9 +118,29 @@ def _cpu_shares(cpu_units: int) -> int:
 
 
 def _cpu_weight(cpu_units: int) -> int:
-    """cgroup v2 ``cpu.weight`` (1-10000, 100 by default) for ``cpu_units`` taken as
-    shares: the kernel's and systemd's mapping of shares 2-262144 onto weights."""
-    return 1 + (_cpu_shares(cpu_units) - 2) * 9999 // 262142
+    """cgroup v2 ``cpu.weight`` (1-10000) for ``cpu_units``: one core's worth (1024) is
+    the default weight, 100, as 1024 is the default of v1's ``cpu.shares``."""
+    return min(max(cpu_units * 100 // 1024, 1), 10000)
+
+
+def _parent_cpu_units() -> int:
+    """What the parent of the service tasks' cgroups weighs against its siblings (the
+    host's other cgroups and processes): a core's worth per core, so that the tasks
+    together count under contention as much as one busy process per core would, rather
+    than as one process."""
+    return 1024 * (os.cpu_count() or 1)
+
+
+def _weigh_parent(parent: str, kind: str) -> None:
+    """Give ``parent`` the weight of :func:`_parent_cpu_units` (best effort: a cgroup
+    without cpu controller has no such file)."""
+    units = _parent_cpu_units()
+    name, value = (("cpu.weight", _cpu_weight(units)) if kind == "cgroup2"
+                   else ("cpu.shares", _cpu_shares(units)))
+    path = os.path.join(parent, name)
+    if os.path.exists(path):
+        with contextlib.suppress(OSError):
+            _write(path, str(value))
 
 
 def _read(path: str) -> str:
@@ -666,6 +686,8 @@ class _Cgroup2Limiter(_CgroupLimiter):
         parent = self.parents[0]
         if not os.path.isdir(parent):  # removed by close() meanwhile
             _setup_cgroup2_parent(os.path.dirname(parent), os.path.basename(parent))
+            if self.cpu == "weight":
+                _weigh_parent(parent, self.kind)
 
     def _dirs(self, job_id: str, requirements: Requirements) -> list[str]:
         return [self._child(self.parents[0], job_id)]
@@ -712,6 +734,12 @@ class _Cgroup1Limiter(_CgroupLimiter):
 
     def _dirs(self, job_id: str, requirements: Requirements) -> list[str]:
         return [self._child(p, job_id) for p in self.parents]
+
+    def _ensure_parents(self) -> None:
+        cpu_gone = self._cpu_parent is not None and not os.path.isdir(self._cpu_parent)
+        super()._ensure_parents()
+        if cpu_gone and self._cpu_parent and self.cpu == "weight":  # removed by close()
+            _weigh_parent(self._cpu_parent, self.kind)
 
     def _create(self, job_id: str, requirements: Requirements, pids: int,
                 cgroups: list[str]) -> None:
@@ -801,6 +829,8 @@ def _detect_cgroup2(node: str, noun: str, cpu_mode: str) -> Limiter:
         except _Unusable as exc:
             reasons.append(str(exc))
             continue
+        if cpu_mode == "weight":
+            _weigh_parent(parent, "cgroup2")
         return _Cgroup2Limiter(node, parent, cpu, pids, noun, cpu_mode)
     raise _Unusable("; ".join(reasons))
 
@@ -831,6 +861,8 @@ def _detect_cgroup1(node: str, noun: str, cpu_mode: str) -> Limiter:
             optional.append(_v1_parent(controller, node, required, noun))
         except _Unusable:
             optional.append(None)
+    if cpu_mode == "weight" and optional[0]:
+        _weigh_parent(optional[0], "cgroup1")
     return _Cgroup1Limiter(node, memory_parent, optional[0], optional[1], noun, cpu_mode)
 
 

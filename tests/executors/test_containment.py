@@ -76,6 +76,8 @@ def _open(ctx: ExecutorContext) -> ProcessRunner:
 def _close(r: ProcessRunner) -> None:
     for ref in r.running():
         r.stop(ref, 1.0)
+    for ref in list(r.supervisor._cgroups):  # exited, not cleaned up by the test
+        r.cleanup(ref)
     r.close()
     r.limiter.close()
 
@@ -155,10 +157,16 @@ def test_cpu_units_become_a_share(runner: ProcessRunner) -> None:
              if os.path.exists(os.path.join(c, f))]
     values = {os.path.basename(f): Path(f).read_text().split()[0] for f in files}
     if runner.containment() == "cgroup2":
-        assert values["cpu.weight"] == str(1 + (512 - 2) * 9999 // 262142)
+        assert values["cpu.weight"] == "50"  # half the default, as 512 is half a core
         assert values["cpu.max"] == "max"
     else:
         assert values["cpu.shares"] == "512" and values["cpu.cfs_quota_us"] == "-1"
+    # the tasks together weigh a core's worth per core against the host's other work
+    name = "cpu.weight" if runner.containment() == "cgroup2" else "cpu.shares"
+    weight = Path(next(f for f in files if f.endswith(name))).parent.parent / name
+    expected = 100 * (os.cpu_count() or 1) if runner.containment() == "cgroup2" \
+        else 1024 * (os.cpu_count() or 1)
+    assert weight.read_text().strip() == str(expected)
 
 
 def test_pids_limit_stops_a_fork_loop(tmp_path: Path) -> None:
