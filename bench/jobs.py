@@ -63,8 +63,8 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
+from skedlib.executors.limits import detect_limiter  # noqa: E402
 from skedlib.jobs.client import JobClient  # noqa: E402
-from skedlib.jobs.limits import detect_limiter  # noqa: E402
 from skedlib.runtime import Store  # noqa: E402
 
 BIN = Path(sys.executable).parent

@@ -176,6 +176,15 @@ class TaskDefinition(msgspec.Struct, kw_only=True):
     is still issued to it; 0: the agent's ``--stop-after-disconnect``, else never. At most
     the agent's lease TTL for at-most-once across a partition (docs/operations.md)."""
 
+    def container_limits(self, container: Container) -> Resources:
+        """What ``container`` is held to while it runs (its cgroup, its docker limits):
+        its own ``memory`` and ``cpu_units``, or, for a figure it leaves at 0, the task
+        definition's when it is the only container (a task-level figure cannot be split
+        between several)."""
+        only = len(self.containers) <= 1
+        return Resources(memory=container.memory or (self.memory if only else 0),
+                         cpu_units=container.cpu_units or (self.cpu_units if only else 0))
+
     def total_memory(self) -> int:
         """MiB the task reserves: its own figure, or the sum of its containers'."""
         return self.memory or sum(c.memory for c in self.containers)
@@ -331,6 +340,9 @@ class Host(msgspec.Struct, kw_only=True):
     allocated: Resources = msgspec.field(default_factory=Resources)
     observed: Resources = msgspec.field(default_factory=Resources)
     """What the host's processes use now, as the agent measures it."""
+    used: Resources = msgspec.field(default_factory=Resources)
+    """What the agent's tasks use now (memory: from their cgroups, summed); the agent
+    admits against the larger of each task's demand and its use."""
     ports: list[int] = msgspec.field(default_factory=list)
     """Ports in use or reserved on the host."""
     executors: list[str] = msgspec.field(default_factory=list)
@@ -363,6 +375,9 @@ class TaskHealth(msgspec.Struct, kw_only=True):
     message: str = ""
     since: float = 0.0
     """When ``healthy`` last changed (seconds since the epoch)."""
+    limits: str = ""
+    """How its containers' resources are contained on its host: ``cgroup2``, ``cgroup1``,
+    ``none`` … (as the executors say; empty when none says)."""
     updated_at: float = 0.0
 
 

@@ -21,7 +21,9 @@ from skedlib.executors.policy import HostPolicy
 from skedlib.health.provider import HealthProvider
 from skedlib.models import Resources, Task
 
-__all__ = ["Admission", "Refusal", "demand"]
+__all__ = ["Admission", "Refusal", "accounted", "demand"]
+
+_MIB = 1 << 20
 
 
 def demand(task: Task) -> Resources:
@@ -29,6 +31,19 @@ def demand(task: Task) -> Resources:
     td = task.task_definition
     return Resources(memory=td.total_memory(), cpu_units=td.total_cpu_units(),
                      disk=td.total_disk())
+
+
+def accounted(demands: Mapping[str, Resources], usage: Mapping[str, int]) -> Resources:
+    """What the host's tasks hold, for admission: per task its demand, with memory the
+    larger of its demand and what it uses now (``usage``: bytes per task id, from its
+    cgroups), so a task using more than it declared (declared 0, or a host that cannot
+    contain it) takes that room from the next one."""
+    total = Resources()
+    for task_id, held in demands.items():
+        used = usage.get(task_id, 0) // _MIB
+        total = total + Resources(memory=max(held.memory, used), cpu_units=held.cpu_units,
+                                  disk=held.disk)
+    return total
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ import msgspec
 
 from skedlib._files import private_dirs
 from skedlib.agent import lifecycle as lc
-from skedlib.agent.admission import Admission, demand
+from skedlib.agent.admission import Admission, accounted, demand
 from skedlib.agent.adoption import Ref, forget_stale_health, running_containers, verdict
 from skedlib.agent.control import (
     Call,
@@ -288,7 +288,8 @@ class Agent:
                         cluster=config.cluster, attributes=dict(config.attributes),
                         total=self.total, executors=sorted(self.executors))
         self.reporter = HostReporter(backend, self.keys, template, config.lease_ttl,
-                                     self.state_dir, self._executors.reserved_ports)
+                                     self.state_dir, self._executors.reserved_ports,
+                                     self._executors.memory_usage)
         self.fencing = Fencing(self.host, config.stop_after_disconnect,
                                max(config.lease_ttl, backend.min_lease_ttl),
                                self.reporter.renewed_at)
@@ -537,7 +538,7 @@ class Agent:
         if isinstance(effect, lc.Admit):
             assert m.issued is not None
             refusal = self.admission.judge(m.task_id, m.issued,
-                                           self._allocated(exclude=m.task_id))
+                                           self._held(exclude=m.task_id))
             self._step(m, lc.Admitted(refusal.reason, refusal.capacity) if refusal
                        else lc.Admitted(None))
         elif isinstance(effect, lc.Start):
@@ -612,6 +613,12 @@ class Agent:
             if m.admitted and m.task_id != exclude:
                 total = total + m.demand
         return total
+
+    def _held(self, exclude: str = "") -> Resources:
+        """What admission counts as taken: each task's demand, or its use when larger."""
+        return accounted({m.task_id: m.demand for m in self._tasks.values()
+                          if m.admitted and m.task_id != exclude},
+                         self._executors.memory_usage())
 
     # -- operations finishing ---------------------------------------------------------
     def _on_done(self, done: Done) -> None:
@@ -702,7 +709,10 @@ class Agent:
     # -- health records ---------------------------------------------------------------
     def _publish(self, m: Tracked, force: bool = False,
                  force_state: HealthState | None = None) -> None:
-        record = compose_health(m.lc, self.host, m.health, force_state)
+        task = m.running or m.issued
+        limits = self._executors.containment(
+            c.type for c in task.task_definition.containers) if task is not None else ""
+        record = compose_health(m.lc, self.host, m.health, force_state, limits)
         fingerprint = (record.state, record.healthy,
                        tuple((c.name, c.status) for c in record.checks), record.attempts,
                        record.message)

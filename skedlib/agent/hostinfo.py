@@ -9,6 +9,7 @@ elsewhere. The record holds:
   the operator overrides them (``--memory``, ``--cpu-units``, ``--disk``);
 - ``allocated``: the sum of the demands of the tasks the agent runs;
 - ``observed``: what the host uses now (memory in use, CPU busy share times units, disk used);
+- ``used``: what the agent's tasks use now (memory from their cgroups, summed);
 - ``ports``: the tasks' ports and the ports executors reserve;
 - ``executors``: the executors enabled on this host; ``attributes``, ``address``,
   ``cluster``; ``updated_at``.
@@ -91,13 +92,16 @@ class HostReporter:
     """Publishes the host record under a kept lease from a background thread."""
 
     def __init__(self, backend: Backend, keyspace: Keyspace, template: Host, ttl: float,
-                 disk_path: Path, reserved_ports: Callable[[], list[int]]) -> None:
+                 disk_path: Path, reserved_ports: Callable[[], list[int]],
+                 task_usage: Callable[[], dict[str, int]] | None = None) -> None:
         self.backend = backend
         self.key = keyspace.agent(template.name)
         self.template = template
         self.ttl = ttl
         self.disk_path = disk_path
         self.reserved_ports = reserved_ports
+        self.task_usage = task_usage
+        """Bytes of memory per task id (the executors' cgroups); None: not measured."""
         self._allocated = Resources()
         self._ports: list[int] = []
         self._lease: KeptLease | None = None
@@ -142,9 +146,12 @@ class HostReporter:
             ports = sorted(set(ports) | set(self.reserved_ports()))
         except Exception:  # an executor that cannot answer must not stop the reports
             log.exception("could not list the executors' reserved ports")
+        used = Resources()
+        if self.task_usage is not None:
+            used = Resources(memory=sum(self.task_usage().values()) // MIB)
         return msgspec.structs.replace(self.template, allocated=allocated,
                                        observed=measure_observed(self.disk_path),
-                                       ports=ports, updated_at=time.time())
+                                       used=used, ports=ports, updated_at=time.time())
 
     def _run(self) -> None:
         interval = max(self.ttl / 3, 0.1)

@@ -42,9 +42,9 @@ _STATES: dict[str, HealthState] = {
 
 
 def compose_health(state: TaskState, host: str, checks: TaskHealth | None,
-                   force_state: HealthState | None = None) -> TaskHealth:
+                   force_state: HealthState | None = None, limits: str = "") -> TaskHealth:
     """The health record of a task in lifecycle ``state`` (``checks``: the health
-    provider's last report)."""
+    provider's last report; ``limits``: how its containers are contained)."""
     healthy = False
     record_state: HealthState
     if force_state is not None:
@@ -61,7 +61,7 @@ def compose_health(state: TaskState, host: str, checks: TaskHealth | None,
     return TaskHealth(task_id=state.task_id, host=host, state=record_state, healthy=healthy,
                       checks=list(checks.checks) if checks else [], attempts=state.attempts,
                       message=state.message, since=state.healthy_since or time.time(),
-                      updated_at=time.time())
+                      limits=limits, updated_at=time.time())
 
 
 def merge_checks(ours: TaskHealth, stored: TaskHealth) -> TaskHealth:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,6 +45,8 @@ class Executors:
         self.callbacks: set[str] = set()
         """Executors that report exits themselves (the others are polled)."""
         self._warned: dict[str, str] = {}
+        self._usage: tuple[float, dict[str, int]] = (0.0, {})
+        self._usage_lock = threading.Lock()
 
     def open_all(self, names: list[str] | None) -> None:
         """Open ``names`` (each required), or every installed executor that starts (None),
@@ -117,6 +121,42 @@ class Executors:
         if running is None:
             raise NotImplementedError(f"executor {executor!r} is not running here")
         return running.exec_check(ref, command, timeout)
+
+    def memory_usage(self, max_age: float = 1.0) -> dict[str, int]:
+        """Bytes of memory each task uses now (by task id, summed over executors), as the
+        executors measure it (their cgroups); a reading up to ``max_age`` seconds old is
+        reused, so admitting many tasks at once does not read every cgroup each time."""
+        with self._usage_lock:
+            at, usage = self._usage
+            if time.monotonic() - at < max_age:
+                return usage
+            usage = {}
+            for name, executor in list(self.running.items()):
+                try:
+                    measured = executor.memory_usage()
+                except Exception as exc:
+                    message = f"executor {name} cannot measure its memory use: {exc}"
+                    if self._warned.get(name) != message:
+                        self._warned[name] = message
+                        log.warning("%s", message)
+                    continue
+                for task_id, used in measured.items():
+                    usage[task_id] = usage.get(task_id, 0) + used
+            self._usage = (time.monotonic(), usage)
+            return usage
+
+    def containment(self, types: Iterable[str]) -> str:
+        """How the executors of ``types`` contain their containers (``cgroup1``, or
+        ``process: cgroup1, docker: docker`` when they differ); ``""`` when none says."""
+        kinds: dict[str, str] = {}
+        for name in sorted(set(types)):
+            executor = self.running.get(name)
+            kind = executor.containment() if executor is not None else ""
+            if kind:
+                kinds[name] = kind
+        if len(set(kinds.values())) <= 1:
+            return next(iter(kinds.values()), "")
+        return ", ".join(f"{name}: {kind}" for name, kind in kinds.items())
 
     def close(self) -> None:
         """Close every executor (a failure is logged)."""

@@ -27,6 +27,8 @@ Contracts:
   running containers instead of starting them twice.
 - ``reserved_ports`` lists host ports the executor's containers hold (the agent publishes
   them in the host record so schedulers avoid conflicts).
+- ``containment`` and ``memory_usage`` (optional) say how the executor contains its
+  containers and what they use, for the task status and the host record.
 - ``notify_exits`` (optional) lets the agent learn at once that a container exited on
   its own; an executor that does not support it returns False and the agent polls
   ``status``.
@@ -207,6 +209,18 @@ class Executor(abc.ABC):
         """
         del callback
         return False
+
+    def containment(self) -> str:
+        """How this executor contains its containers' resources (``cgroup2``,
+        ``cgroup1``, ``rlimit``, ``docker`` …), recorded in the tasks' status; ``""`` when
+        it does not say (the default)."""
+        return ""
+
+    def memory_usage(self) -> dict[str, int]:
+        """Bytes of memory the containers use now, summed per task id (the agent reports
+        it and admits against it). Must be quick (a few file reads). The default measures
+        nothing: ``{}``."""
+        return {}
 
     def cleanup(self, ref: ContainerRef) -> None:  # noqa: B027 - optional
         """Remove what is left of a stopped container (files, exited docker containers)."""

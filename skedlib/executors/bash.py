@@ -36,6 +36,12 @@ not list; the artifact is downloaded by the agent into the work directory and ha
 the user (``download_dir`` elsewhere is refused, as the agent would write there as
 itself); log files stay the agent's.
 
+``start`` runs in a cgroup of its own, held to the container's memory, CPU and the host's
+pids limit (see "Containment" in :mod:`skedlib.executors.supervision`); a daemon it
+launches stays in that cgroup, so a detached task is contained and stopped whole too.
+The ``setup`` commands run before it, uncontained (they are bounded by
+``setup_timeout``).
+
 Stopping runs ``stop`` (if any) within the grace period, then SIGTERM to what is left of
 the process group, the rest of the grace period, and SIGKILL; then the container's
 ``teardown`` commands, in order (each within ``setup_timeout``; one that fails is logged
@@ -88,7 +94,7 @@ from skedlib.executors.supervision import (
     user_popen_args,
     write_record,
 )
-from skedlib.models import BashExecutor, Container, Task
+from skedlib.models import BashExecutor, Container, Resources, Task
 
 __all__ = ["BashRunner"]
 
@@ -123,6 +129,9 @@ class _Record(msgspec.Struct, kw_only=True):
     """The container's ``teardown`` commands, run in order once it has stopped."""
     ports: list[int] = msgspec.field(default_factory=list)
     """Host ports the blob reserves (its ``ports``), held while the container lives."""
+    memory: int = 0
+    cpu_units: int = 0
+    """The limits its cgroup holds it to (``TaskDefinition.container_limits``)."""
 
 
 class BashRunner(SupervisedExecutor):
@@ -168,12 +177,16 @@ class BashRunner(SupervisedExecutor):
             except msgspec.ValidationError:
                 path.unlink(missing_ok=True)
                 continue
+            limits = Resources(memory=record.memory, cpu_units=record.cpu_units)
             if record.mode == "foreground":
                 proc = self.supervisor.adopt(ref, record.pid, record.pgid,
-                                             record.create_time, record.started_at)
+                                             record.create_time, record.started_at, limits)
                 if proc is None:
                     path.unlink(missing_ok=True)
+                    self.supervisor.release(ref)
                     continue
+            else:  # detached: what start left running is in the cgroup
+                self.supervisor.take_over(ref, limits)
             self._records[ref] = record
             self.rotator.add(*self.log_paths(ref))
 
@@ -250,8 +263,10 @@ class BashRunner(SupervisedExecutor):
             self._setup(where, i, len(container.setup or []), command, full_env, workdir,
                         out, err, identity)
         start = substitute_port(config.start_command, port)
+        limits = task.task_definition.container_limits(container)
         proc = self.supervisor.spawn(ref, [self.shell, "-c", start], full_env, str(workdir),
-                                     out, err, report_exit=False, identity=identity)
+                                     out, err, report_exit=False, identity=identity,
+                                     limits=limits)
         self.rotator.add(out, err)
         stop = substitute_port(config.stop_command, port)
         record = _Record(mode="foreground", pgid=proc.pgid, pid=proc.pid,
@@ -259,7 +274,8 @@ class BashRunner(SupervisedExecutor):
                          stop=stop, env=added, cwd=str(workdir),
                          teardown=[substitute_port(c, port) for c in container.teardown or []],
                          ports=list(config.ports),
-                         user=f"{identity.uid}:{identity.gid}" if identity else "")
+                         user=f"{identity.uid}:{identity.gid}" if identity else "",
+                         memory=limits.memory, cpu_units=limits.cpu_units)
         if proc.exited.wait(self.detach_window):
             self._started_and_exited(where, ref, record, proc.exit_code, err)
             return
@@ -268,6 +284,7 @@ class BashRunner(SupervisedExecutor):
         if proc.exited.is_set():  # exited just as the window closed: not a clean detach
             self._drop(ref)
             self.supervisor.forget(ref)
+            self.supervisor.release(ref)
             raise RuntimeError(f"{where}: start {describe_exit(proc.exit_code)} after "
                                f"{time.time() - proc.started_at:.1f}s{_output(out, err)}")
 
@@ -282,6 +299,7 @@ class BashRunner(SupervisedExecutor):
                       ref.task_id)
             return
         kill_group_members(record.pgid, 1.0)
+        self.supervisor.release(ref)
         out = self.log_paths(ref)[0]
         if code == _NOT_FOUND:
             raise TaskRejected(f"{where}: start command not found{_output(out, err)}")
@@ -374,6 +392,7 @@ class BashRunner(SupervisedExecutor):
             self.supervisor.forget(ref)
         elif record is not None:
             kill_group_members(record.pgid, left)
+        self.supervisor.release(ref)  # and whatever left the group
         if record is not None:
             for i, command in enumerate(record.teardown):
                 self._run_stop(ref, record, self.setup_timeout, command,
@@ -435,4 +454,5 @@ class BashRunner(SupervisedExecutor):
         proc = self.supervisor.get(ref)
         if proc is None or proc.exited.is_set():
             self.supervisor.forget(ref)
+            self.supervisor.release(ref)
             self._drop(ref)

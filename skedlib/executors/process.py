@@ -19,6 +19,9 @@ Blob (:class:`skedlib.models.ProcessExecutor`)::
   is adopted only if a process with that pid still exists *and* started at that time, so
   a recycled pid is never mistaken for the task.
 - Stopping sends SIGTERM to the process group, waits the grace period, then SIGKILL.
+- The process runs in a cgroup of its own, held to the container's memory, CPU and the
+  host's pids limit (see "Containment" in :mod:`skedlib.executors.supervision`); the
+  limits are recorded too, so a restarted agent takes the cgroup over.
 
 The host policy (:class:`~skedlib.executors.policy.HostPolicy`) is asked first, at
 admission and again at start: the command must match its ``commands`` patterns, and the
@@ -50,8 +53,12 @@ from skedlib.executors.base import (
     convert_blob,
     substitute_port,
 )
-from skedlib.executors.supervision import SupervisedExecutor, read_record, write_record
-from skedlib.models import Container, ProcessExecutor, Task
+from skedlib.executors.supervision import (
+    SupervisedExecutor,
+    read_record,
+    write_record,
+)
+from skedlib.models import Container, ProcessExecutor, Resources, Task
 
 __all__ = ["ProcessRunner", "resolve_command"]
 
@@ -92,14 +99,19 @@ class ProcessRunner(SupervisedExecutor):
             proc = None
             if data is not None:
                 try:
+                    limits = (Resources(memory=int(data["memory"]),
+                                        cpu_units=int(data.get("cpu_units", 0)))
+                              if "memory" in data else None)
                     proc = self.supervisor.adopt(ref, int(data["pid"]), int(data["pgid"]),
                                                  float(data["create_time"]),
-                                                 float(data.get("started_at", 0.0)))
+                                                 float(data.get("started_at", 0.0)),
+                                                 limits)
                 except (KeyError, TypeError, ValueError):
                     proc = None
             if proc is None:
                 log.debug("%s: recorded process is gone", path)
                 path.unlink(missing_ok=True)
+                self.supervisor.release(ref)
                 continue
             self.rotator.add(*self.log_paths(ref))
 
@@ -143,9 +155,10 @@ class ProcessRunner(SupervisedExecutor):
             cwd = identity.home if os.path.isdir(identity.home) else "/"
         self._stop_leftover(ref)
         out, err = self.log_paths(ref)
+        limits = task.task_definition.container_limits(container)
         try:
             proc = self.supervisor.spawn(ref, argv, full_env, cwd, out, err,
-                                         identity=identity)
+                                         identity=identity, limits=limits)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR):
                 raise TaskRejected(f"container {container.name}: cannot execute "
@@ -154,7 +167,8 @@ class ProcessRunner(SupervisedExecutor):
         self.rotator.add(out, err)
         write_record(self._record_path(ref), {
             "pid": proc.pid, "pgid": proc.pgid, "create_time": proc.create_time,
-            "started_at": proc.started_at, "argv": argv})
+            "started_at": proc.started_at, "argv": argv,
+            "memory": limits.memory, "cpu_units": limits.cpu_units})
 
     def _environment(self, container: Container, config: ProcessExecutor,
                      env: Mapping[str, str]) -> dict[str, str]:
@@ -185,9 +199,11 @@ class ProcessRunner(SupervisedExecutor):
             self.supervisor.forget(ref)
 
     def stop(self, ref: ContainerRef, grace: float) -> None:
-        """SIGTERM the process group, wait ``grace``, SIGKILL; forget the record."""
+        """SIGTERM the process group, wait ``grace``, SIGKILL; forget the record and
+        remove the cgroup."""
         self.supervisor.stop(ref, grace)
         self.supervisor.forget(ref)
+        self.supervisor.release(ref)
         self._record_path(ref).unlink(missing_ok=True)
         self.rotator.discard(*self.log_paths(ref))
 
@@ -203,9 +219,10 @@ class ProcessRunner(SupervisedExecutor):
         return self.supervisor.refs()
 
     def cleanup(self, ref: ContainerRef) -> None:
-        """Forget an exited container's record (its logs are kept)."""
+        """Forget an exited container's record and remove its cgroup (its logs are kept)."""
         self.supervisor.forget(ref)
         if self.supervisor.get(ref) is None:
+            self.supervisor.release(ref)
             self._record_path(ref).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 self._record_path(ref).parent.rmdir()

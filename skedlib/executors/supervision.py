@@ -9,12 +9,28 @@
 - :class:`SupervisedExecutor` is the base of both executors: a state directory for the
   records a restarted agent reads, log files under ``<log_dir>/<task_id>/``, one
   supervisor and one rotator, and the options they read (``log_max_bytes``,
-  ``log_backups``).
+  ``log_backups``, ``limits``, ``pids_max``).
+
+Containment: every container runs in its own cgroup (``skedlib-tasks-<host>-<hash of
+the state directory>/task-<task_id>.<container>``), made by the limiter the batch jobs use
+(:mod:`skedlib.executors.limits`): a memory limit
+(:meth:`~skedlib.models.TaskDefinition.container_limits`: the container's ``memory``, or
+the task's when it is the only container), a CPU weight from ``cpu_units`` (its share
+under contention; executor option ``cpu=quota`` caps it instead) and a pids limit
+(executor option ``pids_max``, default :data:`DEFAULT_PIDS_MAX`). The command enters its
+cgroup before it runs, and runs on when the agent stops: a restarted agent finds the
+cgroup by the task id and takes it over. An OOM kill becomes the exit's message
+(``killed: used more than its memory limit of 64 MiB``), a failure like any other exit.
+The cgroup goes when the container is stopped or cleaned up. Option ``limits``
+(``auto``, ``cgroup2``, ``cgroup1``, ``rlimit``, ``none``) picks the mechanism; ``auto``
+takes the first usable cgroup kind, else none (``RLIMIT_AS``, the jobs' last resort,
+breaks services whose runtime reserves address space: it is used only when asked for).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -33,6 +49,7 @@ from typing import Any
 import psutil
 
 from skedlib._files import LOG_FILE_MODE, open_append, open_truncate, private_dirs, write_private
+from skedlib.errors import SkedError
 from skedlib.executors.base import (
     ContainerRef,
     ContainerStatus,
@@ -41,10 +58,13 @@ from skedlib.executors.base import (
     ExitCallback,
     TaskRejected,
 )
+from skedlib.executors.limits import Limited, Limiter, Requirements, detect_limiter
 from skedlib.executors.policy import Identity
+from skedlib.models import Resources
 
 __all__ = [
     "CREATE_TIME_TOLERANCE",
+    "DEFAULT_PIDS_MAX",
     "LogRotator",
     "ProcessSupervisor",
     "SupervisedExecutor",
@@ -64,6 +84,13 @@ log = logging.getLogger(__name__)
 
 #: how close a recorded and a measured process start time must be to be the same process
 CREATE_TIME_TOLERANCE = 0.05
+
+#: processes and threads a container may have at once (executor option ``pids_max``)
+DEFAULT_PIDS_MAX = 4096
+
+
+def _cgroup_id(ref: ContainerRef) -> str:
+    return f"{ref.task_id}.{ref.container}"
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -233,6 +260,8 @@ class SupervisedProcess:
     stopping: bool = False
     report_exit: bool = True
     """False while a starter waits for the process itself (bash's detach window)."""
+    limited: Limited | None = None
+    """Its cgroup (None when not contained)."""
 
     @property
     def adopted(self) -> bool:
@@ -242,14 +271,18 @@ class SupervisedProcess:
     def status(self) -> ContainerStatus:
         """The process's state now."""
         if self.exited.is_set():
+            # the kernel's OOM kill is the reason, not the SIGKILL it took
+            why = self.limited.exceeded(self.exit_code) if self.limited else None
             return ContainerStatus(state="exited", exit_code=self.exit_code, pid=self.pid,
                                    started_at=self.started_at,
-                                   message=describe_exit(self.exit_code))
-        rss = 0
-        with contextlib.suppress(psutil.Error):
-            rss = psutil.Process(self.pid).memory_info().rss
+                                   message=why or describe_exit(self.exit_code))
+        used = self.limited.memory_current() if self.limited else None
+        if used is None:
+            used = 0
+            with contextlib.suppress(psutil.Error):
+                used = psutil.Process(self.pid).memory_info().rss
         return ContainerStatus(state="running", pid=self.pid, started_at=self.started_at,
-                               memory_bytes=rss)
+                               memory_bytes=used)
 
 
 def _same_process(pid: int, create_time: float) -> bool:
@@ -267,12 +300,20 @@ class ProcessSupervisor:
     One reaper thread waits on a pidfd per process (epoll); where pidfds are not available
     each process gets a small waiting thread instead. ``on_exit`` is called from the reaper
     for every process that exits while not being stopped.
+
+    With a ``limiter`` (of a kind other than ``none``) a process started or adopted with
+    ``limits`` is contained in a cgroup of its own (``pids_max``: its pids limit), kept
+    until :meth:`release`.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, limiter: Limiter | None = None,
+                 pids_max: int = 0) -> None:
         self.name = name
         self.on_exit: ExitCallback | None = None
+        self.limiter = limiter if limiter is not None and limiter.kind != "none" else None
+        self.pids_max = pids_max
         self._procs: dict[ContainerRef, SupervisedProcess] = {}
+        self._cgroups: dict[ContainerRef, Limited] = {}
         self._lock = threading.Lock()
         self._fds: dict[int, SupervisedProcess] = {}
         self._epoll: select.epoll | None = None
@@ -307,22 +348,37 @@ class ProcessSupervisor:
     # -- starting ---------------------------------------------------------------------
     def spawn(self, ref: ContainerRef, argv: Sequence[str], env: Mapping[str, str],
               cwd: str | None, stdout: Path, stderr: Path,
-              report_exit: bool = True, identity: Identity | None = None
-              ) -> SupervisedProcess:
+              report_exit: bool = True, identity: Identity | None = None,
+              limits: Requirements | None = None) -> SupervisedProcess:
         """Start ``argv`` as a new session; output is appended to ``stdout``/``stderr``
         (opened by the agent: the log files stay its own, private to others), as
-        ``identity`` when given (else as the agent's user).
+        ``identity`` when given (else as the agent's user), in a cgroup held to
+        ``limits`` when given and the supervisor has a limiter.
 
         With ``report_exit=False`` an exit is not passed to ``on_exit`` until the caller
         sets :attr:`SupervisedProcess.report_exit`. Raises :class:`OSError` when the
-        command cannot be executed.
+        command cannot be executed, :class:`~skedlib.errors.SkedError` when its cgroup
+        cannot be set up.
         """
         private_dirs(stdout.parent)
         user_args, full_env = user_popen_args(identity, env)
-        with open_append(stdout) as out, open_append(stderr) as err:
-            popen = subprocess.Popen(list(argv), env=full_env, cwd=cwd or None,
-                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                     start_new_session=True, close_fds=True, **user_args)
+        limited = None
+        if self.limiter is not None and limits is not None:
+            self.release(ref)  # a cgroup left by an earlier run of the same container
+            # the cgroup is entered as the agent's user, then setpriv drops to identity
+            limited = self.limiter.wrap(_cgroup_id(ref), limits, list(argv), identity,
+                                        pids=self.pids_max, pdeathsig=False)
+            argv, user_args = limited.argv, {}
+        try:
+            with open_append(stdout) as out, open_append(stderr) as err:
+                popen = subprocess.Popen(list(argv), env=full_env, cwd=cwd or None,
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                         start_new_session=True, close_fds=True,
+                                         **user_args)
+        except BaseException:
+            if limited is not None:
+                limited.cleanup()
+            raise
         # The supervisor reaps its children itself (waitpid once the pidfd says so). Tell
         # the Popen object it has nothing left to do, so that it never reaps the child
         # behind our back nor warns, when collected, that the child still runs (it is
@@ -334,17 +390,59 @@ class ProcessSupervisor:
         except psutil.Error:  # already gone (and a zombie we will reap)
             create_time = time.time()
         proc = SupervisedProcess(ref, pid, pid, create_time, time.time(), child=True,
-                                 report_exit=report_exit)
+                                 report_exit=report_exit, limited=limited)
+        if limited is not None:
+            limited.attach(pid)
+            with self._lock:
+                self._cgroups[ref] = limited
         self._track(proc)
         return proc
 
     def adopt(self, ref: ContainerRef, pid: int, pgid: int, create_time: float,
-              started_at: float) -> SupervisedProcess | None:
-        """Take over a process an earlier agent started, if it is still that process."""
+              started_at: float, limits: Requirements | None = None
+              ) -> SupervisedProcess | None:
+        """Take over a process an earlier agent started, if it is still that process, and
+        its cgroup (found by the ref) when it was started with ``limits``."""
         proc = SupervisedProcess(ref, pid, pgid, create_time, started_at)
+        if limits is not None:
+            proc.limited = self.take_over(ref, limits)
         if not self._track(proc, verify=True):
             return None
         return proc
+
+    # -- cgroups ----------------------------------------------------------------------
+    def take_over(self, ref: ContainerRef, limits: Requirements) -> Limited | None:
+        """The cgroup an earlier agent made for ``ref`` (held to ``limits``), now this
+        supervisor's to report on and release; None when there is none."""
+        if self.limiter is None:
+            return None
+        limited = self.limiter.find(_cgroup_id(ref), limits)
+        if limited is not None:
+            with self._lock:
+                self._cgroups[ref] = limited
+        return limited
+
+    def release(self, ref: ContainerRef) -> None:
+        """Remove ``ref``'s cgroup, killing what is left in it. Idempotent."""
+        with self._lock:
+            limited = self._cgroups.pop(ref, None)
+        if limited is None and self.limiter is not None:
+            limited = self.limiter.find(_cgroup_id(ref), Resources())
+        if limited is not None:
+            limited.cleanup()
+
+    def memory_usage(self) -> dict[str, int]:
+        """Bytes of memory in use per task id, summed over its containers' cgroups."""
+        with self._lock:
+            cgroups = list(self._cgroups.items())
+        used: dict[str, int] = {}
+        for ref, limited in cgroups:
+            used[ref.task_id] = used.get(ref.task_id, 0) + (limited.memory_current() or 0)
+        return used
+
+    def mechanism(self) -> str:
+        """How containers are contained: ``cgroup2``, ``cgroup1``, ``rlimit`` or ``none``."""
+        return self.limiter.kind if self.limiter is not None else "none"
 
     def _track(self, proc: SupervisedProcess, verify: bool = False) -> bool:
         fd: int | None = None
@@ -503,6 +601,20 @@ def option(options: Mapping[str, str], name: str, default: float, executor: str)
 
 
 
+def _task_limiter(host: str, prefer: str, cpu: str, executor: str) -> Limiter:
+    """The limiter for service tasks: ``auto`` takes a cgroup kind or none (never rlimit,
+    see the module docstring); a named kind must be usable."""
+    try:
+        limiter = detect_limiter(host, prefer, noun="task", cpu=cpu)
+    except SkedError as exc:
+        raise TaskRejected(f"{executor} executor options limits={prefer}, cpu={cpu}: "
+                           f"{exc}") from None
+    if prefer == "auto" and limiter.kind == "rlimit":
+        return Limiter(host, "none: no usable cgroup (rlimit is used for service tasks "
+                       f"only with limits=rlimit; {limiter.detail})", noun="task", cpu=cpu)
+    return limiter
+
+
 # -- the executors' common base -------------------------------------------------------------
 class SupervisedExecutor(Executor):
     """An executor whose containers are local process groups (``process``, ``bash``).
@@ -517,11 +629,18 @@ class SupervisedExecutor(Executor):
         # options first: a bad one refuses the executor before any thread is started
         max_bytes = int(option(ctx.options, "log_max_bytes", 10 * 1024 * 1024, self.name))
         backups = int(option(ctx.options, "log_backups", 3, self.name))
+        pids_max = int(option(ctx.options, "pids_max", DEFAULT_PIDS_MAX, self.name))
         self.ctx = ctx
         self.state_dir = Path(ctx.state_dir)
         self.log_dir = Path(ctx.log_dir)
         private_dirs(self.state_dir)
-        self.supervisor = ProcessSupervisor(self.name)
+        # Two agents may share a host name on one machine (tests, a staging copy): the
+        # state directory tells their cgroups apart, and a restarted agent reuses it.
+        where = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:8]
+        self.limiter = _task_limiter(f"{ctx.host}-{where}", ctx.options.get("limits", "auto"),
+                                     ctx.options.get("cpu", "weight"), self.name)
+        log.debug("%s executor: containment %s", self.name, self.limiter.detail)
+        self.supervisor = ProcessSupervisor(self.name, self.limiter, pids_max)
         self.rotator = LogRotator(max_bytes=max_bytes, backups=backups)
 
     def _record_path(self, ref: ContainerRef) -> Path:
@@ -537,7 +656,17 @@ class SupervisedExecutor(Executor):
         self.supervisor.on_exit = callback
         return True
 
+    def containment(self) -> str:
+        """The mechanism that contains this executor's containers (``cgroup1`` …)."""
+        return self.supervisor.mechanism()
+
+    def memory_usage(self) -> dict[str, int]:
+        """Bytes in use per task id, from the containers' cgroups."""
+        return self.supervisor.memory_usage()
+
     def close(self) -> None:
-        """Stop the reaper and the rotator; processes keep running for the next agent."""
+        """Stop the reaper and the rotator; processes keep running for the next agent (in
+        their cgroups; the host's parent cgroups go only when no task is left in them)."""
         self.supervisor.close()
         self.rotator.close()
+        self.limiter.close()

@@ -21,9 +21,9 @@ from skedlib._files import open_append, private_dirs
 from skedlib.errors import BackendUnavailable, SkedError
 from skedlib.events import EventLog
 from skedlib.executors.base import TaskRejected
+from skedlib.executors.limits import Limited, Limiter
 from skedlib.executors.supervision import reachable_by, user_popen_args
 from skedlib.jobs._config import WorkerConfig, WorkerStats, spawn
-from skedlib.jobs.limits import Limited, Limiter
 from skedlib.jobs.models import Job, JobRequirements
 from skedlib.jobs.store import JobStore, StoredJob
 from skedlib.locks import KeptLease

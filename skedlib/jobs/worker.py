@@ -37,11 +37,11 @@ import msgspec
 from skedlib._files import private_dirs
 from skedlib.errors import BackendError, LeaseExpired, SkedError
 from skedlib.events import EventLog
+from skedlib.executors.limits import Limiter, detect_limiter
 from skedlib.jobs._cleaner import Upkeep
 from skedlib.jobs._config import WorkerConfig, WorkerStats, spawn
 from skedlib.jobs._queue import ClaimQueue
 from skedlib.jobs._running import Runs
-from skedlib.jobs.limits import Limiter, detect_limiter
 from skedlib.jobs.models import JobNode, JobRequirements
 from skedlib.jobs.store import JobStore
 from skedlib.keys import Keyspace, validate_name

@@ -29,6 +29,7 @@ from skedlib.models import Check, Cluster, Container, Host, Task, TaskDefinition
 from skedlib.plugins import open_backend
 from skedlib.store.base import Backend
 from tests.harness import etcd as harness
+from tests.harness.cgroups import remove_task_cgroups
 from tests.harness.common import eventually
 
 etcd_single = harness.etcd_single
@@ -209,6 +210,7 @@ class AgentEnv:
             with contextlib.suppress(OSError, psutil.Error):
                 os.killpg(os.getpgid(p.pid), signal.SIGKILL)
         wait_for(lambda: not self.processes(), 10, "task processes to be gone")
+        remove_task_cgroups([self.host])
         self.backend.close()
 
 

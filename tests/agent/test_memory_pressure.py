@@ -191,7 +191,11 @@ def test_short_of_memory_the_agent_gives_up_its_lowest_priority_task(
     # (wide enough that other programs on a shared machine do not cross it by themselves)
     loop.start_scheduler()
     threshold = round(min(memory_in_use() + 5.0, 99.0), 1)
-    loop.start_agent(1, "--memory-pressure", str(threshold), "--pressure-cooldown", "300")
+    # the hog uses far more than the 64 MiB it declares: only an uncontained host lets it
+    # (containment would OOM-kill it, see tests/executors/test_containment.py)
+    uncontained = ("--executor-opt", "process.limits=none")
+    loop.start_agent(1, "--memory-pressure", str(threshold), "--pressure-cooldown", "300",
+                     *uncontained)
     h1, h2 = loop.host(1), loop.host(2)
 
     # the low-priority hog first, then the important task: the newest but not the lowest
@@ -203,7 +207,7 @@ def test_short_of_memory_the_agent_gives_up_its_lowest_priority_task(
     vip_pids = {p.pid for p in loop.processes(vip.id)}
     assert vip_pids
 
-    loop.start_agent(2)  # room for the hog to go to; no memory-pressure watch
+    loop.start_agent(2, *uncontained)  # room for the hog to go to; no memory-pressure watch
     in_use = memory_in_use()
     print(f"memory in use: {in_use}%, threshold {threshold}%")
     assert in_use < threshold - 2.0, (

@@ -35,6 +35,8 @@ def runner(ctx: ExecutorContext) -> Iterator[ProcessRunner]:
     finally:
         for ref in r.running():
             r.stop(ref, 1.0)
+        for ref in list(r.supervisor._cgroups):  # exited ones keep theirs until cleaned up
+            r.cleanup(ref)
         r.close()
 
 
@@ -165,6 +167,7 @@ def test_adoption_recognises_the_process_and_not_a_recycled_pid(
     finally:
         other.kill()
         other.wait()
+        second.cleanup(ref)  # its cgroup goes with it
         second.close()
 
 

@@ -1,4 +1,4 @@
-"""skedlib.jobs.limits with real processes and real cgroups (no mocks).
+"""skedlib.executors.limits with real processes and real cgroups (no mocks).
 
 Every test runs for ``auto`` and for each kind; a kind this machine cannot use is skipped
 with the reason detect_limiter gives.
@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from skedlib.errors import SkedError
-from skedlib.jobs import limits
-from skedlib.jobs.limits import LIMITER_KINDS, Limited, Limiter, detect_limiter
+from skedlib.executors import limits
+from skedlib.executors.limits import LIMITER_KINDS, Limited, Limiter, detect_limiter
 from skedlib.jobs.models import JobRequirements
 
 CGROUP_KINDS = ("cgroup2", "cgroup1")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from skedlib.executors.limits import detect_limiter
 from skedlib.jobs._config import WorkerConfig, WorkerStats
 from skedlib.jobs._running import Runs
-from skedlib.jobs.limits import detect_limiter
 from skedlib.jobs.models import JobSpec
 from skedlib.jobs.store import JobStore
 from skedlib.runtime import Store

@@ -31,6 +31,7 @@ from skedlib.models import ServiceStatus, Task, TaskHealth
 from skedlib.plugins import open_backend
 from skedlib.runtime import Store
 from tests.harness import etcd as harness
+from tests.harness.cgroups import remove_task_cgroups
 from tests.harness.common import eventually
 
 etcd_cluster = harness.etcd_cluster
@@ -211,6 +212,7 @@ class Loop:
             with contextlib.suppress(OSError, psutil.Error):
                 os.killpg(os.getpgid(p.pid), signal.SIGKILL)
         wait_for(lambda: not self.processes(), 10, "task processes to be gone")
+        remove_task_cgroups(self.hosts)
         self.backend.close()
 
 

@@ -562,6 +562,11 @@ class DockerEngineExecutor(Executor):
             refs.add(ContainerRef(task_id, ctr))
         return sorted(refs)
 
+    def containment(self) -> str:
+        """``docker``: the engine puts each container in a cgroup of its own, with the
+        memory and CPU limits of :func:`~skedlib_docker.spec.build_run_spec`."""
+        return "docker"
+
     def reserved_ports(self) -> list[int]:
         """Host ports published by (or, with ``--net=host``, reserved for) running containers."""
         ports: set[int] = set()

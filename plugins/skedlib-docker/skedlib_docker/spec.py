@@ -451,14 +451,10 @@ def _parse_volume(spec: str) -> str:
 
 # -- the whole blob -------------------------------------------------------------------------
 def _limits(task: Task, container: Container) -> tuple[int, int]:
-    """(MiB, cpu units) from the container, else from a single-container task definition."""
-    definition = task.task_definition
-    memory = container.memory
-    cpu_units = container.cpu_units
-    if len(definition.containers) <= 1:
-        memory = memory or definition.memory
-        cpu_units = cpu_units or definition.cpu_units
-    return memory, cpu_units
+    """(MiB, cpu units) from the container, else from a single-container task definition
+    (the rule the process and bash executors' cgroups follow too)."""
+    limits = task.task_definition.container_limits(container)
+    return limits.memory, limits.cpu_units
 
 
 def _provided_port(task: Task, env: Mapping[str, str]) -> int:

@@ -1,7 +1,10 @@
-"""Enforcing a batch job's memory and cpu requirements while it runs.
+"""Containment: enforcing a batch job's or a service task's memory, cpu and pids limits.
 
-A job worker asks :func:`detect_limiter` once for the best mechanism this machine offers,
-then for every job::
+One mechanism serves both: the job worker (:mod:`skedlib.jobs`) and the ``process`` and
+``bash`` executors (:mod:`skedlib.executors.supervision`). Each asks :func:`detect_limiter`
+once for the best mechanism this machine offers (``noun="job"`` or ``noun="task"``: it
+names the cgroups, ``skedlib-<noun>s-<node>/<noun>-<id>``, and the messages), then for
+every job or task::
 
     limited = limiter.wrap(job.id, job.spec.requirements, argv)   # SkedError: cannot start
     proc = subprocess.Popen(limited.argv, start_new_session=True, ...)
@@ -16,13 +19,14 @@ The kinds, best first (``prefer="auto"`` takes the first usable one):
 
 ``cgroup2``
     A cgroup per job (``skedlib-jobs-<node>/job-<id>``) in the unified hierarchy with
-    ``memory.max`` (and ``memory.swap.max`` 0) and ``cpu.max``. The kernel kills the job
-    when it uses more memory than its requirement and throttles it to its cpu share.
+    ``memory.max`` (and ``memory.swap.max`` 0), ``cpu.max`` and ``pids.max``. The kernel
+    kills the job when it uses more memory than its requirement, throttles it to its cpu
+    share and refuses its forks beyond the pids limit.
 ``cgroup1``
     The same with the legacy hierarchies: ``memory.limit_in_bytes`` (and
     ``memory.memsw.limit_in_bytes``, so swap does not hide the excess) in the memory
-    hierarchy, ``cpu.cfs_quota_us`` in the cpu hierarchy. The job cgroups live below the
-    worker's own cgroup of each hierarchy.
+    hierarchy, ``cpu.cfs_quota_us`` in the cpu hierarchy, ``pids.max`` in the pids
+    hierarchy. The job cgroups live below the worker's own cgroup of each hierarchy.
 ``rlimit``
     ``RLIMIT_AS`` (``prlimit --as``, or ``ulimit -v``) of the memory requirement. The job is
     not killed: allocations beyond the limit fail, and the program usually exits with an
@@ -38,8 +42,18 @@ started through ``setpriv --pdeathsig KILL`` (util-linux, when installed), so a 
 with the worker *thread* that started it rather than running on unsupervised. The chain
 is ``sh`` (cgroups) → ``setpriv`` → ``prlimit`` (rlimit) → program, all one process.
 
-When a cpu controller is missing (but memory is available), the cgroup kinds still
-enforce memory and leave cpu unenforced; :attr:`Limiter.detail` says so.
+``cpu="quota"`` (jobs) caps the cpu at ``cpu_units``; ``cpu="weight"`` (service tasks)
+gives them instead a share under contention (``cpu.weight``, v1 ``cpu.shares``) and lets
+them use idle cpu, as ``docker --cpu-shares`` does: a quota of a small ``cpu_units``
+slows a service's start and its checks by tens of times.
+
+When a cpu or pids controller is missing (but memory is available), the cgroup kinds
+still enforce memory and leave the other unenforced; :attr:`Limiter.detail` says so.
+
+Service tasks differ from jobs in three ways, chosen by the caller: they must outlive the
+agent that started them (``wrap(..., pdeathsig=False)``), a restarted agent takes their
+cgroups over (:meth:`Limiter.find`), and the agent reports what they use
+(:meth:`Limited.memory_current`).
 """
 
 from __future__ import annotations
@@ -53,13 +67,25 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple, NoReturn, Protocol
 
 from skedlib.errors import SkedError
 from skedlib.executors.policy import Identity
-from skedlib.jobs.models import JobRequirements
 
-__all__ = ["LIMITER_KINDS", "Limited", "Limiter", "detect_limiter"]
+__all__ = ["LIMITER_KINDS", "Limited", "Limiter", "Requirements", "detect_limiter"]
+
+
+class Requirements(Protocol):
+    """What a limiter enforces (a job's ``Requirements``, a container's ``Resources``):
+    ``memory`` in MiB and ``cpu_units`` (1024 per core); 0 means no limit."""
+
+    @property
+    def memory(self) -> int:
+        """MiB of memory; the process is killed when it uses more."""
+
+    @property
+    def cpu_units(self) -> int:
+        """CPU, 1024 per core; the process is throttled to it."""
 
 LIMITER_KINDS: tuple[str, ...] = ("cgroup2", "cgroup1", "rlimit", "none")
 """The kinds of :class:`Limiter`, best first."""
@@ -83,6 +109,38 @@ def _safe(name: str) -> str:
 def _cpu_quota_us(cpu_units: int) -> int:
     """CFS quota (µs per 100 ms period) for ``cpu_units`` (1024 per core)."""
     return max(_MIN_CPU_QUOTA_US, cpu_units * _CPU_PERIOD_US // 1024)
+
+
+def _cpu_shares(cpu_units: int) -> int:
+    """cgroup v1 ``cpu.shares`` for ``cpu_units``: the same scale (1024 = one core's
+    worth under contention), within the kernel's bounds."""
+    return min(max(cpu_units, 2), 262144)
+
+
+def _cpu_weight(cpu_units: int) -> int:
+    """cgroup v2 ``cpu.weight`` (1-10000) for ``cpu_units``: one core's worth (1024) is
+    the default weight, 100, as 1024 is the default of v1's ``cpu.shares``."""
+    return min(max(cpu_units * 100 // 1024, 1), 10000)
+
+
+def _parent_cpu_units() -> int:
+    """What the parent of the service tasks' cgroups weighs against its siblings (the
+    host's other cgroups and processes): a core's worth per core, so that the tasks
+    together count under contention as much as one busy process per core would, rather
+    than as one process."""
+    return 1024 * (os.cpu_count() or 1)
+
+
+def _weigh_parent(parent: str, kind: str) -> None:
+    """Give ``parent`` the weight of :func:`_parent_cpu_units` (best effort: a cgroup
+    without cpu controller has no such file)."""
+    units = _parent_cpu_units()
+    name, value = (("cpu.weight", _cpu_weight(units)) if kind == "cgroup2"
+                   else ("cpu.shares", _cpu_shares(units)))
+    path = os.path.join(parent, name)
+    if os.path.exists(path):
+        with contextlib.suppress(OSError):
+            _write(path, str(value))
 
 
 def _read(path: str) -> str:
@@ -178,20 +236,22 @@ def _enter_cgroups_argv(cgroups: list[str], argv: list[str]) -> list[str]:
     return [_SH, "-c", " && ".join(steps), *cgroups, *argv]
 
 
-def _start_prefix(job_id: str, user: Identity | None) -> list[str]:
-    """What a job's program is started through: ``setpriv`` that drops to ``user`` (when
-    given) and sets the parent-death signal — one ``setpriv``, since changing the uid
-    clears a parent-death signal set before it (setpriv sets the signal last)."""
+def _start_prefix(label: str, user: Identity | None, pdeathsig: bool = True) -> list[str]:
+    """What a program is started through: ``setpriv`` that drops to ``user`` (when given)
+    and sets the parent-death signal (with ``pdeathsig``) — one ``setpriv``, since changing
+    the uid clears a parent-death signal set before it (setpriv sets the signal last).
+    ``label`` (``job 42``) names the job or task in the error."""
+    death = _pdeathsig_prefix() if pdeathsig else ()
     if user is None:
-        return list(_pdeathsig_prefix())
+        return list(death)
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        raise SkedError(f"job {job_id}: running jobs as user {user.name} needs setpriv "
+        raise SkedError(f"{label}: running as user {user.name} needs setpriv "
                         "(util-linux), which is not installed")
     groups = (["--groups", ",".join(str(g) for g in user.groups)] if user.groups
               else ["--clear-groups"])
     return [setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", *groups,
-            *(_pdeathsig_prefix()[1:-1]), "--"]
+            *(death[1:-1]), "--"]
 
 
 @functools.cache
@@ -273,11 +333,12 @@ def _controllers(cgroup: str, name: str = "cgroup.controllers") -> set[str]:
         return set()
 
 
-def _memory_message(memory: int, returncode: int | None, kills: int | None) -> str:
+def _memory_message(memory: int, returncode: int | None, kills: int | None,
+                    noun: str) -> str:
     msg = f"killed: used more than its memory limit of {memory} MiB"
     if returncode is not None and returncode != -signal.SIGKILL:
         n = f"{kills} of its processes" if kills else "one of its processes"
-        msg += f" (the kernel killed {n}; the job exited with status {returncode})"
+        msg += f" (the kernel killed {n}; the {noun} exited with status {returncode})"
     return msg
 
 
@@ -289,22 +350,26 @@ class _Unusable(Exception):
 
 
 class Limited:
-    """One job's limits: the command line to start, and what to do while/after it runs.
+    """One job's or task's limits: the command line to start, and what to do while and
+    after it runs.
 
     This base class is also the ``none`` kind: nothing is enforced, ``kill_all`` signals
-    the job's process group.
+    the process group.
     """
 
     kind: str = "none"
     """The :attr:`Limiter.kind` that made this."""
 
-    def __init__(self, job_id: str, requirements: JobRequirements, argv: list[str]) -> None:
+    def __init__(self, job_id: str, requirements: Requirements, argv: list[str],
+                 noun: str = "job") -> None:
         self.job_id = job_id
-        """The job this is for."""
+        """The job (or task) this is for."""
         self.requirements = requirements
         """The requirements being enforced."""
         self.argv: list[str] = argv
-        """The command line the worker must start instead of the job's own."""
+        """The command line the caller must start instead of the program's own."""
+        self.noun = noun
+        """``job`` or ``task``: what the messages call it."""
         self.pid: int | None = None
         """The pid given to :meth:`attach`."""
 
@@ -316,15 +381,20 @@ class Limited:
         """After the process exited: why the kernel killed it for exceeding its limits
         (``"killed: used more than its memory limit of 64 MiB"``), else None.
 
-        ``returncode`` (``Popen.returncode``) sharpens the answer: a job that exited 0 was
-        not killed; a SIGKILL (-9) is needed where the kernel keeps no OOM-kill count.
+        ``returncode`` (``Popen.returncode``) sharpens the answer: a process that exited 0
+        was not killed; a SIGKILL (-9) is needed where the kernel keeps no OOM-kill count.
         Call it before :meth:`cleanup` or after, both work.
         """
         return None
 
     def hint(self, returncode: int | None) -> str | None:
-        """A note for a failed job when a limit may explain the failure without being
-        proven to (the rlimit kind: allocations fail instead of a kill); else None."""
+        """A note for a failure when a limit may explain it without being proven to (the
+        rlimit kind: allocations fail instead of a kill); else None."""
+        return None
+
+    def memory_current(self) -> int | None:
+        """Bytes of memory the processes of the cgroup use now (page cache included, as
+        the kernel charges it); None where the kind does not measure it."""
         return None
 
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
@@ -358,9 +428,9 @@ class _RlimitLimited(Limited):
 class _CgroupLimited(Limited):
     """A job in one cgroup per hierarchy; ``cgroups[0]`` carries the memory limit."""
 
-    def __init__(self, job_id: str, requirements: JobRequirements, argv: list[str],
-                 cgroups: list[str]) -> None:
-        super().__init__(job_id, requirements, argv)
+    def __init__(self, job_id: str, requirements: Requirements, argv: list[str],
+                 cgroups: list[str], noun: str = "job") -> None:
+        super().__init__(job_id, requirements, argv, noun)
         self.cgroups = cgroups
         """The job's cgroup directories (the memory one first)."""
         self._evidence: tuple[int | None, bool] | None = None
@@ -376,9 +446,10 @@ class _CgroupLimited(Limited):
         kills, hit = (self._evidence if self._evidence is not None
                       else self._oom_evidence())
         if kills is not None:
-            return _memory_message(memory, returncode, kills) if kills > 0 else None
+            return (_memory_message(memory, returncode, kills, self.noun) if kills > 0
+                    else None)
         if hit and returncode == -signal.SIGKILL:
-            return _memory_message(memory, returncode, None)
+            return _memory_message(memory, returncode, None, self.noun)
         return None
 
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
@@ -403,6 +474,9 @@ class _Cgroup2Limited(_CgroupLimited):
         events = _keyed(os.path.join(self.cgroups[0], "memory.events"))
         return events.get("oom_kill"), events.get("max", 0) > 0
 
+    def memory_current(self) -> int | None:
+        return _read_int(os.path.join(self.cgroups[0], "memory.current"))
+
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
         kill_file = os.path.join(self.cgroups[0], "cgroup.kill")
         if sig == signal.SIGKILL and os.path.exists(kill_file):
@@ -423,6 +497,9 @@ class _Cgroup1Limited(_CgroupLimited):
         limit = self.requirements.memory * _MIB
         return kills, any(failcnt) or peak >= limit - _MIB
 
+    def memory_current(self) -> int | None:
+        return _read_int(os.path.join(self.cgroups[0], "memory.usage_in_bytes"))
+
 
 # --------------------------------------------------------------------------- Limiter
 
@@ -433,24 +510,45 @@ class Limiter:
     kind: str = "none"
     """``"cgroup2"``, ``"cgroup1"``, ``"rlimit"`` or ``"none"``."""
 
-    def __init__(self, node: str, detail: str = "") -> None:
+    def __init__(self, node: str, detail: str = "", noun: str = "job",
+                 cpu: str = "quota") -> None:
+        self.cpu = cpu
+        """``quota`` (a cap) or ``weight`` (a share under contention) for ``cpu_units``."""
         self.node = node
         """The node the jobs run on (part of the cgroup name)."""
         self.detail = detail or self.kind
         """One line for the worker's log: what is enforced and how."""
+        self.noun = noun
+        """``job`` or ``task``: names the cgroups and what the messages call it."""
 
-    def wrap(self, job_id: str, requirements: JobRequirements, argv: list[str],
-             user: Identity | None = None) -> Limited:
+    def _label(self, job_id: str) -> str:
+        return f"{self.noun} {job_id}"
+
+    def wrap(self, job_id: str, requirements: Requirements, argv: list[str],
+             user: Identity | None = None, *, pids: int = 0,
+             pdeathsig: bool = True) -> Limited:
         """Set up the limits of one job and give the command line to start it with (as
         ``user`` when given: the program runs with that uid, gid and groups; the limits
         are set up as the worker's user first).
+
+        ``pids`` (> 0) limits how many processes and threads it may have at once (the
+        cgroup kinds). With ``pdeathsig`` the program is killed when the thread that
+        started it dies (jobs); a service task must outlive its agent, so it passes False.
 
         Raises :class:`~skedlib.errors.SkedError` (with a one-line message to fail the job
         with) when the limits cannot be set up.
         """
         if not argv:
-            raise SkedError(f"job {job_id}: empty command line")
-        return Limited(job_id, requirements, [*_start_prefix(job_id, user), *argv])
+            raise SkedError(f"{self._label(job_id)}: empty command line")
+        prefix = _start_prefix(self._label(job_id), user, pdeathsig)
+        return Limited(job_id, requirements, [*prefix, *argv], self.noun)
+
+    def find(self, job_id: str, requirements: Requirements) -> Limited | None:
+        """The limits :meth:`wrap` set up for ``job_id`` by an earlier process (an agent
+        before its restart), when they are still there: its cgroups, found by the id.
+        None when there is nothing to take over (kinds without cgroups)."""
+        del job_id, requirements
+        return None
 
     def close(self) -> None:
         """Remove the node's parent cgroups if no job uses them (the worker may call this
@@ -460,16 +558,19 @@ class Limiter:
 class _RlimitLimiter(Limiter):
     kind = "rlimit"
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, noun: str = "job", cpu: str = "quota") -> None:
         self._prlimit = shutil.which("prlimit")
         how = "prlimit --as" if self._prlimit else "ulimit -v"
-        super().__init__(node, f"rlimit: memory as RLIMIT_AS ({how}); cpu not enforced")
+        super().__init__(node, f"rlimit: memory as RLIMIT_AS ({how}); cpu and pids not "
+                         "enforced", noun, cpu)
 
-    def wrap(self, job_id: str, requirements: JobRequirements, argv: list[str],
-             user: Identity | None = None) -> Limited:
-        """Start the job under ``RLIMIT_AS`` of its memory requirement (cpu: unenforced)."""
+    def wrap(self, job_id: str, requirements: Requirements, argv: list[str],
+             user: Identity | None = None, *, pids: int = 0,
+             pdeathsig: bool = True) -> Limited:
+        """Start the job under ``RLIMIT_AS`` of its memory requirement (cpu and pids:
+        unenforced; ``RLIMIT_NPROC`` counts every process of the user, not the job's)."""
         if not argv:
-            raise SkedError(f"job {job_id}: empty command line")
+            raise SkedError(f"{self._label(job_id)}: empty command line")
         cmd = list(argv)
         if requirements.memory > 0:
             if self._prlimit:
@@ -477,49 +578,60 @@ class _RlimitLimiter(Limiter):
             else:
                 cmd = [_SH, "-c", 'ulimit -v "$0" && exec "$@"',
                        str(requirements.memory * 1024), *cmd]
-        return _RlimitLimited(job_id, requirements, [*_start_prefix(job_id, user), *cmd])
+        prefix = _start_prefix(self._label(job_id), user, pdeathsig)
+        return _RlimitLimited(job_id, requirements, [*prefix, *cmd], self.noun)
 
 
 class _CgroupLimiter(Limiter):
     """Shared by the two cgroup kinds: a parent cgroup per hierarchy, a child per job."""
 
-    def __init__(self, node: str, parents: list[str], detail: str) -> None:
-        super().__init__(node, detail)
+    def __init__(self, node: str, parents: list[str], detail: str, noun: str = "job",
+                 cpu: str = "quota") -> None:
+        super().__init__(node, detail, noun, cpu)
         self.parents = parents
-        """The node's parent cgroup directories (``…/skedlib-jobs-<node>``)."""
+        """The node's parent cgroup directories (``…/skedlib-<noun>s-<node>``)."""
 
     def _ensure_parents(self) -> None:
         for parent in self.parents:
             os.makedirs(parent, exist_ok=True)
 
-    def _create(self, job_id: str, requirements: JobRequirements, cgroups: list[str]) -> None:
+    def _create(self, job_id: str, requirements: Requirements, pids: int,
+                cgroups: list[str]) -> None:
         """Create the job's cgroups, appending each to ``cgroups`` as soon as it exists."""
         raise NotImplementedError
 
-    def _limited(self, job_id: str, requirements: JobRequirements, argv: list[str],
+    def _dirs(self, job_id: str, requirements: Requirements) -> list[str]:
+        """The job's cgroup directories, the memory one first (whether they exist or not)."""
+        raise NotImplementedError
+
+    def _limited(self, job_id: str, requirements: Requirements, argv: list[str],
                  cgroups: list[str]) -> Limited:
         raise NotImplementedError
 
+    def _child(self, parent: str, job_id: str) -> str:
+        return os.path.join(parent, f"{self.noun}-{_safe(job_id)}")
+
     def _job_dir(self, parent: str, job_id: str) -> str:
-        path = os.path.join(parent, f"job-{_safe(job_id)}")
+        path = self._child(parent, job_id)
         if os.path.isdir(path):  # left over from an earlier attempt of this job
             _signal_cgroups([path], signal.SIGKILL, 1.0)
             _rmdir(path, 2.0)
         os.mkdir(path)
         return path
 
-    def wrap(self, job_id: str, requirements: JobRequirements, argv: list[str],
-             user: Identity | None = None) -> Limited:
+    def wrap(self, job_id: str, requirements: Requirements, argv: list[str],
+             user: Identity | None = None, *, pids: int = 0,
+             pdeathsig: bool = True) -> Limited:
         """Create the job's cgroups with its limits; the returned argv enters them first
         (as the worker's user: a job's own user could not move itself into them)."""
         if not argv:
-            raise SkedError(f"job {job_id}: empty command line")
-        prefix = _start_prefix(job_id, user)
+            raise SkedError(f"{self._label(job_id)}: empty command line")
+        prefix = _start_prefix(self._label(job_id), user, pdeathsig)
         cgroups: list[str] = []
         for attempt in (1, 2):
             try:
                 self._ensure_parents()
-                self._create(job_id, requirements, cgroups)
+                self._create(job_id, requirements, pids, cgroups)
                 break
             except (OSError, _Unusable) as exc:
                 for cgroup in reversed(cgroups):
@@ -533,13 +645,22 @@ class _CgroupLimiter(Limiter):
         wrapped = _enter_cgroups_argv(cgroups, [*prefix, *argv])
         return self._limited(job_id, requirements, wrapped, cgroups)
 
+    def find(self, job_id: str, requirements: Requirements) -> Limited | None:
+        """The job's cgroups when its memory cgroup still exists (the others that exist)."""
+        dirs = self._dirs(job_id, requirements)
+        if not os.path.isdir(dirs[0]):
+            return None
+        return self._limited(job_id, requirements, [],
+                             [dirs[0], *(d for d in dirs[1:] if os.path.isdir(d))])
+
     def _fail(self, job_id: str, exc: OSError | _Unusable) -> NoReturn:
         """Raise the SkedError a failed set-up becomes (never a raw OSError)."""
         if isinstance(exc, OSError):
             why = f"{exc.filename or self.parents[0]}: {exc.strerror or exc}"
         else:
             why = str(exc)
-        raise SkedError(f"job {job_id}: cannot create its {self.kind} cgroup ({why})") from None
+        raise SkedError(f"{self._label(job_id)}: cannot create its {self.kind} cgroup "
+                        f"({why})") from None
 
     def close(self) -> None:
         for parent in self.parents:
@@ -550,17 +671,29 @@ class _CgroupLimiter(Limiter):
 class _Cgroup2Limiter(_CgroupLimiter):
     kind = "cgroup2"
 
-    def __init__(self, node: str, parent: str, cpu: bool) -> None:
+    def __init__(self, node: str, parent: str, cpu: bool, pids: bool = False,
+                 noun: str = "job", cpu_mode: str = "quota") -> None:
         self._cpu = cpu
-        cpu_note = "cpu.max" if cpu else "cpu not enforced (no cpu controller)"
-        super().__init__(node, [parent], f"cgroup2 at {parent}: memory.max, {cpu_note}")
+        self._pids = pids
+        cpu_file = "cpu.weight" if cpu_mode == "weight" else "cpu.max"
+        cpu_note = cpu_file if cpu else "cpu not enforced (no cpu controller)"
+        pids_note = "pids.max" if pids else "pids not enforced (no pids controller)"
+        super().__init__(node, [parent],
+                         f"cgroup2 at {parent}: memory.max, {cpu_note}, {pids_note}", noun,
+                         cpu_mode)
 
     def _ensure_parents(self) -> None:
         parent = self.parents[0]
         if not os.path.isdir(parent):  # removed by close() meanwhile
             _setup_cgroup2_parent(os.path.dirname(parent), os.path.basename(parent))
+            if self.cpu == "weight":
+                _weigh_parent(parent, self.kind)
 
-    def _create(self, job_id: str, requirements: JobRequirements, cgroups: list[str]) -> None:
+    def _dirs(self, job_id: str, requirements: Requirements) -> list[str]:
+        return [self._child(self.parents[0], job_id)]
+
+    def _create(self, job_id: str, requirements: Requirements, pids: int,
+                cgroups: list[str]) -> None:
         path = self._job_dir(self.parents[0], job_id)
         cgroups.append(path)
         if requirements.memory > 0:
@@ -568,28 +701,48 @@ class _Cgroup2Limiter(_CgroupLimiter):
             swap = os.path.join(path, "memory.swap.max")
             if os.path.exists(swap):
                 _write(swap, "0")
-        if requirements.cpu_units > 0 and self._cpu:
+        if requirements.cpu_units > 0 and self._cpu and self.cpu == "weight":
+            _write(os.path.join(path, "cpu.weight"), str(_cpu_weight(requirements.cpu_units)))
+        elif requirements.cpu_units > 0 and self._cpu:
             _write(os.path.join(path, "cpu.max"),
                    f"{_cpu_quota_us(requirements.cpu_units)} {_CPU_PERIOD_US}")
+        if pids > 0 and self._pids:
+            _write(os.path.join(path, "pids.max"), str(pids))
 
-    def _limited(self, job_id: str, requirements: JobRequirements, argv: list[str],
+    def _limited(self, job_id: str, requirements: Requirements, argv: list[str],
                  cgroups: list[str]) -> Limited:
-        return _Cgroup2Limited(job_id, requirements, argv, cgroups)
+        return _Cgroup2Limited(job_id, requirements, argv, cgroups, self.noun)
 
 
 class _Cgroup1Limiter(_CgroupLimiter):
     kind = "cgroup1"
 
-    def __init__(self, node: str, memory_parent: str, cpu_parent: str | None) -> None:
+    def __init__(self, node: str, memory_parent: str, cpu_parent: str | None,
+                 pids_parent: str | None = None, noun: str = "job",
+                 cpu_mode: str = "quota") -> None:
         self._memory_parent = memory_parent
         self._cpu_parent = cpu_parent
-        cpu_note = (f"cpu.cfs_quota_us at {cpu_parent}" if cpu_parent
+        self._pids_parent = pids_parent
+        cpu_file = "cpu.shares" if cpu_mode == "weight" else "cpu.cfs_quota_us"
+        cpu_note = (f"{cpu_file} at {cpu_parent}" if cpu_parent
                     else "cpu not enforced (no usable cpu hierarchy)")
-        parents = [memory_parent] + ([cpu_parent] if cpu_parent else [])
-        super().__init__(node, parents,
-                         f"cgroup1: memory.limit_in_bytes at {memory_parent}, {cpu_note}")
+        pids_note = (f"pids.max at {pids_parent}" if pids_parent
+                     else "pids not enforced (no usable pids hierarchy)")
+        parents = [memory_parent, *(p for p in (cpu_parent, pids_parent) if p)]
+        super().__init__(node, parents, f"cgroup1: memory.limit_in_bytes at "
+                         f"{memory_parent}, {cpu_note}, {pids_note}", noun, cpu_mode)
 
-    def _create(self, job_id: str, requirements: JobRequirements, cgroups: list[str]) -> None:
+    def _dirs(self, job_id: str, requirements: Requirements) -> list[str]:
+        return [self._child(p, job_id) for p in self.parents]
+
+    def _ensure_parents(self) -> None:
+        cpu_gone = self._cpu_parent is not None and not os.path.isdir(self._cpu_parent)
+        super()._ensure_parents()
+        if cpu_gone and self._cpu_parent and self.cpu == "weight":  # removed by close()
+            _weigh_parent(self._cpu_parent, self.kind)
+
+    def _create(self, job_id: str, requirements: Requirements, pids: int,
+                cgroups: list[str]) -> None:
         memdir = self._job_dir(self._memory_parent, job_id)
         cgroups.append(memdir)
         if requirements.memory > 0:
@@ -601,20 +754,28 @@ class _Cgroup1Limiter(_CgroupLimiter):
         if requirements.cpu_units > 0 and self._cpu_parent:
             cpudir = self._job_dir(self._cpu_parent, job_id)
             cgroups.append(cpudir)
-            _write(os.path.join(cpudir, "cpu.cfs_period_us"), str(_CPU_PERIOD_US))
-            _write(os.path.join(cpudir, "cpu.cfs_quota_us"),
-                   str(_cpu_quota_us(requirements.cpu_units)))
+            if self.cpu == "weight":
+                _write(os.path.join(cpudir, "cpu.shares"),
+                       str(_cpu_shares(requirements.cpu_units)))
+            else:
+                _write(os.path.join(cpudir, "cpu.cfs_period_us"), str(_CPU_PERIOD_US))
+                _write(os.path.join(cpudir, "cpu.cfs_quota_us"),
+                       str(_cpu_quota_us(requirements.cpu_units)))
+        if pids > 0 and self._pids_parent:
+            pidsdir = self._job_dir(self._pids_parent, job_id)
+            cgroups.append(pidsdir)
+            _write(os.path.join(pidsdir, "pids.max"), str(pids))
 
-    def _limited(self, job_id: str, requirements: JobRequirements, argv: list[str],
+    def _limited(self, job_id: str, requirements: Requirements, argv: list[str],
                  cgroups: list[str]) -> Limited:
-        return _Cgroup1Limited(job_id, requirements, argv, cgroups)
+        return _Cgroup1Limited(job_id, requirements, argv, cgroups, self.noun)
 
 
 # --------------------------------------------------------------------------- detection
 
 
-def _parent_name(node: str) -> str:
-    return f"skedlib-jobs-{_safe(node)}"
+def _parent_name(node: str, noun: str = "job") -> str:
+    return f"skedlib-{noun}s-{_safe(node)}"
 
 
 def _enable(cgroup: str, controllers: list[str]) -> None:
@@ -624,9 +785,10 @@ def _enable(cgroup: str, controllers: list[str]) -> None:
                " ".join(f"+{c}" for c in missing))
 
 
-def _setup_cgroup2_parent(base: str, name: str) -> tuple[str, bool]:
-    """Create ``base/name`` with memory (and cpu) for its children; (path, cpu enabled)."""
-    wanted: list[str] = [c for c in ("memory", "cpu") if c in _controllers(base)]
+def _setup_cgroup2_parent(base: str, name: str) -> tuple[str, bool, bool]:
+    """Create ``base/name`` with memory (and cpu, pids) for its children; (path, cpu
+    enabled, pids enabled)."""
+    wanted: list[str] = [c for c in ("memory", "cpu", "pids") if c in _controllers(base)]
     if "memory" not in wanted:
         raise _Unusable(f"{base} has no memory controller")
     try:
@@ -642,10 +804,10 @@ def _setup_cgroup2_parent(base: str, name: str) -> tuple[str, bool]:
     enabled = _controllers(parent, "cgroup.subtree_control")
     if "memory" not in enabled:
         raise _Unusable(f"{parent} cannot hand the memory controller to its children")
-    return parent, "cpu" in enabled
+    return parent, "cpu" in enabled, "pids" in enabled
 
 
-def _detect_cgroup2(node: str) -> Limiter:
+def _detect_cgroup2(node: str, noun: str, cpu_mode: str) -> Limiter:
     mounts = [m for m in _mounts() if m.fstype == "cgroup2"]
     if not mounts:
         raise _Unusable("no cgroup2 hierarchy is mounted")
@@ -663,22 +825,24 @@ def _detect_cgroup2(node: str) -> Limiter:
     reasons: list[str] = []
     for base in dict.fromkeys(bases):
         try:
-            parent, cpu = _setup_cgroup2_parent(base, _parent_name(node))
+            parent, cpu, pids = _setup_cgroup2_parent(base, _parent_name(node, noun))
         except _Unusable as exc:
             reasons.append(str(exc))
             continue
-        return _Cgroup2Limiter(node, parent, cpu)
+        if cpu_mode == "weight":
+            _weigh_parent(parent, "cgroup2")
+        return _Cgroup2Limiter(node, parent, cpu, pids, noun, cpu_mode)
     raise _Unusable("; ".join(reasons))
 
 
-def _v1_parent(controller: str, node: str, required_file: str) -> str:
+def _v1_parent(controller: str, node: str, required_file: str, noun: str) -> str:
     mounts = [m for m in _mounts() if m.fstype == "cgroup" and controller in m.options]
     if not mounts:
         raise _Unusable(f"no cgroup v1 {controller} hierarchy is mounted")
     own = _cgroup_dir(mounts[0], _own_cgroups().get(controller, "/"))
     if not os.path.exists(os.path.join(own, required_file)):
         raise _Unusable(f"{own} has no {required_file}")
-    parent = os.path.join(own, _parent_name(node))
+    parent = os.path.join(own, _parent_name(node, noun))
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
@@ -686,53 +850,64 @@ def _v1_parent(controller: str, node: str, required_file: str) -> str:
     return parent
 
 
-def _detect_cgroup1(node: str) -> Limiter:
-    memory_parent = _v1_parent("memory", node, "memory.limit_in_bytes")
-    try:
-        cpu_parent: str | None = _v1_parent("cpu", node, "cpu.cfs_quota_us")
-    except _Unusable:
-        cpu_parent = None
-    return _Cgroup1Limiter(node, memory_parent, cpu_parent)
+def _detect_cgroup1(node: str, noun: str, cpu_mode: str) -> Limiter:
+    memory_parent = _v1_parent("memory", node, "memory.limit_in_bytes", noun)
+    optional: list[str | None] = []
+    # the root cgroup of a hierarchy has no cpu.cfs_quota_us or pids.max: ask for a file
+    # every cgroup has, and find pids.max in the children
+    for controller, required in (("cpu", "cpu.shares" if cpu_mode == "weight"
+                                  else "cpu.cfs_quota_us"), ("pids", "cgroup.procs")):
+        try:
+            optional.append(_v1_parent(controller, node, required, noun))
+        except _Unusable:
+            optional.append(None)
+    if cpu_mode == "weight" and optional[0]:
+        _weigh_parent(optional[0], "cgroup1")
+    return _Cgroup1Limiter(node, memory_parent, optional[0], optional[1], noun, cpu_mode)
 
 
-def _detect_rlimit(node: str) -> Limiter:
+def _detect_rlimit(node: str, noun: str, cpu_mode: str) -> Limiter:
     if not shutil.which("prlimit") and not os.access(_SH, os.X_OK):
         raise _Unusable(f"neither prlimit nor {_SH} is available")
-    return _RlimitLimiter(node)
+    return _RlimitLimiter(node, noun, cpu_mode)
 
 
-def _detect_none(node: str) -> Limiter:
-    return Limiter(node, "none: no limits enforced")
+def _detect_none(node: str, noun: str, cpu_mode: str) -> Limiter:
+    return Limiter(node, "none: no limits enforced", noun, cpu_mode)
 
 
 _DETECT = {"cgroup2": _detect_cgroup2, "cgroup1": _detect_cgroup1,
            "rlimit": _detect_rlimit, "none": _detect_none}
 
 
-def detect_limiter(node: str, prefer: str = "auto") -> Limiter:
-    """The limiter for jobs on ``node``.
+def detect_limiter(node: str, prefer: str = "auto", noun: str = "job",
+                   cpu: str = "quota") -> Limiter:
+    """The limiter for jobs (or, with ``noun="task"``, service tasks) on ``node``;
+    ``cpu`` is ``quota`` (a cap at ``cpu_units``) or ``weight`` (a share).
 
     ``prefer="auto"`` takes the first usable of cgroup2, cgroup1 and rlimit (its
     :attr:`Limiter.detail` names why better kinds were passed over); a kind forces it and
     raises :class:`~skedlib.errors.SkedError` when it is not usable here. Creates the
-    node's parent cgroup (``skedlib-jobs-<node>``) for the cgroup kinds.
+    node's parent cgroup (``skedlib-<noun>s-<node>``) for the cgroup kinds.
     """
+    if cpu not in ("quota", "weight"):
+        raise SkedError(f"unknown cpu limit {cpu!r} (expected quota or weight)")
     if prefer != "auto" and prefer not in LIMITER_KINDS:
-        raise SkedError(f"unknown job limiter {prefer!r} "
+        raise SkedError(f"unknown {noun} limiter {prefer!r} "
                         f"(expected auto, {', '.join(LIMITER_KINDS)})")
     if prefer != "auto":
         try:
-            return _DETECT[prefer](node)
+            return _DETECT[prefer](node, noun, cpu)
         except (_Unusable, OSError) as exc:
-            raise SkedError(f"job limiter {prefer} is not usable here: {exc}") from None
+            raise SkedError(f"{noun} limiter {prefer} is not usable here: {exc}") from None
     passed: list[str] = []
     for kind in ("cgroup2", "cgroup1", "rlimit"):
         try:
-            limiter = _DETECT[kind](node)
+            limiter = _DETECT[kind](node, noun, cpu)
         except (_Unusable, OSError) as exc:
             passed.append(f"{kind}: {exc}")
             continue
         if passed:
             limiter.detail += f" (passed over {'; '.join(passed)})"
         return limiter
-    return _detect_none(node)
+    return _detect_none(node, noun, cpu)
