@@ -123,6 +123,16 @@ class SnapshotCache:
     by :meth:`record`) and ``on_reset`` after every listing, each with the snapshot as it
     stands then and under the cache's lock: they must be quick and must not wait for a
     view.
+
+    Args:
+        store: The store to follow (its backend and keyspace).
+        on_bad: Called with a record that does not decode, and why.
+        on_change: Called with the snapshot and each :class:`Change` applied.
+        on_reset: Called with the snapshot after each full listing.
+
+    Raises:
+        BackendError: From :meth:`refresh` when the store cannot be reached (a started
+            cache retries on its own, with backoff).
     """
 
     def __init__(self, store: Store, on_bad: OnBad | None = None, *,
