@@ -24,6 +24,7 @@ the page says the reader sees.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -177,6 +178,23 @@ def test_the_tutorial_runs(work: dict[str, str]) -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(timeout=10)
+        _kill_leftovers(cwd)
+
+
+def _kill_leftovers(cwd: Path) -> None:
+    """Kill what the tutorial started and did not stop (the tasks of an agent that was
+    killed): the processes running in its working directory. The agent is told to stop
+    its tasks on exit, so after a passing run there are none."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            inside = Path(os.readlink(proc / "cwd")).is_relative_to(cwd)
+        except OSError:
+            continue
+        if inside:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 def _wait(ready: Callable[[], bool], timeout: float, what: str) -> None:
