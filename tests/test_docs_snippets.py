@@ -26,6 +26,10 @@ does not show::
         {snippet}
     -->
 
+The ```python examples in skedlib's docstrings (rendered by the site's API reference)
+are checked the same way, each completed by :data:`DOCSTRING_PRELUDE`: the names such an
+example takes as given (a ``store``, a ``snap``, a ``plan``…), declared with their types.
+
 The block is checked in its completed form: the prelude with the line ``{snippet}``
 replaced by the block (indented as that line is), or followed by the block when there is
 no such line. mypy's complaints about the block carry the page's lines; those about the
@@ -53,6 +57,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,7 +163,40 @@ def _blocks(page: Path) -> list[Block]:
     return out
 
 
-BLOCKS = [b for page in PAGES for b in _blocks(page) if b.marker != "# not run"]
+DOCSTRING_PRELUDE = """\
+import msgspec
+
+from skedlib import (BestFit, Cluster, HostPool, LeastLoaded, Lock, Placement, Placer, Plan,
+                     Scheduler, Service, Snapshot, SnapshotCache, Store, Task, TaskDefinition,
+                     TaskRequest, commit_plan, read_snapshot, stock_filters)
+
+url = "memory://"
+store: Store
+snap: Snapshot
+snapshot: Snapshot
+plan: Plan
+cluster: Cluster
+service: Service
+td: TaskDefinition
+task: Task
+pool: HostPool
+lock: Lock
+scheduler: Scheduler
+cache: SnapshotCache
+"""
+"""What a docstring's example may use without defining it."""
+
+SOURCES = [p for p in sorted((ROOT / "skedlib").rglob("*.py")) if "```python" in p.read_text()]
+
+
+def _docstring_blocks(source: Path) -> list[Block]:
+    """The ```python examples of a module's docstrings, dedented, with the prelude."""
+    return [Block(b.page, b.line, textwrap.dedent(b.code), DOCSTRING_PRELUDE, b.line)
+            for b in _blocks(source)]
+
+
+BLOCKS = [b for page in PAGES for b in _blocks(page) if b.marker != "# not run"] \
+    + [b for source in SOURCES for b in _docstring_blocks(source)]
 TYPED = [b for b in BLOCKS if b.marker != "# not typed"]
 RUN = [b for b in BLOCKS if b.marker == "# run"]
 
@@ -227,6 +265,10 @@ def test_the_pages_have_checked_blocks() -> None:
     assert any(b.page.name == "README.md" and b.marker == "# run" for b in BLOCKS), \
         "README.md: its Python example should be a '# run' block"
     assert len(TYPED) >= 10
+    assert {"TaskRequest", "Placer", "Lock", "commit_plan"} <= {
+        name for b in BLOCKS if b.page.suffix == ".py" for name in
+        re.findall(r"\b(TaskRequest|Placer|Lock|commit_plan)\b", b.code)}, \
+        "the docstring examples of skedlib are not collected"
 
 
 def test_a_partial_block_is_checked_in_its_prelude(tmp_path: Path) -> None:
