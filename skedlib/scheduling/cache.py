@@ -106,11 +106,14 @@ _R = TypeVar("_R", bound=Record)
 class SnapshotCache:
     """One live :class:`Snapshot` of a store's keyspace, fed by a listing and its watch.
 
-    >>> cache = SnapshotCache(store).start()                    # doctest: +SKIP
-    >>> cache.wait_ready(10)                                    # doctest: +SKIP
-    >>> with cache.view() as snap:                              # doctest: +SKIP
-    ...     plan = scheduler.plan(snap, cluster, service).plan
-    ...     cache.record(plan, commit_plan(store, snap, plan))
+    ```python
+    cache = SnapshotCache(store).start()       # lists, then follows the watch on a thread
+    cache.wait_ready(10)
+    with cache.view() as snap:                 # the snapshot, held still while borrowed
+        plan = scheduler.plan(snap, cluster, service).plan
+        cache.record(plan, commit_plan(store, snap, plan))   # see one's own commit at once
+    cache.stop()
+    ```
 
     Without :meth:`start`, feed it by hand: :meth:`refresh` (or :meth:`reset` with a
     listing) and :meth:`apply` with every watch batch.
