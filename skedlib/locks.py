@@ -110,6 +110,27 @@ class Lock:
     ``try_acquire()`` returns at once; ``acquire(timeout)`` waits (watching the key) and
     raises :class:`LockError` when the time runs out. The lock is released on
     :meth:`release`, on leaving the ``with`` block, or by lease expiry if the process dies.
+    Pass :meth:`fence` in every transaction made under the lock: once the lock is lost
+    (lease expired, process paused), the store refuses those writes.
+
+    Args:
+        backend: The store's backend (``store.backend``).
+        key: The key the lock is; it exists while the lock is held. To keep a script from
+            fighting the scheduler daemon over a service, take the daemon's own lock of
+            that service, ``store.keys.lock(cluster, service)``; for anything else, a key
+            of your own under the prefix (``store.keys.prefix + "locks/my-job"``).
+        ttl: Seconds the lock outlives a holder that stopped renewing it (a dead process).
+        holder: Who holds it, for people reading the key (default: host, pid and object).
+
+    Example:
+        ```python
+        with Store.open(url) as store:
+            lock = Lock(store.backend, store.keys.lock("default", "web"))
+            with lock:                     # acquire(), then release() on leaving
+                snap = read_snapshot(store)
+                result = commit_plan(store, snap, plan, fence=[lock.fence()])
+                assert not result.fenced_out   # True: the lock was lost, nothing written
+        ```
     """
 
     def __init__(self, backend: Backend, key: str, ttl: float = 10.0,

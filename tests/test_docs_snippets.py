@@ -13,6 +13,28 @@ A block whose first line is ``# not run`` is a fragment that cannot stand alone 
 needs a live etcd, say) and is skipped entirely. Keep the ``# not run`` and
 ``# not typed`` blocks few: a block that is checked cannot go stale.
 
+A deliberately **partial** block (a method without its class, a step that uses names an
+earlier paragraph set up) is preceded by a hidden prelude, an HTML comment that the site
+does not show::
+
+    <!-- snippet: partial
+    from skedlib import HostPolicy
+
+    class MineExecutor:
+        policy: HostPolicy
+
+        {snippet}
+    -->
+
+The ```python examples in skedlib's docstrings (rendered by the site's API reference)
+are checked the same way, each completed by :data:`DOCSTRING_PRELUDE`: the names such an
+example takes as given (a ``store``, a ``snap``, a ``plan``…), declared with their types.
+
+The block is checked in its completed form: the prelude with the line ``{snippet}``
+replaced by the block (indented as that line is), or followed by the block when there is
+no such line. mypy's complaints about the block carry the page's lines; those about the
+prelude name the comment's line.
+
 A comment naming a module path as the block's first line after the marker (e.g.
 ``# sked_most_free_cpu/plugin.py``) writes the block at that path, so a later block can
 import it, as a plugin's registration imports its scheduler. Other blocks become
@@ -35,6 +57,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +69,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 SQLITE_TMP = "sqlite:///tmp/"
 _PATH_COMMENT = re.compile(r"#\s*([A-Za-z_][\w/]*\.py)\b")
+_PARTIAL = "<!-- snippet: partial"
+_PLACEHOLDER = "{snippet}"
 
 
 PUBLIC_MODULES = PUBLIC
@@ -60,6 +85,10 @@ class Block:
     page: Path
     line: int
     code: str
+    prelude: str = ""
+    """The hidden prelude of a partial block (see the module docstring), else empty."""
+    prelude_line: int = 0
+    """The page line of the prelude's comment."""
 
     @property
     def where(self) -> str:
@@ -85,27 +114,89 @@ class Block:
     def module(self) -> str:
         return self.relpath.removesuffix(".py").replace("/", ".")
 
+    @property
+    def completed(self) -> tuple[str, int]:
+        """The code checked: the block in its prelude, and how many lines come before it."""
+        if not self.prelude:
+            return self.code, 0
+        lines = self.prelude.split("\n")
+        at = next((i for i, line in enumerate(lines) if line.strip() == _PLACEHOLDER), None)
+        if at is None:
+            return self.prelude.rstrip("\n") + "\n" + self.code, len(lines)
+        indent = lines[at][:len(lines[at]) - len(lines[at].lstrip())]
+        body = [indent + line if line.strip() else line for line in self.code.split("\n")]
+        return "\n".join([*lines[:at], *body, *lines[at + 1:]]) + "\n", at
+
     def doc_line(self, n: int) -> int:
-        """The page line of the block's line ``n`` (1-based)."""
-        return self.line + n
+        """The page line of the completed code's line ``n`` (1-based): the block's line, or
+        the prelude comment's line for a line of the prelude."""
+        before = self.completed[1]
+        if before < n <= before + self.code.count("\n"):
+            return self.line + n - before
+        return self.prelude_line
 
 
 def _blocks(page: Path) -> list[Block]:
     out: list[Block] = []
     lines = page.read_text().split("\n")
+    prelude, prelude_line = "", 0
     i = 0
     while i < len(lines):
+        if lines[i].strip() == _PARTIAL:
+            prelude_line = i + 1
+            end = next(j for j in range(i, len(lines)) if lines[j].strip() == "-->")
+            prelude = "\n".join(lines[i + 1:end]) + "\n"
+            i = end + 1
+            assert i < len(lines) and lines[i].strip() == "```python", \
+                f"{page.relative_to(ROOT)}:{prelude_line}: a partial snippet's prelude " \
+                "must be followed by its ```python block"
+            continue
         if lines[i].strip() == "```python":
             start = i
             i += 1
             while i < len(lines) and lines[i].strip() != "```":
                 i += 1
-            out.append(Block(page, start + 1, "\n".join(lines[start + 1:i]) + "\n"))
+            out.append(Block(page, start + 1, "\n".join(lines[start + 1:i]) + "\n",
+                             prelude, prelude_line))
+            prelude, prelude_line = "", 0
         i += 1
     return out
 
 
-BLOCKS = [b for page in PAGES for b in _blocks(page) if b.marker != "# not run"]
+DOCSTRING_PRELUDE = """\
+import msgspec
+
+from skedlib import (BestFit, Cluster, HostPool, LeastLoaded, Lock, Placement, Placer, Plan,
+                     Scheduler, Service, Snapshot, SnapshotCache, Store, Task, TaskDefinition,
+                     TaskRequest, commit_plan, read_snapshot, stock_filters)
+
+url = "memory://"
+store: Store
+snap: Snapshot
+snapshot: Snapshot
+plan: Plan
+cluster: Cluster
+service: Service
+td: TaskDefinition
+task: Task
+pool: HostPool
+lock: Lock
+scheduler: Scheduler
+cache: SnapshotCache
+"""
+"""What a docstring's example may use without defining it."""
+
+SOURCES = [p for p in sorted((ROOT / "skedlib").rglob("*.py")) if "```python" in p.read_text()]
+
+
+def _docstring_blocks(source: Path) -> list[Block]:
+    """The ```python examples of a module's docstrings, dedented, with the prelude."""
+    return [Block(b.page, b.line, textwrap.dedent(b.code), DOCSTRING_PRELUDE, b.line)
+            for b in _blocks(source)]
+
+
+BLOCKS = [b for page in PAGES for b in _blocks(page) if b.marker != "# not run"] \
+    + [b for source in SOURCES for b in _docstring_blocks(source)]
 TYPED = [b for b in BLOCKS if b.marker != "# not typed"]
 RUN = [b for b in BLOCKS if b.marker == "# run"]
 
@@ -124,7 +215,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for pkg in path.relative_to(root).parents:
             if pkg != Path("."):
                 (root / pkg / "__init__.py").touch()
-        code = b.code
+        code = b.completed[0]
         if b.marker == "# run":
             code = code.replace(SQLITE_TMP, f"sqlite://{data}/")
         path.write_text(code)
@@ -162,16 +253,41 @@ def mypy_errors(tree: Path) -> dict[str, list[str]]:
     return errors
 
 
+def test_python_blocks_are_fenced_as_python() -> None:
+    """A block fenced ```py or ```python3 would escape every check above."""
+    other = [f"{page.relative_to(ROOT)}:{n}" for page in PAGES
+             for n, line in enumerate(page.read_text().split("\n"), 1)
+             if re.fullmatch(r"\s*```\s*(py|py3|python3|pycon|ipython)\s*", line)]
+    assert not other, "fence Python blocks as ```python: " + ", ".join(other)
+
+
 def test_the_pages_have_checked_blocks() -> None:
     assert any(b.page.name == "README.md" and b.marker == "# run" for b in BLOCKS), \
         "README.md: its Python example should be a '# run' block"
     assert len(TYPED) >= 10
+    assert {"TaskRequest", "Placer", "Lock", "commit_plan"} <= {
+        name for b in BLOCKS if b.page.suffix == ".py" for name in
+        re.findall(r"\b(TaskRequest|Placer|Lock|commit_plan)\b", b.code)}, \
+        "the docstring examples of skedlib are not collected"
+
+
+def test_a_partial_block_is_checked_in_its_prelude(tmp_path: Path) -> None:
+    page = tmp_path / "p.md"
+    page.write_text("text\n<!-- snippet: partial\nclass A:\n    {snippet}\n-->\n"
+                    "```python\ndef f(self) -> int:\n    return 1\n```\n"
+                    "```python\nx = 1\n```\n")
+    partial, whole = _blocks(page)
+    code, before = partial.completed
+    assert code == "class A:\n    def f(self) -> int:\n        return 1\n\n\n"
+    assert (before, partial.doc_line(2), partial.doc_line(3)) == (1, 7, 8)
+    assert partial.doc_line(1) == 2  # a prelude line: the comment's line
+    assert whole.completed == ("x = 1\n", 0) and not whole.prelude
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.where)
 def test_block_compiles(block: Block) -> None:
     try:
-        compile(block.code, block.where, "exec")
+        compile(block.completed[0], block.where, "exec")
     except SyntaxError as e:
         pytest.fail(f"{block.page.relative_to(ROOT)}:{block.doc_line(e.lineno or 0)}: "
                     f"{e.msg}")
@@ -182,7 +298,7 @@ def test_block_imports_only_the_public_api(block: Block) -> None:
     allowed = PUBLIC_MODULES | INTERNAL_IMPORTS_ALLOWED.get(
         str(block.page.relative_to(ROOT)), set())
     internal: list[str] = []
-    for node in ast.walk(ast.parse(block.code)):
+    for node in ast.walk(ast.parse(block.completed[0])):
         names = ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
                  else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
         internal += [f"{block.page.relative_to(ROOT)}:{block.doc_line(node.lineno)}: {name}"

@@ -106,11 +106,14 @@ _R = TypeVar("_R", bound=Record)
 class SnapshotCache:
     """One live :class:`Snapshot` of a store's keyspace, fed by a listing and its watch.
 
-    >>> cache = SnapshotCache(store).start()                    # doctest: +SKIP
-    >>> cache.wait_ready(10)                                    # doctest: +SKIP
-    >>> with cache.view() as snap:                              # doctest: +SKIP
-    ...     plan = scheduler.plan(snap, cluster, service).plan
-    ...     cache.record(plan, commit_plan(store, snap, plan))
+    ```python
+    cache = SnapshotCache(store).start()       # lists, then follows the watch on a thread
+    cache.wait_ready(10)
+    with cache.view() as snap:                 # the snapshot, held still while borrowed
+        plan = scheduler.plan(snap, cluster, service).plan
+        cache.record(plan, commit_plan(store, snap, plan))   # see one's own commit at once
+    cache.stop()
+    ```
 
     Without :meth:`start`, feed it by hand: :meth:`refresh` (or :meth:`reset` with a
     listing) and :meth:`apply` with every watch batch.
@@ -123,6 +126,16 @@ class SnapshotCache:
     by :meth:`record`) and ``on_reset`` after every listing, each with the snapshot as it
     stands then and under the cache's lock: they must be quick and must not wait for a
     view.
+
+    Args:
+        store: The store to follow (its backend and keyspace).
+        on_bad: Called with a record that does not decode, and why.
+        on_change: Called with the snapshot and each :class:`Change` applied.
+        on_reset: Called with the snapshot after each full listing.
+
+    Raises:
+        BackendError: From :meth:`refresh` when the store cannot be reached (a started
+            cache retries on its own, with backoff).
     """
 
     def __init__(self, store: Store, on_bad: OnBad | None = None, *,

@@ -141,7 +141,36 @@ def _txn_parts(members: Sequence[_Group], guarded: dict[str, int], ks: Keyspace
 def commit_plan(store: Store, snapshot: Snapshot, plan: Plan,
                 fence: Sequence[Compare] = ()) -> CommitResult:
     """Write ``plan`` under the store's keyspace; conflicting tasks are left out and
-    reported, never half written."""
+    reported, never half written.
+
+    Each task's two keys (and the removal of its old host's index entry) are written
+    together, compared on the task key's revision in ``snapshot``; placements on a host
+    are also guarded by the host's allocation marker (the module's docstring has the
+    rules). Conflicts are not retried: plan them again from a fresh snapshot.
+
+    Args:
+        store: Where to write (its backend and keyspace).
+        snapshot: What the plan was made from (``read_snapshot(store)``, a
+            :class:`SnapshotCache` view, or a hand-built one: per-task compares only).
+        plan: The tasks to place (each with its ``host``) and the task ids to stop.
+        fence: Compares every transaction carries, e.g. ``[lock.fence()]``.
+
+    Returns:
+        A :class:`CommitResult`: ``committed`` and ``conflicts`` (task ids), and
+        ``fenced_out`` when the fence failed (nothing more was written).
+
+    Raises:
+        TxnTooLarge: One task's writes (with the fence) exceed the backend's transaction
+            limit.
+        BackendError: The store could not be reached.
+
+    Example:
+        ```python
+        result = commit_plan(store, snap, plan, fence=[lock.fence()])
+        if result.conflicts:       # somebody changed these tasks or their hosts since
+            ...                    # read a new snapshot and plan them again
+        ```
+    """
     backend, ks = store.backend, store.keys
     groups = _groups(snapshot, plan, ks)
     if not groups:

@@ -89,7 +89,27 @@ class ServiceHosts(Counter[str]):
 
 
 class TaskRequest(msgspec.Struct, kw_only=True):
-    """One task to place, with what the filters and scorers need to know."""
+    """One task to place, with what the filters and scorers need to know.
+
+    Build one with :meth:`for_task`, which works out ``demand`` from the task definition
+    and parses the service's constraints; the constructor takes keywords only and needs
+    at least ``task`` and ``demand``. A :class:`Filter` or :class:`Scorer` reads it; a
+    :class:`Placer` places it.
+
+    Attributes:
+        task: The task to place (its ``host`` is ignored: that is what is chosen).
+        demand: What one task reserves on its host (memory, CPU units, disk).
+        service: The task's service, if any (filters read its constraints from here).
+        constraints: The service's constraints, parsed.
+        service_hosts: How many tasks of the same service each host holds.
+
+    Example:
+        ```python
+        task = Task(cluster=cluster, task_definition=td, service=service.name, instance=0)
+        request = TaskRequest.for_task(task, service)
+        choice = Placer(stock_filters(), [BestFit()]).place(request, pool)
+        ```
+    """
 
     task: Task
     demand: Resources
@@ -101,7 +121,21 @@ class TaskRequest(msgspec.Struct, kw_only=True):
     @classmethod
     def for_task(cls, task: Task, service: Service | None,
                  service_hosts: Counter[str] | None = None) -> TaskRequest:
-        """Build a request; parses the service's constraints."""
+        """Build the request for ``task``: its demand from its task definition, the
+        constraints of ``service``.
+
+        Args:
+            task: The task to place.
+            service: Its service, or None for a task of no service (no constraints).
+            service_hosts: Tasks of the service per host, shared by the requests of one
+                plan so each sees where the earlier ones went (default: a new, empty one).
+
+        Returns:
+            The request.
+
+        Raises:
+            ValidationError: A constraint of the service does not parse.
+        """
         td = task.task_definition
         return cls(task=task, demand=Resources(memory=td.total_memory(),
                                                cpu_units=td.total_cpu_units(),
@@ -549,6 +583,30 @@ _GIVE_UP = 64
 class Placer:
     """Runs filters then scorers over hosts and assigns the task to the best one.
 
+    A host is feasible when every filter returns None; among the feasible hosts the one
+    with the highest sum of ``weight * score`` wins, ties going to the smaller host name
+    (plans are deterministic). :meth:`place` records the choice in the pool, so the next
+    request of the same plan sees it. Nothing is raised for a task that fits nowhere:
+    :meth:`place` returns an :class:`Unschedulable` saying why.
+
+    Args:
+        filters: Feasibility checks, asked in order (:func:`stock_filters` and your own).
+        scorers: Rankings; the first one decides how the hosts are searched (below).
+        sample: How many feasible hosts a walk scores (first scorer with a ``walk``).
+        min_sample: The least number of hosts the bounded sample scores.
+        sample_share: The share of the hosts the bounded sample scores, if larger.
+
+    Example:
+        ```python
+        pool = HostPool(snapshot.cluster_hosts(cluster))   # copies: placing updates them
+        placer = Placer(stock_filters(), [LeastLoaded()])
+        choice = placer.place(TaskRequest.for_task(task, service), pool)
+        if isinstance(choice, Placement):
+            plan.place.append(msgspec.structs.replace(task, host=choice.host))
+        else:
+            print(f"{task.id}: {choice}")   # 0/3 hosts fit: not enough memory on 3 hosts
+        ```
+
     How many hosts it looks at depends on its first scorer:
 
     - one with :meth:`Scorer.strata` (:class:`SpreadAttribute`): the first feasible host
@@ -597,7 +655,12 @@ class Placer:
         return self._refused.setdefault(key, set())
 
     def choose(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
-        """The best feasible host for ``request``, or why there is none. Does not assign."""
+        """The best feasible host for ``request``, or why there is none. Does not assign.
+
+        Returns:
+            A :class:`Placement` (the host and its score), or an :class:`Unschedulable`
+            counting the hosts each reason refused.
+        """
         first = self.scorers[0] if self.scorers else None
         strata = first.strata(request, pool, self.scorers[1:]) if first is not None \
             else None
@@ -669,7 +732,16 @@ class Placer:
         return best
 
     def place(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
-        """Choose a host and record the task on it (and in ``request.service_hosts``)."""
+        """Choose a host and record the task on it (and in ``request.service_hosts``).
+
+        Args:
+            request: The task to place.
+            pool: The plan's hosts; the chosen one is charged the request's demand.
+
+        Returns:
+            A :class:`Placement`, or an :class:`Unschedulable` (nothing is recorded then);
+            it does not raise for a task that fits nowhere.
+        """
         result = self.choose(request, pool)
         if isinstance(result, Placement):
             pool.assign(result.host, request.task.id, request.demand, request.task.port,
