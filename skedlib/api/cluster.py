@@ -18,9 +18,19 @@ from collections.abc import Iterator
 
 import msgspec
 
+from skedlib.agent.logs import task_logs
 from skedlib.api.errors import HttpError
 from skedlib.api.responses import Response, Stream
-from skedlib.api.routing import Call, QueryParam, Route, between, seconds
+from skedlib.api.routing import (
+    Call,
+    QueryParam,
+    Route,
+    between,
+    boolean,
+    non_negative,
+    one_of,
+    seconds,
+)
 from skedlib.models import HostConfig, Service, Task, TaskHealth
 from skedlib.runtime import wait_for_change
 from skedlib.views import (
@@ -209,6 +219,15 @@ def _task(call: Call) -> Response:
                                     revision=view.revision))
 
 
+def _task_logs(call: Call) -> Response:
+    q = call.query
+    chunks = task_logs(call.client.store, call.path["id"], container=q.get("container", ""),
+                       stream=q.get("stream", "out"), follow=q.get("follow", False),
+                       offset=q.get("offset", 0))
+    return Response(200, Stream(chunks), {"Cache-Control": "no-store",
+                                          "X-Content-Type-Options": "nosniff"})
+
+
 # -- hosts ----------------------------------------------------------------------------------
 def _hosts(call: Call) -> Response:
     view = read_view(call.client)
@@ -334,6 +353,28 @@ ROUTES = (
           "The task's row, its stored record and its last health report.",
           ok_schema="TaskDetail", errors=("400", "404"), tag="cluster",
           path_docs={"id": "the task's id"}),
+    Route("GET", "/tasks/{id}/logs", _task_logs, "getTaskLogs", "A task's output",
+          "Fetched from the agent of the task's host (`sked logs`), with the token that "
+          "agent publishes in the store; with follow=true, on as it is written until the "
+          "task stops or leaves its host.",
+          errors=("400", "404"), tag="cluster", path_docs={"id": "the task's id"},
+          meanings={"503": "The task's host serves no output now (its agent is down, "
+                           "older, or runs without an output server), or the store is "
+                           "unavailable."},
+          ok_response={
+              "description": "The container's output, raw bytes as it wrote them, "
+                             "streamed with chunked transfer encoding; cut short (no final "
+                             "chunk) if fetching from the host fails midway.",
+              "content": {"text/plain": {"schema": {"type": "string"}}}},
+          query=(QueryParam("container", {"type": "string"},
+                            "the container (required when the task has several)"),
+                 QueryParam("stream", {"type": "string", "enum": ["out", "err"],
+                                       "default": "out"},
+                            "standard output or standard error", one_of(("out", "err"))),
+                 QueryParam("offset", {"type": "integer", "minimum": 0, "default": 0},
+                            "bytes to skip", non_negative),
+                 QueryParam("follow", {"type": "boolean", "default": False},
+                            "keep the response open and send new output", boolean))),
     Route("GET", "/hosts", _hosts, "listHosts", "List hosts",
           "Live hosts (their agent holds a host record) and hosts known only by their "
           "settings, with what schedulers have allocated on each.",

@@ -99,7 +99,8 @@ READ_TOKEN = "read-only-token"
 
 
 def _manifest(desired: int = 3) -> str:
-    """Service ``web`` of ``desired`` cheap tasks (a sleep; healthy while it runs)."""
+    """Service ``web`` of ``desired`` cheap tasks (a line of output, then a sleep; healthy
+    while it runs)."""
     return f"""
 clusters: [{{name: default, services: [web]}}]
 task_definitions:
@@ -109,7 +110,8 @@ task_definitions:
     cpu_units: 16
     grace_period: 1s
     containers:
-      - {{name: web, type: process, executor: {{argv: [sleep, "3600"]}}}}
+      - {{name: web, type: process,
+          executor: {{argv: [sh, -c, 'echo "hello from $SKED_TASK_ID"; exec sleep 3600']}}}}
 services:
   - {{name: web, task_name: web, task_version: 1, desired: {desired}, max: 5}}
 """

@@ -54,6 +54,13 @@ def test_reads_agree_with_the_store_and_the_cli(running: tuple[Loop, Http, Http]
     on_host = reader.ok("GET", f"/hosts/{one['row']['host']}")
     assert ids[0] in [t["id"] for t in on_host["tasks"]]
 
+    # its output, from the agent of its host
+    r = reader.session.get(reader.base + f"/tasks/{ids[0]}/logs", timeout=10)
+    assert r.status_code == 200 and r.text == f"hello from {ids[0]}\n", r.text
+    assert r.headers["Content-Type"].startswith("text/plain")
+    status, err = reader.get("/tasks/default-nope-1-0/logs")
+    assert status == 404, err
+
     # paging: two, then the rest
     first = reader.ok("GET", "/tasks", limit=2)
     assert len(first["items"]) == 2 and first["next_token"] == ids[1]

@@ -156,6 +156,8 @@ def test_console_shows_the_cluster_and_follows_changes(
              "the task's details")
     wait_for(lambda: '"service": "web"' in browser.find_element(By.ID, "task-record").text,
              20, "the task's record")
+    wait_for(lambda: f"hello from {task_id}" in
+             browser.find_element(By.ID, "task-output").text, 20, "the task's output")
     # its events, as the agent and the scheduler recorded them
     wait_for(lambda: "started" in browser.find_element(By.ID, "task-events").text
              and "placed" in browser.find_element(By.ID, "task-events").text, 30,

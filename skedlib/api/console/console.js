@@ -133,11 +133,13 @@ async function loadTaskDetail(id) {
   } catch (e) {
     if (e instanceof ApiError && e.status === 404) {
       $("task-record").textContent = "this task is no longer issued";
+      $("task-output").textContent = "";
       $("task-events").replaceChildren();
       return;
     }
     throw e;
   }
+  loadTaskOutput(id).catch(report);
   $("task-record").textContent = JSON.stringify(
     { task: detail.task, health: detail.health }, null, 2);
   const events = $("task-events");
@@ -152,6 +154,23 @@ async function loadTaskDetail(id) {
     events.replaceChildren(el("li", e instanceof ApiError && e.status === 404
       ? "this server keeps no events" : `events: ${e.message}`));
   }
+}
+
+const OUTPUT_SHOWN = 16384;  // the last bytes of a task's output the page shows
+
+async function loadTaskOutput(id) {
+  const out = $("task-output");
+  const response = await fetch(`${API}/tasks/${encodeURIComponent(id)}/logs`, {
+    headers: { Authorization: `Bearer ${token()}` }, cache: "no-store",
+  });
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    out.textContent = `(no output: ${(body && body.message) || response.statusText})`;
+    return;
+  }
+  const text = await response.text();
+  out.textContent = text.length > OUTPUT_SHOWN
+    ? "…" + text.slice(text.length - OUTPUT_SHOWN) : (text || "(no output yet)");
 }
 
 async function loadJobs() {
