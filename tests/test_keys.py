@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from skedlib.agent.logs import LogEndpointKeyspace
 from skedlib.environments.keys import EnvironmentKeyspace
 from skedlib.errors import InvalidName, ValidationError
+from skedlib.events import EventKeyspace
 from skedlib.jobs.keys import JobKeyspace
 from skedlib.keys import (
     Key,
@@ -104,7 +106,8 @@ def test_docs_list_every_key() -> None:
     documented = {re.sub(r"<[^>]*>", "<>", key.replace("\\|", "|"))
                   for key in re.findall(r"^\| `([^`]+)` \|", text, re.M)}
     declared = {re.sub(r"\{[^}]*\}", "<>", t.pattern)
-                for table in (Keyspace, JobKeyspace, EnvironmentKeyspace)
+                for table in (Keyspace, JobKeyspace, EnvironmentKeyspace, EventKeyspace,
+                              LogEndpointKeyspace)
                 for t in table.templates()}
     assert documented == declared
 

@@ -148,6 +148,20 @@ def ephemeral_low() -> int:
         return 32768
 
 
+def _worker_slice(low: int, high: int) -> tuple[int, int]:
+    """This pytest worker's share of the ports ``low``..``high`` when the suite runs on
+    several (pytest-xdist): a port is free when picked but bound only when its server
+    starts, so two workers picking from one range could start two servers on one port,
+    and a test would then talk to the other worker's server."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return low, high
+    index = int(worker[2:]) % count
+    share = (high - low + 1) // count
+    return low + index * share, low + (index + 1) * share - 1
+
+
 def free_ports(n: int, udp: bool = False, *, attempts: int = 1000,
                error: type[Exception] = ServerUnavailableError) -> list[int]:
     """``n`` distinct ports free now on 127.0.0.1 (for TCP, and for UDP too with ``udp``).
@@ -160,6 +174,7 @@ def free_ports(n: int, udp: bool = False, *, attempts: int = 1000,
     low = max(10000, high - 20000)
     if high - low < n * 4:
         low, high = 1024, 65535
+    low, high = _worker_slice(low, high)
     kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,)
     ports: list[int] = []
     socks: list[socket.socket] = []  # held until the end, so no port is picked twice

@@ -3,9 +3,11 @@ installed with pip and named by a service."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,18 +44,27 @@ def test_hand_rolled_scheduler_script(sqlite_loop: Loop) -> None:
 
 
 @pytest.fixture(scope="module")
-def plugin_installed() -> None:
-    """``pip install -e examples/plugin-package`` into this venv (it stays installed)."""
+def plugin_installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``pip install --target DIR examples/plugin-package``, with DIR on ``PYTHONPATH`` for
+    the processes this module starts: the scheduler is found through its entry point as
+    from any installed package, and the venv the suite runs in is left as it was (a
+    package installed into it would show up in other tests' processes, and on several
+    pytest workers would appear to them half-installed)."""
+    target = tmp_path_factory.mktemp("plugin-package")
     run = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         "--no-deps", "-e", str(EXAMPLES / "plugin-package")],
-        capture_output=True, text=True, timeout=180)
+         "--no-deps", "--target", str(target), str(EXAMPLES / "plugin-package")],
+        capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    listed = subprocess.run(
-        [sys.executable, "-c", "from skedlib.plugins import get_registry; "
-                               "print(get_registry().names('schedulers'))"],
-        capture_output=True, text=True, timeout=60)
-    assert "most-free-cpu" in listed.stdout, listed.stdout + listed.stderr
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(
+            p for p in (str(target), os.environ.get("PYTHONPATH", "")) if p))
+        listed = subprocess.run(
+            [sys.executable, "-c", "from skedlib.plugins import get_registry; "
+                                   "print(get_registry().names('schedulers'))"],
+            capture_output=True, text=True, timeout=60)
+        assert "most-free-cpu" in listed.stdout, listed.stdout + listed.stderr
+        yield
 
 
 def test_plugin_package_scheduler_by_name(plugin_installed: None, sqlite_loop: Loop) -> None:
