@@ -231,7 +231,7 @@ def cmd_config(client: None, args: argparse.Namespace) -> int:
                 Column("backend", lambda r: r.get("backend", "")),
                 Column("prefix", lambda r: r.get("prefix", "")),
                 Column("api", lambda r: r.get("api", "")),
-                Column("datacenters", lambda r: sorted(r.get("datacenters", {}))),
+                Column("datacenters", lambda r: sorted(r.get("datacenters", {})), wide=True),
                 Column("token file", lambda r: r.get("token-file", ""), wide=True)],
             name=lambda r: r["name"], data=lambda r: r,
             empty=f"no contexts in {config_path()} (add one: sked config set-context NAME "

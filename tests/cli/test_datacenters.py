@@ -71,7 +71,7 @@ def test_datacenters_of_a_context_hold_no_secret_and_the_file_is_private(
                         "--backend", f"sqlite://{tmp_path}/east.db", "--prefix", "e/")
     assert code == 0 and out == "datacenter east of context prod added\n"
     assert stat.S_IMODE(config_path().stat().st_mode) == 0o600
-    code, out, _ = sked("config", "get-contexts")
+    code, out, _ = sked("config", "get-contexts", "-o", "wide")
     assert "east" in out.splitlines()[2]
     code, _, err = sked("config", "delete-datacenter", "prod", "west")
     assert code == 1 and "datacenter 'west' not found in context 'prod'" in err
