@@ -84,9 +84,11 @@ def _name(value: str, label: str, field: str, what: str, *, allow_dash: bool = T
 
 
 def check_cluster(cluster: Cluster, label: str) -> Cluster:
-    """Names of the cluster, its services and hosts are valid."""
+    """Names of the cluster, its datacenter, its services and hosts are valid."""
     label = one_line(label)
     _name(cluster.name, label, "name", "cluster name", allow_dash=False)
+    if cluster.datacenter:
+        _name(cluster.datacenter, label, "datacenter", "datacenter name")
     for i, svc in enumerate(cluster.services):
         _name(svc, label, f"services[{i}]", "service name")
     if len(set(cluster.services)) != len(cluster.services):

@@ -11,6 +11,16 @@ The file is ``$SKED_CONFIG``, else ``$XDG_CONFIG_HOME/skedlib/config.yaml``
         prefix: sked/
         api: https://10.0.0.5:8443
         token-file: /home/me/.config/skedlib/prod.token
+        datacenters:
+          east:
+            backend: etcd://10.1.0.5:2379?password_file=/home/me/.etcd-east
+          west:
+            backend: consul://10.2.0.5:8500?dc=west&token_file=/home/me/.consul-west
+            prefix: sked/
+
+A context may list its datacenters (docs/datacenters.md): each has its own store, read
+or written by ``sked --all-datacenters tasks|hosts|get services`` and ``sked federate``
+(:mod:`skedlib.cli.datacenters`); a datacenter without a prefix uses the context's.
 
 It holds no secret: a backend URL with a password or token written in it is refused
 (give it in a file: ``password_file=``), and the API token is named by its file. The file
@@ -40,13 +50,22 @@ from skedlib.errors import NotFound, ValidationError, one_line
 from skedlib.keys import DEFAULT_PREFIX, validate_name
 from skedlib.store.credentials import redact_url
 
-__all__ = ["ConfigFile", "Context", "Settings", "add_parsers", "cmd_config", "config_path",
-           "resolve"]
+__all__ = ["ConfigFile", "Context", "DatacenterEntry", "Settings", "add_parsers",
+           "cmd_config", "config_path", "resolve"]
 
 CONFIG_ENV = "SKED_CONFIG"
 CONTEXT_ENV = "SKED_CONTEXT"
 PREFIX_ENV = "SKED_PREFIX"
 API_ENV = "SKED_API"
+
+
+class DatacenterEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
+                      omit_defaults=True, rename="kebab"):
+    """One datacenter of a context: its own store (no secret in the URL)."""
+
+    backend: str
+    prefix: str = ""
+    """The key prefix in that store ('' : the context's, else sked/)."""
 
 
 class Context(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True,
@@ -59,6 +78,8 @@ class Context(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_def
     """The REST API's base URL (``sked serve``), for commands that talk to it."""
     token_file: str = ""
     """The file holding the API token (never the token itself)."""
+    datacenters: dict[str, DatacenterEntry] = msgspec.field(default_factory=dict)
+    """The datacenters of this context by name, each with its own store."""
 
 
 class ConfigFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, rename="kebab"):
@@ -77,6 +98,8 @@ class Settings(msgspec.Struct, kw_only=True):
     token_file: str = ""
     context: str = ""
     """The context that was used ('' when none)."""
+    datacenters: dict[str, tuple[str, str]] = msgspec.field(default_factory=dict)
+    """The context's datacenters: name → (backend URL, prefix), the prefix resolved."""
 
 
 def config_path() -> Path:
@@ -118,10 +141,15 @@ def save(config: ConfigFile, path: Path | None = None) -> Path:
 
 def _check_context(name: str, ctx: Context) -> None:
     validate_name(name, "context name")
-    if ctx.backend and redact_url(ctx.backend) != ctx.backend:
-        raise ValidationError(f"context {name!r}: field backend: the URL holds a secret; "
-                              "give it in a file (e.g. password_file=PATH) so the "
-                              "configuration file holds none")
+    urls = [("backend", ctx.backend)] + [(f"datacenters.{dc}.backend", entry.backend)
+                                         for dc, entry in ctx.datacenters.items()]
+    for dc in ctx.datacenters:
+        validate_name(dc, f"context {name!r}: datacenter name")
+    for field, url in urls:
+        if url and redact_url(url) != url:
+            raise ValidationError(f"context {name!r}: field {field}: the URL holds a "
+                                  "secret; give it in a file (e.g. password_file=PATH) so "
+                                  "the configuration file holds none")
 
 
 def resolve(args: argparse.Namespace) -> Settings:
@@ -135,13 +163,15 @@ def resolve(args: argparse.Namespace) -> Settings:
             raise NotFound(f"context {name!r} not found in {config_path()} "
                            "(sked config get-contexts lists them)")
         ctx = config.contexts[name]
+    prefix = (getattr(args, "prefix", None) or os.environ.get(PREFIX_ENV) or ctx.prefix
+              or DEFAULT_PREFIX)
     return Settings(
         backend=(getattr(args, "backend", None) or os.environ.get("SKED_BACKEND")
                  or ctx.backend or default_backend_url()),
-        prefix=(getattr(args, "prefix", None) or os.environ.get(PREFIX_ENV) or ctx.prefix
-                or DEFAULT_PREFIX),
-        api=os.environ.get(API_ENV) or ctx.api,
-        token_file=ctx.token_file, context=name or "")
+        prefix=prefix, api=os.environ.get(API_ENV) or ctx.api,
+        token_file=ctx.token_file, context=name or "",
+        datacenters={dc: (e.backend, e.prefix or prefix)
+                     for dc, e in sorted(ctx.datacenters.items())})
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -169,6 +199,18 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--use", action="store_true", help="also make it the current context")
     c = csub.add_parser("delete-context", help="remove a context")
     c.add_argument("name", metavar="NAME", help="the context")
+    c = csub.add_parser("set-datacenter",
+                        help="add a datacenter to a context, or change its store")
+    c.add_argument("name", metavar="CONTEXT", help="the context (created when missing)")
+    c.add_argument("datacenter", metavar="DATACENTER", help="the datacenter's name")
+    c.add_argument("--backend", required=True, metavar="URL",
+                   help="the datacenter's storage backend URL (no password in it: use "
+                        "password_file= or token_file=)")
+    c.add_argument("--prefix", default=None,
+                   help="key prefix in that store (default: the context's)")
+    c = csub.add_parser("delete-datacenter", help="remove a datacenter from a context")
+    c.add_argument("name", metavar="CONTEXT", help="the context")
+    c.add_argument("datacenter", metavar="DATACENTER", help="the datacenter's name")
     for choice in csub.choices.values():
         choice.set_defaults(func=cmd_config, needs_backend=False)
     del common
@@ -189,6 +231,7 @@ def cmd_config(client: None, args: argparse.Namespace) -> int:
                 Column("backend", lambda r: r.get("backend", "")),
                 Column("prefix", lambda r: r.get("prefix", "")),
                 Column("api", lambda r: r.get("api", "")),
+                Column("datacenters", lambda r: sorted(r.get("datacenters", {})), wide=True),
                 Column("token file", lambda r: r.get("token-file", ""), wide=True)],
             name=lambda r: r["name"], data=lambda r: r,
             empty=f"no contexts in {config_path()} (add one: sked config set-context NAME "
@@ -215,6 +258,8 @@ def cmd_config(client: None, args: argparse.Namespace) -> int:
         print(f"context {args.name} deleted")
         return 0
     ctx = config.contexts.get(args.name, Context())
+    if command in ("set-datacenter", "delete-datacenter"):
+        return _set_datacenter(config, ctx, args)
     changes = {k: v for k, v in (("backend", args.backend), ("prefix", args.prefix),
                                  ("api", args.api), ("token_file", args.token_file))
                if v is not None}
@@ -229,4 +274,26 @@ def cmd_config(client: None, args: argparse.Namespace) -> int:
     save(config)
     print(f"context {args.name} {'created' if created else 'changed'}"
           + (" (current)" if config.current_context == args.name else ""))
+    return 0
+
+
+def _set_datacenter(config: ConfigFile, ctx: Context, args: argparse.Namespace) -> int:
+    """``sked config set-datacenter|delete-datacenter CONTEXT DATACENTER``."""
+    datacenters = dict(ctx.datacenters)
+    if args.config_command == "delete-datacenter":
+        if args.name not in config.contexts or datacenters.pop(args.datacenter, None) is None:
+            raise NotFound(f"datacenter {args.datacenter!r} not found in context "
+                           f"{args.name!r} of {config_path()}")
+        verb = "deleted"
+    else:
+        verb = "changed" if args.datacenter in datacenters else "added"
+        datacenters[args.datacenter] = DatacenterEntry(backend=args.backend,
+                                                       prefix=args.prefix or "")
+    ctx = msgspec.structs.replace(ctx, datacenters=datacenters)
+    _check_context(args.name, ctx)
+    config.contexts[args.name] = ctx
+    if not config.current_context:
+        config.current_context = args.name
+    save(config)
+    print(f"datacenter {args.datacenter} of context {args.name} {verb}")
     return 0

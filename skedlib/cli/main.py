@@ -34,6 +34,7 @@ from skedlib import __version__
 from skedlib.cli import (
     completion,
     config,
+    datacenters,
     describe,
     doctor,
     envs,
@@ -95,7 +96,8 @@ def _complete_kinds(**_: Any) -> list[str]:
 COMMAND_GROUPS: list[tuple[str, list[str]]] = [
     ("Look at the cluster", ["get", "tasks", "hosts", "describe", "logs", "rollout",
                              "doctor"]),
-    ("Change desired state", ["apply", "delete", "scale", "drain", "undrain", "example"]),
+    ("Change desired state", ["apply", "delete", "scale", "drain", "undrain", "example",
+                              "federate"]),
     ("Run the cluster", ["up", "serve", "sim"]),
     ("Environments and batch jobs", ["env", "deploy", "deployments", "job"]),
     ("Settings and tools", ["config", "completion", "schema", "version"]),
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "$SKED_CONTEXT, else its current context; see sked config)")
     parser.add_argument("--no-color", action="store_true",
                         help="no colour even on a terminal (also: $NO_COLOR)")
+    datacenters.add_options(parser, top=True)
     parser.add_argument("--version", action=_Version, nargs=0,
                         help="print the versions of skedlib, Python and the plugins")
     # the global options are also accepted after the command (sked up --backend URL)
@@ -186,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one object (task definitions: NAME[:VERSION])")
     add_output_options(p, selector="labels (services and their tasks) or attributes "
                                    "(hosts)")
+    datacenters.add_options(p)
     p.set_defaults(func=cmd_get, read_only=True)
 
     p = sub.add_parser("delete", parents=[common], help="delete an object of desired state")
@@ -200,11 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the issued tasks: where they run, whether healthy")
     p.add_argument("--by-host", action="store_true", help="group the tasks by host")
     add_output_options(p, selector="service's labels")
+    datacenters.add_options(p)
     p.set_defaults(func=cmd_tasks, read_only=True)
 
     p = sub.add_parser("hosts", parents=[common],
                        help="hosts: capacity as scheduled, tasks, attributes")
     add_output_options(p, selector="attributes")
+    datacenters.add_options(p)
     p.set_defaults(func=cmd_hosts, read_only=True)
 
     p = sub.add_parser("schema", help="JSON Schema of the stored objects (for schedulers "
@@ -228,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_parser(sub, common)
     tasklogs.add_parser(sub, common)
     config.add_parsers(sub, common)
+    datacenters.add_parser(sub, common)
     completion.add_parser(sub)
     parser.epilog = _grouped_help(sub)
     # set after the subcommands were added: their usage lines start with the parent's
@@ -411,6 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     completion.complete(parser)  # answers the shell and exits, when it asks
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "all_datacenters", False):
+            with _skipped_records_shown():
+                return datacenters.cmd_all_datacenters(args)
         if not getattr(args, "needs_backend", True):
             code: int = args.func(None, args)
             return code

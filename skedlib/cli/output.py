@@ -154,7 +154,8 @@ class Listing(Generic[T]):
     selects on (None: the kind has none, ``-l`` is refused); ``single``: one named
     object, shown as an object rather than a list; ``empty``: the table text when there
     is nothing (instead of headers alone); ``text``: what replaces the table (``table``
-    and ``wide``), e.g. ``sked tasks --by-host``."""
+    and ``wide``), e.g. ``sked tasks --by-host``; ``envelope``: wraps the JSON/YAML form
+    of the (selected) objects, e.g. ``sked --all-datacenters`` adds ``unreachable``."""
 
     kind: str
     objects: Sequence[T]
@@ -165,6 +166,7 @@ class Listing(Generic[T]):
     single: bool = False
     empty: str = ""
     text: Callable[[Sequence[T], OutputOptions], str] | None = None
+    envelope: Callable[[Any], Any] | None = None
 
 
 @dataclass
@@ -298,6 +300,8 @@ def render_listing(listing: Listing[T], opts: OutputOptions) -> str:
         data: Any = [listing.data(o) for o in objects]
         if listing.single:
             data = data[0] if data else {}
+        if listing.envelope is not None:
+            data = listing.envelope(data)
         return (json.dumps(data, indent=2, ensure_ascii=False) if fmt == "json"
                 else to_yaml(data).rstrip())
     if fmt == "name":

@@ -157,6 +157,12 @@ class ConsulAgent(ClusterMember):
     def serf_lan(self) -> str:
         return f"127.0.0.1:{self.ports['serf_lan']}"
 
+    @property
+    def serf_wan(self) -> str:
+        """``127.0.0.1:PORT`` of Serf WAN, which another datacenter's servers join
+        (``retry_join_wan``)."""
+        return f"127.0.0.1:{self.ports['serf_wan']}"
+
     def _write_config(self) -> Path:
         ports = {"dns": -1, "http": self.ports.get("http", -1),
                  "serf_lan": self.ports["serf_lan"], "serf_wan": self.ports["serf_wan"],

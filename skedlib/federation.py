@@ -1,0 +1,239 @@
+"""Several datacenters: reading each within a time limit, and the federation step that
+expands a global service into per-datacenter desired state (docs/datacenters.md).
+
+A datacenter is its own store (an etcd cluster, a Consul datacenter's KV) with its own
+scheduler daemons and agents. Nothing here is shared between datacenters: this module
+only talks to each store in turn, in parallel, through the ordinary :class:`Client`, so a
+datacenter that does not answer is reported and never blocks the others.
+
+- :func:`each_datacenter` runs a function against every datacenter's client, a thread per
+  datacenter, and gives back an :class:`Outcome` per datacenter (its value, or why it
+  did not answer within the time limit);
+- :func:`parse_global` reads a global manifest: an ordinary manifest plus a
+  ``placement`` section saying how many tasks of a service each datacenter runs
+  (``per_datacenter: {east: 2, west: 1}``, or ``total: 6`` spread by ``weights``);
+- :func:`expand` turns it into one :class:`Manifest` per datacenter, and
+  :func:`federate` writes each with :meth:`Client.apply`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import msgspec
+import yaml
+
+from skedlib.client import ApplyResult, Client
+from skedlib.codecs import ManifestDocument, object_label, parse_manifest
+from skedlib.errors import SkedError, ValidationError, one_line
+from skedlib.models import Manifest
+from skedlib.validation import check_cluster, check_service, check_task_definition
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Datacenter",
+    "GlobalManifest",
+    "Outcome",
+    "Placement",
+    "each_datacenter",
+    "expand",
+    "federate",
+    "parse_global",
+    "spread",
+]
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds a datacenter has to answer before it is reported as not answering."""
+
+T = TypeVar("T")
+
+
+class Datacenter(msgspec.Struct, frozen=True, kw_only=True):
+    """One datacenter: its name and its own store."""
+
+    name: str
+    backend: str
+    prefix: str
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What one datacenter gave: ``value``, or ``error`` (one line) when it failed or did
+    not answer within the time limit (``value`` is then None)."""
+
+    datacenter: str
+    value: T | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the datacenter answered."""
+        return not self.error
+
+
+def each_datacenter(datacenters: Sequence[Datacenter], work: Callable[[Datacenter, Client], T], *,
+                    timeout: float = DEFAULT_TIMEOUT) -> list[Outcome[T]]:
+    """``work(datacenter, client)`` for every datacenter at once, a thread each; the outcomes in the
+    order of ``datacenters``.
+
+    A datacenter whose work raises, or has not finished ``timeout`` seconds after the
+    start, is an outcome with an error. Its thread is a daemon and is left to end by
+    itself (each backend call has its own timeout, so it does), closing its client."""
+    results: dict[str, Outcome[T]] = {}
+    lock = threading.Lock()
+
+    def run(dc: Datacenter) -> None:
+        try:
+            with Client.open(dc.backend, dc.prefix) as client:
+                outcome: Outcome[T] = Outcome(dc.name, work(dc, client))
+        except SkedError as exc:
+            outcome = Outcome(dc.name, error=one_line(str(exc)))
+        except Exception as exc:  # a plugin's own error: still one datacenter's failure
+            outcome = Outcome(dc.name, error=one_line(f"{type(exc).__name__}: {exc}"))
+        with lock:
+            results[dc.name] = outcome
+
+    threads = [threading.Thread(target=run, args=(dc,), daemon=True,
+                                name=f"datacenter-{dc.name}") for dc in datacenters]
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    with lock:
+        return [results.get(dc.name) or Outcome(
+            dc.name, error=f"no answer within {timeout:g}s") for dc in datacenters]
+
+
+# -- the federation step -------------------------------------------------------------------
+class Placement(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How many tasks of a global service each datacenter runs: ``per_datacenter``
+    (desired per datacenter), or ``total`` spread over ``weights``. A datacenter of the
+    context that is not named runs none (its service is written with desired 0)."""
+
+    per_datacenter: dict[str, int] | None = None
+    total: int | None = None
+    weights: dict[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class GlobalManifest:
+    """A parsed global manifest: the ordinary manifest and the placement of services."""
+
+    document: ManifestDocument
+    placement: dict[str, Placement]
+
+
+def spread(total: int, weights: Mapping[str, int]) -> dict[str, int]:
+    """``total`` split over ``weights`` by largest remainder: each datacenter gets its
+    share rounded down, and the tasks left over go to the largest remainders (ties: the
+    larger weight, then the name), so the sum is ``total`` and the split is stable."""
+    weight_sum = sum(weights.values())
+    if weight_sum <= 0:
+        raise ValidationError("placement: weights must add up to more than 0")
+    shares = {dc: total * w // weight_sum for dc, w in weights.items()}
+    order = sorted(weights, key=lambda dc: (-(total * weights[dc] % weight_sum),
+                                            -weights[dc], dc))
+    for dc in order[:total - sum(shares.values())]:
+        shares[dc] += 1
+    return shares
+
+
+def _check_placement(service: str, p: Placement, where: str) -> None:
+    label = f"{where}: placement.{service}"
+    if (p.per_datacenter is None) == (p.total is None):
+        raise ValidationError(f"{label}: give per_datacenter, or total with weights")
+    if p.total is not None and not p.weights:
+        raise ValidationError(f"{label}: total needs weights (datacenter: weight)")
+    counts = [*(p.per_datacenter or {}).values(), *(p.weights or {}).values(),
+              *([p.total] if p.total is not None else [])]
+    if any(n < 0 for n in counts):
+        raise ValidationError(f"{label}: counts and weights must not be negative")
+
+
+def parse_global(text: str, source: str = "<global manifest>") -> GlobalManifest:
+    """A global manifest: an ordinary manifest (``clusters``, ``services``,
+    ``task_definitions``, written in every datacenter) plus ``placement`` (service name
+    → :class:`Placement`). Errors are one line starting with ``source``."""
+    document = parse_manifest(text, source)
+    raw: dict[str, object] = {}
+    for doc in yaml.safe_load_all(text):  # parse_manifest has checked the YAML already
+        if isinstance(doc, dict) and doc.get("placement") is not None:
+            if not isinstance(doc["placement"], dict):
+                raise ValidationError(f"{source}: placement: expected a mapping of "
+                                      "service name to placement")
+            raw.update(doc["placement"])
+    try:
+        placement = msgspec.convert(raw, dict[str, Placement])
+    except msgspec.ValidationError as exc:
+        raise ValidationError(one_line(f"{source}: placement: {exc}")) from None
+    m = document.manifest
+    # what is wrong everywhere is refused before any datacenter is written (each
+    # datacenter's apply checks again, with its own stored limits)
+    for i, td in enumerate(m.task_definitions):
+        check_task_definition(td, f"{source}: {object_label('task_definitions', i, td.name)}")
+    for i, s in enumerate(m.services):
+        check_service(s, f"{source}: {object_label('services', i, s.name)}")
+    for i, c in enumerate(m.clusters):
+        label = f"{source}: {object_label('clusters', i, c.name)}"
+        check_cluster(c, label)
+        if c.datacenter:
+            raise ValidationError(f"{label}: field datacenter: set by the federation step "
+                                  "for each datacenter; leave it out of a global manifest")
+    services = {s.name for s in m.services}
+    for name, p in placement.items():
+        if name not in services:
+            raise ValidationError(f"{source}: placement.{name}: no service {name!r} in "
+                                  "the manifest")
+        _check_placement(name, p, source)
+    ignored = f"{source}: unknown top-level key 'placement', ignored"
+    warnings = tuple(w for w in document.warnings if w != ignored)
+    return GlobalManifest(ManifestDocument(document.manifest, source, warnings), placement)
+
+
+def expand(doc: GlobalManifest, datacenters: Sequence[str]) -> dict[str, Manifest]:
+    """One manifest per datacenter: every object of ``doc``, each cluster marked with the
+    datacenter (``Cluster.datacenter``), each placed service with its datacenter's count.
+    A placement naming a datacenter not in ``datacenters`` is an error."""
+    known = set(datacenters)
+    counts: dict[str, dict[str, int]] = {}
+    for name, p in doc.placement.items():
+        per = p.per_datacenter if p.per_datacenter is not None else \
+            spread(p.total or 0, p.weights or {})
+        unknown = sorted(set(per) - known)
+        if unknown:
+            raise ValidationError(f"{doc.document.source}: placement.{name}: unknown "
+                                  f"datacenter {unknown[0]!r} (the context lists "
+                                  f"{', '.join(sorted(known)) or 'none'})")
+        counts[name] = per
+    manifest = doc.document.manifest
+    out: dict[str, Manifest] = {}
+    for dc in datacenters:
+        services = []
+        for s in manifest.services:
+            if s.name in counts:
+                s = check_service(msgspec.structs.replace(s, desired=counts[s.name].get(dc, 0)),
+                                  f"{doc.document.source}: placement.{s.name}: datacenter {dc}")
+            services.append(s)
+        out[dc] = Manifest(
+            clusters=[msgspec.structs.replace(c, datacenter=dc) for c in manifest.clusters],
+            services=services, task_definitions=list(manifest.task_definitions))
+    return out
+
+
+def federate(datacenters: Sequence[Datacenter], doc: GlobalManifest, *,
+             timeout: float = DEFAULT_TIMEOUT) -> list[Outcome[ApplyResult]]:
+    """Expand ``doc`` (:func:`expand`) and apply each datacenter's manifest to its own
+    store, all at once; a datacenter that fails or does not answer in ``timeout`` seconds
+    is an outcome with an error and the others are written all the same."""
+    manifests = expand(doc, [dc.name for dc in datacenters])
+
+    def apply(dc: Datacenter, client: Client) -> ApplyResult:
+        return client.apply(ManifestDocument(manifests[dc.name], doc.document.source,
+                                             doc.document.warnings))
+
+    return each_datacenter(datacenters, apply, timeout=timeout)
