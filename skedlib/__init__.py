@@ -78,6 +78,16 @@ from skedlib.executors.policy import (
     normalize_image,
 )
 from skedlib.executors.supervision import SupervisedExecutor
+from skedlib.federation import (
+    Datacenter,
+    DatacenterOutcome,
+    GlobalManifest,
+    GlobalPlacement,
+    each_datacenter,
+    expand,
+    federate,
+    parse_global,
+)
 from skedlib.health.checks import ResolvedCheck, resolve_checks
 from skedlib.health.provider import (
     HealthContext,
@@ -221,6 +231,8 @@ __all__ = [
     "Container",
     "ContainerRef",
     "ContainerStatus",
+    "Datacenter",
+    "DatacenterOutcome",
     "Delete",
     "Deployment",
     "DeploymentCreate",
@@ -244,6 +256,8 @@ __all__ = [
     "ExecutorContext",
     "ExitCallback",
     "Filter",
+    "GlobalManifest",
+    "GlobalPlacement",
     "Group",
     "HealthContext",
     "HealthProvider",
@@ -330,7 +344,10 @@ __all__ = [
     "decode_record",
     "default_backend_url",
     "demand_of",
+    "each_datacenter",
     "encode",
+    "expand",
+    "federate",
     "find_invalid_records",
     "get_registry",
     "hookimpl",
@@ -342,6 +359,7 @@ __all__ = [
     "one_line",
     "open_backend",
     "parse_constraint",
+    "parse_global",
     "parse_manifest",
     "pass_ttl_check",
     "read_events",

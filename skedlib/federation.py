@@ -7,7 +7,7 @@ only talks to each store in turn, in parallel, through the ordinary :class:`Clie
 datacenter that does not answer is reported and never blocks the others.
 
 - :func:`each_datacenter` runs a function against every datacenter's client, a thread per
-  datacenter, and gives back an :class:`Outcome` per datacenter (its value, or why it
+  datacenter, and gives back an :class:`DatacenterOutcome` per datacenter (its value, or why it
   did not answer within the time limit);
 - :func:`parse_global` reads a global manifest: an ordinary manifest plus a
   ``placement`` section saying how many tasks of a service each datacenter runs
@@ -36,9 +36,9 @@ from skedlib.validation import check_cluster, check_service, check_task_definiti
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Datacenter",
+    "DatacenterOutcome",
     "GlobalManifest",
-    "Outcome",
-    "Placement",
+    "GlobalPlacement",
     "each_datacenter",
     "expand",
     "federate",
@@ -61,7 +61,7 @@ class Datacenter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @dataclass(frozen=True)
-class Outcome(Generic[T]):
+class DatacenterOutcome(Generic[T]):
     """What one datacenter gave: ``value``, or ``error`` (one line) when it failed or did
     not answer within the time limit (``value`` is then None)."""
 
@@ -76,24 +76,24 @@ class Outcome(Generic[T]):
 
 
 def each_datacenter(datacenters: Sequence[Datacenter], work: Callable[[Datacenter, Client], T], *,
-                    timeout: float = DEFAULT_TIMEOUT) -> list[Outcome[T]]:
+                    timeout: float = DEFAULT_TIMEOUT) -> list[DatacenterOutcome[T]]:
     """``work(datacenter, client)`` for every datacenter at once, a thread each; the outcomes in the
     order of ``datacenters``.
 
     A datacenter whose work raises, or has not finished ``timeout`` seconds after the
     start, is an outcome with an error. Its thread is a daemon and is left to end by
     itself (each backend call has its own timeout, so it does), closing its client."""
-    results: dict[str, Outcome[T]] = {}
+    results: dict[str, DatacenterOutcome[T]] = {}
     lock = threading.Lock()
 
     def run(dc: Datacenter) -> None:
         try:
             with Client.open(dc.backend, dc.prefix) as client:
-                outcome: Outcome[T] = Outcome(dc.name, work(dc, client))
+                outcome: DatacenterOutcome[T] = DatacenterOutcome(dc.name, work(dc, client))
         except SkedError as exc:
-            outcome = Outcome(dc.name, error=one_line(str(exc)))
+            outcome = DatacenterOutcome(dc.name, error=one_line(str(exc)))
         except Exception as exc:  # a plugin's own error: still one datacenter's failure
-            outcome = Outcome(dc.name, error=one_line(f"{type(exc).__name__}: {exc}"))
+            outcome = DatacenterOutcome(dc.name, error=one_line(f"{type(exc).__name__}: {exc}"))
         with lock:
             results[dc.name] = outcome
 
@@ -105,12 +105,12 @@ def each_datacenter(datacenters: Sequence[Datacenter], work: Callable[[Datacente
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
     with lock:
-        return [results.get(dc.name) or Outcome(
+        return [results.get(dc.name) or DatacenterOutcome(
             dc.name, error=f"no answer within {timeout:g}s") for dc in datacenters]
 
 
 # -- the federation step -------------------------------------------------------------------
-class Placement(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class GlobalPlacement(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How many tasks of a global service each datacenter runs: ``per_datacenter``
     (desired per datacenter), or ``total`` spread over ``weights``. A datacenter of the
     context that is not named runs none (its service is written with desired 0)."""
@@ -125,7 +125,7 @@ class GlobalManifest:
     """A parsed global manifest: the ordinary manifest and the placement of services."""
 
     document: ManifestDocument
-    placement: dict[str, Placement]
+    placement: dict[str, GlobalPlacement]
 
 
 def spread(total: int, weights: Mapping[str, int]) -> dict[str, int]:
@@ -143,7 +143,7 @@ def spread(total: int, weights: Mapping[str, int]) -> dict[str, int]:
     return shares
 
 
-def _check_placement(service: str, p: Placement, where: str) -> None:
+def _check_placement(service: str, p: GlobalPlacement, where: str) -> None:
     label = f"{where}: placement.{service}"
     if (p.per_datacenter is None) == (p.total is None):
         raise ValidationError(f"{label}: give per_datacenter, or total with weights")
@@ -158,7 +158,7 @@ def _check_placement(service: str, p: Placement, where: str) -> None:
 def parse_global(text: str, source: str = "<global manifest>") -> GlobalManifest:
     """A global manifest: an ordinary manifest (``clusters``, ``services``,
     ``task_definitions``, written in every datacenter) plus ``placement`` (service name
-    → :class:`Placement`). Errors are one line starting with ``source``."""
+    → :class:`GlobalPlacement`). Errors are one line starting with ``source``."""
     document = parse_manifest(text, source)
     raw: dict[str, object] = {}
     for doc in yaml.safe_load_all(text):  # parse_manifest has checked the YAML already
@@ -168,7 +168,7 @@ def parse_global(text: str, source: str = "<global manifest>") -> GlobalManifest
                                       "service name to placement")
             raw.update(doc["placement"])
     try:
-        placement = msgspec.convert(raw, dict[str, Placement])
+        placement = msgspec.convert(raw, dict[str, GlobalPlacement])
     except msgspec.ValidationError as exc:
         raise ValidationError(one_line(f"{source}: placement: {exc}")) from None
     m = document.manifest
@@ -226,7 +226,7 @@ def expand(doc: GlobalManifest, datacenters: Sequence[str]) -> dict[str, Manifes
 
 
 def federate(datacenters: Sequence[Datacenter], doc: GlobalManifest, *,
-             timeout: float = DEFAULT_TIMEOUT) -> list[Outcome[ApplyResult]]:
+             timeout: float = DEFAULT_TIMEOUT) -> list[DatacenterOutcome[ApplyResult]]:
     """Expand ``doc`` (:func:`expand`) and apply each datacenter's manifest to its own
     store, all at once; a datacenter that fails or does not answer in ``timeout`` seconds
     is an outcome with an error and the others are written all the same."""

@@ -29,7 +29,7 @@ from skedlib.errors import ValidationError, one_line
 from skedlib.federation import (
     DEFAULT_TIMEOUT,
     Datacenter,
-    Outcome,
+    DatacenterOutcome,
     each_datacenter,
     federate,
     parse_global,
@@ -94,7 +94,7 @@ def _datacenters(args: argparse.Namespace, *, read_only: bool) -> list[Datacente
             for name, (url, prefix) in settings.datacenters.items()]
 
 
-def _report(outcomes: Sequence[Outcome[Any]], what: str) -> int:
+def _report(outcomes: Sequence[DatacenterOutcome[Any]], what: str) -> int:
     """One stderr line per datacenter that failed (``what``: e.g. "not read"); the exit
     status."""
     failed = [o for o in outcomes if not o.ok]
@@ -105,7 +105,7 @@ def _report(outcomes: Sequence[Outcome[Any]], what: str) -> int:
     return 1 if len(failed) == len(outcomes) else PARTIAL
 
 
-def merged_listing(outcomes: Sequence[Outcome[Listing[Any]]]) -> Listing[tuple[str, Any]]:
+def merged_listing(outcomes: Sequence[DatacenterOutcome[Listing[Any]]]) -> Listing[tuple[str, Any]]:
     """The listings of the datacenters that answered as one: a ``datacenter`` column
     first, ``datacenter`` in each object's JSON form, names ``DATACENTER/NAME``; the JSON
     form is ``{"items": [...], "unreachable": [{"datacenter", "error"}]}``."""
