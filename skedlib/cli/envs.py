@@ -244,6 +244,8 @@ def cmd_serve(client: Client, args: argparse.Namespace) -> int:
     print(f"sked serve: listening on {server.url} (OpenAPI document: {server.url}/openapi.json"
           f"; bearer token required, from {source}"
           + (f"; read-only token from {read_source}" if read_token else "") + ")", flush=True)
+    root = server.url.removesuffix("/v1")
+    print(f"sked serve: web console at {root}/; blox's v1 API at {root}/blox/v1", flush=True)
     try:
         while not stop.wait(0.5):
             pass
