@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from skedlib import __version__
-from skedlib.cli import completion, config, doctor, envs, example, jobs, ops, up
+from skedlib.cli import completion, config, doctor, envs, example, jobs, ops, sim, up
 from skedlib.cli.args import OneLineParser, positive_number
 from skedlib.cli.logs import OneLineFormatter
 from skedlib.cli.output import Column, Listing, add_output_options, columns, show
@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_parser(sub, common)
     envs.add_parsers(sub, common)
     jobs.add_parsers(sub, common)
+    sim.add_parsers(sub, common)
     config.add_parsers(sub, common)
     completion.add_parser(sub)
     parser.epilog = _grouped_help(sub)
