@@ -43,6 +43,7 @@ from skedlib.scheduling import (
     Plan,
     Scheduler,
     ServiceScheduler,
+    Snapshot,
     SnapshotCache,
     commit_plan,
     validate_plan,
@@ -251,6 +252,7 @@ class Simulator:
                             containers=[Container(name="main", type="process",
                                                   executor={"argv": ["true"]})])
         service = Service(name=name, task_name=name, task_version=1, desired=batch.count,
+                          scheduler=self.scheduler_name,
                           constraints=list(batch.constraints),
                           labels={"trace": batch.service[:63]} if batch.service else {})
         self._write([Put(self.keys.task_definition(name, 1), encode(td)),
@@ -336,7 +338,7 @@ class Simulator:
                 if validate_plan(snap, plan):
                     plan = Plan()
             if not plan:
-                self._note_pending(svc, snap.service_tasks(CLUSTER, svc.name))
+                self._note_pending(svc, self._live(snap, svc))
                 return bool(problems)
             before = {t.id: snap.tasks[t.id].host for t in plan.place if t.id in snap.tasks}
             res = commit_plan(self.store, snap, plan)
@@ -358,19 +360,27 @@ class Simulator:
                 health.append(Put(self.keys.task_health(task.id), encode(TaskHealth(
                     task_id=task.id, host=task.host, state="healthy", healthy=True,
                     since=self._clock(), updated_at=self._clock()))))
-            tasks = snap.service_tasks(CLUSTER, svc.name)
+            live = self._live(snap, svc)
         self._write(health)
-        self._note_pending(svc, tasks)
+        self._note_pending(svc, live)
         if result.retry_after is not None and not result.unschedulable:
             self._push(self.now + result.retry_after, "retry", svc.name)
         return bool(problems or res.conflicts)
 
-    def _note_pending(self, svc: _Svc, tasks: Sequence[object]) -> None:
-        if len(svc.placed_at) < svc.batch.count:
+    @staticmethod
+    def _live(snap: Snapshot, svc: _Svc) -> int:
+        """Tasks of the service on a live host (lost ones are waiting again)."""
+        return sum(1 for t in snap.service_tasks(CLUSTER, svc.name)
+                   if not t.rejected and t.host in snap.hosts)
+
+    def _note_pending(self, svc: _Svc, live: int) -> None:
+        """Keep the service in the waiting list while some of its tasks are not
+        running; once each was placed, its departure is due ``duration`` later."""
+        if live < svc.batch.count:
             self._pending[svc.name] = None
-            return
-        self._pending.pop(svc.name, None)
-        if not svc.departing:
+        else:
+            self._pending.pop(svc.name, None)
+        if len(svc.placed_at) == svc.batch.count and not svc.departing:
             svc.departing = True
             self._push(self.now + svc.batch.duration, "depart", svc.name)
 
@@ -393,11 +403,11 @@ class Simulator:
                 if fm < small.memory or fc < small.cpu_units:
                     stranded += fm
             live = len(snap.hosts)
+            pending = sum(self._svcs[n].batch.count - self._live(snap, self._svcs[n])
+                          for n in self._pending)
         cap_mem, cap_cpu = total.memory * live, total.cpu_units * live
         bound = max(-(-mem // total.memory) if total.memory else 0,
                     -(-cpu // total.cpu_units) if total.cpu_units else 0)
-        pending = sum(self._svcs[n].batch.count - len(self._svcs[n].placed_at)
-                      for n in self._pending)
         self.stats.samples.append({
             "t": round(self.now, 3),
             "memory": round(mem / cap_mem, 4) if cap_mem else 0.0,
