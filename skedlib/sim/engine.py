@@ -219,6 +219,10 @@ class Simulator:
         self.stats.wall_seconds = wall
         self.stats.end = self.now
 
+    def peek(self) -> float | None:
+        """Virtual time of the next event (None when there is none left)."""
+        return self._heap[0][0] if self._heap else None
+
     def step(self) -> SimEvent | None:
         """Process the next event (None when there is none left)."""
         if not self._heap:

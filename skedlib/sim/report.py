@@ -8,6 +8,7 @@ latency (wall-clock per plan), unschedulable tasks, moves.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    k = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered)))) - 1
     return ordered[k]
 
 

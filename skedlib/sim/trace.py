@@ -79,11 +79,12 @@ def _check(rec: TraceRecord, where: str) -> TraceRecord:
 def read_trace(source: str | Path | IO[bytes]) -> list[TraceRecord]:
     """The records of a JSONL trace, sorted by time (stably); blank lines are skipped.
     Raises :class:`~skedlib.errors.ValidationError` naming the file and line."""
-    name = getattr(source, "name", str(source))
     if isinstance(source, str | Path):
+        name = str(source)
         with open(source, "rb") as f:
             lines = f.read().splitlines()
     else:
+        name = str(getattr(source, "name", "<trace>"))
         lines = source.read().splitlines()
     out: list[TraceRecord] = []
     for n, line in enumerate(lines, 1):

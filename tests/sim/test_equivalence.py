@@ -77,7 +77,7 @@ def test_simulator_places_as_the_daemon_does(scheduler: str) -> None:
                     continue
                 steps += 1
                 expected = sim.placements()
-                wait_for(lambda: _where(client) == expected, 20,
+                wait_for(lambda expected=expected: _where(client) == expected, 20,
                          f"the daemon's placements after {ev} to be the simulator's "
                          f"{expected} (now {_where(client)})")
         finally:
