@@ -71,7 +71,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser | None = None) -> None
     src.add_argument("--from", dest="source", nargs=2, metavar=("FORMAT", "FILE"),
                      help=f"convert FILE of FORMAT ({', '.join(IMPORTERS)})")
     t.add_argument("--tasks", type=_count, default=10_000, help="tasks (synthetic)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (synthetic)")
+    t.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="starts the random generator (synthetic): the same N, the same "
+                        "trace")
     t.add_argument("--span", type=float, default=6.0, metavar="HOURS",
                    help="arrivals spread over this many hours (synthetic; default 6)")
     t.add_argument("--failures", type=int, default=0,
