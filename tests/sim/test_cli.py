@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,38 @@ def test_run_errors_are_one_line(tmp_path: Path) -> None:
     code, _, err = _run(["sim", "run", "--trace", str(good), "--hosts", "2",
                          "--scheduler", "no-such-scheduler", "--out", str(tmp_path / "o")])
     assert code == 1 and "no-such-scheduler" in err and err.count("\n") == 1
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    from skedlib.cli.sim import ProgressBar
+
+    tty, pipe = _Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = ProgressBar("binpack", stream=stream, width=10)
+        bar(5, 10)
+        bar(10, 10)
+        bar.close()
+    assert pipe.getvalue() == ""
+    assert tty.getvalue().endswith("\rbinpack [##########] 100% 10/10 tasks\n")
+    assert "[#####     ]  50% 5/10" in tty.getvalue()
+
+
+def test_without_matplotlib_the_report_is_written_and_plots_skipped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"kind": "batch", "t": 0, "service": "x", "memory": 10, '
+                     '"duration": 5, "count": 3}\n')
+    code, _, stderr = _run(["sim", "run", "--trace", str(trace), "--hosts", "2",
+                            "--scheduler", "spread", "--out", str(tmp_path / "o")])
+    assert code == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["schedulers"]["spread"]["placed"] == 3
+    assert not any((tmp_path / "o" / name).exists() for name in PLOTS)
+    assert [line for line in stderr.splitlines() if line.startswith("sked:")] == [
+        "sked: plots skipped: matplotlib is not installed (pip install 'skedlib[sim]')"]
