@@ -51,9 +51,10 @@ from skedlib.scheduling import (
 from skedlib.sim.trace import Batch, TraceRecord
 from skedlib.store.base import Delete, Op, Put, WatchEvent
 
-__all__ = ["EPOCH", "SimEvent", "SimStats", "Simulator"]
+__all__ = ["CLUSTER", "EPOCH", "SimEvent", "SimStats", "Simulator"]
 
 CLUSTER = "sim"
+"""The name of the one cluster the simulator plans (task ids start with it)."""
 EPOCH = 1_700_000_000.0
 """Virtual time 0 as seconds since the epoch (what the scheduler's clock reads)."""
 
