@@ -137,7 +137,9 @@ def synthetic_trace(tasks: int, seed: int, *, span: float = 6 * 3600.0,
     for _, share, (alpha, lo, hi), _, _ in _KINDS:
         mean_count += share * min(hi, lo * alpha / (alpha - 1))
     batches = max(1, round(tasks / mean_count))
-    rate = batches / span
+    # the day starts at its quietest: scale so that the batches arrive within ``span``
+    shape = sum(_diurnal(1.0, span * (k + 0.5) / 1000) for k in range(1000)) / 1000
+    rate = batches / span / shape
     peak = rate * 1.6
     events: list[TraceRecord] = []
     t, left, i = 0.0, tasks, 0
