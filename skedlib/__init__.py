@@ -179,6 +179,13 @@ from skedlib.scheduling import (
     stock_filters,
     validate_plan,
 )
+from skedlib.sim import (
+    SimStats,
+    Simulator,
+    read_trace,
+    synthetic_trace,
+    write_trace,
+)
 from skedlib.store.base import (
     Backend,
     Compare,
@@ -316,6 +323,8 @@ __all__ = [
     "ServiceHosts",
     "ServiceScheduler",
     "ServiceStatus",
+    "SimStats",
+    "Simulator",
     "SkedError",
     "Snapshot",
     "SnapshotCache",
@@ -365,16 +374,19 @@ __all__ = [
     "read_events",
     "read_secret_file",
     "read_snapshot",
+    "read_trace",
     "redact_url",
     "resolve_checks",
     "retry_on_conflict",
     "scheduler_name",
     "stock_filters",
     "substitute_port",
+    "synthetic_trace",
     "to_builtins",
     "validate_name",
     "validate_plan",
     "wait_for_change",
     "warn_secret_in_url",
     "write_groups",
+    "write_trace",
 ]

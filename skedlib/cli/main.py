@@ -41,6 +41,7 @@ from skedlib.cli import (
     example,
     jobs,
     ops,
+    sim,
     tasklogs,
     up,
 )
@@ -233,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_parsers(sub, common)
     describe.add_parser(sub, common)
     tasklogs.add_parser(sub, common)
+    sim.add_parsers(sub, common)
     config.add_parsers(sub, common)
     datacenters.add_parser(sub, common)
     completion.add_parser(sub)

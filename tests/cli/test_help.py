@@ -35,9 +35,10 @@ def test_every_subcommand_and_option_has_help() -> None:
 
 
 def test_help_does_not_speak_of_history() -> None:
+    # the texts, not option names: `sked sim trace --seed` seeds a random generator
     texts = [f"{path}: {what}: {text}" for path, what, text in _actions(build_parser())
              if text and text is not argparse.SUPPRESS]
-    assert [t for t in texts if re.search(r"(?i)\bseed\b", t)] == []
+    assert [t for t in texts if re.search(r"(?i)\bseed\b", t.split(": ", 2)[2])] == []
 
 
 def test_top_level_help_groups_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
