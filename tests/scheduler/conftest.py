@@ -124,7 +124,9 @@ class Loop:
         self.hosts.append(host)
         proc = self._spawn(f"agent-{host}", [
             AGENT, "--backend", self.url, "--prefix", self.prefix, "--host", host,
-            "--state-dir", str(self.tmp / host), "--lease-ttl", "2", "--check-failures", "2",
+            # five failed checks in a row (1.5 s at the manifests' 300 ms): a Python HTTP
+            # server can take longer than two intervals to listen on a loaded machine
+            "--state-dir", str(self.tmp / host), "--lease-ttl", "2", "--check-failures", "5",
             "--memory", str(memory), "--cpu-units", "4096", *extra])
         wait_for(lambda: proc.poll() is not None or self.backend.get(self.keys.agent(host)),
                  20, f"the host record of {host}")
