@@ -21,15 +21,16 @@ import heapq
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, TypeVar
 
 import msgspec
 
 from skedlib.constraints import Constraint, parse_constraint
-from skedlib.models import CapacityRejection, Resources, Service, Task
+from skedlib.models import CapacityRejection, Cluster, Resources, Service, Task
 from skedlib.runtime import Backoff
-from skedlib.scheduling.snapshot import HostState
+from skedlib.scheduling._sorted import SortedKeys
+from skedlib.scheduling.snapshot import HostState, ShareIndex, Snapshot, host_share
 
 _K = TypeVar("_K", tuple[int, float, str], tuple[float, str])
 
@@ -506,22 +507,88 @@ class Unschedulable(msgspec.Struct, frozen=True):
         return f"0/{self.hosts_considered} hosts fit: " + "; ".join(parts)
 
 
+class _HostView(Mapping[str, HostState]):
+    """Host name → the pool's state of it: the pool's own copy once the plan changed the
+    host, else the snapshot's (read, never changed)."""
+
+    __slots__ = ("base", "own")
+
+    def __init__(self, base: Mapping[str, HostState], own: dict[str, HostState]) -> None:
+        self.base, self.own = base, own
+
+    def __getitem__(self, name: str) -> HostState:
+        host = self.own.get(name)
+        return host if host is not None else self.base[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.own or name in self.base
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.base) if self.base else iter(self.own)
+
+    def __len__(self) -> int:
+        return len(self.base) if self.base else len(self.own)
+
+
 class HostPool:
     """The hosts a plan may use, kept sorted by free share as tasks are placed.
 
     A host's free share is its free memory over its total plus its free CPU over its
-    total: exactly what :class:`BestFit` and :class:`LeastLoaded` rank by. The sort lets a
-    placer whose first scorer declares a :attr:`Scorer.walk` look at the best hosts first,
-    so placing a task costs O(log n) plus the hosts it actually looks at, not O(n).
+    total (:func:`~skedlib.scheduling.snapshot.host_share`): exactly what
+    :class:`BestFit` and :class:`LeastLoaded` rank by. The sort lets a placer whose first
+    scorer declares a :attr:`Scorer.walk` look at the best hosts first, so placing a task
+    costs O(log n) plus the hosts it actually looks at, not O(n).
+
+    ``HostPool(hosts)`` places on the given :class:`HostState` objects (pass copies to
+    keep the originals). :meth:`of` is a copy-on-write view of a snapshot: it costs
+    nothing to build, copies a host only when the plan changes it, and walks the
+    snapshot's own :meth:`~skedlib.scheduling.Snapshot.share_index` merged with the
+    hosts the plan changed, so a plan costs what it places, not what the cluster holds.
     """
 
     def __init__(self, hosts: Iterable[HostState]) -> None:
-        self.hosts = list(hosts)
-        self.by_name = {h.name: h for h in self.hosts}
-        self._max_memory = max((h.total.memory for h in self.hosts), default=0) or 1
-        self._max_cpu = max((h.total.cpu_units for h in self.hosts), default=0) or 1
-        self._keys = sorted((_share(h), h.name) for h in self.hosts)
+        own = {h.name: h for h in hosts}
+        index = ShareIndex(own.values())
+        self._init({}, index.keys, index.max_memory, index.max_cpu, own, index.keys,
+                   copy=False)
+
+    @classmethod
+    def of(cls, snapshot: Snapshot, cluster: Cluster) -> HostPool:
+        """A copy-on-write pool of the live hosts ``cluster`` may use (its ``hosts``
+        filter, else every live host of ``snapshot``): placing on it leaves the snapshot
+        as it is. The snapshot must not change while the pool is used."""
+        pool = cls.__new__(cls)
+        if cluster.hosts is None:
+            base: Mapping[str, HostState] = snapshot.hosts
+            index = snapshot.share_index()
+        else:
+            base = {n: snapshot.hosts[n] for n in cluster.hosts if n in snapshot.hosts}
+            index = ShareIndex(base.values())
+        pool._init(base, index.keys, index.max_memory, index.max_cpu, {},
+                   SortedKeys(), copy=True)
+        return pool
+
+    def _init(self, base: Mapping[str, HostState], base_keys: SortedKeys[tuple[float, str]],
+              max_memory: int, max_cpu: int, own: dict[str, HostState],
+              own_keys: SortedKeys[tuple[float, str]], copy: bool) -> None:
+        self._base, self._base_keys = base, base_keys
+        self._own, self._own_keys = own, own_keys
+        self._copy = copy
+        self._max_memory, self._max_cpu = max_memory, max_cpu
+        self.by_name: Mapping[str, HostState] = _HostView(base, own) if copy else own
+        """Host name → its state in this plan."""
+        self._hosts: list[HostState] | None = None
+        self._position: dict[str, int] | None = None
         self._watchers: list[Callable[[HostState], None]] = []
+
+    @property
+    def hosts(self) -> list[HostState]:
+        """Every host of the pool, in the snapshot's (or the given) order; built at the
+        first use (an O(n) walk that placing along an index never needs)."""
+        if self._hosts is None:
+            view = self.by_name
+            self._hosts = [view[n] for n in view]
+        return self._hosts
 
     def watch(self, callback: Callable[[HostState], None]) -> None:
         """Call ``callback(host)`` after each :meth:`assign` or :meth:`release`, so an
@@ -529,51 +596,94 @@ class HostPool:
         self._watchers.append(callback)
 
     def __len__(self) -> int:
-        return len(self.hosts)
+        return len(self.by_name)
+
+    def _walk(self, base: Iterator[tuple[float, str]], own: Iterator[tuple[float, str]]
+              ) -> Iterator[tuple[float, str]]:
+        """The keys of ``base`` whose host the plan did not change, merged with ``own``
+        (both in the same direction)."""
+        shadowed = self._own
+        mine = next(own, None)
+        for key in base:
+            if key[1] in shadowed:
+                continue
+            while mine is not None and mine < key:
+                yield mine
+                mine = next(own, None)
+            yield key
+        while mine is not None:
+            yield mine
+            mine = next(own, None)
 
     def tightest(self, demand: Resources) -> Iterator[HostState]:
         """Hosts that may fit ``demand``, least free share first."""
-        bound = demand.memory / self._max_memory + demand.cpu_units / self._max_cpu
-        keys, by_name = self._keys, self.by_name
-        for i in range(bisect.bisect_left(keys, (bound - 1e-9, "")), len(keys)):
-            yield by_name[keys[i][1]]
+        bound = (demand.memory / self._max_memory + demand.cpu_units / self._max_cpu
+                 - 1e-9, "")
+        view = self.by_name
+        keys = self._base_keys.from_(bound) if not self._copy else \
+            self._walk(self._base_keys.from_(bound), self._own_keys.from_(bound))
+        for _, name in keys:
+            yield view[name]
 
     def loosest(self) -> Iterator[HostState]:
         """Every host, most free share first."""
-        keys, by_name = self._keys, self.by_name
-        for i in range(len(keys) - 1, -1, -1):
-            yield by_name[keys[i][1]]
+        view = self.by_name
+        if not self._copy:
+            keys = self._base_keys.descending()
+        else:  # descending: negate the comparison by merging on reversed keys
+            keys = _walk_desc(self._base_keys.descending(), self._own_keys.descending(),
+                              self._own)
+        for _, name in keys:
+            yield view[name]
 
-    def _moved(self, host: HostState, old: float) -> None:
-        keys = self._keys
-        i = bisect.bisect_left(keys, (old, host.name))
-        if i < len(keys) and keys[i] == (old, host.name):
-            del keys[i]
-        bisect.insort(keys, (_share(host), host.name))
+    def _mine(self, name: str) -> HostState:
+        """The pool's own state of host ``name``, copied from the snapshot first."""
+        host = self._own.get(name)
+        if host is None:
+            host = self._base[name].copy()
+            self._own[name] = host
+            if self._hosts is not None:
+                if self._position is None:
+                    self._position = {h.name: i for i, h in enumerate(self._hosts)}
+                self._hosts[self._position[name]] = host
+        else:
+            self._own_keys.discard((host_share(host), name))
+        return host
+
+    def _moved(self, host: HostState) -> None:
+        self._own_keys.add((host_share(host), host.name))
         for w in self._watchers:
             w(host)
 
     def assign(self, name: str, task_id: str, demand: Resources, port: int = 0,
                reserved: Iterable[int] = ()) -> None:
         """Count a task as placed on host ``name`` (see :meth:`HostState.assign`)."""
-        host = self.by_name[name]
-        old = _share(host)
+        host = self._mine(name)
         host.assign(task_id, demand, port, reserved)
-        self._moved(host, old)
+        self._moved(host)
 
     def release(self, name: str, task_id: str, demand: Resources, port: int = 0,
                 reserved: Iterable[int] = ()) -> None:
         """Count a task as gone from host ``name``."""
-        host = self.by_name[name]
-        old = _share(host)
+        host = self._mine(name)
         host.release(task_id, demand, port, reserved)
-        self._moved(host, old)
+        self._moved(host)
 
 
-def _share(host: HostState) -> float:
-    free, total = host.free, host.total
-    return ((free.memory / total.memory if total.memory else 0.0)
-            + (free.cpu_units / total.cpu_units if total.cpu_units else 0.0))
+def _walk_desc(base: Iterator[tuple[float, str]], own: Iterator[tuple[float, str]],
+               shadowed: Mapping[str, HostState]) -> Iterator[tuple[float, str]]:
+    """:meth:`HostPool._walk`, for keys that descend."""
+    mine = next(own, None)
+    for key in base:
+        if key[1] in shadowed:
+            continue
+        while mine is not None and mine > key:
+            yield mine
+            mine = next(own, None)
+        yield key
+    while mine is not None:
+        yield mine
+        mine = next(own, None)
 
 
 _GIVE_UP = 64
@@ -598,7 +708,7 @@ class Placer:
 
     Example:
         ```python
-        pool = HostPool(snapshot.cluster_hosts(cluster))   # copies: placing updates them
+        pool = HostPool.of(snapshot, cluster)   # copy-on-write: the snapshot stays as is
         placer = Placer(stock_filters(), [LeastLoaded()])
         choice = placer.place(TaskRequest.for_task(task, service), pool)
         if isinstance(choice, Placement):
