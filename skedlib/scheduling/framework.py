@@ -27,7 +27,14 @@ from typing import Literal, TypeVar
 import msgspec
 
 from skedlib.constraints import Constraint, parse_constraint
-from skedlib.models import CapacityRejection, Cluster, Resources, Service, Task
+from skedlib.models import (
+    CapacityRejection,
+    Cluster,
+    Resources,
+    Service,
+    Task,
+    TaskDefinition,
+)
 from skedlib.runtime import Backoff
 from skedlib.scheduling._sorted import SortedKeys
 from skedlib.scheduling.snapshot import HostState, ShareIndex, Snapshot, host_share
@@ -193,12 +200,13 @@ class ResourcesFit(Filter):
     monotonic = True
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
-        free, need = host.free, request.demand
-        if need.memory > free.memory:
+        # host.free, without building a Resources for every host looked at
+        total, used, need = host.total, host.allocated, request.demand
+        if need.memory > total.memory - used.memory:
             return "not enough memory"
-        if need.cpu_units > free.cpu_units:
+        if need.cpu_units > total.cpu_units - used.cpu_units:
             return "not enough cpu"
-        if need.disk > free.disk and host.total.disk:
+        if need.disk > total.disk - used.disk and total.disk:
             return "not enough disk"
         return None
 
@@ -209,12 +217,25 @@ class PortsFree(Filter):
     name = "ports"
     monotonic = True
 
-    def filter(self, request: TaskRequest, host: HostState) -> str | None:
+    def __init__(self) -> None:
+        self._last: tuple[object, list[int]] = (None, [])
+
+    def _ports(self, request: TaskRequest) -> list[int]:
         definition = request.task.task_definition
-        for port in ([definition.port] if definition.port else []) + \
-                definition.executor_ports():
-            if port in host.ports:
-                return f"port {port} in use"
+        last, ports = self._last
+        if last is not definition:  # a plan asks about one definition many times
+            ports = ([definition.port] if definition.port else []) + \
+                definition.executor_ports()
+            self._last = (definition, ports)
+        return ports
+
+    def filter(self, request: TaskRequest, host: HostState) -> str | None:
+        ports = self._ports(request)
+        if ports:
+            used = host.ports
+            for port in ports:
+                if port in used:
+                    return f"port {port} in use"
         return None
 
 
@@ -291,7 +312,7 @@ class DistinctHostFilter(Filter):
     name = "distinct_host"
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
-        if any(c.distinct_host for c in request.constraints) and \
+        if request.constraints and any(c.distinct_host for c in request.constraints) and \
                 request.service_hosts[host.name]:
             return "distinct_host: already runs a task of the service"
         return None
@@ -304,9 +325,11 @@ class BestFit(Scorer):
     walk = "tightest"
 
     def score(self, request: TaskRequest, host: HostState) -> float:
-        free, total, need = host.free, host.total, request.demand
-        mem = (free.memory - need.memory) / total.memory if total.memory else 0.0
-        cpu = (free.cpu_units - need.cpu_units) / total.cpu_units if total.cpu_units else 0.0
+        total, used, need = host.total, host.allocated, request.demand  # not host.free
+        mem = (total.memory - used.memory - need.memory) / total.memory \
+            if total.memory else 0.0
+        cpu = (total.cpu_units - used.cpu_units - need.cpu_units) / total.cpu_units \
+            if total.cpu_units else 0.0
         return 1.0 - (mem + cpu) / 2
 
 
@@ -541,45 +564,70 @@ class HostPool:
 
     ``HostPool(hosts)`` places on the given :class:`HostState` objects (pass copies to
     keep the originals). :meth:`of` is a copy-on-write view of a snapshot: it costs
-    nothing to build, copies a host only when the plan changes it, and walks the
-    snapshot's own :meth:`~skedlib.scheduling.Snapshot.share_index` merged with the
-    hosts the plan changed, so a plan costs what it places, not what the cluster holds.
+    nothing to build and copies a host only when the plan changes it. It borrows the
+    snapshot's :meth:`~skedlib.scheduling.Snapshot.share_index` and moves the keys of the
+    hosts it changes in place; the snapshot puts them back before it next uses or
+    changes the index (another pool borrowing it, a task applied). A pool whose loan was
+    taken back that way goes on with a private index (sorted once, O(n log n)), so two
+    pools of one snapshot stay correct, only slower.
     """
 
     def __init__(self, hosts: Iterable[HostState]) -> None:
         own = {h.name: h for h in hosts}
         index = ShareIndex(own.values())
-        self._init({}, index.keys, index.max_memory, index.max_cpu, own, index.keys,
-                   copy=False)
+        self._init(own, own, index, leased=False)
 
     @classmethod
     def of(cls, snapshot: Snapshot, cluster: Cluster) -> HostPool:
         """A copy-on-write pool of the live hosts ``cluster`` may use (its ``hosts``
         filter, else every live host of ``snapshot``): placing on it leaves the snapshot
-        as it is. The snapshot must not change while the pool is used."""
+        as it is. Plan with one pool of a snapshot at a time, and do not change the
+        snapshot while it is used (a :class:`~skedlib.scheduling.SnapshotCache` view
+        holds it still)."""
         pool = cls.__new__(cls)
         if cluster.hosts is None:
             base: Mapping[str, HostState] = snapshot.hosts
-            index = snapshot.share_index()
+            pool._init(base, {}, snapshot.share_index(), leased=True)
         else:
             base = {n: snapshot.hosts[n] for n in cluster.hosts if n in snapshot.hosts}
-            index = ShareIndex(base.values())
-        pool._init(base, index.keys, index.max_memory, index.max_cpu, {},
-                   SortedKeys(), copy=True)
+            pool._init(base, {}, ShareIndex(base.values()), leased=False)
         return pool
 
-    def _init(self, base: Mapping[str, HostState], base_keys: SortedKeys[tuple[float, str]],
-              max_memory: int, max_cpu: int, own: dict[str, HostState],
-              own_keys: SortedKeys[tuple[float, str]], copy: bool) -> None:
-        self._base, self._base_keys = base, base_keys
-        self._own, self._own_keys = own, own_keys
-        self._copy = copy
-        self._max_memory, self._max_cpu = max_memory, max_cpu
-        self.by_name: Mapping[str, HostState] = _HostView(base, own) if copy else own
+    def _init(self, base: Mapping[str, HostState], own: dict[str, HostState],
+              index: ShareIndex, leased: bool) -> None:
+        self._base, self._own = base, own
+        self._index = index
+        self._keys_ = index.keys
+        self._leased = leased
+        self._returned = False
+        self._orig: dict[str, tuple[float, str]] = {}
+        """Host → its key in the borrowed index before this pool changed it."""
+        if leased:
+            index.lend(self._give_back)
+        self._max_memory, self._max_cpu = index.max_memory, index.max_cpu
+        self.by_name: Mapping[str, HostState] = own if base is own else _HostView(base, own)
         """Host name → its state in this plan."""
         self._hosts: list[HostState] | None = None
         self._position: dict[str, int] | None = None
         self._watchers: list[Callable[[HostState], None]] = []
+
+    def _give_back(self) -> None:
+        """Put the borrowed index as the snapshot has it (the snapshot calls this)."""
+        keys, own = self._keys_, self._own
+        for name, key in self._orig.items():
+            keys.discard((host_share(own[name]), name))
+            keys.add(key)
+        self._orig = {}
+        self._leased = False
+        self._returned = True
+
+    def _keys(self) -> SortedKeys[tuple[float, str]]:
+        """The index to walk: the borrowed one, or a private one once it was taken back."""
+        if self._returned:
+            own, base = self._own, self._base
+            self._keys_ = SortedKeys((host_share(own.get(n) or base[n]), n) for n in base)
+            self._returned = False
+        return self._keys_
 
     @property
     def hosts(self) -> list[HostState]:
@@ -598,60 +646,39 @@ class HostPool:
     def __len__(self) -> int:
         return len(self.by_name)
 
-    def _walk(self, base: Iterator[tuple[float, str]], own: Iterator[tuple[float, str]]
-              ) -> Iterator[tuple[float, str]]:
-        """The keys of ``base`` whose host the plan did not change, merged with ``own``
-        (both in the same direction)."""
-        shadowed = self._own
-        mine = next(own, None)
-        for key in base:
-            if key[1] in shadowed:
-                continue
-            while mine is not None and mine < key:
-                yield mine
-                mine = next(own, None)
-            yield key
-        while mine is not None:
-            yield mine
-            mine = next(own, None)
-
     def tightest(self, demand: Resources) -> Iterator[HostState]:
         """Hosts that may fit ``demand``, least free share first."""
         bound = (demand.memory / self._max_memory + demand.cpu_units / self._max_cpu
                  - 1e-9, "")
-        view = self.by_name
-        keys = self._base_keys.from_(bound) if not self._copy else \
-            self._walk(self._base_keys.from_(bound), self._own_keys.from_(bound))
-        for _, name in keys:
-            yield view[name]
+        own, base = self._own, self._base
+        for _, name in self._keys().from_(bound):
+            yield own.get(name) or base[name]
 
     def loosest(self) -> Iterator[HostState]:
         """Every host, most free share first."""
-        view = self.by_name
-        if not self._copy:
-            keys = self._base_keys.descending()
-        else:  # descending: negate the comparison by merging on reversed keys
-            keys = _walk_desc(self._base_keys.descending(), self._own_keys.descending(),
-                              self._own)
-        for _, name in keys:
-            yield view[name]
+        own, base = self._own, self._base
+        for _, name in self._keys().descending():
+            yield own.get(name) or base[name]
 
     def _mine(self, name: str) -> HostState:
-        """The pool's own state of host ``name``, copied from the snapshot first."""
+        """The pool's own state of host ``name`` (copied from the snapshot first), its
+        key taken out of the index until :meth:`_moved` puts it back."""
+        keys = self._keys()
         host = self._own.get(name)
         if host is None:
-            host = self._base[name].copy()
-            self._own[name] = host
+            original = self._base[name]
+            host = self._own[name] = original.copy()
+            if self._leased:
+                self._orig[name] = (host_share(original), name)
             if self._hosts is not None:
                 if self._position is None:
                     self._position = {h.name: i for i, h in enumerate(self._hosts)}
                 self._hosts[self._position[name]] = host
-        else:
-            self._own_keys.discard((host_share(host), name))
+        keys.discard((host_share(host), name))
         return host
 
     def _moved(self, host: HostState) -> None:
-        self._own_keys.add((host_share(host), host.name))
+        self._keys_.add((host_share(host), host.name))
         for w in self._watchers:
             w(host)
 
@@ -668,22 +695,6 @@ class HostPool:
         host = self._mine(name)
         host.release(task_id, demand, port, reserved)
         self._moved(host)
-
-
-def _walk_desc(base: Iterator[tuple[float, str]], own: Iterator[tuple[float, str]],
-               shadowed: Mapping[str, HostState]) -> Iterator[tuple[float, str]]:
-    """:meth:`HostPool._walk`, for keys that descend."""
-    mine = next(own, None)
-    for key in base:
-        if key[1] in shadowed:
-            continue
-        while mine is not None and mine > key:
-            yield mine
-            mine = next(own, None)
-        yield key
-    while mine is not None:
-        yield mine
-        mine = next(own, None)
 
 
 _GIVE_UP = 64
@@ -745,6 +756,7 @@ class Placer:
         self.sample_share = sample_share
         self._refused: dict[tuple[object, ...], set[str]] = {}
         self._next = 0  # where the next sampled search starts
+        self._last_ports: tuple[object, list[int]] = (None, [])
 
     def _refusal(self, request: TaskRequest, host: HostState,
                  refused: set[str] | None = None) -> str | None:
@@ -757,7 +769,10 @@ class Placer:
         return None
 
     def _score(self, request: TaskRequest, host: HostState) -> float:
-        return sum(s.weight * s.score(request, host) for s in self.scorers)
+        scorers = self.scorers
+        if len(scorers) == 1:  # sum()'s result, without its generator
+            return 0 + scorers[0].weight * scorers[0].score(request, host)
+        return sum(s.weight * s.score(request, host) for s in scorers)
 
     def _refused_for(self, request: TaskRequest, pool: HostPool) -> set[str]:
         key = (id(pool), request.demand.memory, request.demand.cpu_units,
@@ -772,8 +787,8 @@ class Placer:
             counting the hosts each reason refused.
         """
         first = self.scorers[0] if self.scorers else None
-        strata = first.strata(request, pool, self.scorers[1:]) if first is not None \
-            else None
+        strata = first.strata(request, pool, self.scorers[1:]) \
+            if first is not None and type(first).strata is not Scorer.strata else None
         best: tuple[float, str] | None = None
         if strata is not None:
             refused = self._refused_for(request, pool)
@@ -841,6 +856,15 @@ class Placer:
             self._next = start
         return best
 
+    def _executor_ports(self, definition: TaskDefinition) -> list[int]:
+        """``definition.executor_ports()``, remembered for the last definition asked
+        about (a plan places many tasks of one definition)."""
+        last, ports = self._last_ports
+        if last is not definition:
+            ports = definition.executor_ports()
+            self._last_ports = (definition, ports)
+        return ports
+
     def place(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
         """Choose a host and record the task on it (and in ``request.service_hosts``).
 
@@ -854,8 +878,9 @@ class Placer:
         """
         result = self.choose(request, pool)
         if isinstance(result, Placement):
-            pool.assign(result.host, request.task.id, request.demand, request.task.port,
-                        request.task.task_definition.executor_ports())
+            task = request.task
+            pool.assign(result.host, task.id, request.demand, task.port,
+                        self._executor_ports(task.task_definition))
             request.service_hosts[result.host] += 1
         return result
 

@@ -150,7 +150,7 @@ class ShareIndex:
     by the snapshot as tasks and hosts come and go, so that a plan starts from it
     instead of sorting the hosts again (see :meth:`Snapshot.share_index`)."""
 
-    __slots__ = ("keys", "max_cpu", "max_memory")
+    __slots__ = ("_lent", "keys", "max_cpu", "max_memory")
 
     def __init__(self, hosts: Iterable[HostState]) -> None:
         hosts = list(hosts)
@@ -160,13 +160,29 @@ class ShareIndex:
         """The largest host memory (never lowered when a host leaves: a bound that is
         too low only makes a walk look at a few more hosts)."""
         self.max_cpu = max((h.total.cpu_units for h in hosts), default=0) or 1
+        self._lent: Callable[[], None] | None = None
+
+    def lend(self, give_back: Callable[[], None]) -> None:
+        """Lend :attr:`keys` to a plan that moves the keys of the hosts it changes;
+        ``give_back()`` puts them back, and is called before the index is next used or
+        changed (:meth:`settle`)."""
+        self.settle()
+        self._lent = give_back
+
+    def settle(self) -> None:
+        """Take the index back from the plan it is lent to, if any."""
+        give_back, self._lent = self._lent, None
+        if give_back is not None:
+            give_back()
 
     def drop(self, host: HostState) -> None:
         """Before ``host`` changes or leaves."""
+        self.settle()
         self.keys.discard((host_share(host), host.name))
 
     def put(self, host: HostState) -> None:
         """After ``host`` changed or came."""
+        self.settle()
         self.keys.add((host_share(host), host.name))
         self.max_memory = max(self.max_memory, host.total.memory)
         self.max_cpu = max(self.max_cpu, host.total.cpu_units)
@@ -203,6 +219,7 @@ class Snapshot:
         self.host_configs = configs
         self.hosts = {h.name: HostState(h, configs.get(h.name)) for h in hosts}
         self._shares: ShareIndex | None = None
+        self._last_charge: tuple[object, Resources, list[int]] = (None, Resources(), [])
         self.tasks: dict[str, Task] = {}
         self.task_revisions: dict[str, int] = {}
         self._by_service: dict[tuple[str, str], list[Task]] = defaultdict(list)
@@ -228,22 +245,31 @@ class Snapshot:
     # -- single-record updates (what a watch delivers) --------------------------------
     def put_task(self, task: Task, revision: int) -> None:
         """Add or replace one issued task, written at ``revision``."""
-        if task.id in self.tasks:
-            self.remove_task(task.id)
-        self.tasks[task.id] = task
-        self.task_revisions[task.id] = revision
+        task_id = task.id  # a property that formats the id: once
+        if task_id in self.tasks:
+            self.remove_task(task_id)
+        self.tasks[task_id] = task
+        self.task_revisions[task_id] = revision
         self._by_service[(task.cluster.name, task.service)].append(task)
         if task.host:
-            self._by_host[task.host].add(task.id)
+            self._by_host[task.host].add(task_id)
         state = self.hosts.get(task.host)
         if state is not None and not task.rejected:
             index = self._shares
             if index is not None:
                 index.drop(state)
-            state.assign(task.id, demand_of(task.task_definition), task.port,
-                         task.task_definition.executor_ports())
+            demand, reserved = self._charge(task.task_definition)
+            state.assign(task_id, demand, task.port, reserved)
             if index is not None:
                 index.put(state)
+
+    def _charge(self, td: TaskDefinition) -> tuple[Resources, list[int]]:
+        """``demand_of(td)`` and ``td.executor_ports()``, remembered for the last
+        definition (a committed plan applies many tasks of one definition)."""
+        last = self._last_charge
+        if last[0] is not td:
+            last = self._last_charge = (td, demand_of(td), td.executor_ports())
+        return last[1], last[2]
 
     def remove_task(self, task_id: str) -> None:
         """Forget one issued task (no-op when unknown)."""
@@ -323,6 +349,7 @@ class Snapshot:
         :class:`~skedlib.scheduling.HostPool` of the whole snapshot starts from)."""
         if self._shares is None:
             self._shares = ShareIndex(self.hosts.values())
+        self._shares.settle()
         return self._shares
 
     def put_host_config(self, name: str, config: HostConfig | None) -> None:
