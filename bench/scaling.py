@@ -72,8 +72,8 @@ KINDS = [("binpack", "binpack", 0), ("spread", "spread", 0), ("spread_zone", "sp
 
 def _size(text: str) -> int:
     text = text.strip().lower()
-    scale = 1_000 if text.endswith("k") else 1
-    return round(float(text.rstrip("k")) * scale)
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    return round(float(text.rstrip("km")) * scale)
 
 
 def fit_exponent(points: list[tuple[int, float]]) -> float | None:
