@@ -43,7 +43,7 @@ from skedlib.runtime.store import Store
 from skedlib.scheduling._sorted import SortedKeys
 from skedlib.store.base import KeyValue
 
-__all__ = ["HostState", "Snapshot", "demand_of", "host_share", "is_task_healthy",
+__all__ = ["HostState", "ShareIndex", "Snapshot", "demand_of", "host_share", "is_task_healthy",
            "read_snapshot"]
 
 _T = TypeVar("_T")
