@@ -21,15 +21,23 @@ import heapq
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, TypeVar
 
 import msgspec
 
 from skedlib.constraints import Constraint, parse_constraint
-from skedlib.models import CapacityRejection, Resources, Service, Task
+from skedlib.models import (
+    CapacityRejection,
+    Cluster,
+    Resources,
+    Service,
+    Task,
+    TaskDefinition,
+)
 from skedlib.runtime import Backoff
-from skedlib.scheduling.snapshot import HostState
+from skedlib.scheduling._sorted import SortedKeys
+from skedlib.scheduling.snapshot import HostState, ShareIndex, Snapshot, host_share
 
 _K = TypeVar("_K", tuple[int, float, str], tuple[float, str])
 
@@ -192,12 +200,13 @@ class ResourcesFit(Filter):
     monotonic = True
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
-        free, need = host.free, request.demand
-        if need.memory > free.memory:
+        # host.free, without building a Resources for every host looked at
+        total, used, need = host.total, host.allocated, request.demand
+        if need.memory > total.memory - used.memory:
             return "not enough memory"
-        if need.cpu_units > free.cpu_units:
+        if need.cpu_units > total.cpu_units - used.cpu_units:
             return "not enough cpu"
-        if need.disk > free.disk and host.total.disk:
+        if need.disk > total.disk - used.disk and total.disk:
             return "not enough disk"
         return None
 
@@ -208,12 +217,25 @@ class PortsFree(Filter):
     name = "ports"
     monotonic = True
 
-    def filter(self, request: TaskRequest, host: HostState) -> str | None:
+    def __init__(self) -> None:
+        self._last: tuple[object, list[int]] = (None, [])
+
+    def _ports(self, request: TaskRequest) -> list[int]:
         definition = request.task.task_definition
-        for port in ([definition.port] if definition.port else []) + \
-                definition.executor_ports():
-            if port in host.ports:
-                return f"port {port} in use"
+        last, ports = self._last
+        if last is not definition:  # a plan asks about one definition many times
+            ports = ([definition.port] if definition.port else []) + \
+                definition.executor_ports()
+            self._last = (definition, ports)
+        return ports
+
+    def filter(self, request: TaskRequest, host: HostState) -> str | None:
+        ports = self._ports(request)
+        if ports:
+            used = host.ports
+            for port in ports:
+                if port in used:
+                    return f"port {port} in use"
         return None
 
 
@@ -290,7 +312,7 @@ class DistinctHostFilter(Filter):
     name = "distinct_host"
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
-        if any(c.distinct_host for c in request.constraints) and \
+        if request.constraints and any(c.distinct_host for c in request.constraints) and \
                 request.service_hosts[host.name]:
             return "distinct_host: already runs a task of the service"
         return None
@@ -303,9 +325,11 @@ class BestFit(Scorer):
     walk = "tightest"
 
     def score(self, request: TaskRequest, host: HostState) -> float:
-        free, total, need = host.free, host.total, request.demand
-        mem = (free.memory - need.memory) / total.memory if total.memory else 0.0
-        cpu = (free.cpu_units - need.cpu_units) / total.cpu_units if total.cpu_units else 0.0
+        total, used, need = host.total, host.allocated, request.demand  # not host.free
+        mem = (total.memory - used.memory - need.memory) / total.memory \
+            if total.memory else 0.0
+        cpu = (total.cpu_units - used.cpu_units - need.cpu_units) / total.cpu_units \
+            if total.cpu_units else 0.0
         return 1.0 - (mem + cpu) / 2
 
 
@@ -506,22 +530,113 @@ class Unschedulable(msgspec.Struct, frozen=True):
         return f"0/{self.hosts_considered} hosts fit: " + "; ".join(parts)
 
 
+class _HostView(Mapping[str, HostState]):
+    """Host name → the pool's state of it: the pool's own copy once the plan changed the
+    host, else the snapshot's (read, never changed)."""
+
+    __slots__ = ("base", "own")
+
+    def __init__(self, base: Mapping[str, HostState], own: dict[str, HostState]) -> None:
+        self.base, self.own = base, own
+
+    def __getitem__(self, name: str) -> HostState:
+        host = self.own.get(name)
+        return host if host is not None else self.base[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.own or name in self.base
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.base) if self.base else iter(self.own)
+
+    def __len__(self) -> int:
+        return len(self.base) if self.base else len(self.own)
+
+
 class HostPool:
     """The hosts a plan may use, kept sorted by free share as tasks are placed.
 
     A host's free share is its free memory over its total plus its free CPU over its
-    total: exactly what :class:`BestFit` and :class:`LeastLoaded` rank by. The sort lets a
-    placer whose first scorer declares a :attr:`Scorer.walk` look at the best hosts first,
-    so placing a task costs O(log n) plus the hosts it actually looks at, not O(n).
+    total (:func:`~skedlib.scheduling.snapshot.host_share`): exactly what
+    :class:`BestFit` and :class:`LeastLoaded` rank by. The sort lets a placer whose first
+    scorer declares a :attr:`Scorer.walk` look at the best hosts first, so placing a task
+    costs O(log n) plus the hosts it actually looks at, not O(n).
+
+    ``HostPool(hosts)`` places on the given :class:`HostState` objects (pass copies to
+    keep the originals). :meth:`of` is a copy-on-write view of a snapshot: it costs
+    nothing to build and copies a host only when the plan changes it. It borrows the
+    snapshot's :meth:`~skedlib.scheduling.Snapshot.share_index` and moves the keys of the
+    hosts it changes in place; the snapshot puts them back before it next uses or
+    changes the index (another pool borrowing it, a task applied). A pool whose loan was
+    taken back that way goes on with a private index (sorted once, O(n log n)), so two
+    pools of one snapshot stay correct, only slower.
     """
 
     def __init__(self, hosts: Iterable[HostState]) -> None:
-        self.hosts = list(hosts)
-        self.by_name = {h.name: h for h in self.hosts}
-        self._max_memory = max((h.total.memory for h in self.hosts), default=0) or 1
-        self._max_cpu = max((h.total.cpu_units for h in self.hosts), default=0) or 1
-        self._keys = sorted((_share(h), h.name) for h in self.hosts)
+        own = {h.name: h for h in hosts}
+        index = ShareIndex(own.values())
+        self._init(own, own, index, leased=False)
+
+    @classmethod
+    def of(cls, snapshot: Snapshot, cluster: Cluster) -> HostPool:
+        """A copy-on-write pool of the live hosts ``cluster`` may use (its ``hosts``
+        filter, else every live host of ``snapshot``): placing on it leaves the snapshot
+        as it is. Plan with one pool of a snapshot at a time, and do not change the
+        snapshot while it is used (a :class:`~skedlib.scheduling.SnapshotCache` view
+        holds it still)."""
+        pool = cls.__new__(cls)
+        if cluster.hosts is None:
+            base: Mapping[str, HostState] = snapshot.hosts
+            pool._init(base, {}, snapshot.share_index(), leased=True)
+        else:
+            base = {n: snapshot.hosts[n] for n in cluster.hosts if n in snapshot.hosts}
+            pool._init(base, {}, ShareIndex(base.values()), leased=False)
+        return pool
+
+    def _init(self, base: Mapping[str, HostState], own: dict[str, HostState],
+              index: ShareIndex, leased: bool) -> None:
+        self._base, self._own = base, own
+        self._index = index
+        self._keys_ = index.keys
+        self._leased = leased
+        self._returned = False
+        self._orig: dict[str, tuple[float, str]] = {}
+        """Host → its key in the borrowed index before this pool changed it."""
+        if leased:
+            index.lend(self._give_back)
+        self._max_memory, self._max_cpu = index.max_memory, index.max_cpu
+        self.by_name: Mapping[str, HostState] = own if base is own else _HostView(base, own)
+        """Host name → its state in this plan."""
+        self._hosts: list[HostState] | None = None
+        self._position: dict[str, int] | None = None
         self._watchers: list[Callable[[HostState], None]] = []
+
+    def _give_back(self) -> None:
+        """Put the borrowed index as the snapshot has it (the snapshot calls this)."""
+        keys, own = self._keys_, self._own
+        for name, key in self._orig.items():
+            keys.discard((host_share(own[name]), name))
+            keys.add(key)
+        self._orig = {}
+        self._leased = False
+        self._returned = True
+
+    def _keys(self) -> SortedKeys[tuple[float, str]]:
+        """The index to walk: the borrowed one, or a private one once it was taken back."""
+        if self._returned:
+            own, base = self._own, self._base
+            self._keys_ = SortedKeys((host_share(own.get(n) or base[n]), n) for n in base)
+            self._returned = False
+        return self._keys_
+
+    @property
+    def hosts(self) -> list[HostState]:
+        """Every host of the pool, in the snapshot's (or the given) order; built at the
+        first use (an O(n) walk that placing along an index never needs)."""
+        if self._hosts is None:
+            view = self.by_name
+            self._hosts = [view[n] for n in view]
+        return self._hosts
 
     def watch(self, callback: Callable[[HostState], None]) -> None:
         """Call ``callback(host)`` after each :meth:`assign` or :meth:`release`, so an
@@ -529,51 +644,57 @@ class HostPool:
         self._watchers.append(callback)
 
     def __len__(self) -> int:
-        return len(self.hosts)
+        return len(self.by_name)
 
     def tightest(self, demand: Resources) -> Iterator[HostState]:
         """Hosts that may fit ``demand``, least free share first."""
-        bound = demand.memory / self._max_memory + demand.cpu_units / self._max_cpu
-        keys, by_name = self._keys, self.by_name
-        for i in range(bisect.bisect_left(keys, (bound - 1e-9, "")), len(keys)):
-            yield by_name[keys[i][1]]
+        bound = (demand.memory / self._max_memory + demand.cpu_units / self._max_cpu
+                 - 1e-9, "")
+        own, base = self._own, self._base
+        for _, name in self._keys().from_(bound):
+            yield own.get(name) or base[name]
 
     def loosest(self) -> Iterator[HostState]:
         """Every host, most free share first."""
-        keys, by_name = self._keys, self.by_name
-        for i in range(len(keys) - 1, -1, -1):
-            yield by_name[keys[i][1]]
+        own, base = self._own, self._base
+        for _, name in self._keys().descending():
+            yield own.get(name) or base[name]
 
-    def _moved(self, host: HostState, old: float) -> None:
-        keys = self._keys
-        i = bisect.bisect_left(keys, (old, host.name))
-        if i < len(keys) and keys[i] == (old, host.name):
-            del keys[i]
-        bisect.insort(keys, (_share(host), host.name))
+    def _mine(self, name: str) -> HostState:
+        """The pool's own state of host ``name`` (copied from the snapshot first), its
+        key taken out of the index until :meth:`_moved` puts it back."""
+        keys = self._keys()
+        host = self._own.get(name)
+        if host is None:
+            original = self._base[name]
+            host = self._own[name] = original.copy()
+            if self._leased:
+                self._orig[name] = (host_share(original), name)
+            if self._hosts is not None:
+                if self._position is None:
+                    self._position = {h.name: i for i, h in enumerate(self._hosts)}
+                self._hosts[self._position[name]] = host
+        keys.discard((host_share(host), name))
+        return host
+
+    def _moved(self, host: HostState) -> None:
+        self._keys_.add((host_share(host), host.name))
         for w in self._watchers:
             w(host)
 
     def assign(self, name: str, task_id: str, demand: Resources, port: int = 0,
                reserved: Iterable[int] = ()) -> None:
         """Count a task as placed on host ``name`` (see :meth:`HostState.assign`)."""
-        host = self.by_name[name]
-        old = _share(host)
+        host = self._mine(name)
         host.assign(task_id, demand, port, reserved)
-        self._moved(host, old)
+        self._moved(host)
 
     def release(self, name: str, task_id: str, demand: Resources, port: int = 0,
                 reserved: Iterable[int] = ()) -> None:
         """Count a task as gone from host ``name``."""
-        host = self.by_name[name]
-        old = _share(host)
+        host = self._mine(name)
         host.release(task_id, demand, port, reserved)
-        self._moved(host, old)
-
-
-def _share(host: HostState) -> float:
-    free, total = host.free, host.total
-    return ((free.memory / total.memory if total.memory else 0.0)
-            + (free.cpu_units / total.cpu_units if total.cpu_units else 0.0))
+        self._moved(host)
 
 
 _GIVE_UP = 64
@@ -598,7 +719,7 @@ class Placer:
 
     Example:
         ```python
-        pool = HostPool(snapshot.cluster_hosts(cluster))   # copies: placing updates them
+        pool = HostPool.of(snapshot, cluster)   # copy-on-write: the snapshot stays as is
         placer = Placer(stock_filters(), [LeastLoaded()])
         choice = placer.place(TaskRequest.for_task(task, service), pool)
         if isinstance(choice, Placement):
@@ -635,6 +756,7 @@ class Placer:
         self.sample_share = sample_share
         self._refused: dict[tuple[object, ...], set[str]] = {}
         self._next = 0  # where the next sampled search starts
+        self._last_ports: tuple[object, list[int]] = (None, [])
 
     def _refusal(self, request: TaskRequest, host: HostState,
                  refused: set[str] | None = None) -> str | None:
@@ -647,7 +769,10 @@ class Placer:
         return None
 
     def _score(self, request: TaskRequest, host: HostState) -> float:
-        return sum(s.weight * s.score(request, host) for s in self.scorers)
+        scorers = self.scorers
+        if len(scorers) == 1:  # sum()'s result, without its generator
+            return 0 + scorers[0].weight * scorers[0].score(request, host)
+        return sum(s.weight * s.score(request, host) for s in scorers)
 
     def _refused_for(self, request: TaskRequest, pool: HostPool) -> set[str]:
         key = (id(pool), request.demand.memory, request.demand.cpu_units,
@@ -662,8 +787,8 @@ class Placer:
             counting the hosts each reason refused.
         """
         first = self.scorers[0] if self.scorers else None
-        strata = first.strata(request, pool, self.scorers[1:]) if first is not None \
-            else None
+        strata = first.strata(request, pool, self.scorers[1:]) \
+            if first is not None and type(first).strata is not Scorer.strata else None
         best: tuple[float, str] | None = None
         if strata is not None:
             refused = self._refused_for(request, pool)
@@ -731,6 +856,15 @@ class Placer:
             self._next = start
         return best
 
+    def _executor_ports(self, definition: TaskDefinition) -> list[int]:
+        """``definition.executor_ports()``, remembered for the last definition asked
+        about (a plan places many tasks of one definition)."""
+        last, ports = self._last_ports
+        if last is not definition:
+            ports = definition.executor_ports()
+            self._last_ports = (definition, ports)
+        return ports
+
     def place(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
         """Choose a host and record the task on it (and in ``request.service_hosts``).
 
@@ -744,8 +878,9 @@ class Placer:
         """
         result = self.choose(request, pool)
         if isinstance(result, Placement):
-            pool.assign(result.host, request.task.id, request.demand, request.task.port,
-                        request.task.task_definition.executor_ports())
+            task = request.task
+            pool.assign(result.host, task.id, request.demand, task.port,
+                        self._executor_ports(task.task_definition))
             request.service_hosts[result.host] += 1
         return result
 

@@ -23,6 +23,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from typing import overload
 
 import msgspec
 
@@ -131,6 +132,29 @@ class ServiceScheduler(Scheduler):
         return _Reconcile(self, snapshot, cluster, service).run()
 
 
+class _PoolHosts(Sequence[HostState]):
+    """The hosts of a pool as :meth:`ServiceScheduler.filters` and ``scorers`` see them:
+    listed only when read (most filters and scorers never do, and listing costs O(n)
+    per service)."""
+
+    def __init__(self, pool: HostPool) -> None:
+        self.pool = pool
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    @overload
+    def __getitem__(self, i: int) -> HostState: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[HostState]: ...
+
+    def __getitem__(self, i: int | slice) -> HostState | Sequence[HostState]:
+        return self.pool.hosts[i]
+
+    def __iter__(self) -> Iterator[HostState]:
+        return iter(self.pool.hosts)
+
+
 class _Reconcile:
     """One planning pass of a :class:`ServiceScheduler` for one service."""
 
@@ -181,8 +205,8 @@ class _Reconcile:
                                     for i in range(min(service.desired, MAX_REPORTED))}
             return result
         self.td = td
-        hosts = snap.cluster_hosts(cluster)
-        self.pool = HostPool(hosts)
+        self.pool = HostPool.of(snap, cluster)
+        hosts = _PoolHosts(self.pool)
         self.placer = Placer(self.scheduler.filters(snap, hosts),
                              self.scheduler.scorers(snap, service, hosts),
                              min_sample=self.scheduler.min_sample,

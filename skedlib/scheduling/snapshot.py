@@ -40,9 +40,11 @@ from skedlib.models import (
     TaskId,
 )
 from skedlib.runtime.store import Store
+from skedlib.scheduling._sorted import SortedKeys
 from skedlib.store.base import KeyValue
 
-__all__ = ["HostState", "Snapshot", "demand_of", "is_task_healthy", "read_snapshot"]
+__all__ = ["HostState", "ShareIndex", "Snapshot", "demand_of", "host_share", "is_task_healthy",
+           "read_snapshot"]
 
 _T = TypeVar("_T")
 
@@ -133,8 +135,65 @@ class HostState:
                 f"draining={self.draining})")
 
 
+def host_share(host: HostState) -> float:
+    """The host's free share: free memory over total plus free CPU over total (what
+    :class:`~skedlib.scheduling.BestFit` and :class:`~skedlib.scheduling.LeastLoaded`
+    rank by; a :class:`~skedlib.scheduling.HostPool` keeps hosts ordered by it)."""
+    total, used = host.total, host.allocated  # not host.free: no Resources to build
+    return (((total.memory - used.memory) / total.memory if total.memory else 0.0)
+            + ((total.cpu_units - used.cpu_units) / total.cpu_units
+               if total.cpu_units else 0.0))
+
+
+class ShareIndex:
+    """Every live host of a snapshot ordered by ``(host_share, name)``, kept up to date
+    by the snapshot as tasks and hosts come and go, so that a plan starts from it
+    instead of sorting the hosts again (see :meth:`Snapshot.share_index`)."""
+
+    __slots__ = ("_lent", "keys", "max_cpu", "max_memory")
+
+    def __init__(self, hosts: Iterable[HostState]) -> None:
+        hosts = list(hosts)
+        self.keys: SortedKeys[tuple[float, str]] = SortedKeys(
+            (host_share(h), h.name) for h in hosts)
+        self.max_memory = max((h.total.memory for h in hosts), default=0) or 1
+        """The largest host memory (never lowered when a host leaves: a bound that is
+        too low only makes a walk look at a few more hosts)."""
+        self.max_cpu = max((h.total.cpu_units for h in hosts), default=0) or 1
+        self._lent: Callable[[], None] | None = None
+
+    def lend(self, give_back: Callable[[], None]) -> None:
+        """Lend :attr:`keys` to a plan that moves the keys of the hosts it changes;
+        ``give_back()`` puts them back, and is called before the index is next used or
+        changed (:meth:`settle`)."""
+        self.settle()
+        self._lent = give_back
+
+    def settle(self) -> None:
+        """Take the index back from the plan it is lent to, if any."""
+        give_back, self._lent = self._lent, None
+        if give_back is not None:
+            give_back()
+
+    def drop(self, host: HostState) -> None:
+        """Before ``host`` changes or leaves."""
+        self.settle()
+        self.keys.discard((host_share(host), host.name))
+
+    def put(self, host: HostState) -> None:
+        """After ``host`` changed or came."""
+        self.settle()
+        self.keys.add((host_share(host), host.name))
+        self.max_memory = max(self.max_memory, host.total.memory)
+        self.max_cpu = max(self.max_cpu, host.total.cpu_units)
+
+
 class Snapshot:
-    """Everything a scheduler needs, read at one store revision."""
+    """Everything a scheduler needs, read at one store revision.
+
+    Change it through its methods (:meth:`put_task`, :meth:`put_host`, :meth:`apply` …),
+    not by changing its :class:`HostState` objects: the methods keep its indexes.
+    """
 
     def __init__(self, revision: int, *, clusters: Iterable[Cluster] = (),
                  services: Iterable[Service] = (),
@@ -159,6 +218,8 @@ class Snapshot:
         configs = {c.name: c for c in host_configs}
         self.host_configs = configs
         self.hosts = {h.name: HostState(h, configs.get(h.name)) for h in hosts}
+        self._shares: ShareIndex | None = None
+        self._last_charge: tuple[object, Resources, list[int]] = (None, Resources(), [])
         self.tasks: dict[str, Task] = {}
         self.task_revisions: dict[str, int] = {}
         self._by_service: dict[tuple[str, str], list[Task]] = defaultdict(list)
@@ -184,17 +245,31 @@ class Snapshot:
     # -- single-record updates (what a watch delivers) --------------------------------
     def put_task(self, task: Task, revision: int) -> None:
         """Add or replace one issued task, written at ``revision``."""
-        if task.id in self.tasks:
-            self.remove_task(task.id)
-        self.tasks[task.id] = task
-        self.task_revisions[task.id] = revision
+        task_id = task.id  # a property that formats the id: once
+        if task_id in self.tasks:
+            self.remove_task(task_id)
+        self.tasks[task_id] = task
+        self.task_revisions[task_id] = revision
         self._by_service[(task.cluster.name, task.service)].append(task)
         if task.host:
-            self._by_host[task.host].add(task.id)
+            self._by_host[task.host].add(task_id)
         state = self.hosts.get(task.host)
         if state is not None and not task.rejected:
-            state.assign(task.id, demand_of(task.task_definition), task.port,
-                         task.task_definition.executor_ports())
+            index = self._shares
+            if index is not None:
+                index.drop(state)
+            demand, reserved = self._charge(task.task_definition)
+            state.assign(task_id, demand, task.port, reserved)
+            if index is not None:
+                index.put(state)
+
+    def _charge(self, td: TaskDefinition) -> tuple[Resources, list[int]]:
+        """``demand_of(td)`` and ``td.executor_ports()``, remembered for the last
+        definition (a committed plan applies many tasks of one definition)."""
+        last = self._last_charge
+        if last[0] is not td:
+            last = self._last_charge = (td, demand_of(td), td.executor_ports())
+        return last[1], last[2]
 
     def remove_task(self, task_id: str) -> None:
         """Forget one issued task (no-op when unknown)."""
@@ -211,9 +286,15 @@ class Snapshot:
             on_host.discard(task_id)
             if not on_host:
                 del self._by_host[old.host]
-        if old.host in self.hosts and not old.rejected:
-            self.hosts[old.host].release(task_id, demand_of(old.task_definition), old.port,
-                                         old.task_definition.executor_ports())
+        state = self.hosts.get(old.host)
+        if state is not None and not old.rejected:
+            index = self._shares
+            if index is not None:
+                index.drop(state)
+            state.release(task_id, demand_of(old.task_definition), old.port,
+                          old.task_definition.executor_ports())
+            if index is not None:
+                index.put(state)
 
     def put_invalid(self, key: str, parsed: Key | None, reason: str | None) -> None:
         """Mark ``key`` (``parsed``: its parsed form) as holding an invalid record
@@ -249,11 +330,27 @@ class Snapshot:
             if not task.rejected:
                 state.assign(task_id, demand_of(task.task_definition), task.port,
                              task.task_definition.executor_ports())
-        self.hosts[host.name] = state
+        old = self.hosts.get(host.name)
+        self.hosts[host.name] = state  # in place: the hosts keep their order
+        if self._shares is not None:
+            if old is not None:
+                self._shares.drop(old)
+            self._shares.put(state)
 
     def remove_host(self, name: str) -> None:
         """Forget one host (it left); its tasks stay, on a host that is gone."""
-        self.hosts.pop(name, None)
+        state = self.hosts.pop(name, None)
+        if state is not None and self._shares is not None:
+            self._shares.drop(state)
+
+    def share_index(self) -> ShareIndex:
+        """The live hosts ordered by free share, built at the first call and then kept
+        up to date by this snapshot's methods (what a
+        :class:`~skedlib.scheduling.HostPool` of the whole snapshot starts from)."""
+        if self._shares is None:
+            self._shares = ShareIndex(self.hosts.values())
+        self._shares.settle()
+        return self._shares
 
     def put_host_config(self, name: str, config: HostConfig | None) -> None:
         """Set (or, with None, drop) the operator's configuration of one host."""
