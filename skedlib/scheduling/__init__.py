@@ -44,8 +44,10 @@ from skedlib.scheduling.plan import Plan, PlanProblem, validate_plan
 from skedlib.scheduling.scheduler import Scheduler, SchedulingResult, ServiceScheduler
 from skedlib.scheduling.snapshot import (
     HostState,
+    ShareIndex,
     Snapshot,
     demand_of,
+    host_share,
     is_task_healthy,
     read_snapshot,
 )
@@ -83,6 +85,7 @@ __all__ = [
     "Scorer",
     "ServiceHosts",
     "ServiceScheduler",
+    "ShareIndex",
     "Snapshot",
     "SnapshotCache",
     "SpreadAttribute",
@@ -91,6 +94,7 @@ __all__ = [
     "capacity_rejection_holds",
     "commit_plan",
     "demand_of",
+    "host_share",
     "is_task_healthy",
     "parse_constraint",
     "read_snapshot",
