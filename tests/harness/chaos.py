@@ -12,7 +12,8 @@ all), one every ``fault_gap`` seconds:
 - ``agent_kill_{early,late}_restart`` / ``agent_and_tasks_kill_{early,late}_restart``:
   ``kill -9`` of an agent, its task processes left running or killed too, restarted
   early (within its lease) or late (after its lease expired and the scheduler moved its
-  tasks); at most two agents are down at once (two hosts hold every task);
+  tasks: 2–6 s after the lease's TTL, 6–12 s on Consul, whose sessions end up to the
+  whole TTL after the last renewal); at most two agents are down at once (two hosts hold every task);
 - ``etcd_leader_kill``: ``kill -9`` of the etcd leader, restarted after 1 to 3 s;
 - ``etcd_member_stop_cont``: SIGSTOP of an etcd member, SIGCONT after 1 to 3 s;
 - ``scale_up`` / ``scale_down``: a service's ``desired`` changed;
@@ -683,7 +684,11 @@ class Chaos:
                 self.consul_agents[p.name].kill()
             late = kind.endswith("_late_restart")
             ttl = self.lease_ttl
-            delay = ttl + self.rng.uniform(2, 6) if late else self.rng.uniform(0.3, ttl / 2)
+            # Consul ends an expired session up to twice its TTL (t/2) after the last
+            # renewal, i.e. up to the lease's TTL: wait longer there so the scheduler has
+            # moved the tasks before the agent comes back
+            extra = (6, 12) if self.consul else (2, 6)
+            delay = ttl + self.rng.uniform(*extra) if late else self.rng.uniform(0.3, ttl / 2)
             if kind.startswith("host_"):
                 self._later(delay, self._restart_host(p, late))
             else:
