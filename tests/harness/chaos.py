@@ -12,8 +12,9 @@ all), one every ``fault_gap`` seconds:
 - ``agent_kill_{early,late}_restart`` / ``agent_and_tasks_kill_{early,late}_restart``:
   ``kill -9`` of an agent, its task processes left running or killed too, restarted
   early (within its lease) or late (after its lease expired and the scheduler moved its
-  tasks: 2–6 s after the lease's TTL, 6–12 s on Consul, whose sessions end up to the
-  whole TTL after the last renewal); at most two agents are down at once (two hosts hold every task);
+  tasks: 2 to 6 s after the lease's TTL, 6 to 12 s on Consul, whose sessions end up
+  to the whole TTL after the last renewal); at most two agents are down at once (two
+  hosts hold every task);
 - ``etcd_leader_kill``: ``kill -9`` of the etcd leader, restarted after 1 to 3 s;
 - ``etcd_member_stop_cont``: SIGSTOP of an etcd member, SIGCONT after 1 to 3 s;
 - ``scale_up`` / ``scale_down``: a service's ``desired`` changed;
