@@ -12,9 +12,9 @@ all), one every ``fault_gap`` seconds:
 - ``agent_kill_{early,late}_restart`` / ``agent_and_tasks_kill_{early,late}_restart``:
   ``kill -9`` of an agent, its task processes left running or killed too, restarted
   early (within its lease) or late (after its lease expired and the scheduler moved its
-  tasks: 2 to 6 s after the lease's TTL, 6 to 12 s on Consul, whose sessions end up
-  to the whole TTL after the last renewal); at most two agents are down at once (two
-  hosts hold every task);
+  tasks: 2 to 6 s after the lease's TTL; on Consul, whose leader elections restart
+  every session's TTL, 2 to 6 s after the agent's host record is gone); at most two
+  agents are down at once (two hosts hold every task);
 - ``etcd_leader_kill``: ``kill -9`` of the etcd leader, restarted after 1 to 3 s;
 - ``etcd_member_stop_cont``: SIGSTOP of an etcd member, SIGCONT after 1 to 3 s;
 - ``scale_up`` / ``scale_down``: a service's ``desired`` changed;
@@ -620,6 +620,21 @@ class Chaos:
         with self._lock:  # killed again before it withdrew everything: no figure
             self._withdrawing.pop(p.name, None)
 
+    def _after_lease(self, p: _Proc, delay: float, action: Callable[[], None],
+                     give_up_at: float) -> Callable[[], None]:
+        """Run ``action`` ``delay`` s after ``p``'s host record is gone (or after
+        ``give_up_at``); checked every second."""
+        def go() -> None:
+            try:
+                gone = p.name not in {h.name for h in self._client.hosts()}
+            except Exception:  # the store is between leaders: look again
+                gone = False
+            if gone or time.monotonic() > give_up_at:
+                self._later(delay, action)
+            else:
+                self._later(1.0, go)
+        return go
+
     def _restart_host(self, p: _Proc, late: bool) -> Callable[[], None]:
         """Restart a host killed whole: its Consul agent first, then the skedlib agent."""
         agent = (self._restart_late if late else self._restart)(p)
@@ -685,15 +700,18 @@ class Chaos:
                 self.consul_agents[p.name].kill()
             late = kind.endswith("_late_restart")
             ttl = self.lease_ttl
-            # Consul ends an expired session up to twice its TTL (t/2) after the last
-            # renewal, i.e. up to the lease's TTL: wait longer there so the scheduler has
-            # moved the tasks before the agent comes back
-            extra = (6, 12) if self.consul else (2, 6)
-            delay = ttl + self.rng.uniform(*extra) if late else self.rng.uniform(0.3, ttl / 2)
+            delay = ttl + self.rng.uniform(2, 6) if late else self.rng.uniform(0.3, ttl / 2)
             if kind.startswith("host_"):
-                self._later(delay, self._restart_host(p, late))
+                action = self._restart_host(p, late)
             else:
-                self._later(delay, (self._restart_late if late else self._restart)(p))
+                action = (self._restart_late if late else self._restart)(p)
+            if late and self.consul:
+                # a Consul leader election restarts every session's TTL, so a dead agent's
+                # lease may outlive its TTL: restart 2 to 6 s after its host record is gone
+                self._later(ttl, self._after_lease(p, delay - ttl, action,
+                                                   time.monotonic() + 4 * ttl))
+            else:
+                self._later(delay, action)
         elif kind == "etcd_leader_kill":
             try:
                 m = self.cluster.leader(timeout=3)
