@@ -78,7 +78,7 @@ def test_chaos_sqlite() -> None:
 def test_chaos_consul() -> None:
     consul_harness.require_consul()
     consul_harness.require_consul_plugin()
-    report = _chaos(ChaosConfig(backend="consul", duration=70, tasks=100, seed=SEED,
+    report = _chaos(ChaosConfig(backend="consul", duration=75, tasks=100, seed=SEED,
                                 converge_timeout=240),
                     AGENT_AND_SCHEDULER_FAULTS + CONSUL_FAULTS, after=_catalog_check_bites)
     assert "catalog_follows_issued" in report["invariants"]

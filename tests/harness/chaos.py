@@ -700,7 +700,9 @@ class Chaos:
                 self.consul_agents[p.name].kill()
             late = kind.endswith("_late_restart")
             ttl = self.lease_ttl
-            delay = ttl + self.rng.uniform(2, 6) if late else self.rng.uniform(0.3, ttl / 2)
+            # early: well within the lease (at most 1.5 s: Consul's lease is 20 s)
+            delay = ttl + self.rng.uniform(2, 6) if late else \
+                self.rng.uniform(0.3, min(ttl / 2, 1.5))
             if kind.startswith("host_"):
                 action = self._restart_host(p, late)
             else:
@@ -709,7 +711,7 @@ class Chaos:
                 # a Consul leader election restarts every session's TTL, so a dead agent's
                 # lease may outlive its TTL: restart 2 to 6 s after its host record is gone
                 self._later(ttl, self._after_lease(p, delay - ttl, action,
-                                                   time.monotonic() + 4 * ttl))
+                                                   time.monotonic() + 2 * ttl))
             else:
                 self._later(delay, action)
         elif kind == "etcd_leader_kill":
