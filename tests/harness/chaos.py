@@ -12,18 +12,27 @@ all), one every ``fault_gap`` seconds:
 - ``agent_kill_{early,late}_restart`` / ``agent_and_tasks_kill_{early,late}_restart``:
   ``kill -9`` of an agent, its task processes left running or killed too, restarted
   early (within its lease) or late (after its lease expired and the scheduler moved its
-  tasks); at most two agents are down at once (two hosts hold every task);
+  tasks: 2 to 6 s after the lease's TTL; on Consul, whose leader elections restart
+  every session's TTL, 2 to 6 s after the agent's host record is gone); at most two
+  agents are down at once (two hosts hold every task);
 - ``etcd_leader_kill``: ``kill -9`` of the etcd leader, restarted after 1 to 3 s;
 - ``etcd_member_stop_cont``: SIGSTOP of an etcd member, SIGCONT after 1 to 3 s;
-- ``scale_up`` / ``scale_down``: a service's ``desired`` changed.
+- ``scale_up`` / ``scale_down``: a service's ``desired`` changed;
+- on Consul (3 servers, a Consul client agent per host through which each agent
+  registers its tasks: ``--health-provider consul``): ``consul_leader_kill`` (``kill -9``
+  of the leader, restarted after 1 to 3 s) and ``host_kill_{early,late}_restart`` (the
+  agent, its task processes and the host's Consul agent killed together, restarted
+  together, early or late as above).
 
 Then everything is healed (every process running, etcd healthy) and the run waits until
 the invariants (:func:`check_invariants`) hold on every check for longer than a lease,
-reporting when that stretch began. Throughout, a sampler scans the processes every
-0.5 s: the *double-run window* is the task-seconds during which one task id had a live
-process on two hosts (``task_seconds_both_agents_running``: the part during which both
-agents' processes ran, a restarted agent's start-up included). Each such stretch is
-timed, split by whether the agent of the copy that went ran throughout; and for each
+reporting when that stretch began. On Consul the run then waits (up to the bound
+docs/backends/consul.md documents plus a margin, :data:`CATALOG_MARGIN`) for the catalog
+to hold exactly the issued tasks (:func:`check_catalog`). Throughout, a sampler scans
+the processes every 0.5 s: the *double-run window* is the task-seconds during which one
+task id had a live process on two hosts (``task_seconds_both_agents_running``: the part
+during which both agents' processes ran, a restarted agent's start-up included). Each
+such stretch is timed, split by whether the agent of the copy that went ran throughout; and for each
 late restart of an agent whose tasks ran on, the time from its restart (and from its
 ``starting:`` log line) until none of its stale copies runs is listed
 (``late_restart_withdrawals``).
@@ -71,7 +80,8 @@ from skedlib import (
 )
 from tests.harness.common import ServerProcess, forget_at_exit, stop_at_exit
 
-__all__ = ["Chaos", "ChaosConfig", "check_invariants", "task_processes"]
+__all__ = ["Chaos", "ChaosConfig", "catalog_bound", "check_catalog", "check_invariants",
+           "task_processes"]
 
 BIN = Path(sys.executable).parent
 TASK_MEMORY = 16
@@ -81,6 +91,24 @@ SERVICES = ("s0", "s1", "s2", "s3")
 """Two binpack services (they fill hosts up to their capacity: the overcommit check
 bites) and two spread ones."""
 SAMPLE_EVERY = 0.5
+CONSUL_LIVENESS_TTL = 6.0
+"""``consul.liveness_ttl`` of the agents on Consul: a pass every 2 s per task."""
+CONSUL_CLEAN_INTERVAL = 2.0
+"""``consul.clean_interval`` of the agents on Consul."""
+CONSUL_DETECTION = 10.0
+"""What Consul's failure detection of a dead node may take on a loaded machine."""
+CATALOG_MARGIN = 30.0
+"""Seconds the catalog check waits beyond the documented bound (a loaded machine)."""
+
+
+def catalog_bound(liveness_ttl: float = CONSUL_LIVENESS_TTL,
+                  clean_interval: float = CONSUL_CLEAN_INTERVAL) -> float:
+    """The documented bound (docs/backends/consul.md, *What the catalog guarantees*) on
+    how far the catalog may lag the issued state: a passing entry at most
+    ``liveness_ttl`` behind its task; an entry of a task that moved away gone within
+    failure detection + ``clean_interval`` + the cleaner's lock TTL (twice the interval,
+    at least the store's shortest lease: 20 s on Consul)."""
+    return liveness_ttl + CONSUL_DETECTION + clean_interval + max(2 * clean_interval, 20.0)
 
 
 @dataclasses.dataclass
@@ -88,7 +116,8 @@ class ChaosConfig:
     """What one chaos run does."""
 
     backend: str = "etcd"
-    """``etcd`` (a 3-member cluster) or ``sqlite`` (one file shared on this machine)."""
+    """``etcd`` (a 3-member cluster), ``consul`` (3 servers and a client agent per host)
+    or ``sqlite`` (one file shared on this machine)."""
     duration: float = 60.0
     """Seconds of fault injection."""
     tasks: int = 100
@@ -99,8 +128,8 @@ class ChaosConfig:
     agents: int = 4
     fault_gap: tuple[float, float] = (1.5, 5.0)
     """Seconds between two faults (uniform)."""
-    lease_ttl: int = 3
-    """The agents' ``--lease-ttl``."""
+    lease_ttl: int | None = None
+    """The agents' ``--lease-ttl`` (default 3; 20 on Consul, its shortest lease)."""
     converge_timeout: float = 180.0
     workdir: Path | None = None
     """Where logs and state go (default: a fresh temporary directory, removed by
@@ -271,16 +300,80 @@ def check_invariants(client: Client, desired: dict[str, int], hosts: set[str],
     return out
 
 
+def check_catalog(client: Client, consul: Any, hosts: set[str]) -> dict[str, Any]:
+    """Whether Consul's catalog holds exactly the issued tasks: ``{"ok", "detail",
+    "count"}`` like :func:`check_invariants`' verdicts.
+
+    Every issued task is registered once, with service ID = its task id, on its host's
+    node (the chaos names each host's Consul node after the host), tagged
+    ``skedlib-host=<host>``; no other skedlib registration of these hosts is in the
+    catalog (a service that is not issued, or issued elsewhere); and the passing entries
+    (``/v1/health/service/NAME?passing``) are exactly the healthy issued tasks.
+    ``consul`` is a :class:`tests.harness.consul.ConsulAgent` to ask (a server)."""
+    from skedlib_consul.catalog import host_tag
+
+    keys = client.keys
+    tasks: dict[str, Task] = {}
+    healthy: set[str] = set()
+    state = os.path.commonpath([keys.tasks, keys.health]) + "/"
+    for kv in client.backend.list(state).items:
+        if kv.key.startswith(keys.tasks):
+            t = decode(kv.value, Task, where=kv.key)
+            tasks[t.id] = t
+        elif kv.key.startswith(keys.health):
+            h = decode(kv.value, TaskHealth, where=kv.key)
+            if h.healthy:
+                healthy.add(h.task_id)
+    healthy = {tid for tid in healthy if tid in tasks and tasks[tid].host}
+
+    def get(path: str) -> Any:
+        status, body = consul.api("GET", path, timeout=10.0)
+        if status != 200:
+            raise RuntimeError(f"consul {consul.name}: GET {path}: {status} {body}")
+        return body
+
+    marks = {host_tag(h) for h in hosts}
+    names = {name for name, tags in get("/v1/catalog/services").items()
+             if name in SERVICES or marks & set(tags or ())}
+    entries: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
+    passing: list[str] = []
+    for name in sorted(names):
+        for e in get(f"/v1/health/service/{name}"):
+            entries[e["Service"]["ID"]].append((e["Node"]["Node"], e["Service"]["Tags"] or []))
+        passing += [e["Service"]["ID"] for e in get(f"/v1/health/service/{name}?passing")]
+    problems: list[Any] = []
+    for tid, t in tasks.items():
+        if not t.host:
+            continue
+        want = (t.host, [host_tag(t.host)])
+        got = entries.get(tid, [])
+        if len(got) != 1 or got[0][0] != t.host or want[1][0] not in got[0][1]:
+            problems.append({"task": tid, "host": t.host, "catalog": got})
+    problems += [{"not_issued": tid, "catalog": got} for tid, got in entries.items()
+                 if tid not in tasks or not tasks[tid].host]
+    twice = sorted(tid for tid, n in Counter(passing).items() if n > 1)
+    if set(passing) != healthy or twice:
+        problems.append({"passing_not_healthy": sorted(set(passing) - healthy)[:10],
+                         "healthy_not_passing": sorted(healthy - set(passing))[:10],
+                         "passing_twice": twice[:10]})
+    return {"ok": not problems, "detail": problems[:10], "count": len(problems)}
+
+
 class Chaos:
     """One chaos run: :meth:`start`, :meth:`run` (returns the JSON-able report), then
     always :meth:`close` (or use it as a context manager)."""
 
     def __init__(self, config: ChaosConfig) -> None:
-        if config.backend not in ("etcd", "sqlite"):
-            raise ValueError(f"chaos backend: {config.backend!r} is neither etcd nor sqlite")
+        if config.backend not in ("etcd", "consul", "sqlite"):
+            raise ValueError(f"chaos backend: {config.backend!r} is not etcd, consul or "
+                             "sqlite")
         self.config = config
         self.rng = random.Random(config.seed)
         self.etcd = config.backend == "etcd"
+        self.consul = config.backend == "consul"
+        self.lease_ttl = config.lease_ttl or (20 if self.consul else 3)
+        self.consul_agents: dict[str, Any] = {}
+        """host -> its Consul client agent (a ConsulAgent whose node name is the host)."""
         self.tag = uuid.uuid4().hex[:6]
         self.dir = config.workdir or Path(tempfile.mkdtemp(prefix="sked-chaos-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -298,6 +391,9 @@ class Chaos:
                       "agent_and_tasks_kill_late_restart"]
         if self.etcd:
             self._deck += ["etcd_leader_kill", "etcd_member_stop_cont"]
+        if self.consul:
+            self._deck += ["consul_leader_kill", "host_kill_early_restart",
+                           "host_kill_late_restart"]
         self.rng.shuffle(self._deck)
         self.pending: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -340,10 +436,12 @@ class Chaos:
 
             self.cluster = EtcdCluster(3, name=f"chaos{self.tag}").start()
             self.url = self.cluster.url()
+        elif self.consul:
+            self._start_consul()
         else:
             self.url = f"sqlite://{self.dir}/store.db"
         self.client = Client(Store(open_backend(self.url), Keyspace()))
-        n_sched = self.config.schedulers or (3 if self.etcd else 1)
+        n_sched = self.config.schedulers or (1 if self.config.backend == "sqlite" else 3)
         for i in range(n_sched):
             self.schedulers.append(self._proc(f"scheduler{i}", [
                 str(BIN / "skedlib-scheduler"), "--backend", self.url, "--lock-ttl", "3",
@@ -354,14 +452,44 @@ class Chaos:
             self.agents.append(self._proc(host, [
                 str(BIN / "skedlib-agent"), "--backend", self.url, "--host", host,
                 "--state-dir", str(self.dir / host), "--executors", "process",
-                "--lease-ttl", str(self.config.lease_ttl), "--check-failures", "2",
+                "--lease-ttl", str(self.lease_ttl), "--check-failures", "2",
                 "--memory", str(self.capacity["memory"]),
-                "--cpu-units", str(self.capacity["cpu_units"])]))
+                "--cpu-units", str(self.capacity["cpu_units"]), *self._health_args(host)]))
         for p in self.schedulers + self.agents:
             p.start()
         self._wait(lambda: self.hosts <= {h.name for h in self._client.hosts()}, 60,
                    "every agent's host record")
         self._apply()
+
+    def _start_consul(self) -> None:
+        """3 Consul servers (the store) and one client agent per host, named after it."""
+        from tests.harness.consul import ConsulAgent, ConsulCluster, free_ports
+
+        self.cluster = ConsulCluster(3, name=f"chaos{self.tag}").start()
+        self.url = self.cluster.url()
+        servers = [m.serf_lan for m in self.cluster.members]
+        for i in range(self.config.agents):
+            host = f"c{i}x{self.tag}"
+            ports = dict(zip(["http", "serf_lan", "serf_wan", "server"], free_ports(4),
+                             strict=True))
+            self.consul_agents[host] = ConsulAgent(
+                host, ports, self.cluster.base_dir / "clients" / host,
+                self.cluster.binary, dev=False,
+                config={"retry_join": servers, "retry_interval": "1s"})
+        for a in self.consul_agents.values():
+            a.start()
+        self._wait(lambda: all(a.leader() for a in self.consul_agents.values()), 60,
+                   "every host's Consul agent to join the servers")
+
+    def _health_args(self, host: str) -> list[str]:
+        """On Consul: register the tasks with the host's own Consul agent."""
+        if not self.consul:
+            return []
+        agent = self.consul_agents[host]
+        return ["--health-provider", "consul",
+                "--health-opt", f"consul.url=http://{agent.endpoint}",
+                "--health-opt", f"consul.liveness_ttl={CONSUL_LIVENESS_TTL:g}",
+                "--health-opt", f"consul.clean_interval={CONSUL_CLEAN_INTERVAL:g}"]
 
     def _proc(self, name: str, argv: list[str]) -> _Proc:
         return _Proc(name, argv, self.dir / f"{name}.log")
@@ -492,6 +620,32 @@ class Chaos:
         with self._lock:  # killed again before it withdrew everything: no figure
             self._withdrawing.pop(p.name, None)
 
+    def _after_lease(self, p: _Proc, delay: float, action: Callable[[], None],
+                     give_up_at: float) -> Callable[[], None]:
+        """Run ``action`` ``delay`` s after ``p``'s host record is gone (or after
+        ``give_up_at``); checked every second."""
+        def go() -> None:
+            try:
+                gone = p.name not in {h.name for h in self._client.hosts()}
+            except Exception:  # the store is between leaders: look again
+                gone = False
+            if gone or time.monotonic() > give_up_at:
+                self._later(delay, action)
+            else:
+                self._later(1.0, go)
+        return go
+
+    def _restart_host(self, p: _Proc, late: bool) -> Callable[[], None]:
+        """Restart a host killed whole: its Consul agent first, then the skedlib agent."""
+        agent = (self._restart_late if late else self._restart)(p)
+
+        def go() -> None:
+            consul = self.consul_agents[p.name]
+            if not consul.running:
+                consul.start()
+            agent()
+        return go
+
     def _etcd_busy(self) -> bool:
         # one etcd fault at a time: two would take the quorum away for as long as they last
         return any(not m.running or m.paused for m in self.cluster.members)
@@ -506,8 +660,13 @@ class Chaos:
             kinds += [("agent_kill_early_restart", 0.75), ("agent_kill_late_restart", 0.75),
                       ("agent_and_tasks_kill_early_restart", 0.5),
                       ("agent_and_tasks_kill_late_restart", 0.5)]
+            if self.consul:
+                kinds += [("host_kill_early_restart", 0.5), ("host_kill_late_restart", 0.5)]
         if self.etcd and not self._etcd_busy():
             kinds += [("etcd_leader_kill", 1.0), ("etcd_member_stop_cont", 1.0)]
+        # one server down at a time: two would take the quorum away
+        if self.consul and all(m.running for m in self.cluster.members):
+            kinds += [("consul_leader_kill", 1.0)]
         # every kind once first (in a seeded order), so that a short run covers them all
         kind = next((k for k in self._deck if k in dict(kinds)), "")
         if kind:
@@ -530,17 +689,31 @@ class Chaos:
             target = p.name
             self._kill(p)
             self._later(self.rng.uniform(0.2, 3.0), self._restart(p))
-        elif kind.startswith("agent_"):
+        elif kind.startswith(("agent_", "host_")):
             p = self.rng.choice(up_agents)
             target = p.name
             self._kill(p)
-            if kind.startswith("agent_and_tasks_"):
+            if kind.startswith(("agent_and_tasks_", "host_")):
                 for pid, _tid, _host in task_processes({p.name}):
                     _kill_group(pid)
+            if kind.startswith("host_"):
+                self.consul_agents[p.name].kill()
             late = kind.endswith("_late_restart")
-            ttl = self.config.lease_ttl
-            delay = ttl + self.rng.uniform(2, 6) if late else self.rng.uniform(0.3, ttl / 2)
-            self._later(delay, (self._restart_late if late else self._restart)(p))
+            ttl = self.lease_ttl
+            # early: well within the lease (at most 1.5 s: Consul's lease is 20 s)
+            delay = ttl + self.rng.uniform(2, 6) if late else \
+                self.rng.uniform(0.3, min(ttl / 2, 1.5))
+            if kind.startswith("host_"):
+                action = self._restart_host(p, late)
+            else:
+                action = (self._restart_late if late else self._restart)(p)
+            if late and self.consul:
+                # a Consul leader election restarts every session's TTL, so a dead agent's
+                # lease may outlive its TTL: restart 2 to 6 s after its host record is gone
+                self._later(ttl, self._after_lease(p, delay - ttl, action,
+                                                   time.monotonic() + 2 * ttl))
+            else:
+                self._later(delay, action)
         elif kind == "etcd_leader_kill":
             try:
                 m = self.cluster.leader(timeout=3)
@@ -554,6 +727,14 @@ class Chaos:
             target = m.name
             m.pause()
             self._later(self.rng.uniform(1.0, 3.0), m.resume)
+        elif kind == "consul_leader_kill":
+            try:
+                m = self.cluster.leader(timeout=3)
+            except Exception:  # no leader agreed right now (an election): no fault
+                return
+            target = m.name
+            m.kill()
+            self._later(self.rng.uniform(1.0, 3.0), m.start)
         self.faults[kind] += 1
         self.timeline.append((round(time.monotonic() - self._t0, 1), kind, target))
 
@@ -582,9 +763,12 @@ class Chaos:
             time.sleep(0.05)
         self._run_due(everything=True)
         self._note_crashes()
+        for a in self.consul_agents.values():  # before the skedlib agents: they use them
+            if not a.running:
+                a.start()
         for p in self.schedulers + self.agents:
             self._restart(p)()
-        if self.etcd:
+        if self.etcd or self.consul:
             self.cluster.heal(60)
         healed = time.monotonic()
         results: dict[str, dict[str, Any]] = {}
@@ -593,8 +777,9 @@ class Chaos:
         # converged means stable: the invariants hold on every check for longer than a
         # lease (a killed agent's record lives on until its lease expires, and what the
         # scheduler does then must be seen); the time reported is when that stretch began
-        settle = cfg.lease_ttl + 5.0
+        settle = self.lease_ttl + 5.0
         held_since: float | None = None
+        catalog_since: float | None = None
         deadline = healed + cfg.converge_timeout
         while time.monotonic() < deadline:
             now = time.monotonic()
@@ -603,6 +788,9 @@ class Chaos:
                                            self.capacity)
             except Exception as exc:  # the store answered badly: not converged yet
                 results = {"store": {"ok": False, "detail": [repr(exc)], "count": 1}}
+            if self.consul:  # when the catalog caught up, too
+                ok = self._catalog_verdict()["ok"]
+                catalog_since = (catalog_since or now) if ok else None
             if all(r["ok"] for r in results.values()):
                 held_since = now if held_since is None else held_since
                 if now - held_since >= settle:
@@ -614,6 +802,10 @@ class Chaos:
                     k: {"count": r["count"], "detail": r["detail"][:3]}
                     for k, r in results.items() if not r["ok"]}})
             time.sleep(1.0)
+        catalog = self._catalog_convergence(healed, converged, catalog_since) \
+            if self.consul else None
+        if catalog is not None:
+            results["catalog_follows_issued"] = catalog.pop("verdict")
         self._stop.set()
         self._sampler.join(10)
         self._note_crashes()
@@ -651,11 +843,47 @@ class Chaos:
                                (w["after_agent_started_s"] for w in withdrawals
                                 if w["after_agent_started_s"] is not None), default=None),
                            "sample_every_s": SAMPLE_EVERY},
+            "catalog": catalog,
             "invariants": results,
             "ok": converged is not None and all(r["ok"] for r in results.values()),
             "timeline": self.timeline,
             "workdir": str(self.dir) if cfg.keep else None,
         }
+
+    def _catalog_verdict(self) -> dict[str, Any]:
+        try:
+            server = next(m for m in self.cluster.members if m.running)
+            return check_catalog(self._client, server, self.hosts)
+        except Exception as exc:  # a server answered badly: not converged yet
+            return {"ok": False, "detail": [repr(exc)], "count": 1}
+
+    def _catalog_convergence(self, healed: float, converged: float | None,
+                             held: float | None) -> dict[str, Any]:
+        """Wait (up to :func:`catalog_bound` + :data:`CATALOG_MARGIN` after the store's
+        invariants began to hold, or after the heal) until the catalog holds exactly the
+        issued tasks on two checks in a row; its figures and the last verdict. ``held``:
+        since when the catalog has held already (checked while the store converged)."""
+        since = healed + (converged or 0.0)
+        bound = catalog_bound()
+        deadline = since + bound + CATALOG_MARGIN
+        verdict: dict[str, Any] = {}
+        while True:
+            now = time.monotonic()
+            verdict = self._catalog_verdict()
+            if verdict["ok"]:
+                if held is not None:
+                    break
+                held = now
+            else:
+                held = None
+            if now > deadline:
+                break
+            time.sleep(1.0)
+        return {"verdict": verdict, "bound_s": bound, "waited_up_to_s": bound + CATALOG_MARGIN,
+                "convergence_after_heal_s": None if held is None else round(held - healed, 2),
+                "after_store_converged_s":
+                    None if held is None or converged is None
+                    else round(max(0.0, held - since), 2)}
 
     def _withdrawal_figures(self) -> list[dict[str, Any]]:
         """The late restarts' withdrawals, with the part after the agent was up: from
@@ -698,6 +926,8 @@ class Chaos:
             with contextlib.suppress(Exception):
                 self.client.backend.close()
             self.client = None
+        for a in self.consul_agents.values():
+            a.stop()
         if self.cluster is not None:
             self.cluster.stop()
             self.cluster = None
