@@ -60,8 +60,8 @@ def _task(text: str) -> tuple[str, int]:
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``serve``, ``env``, ``deploy`` and ``deployments`` to ``sked``'s subcommands."""
     p = sub.add_parser("serve", parents=[common],
-                       help="run the REST API: environments, deployments, batch jobs "
-                            "(see docs/api.md)")
+                       help="run the REST API (services, tasks, hosts, events, "
+                            "environments, batch jobs; docs/api.md) and the web console")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"address to listen on (default {DEFAULT_LISTEN}); a non-loopback "
                         "address needs --public")
