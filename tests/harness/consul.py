@@ -352,6 +352,8 @@ class ConsulCluster(ServerCluster[ConsulAgent]):
 
 # -- fixtures ---------------------------------------------------------------------------------
 _SHARED = SessionServers[ConsulCluster]()
+_TLS_FILES: dict[str, dict[str, Path]] = {}
+"""The certificate files of each shared TLS agent, by its name."""
 
 
 def _require() -> None:
@@ -411,11 +413,18 @@ def consul_acl_tls(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     """A ``-dev`` agent with ACLs (default deny, master token ACL_MASTER_TOKEN) serving
     the HTTP API over TLS only, and its certificate files: how a production agent is run."""
     _require()
-    files = make_tls_files(tmp_path_factory.mktemp("consul-acl-tls"))
-    config = {"ca_file": str(files["ca"]), "cert_file": str(files["cert"]),
-              "key_file": str(files["key"]), "acl_datacenter": "dc1",
-              "acl_master_token": ACL_MASTER_TOKEN, "acl_default_policy": "deny",
-              "acl_down_policy": "deny"}
-    cluster = _SHARED.shared(request, "acl-tls", lambda: ConsulCluster(
-        1, dev=True, name="acl-tls", config=config, tls=True, token=ACL_MASTER_TOKEN))
-    return cluster, files
+
+    def start() -> ConsulCluster:
+        # the certificates are made with the agent, once: a second use of this fixture
+        # (from another conftest) gets the running agent and must get its files too
+        files = make_tls_files(tmp_path_factory.mktemp("consul-acl-tls"))
+        _TLS_FILES["acl-tls"] = files
+        config = {"ca_file": str(files["ca"]), "cert_file": str(files["cert"]),
+                  "key_file": str(files["key"]), "acl_datacenter": "dc1",
+                  "acl_master_token": ACL_MASTER_TOKEN, "acl_default_policy": "deny",
+                  "acl_down_policy": "deny"}
+        return ConsulCluster(1, dev=True, name="acl-tls", config=config, tls=True,
+                             token=ACL_MASTER_TOKEN)
+
+    cluster = _SHARED.shared(request, "acl-tls", start)
+    return cluster, _TLS_FILES["acl-tls"]
