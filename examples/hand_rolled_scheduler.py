@@ -1,4 +1,4 @@
-"""A hand-rolled scheduler (seed 001: "hand roll a solution"): no daemon, no plugin.
+"""A hand-rolled scheduler (Sked's readme: "hand roll a solution"): no daemon, no plugin.
 
 Reads one snapshot, puts COUNT tasks of a service round-robin on the live hosts and
 writes the issued state with commit_plan (optimistic: on a conflict, run it again).

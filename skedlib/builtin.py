@@ -49,7 +49,7 @@ def _local_health(ctx: HealthContext) -> HealthProvider:
 
 @hookimpl
 def skedlib_executors() -> Mapping[str, Callable[..., Any]]:
-    """``bash`` (seed 001's shell commands) and ``process`` (a supervised command)."""
+    """``bash`` (Sked's shell commands) and ``process`` (a supervised command)."""
     return {"bash": _bash, "process": _process}
 
 

@@ -1,6 +1,6 @@
 """Durations: Go-style strings (``"1m30s"``) to and from integer nanoseconds.
 
-Stored objects keep durations as integer nanoseconds, as seed 001's task JSON does
+Stored objects keep durations as integer nanoseconds, as Sked's task JSON does
 (``"grace_period": 60000000000``). Manifests may also write them as strings.
 """
 

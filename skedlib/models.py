@@ -1,6 +1,6 @@
 """The typed model: clusters, services, task definitions, hosts and tasks.
 
-Every object is a :class:`msgspec.Struct` whose JSON field names are those of seed 001's
+Every object is a :class:`msgspec.Struct` whose JSON field names are those of Sked's
 readme, so tasks written by other implementations of the same key schema decode here and
 tasks written here decode there. Rules for stored shapes:
 
@@ -8,10 +8,10 @@ tasks written here decode there. Rules for stored shapes:
   newer processes can share one store;
 - unknown fields are ignored when decoding (never ``forbid_unknown_fields``);
 - durations are integer nanoseconds (``grace_period``), except in health checks, where
-  they are Go-style strings (``"10s"``) as Consul takes them and as the seed stores them.
+  they are Go-style strings (``"10s"``) as Consul takes them and as Sked stores them.
 
 Units: ``memory`` and ``disk_use`` are MiB; ``cpu_units`` are 1/1024 of a core.
-Defaults that the seed says validation applies (grace period 60s, check interval 10s …)
+Defaults that Sked says validation applies (grace period 60s, check interval 10s …)
 are applied by :mod:`skedlib.validation`, not by decoding.
 """
 
@@ -58,7 +58,7 @@ DEFAULT_SCHEDULER = "binpack"
 """The scheduler a service gets when it names none (or names ``default``)."""
 DEFAULT_SCHEDULER_ALIASES = frozenset({"", "default"})
 """Scheduler names that mean :data:`DEFAULT_SCHEDULER`: ``default`` is what Sked's
-manifests and seed 001's JSON write, and an empty name is what Go writes for an unset one."""
+manifests and Sked's JSON write, and an empty name is what Go writes for an unset one."""
 EXTERNAL_SCHEDULER = "external"
 """The scheduler name of a service placed by something outside the scheduler daemon (a
 script, a scheduler in another language writing ``state/hosts/<host>/<task_id>``): the
@@ -461,7 +461,7 @@ class RolloutHistory(msgspec.Struct, kw_only=True):
 
 
 class BashExecutor(msgspec.Struct, kw_only=True):
-    """The ``bash`` executor's blob (seed 001)."""
+    """The ``bash`` executor's blob (as in Sked)."""
 
     start: str | list[str]
     """The start command; a list (Sked's older shape) runs its commands in order and

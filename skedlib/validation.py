@@ -1,4 +1,4 @@
-"""Validation of desired state, and the safe defaults the seed says validation applies.
+"""Validation of desired state, and the safe defaults Sked says validation applies.
 
 Each ``check_*`` function takes an object and a label for messages
 (``services[2] "web"``; unprintable characters in it are escaped) and returns the object

@@ -1,4 +1,4 @@
-"""The model keeps seed 001's JSON shapes."""
+"""The model keeps Sked's JSON shapes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from skedlib.models import Resources, Task, TaskId
 
 SEED_TASK = Path(__file__).parent / "data" / "seed_task.json"
 
-# Fields skedlib adds to the seed's shapes; each has a default, so older writers still decode.
+# Fields skedlib adds to Sked's shapes; each has a default, so older writers still decode.
 EXTENSIONS = {
     "task": {"rejected_hosts", "capacity_rejections"},
     "task_definition": {"memory", "cpu_units", "priority", "stop_after_disconnect"},

@@ -113,13 +113,13 @@ services:
 def test_default_and_empty_scheduler_names_mean_binpack() -> None:
     assert scheduler_name("default") == scheduler_name("") == DEFAULT_SCHEDULER == "binpack"
     assert scheduler_name("spread") == "spread"
-    service = decode((SKED / "seed001-service.json").read_bytes(), Service)
+    service = decode((SKED / "sked-service.json").read_bytes(), Service)
     assert service.scheduler == "default"
     with Client.open(f"memory://{uuid.uuid4().hex}") as c:
         _hosts(c, 2)
         c.apply(parse_manifest(f"""
-clusters: [{(SKED / 'seed001-cluster.json').read_text()}]
-services: [{(SKED / 'seed001-service.json').read_text()}, {{name: empty, task_name: helloworld,
+clusters: [{(SKED / 'sked-cluster.json').read_text()}]
+services: [{(SKED / 'sked-service.json').read_text()}, {{name: empty, task_name: helloworld,
            task_version: 2, scheduler: "", desired: 1}}]
 tasks:
   - name: helloworld

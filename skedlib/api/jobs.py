@@ -1,5 +1,5 @@
-"""The batch job routes (``/v1/jobs…``, ``/v1/nodes``: the seed's submit, cancel, status
-and log calls) over :class:`~skedlib.jobs.client.JobClient`."""
+"""The batch job routes (``/v1/jobs…``, ``/v1/nodes``: the work-stealing design's submit,
+cancel, status and log calls) over :class:`~skedlib.jobs.client.JobClient`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """``sked``: the operator CLI.
 
 Commands: ``apply``, ``get``, ``delete`` (desired state); ``tasks`` and ``hosts`` (issued
-and actual state, as the seed's ``sked tasks`` table); ``drain``/``undrain``, ``scale``
+and actual state, as Sked's ``sked tasks`` table); ``drain``/``undrain``, ``scale``
 and ``rollout status|history`` (operations, see :mod:`skedlib.cli.ops`); ``schema``
 (JSON Schema of the stored objects); ``example`` (the example manifests that ship with
 skedlib, see :mod:`skedlib.cli.example`); ``up`` (combined mode: a scheduler and an agent in
@@ -334,7 +334,7 @@ def cmd_delete(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(client: Client, args: argparse.Namespace) -> int:
-    """``sked tasks [--by-host] [-o FORMAT] [-l K=V] [-w]``: the seed's table, with the
+    """``sked tasks [--by-host] [-o FORMAT] [-l K=V] [-w]``: Sked's table, with the
     agent's view of each task (``state``); ``-o json`` is a list of
     :class:`~skedlib.views.TaskRow`."""
     return show(client, args, lambda: task_listing(read_view(client), by_host=args.by_host))

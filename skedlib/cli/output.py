@@ -93,7 +93,7 @@ def paint(text: str, style: str | None, colour: bool = True) -> str:
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, no_headers: bool = False,
           styles: Sequence[Callable[[str], str | None] | None] = (),
           colour: bool = False) -> str:
-    """A plain aligned table, as in the seed's ``sked tasks``: headers, a rule, rows.
+    """A plain aligned table, as in Sked's ``sked tasks``: headers, a rule, rows.
 
     ``styles[i]`` (if given) names the colour of a cell of column ``i`` from its text;
     colour is added after the padding, so columns stay aligned."""

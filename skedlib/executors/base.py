@@ -1,4 +1,4 @@
-"""The executor interface (seed 001's StartTask / StopTask / ReservedPorts, plus status
+"""The executor interface (Sked's StartTask / StopTask / ReservedPorts, plus status
 and adoption).
 
 An executor runs one kind of container (a container's ``type``: ``bash``, ``process``,

@@ -1,4 +1,4 @@
-"""The ``bash`` executor (seed 001): shell commands to start and stop a task.
+"""The ``bash`` executor (as in Sked): shell commands to start and stop a task.
 
 Blob (:class:`skedlib.models.BashExecutor`)::
 

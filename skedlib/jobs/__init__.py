@@ -1,4 +1,4 @@
-"""Batch jobs with work stealing (seed 003): submit run-to-completion commands; job
+"""Batch jobs with work stealing (work stealing): submit run-to-completion commands; job
 workers (``skedlib-agent --jobs``) claim them from the queue in transactions.
 
 >>> from skedlib.jobs.client import JobClient   # doctest: +SKIP

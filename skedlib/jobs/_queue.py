@@ -1,8 +1,8 @@
 """Claiming: an :class:`~skedlib.runtime.Informer` follows ``jobs/status/queued/`` into a
 local FIFO of claimable jobs (the queued key carries the record, so no further reads are
 needed), and the claimer picks a job that fits the free slots and resources, waits a
-little in proportion to how loaded this node is (so idle nodes win the race: seed 003's
-answer to contention and fairness), then claims it with one transaction."""
+little in proportion to how loaded this node is (so idle nodes win the race: the
+work-stealing design's answer to contention and fairness), then claims it with one transaction."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The batch job model (seed 003): a run-to-completion command that any job worker may claim.
+"""The batch job model (work stealing): a run-to-completion command that any job worker may claim.
 
 A :class:`Job` record lives under ``jobs/records/<id>``; beside it exactly one status key
 says where it is in its life (``jobs/status/queued/<id>``, ``…/running/<node>/<id>``,

@@ -104,7 +104,7 @@ def test_schema_describes_every_stored_object(capsys: pytest.CaptureFixture[str]
     task = json.loads(capsys.readouterr().out)
     assert task["$ref"] == "#/$defs/Task"
     props = task["$defs"]["Task"]["properties"]
-    # the seed's task JSON uses exactly these names
+    # Sked's task JSON uses exactly these names
     seed = json.loads((ROOT / "tests" / "data" / "seed_task.json").read_text())
     assert set(seed) <= set(props)
     assert main(["schema", "nope"]) == 1

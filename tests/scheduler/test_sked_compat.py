@@ -1,5 +1,5 @@
 """Coming from Sked, end to end with real agents and a real scheduler on SQLite: the
-original bash example runs unmodified, seed 001's ``scheduler: default`` service is
+original bash example runs unmodified, Sked's ``scheduler: default`` service is
 placed, and a task written by hand under ``state/hosts/`` in Go's shape runs, is seen by
 ``sked tasks`` / ``sked hosts``, reported by ``sked doctor`` and fixed by it."""
 
@@ -33,14 +33,14 @@ def test_original_bash_example_runs_unmodified(sqlite_loop: Loop) -> None:
 
 
 def test_seed_001_service_with_scheduler_default_is_placed(sqlite_loop: Loop) -> None:
-    """The seed's own cluster and service JSON, as its readme gives them; a bash task
-    definition of the seed's shape (its docker image cannot be pulled here)."""
+    """Sked's own cluster and service JSON, as its readme gives them; a bash task
+    definition of Sked's shape (its docker image cannot be pulled here)."""
     loop = sqlite_loop
     loop.start_agent(1)
     loop.start_agent(2)
     loop.start_scheduler()
-    cluster = (SKED / "seed001-cluster.json").read_text()
-    service = (SKED / "seed001-service.json").read_text()
+    cluster = (SKED / "sked-cluster.json").read_text()
+    service = (SKED / "sked-service.json").read_text()
     assert json.loads(service)["scheduler"] == "default"
     loop.apply(f"""
 clusters: [{cluster}]

@@ -1,6 +1,6 @@
 """skedlib's checks as Consul checks: the service definition registered with a Consul agent.
 
-Seed 001's check shape is Consul's, so the mapping is direct: a
+Sked's check shape is Consul's, so the mapping is direct: a
 :class:`~skedlib.models.Check` with ``http`` becomes an HTTP check, ``tcp`` a TCP check,
 ``script`` a script check (run by the Consul agent with ``sh -c``; exit 0 passing, 1
 warning, else critical) and ``ttl`` a TTL check that must be reported passing within the

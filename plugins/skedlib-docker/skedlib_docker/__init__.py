@@ -2,7 +2,7 @@
 
 Installing the package registers the executor through the ``skedlib`` entry-point group,
 so an agent runs containers whose ``type`` is ``docker`` on the host's Docker engine. The
-executor is :class:`skedlib_docker.executor.DockerEngineExecutor`; its blob (seed 001's
+executor is :class:`skedlib_docker.executor.DockerEngineExecutor`; its blob (Sked's
 ``image``, ``cmd``, ``entry``, ``container_port``, ``ports``, ``env``, ``work_dir``,
 ``volumes``, ``flags``) is :class:`skedlib_docker.config.DockerConfig`, declared to skedlib
 so ``sked apply`` checks it, and its translation into Docker SDK arguments is

@@ -14,7 +14,7 @@ __all__ = ["DockerConfig"]
 
 
 class DockerConfig(msgspec.Struct, kw_only=True):
-    """The ``docker`` executor's blob (seed 001's JSON shape)::
+    """The ``docker`` executor's blob (Sked's JSON shape)::
 
         {"image": "ubuntu", "cmd": ["sked"], "entry": "", "container_port": 3000,
          "ports": ["5000:5000"], "env": ["K=V"], "work_dir": "/", "volumes": [],

@@ -3,7 +3,7 @@
 Everything here is pure (no Docker engine is involved), so a task that can never run is
 refused with :class:`~skedlib.executors.TaskRejected` before anything is created.
 
-The blob is seed 001's docker executor (:class:`skedlib_docker.config.DockerConfig`)::
+The blob is Sked's docker executor (:class:`skedlib_docker.config.DockerConfig`)::
 
     {"image": "ubuntu", "cmd": ["sked"], "entry": "", "container_port": 3000,
      "ports": ["5000:5000"], "env": ["K=V"], "work_dir": "/", "volumes": [],

@@ -1,4 +1,4 @@
-"""The ``docker`` executor's blob Struct, declared by the plugin: seed 001's JSON shape,
+"""The ``docker`` executor's blob Struct, declared by the plugin: Sked's JSON shape,
 found through the registry, and checked at ``sked apply`` (no Docker engine needed)."""
 
 from __future__ import annotations
