@@ -49,6 +49,24 @@ class _Job:
     """Task → end time (None: not seen ending)."""
 
 
+@dataclass
+class _TaskEvents:
+    """Jobs built from a trace's task events: a submission adds the task to its job, the
+    task's first end sets its end time (the Google traces' shared bookkeeping)."""
+
+    jobs: dict[str, _Job] = field(default_factory=dict)
+    owner: dict[str, str] = field(default_factory=dict)
+
+    def submitted(self, key: str, task: str, job: _Job) -> None:
+        self.jobs.setdefault(key, job).tasks[task] = None
+        self.owner[task] = key
+
+    def ended(self, task: str, at: float) -> None:
+        key = self.owner.get(task)
+        if key is not None and self.jobs[key].tasks[task] is None:
+            self.jobs[key].tasks[task] = at
+
+
 def _scale(share: float, capacity: int) -> int:
     return max(1, round(share * capacity))
 
@@ -80,8 +98,7 @@ def _float(text: str, where: str, column: str) -> float:
 def google_2011(path: str | Path, *, host_memory: int = 16_384, host_cpu: int = 8_192,
                 default_duration: float = 3600.0) -> list[Batch]:
     """Batches of a Google 2011 ``task_events`` CSV file (see the module's docstring)."""
-    jobs: dict[str, _Job] = {}
-    owner: dict[str, str] = {}
+    events = _TaskEvents()
     with open(path, newline="") as f:
         for n, row in enumerate(csv.reader(f), 1):
             if not row:
@@ -97,21 +114,17 @@ def google_2011(path: str | Path, *, host_memory: int = 16_384, host_cpu: int = 
                 mem = _float(row[10], where, "memory request")
                 key = f"job{row[2]}-{ts:.0f}-{cpu:g}-{mem:g}"
                 distinct = ["distinct_host"] if row[12] in ("1", "True", "true") else []
-                jobs.setdefault(key, _Job(ts, mem, cpu, distinct)).tasks[tid] = None
-                owner[tid] = key
-            elif event in _END_2011 and tid in owner:
-                job = jobs[owner[tid]]
-                if job.tasks[tid] is None:
-                    job.tasks[tid] = ts
-    return list(_batches(jobs.items(), host_memory=host_memory, host_cpu=host_cpu,
+                events.submitted(key, tid, _Job(ts, mem, cpu, distinct))
+            elif event in _END_2011:
+                events.ended(tid, ts)
+    return list(_batches(events.jobs.items(), host_memory=host_memory, host_cpu=host_cpu,
                          default_duration=default_duration, time_unit=1e6))
 
 
 def google_2019(path: str | Path, *, host_memory: int = 16_384, host_cpu: int = 8_192,
                 default_duration: float = 3600.0) -> list[Batch]:
     """Batches of a Google 2019 ``instance_events`` JSON-lines file."""
-    jobs: dict[str, _Job] = {}
-    owner: dict[str, str] = {}
+    events = _TaskEvents()
     with open(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -132,13 +145,10 @@ def google_2019(path: str | Path, *, host_memory: int = 16_384, host_cpu: int = 
                 mem = _float(str(req.get("memory", 0) or 0), where,
                              "resource_request.memory")
                 key = f"coll{rec.get('collection_id')}-{ts:.0f}-{cpu:g}-{mem:g}"
-                jobs.setdefault(key, _Job(ts, mem, cpu, [])).tasks[tid] = None
-                owner[tid] = key
-            elif kind in _END_2019 and tid in owner:
-                job = jobs[owner[tid]]
-                if job.tasks[tid] is None:
-                    job.tasks[tid] = ts
-    return list(_batches(jobs.items(), host_memory=host_memory, host_cpu=host_cpu,
+                events.submitted(key, tid, _Job(ts, mem, cpu, []))
+            elif kind in _END_2019:
+                events.ended(tid, ts)
+    return list(_batches(events.jobs.items(), host_memory=host_memory, host_cpu=host_cpu,
                          default_duration=default_duration, time_unit=1e6))
 
 
