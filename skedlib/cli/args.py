@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import NoReturn
+from collections.abc import Callable, Mapping
+from typing import NoReturn, TypeVar
 
 from skedlib.api import parse_listen
 from skedlib.client import default_backend_url
@@ -13,7 +14,9 @@ from skedlib.keys import DEFAULT_PREFIX
 from skedlib.metrics import MetricsServer, serve
 from skedlib.store.credentials import redact_url
 
-__all__ = ["OneLineParser", "add_backend_options", "metrics_listen", "positive_number",
+K = TypeVar("K", bound=str)
+
+__all__ = ["OneLineParser", "add_backend_options", "kind_of", "metrics_listen", "positive_number",
            "start_metrics"]
 
 
@@ -25,6 +28,18 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         program = self.prog.split()[0]
         self.exit(2, one_line(f"{program}: error: {message} (see {self.prog} --help)") + "\n")
+
+
+def kind_of(aliases: Mapping[str, K], refusal: str) -> Callable[[str], K]:
+    """An argparse ``type`` that maps a kind as typed (``services``, ``svc`` …) to its
+    name through ``aliases``; anything else is refused with ``refusal`` (``{value!r}`` is
+    put in its place)."""
+    def parse(value: str) -> K:
+        try:
+            return aliases[value]
+        except KeyError:
+            raise argparse.ArgumentTypeError(refusal.format(value=value)) from None
+    return parse
 
 
 def positive_number(text: str) -> float:

@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any
 
+from skedlib.cli.args import kind_of
 from skedlib.cli.output import table
 from skedlib.client import Client
 from skedlib.codecs import decode, to_builtins, to_yaml
@@ -31,12 +32,7 @@ _KINDS: dict[str, ObjectKind] = {
 }
 
 
-def _kind(value: str) -> ObjectKind:
-    try:
-        return _KINDS[value]
-    except KeyError:
-        raise argparse.ArgumentTypeError(f"cannot describe {value!r}: expected task, "
-                                         "service, host or job") from None
+_kind = kind_of(_KINDS, "cannot describe {value!r}: expected task, service, host or job")
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -45,7 +45,7 @@ from skedlib.cli import (
     tasklogs,
     up,
 )
-from skedlib.cli.args import OneLineParser, positive_number
+from skedlib.cli.args import OneLineParser, kind_of, positive_number
 from skedlib.cli.logs import OneLineFormatter
 from skedlib.cli.output import Column, Listing, add_output_options, columns, show
 from skedlib.cli.schema import KINDS as SCHEMA_KINDS
@@ -80,13 +80,8 @@ _KINDS = {
 }
 
 
-def _kind(value: str) -> str:
-    try:
-        return _KINDS[value]
-    except KeyError:
-        raise argparse.ArgumentTypeError(
-            f"unknown kind {value!r} (clusters, services, task_definitions, hosts, "
-            "tasks)") from None
+_kind = kind_of(_KINDS, "unknown kind {value!r} (clusters, services, task_definitions, "
+                        "hosts, tasks)")
 
 
 def _complete_kinds(**_: Any) -> list[str]:
