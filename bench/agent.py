@@ -113,6 +113,13 @@ def _task_pids(host: str) -> dict[str, int]:
     return pids
 
 
+def kill_tasks(host: str) -> None:
+    """kill -9 the process group of every task process of ``host``."""
+    for pid in _task_pids(host).values():
+        with contextlib.suppress(OSError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
 def _import_baseline() -> float:
     """RSS (MB) of a process that imports the agent and loads every installed plugin."""
     code = ("import psutil; from skedlib.plugins import get_registry; get_registry(); "
@@ -197,9 +204,7 @@ def run(tasks: int, kills: int, kind: str, workers: int) -> dict[str, Any]:
                 agent.wait(60)
             except subprocess.TimeoutExpired:
                 agent.kill()
-        for pid in _task_pids(host).values():  # never leave a task behind
-            with contextlib.suppress(OSError):
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
+        kill_tasks(host)  # never leave a task behind
         backend.close()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.agent import AGENT, HealthLog, _task, _task_pids  # noqa: E402
+from bench.agent import AGENT, HealthLog, _task, _task_pids, kill_tasks  # noqa: E402
 from skedlib.codecs import encode  # noqa: E402
 from skedlib.keys import Keyspace  # noqa: E402
 from skedlib.plugins import open_backend  # noqa: E402
@@ -125,9 +125,7 @@ def run(tasks: int, kind: str, workers: int) -> dict[str, Any]:
                 with contextlib.suppress(OSError):
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait(10)
-        for pid in _task_pids(host).values():  # never leave a task behind
-            with contextlib.suppress(OSError):
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
+        kill_tasks(host)  # never leave a task behind
         backend.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
