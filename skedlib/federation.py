@@ -8,7 +8,8 @@ datacenter that does not answer is reported and never blocks the others.
 
 - :func:`each_datacenter` runs a function against every datacenter's client, a thread per
   datacenter, and gives back an :class:`DatacenterOutcome` per datacenter (its value, or why it
-  did not answer within the time limit);
+  did not answer within the time limit); :func:`unreachable` lists those that did not
+  answer, the one shape the CLI's ``-o json`` and the REST API give them in;
 - :func:`parse_global` reads a global manifest: an ordinary manifest plus a
   ``placement`` section saying how many tasks of a service each datacenter runs
   (``per_datacenter: {east: 2, west: 1}``, or ``total: 6`` spread by ``weights``);
@@ -22,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import yaml
@@ -39,11 +40,13 @@ __all__ = [
     "DatacenterOutcome",
     "GlobalManifest",
     "GlobalPlacement",
+    "Unreachable",
     "each_datacenter",
     "expand",
     "federate",
     "parse_global",
     "spread",
+    "unreachable",
 ]
 
 DEFAULT_TIMEOUT = 10.0
@@ -107,6 +110,19 @@ def each_datacenter(datacenters: Sequence[Datacenter], work: Callable[[Datacente
     with lock:
         return [results.get(dc.name) or DatacenterOutcome(
             dc.name, error=f"no answer within {timeout:g}s") for dc in datacenters]
+
+
+class Unreachable(msgspec.Struct, frozen=True, kw_only=True):
+    """A datacenter that did not answer: its name, and why (one line, no secret: store
+    URLs in errors are redacted)."""
+
+    datacenter: str
+    error: str
+
+
+def unreachable(outcomes: Sequence[DatacenterOutcome[Any]]) -> list[Unreachable]:
+    """The datacenters of ``outcomes`` that did not answer, in their order."""
+    return [Unreachable(datacenter=o.datacenter, error=o.error) for o in outcomes if not o.ok]
 
 
 # -- the federation step -------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -29,6 +29,7 @@ from skedlib.api.routing import BASE_PATH, Call, Route, Router, decode_body, par
 from skedlib.client import Client
 from skedlib.environments.manager import Environments
 from skedlib.environments.models import Ping
+from skedlib.federation import DEFAULT_TIMEOUT, Datacenter
 from skedlib.jobs.client import JobClient
 from skedlib.metrics import exposition
 
@@ -117,8 +118,13 @@ class Api:
     :class:`Response`."""
 
     def __init__(self, environments: Environments, guard: RequestGuard,
-                 jobs: JobClient | None = None, client: Client | None = None) -> None:
+                 jobs: JobClient | None = None, client: Client | None = None, *,
+                 datacenters: Sequence[Datacenter] = (),
+                 dc_timeout: float = DEFAULT_TIMEOUT) -> None:
         self.environments = environments
+        self.datacenters = tuple(datacenters)
+        """What ``/v1/all-datacenters/…`` reads (docs/datacenters.md)."""
+        self.dc_timeout = dc_timeout
         self.jobs = jobs or JobClient(environments.store)
         self.client = client or Client(environments.store)
         self.guard = guard
@@ -173,4 +179,4 @@ class Api:
         query = parse_query(route, split.query)
         data = decode_body(body, route.body) if route.body is not None else None
         return route.handler(Call(self.environments, self.jobs, self.client, params, query,
-                                  data))
+                                  data, self.datacenters, self.dc_timeout))

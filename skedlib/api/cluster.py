@@ -5,8 +5,13 @@ store without polling.
 
 Reads come from one listing of the keyspace (:class:`~skedlib.views.View`), the same read
 model as ``sked tasks``, ``sked hosts`` and ``sked get services``, so the API and the CLI
-never disagree. Writes go through :class:`~skedlib.client.Client` (compare-and-swap,
-bounds and limits checked as for the CLI).
+never disagree. A server started with datacenters (``sked serve --datacenters``) also
+serves ``/v1/datacenters`` and ``/v1/all-datacenters/tasks|hosts|services``: the same
+rows read from every datacenter at once by :func:`skedlib.federation.each_datacenter`
+(the reader of ``sked --all-datacenters``), each marked with its datacenter, and the
+datacenters that did not answer in time listed as ``unreachable``. Writes go through
+:class:`~skedlib.client.Client` (compare-and-swap, bounds and limits checked as for the
+CLI).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import msgspec
 
@@ -31,12 +37,15 @@ from skedlib.api.routing import (
     one_of,
     seconds,
 )
+from skedlib.client import Client
+from skedlib.federation import Datacenter, Unreachable, each_datacenter, unreachable
 from skedlib.models import HostConfig, Service, Task, TaskHealth
 from skedlib.runtime import wait_for_change
 from skedlib.views import (
     HostRow,
     ServiceSummary,
     TaskRow,
+    View,
     host_rows,
     read_view,
     service_summary,
@@ -49,6 +58,14 @@ __all__ = [
     "MAX_STREAMS",
     "MAX_TASK_PAGE",
     "ROUTES",
+    "DatacenterHostList",
+    "DatacenterHostRow",
+    "DatacenterList",
+    "DatacenterRead",
+    "DatacenterServiceList",
+    "DatacenterServiceSummary",
+    "DatacenterTaskList",
+    "DatacenterTaskRow",
     "DrainRequest",
     "HostDetail",
     "HostList",
@@ -146,8 +163,77 @@ class HostDetail(msgspec.Struct, kw_only=True):
     revision: int
 
 
+class DatacenterList(msgspec.Struct, kw_only=True):
+    """``GET /v1/datacenters``: the datacenters this server reads for
+    ``/v1/all-datacenters/…``, by name (empty: it was started without any)."""
+
+    items: list[str]
+    timeout: float
+    """Seconds a datacenter has to answer before it is reported as unreachable."""
+
+
+class DatacenterRead(msgspec.Struct, kw_only=True):
+    """A datacenter that answered: the revision of its store the rows were read at."""
+
+    datacenter: str
+    revision: int
+    more: bool = False
+    """Tasks only: the datacenter has more rows than ``limit``; filter to see them."""
+
+
+class DatacenterTaskRow(TaskRow, kw_only=True):
+    """A row of ``GET /v1/tasks``, and the datacenter it was read from (a task id is
+    unique within its datacenter only)."""
+
+    datacenter: str
+
+
+class DatacenterHostRow(HostRow, kw_only=True):
+    """A row of ``GET /v1/hosts``, and the datacenter it was read from."""
+
+    datacenter: str
+
+
+class DatacenterServiceSummary(ServiceSummary, kw_only=True):
+    """A service of ``GET /v1/services``, and the datacenter it was read from."""
+
+    datacenter: str
+
+
+class DatacenterTaskList(msgspec.Struct, kw_only=True):
+    """``GET /v1/all-datacenters/tasks``: the tasks of every datacenter that answered
+    (in the server's order of datacenters, then by id), and those that did not."""
+
+    items: list[DatacenterTaskRow]
+    answered: list[DatacenterRead]
+    unreachable: list[Unreachable]
+    """The datacenters that failed or did not answer in time, each with why."""
+
+
+class DatacenterHostList(msgspec.Struct, kw_only=True):
+    """``GET /v1/all-datacenters/hosts``: the hosts of every datacenter that answered,
+    and those that did not."""
+
+    items: list[DatacenterHostRow]
+    answered: list[DatacenterRead]
+    unreachable: list[Unreachable]
+    """The datacenters that failed or did not answer in time, each with why."""
+
+
+class DatacenterServiceList(msgspec.Struct, kw_only=True):
+    """``GET /v1/all-datacenters/services``: the services of every datacenter that
+    answered, and those that did not."""
+
+    items: list[DatacenterServiceSummary]
+    answered: list[DatacenterRead]
+    unreachable: list[Unreachable]
+    """The datacenters that failed or did not answer in time, each with why."""
+
+
 MODELS = (ScaleRequest, DrainRequest, ServiceList, ServiceDetail, ServiceRemoved, TaskPage,
-          TaskDetail, HostList, HostDetail)
+          TaskDetail, HostList, HostDetail, DatacenterList, DatacenterRead, Unreachable,
+          DatacenterTaskRow, DatacenterHostRow, DatacenterServiceSummary, DatacenterTaskList,
+          DatacenterHostList, DatacenterServiceList)
 """The request and response types of these routes (for the OpenAPI document)."""
 
 
@@ -250,6 +336,91 @@ def _drain(call: Call) -> Response:
     return Response(200, config)
 
 
+# -- every datacenter -----------------------------------------------------------------------
+R = TypeVar("R")
+
+
+def _asked(call: Call) -> Sequence[Datacenter]:
+    """The datacenters this request reads: all the server knows, or the one named by
+    ``datacenter``."""
+    if not call.datacenters:
+        raise HttpError(404, "this server reads no datacenters (start it with sked serve "
+                             "--datacenters, over a context that lists them)")
+    name = call.query.get("datacenter")
+    if name is None:
+        return call.datacenters
+    found = [dc for dc in call.datacenters if dc.name == name]
+    if not found:
+        known = ", ".join(dc.name for dc in call.datacenters)
+        raise HttpError(400, f"query parameter datacenter: no datacenter {name!r} "
+                             f"(this server reads {known})")
+    return found
+
+
+def _each(call: Call, rows: Callable[[View], list[R]], limit: int | None = None
+          ) -> tuple[list[tuple[str, R]], list[DatacenterRead], list[Unreachable]]:
+    """``rows(view)`` of every asked datacenter (at most ``limit`` each), with the
+    datacenter's name; which answered (at which revision) and which did not."""
+    def read(dc: Datacenter, client: Client) -> tuple[int, list[R]]:
+        view = read_view(client)
+        return view.revision, rows(view)
+
+    outcomes = each_datacenter(_asked(call), read, timeout=call.dc_timeout)
+    items: list[tuple[str, R]] = []
+    answered: list[DatacenterRead] = []
+    for o in outcomes:
+        if o.value is None:
+            continue
+        revision, got = o.value
+        more = limit is not None and len(got) > limit
+        items += [(o.datacenter, r) for r in (got[:limit] if more else got)]
+        answered.append(DatacenterRead(datacenter=o.datacenter, revision=revision,
+                                       more=more))
+    return items, answered, unreachable(outcomes)
+
+
+def _datacenters(call: Call) -> Response:
+    return Response(200, DatacenterList(items=[dc.name for dc in call.datacenters],
+                                        timeout=call.dc_timeout))
+
+
+def _all_tasks(call: Call) -> Response:
+    q = call.query
+
+    def rows(view: View) -> list[TaskRow]:
+        return [r for r in task_rows(view)
+                if q.get("cluster", r.cluster) == r.cluster
+                and q.get("service", r.service) == r.service
+                and q.get("host", r.host) == r.host
+                and q.get("state", r.state) == r.state]
+
+    items, answered, gone = _each(call, rows, q.get("limit", DEFAULT_TASK_PAGE))
+    return Response(200, DatacenterTaskList(
+        items=[DatacenterTaskRow(datacenter=dc, **msgspec.structs.asdict(r))
+               for dc, r in items], answered=answered, unreachable=gone))
+
+
+def _all_hosts(call: Call) -> Response:
+    items, answered, gone = _each(call, host_rows)
+    return Response(200, DatacenterHostList(
+        items=[DatacenterHostRow(datacenter=dc, **msgspec.structs.asdict(r))
+               for dc, r in items], answered=answered, unreachable=gone))
+
+
+def _all_services(call: Call) -> Response:
+    cluster = call.query.get("cluster")
+
+    def rows(view: View) -> list[ServiceSummary]:
+        summaries = [service_summary(view, s) for s in
+                     sorted(view.snapshot.services.values(), key=lambda s: s.name)]
+        return [m for m in summaries if cluster is None or cluster in m.clusters]
+
+    items, answered, gone = _each(call, rows)
+    return Response(200, DatacenterServiceList(
+        items=[DatacenterServiceSummary(datacenter=dc, **msgspec.structs.asdict(r))
+               for dc, r in items], answered=answered, unreachable=gone))
+
+
 # -- changes --------------------------------------------------------------------------------
 _streams = threading.BoundedSemaphore(MAX_STREAMS)
 
@@ -297,6 +468,10 @@ _LIMIT = QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": MAX_TA
                     between(1, MAX_TASK_PAGE))
 _NEXT = QueryParam("next_token", {"type": "string"},
                    "the next_token of the previous page (absent: the first page)")
+_DC = QueryParam("datacenter", {"type": "string"},
+                 "read only this datacenter (one of GET /v1/datacenters)")
+_DC_MEANINGS = {"400": "A bad query parameter, or a datacenter this server does not read.",
+                "404": "This server reads no datacenters (started without --datacenters)."}
 _CHANGES_OK = {
     "description": "A text/event-stream: first `retry: 2000` and a `change` event with "
                    "the store's current revision, then a `change` event "
@@ -387,6 +562,39 @@ ROUTES = (
           "Stored in the host's settings, so it holds across agent restarts.",
           ok_schema="HostConfig", errors=("400", "404", "409", "413"), body=DrainRequest,
           tag="cluster", path_docs=_HOST),
+    Route("GET", "/datacenters", _datacenters, "listDatacenters", "List datacenters",
+          "The datacenters this server reads for /v1/all-datacenters/… (sked serve "
+          "--datacenters: those of its configuration context), by name, and how long each "
+          "has to answer. Empty when it reads none.",
+          ok_schema="DatacenterList", tag="cluster"),
+    Route("GET", "/all-datacenters/tasks", _all_tasks, "listTasksOfAllDatacenters",
+          "List tasks of every datacenter",
+          "The rows of GET /v1/tasks of every datacenter at once, each marked with its "
+          "datacenter, filtered by the given parameters; at most `limit` per datacenter "
+          "(`answered[].more` says a datacenter had more). A datacenter that fails or "
+          "does not answer within the server's timeout is left out and listed in "
+          "`unreachable` with why: the answer is 200 all the same.",
+          ok_schema="DatacenterTaskList", errors=("400", "404"), tag="cluster",
+          meanings=_DC_MEANINGS,
+          query=(_DC, QueryParam("cluster", {"type": "string"}, "only this cluster's"),
+                 QueryParam("service", {"type": "string"}, "only this service's"),
+                 QueryParam("host", {"type": "string"}, "only those issued to this host"),
+                 QueryParam("state", {"type": "string"}, "only those in this state"),
+                 _LIMIT)),
+    Route("GET", "/all-datacenters/hosts", _all_hosts, "listHostsOfAllDatacenters",
+          "List hosts of every datacenter",
+          "The rows of GET /v1/hosts of every datacenter at once, each marked with its "
+          "datacenter; the datacenters that did not answer in time are in `unreachable`.",
+          ok_schema="DatacenterHostList", errors=("400", "404"), tag="cluster",
+          meanings=_DC_MEANINGS, query=(_DC,)),
+    Route("GET", "/all-datacenters/services", _all_services,
+          "listServicesOfAllDatacenters", "List services of every datacenter",
+          "The services of GET /v1/services of every datacenter at once, each marked with "
+          "its datacenter; the datacenters that did not answer in time are in "
+          "`unreachable`.",
+          ok_schema="DatacenterServiceList", errors=("400", "404"), tag="cluster",
+          meanings=_DC_MEANINGS,
+          query=(_DC, QueryParam("cluster", {"type": "string"}, "only this cluster's"))),
     Route("GET", "/changes", _changes, "watchChanges", "Follow changes",
           "Server-sent events: one event per change of anything under the store's "
           "prefix (coalesced), so a page or a program reads again only when something "

@@ -24,6 +24,7 @@ from skedlib.client import Client
 from skedlib.codecs import decode
 from skedlib.environments.manager import Environments
 from skedlib.errors import ValidationError
+from skedlib.federation import DEFAULT_TIMEOUT, Datacenter
 from skedlib.jobs.client import JobClient
 
 __all__ = ["BASE_PATH", "METHODS", "Call", "QueryParam", "Route", "Router", "between",
@@ -131,6 +132,11 @@ class Call:
     """The declared query parameters that were given, parsed."""
     data: Any
     """The body decoded into the route's ``body`` type (None without one)."""
+    datacenters: Sequence[Datacenter] = ()
+    """The datacenters the server reads for ``/v1/all-datacenters/…`` (none: it does not
+    aggregate)."""
+    dc_timeout: float = DEFAULT_TIMEOUT
+    """Seconds a datacenter has to answer before it is reported as unreachable."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from skedlib.codecs import encode
 from skedlib.environments.manager import Environments
 from skedlib.environments.models import ErrorBody
 from skedlib.errors import BackendError, ValidationError
+from skedlib.federation import DEFAULT_TIMEOUT, Datacenter
 from skedlib.jobs.client import JobClient
 
 __all__ = ["DEFAULT_LISTEN", "MAX_BODY", "ApiServer", "is_loopback", "parse_listen",
@@ -241,7 +243,8 @@ class ApiServer:
     this server in ``Host`` (its address, or one of ``allowed_hosts``) and not come
     from another site (see
     :class:`~skedlib.api.auth.RequestGuard`). With ``tls`` (:func:`tls_context`) it
-    speaks HTTPS only.
+    speaks HTTPS only. With ``datacenters``, ``/v1/all-datacenters/…`` reads each of
+    them (``dc_timeout`` seconds each at most; docs/datacenters.md).
 
     >>> server = ApiServer(client, "127.0.0.1", 0, token=token)   # doctest: +SKIP
     >>> server.start(); server.url                               # doctest: +SKIP
@@ -254,7 +257,8 @@ class ApiServer:
                  allowed_hosts: tuple[str, ...] = (),
                  tls: ssl.SSLContext | None = None, track_every: float = 1.0,
                  environments: Environments | None = None,
-                 jobs: JobClient | None = None) -> None:
+                 jobs: JobClient | None = None, datacenters: Sequence[Datacenter] = (),
+                 dc_timeout: float = DEFAULT_TIMEOUT) -> None:
         self.environments = environments or Environments(client.store)
         self.jobs = jobs or JobClient(client.store)
         self.token = token or secrets.token_urlsafe(32)
@@ -267,7 +271,8 @@ class ApiServer:
         # the guard needs the bound port (port 0 picks one)
         guard = RequestGuard(self.token, (host, self.address[1]), allowed_hosts,
                              default_port=443 if tls else 80, read_token=read_token)
-        self.api = Api(self.environments, guard, self.jobs, client)
+        self.api = Api(self.environments, guard, self.jobs, client, datacenters=datacenters,
+                       dc_timeout=dc_timeout)
         self.httpd.api = self.api
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

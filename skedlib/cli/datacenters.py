@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
+
 from skedlib.cli import config
 from skedlib.cli.args import positive_number
 from skedlib.cli.output import Column, Listing, show
@@ -33,12 +35,13 @@ from skedlib.federation import (
     each_datacenter,
     federate,
     parse_global,
+    unreachable,
 )
 from skedlib.store.sqlite import read_only_url
 from skedlib.views import read_view
 
-__all__ = ["PARTIAL", "add_options", "add_parser", "cmd_all_datacenters", "cmd_federate",
-           "merged_listing"]
+__all__ = ["PARTIAL", "add_options", "add_parser", "add_serve_options", "cmd_all_datacenters",
+           "cmd_federate", "context_datacenters", "merged_listing", "serve_datacenters"]
 
 PARTIAL = 3
 """The exit status when some datacenters answered and some did not."""
@@ -62,6 +65,27 @@ def add_options(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
                              f"reported and left out (default {DEFAULT_TIMEOUT:g})")
 
 
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """``sked serve --datacenters [--dc-timeout S]``: serve ``/v1/all-datacenters/…`` over
+    the datacenters of the context."""
+    parser.add_argument("--datacenters", action="store_true",
+                        help="also serve /v1/all-datacenters/tasks|hosts|services and the "
+                             "console's datacenter view over the datacenters of the "
+                             "context (sked config set-datacenter)")
+    parser.add_argument("--dc-timeout", type=positive_number, default=argparse.SUPPRESS,
+                        metavar="SECONDS",
+                        help="a datacenter that has not answered after this long is "
+                             f"reported as unreachable (default {DEFAULT_TIMEOUT:g})")
+
+
+def serve_datacenters(args: argparse.Namespace) -> list[Datacenter]:
+    """The datacenters ``sked serve`` reads: none without ``--datacenters``, else those of
+    the context (read-only), the same list as ``sked --all-datacenters`` reads."""
+    if not getattr(args, "datacenters", False):
+        return []
+    return context_datacenters(config.resolve(args), read_only=True)
+
+
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``federate`` to ``sked``'s subcommands."""
     p = sub.add_parser("federate", parents=[common],
@@ -77,12 +101,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_federate, needs_backend=False)
 
 
-def _datacenters(args: argparse.Namespace, *, read_only: bool) -> list[Datacenter]:
-    """The current context's datacenters; an error naming the context when it has none."""
-    if getattr(args, "backend", None):
-        raise ValidationError("--backend names one store; the datacenters come from the "
-                              "context (sked config set-datacenter)")
-    settings = config.resolve(args)
+def context_datacenters(settings: config.Settings, *, read_only: bool) -> list[Datacenter]:
+    """The datacenters ``settings``' context lists (a SQLite store opened read-only when
+    ``read_only``); an error naming the context when it lists none. ``sked serve
+    --datacenters`` serves the same list as the ``--all-datacenters`` commands read."""
     if not settings.datacenters:
         raise ValidationError(
             f"context {settings.context or '(none)'!r} lists no datacenters (add them: "
@@ -92,6 +114,14 @@ def _datacenters(args: argparse.Namespace, *, read_only: bool) -> list[Datacente
                        urlsplit(url).scheme == "sqlite" else url,
                        prefix=prefix)
             for name, (url, prefix) in settings.datacenters.items()]
+
+
+def _datacenters(args: argparse.Namespace, *, read_only: bool) -> list[Datacenter]:
+    """The current context's datacenters; an error naming the context when it has none."""
+    if getattr(args, "backend", None):
+        raise ValidationError("--backend names one store; the datacenters come from the "
+                              "context (sked config set-datacenter)")
+    return context_datacenters(config.resolve(args), read_only=read_only)
 
 
 def _report(outcomes: Sequence[DatacenterOutcome[Any]], what: str) -> int:
@@ -126,8 +156,7 @@ def merged_listing(outcomes: Sequence[DatacenterOutcome[Listing[Any]]]) -> Listi
         of = by_dc[r[0]].labels
         return of(r[1]) if of is not None else {}
 
-    unreachable = [{"datacenter": o.datacenter, "error": o.error}
-                   for o in outcomes if not o.ok]
+    gone = msgspec.to_builtins(unreachable(outcomes))
     return Listing(
         first.kind if first else "object", rows,
         [Column("datacenter", lambda r: r[0]),
@@ -135,7 +164,7 @@ def merged_listing(outcomes: Sequence[DatacenterOutcome[Listing[Any]]]) -> Listi
         name=lambda r: f"{r[0]}/{by_dc[r[0]].name(r[1])}", data=data,
         labels=labels if first is None or first.labels is not None else None,
         empty=first.empty if first else "no datacenter answered",
-        envelope=lambda items: {"items": items, "unreachable": unreachable})
+        envelope=lambda items: {"items": items, "unreachable": gone})
 
 
 def cmd_all_datacenters(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from skedlib.api import (
     tls_context,
     token_for_serve,
 )
+from skedlib.cli import datacenters
 from skedlib.cli.args import positive_number
 from skedlib.cli.logs import add_log_options, configure_logging
 from skedlib.cli.output import Listing, add_output_options, columns, render, show
@@ -38,6 +39,7 @@ from skedlib.environments import (
     EnvironmentView,
 )
 from skedlib.errors import SkedError, ValidationError
+from skedlib.federation import DEFAULT_TIMEOUT
 
 __all__ = ["add_parsers", "cmd_deploy", "cmd_deployments", "cmd_env", "cmd_serve"]
 
@@ -87,6 +89,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--track-every", type=positive_number, default=1.0, metavar="SECONDS",
                    help="how often in-progress deployments are brought up to date "
                         "(default 1)")
+    datacenters.add_serve_options(p)
     add_log_options(p)
     p.set_defaults(func=cmd_serve)
 
@@ -229,11 +232,13 @@ def cmd_serve(client: Client, args: argparse.Namespace) -> int:
     if read_token == token:
         raise ValidationError("--read-token-file: the read-only token is the same as the "
                               "full token; give it a token of its own")
+    dcs = datacenters.serve_datacenters(args)
     configure_logging(args.log_level, log_format=args.log_format)
     try:
         server = ApiServer(client, host, port, token=token, read_token=read_token,
                            allowed_hosts=tuple(args.allowed_host), tls=tls,
-                           track_every=args.track_every)
+                           track_every=args.track_every, datacenters=dcs,
+                           dc_timeout=getattr(args, "dc_timeout", DEFAULT_TIMEOUT))
     except OSError as exc:
         raise SkedError(f"--listen {args.listen}: cannot listen there: "
                         f"{exc.strerror or exc}") from None
@@ -244,6 +249,9 @@ def cmd_serve(client: Client, args: argparse.Namespace) -> int:
     print(f"sked serve: listening on {server.url} (OpenAPI document: {server.url}/openapi.json"
           f"; bearer token required, from {source}"
           + (f"; read-only token from {read_source}" if read_token else "") + ")", flush=True)
+    if dcs:
+        print(f"sked serve: reading datacenters {', '.join(dc.name for dc in dcs)} for "
+              f"{server.url}/all-datacenters/", flush=True)
     root = server.url.removesuffix("/v1")
     print(f"sked serve: web console at {root}/; blox's v1 API at {root}/blox/v1", flush=True)
     try:

@@ -1,7 +1,9 @@
 """The web console (``sked serve`` at ``/``) in a real browser: Debian's chromium driven
 by selenium through chromedriver, over real agents and a real scheduler. Signs in with
 the token, shows hosts, services and tasks, follows a change made elsewhere without a
-reload, refuses a bad token, and a read-only token cannot scale. Screenshots are kept
+reload, refuses a bad token, and a read-only token cannot scale; over two etcd
+datacenters, shows every datacenter's rows marked with their datacenter and a banner for
+one that stopped answering. Screenshots are kept
 under ``$SKED_TEST_ARTIFACTS`` (default: ``test-artifacts/``) for a person to look at.
 """
 
@@ -15,7 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from skedlib.api import ApiServer
 from tests.api.conftest import READ_TOKEN, TOKEN, Http, Loop
+from tests.api.datacenters import DC_TIMEOUT, TwoDatacenters, two_datacenters
 from tests.harness.common import skip_or_fail
 from tests.scheduler.conftest import wait_for
 
@@ -30,8 +34,11 @@ try:
     from selenium.webdriver.chrome.service import Service as ChromeService
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import Select
 except ImportError:  # pragma: no cover - the test extra installs it
     webdriver = None
+
+__all__ = ["two_datacenters"]
 
 ARTIFACTS = Path(os.environ.get("SKED_TEST_ARTIFACTS", "test-artifacts")) / "console"
 
@@ -190,3 +197,66 @@ def test_console_refuses_a_bad_token_and_a_read_only_token_cannot_scale(
              "the read-only refusal")
     assert admin.ok("GET", "/services/web")["service"]["desired"] == 3
     _shot(browser, "read-only")
+
+
+def test_console_shows_every_datacenter_and_the_ones_not_answering(
+        two_datacenters: TwoDatacenters, browser: WebDriver) -> None:
+    dcs = two_datacenters
+    server = ApiServer(dcs.east.client, "127.0.0.1", 0, token=TOKEN,
+                       datacenters=dcs.datacenters, dc_timeout=DC_TIMEOUT)
+    server.start()
+    try:
+        base = server.url.removesuffix("/v1")
+        _sign_in(browser, base, TOKEN)
+        wait_for(lambda: browser.find_element(By.ID, "datacenter").is_displayed(), 20,
+                 "the datacenter selector")
+        # this server's own store first: no datacenter column, the actions there
+        wait_for(lambda: len(_rows(browser, "hosts")) == 1, 20, "east's hosts")
+        assert not browser.find_element(By.CSS_SELECTOR, "#hosts th.dc").is_displayed()
+
+        Select(browser.find_element(By.ID, "datacenter")).select_by_value("*")
+        wait_for(lambda: sorted((r[0], r[1]) for r in _rows(browser, "hosts")) == [
+            ("east", dcs.east.host(1)), ("west", "spare-west")], 20,
+            "both datacenters' hosts, marked")
+        assert browser.find_element(By.CSS_SELECTOR, "#hosts th.dc").is_displayed()
+        assert not browser.find_element(By.ID, "dc-banner").is_displayed()
+        _tab(browser, "services")
+        wait_for(lambda: sorted((r[0], r[4]) for r in _rows(browser, "services")) == [
+            ("east", "2"), ("west", "1")], 20, "web in both datacenters")
+        # writes go to this server's store only: no scale buttons in the datacenter view
+        assert not any(b.is_displayed() for b in
+                       browser.find_elements(By.CSS_SELECTOR, "#services tbody button"))
+        _tab(browser, "tasks")
+        wait_for(lambda: [r[0] for r in _rows(browser, "tasks")] == ["east", "east"], 20,
+                 "east's tasks, marked")
+        _shot(browser, "datacenters")
+
+        # west is cut off: the page keeps showing east and says west does not answer
+        dcs.west_etcd.stop()
+        wait_for(lambda: browser.find_element(By.ID, "dc-banner").is_displayed(), 30,
+                 "the unreachable banner")
+        assert browser.find_element(By.ID, "dc-unreachable").text.startswith("west: ")
+        assert [r[0] for r in _rows(browser, "tasks")] == ["east", "east"]
+        _tab(browser, "services")
+        wait_for(lambda: [r[0] for r in _rows(browser, "services")] == ["east"], 20,
+                 "only east's services")
+        _shot(browser, "datacenter-unreachable")
+
+        # back to this server's own store: no banner, no column
+        Select(browser.find_element(By.ID, "datacenter")).select_by_value("")
+        wait_for(lambda: not browser.find_element(By.ID, "dc-banner").is_displayed(), 20,
+                 "the banner to go")
+        assert not browser.find_element(By.CSS_SELECTOR, "#services th.dc").is_displayed()
+        wait_for(lambda: [r[0] for r in _rows(browser, "services")] == ["web"], 20,
+                 "east's own services")
+    finally:
+        server.stop()
+
+
+def test_console_without_datacenters_shows_no_selector(
+        running: tuple[Loop, Http, Http], browser: WebDriver) -> None:
+    _, admin, _ = running
+    _sign_in(browser, _base(admin), TOKEN)
+    wait_for(lambda: len(_rows(browser, "hosts")) == 3, 20, "the hosts table")
+    assert not browser.find_element(By.ID, "datacenter").is_displayed()
+    assert not browser.find_element(By.CSS_SELECTOR, "#hosts th.dc").is_displayed()

@@ -9,6 +9,11 @@ let current = "hosts";
 let selectedTask = "";
 let refreshTimer = 0;
 let liveAbort = null;
+// "" : this server's own store (the default, where the page may change things);
+// "*": every datacenter the server reads; else one datacenter's name. Read-only beyond "".
+let scope = "";
+let pollTimer = 0;
+const DC_POLL_MS = 5000;  // the change stream follows only this server's store
 
 const $ = (id) => document.getElementById(id);
 
@@ -71,15 +76,56 @@ function fill(section, rows) {
   tbody.replaceChildren(...rows);
 }
 
+// -- datacenters ----------------------------------------------------------------------------
+// The rows of /all-datacenters/<what> in the chosen scope; the banner lists the datacenters
+// that did not answer (each with why), or hides when all did.
+async function across(what, query = "") {
+  const params = new URLSearchParams(query);
+  if (scope !== "*") params.set("datacenter", scope);
+  const found = await api(`/all-datacenters/${what}?${params}`);
+  const gone = found.unreachable || [];
+  $("dc-unreachable").replaceChildren(...gone.map((u) => el("li",
+    `${u.datacenter}: ${u.error}`)));
+  $("dc-banner").hidden = gone.length === 0;
+  return found.items;
+}
+
+function showScope() {
+  for (const th of document.querySelectorAll("th.dc")) th.hidden = !scope;
+  if (!scope) $("dc-banner").hidden = true;
+  clearInterval(pollTimer);
+  if (scope) pollTimer = setInterval(() => { if (current !== "jobs") refresh(); }, DC_POLL_MS);
+}
+
+async function loadDatacenters() {
+  let names = [];
+  try { names = (await api("/datacenters")).items; } catch (e) { report(e); }
+  const select = $("datacenter");
+  select.replaceChildren(el("option", "this server's store"), el("option", "all datacenters"),
+    ...names.map((n) => el("option", n)));
+  select.options[0].value = "";
+  select.options[1].value = "*";
+  for (let i = 0; i < names.length; i++) select.options[i + 2].value = names[i];
+  // one datacenter is this server's own store: nothing to choose
+  $("dc-choice").hidden = names.length < 2;
+  if (names.length < 2 || (scope !== "*" && scope && !names.includes(scope))) scope = "";
+  select.value = scope;
+  showScope();
+}
+
+// A row marked with its datacenter when the page shows more than this server's store.
+function dcRow(item, cells) { return row(scope ? [item.datacenter, ...cells] : cells); }
+
 // -- tabs ---------------------------------------------------------------------------------
 async function loadHosts() {
-  const hosts = (await api("/hosts")).items;
+  const hosts = scope ? await across("hosts") : (await api("/hosts")).items;
   fill("hosts", hosts.map((h) => {
     const button = el("button", h.draining ? "Undrain" : "Drain");
     button.type = "button";
+    button.hidden = !!scope;  // writes go to this server's store only
     button.addEventListener("click", () => act(`/hosts/${encodeURIComponent(h.name)}/drain`,
       { method: "PUT", body: { draining: !h.draining } }));
-    const tr = row([h.name,
+    const tr = dcRow(h, [h.name,
       flag(h.live, h.draining ? "live, draining" : "live", "not live"),
       bar(h.memory_allocated, h.memory_total), bar(h.cpu_allocated, h.cpu_total), h.tasks,
       Object.entries(h.attributes).map(([k, v]) => `${k}=${v}`).join(", "), button]);
@@ -89,9 +135,10 @@ async function loadHosts() {
 }
 
 async function loadServices() {
-  const services = (await api("/services")).items;
+  const services = scope ? await across("services") : (await api("/services")).items;
   fill("services", services.map((s) => {
     const controls = el("span");
+    controls.hidden = !!scope;  // writes go to this server's store only
     for (const [label, delta] of [["−", -1], ["+", 1]]) {
       const b = el("button", label);
       b.type = "button";
@@ -101,7 +148,7 @@ async function loadServices() {
       controls.appendChild(b);
     }
     const healthy = s.healthy === null ? "-" : s.healthy;
-    const tr = row([s.name, `${s.task_definition}:${s.version}`, s.scheduler, s.desired,
+    const tr = dcRow(s, [s.name, `${s.task_definition}:${s.version}`, s.scheduler, s.desired,
       s.placed === null ? "-" : s.placed,
       el("span", healthy, s.healthy === s.desired ? "ok" : "warn"), s.status, controls]);
     tr.dataset.name = s.name;
@@ -111,17 +158,22 @@ async function loadServices() {
 
 async function loadTasks() {
   const filter = $("task-filter").value.trim().toLowerCase();
-  const tasks = (await api("/tasks?limit=10000")).items.filter((t) => !filter ||
-    [t.id, t.host, t.service, t.state].some((v) => String(v).toLowerCase().includes(filter)));
+  const all = scope ? await across("tasks", "limit=10000")
+    : (await api("/tasks?limit=10000")).items;
+  const tasks = all.filter((t) => !filter ||
+    [t.id, t.host, t.service, t.state, t.datacenter]
+      .some((v) => String(v ?? "").toLowerCase().includes(filter)));
   fill("tasks", tasks.map((t) => {
-    const tr = row([t.id, t.host || "(unassigned)", t.service, t.version,
+    const tr = dcRow(t, [t.id, t.host || "(unassigned)", t.service, t.version,
       flag(t.healthy, "yes", "no"), t.state, t.message]);
+    if (scope) return tr;  // a task's details come from this server's store only
     tr.className = "clickable" + (t.id === selectedTask ? " selected" : "");
     tr.dataset.id = t.id;
     tr.addEventListener("click", () => { selectedTask = t.id; loadTasks().catch(report); });
     return tr;
   }));
-  if (selectedTask) await loadTaskDetail(selectedTask);
+  $("task-detail").hidden = !!scope || !selectedTask;
+  if (selectedTask && !scope) await loadTaskDetail(selectedTask);
 }
 
 async function loadTaskDetail(id) {
@@ -269,7 +321,7 @@ function signedIn() {
   $("login").hidden = true;
   $("tabs").hidden = false;
   $("logout").hidden = false;
-  show(current);
+  loadDatacenters().finally(() => show(current));
   follow();
 }
 
@@ -277,6 +329,9 @@ function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   if (liveAbort) liveAbort.abort();
   setLive(false);
+  scope = "";
+  showScope();
+  $("dc-choice").hidden = true;
   $("tabs").hidden = true;
   $("logout").hidden = true;
   for (const s of document.querySelectorAll("section.tab")) s.hidden = true;
@@ -303,5 +358,10 @@ document.addEventListener("DOMContentLoaded", () => {
     b.addEventListener("click", () => show(b.dataset.tab));
   }
   $("task-filter").addEventListener("input", () => loadTasks().catch(report));
+  $("datacenter").addEventListener("change", () => {
+    scope = $("datacenter").value;
+    showScope();
+    refresh();
+  });
   if (token()) signedIn();
 });
