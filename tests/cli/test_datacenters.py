@@ -1,15 +1,22 @@
 """Datacenters of a context (``sked config set-datacenter``), ``sked --all-datacenters``
 and ``sked federate`` over SQLite stores, with one datacenter that does not answer (an
-etcd URL whose port nobody listens on); :mod:`skedlib.federation`'s expansion."""
+etcd URL whose port nobody listens on); ``sked serve --datacenters`` reading them;
+:mod:`skedlib.federation`'s expansion."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 
 from skedlib.cli.config import config_path
 from skedlib.cli.datacenters import PARTIAL
@@ -159,3 +166,41 @@ def test_a_global_cluster_may_not_name_its_datacenter() -> None:
         parse_global(text % "{per_datacenter: {east: 1}}", "g.yml")
     with pytest.raises(ValidationError, match=r"placement\.api: no service 'api'"):
         parse_global(GLOBAL.replace("  web: %s", "  api: {per_datacenter: {a: 1}}"), "g.yml")
+
+
+def test_serve_reads_the_datacenters_of_its_context(tmp_path: Path, sked: Run) -> None:
+    """``sked serve --datacenters``, a real process: the context's datacenters (no
+    secret on its command line), one of them not answering."""
+    dead = f"etcd://127.0.0.1:{free_ports(1)[0]}?timeout=1"
+    for dc, url in (("east", f"sqlite://{tmp_path}/east.db"), ("dead", dead)):
+        assert sked("config", "set-datacenter", "prod", dc, "--backend", url)[0] == 0
+    assert sked("federate", "-f", _global(tmp_path, "{per_datacenter: {east: 2}}"))[0] \
+        == PARTIAL
+    code, _, err = sked("serve", "--datacenters", "--context", "nope")
+    assert code == 1 and "context 'nope' not found" in err
+    binary = shutil.which("sked", path=str(Path(sys.executable).parent))
+    assert binary is not None
+    env = {**os.environ, "SKED_API_TOKEN": "t0ken"}
+    with subprocess.Popen([binary, "--backend", f"sqlite://{tmp_path}/own.db", "serve",
+                           "--listen", "127.0.0.1:0", "--datacenters", "--dc-timeout", "3"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env=env) as proc:
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().split("listening on ")[1].split()[0]
+            assert "reading datacenters dead, east" in proc.stdout.readline() + \
+                proc.stdout.readline()
+            assert requests.get(f"{url}/all-datacenters/services",
+                                timeout=10).status_code == 401
+            auth = {"Authorization": "Bearer t0ken"}
+            assert requests.get(f"{url}/datacenters", headers=auth, timeout=10).json() == {
+                "items": ["dead", "east"], "timeout": 3.0}
+            got = requests.get(f"{url}/all-datacenters/services", headers=auth,
+                               timeout=10).json()
+            assert sorted((s["datacenter"], s["name"], s["desired"]) for s in got["items"]) \
+                == [("east", "cron", 1), ("east", "web", 2)]
+            assert [u["datacenter"] for u in got["unreachable"]] == ["dead"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0
