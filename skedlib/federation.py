@@ -10,6 +10,9 @@ datacenter that does not answer is reported and never blocks the others.
   datacenter, and gives back an :class:`DatacenterOutcome` per datacenter (its value, or why it
   did not answer within the time limit); :func:`unreachable` lists those that did not
   answer, the one shape the CLI's ``-o json`` and the REST API give them in;
+- :class:`DatacenterFollower` reads every datacenter again whenever its store changes (a
+  thread and a client per datacenter), for ``sked --all-datacenters … --watch``: one that
+  goes away is reported and the others keep updating;
 - :func:`parse_global` reads a global manifest: an ordinary manifest plus a
   ``placement`` section saying how many tasks of a service each datacenter runs
   (``per_datacenter: {east: 2, west: 1}``, or ``total: 6`` spread by ``weights``);
@@ -32,11 +35,13 @@ from skedlib.client import ApplyResult, Client
 from skedlib.codecs import ManifestDocument, object_label, parse_manifest
 from skedlib.errors import SkedError, ValidationError, one_line
 from skedlib.models import Manifest
+from skedlib.runtime import Backoff, wait_for_change
 from skedlib.validation import check_cluster, check_service, check_task_definition
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Datacenter",
+    "DatacenterFollower",
     "DatacenterOutcome",
     "GlobalManifest",
     "GlobalPlacement",
@@ -110,6 +115,122 @@ def each_datacenter(datacenters: Sequence[Datacenter], work: Callable[[Datacente
     with lock:
         return [results.get(dc.name) or DatacenterOutcome(
             dc.name, error=f"no answer within {timeout:g}s") for dc in datacenters]
+
+
+class DatacenterFollower(Generic[T]):
+    """``read(datacenter, client)`` of every datacenter, and again whenever that
+    datacenter's store changes: a thread and a client per datacenter, so one that goes
+    away is reported (its outcome becomes the error) while the others keep updating, and
+    is read again when it is back (reconnecting with a backoff).
+
+    :meth:`ready` blocks until every datacenter answered once, or ``timeout`` seconds
+    passed (one still silent is an outcome with an error, as in :func:`each_datacenter`);
+    :meth:`wait` until some datacenter has a new outcome; :meth:`outcomes` gives the latest
+    of each. A datacenter that answered is probed (its store's revision) every ``timeout``
+    seconds while nothing changes, so a store that went away silently is reported within
+    about that long.
+
+    >>> with DatacenterFollower(dcs, lambda dc, c: len(c.tasks())).start() as f:  # doctest: +SKIP
+    ...     f.ready()
+    ...     while True:
+    ...         print(f.outcomes())
+    ...         f.wait()
+    """
+
+    def __init__(self, datacenters: Sequence[Datacenter],
+                 read: Callable[[Datacenter, Client], T], *,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.datacenters = list(datacenters)
+        self.timeout = timeout
+        self._read = read
+        self._latest: dict[str, DatacenterOutcome[T]] = {}
+        self._changed = threading.Condition()
+        self._fresh = False
+        self._stop = threading.Event()
+        self._started = 0.0
+
+    def start(self) -> DatacenterFollower[T]:
+        """Start a thread per datacenter; returns at once."""
+        self._started = time.monotonic()
+        for dc in self.datacenters:
+            threading.Thread(target=self._follow, args=(dc,), daemon=True,
+                             name=f"follow-datacenter-{dc.name}").start()
+        return self
+
+    def ready(self) -> None:
+        """Block until every datacenter has answered (or failed) once, or ``timeout``
+        seconds have passed since :meth:`start` (those still silent are then outcomes
+        with an error)."""
+        with self._changed:
+            while (len(self._latest) < len(self.datacenters) and not self._stop.is_set()
+                   and (left := self._started + self.timeout - time.monotonic()) > 0):
+                self._changed.wait(left)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a datacenter has a new outcome since the last :meth:`outcomes`
+        (True), or ``timeout`` seconds pass or the follower is closed (False)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._fresh or self._stop.is_set(), timeout)
+            return self._fresh
+
+    def outcomes(self) -> list[DatacenterOutcome[T]]:
+        """The latest outcome of each datacenter, in their order (one that has not
+        answered yet: an error)."""
+        with self._changed:
+            self._fresh = False
+            return [self._latest.get(dc.name) or DatacenterOutcome(
+                dc.name, error=f"no answer within {self.timeout:g}s")
+                for dc in self.datacenters]
+
+    def close(self) -> None:
+        """Stop following (each thread ends after its current call). Idempotent."""
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def __enter__(self) -> DatacenterFollower[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _post(self, outcome: DatacenterOutcome[T]) -> None:
+        with self._changed:
+            self._latest[outcome.datacenter] = outcome
+            self._fresh = True
+            self._changed.notify_all()
+
+    def _follow(self, dc: Datacenter) -> None:
+        backoff = Backoff(initial=0.5, maximum=5.0, jitter=0.2)
+        while not self._stop.is_set():
+            try:
+                with Client.open(dc.backend, dc.prefix) as client:
+                    self._follow_client(dc, client, backoff)
+                return
+            except SkedError as exc:
+                error = one_line(str(exc))
+            except Exception as exc:  # a plugin's own error: still one datacenter's failure
+                error = one_line(f"{type(exc).__name__}: {exc}")
+            if self._stop.is_set():
+                return
+            self._post(DatacenterOutcome(dc.name, error=error))
+            self._stop.wait(backoff.next())
+
+    def _follow_client(self, dc: Datacenter, client: Client, backoff: Backoff) -> None:
+        """Read, then wait for a change and read again, until stopped; raises when the
+        store fails (the caller reports it and reconnects)."""
+        backend, prefix = client.backend, client.keys.prefix
+        while not self._stop.is_set():
+            # the revision before the read: a change during the read is not missed
+            revision = backend.current_revision(prefix)
+            self._post(DatacenterOutcome(dc.name, self._read(dc, client)))
+            backoff.reset()
+            while not self._stop.is_set():
+                got = wait_for_change(backend, prefix, revision, self.timeout)
+                # None: quiet, or the store is away; its revision tells which (and raises
+                # when it is away, so the datacenter is reported)
+                if got is not None or backend.current_revision(prefix) != revision:
+                    break
 
 
 class Unreachable(msgspec.Struct, frozen=True, kw_only=True):

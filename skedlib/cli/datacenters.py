@@ -5,7 +5,10 @@ global service into each (docs/datacenters.md, :mod:`skedlib.federation`).
 Each datacenter is read (or written) in a thread of its own within ``--dc-timeout``
 seconds; one that does not answer is reported on stderr, one line each
 (``sked: datacenter west: unreachable: …``; ``not written: …`` for ``federate``), and
-in ``-o json|yaml`` as the ``unreachable`` list, instead of failing the command.
+in ``-o json|yaml`` as the ``unreachable`` list, instead of failing the command. With
+``-w/--watch`` each datacenter is followed by a thread of its own
+(:class:`~skedlib.federation.DatacenterFollower`): the view is drawn again when any of
+them changes, goes away (then reported in the frame) or comes back.
 
 Exit status: 0 when every datacenter answered; :data:`PARTIAL` (3) when some did not but
 at least one did (what is shown or written is theirs); 1 when none answered, or on an
@@ -24,13 +27,14 @@ import msgspec
 
 from skedlib.cli import config
 from skedlib.cli.args import positive_number
-from skedlib.cli.output import Column, Listing, show
+from skedlib.cli.output import Column, Listing, OutputOptions, Screen, render_listing, show
 from skedlib.cli.views import host_listing, service_listing, task_listing
 from skedlib.client import Client
 from skedlib.errors import ValidationError, one_line
 from skedlib.federation import (
     DEFAULT_TIMEOUT,
     Datacenter,
+    DatacenterFollower,
     DatacenterOutcome,
     each_datacenter,
     federate,
@@ -172,8 +176,8 @@ def cmd_all_datacenters(args: argparse.Namespace) -> int:
     command = args.command
     if command not in AGGREGATED or (command == "get" and args.kind != "service"):
         raise ValidationError("--all-datacenters: only tasks, hosts and get services")
-    if getattr(args, "watch", False) or getattr(args, "by_host", False):
-        raise ValidationError("--all-datacenters: not with --watch or --by-host")
+    if getattr(args, "by_host", False):
+        raise ValidationError("--all-datacenters: not with --by-host")
     produce: Callable[[Client], Listing[Any]]
     if command == "tasks":
         def produce(client: Client) -> Listing[Any]:
@@ -184,11 +188,37 @@ def cmd_all_datacenters(args: argparse.Namespace) -> int:
     else:
         def produce(client: Client) -> Listing[Any]:
             return service_listing(read_view(client), args.name)
-    outcomes = each_datacenter(_datacenters(args, read_only=True),
-                               lambda dc, client: produce(client), timeout=args.dc_timeout)
+    datacenters = _datacenters(args, read_only=True)
+    if getattr(args, "watch", False):
+        return _watch(datacenters, lambda dc, client: produce(client), args)
+    outcomes = each_datacenter(datacenters, lambda dc, client: produce(client),
+                               timeout=args.dc_timeout)
     status = _report(outcomes, "unreachable")
     show(None, args, lambda: merged_listing(outcomes))
     return status
+
+
+def _watch(datacenters: Sequence[Datacenter],
+           read: Callable[[Datacenter, Client], Listing[Any]], args: argparse.Namespace) -> int:
+    """``--watch``: draw the merged listing again whenever a datacenter's store changes,
+    or a datacenter goes away or comes back; the frame's last lines say which did not
+    answer (``-o json|yaml``: the ``unreachable`` list). Ctrl-C exits 0."""
+    opts = OutputOptions.from_args(args)
+    screen = Screen()
+    with DatacenterFollower(datacenters, read, timeout=args.dc_timeout).start() as follower:
+        try:
+            follower.ready()
+            while True:
+                outcomes = follower.outcomes()
+                body = render_listing(merged_listing(outcomes), opts)
+                if opts.format not in ("json", "yaml"):  # those list them already
+                    body += "".join(f"\ndatacenter {o.datacenter}: unreachable: {o.error}"
+                                    for o in outcomes if not o.ok)
+                answered = sum(o.ok for o in outcomes)
+                screen.draw(f"{answered} of {len(outcomes)} datacenters answered", body)
+                follower.wait(60.0)
+        except KeyboardInterrupt:
+            return 0
 
 
 def cmd_federate(client: None, args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ __all__ = [
     "Column",
     "Listing",
     "OutputOptions",
+    "Screen",
     "add_output_options",
     "colour_enabled",
     "columns",
@@ -346,30 +347,42 @@ def show(client: Any, args: argparse.Namespace,
     return watch(client, text)
 
 
+class Screen:
+    """The frames of ``--watch`` on ``out`` (stdout): :meth:`draw` shows a frame when its
+    text differs from the one shown. On a terminal the screen is cleared before each
+    frame; otherwise frames are separated by a blank line. Each frame starts with the
+    time, where it was read (e.g. ``revision 12``) and ``(watching; Ctrl-C exits)``."""
+
+    def __init__(self, out: Any = None) -> None:
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty()
+        self.shown: str | None = None
+
+    def draw(self, where: str, body: str) -> None:
+        """Show ``body`` (read at ``where``) unless it is what is shown already."""
+        if body == self.shown:
+            return
+        if self.tty:
+            self.out.write("\x1b[H\x1b[2J")
+        stamp = time.strftime("%H:%M:%S")
+        self.out.write(f"{stamp}  {where}  (watching; Ctrl-C exits)\n"
+                       + (f"{body}\n" if body else ""))
+        if not self.tty:
+            self.out.write("\n")
+        self.out.flush()
+        self.shown = body
+
+
 def watch(client: Any, text: Callable[[], str], out: Any = None) -> int:
     """Draw ``text()``; draw again when the store changes and the text differs from what
-    is shown; Ctrl-C exits 0. On a terminal the screen is cleared before each frame;
-    otherwise frames are separated by a blank line. Each frame starts with the time, the
-    store revision it was read at and ``(watching; Ctrl-C exits)``."""
-    out = out or sys.stdout
-    tty = out.isatty()
+    is shown (:class:`Screen`); Ctrl-C exits 0."""
+    screen = Screen(out)
     backend = client.backend
     prefix = client.keys.prefix
-    shown: str | None = None
     try:
         while True:
             revision = backend.current_revision()
-            body = text()
-            if body != shown:
-                if tty:
-                    out.write("\x1b[H\x1b[2J")
-                stamp = time.strftime("%H:%M:%S")
-                out.write(f"{stamp}  revision {revision}  (watching; Ctrl-C exits)\n"
-                          + (f"{body}\n" if body else ""))
-                if not tty:
-                    out.write("\n")
-                out.flush()
-                shown = body
+            screen.draw(f"revision {revision}", text())
             # wait_for_change returns None when its time runs out (or the store is away):
             # read again then too, which is the fallback poll of a backend without watch
             wait_for_change(backend, prefix, revision, 30.0)
