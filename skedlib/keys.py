@@ -21,6 +21,7 @@ Names are validated before any key is built, so a bad name is a clear
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, cast, overload
@@ -93,7 +94,11 @@ def validate_name(name: object, what: str = "name", *, allow_dash: bool = True) 
     return name
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _validate_task_id(task_id: str) -> TaskId:
+    # Remembered: a plan builds several keys for each task it writes, and checking an id
+    # costs more than the rest of building a key. Valid ids only (an exception is not
+    # cached); TaskId is frozen, so sharing one is safe.
     try:
         parsed = TaskId.parse(task_id)
     except ValueError as exc:

@@ -553,6 +553,19 @@ class _HostView(Mapping[str, HostState]):
         return len(self.base) if self.base else len(self.own)
 
 
+class _Front:
+    """How far :meth:`HostPool.tightest` may skip for one set of refused hosts: every
+    host whose key lies between the walk's bound and ``key`` is in ``refused`` or in
+    ``below`` (moved there by the plan since)."""
+
+    __slots__ = ("below", "key", "refused")
+
+    def __init__(self, refused: set[str], key: tuple[float, str]) -> None:
+        self.refused = refused
+        self.key = key
+        self.below: set[str] = set()
+
+
 class HostPool:
     """The hosts a plan may use, kept sorted by free share as tasks are placed.
 
@@ -610,6 +623,8 @@ class HostPool:
         self._hosts: list[HostState] | None = None
         self._position: dict[str, int] | None = None
         self._watchers: list[Callable[[HostState], None]] = []
+        self._fronts: dict[int, _Front] = {}
+        """id(refused set) → how far walks with that set may skip (:meth:`tightest`)."""
 
     def _give_back(self) -> None:
         """Put the borrowed index as the snapshot has it (the snapshot calls this)."""
@@ -646,13 +661,61 @@ class HostPool:
     def __len__(self) -> int:
         return len(self.by_name)
 
-    def tightest(self, demand: Resources) -> Iterator[HostState]:
-        """Hosts that may fit ``demand``, least free share first."""
-        bound = (demand.memory / self._max_memory + demand.cpu_units / self._max_cpu
-                 - 1e-9, "")
+    def tightest(self, demand: Resources, refused: set[str] | None = None
+                 ) -> Iterator[HostState]:
+        """Hosts with room for ``demand`` (memory, CPU, disk), least free share first.
+
+        ``refused``: hosts the caller found cannot take this demand for the rest of the
+        plan; the walk adds the hosts without room to it, and the caller adds those its
+        filters refuse. The pool then remembers how far the walk got through hosts that
+        were all refused, and the next walk with the same set starts there: placing the
+        tasks of one service costs the hosts it looks at once, not once per task. Hosts
+        the plan moved back below that point are walked too, in order, so the hosts
+        yielded are exactly those a full walk would yield that are not in ``refused``.
+        """
+        need_mem, need_cpu, need_disk = demand.memory, demand.cpu_units, demand.disk
+        bound = (need_mem / self._max_memory + need_cpu / self._max_cpu - 1e-9, "")
         own, base = self._own, self._base
-        for _, name in self._keys().from_(bound):
-            yield own.get(name) or base[name]
+        keys = self._keys()
+        known = self._fronts.get(id(refused)) if refused is not None else None
+        if refused is None:
+            refused = set()
+            front = _Front(refused, bound)  # one walk: nothing to remember
+        elif known is not None and known.refused is refused:
+            front = known
+        else:
+            front = self._fronts[id(refused)] = _Front(refused, bound)
+        start = max(bound, front.key)
+        stream: Iterator[tuple[float, str]] = keys.from_(start)
+        if front.below:
+            back = []
+            for name in list(front.below):
+                key = (host_share(own.get(name) or base[name]), name)
+                if name in refused or key >= start or key < bound:
+                    front.below.discard(name)  # the stream has it, or no walk needs it
+                else:
+                    back.append(key)
+            if back:
+                back.sort()
+                stream = heapq.merge(back, stream)
+        advancing = True  # every host met so far was refused
+        for key in stream:
+            name = key[1]
+            if name not in refused:
+                host = own.get(name) or base[name]
+                # ResourcesFit's test, inline: most hosts a walk meets lack room in one
+                # dimension, and skipping them here costs a fraction of the filters
+                total, used = host.total, host.allocated
+                if need_mem > total.memory - used.memory \
+                        or need_cpu > total.cpu_units - used.cpu_units \
+                        or (need_disk > total.disk - used.disk and total.disk):
+                    refused.add(name)  # hosts only fill up while a plan places
+                else:
+                    yield host
+                    if name not in refused:
+                        advancing = False
+            if advancing and key >= front.key:
+                front.key = key
 
     def loosest(self) -> Iterator[HostState]:
         """Every host, most free share first."""
@@ -678,7 +741,11 @@ class HostPool:
         return host
 
     def _moved(self, host: HostState) -> None:
-        self._keys_.add((host_share(host), host.name))
+        key = (host_share(host), host.name)
+        self._keys_.add(key)
+        for front in self._fronts.values():
+            if key < front.key:
+                front.below.add(host.name)  # moved into a stretch walks now skip
         for w in self._watchers:
             w(host)
 
@@ -806,9 +873,9 @@ class Placer:
                     best = _better(best, self._score(request, host), host.name)
                     break  # the group's first feasible host is its best
         elif first is not None and first.walk is not None:
-            hosts = pool.tightest(request.demand) if first.walk == "tightest" \
-                else pool.loosest()
             refused = self._refused_for(request, pool)
+            hosts = pool.tightest(request.demand, refused) if first.walk == "tightest" \
+                else pool.loosest()
             looked = 0
             for host in hosts:
                 if host.name in refused or \

@@ -39,12 +39,22 @@ class PlanProblem(msgspec.Struct, frozen=True):
 def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
     """Every problem with ``plan`` against ``snapshot``; empty when it may be committed."""
     problems: list[PlanProblem] = []
-    allocated: dict[str, Resources] = {n: h.allocated for n, h in snapshot.hosts.items()}
-    ports: dict[str, dict[int, set[str]]] = {n: {} for n in snapshot.hosts}
-    for task in snapshot.tasks.values():
-        if task.host in ports and not task.rejected:
-            for port in task.reserved_ports():
-                ports[task.host].setdefault(port, set()).add(task.id)
+    # Only the hosts the plan places on can be overcommitted or get a port twice, so only
+    # their books are opened: the cost follows the plan, not the cluster.
+    allocated: dict[str, Resources] = {}
+    ports: dict[str, dict[int, set[str]]] = {}
+    for name in {t.host for t in plan.place}:
+        host = snapshot.hosts.get(name)
+        if host is None:
+            continue
+        allocated[name] = host.allocated
+        held: dict[int, set[str]] = {}
+        for task in snapshot.tasks_on(name):
+            if not task.rejected:
+                tid = task.id
+                for port in task.reserved_ports():
+                    held.setdefault(port, set()).add(tid)
+        ports[name] = held
     leaving = set(plan.stop) | {t.id for t in plan.place if t.id in snapshot.tasks}
     for task_id in leaving:
         old = snapshot.tasks.get(task_id)

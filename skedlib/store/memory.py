@@ -2,11 +2,13 @@
 
 ``memory://`` alone opens a fresh store; ``memory://NAME`` opens the store of that name
 shared by every caller in this process. It keeps the last ``history`` revisions for
-watches (default 100,000) and enforces lease expiry on every call and while watching.
+watches (default 100,000; fewer when they hold more than twice that many events) and
+enforces lease expiry on every call and while watching.
 """
 
 from __future__ import annotations
 
+import bisect
 import builtins
 import threading
 import time
@@ -93,12 +95,16 @@ class MemoryBackend(Backend):
                 self._events.append(WatchEvent("delete", op.key, b"", rev))
         if len(self._events) > self._history * 2:
             self._trim(self._revision - self._history)
+            if len(self._events) > self._history * 2:
+                # a few revisions hold more events than the bound (large transactions):
+                # keep the newest ``history`` events' revisions, whole
+                self._trim(self._events[-self._history].revision - 1)
         self._cond.notify_all()
         return rev
 
     def _trim(self, revision: int) -> None:
-        keep = [e for e in self._events if e.revision > revision]
-        self._events = keep
+        """Forget the events at ``revision`` and before (watches may start after it)."""
+        del self._events[:self._first_after(revision)]
         self._compacted = max(self._compacted, revision)
 
     # -- primitives -------------------------------------------------------------------------
@@ -184,15 +190,11 @@ class MemoryBackend(Backend):
                 self._cond.wait(wait)
 
     def _events_after(self, start: int) -> builtins.list[WatchEvent]:
-        # events are in revision order: binary search for the first one at >= start
-        lo, hi = 0, len(self._events)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self._events[mid].revision < start:
-                lo = mid + 1
-            else:
-                hi = mid
-        return self._events[lo:]
+        return self._events[self._first_after(start - 1):]
+
+    def _first_after(self, revision: int) -> int:
+        """Index of the first event after ``revision`` (events are in revision order)."""
+        return bisect.bisect_right(self._events, revision, key=lambda e: e.revision)
 
 
 class _MemoryWatch(Watch):

@@ -143,3 +143,43 @@ def test_host_share_is_free_memory_and_cpu_over_total() -> None:
     host = HostState(Host(name="a", total=Resources(memory=1000, cpu_units=1000)))
     host.assign("t", Resources(memory=250, cpu_units=500))
     assert host_share(host) == 0.75 + 0.5
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), steps=st.integers(1, 40))
+def test_a_walk_that_remembers_refused_hosts_yields_what_a_full_walk_would(
+        seed: int, steps: int) -> None:
+    """tightest(demand, refused) skips what earlier walks found refused, yet yields
+    exactly the hosts a full walk in share order would: those with room for the demand
+    that are not refused, least free share first, while the plan assigns and releases
+    tasks (hosts move back into the skipped stretch) and walks stop early."""
+    rng = random.Random(seed)
+    snap = _snapshot(30, seed)
+    pool = HostPool.of(snap, CLUSTER)
+    demands = [Resources(memory=m, cpu_units=c) for m, c in
+               [(300, 80), (500, 40), (200, 200)]]
+    refused: dict[int, set[str]] = {i: set() for i in range(len(demands))}
+    placed: list[tuple[str, str, Resources]] = []
+    for step in range(steps):
+        which = rng.randrange(len(demands))
+        demand, gone = demands[which], refused[which]
+        before = set(gone)
+        expected = [h.name for h in sorted(pool.by_name.values(),
+                                           key=lambda h: (host_share(h), h.name))
+                    if h.name not in before and h.free.fits(demand)]
+        stop_after = rng.choice([1, 2, 4, len(expected) + 1])
+        seen = []
+        for host in pool.tightest(demand, gone):
+            seen.append(host.name)
+            if rng.random() < 0.3:
+                gone.add(host.name)  # a caller's filter refused it
+            if len(seen) >= stop_after:
+                break
+        assert seen == expected[:stop_after]
+        if seen and rng.random() < 0.7:  # the plan places on one of them
+            name = rng.choice(seen)
+            pool.assign(name, f"t{step}", demand)
+            placed.append((name, f"t{step}", demand))
+        if placed and rng.random() < 0.3:  # or moves one away
+            name, tid, freed = placed.pop(rng.randrange(len(placed)))
+            pool.release(name, tid, freed)
