@@ -80,13 +80,16 @@ from skedlib.executors.policy import (
 from skedlib.executors.supervision import SupervisedExecutor
 from skedlib.federation import (
     Datacenter,
+    DatacenterFollower,
     DatacenterOutcome,
     GlobalManifest,
     GlobalPlacement,
+    Unreachable,
     each_datacenter,
     expand,
     federate,
     parse_global,
+    unreachable,
 )
 from skedlib.health.checks import ResolvedCheck, resolve_checks
 from skedlib.health.provider import (
@@ -241,6 +244,7 @@ __all__ = [
     "ContainerRef",
     "ContainerStatus",
     "Datacenter",
+    "DatacenterFollower",
     "DatacenterOutcome",
     "Delete",
     "Deployment",
@@ -341,6 +345,7 @@ __all__ = [
     "TaskRequest",
     "TxnResult",
     "TxnTooLarge",
+    "Unreachable",
     "Unschedulable",
     "UpdateStrategy",
     "ValidationError",
@@ -387,6 +392,7 @@ __all__ = [
     "substitute_port",
     "synthetic_trace",
     "to_builtins",
+    "unreachable",
     "validate_name",
     "validate_plan",
     "wait_for_change",
