@@ -133,6 +133,10 @@ class Check(msgspec.Struct, kw_only=True):
     docker: str = ""
     """A command run inside a ``docker`` container of the task (``docker exec``; Sked's
     ``docker`` check, Consul's ``docker_container_id`` + ``args``): passing when it exits 0."""
+    start_period: str = ""
+    """How long a task may take to start serving (Docker's ``start_period``): critical
+    results before the check first passes, within this long after the task started, do
+    not count toward the agent's failure threshold. Empty: they count at once."""
 
 
 class Container(msgspec.Struct, kw_only=True):

@@ -147,7 +147,7 @@ def _check_check(check: Check, label: str, field: str) -> Check:
     if check.tcp and ":" not in check.tcp:
         raise ValidationError(f"{label}: field {field}.tcp: {check.tcp!r} is not host:port")
     values = {}
-    for name in ("interval", "timeout", "ttl"):
+    for name in ("interval", "timeout", "ttl", "start_period"):
         raw = getattr(check, name)
         try:
             values[name] = parse_duration(raw) if raw else 0

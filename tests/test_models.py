@@ -12,14 +12,14 @@ from skedlib.codecs import decode, encode
 from skedlib.errors import ValidationError
 from skedlib.models import Resources, Task, TaskId
 
-SEED_TASK = Path(__file__).parent / "data" / "seed_task.json"
+SKED_TASK = Path(__file__).parent / "data" / "sked_task.json"
 
 # Fields skedlib adds to Sked's shapes; each has a default, so older writers still decode.
 EXTENSIONS = {
     "task": {"rejected_hosts", "capacity_rejections"},
     "task_definition": {"memory", "cpu_units", "priority", "stop_after_disconnect"},
     "container": {"essential", "teardown"},  # teardown: Sked's Go Container has it
-    "check": {"docker"},  # Sked's Go Check has it
+    "check": {"docker", "start_period"},  # docker: Sked's Go Check has it
 }
 
 
@@ -27,7 +27,7 @@ def _assert_superset(original: Any, encoded: Any, extensions: set[str], path: st
     if isinstance(original, dict):
         assert isinstance(encoded, dict), path
         missing = set(original) - set(encoded)
-        assert not missing, f"{path}: seed keys lost: {missing}"
+        assert not missing, f"{path}: Sked's keys lost: {missing}"
         extra = set(encoded) - set(original)
         assert extra <= extensions, f"{path}: unexpected keys {extra - extensions}"
         for key, value in original.items():
@@ -40,8 +40,8 @@ def _assert_superset(original: Any, encoded: Any, extensions: set[str], path: st
         assert original == encoded, f"{path}: {original!r} became {encoded!r}"
 
 
-def test_seed_task_json_round_trips_with_same_keys_and_values() -> None:
-    raw = SEED_TASK.read_bytes()
+def test_sked_task_json_round_trips_with_same_keys_and_values() -> None:
+    raw = SKED_TASK.read_bytes()
     task = decode(raw, Task)
     assert task.id == "default-helloworld-2-0"
     assert task.task_definition.grace_period == 60_000_000_000
@@ -55,7 +55,7 @@ def test_seed_task_json_round_trips_with_same_keys_and_values() -> None:
 
 
 def test_unknown_stored_fields_are_ignored_for_forward_compatibility() -> None:
-    data = json.loads(SEED_TASK.read_text())
+    data = json.loads(SKED_TASK.read_text())
     data["from_a_newer_version"] = {"x": 1}
     assert decode(json.dumps(data).encode(), Task).service == "helloworld"
 
@@ -74,7 +74,7 @@ def test_task_id_parse_refuses(text: str) -> None:
 
 
 def test_stored_durations_fit_64_bits() -> None:
-    data = json.loads(SEED_TASK.read_text())
+    data = json.loads(SKED_TASK.read_text())
     data["task_definition"]["grace_period"] = 2**63
     with pytest.raises(ValidationError, match=r"field task_definition.grace_period"):
         decode(json.dumps(data).encode(), Task, where="k")

@@ -66,6 +66,9 @@ class ResolvedCheck(msgspec.Struct, frozen=True, kw_only=True):
     ttl: float = 0.0
     executor: str = ""
     """The container's executor type (what runs a ``docker`` check's command)."""
+    start_period: float = 0.0
+    """Seconds after the task started during which critical results do not count until
+    the check first passes (:attr:`~skedlib.models.Check.start_period`)."""
 
 
 class CheckResult(msgspec.Struct, frozen=True):
@@ -97,6 +100,7 @@ def resolve_check(check: Check, container: str, index: int, port: int,
         interval = _seconds(check.interval or DEFAULT_CHECK_INTERVAL, "interval")
         timeout = _seconds(check.timeout or DEFAULT_CHECK_TIMEOUT, "timeout")
         ttl = _seconds(check.ttl, "ttl")
+        start_period = _seconds(check.start_period, "start_period")
     except ValidationError as exc:
         raise TaskRejected(f"{label}: {exc}") from None
     if kind == "http":
@@ -120,7 +124,8 @@ def resolve_check(check: Check, container: str, index: int, port: int,
         raise TaskRejected(f"{label}: interval shorter than 100ms")
     timeout = min(timeout or interval, interval)
     return ResolvedCheck(name=name, container=container, kind=kind, target=target,
-                         interval=interval, timeout=timeout, ttl=ttl, executor=executor)
+                         interval=interval, timeout=timeout, ttl=ttl, executor=executor,
+                         start_period=start_period)
 
 
 def resolve_checks(task: Task, port: int) -> list[ResolvedCheck]:

@@ -154,6 +154,8 @@ class _Watched:
     generation: int
     checks: list[_CheckState]
     env: dict[str, str]
+    started: float = field(default_factory=time.monotonic)
+    """When the task was watched (its start period counts from here)."""
 
 
 class LocalHealthProvider(HealthProvider):
@@ -163,7 +165,8 @@ class LocalHealthProvider(HealthProvider):
     to a thread pool; a check never runs twice at once. The first run of each check is
     due as soon as the task is watched, and until a check first passes it is retried
     every 250 ms (so a task is seen healthy as soon as it serves, not an interval later);
-    critical results count toward the threshold only once per interval either way.
+    critical results count toward the threshold only once per interval either way, and
+    not at all before the check first passes within its ``start_period``.
     """
 
     name = "local"
@@ -286,6 +289,10 @@ class LocalHealthProvider(HealthProvider):
             if watched is None or watched.generation != generation:
                 return
             previous = state.status.status if state.has_result else None
+            if counts and status == "critical" and not state.passed and \
+                    time.monotonic() - watched.started < check.start_period:
+                counts = False  # still starting: the task stays "starting", the check
+                # shows its critical output, and nothing counts toward the threshold
             if counts:
                 state.has_result = True
                 now = time.monotonic()

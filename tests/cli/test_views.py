@@ -49,7 +49,7 @@ def url(tmp_path: Path) -> str:
     return url
 
 
-def test_tasks_table_is_the_seeds(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tasks_table_is_skeds(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--backend", url, "tasks"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["id", "host", "rejected", "cluster", "service", "task", "def",
@@ -105,8 +105,8 @@ def test_schema_describes_every_stored_object(capsys: pytest.CaptureFixture[str]
     assert task["$ref"] == "#/$defs/Task"
     props = task["$defs"]["Task"]["properties"]
     # Sked's task JSON uses exactly these names
-    seed = json.loads((ROOT / "tests" / "data" / "seed_task.json").read_text())
-    assert set(seed) <= set(props)
+    sked = json.loads((ROOT / "tests" / "data" / "sked_task.json").read_text())
+    assert set(sked) <= set(props)
     assert main(["schema", "nope"]) == 1
     assert "unknown kind 'nope'" in capsys.readouterr().err
 
@@ -162,7 +162,7 @@ def test_sked_tasks_shows_a_hand_written_task(tmp_path: Path,
     url = f"sqlite://{tmp_path}/{uuid.uuid4().hex}.db"
     with Client.open(url) as c:
         task = msgspec.json.decode(
-            (ROOT / "tests" / "data" / "seed_task.json").read_bytes(), type=Task)
+            (ROOT / "tests" / "data" / "sked_task.json").read_bytes(), type=Task)
         c.backend.put(Keyspace().task(task.id), encode(task))
     assert main(["--backend", url, "tasks"]) == 0
     row = capsys.readouterr().out.splitlines()[2]

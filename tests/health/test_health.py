@@ -147,3 +147,51 @@ def test_provider_states_threshold_and_ttl(server: int) -> None:
         assert provider.health(good.id) is None
     finally:
         provider.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_start_period_lets_a_slow_task_start_and_then_counts_failures() -> None:
+    """Critical results before a check first passes within its start_period do not
+    count (the task stays starting); after the period, or once it has passed, they do."""
+    changes: list[str] = []
+    provider = LocalHealthProvider(HealthContext(
+        host="h1", backend=MemoryBackend(), keyspace=Keyspace(), on_change=changes.append,
+        failure_threshold=1))
+    port = _free_port()
+    listener = socket.socket()
+    try:
+        slow = make_task(0, containers=[Container(name="web", type="process", checks=[
+            Check(tcp=f"127.0.0.1:{port}", interval="200ms", start_period="30s")])])
+        eager = make_task(1, containers=[Container(name="web", type="process", checks=[
+            Check(tcp=f"127.0.0.1:{port}", interval="200ms")])])
+        short = make_task(2, containers=[Container(name="web", type="process", checks=[
+            Check(tcp="127.0.0.1:9", interval="200ms", start_period="1s")])])
+        for t in (slow, eager, short):
+            provider.watch(t, 0)
+        wait_for(lambda: provider.health(eager.id).state == "unhealthy", 5,  # type: ignore
+                 "the check without a start period to count at once")
+        # the slow one has run and failed several times by now, and is still starting
+        wait_for(lambda: provider.health(slow.id).checks[0].output != "not checked yet",
+                 5, "a first result")  # type: ignore[union-attr]
+        time.sleep(1.0)
+        report = provider.health(slow.id)
+        assert report is not None and report.state == "starting", report
+        assert report.checks[0].status == "critical"
+        # the start period of the other one ends: its failures count from then on
+        wait_for(lambda: provider.health(short.id).state == "unhealthy", 10,  # type: ignore
+                 "failures to count after a 1s start period")
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        wait_for(lambda: provider.health(slow.id).state == "healthy", 5,  # type: ignore
+                 "the slow task to pass")
+        listener.close()  # once it has passed, failures count at once
+        wait_for(lambda: provider.health(slow.id).state == "unhealthy", 5,  # type: ignore
+                 "a failure after the first pass to count")
+    finally:
+        listener.close()
+        provider.close()

@@ -20,9 +20,13 @@ reaches the threshold. Consul runs no check more often than once a second; the i
 counted for a TTL check is a quarter of its TTL (between 0.25 s and 2 s), as the local
 provider reads it. A threshold of 1 makes the first critical result count.
 
+A check with a ``start_period`` that has never passed counts a critical streak from the
+end of that period (after its registration), and is ``starting`` until then.
+
 A task is ``unhealthy`` when Consul refused its registration or a check reached the
-threshold, else ``starting`` while a check has no result, ``running`` while one is
-critical below the threshold, ``healthy`` otherwise (a task without checks is healthy).
+threshold, else ``starting`` while a check has no result or is in its start period,
+``running`` while one is critical below the threshold, ``healthy`` otherwise (a task
+without checks is healthy).
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ class TrackedCheck:
     """``updated_at`` of the statuses this provider reported (ttl: not to forward back)."""
     forwarded_at: float = 0.0
     """``updated_at`` of the last report forwarded to Consul (ttl)."""
+    passed: bool = False
+    """Consul has reported the check non-critical at least once (its start period, if
+    any, is over then)."""
 
     @classmethod
     def registering(cls, resolved: ResolvedCheck, check_id: str) -> TrackedCheck:
@@ -105,8 +112,15 @@ class TrackedCheck:
                 self.critical_since is None:
             return False
         if threshold <= 1:
-            return True
+            return self.last_seen >= self.critical_since
         return self.last_seen >= self.critical_since + (threshold - 0.5) * self.every
+
+    def starting(self) -> bool:
+        """True while the check has no result, or is critical within its start period
+        without having passed (nothing counts yet)."""
+        return not self.has_result or (
+            self.status.status == "critical" and self.critical_since is not None
+            and self.last_seen < self.critical_since)
 
     def observe(self, status: Status, output: str, t: float, registered_at: float) -> None:
         """Apply the status and output Consul reported, read at monotonic time ``t``."""
@@ -115,14 +129,17 @@ class TrackedCheck:
             if not ran:
                 return
             self.has_result = True
-            self.critical_since = t if status == "critical" else None
+            self.passed = status != "critical"
+            self.critical_since = self._streak_from(t, registered_at) \
+                if status == "critical" else None
             self.last_seen = t
             self.set_status(status, output or f"{status} (Consul gave no output)")
             return
         if status == "critical" and self.status.status != "critical":
-            self.critical_since = t
+            self.critical_since = self._streak_from(t, registered_at)
         elif status != "critical":
             self.critical_since = None
+            self.passed = True
         self.last_seen = max(self.last_seen, t)
         if not output and status == "critical":
             output = self.status.output if self.status.status == "critical" else \
@@ -130,13 +147,23 @@ class TrackedCheck:
         if (status, output) != (self.status.status, self.status.output):
             self.set_status(status, output)
 
+    def _streak_from(self, t: float, registered_at: float) -> float:
+        """Where a critical streak seen first at ``t`` starts counting: at ``t``, or at
+        the end of the start period while the check has never passed."""
+        if self.passed:
+            return t
+        return max(t, registered_at + self.resolved.start_period)
+
     def due(self, registered_at: float, threshold: int) -> float | None:
         """When a fresh read of the agent would decide something about this check."""
         if not self.has_result:
             return registered_at + self.first_by
         if (self.status.status == "critical" and self.critical_since is not None
-                and threshold > 1 and not self.reached(threshold)):
-            return self.critical_since + (threshold - 0.5) * self.every
+                and not self.reached(threshold)):
+            if self.last_seen < self.critical_since:  # in the start period
+                return self.critical_since
+            if threshold > 1:
+                return self.critical_since + (threshold - 0.5) * self.every
         return None
 
 
@@ -164,7 +191,7 @@ class TrackedTask:
             return "healthy"
         if self.refused or any(c.reached(threshold) for c in self.checks):
             return "unhealthy"
-        if any(not c.has_result for c in self.checks):
+        if any(c.starting() for c in self.checks):
             return "starting"
         if any(c.status.status == "critical" for c in self.checks):
             return "running"
@@ -173,8 +200,8 @@ class TrackedTask:
     def fingerprint(self, threshold: int) -> tuple[Any, ...]:
         """What the skedlib agent is notified about when it changes."""
         return (self.registered, self.refused,
-                tuple((c.status.status if c.has_result else None, c.reached(threshold))
-                      for c in self.checks))
+                tuple((c.status.status if c.has_result else None, c.reached(threshold),
+                       c.starting()) for c in self.checks))
 
     def reset(self) -> None:
         """The registration vanished from the agent: register again, results forgotten."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from hypothesis import given
 from hypothesis import strategies as st
 from skedlib_consul.states import (
@@ -128,3 +130,24 @@ def test_unhealthy_only_after_a_streak_long_enough(
         reached = streak_from is not None and (
             threshold <= 1 or t >= streak_from + (threshold - 0.5) * c.every)
         assert (entry.state(threshold) == "unhealthy") == reached
+
+
+def test_a_start_period_counts_a_critical_streak_from_its_end() -> None:
+    resolved = msgspec.structs.replace(_resolved(interval=1.0), start_period=10.0)
+    c = TrackedCheck.registering(resolved, "t:app:http")
+    entry = _tracked(c)  # registered at 100
+    _seen(entry, "critical", 101.0, "refused")
+    assert entry.state(1) == "starting" and c.critical_since == 110.0
+    assert entry.deadline(1, after=101.0) == 110.0  # a read then decides
+    _seen(entry, "critical", 109.0, "refused")
+    assert entry.state(2) == "starting"
+    _seen(entry, "critical", 110.0, "refused")
+    assert entry.state(1) == "unhealthy" and entry.state(2) == "running"
+    _seen(entry, "critical", 111.5, "refused")
+    assert entry.state(2) == "unhealthy"
+    # once the check has passed, a streak counts at once even within the period
+    d = TrackedCheck.registering(resolved, "t:app:http")
+    other = _tracked(d)
+    _seen(other, "passing", 101.0, "ok")
+    _seen(other, "critical", 102.0, "refused")
+    assert d.critical_since == 102.0 and other.state(1) == "unhealthy"
