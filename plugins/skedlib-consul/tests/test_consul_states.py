@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-
 from hypothesis import given
 from hypothesis import strategies as st
 from skedlib_consul.states import (
