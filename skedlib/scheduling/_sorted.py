@@ -76,6 +76,10 @@ class SortedKeys(Generic[_K]):
         else:
             maxes[i] = block[-1]
 
+    def first(self) -> _K:
+        """The smallest key (IndexError when empty)."""
+        return self._blocks[0][0]
+
     def from_(self, key: _K) -> Iterator[_K]:
         """The keys not below ``key``, ascending."""
         blocks, maxes = self._blocks, self._maxes

@@ -21,7 +21,7 @@ import heapq
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, TypeVar
 
 import msgspec
@@ -181,6 +181,13 @@ class Filter(abc.ABC):
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         """``None`` when feasible; else a short reason."""
 
+    def needed(self, request: TaskRequest) -> bool:
+        """False when this filter passes every host for ``request`` and for every
+        request of the same service with the same task definition, port and
+        constraints and no rejections (a run, see :attr:`Scorer.sticky`): a placer then
+        leaves it out of the run. Default: True."""
+        return True
+
 
 class Scorer(abc.ABC):
     """Ranking of feasible hosts: higher is better. Scores should lie in [0, 1]."""
@@ -250,6 +257,9 @@ class PortsFree(Filter):
             self._last = (definition, ports)
         return ports
 
+    def needed(self, request: TaskRequest) -> bool:
+        return bool(self._ports(request))
+
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         ports = self._ports(request)
         if ports:
@@ -304,6 +314,10 @@ class NotRejectedBefore(Filter):
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
 
+    def needed(self, request: TaskRequest) -> bool:
+        task = request.task
+        return bool(task.rejected_hosts or task.capacity_rejections)
+
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         task = request.task
         if host.name in task.rejected_hosts:
@@ -321,6 +335,9 @@ class ConstraintsFilter(Filter):
     name = "constraints"
     monotonic = True
 
+    def needed(self, request: TaskRequest) -> bool:
+        return bool(request.constraints)
+
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         for c in request.constraints:
             if not c.matches(host.name, host.attributes):
@@ -334,9 +351,21 @@ class DistinctHostFilter(Filter):
     name = "distinct_host"
     local = True  # only the host a task of the service went to changes its answer
 
+    def __init__(self) -> None:
+        self._last: tuple[object, bool] = ((), False)
+
+    def needed(self, request: TaskRequest) -> bool:
+        return any(c.distinct_host for c in request.constraints)
+
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
-        if request.constraints and any(c.distinct_host for c in request.constraints) and \
-                request.service_hosts[host.name]:
+        constraints = request.constraints
+        if not constraints:
+            return None
+        last, distinct = self._last
+        if last is not constraints:  # a plan asks about one service's many times
+            distinct = any(c.distinct_host for c in constraints)
+            self._last = (constraints, distinct)
+        if distinct and request.service_hosts[host.name]:
             return "distinct_host: already runs a task of the service"
         return None
 
@@ -511,6 +540,8 @@ class _SpreadIndex:
             return
         n = self.counts.get(name, 0)
         key = self.key.pop(name, None)
+        if key is not None and not n:
+            self.pool._unhold(name)  # the walk of the hosts without tasks needs it
         if key is not None:
             _remove(self.by_host, (n - delta, *key))
         elif self.zeros is not None:
@@ -532,7 +563,7 @@ class _SpreadIndex:
                 yield by_name[name]
             return
         holding, passed = self.key, 0
-        for host in self.pool.least_loaded():
+        for host in self.pool._least_loaded("", "", holding):
             if host.name in holding:
                 passed += 1
                 if passed == _SKIPS:  # the next walks: a list of their own
@@ -562,12 +593,24 @@ class _SpreadIndex:
                 groups.append((keys[i][0], (by_name[keys[k][2]] for k in range(i, j))))
                 i = j
             return groups
-        by_count: dict[int, list[str]] = defaultdict(list)
-        for value in pool.values(self.attribute):
-            by_count[self.value_count.get(value, 0)].append(value)
-        return [(c, (by_name[name] for _, name in
-                     heapq.merge(*(pool.load_keys(self.attribute, v) for v in by_count[c]))))
-                for c in sorted(by_count)]
+        parts = pool._loads(self.attribute)
+        pool._ready_loads()
+        by_count: dict[int, list[SortedKeys[tuple[float, str]]]] = defaultdict(list)
+        count = self.value_count
+        for value, part in parts.items():
+            if len(part):
+                by_count[count.get(value, 0)].append(part)
+        return [(c, self._merged(by_count[c])) for c in sorted(by_count)]
+
+    def _merged(self, parts: list[SortedKeys[tuple[float, str]]]) -> Iterator[HostState]:
+        """The hosts of ``parts`` in load order: the best first without merging (most
+        walks stop there), then the rest merged."""
+        by_name = self.pool.by_name
+        first = min(keys.first() for keys in parts)
+        yield by_name[first[1]]
+        for key in heapq.merge(*parts):
+            if key != first:
+                yield by_name[key[1]]
 
 
 def _remove(keys: list[_K], key: _K) -> None:
@@ -694,6 +737,10 @@ class HostPool:
         once; a plan that walks by load only never puts them back)."""
         self._out_loads: set[str] = set()
         """The same for the load orders (:meth:`least_loaded`)."""
+        self._fresh: set[str] = set()
+        """Hosts of :attr:`_out_loads` changed since the last walk that passed over
+        some (the others were left out because it passes over them)."""
+        self._held_for: object = None  # what that walk passed over
         if leased:
             index.lend(self._give_back)
         self._max_memory, self._max_cpu = index.max_memory, index.max_cpu
@@ -714,7 +761,7 @@ class HostPool:
             if name not in out_loads and index.parts:
                 index.remove_loads(host)
             index.defer(base[name])  # in again when the snapshot next walks it
-        self._out, self._out_loads = set(), set()
+        self._out, self._out_loads, self._fresh = set(), set(), set()
         self._leased = False
         self._returned = True
 
@@ -726,6 +773,7 @@ class HostPool:
             self._returned = False
             self._out.clear()
             self._out_loads.clear()
+            self._fresh.clear()
         elif self._out:
             keys, own = self._index.keys, self._own
             for name in self._out:
@@ -733,15 +781,31 @@ class HostPool:
             self._out.clear()
         return self._index
 
-    def _ready_loads(self) -> ShareIndex:
-        """The index to walk by load, every load key in."""
+    def _ready_loads(self, passed: Container[str] = ()) -> ShareIndex:
+        """The index to walk by load, every load key in but those of the hosts in
+        ``passed`` (that the walk passes over anyway) when this plan changed them."""
         index = self._ready()
-        if self._out_loads:
+        out = self._out_loads
+        if out:
             own = self._own
-            for name in self._out_loads:
-                index.add_loads(own[name])
-            self._out_loads.clear()
+            if passed and passed is self._held_for:
+                for name in self._fresh:  # the others are held out for this walker
+                    if name not in passed:
+                        index.add_loads(own[name])
+                        out.discard(name)
+            else:
+                for name in list(out):
+                    if name not in passed:
+                        index.add_loads(own[name])
+                        out.discard(name)
+        self._fresh.clear()
+        self._held_for = passed if out else None
         return index
+
+    def _unhold(self, name: str) -> None:
+        """``name`` left what the last walk passed over: its keys go in at the next."""
+        if name in self._out_loads:
+            self._fresh.add(name)
 
     @property
     def hosts(self) -> list[HostState]:
@@ -777,34 +841,49 @@ class HostPool:
             yield own.get(name) or base[name]
 
     def _loads(self, attribute: str) -> dict[str, SortedKeys[tuple[float, str]]]:
-        index = self._ready_loads()
+        """The load orders by ``attribute``, built at the first use; the keys of the
+        hosts in :attr:`_out_loads` stay out of them."""
+        index = self._ready()
         parts = index.parts.get(attribute)
         if parts is not None:
             return parts
-        if not self._leased:
-            return index.loads(attribute, self.by_name.values())
+        own, out = self._own, self._out_loads
+        if not self._leased:  # built from this plan's hosts
+            parts = index.loads(attribute, self.by_name.values())
+            for name in out:
+                parts[_value(own[name], attribute)].discard(load_key(own[name]))
+            return parts
         # built from the snapshot's hosts: the hosts this plan changed move to its keys
         parts = index.loads(attribute, self._base.values())
         base = self._base
-        for name, host in self._own.items():
+        for name, host in own.items():
             parts[_value(base[name], attribute)].discard(load_key(base[name]))
-            parts.setdefault(_value(host, attribute), SortedKeys()).add(load_key(host))
+            if name not in out:
+                parts.setdefault(_value(host, attribute), SortedKeys()).add(load_key(host))
         return parts
 
     def values(self, attribute: str) -> list[str]:
         """The values ``attribute`` takes on the pool's hosts (``""`` for a host
         without it), in no particular order."""
-        return [v for v, keys in self._loads(attribute).items() if len(keys)]
+        parts = self._loads(attribute)
+        self._ready_loads()  # a value whose only hosts changed must count
+        return [v for v, keys in parts.items() if len(keys)]
 
     def least_loaded(self, attribute: str = "", value: str = "") -> Iterator[HostState]:
         """The hosts (those whose ``attribute`` is ``value``, when given), the best for
         :class:`LeastLoaded` first, ties by name; O(log n) to start, from an index the
         snapshot keeps across plans."""
+        return self._least_loaded(attribute, value)
+
+    def _least_loaded(self, attribute: str, value: str, passed: Container[str] = ()
+                      ) -> Iterator[HostState]:
+        """:meth:`least_loaded`, but hosts in ``passed`` may be left out (when this plan
+        changed them): for a walk that passes over those."""
         part = self._loads(attribute).get(value if attribute else "")
         if part is None:
             return
         own, base = self._own, self._base
-        self._ready_loads()  # (a walk runs lazily: the keys of a host changed since go in)
+        self._ready_loads(passed)  # (a walk runs lazily: changed hosts' keys go in)
         for _, name in part:
             yield own.get(name) or base[name]
 
@@ -834,6 +913,7 @@ class HostPool:
         if name not in self._out_loads and index.parts:
             index.remove_loads(host)
             self._out_loads.add(name)
+        self._fresh.add(name)
         return host
 
     def _moved(self, host: HostState) -> None:
@@ -931,6 +1011,8 @@ class Placer:
         self._run: tuple[HostPool, int, TaskRequest, str] | None = None
         """The pool, its change count, the request and the host of the last placement
         a run may go on from."""
+        self._run_filters: list[Filter] = []
+        """The filters :meth:`Filter.needed` for the run's requests."""
 
     def _refusal(self, request: TaskRequest, host: HostState,
                  refused: set[str] | None = None) -> str | None:
@@ -1062,9 +1144,14 @@ class Placer:
             pool.assign(result.host, task.id, request.demand, task.port,
                         self._executor_ports(task.task_definition))
             request.service_hosts[result.host] += 1
-            self._run = (pool, pool.changes, request, result.host) \
-                if self._walked and self._runs and not task.rejected_hosts \
-                and not task.capacity_rejections else None
+            run = self._run
+            if self._walked and self._runs and not task.rejected_hosts \
+                    and not task.capacity_rejections:
+                if run is None or run[2] is not request:  # a run starts: its filters
+                    self._run_filters = [f for f in self.filters if f.needed(request)]
+                self._run = (pool, pool.changes, request, result.host)
+            else:
+                self._run = None
         return result
 
     def _go_on(self, request: TaskRequest, pool: HostPool) -> Placement | None:
@@ -1084,9 +1171,11 @@ class Placer:
                 or request.demand != last.demand or request.constraints != last.constraints:
             return None
         host = pool.by_name[name]
-        if self._refusal(request, host) is not None:
-            return None
+        for f in self._run_filters:
+            if f.filter(request, host) is not None:
+                return None
         self._walked = True
+        self._run = (pool, changes, request, name)  # its filters go on with it
         return Placement(name, self._score(request, host))
 
 

@@ -338,7 +338,7 @@ class Snapshot:
             demand, reserved = self._charge(task.task_definition)
             state.assign(task_id, demand, task.port, reserved)
             if index is not None:
-                index.put(state)
+                index.defer(state)  # (put() without its settle and bounds: same host)
 
     def _record(self, task: Task, task_id: str, revision: int) -> HostState | None:
         """File a task that is not held yet; returns the live host to charge it to
@@ -461,10 +461,17 @@ class Snapshot:
 
     def cluster_hosts(self, cluster: Cluster) -> list[HostState]:
         """Copies of the live hosts the cluster may use (its ``hosts`` filter, else every
-        live host), for a planner to update as it places."""
-        names = self.hosts if cluster.hosts is None else [n for n in cluster.hosts
-                                                           if n in self.hosts]
-        return [self.hosts[n].copy() for n in names]
+        live host), for a planner to update as it places (a
+        :meth:`HostPool.of <skedlib.scheduling.HostPool.of>` copies only what it changes)."""
+        return [h.copy() for h in self.live_hosts(cluster)]
+
+    def live_hosts(self, cluster: Cluster) -> list[HostState]:
+        """The live hosts the cluster may use, as this snapshot holds them: to read, not
+        to change (:meth:`cluster_hosts` gives copies)."""
+        hosts = self.hosts
+        if cluster.hosts is None:
+            return list(hosts.values())
+        return [hosts[n] for n in cluster.hosts if n in hosts]
 
     def is_healthy(self, task_id: str) -> bool:
         """True when the issued task ``task_id`` is healthy on its current host, which is

@@ -259,3 +259,33 @@ def test_a_run_goes_on_without_walking() -> None:
         assert isinstance(placer.place(TaskRequest.for_task(task, SVC, counts), pool),
                           Placement)
     assert placer.walks < 20  # tiny tasks: most go on the host of the last one
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_a_pools_load_orders_follow_its_changes(data: st.DataObject) -> None:
+    """A pool's load orders (per value of an attribute) are always the hosts sorted
+    afresh, on a pool of its own and on a view of a snapshot, built before or after the
+    plan changed hosts."""
+    snap = _zoned(data.draw(st.integers(1, 12)), data.draw(st.integers(0, 99)))
+    if data.draw(st.booleans()):
+        _kept_loads(snap, "zone")
+    pool = HostPool.of(snap, CLUSTER) if data.draw(st.booleans()) else _copies(snap)
+    placed: list[tuple[str, str]] = []
+    for step in range(data.draw(st.integers(1, 25))):
+        op = data.draw(st.sampled_from(["assign", "release", "look"]))
+        if op == "release" and placed:
+            name, task_id = placed.pop(data.draw(st.integers(0, len(placed) - 1)))
+            pool.release(name, task_id, Resources(memory=10))
+        elif op == "assign":
+            name = data.draw(st.sampled_from(sorted(pool.by_name)))
+            pool.assign(name, f"t{step}", Resources(memory=10))
+            placed.append((name, f"t{step}"))
+        else:
+            values = pool.values("zone")
+            assert sorted(values) == sorted({h.attributes["zone"]
+                                             for h in pool.by_name.values()})
+            for value in values:
+                assert [h.name for h in pool.least_loaded("zone", value)] == \
+                    [n for _, n in sorted((-_ll(h), h.name) for h in pool.by_name.values()
+                                          if h.attributes["zone"] == value)]
