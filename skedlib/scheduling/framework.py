@@ -44,6 +44,7 @@ from skedlib.scheduling.snapshot import (
     host_share,
     least_loaded,
     load_key,
+    value_of,
 )
 
 _K = TypeVar("_K", tuple[int, float, str], tuple[float, str])
@@ -210,13 +211,13 @@ class Scorer(abc.ABC):
         """How good ``host`` is for ``request``."""
 
     def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
-               ) -> list[Iterator[HostState] | None] | None:
+               ) -> list[Iterator[HostState] | float] | None:
         """An index walk, for a scorer whose best hosts :attr:`walk` cannot name: groups
         of hosts, each ordered best first for this scorer together with ``others`` (the
         scorers after it in the placer). A placer whose first scorer returns groups
         scores the first feasible host of each group and takes the best of those; a
-        None between groups is a cut: every host before it outscores every host after
-        it, so the placer stops there once it found a host. None (the default, or when
+        number between groups is a bound: no host after it scores more, so the placer
+        stops there when the best host it found scores more. None (the default, or when
         ``others`` rank in a way the walk does not know): no such walk."""
         return None
 
@@ -443,7 +444,7 @@ class SpreadAttribute(Scorer):
         return 1.0 / (1 + count)
 
     def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
-               ) -> list[Iterator[HostState] | None] | None:
+               ) -> list[Iterator[HostState] | float] | None:
         if not all(type(s) is LeastLoaded and s.weight > 0 for s in others) or \
                 self.weight <= 0:
             return None  # groups ordered by load would not be best first for these
@@ -453,17 +454,15 @@ class SpreadAttribute(Scorer):
             if index is not None:
                 index.active = False
             index = self._index = _SpreadIndex(self.attribute, pool, request.service_hosts)
-        # a LeastLoaded score lies in [0, 2]: where the spread scores of two groups
-        # differ by more than the others' whole range, the later group cannot win
-        spread = 2 * sum(s.weight for s in others) + 1e-9
-        out: list[Iterator[HostState] | None] = []
-        last: int | None = None
+        # a LeastLoaded score is at most 2: a host of a group with ``count`` tasks
+        # scores at most weight / (1 + count) + 2 * their weights (a bound that lets
+        # the placer stop after the first group when its host beats it)
+        most = 2 * sum(s.weight for s in others) + 1e-9
+        out: list[Iterator[HostState] | float] = []
         for count, group in index.strata():
-            if last is not None and \
-                    self.weight * (1 / (1 + last) - 1 / (1 + count)) > spread:
-                out.append(None)
+            if out:
+                out.append(self.weight / (1 + count) + most)
             out.append(group)
-            last = count
         return out
 
 
@@ -851,15 +850,15 @@ class HostPool:
         if not self._leased:  # built from this plan's hosts
             parts = index.loads(attribute, self.by_name.values())
             for name in out:
-                parts[_value(own[name], attribute)].discard(load_key(own[name]))
+                parts[value_of(own[name], attribute)].discard(load_key(own[name]))
             return parts
         # built from the snapshot's hosts: the hosts this plan changed move to its keys
         parts = index.loads(attribute, self._base.values())
         base = self._base
         for name, host in own.items():
-            parts[_value(base[name], attribute)].discard(load_key(base[name]))
+            parts[value_of(base[name], attribute)].discard(load_key(base[name]))
             if name not in out:
-                parts.setdefault(_value(host, attribute), SortedKeys()).add(load_key(host))
+                parts.setdefault(value_of(host, attribute), SortedKeys()).add(load_key(host))
         return parts
 
     def values(self, attribute: str) -> list[str]:
@@ -934,11 +933,6 @@ class HostPool:
         host = self._mine(name)
         host.release(task_id, demand, port, reserved)
         self._moved(host)
-
-
-def _value(host: HostState, attribute: str) -> str:
-    """The host's value of ``attribute`` as the load index files it."""
-    return host.attributes.get(attribute, "") if attribute else ""
 
 
 _GIVE_UP = 64
@@ -1051,8 +1045,8 @@ class Placer:
         if strata is not None:
             refused = self._refused_for(request, pool)
             for group in strata:
-                if group is None:  # no host of a later group can outscore the best
-                    if best is not None:
+                if isinstance(group, float):  # no host after it scores more
+                    if best is not None and best[0] > group:
                         break
                     continue
                 skipped = 0

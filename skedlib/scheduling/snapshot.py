@@ -44,7 +44,7 @@ from skedlib.scheduling._sorted import SortedKeys
 from skedlib.store.base import KeyValue
 
 __all__ = ["HostState", "ShareIndex", "Snapshot", "demand_of", "host_share", "is_task_healthy",
-           "least_loaded", "load_key", "read_snapshot"]
+           "least_loaded", "load_key", "read_snapshot", "value_of"]
 
 _T = TypeVar("_T")
 
@@ -155,6 +155,12 @@ def least_loaded(host: HostState) -> float:
     return (mem + cpu) / 2 + 1.0 / (1 + len(host.tasks))
 
 
+def value_of(host: HostState, attribute: str) -> str:
+    """The host's value of ``attribute`` as the load orders file it (``""`` without the
+    attribute; every host under ``""`` for ``attribute=""``)."""
+    return host.attributes.get(attribute, "") if attribute else ""
+
+
 def load_key(host: HostState) -> tuple[float, str]:
     """``host``'s key in a load order: least loaded first, then by name."""
     return (-least_loaded(host), host.name)
@@ -195,8 +201,7 @@ class ShareIndex:
             self.flush()
             grouped: dict[str, list[tuple[float, str]]] = defaultdict(list)
             for h in hosts:
-                grouped[h.attributes.get(attribute, "") if attribute else ""].append(
-                    load_key(h))
+                grouped[value_of(h, attribute)].append(load_key(h))
             parts = self.parts[attribute] = {v: SortedKeys(k) for v, k in grouped.items()}
         return parts
 
@@ -229,32 +234,32 @@ class ShareIndex:
         """Take ``host``'s keys out (before it changes), without :meth:`settle` (what a
         plan the index is lent to does)."""
         self.keys.discard((host_share(host), host.name))
-        if self.parts:
-            self.remove_loads(host)
-
-    def remove_loads(self, host: HostState) -> None:
-        """Take ``host``'s keys out of the load orders only."""
-        key = load_key(host)
-        for attribute, parts in self.parts.items():
-            part = parts.get(host.attributes.get(attribute, "") if attribute else "")
-            if part is not None:
-                part.discard(key)
+        self.remove_loads(host)
 
     def add_keys(self, host: HostState) -> None:
         """Put ``host``'s keys in (after it changed), without :meth:`settle`."""
         self.keys.add((host_share(host), host.name))
+        self.add_loads(host)
+
+    def remove_loads(self, host: HostState) -> None:
+        """Take ``host``'s keys out of the load orders only."""
         if self.parts:
-            self.add_loads(host)
+            key = load_key(host)
+            for attribute, parts in self.parts.items():
+                part = parts.get(value_of(host, attribute))
+                if part is not None:
+                    part.discard(key)
 
     def add_loads(self, host: HostState) -> None:
         """Put ``host``'s keys in the load orders only."""
-        key = load_key(host)
-        for attribute, parts in self.parts.items():
-            value = host.attributes.get(attribute, "") if attribute else ""
-            part = parts.get(value)
-            if part is None:
-                part = parts[value] = SortedKeys()
-            part.add(key)
+        if self.parts:
+            key = load_key(host)
+            for attribute, parts in self.parts.items():
+                value = value_of(host, attribute)
+                try:
+                    parts[value].add(key)
+                except KeyError:  # the first host with this value
+                    parts[value] = SortedKeys([key])
 
     def drop(self, host: HostState) -> None:
         """Before ``host`` changes or leaves."""
