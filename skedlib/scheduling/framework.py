@@ -596,16 +596,17 @@ class _SpreadIndex:
         pool._ready_loads()
         by_count: dict[int, list[SortedKeys[tuple[float, str]]]] = defaultdict(list)
         count = self.value_count
-        for value, part in parts.items():
-            if len(part):
-                by_count[count.get(value, 0)].append(part)
+        for value, part in parts.items():  # (a value with no host left: an empty group)
+            by_count[count.get(value, 0)].append(part)
         return [(c, self._merged(by_count[c])) for c in sorted(by_count)]
 
     def _merged(self, parts: list[SortedKeys[tuple[float, str]]]) -> Iterator[HostState]:
         """The hosts of ``parts`` in load order: the best first without merging (most
         walks stop there), then the rest merged."""
         by_name = self.pool.by_name
-        first = min(keys.first() for keys in parts)
+        first = SortedKeys.smallest(parts)
+        if first is None:
+            return
         yield by_name[first[1]]
         for key in heapq.merge(*parts):
             if key != first:
@@ -1005,12 +1006,28 @@ class Placer:
         self._run: tuple[HostPool, int, TaskRequest, str] | None = None
         """The pool, its change count, the request and the host of the last placement
         a run may go on from."""
-        self._run_filters: list[Filter] = []
-        """The filters :meth:`Filter.needed` for the run's requests."""
+        self._needed_for: tuple[object, object, object, int, list[Filter]] | None = None
+        """The definition, service, constraints and port of the last request, and the
+        filters it needs (:meth:`_needed`)."""
+
+    def _needed(self, request: TaskRequest) -> list[Filter]:
+        """The filters that may refuse a host for ``request`` (:meth:`Filter.needed`),
+        worked out once for a service's identical requests."""
+        task = request.task
+        if task.rejected_hosts or task.capacity_rejections:
+            return self.filters
+        last = self._needed_for
+        definition, service, constraints = task.task_definition, request.service, \
+            request.constraints
+        if last is None or last[0] is not definition or last[1] is not service or \
+                last[2] != constraints or last[3] != task.port:
+            last = self._needed_for = (definition, service, constraints, task.port,
+                                       [f for f in self.filters if f.needed(request)])
+        return last[4]
 
     def _refusal(self, request: TaskRequest, host: HostState,
                  refused: set[str] | None = None) -> str | None:
-        for f in self.filters:
+        for f in self._needed(request):
             reason = f.filter(request, host)
             if reason is not None:
                 if refused is not None and f.monotonic:
@@ -1138,14 +1155,9 @@ class Placer:
             pool.assign(result.host, task.id, request.demand, task.port,
                         self._executor_ports(task.task_definition))
             request.service_hosts[result.host] += 1
-            run = self._run
-            if self._walked and self._runs and not task.rejected_hosts \
-                    and not task.capacity_rejections:
-                if run is None or run[2] is not request:  # a run starts: its filters
-                    self._run_filters = [f for f in self.filters if f.needed(request)]
-                self._run = (pool, pool.changes, request, result.host)
-            else:
-                self._run = None
+            self._run = (pool, pool.changes, request, result.host) \
+                if self._walked and self._runs and not task.rejected_hosts \
+                and not task.capacity_rejections else None
         return result
 
     def _go_on(self, request: TaskRequest, pool: HostPool) -> Placement | None:
@@ -1165,11 +1177,10 @@ class Placer:
                 or request.demand != last.demand or request.constraints != last.constraints:
             return None
         host = pool.by_name[name]
-        for f in self._run_filters:
+        for f in self._needed(request):
             if f.filter(request, host) is not None:
                 return None
         self._walked = True
-        self._run = (pool, changes, request, name)  # its filters go on with it
         return Placement(name, self._score(request, host))
 
 

@@ -244,18 +244,18 @@ class ShareIndex:
     def remove_loads(self, host: HostState) -> None:
         """Take ``host``'s keys out of the load orders only."""
         if self.parts:
-            key = load_key(host)
+            key, attributes = load_key(host), host.attributes
             for attribute, parts in self.parts.items():
-                part = parts.get(value_of(host, attribute))
+                part = parts.get(attributes.get(attribute, "") if attribute else "")
                 if part is not None:
                     part.discard(key)
 
     def add_loads(self, host: HostState) -> None:
         """Put ``host``'s keys in the load orders only."""
         if self.parts:
-            key = load_key(host)
+            key, attributes = load_key(host), host.attributes
             for attribute, parts in self.parts.items():
-                value = value_of(host, attribute)
+                value = attributes.get(attribute, "") if attribute else ""  # value_of()
                 try:
                     parts[value].add(key)
                 except KeyError:  # the first host with this value
