@@ -19,6 +19,7 @@ import abc
 import bisect
 import heapq
 import math
+import operator
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
@@ -422,6 +423,9 @@ class SpreadAttribute(Scorer):
         self._hosts = hosts  # read only by score() without a following index
         self._value_of_: dict[str, str] | None = None
         self._index: _SpreadIndex | None = None
+        self._others: tuple[tuple[object, ...] | None, bool, float] = (None, False, 0.0)
+        """The scorers after this one last asked about and their weights, whether the
+        walk fits them, and the most they add to a score."""
 
     @property
     def _value_of(self) -> dict[str, str]:
@@ -445,8 +449,15 @@ class SpreadAttribute(Scorer):
 
     def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
                ) -> list[Iterator[HostState] | float] | None:
-        if not all(type(s) is LeastLoaded and s.weight > 0 for s in others) or \
-                self.weight <= 0:
+        key = (*others, *map(_WEIGHT, others))
+        if key != self._others[0]:  # (a placer asks with the same scorers every time)
+            fits = all(type(s) is LeastLoaded and s.weight > 0 for s in others)
+            # a LeastLoaded score is at most 2: a host of a group with ``count`` tasks
+            # scores at most weight / (1 + count) + 2 * their weights (a bound that lets
+            # the placer stop after the first group when its host beats it)
+            self._others = (key, fits, 2 * sum(s.weight for s in others) + 1e-9)
+        _, fits, most = self._others
+        if not fits or self.weight <= 0:
             return None  # groups ordered by load would not be best first for these
         index = self._index
         if index is None or index.pool is not pool or \
@@ -454,10 +465,6 @@ class SpreadAttribute(Scorer):
             if index is not None:
                 index.active = False
             index = self._index = _SpreadIndex(self.attribute, pool, request.service_hosts)
-        # a LeastLoaded score is at most 2: a host of a group with ``count`` tasks
-        # scores at most weight / (1 + count) + 2 * their weights (a bound that lets
-        # the placer stop after the first group when its host beats it)
-        most = 2 * sum(s.weight for s in others) + 1e-9
         out: list[Iterator[HostState] | float] = []
         for count, group in index.strata():
             if out:
@@ -465,6 +472,8 @@ class SpreadAttribute(Scorer):
             out.append(group)
         return out
 
+
+_WEIGHT = operator.attrgetter("weight")
 
 _SKIPS = 64
 """Hosts holding the service that one walk of the hosts without it may pass over before
@@ -488,6 +497,7 @@ class _SpreadIndex:
         self.attribute, self.pool, self.counts = attribute, pool, counts
         self.active = True
         self.tracked = isinstance(counts, ServiceHosts)
+        self.hosts = len(pool)  # (a pool's hosts stay the same: only their load changes)
         by_name = pool.by_name
         self.key: dict[str, tuple[float, str]] = {}
         """Host holding the service → its load key in :attr:`by_host`."""
@@ -583,7 +593,7 @@ class _SpreadIndex:
             if self.want_zeros and self.zeros is None:
                 self._keep_zeros()
             groups: list[tuple[int, Iterator[HostState]]] = []
-            if len(pool) > len(self.key):  # some host holds none
+            if self.hosts > len(self.key):  # some host holds none
                 groups.append((0, self._without()))
             keys = self.by_host
             i = 0
