@@ -212,14 +212,16 @@ class Scorer(abc.ABC):
         """How good ``host`` is for ``request``."""
 
     def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
-               ) -> list[Iterator[HostState] | float] | None:
+               ) -> Iterable[Iterator[HostState] | float] | None:
         """An index walk, for a scorer whose best hosts :attr:`walk` cannot name: groups
         of hosts, each ordered best first for this scorer together with ``others`` (the
         scorers after it in the placer). A placer whose first scorer returns groups
         scores the first feasible host of each group and takes the best of those; a
         number between groups is a bound: no host after it scores more, so the placer
         stops there when the best host it found scores more. None (the default, or when
-        ``others`` rank in a way the walk does not know): no such walk."""
+        ``others`` rank in a way the walk does not know): no such walk. The groups may
+        come lazily (a generator): those after a bound that stops the placer are never
+        made."""
         return None
 
 
@@ -448,7 +450,7 @@ class SpreadAttribute(Scorer):
         return 1.0 / (1 + count)
 
     def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
-               ) -> list[Iterator[HostState] | float] | None:
+               ) -> Iterable[Iterator[HostState] | float] | None:
         key = (*others, *map(_WEIGHT, others))
         if key != self._others[0]:  # (a placer asks with the same scorers every time)
             fits = all(type(s) is LeastLoaded and s.weight > 0 for s in others)
@@ -465,12 +467,18 @@ class SpreadAttribute(Scorer):
             if index is not None:
                 index.active = False
             index = self._index = _SpreadIndex(self.attribute, pool, request.service_hosts)
-        out: list[Iterator[HostState] | float] = []
+        return self._bounded(index, most)
+
+    def _bounded(self, index: _SpreadIndex, most: float
+                 ) -> Iterator[Iterator[HostState] | float]:
+        """``index``'s groups, each after the first preceded by the most its hosts
+        score."""
+        first = True
         for count, group in index.strata():
-            if out:
-                out.append(self.weight / (1 + count) + most)
-            out.append(group)
-        return out
+            if not first:
+                yield self.weight / (1 + count) + most
+            first = False
+            yield group
 
 
 _WEIGHT = operator.attrgetter("weight")
@@ -571,44 +579,50 @@ class _SpreadIndex:
             for _, name in self.zeros:
                 yield by_name[name]
             return
-        holding, passed = self.key, 0
-        for host in self.pool._least_loaded("", "", holding):
-            if host.name in holding:
+        pool, holding, passed = self.pool, self.key, 0
+        part = pool._loads("").get("")
+        if part is None:
+            return
+        pool._ready_loads(holding)  # (the hosts it holds may stay out: passed over)
+        own, base = pool._own, pool._base
+        for _, name in part:
+            if name in holding:
                 passed += 1
                 if passed == _SKIPS:  # the next walks: a list of their own
                     self.want_zeros = True
                 continue
-            yield host
+            yield own.get(name) or base[name]
 
     def _keep_zeros(self) -> None:
         holding = self.key
         self.zeros = [k for k in self.pool.load_keys("", "") if k[1] not in holding]
         self.zero_key = {k[1]: k for k in self.zeros}
 
-    def strata(self) -> list[tuple[int, Iterator[HostState]]]:
-        """The groups and their count of tasks, fewest first, each best host first."""
+    def strata(self) -> Iterator[tuple[int, Iterator[HostState]]]:
+        """The groups and their count of tasks, fewest first, each best host first
+        (made as they are asked for)."""
         pool = self.pool
         by_name = pool.by_name
         if not self.attribute:
             if self.want_zeros and self.zeros is None:
                 self._keep_zeros()
-            groups: list[tuple[int, Iterator[HostState]]] = []
             if self.hosts > len(self.key):  # some host holds none
-                groups.append((0, self._without()))
+                yield 0, self._without()
             keys = self.by_host
             i = 0
             while i < len(keys):
                 j = bisect.bisect_left(keys, (keys[i][0], math.inf, ""), i)
-                groups.append((keys[i][0], (by_name[keys[k][2]] for k in range(i, j))))
+                yield keys[i][0], (by_name[keys[k][2]] for k in range(i, j))
                 i = j
-            return groups
+            return
         parts = pool._loads(self.attribute)
         pool._ready_loads()
         by_count: dict[int, list[SortedKeys[tuple[float, str]]]] = defaultdict(list)
         count = self.value_count
         for value, part in parts.items():  # (a value with no host left: an empty group)
             by_count[count.get(value, 0)].append(part)
-        return [(c, self._merged(by_count[c])) for c in sorted(by_count)]
+        for c in sorted(by_count):
+            yield c, self._merged(by_count[c])
 
     def _merged(self, parts: list[SortedKeys[tuple[float, str]]]) -> Iterator[HostState]:
         """The hosts of ``parts`` in load order: the best first without merging (most
@@ -883,17 +897,11 @@ class HostPool:
         """The hosts (those whose ``attribute`` is ``value``, when given), the best for
         :class:`LeastLoaded` first, ties by name; O(log n) to start, from an index the
         snapshot keeps across plans."""
-        return self._least_loaded(attribute, value)
-
-    def _least_loaded(self, attribute: str, value: str, passed: Container[str] = ()
-                      ) -> Iterator[HostState]:
-        """:meth:`least_loaded`, but hosts in ``passed`` may be left out (when this plan
-        changed them): for a walk that passes over those."""
         part = self._loads(attribute).get(value if attribute else "")
         if part is None:
             return
         own, base = self._own, self._base
-        self._ready_loads(passed)  # (a walk runs lazily: changed hosts' keys go in)
+        self._ready_loads()  # (a walk runs lazily: changed hosts' keys go in)
         for _, name in part:
             yield own.get(name) or base[name]
 
