@@ -19,6 +19,7 @@ from skedlib import (
     BestFit,
     Cluster,
     Filter,
+    HostPool,
     HostState,
     LeastLoaded,
     Scheduler,
@@ -90,7 +91,8 @@ class DaemonScheduler(Scheduler):
             result.unschedulable[f"{cluster.name}-{service.name}-{version}-0"] = (
                 f"task definition {service.task_name!r} version {version} does not exist")
             return result
-        hosts = {h.name: h for h in snapshot.cluster_hosts(cluster)}
+        pool = HostPool.of(snapshot, cluster)  # copies only the hosts this plan changes
+        hosts = pool.by_name
         filters = [f for f in stock_filters() if f.name != "distinct_host"]
         constraints = tuple(parse_constraint(c) for c in service.constraints)
 
@@ -130,7 +132,7 @@ class DaemonScheduler(Scheduler):
             replacing = old.get(name)
             if replacing is not None:
                 demand = demand_of(replacing.task_definition)
-                hosts[name].release(replacing.id, demand, replacing.port)
+                pool.release(name, replacing.id, demand, replacing.port)
             instance = replacing.instance if replacing is not None and \
                 replacing.instance not in used_instances else \
                 next(i for i in range(len(used_instances) + 1) if i not in used_instances)
@@ -150,6 +152,6 @@ class DaemonScheduler(Scheduler):
                 healthy_n -= was_healthy
                 result.plan.stop.append(replacing.id)
             used_instances.add(instance)
-            hosts[name].assign(task.id, request.demand, task.port)
+            pool.assign(name, task.id, request.demand, task.port)
             result.plan.place.append(task)
         return result

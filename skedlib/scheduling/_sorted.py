@@ -76,6 +76,16 @@ class SortedKeys(Generic[_K]):
         else:
             maxes[i] = block[-1]
 
+    def first(self) -> _K:
+        """The smallest key (IndexError when empty)."""
+        return self._blocks[0][0]
+
+    @staticmethod
+    def smallest(lists: Iterable[SortedKeys[_K]]) -> _K | None:
+        """The smallest key of several lists (None when all are empty)."""
+        heads = [keys._blocks[0][0] for keys in lists if keys._blocks]
+        return min(heads) if heads else None
+
     def from_(self, key: _K) -> Iterator[_K]:
         """The keys not below ``key``, ascending."""
         blocks, maxes = self._blocks, self._maxes

@@ -314,7 +314,7 @@ class ExecScheduler(Scheduler):
         tasks = snapshot.service_tasks(cluster.name, service.name)
         return ExecRequest(
             cluster=cluster, service=service, task_definition=td, demand=demand_of(td),
-            hosts=[ExecHost.of(h) for h in snapshot.cluster_hosts(cluster)], tasks=tasks,
+            hosts=[ExecHost.of(h) for h in snapshot.live_hosts(cluster)], tasks=tasks,
             healthy=[t.id for t in tasks if snapshot.is_healthy(t.id)])
 
     def prepare(self, snapshot: Snapshot, cluster: Cluster, service: Service

@@ -19,9 +19,10 @@ import abc
 import bisect
 import heapq
 import math
+import operator
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, TypeVar
 
 import msgspec
@@ -37,7 +38,15 @@ from skedlib.models import (
 )
 from skedlib.runtime import Backoff
 from skedlib.scheduling._sorted import SortedKeys
-from skedlib.scheduling.snapshot import HostState, ShareIndex, Snapshot, host_share
+from skedlib.scheduling.snapshot import (
+    HostState,
+    ShareIndex,
+    Snapshot,
+    host_share,
+    least_loaded,
+    load_key,
+    value_of,
+)
 
 _K = TypeVar("_K", tuple[int, float, str], tuple[float, str])
 
@@ -163,10 +172,23 @@ class Filter(abc.ABC):
     """True when a host this filter refused stays refused, while a plan is built, for
     every request with the same demand, port and constraints (placing only ever takes
     resources away); the placer then skips such hosts without asking again."""
+    local: bool = False
+    """True when its answer for a host changes only when that host changes, for
+    requests of one service with the same task definition, demand, port, constraints and
+    no rejections (what a run of a service's identical tasks is): a placer may then
+    place such tasks in a run (see :attr:`Scorer.sticky`). Monotonic filters need not
+    set it."""
 
     @abc.abstractmethod
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         """``None`` when feasible; else a short reason."""
+
+    def needed(self, request: TaskRequest) -> bool:
+        """False when this filter passes every host for ``request`` and for every
+        request of the same service with the same task definition, port and
+        constraints and no rejections (a run, see :attr:`Scorer.sticky`): a placer then
+        leaves it out of the run. Default: True."""
+        return True
 
 
 class Scorer(abc.ABC):
@@ -177,19 +199,29 @@ class Scorer(abc.ABC):
     walk: Literal["tightest", "loosest"] | None = None
     """Set when this scorer's best hosts are those with the least (``tightest``) or most
     (``loosest``) free memory; a placer whose first scorer has it looks there first."""
+    sticky: bool = False
+    """True when a host's score depends only on the request and that host, and never
+    drops when another task of the same request is placed on it. When every scorer is
+    sticky (at a non-negative weight), the first has the ``tightest`` walk and every
+    filter is monotonic or :attr:`Filter.local`, the host a walk chose for one task is
+    also the choice for the next identical one while it still passes the filters: the
+    placer places such a run there without walking again (the same placements)."""
 
     @abc.abstractmethod
     def score(self, request: TaskRequest, host: HostState) -> float:
         """How good ``host`` is for ``request``."""
 
     def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
-               ) -> list[Iterator[HostState]] | None:
+               ) -> Iterable[Iterator[HostState] | float] | None:
         """An index walk, for a scorer whose best hosts :attr:`walk` cannot name: groups
         of hosts, each ordered best first for this scorer together with ``others`` (the
         scorers after it in the placer). A placer whose first scorer returns groups
-        scores the first feasible host of each group and takes the best of those. None
-        (the default, or when ``others`` rank in a way the walk does not know): no such
-        walk."""
+        scores the first feasible host of each group and takes the best of those; a
+        number between groups is a bound: no host after it scores more, so the placer
+        stops there when the best host it found scores more. None (the default, or when
+        ``others`` rank in a way the walk does not know): no such walk. The groups may
+        come lazily (a generator): those after a bound that stops the placer are never
+        made."""
         return None
 
 
@@ -228,6 +260,9 @@ class PortsFree(Filter):
                 definition.executor_ports()
             self._last = (definition, ports)
         return ports
+
+    def needed(self, request: TaskRequest) -> bool:
+        return bool(self._ports(request))
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         ports = self._ports(request)
@@ -278,9 +313,14 @@ class NotRejectedBefore(Filter):
     :func:`capacity_rejection_holds`)."""
 
     name = "rejected"
+    local = True  # a run's tasks carry no rejections: it refuses no host for them
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
+
+    def needed(self, request: TaskRequest) -> bool:
+        task = request.task
+        return bool(task.rejected_hosts or task.capacity_rejections)
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         task = request.task
@@ -299,6 +339,9 @@ class ConstraintsFilter(Filter):
     name = "constraints"
     monotonic = True
 
+    def needed(self, request: TaskRequest) -> bool:
+        return bool(request.constraints)
+
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         for c in request.constraints:
             if not c.matches(host.name, host.attributes):
@@ -310,10 +353,23 @@ class DistinctHostFilter(Filter):
     """With ``distinct_host``, at most one task of the service per host."""
 
     name = "distinct_host"
+    local = True  # only the host a task of the service went to changes its answer
+
+    def __init__(self) -> None:
+        self._last: tuple[object, bool] = ((), False)
+
+    def needed(self, request: TaskRequest) -> bool:
+        return any(c.distinct_host for c in request.constraints)
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
-        if request.constraints and any(c.distinct_host for c in request.constraints) and \
-                request.service_hosts[host.name]:
+        constraints = request.constraints
+        if not constraints:
+            return None
+        last, distinct = self._last
+        if last is not constraints:  # a plan asks about one service's many times
+            distinct = any(c.distinct_host for c in constraints)
+            self._last = (constraints, distinct)
+        if distinct and request.service_hosts[host.name]:
             return "distinct_host: already runs a task of the service"
         return None
 
@@ -323,6 +379,7 @@ class BestFit(Scorer):
 
     name = "best_fit"
     walk = "tightest"
+    sticky = True  # less free after placing only raises the score
 
     def score(self, request: TaskRequest, host: HostState) -> float:
         total, used, need = host.total, host.allocated, request.demand  # not host.free
@@ -340,31 +397,24 @@ class LeastLoaded(Scorer):
     walk = "loosest"
 
     def score(self, request: TaskRequest, host: HostState) -> float:
-        return _least_loaded(host)
-
-
-def _least_loaded(host: HostState) -> float:
-    """The :class:`LeastLoaded` score: it depends on the host alone, so an index can
-    keep hosts ordered by it."""
-    total, used = host.total, host.allocated  # not host.free: no Resources to build
-    mem = (total.memory - used.memory) / total.memory if total.memory else 0.0
-    cpu = (total.cpu_units - used.cpu_units) / total.cpu_units if total.cpu_units else 0.0
-    return (mem + cpu) / 2 + 1.0 / (1 + len(host.tasks))
+        return least_loaded(host)
 
 
 class SpreadAttribute(Scorer):
     """Prefer hosts whose value of ``attribute`` holds the fewest tasks of the service
     (``attribute=""``: spread over hosts).
 
-    Its walk (:meth:`strata`) is an index kept up to date as the plan is built: hosts
-    grouped by how many tasks of the service their value (or, without an attribute, the
-    host itself) holds, fewest first, and within a group ordered by the
-    :class:`LeastLoaded` score, then by name. So the first feasible host of each group is
-    that group's best for ``[SpreadAttribute, LeastLoaded]`` at any positive weights (with
-    other scorers after it there is no walk: the placer samples), and a placer
-    finds the best host in O(groups · log n) instead of scoring every host. The index
-    follows the request's counts incrementally when they are a :class:`ServiceHosts`
-    (what :meth:`TaskRequest.for_task` and the service scheduler use); with a plain
+    Its walk (:meth:`strata`): hosts grouped by how many tasks of the service their
+    value (or, without an attribute, the host itself) holds, fewest first, and within a
+    group ordered by the :class:`LeastLoaded` score, then by name. So the first feasible
+    host of each group is that group's best for ``[SpreadAttribute, LeastLoaded]`` at
+    any positive weights (with other scorers after it there is no walk: the placer
+    samples), and a placer finds the best host in O(groups · log n) instead of scoring
+    every host. The load order is the pool's (:meth:`HostPool.least_loaded`), which a
+    pool of a snapshot borrows from the snapshot, kept there across plans; what is the
+    service's own (the hosts holding its tasks, the tasks per value) follows the
+    request's counts incrementally when they are a :class:`ServiceHosts` (what
+    :meth:`TaskRequest.for_task` and the service scheduler use); with a plain
     ``Counter`` it is rebuilt for every choice.
     """
 
@@ -372,8 +422,19 @@ class SpreadAttribute(Scorer):
 
     def __init__(self, attribute: str = "", hosts: Sequence[HostState] = ()) -> None:
         self.attribute = attribute
-        self._value_of = {h.name: h.attributes.get(attribute, "") for h in hosts}
+        self._hosts = hosts  # read only by score() without a following index
+        self._value_of_: dict[str, str] | None = None
         self._index: _SpreadIndex | None = None
+        self._others: tuple[tuple[object, ...] | None, bool, float] = (None, False, 0.0)
+        """The scorers after this one last asked about and their weights, whether the
+        walk fits them, and the most they add to a score."""
+
+    @property
+    def _value_of(self) -> dict[str, str]:
+        if self._value_of_ is None:
+            self._value_of_ = {h.name: h.attributes.get(self.attribute, "")
+                               for h in self._hosts}
+        return self._value_of_
 
     def score(self, request: TaskRequest, host: HostState) -> float:
         if not self.attribute:
@@ -383,60 +444,86 @@ class SpreadAttribute(Scorer):
         if index is not None and index.follows(request.service_hosts):
             count = index.value_count.get(value, 0)
         else:
+            value_of = self._value_of
             count = sum(n for name, n in request.service_hosts.items()
-                        if self._value_of.get(name) == value)
+                        if value_of.get(name) == value)
         return 1.0 / (1 + count)
 
     def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
-               ) -> list[Iterator[HostState]] | None:
-        if not all(type(s) is LeastLoaded and s.weight > 0 for s in others) or \
-                self.weight <= 0:
+               ) -> Iterable[Iterator[HostState] | float] | None:
+        key = (*others, *map(_WEIGHT, others))
+        if key != self._others[0]:  # (a placer asks with the same scorers every time)
+            fits = all(type(s) is LeastLoaded and s.weight > 0 for s in others)
+            # a LeastLoaded score is at most 2: a host of a group with ``count`` tasks
+            # scores at most weight / (1 + count) + 2 * their weights (a bound that lets
+            # the placer stop after the first group when its host beats it)
+            self._others = (key, fits, 2 * sum(s.weight for s in others) + 1e-9)
+        _, fits, most = self._others
+        if not fits or self.weight <= 0:
             return None  # groups ordered by load would not be best first for these
         index = self._index
         if index is None or index.pool is not pool or \
                 not index.follows(request.service_hosts):
             if index is not None:
                 index.active = False
-            index = self._index = _SpreadIndex(self.attribute, self._value_of, pool,
-                                               request.service_hosts)
-        return index.strata()
+            index = self._index = _SpreadIndex(self.attribute, pool, request.service_hosts)
+        return self._bounded(index, most)
+
+    def _bounded(self, index: _SpreadIndex, most: float
+                 ) -> Iterator[Iterator[HostState] | float]:
+        """``index``'s groups, each after the first preceded by the most its hosts
+        score."""
+        first = True
+        for count, group in index.strata():
+            if not first:
+                yield self.weight / (1 + count) + most
+            first = False
+            yield group
+
+
+_WEIGHT = operator.attrgetter("weight")
+
+_SKIPS = 64
+"""Hosts holding the service that one walk of the hosts without it may pass over before
+the index keeps its own list of those (see :class:`_SpreadIndex`)."""
 
 
 class _SpreadIndex:
-    """The walk of one :class:`SpreadAttribute` over one pool for one service's counts.
+    """What one :class:`SpreadAttribute` adds to one pool's load order for one
+    service's counts.
 
-    Without an attribute: one sorted list of ``(count on the host, -least loaded score,
-    name)``. With one: per value, a sorted list of ``(-least loaded score, name)``, and
-    the count of each value; the values with the same count are merged when walked (a
-    few values, such as zones, is the expected case: O(values) per choice).
+    Without an attribute: the hosts holding tasks of the service, as a sorted list of
+    ``(count on the host, -least loaded score, name)``; the hosts without are the pool's
+    own load order, passing over those that hold some (when that passes over too many,
+    :attr:`zeros` keeps them instead, an O(n) list made once). With an attribute: the
+    count of each value; the pool keeps each value's hosts in load order, and the values
+    with the same count are merged when walked (a few values, such as zones, is the
+    expected case: O(values) per choice).
     """
 
-    def __init__(self, attribute: str, value_of: dict[str, str], pool: HostPool,
-                 counts: Counter[str]) -> None:
+    def __init__(self, attribute: str, pool: HostPool, counts: Counter[str]) -> None:
         self.attribute, self.pool, self.counts = attribute, pool, counts
         self.active = True
         self.tracked = isinstance(counts, ServiceHosts)
-        self._value_of = value_of
-        self.key = {h.name: (-_least_loaded(h), h.name) for h in pool.hosts}
+        self.hosts = len(pool)  # (a pool's hosts stay the same: only their load changes)
+        by_name = pool.by_name
+        self.key: dict[str, tuple[float, str]] = {}
+        """Host holding the service → its load key in :attr:`by_host`."""
         self.by_host: list[tuple[int, float, str]] = []
-        self.buckets: dict[str, list[tuple[float, str]]] = defaultdict(list)
+        self.zeros: list[tuple[float, str]] | None = None
+        self.zero_key: dict[str, tuple[float, str]] = {}
+        self.want_zeros = False
         self.value_count: dict[str, int] = defaultdict(int)
-        self.bucket_of: dict[str, str] = {}
         if not attribute:
-            get = counts.get  # not counts[n]: Counter.__missing__ is slow Python
-            self.by_host = [(get(n, 0), k[0], n) for n, k in self.key.items()]
+            for name, n in counts.items():
+                if n and name in by_name:
+                    key = self.key[name] = load_key(by_name[name])
+                    self.by_host.append((n, *key))
             self.by_host.sort()
         else:
-            for h in pool.hosts:
-                value = h.attributes.get(attribute, "")
-                self.bucket_of[h.name] = value
-                self.buckets[value].append(self.key[h.name])
-            for keys in self.buckets.values():
-                keys.sort()
             for name, n in counts.items():
-                value_ = value_of.get(name)
-                if value_ is not None:
-                    self.value_count[value_] += n
+                if name in by_name:
+                    self.value_count[by_name[name].attributes.get(attribute, "")] += n
         if self.tracked:
             pool.watch(self._host_moved)
             counts.watch(self._count_changed)  # type: ignore[attr-defined]
@@ -446,47 +533,115 @@ class _SpreadIndex:
         return self.active and self.tracked and counts is self.counts
 
     def _host_moved(self, host: HostState) -> None:
-        if not self.active or host.name not in self.key:
-            return
-        old, new = self.key[host.name], (-_least_loaded(host), host.name)
-        self.key[host.name] = new
-        if not self.attribute:
-            n = self.counts.get(host.name, 0)
+        if not self.active or self.attribute:
+            return  # the pool moves the host in its load order
+        name = host.name
+        old = self.key.get(name)
+        if old is not None:
+            new = self.key[name] = load_key(host)
+            n = self.counts.get(name, 0)
             _replace(self.by_host, (n, *old), (n, *new))
-        else:
-            _replace(self.buckets[self.bucket_of[host.name]], old, new)
+        elif self.zeros is not None and name in self.zero_key:
+            new = load_key(host)
+            _replace(self.zeros, self.zero_key[name], new)
+            self.zero_key[name] = new
 
     def _count_changed(self, name: str, delta: int) -> None:
         if not self.active:
             return
-        if not self.attribute:
-            key = self.key.get(name)
-            if key is not None:
-                n = self.counts.get(name, 0)
-                _replace(self.by_host, (n - delta, *key), (n, *key))
-        else:
-            value = self._value_of.get(name)
-            if value is not None:
-                self.value_count[value] += delta
+        host = self.pool.by_name.get(name)
+        if host is None:
+            return
+        if self.attribute:
+            self.value_count[host.attributes.get(self.attribute, "")] += delta
+            return
+        n = self.counts.get(name, 0)
+        key = self.key.pop(name, None)
+        if key is not None and not n:
+            self.pool._unhold(name)  # the walk of the hosts without tasks needs it
+        if key is not None:
+            _remove(self.by_host, (n - delta, *key))
+        elif self.zeros is not None:
+            key = self.zero_key.pop(name)
+            _remove(self.zeros, key)
+        key = key or load_key(host)
+        if n:
+            self.key[name] = key
+            bisect.insort(self.by_host, (n, *key))
+        elif self.zeros is not None:
+            self.zero_key[name] = key
+            bisect.insort(self.zeros, key)
 
-    def strata(self) -> list[Iterator[HostState]]:
-        """The groups, fewest tasks first, each best host first."""
-        by_name = self.pool.by_name
+    def _without(self) -> Iterator[HostState]:
+        """The hosts holding no task of the service, in load order."""
+        if self.zeros is not None:
+            by_name = self.pool.by_name
+            for _, name in self.zeros:
+                yield by_name[name]
+            return
+        pool, holding, passed = self.pool, self.key, 0
+        part = pool._loads("").get("")
+        if part is None:
+            return
+        pool._ready_loads(holding)  # (the hosts it holds may stay out: passed over)
+        own, base = pool._own, pool._base
+        for _, name in part:
+            if name in holding:
+                passed += 1
+                if passed == _SKIPS:  # the next walks: a list of their own
+                    self.want_zeros = True
+                continue
+            yield own.get(name) or base[name]
+
+    def _keep_zeros(self) -> None:
+        holding = self.key
+        self.zeros = [k for k in self.pool.load_keys("", "") if k[1] not in holding]
+        self.zero_key = {k[1]: k for k in self.zeros}
+
+    def strata(self) -> Iterator[tuple[int, Iterator[HostState]]]:
+        """The groups and their count of tasks, fewest first, each best host first
+        (made as they are asked for)."""
+        pool = self.pool
+        by_name = pool.by_name
         if not self.attribute:
+            if self.want_zeros and self.zeros is None:
+                self._keep_zeros()
+            if self.hosts > len(self.key):  # some host holds none
+                yield 0, self._without()
             keys = self.by_host
-            groups: list[Iterator[HostState]] = []
             i = 0
             while i < len(keys):
                 j = bisect.bisect_left(keys, (keys[i][0], math.inf, ""), i)
-                groups.append(by_name[keys[k][2]] for k in range(i, j))
+                yield keys[i][0], (by_name[keys[k][2]] for k in range(i, j))
                 i = j
-            return groups
-        by_count: dict[int, list[str]] = defaultdict(list)
-        for value in self.buckets:
-            by_count[self.value_count.get(value, 0)].append(value)
-        return [(by_name[name] for _, name in
-                 heapq.merge(*(self.buckets[v] for v in by_count[c])))
-                for c in sorted(by_count)]
+            return
+        parts = pool._loads(self.attribute)
+        pool._ready_loads()
+        by_count: dict[int, list[SortedKeys[tuple[float, str]]]] = defaultdict(list)
+        count = self.value_count
+        for value, part in parts.items():  # (a value with no host left: an empty group)
+            by_count[count.get(value, 0)].append(part)
+        for c in sorted(by_count):
+            yield c, self._merged(by_count[c])
+
+    def _merged(self, parts: list[SortedKeys[tuple[float, str]]]) -> Iterator[HostState]:
+        """The hosts of ``parts`` in load order: the best first without merging (most
+        walks stop there), then the rest merged."""
+        by_name = self.pool.by_name
+        first = SortedKeys.smallest(parts)
+        if first is None:
+            return
+        yield by_name[first[1]]
+        for key in heapq.merge(*parts):
+            if key != first:
+                yield by_name[key[1]]
+
+
+def _remove(keys: list[_K], key: _K) -> None:
+    """Take ``key`` out of the sorted list ``keys``."""
+    i = bisect.bisect_left(keys, key)
+    if i < len(keys) and keys[i] == key:
+        del keys[i]
 
 
 def _replace(keys: list[_K], old: _K, new: _K) -> None:
@@ -554,9 +709,9 @@ class _HostView(Mapping[str, HostState]):
 
 
 class _Front:
-    """How far :meth:`HostPool.tightest` may skip for one set of refused hosts: every
-    host whose key lies between the walk's bound and ``key`` is in ``refused`` or in
-    ``below`` (moved there by the plan since)."""
+    """How far walks of :meth:`HostPool.tightest` with one set of refused hosts got:
+    every host whose key lies between the walk's bound and ``key`` is in ``refused`` or
+    in ``below`` (met and not refused, or moved there by the plan since)."""
 
     __slots__ = ("below", "key", "refused")
 
@@ -573,7 +728,9 @@ class HostPool:
     total (:func:`~skedlib.scheduling.snapshot.host_share`): exactly what
     :class:`BestFit` and :class:`LeastLoaded` rank by. The sort lets a placer whose first
     scorer declares a :attr:`Scorer.walk` look at the best hosts first, so placing a task
-    costs O(log n) plus the hosts it actually looks at, not O(n).
+    costs O(log n) plus the hosts it actually looks at, not O(n). The pool also keeps
+    the hosts in load order per value of an attribute once asked (:meth:`least_loaded`,
+    the walk of :class:`SpreadAttribute`).
 
     ``HostPool(hosts)`` places on the given :class:`HostState` objects (pass copies to
     keep the originals). :meth:`of` is a copy-on-write view of a snapshot: it costs
@@ -587,8 +744,7 @@ class HostPool:
 
     def __init__(self, hosts: Iterable[HostState]) -> None:
         own = {h.name: h for h in hosts}
-        index = ShareIndex(own.values())
-        self._init(own, own, index, leased=False)
+        self._init(own, own, ShareIndex(own.values()), leased=False)
 
     @classmethod
     def of(cls, snapshot: Snapshot, cluster: Cluster) -> HostPool:
@@ -610,11 +766,18 @@ class HostPool:
               index: ShareIndex, leased: bool) -> None:
         self._base, self._own = base, own
         self._index = index
-        self._keys_ = index.keys
         self._leased = leased
         self._returned = False
-        self._orig: dict[str, tuple[float, str]] = {}
-        """Host → its key in the borrowed index before this pool changed it."""
+        self._out: set[str] = set()
+        """Hosts changed by this plan whose share keys are out of the index: put back
+        before the next walk by share (a run of placements on one host moves its keys
+        once; a plan that walks by load only never puts them back)."""
+        self._out_loads: set[str] = set()
+        """The same for the load orders (:meth:`least_loaded`)."""
+        self._fresh: set[str] = set()
+        """Hosts of :attr:`_out_loads` changed since the last walk that passed over
+        some (the others were left out because it passes over them)."""
+        self._held_for: object = None  # what that walk passed over
         if leased:
             index.lend(self._give_back)
         self._max_memory, self._max_cpu = index.max_memory, index.max_cpu
@@ -623,26 +786,72 @@ class HostPool:
         self._hosts: list[HostState] | None = None
         self._position: dict[str, int] | None = None
         self._watchers: list[Callable[[HostState], None]] = []
+        self.changes = 0
+        """How many times :meth:`assign` or :meth:`release` changed a host."""
         self._fronts: dict[int, _Front] = {}
-        """id(refused set) → how far walks with that set may skip (:meth:`tightest`)."""
+        """id(refused set) → how far walks with that set got (:meth:`tightest`)."""
 
     def _give_back(self) -> None:
         """Put the borrowed index as the snapshot has it (the snapshot calls this)."""
-        keys, own = self._keys_, self._own
-        for name, key in self._orig.items():
-            keys.discard((host_share(own[name]), name))
-            keys.add(key)
-        self._orig = {}
+        index, out, out_loads, base = self._index, self._out, self._out_loads, self._base
+        for name, host in self._own.items():
+            if name not in out:
+                index.keys.discard((host_share(host), name))
+            if name not in out_loads and index.parts:
+                index.remove_loads(host)
+            index.defer(base[name])  # in again when the snapshot next walks it
+        self._out, self._out_loads, self._fresh = set(), set(), set()
         self._leased = False
         self._returned = True
 
-    def _keys(self) -> SortedKeys[tuple[float, str]]:
-        """The index to walk: the borrowed one, or a private one once it was taken back."""
+    def _ready(self) -> ShareIndex:
+        """The index to walk by share, every share key in: the borrowed one, or a
+        private one once it was taken back."""
+        if self._out and self._fronts:
+            own, fronts = self._own, self._fronts.values()
+            for name in self._out:
+                key = (host_share(own[name]), name)
+                for front in fronts:
+                    if key < front.key:
+                        front.below.add(name)  # moved into a stretch walks now skip
         if self._returned:
-            own, base = self._own, self._base
-            self._keys_ = SortedKeys((host_share(own.get(n) or base[n]), n) for n in base)
+            self._index = ShareIndex(self.by_name.values())
             self._returned = False
-        return self._keys_
+            self._out.clear()
+            self._out_loads.clear()
+            self._fresh.clear()
+        elif self._out:
+            keys, own = self._index.keys, self._own
+            for name in self._out:
+                keys.add((host_share(own[name]), name))
+            self._out.clear()
+        return self._index
+
+    def _ready_loads(self, passed: Container[str] = ()) -> ShareIndex:
+        """The index to walk by load, every load key in but those of the hosts in
+        ``passed`` (that the walk passes over anyway) when this plan changed them."""
+        index = self._ready()
+        out = self._out_loads
+        if out:
+            own = self._own
+            if passed and passed is self._held_for:
+                for name in self._fresh:  # the others are held out for this walker
+                    if name not in passed:
+                        index.add_loads(own[name])
+                        out.discard(name)
+            else:
+                for name in list(out):
+                    if name not in passed:
+                        index.add_loads(own[name])
+                        out.discard(name)
+        self._fresh.clear()
+        self._held_for = passed if out else None
+        return index
+
+    def _unhold(self, name: str) -> None:
+        """``name`` left what the last walk passed over: its keys go in at the next."""
+        if name in self._out_loads:
+            self._fresh.add(name)
 
     @property
     def hosts(self) -> list[HostState]:
@@ -667,16 +876,17 @@ class HostPool:
 
         ``refused``: hosts the caller found cannot take this demand for the rest of the
         plan; the walk adds the hosts without room to it, and the caller adds those its
-        filters refuse. The pool then remembers how far the walk got through hosts that
-        were all refused, and the next walk with the same set starts there: placing the
-        tasks of one service costs the hosts it looks at once, not once per task. Hosts
-        the plan moved back below that point are walked too, in order, so the hosts
-        yielded are exactly those a full walk would yield that are not in ``refused``.
+        filters refuse. The pool then remembers how far walks with that set got and which
+        hosts they met that were not refused, and the next walk goes on from there:
+        placing the tasks of one service costs the hosts it looks at once, not once per
+        task. The hosts met before, and those the plan moved back below that point, are
+        walked again in order, so the hosts yielded are exactly those a full walk would
+        yield that are not in ``refused``.
         """
         need_mem, need_cpu, need_disk = demand.memory, demand.cpu_units, demand.disk
         bound = (need_mem / self._max_memory + need_cpu / self._max_cpu - 1e-9, "")
         own, base = self._own, self._base
-        keys = self._keys()
+        keys = self._ready().keys
         known = self._fronts.get(id(refused)) if refused is not None else None
         if refused is None:
             refused = set()
@@ -698,7 +908,6 @@ class HostPool:
             if back:
                 back.sort()
                 stream = heapq.merge(back, stream)
-        advancing = True  # every host met so far was refused
         for key in stream:
             name = key[1]
             if name not in refused:
@@ -711,41 +920,91 @@ class HostPool:
                         or (need_disk > total.disk - used.disk and total.disk):
                     refused.add(name)  # hosts only fill up while a plan places
                 else:
-                    yield host
+                    yield host  # (a caller that stops here leaves the front before it)
                     if name not in refused:
-                        advancing = False
-            if advancing and key >= front.key:
+                        front.below.add(name)  # behind the front from now on
+            if key > front.key:
                 front.key = key
 
     def loosest(self) -> Iterator[HostState]:
         """Every host, most free share first."""
+        keys = self._ready().keys
         own, base = self._own, self._base
-        for _, name in self._keys().descending():
+        for _, name in keys.descending():
             yield own.get(name) or base[name]
+
+    def _loads(self, attribute: str) -> dict[str, SortedKeys[tuple[float, str]]]:
+        """The load orders by ``attribute``, built at the first use; the keys of the
+        hosts in :attr:`_out_loads` stay out of them."""
+        index = self._ready()
+        parts = index.parts.get(attribute)
+        if parts is not None:
+            return parts
+        own, out = self._own, self._out_loads
+        if not self._leased:  # built from this plan's hosts
+            parts = index.loads(attribute, self.by_name.values())
+            for name in out:
+                parts[value_of(own[name], attribute)].discard(load_key(own[name]))
+            return parts
+        # built from the snapshot's hosts: the hosts this plan changed move to its keys
+        parts = index.loads(attribute, self._base.values())
+        base = self._base
+        for name, host in own.items():
+            parts[value_of(base[name], attribute)].discard(load_key(base[name]))
+            if name not in out:
+                parts.setdefault(value_of(host, attribute), SortedKeys()).add(load_key(host))
+        return parts
+
+    def values(self, attribute: str) -> list[str]:
+        """The values ``attribute`` takes on the pool's hosts (``""`` for a host
+        without it), in no particular order."""
+        parts = self._loads(attribute)
+        self._ready_loads()  # a value whose only hosts changed must count
+        return [v for v, keys in parts.items() if len(keys)]
+
+    def least_loaded(self, attribute: str = "", value: str = "") -> Iterator[HostState]:
+        """The hosts (those whose ``attribute`` is ``value``, when given), the best for
+        :class:`LeastLoaded` first, ties by name; O(log n) to start, from an index the
+        snapshot keeps across plans."""
+        part = self._loads(attribute).get(value if attribute else "")
+        if part is None:
+            return
+        own, base = self._own, self._base
+        self._ready_loads()  # (a walk runs lazily: changed hosts' keys go in)
+        for _, name in part:
+            yield own.get(name) or base[name]
+
+    def load_keys(self, attribute: str, value: str) -> Iterator[tuple[float, str]]:
+        """:meth:`least_loaded`'s :func:`~skedlib.scheduling.snapshot.load_key` s."""
+        part = self._loads(attribute).get(value if attribute else "")
+        if part is not None:
+            self._ready_loads()
+            yield from part
 
     def _mine(self, name: str) -> HostState:
         """The pool's own state of host ``name`` (copied from the snapshot first), its
-        key taken out of the index until :meth:`_moved` puts it back."""
-        keys = self._keys()
+        keys taken out of the index until the next walk puts them back."""
+        if self._returned:
+            self._ready()
         host = self._own.get(name)
         if host is None:
-            original = self._base[name]
-            host = self._own[name] = original.copy()
-            if self._leased:
-                self._orig[name] = (host_share(original), name)
+            host = self._own[name] = self._base[name].copy()
             if self._hosts is not None:
                 if self._position is None:
                     self._position = {h.name: i for i, h in enumerate(self._hosts)}
                 self._hosts[self._position[name]] = host
-        keys.discard((host_share(host), name))
+        index = self._index
+        if name not in self._out:
+            index.keys.discard((host_share(host), name))
+            self._out.add(name)
+        if name not in self._out_loads and index.parts:
+            index.remove_loads(host)
+            self._out_loads.add(name)
+        self._fresh.add(name)
         return host
 
     def _moved(self, host: HostState) -> None:
-        key = (host_share(host), host.name)
-        self._keys_.add(key)
-        for front in self._fronts.values():
-            if key < front.key:
-                front.below.add(host.name)  # moved into a stretch walks now skip
+        self.changes += 1
         for w in self._watchers:
             w(host)
 
@@ -824,10 +1083,38 @@ class Placer:
         self._refused: dict[tuple[object, ...], set[str]] = {}
         self._next = 0  # where the next sampled search starts
         self._last_ports: tuple[object, list[int]] = (None, [])
+        first = self.scorers[0] if self.scorers else None
+        self._runs = (first is not None and first.walk == "tightest"
+                      and type(first).strata is Scorer.strata
+                      and all(s.sticky and s.weight >= 0 for s in self.scorers)
+                      and all(f.monotonic or f.local for f in self.filters))
+        """Whether identical requests may be placed in a run (:attr:`Scorer.sticky`)."""
+        self._walked = False  # the last choice came from the tightest walk
+        self._run: tuple[HostPool, int, TaskRequest, str] | None = None
+        """The pool, its change count, the request and the host of the last placement
+        a run may go on from."""
+        self._needed_for: tuple[object, object, object, int, list[Filter]] | None = None
+        """The definition, service, constraints and port of the last request, and the
+        filters it needs (:meth:`_needed`)."""
+
+    def _needed(self, request: TaskRequest) -> list[Filter]:
+        """The filters that may refuse a host for ``request`` (:meth:`Filter.needed`),
+        worked out once for a service's identical requests."""
+        task = request.task
+        if task.rejected_hosts or task.capacity_rejections:
+            return self.filters
+        last = self._needed_for
+        definition, service, constraints = task.task_definition, request.service, \
+            request.constraints
+        if last is None or last[0] is not definition or last[1] is not service or \
+                last[2] != constraints or last[3] != task.port:
+            last = self._needed_for = (definition, service, constraints, task.port,
+                                       [f for f in self.filters if f.needed(request)])
+        return last[4]
 
     def _refusal(self, request: TaskRequest, host: HostState,
                  refused: set[str] | None = None) -> str | None:
-        for f in self.filters:
+        for f in self._needed(request):
             reason = f.filter(request, host)
             if reason is not None:
                 if refused is not None and f.monotonic:
@@ -837,9 +1124,10 @@ class Placer:
 
     def _score(self, request: TaskRequest, host: HostState) -> float:
         scorers = self.scorers
-        if len(scorers) == 1:  # sum()'s result, without its generator
-            return 0 + scorers[0].weight * scorers[0].score(request, host)
-        return sum(s.weight * s.score(request, host) for s in scorers)
+        total: float = 0  # sum()'s result, added in the same order, without its generator
+        for s in scorers:
+            total += s.weight * s.score(request, host)
+        return total
 
     def _refused_for(self, request: TaskRequest, pool: HostPool) -> set[str]:
         key = (id(pool), request.demand.memory, request.demand.cpu_units,
@@ -853,6 +1141,7 @@ class Placer:
             A :class:`Placement` (the host and its score), or an :class:`Unschedulable`
             counting the hosts each reason refused.
         """
+        self._walked = False
         first = self.scorers[0] if self.scorers else None
         strata = first.strata(request, pool, self.scorers[1:]) \
             if first is not None and type(first).strata is not Scorer.strata else None
@@ -860,6 +1149,10 @@ class Placer:
         if strata is not None:
             refused = self._refused_for(request, pool)
             for group in strata:
+                if isinstance(group, float):  # no host after it scores more
+                    if best is not None and best[0] > group:
+                        break
+                    continue
                 skipped = 0
                 for host in group:
                     if host.name in refused or \
@@ -873,8 +1166,9 @@ class Placer:
                     best = _better(best, self._score(request, host), host.name)
                     break  # the group's first feasible host is its best
         elif first is not None and first.walk is not None:
+            self._walked = first.walk == "tightest"
             refused = self._refused_for(request, pool)
-            hosts = pool.tightest(request.demand, refused) if first.walk == "tightest" \
+            hosts = pool.tightest(request.demand, refused) if self._walked \
                 else pool.loosest()
             looked = 0
             for host in hosts:
@@ -943,13 +1237,39 @@ class Placer:
             A :class:`Placement`, or an :class:`Unschedulable` (nothing is recorded then);
             it does not raise for a task that fits nowhere.
         """
-        result = self.choose(request, pool)
+        result = self._go_on(request, pool) or self.choose(request, pool)
         if isinstance(result, Placement):
             task = request.task
             pool.assign(result.host, task.id, request.demand, task.port,
                         self._executor_ports(task.task_definition))
             request.service_hosts[result.host] += 1
+            self._run = (pool, pool.changes, request, result.host) \
+                if self._walked and self._runs and not task.rejected_hosts \
+                and not task.capacity_rejections else None
         return result
+
+    def _go_on(self, request: TaskRequest, pool: HostPool) -> Placement | None:
+        """The host of the last placement, when ``request`` is identical to its request
+        and that host still passes the filters: what a walk would choose again (see
+        :attr:`Scorer.sticky`), without walking. None when no run goes on."""
+        run = self._run
+        if run is None:
+            return None
+        last_pool, changes, last, name = run
+        task, was = request.task, last.task
+        if last_pool is not pool or changes != pool.changes or \
+                task.task_definition is not was.task_definition or \
+                request.service is not last.service or \
+                request.service_hosts is not last.service_hosts or \
+                task.port != was.port or task.rejected_hosts or task.capacity_rejections \
+                or request.demand != last.demand or request.constraints != last.constraints:
+            return None
+        host = pool.by_name[name]
+        for f in self._needed(request):
+            if f.filter(request, host) is not None:
+                return None
+        self._walked = True
+        return Placement(name, self._score(request, host))
 
 
 def _better(best: tuple[float, str] | None, score: float, name: str) -> tuple[float, str]:

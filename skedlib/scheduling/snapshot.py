@@ -44,7 +44,7 @@ from skedlib.scheduling._sorted import SortedKeys
 from skedlib.store.base import KeyValue
 
 __all__ = ["HostState", "ShareIndex", "Snapshot", "demand_of", "host_share", "is_task_healthy",
-           "read_snapshot"]
+           "least_loaded", "load_key", "read_snapshot", "value_of"]
 
 _T = TypeVar("_T")
 
@@ -145,12 +145,34 @@ def host_share(host: HostState) -> float:
                if total.cpu_units else 0.0))
 
 
+def least_loaded(host: HostState) -> float:
+    """The :class:`~skedlib.scheduling.LeastLoaded` score of ``host``: half its free share
+    plus one over one more than its tasks. It depends on the host alone, so an index can
+    keep hosts ordered by it (:meth:`ShareIndex.loads`)."""
+    total, used = host.total, host.allocated  # not host.free: no Resources to build
+    mem = (total.memory - used.memory) / total.memory if total.memory else 0.0
+    cpu = (total.cpu_units - used.cpu_units) / total.cpu_units if total.cpu_units else 0.0
+    return (mem + cpu) / 2 + 1.0 / (1 + len(host.tasks))
+
+
+def value_of(host: HostState, attribute: str) -> str:
+    """The host's value of ``attribute`` as the load orders file it (``""`` without the
+    attribute; every host under ``""`` for ``attribute=""``)."""
+    return host.attributes.get(attribute, "") if attribute else ""
+
+
+def load_key(host: HostState) -> tuple[float, str]:
+    """``host``'s key in a load order: least loaded first, then by name."""
+    return (-least_loaded(host), host.name)
+
+
 class ShareIndex:
-    """Every live host of a snapshot ordered by ``(host_share, name)``, kept up to date
-    by the snapshot as tasks and hosts come and go, so that a plan starts from it
+    """Every live host of a snapshot ordered by ``(host_share, name)`` (:attr:`keys`),
+    and, once asked for, by load per value of an attribute (:meth:`loads`), kept up to
+    date by the snapshot as tasks and hosts come and go, so that a plan starts from them
     instead of sorting the hosts again (see :meth:`Snapshot.share_index`)."""
 
-    __slots__ = ("_lent", "keys", "max_cpu", "max_memory")
+    __slots__ = ("_lent", "_out", "keys", "max_cpu", "max_memory", "parts")
 
     def __init__(self, hosts: Iterable[HostState]) -> None:
         hosts = list(hosts)
@@ -160,14 +182,47 @@ class ShareIndex:
         """The largest host memory (never lowered when a host leaves: a bound that is
         too low only makes a walk look at a few more hosts)."""
         self.max_cpu = max((h.total.cpu_units for h in hosts), default=0) or 1
+        self.parts: dict[str, dict[str, SortedKeys[tuple[float, str]]]] = {}
+        """Attribute → value → the :func:`load_key` of each host with that value (``""``
+        → ``""`` → every host): the load orders built so far (:meth:`loads`)."""
         self._lent: Callable[[], None] | None = None
+        self._out: dict[str, HostState] = {}
+        """Hosts whose keys are out, to put in before the index is next walked
+        (:meth:`flush`): a host that changes many times between plans moves once."""
+
+    def loads(self, attribute: str, hosts: Iterable[HostState]
+              ) -> dict[str, SortedKeys[tuple[float, str]]]:
+        """Value of ``attribute`` → its hosts in load order (``attribute=""``: one value,
+        ``""``, holding every host), built from ``hosts`` (the hosts this index orders)
+        at the first call and then kept up to date with :attr:`keys`. The walk of
+        :class:`~skedlib.scheduling.SpreadAttribute`."""
+        parts = self.parts.get(attribute)
+        if parts is None:
+            self.flush()
+            grouped: dict[str, list[tuple[float, str]]] = defaultdict(list)
+            for h in hosts:
+                grouped[value_of(h, attribute)].append(load_key(h))
+            parts = self.parts[attribute] = {v: SortedKeys(k) for v, k in grouped.items()}
+        return parts
 
     def lend(self, give_back: Callable[[], None]) -> None:
-        """Lend :attr:`keys` to a plan that moves the keys of the hosts it changes;
-        ``give_back()`` puts them back, and is called before the index is next used or
-        changed (:meth:`settle`)."""
+        """Lend the index to a plan that moves the keys of the hosts it changes;
+        ``give_back()`` puts them back (with :meth:`defer`), and is called before the
+        index is next used or changed (:meth:`settle`)."""
         self.settle()
+        self.flush()
         self._lent = give_back
+
+    def defer(self, host: HostState) -> None:
+        """Count ``host``, whose keys are out, as to be put in at the next :meth:`flush`."""
+        self._out[host.name] = host
+
+    def flush(self) -> None:
+        """Put in the keys of the hosts changed since the last walk."""
+        if self._out:
+            for host in self._out.values():
+                self.add_keys(host)
+            self._out.clear()
 
     def settle(self) -> None:
         """Take the index back from the plan it is lent to, if any."""
@@ -175,15 +230,47 @@ class ShareIndex:
         if give_back is not None:
             give_back()
 
+    def remove_keys(self, host: HostState) -> None:
+        """Take ``host``'s keys out (before it changes), without :meth:`settle` (what a
+        plan the index is lent to does)."""
+        self.keys.discard((host_share(host), host.name))
+        self.remove_loads(host)
+
+    def add_keys(self, host: HostState) -> None:
+        """Put ``host``'s keys in (after it changed), without :meth:`settle`."""
+        self.keys.add((host_share(host), host.name))
+        self.add_loads(host)
+
+    def remove_loads(self, host: HostState) -> None:
+        """Take ``host``'s keys out of the load orders only."""
+        if self.parts:
+            key, attributes = load_key(host), host.attributes
+            for attribute, parts in self.parts.items():
+                part = parts.get(attributes.get(attribute, "") if attribute else "")
+                if part is not None:
+                    part.discard(key)
+
+    def add_loads(self, host: HostState) -> None:
+        """Put ``host``'s keys in the load orders only."""
+        if self.parts:
+            key, attributes = load_key(host), host.attributes
+            for attribute, parts in self.parts.items():
+                value = attributes.get(attribute, "") if attribute else ""  # value_of()
+                try:
+                    parts[value].add(key)
+                except KeyError:  # the first host with this value
+                    parts[value] = SortedKeys([key])
+
     def drop(self, host: HostState) -> None:
         """Before ``host`` changes or leaves."""
         self.settle()
-        self.keys.discard((host_share(host), host.name))
+        if self._out.pop(host.name, None) is None:
+            self.remove_keys(host)
 
     def put(self, host: HostState) -> None:
-        """After ``host`` changed or came."""
+        """After ``host`` changed or came (its keys go in at the next :meth:`flush`)."""
         self.settle()
-        self.keys.add((host_share(host), host.name))
+        self._out[host.name] = host
         self.max_memory = max(self.max_memory, host.total.memory)
         self.max_cpu = max(self.max_cpu, host.total.cpu_units)
 
@@ -248,20 +335,26 @@ class Snapshot:
         task_id = task.id  # a property that formats the id: once
         if task_id in self.tasks:
             self.remove_task(task_id)
-        self.tasks[task_id] = task
-        self.task_revisions[task_id] = revision
-        self._by_service[(task.cluster.name, task.service)].append(task)
-        if task.host:
-            self._by_host[task.host].add(task_id)
-        state = self.hosts.get(task.host)
-        if state is not None and not task.rejected:
+        state = self._record(task, task_id, revision)
+        if state is not None:
             index = self._shares
             if index is not None:
                 index.drop(state)
             demand, reserved = self._charge(task.task_definition)
             state.assign(task_id, demand, task.port, reserved)
             if index is not None:
-                index.put(state)
+                index.defer(state)  # (put() without its settle and bounds: same host)
+
+    def _record(self, task: Task, task_id: str, revision: int) -> HostState | None:
+        """File a task that is not held yet; returns the live host to charge it to
+        (None: no live host, or rejected)."""
+        self.tasks[task_id] = task
+        self.task_revisions[task_id] = revision
+        self._by_service[(task.cluster.name, task.service)].append(task)
+        if task.host:
+            self._by_host[task.host].add(task_id)
+        state = self.hosts.get(task.host)
+        return None if state is None or task.rejected else state
 
     def _charge(self, td: TaskDefinition) -> tuple[Resources, list[int]]:
         """``demand_of(td)`` and ``td.executor_ports()``, remembered for the last
@@ -350,6 +443,7 @@ class Snapshot:
         if self._shares is None:
             self._shares = ShareIndex(self.hosts.values())
         self._shares.settle()
+        self._shares.flush()
         return self._shares
 
     def put_host_config(self, name: str, config: HostConfig | None) -> None:
@@ -372,10 +466,17 @@ class Snapshot:
 
     def cluster_hosts(self, cluster: Cluster) -> list[HostState]:
         """Copies of the live hosts the cluster may use (its ``hosts`` filter, else every
-        live host), for a planner to update as it places."""
-        names = self.hosts if cluster.hosts is None else [n for n in cluster.hosts
-                                                           if n in self.hosts]
-        return [self.hosts[n].copy() for n in names]
+        live host), for a planner to update as it places (a
+        :meth:`HostPool.of <skedlib.scheduling.HostPool.of>` copies only what it changes)."""
+        return [h.copy() for h in self.live_hosts(cluster)]
+
+    def live_hosts(self, cluster: Cluster) -> list[HostState]:
+        """The live hosts the cluster may use, as this snapshot holds them: to read, not
+        to change (:meth:`cluster_hosts` gives copies)."""
+        hosts = self.hosts
+        if cluster.hosts is None:
+            return list(hosts.values())
+        return [hosts[n] for n in cluster.hosts if n in hosts]
 
     def is_healthy(self, task_id: str) -> bool:
         """True when the issued task ``task_id`` is healthy on its current host, which is

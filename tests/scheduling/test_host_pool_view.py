@@ -9,7 +9,16 @@ from hypothesis import strategies as st
 
 from skedlib.models import Cluster, Container, Host, Resources, Service, Task, TaskDefinition
 from skedlib.scheduling._sorted import SortedKeys
-from skedlib.scheduling.framework import BestFit, HostPool, Placer, TaskRequest, stock_filters
+from skedlib.scheduling.framework import (
+    BestFit,
+    HostPool,
+    Placement,
+    Placer,
+    ServiceHosts,
+    TaskRequest,
+    Unschedulable,
+    stock_filters,
+)
 from skedlib.scheduling.snapshot import HostState, ShareIndex, Snapshot, host_share
 
 CLUSTER = Cluster(name="c", services=["s"])
@@ -183,3 +192,139 @@ def test_a_walk_that_remembers_refused_hosts_yields_what_a_full_walk_would(
         if placed and rng.random() < 0.3:  # or moves one away
             name, tid, freed = placed.pop(rng.randrange(len(placed)))
             pool.release(name, tid, freed)
+
+def _fresh_loads(snap: Snapshot, attribute: str) -> dict[str, list[tuple[float, str]]]:
+    fresh = ShareIndex(snap.hosts.values()).loads(attribute, snap.hosts.values())
+    return {v: list(k) for v, k in fresh.items() if len(k)}
+
+
+def _kept_loads(snap: Snapshot, attribute: str) -> dict[str, list[tuple[float, str]]]:
+    index = snap.share_index()
+    return {v: list(k) for v, k in index.loads(attribute, snap.hosts.values()).items()
+            if len(k)}
+
+
+def _zoned(n: int, seed: int) -> Snapshot:
+    snap = _snapshot(n, seed)
+    for name, state in list(snap.hosts.items()):
+        snap.put_host(Host(name=name, total=state.total,
+                           attributes={"zone": f"z{int(name[1:]) % 3}"}))
+    return snap
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_the_load_orders_follow_plans_tasks_and_hosts(data: st.DataObject) -> None:
+    """The snapshot keeps its load orders (the spread walk) as plans borrow them and
+    tasks and hosts change: always what sorting the hosts afresh gives."""
+    snap = _zoned(data.draw(st.integers(2, 25)), data.draw(st.integers(0, 99)))
+    _kept_loads(snap, "")
+    _kept_loads(snap, "zone")
+    placed: list[Task] = []
+    for step in range(data.draw(st.integers(1, 12))):
+        action = data.draw(st.sampled_from(["plan", "apply", "remove", "host", "gone"]))
+        if action in ("plan", "apply"):
+            pool = HostPool.of(snap, CLUSTER)
+            memories = data.draw(st.lists(st.sampled_from([50, 100, 400]), max_size=6))
+            tasks = []
+            for i, m in enumerate(memories):
+                request = _request(step * 100 + i, m)
+                # walk the load order mid-plan: a view must see its own changes
+                assert [h.name for h in pool.least_loaded()] == \
+                    [n for _, n in sorted((-_ll(h), h.name) for h in pool.hosts)]
+                result = Placer(stock_filters(), [BestFit()]).place(request, pool)
+                if hasattr(result, "host"):
+                    request.task.host = result.host
+                    tasks.append(request.task)
+            if action == "apply":
+                snap.apply(tasks, [])
+                placed += tasks
+        elif action == "remove" and placed:
+            snap.remove_task(placed.pop(data.draw(st.integers(0, len(placed) - 1))).id)
+        elif action == "host":
+            name = f"h{data.draw(st.integers(0, 30)):03d}"
+            snap.put_host(Host(name=name, total=Resources(memory=3000, cpu_units=1024),
+                               attributes={"zone": data.draw(st.sampled_from(["z0", "z9"]))}))
+        elif action == "gone" and snap.hosts:
+            snap.remove_host(data.draw(st.sampled_from(sorted(snap.hosts))))
+        assert list(snap.share_index().keys) == _fresh_keys(snap)
+        assert _kept_loads(snap, "") == _fresh_loads(snap, "")
+        assert _kept_loads(snap, "zone") == _fresh_loads(snap, "zone")
+
+
+def _ll(host: HostState) -> float:
+    from skedlib.scheduling.snapshot import least_loaded
+    return least_loaded(host)
+
+
+class _CountingPlacer(Placer):
+    def __init__(self) -> None:
+        super().__init__(stock_filters(), [BestFit()])
+        self.walks = 0
+
+    def choose(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
+        self.walks += 1
+        return super().choose(request, pool)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_runs_of_identical_tasks_place_as_walking_for_each(data: st.DataObject) -> None:
+    """A placer goes on placing a service's identical tasks on the host it chose last
+    (no walk) only where walking the index again would choose the same host."""
+    snap = _snapshot(data.draw(st.integers(1, 30)), data.draw(st.integers(0, 99)))
+    definitions = {m: _td(m) for m in (100, 300, 700)}
+    memories = data.draw(st.lists(st.sampled_from([100, 100, 100, 300, 700]),
+                                  min_size=1, max_size=60))
+    with_runs, walking = HostPool.of(snap, CLUSTER), _copies(snap)
+    placer, counts = _CountingPlacer(), ServiceHosts()
+    for i, m in enumerate(memories):
+        task = Task(cluster=CLUSTER, task_definition=definitions[m], service="s",
+                    instance=i)
+        got = placer.place(TaskRequest.for_task(task, SVC, counts), with_runs)
+        fresh = Placer(stock_filters(), [BestFit()])  # no run to go on from
+        want = fresh.place(_request(i, m), walking)
+        assert getattr(got, "host", None) == getattr(want, "host", None)
+        assert getattr(got, "score", None) == getattr(want, "score", None)
+    assert placer.walks <= len(memories)
+
+
+def test_a_run_goes_on_without_walking() -> None:
+    snap = _snapshot(10, 7)
+    pool, placer, counts = HostPool.of(snap, CLUSTER), _CountingPlacer(), ServiceHosts()
+    td = _td(10)
+    for i in range(20):
+        task = Task(cluster=CLUSTER, task_definition=td, service="s", instance=i)
+        assert isinstance(placer.place(TaskRequest.for_task(task, SVC, counts), pool),
+                          Placement)
+    assert placer.walks < 20  # tiny tasks: most go on the host of the last one
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_a_pools_load_orders_follow_its_changes(data: st.DataObject) -> None:
+    """A pool's load orders (per value of an attribute) are always the hosts sorted
+    afresh, on a pool of its own and on a view of a snapshot, built before or after the
+    plan changed hosts."""
+    snap = _zoned(data.draw(st.integers(1, 12)), data.draw(st.integers(0, 99)))
+    if data.draw(st.booleans()):
+        _kept_loads(snap, "zone")
+    pool = HostPool.of(snap, CLUSTER) if data.draw(st.booleans()) else _copies(snap)
+    placed: list[tuple[str, str]] = []
+    for step in range(data.draw(st.integers(1, 25))):
+        op = data.draw(st.sampled_from(["assign", "release", "look"]))
+        if op == "release" and placed:
+            name, task_id = placed.pop(data.draw(st.integers(0, len(placed) - 1)))
+            pool.release(name, task_id, Resources(memory=10))
+        elif op == "assign":
+            name = data.draw(st.sampled_from(sorted(pool.by_name)))
+            pool.assign(name, f"t{step}", Resources(memory=10))
+            placed.append((name, f"t{step}"))
+        else:
+            values = pool.values("zone")
+            assert sorted(values) == sorted({h.attributes["zone"]
+                                             for h in pool.by_name.values()})
+            for value in values:
+                assert [h.name for h in pool.least_loaded("zone", value)] == \
+                    [n for _, n in sorted((-_ll(h), h.name) for h in pool.by_name.values()
+                                          if h.attributes["zone"] == value)]

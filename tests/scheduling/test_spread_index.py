@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +24,7 @@ from skedlib.scheduling.framework import (
     Unschedulable,
     stock_filters,
 )
-from skedlib.scheduling.snapshot import HostState
+from skedlib.scheduling.snapshot import HostState, Snapshot
 
 
 def _hosts(n: int, zones: int = 0, memory: int = 1000,
@@ -190,9 +191,11 @@ def test_the_sampled_search_still_finds_the_only_host_that_fits() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(data=st.data(), zones=st.integers(0, 4), n=st.integers(1, 25),
-       steps=st.integers(1, 40))
+       steps=st.integers(1, 40), view=st.booleans())
 def test_the_index_chooses_what_scoring_every_host_chooses(
-        data: st.DataObject, zones: int, n: int, steps: int) -> None:
+        data: st.DataObject, zones: int, n: int, steps: int, view: bool) -> None:
+    """The spread walk, on a pool of its own or on a copy-on-write view of a snapshot
+    (whose load orders the snapshot keeps), chooses as scoring every host does."""
     sizes = data.draw(st.lists(st.sampled_from([50, 100, 300, 1000]), min_size=n,
                                max_size=n))
     attribute = "zone" if zones else ""
@@ -200,6 +203,11 @@ def test_the_index_chooses_what_scoring_every_host_chooses(
     for h in hosts:
         h.draining = data.draw(st.booleans()) and data.draw(st.booleans())
     pool, counts = HostPool(hosts), ServiceHosts()
+    if view:
+        snap = Snapshot(1, hosts=[msgspec.structs.replace(h.host, draining=h.draining)
+                                  for h in hosts])
+        snap.share_index().loads(attribute, snap.hosts.values())  # kept from before
+        pool = HostPool.of(snap, Cluster(name="c"))
     indexed = Placer(stock_filters(), _spread(attribute, hosts))
     brute_scorer = _NoWalk(attribute, hosts)
     brute_scorer.weight = 10.0
@@ -227,7 +235,7 @@ def test_the_index_chooses_what_scoring_every_host_chooses(
             continue
         assert isinstance(got, Placement)
         assert abs(got.score - want.score) < 1e-9
-        close = [h.name for h in hosts if brute._refusal(request, h) is None
+        close = [h.name for h in pool.by_name.values() if brute._refusal(request, h) is None
                  and abs(brute._score(request, h) - want.score) < 1e-9]
         if len(close) == 1:
             assert got.host == want.host
