@@ -554,9 +554,9 @@ class _HostView(Mapping[str, HostState]):
 
 
 class _Front:
-    """How far :meth:`HostPool.tightest` may skip for one set of refused hosts: every
-    host whose key lies between the walk's bound and ``key`` is in ``refused`` or in
-    ``below`` (moved there by the plan since)."""
+    """How far walks of :meth:`HostPool.tightest` with one set of refused hosts got:
+    every host whose key lies between the walk's bound and ``key`` is in ``refused`` or
+    in ``below`` (met and not refused, or moved there by the plan since)."""
 
     __slots__ = ("below", "key", "refused")
 
@@ -667,11 +667,12 @@ class HostPool:
 
         ``refused``: hosts the caller found cannot take this demand for the rest of the
         plan; the walk adds the hosts without room to it, and the caller adds those its
-        filters refuse. The pool then remembers how far the walk got through hosts that
-        were all refused, and the next walk with the same set starts there: placing the
-        tasks of one service costs the hosts it looks at once, not once per task. Hosts
-        the plan moved back below that point are walked too, in order, so the hosts
-        yielded are exactly those a full walk would yield that are not in ``refused``.
+        filters refuse. The pool then remembers how far walks with that set got and which
+        hosts they met that were not refused, and the next walk goes on from there:
+        placing the tasks of one service costs the hosts it looks at once, not once per
+        task. The hosts met before, and those the plan moved back below that point, are
+        walked again in order, so the hosts yielded are exactly those a full walk would
+        yield that are not in ``refused``.
         """
         need_mem, need_cpu, need_disk = demand.memory, demand.cpu_units, demand.disk
         bound = (need_mem / self._max_memory + need_cpu / self._max_cpu - 1e-9, "")
@@ -698,7 +699,6 @@ class HostPool:
             if back:
                 back.sort()
                 stream = heapq.merge(back, stream)
-        advancing = True  # every host met so far was refused
         for key in stream:
             name = key[1]
             if name not in refused:
@@ -711,10 +711,10 @@ class HostPool:
                         or (need_disk > total.disk - used.disk and total.disk):
                     refused.add(name)  # hosts only fill up while a plan places
                 else:
-                    yield host
+                    yield host  # (a caller that stops here leaves the front before it)
                     if name not in refused:
-                        advancing = False
-            if advancing and key >= front.key:
+                        front.below.add(name)  # behind the front from now on
+            if key > front.key:
                 front.key = key
 
     def loosest(self) -> Iterator[HostState]:
