@@ -148,13 +148,16 @@ class DatacenterFollower(Generic[T]):
         self._fresh = False
         self._stop = threading.Event()
         self._started = 0.0
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> DatacenterFollower[T]:
         """Start a thread per datacenter; returns at once."""
         self._started = time.monotonic()
         for dc in self.datacenters:
-            threading.Thread(target=self._follow, args=(dc,), daemon=True,
-                             name=f"follow-datacenter-{dc.name}").start()
+            thread = threading.Thread(target=self._follow, args=(dc,), daemon=True,
+                                      name=f"follow-datacenter-{dc.name}")
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def ready(self) -> None:
@@ -183,10 +186,17 @@ class DatacenterFollower(Generic[T]):
                 for dc in self.datacenters]
 
     def close(self) -> None:
-        """Stop following (each thread ends after its current call). Idempotent."""
+        """Stop following, and wait (at most ``timeout`` seconds and a little) for each
+        thread to end its current call and close its client: a program that exits next
+        then has no store connection left open (an open gRPC channel can hold up the
+        interpreter's exit). Idempotent."""
         self._stop.set()
         with self._changed:
             self._changed.notify_all()
+        deadline = time.monotonic() + self.timeout + 2.0
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> DatacenterFollower[T]:
         return self

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,7 +28,15 @@ import msgspec
 
 from skedlib.cli import config
 from skedlib.cli.args import positive_number
-from skedlib.cli.output import Column, Listing, OutputOptions, Screen, render_listing, show
+from skedlib.cli.output import (
+    CTRL_C_SLICE,
+    Column,
+    Listing,
+    OutputOptions,
+    Screen,
+    render_listing,
+    show,
+)
 from skedlib.cli.views import host_listing, service_listing, task_listing
 from skedlib.client import Client
 from skedlib.errors import ValidationError, one_line
@@ -216,7 +225,9 @@ def _watch(datacenters: Sequence[Datacenter],
                                     for o in outcomes if not o.ok)
                 answered = sum(o.ok for o in outcomes)
                 screen.draw(f"{answered} of {len(outcomes)} datacenters answered", body)
-                follower.wait(60.0)
+                deadline = time.monotonic() + 60.0
+                while not follower.wait(CTRL_C_SLICE) and time.monotonic() < deadline:
+                    pass
         except KeyboardInterrupt:
             return 0
 

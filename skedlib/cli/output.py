@@ -37,6 +37,7 @@ from skedlib.keys import validate_name
 from skedlib.runtime import wait_for_change
 
 __all__ = [
+    "CTRL_C_SLICE",
     "FORMATS",
     "Column",
     "Listing",
@@ -373,6 +374,12 @@ class Screen:
         self.shown = body
 
 
+CTRL_C_SLICE = 1.0
+"""Longest wait, in seconds, of a command's main thread for a change: Ctrl-C may be
+delivered to another thread (a store client's), and the main thread acts on it only once
+its wait returns."""
+
+
 def watch(client: Any, text: Callable[[], str], out: Any = None) -> int:
     """Draw ``text()``; draw again when the store changes and the text differs from what
     is shown (:class:`Screen`); Ctrl-C exits 0."""
@@ -384,8 +391,12 @@ def watch(client: Any, text: Callable[[], str], out: Any = None) -> int:
             revision = backend.current_revision()
             screen.draw(f"revision {revision}", text())
             # wait_for_change returns None when its time runs out (or the store is away):
-            # read again then too, which is the fallback poll of a backend without watch
-            wait_for_change(backend, prefix, revision, 30.0)
+            # read again after 30 s then too, which is the fallback poll of a backend
+            # without watch
+            deadline = time.monotonic() + 30.0
+            while time.monotonic() < deadline and \
+                    wait_for_change(backend, prefix, revision, CTRL_C_SLICE) is None:
+                pass
     except KeyboardInterrupt:
         return 0
 
