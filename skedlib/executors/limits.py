@@ -18,7 +18,8 @@ every job or task::
 The kinds, best first (``prefer="auto"`` takes the first usable one):
 
 ``cgroup2``
-    A cgroup per job (``skedlib-jobs-<node>/job-<id>``) in the unified hierarchy with
+    A cgroup per job (``skedlib-jobs-<node>/job-<id>``; with ``reuse``, a pooled
+    ``job-pool-<n>`` that jobs take in turn) in the unified hierarchy with
     ``memory.max`` (and ``memory.swap.max`` 0), ``cpu.max`` and ``pids.max``. The kernel
     kills the job when it uses more memory than its requirement, throttles it to its cpu
     share and refuses its forks beyond the pids limit.
@@ -50,9 +51,18 @@ slows a service's start and its checks by tens of times.
 When a cpu or pids controller is missing (but memory is available), the cgroup kinds
 still enforce memory and leave the other unenforced; :attr:`Limiter.detail` says so.
 
-Service tasks differ from jobs in three ways, chosen by the caller: they must outlive the
-agent that started them (``wrap(..., pdeathsig=False)``), a restarted agent takes their
-cgroups over (:meth:`Limiter.find`), and the agent reports what they use
+The job worker asks for ``detect_limiter(..., reuse=True)``: a job's cgroups are not
+removed at its end but emptied — every process killed and waited for — and handed to the
+next job, whose :meth:`Limiter.wrap` writes exactly the control files whose value differs
+from what it needs (so a limit of the last job is reset to the kernel's default), and
+whose OOM evidence counts only what the kernel's counters grew by during it. A cgroup that
+does not empty, or cannot be reset, is removed and replaced by a fresh one. Creating and
+removing a cgroup per job cost more than a short job itself.
+
+Service tasks differ from jobs in four ways, chosen by the caller: each keeps a cgroup
+of its own, named by the task (no ``reuse``); they must outlive the agent that started
+them (``wrap(..., pdeathsig=False)``); a restarted agent takes their cgroups over
+(:meth:`Limiter.find`); and the agent reports what they use
 (:meth:`Limited.memory_current`).
 """
 

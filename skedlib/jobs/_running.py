@@ -97,6 +97,7 @@ class Runs:
         self._runners_lock = threading.Lock()
         self._runners = 0
         self._idle = 0
+        self._closed = False
         self._ends: list[tuple[RunningJob, JobEnd]] = []
         self._ends_lock = threading.Lock()
         self._recording = False
@@ -123,13 +124,16 @@ class Runs:
     def launch(self, run: RunningJob) -> None:
         """Run the job on an idle runner thread, or on a new one when none is idle."""
         with self._runners_lock:
-            new = not self._idle
+            closed = self._closed
+            new = not self._idle or closed
             if new:
                 self._runners += 1
                 number = self._runners
             else:
                 self._idle -= 1
         self._launches.put(run)
+        if closed:  # after close(): a runner for this job, which ends after it
+            self._launches.put(None)
         if new:
             spawn(self.node, "runner", self._runner, f"jobs-runner-{self.node}-{number}")
 
@@ -137,6 +141,7 @@ class Runs:
         """Let the runner threads end once their jobs have (call after the last
         :meth:`launch`)."""
         with self._runners_lock:
+            self._closed = True
             runners, self._runners, self._idle = self._runners, 0, 0
         for _ in range(runners):
             self._launches.put(None)

@@ -110,10 +110,11 @@ class Jobs:
         self.limiter.close()
 
 
-@pytest.fixture(params=["auto", *LIMITER_KINDS])
-def jobs(request: pytest.FixtureRequest) -> Iterator[Jobs]:
+def _jobs(kind: str, reuse: bool = False) -> Iterator[Jobs]:
+    """The limiter of ``kind`` (skipped where this machine cannot use it); at the end
+    every job is killed and cleaned up and the node's parent cgroups must be gone."""
     try:
-        limiter = detect_limiter(NODE, request.param)
+        limiter = detect_limiter(NODE, kind, reuse=reuse)
     except SkedError as exc:
         pytest.skip(str(exc))
     j = Jobs(limiter)
@@ -123,6 +124,11 @@ def jobs(request: pytest.FixtureRequest) -> Iterator[Jobs]:
         j.close()
         for parent in getattr(limiter, "parents", []):
             assert not os.path.exists(parent), f"left over: {parent}"
+
+
+@pytest.fixture(params=["auto", *LIMITER_KINDS])
+def jobs(request: pytest.FixtureRequest) -> Iterator[Jobs]:
+    yield from _jobs(request.param)
 
 
 def test_over_memory_limit_is_stopped(jobs: Jobs) -> None:
@@ -310,17 +316,7 @@ def test_cgroup2_mechanics_without_controllers() -> None:
 @pytest.fixture(params=CGROUP_KINDS)
 def pooled(request: pytest.FixtureRequest) -> Iterator[Jobs]:
     """A limiter of a cgroup kind that reuses its jobs' cgroups."""
-    try:
-        limiter = detect_limiter(NODE, request.param, reuse=True)
-    except SkedError as exc:
-        pytest.skip(str(exc))
-    j = Jobs(limiter)
-    try:
-        yield j
-    finally:
-        j.close()
-        for parent in getattr(limiter, "parents", []):
-            assert not os.path.exists(parent), f"left over: {parent}"
+    yield from _jobs(request.param, reuse=True)
 
 
 def _memory_limit(cgroup: str, kind: str) -> int | None:
