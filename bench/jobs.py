@@ -840,9 +840,9 @@ def _ratios(base: list[dict[str, Any]], this: list[dict[str, Any]]) -> dict[str,
                                 "this": [t["jobs_cpu_ms_per_job"] for _, t in rounds]},
     }
     if jobs:
-        out["jobs_per_s_ratio_median"] = statistics.median(jobs)
+        out["jobs_per_s_ratio_median"] = round(statistics.median(jobs), 2)
     if cpu:
-        out["worker_cpu_ratio_median"] = statistics.median(cpu)
+        out["worker_cpu_ratio_median"] = round(statistics.median(cpu), 2)
     return out
 
 
