@@ -154,10 +154,28 @@ def _wait_until(cond: Callable[[], bool], timeout: float, what: str,
 
 
 # -- skedlib ----------------------------------------------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int) -> tuple[float, float]:
+    """(seconds of CPU the process used itself, seconds its reaped children used): from
+    ``/proc/<pid>/stat`` (utime + stime, cutime + cstime); (0, 0) once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    ticks = [int(x) for x in fields[11:15]]
+    return (ticks[0] + ticks[1]) / _TICK, (ticks[2] + ticks[3]) / _TICK
+
+
 def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, slots: int,
-                limits: str, extra: list[str]) -> dict[str, Any]:
-    """Submit ``n`` jobs, start ``k`` workers, time until all are complete."""
+                limits: str, extra: list[str], tree: Path = ROOT) -> dict[str, Any]:
+    """Submit ``n`` jobs, start ``k`` workers (running the skedlib of ``tree``), time
+    until all are complete."""
     assert AGENT is not None
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
     store = Store.open(url, prefix)
     backend = store.backend
     client = JobClient(store)
@@ -180,11 +198,12 @@ def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, 
             [AGENT, "--jobs-only", "--backend", url, "--prefix", prefix, "--host", node,
              "--address", "127.0.0.1", "--state-dir", str(tmp / node),
              "--job-slots", str(slots), "--lease-ttl", "10", "--job-limits", limits,
-             *extra], logs[node]) for node in nodes]
+             *extra], logs[node], env=env) for node in nodes]
 
         complete_prefix = keys.jobs_finished("complete")
         failed_prefix = keys.jobs_finished("failed")
         ready_s: float | None = None
+        cpu_ready = [0.0] * k
         last, last_change = -1, time.monotonic()
         while True:
             done = len(backend.list(complete_prefix).items)
@@ -192,6 +211,7 @@ def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, 
             now = time.perf_counter()
             if ready_s is None and len(backend.list(keys.job_nodes).items) >= k:
                 ready_s = now - p0
+                cpu_ready = [_cpu(p.pid)[0] for p in workers]  # the imports are behind
             if done + failed >= n:
                 break
             if done + failed != last:
@@ -206,6 +226,7 @@ def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, 
                                  "\n".join(f"--- {nd}\n{_tail(logs[nd])}" for nd in nodes))
             time.sleep(0.1)
         seen_s = time.perf_counter() - p0
+        cpu_end = [_cpu(p.pid) for p in workers]
 
         Procs.terminate(workers)
         stats: dict[str, dict[str, int]] = {}
@@ -244,11 +265,21 @@ def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, 
             "worker_stats_found": len(stats),
             "inconsistencies": len(problems),
             "submit_per_s": round(n / submit_s, 1),
+            # CPU of the worker processes themselves from the moment the poller saw them
+            # all registered (start-up excluded) to the last end, per job; and of the jobs
+            # (sh, setpriv, true: the workers' reaped children)
+            "worker_cpu_ms_per_job": round(
+                1000 * sum(end[0] - ready for end, ready in zip(cpu_end, cpu_ready,
+                                                                strict=True)) / n, 3),
+            "worker_cpu_ms_per_job_with_start": round(
+                1000 * sum(end[0] for end in cpu_end) / n, 3),
+            "jobs_cpu_ms_per_job": round(1000 * sum(end[1] for end in cpu_end) / n, 3),
         }
         if problems:
             out["inconsistency_examples"] = problems[:5]
         remove_parent_cgroups(nodes)
-        say(f"  k={k}: {out['jobs_per_s']} jobs/s ({out['seconds']}s), conflicts/job "
+        say(f"  k={k}: {out['jobs_per_s']} jobs/s ({out['seconds']}s), worker CPU "
+            f"{out['worker_cpu_ms_per_job']} ms/job, conflicts/job "
             f"{out['conflicts_per_job']}, per node {out['per_node_spread']}, "
             f"limits {out['limits']}, inconsistencies {len(problems)}")
         return out
@@ -408,6 +439,205 @@ def run_rq(procs: Procs, tmp: Path, url: str, n: int, k: int,
         conn.close()
 
 
+# -- Slurm ----------------------------------------------------------------------------------
+SLURM_PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
+SLURM_NODE = "skedbench1"
+
+
+def slurm_missing() -> str | None:
+    """Why Slurm cannot run here (a program missing), or None."""
+    missing = [p for p in SLURM_PROGRAMS if shutil.which(p) is None]
+    if missing:
+        return (f"{', '.join(missing)} not installed: run scripts/install-slurm.sh "
+                "(Debian's slurm-wlm and munge)")
+    if os.geteuid() != 0:
+        return "the one-node Slurm runs its daemons as root (SlurmUser=root): run as root"
+    return None
+
+
+def _slurm_conf(d: Path, cpus: int, max_array: int) -> str:
+    ctld, slurmd = _free_port(), _free_port()
+    return "\n".join([
+        "ClusterName=skedbench",
+        "SlurmctldHost=localhost(127.0.0.1)",
+        f"SlurmctldPort={ctld}",
+        f"SlurmdPort={slurmd}",
+        "SlurmUser=root",
+        "SlurmdUser=root",
+        "AuthType=auth/munge",
+        f"AuthInfo=socket={d}/munge/munge.sock",
+        "CredType=cred/munge",
+        f"StateSaveLocation={d}/state",
+        f"SlurmdSpoolDir={d}/spool",
+        f"SlurmctldPidFile={d}/slurmctld.pid",
+        f"SlurmdPidFile={d}/slurmd.pid",
+        f"SlurmctldLogFile={d}/slurmctld.log",
+        f"SlurmdLogFile={d}/slurmd.log",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_CPU",
+        "SchedulerType=sched/backfill",
+        "JobCompType=jobcomp/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/none",
+        "MpiDefault=none",
+        "ReturnToService=2",
+        f"MaxArraySize={max_array + 1}",
+        f"MaxJobCount={max(10_000, 2 * max_array)}",
+        # as many CPUs as a skedlib worker has slots, whatever the machine has
+        "SlurmdParameters=config_overrides",
+        f"NodeName={SLURM_NODE} NodeHostname=localhost NodeAddr=127.0.0.1 CPUs={cpus} "
+        "State=UNKNOWN",
+        "PartitionName=bench Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+        "",
+    ])
+
+
+class SlurmCluster:
+    """A one-node Slurm on loopback in a temporary directory: munged with its own key and
+    socket, slurmctld and slurmd in the foreground (children of the bench). ``stop()``
+    (also on error) ends every daemon it started and the job steps they left."""
+
+    def __init__(self, procs: Procs, tmp: Path, cpus: int, max_array: int) -> None:
+        self.procs = procs
+        self.dir = Path(tempfile.mkdtemp(prefix="slurm-", dir=tmp))
+        for sub in ("state", "spool", "munge"):
+            (self.dir / sub).mkdir(mode=0o700)
+        self.conf = self.dir / "slurm.conf"
+        self.conf.write_text(_slurm_conf(self.dir, cpus, max_array))
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self.daemons: list[subprocess.Popen[bytes]] = []
+
+    def _log(self, name: str) -> Path:
+        return self.dir / f"{name}.out"
+
+    def start(self) -> SlurmCluster:
+        munge = self.dir / "munge"
+        subprocess.run(["mungekey", "--create", "--keyfile", str(munge / "munge.key")],
+                       check=True, capture_output=True)
+        # --force: the socket's directory is private (0700), which munged warns about
+        self.daemons.append(self.procs.start(
+            ["munged", "--foreground", "--force", f"--socket={munge}/munge.sock",
+             f"--key-file={munge}/munge.key", f"--log-file={munge}/munged.log",
+             f"--pid-file={munge}/munged.pid", f"--seed-file={munge}/munged.seed"],
+            self._log("munged")))
+        _wait_until(lambda: self._alive() and (munge / "munge.sock").exists(), 20, "munged")
+        self.daemons.append(self.procs.start(
+            ["slurmctld", "-D", "-f", str(self.conf)], self._log("slurmctld"), env=self.env))
+        _wait_until(lambda: self._alive() and self._scontrol_ping(), 30, "slurmctld")
+        self.daemons.append(self.procs.start(
+            ["slurmd", "-D", "-N", SLURM_NODE, "-f", str(self.conf)], self._log("slurmd"),
+            env=self.env))
+        _wait_until(lambda: self._alive() and self._node_idle(), 60, "slurmd (node idle)")
+        return self
+
+    def _alive(self) -> bool:
+        for p in self.daemons:
+            if p.poll() is not None:
+                name = Path(str(p.args[0])).name  # type: ignore[index]
+                raise BenchError(f"{name} exited ({p.returncode}):\n{_tail(self._log(name))}"
+                                 f"\n{_tail(self.dir / f'{name}.log')}")
+        return True
+
+    def _run(self, *argv: str) -> str:
+        return subprocess.run(list(argv), env=self.env, capture_output=True, text=True,
+                              timeout=30, check=False).stdout
+
+    def _scontrol_ping(self) -> bool:
+        return "UP" in self._run("scontrol", "ping")
+
+    def _node_idle(self) -> bool:
+        return "State=IDLE" in self._run("scontrol", "show", "node", SLURM_NODE)
+
+    def queued(self) -> int:
+        """Jobs not yet ended (pending, running, completing)."""
+        out = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        return len(out.split())
+
+    def run(self, n: int, array: bool) -> dict[str, Any]:
+        """Submit ``n`` ``true`` jobs (``sbatch --wrap=true`` each, or one job array) and
+        time from the first submit until none is left."""
+        self._alive()
+        base = ["sbatch", "--quiet", "--output=/dev/null", "--wrap=true"]
+        t0 = time.perf_counter()
+        if array:
+            subprocess.run([*base, f"--array=0-{n - 1}"], env=self.env, check=True,
+                           capture_output=True, timeout=60)
+        else:
+            for _ in range(n):
+                subprocess.run(base, env=self.env, check=True, capture_output=True,
+                               timeout=60)
+        submit_s = time.perf_counter() - t0
+        say(f"  submitted {n} {'as an array' if array else 'sbatch jobs'} in "
+            f"{submit_s:.2f}s; waiting for them to end")
+        last, last_change = -1, time.monotonic()
+        while (left := self.queued()) > 0:
+            self._alive()
+            if left != last:
+                last, last_change = left, time.monotonic()
+            if time.monotonic() - last_change > STALL_TIMEOUT:
+                raise BenchError(f"Slurm made no progress for {STALL_TIMEOUT}s ({left} of "
+                                 f"{n} left):\n{_tail(self.dir / 'slurmctld.log')}")
+            time.sleep(0.2)
+        seconds = time.perf_counter() - t0
+        log = (self.dir / "slurmctld.log").read_text(errors="replace")
+        failed = len(re.findall(r"_job_complete: JobId=\S+ WEXITSTATUS [1-9]", log))
+        out = {"jobs_per_s": round(n / seconds, 2), "seconds": round(seconds, 2),
+               "submit_s": round(submit_s, 2), "nonzero_exits_in_log": failed}
+        say(f"  Slurm {'array' if array else 'sbatch'}: {out['jobs_per_s']} jobs/s "
+            f"({out['seconds']}s)")
+        return out
+
+    def stop(self) -> None:
+        """End the daemons (scontrol shutdown, then signals) and any job step left."""
+        with contextlib.suppress(Exception):
+            subprocess.run(["scontrol", "shutdown"], env=self.env, capture_output=True,
+                           timeout=15, check=False)
+        Procs.terminate(list(reversed(self.daemons)), 15)
+        for proc in psutil_steps(self.conf):
+            with contextlib.suppress(Exception):
+                proc.kill()
+
+
+def psutil_steps(conf: Path) -> list[Any]:
+    """slurmstepd processes of this cluster still alive (they carry its SLURM_CONF)."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    found = []
+    for p in psutil.process_iter(["name"]):
+        with contextlib.suppress(psutil.Error):
+            if (p.info["name"] or "").startswith("slurmstepd") and \
+                    p.environ().get("SLURM_CONF") == str(conf):
+                found.append(p)
+    return found
+
+
+def run_slurm(procs: Procs, tmp: Path, n: int, cpus: int, array: bool) -> dict[str, Any]:
+    """Both Slurm figures on one fresh one-node cluster, stopped at the end."""
+    missing = slurm_missing()
+    if missing:
+        raise BenchError(f"--slurm: {missing}")
+    say(f"starting a one-node Slurm on 127.0.0.1 ({cpus} CPUs)")
+    cluster = SlurmCluster(procs, tmp, cpus, n)
+    try:
+        cluster.start()
+        out: dict[str, Any] = {"sbatch": cluster.run(n, array=False)}
+        if array:
+            out["array"] = cluster.run(n, array=True)
+        out["version"] = subprocess.run(["slurmctld", "-V"], capture_output=True, text=True,
+                                        check=False).stdout.strip()
+        out["config"] = ("one node, CPUs as skedlib slots, select/cons_tres CR_CPU, "
+                         "sched/backfill, proctrack/linuxproc, task/none, munge auth, "
+                         "no accounting; every other setting Slurm's default")
+        return out
+    finally:
+        cluster.stop()
+
+
 # -- main -----------------------------------------------------------------------------------
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
@@ -435,6 +665,19 @@ def main() -> None:
     parser.add_argument("--secondary-workers", type=_ints, default=None, metavar="4",
                         help="numbers of workers of the --job-limits none runs (default: "
                              "the largest of --workers; the limits cost most there)")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="TREE",
+                        help="also run the workers of another checkout (e.g. a git worktree "
+                             "of the base), alternating with this tree's, and report the "
+                             "ratios of jobs/s and of worker CPU per job")
+    parser.add_argument("--repeat", type=int, default=2, metavar="R",
+                        help="with --baseline: rounds of (baseline, this tree) (default 2)")
+    parser.add_argument("--slurm", action="store_true",
+                        help="also run the same jobs through a one-node Slurm started here "
+                             "(scripts/install-slurm.sh installs it)")
+    parser.add_argument("--slurm-jobs", type=int, default=None, metavar="N",
+                        help="jobs of each Slurm run (default: --jobs)")
+    parser.add_argument("--no-slurm-array", action="store_true",
+                        help="only sbatch per job, not also one job array")
     parser.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
                         help="an extra skedlib-agent argument (repeatable), e.g. "
                              "--agent-arg=--job-claim-delay=0")
@@ -447,6 +690,12 @@ def main() -> None:
     secondary = args.secondary_workers or [max(args.workers)]
     if AGENT is None:
         sys.exit("bench/jobs.py: skedlib-agent is not installed (pip install -e .)")
+    if args.slurm and (missing_slurm := slurm_missing()):
+        sys.exit(f"bench/jobs.py --slurm: {missing_slurm}")
+    baseline: Path | None = args.baseline.resolve() if args.baseline else None
+    if baseline is not None and not (baseline / "skedlib" / "jobs").is_dir():
+        sys.exit(f"bench/jobs.py --baseline: {baseline} is not a skedlib checkout")
+    failed = False
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
     out: dict[str, Any] = {
@@ -486,19 +735,38 @@ def main() -> None:
                 variants = [("skedlib", "auto", args.workers)]
                 if not args.no_secondary:
                     variants.append(("skedlib_limits_none", "none", secondary))
+                if baseline is not None:
+                    out.setdefault("skedlib_baseline", {})[name] = {}
+                    out.setdefault("vs_baseline", {})[name] = {}
                 for section, limits, counts in variants:
                     out[section][name] = {}
                     for k in counts:
-                        say(f"skedlib on {name}, {k} worker(s), {args.slots} slots each, "
-                            f"--job-limits {limits}, {n} jobs")
-                        url, prefix = factory()
-                        try:
-                            out[section][name][str(k)] = run_skedlib(
-                                procs, tmp, url, prefix, n, k, args.slots, limits,
-                                args.agent_arg)
-                        except BenchError as exc:
-                            say(f"  failed: {exc}")
-                            out[section][name][str(k)] = {"error": str(exc)}
+                        # with --baseline (main figures only): the baseline's workers and
+                        # this tree's, alternately, --repeat rounds
+                        trees = [ROOT]
+                        if baseline is not None and section == "skedlib":
+                            trees = [baseline, ROOT] * args.repeat
+                        runs: dict[Path, list[dict[str, Any]]] = {baseline or ROOT: [],
+                                                                  ROOT: []}
+                        for tree in trees:
+                            label = "baseline" if tree == baseline else "this tree"
+                            say(f"skedlib ({label}) on {name}, {k} worker(s), {args.slots} "
+                                f"slots each, --job-limits {limits}, {n} jobs")
+                            url, prefix = factory()
+                            try:
+                                result = run_skedlib(procs, tmp, url, prefix, n, k,
+                                                     args.slots, limits, args.agent_arg, tree)
+                            except BenchError as exc:
+                                say(f"  failed: {exc}")
+                                result = {"error": str(exc)}
+                            runs[tree].append(result)
+                        out[section][name][str(k)] = runs[ROOT][-1]
+                        if baseline is not None and section == "skedlib":
+                            out["skedlib_baseline"][name][str(k)] = runs[baseline]
+                            out["skedlib_runs"] = out.get("skedlib_runs", {})
+                            out["skedlib_runs"].setdefault(name, {})[str(k)] = runs[ROOT]
+                            out["vs_baseline"][name][str(k)] = _ratios(runs[baseline],
+                                                                       runs[ROOT])
                 rates = [r["submit_per_s"] for r in out["skedlib"][name].values()
                          if "submit_per_s" in r]
                 if rates:
@@ -526,6 +794,17 @@ def main() -> None:
                          if "enqueue_per_s" in r]
                 if rates:
                     out["enqueue_per_s"] = round(statistics.median(rates), 1)
+            if args.slurm:
+                slurm_n = args.slurm_jobs or n
+                try:
+                    out["slurm"] = run_slurm(procs, tmp, slurm_n, args.slots,
+                                             not args.no_slurm_array)
+                    out["slurm"]["n_jobs"] = slurm_n
+                    out["vs_slurm"] = _vs_slurm(out)
+                except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                    say(f"Slurm failed: {exc}")
+                    out["slurm"] = {"error": f"{type(exc).__name__}: {exc}"}
+                    failed = True
     except KeyboardInterrupt:
         say("interrupted; cleaning up")
         raise SystemExit(130) from None
@@ -537,6 +816,53 @@ def main() -> None:
         del out["skipped"]
     json.dump(out, sys.stdout, indent=2)
     print()
+    if failed:
+        sys.exit(1)
+
+
+def _ratios(base: list[dict[str, Any]], this: list[dict[str, Any]]) -> dict[str, Any]:
+    """This tree against the baseline, round by round (each round ran the baseline's
+    workers, then this tree's, in the same shell run)."""
+    rounds = [(b, t) for b, t in zip(base, this, strict=True)
+              if "error" not in b and "error" not in t]
+    jobs = [round(t["jobs_per_s"] / b["jobs_per_s"], 2) for b, t in rounds]
+    steady = [round(t["steady_jobs_per_s"] / b["steady_jobs_per_s"], 2) for b, t in rounds]
+    cpu = [round(b["worker_cpu_ms_per_job"] / t["worker_cpu_ms_per_job"], 2)
+           for b, t in rounds if t["worker_cpu_ms_per_job"] > 0]
+    out: dict[str, Any] = {
+        "jobs_per_s": {"baseline": [b["jobs_per_s"] for b, _ in rounds],
+                       "this": [t["jobs_per_s"] for _, t in rounds], "ratio": jobs},
+        "steady_jobs_per_s_ratio": steady,
+        "worker_cpu_ms_per_job": {"baseline": [b["worker_cpu_ms_per_job"] for b, _ in rounds],
+                                  "this": [t["worker_cpu_ms_per_job"] for _, t in rounds],
+                                  "baseline_over_this": cpu},
+        "jobs_cpu_ms_per_job": {"baseline": [b["jobs_cpu_ms_per_job"] for b, _ in rounds],
+                                "this": [t["jobs_cpu_ms_per_job"] for _, t in rounds]},
+    }
+    if jobs:
+        out["jobs_per_s_ratio_median"] = round(statistics.median(jobs), 2)
+    if cpu:
+        out["worker_cpu_ratio_median"] = round(statistics.median(cpu), 2)
+    return out
+
+
+def _vs_slurm(out: dict[str, Any]) -> dict[str, Any]:
+    """skedlib's jobs/s (the first backend's run with one worker, or the fewest workers)
+    over Slurm's."""
+    for name, by_k in out["skedlib"].items():
+        runs = [(int(k), r) for k, r in by_k.items() if "jobs_per_s" in r]
+        if not runs:
+            continue
+        k, run = min(runs, key=lambda kr: kr[0])
+        ratios: dict[str, Any] = {"skedlib": f"{name}, {k} worker(s)",
+                                  "skedlib_jobs_per_s": run["jobs_per_s"]}
+        for mode in ("sbatch", "array"):
+            if mode in out["slurm"]:
+                ratios[f"slurm_{mode}_jobs_per_s"] = out["slurm"][mode]["jobs_per_s"]
+                ratios[f"ratio_{mode}"] = round(run["jobs_per_s"]
+                                                / out["slurm"][mode]["jobs_per_s"], 1)
+        return ratios
+    return {}
 
 
 if __name__ == "__main__":

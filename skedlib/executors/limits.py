@@ -18,7 +18,8 @@ every job or task::
 The kinds, best first (``prefer="auto"`` takes the first usable one):
 
 ``cgroup2``
-    A cgroup per job (``skedlib-jobs-<node>/job-<id>``) in the unified hierarchy with
+    A cgroup per job (``skedlib-jobs-<node>/job-<id>``; with ``reuse``, a pooled
+    ``job-pool-<n>`` that jobs take in turn) in the unified hierarchy with
     ``memory.max`` (and ``memory.swap.max`` 0), ``cpu.max`` and ``pids.max``. The kernel
     kills the job when it uses more memory than its requirement, throttles it to its cpu
     share and refuses its forks beyond the pids limit.
@@ -50,9 +51,18 @@ slows a service's start and its checks by tens of times.
 When a cpu or pids controller is missing (but memory is available), the cgroup kinds
 still enforce memory and leave the other unenforced; :attr:`Limiter.detail` says so.
 
-Service tasks differ from jobs in three ways, chosen by the caller: they must outlive the
-agent that started them (``wrap(..., pdeathsig=False)``), a restarted agent takes their
-cgroups over (:meth:`Limiter.find`), and the agent reports what they use
+The job worker asks for ``detect_limiter(..., reuse=True)``: a job's cgroups are not
+removed at its end but emptied — every process killed and waited for — and handed to the
+next job, whose :meth:`Limiter.wrap` writes exactly the control files whose value differs
+from what it needs (so a limit of the last job is reset to the kernel's default), and
+whose OOM evidence counts only what the kernel's counters grew by during it. A cgroup that
+does not empty, or cannot be reset, is removed and replaced by a fresh one. Creating and
+removing a cgroup per job cost more than a short job itself.
+
+Service tasks differ from jobs in four ways, chosen by the caller: each keeps a cgroup
+of its own, named by the task (no ``reuse``); they must outlive the agent that started
+them (``wrap(..., pdeathsig=False)``); a restarted agent takes their cgroups over
+(:meth:`Limiter.find`); and the agent reports what they use
 (:meth:`Limited.memory_current`).
 """
 
@@ -61,11 +71,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import math
 import os
 import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from typing import NamedTuple, NoReturn, Protocol
 
@@ -144,8 +156,16 @@ def _weigh_parent(parent: str, kind: str) -> None:
 
 
 def _read(path: str) -> str:
-    with open(path, encoding="ascii", errors="replace") as f:
-        return f.read()
+    # os.read rather than open(): three system calls instead of eight, for files read
+    # for every job (cgroup.procs)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("ascii", errors="replace")
 
 
 def _write(path: str, value: str) -> None:
@@ -190,19 +210,20 @@ def _pids(cgroup: str) -> list[int]:
     return [int(tok) for tok in text.split() if tok.isdigit()]
 
 
-def _signal_cgroups(cgroups: list[str], sig: int, settle: float) -> None:
+def _signal_cgroups(cgroups: list[str], sig: int, settle: float) -> bool:
     """Signal every process in ``cgroups``; with SIGKILL repeat (for processes forked
-    meanwhile) until they are empty or ``settle`` seconds have passed."""
+    meanwhile) until they are empty or ``settle`` seconds have passed. True when they
+    were seen empty."""
     deadline = time.monotonic() + settle
     while True:
         pids = [pid for cg in cgroups for pid in _pids(cg)]
         if not pids:
-            return
+            return True
         for pid in set(pids):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         if sig != signal.SIGKILL or time.monotonic() >= deadline:
-            return
+            return False
         time.sleep(0.01)
 
 
@@ -411,7 +432,15 @@ class Limited:
 
     def cleanup(self) -> None:
         """Remove what was set up for the job (its cgroups, killing leftovers first).
-        Idempotent; never raises."""
+        Idempotent; never raises.
+
+        With a reusing limiter (``detect_limiter(..., reuse=True)``) the cgroups are
+        kept for the next job instead, but only once every process in them is gone
+        (killed, then waited for up to a second; a cgroup that does not empty is removed
+        and the next job gets a fresh one), and the next job's :meth:`Limiter.wrap`
+        resets every limit this job had to the kernel's default or to its own value.
+        What the memory counters say about the next job is only what they grew by
+        during it, so this job's OOM kill is never taken for the next one's."""
 
 
 class _RlimitLimited(Limited):
@@ -425,6 +454,24 @@ class _RlimitLimited(Limited):
         return None
 
 
+class _CgroupSet:
+    """The cgroups one job runs in, one per hierarchy role (``memory`` always; the
+    cgroup1 kind also ``cpu`` and ``pids`` when a job needs them), and every control-file
+    value written into them (a file never written holds the kernel's default).
+
+    A pooled set (``Limiter(reuse=True)``) outlives its job: the next job gets it once it
+    is empty, and :meth:`_CgroupLimiter._apply` then writes exactly the files whose value
+    differs from what that job needs — resetting to the default every limit the previous
+    job had and this one has not."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dirs: dict[str, str] = {}
+        self.written: dict[str, str] = {}
+        self.jobs = 0
+        """Jobs that ran in it so far (0: freshly made)."""
+
+
 class _CgroupLimited(Limited):
     """A job in one cgroup per hierarchy; ``cgroups[0]`` carries the memory limit."""
 
@@ -434,10 +481,33 @@ class _CgroupLimited(Limited):
         self.cgroups = cgroups
         """The job's cgroup directories (the memory one first)."""
         self._evidence: tuple[int | None, bool] | None = None
+        self._baseline: dict[str, int] = {}
+        """The OOM counters as they were when the job got a reused cgroup (the kernel
+        keeps counting across jobs): the evidence is what they grew by since."""
+        self._set: _CgroupSet | None = None
+        self._pool: _CgroupLimiter | None = None
+        """The limiter to give a pooled set back to, on :meth:`cleanup`."""
+        self._released = False
+
+    def _counters(self) -> dict[str, int]:
+        """The memory cgroup's OOM counters as the kernel keeps them (cumulative)."""
+        raise NotImplementedError
 
     def _oom_evidence(self) -> tuple[int | None, bool]:
         """(kernel count of OOM kills or None if not kept, other signs of hitting the limit)."""
         raise NotImplementedError
+
+    def _grown(self, counters: dict[str, int], name: str) -> int | None:
+        """How much counter ``name`` grew during this job; None when it is not kept."""
+        if name not in counters:
+            return None
+        return counters[name] - self._baseline.get(name, 0)
+
+    def _start_counting(self) -> None:
+        """Take the baseline of a reused cgroup's counters (only a memory limit reads
+        them: :meth:`exceeded` needs no evidence without one)."""
+        if self.requirements.memory > 0:
+            self._baseline = self._counters()
 
     def exceeded(self, returncode: int | None = None) -> str | None:
         memory = self.requirements.memory
@@ -457,10 +527,19 @@ class _CgroupLimited(Limited):
         _signal_cgroups(self.cgroups, sig, 1.0)
 
     def cleanup(self) -> None:
+        if self._released:
+            return
+        self._released = True
         try:
-            if self._evidence is None and os.path.isdir(self.cgroups[0]):
+            if self._evidence is None and self.requirements.memory > 0 \
+                    and os.path.isdir(self.cgroups[0]):
                 self._evidence = self._oom_evidence()
-            _signal_cgroups(self.cgroups, signal.SIGKILL, 1.0)
+            # A pooled cgroup goes back only empty: every process of this job killed
+            # (the next job must not share it with anything left behind).
+            empty = _signal_cgroups(self.cgroups, signal.SIGKILL, 1.0)
+            if self._pool is not None and self._set is not None:
+                self._pool._give_back(self._set, empty)
+                return
             for cgroup in self.cgroups:
                 _rmdir(cgroup, 2.0)
         except Exception:  # never raises: best effort by contract
@@ -470,9 +549,12 @@ class _CgroupLimited(Limited):
 class _Cgroup2Limited(_CgroupLimited):
     kind = "cgroup2"
 
+    def _counters(self) -> dict[str, int]:
+        return _keyed(os.path.join(self.cgroups[0], "memory.events"))
+
     def _oom_evidence(self) -> tuple[int | None, bool]:
-        events = _keyed(os.path.join(self.cgroups[0], "memory.events"))
-        return events.get("oom_kill"), events.get("max", 0) > 0
+        events = self._counters()
+        return self._grown(events, "oom_kill"), (self._grown(events, "max") or 0) > 0
 
     def memory_current(self) -> int | None:
         return _read_int(os.path.join(self.cgroups[0], "memory.current"))
@@ -488,14 +570,28 @@ class _Cgroup2Limited(_CgroupLimited):
 class _Cgroup1Limited(_CgroupLimited):
     kind = "cgroup1"
 
-    def _oom_evidence(self) -> tuple[int | None, bool]:
+    def _counters(self) -> dict[str, int]:
         memdir = self.cgroups[0]
-        kills = _keyed(os.path.join(memdir, "memory.oom_control")).get("oom_kill")
-        failcnt = [_read_int(os.path.join(memdir, f"memory.{f}failcnt")) or 0
-                   for f in ("", "memsw.")]
-        peak = _read_int(os.path.join(memdir, "memory.max_usage_in_bytes")) or 0
+        out = {k: v for k, v in _keyed(os.path.join(memdir, "memory.oom_control")).items()
+               if k == "oom_kill"}
+        for name in ("failcnt", "memsw.failcnt"):
+            value = _read_int(os.path.join(memdir, f"memory.{name}"))
+            if value is not None:
+                out[name] = value
+        return out
+
+    def _start_counting(self) -> None:
+        super()._start_counting()
+        if self.requirements.memory > 0:  # the peak starts again from what is used now
+            with contextlib.suppress(OSError):
+                _write(os.path.join(self.cgroups[0], "memory.max_usage_in_bytes"), "0")
+
+    def _oom_evidence(self) -> tuple[int | None, bool]:
+        counters = self._counters()
+        failcnt = [self._grown(counters, f) or 0 for f in ("failcnt", "memsw.failcnt")]
+        peak = _read_int(os.path.join(self.cgroups[0], "memory.max_usage_in_bytes")) or 0
         limit = self.requirements.memory * _MIB
-        return kills, any(failcnt) or peak >= limit - _MIB
+        return self._grown(counters, "oom_kill"), any(failcnt) or peak >= limit - _MIB
 
     def memory_current(self) -> int | None:
         return _read_int(os.path.join(self.cgroups[0], "memory.usage_in_bytes"))
@@ -520,6 +616,9 @@ class Limiter:
         """One line for the worker's log: what is enforced and how."""
         self.noun = noun
         """``job`` or ``task``: names the cgroups and what the messages call it."""
+        self.reuse = False
+        """Keep each job's cgroups, emptied, for the next job (the cgroup kinds; set by
+        :func:`detect_limiter`): see :meth:`Limited.cleanup`."""
 
     def _label(self, job_id: str) -> str:
         return f"{self.noun} {job_id}"
@@ -583,21 +682,36 @@ class _RlimitLimiter(Limiter):
 
 
 class _CgroupLimiter(Limiter):
-    """Shared by the two cgroup kinds: a parent cgroup per hierarchy, a child per job."""
+    """Shared by the two cgroup kinds: a parent cgroup per hierarchy, a child per job —
+    or, with ``reuse``, a pool of children (``<noun>-pool-<n>``) that jobs take in turn."""
 
     def __init__(self, node: str, parents: list[str], detail: str, noun: str = "job",
                  cpu: str = "quota") -> None:
         super().__init__(node, detail, noun, cpu)
         self.parents = parents
         """The node's parent cgroup directories (``…/skedlib-<noun>s-<node>``)."""
+        self._pool_lock = threading.Lock()
+        self._free: list[_CgroupSet] = []
+        self._pooled = 0
+        self._closed = False
+        self._has: dict[str, bool] = {}
+        """Whether the optional control files exist (``memory.swap.max`` …), seen once."""
 
     def _ensure_parents(self) -> None:
         for parent in self.parents:
             os.makedirs(parent, exist_ok=True)
 
-    def _create(self, job_id: str, requirements: Requirements, pids: int,
-                cgroups: list[str]) -> None:
-        """Create the job's cgroups, appending each to ``cgroups`` as soon as it exists."""
+    def _roles(self, requirements: Requirements, pids: int) -> list[str]:
+        """The hierarchies a job with these requirements enters, ``memory`` first."""
+        raise NotImplementedError
+
+    def _parent(self, role: str) -> str:
+        return self.parents[0]
+
+    def _settings(self, cgroups: _CgroupSet, requirements: Requirements,
+                  pids: int) -> list[tuple[str, str, str, str]]:
+        """Every control file a job with these requirements needs set, in the order to
+        write them: (role, file, value, the kernel's default)."""
         raise NotImplementedError
 
     def _dirs(self, job_id: str, requirements: Requirements) -> list[str]:
@@ -605,7 +719,7 @@ class _CgroupLimiter(Limiter):
         raise NotImplementedError
 
     def _limited(self, job_id: str, requirements: Requirements, argv: list[str],
-                 cgroups: list[str]) -> Limited:
+                 cgroups: list[str]) -> _CgroupLimited:
         raise NotImplementedError
 
     def _child(self, parent: str, job_id: str) -> str:
@@ -613,37 +727,110 @@ class _CgroupLimiter(Limiter):
 
     def _job_dir(self, parent: str, job_id: str) -> str:
         path = self._child(parent, job_id)
-        if os.path.isdir(path):  # left over from an earlier attempt of this job
+        if os.path.isdir(path):  # left over from an earlier attempt (or worker run)
             _signal_cgroups([path], signal.SIGKILL, 1.0)
             _rmdir(path, 2.0)
         os.mkdir(path)
         return path
 
+    def _has_file(self, directory: str, name: str) -> bool:
+        if name not in self._has:
+            self._has[name] = os.path.exists(os.path.join(directory, name))
+        return self._has[name]
+
+    def _apply(self, cgroups: _CgroupSet, requirements: Requirements, pids: int) -> None:
+        """Write every control file whose value is not yet what the job needs: in a
+        fresh set only the limits it has; in a reused one also the resets to the
+        default of the limits the previous job had."""
+        for role, name, value, default in self._settings(cgroups, requirements, pids):
+            path = os.path.join(cgroups.dirs[role], name)
+            if cgroups.written.get(path, default) != value:
+                cgroups.written.pop(path, None)  # unknown until the write succeeds
+                _write(path, value)
+                cgroups.written[path] = value
+
+    def _set_up(self, job_id: str, requirements: Requirements, pids: int,
+                roles: list[str]) -> _CgroupSet:
+        """The job's cgroups with its limits: a free pooled set (reset to them) or a
+        fresh one; a reused set that cannot be reset is removed for a fresh one."""
+        for attempt in (1, 2):
+            cgroups = self._take() if self.reuse else None
+            reused = cgroups is not None
+            if cgroups is None:
+                cgroups = _CgroupSet(self._pool_name() if self.reuse else job_id)
+            try:
+                if not reused:
+                    self._ensure_parents()
+                for role in roles:
+                    if role not in cgroups.dirs:
+                        cgroups.dirs[role] = self._job_dir(self._parent(role), cgroups.name)
+                self._apply(cgroups, requirements, pids)
+                return cgroups
+            except (OSError, _Unusable) as exc:
+                self._remove(cgroups)
+                # A reused set that would not reset, or a parent removed by another
+                # limiter's close() meanwhile: once more, fresh.
+                if attempt == 1 and (reused or isinstance(exc, FileNotFoundError)):
+                    continue
+                self._fail(job_id, exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def wrap(self, job_id: str, requirements: Requirements, argv: list[str],
              user: Identity | None = None, *, pids: int = 0,
              pdeathsig: bool = True) -> Limited:
-        """Create the job's cgroups with its limits; the returned argv enters them first
-        (as the worker's user: a job's own user could not move itself into them)."""
+        """Create the job's cgroups with its limits (or reset a pooled one to them); the
+        returned argv enters them first (as the worker's user: a job's own user could
+        not move itself into them)."""
         if not argv:
             raise SkedError(f"{self._label(job_id)}: empty command line")
         prefix = _start_prefix(self._label(job_id), user, pdeathsig)
-        cgroups: list[str] = []
-        for attempt in (1, 2):
-            try:
-                self._ensure_parents()
-                self._create(job_id, requirements, pids, cgroups)
-                break
-            except (OSError, _Unusable) as exc:
-                for cgroup in reversed(cgroups):
-                    with contextlib.suppress(OSError):
-                        os.rmdir(cgroup)
-                cgroups.clear()
-                # A parent removed by another limiter's close() meanwhile: once more.
-                if attempt == 1 and isinstance(exc, FileNotFoundError):
-                    continue
-                self._fail(job_id, exc)
-        wrapped = _enter_cgroups_argv(cgroups, [*prefix, *argv])
-        return self._limited(job_id, requirements, wrapped, cgroups)
+        roles = self._roles(requirements, pids)
+        cgroups = self._set_up(job_id, requirements, pids, roles)
+        dirs = [cgroups.dirs[role] for role in roles]
+        limited = self._limited(job_id, requirements,
+                                _enter_cgroups_argv(dirs, [*prefix, *argv]), dirs)
+        if self.reuse:
+            limited._set, limited._pool = cgroups, self
+            if cgroups.jobs:
+                limited._start_counting()
+            cgroups.jobs += 1
+        return limited
+
+    # -- the pool ------------------------------------------------------------------------
+    def _pool_name(self) -> str:
+        with self._pool_lock:
+            self._pooled += 1
+            return f"pool-{self._pooled}"
+
+    def _take(self) -> _CgroupSet | None:
+        """A free pooled set whose cgroups are all still there (one removed behind our
+        back, say by an administrator, is dropped)."""
+        while True:
+            with self._pool_lock:
+                if not self._free:
+                    return None
+                cgroups = self._free.pop()
+            if all(os.path.isdir(d) for d in cgroups.dirs.values()):
+                return cgroups
+            self._remove(cgroups)
+
+    def _give_back(self, cgroups: _CgroupSet, empty: bool) -> None:
+        """A job's pooled set after its end: kept for the next job when it is empty,
+        else removed (its processes killed first)."""
+        with self._pool_lock:
+            if empty and not self._closed:
+                self._free.append(cgroups)
+                return
+        self._remove(cgroups)
+
+    @staticmethod
+    def _remove(cgroups: _CgroupSet) -> None:
+        dirs = list(cgroups.dirs.values())
+        cgroups.dirs.clear()
+        cgroups.written.clear()
+        _signal_cgroups(dirs, signal.SIGKILL, 1.0)
+        for cgroup in dirs:
+            _rmdir(cgroup, 2.0)
 
     def find(self, job_id: str, requirements: Requirements) -> Limited | None:
         """The job's cgroups when its memory cgroup still exists (the others that exist)."""
@@ -663,6 +850,12 @@ class _CgroupLimiter(Limiter):
                         f"({why})") from None
 
     def close(self) -> None:
+        with self._pool_lock:
+            self._closed = True
+            free, self._free = self._free, []
+        for cgroups in free:
+            with contextlib.suppress(Exception):
+                self._remove(cgroups)
         for parent in self.parents:
             with contextlib.suppress(OSError):
                 os.rmdir(parent)
@@ -692,26 +885,36 @@ class _Cgroup2Limiter(_CgroupLimiter):
     def _dirs(self, job_id: str, requirements: Requirements) -> list[str]:
         return [self._child(self.parents[0], job_id)]
 
-    def _create(self, job_id: str, requirements: Requirements, pids: int,
-                cgroups: list[str]) -> None:
-        path = self._job_dir(self.parents[0], job_id)
-        cgroups.append(path)
-        if requirements.memory > 0:
-            _write(os.path.join(path, "memory.max"), str(requirements.memory * _MIB))
-            swap = os.path.join(path, "memory.swap.max")
-            if os.path.exists(swap):
-                _write(swap, "0")
-        if requirements.cpu_units > 0 and self._cpu and self.cpu == "weight":
-            _write(os.path.join(path, "cpu.weight"), str(_cpu_weight(requirements.cpu_units)))
-        elif requirements.cpu_units > 0 and self._cpu:
-            _write(os.path.join(path, "cpu.max"),
-                   f"{_cpu_quota_us(requirements.cpu_units)} {_CPU_PERIOD_US}")
-        if pids > 0 and self._pids:
-            _write(os.path.join(path, "pids.max"), str(pids))
+    def _roles(self, requirements: Requirements, pids: int) -> list[str]:
+        return ["memory"]  # one cgroup holds every controller
+
+    def _settings(self, cgroups: _CgroupSet, requirements: Requirements,
+                  pids: int) -> list[tuple[str, str, str, str]]:
+        memory, cpu_units = requirements.memory, requirements.cpu_units
+        out = [("memory", "memory.max", str(memory * _MIB) if memory > 0 else "max", "max")]
+        if self._has_file(cgroups.dirs["memory"], "memory.swap.max"):
+            out.append(("memory", "memory.swap.max", "0" if memory > 0 else "max", "max"))
+        if self._cpu and self.cpu == "weight":
+            out.append(("memory", "cpu.weight",
+                        str(_cpu_weight(cpu_units)) if cpu_units > 0 else "100", "100"))
+        elif self._cpu:
+            quota = str(_cpu_quota_us(cpu_units)) if cpu_units > 0 else "max"
+            out.append(("memory", "cpu.max", f"{quota} {_CPU_PERIOD_US}",
+                        f"max {_CPU_PERIOD_US}"))
+        if self._pids:
+            out.append(("memory", "pids.max", str(pids) if pids > 0 else "max", "max"))
+        return out
 
     def _limited(self, job_id: str, requirements: Requirements, argv: list[str],
-                 cgroups: list[str]) -> Limited:
+                 cgroups: list[str]) -> _CgroupLimited:
         return _Cgroup2Limited(job_id, requirements, argv, cgroups, self.noun)
+
+
+_UNLIMITED_V1 = "-1"
+
+
+def _v1_bytes(value: str) -> float:
+    return math.inf if value == _UNLIMITED_V1 else int(value)
 
 
 class _Cgroup1Limiter(_CgroupLimiter):
@@ -741,33 +944,48 @@ class _Cgroup1Limiter(_CgroupLimiter):
         if cpu_gone and self._cpu_parent and self.cpu == "weight":  # removed by close()
             _weigh_parent(self._cpu_parent, self.kind)
 
-    def _create(self, job_id: str, requirements: Requirements, pids: int,
-                cgroups: list[str]) -> None:
-        memdir = self._job_dir(self._memory_parent, job_id)
-        cgroups.append(memdir)
-        if requirements.memory > 0:
-            limit = str(requirements.memory * _MIB)
-            _write(os.path.join(memdir, "memory.limit_in_bytes"), limit)
-            memsw = os.path.join(memdir, "memory.memsw.limit_in_bytes")
-            if os.path.exists(memsw):  # after limit_in_bytes: memsw must be >= it
-                _write(memsw, limit)
+    def _roles(self, requirements: Requirements, pids: int) -> list[str]:
+        roles = ["memory"]
         if requirements.cpu_units > 0 and self._cpu_parent:
-            cpudir = self._job_dir(self._cpu_parent, job_id)
-            cgroups.append(cpudir)
-            if self.cpu == "weight":
-                _write(os.path.join(cpudir, "cpu.shares"),
-                       str(_cpu_shares(requirements.cpu_units)))
-            else:
-                _write(os.path.join(cpudir, "cpu.cfs_period_us"), str(_CPU_PERIOD_US))
-                _write(os.path.join(cpudir, "cpu.cfs_quota_us"),
-                       str(_cpu_quota_us(requirements.cpu_units)))
+            roles.append("cpu")
         if pids > 0 and self._pids_parent:
-            pidsdir = self._job_dir(self._pids_parent, job_id)
-            cgroups.append(pidsdir)
-            _write(os.path.join(pidsdir, "pids.max"), str(pids))
+            roles.append("pids")
+        return roles
+
+    def _parent(self, role: str) -> str:
+        parent = {"memory": self._memory_parent, "cpu": self._cpu_parent,
+                  "pids": self._pids_parent}[role]
+        assert parent is not None  # _roles names only the hierarchies there are
+        return parent
+
+    def _settings(self, cgroups: _CgroupSet, requirements: Requirements,
+                  pids: int) -> list[tuple[str, str, str, str]]:
+        memdir = cgroups.dirs["memory"]
+        limit = str(requirements.memory * _MIB) if requirements.memory > 0 \
+            else _UNLIMITED_V1
+        out = [("memory", "memory.limit_in_bytes", limit, _UNLIMITED_V1)]
+        if self._has_file(memdir, "memory.memsw.limit_in_bytes"):  # so swap hides nothing
+            out.append(("memory", "memory.memsw.limit_in_bytes", limit, _UNLIMITED_V1))
+            # memsw must never be below the limit: raise it first, lower it last
+            now = cgroups.written.get(os.path.join(memdir, "memory.limit_in_bytes"),
+                                      _UNLIMITED_V1)
+            if _v1_bytes(limit) > _v1_bytes(now):
+                out.reverse()
+        if "cpu" in cgroups.dirs and requirements.cpu_units > 0:
+            if self.cpu == "weight":
+                out.append(("cpu", "cpu.shares", str(_cpu_shares(requirements.cpu_units)),
+                            "1024"))
+            else:
+                out.append(("cpu", "cpu.cfs_period_us", str(_CPU_PERIOD_US),
+                            str(_CPU_PERIOD_US)))
+                out.append(("cpu", "cpu.cfs_quota_us",
+                            str(_cpu_quota_us(requirements.cpu_units)), _UNLIMITED_V1))
+        if "pids" in cgroups.dirs and pids > 0:
+            out.append(("pids", "pids.max", str(pids), "max"))
+        return out
 
     def _limited(self, job_id: str, requirements: Requirements, argv: list[str],
-                 cgroups: list[str]) -> Limited:
+                 cgroups: list[str]) -> _CgroupLimited:
         return _Cgroup1Limited(job_id, requirements, argv, cgroups, self.noun)
 
 
@@ -881,7 +1099,7 @@ _DETECT = {"cgroup2": _detect_cgroup2, "cgroup1": _detect_cgroup1,
 
 
 def detect_limiter(node: str, prefer: str = "auto", noun: str = "job",
-                   cpu: str = "quota") -> Limiter:
+                   cpu: str = "quota", *, reuse: bool = False) -> Limiter:
     """The limiter for jobs (or, with ``noun="task"``, service tasks) on ``node``;
     ``cpu`` is ``quota`` (a cap at ``cpu_units``) or ``weight`` (a share).
 
@@ -889,7 +1107,18 @@ def detect_limiter(node: str, prefer: str = "auto", noun: str = "job",
     :attr:`Limiter.detail` names why better kinds were passed over); a kind forces it and
     raises :class:`~skedlib.errors.SkedError` when it is not usable here. Creates the
     node's parent cgroup (``skedlib-<noun>s-<node>``) for the cgroup kinds.
+
+    With ``reuse`` (the job worker) a job's cgroups are not removed at its end but kept,
+    emptied, for the next job (``<noun>-pool-<n>``; see :meth:`Limited.cleanup`), which
+    saves creating and removing cgroups per job. :meth:`Limiter.find` cannot find those
+    by the job's id, so service tasks, which a restarted agent adopts, do not reuse.
     """
+    limiter = _detect(node, prefer, noun, cpu)
+    limiter.reuse = reuse
+    return limiter
+
+
+def _detect(node: str, prefer: str, noun: str, cpu: str) -> Limiter:
     if cpu not in ("quota", "weight"):
         raise SkedError(f"unknown cpu limit {cpu!r} (expected quota or weight)")
     if prefer != "auto" and prefer not in LIMITER_KINDS:

@@ -21,12 +21,13 @@ from skedlib.jobs.models import (
     JobState,
     new_job_id,
 )
-from skedlib.jobs.store import JobFinished, JobStore, StoredJob
+from skedlib.jobs.store import JobEnd, JobFinished, JobStore, StoredJob
 
 __all__ = [
     "FINISHED_STATES",
     "JOB_STATES",
     "Job",
+    "JobEnd",
     "JobFinished",
     "JobNode",
     "JobPage",

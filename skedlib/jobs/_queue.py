@@ -2,19 +2,26 @@
 local FIFO of claimable jobs (the queued key carries the record, so no further reads are
 needed), and the claimer picks a job that fits the free slots and resources, waits a
 little in proportion to how loaded this node is (so idle nodes win the race: the
-work-stealing design's answer to contention and fairness), then claims it with one transaction."""
+work-stealing design's answer to contention and fairness), then claims it with one
+transaction.
+
+When the queue is deep (more than twice ``claim_window`` jobs: every node will be busy
+anyway, so nobody waits) the claimer takes as many jobs as it has free slots for, picked
+at random among the oldest that fit, in one transaction. A batch is all or nothing: when
+another node took one of its jobs first, its jobs are claimed one by one instead."""
 
 from __future__ import annotations
 
 import logging
 import random
 import threading
+from typing import NamedTuple
 
 import msgspec
 
 from skedlib.errors import SkedError
 from skedlib.jobs._config import WorkerConfig, WorkerStats, spawn
-from skedlib.jobs._running import Runs, command_line
+from skedlib.jobs._running import RunningJob, Runs, command_line
 from skedlib.jobs.models import JobRequirements
 from skedlib.jobs.store import JobStore
 from skedlib.metrics import METRICS
@@ -33,8 +40,19 @@ class _ReqOnly(msgspec.Struct):
 _req_decoder = msgspec.json.Decoder(_ReqOnly)
 
 
-def _requirements(value: bytes) -> JobRequirements:
-    return _req_decoder.decode(value).requirements
+class _Queued(NamedTuple):
+    """A queued key as the watch delivered it, with the requirements read from it once
+    (None: its value is not a job; it is never claimed)."""
+
+    kv: KeyValue
+    requirements: JobRequirements | None
+
+
+def _queued(kv: KeyValue) -> _Queued:
+    try:
+        return _Queued(kv, _req_decoder.decode(kv.value).requirements)
+    except msgspec.DecodeError:
+        return _Queued(kv, None)
 
 
 class ClaimQueue:
@@ -59,7 +77,7 @@ class ClaimQueue:
         self.claiming = threading.Event()
         self.node_revision = 0
         self.log_url = ""
-        self.queued: dict[str, KeyValue] = {}
+        self.queued: dict[str, _Queued] = {}
         self._informer: Informer | None = None
         self._claimer: threading.Thread | None = None
 
@@ -91,7 +109,7 @@ class ClaimQueue:
     # -- the queue, followed -----------------------------------------------------------------
     def _listed(self, listed: ListResult) -> None:
         with self.cond:
-            self.queued = {kv.key: kv for kv in listed.items}
+            self.queued = {kv.key: _queued(kv) for kv in listed.items}
             self.cond.notify_all()
 
     def _changed(self, events: list[WatchEvent]) -> None:
@@ -99,75 +117,103 @@ class ClaimQueue:
             for ev in events:
                 if ev.kind == "put":
                     self.queued.pop(ev.key, None)  # a requeued job goes to the back
-                    self.queued[ev.key] = KeyValue(ev.key, ev.value, ev.revision,
-                                                   ev.revision)
+                    self.queued[ev.key] = _queued(KeyValue(ev.key, ev.value, ev.revision,
+                                                           ev.revision))
                 else:
                     self.queued.pop(ev.key, None)
             self.cond.notify_all()
 
     # -- claiming ----------------------------------------------------------------------------
-    def _pick(self) -> KeyValue | None:
-        """Up to ``claim_window`` of the oldest queued jobs that fit; one at random."""
-        if len(self.runs.jobs) >= self.slots:
-            return None
+    def _deep(self) -> bool:
+        """Every node will be busy anyway: nobody holds back, and claims come in batches."""
+        return len(self.queued) > 2 * self.config.claim_window
+
+    def _pick(self) -> list[_Queued]:
+        """Up to ``claim_window`` of the oldest queued jobs that fit; one at random, or
+        (from a deep queue) as many at random as fit the free slots and resources."""
+        free_slots = self.slots - len(self.runs.jobs)
+        if free_slots <= 0:
+            return []
         free = self.capacity.minus(self.runs.used())
-        fitting: list[KeyValue] = []
-        for kv in self.queued.values():
-            try:
-                req = _requirements(kv.value)
-            except msgspec.DecodeError:
-                continue
-            if req.fits(free):
-                fitting.append(kv)
+        fitting: list[_Queued] = []
+        for queued in self.queued.values():
+            if queued.requirements is not None and queued.requirements.fits(free):
+                fitting.append(queued)
                 if len(fitting) >= self.config.claim_window:
                     break
-        return random.choice(fitting) if fitting else None
+        if not fitting:
+            return []
+        want = min(free_slots, self.store.claim_room()) if self._deep() else 1
+        if want == 1:
+            return [random.choice(fitting)]
+        random.shuffle(fitting)
+        batch: list[_Queued] = []
+        for queued in fitting:
+            assert queued.requirements is not None
+            if queued.requirements.fits(free):
+                batch.append(queued)
+                free = free.minus(queued.requirements)
+                if len(batch) >= want:
+                    break
+        return batch
 
     def _claim_loop(self) -> None:
         backoff = Backoff(initial=0.2, maximum=5.0)
         while not self.stopping.is_set():
             with self.cond:
-                kv = None
+                batch: list[_Queued] = []
                 while not self.stopping.is_set():
                     if self.claiming.is_set():
-                        kv = self._pick()
-                        if kv is not None:
+                        batch = self._pick()
+                        if batch:
                             break
                     self.cond.wait(1.0)
-                if kv is None:
+                if not batch:
                     return
                 load = len(self.runs.jobs) / self.slots
-                # A deep queue saturates every node anyway: holding back helps nobody.
-                deep = len(self.queued) > 2 * self.config.claim_window
+                deep = self._deep()
             if not deep:
                 delay = self.config.claim_delay * load + random.uniform(0, 0.002)
                 if self.stopping.wait(delay):
                     return
-            with self.cond:
-                if self.queued.get(kv.key) is not kv:
-                    continue  # claimed (or changed) while we waited
             try:
-                self._claim(kv)
+                self._claim(batch)
                 backoff.reset()
             except SkedError as exc:
                 log.warning("job worker %s: claim failed: %s", self.node, exc)
                 self.stopping.wait(backoff.next())
 
-    def _claim(self, kv: KeyValue) -> None:
-        stored = self.store.claim(kv, self.node, self.node_revision, log_url=self.log_url,
-                                  limits=self.limits)
+    def _claim(self, batch: list[_Queued]) -> None:
+        """Claim ``batch`` in one transaction; when that fails and it holds more than one
+        job, claim them one by one (another node took some of them, not all)."""
+        with self.cond:  # claimed (or changed) while we waited: not ours to try
+            batch = [q for q in batch if self.queued.get(q.kv.key) is q]
+        if not batch:
+            return
+        claimed = self.store.claim_many([q.kv for q in batch], self.node, self.node_revision,
+                                        log_url=self.log_url, limits=self.limits)
+        if claimed is None and len(batch) > 1:
+            with self.cond:
+                self.stats.conflicts += 1
+            for queued in batch:
+                self._claim([queued])
+            return
+        runs: list[RunningJob] = []
         with self.cond:
-            if self.queued.get(kv.key) is kv:
-                del self.queued[kv.key]  # the watch will confirm; do not retry it
-            if stored is None:
+            for queued in batch:
+                if self.queued.get(queued.kv.key) is queued:
+                    del self.queued[queued.kv.key]  # the watch will confirm; do not retry
+            if claimed is None:
                 self.stats.conflicts += 1
                 return
-            self.stats.claimed += 1
-            METRICS.job_claims.inc()
-            run = self.runs.add(stored)
-        log.info("job %s claimed by %s (attempt %d): %s", stored.job.id, self.node,
-                 stored.job.attempts, command_line(stored.job))
-        self.runs.events.record("job", stored.job.id, "running",
-                                f"claimed by node {self.node}", node=self.node,
-                                attempt=stored.job.attempts)
-        self.runs.launch(run)
+            for stored in claimed:
+                self.stats.claimed += 1
+                METRICS.job_claims.inc()
+                runs.append(self.runs.add(stored))
+        for run in runs:
+            job = run.stored.job
+            log.info("job %s claimed by %s (attempt %d): %s", job.id, self.node,
+                     job.attempts, command_line(job))
+            self.runs.events.record("job", job.id, "running", f"claimed by node {self.node}",
+                                    node=self.node, attempt=job.attempts)
+            self.runs.launch(run)

@@ -1,12 +1,19 @@
-"""The jobs one node runs: each started under its limits on a thread of its own,
-supervised, stopped when asked (a cancel, a timeout, the node giving it back) and its end
-recorded; and the :class:`~skedlib.runtime.Informer` on this node's running keys, whose
-disappearance (a cancel, or the cleaner taking the job back) stops the job."""
+"""The jobs one node runs: each started under its limits on a runner thread, supervised,
+stopped when asked (a cancel, a timeout, the node giving it back) and its end recorded;
+and the :class:`~skedlib.runtime.Informer` on this node's running keys, whose
+disappearance (a cancel, or the cleaner taking the job back) stops the job.
+
+A runner thread runs one job at a time and is kept for the next (there are as many as
+jobs ran at once, at most the slots): a thread per job cost more than a ``true`` job.
+The ends of jobs that finish together are recorded together: the runner that finds no
+write in flight writes every end queued so far in one transaction
+(:meth:`~skedlib.jobs.store.JobStore.finish_many`) while the others go back to work."""
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import shlex
 import shutil
 import signal
@@ -25,15 +32,18 @@ from skedlib.executors.limits import Limited, Limiter
 from skedlib.executors.supervision import reachable_by, user_popen_args
 from skedlib.jobs._config import WorkerConfig, WorkerStats, spawn
 from skedlib.jobs.models import Job, JobRequirements
-from skedlib.jobs.store import JobStore, StoredJob
+from skedlib.jobs.store import JobEnd, JobStore, StoredJob
 from skedlib.locks import KeptLease
 from skedlib.metrics import METRICS
 from skedlib.runtime import Backoff, Informer
 from skedlib.store.base import ListResult, WatchEvent
 
-__all__ = ["RunningJob", "Runs", "command_line"]
+__all__ = ["PROGRAM_CACHE_SECONDS", "RunningJob", "Runs", "command_line"]
 
 log = logging.getLogger("skedlib.jobs.worker")
+
+PROGRAM_CACHE_SECONDS = 10.0
+"""How long a worker remembers where a job's command is on its ``PATH``."""
 
 
 @dataclass
@@ -45,7 +55,9 @@ class RunningJob:
     stop_reason: str = ""
     record_changed: bool = False
     done: threading.Event = field(default_factory=threading.Event)
+    """Set once it ended and its end was recorded (or could not be)."""
     thread: threading.Thread | None = None
+    """The runner thread running it (kept for the next job: wait for ``done``)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     proc: subprocess.Popen[bytes] | None = None
     limited: Limited | None = None
@@ -81,6 +93,18 @@ class Runs:
         self.cond = threading.Condition()
         self.jobs: dict[str, RunningJob] = {}
         self._informer: Informer | None = None
+        self._launches: queue.SimpleQueue[RunningJob | None] = queue.SimpleQueue()
+        self._runners_lock = threading.Lock()
+        self._runners = 0
+        self._idle = 0
+        self._closed = False
+        self._ends: list[tuple[RunningJob, JobEnd]] = []
+        self._ends_lock = threading.Lock()
+        self._recording = False
+        self._environ = dict(os.environ)
+        """The worker's environment, every job's base (copied once: reading
+        ``os.environ`` decodes every variable)."""
+        self._programs: dict[tuple[str, str | None], tuple[str, float]] = {}
 
     def used(self) -> JobRequirements:
         """What the running jobs ask for in all."""
@@ -98,29 +122,88 @@ class Runs:
         return run
 
     def launch(self, run: RunningJob) -> None:
-        """Run the job on a thread of its own."""
-        run.thread = spawn(self.node, "runner", lambda: self._run(run),
-                           f"job-{run.stored.job.id[:13]}")
+        """Run the job on an idle runner thread, or on a new one when none is idle."""
+        with self._runners_lock:
+            closed = self._closed
+            new = not self._idle or closed
+            if new:
+                self._runners += 1
+                number = self._runners
+            else:
+                self._idle -= 1
+        self._launches.put(run)
+        if closed:  # after close(): a runner for this job, which ends after it
+            self._launches.put(None)
+        if new:
+            spawn(self.node, "runner", self._runner, f"jobs-runner-{self.node}-{number}")
+
+    def close(self) -> None:
+        """Let the runner threads end once their jobs have (call after the last
+        :meth:`launch`)."""
+        with self._runners_lock:
+            self._closed = True
+            runners, self._runners, self._idle = self._runners, 0, 0
+        for _ in range(runners):
+            self._launches.put(None)
+
+    def _runner(self) -> None:
+        while True:
+            run = self._launches.get()
+            if run is None:
+                return
+            run.thread = threading.current_thread()
+            try:
+                self._run(run)
+            except Exception:  # one job's failure must not end the runner
+                log.exception("job worker %s: running job %s failed", self.node,
+                              run.stored.job.id)
+            with self._runners_lock:
+                self._idle += 1
 
     def _run(self, run: RunningJob) -> None:
         job = run.stored.job
         try:
             status, exit_code, reason = self._execute(run)
-            if not run.record_changed:
-                self._finish(run, status, exit_code, reason)
-        finally:
-            with self.cond:
-                self.jobs.pop(job.id, None)
-                self.cond.notify_all()
+        except BaseException:
+            self._forget([run])
+            raise
+        if run.record_changed:
+            self._forget([run])
+            return
+        self._record_end(run, JobEnd(job, run.stored.revision, status,  # type: ignore[arg-type]
+                                     exit_code, reason))
+
+    def _forget(self, runs: list[RunningJob]) -> None:
+        """The jobs ended and their ends are recorded (or cannot be): free their slots."""
+        with self.cond:
+            for run in runs:
+                self.jobs.pop(run.stored.job.id, None)
+            self.cond.notify_all()
+        for run in runs:
             run.done.set()
+
+    def _which(self, command: str, path: str | None) -> str | None:
+        """``shutil.which``, remembered for :data:`PROGRAM_CACHE_SECONDS` (a lookup walks
+        the ``PATH``: a system call per directory, for every job)."""
+        key = (command, path)
+        now = time.monotonic()
+        hit = self._programs.get(key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        program = shutil.which(command, path=path)
+        if len(self._programs) >= 256:  # commands come from users: keep it bounded
+            self._programs.clear()
+        if program is not None:
+            self._programs[key] = (program, now + PROGRAM_CACHE_SECONDS)
+        else:
+            self._programs.pop(key, None)
+        return program
 
     def _execute(self, run: RunningJob) -> tuple[str, int | None, str]:
         job = run.stored.job
-        env = dict(os.environ)
-        env.update(job.env)
-        env.update(SKED_JOB_ID=job.id, SKED_JOB_ATTEMPT=str(job.attempts),
-                   SKED_NODE=self.node)
-        program = shutil.which(job.command, path=env.get("PATH"))
+        env = {**self._environ, **job.env, "SKED_JOB_ID": job.id,
+               "SKED_JOB_ATTEMPT": str(job.attempts), "SKED_NODE": self.node}
+        program = self._which(job.command, env.get("PATH"))
         if program is None:
             return "failed", None, f"command not found on node {self.node}: {job.command}"
         # the host policy: the commands this node runs, and the user it runs them as
@@ -152,7 +235,10 @@ class Runs:
         finally:
             limited.cleanup()
             if not job.cwd:
-                shutil.rmtree(cwd, ignore_errors=True)
+                try:
+                    os.rmdir(cwd)  # most jobs leave their directory empty
+                except OSError:
+                    shutil.rmtree(cwd, ignore_errors=True)
 
     def _supervise(self, run: RunningJob, limited: Limited, env: dict[str, str],
                    cwd: Path) -> tuple[str, int | None, str]:
@@ -201,36 +287,61 @@ class Runs:
             what = f"exit code {rc}"
         return "failed", rc, f"{what}; {hint}" if hint else what
 
-    def _finish(self, run: RunningJob, status: str, exit_code: int | None,
-                reason: str) -> None:
-        job, revision = run.stored.job, run.stored.revision
+    def _record_end(self, run: RunningJob, end: JobEnd) -> None:
+        """Queue the job's end; unless a write is in flight, write the queue (in one
+        transaction, until nothing is left) — whoever writes takes the ends queued
+        meanwhile with it."""
         run.finishing = True
+        with self._ends_lock:
+            self._ends.append((run, end))
+            if self._recording:
+                return
+            self._recording = True
+        while True:
+            with self._ends_lock:
+                batch, self._ends = self._ends, []
+                if not batch:
+                    self._recording = False
+                    return
+            try:
+                self._finish(batch)
+            except BaseException:
+                with self._ends_lock:
+                    self._recording = False
+                raise
+            finally:
+                self._forget([r for r, _ in batch])
+
+    def _finish(self, batch: list[tuple[RunningJob, JobEnd]]) -> None:
         backoff = Backoff(initial=0.1, maximum=2.0)
         while True:
             try:
-                ok = self.store.finish(job, revision, status,  # type: ignore[arg-type]
-                                       exit_code=exit_code, reason=reason)
+                written = self.store.finish_many([end for _, end in batch])
                 break
             except BackendUnavailable as exc:
                 lease = self._lease()
                 if lease is None or lease.lost.is_set():
-                    log.warning("job %s: ended (%s) but the node's lease is lost; its end "
-                                "is not recorded: %s", job.id, status, exc)
+                    for _, end in batch:
+                        log.warning("job %s: ended (%s) but the node's lease is lost; its "
+                                    "end is not recorded: %s", end.job.id, end.status, exc)
                     return
                 time.sleep(backoff.next())
-        if not ok:
-            log.info("job %s: ended (%s) after its record changed (canceled or taken "
-                     "back); not recorded", job.id, status)
-            return
-        METRICS.job_seconds.labels(status).observe(time.monotonic() - run.claimed_at)
-        if status == "complete":
-            self.stats.completed += 1
-        else:
-            self.stats.failed += 1
-        log.info("job %s %s on %s%s", job.id, status, self.node,
-                 f": {reason}" if reason else "")
-        self.events.record("job", job.id, status, reason or f"{status} on node {self.node}",
-                           node=self.node, exit=exit_code)
+        for (run, end), ok in zip(batch, written, strict=True):
+            job, status, reason = end.job, end.status, end.reason
+            if not ok:
+                log.info("job %s: ended (%s) after its record changed (canceled or taken "
+                         "back); not recorded", job.id, status)
+                continue
+            METRICS.job_seconds.labels(status).observe(time.monotonic() - run.claimed_at)
+            if status == "complete":
+                self.stats.completed += 1
+            else:
+                self.stats.failed += 1
+            log.info("job %s %s on %s%s", job.id, status, self.node,
+                     f": {reason}" if reason else "")
+            self.events.record("job", job.id, status,
+                               reason or f"{status} on node {self.node}", node=self.node,
+                               exit=end.exit_code)
 
     # -- stopping ----------------------------------------------------------------------------
     def request_stop(self, run: RunningJob, reason: str, record_changed: bool) -> None:

@@ -23,7 +23,7 @@ import builtins
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -46,9 +46,10 @@ from skedlib.jobs.models import (
 )
 from skedlib.keys import validate_name
 from skedlib.runtime import RETRY, Group, Retry, Store, retry_on_conflict, write_groups
+from skedlib.runtime.writer import pack, room_for
 from skedlib.store.base import Backend, Compare, Delete, KeyValue, Op, Put, TxnResult
 
-__all__ = ["JobFinished", "JobStore", "StoredJob", "decode_job", "encode_job"]
+__all__ = ["JobEnd", "JobFinished", "JobStore", "StoredJob", "decode_job", "encode_job"]
 
 log = logging.getLogger("skedlib.jobs")
 
@@ -72,6 +73,19 @@ def decode_job(data: bytes, key: str = "") -> Job:
         return _job_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise ValidationError(f"{key or 'job record'}: not a job record: {exc}") from None
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a running job (its record read at ``revision``) ended, for
+    :meth:`JobStore.finish_many`."""
+
+    job: Job
+    revision: int
+    status: JobState
+    """``complete`` or ``failed``."""
+    exit_code: int | None
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -151,20 +165,39 @@ class JobStore:
         ``node_revision``; returns the running job with its record's revision, or None
         when somebody else was first (or the node's lease ended).
         """
+        claimed = self.claim_many([queued], node, node_revision, log_url=log_url,
+                                  limits=limits)
+        return claimed[0] if claimed else None
+
+    def claim_many(self, queued: Sequence[KeyValue], node: str, node_revision: int, *,
+                   log_url: str = "", limits: str = "") -> builtins.list[StoredJob] | None:
+        """Claim the jobs of several queued keys for ``node`` in one transaction, all or
+        none (see :meth:`claim`): None when any of them was taken first (or the node's
+        lease ended). :meth:`claim_room` says how many fit in one transaction."""
         if node_revision <= 0:
             raise ValueError("claim: node_revision must be the revision of the node's "
                              "registered key (jobs/nodes/<node>)")
-        job = decode_job(queued.value, queued.key)
         now = self.clock()
-        running = msgspec.structs.replace(
-            job, status="running", node=node, attempts=job.attempts + 1, exit_code=None,
-            reason="", limits=limits, log_url=log_url, started_at=now, finished_at=None)
-        res = self.backend.txn(
-            [Compare(queued.key, queued.revision), Compare(self.keys.job_node(node),
-                                                           node_revision)],
-            [Delete(queued.key), Put(self.keys.job_running(node, job.id), b""),
-             Put(self.keys.job(job.id), encode_job(running))])
-        return StoredJob(running, res.revision) if res.succeeded else None
+        compares = [Compare(self.keys.job_node(node), node_revision)]
+        ops: list[Op] = []
+        jobs: list[Job] = []
+        for kv in queued:
+            job = decode_job(kv.value, kv.key)
+            running = msgspec.structs.replace(
+                job, status="running", node=node, attempts=job.attempts + 1,
+                exit_code=None, reason="", limits=limits, log_url=log_url, started_at=now,
+                finished_at=None)
+            compares.append(Compare(kv.key, kv.revision))
+            ops += [Delete(kv.key), Put(self.keys.job_running(node, job.id), b""),
+                    Put(self.keys.job(job.id), encode_job(running))]
+            jobs.append(running)
+        res = self.backend.txn(compares, ops)
+        return [StoredJob(job, res.revision) for job in jobs] if res.succeeded else None
+
+    def claim_room(self) -> int:
+        """How many jobs one :meth:`claim_many` transaction can claim on this backend."""
+        limit = self.backend.max_txn_ops
+        return 1_000 if limit is None else max(1, (limit - 1) // 4)
 
     def finish(self, job: Job, revision: int, status: JobState, *, exit_code: int | None,
                reason: str) -> bool:
@@ -173,14 +206,45 @@ class JobStore:
         False when the record changed meanwhile: the job was canceled, or requeued
         because its node was taken for lost; then nothing is written.
         """
-        if status not in ("complete", "failed"):
-            raise ValueError(f"finish: {status!r} is not complete or failed")
-        if job.status != "running":
-            return False
+        return self.finish_many([JobEnd(job, revision, status, exit_code, reason)])[0]
+
+    def finish_many(self, ends: Sequence[JobEnd]) -> builtins.list[bool]:
+        """End several running jobs (see :meth:`finish`) in as few transactions as the
+        backend takes; whether each was written, in order.
+
+        Each job is a group of its own (its record compared, its status key moved): when
+        a transaction's compares fail because one of its jobs changed meanwhile, its jobs
+        are written one by one, so one cancel costs the others nothing but a retry.
+        """
+        results = [False] * len(ends)
         now = self.clock()
-        done = msgspec.structs.replace(job, status=status, exit_code=exit_code,
-                                       reason=reason, finished_at=now)
-        return self._move(job, revision, done, now, []).succeeded
+        groups: list[tuple[int, Group]] = []
+        for i, end in enumerate(ends):
+            if end.status not in ("complete", "failed"):
+                raise ValueError(f"finish: {end.status!r} is not complete or failed")
+            if end.job.status != "running":
+                continue
+            done = msgspec.structs.replace(end.job, status=end.status,
+                                           exit_code=end.exit_code, reason=end.reason,
+                                           finished_at=now)
+            groups.append((i, self._move_group(end.job, end.revision, done, now)))
+        room = room_for(self.backend, (), sum(g.size for _, g in groups))
+        for chunk in pack(groups, room, lambda item: item[1].size):
+            if self._write(g for _, g in chunk):
+                for i, _ in chunk:
+                    results[i] = True
+            elif len(chunk) > 1:
+                for i, g in chunk:
+                    results[i] = self._write([g])
+        return results
+
+    def _write(self, groups: Iterable[Group]) -> bool:
+        compares: list[Compare] = []
+        ops: list[Op] = []
+        for g in groups:
+            compares += g.compares
+            ops += g.ops
+        return self.backend.txn(compares, ops).succeeded
 
     def cancel(self, job_id: str, reason: str = "canceled") -> Job:
         """Cancel a queued or running job (its node sees the running key go and stops it).
@@ -288,15 +352,20 @@ class JobStore:
             return self.keys.job_running(job.node, job.id)
         return self.keys.job_finished(job.status, epoch, job.id)
 
-    def _move(self, old: Job, revision: int, new: Job, now: float,
-              fence: Sequence[Compare]) -> TxnResult:
-        old_epoch = _epoch(old.finished_at or 0.0)
+    def _move_group(self, old: Job, revision: int, new: Job, now: float) -> Group:
+        """The transition of one job from ``old`` (its record at ``revision``) to
+        ``new``: the record compared and rewritten, the status key moved."""
         data = encode_job(new)
         new_key = self._status_key(new, _epoch(now))
-        ops: list[Op] = [Delete(self._status_key(old, old_epoch)),
-                         Put(self.keys.job(new.id), data),
-                         Put(new_key, data if new.status == "queued" else b"")]
-        return self.backend.txn([Compare(self.keys.job(old.id), revision), *fence], ops)
+        return Group((Compare(self.keys.job(old.id), revision),),
+                     (Delete(self._status_key(old, _epoch(old.finished_at or 0.0))),
+                      Put(self.keys.job(new.id), data),
+                      Put(new_key, data if new.status == "queued" else b"")))
+
+    def _move(self, old: Job, revision: int, new: Job, now: float,
+              fence: Sequence[Compare]) -> TxnResult:
+        group = self._move_group(old, revision, new, now)
+        return self.backend.txn([*group.compares, *fence], group.ops)
 
     # -- consistency ----------------------------------------------------------------------
     def inconsistencies(self) -> builtins.list[str]:

@@ -5,9 +5,11 @@ One :class:`JobWorker` per node (``skedlib-agent --jobs``). It wires together:
 
 - the **claim queue** (:mod:`skedlib.jobs._queue`): an informer on
   ``jobs/status/queued/`` and the claimer, which takes the jobs that fit in one
-  transaction each;
-- the **running jobs** (:mod:`skedlib.jobs._running`): one thread per job, which starts
-  it under its limits, waits, and records ``complete`` or ``failed``; and an informer on
+  transaction (several at once when the queue is deep);
+- the **running jobs** (:mod:`skedlib.jobs._running`): runner threads (one per job
+  running at once, kept for the next jobs), each of which starts a job under its limits
+  (in a cgroup reused from job to job), waits, and records ``complete`` or ``failed``
+  (the ends of jobs that finish together in one transaction); and an informer on
   this node's ``jobs/status/running/<node>/``: a key that disappears (a cancel, or the
   cleaner taking the job back) stops that job;
 - the **lease** (here): the node's record ``jobs/nodes/<node>`` is bound to a kept
@@ -86,7 +88,8 @@ class JobWorker:
         self.slots = config.slots or (os.cpu_count() or 1)
         self.logs_dir = config.state_dir / "jobs" / "logs"
         self.work_dir = config.state_dir / "jobs" / "work"
-        self.limiter: Limiter = detect_limiter(self.node, config.limits)
+        # one pooled cgroup per slot, emptied and reset between jobs
+        self.limiter: Limiter = detect_limiter(self.node, config.limits, reuse=True)
         self._stopping = threading.Event()
         self._lease: KeptLease | None = None
         self.events = EventLog(self.store.store, f"job worker {self.node}")
@@ -146,8 +149,7 @@ class JobWorker:
         for run in list(self.runs.jobs.values()):
             self.runs.give_back(run, f"node {self.node} shut down")
         for run in list(self.runs.jobs.values()):
-            if run.thread is not None:
-                run.thread.join(self.config.grace_period + 5)
+            run.done.wait(self.config.grace_period + 5)
         self.upkeep.release()
         if self._lease is not None:
             self._lease.revoke()
@@ -155,6 +157,7 @@ class JobWorker:
             self._server.stop()
         self.queue.stop()
         self.runs.unfollow()
+        self.runs.close()
         if self._upkeep_thread is not None:
             self._upkeep_thread.join(5)
         self.limiter.close()

@@ -45,7 +45,7 @@ from skedlib.jobs.models import (
     JobRequirements,
     JobSpec,
 )
-from skedlib.jobs.store import JobFinished, JobStore, StoredJob, encode_job
+from skedlib.jobs.store import JobEnd, JobFinished, JobStore, StoredJob, encode_job
 from skedlib.keys import Keyspace
 from skedlib.plugins import open_backend
 from skedlib.runtime import Store
@@ -283,6 +283,42 @@ class JobMachine(RuleBasedStateMachine):
         # the worker may finish later with what claim returned
         self.running_reads[job_id] = (result, self.model[job_id].version)
 
+    @rule(data=st.data(), node=nodes, old_node_rev=st.booleans())
+    def claim_batch(self, data: st.DataObject, node: str, old_node_rev: bool) -> None:
+        """Claim several queued jobs in one transaction (JobStore.claim_many) with reads
+        fresh or remembered: all are claimed iff every read is current and the node's key
+        is at the revision given, else nothing is written."""
+        ids = data.draw(st.lists(st.sampled_from(sorted(self.model) or ["none"]),
+                                 min_size=1, max_size=4, unique=True), label="jobs")
+        reads: list[tuple[str, KeyValue, int]] = []
+        for job_id in ids:
+            fresh = data.draw(st.booleans(), label=f"fresh read of {job_id}") \
+                or job_id not in self.queued_reads
+            if fresh and (job_id not in self.model or self._read_queued(job_id) is None):
+                continue
+            kv, read_version = self.queued_reads[job_id]
+            reads.append((job_id, kv, read_version))
+        if not reads:
+            return
+        revs = self.node_revs[node]
+        node_rev = revs[0] if old_node_rev else revs[-1]
+        expect = node in self.alive and node_rev == revs[-1] and all(
+            self.model[j].state == "queued" and self.model[j].version == v
+            for j, _, v in reads)
+        before = _snapshot(self.backend, self.keys)
+        result = self.store.claim_many([kv for _, kv, _ in reads], node, node_rev)
+        if not expect:
+            assert result is None
+            assert _snapshot(self.backend, self.keys) == before
+            return
+        assert result is not None and [r.job.id for r in result] == [j for j, _, _ in reads]
+        for stored in result:
+            got = _claimed(self.store, stored)
+            assert (got.status, got.node, got.attempts) == (
+                "running", node, self.model[got.id].attempts + 1)
+            self._claimed(got.id, node)
+            self.running_reads[got.id] = (stored, self.model[got.id].version)
+
     @precondition(lambda self: self._in_state("queued"))
     @rule(data=st.data(), node=nodes, other=nodes,
           interfere=st.sampled_from(["claim", "cancel"]))
@@ -332,6 +368,25 @@ class JobMachine(RuleBasedStateMachine):
             assert m is not None and m.state == "running"
             self._ended(job_id, status, reason, exit_code)
         else:
+            assert _snapshot(self.backend, self.keys) == before
+
+    @precondition(lambda self: self.running_reads)
+    @rule(data=st.data(), status=st.sampled_from(["complete", "failed"]))
+    def finish_batch(self, data: st.DataObject, status: str) -> None:
+        """End several jobs in one call (JobStore.finish_many) with remembered reads: each
+        is written iff its record did not change since it was read, whatever the others."""
+        ids = data.draw(st.lists(st.sampled_from(sorted(self.running_reads)), min_size=1,
+                                 max_size=4, unique=True), label="jobs")
+        ends = [JobEnd(self.running_reads[j][0].job, self.running_reads[j][0].revision,
+                       status, 0, f"batch {status}") for j in ids]  # type: ignore[arg-type]
+        expect = [j in self.model and self.model[j].version == self.running_reads[j][1]
+                  for j in ids]
+        before = _snapshot(self.backend, self.keys)
+        assert self.store.finish_many(ends) == expect
+        for job_id, ok in zip(ids, expect, strict=True):
+            if ok:
+                self._ended(job_id, status, f"batch {status}", 0)
+        if not any(expect):
             assert _snapshot(self.backend, self.keys) == before
 
     @precondition(lambda self: self._in_state("running"))

@@ -110,10 +110,11 @@ class Jobs:
         self.limiter.close()
 
 
-@pytest.fixture(params=["auto", *LIMITER_KINDS])
-def jobs(request: pytest.FixtureRequest) -> Iterator[Jobs]:
+def _jobs(kind: str, reuse: bool = False) -> Iterator[Jobs]:
+    """The limiter of ``kind`` (skipped where this machine cannot use it); at the end
+    every job is killed and cleaned up and the node's parent cgroups must be gone."""
     try:
-        limiter = detect_limiter(NODE, request.param)
+        limiter = detect_limiter(NODE, kind, reuse=reuse)
     except SkedError as exc:
         pytest.skip(str(exc))
     j = Jobs(limiter)
@@ -123,6 +124,11 @@ def jobs(request: pytest.FixtureRequest) -> Iterator[Jobs]:
         j.close()
         for parent in getattr(limiter, "parents", []):
             assert not os.path.exists(parent), f"left over: {parent}"
+
+
+@pytest.fixture(params=["auto", *LIMITER_KINDS])
+def jobs(request: pytest.FixtureRequest) -> Iterator[Jobs]:
+    yield from _jobs(request.param)
 
 
 def test_over_memory_limit_is_stopped(jobs: Jobs) -> None:
@@ -302,3 +308,101 @@ def test_cgroup2_mechanics_without_controllers() -> None:
     finally:
         jobs.close()
     assert not os.path.exists(parent)
+
+
+# -- reused cgroups (the job worker's pool) -------------------------------------------------
+
+
+@pytest.fixture(params=CGROUP_KINDS)
+def pooled(request: pytest.FixtureRequest) -> Iterator[Jobs]:
+    """A limiter of a cgroup kind that reuses its jobs' cgroups."""
+    yield from _jobs(request.param, reuse=True)
+
+
+def _memory_limit(cgroup: str, kind: str) -> int | None:
+    name = "memory.max" if kind == "cgroup2" else "memory.limit_in_bytes"
+    text = limits._read(os.path.join(cgroup, name)).strip()
+    return None if text == "max" or int(text) >= 2**62 else int(text)
+
+
+def test_a_reused_cgroup_holds_nothing_of_the_last_job(pooled: Jobs) -> None:
+    first = pooled.wrap(["/bin/sh", "-c", "sleep 60 & exit 0"], memory=64, cpu_units=512)
+    assert isinstance(first, limits._CgroupLimited)
+    cgroup = first.cgroups[0]
+    assert pooled.run(first)[0] == 0
+    left = limits._pids(cgroup)
+    assert left, "the background sleep is still in the cgroup"
+    assert _memory_limit(cgroup, pooled.kind) == 64 * 2**20
+    first.kill_all()
+    first.cleanup()
+    first.cleanup()  # idempotent: given back once
+    wait_for(lambda: all(gone(pid) for pid in left), 20, f"{left} to die")
+    assert os.path.isdir(cgroup), "kept for the next job"
+
+    second = pooled.wrap(["sleep", "60"])
+    assert isinstance(second, limits._CgroupLimited)
+    assert second.cgroups[0] == cgroup, "the same cgroup, reused"
+    assert limits._pids(cgroup) == []
+    assert _memory_limit(cgroup, pooled.kind) is None, "the memory limit was reset"
+    if pooled.kind == "cgroup2" and "cpu.max" in pooled.limiter.detail:
+        assert limits._read(os.path.join(cgroup, "cpu.max")).split()[0] == "max"
+    proc = pooled.start(second)
+    wait_for(lambda: proc.pid in limits._pids(cgroup), 5, "the job in the cgroup")
+    third = pooled.wrap(["true"], memory=32)
+    assert isinstance(third, limits._CgroupLimited)
+    assert third.cgroups[0] != cgroup, "a cgroup in use is not handed out"
+    second.kill_all()
+    assert proc.wait(5) == -signal.SIGKILL
+    assert second.exceeded(proc.returncode) is None
+    second.cleanup()
+    third.cleanup()
+
+
+def test_an_oom_kill_is_not_taken_for_the_next_job(pooled: Jobs) -> None:
+    hog = pooled.wrap([sys.executable, "-c", ALLOC, "200"], memory=64)
+    returncode, _, _ = pooled.run(hog)
+    assert returncode == -signal.SIGKILL
+    assert (hog.exceeded(returncode) or "").startswith("killed:")
+    hog.cleanup()
+    assert (hog.exceeded(returncode) or "").startswith("killed:")
+
+    fits = pooled.wrap([sys.executable, "-c", ALLOC, "10"], memory=64)
+    assert isinstance(fits, limits._CgroupLimited) and isinstance(hog, limits._CgroupLimited)
+    assert fits.cgroups[0] == hog.cgroups[0]
+    assert pooled.run(fits)[0] == 0
+    assert fits.exceeded(0) is None and fits.exceeded(1) is None
+    fits.cleanup()
+
+    killed = pooled.wrap(["sleep", "60"], memory=64)
+    proc = pooled.start(killed)
+    killed.kill_all()
+    assert proc.wait(5) == -signal.SIGKILL
+    assert killed.exceeded(proc.returncode) is None, "killed by us, not for its memory"
+    killed.cleanup()
+
+
+def test_a_pooled_cgroup_removed_meanwhile_is_made_again(pooled: Jobs) -> None:
+    first = pooled.wrap(["true"], memory=64)
+    assert isinstance(first, limits._CgroupLimited)
+    assert pooled.run(first)[0] == 0
+    first.cleanup()
+    os.rmdir(first.cgroups[0])  # as an administrator might
+    second = pooled.wrap([sys.executable, "-c", ALLOC, "10"], memory=64)
+    assert pooled.run(second)[0] == 0
+    assert isinstance(second, limits._CgroupLimited) and os.path.isdir(second.cgroups[0])
+    second.cleanup()
+
+
+def test_a_pooled_wrap_that_fails_leaves_no_cgroup(pooled: Jobs) -> None:
+    if "cpu not enforced" in pooled.limiter.detail:
+        pytest.skip(pooled.limiter.detail)
+    parents: list[str] = getattr(pooled.limiter, "parents", [])
+    ok = pooled.wrap(["true"], cpu_units=512)
+    assert pooled.run(ok)[0] == 0
+    ok.cleanup()
+    with pytest.raises(SkedError, match="cannot create its cgroup"):
+        pooled.wrap(["true"], cpu_units=10**15)  # a cpu quota the kernel refuses
+    assert [n for p in parents for n in os.listdir(p) if n.startswith("job-")] == []
+    again = pooled.wrap(["true"], cpu_units=512)
+    assert pooled.run(again)[0] == 0
+    again.cleanup()

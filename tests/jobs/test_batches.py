@@ -1,0 +1,157 @@
+"""Claims and finishes in batches (JobStore.claim_many, finish_many) on every local
+backend, and the worker's runner threads, which are kept from job to job."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from skedlib.executors.limits import detect_limiter
+from skedlib.jobs._config import WorkerConfig, WorkerStats
+from skedlib.jobs._running import Runs
+from skedlib.jobs.models import JobSpec
+from skedlib.jobs.store import JobEnd, JobStore, StoredJob
+from skedlib.plugins import open_backend
+from skedlib.runtime import Store
+from skedlib.store.base import Backend, KeyValue
+from skedlib.store.memory import MemoryBackend
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    url = "memory://" if request.param == "memory" else f"sqlite://{tmp_path}/jobs.db"
+    backend: Backend = open_backend(url)
+    try:
+        yield JobStore(Store(backend))
+    finally:
+        backend.close()
+
+
+def _queued(store: JobStore, *ids: str) -> list[KeyValue]:
+    out = []
+    for job_id in ids:
+        store.submit(JobSpec(command="true"), job_id)
+        kv = store.backend.get(store.keys.job_queued(job_id))
+        assert kv is not None
+        out.append(kv)
+    return out
+
+
+def _register(store: JobStore, node: str) -> int:
+    return store.backend.put(store.keys.job_node(node), b"{}")
+
+
+def test_a_batch_claim_is_all_or_nothing(store: JobStore) -> None:
+    a, b, c = _queued(store, "a", "b", "c")
+    n1, n2 = _register(store, "n1"), _register(store, "n2")
+    assert store.claim(b, "n2", n2) is not None  # another node was first for one
+    assert store.claim_many([a, b, c], "n1", n1) is None
+    assert [store.get(j).job.status for j in "abc"] == ["queued", "running", "queued"]
+    assert store.get("b").job.node == "n2"
+    claimed = store.claim_many([a, c], "n1", n1, log_url="http://x", limits="none")
+    assert claimed is not None and [s.job.id for s in claimed] == ["a", "c"]
+    for stored in claimed:
+        assert store.get(stored.job.id) == stored, "the revision returned is the record's"
+        assert (stored.job.status, stored.job.node, stored.job.attempts,
+                stored.job.log_url) == ("running", "n1", 1, "http://x")
+    assert store.inconsistencies() == []
+
+
+def test_a_batch_claim_compares_the_node_key(store: JobStore) -> None:
+    (a,) = _queued(store, "a")
+    rev = _register(store, "n1")
+    store.backend.delete(store.keys.job_node("n1"))  # the node's lease ended
+    assert store.claim_many([a], "n1", rev) is None
+    assert store.get("a").job.status == "queued"
+    with pytest.raises(ValueError, match="node_revision"):
+        store.claim_many([a], "n1", 0)
+
+
+def test_claim_room_fits_the_backends_transactions() -> None:
+    assert JobStore(Store(MemoryBackend())).claim_room() >= 100
+    small = JobStore(Store(MemoryBackend(max_txn_ops=13)))
+    assert small.claim_room() == 3  # the node's compare, then 4 operations per job
+    kvs = _queued(small, "a", "b", "c")
+    assert small.claim_many(kvs, "n1", _register(small, "n1")) is not None
+
+
+@pytest.mark.parametrize("max_txn_ops", [None, 8])
+def test_finish_many_writes_each_job_unless_its_record_changed(max_txn_ops: int | None
+                                                               ) -> None:
+    store = JobStore(Store(MemoryBackend(max_txn_ops=max_txn_ops)))
+    ids = ["a", "b", "c", "d", "e"]
+    queued, rev = _queued(store, *ids), _register(store, "n1")
+    room = store.claim_room()
+    claimed: list[StoredJob] = []
+    for start in range(0, len(queued), room):
+        claimed += store.claim_many(queued[start:start + room], "n1", rev) or []
+    assert len(claimed) == 5
+    store.cancel("c")  # its end no longer belongs to the node
+    ends = [JobEnd(s.job, s.revision, "failed" if s.job.id == "e" else "complete",
+                   1 if s.job.id == "e" else 0, "exit code 1" if s.job.id == "e" else "")
+            for s in claimed]
+    assert store.finish_many(ends) == [True, True, False, True, True]
+    jobs = {j: store.get(j).job for j in ids}
+    assert [jobs[j].status for j in ids] == ["complete", "complete", "canceled", "complete",
+                                             "failed"]
+    assert (jobs["e"].exit_code, jobs["e"].reason) == (1, "exit code 1")
+    assert store.finish_many(ends) == [False] * 5, "already ended: nothing written"
+    assert store.inconsistencies() == []
+
+
+def test_finish_many_refuses_other_states(store: JobStore) -> None:
+    (a,) = _queued(store, "a")
+    (stored,) = store.claim_many([a], "n1", _register(store, "n1")) or []
+    with pytest.raises(ValueError, match="not complete or failed"):
+        store.finish_many([JobEnd(stored.job, stored.revision, "canceled", None, "")])
+    assert store.get("a").job.status == "running"
+
+
+def _runners(node: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(f"jobs-runner-{node}-")]
+
+
+def test_runner_threads_are_kept_from_job_to_job(tmp_path: Path) -> None:
+    store = JobStore(Store(MemoryBackend()))
+    node = f"rt{time.monotonic_ns()}"
+    config = WorkerConfig(node=node, state_dir=tmp_path, limits="none")
+    runs = Runs(store, config, detect_limiter(node, "none"), WorkerStats(),
+                tmp_path / "logs", tmp_path / "work", lambda: None)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "work").mkdir()
+    rev = _register(store, node)
+
+    def run_batch(ids: list[str]) -> None:
+        claimed = store.claim_many(_queued(store, *ids), node, rev)
+        assert claimed is not None
+        with runs.cond:
+            batch = [runs.add(stored) for stored in claimed]
+        for run in batch:
+            runs.launch(run)
+        for run in batch:
+            assert run.done.wait(30), f"job {run.stored.job.id} did not end"
+
+    run_batch(["a1", "a2", "a3"])
+    first = set(_runners(node))
+    assert len(first) == 3, "one runner per job running at once"
+    run_batch(["b1", "b2"])
+    run_batch(["c1", "c2", "c3"])
+    assert set(_runners(node)) == first, "the same threads ran the later jobs"
+    ids = ["a1", "a2", "a3", "b1", "b2", "c1", "c2", "c3"]
+    assert {store.get(j).job.status for j in ids} == {"complete"}
+    assert runs.stats.completed == 8 and runs.jobs == {}
+    runs.close()
+    for thread in first:
+        thread.join(10)
+        assert not thread.is_alive()
+    # a launch after close() still runs, on a thread of its own
+    (stored,) = store.claim_many(_queued(store, "z"), node, rev) or []
+    with runs.cond:
+        run = runs.add(stored)
+    runs.launch(run)
+    assert run.done.wait(30)
+    assert store.get("z").job.status == "complete"
