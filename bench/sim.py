@@ -8,8 +8,9 @@ scheduler on it as ``sked sim run`` does (``--jobs 2``: the two schedulers in pr
 of their own, at once, on the two cores). Reported per scheduler: its wall-clock and CPU
 seconds (the CPU figure is what a shared, loaded machine changes least), the virtual
 span, the plans made and the share of the wall clock spent inside the scheduler's
-``plan`` (the rest is validate, commit, the store and the simulator's bookkeeping); and the total wall clock of the runs (target: 100k tasks on 10k hosts, two
-schedulers, within 60 s on the 2-core development machine).
+``plan`` (the rest is validate, commit, the store and the simulator's bookkeeping); and
+the total wall clock of the runs (target: 100k tasks on 10k hosts, two schedulers,
+within 60 s on the 2-core development machine).
 """
 
 from __future__ import annotations
