@@ -66,7 +66,7 @@ from skedlib.models import (
 )
 from skedlib.runtime.informer import Informer
 from skedlib.runtime.store import Store
-from skedlib.scheduling.commit import CommitResult
+from skedlib.scheduling.commit import CommitResult, InflightAllocs
 from skedlib.scheduling.plan import Plan
 from skedlib.scheduling.snapshot import Snapshot
 from skedlib.store.base import KeyValue, ListResult, WatchEvent
@@ -155,6 +155,12 @@ class SnapshotCache:
         """Keys deleted through :meth:`record`: revision of the delete."""
         self._ready = threading.Event()
         self._informer: Informer | None = None
+        self._pending: dict[str, tuple[Task, Task | None]] = {}
+        """Placements written in by :meth:`place_pending`, not yet recorded: task id →
+        (the placed task, the record it replaced)."""
+        self.inflight = InflightAllocs()
+        """The host markers of commits prepared on this cache and not yet sent (pass it
+        to :func:`~skedlib.scheduling.commit.prepare_commit`)."""
 
     # -- following the store ------------------------------------------------------------
     def start(self) -> SnapshotCache:
@@ -208,6 +214,11 @@ class SnapshotCache:
                 if status is not None:
                     statuses[(cluster, service)] = status
         with self._lock:
+            # placements of commits still in flight are not in the listing yet: keep
+            # them counted (record() settles them)
+            for task_id, (task, _) in self._pending.items():
+                if task_id not in snap.tasks:
+                    snap.put_task(task, 0)
             self._snap = snap
             self._statuses = statuses
             self._written.clear()
@@ -233,19 +244,56 @@ class SnapshotCache:
                         log.exception("reacting to %s %s failed", ev.kind, ev.key)
             self._prune(snap.revision)
 
+    def place_pending(self, plan: Plan) -> None:
+        """Write ``plan``'s placements into the snapshot before they are committed (call
+        it holding a :meth:`view`, right after preparing the commit), so plans made while
+        the commit is in flight count the room they take; :meth:`record` then keeps the
+        committed ones and takes the others out again.
+
+        Only for placements that take room and free none: new tasks, or tasks without a
+        host (a stop, or a move, frees room that is not free until it is committed).
+        """
+        with self._lock:
+            snap = self._snap
+            for task in plan.place:
+                task_id = task.id
+                old = snap.tasks.get(task_id)
+                if old is not None and old.host:
+                    raise ValueError(f"task {task_id}: a move cannot be placed before it "
+                                     "is committed")
+                snap.put_task(task, snap.task_revisions.get(task_id, 0))
+                self._pending[task_id] = (task, old)
+
     def record(self, plan: Plan, result: CommitResult) -> None:
         """Write the committed part of ``plan`` through to the cache, at the revisions
-        its transactions got, so planning goes on from it at once."""
+        its transactions got, so planning goes on from it at once (placements written in
+        by :meth:`place_pending` that did not commit are taken out)."""
         placed = {t.id: t for t in plan.place}
         with self._lock:
             snap = self._snap
+            pending = {tid: self._pending.pop(tid) for tid in placed if tid in self._pending}
+            committed = set(result.committed)
+            for task_id, (tentative, before) in pending.items():
+                if task_id in committed or snap.tasks.get(task_id) is not tentative:
+                    continue  # committed (below), or the watch brought a newer record
+                rev = snap.task_revisions.get(task_id, 0)  # the one before (kept)
+                snap.remove_task(task_id)
+                if before is not None:
+                    snap.put_task(before, rev)
+                if self._on_change is not None:
+                    self._on_change(snap, Change(TaskKey(task_id), tentative, before))
             for task_id in result.committed:
                 rev = result.task_revisions.get(task_id, 0)
                 key = self.keys.task(task_id)
                 old = snap.tasks.get(task_id)
+                if task_id in pending and old is pending[task_id][0]:
+                    old = pending[task_id][1]  # the change is from the record before
                 task = placed.get(task_id)
                 if task is not None:
-                    snap.put_task(task, rev)
+                    if snap.tasks.get(task_id) is task:  # placed pending: as it was put
+                        snap.task_revisions[task_id] = rev
+                    else:
+                        snap.put_task(task, rev)
                     self._written[key] = rev
                     self._deleted.pop(key, None)
                 else:
@@ -316,11 +364,15 @@ class SnapshotCache:
 
     # -- internals ----------------------------------------------------------------------
     def _stale(self, ev: WatchEvent) -> bool:
+        """Older than a write recorded through, or that write itself (the cache holds
+        it already: not decoded again)."""
         written = self._written.get(ev.key)
-        if written is not None and ev.revision < written:
+        if written is not None and (ev.revision < written or
+                                    (ev.revision == written and ev.kind == "put")):
             return True
         deleted = self._deleted.get(ev.key)
-        return deleted is not None and ev.revision < deleted
+        return deleted is not None and (ev.revision < deleted or
+                                        (ev.revision == deleted and ev.kind == "delete"))
 
     def _prune(self, revision: int) -> None:
         """Write-throughs the watch has caught up with need no guarding any more."""

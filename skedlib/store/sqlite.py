@@ -247,19 +247,37 @@ class SqliteBackend(Backend):
                                     (lease, time.time())).fetchone() is None:
                         raise LeaseExpired(f"{self.url}: lease {lease} does not exist")
                 rev += 1
+                # runs of puts go to SQLite in one executemany each (a plan's commit is
+                # one transaction of thousands of puts); deletes one by one, as only a
+                # key that was there gets an event
+                puts: list[tuple[str, bytes, int, int, str | None]] = []
+                events: list[tuple[int, int, str, int, bytes]] = []
                 for seq, op in enumerate(ops):
                     if isinstance(op, Put):
-                        conn.execute(
-                            "INSERT INTO kv VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE "
-                            "SET value = excluded.value, mod_rev = excluded.mod_rev, "
-                            "lease = excluded.lease", (op.key, op.value, rev, rev, op.lease))
-                        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
-                                     (rev, seq, op.key, _PUT, op.value))
-                    elif conn.execute("DELETE FROM kv WHERE key = ?", (op.key,)).rowcount:
+                        puts.append((op.key, op.value, rev, rev, op.lease))
+                        events.append((rev, seq, op.key, _PUT, op.value))
+                        continue
+                    self._put_many(conn, puts, events)
+                    if conn.execute("DELETE FROM kv WHERE key = ?", (op.key,)).rowcount:
                         conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
                                      (rev, seq, op.key, _DELETE, b""))
+                self._put_many(conn, puts, events)
                 self._bump(conn, rev)
                 return TxnResult(True, rev)
+
+    @staticmethod
+    def _put_many(conn: sqlite3.Connection,
+                  puts: builtins.list[tuple[str, bytes, int, int, str | None]],
+                  events: builtins.list[tuple[int, int, str, int, bytes]]) -> None:
+        """Write the gathered puts and their events (in order), and empty the lists."""
+        if puts:
+            conn.executemany(
+                "INSERT INTO kv VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE "
+                "SET value = excluded.value, mod_rev = excluded.mod_rev, "
+                "lease = excluded.lease", puts)
+            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", events)
+            puts.clear()
+            events.clear()
 
     def watch(self, prefix: str, start_revision: int) -> Watch:
         return _SqliteWatch(self, prefix, start_revision)
