@@ -155,6 +155,11 @@ class SnapshotCache:
         """Keys deleted through :meth:`record`: revision of the delete."""
         self._ready = threading.Event()
         self._informer: Informer | None = None
+        # what the snapshot is made of: config/ and state/ but for the host index
+        # entries (a task's record has the same); the rest of the keyspace (events,
+        # locks, the index) goes by on the watch without being parsed
+        self._kept = (self.keys.config, self.keys.prefix + "state/")
+        self._skipped = self.keys.all_host_tasks
         self._pending: dict[str, tuple[Task, Task | None]] = {}
         """Placements written in by :meth:`place_pending`, not yet recorded: task id →
         (the placed task, the record it replaced)."""
@@ -231,10 +236,15 @@ class SnapshotCache:
         """Apply one watch batch, in order."""
         with self._lock:
             snap = self._snap
+            kept, skipped = self._kept, self._skipped
             for ev in events:
+                key = ev.key
                 if self._stale(ev):
                     continue
-                change = self._apply(snap, ev)
+                if not key.startswith(kept) or key.startswith(skipped) or self._echo(ev):
+                    change = None  # nothing the snapshot holds, or held already
+                else:
+                    change = self._apply(snap, ev)
                 if ev.revision > snap.revision:
                     snap.revision = ev.revision
                 if change is not None and self._on_change is not None:
@@ -364,15 +374,18 @@ class SnapshotCache:
 
     # -- internals ----------------------------------------------------------------------
     def _stale(self, ev: WatchEvent) -> bool:
-        """Older than a write recorded through, or that write itself (the cache holds
-        it already: not decoded again)."""
         written = self._written.get(ev.key)
-        if written is not None and (ev.revision < written or
-                                    (ev.revision == written and ev.kind == "put")):
+        if written is not None and ev.revision < written:
             return True
         deleted = self._deleted.get(ev.key)
-        return deleted is not None and (ev.revision < deleted or
-                                        (ev.revision == deleted and ev.kind == "delete"))
+        return deleted is not None and ev.revision < deleted
+
+    def _echo(self, ev: WatchEvent) -> bool:
+        """The watch's copy of a write recorded through (the cache holds it already: it
+        is not decoded and applied again)."""
+        if ev.kind == "put":
+            return self._written.get(ev.key) == ev.revision
+        return self._deleted.get(ev.key) == ev.revision
 
     def _prune(self, revision: int) -> None:
         """Write-throughs the watch has caught up with need no guarding any more."""

@@ -86,10 +86,11 @@ def _groups(snapshot: Snapshot, plan: Plan, ks: Keyspace) -> list[_Group]:
         tid = task.id
         old = snapshot.tasks.get(tid)
         value = encode(task)  # the task and its index entry hold the same record
-        ops: list[Op] = [Put(ks.task(tid), value), Put(ks.host_task(task.host, tid), value)]
+        key = ks.task(tid)
+        ops: list[Op] = [Put(key, value), Put(ks.host_task(task.host, tid), value)]
         if old is not None and old.host and old.host != task.host:
             ops.append(Delete(ks.host_task(old.host, tid)))
-        groups.append(_Group(tid, Compare(ks.task(tid), snapshot.task_revisions.get(tid, 0)),
+        groups.append(_Group(tid, Compare(key, snapshot.task_revisions.get(tid, 0)),
                              ops, task.host, True))
     for tid in plan.stop:
         old = snapshot.tasks.get(tid)
