@@ -326,7 +326,8 @@ class PairRunner:
                                        inflight=self.cache.inflight)
         try:
             if step.pipelined:
-                self.cache.place_pending(plan)  # planned on by others while it is sent
+                # planned on by others while it is sent
+                self.cache.place_pending(plan, step.prepared.values)
             else:  # it frees room: not free for others before it is committed
                 with METRICS.commit_seconds.time():
                     step.res = step.prepared.run()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -160,6 +160,11 @@ class SnapshotCache:
         # locks, the index) goes by on the watch without being parsed
         self._kept = (self.keys.config, self.keys.prefix + "state/")
         self._skipped = self.keys.all_host_tasks
+        self._echoes: dict[str, tuple[bytes, str, Task]] = {}
+        """Task key of a pending placement → (the value its commit writes, task id, the
+        placed task): the watch's copy of that write only gives its revision."""
+        self._confirmed: set[str] = set()
+        """Pending placements whose very record the watch has shown in the store."""
         self._pending: dict[str, tuple[Task, Task | None]] = {}
         """Placements written in by :meth:`place_pending`, not yet recorded: task id →
         (the placed task, the record it replaced)."""
@@ -237,8 +242,18 @@ class SnapshotCache:
         with self._lock:
             snap = self._snap
             kept, skipped = self._kept, self._skipped
+            echoes = self._echoes
             for ev in events:
                 key = ev.key
+                echo = echoes.get(key) if echoes else None
+                if echo is not None and ev.kind == "put" and ev.value == echo[0] and \
+                        snap.tasks.get(echo[1]) is echo[2]:
+                    # a pending placement's own write (recorded, with its change, later)
+                    snap.task_revisions[echo[1]] = ev.revision
+                    del echoes[key]
+                    self._confirmed.add(echo[1])
+                    snap.revision = max(snap.revision, ev.revision)
+                    continue
                 if self._stale(ev):
                     continue
                 if not key.startswith(kept) or key.startswith(skipped) or self._echo(ev):
@@ -254,7 +269,8 @@ class SnapshotCache:
                         log.exception("reacting to %s %s failed", ev.kind, ev.key)
             self._prune(snap.revision)
 
-    def place_pending(self, plan: Plan) -> None:
+    def place_pending(self, plan: Plan, values: Mapping[str, bytes] | None = None
+                      ) -> None:
         """Write ``plan``'s placements into the snapshot before they are committed (call
         it holding a :meth:`view`, right after preparing the commit), so plans made while
         the commit is in flight count the room they take; :meth:`record` then keeps the
@@ -262,6 +278,9 @@ class SnapshotCache:
 
         Only for placements that take room and free none: new tasks, or tasks without a
         host (a stop, or a move, frees room that is not free until it is committed).
+        ``values`` (task key → the value the commit writes there:
+        :attr:`~skedlib.scheduling.commit.PreparedCommit.values`) lets the watch's copy of
+        those writes through without decoding them again.
         """
         with self._lock:
             snap = self._snap
@@ -273,6 +292,10 @@ class SnapshotCache:
                                      "is committed")
                 snap.put_task(task, snap.task_revisions.get(task_id, 0))
                 self._pending[task_id] = (task, old)
+                key = self.keys.task(task_id)
+                value = values.get(key) if values is not None else None
+                if value is not None:
+                    self._echoes[key] = (value, task_id, task)
 
     def record(self, plan: Plan, result: CommitResult) -> None:
         """Write the committed part of ``plan`` through to the cache, at the revisions
@@ -282,10 +305,16 @@ class SnapshotCache:
         with self._lock:
             snap = self._snap
             pending = {tid: self._pending.pop(tid) for tid in placed if tid in self._pending}
+            confirmed = self._confirmed & pending.keys()
+            self._confirmed -= confirmed
+            for task_id in pending:
+                self._echoes.pop(self.keys.task(task_id), None)
             committed = set(result.committed)
             for task_id, (tentative, before) in pending.items():
-                if task_id in committed or snap.tasks.get(task_id) is not tentative:
-                    continue  # committed (below), or the watch brought a newer record
+                if task_id in committed or task_id in confirmed or \
+                        snap.tasks.get(task_id) is not tentative:
+                    continue  # committed (below), in the store all the same (written by
+                    # somebody else, as the watch showed), or a newer record came
                 rev = snap.task_revisions.get(task_id, 0)  # the one before (kept)
                 snap.remove_task(task_id)
                 if before is not None:

@@ -223,6 +223,10 @@ class PreparedCommit:
         self._after = after
         self._inflight = inflight
         self._ran = False
+        self.values: dict[str, bytes] = {
+            op.key: op.value for g in groups if g.places
+            for op in g.ops[:1] if isinstance(op, Put)}
+        """Task key → the record this commit writes there, for each placement."""
 
     def run(self) -> CommitResult:
         """Send the transactions (once); what :func:`commit_plan` returns."""
