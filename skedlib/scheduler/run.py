@@ -109,7 +109,10 @@ class _HeldLocks:
             lease = self._lease
             if lease is None or renew or lease.lost.is_set():
                 if lease is not None:
-                    lease.abandon()  # lost (or refused): its keys are gone or going
+                    # lost, or refused by the store: its keys are gone or going, and the
+                    # locks on it must not pass for held any more
+                    lease.abandon()
+                    lease.lost.set()
                 # the locks on the old lease went with it
                 self._idle = {p: e for p, e in self._idle.items() if e[0].held}
                 lease = self._lease = KeptLease(self._store.backend, self._ttl)
@@ -132,9 +135,10 @@ class _HeldLocks:
                 continue  # the store ended the lease before its renewal: a new one
         return None
 
-    def keep(self, pair: Pair, lock: Lock) -> None:
-        """Keep ``lock`` after the pair's run (released when the daemon stopped)."""
-        if lock.held:
+    def keep(self, pair: Pair, lock: Lock, fenced_out: bool = False) -> None:
+        """Keep ``lock`` after the pair's run (released when the daemon stopped, or
+        when its fence failed: the next run takes the lock again)."""
+        if lock.held and not fenced_out:
             with self._mutex:
                 if not self._closed:
                     self._idle[pair] = (lock, time.monotonic())
@@ -230,6 +234,7 @@ class PairRunner:
                 lock = None
         if lock is None:
             return RunOutcome(pair=pair, skipped=True, retry_after=self.lock_ttl)
+        fenced_out = True  # until the run says otherwise (an error: take it again)
         try:
             if not started:
                 self.cache.refresh()
@@ -241,10 +246,12 @@ class PairRunner:
                 staged.execute()  # a program's seconds do not hold the snapshot
                 with self.cache.view() as snap:
                     step = self._schedule(pair, lock, snap, staged)
-            return step if isinstance(step, RunOutcome) else self._finish(step, lock)
+            outcome = step if isinstance(step, RunOutcome) else self._finish(step, lock)
+            fenced_out = outcome.fenced_out
+            return outcome
         finally:
             if started:
-                self._locks.keep(pair, lock)
+                self._locks.keep(pair, lock, fenced_out)
             else:
                 lock.release()
 

@@ -319,8 +319,8 @@ class SnapshotCache:
                 snap.remove_task(task_id)
                 if before is not None:
                     snap.put_task(before, rev)
-                if self._on_change is not None:
-                    self._on_change(snap, Change(TaskKey(task_id), tentative, before))
+                # no change is reported: the store never held it (reporting its removal
+                # would queue the service again at once, bypassing its conflict backoff)
             for task_id in result.committed:
                 rev = result.task_revisions.get(task_id, 0)
                 key = self.keys.task(task_id)
