@@ -143,7 +143,7 @@ class _HeldLocks:
                 if not self._closed:
                     self._idle[pair] = (lock, time.monotonic())
                     return
-            lock.release()
+        lock.release()  # deletes the key only while it is still this holder's
 
     def sweep(self, everything: bool = False) -> None:
         """Give back the locks not used for ``hold`` seconds (``everything``: all)."""
