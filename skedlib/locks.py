@@ -121,6 +121,10 @@ class Lock:
             of your own under the prefix (``store.keys.prefix + "locks/my-job"``).
         ttl: Seconds the lock outlives a holder that stopped renewing it (a dead process).
         holder: Who holds it, for people reading the key (default: host, pid and object).
+        lease: A kept lease to bind the key to instead of one of its own (``ttl`` is then
+            the lease's): a process holding many locks renews one lease for all of them,
+            and taking a lock costs one transaction. Releasing the lock leaves the lease
+            alone; losing the lease loses every lock on it.
 
     Example:
         ```python
@@ -134,11 +138,12 @@ class Lock:
     """
 
     def __init__(self, backend: Backend, key: str, ttl: float = 10.0,
-                 holder: str | None = None) -> None:
+                 holder: str | None = None, *, lease: KeptLease | None = None) -> None:
         self.backend = backend
         self.key = key
         self.ttl = ttl
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._shared = lease
         self._lease: KeptLease | None = None
         self._token = 0
 
@@ -162,18 +167,23 @@ class Lock:
         """Take the lock if it is free; True when taken."""
         if self.held:
             return True
-        lease = KeptLease(self.backend, self.ttl)
+        lease = self._shared or KeptLease(self.backend, self.ttl)
         try:
             res = self.backend.txn([Compare(self.key, 0)],
                                    [Put(self.key, self.holder.encode(), lease=lease.id)])
         except BaseException:
-            lease.revoke()
+            self._end(lease)
             raise
         if not res.succeeded:
-            lease.revoke()
+            self._end(lease)
             return False
         self._lease, self._token = lease, res.revision
         return True
+
+    def _end(self, lease: KeptLease) -> None:
+        """Revoke ``lease`` unless it is shared (then its other keys stay)."""
+        if lease is not self._shared:
+            lease.revoke()
 
     def acquire(self, timeout: float | None = None) -> None:
         """Wait until the lock is taken, at most ``timeout`` seconds (None: forever)."""
@@ -202,7 +212,7 @@ class Lock:
             self.backend.txn([Compare(self.key, token)], [Delete(self.key)])
         except BackendError as exc:
             log.warning("could not delete lock %s: %s", self.key, exc)
-        lease.revoke()
+        self._end(lease)
 
     def __enter__(self) -> Lock:
         self.acquire()

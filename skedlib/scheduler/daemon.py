@@ -21,7 +21,12 @@
   If another daemon holds it, that daemon does the work (it saw the same change); this one
   only checks again after ``lock_ttl`` in case the holder died. The lock is kept while
   planning and committing, and every write is fenced with its token, so a daemon that
-  stalled past its lease cannot write.
+  stalled past its lease cannot write. All the daemon's locks are bound to one lease
+  (renewed once for all), and a lock is kept a moment after its run, until a worker finds
+  the queue empty (or the daemon stops).
+- **Pipelining.** The cached snapshot is held to plan, not while a commit that only adds
+  tasks is on the wire: those tasks are written into the snapshot first, so the next
+  service is planned meanwhile, counting them (see :mod:`skedlib.scheduler.run`).
 - **Running a scheduler.** The cached snapshot, the service's scheduler
   (``service.scheduler``, from the plugin registry; one not installed makes only that
   service unschedulable), :func:`~skedlib.scheduling.validate_plan` (invalid parts are
@@ -136,6 +141,7 @@ class SchedulerDaemon:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        self.runner.close()
         self.events.close(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
         log.info("scheduler %s stopped", self.holder)
 
@@ -164,8 +170,9 @@ class SchedulerDaemon:
     # -- working ----------------------------------------------------------------------
     def _work_loop(self) -> None:
         while not self._stop.is_set():
-            pair = self.queue.get(timeout=0.5)
-            if pair is None:
+            pair = self.queue.get(timeout=0.25)
+            if pair is None:  # nothing to do: give back the locks kept after runs
+                self.runner.sweep_locks()
                 continue
             try:
                 outcome = self.run_once(pair)

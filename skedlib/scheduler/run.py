@@ -10,24 +10,38 @@ status (:mod:`skedlib.scheduler.status`) when they changed. An exec scheduler's 
 runs between two borrowings of the snapshot (:class:`~skedlib.scheduling.ExecRun`). A
 pair that is not wanted any more has its tasks stopped and its status removed. What it
 did is a :class:`RunOutcome`, with the delay after which the pair should run again.
+
+**Pipelined commits.** The snapshot is borrowed to plan and to prepare the commit, not
+while the transactions travel: a plan that only adds tasks writes them into the snapshot
+(:meth:`~skedlib.scheduling.SnapshotCache.place_pending`) and sends its commit after
+giving the snapshot back, so another worker plans the next service meanwhile, counting
+those tasks. Its commit is guarded, host by host, by the marker revisions the commit in
+flight leaves (:class:`~skedlib.scheduling.commit.InflightAllocs`); a plan that stops or
+moves tasks commits while it holds the snapshot, as the room it frees is not free before.
+
+**Locks.** In a started daemon the pairs' locks are bound to one lease, renewed for all
+of them (:class:`_HeldLocks`): taking a lock is one transaction. A lock is kept for a
+moment after its run (a pair often runs again at once: its commit's own changes, a
+conflict), and given back when its worker finds nothing to do, or when the daemon stops.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 
 import msgspec
 
 from skedlib.codecs import encode
-from skedlib.errors import PluginError
+from skedlib.errors import LeaseExpired, PluginError
 from skedlib.events import EventLog
-from skedlib.locks import Lock
+from skedlib.locks import KeptLease, Lock
 from skedlib.metrics import METRICS
-from skedlib.models import EXTERNAL_SCHEDULER, ServiceStatus, scheduler_name
+from skedlib.models import EXTERNAL_SCHEDULER, Service, ServiceStatus, scheduler_name
 from skedlib.plugins import Registry
-from skedlib.runtime import Backoff
+from skedlib.runtime import Backoff, Store
 from skedlib.scheduler.affected import Pair, label
 from skedlib.scheduler.rollouts import with_rollout, write_rollout
 from skedlib.scheduler.status import compute_status, same_status
@@ -45,6 +59,7 @@ from skedlib.scheduling import (
     commit_plan,
     validate_plan,
 )
+from skedlib.scheduling.commit import PreparedCommit, prepare_commit
 from skedlib.store.base import Delete, Put
 
 __all__ = ["PairRunner", "RunOutcome"]
@@ -69,6 +84,104 @@ class RunOutcome(msgspec.Struct, kw_only=True):
     """Seconds after which the pair should run again (None: only on a change)."""
 
 
+class _HeldLocks:
+    """The pairs' locks of a started daemon: on one kept lease, kept between runs.
+
+    A pair's lock is used by one worker at a time (the work queue never hands a pair to
+    two); between runs it waits here, held, until :meth:`sweep` gives back the ones not
+    used for ``hold`` seconds.
+    """
+
+    def __init__(self, store: Store, holder: str, ttl: float, hold: float) -> None:
+        self._store = store
+        self._holder = holder
+        self._ttl = ttl
+        self._hold = hold
+        self._mutex = threading.Lock()
+        self._lease: KeptLease | None = None
+        self._idle: dict[Pair, tuple[Lock, float]] = {}
+        self._closed = False
+
+    def _session(self, renew: bool = False) -> KeptLease:
+        with self._mutex:
+            if self._closed:
+                raise LeaseExpired(f"{self._store.keys.prefix}locks: the scheduler stopped")
+            lease = self._lease
+            if lease is None or renew or lease.lost.is_set():
+                if lease is not None:
+                    # lost, or refused by the store: its keys are gone or going, and the
+                    # locks on it must not pass for held any more
+                    lease.abandon()
+                    lease.lost.set()
+                # the locks on the old lease went with it
+                self._idle = {p: e for p, e in self._idle.items() if e[0].held}
+                lease = self._lease = KeptLease(self._store.backend, self._ttl)
+            return lease
+
+    def take(self, pair: Pair) -> Lock | None:
+        """The pair's lock, held (kept from the last run, or taken now); None when
+        somebody else holds it."""
+        with self._mutex:
+            entry = self._idle.pop(pair, None)
+        if entry is not None and entry[0].held:
+            return entry[0]
+        key = self._store.keys.lock(*pair)
+        for renew in (False, True):
+            lock = Lock(self._store.backend, key, ttl=self._ttl, holder=self._holder,
+                        lease=self._session(renew))
+            try:
+                return lock if lock.try_acquire() else None
+            except LeaseExpired:
+                continue  # the store ended the lease before its renewal: a new one
+        return None
+
+    def keep(self, pair: Pair, lock: Lock, fenced_out: bool = False) -> None:
+        """Keep ``lock`` after the pair's run (released when the daemon stopped, or
+        when its fence failed: the next run takes the lock again)."""
+        if lock.held and not fenced_out:
+            with self._mutex:
+                if not self._closed:
+                    self._idle[pair] = (lock, time.monotonic())
+                    return
+        lock.release()  # deletes the key only while it is still this holder's
+
+    def sweep(self, everything: bool = False) -> None:
+        """Give back the locks not used for ``hold`` seconds (``everything``: all)."""
+        cutoff = time.monotonic() - (0.0 if everything else self._hold)
+        with self._mutex:
+            old = [p for p, (_, since) in self._idle.items() if everything or since <= cutoff]
+            locks = [self._idle.pop(p)[0] for p in old]
+        for lock in locks:
+            lock.release()
+
+    def close(self) -> None:
+        """Give every lock back and end the lease."""
+        with self._mutex:
+            self._closed = True
+        self.sweep(everything=True)
+        with self._mutex:
+            lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.revoke()
+
+
+class _Step(msgspec.Struct, kw_only=True):
+    """A run between planning and committing (what :meth:`PairRunner._schedule` hands
+    to :meth:`PairRunner._finish`)."""
+
+    pair: Pair
+    service: Service
+    result: SchedulingResult
+    plan: Plan
+    problems: list[PlanProblem]
+    prepared: PreparedCommit | None = None
+    """The plan's commit (None: nothing to commit)."""
+    pipelined: bool = False
+    """The commit is sent after giving the snapshot back (else it was sent already)."""
+    res: CommitResult | None = None
+    outcome: RunOutcome
+
+
 class PairRunner:
     """Runs the scheduler for one pair at a time, on ``cache`` (thread-safe: runs hold
     the cache's view for their whole length)."""
@@ -91,6 +204,15 @@ class PairRunner:
                                                                  enabled=False)
         """Where placements are recorded (placed, moved, unschedulable)."""
         self._unschedulable_noted: dict[Pair, dict[str, str]] = {}
+        self._locks = _HeldLocks(self.store, holder, lock_ttl, hold=min(1.0, lock_ttl / 4))
+
+    def sweep_locks(self) -> None:
+        """Give back the locks kept after runs that have not been used for a moment."""
+        self._locks.sweep()
+
+    def close(self) -> None:
+        """Give back every lock kept and end their lease (the daemon stopped)."""
+        self._locks.close()
 
     def last_status(self, pair: Pair) -> ServiceStatus | None:
         """The status computed in the last run of ``pair``, or None."""
@@ -101,23 +223,37 @@ class PairRunner:
 
         Raises :class:`~skedlib.errors.BackendError` when the store cannot be reached.
         """
-        lock_key = self.keys.lock(*pair)
-        lock = Lock(self.store.backend, lock_key, ttl=self.lock_ttl, holder=self.holder)
-        # a get first: a lock that is held costs nothing (try_acquire grants a lease)
-        if self.store.get(lock_key) is not None or not lock.try_acquire():
+        started = self.cache.started
+        if started:
+            lock = self._locks.take(pair)
+        else:  # a run from a test or a script: a lock of its own, given back after
+            lock_key = self.keys.lock(*pair)
+            lock = Lock(self.store.backend, lock_key, ttl=self.lock_ttl, holder=self.holder)
+            # a get first: a lock that is held costs nothing (try_acquire grants a lease)
+            if self.store.get(lock_key) is not None or not lock.try_acquire():
+                lock = None
+        if lock is None:
             return RunOutcome(pair=pair, skipped=True, retry_after=self.lock_ttl)
+        fenced_out = True  # until the run says otherwise (an error: take it again)
         try:
-            if not self.cache.started:
+            if not started:
                 self.cache.refresh()
             with self.cache.view() as snap:
                 staged = self._exec_run(pair, snap)
                 if staged is None:
-                    return self._schedule(pair, lock, snap)
-            staged.execute()  # a program's seconds do not hold the snapshot
-            with self.cache.view() as snap:
-                return self._schedule(pair, lock, snap, staged)
+                    step = self._schedule(pair, lock, snap)
+            if staged is not None:
+                staged.execute()  # a program's seconds do not hold the snapshot
+                with self.cache.view() as snap:
+                    step = self._schedule(pair, lock, snap, staged)
+            outcome = step if isinstance(step, RunOutcome) else self._finish(step, lock)
+            fenced_out = outcome.fenced_out
+            return outcome
         finally:
-            lock.release()
+            if started:
+                self._locks.keep(pair, lock, fenced_out)
+            else:
+                lock.release()
 
     def _exec_run(self, pair: Pair, snap: Snapshot) -> ExecRun | None:
         """The first step of an exec scheduler's run, when the pair's scheduler is one."""
@@ -141,7 +277,8 @@ class PairRunner:
         return Backoff(initial=base, maximum=cap).delay(n) * random.uniform(0.5, 1.5)
 
     def _schedule(self, pair: Pair, lock: Lock, snap: Snapshot,
-                  staged: ExecRun | None = None) -> RunOutcome:
+                  staged: ExecRun | None = None) -> RunOutcome | _Step:
+        """Plan (holding the snapshot); a finished run, or the step to commit."""
         cluster = snap.clusters.get(pair[0])
         service = snap.services.get(pair[1])
         if cluster is None or service is None or pair[1] not in cluster.services:
@@ -185,27 +322,70 @@ class PairRunner:
         for p in problems:
             log.warning("%s: plan refused %s on %s: %s", label(pair), p.task_id, p.host,
                         p.reason)
-        with METRICS.commit_seconds.time():
-            res = commit_plan(self.store, snap, plan, fence=[lock.fence()]) if plan \
-                else CommitResult()
-        self._log_commit(pair, snap, plan, res, outcome, result.placed)
-        self._note_unschedulable(pair, result.unschedulable)
-        self.cache.record(plan, res)
-        if res.fenced_out:
-            log.warning("%s: lost the lock while committing; will plan again", label(pair))
-            outcome.fenced_out = True
-            outcome.retry_after = self.backoff(pair, base=0.1, cap=5.0)
-            return outcome
-        self._note(pair, result.message)
-        rollout = write_rollout(self.cache, snap, pair, service, result.rollout,
-                                lock.fence()) if result.rollout is not None else None
-        status = compute_status(pair, service, snap, result=result, plan=plan, commit=res,
-                                problems=problems)
+        step = _Step(pair=pair, service=service, result=result, plan=plan,
+                     problems=problems, outcome=outcome)
+        if not plan:
+            step.res = CommitResult()
+            return step
+        step.pipelined = not plan.stop and all(
+            (old := snap.tasks.get(t.id)) is None or not old.host for t in plan.place)
+        step.prepared = prepare_commit(self.store, snap, plan, [lock.fence()],
+                                       inflight=self.cache.inflight)
+        try:
+            if step.pipelined:
+                # planned on by others while it is sent
+                self.cache.place_pending(plan, step.prepared.values)
+            else:  # it frees room: not free for others before it is committed
+                with METRICS.commit_seconds.time():
+                    step.res = step.prepared.run()
+        except BaseException:
+            step.prepared.cancel()
+            raise
+        return step
+
+    def _finish(self, step: _Step, lock: Lock) -> RunOutcome:
+        """Send the commit (the snapshot is free meanwhile), record it, write the
+        rollout and the status."""
+        try:
+            return self._finish_commit(step, lock)
+        finally:
+            if step.prepared is not None:
+                step.prepared.cancel()  # nothing if it ran; its claims go in any case
+
+    def _finish_commit(self, step: _Step, lock: Lock) -> RunOutcome:
+        pair, service, result, plan = step.pair, step.service, step.result, step.plan
+        outcome, problems = step.outcome, step.problems
+        if step.pipelined and step.prepared is not None:
+            try:
+                with METRICS.commit_seconds.time():
+                    step.res = step.prepared.run()
+            except BaseException:
+                self.cache.record(plan, CommitResult())  # take its placements out again
+                raise
+        res = step.res
+        assert res is not None
+        with self.cache.view() as snap:
+            self._log_commit(pair, snap, plan, res, outcome, result.placed)
+            self._note_unschedulable(pair, result.unschedulable)
+            self.cache.record(plan, res)
+            if step.prepared is not None:
+                step.prepared.release()  # its markers' revisions are in the snapshot
+            if res.fenced_out:
+                log.warning("%s: lost the lock while committing; will plan again",
+                            label(pair))
+                outcome.fenced_out = True
+                outcome.retry_after = self.backoff(pair, base=0.1, cap=5.0)
+                return outcome
+            self._note(pair, result.message)
+            rollout = write_rollout(self.cache, snap, pair, service, result.rollout,
+                                    lock.fence()) if result.rollout is not None else None
+            status = compute_status(pair, service, snap, result=result, plan=plan,
+                                    commit=res, problems=problems)
+            if result.unschedulable:  # read by the watch's callbacks, under the lock
+                self.unschedulable.add(pair)
+            else:
+                self.unschedulable.discard(pair)
         outcome.status = self._write_status(lock, pair, with_rollout(status, service, rollout))
-        if result.unschedulable:
-            self.unschedulable.add(pair)
-        else:
-            self.unschedulable.discard(pair)
         if res.conflicts or problems:
             outcome.retry_after = self.backoff(pair, base=0.05, cap=5.0)
         else:

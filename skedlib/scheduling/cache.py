@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -66,7 +66,7 @@ from skedlib.models import (
 )
 from skedlib.runtime.informer import Informer
 from skedlib.runtime.store import Store
-from skedlib.scheduling.commit import CommitResult
+from skedlib.scheduling.commit import CommitResult, InflightAllocs
 from skedlib.scheduling.plan import Plan
 from skedlib.scheduling.snapshot import Snapshot
 from skedlib.store.base import KeyValue, ListResult, WatchEvent
@@ -155,6 +155,22 @@ class SnapshotCache:
         """Keys deleted through :meth:`record`: revision of the delete."""
         self._ready = threading.Event()
         self._informer: Informer | None = None
+        # what the snapshot is made of: config/ and state/ but for the host index
+        # entries (a task's record has the same); the rest of the keyspace (events,
+        # locks, the index) goes by on the watch without being parsed
+        self._kept = (self.keys.config, self.keys.prefix + "state/")
+        self._skipped = self.keys.all_host_tasks
+        self._echoes: dict[str, tuple[bytes, str, Task]] = {}
+        """Task key of a pending placement → (the value its commit writes, task id, the
+        placed task): the watch's copy of that write only gives its revision."""
+        self._confirmed: set[str] = set()
+        """Pending placements whose very record the watch has shown in the store."""
+        self._pending: dict[str, tuple[Task, Task | None]] = {}
+        """Placements written in by :meth:`place_pending`, not yet recorded: task id →
+        (the placed task, the record it replaced)."""
+        self.inflight = InflightAllocs()
+        """The host markers of commits prepared on this cache and not yet sent (pass it
+        to :func:`~skedlib.scheduling.commit.prepare_commit`)."""
 
     # -- following the store ------------------------------------------------------------
     def start(self) -> SnapshotCache:
@@ -208,6 +224,11 @@ class SnapshotCache:
                 if status is not None:
                     statuses[(cluster, service)] = status
         with self._lock:
+            # placements of commits still in flight are not in the listing yet: keep
+            # them counted (record() settles them)
+            for task_id, (task, _) in self._pending.items():
+                if task_id not in snap.tasks:
+                    snap.put_task(task, 0)
             self._snap = snap
             self._statuses = statuses
             self._written.clear()
@@ -220,10 +241,25 @@ class SnapshotCache:
         """Apply one watch batch, in order."""
         with self._lock:
             snap = self._snap
+            kept, skipped = self._kept, self._skipped
+            echoes = self._echoes
             for ev in events:
+                key = ev.key
+                echo = echoes.get(key) if echoes else None
+                if echo is not None and ev.kind == "put" and ev.value == echo[0] and \
+                        snap.tasks.get(echo[1]) is echo[2]:
+                    # a pending placement's own write (recorded, with its change, later)
+                    snap.task_revisions[echo[1]] = ev.revision
+                    del echoes[key]
+                    self._confirmed.add(echo[1])
+                    snap.revision = max(snap.revision, ev.revision)
+                    continue
                 if self._stale(ev):
                     continue
-                change = self._apply(snap, ev)
+                if not key.startswith(kept) or key.startswith(skipped) or self._echo(ev):
+                    change = None  # nothing the snapshot holds, or held already
+                else:
+                    change = self._apply(snap, ev)
                 if ev.revision > snap.revision:
                     snap.revision = ev.revision
                 if change is not None and self._on_change is not None:
@@ -233,19 +269,70 @@ class SnapshotCache:
                         log.exception("reacting to %s %s failed", ev.kind, ev.key)
             self._prune(snap.revision)
 
+    def place_pending(self, plan: Plan, values: Mapping[str, bytes] | None = None
+                      ) -> None:
+        """Write ``plan``'s placements into the snapshot before they are committed (call
+        it holding a :meth:`view`, right after preparing the commit), so plans made while
+        the commit is in flight count the room they take; :meth:`record` then keeps the
+        committed ones and takes the others out again.
+
+        Only for placements that take room and free none: new tasks, or tasks without a
+        host (a stop, or a move, frees room that is not free until it is committed).
+        ``values`` (task key → the value the commit writes there:
+        :attr:`~skedlib.scheduling.commit.PreparedCommit.values`) lets the watch's copy of
+        those writes through without decoding them again.
+        """
+        with self._lock:
+            snap = self._snap
+            for task in plan.place:
+                task_id = task.id
+                old = snap.tasks.get(task_id)
+                if old is not None and old.host:
+                    raise ValueError(f"task {task_id}: a move cannot be placed before it "
+                                     "is committed")
+                snap.put_task(task, snap.task_revisions.get(task_id, 0))
+                self._pending[task_id] = (task, old)
+                key = self.keys.task(task_id)
+                value = values.get(key) if values is not None else None
+                if value is not None:
+                    self._echoes[key] = (value, task_id, task)
+
     def record(self, plan: Plan, result: CommitResult) -> None:
         """Write the committed part of ``plan`` through to the cache, at the revisions
-        its transactions got, so planning goes on from it at once."""
+        its transactions got, so planning goes on from it at once (placements written in
+        by :meth:`place_pending` that did not commit are taken out)."""
         placed = {t.id: t for t in plan.place}
         with self._lock:
             snap = self._snap
+            pending = {tid: self._pending.pop(tid) for tid in placed if tid in self._pending}
+            confirmed = self._confirmed & pending.keys()
+            self._confirmed -= confirmed
+            for task_id in pending:
+                self._echoes.pop(self.keys.task(task_id), None)
+            committed = set(result.committed)
+            for task_id, (tentative, before) in pending.items():
+                if task_id in committed or task_id in confirmed or \
+                        snap.tasks.get(task_id) is not tentative:
+                    continue  # committed (below), in the store all the same (written by
+                    # somebody else, as the watch showed), or a newer record came
+                rev = snap.task_revisions.get(task_id, 0)  # the one before (kept)
+                snap.remove_task(task_id)
+                if before is not None:
+                    snap.put_task(before, rev)
+                # no change is reported: the store never held it (reporting its removal
+                # would queue the service again at once, bypassing its conflict backoff)
             for task_id in result.committed:
                 rev = result.task_revisions.get(task_id, 0)
                 key = self.keys.task(task_id)
                 old = snap.tasks.get(task_id)
+                if task_id in pending and old is pending[task_id][0]:
+                    old = pending[task_id][1]  # the change is from the record before
                 task = placed.get(task_id)
                 if task is not None:
-                    snap.put_task(task, rev)
+                    if snap.tasks.get(task_id) is task:  # placed pending: as it was put
+                        snap.task_revisions[task_id] = rev
+                    else:
+                        snap.put_task(task, rev)
                     self._written[key] = rev
                     self._deleted.pop(key, None)
                 else:
@@ -321,6 +408,13 @@ class SnapshotCache:
             return True
         deleted = self._deleted.get(ev.key)
         return deleted is not None and ev.revision < deleted
+
+    def _echo(self, ev: WatchEvent) -> bool:
+        """The watch's copy of a write recorded through (the cache holds it already: it
+        is not decoded and applied again)."""
+        if ev.kind == "put":
+            return self._written.get(ev.key) == ev.revision
+        return self._deleted.get(ev.key) == ev.revision
 
     def _prune(self, revision: int) -> None:
         """Write-throughs the watch has caught up with need no guarding any more."""

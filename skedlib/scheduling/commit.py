@@ -22,10 +22,23 @@ the room the stop would have freed). When the snapshot knows the markers' revisi
 :class:`~skedlib.scheduling.SnapshotCache`), each is compared with exactly that revision;
 otherwise they are listed at commit time. A snapshot built by hand (revision 0) has no
 revision to compare with, and is committed with per-task compares only.
+
+**Commits in flight.** A process that commits several plans at once from one snapshot
+(the scheduler daemon plans the next service while the last one's transactions are on
+the wire) prepares each commit under the snapshot's lock with :func:`prepare_commit` and
+sends it after releasing the lock (:meth:`PreparedCommit.run`). The plans prepared later
+saw the earlier ones' placements (written into the snapshot before they are committed),
+so what they must still be guarded against is everybody else: an
+:class:`InflightAllocs` hands each placing host of a later commit the marker revision
+that the earlier commit on that host leaves (its transaction's revision, or the revision
+it expected when it did not write the marker), and the later commit waits for it host by
+host. A foreign write to the host in between moves the marker past that revision, so the
+later placement is a conflict, as without pipelining.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import msgspec
@@ -38,7 +51,7 @@ from skedlib.scheduling.plan import Plan
 from skedlib.scheduling.snapshot import Snapshot
 from skedlib.store.base import Compare, Delete, Op, Put
 
-__all__ = ["CommitResult", "commit_plan"]
+__all__ = ["CommitResult", "InflightAllocs", "PreparedCommit", "commit_plan", "prepare_commit"]
 
 
 class CommitResult(msgspec.Struct, frozen=True):
@@ -72,11 +85,12 @@ def _groups(snapshot: Snapshot, plan: Plan, ks: Keyspace) -> list[_Group]:
     for task in plan.place:
         tid = task.id
         old = snapshot.tasks.get(tid)
-        ops: list[Op] = [Put(ks.task(tid), encode(task)),
-                         Put(ks.host_task(task.host, tid), encode(task))]
+        value = encode(task)  # the task and its index entry hold the same record
+        key = ks.task(tid)
+        ops: list[Op] = [Put(key, value), Put(ks.host_task(task.host, tid), value)]
         if old is not None and old.host and old.host != task.host:
             ops.append(Delete(ks.host_task(old.host, tid)))
-        groups.append(_Group(tid, Compare(ks.task(tid), snapshot.task_revisions.get(tid, 0)),
+        groups.append(_Group(tid, Compare(key, snapshot.task_revisions.get(tid, 0)),
                              ops, task.host, True))
     for tid in plan.stop:
         old = snapshot.tasks.get(tid)
@@ -138,6 +152,243 @@ def _txn_parts(members: Sequence[_Group], guarded: dict[str, int], ks: Keyspace
     return compares, ops
 
 
+class _Claim:
+    """One prepared commit's claim on a host's allocation marker: set once the commit
+    knows the marker revision it leaves behind."""
+
+    __slots__ = ("_done", "revision")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.revision = 0
+
+    def settle(self, revision: int) -> None:
+        if not self._done.is_set():
+            self.revision = revision
+            self._done.set()
+
+    def wait(self) -> int:
+        self._done.wait()
+        return self.revision
+
+
+class InflightAllocs:
+    """The allocation markers that prepared commits of this process are about to rewrite.
+
+    Kept by a :class:`~skedlib.scheduling.SnapshotCache` (``cache.inflight``) and passed
+    to :func:`prepare_commit` under the cache's lock; each host maps to the claim of the
+    last commit prepared on it. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._claims: dict[str, _Claim] = {}
+
+    def _claim(self, hosts: Sequence[str]) -> tuple[dict[str, _Claim], dict[str, _Claim]]:
+        """New claims on ``hosts``, and the claims they come after (hosts of commits
+        still in flight)."""
+        mine = {h: _Claim() for h in hosts}
+        with self._lock:
+            before = {h: c for h in hosts if (c := self._claims.get(h)) is not None}
+            self._claims.update(mine)
+        return mine, before
+
+    def _release(self, claims: dict[str, _Claim]) -> None:
+        with self._lock:
+            for host, claim in claims.items():
+                if self._claims.get(host) is claim:
+                    del self._claims[host]
+
+    def __len__(self) -> int:
+        """Hosts with a commit in flight."""
+        with self._lock:
+            return len(self._claims)
+
+
+class PreparedCommit:
+    """A commit whose transactions are built from a snapshot, to be sent by :meth:`run`
+    without it (see :func:`prepare_commit`)."""
+
+    def __init__(self, store: Store, groups: list[_Group], fence: Sequence[Compare],
+                 guarded: dict[str, int], refused: set[str], revision: int,
+                 claims: dict[str, _Claim], after: dict[str, _Claim],
+                 inflight: InflightAllocs | None) -> None:
+        self._store = store
+        self._groups = groups
+        self._fence = list(fence)
+        self._guarded = guarded
+        self._refused = refused
+        self._revision = revision
+        self._claims = claims
+        self._after = after
+        self._inflight = inflight
+        self._ran = False
+        self.values: dict[str, bytes] = {
+            op.key: op.value for g in groups if g.places
+            for op in g.ops[:1] if isinstance(op, Put)}
+        """Task key → the record this commit writes there, for each placement."""
+
+    def run(self) -> CommitResult:
+        """Send the transactions (once); what :func:`commit_plan` returns."""
+        if self._ran:
+            raise RuntimeError("this commit was already run")
+        self._ran = True
+        try:
+            return self._run()
+        finally:
+            self._settle_all()
+
+    def cancel(self) -> None:
+        """Send nothing; the commits prepared after this one go on without it."""
+        if not self._ran:
+            self._ran = True
+            self._settle_all()
+        self.release()
+
+    def release(self) -> None:
+        """Drop this commit's claims once its result is in the snapshot (idempotent):
+        a commit prepared after that reads the markers' revisions from the snapshot
+        (until then, from the settled claims)."""
+        if self._inflight is not None:
+            self._inflight._release(self._claims)
+            self._inflight = None
+
+    def _settle_all(self) -> None:
+        # hosts not settled yet (not reached, fenced out, an error): their marker is
+        # where this commit expected it, as far as it knows
+        for host, claim in self._claims.items():
+            if host in self._after:  # not reached: the earlier commit's word stands
+                self._guarded[host] = self._after.pop(host).wait()
+            claim.settle(self._guarded.get(host, 0))
+
+    def _resolve(self, members: Sequence[_Group]) -> None:
+        """Wait for the earlier commits in flight on the chunk's hosts to settle."""
+        for g in members:
+            if g.places and g.host in self._after:
+                self._guarded[g.host] = self._after.pop(g.host).wait()
+
+    def _settle(self, hosts: Sequence[str]) -> None:
+        """Hand the hosts' marker revisions to the commits prepared after this one."""
+        for host in hosts:
+            claim = self._claims.get(host)
+            if claim is not None:
+                claim.settle(self._guarded.get(host, 0))
+
+    def _run(self) -> CommitResult:
+        backend, ks = self._store.backend, self._store.keys
+        groups, fence, guarded, refused = (self._groups, self._fence, self._guarded,
+                                           self._refused)
+        if not groups:
+            return CommitResult(revision=self._revision)
+        committed: list[str] = []
+        conflicts: list[str] = []
+        limit = backend.max_txn_ops
+        room = (limit - len(fence)) if limit is not None else sum(
+            _cost(g, guarded, set()) for g in groups)
+        revision = 0
+        task_revs: dict[str, int] = {}
+        alloc_revs: dict[str, int] = {}
+
+        def refuse(g: _Group) -> bool:
+            if g.places and g.host in refused:
+                conflicts.append(g.task_id)
+                return True
+            return False
+
+        chunks = _pack(groups, room, guarded)
+        # a host's placements may span chunks: it is settled after its last one
+        last: dict[str, int] = {g.host: i for i, chunk in enumerate(chunks) for g in chunk
+                                if g.places}
+        settles: list[list[str]] = [[] for _ in chunks]
+        for host, i in last.items():
+            settles[i].append(host)
+        for i, members in enumerate(chunks):
+            self._resolve(members)
+            todo = [g for g in members if not refuse(g)]
+            if not todo:
+                self._settle(settles[i])
+                continue
+            compares, ops = _txn_parts(todo, guarded, ks)
+            res = backend.txn([*fence, *compares], ops)
+            if res.succeeded:
+                committed += [g.task_id for g in todo]
+                revision = res.revision
+                for g in todo:
+                    task_revs[g.task_id] = res.revision
+                    if g.places and g.host in guarded:
+                        guarded[g.host] = alloc_revs[g.host] = res.revision
+                self._settle(settles[i])
+                continue
+            for g in todo:  # find the conflicting groups; commit the others
+                if refuse(g):
+                    continue
+                compares, ops = _txn_parts([g], guarded, ks)
+                one = backend.txn([*fence, *compares], ops)
+                if one.succeeded:
+                    committed.append(g.task_id)
+                    revision = task_revs[g.task_id] = one.revision
+                    if g.places and g.host in guarded:
+                        guarded[g.host] = alloc_revs[g.host] = one.revision
+                    continue
+                if fence and not backend.txn(list(fence), []).succeeded:
+                    return CommitResult(tuple(committed), tuple(conflicts), True, revision,
+                                        task_revs, alloc_revs)
+                conflicts.append(g.task_id)
+                if not g.places and g.host:
+                    refused.add(g.host)  # the room this stop would free is not there
+                elif g.host in guarded:
+                    kv = backend.get(ks.host_alloc(g.host))
+                    if (kv.revision if kv else 0) != guarded[g.host]:
+                        refused.add(g.host)  # another writer placed on the host
+            self._settle(settles[i])
+        return CommitResult(tuple(committed), tuple(conflicts), False, revision, task_revs,
+                            alloc_revs)
+
+
+def prepare_commit(store: Store, snapshot: Snapshot, plan: Plan,
+                   fence: Sequence[Compare] = (),
+                   inflight: InflightAllocs | None = None) -> PreparedCommit:
+    """Build :func:`commit_plan`'s transactions from ``snapshot`` now, to send them later
+    with :meth:`PreparedCommit.run` (which reads nothing of the snapshot).
+
+    With ``inflight`` (the snapshot cache's), call it while holding the snapshot, and
+    write the plan's placements into the snapshot before letting go of it: commits
+    prepared later on the same hosts then compare those hosts' markers with the
+    revisions this one leaves (see the module's docstring). Every prepared commit must
+    be run (or cancelled), or later ones on its hosts wait for ever, and released
+    (:meth:`PreparedCommit.release`) once its result is recorded in the snapshot.
+    """
+    backend, ks = store.backend, store.keys
+    groups = _groups(snapshot, plan, ks)
+    guarded: dict[str, int] = {}
+    """Guarded host → the revision its allocation marker must still have."""
+    refused: set[str] = set()
+    """Hosts whose placements are all conflicts (placed on since, or a stop failed)."""
+    placing = sorted({g.host for g in groups if g.places})
+    if snapshot.revision and placing:
+        if snapshot.alloc_revisions is not None:
+            markers = snapshot.alloc_revisions
+        else:
+            n = len(ks.host_allocs)
+            markers = {kv.key[n:]: kv.revision for kv in backend.list(ks.host_allocs).items}
+        for host in placing:
+            rev = markers.get(host, 0)
+            if snapshot.alloc_revisions is None and rev > snapshot.revision:
+                refused.add(host)
+            else:
+                guarded[host] = rev
+    claims: dict[str, _Claim] = {}
+    after: dict[str, _Claim] = {}
+    if inflight is not None and guarded:
+        claims, after = inflight._claim(sorted(guarded))
+        if after:
+            # the hosts that wait for an earlier commit go last (a stable sort keeps each
+            # host's groups together), so the rest is sent at once, beside that commit
+            groups.sort(key=lambda g: g.host in after)
+    return PreparedCommit(store, groups, fence, guarded, refused, snapshot.revision, claims,
+                          after, inflight)
+
+
 def commit_plan(store: Store, snapshot: Snapshot, plan: Plan,
                 fence: Sequence[Compare] = ()) -> CommitResult:
     """Write ``plan`` under the store's keyspace; conflicting tasks are left out and
@@ -171,76 +422,4 @@ def commit_plan(store: Store, snapshot: Snapshot, plan: Plan,
             ...                    # read a new snapshot and plan them again
         ```
     """
-    backend, ks = store.backend, store.keys
-    groups = _groups(snapshot, plan, ks)
-    if not groups:
-        return CommitResult(revision=snapshot.revision)
-    committed: list[str] = []
-    conflicts: list[str] = []
-    guarded: dict[str, int] = {}
-    """Guarded host → the revision its allocation marker must still have."""
-    refused: set[str] = set()
-    """Hosts whose placements are all conflicts (placed on since, or a stop failed)."""
-    placing = {g.host for g in groups if g.places}
-    if snapshot.revision and placing:
-        if snapshot.alloc_revisions is not None:
-            markers = snapshot.alloc_revisions
-        else:
-            n = len(ks.host_allocs)
-            markers = {kv.key[n:]: kv.revision for kv in backend.list(ks.host_allocs).items}
-        for host in placing:
-            rev = markers.get(host, 0)
-            if snapshot.alloc_revisions is None and rev > snapshot.revision:
-                refused.add(host)
-            else:
-                guarded[host] = rev
-    limit = backend.max_txn_ops
-    room = (limit - len(fence)) if limit is not None else sum(
-        _cost(g, guarded, set()) for g in groups)
-    revision = 0
-    task_revs: dict[str, int] = {}
-    alloc_revs: dict[str, int] = {}
-
-    def refuse(g: _Group) -> bool:
-        if g.places and g.host in refused:
-            conflicts.append(g.task_id)
-            return True
-        return False
-
-    for members in _pack(groups, room, guarded):
-        todo = [g for g in members if not refuse(g)]
-        if not todo:
-            continue
-        compares, ops = _txn_parts(todo, guarded, ks)
-        res = backend.txn([*fence, *compares], ops)
-        if res.succeeded:
-            committed += [g.task_id for g in todo]
-            revision = res.revision
-            for g in todo:
-                task_revs[g.task_id] = res.revision
-                if g.places and g.host in guarded:
-                    guarded[g.host] = alloc_revs[g.host] = res.revision
-            continue
-        for g in todo:  # find the conflicting groups; commit the others
-            if refuse(g):
-                continue
-            compares, ops = _txn_parts([g], guarded, ks)
-            one = backend.txn([*fence, *compares], ops)
-            if one.succeeded:
-                committed.append(g.task_id)
-                revision = task_revs[g.task_id] = one.revision
-                if g.places and g.host in guarded:
-                    guarded[g.host] = alloc_revs[g.host] = one.revision
-                continue
-            if fence and not backend.txn(list(fence), []).succeeded:
-                return CommitResult(tuple(committed), tuple(conflicts), True, revision,
-                                    task_revs, alloc_revs)
-            conflicts.append(g.task_id)
-            if not g.places and g.host:
-                refused.add(g.host)  # the room this stop would free is not there
-            elif g.host in guarded:
-                kv = backend.get(ks.host_alloc(g.host))
-                if (kv.revision if kv else 0) != guarded[g.host]:
-                    refused.add(g.host)  # another writer placed on the host
-    return CommitResult(tuple(committed), tuple(conflicts), False, revision, task_revs,
-                        alloc_revs)
+    return prepare_commit(store, snapshot, plan, fence).run()

@@ -67,6 +67,9 @@ INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
 """
 
 _PUT, _DELETE = 0, 1
+_COMPARES_PER_QUERY = 500
+"""Keys per ``IN (…)`` query of a transaction's compares (under SQLite's 999-parameter
+limit of older builds)."""
 
 
 class SqliteBackend(Backend):
@@ -234,11 +237,8 @@ class SqliteBackend(Backend):
             self._expire(conn)
             with self._write(conn):
                 rev = self._revision(conn)
-                for c in compares:
-                    row = conn.execute("SELECT mod_rev FROM kv WHERE key = ?",
-                                       (c.key,)).fetchone()
-                    if (row[0] if row else 0) != c.revision:
-                        return TxnResult(False, rev)
+                if not self._compares_hold(conn, compares):
+                    return TxnResult(False, rev)
                 if not ops:
                     return TxnResult(True, rev)
                 leases = {op.lease for op in ops if isinstance(op, Put) and op.lease}
@@ -247,19 +247,55 @@ class SqliteBackend(Backend):
                                     (lease, time.time())).fetchone() is None:
                         raise LeaseExpired(f"{self.url}: lease {lease} does not exist")
                 rev += 1
+                # runs of puts go to SQLite in one executemany each (a plan's commit is
+                # one transaction of thousands of puts); deletes one by one, as only a
+                # key that was there gets an event
+                puts: list[tuple[str, bytes, int, int, str | None]] = []
+                events: list[tuple[int, int, str, int, bytes]] = []
                 for seq, op in enumerate(ops):
                     if isinstance(op, Put):
-                        conn.execute(
-                            "INSERT INTO kv VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE "
-                            "SET value = excluded.value, mod_rev = excluded.mod_rev, "
-                            "lease = excluded.lease", (op.key, op.value, rev, rev, op.lease))
-                        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
-                                     (rev, seq, op.key, _PUT, op.value))
-                    elif conn.execute("DELETE FROM kv WHERE key = ?", (op.key,)).rowcount:
+                        puts.append((op.key, op.value, rev, rev, op.lease))
+                        events.append((rev, seq, op.key, _PUT, op.value))
+                        continue
+                    self._put_many(conn, puts, events)
+                    if conn.execute("DELETE FROM kv WHERE key = ?", (op.key,)).rowcount:
                         conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
                                      (rev, seq, op.key, _DELETE, b""))
+                self._put_many(conn, puts, events)
                 self._bump(conn, rev)
                 return TxnResult(True, rev)
+
+    @staticmethod
+    def _compares_hold(conn: sqlite3.Connection, compares: Sequence[Compare]) -> bool:
+        """Every compare holds: the keys' revisions read a few hundred at a time (a
+        plan's commit compares thousands of task keys)."""
+        want: dict[str, int] = {}
+        for c in compares:
+            if want.setdefault(c.key, c.revision) != c.revision:
+                return False  # one key, two revisions: both cannot hold
+        keys = builtins.list(want)
+        for start in range(0, len(keys), _COMPARES_PER_QUERY):
+            part = keys[start:start + _COMPARES_PER_QUERY]
+            found = dict(conn.execute(
+                "SELECT key, mod_rev FROM kv WHERE key IN "
+                f"({','.join('?' * len(part))})", part).fetchall())
+            if any(found.get(key, 0) != want[key] for key in part):
+                return False
+        return True
+
+    @staticmethod
+    def _put_many(conn: sqlite3.Connection,
+                  puts: builtins.list[tuple[str, bytes, int, int, str | None]],
+                  events: builtins.list[tuple[int, int, str, int, bytes]]) -> None:
+        """Write the gathered puts and their events (in order), and empty the lists."""
+        if puts:
+            conn.executemany(
+                "INSERT INTO kv VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE "
+                "SET value = excluded.value, mod_rev = excluded.mod_rev, "
+                "lease = excluded.lease", puts)
+            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", events)
+            puts.clear()
+            events.clear()
 
     def watch(self, prefix: str, start_revision: int) -> Watch:
         return _SqliteWatch(self, prefix, start_revision)

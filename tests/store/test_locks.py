@@ -231,3 +231,23 @@ def test_lock_of_a_killed_process_is_free_within_its_ttl(url: str, ns: str,
     finally:
         if p.is_alive():
             p.kill()
+
+
+def test_locks_on_one_shared_lease() -> None:
+    """Several locks bound to one kept lease: giving one back leaves the lease and the
+    others; ending the lease loses them all (their fences fail)."""
+    backend = open_backend("memory://")
+    lease = KeptLease(backend, ttl=5)
+    a = Lock(backend, "locks/a", lease=lease)
+    b = Lock(backend, "locks/b", lease=lease)
+    assert a.try_acquire() and b.try_acquire()
+    assert backend.get("locks/a").lease == backend.get("locks/b").lease == lease.id
+    a.release()
+    assert backend.get("locks/a") is None and not lease.lost.is_set()
+    assert b.held and backend.txn([b.fence()], []).succeeded
+    assert a.try_acquire()  # taken again on the same lease
+    lease.revoke()
+    assert backend.get("locks/a") is None and backend.get("locks/b") is None
+    assert not backend.txn([b.fence()], []).succeeded
+    assert not backend.txn([a.fence()], []).succeeded
+    backend.close()
