@@ -16,7 +16,7 @@ from skedlib.errors import ValidationError
 from skedlib.models import Task
 from skedlib.plugins import Registry, get_registry
 
-SEED_TASK = Path(__file__).parents[3] / "tests" / "data" / "seed_task.json"
+SKED_TASK = Path(__file__).parents[3] / "tests" / "data" / "sked_task.json"
 
 MANIFEST = """\
 task_definitions:
@@ -27,8 +27,8 @@ task_definitions:
 """
 
 
-def test_seed_executor_blob_decodes_as_docker_config() -> None:
-    task = decode(SEED_TASK.read_bytes(), Task)
+def test_sked_executor_blob_decodes_as_docker_config() -> None:
+    task = decode(SKED_TASK.read_bytes(), Task)
     blob = task.task_definition.containers[0].executor
     cfg = msgspec.convert(blob, DockerConfig)
     assert (cfg.image, cfg.container_port) == ("tutum/hello-world", 80)
