@@ -79,10 +79,16 @@ function fill(section, rows) {
 // -- datacenters ----------------------------------------------------------------------------
 // The rows of /all-datacenters/<what> in the chosen scope; the banner lists the datacenters
 // that did not answer (each with why), or hides when all did.
+// A reply for a scope the page has left since it asked (a slow datacenter can hold it for
+// the server's timeout): dropped, so it neither fills the tables nor shows the banner.
+class Superseded extends Error {}
+
 async function across(what, query = "") {
+  const asked = scope;
   const params = new URLSearchParams(query);
-  if (scope !== "*") params.set("datacenter", scope);
+  if (asked !== "*") params.set("datacenter", asked);
   const found = await api(`/all-datacenters/${what}?${params}`);
+  if (scope !== asked) throw new Superseded(`a reply for ${asked}`);
   const gone = found.unreachable || [];
   $("dc-unreachable").replaceChildren(...gone.map((u) => el("li",
     `${u.datacenter}: ${u.error}`)));
@@ -241,6 +247,7 @@ const LOADERS = { hosts: loadHosts, services: loadServices, tasks: loadTasks, jo
 
 function report(e) {
   if (e instanceof ApiError && e.status === 401) return;
+  if (e instanceof Superseded) return;
   showError(e.message || String(e));
 }
 
