@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,13 +28,13 @@ import msgspec
 from skedlib.cli import config
 from skedlib.cli.args import positive_number
 from skedlib.cli.output import (
-    CTRL_C_SLICE,
     Column,
     Listing,
     OutputOptions,
     Screen,
     render_listing,
     show,
+    wait_in_slices,
 )
 from skedlib.cli.views import host_listing, service_listing, task_listing
 from skedlib.client import Client
@@ -225,9 +224,7 @@ def _watch(datacenters: Sequence[Datacenter],
                                     for o in outcomes if not o.ok)
                 answered = sum(o.ok for o in outcomes)
                 screen.draw(f"{answered} of {len(outcomes)} datacenters answered", body)
-                deadline = time.monotonic() + 60.0
-                while not follower.wait(CTRL_C_SLICE) and time.monotonic() < deadline:
-                    pass
+                wait_in_slices(follower.wait, 60.0)
         except KeyboardInterrupt:
             return 0
 

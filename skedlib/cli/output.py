@@ -23,6 +23,7 @@ A new subcommand plugs in by calling :func:`add_output_options` on its parser an
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -52,6 +53,7 @@ __all__ = [
     "render_listing",
     "show",
     "table",
+    "wait_in_slices",
 ]
 
 FORMATS = ("table", "wide", "json", "yaml", "name")
@@ -380,6 +382,19 @@ delivered to another thread (a store client's), and the main thread acts on it o
 its wait returns."""
 
 
+def wait_in_slices(wait: Callable[[float], bool], seconds: float) -> None:
+    """Call ``wait(slice)`` (True: something happened) until it says so or ``seconds``
+    have passed, each call at most :data:`CTRL_C_SLICE` long, so Ctrl-C is acted on at
+    once whichever thread it was delivered to."""
+    deadline = time.monotonic() + seconds
+    while not wait(CTRL_C_SLICE) and time.monotonic() < deadline:
+        pass
+
+
+def _changed(backend: Any, prefix: str, revision: int, seconds: float) -> bool:
+    return wait_for_change(backend, prefix, revision, seconds) is not None
+
+
 def watch(client: Any, text: Callable[[], str], out: Any = None) -> int:
     """Draw ``text()``; draw again when the store changes and the text differs from what
     is shown (:class:`Screen`); Ctrl-C exits 0."""
@@ -393,10 +408,7 @@ def watch(client: Any, text: Callable[[], str], out: Any = None) -> int:
             # wait_for_change returns None when its time runs out (or the store is away):
             # read again after 30 s then too, which is the fallback poll of a backend
             # without watch
-            deadline = time.monotonic() + 30.0
-            while time.monotonic() < deadline and \
-                    wait_for_change(backend, prefix, revision, CTRL_C_SLICE) is None:
-                pass
+            wait_in_slices(functools.partial(_changed, backend, prefix, revision), 30.0)
     except KeyboardInterrupt:
         return 0
 

@@ -807,23 +807,20 @@ class HostPool:
     def _ready(self) -> ShareIndex:
         """The index to walk by share, every share key in: the borrowed one, or a
         private one once it was taken back."""
-        if self._out and self._fronts:
-            own, fronts = self._own, self._fronts.values()
-            for name in self._out:
-                key = (host_share(own[name]), name)
-                for front in fronts:
-                    if key < front.key:
-                        front.below.add(name)  # moved into a stretch walks now skip
+        own = self._own
+        moved = [(host_share(own[name]), name) for name in self._out]
+        for front in self._fronts.values():  # moved into a stretch walks now skip
+            front.below.update(key[1] for key in moved if key < front.key)
         if self._returned:
             self._index = ShareIndex(self.by_name.values())
             self._returned = False
             self._out.clear()
             self._out_loads.clear()
             self._fresh.clear()
-        elif self._out:
-            keys, own = self._index.keys, self._own
-            for name in self._out:
-                keys.add((host_share(own[name]), name))
+        elif moved:
+            keys = self._index.keys
+            for key in moved:
+                keys.add(key)
             self._out.clear()
         return self._index
 
