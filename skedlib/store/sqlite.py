@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from skedlib._files import STATE_FILE_MODE, narrow, private_dirs
@@ -68,8 +69,8 @@ INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
 
 _PUT, _DELETE = 0, 1
 _COMPARES_PER_QUERY = 500
-"""Keys per ``IN (…)`` query of a transaction's compares (under SQLite's 999-parameter
-limit of older builds)."""
+"""Keys per ``IN (…)`` query of a transaction's compares or a :meth:`get_many` (under
+SQLite's 999-parameter limit of older builds)."""
 
 
 class SqliteBackend(Backend):
@@ -219,6 +220,20 @@ class SqliteBackend(Backend):
                                "WHERE key = ?", (key,)).fetchone()
             return KeyValue(row[0], row[1], row[2], row[3], row[4]) if row else None
 
+    def get_many(self, keys: Sequence[str]) -> dict[str, KeyValue]:
+        """The keys' current values, read in one read transaction (a few hundred keys
+        per query)."""
+        wanted = builtins.list(dict.fromkeys(keys))
+        found: dict[str, KeyValue] = {}
+        with self._guard("get"):
+            conn = self._conn()
+            self._expire(conn)
+            with self._read(conn):
+                for _, rows in self._by_keys(conn, "key, value, mod_rev, create_rev, lease",
+                                             wanted):
+                    found.update((row[0], KeyValue(*row)) for row in rows)
+        return found
+
     def list(self, prefix: str) -> ListResult:
         with self._guard("list"):
             conn = self._conn()
@@ -273,15 +288,21 @@ class SqliteBackend(Backend):
         for c in compares:
             if want.setdefault(c.key, c.revision) != c.revision:
                 return False  # one key, two revisions: both cannot hold
-        keys = builtins.list(want)
-        for start in range(0, len(keys), _COMPARES_PER_QUERY):
-            part = keys[start:start + _COMPARES_PER_QUERY]
-            found = dict(conn.execute(
-                "SELECT key, mod_rev FROM kv WHERE key IN "
-                f"({','.join('?' * len(part))})", part).fetchall())
+        for part, rows in SqliteBackend._by_keys(conn, "key, mod_rev", builtins.list(want)):
+            found = dict(rows)
             if any(found.get(key, 0) != want[key] for key in part):
                 return False
         return True
+
+    @staticmethod
+    def _by_keys(conn: sqlite3.Connection, columns: str, keys: builtins.list[str]
+                 ) -> Iterator[tuple[builtins.list[str], builtins.list[Any]]]:
+        """``columns`` of the ``kv`` rows of ``keys``, a few hundred keys per query: each
+        part of ``keys`` with its rows (the absent keys have none)."""
+        for start in range(0, len(keys), _COMPARES_PER_QUERY):
+            part = keys[start:start + _COMPARES_PER_QUERY]
+            yield part, conn.execute(f"SELECT {columns} FROM kv WHERE key IN "
+                                     f"({','.join('?' * len(part))})", part).fetchall()
 
     @staticmethod
     def _put_many(conn: sqlite3.Connection,
