@@ -2,7 +2,9 @@
 
 An agent, a scheduler and the CLI on one machine may all open the same file. The file
 is in WAL mode; every write transaction takes SQLite's write lock (``BEGIN IMMEDIATE``),
-so compares and writes are atomic across processes. Layout::
+so compares and writes are atomic across processes. The threads of one process queue for
+it on a lock of their own first, so the next write starts as soon as the last one
+commits (SQLite's wait between processes polls, sleeping up to 100 ms at a time). Layout::
 
     kv(key, value, create_rev, mod_rev, lease)   the current state
     events(rev, seq, key, kind, value)           history for watches (the last ``history``
@@ -91,6 +93,8 @@ class SqliteBackend(Backend):
         self._conns_lock = threading.Lock()
         self._closed = False
         self._next_expiry_check = 0.0
+        self._writer = threading.Lock()
+        """Held by the thread whose write transaction is open (one at a time in SQLite)."""
         if not create and not self.path.is_file():
             # a reader must not leave an empty store (and its directories) behind
             raise BackendUnavailable(f"{self.path}: no such store (nothing was applied "
@@ -144,18 +148,27 @@ class SqliteBackend(Backend):
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[None]:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
+        # this process's writers queue here, and the next one goes as soon as the last
+        # one commits; SQLite's own wait (between processes) polls, sleeping up to 100 ms
+        if not self._writer.acquire(timeout=self.timeout):
             raise BackendUnavailable(f"{self.url}: cannot take the write lock within "
-                                     f"{self.timeout}s: {exc}") from exc
+                                     f"{self.timeout}s: this process's other writes "
+                                     "hold it")
         try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise BackendUnavailable(f"{self.url}: cannot take the write lock within "
+                                         f"{self.timeout}s: {exc}") from exc
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+        finally:
+            self._writer.release()
 
     @contextmanager
     def _read(self, conn: sqlite3.Connection) -> Iterator[None]:
