@@ -230,7 +230,8 @@ class EventLog:
                 self._thread = threading.Thread(target=self._run, name="event-writer",
                                                 daemon=True)
                 self._thread.start()
-        self._wake.set()
+        if not self._wake.is_set():  # cleared by the writer as it takes the queue
+            self._wake.set()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until what was queued so far is written (or dropped); False on timeout."""
