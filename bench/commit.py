@@ -16,8 +16,10 @@ records, applies 20 services (10,000 tasks, CPU proportional to memory; 2,000 wi
 - ``scheduler_daemon``: ``SchedulerDaemon`` itself (4 workers), until every task is in
   its cache and no run is in progress: ``placements_per_s`` from the end of its first
   listing of the keyspace (``wait_ready``; the raw replay lists nothing either),
-  ``placements_per_s_from_start`` from ``start()``. Every commit transaction it sends is
-  recorded (its compares, and its puts and deletes with their key and value sizes);
+  ``placements_per_s_from_start`` from ``start()``; ``events_dropped``: the events
+  (one "placed" per task, …) its event log dropped, its queue being full. Every commit
+  transaction it sends is recorded (its compares, and its puts and deletes with their
+  key and value sizes);
 - ``raw_store``: the recorded commit transactions sent again, in a fresh keyspace, with
   the store's plain client and nothing of skedlib: etcd's gRPC ``KV.Txn`` with the
   plugin's generated messages from 4 threads (compares on absent keys, which hold), or
@@ -175,6 +177,7 @@ def run_daemon(url: str, hosts: int, tasks: int, services: int, workers: int
     total = time.perf_counter() - t0
     cpu = _cpu() - c0
     daemon.stop()
+    events_dropped = daemon.events.dropped
     stored = len(backend.list(ks.tasks).items)
     backend.close()
     return ({"hosts": hosts, "tasks": tasks, "services": services, "workers": workers,
@@ -182,7 +185,8 @@ def run_daemon(url: str, hosts: int, tasks: int, services: int, workers: int
              "commit_txns": len(recording.shapes), "seconds": round(total, 3),
              "listing_seconds": round(t_ready - t0, 3), "cpu_seconds": round(cpu, 3),
              "placements_per_s_from_start": round(stored / total),
-             "placements_per_s": round(stored / (total - (t_ready - t0)))},
+             "placements_per_s": round(stored / (total - (t_ready - t0))),
+             "events_dropped": events_dropped},
             recording.shapes)
 
 

@@ -8,20 +8,24 @@ describe`` prints them; the API serves them at ``GET /v1/events?kind=&name=``.
 The store keeps one record per object, an :class:`EventHistory` at
 ``<prefix>events/<kind>/<name>`` (:class:`EventKeyspace`) holding its last
 :data:`MAX_EVENTS` events, oldest first. One key per object rather than one key per
-event, because that is what every backend does well: a write is one read and one
-compare-and-swap of a small value (no counter to keep, no old keys to list and delete:
-the bound holds by construction), and ``describe`` reads one key. The record is bound to
-a lease of :data:`EVENT_TTL` seconds, renewed by every write, so the store itself drops
-the history of an object nothing happened to for that long (a deleted task, a finished
-job); events older than the TTL are also dropped from a record when it is read or written.
+event, because that is what every backend does well: a write is one compare-and-swap of
+a small value (no counter to keep, no old keys to list and delete: the bound holds by
+construction), and ``describe`` reads one key. The record is bound to a lease of
+:data:`EVENT_TTL` seconds, renewed by every write, so the store itself drops the history
+of an object nothing happened to for that long (a deleted task, a finished job); events
+older than the TTL are also dropped from a record when it is read or written.
 
 Emitters use an :class:`EventLog`: :meth:`EventLog.record` never blocks and never raises.
 It queues the event in memory (at most :data:`QUEUE_LIMIT`; beyond that the oldest queued
 are dropped) and a background thread writes the queue in batches: the events of one
 object are merged into one write, and the writes of several objects are packed into as
-few transactions as the backend takes. Events are best effort: a write that keeps failing
-(the store is away) is dropped with a debug line in the log, and the operation that
-recorded it never waits for it.
+few transactions as the backend takes. A writer remembers the revision (and events) it
+last wrote to each of its last :data:`KNOWN_RECORDS` records, and compares with that;
+a record it does not know is compared as absent. Only the records of a transaction whose
+compares failed (somebody else wrote them since, or their lease ended) are read, together,
+and merged in the next round, so a record another recorder changed is never overwritten.
+Events are best effort: a write that keeps failing (the store is away) is dropped with a
+debug line in the log, and the operation that recorded it never waits for it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from skedlib.store.base import Backend, Compare, Put
 
 __all__ = [
     "EVENT_TTL",
+    "KNOWN_RECORDS",
     "MAX_EVENTS",
     "OBJECT_KINDS",
     "QUEUE_LIMIT",
@@ -70,7 +75,10 @@ QUEUE_LIMIT = 1000
 FLUSH_INTERVAL = 0.2
 """Seconds the writer waits for more events before it writes a batch."""
 _ATTEMPTS = 5
-"""Rounds of read-and-compare-and-swap for one batch before its rest is dropped."""
+"""Rounds of compare-and-swap for one batch before its rest is dropped."""
+KNOWN_RECORDS = 4096
+"""Records whose last write an :class:`EventLog` remembers (revision and events), so
+that writing them again needs no read."""
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -193,6 +201,10 @@ class EventLog:
         self._writing = False
         self._lease: str | None = None
         self._lease_at = 0.0
+        self._known: collections.OrderedDict[str, tuple[int, list[Event]]] = \
+            collections.OrderedDict()
+        """Record key → the revision and events this log last wrote there (writer thread
+        only; oldest first)."""
 
     def record(self, kind: ObjectKind, name: str, reason: str, message: str = "",
                **details: object) -> None:
@@ -218,7 +230,8 @@ class EventLog:
                 self._thread = threading.Thread(target=self._run, name="event-writer",
                                                 daemon=True)
                 self._thread.start()
-        self._wake.set()
+        if not self._wake.is_set():  # cleared by the writer as it takes the queue
+            self._wake.set()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until what was queued so far is written (or dropped); False on timeout."""
@@ -279,19 +292,24 @@ class EventLog:
         for key, kind, name, event in batch:
             pending.setdefault(key, (kind, name, []))[2].append(event)
         backend = self.store.backend
+        known = self._known
+        # each record as this log believes it is stored: (revision, events); a record it
+        # never wrote is believed absent, and is read only when that proves wrong
+        stored = {key: known.pop(key, (0, [])) for key in pending}
         renew = False
         for _ in range(_ATTEMPTS):
             lease = self._lease_id(renew)
             renew = False
             now = time.time()
-            groups: list[tuple[str, Compare, Put]] = []
+            groups: list[tuple[str, Compare, Put, list[Event]]] = []
             for key, (kind, name, events) in pending.items():
-                kv = backend.get(key)
-                history = _history(kv.value if kv else None, kind, name)
-                history.events = _fresh([*history.events, *events], now, self.ttl)
-                groups.append((key, Compare(key, kv.revision if kv else 0),
-                               Put(key, _encode.encode(history), lease=lease)))
+                revision, before = stored[key]
+                history = EventHistory(kind=kind, name=name,
+                                       events=_fresh([*before, *events], now, self.ttl))
+                groups.append((key, Compare(key, revision),
+                               Put(key, _encode.encode(history), lease=lease), history.events))
             room = room_for(backend, (), 2 * len(groups))
+            stale: list[str] = []
             for chunk in pack(groups, room, lambda _g: 2):
                 try:
                     res = backend.txn([g[1] for g in chunk], [g[2] for g in chunk])
@@ -299,13 +317,30 @@ class EventLog:
                     renew = True  # the lease ended early (a store restored): a new one
                     continue
                 if res.succeeded:
-                    for g in chunk:
-                        pending.pop(g[0], None)
+                    for key, _, _, events in chunk:
+                        pending.pop(key, None)
+                        self._remember(key, res.revision, events)
+                else:  # written by someone else since (or dropped by its lease)
+                    stale += [g[0] for g in chunk]
             if not pending:
                 return
+            if stale:
+                current = backend.get_many(stale)
+                for key in stale:
+                    kv = current.get(key)
+                    kind, name, _ = pending[key]
+                    stored[key] = (kv.revision, _history(kv.value, kind, name).events) \
+                        if kv is not None else (0, [])
         self.dropped += sum(len(v[2]) for v in pending.values())
         log.debug("events of %d object(s) not recorded: their records kept changing",
                   len(pending))
+
+    def _remember(self, key: str, revision: int, events: list[Event]) -> None:
+        """What this log wrote at ``key`` (the last :data:`KNOWN_RECORDS` records)."""
+        known = self._known
+        known[key] = (revision, events)
+        if len(known) > KNOWN_RECORDS:
+            known.popitem(last=False)
 
 
 def describe_details(details: Mapping[str, str]) -> str:

@@ -33,6 +33,7 @@ from skedlib.models import TaskId
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "KEYS_REMEMBERED",
     "MAX_NAME_LENGTH",
     "AgentKey",
     "ClusterKey",
@@ -60,6 +61,8 @@ __all__ = [
 
 DEFAULT_PREFIX = "sked/"
 MAX_NAME_LENGTH = 128
+KEYS_REMEMBERED = 1 << 14
+"""Keys each builder of a table remembers (the most recently built)."""
 #: whitespace, ``/``, control characters (C0, DEL, C1), unpaired surrogates (not UTF-8),
 #: and invisible format characters: soft hyphen, zero-width and bidirectional controls,
 #: BOM. Whitespace aside, a fixed list rather than the running Python's Unicode tables,
@@ -255,10 +258,21 @@ class KeyTemplate(_TableMember, Generic[_P, _S]):
         prefix, struct, format_ = table.prefix, self.struct, self.format
         text, segments = self._text, tuple(self.segments.values())
 
+        def positional(*args: Any) -> str:
+            return prefix + text.format(*[s.format(a) for s, a in zip(segments, args, strict=True)])
+
+        # a key is built several times over (a plan's task, its index entry, its event
+        # record, the watch's echo …): the keys of valid names are remembered (typed, so
+        # True is never taken for 1; an exception is not remembered)
+        remembered = functools.lru_cache(maxsize=KEYS_REMEMBERED, typed=True)(positional)
+
         def build(*args: _P.args, **kwargs: _P.kwargs) -> str:
             if kwargs or len(args) != len(segments):  # let the Struct sort them out
                 return prefix + format_(struct(*args, **kwargs))
-            return prefix + text.format(*[s.format(a) for s, a in zip(segments, args, strict=True)])
+            try:
+                return remembered(*args)
+            except TypeError:  # an unhashable value: said by its segment
+                return positional(*args)
 
         build.__name__ = self.name
         build.__doc__ = f"Key ``{self.pattern}`` under the prefix."

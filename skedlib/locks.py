@@ -203,14 +203,23 @@ class Lock:
                             min(left, 1.0) if left is not None else 1.0)
 
     def release(self) -> None:
-        """Give the lock up (only if still ours). Idempotent."""
+        """Give the lock up (only if still ours). Idempotent.
+
+        On a shared lease, a delete that failed leaves the lock held (its key may still
+        be there, on a lease that lives on): call :meth:`release` again later. On a
+        lease of its own, the lease is revoked in any case, and the key goes with it."""
         lease, token = self._lease, self._token
-        self._lease, self._token = None, 0
         if lease is None:
             return
+        self._lease, self._token = None, 0
         try:
             self.backend.txn([Compare(self.key, token)], [Delete(self.key)])
         except BackendError as exc:
+            if lease is self._shared and not lease.lost.is_set():
+                self._lease, self._token = lease, token
+                log.warning("could not delete lock %s (still held; to be given back "
+                            "again): %s", self.key, exc)
+                return
             log.warning("could not delete lock %s: %s", self.key, exc)
         self._end(lease)
 

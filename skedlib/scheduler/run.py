@@ -138,21 +138,28 @@ class _HeldLocks:
     def keep(self, pair: Pair, lock: Lock, fenced_out: bool = False) -> None:
         """Keep ``lock`` after the pair's run (released when the daemon stopped, or
         when its fence failed: the next run takes the lock again)."""
-        if lock.held and not fenced_out:
+        if not (lock.held and not fenced_out):
+            lock.release()  # deletes the key only while it is still this holder's
+        if lock.held:  # kept, or its key could not be deleted: given back by a sweep
             with self._mutex:
                 if not self._closed:
                     self._idle[pair] = (lock, time.monotonic())
                     return
-        lock.release()  # deletes the key only while it is still this holder's
+            lock.release()
 
     def sweep(self, everything: bool = False) -> None:
         """Give back the locks not used for ``hold`` seconds (``everything``: all)."""
-        cutoff = time.monotonic() - (0.0 if everything else self._hold)
+        now = time.monotonic()
+        cutoff = now - (0.0 if everything else self._hold)
         with self._mutex:
             old = [p for p, (_, since) in self._idle.items() if everything or since <= cutoff]
-            locks = [self._idle.pop(p)[0] for p in old]
-        for lock in locks:
+            locks = [(p, self._idle.pop(p)[0]) for p in old]
+        for pair, lock in locks:
             lock.release()
+            if lock.held:  # the store did not answer: try again at the next sweep
+                with self._mutex:
+                    if not self._closed:
+                        self._idle.setdefault(pair, (lock, now))
 
     def close(self) -> None:
         """Give every lock back and end the lease."""

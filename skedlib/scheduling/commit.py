@@ -38,6 +38,7 @@ later placement is a conflict, as without pipelining.
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Sequence
 
@@ -80,6 +81,10 @@ class _Group(msgspec.Struct):
     places: bool = True
 
 
+_by_host = operator.attrgetter("host", "places")
+"""A host's groups together, its stops before its placements."""
+
+
 def _groups(snapshot: Snapshot, plan: Plan, ks: Keyspace) -> list[_Group]:
     groups: list[_Group] = []
     for task in plan.place:
@@ -101,8 +106,7 @@ def _groups(snapshot: Snapshot, plan: Plan, ks: Keyspace) -> list[_Group]:
             ops.append(Delete(ks.host_task(old.host, tid)))
         groups.append(_Group(tid, Compare(ks.task(tid), snapshot.task_revisions[tid]), ops,
                              old.host, False))
-    # a host's groups together, its stops before its placements
-    groups.sort(key=lambda g: (g.host, g.places))
+    groups.sort(key=_by_host)
     return groups
 
 

@@ -202,6 +202,17 @@ class Backend(abc.ABC):
         """
         return self.list(prefix + "\x00").revision
 
+    def get_many(self, keys: Sequence[str]) -> dict[str, KeyValue]:
+        """The current values of ``keys`` (the absent ones left out), read together where
+        the backend can (one request, at one revision); the default reads them one by one.
+        """
+        found: dict[str, KeyValue] = {}
+        for key in dict.fromkeys(keys):
+            kv = self.get(key)
+            if kv is not None:
+                found[key] = kv
+        return found
+
     def put(self, key: str, value: bytes, lease: str | None = None) -> int:
         """Write unconditionally; returns the revision of the write."""
         return self.txn([], [Put(key, value, lease)]).revision

@@ -113,6 +113,12 @@ class MemoryBackend(Backend):
             self._expire()
             return self._data.get(key)
 
+    def get_many(self, keys: Sequence[str]) -> dict[str, KeyValue]:
+        with self._cond:
+            self._expire()
+            return {key: kv for key in dict.fromkeys(keys)
+                    if (kv := self._data.get(key)) is not None}
+
     def list(self, prefix: str) -> ListResult:
         with self._cond:
             self._expire()

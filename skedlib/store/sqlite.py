@@ -2,7 +2,9 @@
 
 An agent, a scheduler and the CLI on one machine may all open the same file. The file
 is in WAL mode; every write transaction takes SQLite's write lock (``BEGIN IMMEDIATE``),
-so compares and writes are atomic across processes. Layout::
+so compares and writes are atomic across processes. The threads of one process queue for
+it on a lock of their own first, so the next write starts as soon as the last one
+commits (SQLite's wait between processes polls, sleeping up to 100 ms at a time). Layout::
 
     kv(key, value, create_rev, mod_rev, lease)   the current state
     events(rev, seq, key, kind, value)           history for watches (the last ``history``
@@ -29,6 +31,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from skedlib._files import STATE_FILE_MODE, narrow, private_dirs
@@ -68,8 +71,8 @@ INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
 
 _PUT, _DELETE = 0, 1
 _COMPARES_PER_QUERY = 500
-"""Keys per ``IN (…)`` query of a transaction's compares (under SQLite's 999-parameter
-limit of older builds)."""
+"""Keys per ``IN (…)`` query of a transaction's compares or a :meth:`get_many` (under
+SQLite's 999-parameter limit of older builds)."""
 
 
 class SqliteBackend(Backend):
@@ -90,6 +93,8 @@ class SqliteBackend(Backend):
         self._conns_lock = threading.Lock()
         self._closed = False
         self._next_expiry_check = 0.0
+        self._writer = threading.Lock()
+        """Held by the thread whose write transaction is open (one at a time in SQLite)."""
         if not create and not self.path.is_file():
             # a reader must not leave an empty store (and its directories) behind
             raise BackendUnavailable(f"{self.path}: no such store (nothing was applied "
@@ -143,18 +148,27 @@ class SqliteBackend(Backend):
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[None]:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
+        # this process's writers queue here, and the next one goes as soon as the last
+        # one commits; SQLite's own wait (between processes) polls, sleeping up to 100 ms
+        if not self._writer.acquire(timeout=self.timeout):
             raise BackendUnavailable(f"{self.url}: cannot take the write lock within "
-                                     f"{self.timeout}s: {exc}") from exc
+                                     f"{self.timeout}s: this process's other writes "
+                                     "hold it")
         try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise BackendUnavailable(f"{self.url}: cannot take the write lock within "
+                                         f"{self.timeout}s: {exc}") from exc
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+        finally:
+            self._writer.release()
 
     @contextmanager
     def _read(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -219,6 +233,20 @@ class SqliteBackend(Backend):
                                "WHERE key = ?", (key,)).fetchone()
             return KeyValue(row[0], row[1], row[2], row[3], row[4]) if row else None
 
+    def get_many(self, keys: Sequence[str]) -> dict[str, KeyValue]:
+        """The keys' current values, read in one read transaction (a few hundred keys
+        per query)."""
+        wanted = builtins.list(dict.fromkeys(keys))
+        found: dict[str, KeyValue] = {}
+        with self._guard("get"):
+            conn = self._conn()
+            self._expire(conn)
+            with self._read(conn):
+                for _, rows in self._by_keys(conn, "key, value, mod_rev, create_rev, lease",
+                                             wanted):
+                    found.update((row[0], KeyValue(*row)) for row in rows)
+        return found
+
     def list(self, prefix: str) -> ListResult:
         with self._guard("list"):
             conn = self._conn()
@@ -273,15 +301,21 @@ class SqliteBackend(Backend):
         for c in compares:
             if want.setdefault(c.key, c.revision) != c.revision:
                 return False  # one key, two revisions: both cannot hold
-        keys = builtins.list(want)
-        for start in range(0, len(keys), _COMPARES_PER_QUERY):
-            part = keys[start:start + _COMPARES_PER_QUERY]
-            found = dict(conn.execute(
-                "SELECT key, mod_rev FROM kv WHERE key IN "
-                f"({','.join('?' * len(part))})", part).fetchall())
+        for part, rows in SqliteBackend._by_keys(conn, "key, mod_rev", builtins.list(want)):
+            found = dict(rows)
             if any(found.get(key, 0) != want[key] for key in part):
                 return False
         return True
+
+    @staticmethod
+    def _by_keys(conn: sqlite3.Connection, columns: str, keys: builtins.list[str]
+                 ) -> Iterator[tuple[builtins.list[str], builtins.list[Any]]]:
+        """``columns`` of the ``kv`` rows of ``keys``, a few hundred keys per query: each
+        part of ``keys`` with its rows (the absent keys have none)."""
+        for start in range(0, len(keys), _COMPARES_PER_QUERY):
+            part = keys[start:start + _COMPARES_PER_QUERY]
+            yield part, conn.execute(f"SELECT {columns} FROM kv WHERE key IN "
+                                     f"({','.join('?' * len(part))})", part).fetchall()
 
     @staticmethod
     def _put_many(conn: sqlite3.Connection,

@@ -134,6 +134,20 @@ class BackendConformance:
         kv = backend.get(ns + "bin")
         assert kv is not None and kv.value == value
 
+    def test_get_many_reads_what_get_reads(self, backend: Backend, ns: str) -> None:
+        lease = backend.grant_lease(max(30.0, backend.min_lease_ttl))
+        keys = [f"{ns}m/{i}" for i in range(140)]  # more than one etcd transaction holds
+        for i, key in enumerate(keys[:136]):
+            if i % 2 == 0:
+                backend.put(key, str(i).encode(), lease=lease if i % 4 == 0 else None)
+        backend.delete(keys[0])
+        asked = [*reversed(keys), keys[2], ns + "m/absent"]
+        found = backend.get_many(asked)
+        expected = {key: kv for key in keys if (kv := backend.get(key)) is not None}
+        assert len(expected) == 67
+        assert found == expected
+        assert backend.get_many([]) == {}
+
     def test_list_prefix_sorted_and_bounded(self, backend: Backend, ns: str) -> None:
         for k in ["b", "a", "c/x", "c/y"]:
             backend.put(ns + "p/" + k, k.encode())

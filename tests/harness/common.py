@@ -37,9 +37,11 @@ from urllib.parse import urlencode
 
 import pytest
 
+from skedlib.errors import BackendUnavailable
 from skedlib.store.base import (
     Backend,
     Compare,
+    Delete,
     KeyValue,
     ListResult,
     Op,
@@ -50,6 +52,7 @@ from skedlib.store.base import (
 __all__ = [
     "ClusterMember",
     "DelegatingBackend",
+    "DeleteFailsOnce",
     "ServerCluster",
     "ServerProcess",
     "ServerUnavailableError",
@@ -100,6 +103,21 @@ class DelegatingBackend(Backend):
 
     def revoke_lease(self, lease: str) -> None:
         self.inner.revoke_lease(lease)
+
+
+class DeleteFailsOnce(DelegatingBackend):
+    """A real backend, but the first transaction that deletes a key fails as if the store
+    did not answer (nothing is applied)."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.failed = False
+
+    def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+        if not self.failed and any(isinstance(op, Delete) for op in ops):
+            self.failed = True
+            raise BackendUnavailable(f"{self.url}: txn failed: the store did not answer")
+        return super().txn(compares, ops)
 
 
 class ServerUnavailableError(RuntimeError):

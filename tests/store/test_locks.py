@@ -25,6 +25,7 @@ from skedlib.plugins import open_backend
 from skedlib.store.base import Backend, Compare, Put
 from tests.harness import consul as consul_harness
 from tests.harness import etcd as etcd_harness
+from tests.harness.common import DeleteFailsOnce
 
 etcd_single = etcd_harness.etcd_single
 consul_dev = consul_harness.consul_dev
@@ -250,4 +251,31 @@ def test_locks_on_one_shared_lease() -> None:
     assert backend.get("locks/a") is None and backend.get("locks/b") is None
     assert not backend.txn([b.fence()], []).succeeded
     assert not backend.txn([a.fence()], []).succeeded
+    backend.close()
+
+
+def test_a_lock_on_a_shared_lease_stays_held_until_its_key_is_deleted() -> None:
+    """A release whose delete fails would leave the key on a lease that lives on, locked
+    for everybody for good: the lock stays held, and a later release gives it back."""
+    backend = DeleteFailsOnce(open_backend("memory://"))
+    lease = KeptLease(backend, ttl=5)
+    lock = Lock(backend, "locks/a", lease=lease)
+    assert lock.try_acquire()
+    lock.release()
+    assert lock.held and backend.get("locks/a") is not None
+    assert backend.txn([lock.fence()], []).succeeded
+    lock.release()
+    assert not lock.held and backend.get("locks/a") is None
+    other = Lock(backend, "locks/a", lease=KeptLease(backend, ttl=5))
+    assert other.try_acquire()
+    lease.revoke()
+    backend.close()
+
+
+def test_a_lock_of_its_own_lease_is_freed_even_when_its_delete_fails() -> None:
+    backend = DeleteFailsOnce(open_backend("memory://"))
+    lock = Lock(backend, "locks/a", ttl=5)
+    assert lock.try_acquire()
+    lock.release()  # the delete fails; revoking the lease removes the key
+    assert not lock.held and backend.get("locks/a") is None
     backend.close()

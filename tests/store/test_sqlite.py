@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +46,41 @@ def test_readers_go_on_while_another_connection_holds_the_write_lock(tmp_path: P
         backend.put("k", b"after")
         kv = backend.get("k")
         assert kv is not None and kv.value == b"after"
+
+
+def test_writers_of_one_process_take_turns_within_the_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with open_backend(f"sqlite://{path}?timeout=0.3") as backend:
+        errors: list[str] = []
+
+        def write(key: str) -> None:
+            try:
+                backend.put(key, b"v")
+            except BackendUnavailable as exc:
+                errors.append(str(exc))
+
+        def writers(prefix: str, n: int) -> None:
+            threads = [threading.Thread(target=write, args=(f"{prefix}{i}",))
+                       for i in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process's write, left open
+            writers("blocked/", 3)  # one waits for SQLite's lock, the others behind it
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert len(errors) == 3
+        assert all("cannot take the write lock within 0.3s" in e for e in errors)
+        assert backend.list("blocked/").items == []
+        errors.clear()
+        writers("free/", 8)
+        assert errors == []
+        assert [kv.key for kv in backend.list("free/").items] == [f"free/{i}" for i in range(8)]
 
 
 def test_a_watch_from_a_compacted_revision_says_where_to_resume(tmp_path: Path) -> None:

@@ -643,6 +643,34 @@ class EtcdBackend(Backend):
         response = self._range(f"get {key!r}", _b(key))
         return _kv(response.kvs[0]) if response.kvs else None
 
+    def get_many(self, keys: Sequence[str]) -> dict[str, KeyValue]:
+        """The keys' current values: one read-only Txn of Range requests per
+        ``max_txn_ops`` keys (linearizable, as :meth:`get`)."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, KeyValue] = {}
+        step = self.options.max_txn_ops
+        for start in range(0, len(wanted), step):
+            part = wanted[start:start + step]
+            request = pb.TxnRequest()
+            add = request.success.add
+            for key in part:
+                add().request_range.key = _b(key)
+
+            def call(m: _Member, timeout: float, md: _Metadata, request: Any = request
+                     ) -> Any:
+                return m.kv.Txn(request, timeout=timeout, metadata=md)
+
+            what = f"get {len(part)} keys ({part[0]!r} …)"
+            try:
+                response = self._run(what, call, write=False)
+            except grpc.RpcError as exc:
+                raise self._rpc_error(what, exc) from exc
+            for answer in response.responses:
+                for kv in answer.response_range.kvs:
+                    item = _kv(kv)
+                    found[item.key] = item
+        return found
+
     def list(self, prefix: str) -> ListResult:
         """Every key under ``prefix`` and the revision they were read at: one Range call."""
         key, end = _range_end(_b(prefix))
