@@ -88,6 +88,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from typing import NamedTuple, NoReturn, Protocol
 
 from skedlib.errors import SkedError
@@ -295,6 +296,7 @@ class _Reaper:
         self._held: dict[str, None] = {}
         """The lines in force (``+c <dir>``, ``+g <pid>``), told again to a new reaper."""
         self._closed = False
+        self._finalizer: weakref.finalize[[int, subprocess.Popen[bytes]], _Reaper] | None = None
 
     def _start(self) -> None:
         """Start a reaper (lock held) and tell it everything in force."""
@@ -312,20 +314,29 @@ class _Reaper:
         finally:
             os.close(read)
         self._pipe = write
+        # dropped without close() (a limiter nobody holds, nor any of its jobs): the
+        # pipe ends, the reaper kills what it holds and exits, and is waited for
+        self._finalizer = weakref.finalize(self, _Reaper._end, write, self._proc)
+        self._finalizer.atexit = False  # at exit the system closes the pipe
         if self._held:
             self._write("".join(f"{line}\n" for line in self._held))
+
+    @staticmethod
+    def _end(pipe: int, proc: subprocess.Popen[bytes]) -> None:
+        """Close the pipe, so the reaper reaps and exits; wait for it (10 s at most)."""
+        with contextlib.suppress(OSError):
+            os.close(pipe)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
 
     def _drop(self) -> None:
         """Forget the current reaper (lock held): its pipe is closed, so it reaps and
         exits."""
-        if self._pipe >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._pipe)
-            self._pipe = -1
-        if self._proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(10)
-            self._proc = None
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+        self._pipe = -1
+        self._proc = None
 
     def _write(self, text: str) -> None:
         data = os.fsencode(text)

@@ -6,7 +6,6 @@ with the reason detect_limiter gives.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
