@@ -736,8 +736,10 @@ class Limiter:
         are set up as the worker's user first).
 
         ``pids`` (> 0) limits how many processes and threads it may have at once (the
-        cgroup kinds). With ``pdeathsig`` the program is killed when the thread that
-        started it dies (jobs); a service task must outlive its agent, so it passes False.
+        cgroup kinds). With ``pdeathsig`` the job is killed, with what it forked, when
+        the process that started it goes (the limiter's reaper, see the module's
+        docstring: no per-job parent-death signal); a service task must outlive its
+        agent, so it passes False.
 
         Raises :class:`~skedlib.errors.SkedError` (with a one-line message to fail the job
         with) when the limits cannot be set up.
