@@ -588,6 +588,7 @@ class _CgroupLimited(Limited):
         self._pool: _CgroupLimiter | None = None
         """The limiter to give a pooled set back to, on :meth:`cleanup`."""
         self._released = False
+        self._emptied = False
 
     def _counters(self) -> dict[str, int]:
         """The memory cgroup's OOM counters as the kernel keeps them (cumulative)."""
@@ -624,7 +625,9 @@ class _CgroupLimited(Limited):
 
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
         super().kill_all(sig)
-        _signal_cgroups(self.cgroups, sig, 1.0)
+        # seen empty after a SIGKILL: nothing enters the job's cgroups any more (only
+        # the worker starts processes in them), so cleanup() need not look again
+        self._emptied = _signal_cgroups(self.cgroups, sig, 1.0) and sig == signal.SIGKILL
 
     def cleanup(self) -> None:
         if self._released:
@@ -636,7 +639,7 @@ class _CgroupLimited(Limited):
                 self._evidence = self._oom_evidence()
             # A pooled cgroup goes back only empty: every process of this job killed
             # (the next job must not share it with anything left behind).
-            empty = _signal_cgroups(self.cgroups, signal.SIGKILL, 1.0)
+            empty = self._emptied or _signal_cgroups(self.cgroups, signal.SIGKILL, 1.0)
             if self._pool is not None and self._set is not None:
                 self._pool._give_back(self._set, empty)
                 return
