@@ -319,7 +319,11 @@ class _Reaper:
         self._finalizer = weakref.finalize(self, _Reaper._end, write, self._proc)
         self._finalizer.atexit = False  # at exit the system closes the pipe
         if self._held:
-            self._write("".join(f"{line}\n" for line in self._held))
+            try:
+                self._write("".join(f"{line}\n" for line in self._held))
+            except OSError as exc:  # it died at once
+                raise SkedError(f"{self.label}: the process that stops them should this "
+                                f"one die exited at its start: {exc}") from None
 
     @staticmethod
     def _end(pipe: int, proc: subprocess.Popen[bytes]) -> None:
