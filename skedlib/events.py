@@ -22,14 +22,6 @@ object are merged into one write, and the writes of several objects are packed i
 few transactions as the backend takes. Events are best effort: a write that keeps failing
 (the store is away) is dropped with a debug line in the log, and the operation that
 recorded it never waits for it.
-
-A write compares the record's revision, so it needs the record as it is. The log does not
-read it first when it can know it: a record it wrote itself is remembered (the last
-:data:`KNOWN_RECORDS` of them, with the revision of their write), and a record it never
-saw is taken to be missing (most are new: a job's first event). A guess that was wrong
-(another recorder wrote, the record expired or was there already) fails the compare and
-costs one transaction: those records are then read and written again. A job worker so
-writes a job's events without a read per job (a round trip to etcd each).
 """
 
 from __future__ import annotations
@@ -78,11 +70,7 @@ QUEUE_LIMIT = 1000
 FLUSH_INTERVAL = 0.2
 """Seconds the writer waits for more events before it writes a batch."""
 _ATTEMPTS = 5
-"""Rounds of read-and-compare-and-swap for one batch before its rest is dropped (after a
-first round on the records as the log knows or guesses them)."""
-KNOWN_RECORDS = 4096
-"""Records an :class:`EventLog` remembers having written (the most recent), so that it
-need not read them before their next write."""
+"""Rounds of read-and-compare-and-swap for one batch before its rest is dropped."""
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -205,9 +193,6 @@ class EventLog:
         self._writing = False
         self._lease: str | None = None
         self._lease_at = 0.0
-        self._known: collections.OrderedDict[str, tuple[int, list[Event]]] = \
-            collections.OrderedDict()
-        """Records this log wrote: key → (revision of the write, events written)."""
 
     def record(self, kind: ObjectKind, name: str, reason: str, message: str = "",
                **details: object) -> None:
@@ -295,23 +280,17 @@ class EventLog:
             pending.setdefault(key, (kind, name, []))[2].append(event)
         backend = self.store.backend
         renew = False
-        stale: set[str] = set()  # records known or guessed wrong: read before the next try
-        for _ in range(_ATTEMPTS + 1):
+        for _ in range(_ATTEMPTS):
             lease = self._lease_id(renew)
             renew = False
             now = time.time()
-            groups: list[tuple[str, Compare, Put, list[Event]]] = []
+            groups: list[tuple[str, Compare, Put]] = []
             for key, (kind, name, events) in pending.items():
-                if key in stale:
-                    kv = backend.get(key)
-                    revision = kv.revision if kv else 0
-                    prior = _history(kv.value if kv else None, kind, name).events
-                else:  # as this log wrote it last, or (never seen) missing
-                    revision, prior = self._known.get(key, (0, []))
-                fresh = _fresh([*prior, *events], now, self.ttl)
-                history = EventHistory(kind=kind, name=name, events=fresh)
-                groups.append((key, Compare(key, revision),
-                               Put(key, _encode.encode(history), lease=lease), fresh))
+                kv = backend.get(key)
+                history = _history(kv.value if kv else None, kind, name)
+                history.events = _fresh([*history.events, *events], now, self.ttl)
+                groups.append((key, Compare(key, kv.revision if kv else 0),
+                               Put(key, _encode.encode(history), lease=lease)))
             room = room_for(backend, (), 2 * len(groups))
             for chunk in pack(groups, room, lambda _g: 2):
                 try:
@@ -319,26 +298,14 @@ class EventLog:
                 except LeaseExpired:
                     renew = True  # the lease ended early (a store restored): a new one
                     continue
-                for key, _compare, _put, fresh in chunk:
-                    if res.succeeded:
-                        pending.pop(key, None)
-                        self._remember(key, res.revision, fresh)
-                    else:
-                        self._known.pop(key, None)
-                        stale.add(key)
+                if res.succeeded:
+                    for g in chunk:
+                        pending.pop(g[0], None)
             if not pending:
                 return
         self.dropped += sum(len(v[2]) for v in pending.values())
         log.debug("events of %d object(s) not recorded: their records kept changing",
                   len(pending))
-
-    def _remember(self, key: str, revision: int, events: list[Event]) -> None:
-        """``key`` was written at ``revision`` with ``events`` (the newest of
-        :data:`KNOWN_RECORDS` kept)."""
-        self._known[key] = (revision, events)
-        self._known.move_to_end(key)
-        if len(self._known) > KNOWN_RECORDS:
-            self._known.popitem(last=False)
 
 
 def describe_details(details: Mapping[str, str]) -> str:

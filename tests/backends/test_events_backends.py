@@ -72,32 +72,3 @@ def test_two_recorders_on_one_record(store: Store) -> None:
     assert len(events) == 40 - sum(log.dropped for log in logs)
     assert sum(log.dropped for log in logs) == 0
     assert {e.source for e in events} == {"recorder 0", "recorder 1"}
-
-
-def test_a_record_changed_behind_the_logs_back_is_read_again(store: Store) -> None:
-    """A log writes without reading first what it wrote itself or never saw; when the
-    record is not what it takes it to be — there before it ever wrote, written by another
-    recorder since, or removed — it reads it and writes again, losing nothing."""
-    a, b = EventLog(store, "recorder a"), EventLog(store, "recorder b")
-    key = EventKeyspace(Keyspace(store.keys.prefix)).event_history("job", "j2")
-
-    def messages() -> list[str]:
-        return [e.message for e in read_events(store, "job", "j2")]
-
-    b.record("job", "j2", "queued", "b1")
-    assert b.flush(30)
-    a.record("job", "j2", "running", "a1")  # a never saw the record: it was there
-    assert a.flush(30)
-    assert messages() == ["b1", "a1"]
-    b.record("job", "j2", "running", "b2")  # b's record changed since it wrote
-    assert b.flush(30)
-    a.record("job", "j2", "complete", "a2")
-    assert a.flush(30)
-    assert messages() == ["b1", "a1", "b2", "a2"]
-    store.backend.delete(key)  # removed behind both logs' backs
-    a.record("job", "j2", "failed", "a3")
-    assert a.flush(30)
-    assert messages() == ["a3"]
-    for log in (a, b):
-        log.close(30)
-        assert log.dropped == 0
