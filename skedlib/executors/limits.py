@@ -38,10 +38,19 @@ The kinds, best first (``prefer="auto"`` takes the first usable one):
 
 The job enters its cgroup *before* its program runs: :attr:`Limited.argv` starts with a
 small ``/bin/sh`` wrapper that writes its own pid into the cgroup and then execs the
-program, so not a single allocation escapes the limit. In every kind the program is also
-started through ``setpriv --pdeathsig KILL`` (util-linux, when installed), so a job dies
-with the worker *thread* that started it rather than running on unsupervised. The chain
-is ``sh`` (cgroups) → ``setpriv`` → ``prlimit`` (rlimit) → program, all one process.
+program, so not a single allocation escapes the limit. The chain is ``sh`` (cgroups) →
+``setpriv`` (only to run as another user) → ``prlimit`` (rlimit) → program, all one
+process.
+
+A job dies with the process that started it (``wrap(..., pdeathsig=True)``, the
+default): the limiter's *reaper* (:mod:`skedlib.executors._reaper`), a small process of
+its own started with the first such job, holds the read end of a pipe whose write end
+only the worker has. When the pipe ends — the worker exited or was killed, whatever the
+signal — the reaper SIGKILLs every process in the job cgroups (their children too) or,
+for the kinds without cgroups, every job's process group, and removes the cgroups. A
+cgroup is known to the reaper before any job runs in it, so there is no window at a
+job's start. A reaper that died is started again at the next job, and told every cgroup
+and group in force.
 
 ``cpu="quota"`` (jobs) caps the cpu at ``cpu_units``; ``cpu="weight"`` (service tasks)
 gives them instead a share under contention (``cpu.weight``, v1 ``cpu.shares``) and lets
@@ -61,7 +70,7 @@ removing a cgroup per job cost more than a short job itself.
 
 Service tasks differ from jobs in four ways, chosen by the caller: each keeps a cgroup
 of its own, named by the task (no ``reuse``); they must outlive the agent that started
-them (``wrap(..., pdeathsig=False)``); a restarted agent takes their cgroups over
+them (``wrap(..., pdeathsig=False)``: no reaper); a restarted agent takes their cgroups over
 (:meth:`Limiter.find`); and the agent reports what they use
 (:meth:`Limited.memory_current`).
 """
@@ -70,15 +79,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import math
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
+import weakref
 from typing import NamedTuple, NoReturn, Protocol
 
 from skedlib.errors import SkedError
@@ -257,39 +267,122 @@ def _enter_cgroups_argv(cgroups: list[str], argv: list[str]) -> list[str]:
     return [_SH, "-c", " && ".join(steps), *cgroups, *argv]
 
 
-def _start_prefix(label: str, user: Identity | None, pdeathsig: bool = True) -> list[str]:
-    """What a program is started through: ``setpriv`` that drops to ``user`` (when given)
-    and sets the parent-death signal (with ``pdeathsig``) — one ``setpriv``, since changing
-    the uid clears a parent-death signal set before it (setpriv sets the signal last).
-    ``label`` (``job 42``) names the job or task in the error."""
-    death = _pdeathsig_prefix() if pdeathsig else ()
+def _start_prefix(label: str, user: Identity | None) -> list[str]:
+    """What a program is started through: ``setpriv`` that drops to ``user`` when given,
+    else nothing. ``label`` (``job 42``) names the job or task in the error."""
     if user is None:
-        return list(death)
+        return []
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         raise SkedError(f"{label}: running as user {user.name} needs setpriv "
                         "(util-linux), which is not installed")
     groups = (["--groups", ",".join(str(g) for g in user.groups)] if user.groups
               else ["--clear-groups"])
-    return [setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", *groups,
-            *(death[1:-1]), "--"]
+    return [setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", *groups, "--"]
 
 
-@functools.cache
-def _pdeathsig_prefix() -> tuple[str, ...]:
-    """``setpriv --pdeathsig KILL --`` when setpriv is installed and knows the option."""
-    setpriv = shutil.which("setpriv")
-    true = shutil.which("true")
-    if setpriv is None or true is None:
-        return ()
-    prefix = (setpriv, "--pdeathsig", "KILL", "--")
-    try:
-        ok = subprocess.run([*prefix, true], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            timeout=10, check=False).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        ok = False
-    return prefix if ok else ()
+_REAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reaper.py")
+
+
+class _Reaper:
+    """The parent's side of :mod:`skedlib.executors._reaper`: starts it (again, when it
+    died) and tells it what to kill should this process go. Thread-safe."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pipe = -1
+        self._held: dict[str, None] = {}
+        """The lines in force (``+c <dir>``, ``+g <pid>``), told again to a new reaper."""
+        self._closed = False
+        self._finalizer: weakref.finalize[[int, subprocess.Popen[bytes]], _Reaper] | None = None
+
+    def _start(self) -> None:
+        """Start a reaper (lock held) and tell it everything in force."""
+        self._drop()
+        read, write = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable or "python3", "-I", "-S", _REAPER, self.label], stdin=read,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, close_fds=True)
+        except OSError as exc:
+            os.close(write)
+            raise SkedError(f"{self.label}: cannot start the process that stops them "
+                            f"should this one die: {exc}") from None
+        finally:
+            os.close(read)
+        self._pipe = write
+        # dropped without close() (a limiter nobody holds, nor any of its jobs): the
+        # pipe ends, the reaper kills what it holds and exits, and is waited for
+        self._finalizer = weakref.finalize(self, _Reaper._end, write, self._proc)
+        self._finalizer.atexit = False  # at exit the system closes the pipe
+        if self._held:
+            try:
+                self._write("".join(f"{line}\n" for line in self._held))
+            except OSError as exc:  # it died at once
+                raise SkedError(f"{self.label}: the process that stops them should this "
+                                f"one die exited at its start: {exc}") from None
+
+    @staticmethod
+    def _end(pipe: int, proc: subprocess.Popen[bytes]) -> None:
+        """Close the pipe, so the reaper reaps and exits; wait for it (10 s at most)."""
+        with contextlib.suppress(OSError):
+            os.close(pipe)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+
+    def _drop(self) -> None:
+        """Forget the current reaper (lock held): its pipe is closed, so it reaps and
+        exits."""
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+        self._pipe = -1
+        self._proc = None
+
+    def _write(self, text: str) -> None:
+        data = os.fsencode(text)
+        while data:
+            data = data[os.write(self._pipe, data):]
+
+    def ensure(self) -> None:
+        """A reaper is running (started, or started again after it died)."""
+        with self._lock:
+            if not self._closed and (self._proc is None or self._proc.poll() is not None):
+                self._start()
+
+    def tell(self, line: str) -> None:
+        """``+c <dir>`` / ``+g <pid>`` (kill these should this process go) or ``-c`` /
+        ``-g`` (no longer)."""
+        if "\n" in line:  # not a name the kernel gives, nor one this module makes
+            raise SkedError(f"{self.label}: {line[3:]!r}: a newline in a cgroup path")
+        with self._lock:
+            if self._closed:
+                return
+            if line[0] == "+":
+                self._held[line] = None
+            else:
+                self._held.pop(f"+{line[1:]}", None)
+            for attempt in (1, 2):
+                if self._proc is None or self._proc.poll() is not None:
+                    self._start()  # tells it everything held, this line included
+                    return
+                try:
+                    self._write(f"{line}\n")
+                    return
+                except BrokenPipeError:  # it died just now: once more, a new one
+                    if attempt == 2:
+                        raise SkedError(f"{self.label}: the reaper keeps dying") from None
+                    self._drop()
+
+    def close(self) -> None:
+        """End the reaper: it kills what is still held, then exits (waited for up to
+        10 seconds)."""
+        with self._lock:
+            self._closed = True
+            self._drop()
 
 
 class _Mount(NamedTuple):
@@ -393,10 +486,14 @@ class Limited:
         """``job`` or ``task``: what the messages call it."""
         self.pid: int | None = None
         """The pid given to :meth:`attach`."""
+        self._reaper: _Reaper | None = None
+        """Told the job's process group (kinds without cgroups, dying with the worker)."""
 
     def attach(self, pid: int) -> None:
         """Remember the started process (``Popen(..., start_new_session=True).pid``)."""
         self.pid = pid
+        if self._reaper is not None:
+            self._reaper.tell(f"+g {pid}")
 
     def exceeded(self, returncode: int | None = None) -> str | None:
         """After the process exited: why the kernel killed it for exceeding its limits
@@ -441,6 +538,9 @@ class Limited:
         resets every limit this job had to the kernel's default or to its own value.
         What the memory counters say about the next job is only what they grew by
         during it, so this job's OOM kill is never taken for the next one's."""
+        if self._reaper is not None and self.pid is not None:
+            self._reaper.tell(f"-g {self.pid}")
+            self._reaper = None
 
 
 class _RlimitLimited(Limited):
@@ -470,6 +570,8 @@ class _CgroupSet:
         self.written: dict[str, str] = {}
         self.jobs = 0
         """Jobs that ran in it so far (0: freshly made)."""
+        self.reaped: set[str] = set()
+        """Its directories the limiter's reaper holds (its jobs die with the worker)."""
 
 
 class _CgroupLimited(Limited):
@@ -485,9 +587,12 @@ class _CgroupLimited(Limited):
         """The OOM counters as they were when the job got a reused cgroup (the kernel
         keeps counting across jobs): the evidence is what they grew by since."""
         self._set: _CgroupSet | None = None
+        self._limiter: _CgroupLimiter | None = None
+        """The limiter that made the set (its reaper lets go of it on :meth:`cleanup`)."""
         self._pool: _CgroupLimiter | None = None
         """The limiter to give a pooled set back to, on :meth:`cleanup`."""
         self._released = False
+        self._emptied = False
 
     def _counters(self) -> dict[str, int]:
         """The memory cgroup's OOM counters as the kernel keeps them (cumulative)."""
@@ -524,7 +629,9 @@ class _CgroupLimited(Limited):
 
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
         super().kill_all(sig)
-        _signal_cgroups(self.cgroups, sig, 1.0)
+        # seen empty after a SIGKILL: nothing enters the job's cgroups any more (only
+        # the worker starts processes in them), so cleanup() need not look again
+        self._emptied = _signal_cgroups(self.cgroups, sig, 1.0) and sig == signal.SIGKILL
 
     def cleanup(self) -> None:
         if self._released:
@@ -536,12 +643,14 @@ class _CgroupLimited(Limited):
                 self._evidence = self._oom_evidence()
             # A pooled cgroup goes back only empty: every process of this job killed
             # (the next job must not share it with anything left behind).
-            empty = _signal_cgroups(self.cgroups, signal.SIGKILL, 1.0)
+            empty = self._emptied or _signal_cgroups(self.cgroups, signal.SIGKILL, 1.0)
             if self._pool is not None and self._set is not None:
                 self._pool._give_back(self._set, empty)
                 return
             for cgroup in self.cgroups:
                 _rmdir(cgroup, 2.0)
+            if self._limiter is not None and self._set is not None:
+                self._limiter._reap(self._set, False)
         except Exception:  # never raises: best effort by contract
             pass
 
@@ -619,6 +728,9 @@ class Limiter:
         self.reuse = False
         """Keep each job's cgroups, emptied, for the next job (the cgroup kinds; set by
         :func:`detect_limiter`): see :meth:`Limited.cleanup`."""
+        self._reaper = _Reaper(f"{noun}s of {node}")
+        """Kills the jobs that die with this process, should it go (started with the
+        first of them)."""
 
     def _label(self, job_id: str) -> str:
         return f"{self.noun} {job_id}"
@@ -631,16 +743,27 @@ class Limiter:
         are set up as the worker's user first).
 
         ``pids`` (> 0) limits how many processes and threads it may have at once (the
-        cgroup kinds). With ``pdeathsig`` the program is killed when the thread that
-        started it dies (jobs); a service task must outlive its agent, so it passes False.
+        cgroup kinds). With ``pdeathsig`` the job is killed, with what it forked, when
+        the process that started it goes (the limiter's reaper, see the module's
+        docstring: no per-job parent-death signal); a service task must outlive its
+        agent, so it passes False.
 
         Raises :class:`~skedlib.errors.SkedError` (with a one-line message to fail the job
         with) when the limits cannot be set up.
         """
         if not argv:
             raise SkedError(f"{self._label(job_id)}: empty command line")
-        prefix = _start_prefix(self._label(job_id), user, pdeathsig)
-        return Limited(job_id, requirements, [*prefix, *argv], self.noun)
+        prefix = _start_prefix(self._label(job_id), user)
+        return self._reaped(Limited(job_id, requirements, [*prefix, *argv], self.noun),
+                            pdeathsig)
+
+    def _reaped(self, limited: Limited, pdeathsig: bool) -> Limited:
+        """``limited``, its process group told to the reaper at :meth:`Limited.attach`
+        when it dies with this process (the kinds without cgroups)."""
+        if pdeathsig:
+            self._reaper.ensure()
+            limited._reaper = self._reaper
+        return limited
 
     def find(self, job_id: str, requirements: Requirements) -> Limited | None:
         """The limits :meth:`wrap` set up for ``job_id`` by an earlier process (an agent
@@ -651,7 +774,9 @@ class Limiter:
 
     def close(self) -> None:
         """Remove the node's parent cgroups if no job uses them (the worker may call this
-        when it stops). Never raises."""
+        when it stops), and end the reaper: a job that should die with this process and
+        still runs is killed. Never raises."""
+        self._reaper.close()
 
 
 class _RlimitLimiter(Limiter):
@@ -677,8 +802,9 @@ class _RlimitLimiter(Limiter):
             else:
                 cmd = [_SH, "-c", 'ulimit -v "$0" && exec "$@"',
                        str(requirements.memory * 1024), *cmd]
-        prefix = _start_prefix(self._label(job_id), user, pdeathsig)
-        return _RlimitLimited(job_id, requirements, [*prefix, *cmd], self.noun)
+        prefix = _start_prefix(self._label(job_id), user)
+        return self._reaped(_RlimitLimited(job_id, requirements, [*prefix, *cmd],
+                                           self.noun), pdeathsig)
 
 
 class _CgroupLimiter(Limiter):
@@ -783,18 +909,38 @@ class _CgroupLimiter(Limiter):
         not move itself into them)."""
         if not argv:
             raise SkedError(f"{self._label(job_id)}: empty command line")
-        prefix = _start_prefix(self._label(job_id), user, pdeathsig)
+        prefix = _start_prefix(self._label(job_id), user)
         roles = self._roles(requirements, pids)
         cgroups = self._set_up(job_id, requirements, pids, roles)
+        try:
+            self._reap(cgroups, pdeathsig)
+        except SkedError:
+            self._remove(cgroups)
+            raise
         dirs = [cgroups.dirs[role] for role in roles]
         limited = self._limited(job_id, requirements,
                                 _enter_cgroups_argv(dirs, [*prefix, *argv]), dirs)
+        limited._set, limited._limiter = cgroups, self
         if self.reuse:
-            limited._set, limited._pool = cgroups, self
+            limited._pool = self
             if cgroups.jobs:
                 limited._start_counting()
             cgroups.jobs += 1
         return limited
+
+    def _reap(self, cgroups: _CgroupSet, on: bool) -> None:
+        """Have the reaper hold every directory of the set (its job dies with this
+        process) or none. Before the job starts: there is no window."""
+        if on:
+            self._reaper.ensure()
+            for cgroup in cgroups.dirs.values():
+                if cgroup not in cgroups.reaped:
+                    self._reaper.tell(f"+c {cgroup}")
+                    cgroups.reaped.add(cgroup)
+        else:
+            for cgroup in cgroups.reaped:
+                self._reaper.tell(f"-c {cgroup}")
+            cgroups.reaped.clear()
 
     # -- the pool ------------------------------------------------------------------------
     def _pool_name(self) -> str:
@@ -823,14 +969,14 @@ class _CgroupLimiter(Limiter):
                 return
         self._remove(cgroups)
 
-    @staticmethod
-    def _remove(cgroups: _CgroupSet) -> None:
+    def _remove(self, cgroups: _CgroupSet) -> None:
         dirs = list(cgroups.dirs.values())
         cgroups.dirs.clear()
         cgroups.written.clear()
         _signal_cgroups(dirs, signal.SIGKILL, 1.0)
         for cgroup in dirs:
             _rmdir(cgroup, 2.0)
+        self._reap(cgroups, False)
 
     def find(self, job_id: str, requirements: Requirements) -> Limited | None:
         """The job's cgroups when its memory cgroup still exists (the others that exist)."""
@@ -856,6 +1002,7 @@ class _CgroupLimiter(Limiter):
         for cgroups in free:
             with contextlib.suppress(Exception):
                 self._remove(cgroups)
+        super().close()  # the reaper kills and removes what still runs
         for parent in self.parents:
             with contextlib.suppress(OSError):
                 os.rmdir(parent)

@@ -11,12 +11,14 @@ write in flight writes every end queued so far in one transaction
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -105,6 +107,11 @@ class Runs:
         """The worker's environment, every job's base (copied once: reading
         ``os.environ`` decodes every variable)."""
         self._programs: dict[tuple[str, str | None], tuple[str, float]] = {}
+        self._spare_dirs: list[Path] = []
+        """Empty working directories of ended jobs, private to the worker, each renamed
+        into place for a next job (see :meth:`_make_work_dir`)."""
+        self._spare_lock = threading.Lock()
+        self._spare_names = itertools.count()
 
     def used(self) -> JobRequirements:
         """What the running jobs ask for in all."""
@@ -221,7 +228,7 @@ class Runs:
                         f"working directory {job.cwd} does not exist on node {self.node}")
         else:
             cwd = self.work_dir / job.id
-            private_dirs(cwd)
+            self._make_work_dir(cwd)
             if user is not None:  # its own, private; the worker's directories let it pass
                 os.chown(cwd, user.uid, user.gid)
                 reachable_by(cwd, self.config.state_dir)
@@ -235,10 +242,48 @@ class Runs:
         finally:
             limited.cleanup()
             if not job.cwd:
-                try:
-                    os.rmdir(cwd)  # most jobs leave their directory empty
-                except OSError:
-                    shutil.rmtree(cwd, ignore_errors=True)
+                self._free_work_dir(cwd)
+
+    def _make_work_dir(self, cwd: Path) -> None:
+        """The job's own working directory (0700): the empty one of an ended job renamed
+        into place, else a new one. A directory made and removed per job costs the file
+        system an inode each (ext4 then searches past the recently freed ones)."""
+        with self._spare_lock:
+            spare = self._spare_dirs.pop() if self._spare_dirs else None
+        if spare is not None:
+            try:
+                os.rename(spare, cwd)
+                return
+            except OSError:  # cwd is there (left by an earlier attempt), or spare is gone
+                with self._spare_lock:
+                    self._spare_dirs.append(spare)
+        private_dirs(cwd)
+
+    def _free_work_dir(self, cwd: Path) -> None:
+        """Keep an ended job's directory for the next job when it is still empty, the
+        worker's own and 0700 (as :meth:`_make_work_dir` made it); else remove it."""
+        try:
+            st = os.lstat(cwd)
+            with os.scandir(cwd) as entries:
+                empty = next(entries, None) is None
+        except OSError:
+            return
+        # (as many are kept as jobs ran at once: each job takes one, or makes one)
+        if empty and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() \
+                and stat.S_IMODE(st.st_mode) == 0o700:
+            spare = self.work_dir / f".free-{next(self._spare_names)}"
+            try:
+                os.rename(cwd, spare)  # an empty one left by an earlier run is replaced
+            except OSError:
+                pass
+            else:
+                with self._spare_lock:
+                    self._spare_dirs.append(spare)
+                return
+        try:
+            os.rmdir(cwd)  # most jobs leave their directory empty
+        except OSError:
+            shutil.rmtree(cwd, ignore_errors=True)
 
     def _supervise(self, run: RunningJob, limited: Limited, env: dict[str, str],
                    cwd: Path) -> tuple[str, int | None, str]:

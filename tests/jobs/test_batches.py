@@ -3,6 +3,7 @@ backend, and the worker's runner threads, which are kept from job to job."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -155,3 +156,50 @@ def test_runner_threads_are_kept_from_job_to_job(tmp_path: Path) -> None:
     runs.launch(run)
     assert run.done.wait(30)
     assert store.get("z").job.status == "complete"
+
+
+def test_every_job_gets_an_empty_private_directory_of_its_own(tmp_path: Path) -> None:
+    """A job without ``cwd`` runs in ``work/<id>``, empty and 0700, whether it was made for
+    it or is the empty directory of an ended job renamed; a job's directory that is left
+    with files in it is removed, not handed on."""
+    store = JobStore(Store(MemoryBackend()))
+    node = f"wd{time.monotonic_ns()}"
+    config = WorkerConfig(node=node, state_dir=tmp_path, limits="none")
+    limiter = detect_limiter(node, "none")
+    logs, work = tmp_path / "logs", tmp_path / "work"
+    runs = Runs(store, config, limiter, WorkerStats(), logs, work, lambda: None)
+    logs.mkdir()
+    work.mkdir(mode=0o700)
+    rev = _register(store, node)
+    script = 'pwd; ls -A; stat -c %a .; case "$SKED_JOB_ID" in *x) echo x > left;; esac'
+
+    def run_batch(ids: list[str]) -> None:
+        queued = []
+        for job_id in ids:
+            store.submit(JobSpec(command="sh", args=["-c", script]), job_id)
+            kv = store.backend.get(store.keys.job_queued(job_id))
+            assert kv is not None
+            queued.append(kv)
+        claimed = store.claim_many(queued, node, rev)
+        assert claimed is not None
+        with runs.cond:
+            batch = [runs.add(stored) for stored in claimed]
+        for run in batch:
+            runs.launch(run)
+        for run in batch:
+            assert run.done.wait(30), f"job {run.stored.job.id} did not end"
+
+    rounds = [["a1", "a2x", "a3"], ["b1", "b2"], ["c1x", "c2", "c3", "c4"]]
+    for ids in rounds:
+        run_batch(ids)
+        for job_id in ids:
+            out = (logs / f"{job_id}.log").read_text().split()
+            assert out == [str(work / job_id), "700"], f"{job_id} saw {out}"
+            assert not (work / job_id).exists(), "a job's directory goes with it"
+    spare = sorted(os.listdir(work))
+    assert all(name.startswith(".free-") for name in spare), spare
+    assert 0 < len(spare) <= 4, "no more kept than jobs ran at once"
+    assert all(os.listdir(work / name) == [] for name in spare)
+    assert {store.get(j).job.status for ids in rounds for j in ids} == {"complete"}
+    runs.close()
+    limiter.close()

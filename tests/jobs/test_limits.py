@@ -6,7 +6,6 @@ with the reason detect_limiter gives.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -39,14 +38,22 @@ while time.monotonic() < end:
     pass
 """
 
-# Starts the wrapped job from its main thread (PDEATHSIG follows the forking thread),
-# publishes the job's pid, then waits to be killed.
-INTERMEDIATE = """\
+# A worker in miniature: a limiter of the kind (reused cgroups or not) in a process of its
+# own starts one job (a shell that forks a sleep and execs another), publishes its pid,
+# then waits to be killed.
+WORKER = """\
 import json, os, subprocess, sys, time
-proc = subprocess.Popen(json.loads(sys.argv[1]), start_new_session=True)
-with open(sys.argv[2] + ".tmp", "w") as f:
+from skedlib.executors.limits import detect_limiter
+from skedlib.jobs.models import JobRequirements
+node, kind, reuse, out = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
+limiter = detect_limiter(node, kind, reuse=reuse)
+limited = limiter.wrap("j", JobRequirements(memory=64),
+                       ["/bin/sh", "-c", "sleep 60 & exec sleep 60"])
+proc = subprocess.Popen(limited.argv, start_new_session=True, stdin=subprocess.DEVNULL)
+limited.attach(proc.pid)
+with open(out + ".tmp", "w") as f:
     f.write(str(proc.pid))
-os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+os.rename(out + ".tmp", out)
 time.sleep(60)
 """
 
@@ -193,29 +200,74 @@ def test_kill_all_kills_grandchildren(jobs: Jobs) -> None:
     assert limited.exceeded(proc.returncode) is None
 
 
-def test_job_dies_with_its_parent(jobs: Jobs, tmp_path) -> None:
-    limited = jobs.wrap(["sleep", "60"], memory=64)
-    if not any(a.endswith("/setpriv") for a in limited.argv):
-        pytest.skip("setpriv (util-linux) is not installed")
-    pidfile = tmp_path / "pid"
-    inter = subprocess.Popen([sys.executable, "-c", INTERMEDIATE, json.dumps(limited.argv),
-                              str(pidfile)], start_new_session=True)
-    jobs.procs.append(inter)
-    job_pid = 0
+def _sleeps(pid: int) -> list[int]:
+    """The ``sleep`` processes of the job ``pid`` (itself, once it exec'd, and its child)."""
     try:
-        wait_for(pidfile.exists, 5, "the intermediate to start the job")
+        top = psutil.Process(pid)
+        return [p.pid for p in [top, *top.children(recursive=True)] if p.name() == "sleep"]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_jobs_die_with_the_process_that_started_them(jobs: Jobs, tmp_path,
+                                                     reuse: bool) -> None:
+    """SIGKILL the process that started a job (nothing of it runs any more): the job and
+    the process it forked die, and the job's cgroups go."""
+    node = f"{NODE}-w{int(reuse)}"
+    pidfile = tmp_path / "pid"
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, node, jobs.kind,
+                               str(int(reuse)), str(pidfile)], start_new_session=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    jobs.procs.append(worker)
+    pids: list[int] = []
+    try:
+        wait_for(pidfile.exists, 20, "the worker to start the job")
         job_pid = int(pidfile.read_text())
-        limited.attach(job_pid)
-        # PDEATHSIG is armed once setpriv has run: wait for the exec chain to reach sleep.
-        wait_for(lambda: gone(job_pid) or psutil.Process(job_pid).name() == "sleep", 5,
-                 "the job to exec sleep")
-        assert not gone(job_pid)
-        inter.kill()
-        inter.wait(5)
-        wait_for(lambda: gone(job_pid), 20, f"job {job_pid} to die with its parent")
+        wait_for(lambda: len(_sleeps(job_pid)) == 2, 10, "both sleeps to run")
+        pids = _sleeps(job_pid)
+        worker.kill()
+        worker.wait(5)
+        wait_for(lambda: all(gone(pid) for pid in pids), 20, f"{pids} to die with the worker")
+        limiter = detect_limiter(node, jobs.kind)
+        for parent in getattr(limiter, "parents", []):
+            wait_for(lambda p=parent: not any(os.path.isdir(os.path.join(p, n))
+                                              for n in os.listdir(p)), 20,
+                     f"the job cgroups under {parent} to go")
+        limiter.close()
     finally:
-        if job_pid and not gone(job_pid):
-            os.kill(job_pid, signal.SIGKILL)
+        for pid in pids:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_reaper_that_died_is_started_again_and_told_everything(jobs: Jobs) -> None:
+    """The reaper is killed while a job runs; the next job starts a new one, which
+    holds the first job too: closing the limiter (as a stopping worker does) kills both."""
+    first = jobs.wrap(["sleep", "60"])
+    proc1 = jobs.start(first)
+    reaper = jobs.limiter._reaper._proc
+    assert reaper is not None and reaper.poll() is None
+    reaper.kill()
+    reaper.wait(5)
+    second = jobs.wrap(["sleep", "60"])
+    proc2 = jobs.start(second)
+    again = jobs.limiter._reaper._proc
+    assert again is not None and again.pid != reaper.pid and again.poll() is None
+    jobs.limiter.close()
+    assert proc1.wait(20) == -signal.SIGKILL
+    assert proc2.wait(20) == -signal.SIGKILL
+
+
+def test_a_task_that_outlives_its_agent_has_no_reaper(jobs: Jobs) -> None:
+    limited = jobs.limiter.wrap("t", JobRequirements(), ["sleep", "60"], pdeathsig=False)
+    jobs.wrapped.append(limited)
+    proc = jobs.start(limited)
+    assert jobs.limiter._reaper._proc is None
+    jobs.limiter.close()
+    assert proc.poll() is None, "closing the limiter left the task running"
+    limited.kill_all()
+    assert proc.wait(5) == -signal.SIGKILL
 
 
 def test_cleanup_removes_the_cgroup_and_is_idempotent(jobs: Jobs) -> None:
@@ -238,15 +290,15 @@ def test_argv_order(jobs: Jobs) -> None:
     assert limited.argv[-3:] == argv
     assert limited.kind == jobs.kind
     names = [os.path.basename(a) for a in limited.argv]
-    if "setpriv" in names:
-        assert names[names.index("setpriv") + 1:names.index("setpriv") + 4] == \
-            ["--pdeathsig", "KILL", "--"]
+    assert "setpriv" not in names, "only a job run as another user goes through setpriv"
     if jobs.kind in CGROUP_KINDS:
         assert limited.argv[:2] == ["/bin/sh", "-c"]
-        assert names.index("sh") < names.index("setpriv")
+        assert len(limited.argv) == 3 + len(getattr(limited, "cgroups", [])) + len(argv)
     if jobs.kind == "rlimit" and "prlimit" in names:
-        assert names.index("setpriv") < names.index("prlimit")
+        assert names[0] == "prlimit"
         assert f"--as={64 * 2**20}" in limited.argv
+    if jobs.kind == "none":
+        assert limited.argv == argv
 
 
 def test_wrap_errors_are_sked_errors(jobs: Jobs) -> None:
@@ -265,13 +317,14 @@ def test_forced_unknown_kind() -> None:
         detect_limiter(NODE, "bogus")
 
 
-def test_none_leaves_argv_alone_but_for_setpriv() -> None:
+def test_none_leaves_argv_alone() -> None:
     limiter = detect_limiter(NODE, "none")
     limited = limiter.wrap("j", JobRequirements(memory=64, cpu_units=1024), ["prog", "x"])
-    assert [a for a in limited.argv if not a.endswith("setpriv")][-2:] == ["prog", "x"]
+    assert limited.argv == ["prog", "x"]
     assert limited.exceeded(-9) is None and limited.hint(1) is None
     limited.kill_all()  # nothing attached: a no-op
     limited.cleanup()
+    limiter.close()
 
 
 def test_cgroup2_mechanics_without_controllers() -> None:
