@@ -39,6 +39,7 @@ directory is removed at the end, also on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import datetime as dt
 import json
@@ -669,6 +670,9 @@ def main() -> None:
                         help="also run the workers of another checkout (e.g. a git worktree "
                              "of the base), alternating with this tree's, and report the "
                              "ratios of jobs/s and of worker CPU per job")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="do not compile the trees' bytecode before the runs (by "
+                             "default they are, as a wheel install has it)")
     parser.add_argument("--repeat", type=int, default=2, metavar="R",
                         help="with --baseline: rounds of (baseline, this tree) (default 2)")
     parser.add_argument("--slurm", action="store_true",
@@ -695,6 +699,13 @@ def main() -> None:
     baseline: Path | None = args.baseline.resolve() if args.baseline else None
     if baseline is not None and not (baseline / "skedlib" / "jobs").is_dir():
         sys.exit(f"bench/jobs.py --baseline: {baseline} is not a skedlib checkout")
+    if not args.no_compile:
+        # a wheel install has its bytecode (pip compiles at install); an editable checkout
+        # run with PYTHONDONTWRITEBYTECODE set would compile skedlib at every worker start
+        for tree in {ROOT, *([baseline] if baseline else [])}:
+            for part in ("skedlib", "plugins"):
+                if (tree / part).is_dir():
+                    compileall.compile_dir(str(tree / part), quiet=1, workers=0)
     failed = False
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
@@ -709,6 +720,10 @@ def main() -> None:
             "jobs_per_s": "N / (last job's end - the moment the workers were started); "
                           "worker start-up (Python import, registration) included",
             "steady_jobs_per_s": "N / (last end - first start): without the start-up",
+            "bytecode": "the trees' bytecode is not compiled before the runs (--no-compile)"
+                        if args.no_compile else
+                        "the trees' bytecode is compiled before the runs, as a wheel "
+                        "install has it",
             "skedlib_slots": f"each skedlib worker runs up to {args.slots} jobs at once; "
                              "an RQ worker runs one",
             "sqlite": "a file in the temporary directory, WAL, synchronous=NORMAL",
