@@ -340,7 +340,9 @@ class ConstraintsFilter(Filter):
     monotonic = True
 
     def needed(self, request: TaskRequest) -> bool:
-        return bool(request.constraints)
+        # spread and distinct_host pass every host here (DistinctHostFilter checks the
+        # latter)
+        return any(not (c.spread or c.distinct_host) for c in request.constraints)
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         for c in request.constraints:
@@ -425,9 +427,10 @@ class SpreadAttribute(Scorer):
         self._hosts = hosts  # read only by score() without a following index
         self._value_of_: dict[str, str] | None = None
         self._index: _SpreadIndex | None = None
-        self._others: tuple[tuple[object, ...] | None, bool, float] = (None, False, 0.0)
+        self._others: tuple[tuple[object, ...] | None, bool, float, tuple[float, ...]] = \
+            (None, False, 0.0, ())
         """The scorers after this one last asked about and their weights, whether the
-        walk fits them, and the most they add to a score."""
+        walk fits them, the most they add to a score, and their weights alone."""
 
     @property
     def _value_of(self) -> dict[str, str]:
@@ -452,13 +455,15 @@ class SpreadAttribute(Scorer):
     def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
                ) -> Iterable[Iterator[HostState] | float] | None:
         key = (*others, *map(_WEIGHT, others))
-        if key != self._others[0]:  # (a placer asks with the same scorers every time)
+        last = self._others
+        if key != last[0]:  # (a placer asks with the same scorers every time)
+            weights = tuple(s.weight for s in others)
             fits = all(type(s) is LeastLoaded and s.weight > 0 for s in others)
             # a LeastLoaded score is at most 2: a host of a group with ``count`` tasks
             # scores at most weight / (1 + count) + 2 * their weights (a bound that lets
             # the placer stop after the first group when its host beats it)
-            self._others = (key, fits, 2 * sum(s.weight for s in others) + 1e-9)
-        _, fits, most = self._others
+            last = self._others = (key, fits, 2 * sum(weights) + 1e-9, weights)
+        _, fits, most, weights = last
         if not fits or self.weight <= 0:
             return None  # groups ordered by load would not be best first for these
         index = self._index
@@ -467,18 +472,9 @@ class SpreadAttribute(Scorer):
             if index is not None:
                 index.active = False
             index = self._index = _SpreadIndex(self.attribute, pool, request.service_hosts)
-        return self._bounded(index, most)
-
-    def _bounded(self, index: _SpreadIndex, most: float
-                 ) -> Iterator[Iterator[HostState] | float]:
-        """``index``'s groups, each after the first preceded by the most its hosts
-        score."""
-        first = True
-        for count, group in index.strata():
-            if not first:
-                yield self.weight / (1 + count) + most
-            first = False
-            yield group
+        if self.attribute:
+            return index.by_value(self.weight, weights)
+        return index.by_count(self.weight, most)
 
 
 _WEIGHT = operator.attrgetter("weight")
@@ -598,41 +594,75 @@ class _SpreadIndex:
         self.zeros = [k for k in self.pool.load_keys("", "") if k[1] not in holding]
         self.zero_key = {k[1]: k for k in self.zeros}
 
-    def strata(self) -> Iterator[tuple[int, Iterator[HostState]]]:
-        """The groups and their count of tasks, fewest first, each best host first
-        (made as they are asked for)."""
+    def by_count(self, weight: float, most: float) -> Iterator[Iterator[HostState] | float]:
+        """Without an attribute: the groups of hosts by their count of the service's
+        tasks, fewest first, each best host first, and before each group after the first
+        the most a host of it scores (``weight / (1 + count) + most``); made as they are
+        asked for."""
+        if self.want_zeros and self.zeros is None:
+            self._keep_zeros()
+        first = True
+        if self.hosts > len(self.key):  # some host holds none
+            yield self._without()
+            first = False
+        keys = self.by_host
+        i = 0
+        while i < len(keys):
+            count = keys[i][0]
+            if not first:
+                yield weight / (1 + count) + most
+            first = False
+            yield self._holding(i, count)
+            i = bisect.bisect_left(keys, (count, math.inf, ""), i)
+
+    def _holding(self, start: int, count: int) -> Iterator[HostState]:
+        """The hosts holding ``count`` tasks of the service, from :attr:`by_host`'s
+        ``start`` on."""
+        keys, by_name = self.by_host, self.pool.by_name
+        for k in range(start, len(keys)):
+            key = keys[k]
+            if key[0] != count:
+                return
+            yield by_name[key[2]]
+
+    def by_value(self, weight: float, weights: Sequence[float]
+                 ) -> Iterator[Iterator[HostState] | float]:
+        """With an attribute: the values grouped by their count of the service's tasks,
+        fewest first, each group's hosts merged in load order, and before each group
+        after the first the most a host of it or of a later group scores: ``weight / (1
+        + count)`` plus ``weights`` times the best :class:`LeastLoaded` score there (the
+        head of a value's load order has its value's best). O(values) per walk."""
         pool = self.pool
-        by_name = pool.by_name
-        if not self.attribute:
-            if self.want_zeros and self.zeros is None:
-                self._keep_zeros()
-            if self.hosts > len(self.key):  # some host holds none
-                yield 0, self._without()
-            keys = self.by_host
-            i = 0
-            while i < len(keys):
-                j = bisect.bisect_left(keys, (keys[i][0], math.inf, ""), i)
-                yield keys[i][0], (by_name[keys[k][2]] for k in range(i, j))
-                i = j
-            return
         parts = pool._loads(self.attribute)
         pool._ready_loads()
-        by_count: dict[int, list[SortedKeys[tuple[float, str]]]] = defaultdict(list)
         count = self.value_count
-        for value, part in parts.items():  # (a value with no host left: an empty group)
-            by_count[count.get(value, 0)].append(part)
-        for c in sorted(by_count):
-            yield c, self._merged(by_count[c])
+        heads = [(count.get(value, 0), part.first(), value)
+                 for value, part in parts.items() if len(part)]
+        heads.sort()
+        i = 0
+        while i < len(heads):
+            c = heads[i][0]
+            j = i + 1
+            while j < len(heads) and heads[j][0] == c:
+                j += 1
+            if i:
+                # the best load from here on (the heads are sorted by count, then load)
+                best = -min(h[1][0] for h in heads[i:])
+                bound: float = 0
+                bound += weight * (1.0 / (1 + c))  # as Placer._score adds them up
+                for w in weights:
+                    bound += w * best
+                yield bound + 1e-9
+            yield self._merged(heads[i][1], [parts[h[2]] for h in heads[i:j]])
+            i = j
 
-    def _merged(self, parts: list[SortedKeys[tuple[float, str]]]) -> Iterator[HostState]:
-        """The hosts of ``parts`` in load order: the best first without merging (most
-        walks stop there), then the rest merged."""
+    def _merged(self, first: tuple[float, str], parts: list[SortedKeys[tuple[float, str]]]
+                ) -> Iterator[HostState]:
+        """The hosts of ``parts`` in load order: ``first`` (the smallest key) without
+        merging (most walks stop there), then the rest merged."""
         by_name = self.pool.by_name
-        first = SortedKeys.smallest(parts)
-        if first is None:
-            return
         yield by_name[first[1]]
-        for key in heapq.merge(*parts):
+        for key in parts[0] if len(parts) == 1 else heapq.merge(*parts):
             if key != first:
                 yield by_name[key[1]]
 
@@ -824,10 +854,18 @@ class HostPool:
             self._out.clear()
         return self._index
 
+    def _settled(self) -> ShareIndex:
+        """The index as it is (share keys of the hosts this plan changed may be out: a
+        walk by load does not need them), a private one first if the loan was taken
+        back."""
+        if self._returned:
+            return self._ready()
+        return self._index
+
     def _ready_loads(self, passed: Container[str] = ()) -> ShareIndex:
         """The index to walk by load, every load key in but those of the hosts in
         ``passed`` (that the walk passes over anyway) when this plan changed them."""
-        index = self._ready()
+        index = self._settled()
         out = self._out_loads
         if out:
             own = self._own
@@ -933,7 +971,7 @@ class HostPool:
     def _loads(self, attribute: str) -> dict[str, SortedKeys[tuple[float, str]]]:
         """The load orders by ``attribute``, built at the first use; the keys of the
         hosts in :attr:`_out_loads` stay out of them."""
-        index = self._ready()
+        index = self._settled()
         parts = index.parts.get(attribute)
         if parts is not None:
             return parts
@@ -1078,6 +1116,7 @@ class Placer:
         self.min_sample = min_sample
         self.sample_share = sample_share
         self._refused: dict[tuple[object, ...], set[str]] = {}
+        self._last_refused: tuple[tuple[object, ...], set[str]] | None = None
         self._next = 0  # where the next sampled search starts
         self._last_ports: tuple[object, list[int]] = (None, [])
         first = self.scorers[0] if self.scorers else None
@@ -1127,9 +1166,15 @@ class Placer:
         return total
 
     def _refused_for(self, request: TaskRequest, pool: HostPool) -> set[str]:
-        key = (id(pool), request.demand.memory, request.demand.cpu_units,
-               request.demand.disk, request.task.task_definition.port, request.constraints)
-        return self._refused.setdefault(key, set())
+        demand = request.demand
+        key = (id(pool), demand.memory, demand.cpu_units, demand.disk,
+               request.task.task_definition.port, request.constraints)
+        last = self._last_refused
+        if last is not None and last[0] == key:  # (no hash of the constraints)
+            return last[1]
+        refused = self._refused.setdefault(key, set())
+        self._last_refused = (key, refused)
+        return refused
 
     def choose(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
         """The best feasible host for ``request``, or why there is none. Does not assign.
