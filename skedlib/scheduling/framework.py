@@ -510,6 +510,12 @@ class _SpreadIndex:
         self.zero_key: dict[str, tuple[float, str]] = {}
         self.want_zeros = False
         self.value_count: dict[str, int] = defaultdict(int)
+        self.heads: list[tuple[int, tuple[float, str], str]] = []
+        """With an attribute: ``(count, load key of its best host, value)`` of each
+        value with hosts, sorted (:meth:`by_value`)."""
+        self.head_of: dict[str, tuple[int, tuple[float, str], str]] = {}
+        self.dirty: set[str] | None = None
+        """Values whose entry in :attr:`heads` may be out of date (None: every one)."""
         if not attribute:
             for name, n in counts.items():
                 if n and name in by_name:
@@ -529,8 +535,12 @@ class _SpreadIndex:
         return self.active and self.tracked and counts is self.counts
 
     def _host_moved(self, host: HostState) -> None:
-        if not self.active or self.attribute:
-            return  # the pool moves the host in its load order
+        if not self.active:
+            return
+        if self.attribute:  # the pool moves the host in its load order
+            if self.dirty is not None:
+                self.dirty.add(host.attributes.get(self.attribute, ""))
+            return
         name = host.name
         old = self.key.get(name)
         if old is not None:
@@ -549,7 +559,10 @@ class _SpreadIndex:
         if host is None:
             return
         if self.attribute:
-            self.value_count[host.attributes.get(self.attribute, "")] += delta
+            value = host.attributes.get(self.attribute, "")
+            self.value_count[value] += delta
+            if self.dirty is not None:
+                self.dirty.add(value)
             return
         n = self.counts.get(name, 0)
         key = self.key.pop(name, None)
@@ -631,38 +644,59 @@ class _SpreadIndex:
         fewest first, each group's hosts merged in load order, and before each group
         after the first the most a host of it or of a later group scores: ``weight / (1
         + count)`` plus ``weights`` times the best :class:`LeastLoaded` score there (the
-        head of a value's load order has its value's best). O(values) per walk."""
+        head of a value's load order has its value's best). The values' heads are kept
+        sorted by count and load, and moved only for the values that changed."""
         pool = self.pool
         parts = pool._loads(self.attribute)
         pool._ready_loads()
-        count = self.value_count
-        heads = [(count.get(value, 0), part.first(), value)
-                 for value, part in parts.items() if len(part)]
-        heads.sort()
+        self._refresh(parts)
+        heads = self.heads
         i = 0
         while i < len(heads):
             c = heads[i][0]
-            j = i + 1
-            while j < len(heads) and heads[j][0] == c:
-                j += 1
+            j = bisect.bisect_left(heads, (c + 1,), i)
             if i:
                 # the best load from here on (the heads are sorted by count, then load)
-                best = -min(h[1][0] for h in heads[i:])
+                best = -min([h[1][0] for h in heads[i:]])
                 bound: float = 0
                 bound += weight * (1.0 / (1 + c))  # as Placer._score adds them up
                 for w in weights:
                     bound += w * best
                 yield bound + 1e-9
-            yield self._merged(heads[i][1], [parts[h[2]] for h in heads[i:j]])
+            yield self._merged(heads[i][1], heads[i:j], parts)
             i = j
 
-    def _merged(self, first: tuple[float, str], parts: list[SortedKeys[tuple[float, str]]]
-                ) -> Iterator[HostState]:
-        """The hosts of ``parts`` in load order: ``first`` (the smallest key) without
-        merging (most walks stop there), then the rest merged."""
+    def _refresh(self, parts: Mapping[str, SortedKeys[tuple[float, str]]]) -> None:
+        """Bring :attr:`heads` up to date with ``parts`` and the counts."""
+        dirty, heads, head_of = self.dirty, self.heads, self.head_of
+        count = self.value_count
+        if dirty is None:
+            head_of.clear()
+            for value, part in parts.items():
+                if len(part):
+                    head_of[value] = (count.get(value, 0), part.first(), value)
+            heads[:] = sorted(head_of.values())
+            self.dirty = set()
+            return
+        for value in dirty:
+            old = head_of.pop(value, None)
+            if old is not None:
+                del heads[bisect.bisect_left(heads, old)]
+            part = parts.get(value)
+            if part is not None and len(part):
+                new = head_of[value] = (count.get(value, 0), part.first(), value)
+                bisect.insort(heads, new)
+        dirty.clear()
+
+    def _merged(self, first: tuple[float, str],
+                group: list[tuple[int, tuple[float, str], str]],
+                parts: Mapping[str, SortedKeys[tuple[float, str]]]) -> Iterator[HostState]:
+        """The hosts of the values of ``group`` in load order: ``first`` (the smallest
+        key) without merging (most walks stop there), then the rest merged."""
         by_name = self.pool.by_name
         yield by_name[first[1]]
-        for key in parts[0] if len(parts) == 1 else heapq.merge(*parts):
+        keys = [parts[value] for _, _, value in group]
+        for key in keys[0] if len(keys) == 1 else heapq.merge(*keys):
             if key != first:
                 yield by_name[key[1]]
 
