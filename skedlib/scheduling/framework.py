@@ -858,12 +858,12 @@ class HostPool:
     def _give_back(self) -> None:
         """Put the borrowed index as the snapshot has it (the snapshot calls this)."""
         index, out, out_loads, base = self._index, self._out, self._out_loads, self._base
+        loads = bool(index.parts)
         for name, host in self._own.items():
-            if name not in out:
-                index.keys.discard((host_share(host), name))
-            if name not in out_loads and index.parts:
-                index.remove_loads(host)
-            index.defer(base[name])  # in again when the snapshot next walks it
+            # left in: applying this plan gives the snapshot's host the same keys
+            index.hand_over(base[name], None if name in out else (host_share(host), name),
+                            load_key(host) if loads and name not in out_loads else None,
+                            host.attributes)
         self._out, self._out_loads, self._fresh = set(), set(), set()
         self._leased = False
         self._returned = True

@@ -172,7 +172,7 @@ class ShareIndex:
     date by the snapshot as tasks and hosts come and go, so that a plan starts from them
     instead of sorting the hosts again (see :meth:`Snapshot.share_index`)."""
 
-    __slots__ = ("_lent", "_out", "keys", "max_cpu", "max_memory", "parts")
+    __slots__ = ("_in", "_lent", "_out", "keys", "max_cpu", "max_memory", "parts")
 
     def __init__(self, hosts: Iterable[HostState]) -> None:
         hosts = list(hosts)
@@ -189,6 +189,11 @@ class ShareIndex:
         self._out: dict[str, HostState] = {}
         """Hosts whose keys are out, to put in before the index is next walked
         (:meth:`flush`): a host that changes many times between plans moves once."""
+        self._in: dict[str, tuple[tuple[float, str] | None, tuple[float, str] | None,
+                                  Mapping[str, str]]] = {}
+        """Hosts of :attr:`_out` whose keys a plan left in (:meth:`hand_over`): the share
+        key and load key in the index (None: out) and the attributes the load key is
+        filed by. :meth:`flush` moves them only when they differ from the host's."""
 
     def loads(self, attribute: str, hosts: Iterable[HostState]
               ) -> dict[str, SortedKeys[tuple[float, str]]]:
@@ -217,12 +222,51 @@ class ShareIndex:
         """Count ``host``, whose keys are out, as to be put in at the next :meth:`flush`."""
         self._out[host.name] = host
 
+    def hand_over(self, host: HostState, share: tuple[float, str] | None,
+                  load: tuple[float, str] | None, attributes: Mapping[str, str]) -> None:
+        """Take back from a plan the index was lent to ``host`` (the snapshot's state),
+        whose keys the plan left as ``share`` and ``load`` (None: out; the load key filed
+        by ``attributes``): the next :meth:`flush` puts them right, with no move when the
+        snapshot's host has the same keys by then (the plan was applied)."""
+        self._out[host.name] = host
+        self._in[host.name] = (share, load, attributes)
+
     def flush(self) -> None:
         """Put in the keys of the hosts changed since the last walk."""
         if self._out:
-            for host in self._out.values():
-                self.add_keys(host)
+            left = self._in
+            for name, host in self._out.items():
+                old = left.pop(name, None) if left else None
+                if old is None:
+                    self.add_keys(host)
+                else:
+                    self._move(host, *old)
             self._out.clear()
+
+    def _move(self, host: HostState, share: tuple[float, str] | None,
+              load: tuple[float, str] | None, attributes: Mapping[str, str]) -> None:
+        """Replace the keys a plan left in for ``host`` by its own, where they differ."""
+        new = (host_share(host), host.name)
+        if share != new:
+            if share is not None:
+                self.keys.discard(share)
+            self.keys.add(new)
+        if self.parts:
+            key = load_key(host)
+            if load != key or attributes is not host.attributes:
+                if load is not None:
+                    self._remove_load(load, attributes)
+                self._add_load(key, host.attributes)
+
+    def _forget(self, name: str) -> None:
+        """Take out the keys a plan left in for host ``name``, if any."""
+        old = self._in.pop(name, None)
+        if old is not None:
+            share, load, attributes = old
+            if share is not None:
+                self.keys.discard(share)
+            if load is not None:
+                self._remove_load(load, attributes)
 
     def settle(self) -> None:
         """Take the index back from the plan it is lent to, if any."""
@@ -244,28 +288,36 @@ class ShareIndex:
     def remove_loads(self, host: HostState) -> None:
         """Take ``host``'s keys out of the load orders only."""
         if self.parts:
-            key, attributes = load_key(host), host.attributes
-            for attribute, parts in self.parts.items():
-                part = parts.get(attributes.get(attribute, "") if attribute else "")
-                if part is not None:
-                    part.discard(key)
+            self._remove_load(load_key(host), host.attributes)
+
+    def _remove_load(self, key: tuple[float, str], attributes: Mapping[str, str]) -> None:
+        for attribute, parts in self.parts.items():
+            part = parts.get(attributes.get(attribute, "") if attribute else "")
+            if part is not None:
+                part.discard(key)
 
     def add_loads(self, host: HostState) -> None:
         """Put ``host``'s keys in the load orders only."""
         if self.parts:
-            key, attributes = load_key(host), host.attributes
-            for attribute, parts in self.parts.items():
-                value = attributes.get(attribute, "") if attribute else ""  # value_of()
-                try:
-                    parts[value].add(key)
-                except KeyError:  # the first host with this value
-                    parts[value] = SortedKeys([key])
+            self._add_load(load_key(host), host.attributes)
 
-    def drop(self, host: HostState) -> None:
-        """Before ``host`` changes or leaves."""
+    def _add_load(self, key: tuple[float, str], attributes: Mapping[str, str]) -> None:
+        for attribute, parts in self.parts.items():
+            value = attributes.get(attribute, "") if attribute else ""  # value_of()
+            try:
+                parts[value].add(key)
+            except KeyError:  # the first host with this value
+                parts[value] = SortedKeys([key])
+
+    def drop(self, host: HostState, stays: bool = False) -> None:
+        """Before ``host`` changes or leaves; ``stays``: the same state is put back
+        (:meth:`defer`, :meth:`put`) after its change, so keys a plan left in for it may
+        stay until the next :meth:`flush`."""
         self.settle()
         if self._out.pop(host.name, None) is None:
             self.remove_keys(host)
+        elif not stays:
+            self._forget(host.name)
 
     def put(self, host: HostState) -> None:
         """After ``host`` changed or came (its keys go in at the next :meth:`flush`)."""
@@ -339,7 +391,7 @@ class Snapshot:
         if state is not None:
             index = self._shares
             if index is not None:
-                index.drop(state)
+                index.drop(state, stays=True)
             demand, reserved = self._charge(task.task_definition)
             state.assign(task_id, demand, task.port, reserved)
             if index is not None:
@@ -383,7 +435,7 @@ class Snapshot:
         if state is not None and not old.rejected:
             index = self._shares
             if index is not None:
-                index.drop(state)
+                index.drop(state, stays=True)
             state.release(task_id, demand_of(old.task_definition), old.port,
                           old.task_definition.executor_ports())
             if index is not None:
