@@ -882,9 +882,7 @@ class HostPool:
             self._out_loads.clear()
             self._fresh.clear()
         elif moved:
-            keys = self._index.keys
-            for key in moved:
-                keys.add(key)
+            self._index.keys  # noqa: B018 (reading the order moves the changed hosts)
             self._out.clear()
         return self._index
 
@@ -1063,8 +1061,8 @@ class HostPool:
                     self._position = {h.name: i for i, h in enumerate(self._hosts)}
                 self._hosts[self._position[name]] = host
         index = self._index
-        if name not in self._out:
-            index.keys.discard((host_share(host), name))
+        if name not in self._out:  # its share key moves when the order is next read
+            index.moves(name, (host_share(host), name), host)
             self._out.add(name)
         if name not in self._out_loads and index.parts:
             index.remove_loads(host)

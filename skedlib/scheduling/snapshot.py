@@ -170,14 +170,24 @@ class ShareIndex:
     """Every live host of a snapshot ordered by ``(host_share, name)`` (:attr:`keys`),
     and, once asked for, by load per value of an attribute (:meth:`loads`), kept up to
     date by the snapshot as tasks and hosts come and go, so that a plan starts from them
-    instead of sorting the hosts again (see :meth:`Snapshot.share_index`)."""
+    instead of sorting the hosts again (see :meth:`Snapshot.share_index`).
 
-    __slots__ = ("_in", "_lent", "_out", "keys", "max_cpu", "max_memory", "parts")
+    The share order is put right when it is read (:attr:`keys`): the hosts changed since
+    move then, once each however often they changed, so plans that walk by load only
+    (spread) never move share keys. The load orders are put right before each plan
+    (:meth:`flush`), which walks them."""
+
+    __slots__ = ("_in", "_lent", "_moving", "_out", "_shares", "max_cpu", "max_memory",
+                 "parts")
 
     def __init__(self, hosts: Iterable[HostState]) -> None:
         hosts = list(hosts)
-        self.keys: SortedKeys[tuple[float, str]] = SortedKeys(
+        self._shares: SortedKeys[tuple[float, str]] = SortedKeys(
             (host_share(h), h.name) for h in hosts)
+        self._moving: dict[str, tuple[tuple[float, str] | None, HostState | None]] = {}
+        """Host → the share key :attr:`_shares` holds for it (None: none) and the state
+        whose key it should hold (None: none, the host left), for the hosts changed since
+        :attr:`keys` was last read."""
         self.max_memory = max((h.total.memory for h in hosts), default=0) or 1
         """The largest host memory (never lowered when a host leaves: a bound that is
         too low only makes a walk look at a few more hosts)."""
@@ -187,13 +197,38 @@ class ShareIndex:
         → ``""`` → every host): the load orders built so far (:meth:`loads`)."""
         self._lent: Callable[[], None] | None = None
         self._out: dict[str, HostState] = {}
-        """Hosts whose keys are out, to put in before the index is next walked
+        """Hosts whose load keys are out, to put in before the index is next walked
         (:meth:`flush`): a host that changes many times between plans moves once."""
-        self._in: dict[str, tuple[tuple[float, str] | None, tuple[float, str] | None,
-                                  Mapping[str, str]]] = {}
-        """Hosts of :attr:`_out` whose keys a plan left in (:meth:`hand_over`): the share
-        key and load key in the index (None: out) and the attributes the load key is
-        filed by. :meth:`flush` moves them only when they differ from the host's."""
+        self._in: dict[str, tuple[tuple[float, str] | None, Mapping[str, str]]] = {}
+        """Hosts of :attr:`_out` whose load key a plan left in (:meth:`hand_over`): that
+        key (None: out) and the attributes it is filed by. :meth:`flush` moves it only
+        when it differs from the host's."""
+
+    @property
+    def keys(self) -> SortedKeys[tuple[float, str]]:
+        """The ``(host_share, name)`` of every host, sorted (the hosts changed since the
+        last read move now)."""
+        moving = self._moving
+        if moving:
+            shares = self._shares
+            for name, (old, host) in moving.items():
+                new = None if host is None else (host_share(host), name)
+                if old != new:
+                    if old is not None:
+                        shares.discard(old)
+                    if new is not None:
+                        shares.add(new)
+            moving.clear()
+        return self._shares
+
+    def moves(self, name: str, key: tuple[float, str] | None, host: HostState | None
+              ) -> None:
+        """Count host ``name``'s share key as to move at the next read of :attr:`keys`:
+        ``key`` is the one the index holds for it unless it already counts as moving
+        (None: none); ``host`` is the state whose key it should hold then (None: none)."""
+        moving = self._moving
+        was = moving.get(name)
+        moving[name] = (key if was is None else was[0], host)
 
     def loads(self, attribute: str, hosts: Iterable[HostState]
               ) -> dict[str, SortedKeys[tuple[float, str]]]:
@@ -212,78 +247,57 @@ class ShareIndex:
 
     def lend(self, give_back: Callable[[], None]) -> None:
         """Lend the index to a plan that moves the keys of the hosts it changes;
-        ``give_back()`` puts them back (with :meth:`defer`), and is called before the
+        ``give_back()`` puts them back (with :meth:`hand_over`), and is called before the
         index is next used or changed (:meth:`settle`)."""
         self.settle()
         self.flush()
         self._lent = give_back
 
     def defer(self, host: HostState) -> None:
-        """Count ``host``, whose keys are out, as to be put in at the next :meth:`flush`."""
+        """Count ``host`` (changed; its load keys out) as to be put in at the next
+        :meth:`flush`, and its share key at the next read of :attr:`keys`."""
         self._out[host.name] = host
+        self.moves(host.name, None, host)
 
     def hand_over(self, host: HostState, share: tuple[float, str] | None,
                   load: tuple[float, str] | None, attributes: Mapping[str, str]) -> None:
         """Take back from a plan the index was lent to ``host`` (the snapshot's state),
-        whose keys the plan left as ``share`` and ``load`` (None: out; the load key filed
-        by ``attributes``): the next :meth:`flush` puts them right, with no move when the
-        snapshot's host has the same keys by then (the plan was applied)."""
-        self._out[host.name] = host
-        self._in[host.name] = (share, load, attributes)
+        whose keys the plan left as ``share`` (when it does not count as moving) and
+        ``load`` (None: out; filed by ``attributes``): they are put right later, with no
+        move when the snapshot's host has the same keys by then (the plan was applied)."""
+        name = host.name
+        self._out[name] = host
+        self._in[name] = (load, attributes)
+        self.moves(name, share, host)
 
     def flush(self) -> None:
-        """Put in the keys of the hosts changed since the last walk."""
+        """Put in the load keys of the hosts changed since the last walk."""
         if self._out:
             left = self._in
             for name, host in self._out.items():
                 old = left.pop(name, None) if left else None
                 if old is None:
-                    self.add_keys(host)
+                    self.add_loads(host)
                 else:
-                    self._move(host, *old)
+                    load, attributes = old
+                    key = load_key(host) if self.parts else None
+                    if key is not None and (load != key or attributes is not host.attributes):
+                        if load is not None:
+                            self._remove_load(load, attributes)
+                        self._add_load(key, host.attributes)
             self._out.clear()
 
-    def _move(self, host: HostState, share: tuple[float, str] | None,
-              load: tuple[float, str] | None, attributes: Mapping[str, str]) -> None:
-        """Replace the keys a plan left in for ``host`` by its own, where they differ."""
-        new = (host_share(host), host.name)
-        if share != new:
-            if share is not None:
-                self.keys.discard(share)
-            self.keys.add(new)
-        if self.parts:
-            key = load_key(host)
-            if load != key or attributes is not host.attributes:
-                if load is not None:
-                    self._remove_load(load, attributes)
-                self._add_load(key, host.attributes)
-
     def _forget(self, name: str) -> None:
-        """Take out the keys a plan left in for host ``name``, if any."""
+        """Take out the load key a plan left in for host ``name``, if any."""
         old = self._in.pop(name, None)
-        if old is not None:
-            share, load, attributes = old
-            if share is not None:
-                self.keys.discard(share)
-            if load is not None:
-                self._remove_load(load, attributes)
+        if old is not None and old[0] is not None:
+            self._remove_load(old[0], old[1])
 
     def settle(self) -> None:
         """Take the index back from the plan it is lent to, if any."""
         give_back, self._lent = self._lent, None
         if give_back is not None:
             give_back()
-
-    def remove_keys(self, host: HostState) -> None:
-        """Take ``host``'s keys out (before it changes), without :meth:`settle` (what a
-        plan the index is lent to does)."""
-        self.keys.discard((host_share(host), host.name))
-        self.remove_loads(host)
-
-    def add_keys(self, host: HostState) -> None:
-        """Put ``host``'s keys in (after it changed), without :meth:`settle`."""
-        self.keys.add((host_share(host), host.name))
-        self.add_loads(host)
 
     def remove_loads(self, host: HostState) -> None:
         """Take ``host``'s keys out of the load orders only."""
@@ -311,18 +325,21 @@ class ShareIndex:
 
     def drop(self, host: HostState, stays: bool = False) -> None:
         """Before ``host`` changes or leaves; ``stays``: the same state is put back
-        (:meth:`defer`, :meth:`put`) after its change, so keys a plan left in for it may
-        stay until the next :meth:`flush`."""
+        (:meth:`defer`, :meth:`put`) after its change, so a load key a plan left in for
+        it may stay until the next :meth:`flush`."""
         self.settle()
-        if self._out.pop(host.name, None) is None:
-            self.remove_keys(host)
+        name = host.name
+        was = self._moving.get(name)  # (the state goes back with defer or put)
+        self._moving[name] = ((host_share(host), name) if was is None else was[0], None)
+        if self._out.pop(name, None) is None:
+            self.remove_loads(host)
         elif not stays:
-            self._forget(host.name)
+            self._forget(name)
 
     def put(self, host: HostState) -> None:
         """After ``host`` changed or came (its keys go in at the next :meth:`flush`)."""
         self.settle()
-        self._out[host.name] = host
+        self.defer(host)
         self.max_memory = max(self.max_memory, host.total.memory)
         self.max_cpu = max(self.max_cpu, host.total.cpu_units)
 
