@@ -254,10 +254,9 @@ class ShareIndex:
         self._lent = give_back
 
     def defer(self, host: HostState) -> None:
-        """Count ``host`` (changed; its load keys out) as to be put in at the next
-        :meth:`flush`, and its share key at the next read of :attr:`keys`."""
+        """Count ``host``, whose load keys are out, as to be put in at the next
+        :meth:`flush` (after :meth:`drop` with ``stays``)."""
         self._out[host.name] = host
-        self.moves(host.name, None, host)
 
     def hand_over(self, host: HostState, share: tuple[float, str] | None,
                   load: tuple[float, str] | None, attributes: Mapping[str, str]) -> None:
@@ -325,12 +324,14 @@ class ShareIndex:
 
     def drop(self, host: HostState, stays: bool = False) -> None:
         """Before ``host`` changes or leaves; ``stays``: the same state is put back
-        (:meth:`defer`, :meth:`put`) after its change, so a load key a plan left in for
-        it may stay until the next :meth:`flush`."""
+        (:meth:`defer`, :meth:`put`) after its change, so its share key moves to the
+        changed state's and a load key a plan left in for it may stay until the next
+        :meth:`flush`."""
         self.settle()
         name = host.name
-        was = self._moving.get(name)  # (the state goes back with defer or put)
-        self._moving[name] = ((host_share(host), name) if was is None else was[0], None)
+        was = self._moving.get(name)
+        self._moving[name] = ((host_share(host), name) if was is None else was[0],
+                              host if stays else None)
         if self._out.pop(name, None) is None:
             self.remove_loads(host)
         elif not stays:
@@ -340,6 +341,7 @@ class ShareIndex:
         """After ``host`` changed or came (its keys go in at the next :meth:`flush`)."""
         self.settle()
         self.defer(host)
+        self.moves(host.name, None, host)
         self.max_memory = max(self.max_memory, host.total.memory)
         self.max_cpu = max(self.max_cpu, host.total.cpu_units)
 
