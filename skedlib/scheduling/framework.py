@@ -21,6 +21,7 @@ import heapq
 import math
 import operator
 import time
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, TypeVar
@@ -467,7 +468,7 @@ class SpreadAttribute(Scorer):
         if not fits or self.weight <= 0:
             return None  # groups ordered by load would not be best first for these
         index = self._index
-        if index is None or index.pool is not pool or \
+        if index is None or index._pool() is not pool or \
                 not index.follows(request.service_hosts):
             if index is not None:
                 index.active = False
@@ -498,7 +499,10 @@ class _SpreadIndex:
     """
 
     def __init__(self, attribute: str, pool: HostPool, counts: Counter[str]) -> None:
-        self.attribute, self.pool, self.counts = attribute, pool, counts
+        self.attribute = attribute
+        # held weakly: the pool and the counts hold this index (its watchers), and a
+        # cycle would leave a whole plan (its copies of hosts) to the garbage collector
+        self._pool, self._counts = weakref.ref(pool), weakref.ref(counts)
         self.active = True
         self.tracked = isinstance(counts, ServiceHosts)
         self.hosts = len(pool)  # (a pool's hosts stay the same: only their load changes)
@@ -530,9 +534,25 @@ class _SpreadIndex:
             pool.watch(self._host_moved)
             counts.watch(self._count_changed)  # type: ignore[attr-defined]
 
+    @property
+    def pool(self) -> HostPool:
+        """The pool this index follows."""
+        pool = self._pool()
+        if pool is None:  # (never while placing: the caller holds the pool)
+            raise ReferenceError("the pool of this spread index is gone")
+        return pool
+
+    @property
+    def counts(self) -> Counter[str]:
+        """The counts of the service's tasks per host this index follows."""
+        counts = self._counts()
+        if counts is None:  # (never while placing: the request holds them)
+            raise ReferenceError("the counts of this spread index are gone")
+        return counts
+
     def follows(self, counts: Counter[str]) -> bool:
         """True when this index is kept up to date with ``counts``."""
-        return self.active and self.tracked and counts is self.counts
+        return self.active and self.tracked and counts is self._counts()
 
     def _host_moved(self, host: HostState) -> None:
         if not self.active:
@@ -862,8 +882,7 @@ class HostPool:
         for name, host in self._own.items():
             # left in: applying this plan gives the snapshot's host the same keys
             index.hand_over(base[name], None if name in out else (host_share(host), name),
-                            load_key(host) if loads and name not in out_loads else None,
-                            host.attributes)
+                            load_key(host) if loads and name not in out_loads else None)
         self._out, self._out_loads, self._fresh = set(), set(), set()
         self._leased = False
         self._returned = True

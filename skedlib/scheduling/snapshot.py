@@ -177,17 +177,20 @@ class ShareIndex:
     (spread) never move share keys. The load orders are put right before each plan
     (:meth:`flush`), which walks them."""
 
-    __slots__ = ("_in", "_lent", "_moving", "_out", "_shares", "max_cpu", "max_memory",
-                 "parts")
+    __slots__ = ("_in", "_lent", "_moving", "_out", "_shares", "_to", "max_cpu",
+                 "max_memory", "parts")
 
     def __init__(self, hosts: Iterable[HostState]) -> None:
         hosts = list(hosts)
         self._shares: SortedKeys[tuple[float, str]] = SortedKeys(
             (host_share(h), h.name) for h in hosts)
-        self._moving: dict[str, tuple[tuple[float, str] | None, HostState | None]] = {}
-        """Host → the share key :attr:`_shares` holds for it (None: none) and the state
-        whose key it should hold (None: none, the host left), for the hosts changed since
-        :attr:`keys` was last read."""
+        self._moving: dict[str, tuple[float, str] | None] = {}
+        """Host changed since :attr:`keys` was last read → the share key
+        :attr:`_shares` holds for it (None: none)."""
+        self._to: dict[str, HostState | None] = {}
+        """Host of :attr:`_moving` → the state whose key it should hold (None: none, the
+        host left). (Two dicts, not one of pairs: a pair per change would hold a host
+        state, and keep the garbage collector busy.)"""
         self.max_memory = max((h.total.memory for h in hosts), default=0) or 1
         """The largest host memory (never lowered when a host leaves: a bound that is
         too low only makes a walk look at a few more hosts)."""
@@ -199,10 +202,10 @@ class ShareIndex:
         self._out: dict[str, HostState] = {}
         """Hosts whose load keys are out, to put in before the index is next walked
         (:meth:`flush`): a host that changes many times between plans moves once."""
-        self._in: dict[str, tuple[tuple[float, str] | None, Mapping[str, str]]] = {}
-        """Hosts of :attr:`_out` whose load key a plan left in (:meth:`hand_over`): that
-        key (None: out) and the attributes it is filed by. :meth:`flush` moves it only
-        when it differs from the host's."""
+        self._in: dict[str, tuple[float, str]] = {}
+        """Hosts of :attr:`_out` whose load key a plan left in (:meth:`hand_over`) → that
+        key, filed by the attributes of the host in :attr:`_out`. :meth:`flush` moves it
+        only when it differs from the host's."""
 
     @property
     def keys(self) -> SortedKeys[tuple[float, str]]:
@@ -210,8 +213,9 @@ class ShareIndex:
         last read move now)."""
         moving = self._moving
         if moving:
-            shares = self._shares
-            for name, (old, host) in moving.items():
+            shares, to = self._shares, self._to
+            for name, old in moving.items():
+                host = to[name]
                 new = None if host is None else (host_share(host), name)
                 if old != new:
                     if old is not None:
@@ -219,6 +223,7 @@ class ShareIndex:
                     if new is not None:
                         shares.add(new)
             moving.clear()
+            to.clear()
         return self._shares
 
     def moves(self, name: str, key: tuple[float, str] | None, host: HostState | None
@@ -226,9 +231,9 @@ class ShareIndex:
         """Count host ``name``'s share key as to move at the next read of :attr:`keys`:
         ``key`` is the one the index holds for it unless it already counts as moving
         (None: none); ``host`` is the state whose key it should hold then (None: none)."""
-        moving = self._moving
-        was = moving.get(name)
-        moving[name] = (key if was is None else was[0], host)
+        if name not in self._moving:
+            self._moving[name] = key
+        self._to[name] = host
 
     def loads(self, attribute: str, hosts: Iterable[HostState]
               ) -> dict[str, SortedKeys[tuple[float, str]]]:
@@ -259,14 +264,16 @@ class ShareIndex:
         self._out[host.name] = host
 
     def hand_over(self, host: HostState, share: tuple[float, str] | None,
-                  load: tuple[float, str] | None, attributes: Mapping[str, str]) -> None:
+                  load: tuple[float, str] | None) -> None:
         """Take back from a plan the index was lent to ``host`` (the snapshot's state),
         whose keys the plan left as ``share`` (when it does not count as moving) and
-        ``load`` (None: out; filed by ``attributes``): they are put right later, with no
-        move when the snapshot's host has the same keys by then (the plan was applied)."""
+        ``load`` (None: out; filed by the host's attributes, which planning does not
+        change): they are put right later, with no move when the snapshot's host has the
+        same keys by then (the plan was applied)."""
         name = host.name
         self._out[name] = host
-        self._in[name] = (load, attributes)
+        if load is not None:
+            self._in[name] = load
         self.moves(name, share, host)
 
     def flush(self) -> None:
@@ -277,20 +284,18 @@ class ShareIndex:
                 old = left.pop(name, None) if left else None
                 if old is None:
                     self.add_loads(host)
-                else:
-                    load, attributes = old
-                    key = load_key(host) if self.parts else None
-                    if key is not None and (load != key or attributes is not host.attributes):
-                        if load is not None:
-                            self._remove_load(load, attributes)
+                elif self.parts:
+                    key = load_key(host)
+                    if old != key:
+                        self._remove_load(old, host.attributes)
                         self._add_load(key, host.attributes)
             self._out.clear()
 
-    def _forget(self, name: str) -> None:
-        """Take out the load key a plan left in for host ``name``, if any."""
-        old = self._in.pop(name, None)
-        if old is not None and old[0] is not None:
-            self._remove_load(old[0], old[1])
+    def _forget(self, host: HostState) -> None:
+        """Take out the load key a plan left in for ``host``, if any."""
+        old = self._in.pop(host.name, None)
+        if old is not None:
+            self._remove_load(old, host.attributes)
 
     def settle(self) -> None:
         """Take the index back from the plan it is lent to, if any."""
@@ -329,13 +334,12 @@ class ShareIndex:
         :meth:`flush`."""
         self.settle()
         name = host.name
-        was = self._moving.get(name)
-        self._moving[name] = ((host_share(host), name) if was is None else was[0],
-                              host if stays else None)
+        self.moves(name, (host_share(host), name) if name not in self._moving else None,
+                   host if stays else None)
         if self._out.pop(name, None) is None:
             self.remove_loads(host)
         elif not stays:
-            self._forget(name)
+            self._forget(host)
 
     def put(self, host: HostState) -> None:
         """After ``host`` changed or came (its keys go in at the next :meth:`flush`)."""
