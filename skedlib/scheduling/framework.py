@@ -702,9 +702,9 @@ class _SpreadIndex:
             old = head_of.pop(value, None)
             if old is not None:
                 del heads[bisect.bisect_left(heads, old)]
-            part = parts.get(value)
-            if part is not None and len(part):
-                new = head_of[value] = (count.get(value, 0), part.first(), value)
+            keys = parts.get(value)
+            if keys is not None and len(keys):
+                new = head_of[value] = (count.get(value, 0), keys.first(), value)
                 bisect.insort(heads, new)
         dirty.clear()
 
