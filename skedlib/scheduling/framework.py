@@ -507,8 +507,9 @@ class _SpreadIndex:
         self.tracked = isinstance(counts, ServiceHosts)
         self.hosts = len(pool)  # (a pool's hosts stay the same: only their load changes)
         by_name = pool.by_name
-        self.key: dict[str, tuple[float, str]] = {}
-        """Host holding the service → its load key in :attr:`by_host`."""
+        self.key: dict[str, float] = {}
+        """Host holding the service → the load in its key in :attr:`by_host` (a float,
+        not a tuple: the garbage collector follows no float)."""
         self.by_host: list[tuple[int, float, str]] = []
         self.zeros: list[tuple[float, str]] | None = None
         self.zero_key: dict[str, tuple[float, str]] = {}
@@ -523,8 +524,8 @@ class _SpreadIndex:
         if not attribute:
             for name, n in counts.items():
                 if n and name in by_name:
-                    key = self.key[name] = load_key(by_name[name])
-                    self.by_host.append((n, *key))
+                    load = self.key[name] = -least_loaded(by_name[name])
+                    self.by_host.append((n, load, name))
             self.by_host.sort()
         else:
             for name, n in counts.items():
@@ -564,9 +565,9 @@ class _SpreadIndex:
         name = host.name
         old = self.key.get(name)
         if old is not None:
-            new = self.key[name] = load_key(host)
+            new = self.key[name] = -least_loaded(host)
             n = self.counts.get(name, 0)
-            _replace(self.by_host, (n, *old), (n, *new))
+            _replace(self.by_host, (n, old, name), (n, new, name))
         elif self.zeros is not None and name in self.zero_key:
             new = load_key(host)
             _replace(self.zeros, self.zero_key[name], new)
@@ -585,20 +586,21 @@ class _SpreadIndex:
                 self.dirty.add(value)
             return
         n = self.counts.get(name, 0)
-        key = self.key.pop(name, None)
-        if key is not None and not n:
+        load = self.key.pop(name, None)
+        if load is not None and not n:
             self.pool._unhold(name)  # the walk of the hosts without tasks needs it
-        if key is not None:
-            _remove(self.by_host, (n - delta, *key))
+        if load is not None:
+            _remove(self.by_host, (n - delta, load, name))
         elif self.zeros is not None:
-            key = self.zero_key.pop(name)
-            _remove(self.zeros, key)
-        key = key or load_key(host)
+            load = self.zero_key.pop(name)[0]
+            _remove(self.zeros, (load, name))
+        if load is None:
+            load = -least_loaded(host)
         if n:
-            self.key[name] = key
-            bisect.insort(self.by_host, (n, *key))
+            self.key[name] = load
+            bisect.insort(self.by_host, (n, load, name))
         elif self.zeros is not None:
-            self.zero_key[name] = key
+            key = self.zero_key[name] = (load, name)
             bisect.insort(self.zeros, key)
 
     def _without(self) -> Iterator[HostState]:
@@ -881,7 +883,7 @@ class HostPool:
         loads = bool(index.parts)
         for name, host in self._own.items():
             # left in: applying this plan gives the snapshot's host the same keys
-            index.hand_over(base[name], None if name in out else (host_share(host), name),
+            index.hand_over(base[name], None if name in out else host_share(host),
                             load_key(host) if loads and name not in out_loads else None)
         self._out, self._out_loads, self._fresh = set(), set(), set()
         self._leased = False
@@ -1081,7 +1083,7 @@ class HostPool:
                 self._hosts[self._position[name]] = host
         index = self._index
         if name not in self._out:  # its share key moves when the order is next read
-            index.moves(name, (host_share(host), name), host)
+            index.moves(name, host_share(host), host)
             self._out.add(name)
         if name not in self._out_loads and index.parts:
             index.remove_loads(host)

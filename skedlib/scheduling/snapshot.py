@@ -184,8 +184,8 @@ class ShareIndex:
         hosts = list(hosts)
         self._shares: SortedKeys[tuple[float, str]] = SortedKeys(
             (host_share(h), h.name) for h in hosts)
-        self._moving: dict[str, tuple[float, str] | None] = {}
-        """Host changed since :attr:`keys` was last read → the share key
+        self._moving: dict[str, float | None] = {}
+        """Host changed since :attr:`keys` was last read → the share in the key
         :attr:`_shares` holds for it (None: none)."""
         self._to: dict[str, HostState | None] = {}
         """Host of :attr:`_moving` → the state whose key it should hold (None: none, the
@@ -214,8 +214,9 @@ class ShareIndex:
         moving = self._moving
         if moving:
             shares, to = self._shares, self._to
-            for name, old in moving.items():
+            for name, was in moving.items():
                 host = to[name]
+                old = None if was is None else (was, name)
                 new = None if host is None else (host_share(host), name)
                 if old != new:
                     if old is not None:
@@ -226,13 +227,13 @@ class ShareIndex:
             to.clear()
         return self._shares
 
-    def moves(self, name: str, key: tuple[float, str] | None, host: HostState | None
-              ) -> None:
+    def moves(self, name: str, share: float | None, host: HostState | None) -> None:
         """Count host ``name``'s share key as to move at the next read of :attr:`keys`:
-        ``key`` is the one the index holds for it unless it already counts as moving
-        (None: none); ``host`` is the state whose key it should hold then (None: none)."""
+        ``share`` is the share in the key the index holds for it unless it already counts
+        as moving (None: none); ``host`` is the state whose key it should hold then
+        (None: none)."""
         if name not in self._moving:
-            self._moving[name] = key
+            self._moving[name] = share
         self._to[name] = host
 
     def loads(self, attribute: str, hosts: Iterable[HostState]
@@ -263,10 +264,10 @@ class ShareIndex:
         :meth:`flush` (after :meth:`drop` with ``stays``)."""
         self._out[host.name] = host
 
-    def hand_over(self, host: HostState, share: tuple[float, str] | None,
+    def hand_over(self, host: HostState, share: float | None,
                   load: tuple[float, str] | None) -> None:
         """Take back from a plan the index was lent to ``host`` (the snapshot's state),
-        whose keys the plan left as ``share`` (when it does not count as moving) and
+        whose keys the plan left with ``share`` (when it does not count as moving) and
         ``load`` (None: out; filed by the host's attributes, which planning does not
         change): they are put right later, with no move when the snapshot's host has the
         same keys by then (the plan was applied)."""
@@ -334,7 +335,7 @@ class ShareIndex:
         :meth:`flush`."""
         self.settle()
         name = host.name
-        self.moves(name, (host_share(host), name) if name not in self._moving else None,
+        self.moves(name, host_share(host) if name not in self._moving else None,
                    host if stays else None)
         if self._out.pop(name, None) is None:
             self.remove_loads(host)
