@@ -569,9 +569,9 @@ class _SpreadIndex:
             n = self.counts.get(name, 0)
             _replace(self.by_host, (n, old, name), (n, new, name))
         elif self.zeros is not None and name in self.zero_key:
-            new = load_key(host)
-            _replace(self.zeros, self.zero_key[name], new)
-            self.zero_key[name] = new
+            key = load_key(host)
+            _replace(self.zeros, self.zero_key[name], key)
+            self.zero_key[name] = key
 
     def _count_changed(self, name: str, delta: int) -> None:
         if not self.active:
