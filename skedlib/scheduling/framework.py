@@ -21,6 +21,7 @@ import heapq
 import math
 import operator
 import time
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, TypeVar
@@ -340,7 +341,9 @@ class ConstraintsFilter(Filter):
     monotonic = True
 
     def needed(self, request: TaskRequest) -> bool:
-        return bool(request.constraints)
+        # spread and distinct_host pass every host here (DistinctHostFilter checks the
+        # latter)
+        return any(not (c.spread or c.distinct_host) for c in request.constraints)
 
     def filter(self, request: TaskRequest, host: HostState) -> str | None:
         for c in request.constraints:
@@ -425,9 +428,10 @@ class SpreadAttribute(Scorer):
         self._hosts = hosts  # read only by score() without a following index
         self._value_of_: dict[str, str] | None = None
         self._index: _SpreadIndex | None = None
-        self._others: tuple[tuple[object, ...] | None, bool, float] = (None, False, 0.0)
+        self._others: tuple[tuple[object, ...] | None, bool, float, tuple[float, ...]] = \
+            (None, False, 0.0, ())
         """The scorers after this one last asked about and their weights, whether the
-        walk fits them, and the most they add to a score."""
+        walk fits them, the most they add to a score, and their weights alone."""
 
     @property
     def _value_of(self) -> dict[str, str]:
@@ -452,33 +456,26 @@ class SpreadAttribute(Scorer):
     def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
                ) -> Iterable[Iterator[HostState] | float] | None:
         key = (*others, *map(_WEIGHT, others))
-        if key != self._others[0]:  # (a placer asks with the same scorers every time)
+        last = self._others
+        if key != last[0]:  # (a placer asks with the same scorers every time)
+            weights = tuple(s.weight for s in others)
             fits = all(type(s) is LeastLoaded and s.weight > 0 for s in others)
             # a LeastLoaded score is at most 2: a host of a group with ``count`` tasks
             # scores at most weight / (1 + count) + 2 * their weights (a bound that lets
             # the placer stop after the first group when its host beats it)
-            self._others = (key, fits, 2 * sum(s.weight for s in others) + 1e-9)
-        _, fits, most = self._others
+            last = self._others = (key, fits, 2 * sum(weights) + 1e-9, weights)
+        _, fits, most, weights = last
         if not fits or self.weight <= 0:
             return None  # groups ordered by load would not be best first for these
         index = self._index
-        if index is None or index.pool is not pool or \
+        if index is None or index._pool() is not pool or \
                 not index.follows(request.service_hosts):
             if index is not None:
                 index.active = False
             index = self._index = _SpreadIndex(self.attribute, pool, request.service_hosts)
-        return self._bounded(index, most)
-
-    def _bounded(self, index: _SpreadIndex, most: float
-                 ) -> Iterator[Iterator[HostState] | float]:
-        """``index``'s groups, each after the first preceded by the most its hosts
-        score."""
-        first = True
-        for count, group in index.strata():
-            if not first:
-                yield self.weight / (1 + count) + most
-            first = False
-            yield group
+        if self.attribute:
+            return index.by_value(self.weight, weights)
+        return index.by_count(self.weight, most)
 
 
 _WEIGHT = operator.attrgetter("weight")
@@ -502,23 +499,33 @@ class _SpreadIndex:
     """
 
     def __init__(self, attribute: str, pool: HostPool, counts: Counter[str]) -> None:
-        self.attribute, self.pool, self.counts = attribute, pool, counts
+        self.attribute = attribute
+        # held weakly: the pool and the counts hold this index (its watchers), and a
+        # cycle would leave a whole plan (its copies of hosts) to the garbage collector
+        self._pool, self._counts = weakref.ref(pool), weakref.ref(counts)
         self.active = True
         self.tracked = isinstance(counts, ServiceHosts)
         self.hosts = len(pool)  # (a pool's hosts stay the same: only their load changes)
         by_name = pool.by_name
-        self.key: dict[str, tuple[float, str]] = {}
-        """Host holding the service → its load key in :attr:`by_host`."""
+        self.key: dict[str, float] = {}
+        """Host holding the service → the load in its key in :attr:`by_host` (a float,
+        not a tuple: the garbage collector follows no float)."""
         self.by_host: list[tuple[int, float, str]] = []
         self.zeros: list[tuple[float, str]] | None = None
         self.zero_key: dict[str, tuple[float, str]] = {}
         self.want_zeros = False
         self.value_count: dict[str, int] = defaultdict(int)
+        self.heads: list[tuple[int, tuple[float, str], str]] = []
+        """With an attribute: ``(count, load key of its best host, value)`` of each
+        value with hosts, sorted (:meth:`by_value`)."""
+        self.head_of: dict[str, tuple[int, tuple[float, str], str]] = {}
+        self.dirty: set[str] | None = None
+        """Values whose entry in :attr:`heads` may be out of date (None: every one)."""
         if not attribute:
             for name, n in counts.items():
                 if n and name in by_name:
-                    key = self.key[name] = load_key(by_name[name])
-                    self.by_host.append((n, *key))
+                    load = self.key[name] = -least_loaded(by_name[name])
+                    self.by_host.append((n, load, name))
             self.by_host.sort()
         else:
             for name, n in counts.items():
@@ -528,23 +535,43 @@ class _SpreadIndex:
             pool.watch(self._host_moved)
             counts.watch(self._count_changed)  # type: ignore[attr-defined]
 
+    @property
+    def pool(self) -> HostPool:
+        """The pool this index follows."""
+        pool = self._pool()
+        if pool is None:  # (never while placing: the caller holds the pool)
+            raise ReferenceError("the pool of this spread index is gone")
+        return pool
+
+    @property
+    def counts(self) -> Counter[str]:
+        """The counts of the service's tasks per host this index follows."""
+        counts = self._counts()
+        if counts is None:  # (never while placing: the request holds them)
+            raise ReferenceError("the counts of this spread index are gone")
+        return counts
+
     def follows(self, counts: Counter[str]) -> bool:
         """True when this index is kept up to date with ``counts``."""
-        return self.active and self.tracked and counts is self.counts
+        return self.active and self.tracked and counts is self._counts()
 
     def _host_moved(self, host: HostState) -> None:
-        if not self.active or self.attribute:
-            return  # the pool moves the host in its load order
+        if not self.active:
+            return
+        if self.attribute:  # the pool moves the host in its load order
+            if self.dirty is not None:
+                self.dirty.add(host.attributes.get(self.attribute, ""))
+            return
         name = host.name
         old = self.key.get(name)
         if old is not None:
-            new = self.key[name] = load_key(host)
+            new = self.key[name] = -least_loaded(host)
             n = self.counts.get(name, 0)
-            _replace(self.by_host, (n, *old), (n, *new))
+            _replace(self.by_host, (n, old, name), (n, new, name))
         elif self.zeros is not None and name in self.zero_key:
-            new = load_key(host)
-            _replace(self.zeros, self.zero_key[name], new)
-            self.zero_key[name] = new
+            key = load_key(host)
+            _replace(self.zeros, self.zero_key[name], key)
+            self.zero_key[name] = key
 
     def _count_changed(self, name: str, delta: int) -> None:
         if not self.active:
@@ -553,23 +580,27 @@ class _SpreadIndex:
         if host is None:
             return
         if self.attribute:
-            self.value_count[host.attributes.get(self.attribute, "")] += delta
+            value = host.attributes.get(self.attribute, "")
+            self.value_count[value] += delta
+            if self.dirty is not None:
+                self.dirty.add(value)
             return
         n = self.counts.get(name, 0)
-        key = self.key.pop(name, None)
-        if key is not None and not n:
+        load = self.key.pop(name, None)
+        if load is not None and not n:
             self.pool._unhold(name)  # the walk of the hosts without tasks needs it
-        if key is not None:
-            _remove(self.by_host, (n - delta, *key))
+        if load is not None:
+            _remove(self.by_host, (n - delta, load, name))
         elif self.zeros is not None:
-            key = self.zero_key.pop(name)
-            _remove(self.zeros, key)
-        key = key or load_key(host)
+            load = self.zero_key.pop(name)[0]
+            _remove(self.zeros, (load, name))
+        if load is None:
+            load = -least_loaded(host)
         if n:
-            self.key[name] = key
-            bisect.insort(self.by_host, (n, *key))
+            self.key[name] = load
+            bisect.insort(self.by_host, (n, load, name))
         elif self.zeros is not None:
-            self.zero_key[name] = key
+            key = self.zero_key[name] = (load, name)
             bisect.insort(self.zeros, key)
 
     def _without(self) -> Iterator[HostState]:
@@ -598,41 +629,96 @@ class _SpreadIndex:
         self.zeros = [k for k in self.pool.load_keys("", "") if k[1] not in holding]
         self.zero_key = {k[1]: k for k in self.zeros}
 
-    def strata(self) -> Iterator[tuple[int, Iterator[HostState]]]:
-        """The groups and their count of tasks, fewest first, each best host first
-        (made as they are asked for)."""
+    def by_count(self, weight: float, most: float) -> Iterator[Iterator[HostState] | float]:
+        """Without an attribute: the groups of hosts by their count of the service's
+        tasks, fewest first, each best host first, and before each group after the first
+        the most a host of it scores (``weight / (1 + count) + most``); made as they are
+        asked for."""
+        if self.want_zeros and self.zeros is None:
+            self._keep_zeros()
+        first = True
+        if self.hosts > len(self.key):  # some host holds none
+            yield self._without()
+            first = False
+        keys = self.by_host
+        i = 0
+        while i < len(keys):
+            count = keys[i][0]
+            if not first:
+                yield weight / (1 + count) + most
+            first = False
+            yield self._holding(i, count)
+            i = bisect.bisect_left(keys, (count, math.inf, ""), i)
+
+    def _holding(self, start: int, count: int) -> Iterator[HostState]:
+        """The hosts holding ``count`` tasks of the service, from :attr:`by_host`'s
+        ``start`` on."""
+        keys, by_name = self.by_host, self.pool.by_name
+        for k in range(start, len(keys)):
+            key = keys[k]
+            if key[0] != count:
+                return
+            yield by_name[key[2]]
+
+    def by_value(self, weight: float, weights: Sequence[float]
+                 ) -> Iterator[Iterator[HostState] | float]:
+        """With an attribute: the values grouped by their count of the service's tasks,
+        fewest first, each group's hosts merged in load order, and before each group
+        after the first the most a host of it or of a later group scores: ``weight / (1
+        + count)`` plus ``weights`` times the best :class:`LeastLoaded` score there (the
+        head of a value's load order has its value's best). The values' heads are kept
+        sorted by count and load, and moved only for the values that changed."""
         pool = self.pool
-        by_name = pool.by_name
-        if not self.attribute:
-            if self.want_zeros and self.zeros is None:
-                self._keep_zeros()
-            if self.hosts > len(self.key):  # some host holds none
-                yield 0, self._without()
-            keys = self.by_host
-            i = 0
-            while i < len(keys):
-                j = bisect.bisect_left(keys, (keys[i][0], math.inf, ""), i)
-                yield keys[i][0], (by_name[keys[k][2]] for k in range(i, j))
-                i = j
-            return
         parts = pool._loads(self.attribute)
         pool._ready_loads()
-        by_count: dict[int, list[SortedKeys[tuple[float, str]]]] = defaultdict(list)
-        count = self.value_count
-        for value, part in parts.items():  # (a value with no host left: an empty group)
-            by_count[count.get(value, 0)].append(part)
-        for c in sorted(by_count):
-            yield c, self._merged(by_count[c])
+        self._refresh(parts)
+        heads = self.heads
+        i = 0
+        while i < len(heads):
+            c = heads[i][0]
+            j = bisect.bisect_left(heads, (c + 1,), i)
+            if i:
+                # the best load from here on (the heads are sorted by count, then load)
+                best = -min([h[1][0] for h in heads[i:]])
+                bound: float = 0
+                bound += weight * (1.0 / (1 + c))  # as Placer._score adds them up
+                for w in weights:
+                    bound += w * best
+                yield bound + 1e-9
+            yield self._merged(heads[i][1], heads[i:j], parts)
+            i = j
 
-    def _merged(self, parts: list[SortedKeys[tuple[float, str]]]) -> Iterator[HostState]:
-        """The hosts of ``parts`` in load order: the best first without merging (most
-        walks stop there), then the rest merged."""
-        by_name = self.pool.by_name
-        first = SortedKeys.smallest(parts)
-        if first is None:
+    def _refresh(self, parts: Mapping[str, SortedKeys[tuple[float, str]]]) -> None:
+        """Bring :attr:`heads` up to date with ``parts`` and the counts."""
+        dirty, heads, head_of = self.dirty, self.heads, self.head_of
+        count = self.value_count
+        if dirty is None:
+            head_of.clear()
+            for value, part in parts.items():
+                if len(part):
+                    head_of[value] = (count.get(value, 0), part.first(), value)
+            heads[:] = sorted(head_of.values())
+            self.dirty = set()
             return
+        for value in dirty:
+            old = head_of.pop(value, None)
+            if old is not None:
+                del heads[bisect.bisect_left(heads, old)]
+            keys = parts.get(value)
+            if keys is not None and len(keys):
+                new = head_of[value] = (count.get(value, 0), keys.first(), value)
+                bisect.insort(heads, new)
+        dirty.clear()
+
+    def _merged(self, first: tuple[float, str],
+                group: list[tuple[int, tuple[float, str], str]],
+                parts: Mapping[str, SortedKeys[tuple[float, str]]]) -> Iterator[HostState]:
+        """The hosts of the values of ``group`` in load order: ``first`` (the smallest
+        key) without merging (most walks stop there), then the rest merged."""
+        by_name = self.pool.by_name
         yield by_name[first[1]]
-        for key in heapq.merge(*parts):
+        keys = [parts[value] for _, _, value in group]
+        for key in keys[0] if len(keys) == 1 else heapq.merge(*keys):
             if key != first:
                 yield by_name[key[1]]
 
@@ -794,12 +880,11 @@ class HostPool:
     def _give_back(self) -> None:
         """Put the borrowed index as the snapshot has it (the snapshot calls this)."""
         index, out, out_loads, base = self._index, self._out, self._out_loads, self._base
+        loads = bool(index.parts)
         for name, host in self._own.items():
-            if name not in out:
-                index.keys.discard((host_share(host), name))
-            if name not in out_loads and index.parts:
-                index.remove_loads(host)
-            index.defer(base[name])  # in again when the snapshot next walks it
+            # left in: applying this plan gives the snapshot's host the same keys
+            index.hand_over(base[name], None if name in out else host_share(host),
+                            load_key(host) if loads and name not in out_loads else None)
         self._out, self._out_loads, self._fresh = set(), set(), set()
         self._leased = False
         self._returned = True
@@ -818,16 +903,22 @@ class HostPool:
             self._out_loads.clear()
             self._fresh.clear()
         elif moved:
-            keys = self._index.keys
-            for key in moved:
-                keys.add(key)
+            self._index.keys  # noqa: B018 (reading the order moves the changed hosts)
             self._out.clear()
+        return self._index
+
+    def _settled(self) -> ShareIndex:
+        """The index as it is (share keys of the hosts this plan changed may be out: a
+        walk by load does not need them), a private one first if the loan was taken
+        back."""
+        if self._returned:
+            return self._ready()
         return self._index
 
     def _ready_loads(self, passed: Container[str] = ()) -> ShareIndex:
         """The index to walk by load, every load key in but those of the hosts in
         ``passed`` (that the walk passes over anyway) when this plan changed them."""
-        index = self._ready()
+        index = self._settled()
         out = self._out_loads
         if out:
             own = self._own
@@ -933,7 +1024,7 @@ class HostPool:
     def _loads(self, attribute: str) -> dict[str, SortedKeys[tuple[float, str]]]:
         """The load orders by ``attribute``, built at the first use; the keys of the
         hosts in :attr:`_out_loads` stay out of them."""
-        index = self._ready()
+        index = self._settled()
         parts = index.parts.get(attribute)
         if parts is not None:
             return parts
@@ -991,8 +1082,8 @@ class HostPool:
                     self._position = {h.name: i for i, h in enumerate(self._hosts)}
                 self._hosts[self._position[name]] = host
         index = self._index
-        if name not in self._out:
-            index.keys.discard((host_share(host), name))
+        if name not in self._out:  # its share key moves when the order is next read
+            index.moves(name, host_share(host), host)
             self._out.add(name)
         if name not in self._out_loads and index.parts:
             index.remove_loads(host)
@@ -1078,6 +1169,7 @@ class Placer:
         self.min_sample = min_sample
         self.sample_share = sample_share
         self._refused: dict[tuple[object, ...], set[str]] = {}
+        self._last_refused: tuple[tuple[object, ...], set[str]] | None = None
         self._next = 0  # where the next sampled search starts
         self._last_ports: tuple[object, list[int]] = (None, [])
         first = self.scorers[0] if self.scorers else None
@@ -1127,9 +1219,15 @@ class Placer:
         return total
 
     def _refused_for(self, request: TaskRequest, pool: HostPool) -> set[str]:
-        key = (id(pool), request.demand.memory, request.demand.cpu_units,
-               request.demand.disk, request.task.task_definition.port, request.constraints)
-        return self._refused.setdefault(key, set())
+        demand = request.demand
+        key = (id(pool), demand.memory, demand.cpu_units, demand.disk,
+               request.task.task_definition.port, request.constraints)
+        last = self._last_refused
+        if last is not None and last[0] == key:  # (no hash of the constraints)
+            return last[1]
+        refused = self._refused.setdefault(key, set())
+        self._last_refused = (key, refused)
+        return refused
 
     def choose(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
         """The best feasible host for ``request``, or why there is none. Does not assign.

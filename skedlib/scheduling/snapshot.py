@@ -170,14 +170,27 @@ class ShareIndex:
     """Every live host of a snapshot ordered by ``(host_share, name)`` (:attr:`keys`),
     and, once asked for, by load per value of an attribute (:meth:`loads`), kept up to
     date by the snapshot as tasks and hosts come and go, so that a plan starts from them
-    instead of sorting the hosts again (see :meth:`Snapshot.share_index`)."""
+    instead of sorting the hosts again (see :meth:`Snapshot.share_index`).
 
-    __slots__ = ("_lent", "_out", "keys", "max_cpu", "max_memory", "parts")
+    The share order is put right when it is read (:attr:`keys`): the hosts changed since
+    move then, once each however often they changed, so plans that walk by load only
+    (spread) never move share keys. The load orders are put right before each plan
+    (:meth:`flush`), which walks them."""
+
+    __slots__ = ("_in", "_lent", "_moving", "_out", "_shares", "_to", "max_cpu",
+                 "max_memory", "parts")
 
     def __init__(self, hosts: Iterable[HostState]) -> None:
         hosts = list(hosts)
-        self.keys: SortedKeys[tuple[float, str]] = SortedKeys(
+        self._shares: SortedKeys[tuple[float, str]] = SortedKeys(
             (host_share(h), h.name) for h in hosts)
+        self._moving: dict[str, float | None] = {}
+        """Host changed since :attr:`keys` was last read → the share in the key
+        :attr:`_shares` holds for it (None: none)."""
+        self._to: dict[str, HostState | None] = {}
+        """Host of :attr:`_moving` → the state whose key it should hold (None: none, the
+        host left). (Two dicts, not one of pairs: a pair per change would hold a host
+        state, and keep the garbage collector busy.)"""
         self.max_memory = max((h.total.memory for h in hosts), default=0) or 1
         """The largest host memory (never lowered when a host leaves: a bound that is
         too low only makes a walk look at a few more hosts)."""
@@ -187,8 +200,41 @@ class ShareIndex:
         → ``""`` → every host): the load orders built so far (:meth:`loads`)."""
         self._lent: Callable[[], None] | None = None
         self._out: dict[str, HostState] = {}
-        """Hosts whose keys are out, to put in before the index is next walked
+        """Hosts whose load keys are out, to put in before the index is next walked
         (:meth:`flush`): a host that changes many times between plans moves once."""
+        self._in: dict[str, tuple[float, str]] = {}
+        """Hosts of :attr:`_out` whose load key a plan left in (:meth:`hand_over`) → that
+        key, filed by the attributes of the host in :attr:`_out`. :meth:`flush` moves it
+        only when it differs from the host's."""
+
+    @property
+    def keys(self) -> SortedKeys[tuple[float, str]]:
+        """The ``(host_share, name)`` of every host, sorted (the hosts changed since the
+        last read move now)."""
+        moving = self._moving
+        if moving:
+            shares, to = self._shares, self._to
+            for name, was in moving.items():
+                host = to[name]
+                old = None if was is None else (was, name)
+                new = None if host is None else (host_share(host), name)
+                if old != new:
+                    if old is not None:
+                        shares.discard(old)
+                    if new is not None:
+                        shares.add(new)
+            moving.clear()
+            to.clear()
+        return self._shares
+
+    def moves(self, name: str, share: float | None, host: HostState | None) -> None:
+        """Count host ``name``'s share key as to move at the next read of :attr:`keys`:
+        ``share`` is the share in the key the index holds for it unless it already counts
+        as moving (None: none); ``host`` is the state whose key it should hold then
+        (None: none)."""
+        if name not in self._moving:
+            self._moving[name] = share
+        self._to[name] = host
 
     def loads(self, attribute: str, hosts: Iterable[HostState]
               ) -> dict[str, SortedKeys[tuple[float, str]]]:
@@ -207,22 +253,50 @@ class ShareIndex:
 
     def lend(self, give_back: Callable[[], None]) -> None:
         """Lend the index to a plan that moves the keys of the hosts it changes;
-        ``give_back()`` puts them back (with :meth:`defer`), and is called before the
+        ``give_back()`` puts them back (with :meth:`hand_over`), and is called before the
         index is next used or changed (:meth:`settle`)."""
         self.settle()
         self.flush()
         self._lent = give_back
 
     def defer(self, host: HostState) -> None:
-        """Count ``host``, whose keys are out, as to be put in at the next :meth:`flush`."""
+        """Count ``host``, whose load keys are out, as to be put in at the next
+        :meth:`flush` (after :meth:`drop` with ``stays``)."""
         self._out[host.name] = host
 
+    def hand_over(self, host: HostState, share: float | None,
+                  load: tuple[float, str] | None) -> None:
+        """Take back from a plan the index was lent to ``host`` (the snapshot's state),
+        whose keys the plan left with ``share`` (when it does not count as moving) and
+        ``load`` (None: out; filed by the host's attributes, which planning does not
+        change): they are put right later, with no move when the snapshot's host has the
+        same keys by then (the plan was applied)."""
+        name = host.name
+        self._out[name] = host
+        if load is not None:
+            self._in[name] = load
+        self.moves(name, share, host)
+
     def flush(self) -> None:
-        """Put in the keys of the hosts changed since the last walk."""
+        """Put in the load keys of the hosts changed since the last walk."""
         if self._out:
-            for host in self._out.values():
-                self.add_keys(host)
+            left = self._in
+            for name, host in self._out.items():
+                old = left.pop(name, None) if left else None
+                if old is None:
+                    self.add_loads(host)
+                elif self.parts:
+                    key = load_key(host)
+                    if old != key:
+                        self._remove_load(old, host.attributes)
+                        self._add_load(key, host.attributes)
             self._out.clear()
+
+    def _forget(self, host: HostState) -> None:
+        """Take out the load key a plan left in for ``host``, if any."""
+        old = self._in.pop(host.name, None)
+        if old is not None:
+            self._remove_load(old, host.attributes)
 
     def settle(self) -> None:
         """Take the index back from the plan it is lent to, if any."""
@@ -230,47 +304,49 @@ class ShareIndex:
         if give_back is not None:
             give_back()
 
-    def remove_keys(self, host: HostState) -> None:
-        """Take ``host``'s keys out (before it changes), without :meth:`settle` (what a
-        plan the index is lent to does)."""
-        self.keys.discard((host_share(host), host.name))
-        self.remove_loads(host)
-
-    def add_keys(self, host: HostState) -> None:
-        """Put ``host``'s keys in (after it changed), without :meth:`settle`."""
-        self.keys.add((host_share(host), host.name))
-        self.add_loads(host)
-
     def remove_loads(self, host: HostState) -> None:
         """Take ``host``'s keys out of the load orders only."""
         if self.parts:
-            key, attributes = load_key(host), host.attributes
-            for attribute, parts in self.parts.items():
-                part = parts.get(attributes.get(attribute, "") if attribute else "")
-                if part is not None:
-                    part.discard(key)
+            self._remove_load(load_key(host), host.attributes)
+
+    def _remove_load(self, key: tuple[float, str], attributes: Mapping[str, str]) -> None:
+        for attribute, parts in self.parts.items():
+            part = parts.get(attributes.get(attribute, "") if attribute else "")
+            if part is not None:
+                part.discard(key)
 
     def add_loads(self, host: HostState) -> None:
         """Put ``host``'s keys in the load orders only."""
         if self.parts:
-            key, attributes = load_key(host), host.attributes
-            for attribute, parts in self.parts.items():
-                value = attributes.get(attribute, "") if attribute else ""  # value_of()
-                try:
-                    parts[value].add(key)
-                except KeyError:  # the first host with this value
-                    parts[value] = SortedKeys([key])
+            self._add_load(load_key(host), host.attributes)
 
-    def drop(self, host: HostState) -> None:
-        """Before ``host`` changes or leaves."""
+    def _add_load(self, key: tuple[float, str], attributes: Mapping[str, str]) -> None:
+        for attribute, parts in self.parts.items():
+            value = attributes.get(attribute, "") if attribute else ""  # value_of()
+            try:
+                parts[value].add(key)
+            except KeyError:  # the first host with this value
+                parts[value] = SortedKeys([key])
+
+    def drop(self, host: HostState, stays: bool = False) -> None:
+        """Before ``host`` changes or leaves; ``stays``: the same state is put back
+        (:meth:`defer`, :meth:`put`) after its change, so its share key moves to the
+        changed state's and a load key a plan left in for it may stay until the next
+        :meth:`flush`."""
         self.settle()
-        if self._out.pop(host.name, None) is None:
-            self.remove_keys(host)
+        name = host.name
+        self.moves(name, host_share(host) if name not in self._moving else None,
+                   host if stays else None)
+        if self._out.pop(name, None) is None:
+            self.remove_loads(host)
+        elif not stays:
+            self._forget(host)
 
     def put(self, host: HostState) -> None:
         """After ``host`` changed or came (its keys go in at the next :meth:`flush`)."""
         self.settle()
-        self._out[host.name] = host
+        self.defer(host)
+        self.moves(host.name, None, host)
         self.max_memory = max(self.max_memory, host.total.memory)
         self.max_cpu = max(self.max_cpu, host.total.cpu_units)
 
@@ -339,7 +415,7 @@ class Snapshot:
         if state is not None:
             index = self._shares
             if index is not None:
-                index.drop(state)
+                index.drop(state, stays=True)
             demand, reserved = self._charge(task.task_definition)
             state.assign(task_id, demand, task.port, reserved)
             if index is not None:
@@ -383,7 +459,7 @@ class Snapshot:
         if state is not None and not old.rejected:
             index = self._shares
             if index is not None:
-                index.drop(state)
+                index.drop(state, stays=True)
             state.release(task_id, demand_of(old.task_definition), old.port,
                           old.task_definition.executor_ports())
             if index is not None:
