@@ -27,7 +27,7 @@ runs on one thread).
 
 ``exponent``: the slope of log(seconds) over log(tasks), fitted by least squares over the
 sizes that ran (1.0 is linear); ``exponent_from_10k``: the same over the sizes of 10k
-tasks and more (issue 17's target for binpack: at most 1.1).
+tasks and more (the target for binpack: at most 1.1).
 
 Each binpack row also gives ``quality``: the hosts binpack used over the lower bound
 ⌈total demand / host capacity⌉ (the larger of the memory and CPU bounds; target at most

@@ -8,9 +8,9 @@ Workloads (seeded, so every run plans the same thing):
   MiB, CPU proportional to memory; ``..._independent_cpu``: drawn independently) planned
   in-process on 5,000 hosts of 16 GiB / 8 cores, one service
   after another as the daemon would, each plan recorded in the snapshot before the next.
-  Target ≥ 50,000 placements/s (issue 17).
+  Target ≥ 50,000 placements/s.
 - ``binpack_100k_on_10k``: 100,000 tasks (100 services) on 10,000 hosts. Target ≤ 2 s
-  (issue 17) and < 1 GiB (peak RSS of this process, which also holds the snapshot).
+  and < 1 GiB (peak RSS of this process, which also holds the snapshot).
 - ``binpack_quality``: hosts used vs the lower bound ⌈total demand / host capacity⌉
   (the larger of the memory and cpu bounds) on random workloads whose CPU is
   proportional to memory. Target: at most 1.1 times. ``binpack_quality_independent_cpu`` draws CPU
