@@ -27,7 +27,7 @@ from skedlib.codecs import decode, encode
 from skedlib.keys import Keyspace
 from skedlib.models import Check, Cluster, Container, Host, Task, TaskDefinition, TaskHealth
 from skedlib.plugins import open_backend
-from skedlib.store.base import Backend
+from skedlib.store.base import Backend, Delete, Put
 from tests.harness import etcd as harness
 from tests.harness.cgroups import remove_task_cgroups
 from tests.harness.common import eventually
@@ -123,18 +123,20 @@ class AgentEnv:
         """Issue ``task`` to this host (both keys), by hand, as a user would."""
         task.host = host or self.host
         value = encode(task)
-        self.backend.put(self.keys.host_task(task.host, task.id), value)
-        self.backend.put(self.keys.task(task.id), value)
+        # one transaction, as a scheduler writes them: an agent that patches the task
+        # (a rejection) between two puts would have its patch overwritten by the second
+        self.backend.txn([], [Put(self.keys.host_task(task.host, task.id), value),
+                              Put(self.keys.task(task.id), value)])
 
     def put_raw(self, task_id: str, value: bytes) -> None:
         """Write arbitrary bytes as an issued task."""
-        self.backend.put(self.keys.host_task(self.host, task_id), value)
-        self.backend.put(self.keys.task(task_id), value)
+        self.backend.txn([], [Put(self.keys.host_task(self.host, task_id), value),
+                              Put(self.keys.task(task_id), value)])
 
     def delete_task(self, task_id: str) -> None:
         """Remove the task from the issued state (both keys)."""
-        self.backend.delete(self.keys.host_task(self.host, task_id))
-        self.backend.delete(self.keys.task(task_id))
+        self.backend.txn([], [Delete(self.keys.host_task(self.host, task_id)),
+                              Delete(self.keys.task(task_id))])
 
     def task(self, task_id: str, *, by_host: bool = False) -> Task | None:
         """The stored task (``state/tasks`` or the host's index)."""
