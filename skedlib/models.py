@@ -214,6 +214,11 @@ class TaskDefinition(msgspec.Struct, kw_only=True):
         return sorted(found)
 
 
+def _task_id(cluster: str, service: str, version: int, instance: int) -> str:
+    """``<cluster>-<service>-<version>-<instance>``: the one spelling of a task id."""
+    return f"{cluster}-{service}-{version}-{instance}"
+
+
 class TaskId(msgspec.Struct, frozen=True, order=True):
     """The parts of a task id ``<cluster>-<service>-<version>-<instance>``.
 
@@ -227,7 +232,7 @@ class TaskId(msgspec.Struct, frozen=True, order=True):
     instance: int
 
     def __str__(self) -> str:
-        return f"{self.cluster}-{self.service}-{self.version}-{self.instance}"
+        return _task_id(self.cluster, self.service, self.version, self.instance)
 
     @classmethod
     def parse(cls, text: str) -> TaskId:
@@ -300,8 +305,8 @@ class Task(msgspec.Struct, kw_only=True):
     def id(self) -> str:
         """``<cluster>-<service>-<version>-<instance>``."""
         # str(self.task_id), without building the TaskId (read for every task, often)
-        return (f"{self.cluster.name}-{self.service}-{self.task_definition.version}-"
-                f"{self.instance}")
+        return _task_id(self.cluster.name, self.service, self.task_definition.version,
+                        self.instance)
 
 
 class Resources(msgspec.Struct, kw_only=True):

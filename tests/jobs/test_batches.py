@@ -46,6 +46,19 @@ def _register(store: JobStore, node: str) -> int:
     return store.backend.put(store.keys.job_node(node), b"{}")
 
 
+def _run_batch(store: JobStore, runs: Runs, node: str, rev: int,
+               queued: list[KeyValue]) -> None:
+    """Claim ``queued`` for ``node`` in one batch, run the jobs and wait for their ends."""
+    claimed = store.claim_many(queued, node, rev)
+    assert claimed is not None
+    with runs.cond:
+        batch = [runs.add(stored) for stored in claimed]
+    for run in batch:
+        runs.launch(run)
+    for run in batch:
+        assert run.done.wait(30), f"job {run.stored.job.id} did not end"
+
+
 def test_a_batch_claim_is_all_or_nothing(store: JobStore) -> None:
     a, b, c = _queued(store, "a", "b", "c")
     n1, n2 = _register(store, "n1"), _register(store, "n2")
@@ -127,14 +140,7 @@ def test_runner_threads_are_kept_from_job_to_job(tmp_path: Path) -> None:
     rev = _register(store, node)
 
     def run_batch(ids: list[str]) -> None:
-        claimed = store.claim_many(_queued(store, *ids), node, rev)
-        assert claimed is not None
-        with runs.cond:
-            batch = [runs.add(stored) for stored in claimed]
-        for run in batch:
-            runs.launch(run)
-        for run in batch:
-            assert run.done.wait(30), f"job {run.stored.job.id} did not end"
+        _run_batch(store, runs, node, rev, _queued(store, *ids))
 
     run_batch(["a1", "a2", "a3"])
     first = set(_runners(node))
@@ -180,14 +186,7 @@ def test_every_job_gets_an_empty_private_directory_of_its_own(tmp_path: Path) ->
             kv = store.backend.get(store.keys.job_queued(job_id))
             assert kv is not None
             queued.append(kv)
-        claimed = store.claim_many(queued, node, rev)
-        assert claimed is not None
-        with runs.cond:
-            batch = [runs.add(stored) for stored in claimed]
-        for run in batch:
-            runs.launch(run)
-        for run in batch:
-            assert run.done.wait(30), f"job {run.stored.job.id} did not end"
+        _run_batch(store, runs, node, rev, queued)
 
     rounds = [["a1", "a2x", "a3"], ["b1", "b2"], ["c1x", "c2", "c3", "c4"]]
     for ids in rounds:
