@@ -103,6 +103,12 @@ class Runs:
         self._ends: list[tuple[RunningJob, JobEnd]] = []
         self._ends_lock = threading.Lock()
         self._recording = False
+        self.refill: Callable[[list[JobEnd]], list[RunningJob] | None] | None = None
+        """Writes ends together with the claim of the jobs that take their slots (set by
+        the claim queue): the jobs claimed, to launch; None when it wrote nothing (the
+        ends are then written alone)."""
+        self._claimed: list[RunningJob] = []
+        """Jobs claimed with the ends of others, launched once their runner is idle."""
         self._environ = dict(os.environ)
         """The worker's environment, every job's base (copied once: reading
         ``os.environ`` decodes every variable)."""
@@ -166,6 +172,9 @@ class Runs:
                               run.stored.job.id)
             with self._runners_lock:
                 self._idle += 1
+                claimed, self._claimed = self._claimed, []
+            for next_run in claimed:  # this runner, idle now, takes the first
+                self.launch(next_run)
 
     def _run(self, run: RunningJob) -> None:
         job = run.stored.job
@@ -359,9 +368,20 @@ class Runs:
 
     def _finish(self, batch: list[tuple[RunningJob, JobEnd]]) -> None:
         backoff = Backoff(initial=0.1, maximum=2.0)
-        while True:
+        ends = [end for _, end in batch]
+        claimed = None
+        if self.refill is not None:
             try:
-                written = self.store.finish_many([end for _, end in batch])
+                claimed = self.refill(ends)
+            except SkedError as exc:  # written or not: the ends alone say which
+                log.warning("job worker %s: claim failed: %s", self.node, exc)
+        if claimed is not None:
+            with self._runners_lock:
+                self._claimed += claimed
+            written = [end.job.status == "running" for end in ends]  # as finish_many
+        while claimed is None:
+            try:
+                written = self.store.finish_many(ends)
                 break
             except BackendUnavailable as exc:
                 lease = self._lease()
