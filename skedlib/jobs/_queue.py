@@ -118,6 +118,7 @@ class ClaimQueue:
             self.cond.notify_all()
 
     def _changed(self, events: list[WatchEvent]) -> None:
+        added = False
         with self.cond:
             for ev in events:
                 self._taken.pop(ev.key, None)  # changed: a claim being written fails
@@ -125,9 +126,11 @@ class ClaimQueue:
                     self.queued.pop(ev.key, None)  # a requeued job goes to the back
                     self.queued[ev.key] = _queued(KeyValue(ev.key, ev.value, ev.revision,
                                                            ev.revision))
+                    added = True
                 else:
                     self.queued.pop(ev.key, None)
-            self.cond.notify_all()
+            if added:  # a job claimed (or canceled) elsewhere frees nothing here
+                self.cond.notify_all()
 
     # -- claiming ----------------------------------------------------------------------------
     def _deep(self) -> bool:
