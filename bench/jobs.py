@@ -170,6 +170,28 @@ def _cpu(pid: int) -> tuple[float, float]:
     return (ticks[0] + ticks[1]) / _TICK, (ticks[2] + ticks[3]) / _TICK
 
 
+def etcd_calls(url: str) -> dict[str, float]:
+    """gRPC calls the etcd members of ``url`` handled (``Txn``) and watch messages they
+    sent (``Watch``), from their ``/metrics``; {} for another backend or on error."""
+    if not url.startswith("etcd://"):
+        return {}
+    import urllib.request
+
+    totals: dict[str, float] = {}
+    pattern = re.compile(r'grpc_server_(handled|msg_sent)_total\{[^}]*grpc_method="(Txn|Watch)"'
+                         r'[^}]*\} (\S+)')
+    try:
+        for member in url.removeprefix("etcd://").split("?")[0].split(","):
+            with urllib.request.urlopen(f"http://{member}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            for kind, method, value in pattern.findall(text):
+                if (kind, method) in (("handled", "Txn"), ("msg_sent", "Watch")):
+                    totals[method] = totals.get(method, 0.0) + float(value)
+    except (OSError, ValueError):
+        return {}
+    return totals
+
+
 def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, slots: int,
                 limits: str, extra: list[str], tree: Path = ROOT) -> dict[str, Any]:
     """Submit ``n`` jobs, start ``k`` workers (running the skedlib of ``tree``), time
@@ -193,6 +215,7 @@ def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, 
         nodes = [f"w{i + 1}x{tag}" for i in range(k)]
         NODES.extend(nodes)
         logs = {node: tmp / f"{node}.log" for node in nodes}
+        calls0 = etcd_calls(url)
         wall0 = time.time()
         p0 = time.perf_counter()
         workers = [procs.start(
@@ -228,6 +251,7 @@ def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, 
             time.sleep(0.1)
         seen_s = time.perf_counter() - p0
         cpu_end = [_cpu(p.pid) for p in workers]
+        calls1 = etcd_calls(url)
 
         Procs.terminate(workers)
         stats: dict[str, dict[str, int]] = {}
@@ -276,6 +300,12 @@ def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, 
                 1000 * sum(end[0] for end in cpu_end) / n, 3),
             "jobs_cpu_ms_per_job": round(1000 * sum(end[1] for end in cpu_end) / n, 3),
         }
+        if calls0 and calls1:
+            # every worker's etcd transactions, and the watch messages etcd sent them, per
+            # job (the bench's own poller only lists)
+            out["etcd_txn_per_job"] = round((calls1.get("Txn", 0) - calls0.get("Txn", 0)) / n, 3)
+            out["etcd_watch_messages_per_job"] = round(
+                (calls1.get("Watch", 0) - calls0.get("Watch", 0)) / n, 3)
         if problems:
             out["inconsistency_examples"] = problems[:5]
         remove_parent_cgroups(nodes)
@@ -720,6 +750,9 @@ def main() -> None:
             "jobs_per_s": "N / (last job's end - the moment the workers were started); "
                           "worker start-up (Python import, registration) included",
             "steady_jobs_per_s": "N / (last end - first start): without the start-up",
+            "etcd_txn_per_job": "etcd only: Txn calls the members handled from the workers' "
+                                "start to the last end, per job (from their /metrics); "
+                                "etcd_watch_messages_per_job: watch messages they sent",
             "bytecode": "the trees' bytecode is not compiled before the runs (--no-compile)"
                         if args.no_compile else
                         "the trees' bytecode is compiled before the runs, as a wheel "

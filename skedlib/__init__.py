@@ -10,206 +10,289 @@ the daemon). docs/architecture.md shows the layers behind these names.
     from skedlib import Client, ServiceScheduler, Store, load_manifest
 """
 
-from importlib import metadata as _metadata
+# Names are imported on first use (PEP 562), so that a process needing a few modules
+# (a job worker, a plugin) does not import the whole API to get them; type checkers and
+# ``from skedlib import X`` see them as before.
+from typing import TYPE_CHECKING
 
-from skedlib.client import ApplyResult, Client, ScaleResult, default_backend_url
-from skedlib.codecs import (
-    InvalidRecord,
-    check_record,
-    decode,
-    decode_record,
-    encode,
-    find_invalid_records,
-    load_manifest,
-    parse_manifest,
-    to_builtins,
-)
-from skedlib.constraints import Constraint, parse_constraint
-from skedlib.environments import (
-    Deployment,
-    DeploymentCreate,
-    Environment,
-    EnvironmentCreate,
-    Environments,
-)
-from skedlib.errors import (
-    BackendError,
-    BackendUnavailable,
-    Compacted,
-    ConflictError,
-    InvalidName,
-    LeaseExpired,
-    LockError,
-    NotFound,
-    PluginError,
-    SkedError,
-    TxnTooLarge,
-    ValidationError,
-    one_line,
-)
-from skedlib.events import (
-    EVENT_TTL,
-    MAX_EVENTS,
-    Event,
-    EventHistory,
-    EventLog,
-    ObjectKind,
-    read_events,
-)
-from skedlib.executors.base import (
-    PROVIDED_PORT_VAR,
-    ContainerRef,
-    ContainerStatus,
-    Executor,
-    ExecutorContext,
-    ExitCallback,
-    TaskRejected,
-    convert_blob,
-    substitute_port,
-)
-from skedlib.executors.policy import (
-    DOCKER_SOCKETS,
-    DockerPolicy,
-    DockerRequest,
-    HostPolicy,
-    Identity,
-    PolicyRefused,
-    load_policy,
-    normalize_image,
-)
-from skedlib.executors.supervision import SupervisedExecutor
-from skedlib.federation import (
-    Datacenter,
-    DatacenterFollower,
-    DatacenterOutcome,
-    GlobalManifest,
-    GlobalPlacement,
-    Unreachable,
-    each_datacenter,
-    expand,
-    federate,
-    parse_global,
-    unreachable,
-)
-from skedlib.health.checks import ResolvedCheck, resolve_checks
-from skedlib.health.provider import (
-    HealthContext,
-    HealthProvider,
-    LocalHealthProvider,
-    check_env,
-    pass_ttl_check,
-)
-from skedlib.hookspecs import BackendFactory, hookimpl
-from skedlib.jobs import Job, JobRequirements, JobSpec, JobState
-from skedlib.jobs.client import JobClient, JobWaitTimeout, LogsUnavailable
-from skedlib.keys import DEFAULT_PREFIX, Keyspace, validate_name
-from skedlib.locks import KeptLease, Lock
-from skedlib.models import (
-    EXTERNAL_SCHEDULER,
-    CapacityRejection,
-    Check,
-    CheckStatus,
-    Cluster,
-    Container,
-    Host,
-    HostConfig,
-    Manifest,
-    Resources,
-    Rollout,
-    RolloutHistory,
-    Service,
-    ServiceStatus,
-    Task,
-    TaskDefinition,
-    TaskHealth,
-    UpdateStrategy,
-    scheduler_name,
-)
-from skedlib.plugins import Registry, get_registry, lazy_attributes, open_backend
-from skedlib.runtime import (
-    RETRY,
-    Backoff,
-    Group,
-    Informer,
-    Retry,
-    Store,
-    WriteResult,
-    retry_on_conflict,
-    wait_for_change,
-    write_groups,
-)
-from skedlib.scheduling import (
-    CAPACITY_BACKOFF,
-    BestFit,
-    Change,
-    CommitResult,
-    ConstraintsFilter,
-    DistinctHostFilter,
-    ExecHost,
-    ExecPlacement,
-    ExecRequest,
-    ExecResponse,
-    ExecScheduler,
-    ExecSchedulerError,
-    ExecSchedulers,
-    Filter,
-    HostPool,
-    HostState,
-    LeastLoaded,
-    NotDraining,
-    NotRejectedBefore,
-    Placement,
-    Placer,
-    Plan,
-    PlanProblem,
-    PortsFree,
-    ResourcesFit,
-    Scheduler,
-    SchedulingResult,
-    Scorer,
-    ServiceHosts,
-    ServiceScheduler,
-    ShareIndex,
-    Snapshot,
-    SnapshotCache,
-    SpreadAttribute,
-    TaskRequest,
-    Unschedulable,
-    capacity_rejection_holds,
-    commit_plan,
-    demand_of,
-    host_share,
-    is_task_healthy,
-    read_snapshot,
-    stock_filters,
-    validate_plan,
-)
-from skedlib.sim import (
-    SimStats,
-    Simulator,
-    read_trace,
-    synthetic_trace,
-    write_trace,
-)
-from skedlib.store.base import (
-    Backend,
-    Compare,
-    Delete,
-    KeyValue,
-    ListResult,
-    Op,
-    Put,
-    TxnResult,
-    Watch,
-    WatchEvent,
-)
-from skedlib.store.credentials import read_secret_file, redact_url, warn_secret_in_url
-from skedlib.validation import DEFAULT_LIMITS, Limits
+from skedlib.plugins import lazy_attributes
 
-try:
-    __version__ = _metadata.version("skedlib")
-except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed
-    __version__ = "0+unknown"
+if TYPE_CHECKING:
+    from skedlib.client import ApplyResult, Client, ScaleResult
+    from skedlib.codecs import (
+        InvalidRecord,
+        check_record,
+        decode,
+        decode_record,
+        encode,
+        find_invalid_records,
+        load_manifest,
+        parse_manifest,
+        to_builtins,
+    )
+    from skedlib.constraints import Constraint, parse_constraint
+    from skedlib.environments import (
+        Deployment,
+        DeploymentCreate,
+        Environment,
+        EnvironmentCreate,
+        Environments,
+    )
+    from skedlib.errors import (
+        BackendError,
+        BackendUnavailable,
+        Compacted,
+        ConflictError,
+        InvalidName,
+        LeaseExpired,
+        LockError,
+        NotFound,
+        PluginError,
+        SkedError,
+        TxnTooLarge,
+        ValidationError,
+        one_line,
+    )
+    from skedlib.events import (
+        EVENT_TTL,
+        MAX_EVENTS,
+        Event,
+        EventHistory,
+        EventLog,
+        ObjectKind,
+        read_events,
+    )
+    from skedlib.executors.base import (
+        PROVIDED_PORT_VAR,
+        ContainerRef,
+        ContainerStatus,
+        Executor,
+        ExecutorContext,
+        ExitCallback,
+        TaskRejected,
+        convert_blob,
+        substitute_port,
+    )
+    from skedlib.executors.policy import (
+        DOCKER_SOCKETS,
+        DockerPolicy,
+        DockerRequest,
+        HostPolicy,
+        Identity,
+        PolicyRefused,
+        load_policy,
+        normalize_image,
+    )
+    from skedlib.executors.supervision import SupervisedExecutor
+    from skedlib.federation import (
+        Datacenter,
+        DatacenterFollower,
+        DatacenterOutcome,
+        GlobalManifest,
+        GlobalPlacement,
+        Unreachable,
+        each_datacenter,
+        expand,
+        federate,
+        parse_global,
+        unreachable,
+    )
+    from skedlib.health.checks import ResolvedCheck, resolve_checks
+    from skedlib.health.provider import (
+        HealthContext,
+        HealthProvider,
+        LocalHealthProvider,
+        check_env,
+        pass_ttl_check,
+    )
+    from skedlib.hookspecs import BackendFactory, hookimpl
+    from skedlib.jobs import Job, JobRequirements, JobSpec, JobState
+    from skedlib.jobs.client import JobClient, JobWaitTimeout, LogsUnavailable
+    from skedlib.keys import DEFAULT_PREFIX, Keyspace, validate_name
+    from skedlib.locks import KeptLease, Lock
+    from skedlib.models import (
+        EXTERNAL_SCHEDULER,
+        CapacityRejection,
+        Check,
+        CheckStatus,
+        Cluster,
+        Container,
+        Host,
+        HostConfig,
+        Manifest,
+        Resources,
+        Rollout,
+        RolloutHistory,
+        Service,
+        ServiceStatus,
+        Task,
+        TaskDefinition,
+        TaskHealth,
+        UpdateStrategy,
+        scheduler_name,
+    )
+    from skedlib.plugins import (
+        Registry,
+        default_backend_url,
+        get_registry,
+        lazy_attributes,
+        open_backend,
+    )
+    from skedlib.runtime import (
+        RETRY,
+        Backoff,
+        Group,
+        Informer,
+        Retry,
+        Store,
+        WriteResult,
+        retry_on_conflict,
+        wait_for_change,
+        write_groups,
+    )
+    from skedlib.scheduling import (
+        CAPACITY_BACKOFF,
+        BestFit,
+        Change,
+        CommitResult,
+        ConstraintsFilter,
+        DistinctHostFilter,
+        ExecHost,
+        ExecPlacement,
+        ExecRequest,
+        ExecResponse,
+        ExecScheduler,
+        ExecSchedulerError,
+        ExecSchedulers,
+        Filter,
+        HostPool,
+        HostState,
+        LeastLoaded,
+        NotDraining,
+        NotRejectedBefore,
+        Placement,
+        Placer,
+        Plan,
+        PlanProblem,
+        PortsFree,
+        ResourcesFit,
+        Scheduler,
+        SchedulingResult,
+        Scorer,
+        ServiceHosts,
+        ServiceScheduler,
+        ShareIndex,
+        Snapshot,
+        SnapshotCache,
+        SpreadAttribute,
+        TaskRequest,
+        Unschedulable,
+        capacity_rejection_holds,
+        commit_plan,
+        demand_of,
+        host_share,
+        is_task_healthy,
+        read_snapshot,
+        stock_filters,
+        validate_plan,
+    )
+    from skedlib.sim import (
+        SimStats,
+        Simulator,
+        read_trace,
+        synthetic_trace,
+        write_trace,
+    )
+    from skedlib.store.base import (
+        Backend,
+        Compare,
+        Delete,
+        KeyValue,
+        ListResult,
+        Op,
+        Put,
+        TxnResult,
+        Watch,
+        WatchEvent,
+    )
+    from skedlib.store.credentials import read_secret_file, redact_url, warn_secret_in_url
+    from skedlib.validation import DEFAULT_LIMITS, Limits
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "skedlib.client": ("ApplyResult", "Client", "ScaleResult"),
+    "skedlib.codecs": ("InvalidRecord", "check_record", "decode", "decode_record", "encode",
+        "find_invalid_records", "load_manifest", "parse_manifest", "to_builtins"),
+    "skedlib.constraints": ("Constraint", "parse_constraint"),
+    "skedlib.environments": ("Deployment", "DeploymentCreate", "Environment",
+        "EnvironmentCreate", "Environments"),
+    "skedlib.errors": ("BackendError", "BackendUnavailable", "Compacted", "ConflictError",
+        "InvalidName", "LeaseExpired", "LockError", "NotFound", "PluginError", "SkedError",
+        "TxnTooLarge", "ValidationError", "one_line"),
+    "skedlib.events": ("EVENT_TTL", "MAX_EVENTS", "Event", "EventHistory", "EventLog",
+        "ObjectKind", "read_events"),
+    "skedlib.executors.base": ("PROVIDED_PORT_VAR", "ContainerRef", "ContainerStatus",
+        "Executor", "ExecutorContext", "ExitCallback", "TaskRejected", "convert_blob",
+        "substitute_port"),
+    "skedlib.executors.policy": ("DOCKER_SOCKETS", "DockerPolicy", "DockerRequest",
+        "HostPolicy", "Identity", "PolicyRefused", "load_policy", "normalize_image"),
+    "skedlib.executors.supervision": ("SupervisedExecutor",),
+    "skedlib.federation": ("Datacenter", "DatacenterFollower", "DatacenterOutcome",
+        "GlobalManifest", "GlobalPlacement", "Unreachable", "each_datacenter", "expand",
+        "federate", "parse_global", "unreachable"),
+    "skedlib.health.checks": ("ResolvedCheck", "resolve_checks"),
+    "skedlib.health.provider": ("HealthContext", "HealthProvider", "LocalHealthProvider",
+        "check_env", "pass_ttl_check"),
+    "skedlib.hookspecs": ("BackendFactory", "hookimpl"),
+    "skedlib.jobs": ("Job", "JobRequirements", "JobSpec", "JobState"),
+    "skedlib.jobs.client": ("JobClient", "JobWaitTimeout", "LogsUnavailable"),
+    "skedlib.keys": ("DEFAULT_PREFIX", "Keyspace", "validate_name"),
+    "skedlib.locks": ("KeptLease", "Lock"),
+    "skedlib.models": ("EXTERNAL_SCHEDULER", "CapacityRejection", "Check", "CheckStatus",
+        "Cluster", "Container", "Host", "HostConfig", "Manifest", "Resources", "Rollout",
+        "RolloutHistory", "Service", "ServiceStatus", "Task", "TaskDefinition",
+        "TaskHealth", "UpdateStrategy", "scheduler_name"),
+    "skedlib.plugins": ("Registry", "default_backend_url", "get_registry", "lazy_attributes",
+        "open_backend"),
+    "skedlib.runtime": ("RETRY", "Backoff", "Group", "Informer", "Retry", "Store",
+        "WriteResult", "retry_on_conflict", "wait_for_change", "write_groups"),
+    "skedlib.scheduling": ("CAPACITY_BACKOFF", "BestFit", "Change", "CommitResult",
+        "ConstraintsFilter", "DistinctHostFilter", "ExecHost", "ExecPlacement",
+        "ExecRequest", "ExecResponse", "ExecScheduler", "ExecSchedulerError",
+        "ExecSchedulers", "Filter", "HostPool", "HostState", "LeastLoaded", "NotDraining",
+        "NotRejectedBefore", "Placement", "Placer", "Plan", "PlanProblem", "PortsFree",
+        "ResourcesFit", "Scheduler", "SchedulingResult", "Scorer", "ServiceHosts",
+        "ServiceScheduler", "ShareIndex", "Snapshot", "SnapshotCache", "SpreadAttribute",
+        "TaskRequest", "Unschedulable", "capacity_rejection_holds", "commit_plan",
+        "demand_of", "host_share", "is_task_healthy", "read_snapshot", "stock_filters",
+        "validate_plan"),
+    "skedlib.sim": ("SimStats", "Simulator", "read_trace", "synthetic_trace", "write_trace"),
+    "skedlib.store.base": ("Backend", "Compare", "Delete", "KeyValue", "ListResult", "Op",
+        "Put", "TxnResult", "Watch", "WatchEvent"),
+    "skedlib.store.credentials": ("read_secret_file", "redact_url", "warn_secret_in_url"),
+    "skedlib.validation": ("DEFAULT_LIMITS", "Limits"),
+}
+"""Each public name by the module it comes from (the same as the imports above)."""
+
+_import_export = lazy_attributes(
+    __name__, {name: module for module, names in _EXPORTS.items() for name in names})
+
+
+def __getattr__(name: str) -> object:
+    if name == "__version__":
+        from importlib import metadata
+
+        try:
+            version = metadata.version("skedlib")
+        except metadata.PackageNotFoundError:  # a source tree that is not installed
+            version = "0+unknown"
+        globals()["__version__"] = version
+        return version
+    return _import_export(name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, "__version__"})
+
 
 __all__ = [
     "CAPACITY_BACKOFF",

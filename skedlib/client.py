@@ -10,10 +10,8 @@ compares make a concurrent writer's change visible as a retry, never a lost upda
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Literal, TypeVar
 
 import msgspec
@@ -46,6 +44,7 @@ from skedlib.models import (
     TaskDefinition,
     TaskHealth,
 )
+from skedlib.plugins import default_backend_url
 from skedlib.runtime import (
     RETRY,
     Group,
@@ -78,16 +77,6 @@ T = TypeVar("T")
 
 _RETRIES = 8
 _SCALE_RETRIES = 3
-
-
-def default_backend_url() -> str:
-    """``$SKED_BACKEND``, else the embedded store in ``$XDG_DATA_HOME/skedlib/sked.db``
-    (``~/.local/share/skedlib/sked.db``)."""
-    url = os.environ.get("SKED_BACKEND")
-    if url:
-        return url
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite://{Path(data) / 'skedlib' / 'sked.db'}"
 
 
 class ApplyResult(msgspec.Struct, frozen=True):

@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 
 import msgspec
 import msgspec.inspect as mi
-import yaml
 
 from skedlib import keys as sk
 from skedlib import models as sm
@@ -347,6 +346,8 @@ def to_builtins(obj: Any) -> Any:
 
 def to_yaml(obj: Any) -> str:
     """Block-style YAML of ``obj``."""
+    import yaml
+
     return yaml.safe_dump(to_builtins(obj), sort_keys=False, allow_unicode=True)
 
 
@@ -487,24 +488,31 @@ def convert_object(item: Any, type_: type[T], label: str, warn: Callable[[str], 
     return result
 
 
-class _StrictLoader(yaml.SafeLoader):
+@functools.cache
+def _strict_loader() -> type[Any]:
     """YAML's safe loader, refusing a mapping that repeats a key (plain YAML lets the
-    last one win silently, so a typo'd copy of ``desired:`` would override the first)."""
+    last one win silently, so a typo'd copy of ``desired:`` would override the first).
+    Made at the first manifest read: yaml is imported only by what reads YAML."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            try:
-                first = seen.setdefault(key, line)
-            except TypeError:  # an unhashable key: the base class reports it
-                continue
-            if first != line:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first on line {first})",
-                    key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False
+                              ) -> dict[Any, Any]:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first != line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {first})",
+                        key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
 
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
@@ -525,8 +533,10 @@ def parse_manifest(text: str, source: str = "<manifest>", *,
     if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise ValidationError(f"{source}: manifest larger than {max_bytes} bytes (the "
                               "manifest size limit)")
+    import yaml
+
     try:
-        docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_strict_loader()) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}:" if mark else ""

@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
+import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +29,7 @@ __all__ = [
     "BUILTIN_PLUGINS",
     "FIRST_PARTY_PLUGINS",
     "Registry",
+    "default_backend_url",
     "get_registry",
     "install_hint",
     "lazy_attributes",
@@ -203,6 +206,15 @@ def plugin_distributions() -> list[tuple[str, str, list[str]]]:
         name, version = (dist.name, dist.version) if dist is not None else (ep.module, "?")
         found.setdefault(name, (version, []))[1].append(ep.name)
     return [(name, version, sorted(eps)) for name, (version, eps) in sorted(found.items())]
+
+def default_backend_url() -> str:
+    """``$SKED_BACKEND``, else the embedded store in ``$XDG_DATA_HOME/skedlib/sked.db``
+    (``~/.local/share/skedlib/sked.db``)."""
+    url = os.environ.get("SKED_BACKEND")
+    if url:
+        return url
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite://{Path(data) / 'skedlib' / 'sked.db'}"
 
 
 def open_backend(url: str) -> Backend:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import subprocess
 import sys
@@ -74,3 +75,44 @@ def test_every_public_name_is_importable_and_documented() -> None:
                    if (inspect.isclass(obj := getattr(skedlib, name)) or inspect.isfunction(obj))
                    and not inspect.getdoc(obj)]
     assert missing_doc == []
+
+
+def _type_checking_imports(path: Path) -> dict[str, str]:
+    """Each name the ``if TYPE_CHECKING:`` block of ``path`` imports, by its module."""
+    names: dict[str, str] = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.module is not None
+                names.update({alias.name: imp.module for alias in imp.names})
+    return names
+
+
+@pytest.mark.parametrize("package", ["skedlib", "skedlib.agent", "skedlib.api"])
+def test_lazy_public_names_are_the_objects_their_modules_define(package: str) -> None:
+    """``import skedlib`` (and the ``agent`` and ``api`` packages) import a public name on
+    first use; type checkers read the ``TYPE_CHECKING`` imports. Both must name the same
+    module for every name of ``__all__``, and the name must be that module's object."""
+    module = importlib.import_module(package)
+    path = Path(module.__file__ or "")
+    typed = _type_checking_imports(path)
+    assert sorted(typed) == sorted(module.__all__), "TYPE_CHECKING imports and __all__"
+    for name, source in typed.items():
+        assert getattr(module, name) is getattr(importlib.import_module(source), name), name
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        module.not_a_name  # noqa: B018
+    assert set(module.__all__) <= set(dir(module))
+
+
+def test_a_job_worker_does_not_import_the_rest_of_the_api() -> None:
+    """``skedlib-agent --jobs-only`` imports what a job worker needs: not the scheduling
+    framework, the agent, the REST API, the simulator or the reference schedulers (its
+    start-up counts in every batch of jobs)."""
+    code = ("import sys, skedlib.cli.agent, skedlib.plugins as p; p.get_registry(); "
+            "print(' '.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.split()
+    heavy = {"skedlib.scheduling", "skedlib.agent.agent", "skedlib.api.app",
+             "skedlib.api.server", "skedlib.sim", "skedlib.client", "skedlib.federation",
+             "skedlib_reference.schedulers", "yaml"} & set(out)
+    assert "skedlib.jobs.worker" in out and not heavy, heavy

@@ -47,7 +47,6 @@ class wires them to the store, the executors, the health provider and the timers
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import socket
 import threading
@@ -76,7 +75,12 @@ from skedlib.agent.control import (
     Tracked,
 )
 from skedlib.agent.fencing import Fencing, check_host_fence
-from skedlib.agent.hostinfo import HostReporter, default_address, measure_total
+from skedlib.agent.hostinfo import (
+    HostReporter,
+    default_address,
+    default_state_dir,
+    measure_total,
+)
 from skedlib.agent.logs import LogEndpoint, LogEndpointKeyspace, task_log_source
 from skedlib.agent.operations import Started, TaskOperations, start_failure
 from skedlib.agent.poll import StatusPoll
@@ -109,14 +113,6 @@ AGENT_THREADS = 8
 """At most this many stale copies are stopped at once after a restart."""
 
 log = logging.getLogger("skedlib.agent")
-
-def default_state_dir(host: str) -> Path:
-    """``/var/lib/skedlib/agent/<host>`` as root, else ``$XDG_STATE_HOME`` (or
-    ``~/.local/state``) ``/skedlib/agent/<host>``."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/skedlib/agent") / host
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "skedlib" / "agent" / host
 
 
 class AgentConfig(msgspec.Struct, kw_only=True):

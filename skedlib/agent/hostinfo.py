@@ -22,6 +22,7 @@ than the TTL) a new lease is granted and the record published again.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -40,12 +41,22 @@ from skedlib.models import Host, Resources
 from skedlib.runtime import Backoff
 from skedlib.store.base import Backend
 
-__all__ = ["HostReporter", "default_address", "measure_observed", "measure_total"]
+__all__ = ["HostReporter", "default_address", "default_state_dir", "measure_observed",
+           "measure_total"]
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 CPU_UNITS_PER_CORE = 1024
+
+
+def default_state_dir(host: str) -> Path:
+    """``/var/lib/skedlib/agent/<host>`` as root, else ``$XDG_STATE_HOME`` (or
+    ``~/.local/state``) ``/skedlib/agent/<host>``."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/skedlib/agent") / host
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "skedlib" / "agent" / host
 
 
 def measure_total(disk_path: Path, *, memory: int | None = None,

@@ -14,7 +14,6 @@ reads them.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import secrets
@@ -32,6 +31,7 @@ import msgspec
 from skedlib.api.app import Api
 from skedlib.api.auth import RequestGuard
 from skedlib.api.errors import CODES, error
+from skedlib.api.listen import DEFAULT_LISTEN, is_loopback, parse_listen
 from skedlib.api.responses import Response, Stream
 from skedlib.api.routing import BASE_PATH
 from skedlib.client import Client
@@ -47,38 +47,8 @@ __all__ = ["DEFAULT_LISTEN", "MAX_BODY", "ApiServer", "is_loopback", "parse_list
 
 log = logging.getLogger("skedlib.api")
 
-DEFAULT_LISTEN = "127.0.0.1:2000"
-"""``sked serve``'s default address: loopback only."""
 MAX_BODY = 1 << 20
 """Request bodies larger than this (1 MiB) are refused with 413."""
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:2000`` for IPv6, ``:2000`` for every interface) → (host,
-    port); raises :class:`ValidationError`."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValidationError(f"--listen {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """True when every address ``host`` names is a loopback address ("" is every
-    interface: not loopback)."""
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback
-                               for i in infos)
 
 
 class _Handler(BaseHTTPRequestHandler):

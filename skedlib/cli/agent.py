@@ -22,23 +22,25 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from skedlib.agent.agent import Agent, AgentConfig, default_state_dir
-from skedlib.agent.hostinfo import default_address, measure_total
+from skedlib.agent.hostinfo import default_address, default_state_dir, measure_total
 from skedlib.agent.ports import DEFAULT_PORT_RANGE
-from skedlib.api import is_loopback
+from skedlib.api.listen import is_loopback
 from skedlib.cli.args import add_backend_options, metrics_listen, positive_number, start_metrics
 from skedlib.cli.logs import add_log_options, configure_logging
-from skedlib.client import default_backend_url
 from skedlib.durations import SECOND, parse_duration
 from skedlib.errors import SkedError, ValidationError
 from skedlib.executors.policy import HostPolicy, Identity, load_policy
 from skedlib.jobs.models import JobRequirements
 from skedlib.jobs.worker import JobWorker, WorkerConfig
-from skedlib.plugins import open_backend
+from skedlib.plugins import default_backend_url, open_backend
 
-__all__ = ["JOBS_LISTEN_DEFAULT", "build_parser", "config_from_args", "main",
-           "worker_config_from_args"]
+if TYPE_CHECKING:  # imported when an agent runs: a job worker alone does not load it
+    from skedlib.agent.agent import Agent, AgentConfig
+
+__all__ = ["JOBS_LISTEN_DEFAULT", "build_parser", "config_from_args", "host_policy_from_args",
+           "main", "worker_config_from_args"]
 
 
 JOBS_LISTEN_DEFAULT = "127.0.0.1"
@@ -227,8 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> AgentConfig:
-    """An :class:`AgentConfig` from parsed arguments."""
+def host_policy_from_args(args: argparse.Namespace) -> HostPolicy:
+    """The host policy of parsed arguments (``--policy``, ``--run-as``): what tasks and
+    jobs may run here, and as whom."""
+    policy = load_policy(args.policy) if args.policy else HostPolicy()
+    if args.run_as:
+        try:
+            Identity.resolve(args.run_as)
+        except ValueError as exc:
+            raise SkedError(f"--run-as {args.run_as}: {exc}") from None
+        policy.run_as = args.run_as
+    return policy
+
+
+def config_from_args(args: argparse.Namespace,
+                     policy: HostPolicy | None = None) -> AgentConfig:
+    """An :class:`AgentConfig` from parsed arguments (``policy``: the one
+    :func:`host_policy_from_args` gave, else read again)."""
+    from skedlib.agent.agent import AgentConfig
+
     executors = None
     if args.executors:
         executors = [n.strip() for item in args.executors for n in item.split(",")
@@ -239,13 +258,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         if not sep or not option:
             raise SkedError(f"--executor-opt {key}={value}: expected EXECUTOR.KEY=VALUE")
         options.setdefault(name, {})[option] = value
-    policy = load_policy(args.policy) if args.policy else HostPolicy()
-    if args.run_as:
-        try:
-            Identity.resolve(args.run_as)
-        except ValueError as exc:
-            raise SkedError(f"--run-as {args.run_as}: {exc}") from None
-        policy.run_as = args.run_as
+    if policy is None:
+        policy = host_policy_from_args(args)
     return AgentConfig(
         host_policy=policy,
         host=args.host, address=args.address, cluster=args.cluster,
@@ -309,7 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        config = config_from_args(args)
+        policy = host_policy_from_args(args)
+        # a job worker alone needs no agent configuration (nor the agent's modules)
+        config = None if args.jobs_only else config_from_args(args, policy)
         backend = open_backend(args.backend or default_backend_url())
     except (SkedError, OSError) as exc:
         print(f"skedlib-agent: {exc}", file=sys.stderr)
@@ -319,10 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     exporter = None
     try:
         exporter = start_metrics(args.metrics, "skedlib-agent")
-        if not args.jobs_only:
+        if config is not None:
+            from skedlib.agent.agent import Agent
+
             agent = Agent(backend, config)
         if args.jobs or args.jobs_only:
-            worker = JobWorker(backend, worker_config_from_args(args, config.host_policy))
+            worker = JobWorker(backend, worker_config_from_args(args, policy))
     except (SkedError, OSError, ValueError) as exc:
         print(f"skedlib-agent: {exc}", file=sys.stderr)
         if exporter is not None:

@@ -7,11 +7,11 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import NoReturn, TypeVar
 
-from skedlib.api import parse_listen
-from skedlib.client import default_backend_url
+from skedlib.api.listen import parse_listen
 from skedlib.errors import SkedError, ValidationError, one_line
 from skedlib.keys import DEFAULT_PREFIX
 from skedlib.metrics import MetricsServer, serve
+from skedlib.plugins import default_backend_url
 from skedlib.store.credentials import redact_url
 
 K = TypeVar("K", bound=str)

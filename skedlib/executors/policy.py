@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-import yaml
 
 from skedlib.codecs import _field_message
 from skedlib.errors import ValidationError, one_line
@@ -423,6 +422,8 @@ def load_policy(path: str | Path) -> HostPolicy:
     except OSError as exc:
         raise ValidationError(f"{source}: cannot read the host policy: "
                               f"{exc.strerror or exc}") from None
+    import yaml  # only a process that reads a policy file needs it
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

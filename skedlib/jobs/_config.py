@@ -58,6 +58,8 @@ class WorkerStats(msgspec.Struct):
     """Counters of one worker (read them any time)."""
 
     claimed: int = 0
+    claimed_with_ends: int = 0
+    """Of ``claimed``: jobs claimed in the transaction that wrote the ends of others."""
     conflicts: int = 0
     completed: int = 0
     failed: int = 0

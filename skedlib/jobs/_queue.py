@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -22,8 +23,8 @@ import msgspec
 from skedlib.errors import SkedError
 from skedlib.jobs._config import WorkerConfig, WorkerStats, spawn
 from skedlib.jobs._running import RunningJob, Runs, command_line
-from skedlib.jobs.models import JobRequirements
-from skedlib.jobs.store import JobStore
+from skedlib.jobs.models import Job, JobRequirements
+from skedlib.jobs.store import JobEnd, JobStore, StoredJob
 from skedlib.metrics import METRICS
 from skedlib.runtime import Backoff, Informer
 from skedlib.store.base import KeyValue, ListResult, WatchEvent
@@ -78,8 +79,12 @@ class ClaimQueue:
         self.node_revision = 0
         self.log_url = ""
         self.queued: dict[str, _Queued] = {}
+        self._taken: dict[str, _Queued] = {}
+        """Jobs out of ``queued`` while a runner claims them with the ends of others (a
+        delete seen meanwhile drops them here too)."""
         self._informer: Informer | None = None
         self._claimer: threading.Thread | None = None
+        runs.refill = self._refill
 
     def start(self) -> None:
         """Follow the queue and start the claimer."""
@@ -113,28 +118,35 @@ class ClaimQueue:
             self.cond.notify_all()
 
     def _changed(self, events: list[WatchEvent]) -> None:
+        added = False
         with self.cond:
             for ev in events:
+                self._taken.pop(ev.key, None)  # changed: a claim being written fails
                 if ev.kind == "put":
                     self.queued.pop(ev.key, None)  # a requeued job goes to the back
                     self.queued[ev.key] = _queued(KeyValue(ev.key, ev.value, ev.revision,
                                                            ev.revision))
+                    added = True
                 else:
                     self.queued.pop(ev.key, None)
-            self.cond.notify_all()
+            if added:  # a job claimed (or canceled) elsewhere frees nothing here
+                self.cond.notify_all()
 
     # -- claiming ----------------------------------------------------------------------------
     def _deep(self) -> bool:
         """Every node will be busy anyway: nobody holds back, and claims come in batches."""
         return len(self.queued) > 2 * self.config.claim_window
 
-    def _pick(self) -> list[_Queued]:
+    def _pick(self, ending: Sequence[Job] = ()) -> list[_Queued]:
         """Up to ``claim_window`` of the oldest queued jobs that fit; one at random, or
-        (from a deep queue) as many at random as fit the free slots and resources."""
-        free_slots = self.slots - len(self.runs.jobs)
+        (from a deep queue) as many at random as fit the free slots and resources
+        (counting those of the ``ending`` jobs as free)."""
+        free_slots = self.slots - len(self.runs.jobs) + len(ending)
         if free_slots <= 0:
             return []
         free = self.capacity.minus(self.runs.used())
+        for job in ending:
+            free = free.plus(job.requirements)
         fitting: list[_Queued] = []
         for queued in self.queued.values():
             if queued.requirements is not None and queued.requirements.fits(free):
@@ -198,7 +210,6 @@ class ClaimQueue:
             for queued in batch:
                 self._claim([queued])
             return
-        runs: list[RunningJob] = []
         with self.cond:
             for queued in batch:
                 if self.queued.get(queued.kv.key) is queued:
@@ -206,14 +217,68 @@ class ClaimQueue:
             if claimed is None:
                 self.stats.conflicts += 1
                 return
-            for stored in claimed:
-                self.stats.claimed += 1
-                METRICS.job_claims.inc()
-                runs.append(self.runs.add(stored))
+            runs = self._started(claimed)
+        self._announce(runs)
+        for run in runs:
+            self.runs.launch(run)
+
+    def _started(self, claimed: list[StoredJob]) -> list[RunningJob]:
+        """Count the jobs just claimed as running (call with ``cond`` held)."""
+        runs: list[RunningJob] = []
+        for stored in claimed:
+            self.stats.claimed += 1
+            METRICS.job_claims.inc()
+            runs.append(self.runs.add(stored))
+        return runs
+
+    def _announce(self, runs: list[RunningJob]) -> None:
+        """Log the jobs just claimed and record their events."""
         for run in runs:
             job = run.stored.job
             log.info("job %s claimed by %s (attempt %d): %s", job.id, self.node,
                      job.attempts, command_line(job))
             self.runs.events.record("job", job.id, "running", f"claimed by node {self.node}",
                                     node=self.node, attempt=job.attempts)
-            self.runs.launch(run)
+
+    def _refill(self, ends: list[JobEnd]) -> list[RunningJob] | None:
+        """From a deep queue, claim the jobs that take the slots of the ``ends`` in the
+        transaction that writes those ends (one transaction instead of two per job): the
+        jobs claimed, to launch; None when it wrote nothing (nothing to claim, or a
+        compare failed: the ends are then written alone, and the jobs go back to the
+        queue). Raises what the store raised (the jobs go back to the queue too)."""
+        with self.cond:
+            if not self.claiming.is_set() or self.stopping.is_set() or not self._deep():
+                return None
+            batch = self._pick([end.job for end in ends])
+            for queued in batch:
+                del self.queued[queued.kv.key]
+                self._taken[queued.kv.key] = queued
+            node_revision = self.node_revision
+        if not batch:
+            return None
+        try:
+            claimed = self.store.finish_and_claim(
+                ends, [q.kv for q in batch], self.node, node_revision, log_url=self.log_url,
+                limits=self.limits)
+        except BaseException:
+            self._give_back(batch)
+            raise
+        if claimed is None:
+            self._give_back(batch)
+            return None
+        with self.cond:
+            for queued in batch:
+                self._taken.pop(queued.kv.key, None)
+            self.stats.claimed_with_ends += len(claimed)
+            runs = self._started(claimed)
+        self._announce(runs)
+        return runs
+
+    def _give_back(self, batch: list[_Queued]) -> None:
+        """Jobs taken for a claim that was not written: queued again, unless a delete was
+        seen meanwhile (another node claimed them, or they were canceled)."""
+        with self.cond:
+            for queued in batch:
+                if self._taken.pop(queued.kv.key, None) is queued:
+                    self.queued[queued.kv.key] = queued
+            self.cond.notify_all()

@@ -4,7 +4,9 @@ and the :class:`~skedlib.runtime.Informer` on this node's running keys, whose
 disappearance (a cancel, or the cleaner taking the job back) stops the job.
 
 A runner thread runs one job at a time and is kept for the next (there are as many as
-jobs ran at once, at most the slots): a thread per job cost more than a ``true`` job.
+jobs ran at once, at most the slots, and one more while a runner writes ends with the
+claims of the jobs that take their slots): a thread per job cost more than a ``true``
+job.
 The ends of jobs that finish together are recorded together: the runner that finds no
 write in flight writes every end queued so far in one transaction
 (:meth:`~skedlib.jobs.store.JobStore.finish_many`) while the others go back to work."""
@@ -103,6 +105,10 @@ class Runs:
         self._ends: list[tuple[RunningJob, JobEnd]] = []
         self._ends_lock = threading.Lock()
         self._recording = False
+        self.refill: Callable[[list[JobEnd]], list[RunningJob] | None] | None = None
+        """Writes ends together with the claim of the jobs that take their slots (set by
+        the claim queue): the jobs claimed, to launch; None when it wrote nothing (the
+        ends are then written alone)."""
         self._environ = dict(os.environ)
         """The worker's environment, every job's base (copied once: reading
         ``os.environ`` decodes every variable)."""
@@ -348,20 +354,33 @@ class Runs:
                 if not batch:
                     self._recording = False
                     return
+            claimed: list[RunningJob] = []
             try:
-                self._finish(batch)
+                claimed = self._finish(batch)
             except BaseException:
                 with self._ends_lock:
                     self._recording = False
                 raise
             finally:
                 self._forget([r for r, _ in batch])
+                for next_run in claimed:  # jobs claimed with these ends: start them now
+                    self.launch(next_run)
 
-    def _finish(self, batch: list[tuple[RunningJob, JobEnd]]) -> None:
+    def _finish(self, batch: list[tuple[RunningJob, JobEnd]]) -> list[RunningJob]:
+        """Write the ends of ``batch``; the jobs claimed with them (see ``refill``)."""
         backoff = Backoff(initial=0.1, maximum=2.0)
-        while True:
+        ends = [end for _, end in batch]
+        claimed = None
+        if self.refill is not None:
             try:
-                written = self.store.finish_many([end for _, end in batch])
+                claimed = self.refill(ends)
+            except SkedError as exc:  # written or not: the ends alone say which
+                log.warning("job worker %s: claim failed: %s", self.node, exc)
+        if claimed is not None:
+            written = [end.job.status == "running" for end in ends]  # as finish_many
+        while claimed is None:
+            try:
+                written = self.store.finish_many(ends)
                 break
             except BackendUnavailable as exc:
                 lease = self._lease()
@@ -369,7 +388,7 @@ class Runs:
                     for _, end in batch:
                         log.warning("job %s: ended (%s) but the node's lease is lost; its "
                                     "end is not recorded: %s", end.job.id, end.status, exc)
-                    return
+                    return []
                 time.sleep(backoff.next())
         for (run, end), ok in zip(batch, written, strict=True):
             job, status, reason = end.job, end.status, end.reason
@@ -387,6 +406,7 @@ class Runs:
             self.events.record("job", job.id, status,
                                reason or f"{status} on node {self.node}", node=self.node,
                                exit=end.exit_code)
+        return claimed or []
 
     # -- stopping ----------------------------------------------------------------------------
     def request_stop(self, run: RunningJob, reason: str, record_changed: bool) -> None:

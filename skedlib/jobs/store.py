@@ -174,12 +174,26 @@ class JobStore:
         """Claim the jobs of several queued keys for ``node`` in one transaction, all or
         none (see :meth:`claim`): None when any of them was taken first (or the node's
         lease ended). :meth:`claim_room` says how many fit in one transaction."""
+        return self.finish_and_claim((), queued, node, node_revision, log_url=log_url,
+                                     limits=limits)
+
+    def finish_and_claim(self, ends: Sequence[JobEnd], queued: Sequence[KeyValue], node: str,
+                         node_revision: int, *, log_url: str = "", limits: str = ""
+                         ) -> builtins.list[StoredJob] | None:
+        """End the running jobs of ``ends`` (see :meth:`finish`) and claim the jobs of
+        ``queued`` for ``node`` (see :meth:`claim_many`) in one transaction, all or
+        nothing: the claimed jobs, or None when any compare failed or it would not fit in
+        one transaction (then nothing is written: :meth:`finish_many` and
+        :meth:`claim_many` apart)."""
         if node_revision <= 0:
             raise ValueError("claim: node_revision must be the revision of the node's "
                              "registered key (jobs/nodes/<node>)")
         now = self.clock()
         compares = [Compare(self.keys.job_node(node), node_revision)]
         ops: list[Op] = []
+        for _, group in self._end_groups(ends, now):
+            compares += group.compares
+            ops += group.ops
         jobs: list[Job] = []
         for kv in queued:
             job = decode_job(kv.value, kv.key)
@@ -191,6 +205,9 @@ class JobStore:
             ops += [Delete(kv.key), Put(self.keys.job_running(node, job.id), b""),
                     Put(self.keys.job(job.id), encode_job(running))]
             jobs.append(running)
+        limit = self.backend.max_txn_ops
+        if ends and limit is not None and len(compares) + len(ops) > limit:
+            return None
         res = self.backend.txn(compares, ops)
         return [StoredJob(job, res.revision) for job in jobs] if res.succeeded else None
 
@@ -217,7 +234,20 @@ class JobStore:
         are written one by one, so one cancel costs the others nothing but a retry.
         """
         results = [False] * len(ends)
-        now = self.clock()
+        groups = self._end_groups(ends, self.clock())
+        room = room_for(self.backend, (), sum(g.size for _, g in groups))
+        for chunk in pack(groups, room, lambda item: item[1].size):
+            if self._write(g for _, g in chunk):
+                for i, _ in chunk:
+                    results[i] = True
+            elif len(chunk) > 1:
+                for i, g in chunk:
+                    results[i] = self._write([g])
+        return results
+
+    def _end_groups(self, ends: Sequence[JobEnd], now: float
+                    ) -> builtins.list[tuple[int, Group]]:
+        """The transition of each running job of ``ends`` (by its index) to its end."""
         groups: list[tuple[int, Group]] = []
         for i, end in enumerate(ends):
             if end.status not in ("complete", "failed"):
@@ -228,15 +258,7 @@ class JobStore:
                                            exit_code=end.exit_code, reason=end.reason,
                                            finished_at=now)
             groups.append((i, self._move_group(end.job, end.revision, done, now)))
-        room = room_for(self.backend, (), sum(g.size for _, g in groups))
-        for chunk in pack(groups, room, lambda item: item[1].size):
-            if self._write(g for _, g in chunk):
-                for i, _ in chunk:
-                    results[i] = True
-            elif len(chunk) > 1:
-                for i, g in chunk:
-                    results[i] = self._write([g])
-        return results
+        return groups
 
     def _write(self, groups: Iterable[Group]) -> bool:
         compares: list[Compare] = []

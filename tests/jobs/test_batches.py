@@ -16,6 +16,7 @@ from skedlib.jobs._config import WorkerConfig, WorkerStats
 from skedlib.jobs._running import Runs
 from skedlib.jobs.models import JobSpec
 from skedlib.jobs.store import JobEnd, JobStore, StoredJob
+from skedlib.jobs.worker import JobWorker
 from skedlib.plugins import open_backend
 from skedlib.runtime import Store
 from skedlib.store.base import Backend, KeyValue
@@ -202,3 +203,90 @@ def test_every_job_gets_an_empty_private_directory_of_its_own(tmp_path: Path) ->
     assert {store.get(j).job.status for ids in rounds for j in ids} == {"complete"}
     runs.close()
     limiter.close()
+
+
+def _claimed(store: JobStore, node: str, rev: int, job_id: str) -> StoredJob:
+    (stored,) = store.claim_many(_queued(store, job_id), node, rev) or []
+    return stored
+
+
+def _end(stored: StoredJob) -> JobEnd:
+    return JobEnd(stored.job, stored.revision, "complete", 0, "")
+
+
+def test_finish_and_claim_writes_both_in_one_transaction(store: JobStore) -> None:
+    rev = _register(store, "n1")
+    a = _claimed(store, "n1", rev, "a")
+    (b,) = _queued(store, "b")
+    claimed = store.finish_and_claim([_end(a)], [b], "n1", rev, log_url="http://x",
+                                     limits="none")
+    assert claimed is not None and [s.job.id for s in claimed] == ["b"]
+    done, running = store.get("a"), store.get("b")
+    assert done.job.status == "complete" and done.job.exit_code == 0
+    assert running.job.status == "running" and running.job.node == "n1"
+    assert running.job.attempts == 1 and running.job.log_url == "http://x"
+    assert done.revision == running.revision == claimed[0].revision, "one transaction"
+    assert store.inconsistencies() == []
+
+
+def test_finish_and_claim_is_all_or_nothing(store: JobStore) -> None:
+    rev = _register(store, "n1")
+    n2 = _register(store, "n2")
+    # a queued job another node took first: the end is not written either
+    a = _claimed(store, "n1", rev, "a")
+    (b,) = _queued(store, "b")
+    assert store.claim_many([b], "n2", n2) is not None
+    assert store.finish_and_claim([_end(a)], [b], "n1", rev) is None
+    assert store.get("a").job.status == "running" and store.get("b").job.node == "n2"
+    # an ended job canceled meanwhile: the queued job stays queued, as it was
+    (c,) = _queued(store, "c")
+    store.cancel("a")
+    assert store.finish_and_claim([_end(a)], [c], "n1", rev) is None
+    assert store.get("a").job.status == "canceled"
+    assert store.backend.get(c.key) == c
+    # the node's own key changed (its lease ended and it registered again)
+    d = _claimed(store, "n1", rev, "d")
+    _register(store, "n1")
+    assert store.finish_and_claim([_end(d)], [c], "n1", rev) is None
+    assert store.get("d").job.status == "running" and store.backend.get(c.key) == c
+    assert store.inconsistencies() == []
+
+
+def test_finish_and_claim_writes_nothing_past_the_backends_transaction_size() -> None:
+    small = JobStore(Store(MemoryBackend(max_txn_ops=13)))
+    rev = _register(small, "n1")
+    a = _claimed(small, "n1", rev, "a")
+    queued = _queued(small, "b", "c", "d")
+    # the node's compare, 4 for the end and 4 per claim: 17 > 13
+    assert small.finish_and_claim([_end(a)], queued, "n1", rev) is None
+    assert small.get("a").job.status == "running"
+    assert [small.backend.get(kv.key) for kv in queued] == queued
+    assert small.finish_and_claim([_end(a)], queued[:2], "n1", rev) is not None  # 13
+
+
+def test_a_deep_queue_is_claimed_with_the_ends_of_jobs(tmp_path: Path) -> None:
+    """From a deep queue, a worker claims the jobs that take freed slots in the
+    transaction that writes the ends; every job still runs once, and the queue empties."""
+    backend = open_backend(f"sqlite://{tmp_path}/jobs.db")
+    store = JobStore(Store(backend))
+    ids = [store.submit(JobSpec(command="true")).id for _ in range(40)]
+    node = f"dq{time.monotonic_ns()}"
+    worker = JobWorker(backend, WorkerConfig(node=node, state_dir=tmp_path / node, slots=3,
+                                             claim_window=2, limits="none"))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and \
+                not all(store.get(i).job.finished for i in ids):
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    jobs = [store.get(i).job for i in ids]
+    assert {j.status for j in jobs} == {"complete"}
+    assert all(j.attempts == 1 and j.node == node for j in jobs)
+    stats = worker.stats
+    assert stats.claimed == stats.completed == 40 and stats.conflicts == 0
+    assert stats.claimed_with_ends > 0, "no job was claimed with the ends of others"
+    assert stats.claimed_with_ends <= 40 - 2 * 2, "a shallow queue is claimed alone"
+    assert store.inconsistencies() == []
+    backend.close()
