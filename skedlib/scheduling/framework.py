@@ -445,7 +445,8 @@ class SpreadAttribute(Scorer):
             return 1.0 / (1 + request.service_hosts.get(host.name, 0))
         value = host.attributes.get(self.attribute, "")
         index = self._index
-        if index is not None and index.follows(request.service_hosts):
+        if index is not None and index.active and index.tracked and \
+                request.service_hosts is index._counts():  # (follows(), inline)
             count = index.value_count.get(value, 0)
         else:
             value_of = self._value_of
@@ -515,6 +516,9 @@ class _SpreadIndex:
         self.zero_key: dict[str, tuple[float, str]] = {}
         self.want_zeros = False
         self.value_count: dict[str, int] = defaultdict(int)
+        self.value_of: dict[str, str] = {}
+        """With an attribute: host → its value, for the hosts whose count changed (a
+        host's attributes do not change while a plan is made)."""
         self.heads: list[tuple[int, tuple[float, str], str]] = []
         """With an attribute: ``(count, load key of its best host, value)`` of each
         value with hosts, sorted (:meth:`by_value`)."""
@@ -576,14 +580,19 @@ class _SpreadIndex:
     def _count_changed(self, name: str, delta: int) -> None:
         if not self.active:
             return
-        host = self.pool.by_name.get(name)
-        if host is None:
-            return
         if self.attribute:
-            value = host.attributes.get(self.attribute, "")
+            value = self.value_of.get(name)
+            if value is None:
+                host = self.pool.by_name.get(name)
+                if host is None:
+                    return
+                value = self.value_of[name] = host.attributes.get(self.attribute, "")
             self.value_count[value] += delta
             if self.dirty is not None:
                 self.dirty.add(value)
+            return
+        host = self.pool.by_name.get(name)
+        if host is None:
             return
         n = self.counts.get(name, 0)
         load = self.key.pop(name, None)
@@ -673,10 +682,14 @@ class _SpreadIndex:
         pool._ready_loads()
         self._refresh(parts)
         heads = self.heads
+        n = len(heads)
         i = 0
-        while i < len(heads):
-            c = heads[i][0]
-            j = bisect.bisect_left(heads, (c + 1,), i)
+        while i < n:
+            head = heads[i]
+            c = head[0]
+            j = i + 1
+            if j < n and heads[j][0] == c:  # (a group of one value is the usual end)
+                j = bisect.bisect_left(heads, (c + 1,), j)
             if i:
                 # the best load from here on (the heads are sorted by count, then load)
                 best = -min([h[1][0] for h in heads[i:]])
@@ -685,7 +698,7 @@ class _SpreadIndex:
                 for w in weights:
                     bound += w * best
                 yield bound + 1e-9
-            yield self._merged(heads[i][1], heads[i:j], parts)
+            yield self._merged(head[1], i, j, parts, pool)
             i = j
 
     def _refresh(self, parts: Mapping[str, SortedKeys[tuple[float, str]]]) -> None:
@@ -702,25 +715,28 @@ class _SpreadIndex:
             return
         for value in dirty:
             old = head_of.pop(value, None)
-            if old is not None:
-                del heads[bisect.bisect_left(heads, old)]
+            if old is not None:  # most often the first: the value a walk chose
+                del heads[0 if heads[0] is old else bisect.bisect_left(heads, old)]
             keys = parts.get(value)
             if keys is not None and len(keys):
                 new = head_of[value] = (count.get(value, 0), keys.first(), value)
                 bisect.insort(heads, new)
         dirty.clear()
 
-    def _merged(self, first: tuple[float, str],
-                group: list[tuple[int, tuple[float, str], str]],
-                parts: Mapping[str, SortedKeys[tuple[float, str]]]) -> Iterator[HostState]:
-        """The hosts of the values of ``group`` in load order: ``first`` (the smallest
-        key) without merging (most walks stop there), then the rest merged."""
-        by_name = self.pool.by_name
-        yield by_name[first[1]]
-        keys = [parts[value] for _, _, value in group]
+    def _merged(self, first: tuple[float, str], start: int, end: int,
+                parts: Mapping[str, SortedKeys[tuple[float, str]]], pool: HostPool
+                ) -> Iterator[HostState]:
+        """The hosts of the values of :attr:`heads` ``[start:end]`` in load order:
+        ``first`` (the smallest key) without merging (most walks stop there), then the
+        rest merged."""
+        own, base = pool._own, pool._base
+        name = first[1]
+        yield own.get(name) or base[name]
+        keys = [parts[value] for _, _, value in self.heads[start:end]]
         for key in keys[0] if len(keys) == 1 else heapq.merge(*keys):
             if key != first:
-                yield by_name[key[1]]
+                name = key[1]
+                yield own.get(name) or base[name]
 
 
 def _remove(keys: list[_K], key: _K) -> None:
@@ -783,6 +799,12 @@ class _HostView(Mapping[str, HostState]):
     def __getitem__(self, name: str) -> HostState:
         host = self.own.get(name)
         return host if host is not None else self.base[name]
+
+    def get(self, name: str, default: HostState | None = None  # type: ignore[override]
+            ) -> HostState | None:
+        """The state of host ``name`` (``default`` when the pool has no such host)."""
+        host = self.own.get(name)
+        return host if host is not None else self.base.get(name, default)
 
     def __contains__(self, name: object) -> bool:
         return name in self.own or name in self.base
@@ -927,6 +949,10 @@ class HostPool:
                     if name not in passed:
                         index.add_loads(own[name])
                         out.discard(name)
+            elif not passed:
+                for name in out:
+                    index.add_loads(own[name])
+                out.clear()
             else:
                 for name in list(out):
                     if name not in passed:
@@ -1083,7 +1109,7 @@ class HostPool:
                 self._hosts[self._position[name]] = host
         index = self._index
         if name not in self._out:  # its share key moves when the order is next read
-            index.moves(name, host_share(host), host)
+            index.moving(host, host)
             self._out.add(name)
         if name not in self._out_loads and index.parts:
             index.remove_loads(host)
