@@ -678,8 +678,9 @@ class _SpreadIndex:
         head of a value's load order has its value's best). The values' heads are kept
         sorted by count and load, and moved only for the values that changed."""
         pool = self.pool
-        parts = pool._loads(self.attribute)
-        pool._ready_loads()
+        parts = pool._ready_loads().parts.get(self.attribute)  # (as _loads(), when built)
+        if parts is None:
+            parts = pool._loads(self.attribute)
         self._refresh(parts)
         heads = self.heads
         n = len(heads)
@@ -691,8 +692,10 @@ class _SpreadIndex:
             if j < n and heads[j][0] == c:  # (a group of one value is the usual end)
                 j = bisect.bisect_left(heads, (c + 1,), j)
             if i:
-                # the best load from here on (the heads are sorted by count, then load)
-                best = -min([h[1][0] for h in heads[i:]])
+                # the best load from here on (the heads are sorted by count, then load:
+                # when every value left has this count, it is this head's)
+                best = -(head[1][0] if heads[-1][0] == c
+                         else min([h[1][0] for h in heads[i:]]))
                 bound: float = 0
                 bound += weight * (1.0 / (1 + c))  # as Placer._score adds them up
                 for w in weights:
@@ -883,6 +886,9 @@ class HostPool:
         self._out_loads: set[str] = set()
         """The same for the load orders (:meth:`least_loaded`)."""
         self._fresh: set[str] = set()
+        self._keys_in: dict[str, tuple[float, str] | None] = {}
+        """Hosts this plan changed → the load key :meth:`_ready_loads` put in for them
+        (what they hold until they change again and go in :attr:`_out_loads`)."""
         """Hosts of :attr:`_out_loads` changed since the last walk that passed over
         some (the others were left out because it passes over them)."""
         self._held_for: object = None  # what that walk passed over
@@ -903,11 +909,14 @@ class HostPool:
         """Put the borrowed index as the snapshot has it (the snapshot calls this)."""
         index, out, out_loads, base = self._index, self._out, self._out_loads, self._base
         loads = bool(index.parts)
+        keys = self._keys_in
         for name, host in self._own.items():
             # left in: applying this plan gives the snapshot's host the same keys
             index.hand_over(base[name], None if name in out else host_share(host),
-                            load_key(host) if loads and name not in out_loads else None)
+                            keys.get(name) or load_key(host)
+                            if loads and name not in out_loads else None)
         self._out, self._out_loads, self._fresh = set(), set(), set()
+        self._keys_in = {}
         self._leased = False
         self._returned = True
 
@@ -924,6 +933,7 @@ class HostPool:
             self._out.clear()
             self._out_loads.clear()
             self._fresh.clear()
+            self._keys_in.clear()
         elif moved:
             self._index.keys  # noqa: B018 (reading the order moves the changed hosts)
             self._out.clear()
@@ -944,19 +954,20 @@ class HostPool:
         out = self._out_loads
         if out:
             own = self._own
+            keys = self._keys_in
             if passed and passed is self._held_for:
                 for name in self._fresh:  # the others are held out for this walker
                     if name not in passed:
-                        index.add_loads(own[name])
+                        keys[name] = index.add_loads(own[name])
                         out.discard(name)
             elif not passed:
                 for name in out:
-                    index.add_loads(own[name])
+                    keys[name] = index.add_loads(own[name])
                 out.clear()
             else:
                 for name in list(out):
                     if name not in passed:
-                        index.add_loads(own[name])
+                        keys[name] = index.add_loads(own[name])
                         out.discard(name)
         self._fresh.clear()
         self._held_for = passed if out else None
@@ -1112,7 +1123,7 @@ class HostPool:
             index.moving(host, host)
             self._out.add(name)
         if name not in self._out_loads and index.parts:
-            index.remove_loads(host)
+            index.remove_loads(host, self._keys_in.pop(name, None))
             self._out_loads.add(name)
         self._fresh.add(name)
         return host

@@ -327,10 +327,11 @@ class ShareIndex:
         if give_back is not None:
             give_back()
 
-    def remove_loads(self, host: HostState) -> None:
-        """Take ``host``'s keys out of the load orders only."""
+    def remove_loads(self, host: HostState, key: tuple[float, str] | None = None) -> None:
+        """Take ``host``'s keys out of the load orders only (``key``: its key there,
+        when the caller knows it)."""
         if self.parts:
-            self._remove_load(load_key(host), host.attributes)
+            self._remove_load(key or load_key(host), host.attributes)
 
     def _remove_load(self, key: tuple[float, str], attributes: Mapping[str, str]) -> None:
         for attribute, parts in self.parts.items():
@@ -338,10 +339,14 @@ class ShareIndex:
             if part is not None:
                 part.discard(key)
 
-    def add_loads(self, host: HostState) -> None:
-        """Put ``host``'s keys in the load orders only."""
-        if self.parts:
-            self._add_load(load_key(host), host.attributes)
+    def add_loads(self, host: HostState) -> tuple[float, str] | None:
+        """Put ``host``'s keys in the load orders only; returns its key there (None:
+        no load order yet)."""
+        if not self.parts:
+            return None
+        key = load_key(host)
+        self._add_load(key, host.attributes)
+        return key
 
     def _add_load(self, key: tuple[float, str], attributes: Mapping[str, str]) -> None:
         for attribute, parts in self.parts.items():
