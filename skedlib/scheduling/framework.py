@@ -1374,7 +1374,8 @@ class Placer:
             task = request.task
             pool.assign(result.host, task.id, request.demand, task.port,
                         self._executor_ports(task.task_definition))
-            request.service_hosts[result.host] += 1
+            counts = request.service_hosts  # (+= 1 without Counter.__missing__'s call)
+            counts[result.host] = counts.get(result.host, 0) + 1
             self._run = (pool, pool.changes, request, result.host) \
                 if self._walked and self._runs and not task.rejected_hosts \
                 and not task.capacity_rejections else None
