@@ -80,9 +80,10 @@ class SortedKeys(Generic[_K]):
         else:
             maxes[i] = block[-1]
 
-    def first(self) -> _K:
-        """The smallest key (IndexError when empty)."""
-        return self._blocks[0][0]
+    def head(self) -> _K | None:
+        """The smallest key (None when empty)."""
+        blocks = self._blocks
+        return blocks[0][0] if blocks else None
 
     @staticmethod
     def smallest(lists: Iterable[SortedKeys[_K]]) -> _K | None:

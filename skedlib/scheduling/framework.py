@@ -711,8 +711,9 @@ class _SpreadIndex:
         if dirty is None:
             head_of.clear()
             for value, part in parts.items():
-                if len(part):
-                    head_of[value] = (count.get(value, 0), part.first(), value)
+                first = part.head()
+                if first is not None:
+                    head_of[value] = (count.get(value, 0), first, value)
             heads[:] = sorted(head_of.values())
             self.dirty = set()
             return
@@ -721,8 +722,9 @@ class _SpreadIndex:
             if old is not None:  # most often the first: the value a walk chose
                 del heads[0 if heads[0] is old else bisect.bisect_left(heads, old)]
             keys = parts.get(value)
-            if keys is not None and len(keys):
-                new = head_of[value] = (count.get(value, 0), keys.first(), value)
+            first = None if keys is None else keys.head()
+            if first is not None:
+                new = head_of[value] = (count.get(value, 0), first, value)
                 bisect.insort(heads, new)
         dirty.clear()
 
