@@ -888,11 +888,11 @@ class HostPool:
         self._out_loads: set[str] = set()
         """The same for the load orders (:meth:`least_loaded`)."""
         self._fresh: set[str] = set()
+        """Hosts of :attr:`_out_loads` changed since the last walk that passed over
+        some (the others were left out because it passes over them)."""
         self._keys_in: dict[str, tuple[float, str] | None] = {}
         """Hosts this plan changed → the load key :meth:`_ready_loads` put in for them
         (what they hold until they change again and go in :attr:`_out_loads`)."""
-        """Hosts of :attr:`_out_loads` changed since the last walk that passed over
-        some (the others were left out because it passes over them)."""
         self._held_for: object = None  # what that walk passed over
         if leased:
             index.lend(self._give_back)
