@@ -61,13 +61,17 @@ class SortedKeys(Generic[_K]):
     def discard(self, key: _K) -> None:
         """Remove ``key`` when it is there."""
         blocks, maxes = self._blocks, self._maxes
-        i = bisect.bisect_left(maxes, key)
-        if i == len(maxes):
-            return
-        block = blocks[i]
-        j = bisect.bisect_left(block, key)
-        if j == len(block) or block[j] != key:
-            return
+        if blocks and blocks[0][0] == key:  # the head: what a walk by load chose
+            i = j = 0
+            block = blocks[0]
+        else:
+            i = bisect.bisect_left(maxes, key)
+            if i == len(maxes):
+                return
+            block = blocks[i]
+            j = bisect.bisect_left(block, key)
+            if j == len(block) or block[j] != key:
+                return
         del block[j]
         self._len -= 1
         if not block:
@@ -76,9 +80,10 @@ class SortedKeys(Generic[_K]):
         else:
             maxes[i] = block[-1]
 
-    def first(self) -> _K:
-        """The smallest key (IndexError when empty)."""
-        return self._blocks[0][0]
+    def head(self) -> _K | None:
+        """The smallest key (None when empty)."""
+        blocks = self._blocks
+        return blocks[0][0] if blocks else None
 
     @staticmethod
     def smallest(lists: Iterable[SortedKeys[_K]]) -> _K | None:

@@ -445,7 +445,8 @@ class SpreadAttribute(Scorer):
             return 1.0 / (1 + request.service_hosts.get(host.name, 0))
         value = host.attributes.get(self.attribute, "")
         index = self._index
-        if index is not None and index.follows(request.service_hosts):
+        if index is not None and index.active and index.tracked and \
+                request.service_hosts is index._counts():  # (follows(), inline)
             count = index.value_count.get(value, 0)
         else:
             value_of = self._value_of
@@ -515,6 +516,9 @@ class _SpreadIndex:
         self.zero_key: dict[str, tuple[float, str]] = {}
         self.want_zeros = False
         self.value_count: dict[str, int] = defaultdict(int)
+        self.value_of: dict[str, str] = {}
+        """With an attribute: host → its value, for the hosts whose count changed (a
+        host's attributes do not change while a plan is made)."""
         self.heads: list[tuple[int, tuple[float, str], str]] = []
         """With an attribute: ``(count, load key of its best host, value)`` of each
         value with hosts, sorted (:meth:`by_value`)."""
@@ -576,14 +580,19 @@ class _SpreadIndex:
     def _count_changed(self, name: str, delta: int) -> None:
         if not self.active:
             return
-        host = self.pool.by_name.get(name)
-        if host is None:
-            return
         if self.attribute:
-            value = host.attributes.get(self.attribute, "")
+            value = self.value_of.get(name)
+            if value is None:
+                host = self.pool.by_name.get(name)
+                if host is None:
+                    return
+                value = self.value_of[name] = host.attributes.get(self.attribute, "")
             self.value_count[value] += delta
             if self.dirty is not None:
                 self.dirty.add(value)
+            return
+        host = self.pool.by_name.get(name)
+        if host is None:
             return
         n = self.counts.get(name, 0)
         load = self.key.pop(name, None)
@@ -669,23 +678,30 @@ class _SpreadIndex:
         head of a value's load order has its value's best). The values' heads are kept
         sorted by count and load, and moved only for the values that changed."""
         pool = self.pool
-        parts = pool._loads(self.attribute)
-        pool._ready_loads()
+        parts = pool._ready_loads().parts.get(self.attribute)  # (as _loads(), when built)
+        if parts is None:
+            parts = pool._loads(self.attribute)
         self._refresh(parts)
         heads = self.heads
+        n = len(heads)
         i = 0
-        while i < len(heads):
-            c = heads[i][0]
-            j = bisect.bisect_left(heads, (c + 1,), i)
+        while i < n:
+            head = heads[i]
+            c = head[0]
+            j = i + 1
+            if j < n and heads[j][0] == c:  # (a group of one value is the usual end)
+                j = bisect.bisect_left(heads, (c + 1,), j)
             if i:
-                # the best load from here on (the heads are sorted by count, then load)
-                best = -min([h[1][0] for h in heads[i:]])
+                # the best load from here on (the heads are sorted by count, then load:
+                # when every value left has this count, it is this head's)
+                best = -(head[1][0] if heads[-1][0] == c
+                         else min([h[1][0] for h in heads[i:]]))
                 bound: float = 0
                 bound += weight * (1.0 / (1 + c))  # as Placer._score adds them up
                 for w in weights:
                     bound += w * best
                 yield bound + 1e-9
-            yield self._merged(heads[i][1], heads[i:j], parts)
+            yield self._merged(head[1], i, j, parts, pool)
             i = j
 
     def _refresh(self, parts: Mapping[str, SortedKeys[tuple[float, str]]]) -> None:
@@ -695,32 +711,37 @@ class _SpreadIndex:
         if dirty is None:
             head_of.clear()
             for value, part in parts.items():
-                if len(part):
-                    head_of[value] = (count.get(value, 0), part.first(), value)
+                first = part.head()
+                if first is not None:
+                    head_of[value] = (count.get(value, 0), first, value)
             heads[:] = sorted(head_of.values())
             self.dirty = set()
             return
         for value in dirty:
             old = head_of.pop(value, None)
-            if old is not None:
-                del heads[bisect.bisect_left(heads, old)]
+            if old is not None:  # most often the first: the value a walk chose
+                del heads[0 if heads[0] is old else bisect.bisect_left(heads, old)]
             keys = parts.get(value)
-            if keys is not None and len(keys):
-                new = head_of[value] = (count.get(value, 0), keys.first(), value)
+            first = None if keys is None else keys.head()
+            if first is not None:
+                new = head_of[value] = (count.get(value, 0), first, value)
                 bisect.insort(heads, new)
         dirty.clear()
 
-    def _merged(self, first: tuple[float, str],
-                group: list[tuple[int, tuple[float, str], str]],
-                parts: Mapping[str, SortedKeys[tuple[float, str]]]) -> Iterator[HostState]:
-        """The hosts of the values of ``group`` in load order: ``first`` (the smallest
-        key) without merging (most walks stop there), then the rest merged."""
-        by_name = self.pool.by_name
-        yield by_name[first[1]]
-        keys = [parts[value] for _, _, value in group]
+    def _merged(self, first: tuple[float, str], start: int, end: int,
+                parts: Mapping[str, SortedKeys[tuple[float, str]]], pool: HostPool
+                ) -> Iterator[HostState]:
+        """The hosts of the values of :attr:`heads` ``[start:end]`` in load order:
+        ``first`` (the smallest key) without merging (most walks stop there), then the
+        rest merged."""
+        own, base = pool._own, pool._base
+        name = first[1]
+        yield own.get(name) or base[name]
+        keys = [parts[value] for _, _, value in self.heads[start:end]]
         for key in keys[0] if len(keys) == 1 else heapq.merge(*keys):
             if key != first:
-                yield by_name[key[1]]
+                name = key[1]
+                yield own.get(name) or base[name]
 
 
 def _remove(keys: list[_K], key: _K) -> None:
@@ -783,6 +804,12 @@ class _HostView(Mapping[str, HostState]):
     def __getitem__(self, name: str) -> HostState:
         host = self.own.get(name)
         return host if host is not None else self.base[name]
+
+    def get(self, name: str, default: HostState | None = None  # type: ignore[override]
+            ) -> HostState | None:
+        """The state of host ``name`` (``default`` when the pool has no such host)."""
+        host = self.own.get(name)
+        return host if host is not None else self.base.get(name, default)
 
     def __contains__(self, name: object) -> bool:
         return name in self.own or name in self.base
@@ -863,6 +890,9 @@ class HostPool:
         self._fresh: set[str] = set()
         """Hosts of :attr:`_out_loads` changed since the last walk that passed over
         some (the others were left out because it passes over them)."""
+        self._keys_in: dict[str, tuple[float, str] | None] = {}
+        """Hosts this plan changed → the load key :meth:`_ready_loads` put in for them
+        (what they hold until they change again and go in :attr:`_out_loads`)."""
         self._held_for: object = None  # what that walk passed over
         if leased:
             index.lend(self._give_back)
@@ -881,11 +911,14 @@ class HostPool:
         """Put the borrowed index as the snapshot has it (the snapshot calls this)."""
         index, out, out_loads, base = self._index, self._out, self._out_loads, self._base
         loads = bool(index.parts)
+        keys = self._keys_in
         for name, host in self._own.items():
             # left in: applying this plan gives the snapshot's host the same keys
             index.hand_over(base[name], None if name in out else host_share(host),
-                            load_key(host) if loads and name not in out_loads else None)
+                            keys.get(name) or load_key(host)
+                            if loads and name not in out_loads else None)
         self._out, self._out_loads, self._fresh = set(), set(), set()
+        self._keys_in = {}
         self._leased = False
         self._returned = True
 
@@ -902,6 +935,7 @@ class HostPool:
             self._out.clear()
             self._out_loads.clear()
             self._fresh.clear()
+            self._keys_in.clear()
         elif moved:
             self._index.keys  # noqa: B018 (reading the order moves the changed hosts)
             self._out.clear()
@@ -922,15 +956,20 @@ class HostPool:
         out = self._out_loads
         if out:
             own = self._own
+            keys = self._keys_in
             if passed and passed is self._held_for:
                 for name in self._fresh:  # the others are held out for this walker
                     if name not in passed:
-                        index.add_loads(own[name])
+                        keys[name] = index.add_loads(own[name])
                         out.discard(name)
+            elif not passed:
+                for name in out:
+                    keys[name] = index.add_loads(own[name])
+                out.clear()
             else:
                 for name in list(out):
                     if name not in passed:
-                        index.add_loads(own[name])
+                        keys[name] = index.add_loads(own[name])
                         out.discard(name)
         self._fresh.clear()
         self._held_for = passed if out else None
@@ -1083,10 +1122,10 @@ class HostPool:
                 self._hosts[self._position[name]] = host
         index = self._index
         if name not in self._out:  # its share key moves when the order is next read
-            index.moves(name, host_share(host), host)
+            index.moving(host, host)
             self._out.add(name)
         if name not in self._out_loads and index.parts:
-            index.remove_loads(host)
+            index.remove_loads(host, self._keys_in.pop(name, None))
             self._out_loads.add(name)
         self._fresh.add(name)
         return host
@@ -1337,7 +1376,8 @@ class Placer:
             task = request.task
             pool.assign(result.host, task.id, request.demand, task.port,
                         self._executor_ports(task.task_definition))
-            request.service_hosts[result.host] += 1
+            counts = request.service_hosts  # (+= 1 without Counter.__missing__'s call)
+            counts[result.host] = counts.get(result.host, 0) + 1
             self._run = (pool, pool.changes, request, result.host) \
                 if self._walked and self._runs and not task.rejected_hosts \
                 and not task.capacity_rejections else None

@@ -77,8 +77,8 @@ class HostState:
     later decisions in the same plan see earlier ones.
     """
 
-    __slots__ = ("address", "allocated", "attributes", "draining", "host", "name", "ports",
-                 "tasks", "total")
+    __slots__ = ("_shared_ports", "address", "allocated", "attributes", "draining", "host",
+                 "name", "ports", "tasks", "total")
 
     def __init__(self, host: Host, config: HostConfig | None = None) -> None:
         self.host = host
@@ -94,6 +94,9 @@ class HostState:
             self.draining = self.draining or config.draining
         self.ports: set[int] = set(host.ports)
         self.tasks: set[str] = set()
+        self._shared_ports = False
+        """True when :attr:`ports` may be shared with a copy (:meth:`copy`): it is
+        copied before :meth:`assign` or :meth:`release` changes it."""
 
     def copy(self) -> HostState:
         """An independent copy, for planning without touching the snapshot."""
@@ -102,9 +105,17 @@ class HostState:
         twin.name, twin.address, twin.total = self.name, self.address, self.total
         twin.allocated, twin.draining = self.allocated, self.draining
         twin.attributes = self.attributes  # not changed by planning
-        twin.ports = set(self.ports)
+        twin.ports = self.ports  # shared until either changes it (most tasks use none)
+        twin._shared_ports = self._shared_ports = True
         twin.tasks = set(self.tasks)
         return twin
+
+    def _own_ports(self) -> set[int]:
+        """:attr:`ports`, no longer shared with a copy: to change."""
+        if self._shared_ports:
+            self.ports = set(self.ports)
+            self._shared_ports = False
+        return self.ports
 
     @property
     def free(self) -> Resources:
@@ -117,9 +128,11 @@ class HostState:
         reserve beyond ``port`` (:meth:`TaskDefinition.executor_ports`)."""
         self.allocated = self.allocated + demand
         self.tasks.add(task_id)
-        if port:
-            self.ports.add(port)
-        self.ports.update(reserved)
+        if port or reserved:
+            ports = self._own_ports()
+            if port:
+                ports.add(port)
+            ports.update(reserved)
 
     def release(self, task_id: str, demand: Resources, port: int = 0,
                 reserved: Iterable[int] = ()) -> None:
@@ -127,8 +140,9 @@ class HostState:
         if task_id in self.tasks:
             self.tasks.discard(task_id)
             self.allocated = self.allocated - demand
-            self.ports.discard(port)
-            self.ports.difference_update(reserved)
+            ports = self._own_ports()
+            ports.discard(port)
+            ports.difference_update(reserved)
 
     def __repr__(self) -> str:
         return (f"HostState({self.name!r}, free={self.free}, tasks={len(self.tasks)}, "
@@ -236,6 +250,15 @@ class ShareIndex:
             self._moving[name] = share
         self._to[name] = host
 
+    def moving(self, host: HostState, to: HostState | None) -> None:
+        """:meth:`moves` for ``host`` as it is now (its share is the key the index
+        holds for it, worked out only when it does not count as moving already) to
+        ``to``."""
+        name = host.name
+        if name not in self._moving:
+            self._moving[name] = host_share(host)
+        self._to[name] = to
+
     def loads(self, attribute: str, hosts: Iterable[HostState]
               ) -> dict[str, SortedKeys[tuple[float, str]]]:
         """Value of ``attribute`` → its hosts in load order (``attribute=""``: one value,
@@ -304,10 +327,11 @@ class ShareIndex:
         if give_back is not None:
             give_back()
 
-    def remove_loads(self, host: HostState) -> None:
-        """Take ``host``'s keys out of the load orders only."""
+    def remove_loads(self, host: HostState, key: tuple[float, str] | None = None) -> None:
+        """Take ``host``'s keys out of the load orders only (``key``: its key there,
+        when the caller knows it)."""
         if self.parts:
-            self._remove_load(load_key(host), host.attributes)
+            self._remove_load(key or load_key(host), host.attributes)
 
     def _remove_load(self, key: tuple[float, str], attributes: Mapping[str, str]) -> None:
         for attribute, parts in self.parts.items():
@@ -315,10 +339,14 @@ class ShareIndex:
             if part is not None:
                 part.discard(key)
 
-    def add_loads(self, host: HostState) -> None:
-        """Put ``host``'s keys in the load orders only."""
-        if self.parts:
-            self._add_load(load_key(host), host.attributes)
+    def add_loads(self, host: HostState) -> tuple[float, str] | None:
+        """Put ``host``'s keys in the load orders only; returns its key there (None:
+        no load order yet)."""
+        if not self.parts:
+            return None
+        key = load_key(host)
+        self._add_load(key, host.attributes)
+        return key
 
     def _add_load(self, key: tuple[float, str], attributes: Mapping[str, str]) -> None:
         for attribute, parts in self.parts.items():
@@ -335,8 +363,7 @@ class ShareIndex:
         :meth:`flush`."""
         self.settle()
         name = host.name
-        self.moves(name, host_share(host) if name not in self._moving else None,
-                   host if stays else None)
+        self.moving(host, host if stays else None)
         if self._out.pop(name, None) is None:
             self.remove_loads(host)
         elif not stays:

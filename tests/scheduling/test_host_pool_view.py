@@ -328,3 +328,42 @@ def test_a_pools_load_orders_follow_its_changes(data: st.DataObject) -> None:
                 assert [h.name for h in pool.least_loaded("zone", value)] == \
                     [n for _, n in sorted((-_ll(h), h.name) for h in pool.by_name.values()
                                           if h.attributes["zone"] == value)]
+
+
+def test_a_copy_and_its_host_keep_their_own_ports() -> None:
+    host = HostState(Host(name="h", total=Resources(memory=1000, cpu_units=1024),
+                          ports=[22]))
+    demand = Resources(memory=100, cpu_units=10)
+    twin = host.copy()
+    twin.assign("t1", demand, port=8080, reserved=[9000])
+    assert twin.ports == {22, 8080, 9000}
+    assert host.ports == {22}
+    host.assign("t2", demand, port=7070)
+    assert host.ports == {22, 7070}
+    assert twin.ports == {22, 8080, 9000}
+    again = host.copy()
+    again.release("t2", demand, port=7070)  # a release on the copy leaves the host's
+    assert again.ports == {22}
+    assert host.ports == {22, 7070}
+    third = host.copy()
+    host.release("t2", demand, port=7070)  # and one on the host leaves the copy's
+    assert third.ports == {22, 7070}
+    assert host.ports == {22}
+
+
+def test_placing_tasks_with_ports_on_a_view_leaves_the_snapshot_ports() -> None:
+    snap = _snapshot(10, 5)
+    td = TaskDefinition(name="s", version=1, memory=100, cpu_units=25, port=8080,
+                        containers=[Container(name="c", type="process")])
+    before = {n: set(h.ports) for n, h in snap.hosts.items()}
+    pool = HostPool.of(snap, CLUSTER)
+    placer = Placer(stock_filters(), [BestFit()])
+    hosts = []
+    for i in range(3):
+        task = Task(cluster=CLUSTER, task_definition=td, service="s", instance=i, port=8080)
+        result = placer.place(TaskRequest.for_task(task, SVC), pool)
+        assert isinstance(result, Placement)
+        hosts.append(result.host)
+    assert len(set(hosts)) == 3  # the port is taken on each host it went to
+    assert all(8080 in pool.by_name[h].ports for h in hosts)
+    assert {n: set(h.ports) for n, h in snap.hosts.items()} == before
