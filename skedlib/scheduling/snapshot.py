@@ -99,7 +99,9 @@ class HostState:
         copied before :meth:`assign` or :meth:`release` changes it."""
 
     def copy(self) -> HostState:
-        """An independent copy, for planning without touching the snapshot."""
+        """A copy, for planning without touching the snapshot: independent through
+        :meth:`assign` and :meth:`release`. Its :attr:`ports` set is shared with this host
+        until either of them assigns or releases, so change ports only through those."""
         twin = HostState.__new__(HostState)
         twin.host = self.host
         twin.name, twin.address, twin.total = self.name, self.address, self.total
