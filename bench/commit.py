@@ -33,11 +33,16 @@ records, applies 20 services (10,000 tasks, CPU proportional to memory; 2,000 wi
 
 ``--repeat N`` runs the daemon and the raw replay N times alternately and reports each
 and the medians. CPU seconds of this process are given beside wall seconds.
+
+The process's garbage collector is set as ``skedlib-scheduler`` sets it
+(:func:`skedlib.scheduler.tune_gc`; ``gc_thresholds`` in the output) unless
+``--default-gc`` leaves Python's defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sqlite3
 import statistics
@@ -61,7 +66,7 @@ from skedlib.locks import Lock  # noqa: E402
 from skedlib.models import Host  # noqa: E402
 from skedlib.plugins import get_registry, open_backend  # noqa: E402
 from skedlib.runtime import Group, Store, write_groups  # noqa: E402
-from skedlib.scheduler.daemon import SchedulerDaemon  # noqa: E402
+from skedlib.scheduler.daemon import SchedulerDaemon, tune_gc  # noqa: E402
 from skedlib.scheduling import SnapshotCache, commit_plan  # noqa: E402
 from skedlib.store.base import Backend, Compare, Op, Put, TxnResult  # noqa: E402
 
@@ -345,7 +350,12 @@ def main() -> None:
     parser.add_argument("--backend", choices=["etcd", "sqlite"], default="etcd")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--default-gc", action="store_true",
+                        help="leave Python's garbage collector thresholds as they are "
+                             "(skedlib-scheduler sets its own: skedlib.scheduler.tune_gc)")
     args = parser.parse_args()
+    if not args.default_gc:
+        tune_gc()
     tasks = 2_000 if args.quick else 10_000
     if args.backend == "sqlite":
         tmp = Path(tempfile.mkdtemp(prefix="skedbench-"))
@@ -365,6 +375,7 @@ def main() -> None:
                              lambda shapes, n: raw_etcd(endpoint, shapes, n),
                              tasks, args.repeat),
                    "targets": {"daemon_over_raw": 0.8, "daemon_placements_per_s": 5000}}
+    out["gc_thresholds"] = list(gc.get_threshold())
     json.dump(out, sys.stdout, indent=2)
     print()
 
