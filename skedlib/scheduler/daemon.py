@@ -79,9 +79,10 @@ def tune_gc() -> tuple[int, int, int]:
     objects (tasks, hosts, their lists and sets), and at Python's default thresholds each
     growth of it by a quarter sets off a full collection that walks all of them while
     every thread stands still. :data:`GC_THRESHOLDS` makes a young collection wait for
-    10,000 new objects instead of 700 and a full one for 400 of those (the rule that
-    a full collection waits until the objects that survived grow by a quarter stays);
-    objects without cycles are freed at once as before, cyclic garbage a little later.
+    10,000 new objects instead of 700, and a full one for 400 young ones instead of 100
+    (besides Python's own rule that it waits until the objects that survived grow by a
+    quarter); objects without cycles are freed at once as before, cyclic garbage a
+    little later.
     """
     before = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
