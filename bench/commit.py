@@ -17,7 +17,9 @@ records, applies 20 services (10,000 tasks, CPU proportional to memory; 2,000 wi
   its cache and no run is in progress: ``placements_per_s`` from the end of its first
   listing of the keyspace (``wait_ready``; the raw replay lists nothing either),
   ``placements_per_s_from_start`` from ``start()``; ``events_dropped``: the events
-  (one "placed" per task, …) its event log dropped, its queue being full. Every commit
+  (one "placed" per task, …) its event log dropped, its queue being full;
+  ``gc_collections`` and ``gc_seconds``: the garbage collector's collections in that
+  window and their wall seconds (every thread stands still meanwhile). Every commit
   transaction it sends is recorded (its compares, and its puts and deletes with their
   key and value sizes);
 - ``raw_store``: the recorded commit transactions sent again, in a fresh keyspace, with
@@ -103,6 +105,30 @@ def _cpu() -> float:
     return time.process_time()
 
 
+class _Collections:
+    """The garbage collector's collections while it is entered: how many, and their
+    wall seconds (every thread stands still meanwhile)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.count += 1
+            self.seconds += time.perf_counter() - self._started
+
+    def __enter__(self) -> _Collections:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
 def _setup(url: str, hosts: int, tasks: int, services: int) -> tuple[Backend, Keyspace]:
     backend = open_backend(url)
     ks = Keyspace(f"bench{time.monotonic_ns()}/")
@@ -167,20 +193,21 @@ def run_daemon(url: str, hosts: int, tasks: int, services: int, workers: int
     backend, ks = _setup(url, hosts, tasks, services)
     recording = Recording(backend, ks)
     daemon = SchedulerDaemon(Store(recording, ks), workers=workers)  # type: ignore[arg-type]
-    t0, c0 = time.perf_counter(), _cpu()
-    daemon.start()
-    deadline = t0 + 300
-    assert daemon.wait_ready(60), "the keyspace was not listed within 60s"
-    t_ready = time.perf_counter()
-    while time.perf_counter() < deadline:
-        # every task in the cache and nothing being worked on: every commit is back
-        with daemon.cache.view() as snap:
-            placed = len(snap.tasks)
-        if placed >= tasks and daemon.idle():
-            break
-        time.sleep(0.005)
-    total = time.perf_counter() - t0
-    cpu = _cpu() - c0
+    with _Collections() as collections:
+        t0, c0 = time.perf_counter(), _cpu()
+        daemon.start()
+        deadline = t0 + 300
+        assert daemon.wait_ready(60), "the keyspace was not listed within 60s"
+        t_ready = time.perf_counter()
+        while time.perf_counter() < deadline:
+            # every task in the cache and nothing being worked on: every commit is back
+            with daemon.cache.view() as snap:
+                placed = len(snap.tasks)
+            if placed >= tasks and daemon.idle():
+                break
+            time.sleep(0.005)
+        total = time.perf_counter() - t0
+        cpu = _cpu() - c0
     daemon.stop()
     events_dropped = daemon.events.dropped
     stored = len(backend.list(ks.tasks).items)
@@ -191,7 +218,9 @@ def run_daemon(url: str, hosts: int, tasks: int, services: int, workers: int
              "listing_seconds": round(t_ready - t0, 3), "cpu_seconds": round(cpu, 3),
              "placements_per_s_from_start": round(stored / total),
              "placements_per_s": round(stored / (total - (t_ready - t0))),
-             "events_dropped": events_dropped},
+             "events_dropped": events_dropped,
+             "gc_collections": collections.count,
+             "gc_seconds": round(collections.seconds, 3)},
             recording.shapes)
 
 
