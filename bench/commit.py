@@ -17,7 +17,9 @@ records, applies 20 services (10,000 tasks, CPU proportional to memory; 2,000 wi
   its cache and no run is in progress: ``placements_per_s`` from the end of its first
   listing of the keyspace (``wait_ready``; the raw replay lists nothing either),
   ``placements_per_s_from_start`` from ``start()``; ``events_dropped``: the events
-  (one "placed" per task, …) its event log dropped, its queue being full. Every commit
+  (one "placed" per task, …) its event log dropped, its queue being full;
+  ``gc_collections`` and ``gc_seconds``: the garbage collector's collections in that
+  window and their wall seconds (every thread stands still meanwhile). Every commit
   transaction it sends is recorded (its compares, and its puts and deletes with their
   key and value sizes);
 - ``raw_store``: the recorded commit transactions sent again, in a fresh keyspace, with
@@ -33,11 +35,16 @@ records, applies 20 services (10,000 tasks, CPU proportional to memory; 2,000 wi
 
 ``--repeat N`` runs the daemon and the raw replay N times alternately and reports each
 and the medians. CPU seconds of this process are given beside wall seconds.
+
+The process's garbage collector is set as ``skedlib-scheduler`` sets it
+(:func:`skedlib.scheduler.tune_gc`; ``gc_thresholds`` in the output) unless
+``--default-gc`` leaves Python's defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sqlite3
 import statistics
@@ -61,7 +68,7 @@ from skedlib.locks import Lock  # noqa: E402
 from skedlib.models import Host  # noqa: E402
 from skedlib.plugins import get_registry, open_backend  # noqa: E402
 from skedlib.runtime import Group, Store, write_groups  # noqa: E402
-from skedlib.scheduler.daemon import SchedulerDaemon  # noqa: E402
+from skedlib.scheduler.daemon import SchedulerDaemon, tune_gc  # noqa: E402
 from skedlib.scheduling import SnapshotCache, commit_plan  # noqa: E402
 from skedlib.store.base import Backend, Compare, Op, Put, TxnResult  # noqa: E402
 
@@ -96,6 +103,30 @@ class Recording:
 
 def _cpu() -> float:
     return time.process_time()
+
+
+class _Collections:
+    """The garbage collector's collections while it is entered: how many, and their
+    wall seconds (every thread stands still meanwhile)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.count += 1
+            self.seconds += time.perf_counter() - self._started
+
+    def __enter__(self) -> _Collections:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 def _setup(url: str, hosts: int, tasks: int, services: int) -> tuple[Backend, Keyspace]:
@@ -162,20 +193,21 @@ def run_daemon(url: str, hosts: int, tasks: int, services: int, workers: int
     backend, ks = _setup(url, hosts, tasks, services)
     recording = Recording(backend, ks)
     daemon = SchedulerDaemon(Store(recording, ks), workers=workers)  # type: ignore[arg-type]
-    t0, c0 = time.perf_counter(), _cpu()
-    daemon.start()
-    deadline = t0 + 300
-    assert daemon.wait_ready(60), "the keyspace was not listed within 60s"
-    t_ready = time.perf_counter()
-    while time.perf_counter() < deadline:
-        # every task in the cache and nothing being worked on: every commit is back
-        with daemon.cache.view() as snap:
-            placed = len(snap.tasks)
-        if placed >= tasks and daemon.idle():
-            break
-        time.sleep(0.005)
-    total = time.perf_counter() - t0
-    cpu = _cpu() - c0
+    with _Collections() as collections:
+        t0, c0 = time.perf_counter(), _cpu()
+        daemon.start()
+        deadline = t0 + 300
+        assert daemon.wait_ready(60), "the keyspace was not listed within 60s"
+        t_ready = time.perf_counter()
+        while time.perf_counter() < deadline:
+            # every task in the cache and nothing being worked on: every commit is back
+            with daemon.cache.view() as snap:
+                placed = len(snap.tasks)
+            if placed >= tasks and daemon.idle():
+                break
+            time.sleep(0.005)
+        total = time.perf_counter() - t0
+        cpu = _cpu() - c0
     daemon.stop()
     events_dropped = daemon.events.dropped
     stored = len(backend.list(ks.tasks).items)
@@ -186,7 +218,9 @@ def run_daemon(url: str, hosts: int, tasks: int, services: int, workers: int
              "listing_seconds": round(t_ready - t0, 3), "cpu_seconds": round(cpu, 3),
              "placements_per_s_from_start": round(stored / total),
              "placements_per_s": round(stored / (total - (t_ready - t0))),
-             "events_dropped": events_dropped},
+             "events_dropped": events_dropped,
+             "gc_collections": collections.count,
+             "gc_seconds": round(collections.seconds, 3)},
             recording.shapes)
 
 
@@ -345,7 +379,12 @@ def main() -> None:
     parser.add_argument("--backend", choices=["etcd", "sqlite"], default="etcd")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--default-gc", action="store_true",
+                        help="leave Python's garbage collector thresholds as they are "
+                             "(skedlib-scheduler sets its own: skedlib.scheduler.tune_gc)")
     args = parser.parse_args()
+    if not args.default_gc:
+        tune_gc()
     tasks = 2_000 if args.quick else 10_000
     if args.backend == "sqlite":
         tmp = Path(tempfile.mkdtemp(prefix="skedbench-"))
@@ -365,6 +404,7 @@ def main() -> None:
                              lambda shapes, n: raw_etcd(endpoint, shapes, n),
                              tasks, args.repeat),
                    "targets": {"daemon_over_raw": 0.8, "daemon_placements_per_s": 5000}}
+    out["gc_thresholds"] = list(gc.get_threshold())
     json.dump(out, sys.stdout, indent=2)
     print()
 

@@ -148,6 +148,11 @@ _decode_history = msgspec.json.Decoder(EventHistory)
 _encode = msgspec.json.Encoder()
 
 
+_Queued = tuple[str, str, str, str, float, dict[str, str]]
+"""An event as :meth:`EventLog.record` queues it: kind, name, reason, message, time,
+details."""
+
+
 def _fresh(events: Iterable[Event], now: float, ttl: float) -> list[Event]:
     """``events`` younger than ``ttl``, oldest first, the last :data:`MAX_EVENTS`."""
     kept = sorted((e for e in events if now - e.time < ttl), key=lambda e: e.time)
@@ -192,7 +197,7 @@ class EventLog:
         self.enabled = enabled
         self.dropped = 0
         """Events dropped (the queue was full, or their write kept failing)."""
-        self._queue: collections.deque[tuple[str, str, str, Event]] = collections.deque()
+        self._queue: collections.deque[_Queued] = collections.deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
@@ -208,24 +213,27 @@ class EventLog:
 
     def record(self, kind: ObjectKind, name: str, reason: str, message: str = "",
                **details: object) -> None:
-        """Queue an event about ``name`` of ``kind``; never blocks, never raises."""
+        """Queue an event about ``name`` of ``kind``; never blocks, never raises.
+
+        Only its parts are queued: its key and :class:`Event` are built by the writer,
+        so an event dropped from a full queue costs next to nothing (a bad kind or name
+        is left out there, with a debug line, as before)."""
         if not self.enabled or not name:
             return
         try:
-            key = self.keys.event_history(kind, name)
-            event = Event(time=time.time(), reason=reason, message=message,
-                          source=self.source,
-                          details={k: str(v) for k, v in details.items() if v is not None})
-        except (SkedError, ValueError, TypeError) as exc:
+            said = {k: str(v) for k, v in details.items() if v is not None} \
+                if details else {}
+        except Exception as exc:  # a value without a str(): never the emitter's problem
             log.debug("event %s of %s %r not recorded: %s", reason, kind, name, exc)
             return
+        entry = (kind, name, reason, message, time.time(), said)
         with self._lock:
             if self._closed:
                 return
             if len(self._queue) >= QUEUE_LIMIT:
                 self._queue.popleft()
                 self.dropped += 1
-            self._queue.append((key, kind, name, event))
+            self._queue.append(entry)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="event-writer",
                                                 daemon=True)
@@ -287,10 +295,17 @@ class EventLog:
             self._lease_at = now
         return self._lease
 
-    def _write(self, batch: list[tuple[str, str, str, Event]]) -> None:
+    def _write(self, batch: list[_Queued]) -> None:
         pending: dict[str, tuple[str, str, list[Event]]] = {}
-        for key, kind, name, event in batch:
-            pending.setdefault(key, (kind, name, []))[2].append(event)
+        history_key, source = self.keys.event_history, self.source
+        for kind, name, reason, message, at, details in batch:
+            try:
+                key = history_key(kind, name)
+            except (SkedError, ValueError, TypeError) as exc:
+                log.debug("event %s of %s %r not recorded: %s", reason, kind, name, exc)
+                continue
+            pending.setdefault(key, (kind, name, []))[2].append(Event(
+                time=at, reason=reason, message=message, source=source, details=details))
         backend = self.store.backend
         known = self._known
         # each record as this log believes it is stored: (revision, events); a record it

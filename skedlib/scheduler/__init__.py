@@ -1,6 +1,7 @@
 """The scheduler daemon (``skedlib-scheduler``): runs registered Scheduler plugins over the
 desired state. Public: :class:`SchedulerDaemon`, to embed the daemon (or test a scheduler
-end to end with :meth:`SchedulerDaemon.run_once`); the modules below are internal.
+end to end with :meth:`SchedulerDaemon.run_once`), and :func:`tune_gc`, the garbage
+collector setting of a program that runs one; the modules below are internal.
 
 - :mod:`skedlib.scheduler.daemon`: :class:`~skedlib.scheduler.daemon.SchedulerDaemon`
   (threads, the watch-fed snapshot cache, the work queue, resync);
@@ -12,6 +13,6 @@ end to end with :meth:`SchedulerDaemon.run_once`); the modules below are interna
 - :mod:`skedlib.cli.scheduler`: the ``skedlib-scheduler`` command.
 """
 
-from skedlib.scheduler.daemon import RunOutcome, SchedulerDaemon
+from skedlib.scheduler.daemon import GC_THRESHOLDS, RunOutcome, SchedulerDaemon, tune_gc
 
-__all__ = ["RunOutcome", "SchedulerDaemon"]
+__all__ = ["GC_THRESHOLDS", "RunOutcome", "SchedulerDaemon", "tune_gc"]

@@ -42,6 +42,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -60,9 +61,32 @@ from skedlib.scheduler.queue import WorkQueue
 from skedlib.scheduler.run import PairRunner, RunOutcome
 from skedlib.scheduling import Change, Snapshot, SnapshotCache
 
-__all__ = ["Pair", "RunOutcome", "SchedulerDaemon"]
+__all__ = ["GC_THRESHOLDS", "Pair", "RunOutcome", "SchedulerDaemon", "tune_gc"]
 
 log = logging.getLogger("skedlib.scheduler")
+
+GC_THRESHOLDS = (10_000, 20, 20)
+"""The cyclic garbage collector's thresholds :func:`tune_gc` sets (Python's default:
+``(700, 10, 10)``)."""
+
+
+def tune_gc() -> tuple[int, int, int]:
+    """Set this process's garbage collector for a scheduler daemon; the thresholds before.
+
+    A process setting, for a program whose main work is a :class:`SchedulerDaemon`
+    (``skedlib-scheduler`` calls it at its start), not for the library: it acts on every
+    thread of the process. The daemon's snapshot is tens of thousands of long-lived
+    objects (tasks, hosts, their lists and sets), and at Python's default thresholds each
+    growth of it by a quarter sets off a full collection that walks all of them while
+    every thread stands still. :data:`GC_THRESHOLDS` makes a young collection wait for
+    10,000 new objects instead of 700, and a full one for 400 young ones instead of 100
+    (besides Python's own rule that it waits until the objects that survived grow by a
+    quarter); objects without cycles are freed at once as before, cyclic garbage a
+    little later.
+    """
+    before = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    return before
 
 
 class SchedulerDaemon:

@@ -139,3 +139,23 @@ def test_records_it_no_longer_remembers_are_read_again(store: Store,
     for name in names:
         assert _messages(store, "host", name) == [f"{name} 1", f"{name} 2"]
     assert log.dropped == 0
+
+
+def test_bad_names_are_left_out_and_the_rest_is_written(store: Store) -> None:
+    """The writer builds each event's key: an event whose kind or name cannot be a key is
+    left out there (record never raises), and the others of its batch are written with
+    the time and details they were recorded with."""
+    log = EventLog(store, "test")
+    log.record("task", "a/b", "placed", "a slash in the name")
+    log.record("planet", "mars", "placed", "not a kind")  # type: ignore[arg-type]
+    log.record("task", "default-web-1-0", "placed", "on h1", host="h1", score=0.5, none=None)
+    assert log.flush(30)
+    (event,) = read_events(store, "task", "default-web-1-0")
+    assert (event.message, event.source, event.details) == ("on h1", "test",
+                                                            {"host": "h1", "score": "0.5"})
+    assert event.time > 0
+    keys = [kv.key for kv in store.list(store.keys.prefix + "events/").items]
+    assert keys == [EventKeyspace(Keyspace(store.keys.prefix)).event_history(
+        "task", "default-web-1-0")]
+    log.close()
+    assert log.dropped == 0
