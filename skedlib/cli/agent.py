@@ -242,6 +242,17 @@ def host_policy_from_args(args: argparse.Namespace) -> HostPolicy:
     return policy
 
 
+def _executor_options(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """``--executor-opt EXECUTOR.KEY=VALUE`` items: executor → its options."""
+    options: dict[str, dict[str, str]] = {}
+    for key, value in args.executor_opt:
+        name, sep, option = key.partition(".")
+        if not sep or not option:
+            raise SkedError(f"--executor-opt {key}={value}: expected EXECUTOR.KEY=VALUE")
+        options.setdefault(name, {})[option] = value
+    return options
+
+
 def config_from_args(args: argparse.Namespace,
                      policy: HostPolicy | None = None) -> AgentConfig:
     """An :class:`AgentConfig` from parsed arguments (``policy``: the one
@@ -252,12 +263,7 @@ def config_from_args(args: argparse.Namespace,
     if args.executors:
         executors = [n.strip() for item in args.executors for n in item.split(",")
                      if n.strip()]
-    options: dict[str, dict[str, str]] = {}
-    for key, value in args.executor_opt:
-        name, sep, option = key.partition(".")
-        if not sep or not option:
-            raise SkedError(f"--executor-opt {key}={value}: expected EXECUTOR.KEY=VALUE")
-        options.setdefault(name, {})[option] = value
+    options = _executor_options(args)
     if policy is None:
         policy = host_policy_from_args(args)
     return AgentConfig(
@@ -324,7 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         policy = host_policy_from_args(args)
-        # a job worker alone needs no agent configuration (nor the agent's modules)
+        # a job worker alone needs no agent configuration (nor the agent's modules), but
+        # a malformed option is still an error, not silently passed over
+        _executor_options(args)
         config = None if args.jobs_only else config_from_args(args, policy)
         backend = open_backend(args.backend or default_backend_url())
     except (SkedError, OSError) as exc:

@@ -83,6 +83,8 @@ def test_stopping_waits_the_grace_period_after_sigterm_then_kills(env: AgentEnv)
      "executor 'process' failed to start: process executor option log_max_bytes='lots' is "
      "not a number"),
     (["--health-provider", "nosuch"], "no health provider named 'nosuch' is installed"),
+    (["--jobs-only", "--executor-opt", "log_max_bytes=5"],
+     "--executor-opt log_max_bytes=5: expected EXECUTOR.KEY=VALUE"),
 ])
 def test_a_bad_command_line_stops_the_agent_with_one_line(
         tmp_path: Path, args: list[str], error: str) -> None:
