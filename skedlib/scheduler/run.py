@@ -138,7 +138,7 @@ class _HeldLocks:
     def keep(self, pair: Pair, lock: Lock, fenced_out: bool = False) -> None:
         """Keep ``lock`` after the pair's run (released when the daemon stopped, or
         when its fence failed: the next run takes the lock again)."""
-        if not (lock.held and not fenced_out):
+        if fenced_out or not lock.held:
             lock.release()  # deletes the key only while it is still this holder's
         if lock.held:  # kept, or its key could not be deleted: given back by a sweep
             with self._mutex:

@@ -445,8 +445,7 @@ class SpreadAttribute(Scorer):
             return 1.0 / (1 + request.service_hosts.get(host.name, 0))
         value = host.attributes.get(self.attribute, "")
         index = self._index
-        if index is not None and index.active and index.tracked and \
-                request.service_hosts is index._counts():  # (follows(), inline)
+        if index is not None and index.follows(request.service_hosts):
             count = index.value_count.get(value, 0)
         else:
             value_of = self._value_of
@@ -678,9 +677,8 @@ class _SpreadIndex:
         head of a value's load order has its value's best). The values' heads are kept
         sorted by count and load, and moved only for the values that changed."""
         pool = self.pool
-        parts = pool._ready_loads().parts.get(self.attribute)  # (as _loads(), when built)
-        if parts is None:
-            parts = pool._loads(self.attribute)
+        parts = pool._loads(self.attribute)
+        pool._ready_loads()
         self._refresh(parts)
         heads = self.heads
         n = len(heads)
