@@ -34,7 +34,12 @@ records, applies 20 services (10,000 tasks, CPU proportional to memory; 2,000 wi
   ≥ 0.5 on SQLite), and the commit step of the loop over the raw rate.
 
 ``--repeat N`` runs the daemon and the raw replay N times alternately and reports each
-and the medians. CPU seconds of this process are given beside wall seconds.
+and the medians. CPU seconds of this process are given beside wall seconds; on etcd also
+the members' CPU seconds in the same window (``store_cpu_seconds``, read from
+``/proc/<pid>/stat``), and ``ratio.cpu_per_placement_raw_over_daemon``: the raw replay's
+CPU seconds per placement (client and members) over the daemon's. Where the store and
+the client share the machine's cores and both runs keep them busy, the throughput ratio
+follows it.
 
 The process's garbage collector is set as ``skedlib-scheduler`` sets it
 (:func:`skedlib.scheduler.tune_gc`; ``gc_thresholds`` in the output) unless
@@ -46,6 +51,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sqlite3
 import statistics
 import sys
@@ -103,6 +109,20 @@ class Recording:
 
 def _cpu() -> float:
     return time.process_time()
+
+
+StoreCpu = Any
+"""A callable returning the store's processes' CPU seconds so far, or None (in-process)."""
+
+
+def process_cpu(pids: Sequence[int]) -> float:
+    """User and system CPU seconds of the processes ``pids`` so far (``/proc``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 class _Collections:
@@ -187,13 +207,14 @@ def run_loop(url: str, hosts: int, tasks: int, services: int) -> dict[str, Any]:
             "commit_step_placements_per_s": round(committed / commit_s) if commit_s else 0}
 
 
-def run_daemon(url: str, hosts: int, tasks: int, services: int, workers: int
-               ) -> tuple[dict[str, Any], list[TxnShape]]:
+def run_daemon(url: str, hosts: int, tasks: int, services: int, workers: int,
+               store_cpu: StoreCpu = None) -> tuple[dict[str, Any], list[TxnShape]]:
     """The scheduler daemon itself, from start until every task is in the store."""
     backend, ks = _setup(url, hosts, tasks, services)
     recording = Recording(backend, ks)
     daemon = SchedulerDaemon(Store(recording, ks), workers=workers)  # type: ignore[arg-type]
     with _Collections() as collections:
+        s0 = store_cpu() if store_cpu else 0.0
         t0, c0 = time.perf_counter(), _cpu()
         daemon.start()
         deadline = t0 + 300
@@ -208,6 +229,7 @@ def run_daemon(url: str, hosts: int, tasks: int, services: int, workers: int
             time.sleep(0.005)
         total = time.perf_counter() - t0
         cpu = _cpu() - c0
+        store_s = store_cpu() - s0 if store_cpu else None
     daemon.stop()
     events_dropped = daemon.events.dropped
     stored = len(backend.list(ks.tasks).items)
@@ -220,7 +242,8 @@ def run_daemon(url: str, hosts: int, tasks: int, services: int, workers: int
              "placements_per_s": round(stored / (total - (t_ready - t0))),
              "events_dropped": events_dropped,
              "gc_collections": collections.count,
-             "gc_seconds": round(collections.seconds, 3)},
+             "gc_seconds": round(collections.seconds, 3),
+             **({"store_cpu_seconds": round(store_s, 3)} if store_s is not None else {})},
             recording.shapes)
 
 
@@ -251,7 +274,8 @@ def _key(prefix: str, n: int, i: int, size: int) -> bytes:
     return f"{prefix}{n}/{i}/".encode().ljust(size, b"k")
 
 
-def raw_etcd(endpoint: str, shapes: list[TxnShape], placements: int) -> dict[str, Any]:
+def raw_etcd(endpoint: str, shapes: list[TxnShape], placements: int,
+             store_cpu: StoreCpu = None) -> dict[str, Any]:
     """The recorded transactions through etcd's gRPC API, nothing of skedlib."""
     import grpc
     from skedlib_etcd.stubs import Stub
@@ -279,11 +303,15 @@ def raw_etcd(endpoint: str, shapes: list[TxnShape], placements: int) -> dict[str
                 add().request_delete_range.key = _key(prefix, n, i, key_len)
         assert kv.Txn(request, timeout=30).succeeded
 
+    s0 = store_cpu() if store_cpu else 0.0
     c0 = _cpu()
     seconds = _threads(shapes, send)
+    cpu = _cpu() - c0
+    store_s = store_cpu() - s0 if store_cpu else None
     channel.close()
     return {"client": "grpc KV.Txn", "threads": RAW_THREADS, "txns": len(shapes),
-            "seconds": round(seconds, 3), "cpu_seconds": round(_cpu() - c0, 3),
+            "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
+            **({"store_cpu_seconds": round(store_s, 3)} if store_s is not None else {}),
             "placements_per_s": round(placements / seconds)}
 
 
@@ -350,26 +378,39 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def measure(url: str, raw: Any, tasks: int, repeat: int) -> dict[str, Any]:
+def _cpu_per_placement(run: dict[str, Any], placements: int) -> float:
+    return float(run["cpu_seconds"] + run["store_cpu_seconds"]) / placements
+
+
+def measure(url: str, raw: Any, tasks: int, repeat: int,
+            store_cpu: StoreCpu = None) -> dict[str, Any]:
     """The loop once, then the daemon and the raw replay of its transactions, alternately."""
     loop = run_loop(url, 5_000, tasks, 20)
     daemons: list[dict[str, Any]] = []
     raws: list[dict[str, Any]] = []
+    cpu_ratios: list[float] = []
     for _ in range(repeat):
-        daemon, shapes = run_daemon(url, 5_000, tasks, 20, 4)
+        daemon, shapes = run_daemon(url, 5_000, tasks, 20, 4, store_cpu)
         placements = daemon["tasks_in_store"]
         daemons.append(daemon)
         raws.append(raw(shapes, placements))
+        if store_cpu:
+            cpu_ratios.append(_cpu_per_placement(raws[-1], placements)
+                              / _cpu_per_placement(daemon, placements))
     ratios = [d["placements_per_s"] / r["placements_per_s"] for d, r in zip(daemons, raws,
                                                                            strict=True)]
     raw_pps = _median(raws, "placements_per_s")
+    cpu_ratio = {"cpu_per_placement_raw_over_daemon": round(statistics.median(cpu_ratios), 3),
+                 "cpu_per_placement_raw_over_daemon_each": [round(r, 3) for r in cpu_ratios]
+                 } if cpu_ratios else {}
     return {"loop_with_cache": loop,
             "scheduler_daemon": daemons if repeat > 1 else daemons[0],
             "raw_store": raws if repeat > 1 else raws[0],
             "ratio": {"daemon_over_raw": round(statistics.median(ratios), 3),
                       "daemon_over_raw_each": [round(r, 3) for r in ratios],
                       "loop_commit_step_over_raw": round(
-                          loop["commit_step_placements_per_s"] / raw_pps, 3)},
+                          loop["commit_step_placements_per_s"] / raw_pps, 3),
+                      **cpu_ratio},
             "daemon_placements_per_s_median": _median(daemons, "placements_per_s"),
             "raw_placements_per_s_median": raw_pps}
 
@@ -399,10 +440,15 @@ def main() -> None:
 
         with EtcdCluster(3, name="benchcommit").start() as cluster:
             endpoint = cluster.members[0].endpoint
+            pids = [m.pid for m in cluster.members]
+
+            def members_cpu() -> float:
+                return process_cpu(pids)
+
             out = {"bench": "planned and committed to a 3-member etcd, beside raw gRPC",
                    **measure(cluster.url(),
-                             lambda shapes, n: raw_etcd(endpoint, shapes, n),
-                             tasks, args.repeat),
+                             lambda shapes, n: raw_etcd(endpoint, shapes, n, members_cpu),
+                             tasks, args.repeat, members_cpu),
                    "targets": {"daemon_over_raw": 0.8, "daemon_placements_per_s": 5000}}
     out["gc_thresholds"] = list(gc.get_threshold())
     json.dump(out, sys.stdout, indent=2)
