@@ -228,8 +228,7 @@ class PreparedCommit:
         self._inflight = inflight
         self._ran = False
         self.values: dict[str, bytes] = {
-            op.key: op.value for g in groups if g.places
-            for op in g.ops[:1] if isinstance(op, Put)}
+            op.key: op.value for g in groups if g.places and isinstance(op := g.ops[0], Put)}
         """Task key → the record this commit writes there, for each placement."""
 
     def run(self) -> CommitResult:

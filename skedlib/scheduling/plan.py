@@ -55,7 +55,8 @@ def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
                 for port in task.reserved_ports():
                     held.setdefault(port, set()).add(tid)
         ports[name] = held
-    leaving = set(plan.stop) | {t.id for t in plan.place if t.id in snapshot.tasks}
+    ids = [t.id for t in plan.place]  # a property that formats the id: once each
+    leaving = set(plan.stop) | {tid for tid in ids if tid in snapshot.tasks}
     for task_id in leaving:
         old = snapshot.tasks.get(task_id)
         if old is None or old.rejected or old.host not in allocated:
@@ -64,8 +65,8 @@ def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
         for port in old.reserved_ports():
             ports[old.host].get(port, set()).discard(task_id)
     seen: set[str] = set()
-    for task in plan.place:
-        tid, name = task.id, task.host
+    for task, tid in zip(plan.place, ids, strict=True):
+        name = task.host
         if tid in seen:
             problems.append(PlanProblem(tid, name, "placed twice in one plan"))
             continue
