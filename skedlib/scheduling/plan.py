@@ -65,6 +65,9 @@ def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
         for port in old.reserved_ports():
             ports[old.host].get(port, set()).discard(task_id)
     seen: set[str] = set()
+    # a task's demand and ports follow from its definition and port: worked out once
+    # per pair (a plan places many tasks of one definition)
+    charges: dict[tuple[int, int], tuple[Resources, list[int]]] = {}
     for task, tid in zip(plan.place, ids, strict=True):
         name = task.host
         if tid in seen:
@@ -82,8 +85,12 @@ def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
             problems.append(PlanProblem(tid, name, "host is draining"))
         if name in task.rejected_hosts:
             problems.append(PlanProblem(tid, name, "host rejected this task before"))
-        allocated[name] = allocated[name] + demand_of(task.task_definition)
-        for port in task.reserved_ports():
+        charge = charges.get((id(task.task_definition), task.port))
+        if charge is None:
+            charge = charges[(id(task.task_definition), task.port)] = (
+                demand_of(task.task_definition), task.reserved_ports())
+        allocated[name] = allocated[name] + charge[0]
+        for port in charge[1]:
             holders = ports[name].setdefault(port, set())
             if holders - {tid}:
                 problems.append(PlanProblem(tid, name, f"port {port} already used by "
