@@ -99,8 +99,8 @@ def validate_name(name: object, what: str = "name", *, allow_dash: bool = True) 
 
 @functools.lru_cache(maxsize=1 << 16, typed=True)
 def _valid_name(name: str, what: str, allow_dash: bool) -> str:
-    # Remembered: the names of a cluster's few clusters, services and hosts are in most
-    # of the keys it builds. Valid names only (an exception is not cached).
+    # Remembered: a few cluster and service names, and the hosts' names, are in most of
+    # the keys a process builds. Valid names only (an exception is not cached).
     return validate_name(name, what, allow_dash=allow_dash)
 
 
