@@ -97,6 +97,13 @@ def validate_name(name: object, what: str = "name", *, allow_dash: bool = True) 
     return name
 
 
+@functools.lru_cache(maxsize=1 << 16, typed=True)
+def _valid_name(name: str, what: str, allow_dash: bool) -> str:
+    # Remembered: a few cluster and service names, and the hosts' names, are in most of
+    # the keys a process builds. Valid names only (an exception is not cached).
+    return validate_name(name, what, allow_dash=allow_dash)
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _validate_task_id(task_id: str) -> TaskId:
     # Remembered: a plan builds several keys for each task it writes, and checking an id
@@ -107,9 +114,12 @@ def _validate_task_id(task_id: str) -> TaskId:
     except ValueError as exc:
         raise InvalidName(f"invalid task id {task_id!r}: expected "
                           "<cluster>-<service>-<version>-<instance>") from exc
-    validate_name(parsed.cluster, "cluster name", allow_dash=False)
-    validate_name(parsed.service, "service name")
-    validate_name(task_id, "task id")
+    _valid_name(parsed.cluster, "cluster name", False)
+    _valid_name(parsed.service, "service name", True)
+    # the id is its valid names and two decimal numbers joined by '-': it holds no bad
+    # character, no '..' and is not '.', so only its length can make it an invalid name
+    if len(task_id) > MAX_NAME_LENGTH:
+        validate_name(task_id, "task id")
     return parsed
 
 
@@ -148,6 +158,8 @@ class Name(Segment):
 
     def format(self, value: Any) -> str:
         """``value`` if it is a valid name."""
+        if type(value) is str:
+            return _valid_name(value, self.what, self.allow_dash)
         return validate_name(value, self.what, allow_dash=self.allow_dash)
 
 
@@ -256,10 +268,8 @@ class KeyTemplate(_TableMember, Generic[_P, _S]):
         if table is None:
             return self
         prefix, struct, format_ = table.prefix, self.struct, self.format
-        text, segments = self._text, tuple(self.segments.values())
-
-        def positional(*args: Any) -> str:
-            return prefix + text.format(*[s.format(a) for s, a in zip(segments, args, strict=True)])
+        segments = tuple(self.segments.values())
+        positional = self._joiner(prefix)
 
         # a key is built several times over (a plan's task, its index entry, its event
         # record, the watch's echo …): the keys of valid names are remembered (typed, so
@@ -278,6 +288,38 @@ class KeyTemplate(_TableMember, Generic[_P, _S]):
         build.__doc__ = f"Key ``{self.pattern}`` under the prefix."
         table.__dict__[self.name] = build
         return build
+
+    def _joiner(self, prefix: str) -> Callable[..., str]:
+        """The key of positional field values under ``prefix``, each validated by its
+        segment: the literal text between the fields is joined once, here."""
+        literals = [prefix]  # the text before each field, then the text after the last
+        for part in self._parts:
+            if isinstance(part, str):
+                literals[-1] += f"{part}/"
+            else:
+                literals.append("/")
+        literals[-1] = literals[-1][:-1]
+        formats = [segment.format for segment in self.segments.values()]
+        if len(formats) == 1:
+            head, tail = literals
+            f0 = formats[0]
+
+            def one(a: Any) -> str:
+                return head + f0(a) + tail
+            return one
+        if len(formats) == 2:
+            head, mid, tail = literals
+            f0, f1 = formats
+
+            def two(a: Any, b: Any) -> str:
+                return head + f0(a) + mid + f1(b) + tail
+            return two
+
+        def many(*args: Any) -> str:
+            texts = [f(a) for f, a in zip(formats, args, strict=True)]
+            return literals[0] + "".join(t + lit for t, lit in zip(texts, literals[1:],
+                                                                    strict=True))
+        return many
 
     def format(self, key: _S) -> str:
         """The key (without prefix) of a parsed key; every segment is validated."""

@@ -177,3 +177,49 @@ def test_task_id_has_one_spelling(cluster: str, service: str, version: int,
 def test_validate_name_messages_say_why() -> None:
     with pytest.raises(InvalidName, match="must not contain '/'"):
         validate_name("a/b", "service name")
+
+
+def _valid(name: str, what: str, allow_dash: bool = True) -> bool:
+    try:
+        validate_name(name, what, allow_dash=allow_dash)
+    except InvalidName:
+        return False
+    return True
+
+
+@given(cluster=st.one_of(cluster_names, st.text(max_size=8)),
+       service=st.one_of(names, st.text(max_size=8), st.text(min_size=100, max_size=140)),
+       version=versions, instance=st.integers(min_value=0, max_value=10**5))
+def test_a_task_id_is_accepted_exactly_when_its_names_and_itself_are_valid(
+        cluster: str, service: str, version: int, instance: int) -> None:
+    # a task id's key is built from remembered checks of its cluster and service names;
+    # what it accepts is what checking every part and the whole id accepts
+    tid = f"{cluster}-{service}-{version}-{instance}"
+    try:
+        parsed = TaskId.parse(tid)
+    except ValueError:
+        expected = False
+    else:
+        expected = (_valid(parsed.cluster, "cluster name", allow_dash=False)
+                    and _valid(parsed.service, "service name") and _valid(tid, "task id"))
+    ks = Keyspace()
+    for _ in range(2):  # the second time from what was remembered
+        if expected:
+            assert ks.task(tid) == f"sked/state/tasks/{tid}"
+            assert ks.host_task("h1", tid) == f"sked/state/hosts/h1/{tid}"
+        else:
+            with pytest.raises(InvalidName):
+                ks.task(tid)
+            with pytest.raises(InvalidName):
+                ks.host_task("h1", tid)
+
+
+def test_a_name_refused_once_is_refused_again_and_a_long_id_of_valid_names_too() -> None:
+    ks = Keyspace()
+    for _ in range(2):
+        with pytest.raises(InvalidName, match="must not contain ' '"):
+            ks.host_config("bad name")
+        with pytest.raises(InvalidName, match="longer than 128"):
+            ks.task(f"c-{'s' * 120}-1-{10**6}")
+    assert ks.host_config("good") == "sked/config/hosts/good"
+    assert ks.task(f"c-{'s' * 100}-1-0") == f"sked/state/tasks/c-{'s' * 100}-1-0"

@@ -70,7 +70,10 @@ def is_wanted(snap: Snapshot, pair: Pair) -> bool:
 def affected_pairs(snap: Snapshot, change: Change, unschedulable: set[Pair]) -> set[Pair]:
     """The pairs ``change`` affects (see the module docstring); ``unschedulable`` holds
     the pairs whose last run left tasks that fit no host."""
-    match change.key:
+    key = change.key
+    if isinstance(key, TaskKey):  # most changes (a placement each): before the patterns
+        return _task(snap, key.task_id, change, unschedulable)
+    match key:
         case ClusterKey(name=name):
             old_c, new_c = _as(change.old, Cluster), _as(change.new, Cluster)
             if old_c == new_c:
@@ -93,8 +96,6 @@ def affected_pairs(snap: Snapshot, change: Change, unschedulable: set[Pair]) -> 
         case AgentKey(host=name):
             return _host(snap, name, _as(change.old, Host), _as(change.new, Host),
                          unschedulable)
-        case TaskKey(task_id=task_id):
-            return _task(snap, task_id, change, unschedulable)
         case HealthKey(task_id=task_id):
             old_h, new_h = _as(change.old, TaskHealth), _as(change.new, TaskHealth)
             was = None if old_h is None else old_h.healthy

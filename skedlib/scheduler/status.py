@@ -88,22 +88,23 @@ def compute_status(pair: tuple[str, str], service: Service, snap: Snapshot, *,
     ``external``: the service's tasks are placed by something outside the daemon
     (``scheduler: external``); the message says "placed externally"."""
     cluster_name, service_name = pair
+    # each task's id is formatted once (Task.id is a property)
     final = {t.id: t for t in snap.service_tasks(cluster_name, service_name)}
     fresh: set[str] = set()
+    placed = {t.id: t for t in plan.place} if plan is not None else {}
     if plan is not None and commit is not None:
-        placed = {t.id: t for t in plan.place}
         for tid in commit.committed:
             if tid in placed:
                 final[tid] = placed[tid]
                 fresh.add(tid)
             else:
                 final.pop(tid, None)
-    running = [t for t in final.values() if not t.rejected and t.host in snap.hosts]
-    healthy = sum(1 for t in running if t.id not in fresh and snap.is_healthy(t.id))
+    running = [tid for tid, t in final.items() if not t.rejected and t.host in snap.hosts]
+    healthy = sum(1 for tid in running if tid not in fresh and snap.is_healthy(tid))
     unschedulable = result.unschedulable if result is not None else {}
     if plan is not None:
         wanted = ({tid for tid in final if tid not in plan.stop}
-                  | {t.id for t in plan.place} | set(unschedulable))
+                  | placed.keys() | set(unschedulable))
         desired = len(wanted)
     else:
         desired = service.desired

@@ -160,20 +160,27 @@ class _Claim:
     """One prepared commit's claim on a host's allocation marker: set once the commit
     knows the marker revision it leaves behind."""
 
-    __slots__ = ("_done", "revision")
+    __slots__ = ("_settled", "_unsettled", "revision")
 
     def __init__(self) -> None:
-        self._done = threading.Event()
+        # a lock held until the claim is settled (a commit claims a host per placement
+        # or two, and a lock costs a tenth of a threading.Event): waiting is taking it
+        # and giving it back at once, so every waiter gets through
+        self._unsettled = threading.Lock()
+        self._unsettled.acquire()
+        self._settled = False
         self.revision = 0
 
     def settle(self, revision: int) -> None:
-        if not self._done.is_set():
+        """Once; by the thread that runs the commit (later calls do nothing)."""
+        if not self._settled:
+            self._settled = True
             self.revision = revision
-            self._done.set()
+            self._unsettled.release()
 
     def wait(self) -> int:
-        self._done.wait()
-        return self.revision
+        with self._unsettled:
+            return self.revision
 
 
 class InflightAllocs:
@@ -228,8 +235,7 @@ class PreparedCommit:
         self._inflight = inflight
         self._ran = False
         self.values: dict[str, bytes] = {
-            op.key: op.value for g in groups if g.places
-            for op in g.ops[:1] if isinstance(op, Put)}
+            op.key: op.value for g in groups if g.places and isinstance(op := g.ops[0], Put)}
         """Task key → the record this commit writes there, for each placement."""
 
     def run(self) -> CommitResult:

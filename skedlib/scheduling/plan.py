@@ -55,7 +55,8 @@ def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
                 for port in task.reserved_ports():
                     held.setdefault(port, set()).add(tid)
         ports[name] = held
-    leaving = set(plan.stop) | {t.id for t in plan.place if t.id in snapshot.tasks}
+    ids = [t.id for t in plan.place]  # a property that formats the id: once each
+    leaving = set(plan.stop) | {tid for tid in ids if tid in snapshot.tasks}
     for task_id in leaving:
         old = snapshot.tasks.get(task_id)
         if old is None or old.rejected or old.host not in allocated:
@@ -64,8 +65,11 @@ def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
         for port in old.reserved_ports():
             ports[old.host].get(port, set()).discard(task_id)
     seen: set[str] = set()
-    for task in plan.place:
-        tid, name = task.id, task.host
+    # a task's demand and ports follow from its definition and port: worked out once
+    # per pair (a plan places many tasks of one definition)
+    charges: dict[tuple[int, int], tuple[Resources, list[int]]] = {}
+    for task, tid in zip(plan.place, ids, strict=True):
+        name = task.host
         if tid in seen:
             problems.append(PlanProblem(tid, name, "placed twice in one plan"))
             continue
@@ -81,8 +85,12 @@ def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
             problems.append(PlanProblem(tid, name, "host is draining"))
         if name in task.rejected_hosts:
             problems.append(PlanProblem(tid, name, "host rejected this task before"))
-        allocated[name] = allocated[name] + demand_of(task.task_definition)
-        for port in task.reserved_ports():
+        charge = charges.get((id(task.task_definition), task.port))
+        if charge is None:
+            charge = charges[(id(task.task_definition), task.port)] = (
+                demand_of(task.task_definition), task.reserved_ports())
+        allocated[name] = allocated[name] + charge[0]
+        for port in charge[1]:
             holders = ports[name].setdefault(port, set())
             if holders - {tid}:
                 problems.append(PlanProblem(tid, name, f"port {port} already used by "

@@ -95,3 +95,22 @@ def test_pending_placements_that_do_not_commit_are_taken_out() -> None:
     with cache.view() as snap:
         assert snap.tasks == {} and snap.hosts["h0"].allocated.memory == 0
     assert len(cache.inflight) == 0
+
+
+def test_a_claim_lets_every_waiter_through_with_the_revision_it_was_settled_at() -> None:
+    from skedlib.scheduling.commit import _Claim
+
+    claim = _Claim()
+    seen: list[int] = []
+    waiters = [threading.Thread(target=lambda: seen.append(claim.wait())) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    for t in waiters:
+        t.join(0.05)
+    assert seen == [] and all(t.is_alive() for t in waiters)  # nothing before it settles
+    claim.settle(7)
+    claim.settle(9)  # settled once: later calls do nothing
+    for t in waiters:
+        t.join(5)
+    assert seen == [7, 7, 7]
+    assert claim.wait() == 7  # and after
