@@ -197,8 +197,10 @@ def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, 
     """Submit ``n`` jobs, start ``k`` workers (running the skedlib of ``tree``), time
     until all are complete."""
     assert AGENT is not None
+    # the tree's own plugins too: a plugin goes with the skedlib it was written against
+    plugins = sorted(str(p) for p in (tree / "plugins").glob("skedlib-*") if p.is_dir())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        [str(tree), *plugins, *filter(None, [os.environ.get("PYTHONPATH")])])}
     store = Store.open(url, prefix)
     backend = store.backend
     client = JobClient(store)

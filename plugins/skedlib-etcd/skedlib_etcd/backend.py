@@ -838,7 +838,8 @@ class EtcdBackend(Backend):
                    if kind not in chosen]
         return self._watch(prefix, start_revision, filters)
 
-    def _watch(self, prefix: str, start_revision: int, filters: Sequence[int]) -> Watch:
+    def _watch(self, prefix: str, start_revision: int,
+               filters: Sequence[pb.WatchCreateRequest.FilterType]) -> Watch:
         self._check_open()
         w = _EtcdWatch(self, prefix, start_revision, filters)
         self._watches.add(w)
@@ -958,7 +959,7 @@ class _EtcdWatch(Watch):
     """One etcd watch stream at a time, reopened on the next member when it breaks."""
 
     def __init__(self, backend: EtcdBackend, prefix: str, start_revision: int,
-                 filters: Sequence[int] = ()) -> None:
+                 filters: Sequence[pb.WatchCreateRequest.FilterType] = ()) -> None:
         self._backend = backend
         self._prefix = prefix
         self._filters = list(filters)
