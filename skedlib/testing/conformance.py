@@ -362,14 +362,28 @@ class BackendConformance:
         return start
 
     def test_watch_kinds_deletes_only(self, backend: Backend, ns: str) -> None:
-        start = self._kinds_writes(backend, ns + "kd/")
-        events = _collect(backend, ns + "kd/", start, want=2, kinds=["delete"])
-        got = [(e.kind, e.key, e.value) for e in events]
+        prefix = ns + "kd/"
+        backend.put(prefix + "a", b"1")
+        start = backend.current_revision(ns) + 1
+        with backend.watch_kinds(prefix, start, ["delete"]) as w:
+            backend.put(prefix + "b", b"2")
+            assert w.next(timeout=2.0) == []  # puts only so far (Consul: it listed them)
+            backend.delete(prefix + "a")
+            backend.put(prefix + "c", b"3")
+            events: list[WatchEvent] = []
+            deadline = time.monotonic() + 10
+            while not events and time.monotonic() < deadline:
+                events = w.next(timeout=1.0)
+        assert [(e.kind, e.key, e.value) for e in events] == [("delete", prefix + "a", b"")]
+
+    def test_watch_kinds_deletes_in_order(self, backend: Backend, ns: str) -> None:
         if not self.ordered_watch_history:
-            got.sort()
-        assert got == [("delete", ns + "kd/a", b""), ("delete", ns + "kd/b", b"")]
-        revs = [e.revision for e in events]
-        assert revs == sorted(revs)
+            pytest.skip("the watch reports final states: no deletes before its first look")
+        start = self._kinds_writes(backend, ns + "ko/")
+        events = _collect(backend, ns + "ko/", start, want=2, kinds=["delete"])
+        assert [(e.kind, e.key, e.value) for e in events] == [
+            ("delete", ns + "ko/a", b""), ("delete", ns + "ko/b", b"")]
+        assert events[0].revision < events[1].revision
 
     def test_watch_kinds_puts_only(self, backend: Backend, ns: str) -> None:
         start = self._kinds_writes(backend, ns + "kp/")
@@ -390,6 +404,8 @@ class BackendConformance:
 
     def test_watch_kinds_resumes_after_its_last_batch(self, backend: Backend,
                                                       ns: str) -> None:
+        if not self.ordered_watch_history:
+            pytest.skip("the watch reports final states: no deletes before its first look")
         start = self._kinds_writes(backend, ns + "kr/")
         first = _collect(backend, ns + "kr/", start, want=2, kinds=["delete"])
         backend.put(ns + "kr/d", b"4")
