@@ -701,7 +701,8 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=None, metavar="TREE",
                         help="also run the workers of another checkout (e.g. a git worktree "
                              "of the base), alternating with this tree's, and report the "
-                             "ratios of jobs/s and of worker CPU per job")
+                             "ratios of jobs/s and of worker CPU per job (each tree's "
+                             "workers import its own skedlib and plugins)")
     parser.add_argument("--no-compile", action="store_true",
                         help="do not compile the trees' bytecode before the runs (by "
                              "default they are, as a wheel install has it)")
