@@ -197,8 +197,10 @@ def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, 
     """Submit ``n`` jobs, start ``k`` workers (running the skedlib of ``tree``), time
     until all are complete."""
     assert AGENT is not None
+    # the tree's own plugins too: a plugin goes with the skedlib it was written against
+    plugins = sorted(str(p) for p in (tree / "plugins").glob("skedlib-*") if p.is_dir())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        [str(tree), *plugins, *filter(None, [os.environ.get("PYTHONPATH")])])}
     store = Store.open(url, prefix)
     backend = store.backend
     client = JobClient(store)
@@ -699,7 +701,8 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=None, metavar="TREE",
                         help="also run the workers of another checkout (e.g. a git worktree "
                              "of the base), alternating with this tree's, and report the "
-                             "ratios of jobs/s and of worker CPU per job")
+                             "ratios of jobs/s and of worker CPU per job (each tree's "
+                             "workers import its own skedlib and plugins)")
     parser.add_argument("--no-compile", action="store_true",
                         help="do not compile the trees' bytecode before the runs (by "
                              "default they are, as a wheel install has it)")

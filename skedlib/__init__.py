@@ -214,6 +214,8 @@ if TYPE_CHECKING:
         TxnResult,
         Watch,
         WatchEvent,
+        WatchKind,
+        check_watch_kinds,
     )
     from skedlib.store.credentials import read_secret_file, redact_url, warn_secret_in_url
     from skedlib.validation import DEFAULT_LIMITS, Limits
@@ -267,7 +269,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "validate_plan"),
     "skedlib.sim": ("SimStats", "Simulator", "read_trace", "synthetic_trace", "write_trace"),
     "skedlib.store.base": ("Backend", "Compare", "Delete", "KeyValue", "ListResult", "Op",
-        "Put", "TxnResult", "Watch", "WatchEvent"),
+        "Put", "TxnResult", "Watch", "WatchEvent", "WatchKind", "check_watch_kinds"),
     "skedlib.store.credentials": ("read_secret_file", "redact_url", "warn_secret_in_url"),
     "skedlib.validation": ("DEFAULT_LIMITS", "Limits"),
 }
@@ -434,10 +436,12 @@ __all__ = [
     "ValidationError",
     "Watch",
     "WatchEvent",
+    "WatchKind",
     "WriteResult",
     "capacity_rejection_holds",
     "check_env",
     "check_record",
+    "check_watch_kinds",
     "commit_plan",
     "convert_blob",
     "decode",

@@ -85,6 +85,7 @@ class ClaimQueue:
         self._informer: Informer | None = None
         self._claimer: threading.Thread | None = None
         runs.refill = self._refill
+        runs.slots = slots
 
     def start(self) -> None:
         """Follow the queue and start the claimer."""

@@ -40,11 +40,14 @@ from skedlib.jobs.store import JobEnd, JobStore, StoredJob
 from skedlib.locks import KeptLease
 from skedlib.metrics import METRICS
 from skedlib.runtime import Backoff, Informer
-from skedlib.store.base import ListResult, WatchEvent
+from skedlib.store.base import ListResult, WatchEvent, WatchKind
 
 __all__ = ["PROGRAM_CACHE_SECONDS", "RunningJob", "Runs", "command_line"]
 
 log = logging.getLogger("skedlib.jobs.worker")
+
+_DELETES: tuple[WatchKind, ...] = ("delete",)
+"""What the running watch needs: a key that goes stops its job."""
 
 PROGRAM_CACHE_SECONDS = 10.0
 """How long a worker remembers where a job's command is on its ``PATH``."""
@@ -105,6 +108,10 @@ class Runs:
         self._ends: list[tuple[RunningJob, JobEnd]] = []
         self._ends_lock = threading.Lock()
         self._recording = False
+        self.slots: int | None = None
+        """How many jobs may run at once (set by the claim queue): an end that leaves no
+        slot free (the jobs claimed with it took them all) does not wake the claimer.
+        None: every end wakes it."""
         self.refill: Callable[[list[JobEnd]], list[RunningJob] | None] | None = None
         """Writes ends together with the claim of the jobs that take their slots (set by
         the claim queue): the jobs claimed, to launch; None when it wrote nothing (the
@@ -187,11 +194,13 @@ class Runs:
                                      exit_code, reason))
 
     def _forget(self, runs: list[RunningJob]) -> None:
-        """The jobs ended and their ends are recorded (or cannot be): free their slots."""
+        """The jobs ended and their ends are recorded (or cannot be): free their slots,
+        and wake the claimer when one is free (the claimer picks nothing without one)."""
         with self.cond:
             for run in runs:
                 self.jobs.pop(run.stored.job.id, None)
-            self.cond.notify_all()
+            if self.slots is None or len(self.jobs) < self.slots:
+                self.cond.notify_all()
         for run in runs:
             run.done.set()
 
@@ -450,10 +459,13 @@ class Runs:
 
     # -- this node's running keys ------------------------------------------------------------
     def follow(self) -> None:
-        """Start following ``jobs/status/running/<node>/``: a key that goes stops its job."""
+        """Start following ``jobs/status/running/<node>/``: a key that goes stops its job.
+        Only deletes are watched (this node's own claims are puts there, and need no
+        message)."""
         self._informer = self.store.store.informer(
             self.store.keys.node_jobs_running(self.node), on_list=self._listed,
-            on_events=self._changed, name=f"job worker {self.node}: running watch").start()
+            on_events=self._changed, name=f"job worker {self.node}: running watch",
+            kinds=_DELETES).start()
 
     def unfollow(self) -> None:
         """Stop following the running keys."""

@@ -10,7 +10,10 @@ parts every watcher needs and nobody should write again:
   calls ``on_list`` with the fresh listing (the caller diffs it against what it knew);
 - **backoff**: while the backend cannot be reached it retries with :class:`Backoff` and
   logs one line per failure;
-- **stop**: :meth:`Informer.stop` wakes a blocked watch at once.
+- **stop**: :meth:`Informer.stop` wakes a blocked watch at once;
+- **kinds**: with ``kinds=("delete",)`` (or ``("put",)``) only those events are handed
+  on, filtered by the backend (:meth:`~skedlib.store.base.Backend.watch_kinds`: etcd's
+  server leaves the others out of the stream).
 
 Run it on a thread of its own (:meth:`start`) or in the caller's thread (:meth:`run`).
 For a single "wait until something under this prefix changes" there is
@@ -22,11 +25,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from skedlib.errors import BackendError, Compacted
 from skedlib.runtime.backoff import Backoff
-from skedlib.store.base import Backend, ListResult, Watch, WatchEvent
+from skedlib.store.base import Backend, ListResult, Watch, WatchEvent, WatchKind, check_watch_kinds
 
 __all__ = ["Informer", "wait_for_change"]
 
@@ -40,13 +43,17 @@ class Informer:
     exception other than a :class:`~skedlib.errors.BackendError` raised by a callback
     stops the informer and is logged; a ``BackendError`` is retried like a failed watch
     (from the last revision handed out, so nothing is lost or repeated).
+
+    ``kinds`` (default: both) limits the events handed to ``on_events`` to puts or to
+    deletes; ``on_list`` gets every listing whole.
     """
 
     def __init__(self, backend: Backend, prefix: str, *,
                  on_list: Callable[[ListResult], None],
                  on_events: Callable[[list[WatchEvent]], None],
                  name: str | None = None, poll_timeout: float = 1.0,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None,
+                 kinds: Collection[WatchKind] | None = None) -> None:
         self.backend = backend
         self.prefix = prefix
         self.on_list = on_list
@@ -54,6 +61,7 @@ class Informer:
         self.name = name or f"informer {prefix}"
         self.poll_timeout = poll_timeout
         self.backoff = backoff or Backoff(initial=0.2, maximum=5.0)
+        self.kinds = None if kinds is None else check_watch_kinds(kinds)
         self.synced = threading.Event()
         """Set once the first listing was handed to ``on_list``."""
         self._revision = 0
@@ -116,7 +124,9 @@ class Informer:
                 raise
 
     def _follow(self) -> None:
-        watch = self.backend.watch(self.prefix, self._revision + 1)
+        start = self._revision + 1
+        watch = (self.backend.watch(self.prefix, start) if self.kinds is None
+                 else self.backend.watch_kinds(self.prefix, start, self.kinds))
         with self._lock:
             self._watch = watch
         try:

@@ -17,7 +17,7 @@ builds :class:`~skedlib.runtime.informer.Informer` s on it.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from skedlib.keys import Keyspace
 from skedlib.plugins import open_backend
@@ -32,6 +32,7 @@ from skedlib.store.base import (
     TxnResult,
     Watch,
     WatchEvent,
+    WatchKind,
 )
 
 __all__ = ["Store"]
@@ -87,10 +88,12 @@ class Store:
     def informer(self, prefix: str, *, on_list: Callable[[ListResult], None],
                  on_events: Callable[[builtins.list[WatchEvent]], None],
                  name: str | None = None,
-                 poll_timeout: float = 1.0, backoff: Backoff | None = None) -> Informer:
-        """An :class:`Informer` following ``prefix`` on this store (not started)."""
+                 poll_timeout: float = 1.0, backoff: Backoff | None = None,
+                 kinds: Collection[WatchKind] | None = None) -> Informer:
+        """An :class:`Informer` following ``prefix`` on this store (not started);
+        ``kinds``: only those events are handed on (all when None)."""
         return Informer(self.backend, prefix, on_list=on_list, on_events=on_events,
-                        name=name, poll_timeout=poll_timeout, backoff=backoff)
+                        name=name, poll_timeout=poll_timeout, backoff=backoff, kinds=kinds)
 
     def close(self) -> None:
         """Close the backend."""

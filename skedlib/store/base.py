@@ -14,17 +14,22 @@ Watches deliver every change under a prefix, in revision order, starting at a gi
 revision (inclusive), in batches that never split one revision. To follow a prefix
 without gaps: ``listed = b.list(p)``, then ``b.watch(p, listed.revision + 1)``; after a
 batch whose last revision is ``r``, a new watch from ``r + 1`` resumes exactly.
+:meth:`Backend.watch_kinds` delivers only puts or only deletes (filtered by the server
+where it can, so that the others cost the watcher nothing); resuming after its last
+batch is exact too, as the events left out would be left out again.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Collection, Iterator, Sequence
 from typing import Literal
 
 import msgspec
 
 __all__ = [
+    "WATCH_KINDS",
     "Backend",
     "Compare",
     "Delete",
@@ -35,6 +40,8 @@ __all__ = [
     "TxnResult",
     "Watch",
     "WatchEvent",
+    "WatchKind",
+    "check_watch_kinds",
 ]
 
 
@@ -87,10 +94,16 @@ class TxnResult(msgspec.Struct, frozen=True):
     revision: int
 
 
+WatchKind = Literal["put", "delete"]
+"""The kinds of change a watch delivers."""
+
+WATCH_KINDS: frozenset[WatchKind] = frozenset(("put", "delete"))
+
+
 class WatchEvent(msgspec.Struct, frozen=True):
     """One change: a put (with the new value) or a delete, at ``revision``."""
 
-    kind: Literal["put", "delete"]
+    kind: WatchKind
     key: str
     value: bytes
     revision: int
@@ -129,6 +142,47 @@ class Watch(abc.ABC):
         self.close()
 
 
+class _KindsWatch(Watch):
+    """The events of ``kinds`` out of another watch (the others dropped here)."""
+
+    def __init__(self, inner: Watch, kinds: frozenset[WatchKind]) -> None:
+        self._inner = inner
+        self._kinds = kinds
+
+    def next(self, timeout: float | None = None) -> list[WatchEvent]:
+        """The next batch holding an event of ``kinds``; [] after ``timeout`` or once
+        closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            events = self._inner.next(left)
+            if not events:
+                return []
+            kept = [ev for ev in events if ev.kind in self._kinds]
+            if kept:
+                return kept
+            if deadline is not None and time.monotonic() >= deadline:
+                return []
+
+    def close(self) -> None:
+        """Close the watch underneath."""
+        self._inner.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._inner.closed
+
+
+def check_watch_kinds(kinds: Collection[WatchKind]) -> frozenset[WatchKind]:
+    """``kinds`` checked: a non-empty collection of "put" and "delete"."""
+    chosen = frozenset(kinds)
+    if not chosen or not chosen <= WATCH_KINDS:
+        raise ValueError(f"watch kinds must be some of 'put' and 'delete', not "
+                         f"{sorted(chosen)!r}")
+    return chosen
+
+
 class Backend(abc.ABC):
     """A storage backend: implement the abstract methods; the rest is built on them.
 
@@ -165,6 +219,19 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def watch(self, prefix: str, start_revision: int) -> Watch:
         """Changes under ``prefix`` from ``start_revision`` on (inclusive)."""
+
+    def watch_kinds(self, prefix: str, start_revision: int,
+                    kinds: Collection[WatchKind]) -> Watch:
+        """Like :meth:`watch`, delivering only the events of ``kinds`` ("put",
+        "delete"); a batch left empty by them is not delivered.
+
+        The default filters :meth:`watch`'s batches in this process; a backend whose
+        server filters (etcd) overrides it, so that the changes left out are not sent.
+        Raises ValueError for an empty ``kinds`` or an unknown kind.
+        """
+        chosen = check_watch_kinds(kinds)
+        inner = self.watch(prefix, start_revision)
+        return inner if chosen == WATCH_KINDS else _KindsWatch(inner, chosen)
 
     @abc.abstractmethod
     def grant_lease(self, ttl: float) -> str:

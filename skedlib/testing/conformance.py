@@ -32,7 +32,7 @@ import multiprocessing
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import pytest
@@ -42,16 +42,19 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from skedlib.errors import LeaseExpired, TxnTooLarge
 from skedlib.plugins import open_backend
-from skedlib.store.base import Backend, Compare, Delete, Put, WatchEvent
+from skedlib.store.base import Backend, Compare, Delete, Put, WatchEvent, WatchKind
 
 __all__ = ["BackendConformance"]
 
 
 def _collect(backend: Backend, prefix: str, start: int, want: int,
-             timeout: float = 10.0) -> list[WatchEvent]:
+             timeout: float = 10.0, kinds: Sequence[WatchKind] | None = None
+             ) -> list[WatchEvent]:
     events: list[WatchEvent] = []
     deadline = time.monotonic() + timeout
-    with backend.watch(prefix, start) as w:
+    watch = (backend.watch(prefix, start) if kinds is None
+             else backend.watch_kinds(prefix, start, kinds))
+    with watch as w:
         while len(events) < want and time.monotonic() < deadline:
             events += w.next(timeout=max(0.0, deadline - time.monotonic()))
     return events
@@ -347,6 +350,89 @@ class BackendConformance:
         backend.put(ns + "lw/b", b"2")
         events = _collect(backend, ns + "lw/", listed.revision + 1, want=1)
         assert [(e.key, e.value) for e in events] == [(ns + "lw/b", b"2")]
+
+    def _kinds_writes(self, backend: Backend, prefix: str) -> int:
+        """Puts and deletes under ``prefix``; the revision before them."""
+        start = backend.current_revision(prefix) + 1
+        backend.put(prefix + "a", b"1")
+        backend.put(prefix + "b", b"2")
+        backend.delete(prefix + "a")
+        backend.put(prefix + "c", b"3")
+        backend.delete(prefix + "b")
+        return start
+
+    def test_watch_kinds_deletes_only(self, backend: Backend, ns: str) -> None:
+        prefix = ns + "kd/"
+        backend.put(prefix + "a", b"1")
+        start = backend.current_revision(ns) + 1
+        with backend.watch_kinds(prefix, start, ["delete"]) as w:
+            backend.put(prefix + "b", b"2")
+            assert w.next(timeout=2.0) == []  # puts only so far (Consul: it listed them)
+            backend.delete(prefix + "a")
+            backend.put(prefix + "c", b"3")
+            events: list[WatchEvent] = []
+            deadline = time.monotonic() + 10
+            while not events and time.monotonic() < deadline:
+                events = w.next(timeout=1.0)
+        assert [(e.kind, e.key, e.value) for e in events] == [("delete", prefix + "a", b"")]
+
+    def test_watch_kinds_deletes_in_order(self, backend: Backend, ns: str) -> None:
+        if not self.ordered_watch_history:
+            pytest.skip("the watch reports final states: no deletes before its first look")
+        start = self._kinds_writes(backend, ns + "ko/")
+        events = _collect(backend, ns + "ko/", start, want=2, kinds=["delete"])
+        assert [(e.kind, e.key, e.value) for e in events] == [
+            ("delete", ns + "ko/a", b""), ("delete", ns + "ko/b", b"")]
+        assert events[0].revision < events[1].revision
+
+    def test_watch_kinds_puts_only(self, backend: Backend, ns: str) -> None:
+        start = self._kinds_writes(backend, ns + "kp/")
+        want = 3 if self.ordered_watch_history else 1
+        events = _collect(backend, ns + "kp/", start, want=want, kinds=("put",))
+        if self.ordered_watch_history:
+            assert [(e.kind, e.key, e.value) for e in events] == [
+                ("put", ns + "kp/a", b"1"), ("put", ns + "kp/b", b"2"),
+                ("put", ns + "kp/c", b"3")]
+        else:  # the final states: c alone is still there
+            assert [(e.kind, e.key, e.value) for e in events] == [("put", ns + "kp/c", b"3")]
+
+    def test_watch_kinds_both_is_the_whole_watch(self, backend: Backend, ns: str) -> None:
+        start = self._kinds_writes(backend, ns + "kb/")
+        want = 5 if self.ordered_watch_history else 3
+        both = _collect(backend, ns + "kb/", start, want=want, kinds=("put", "delete"))
+        assert both == _collect(backend, ns + "kb/", start, want=want)
+
+    def test_watch_kinds_resumes_after_its_last_batch(self, backend: Backend,
+                                                      ns: str) -> None:
+        if not self.ordered_watch_history:
+            pytest.skip("the watch reports final states: no deletes before its first look")
+        start = self._kinds_writes(backend, ns + "kr/")
+        first = _collect(backend, ns + "kr/", start, want=2, kinds=["delete"])
+        backend.put(ns + "kr/d", b"4")
+        backend.delete(ns + "kr/c")
+        rest = _collect(backend, ns + "kr/", first[-1].revision + 1, want=1, kinds=["delete"])
+        assert sorted(e.key for e in first) == [ns + "kr/a", ns + "kr/b"]
+        assert [(e.kind, e.key) for e in rest] == [("delete", ns + "kr/c")]
+
+    def test_watch_kinds_times_out_past_other_changes(self, backend: Backend,
+                                                      ns: str) -> None:
+        prefix = ns + "kt/"
+        with backend.watch_kinds(prefix, backend.current_revision(ns) + 1, ["delete"]) as w:
+            backend.put(prefix + "a", b"1")
+            t0 = time.monotonic()
+            assert w.next(timeout=0.5) == []  # a put only: nothing for this watch
+            assert time.monotonic() - t0 < 5
+            backend.delete(prefix + "a")
+            got: list[WatchEvent] = []
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                got = w.next(timeout=1.0)
+        assert [(e.kind, e.key) for e in got] == [("delete", prefix + "a")]
+
+    def test_watch_kinds_refuses_unknown_kinds(self, backend: Backend, ns: str) -> None:
+        for kinds in ([], ["update"], ["put", "removed"]):
+            with pytest.raises(ValueError, match="watch kinds"):
+                backend.watch_kinds(ns, 1, kinds)  # type: ignore[arg-type]
 
     # -- leases ---------------------------------------------------------------------------
     def test_lease_expiry_deletes_keys_and_notifies_watch(self, backend: Backend,

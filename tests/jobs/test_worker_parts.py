@@ -3,6 +3,7 @@ cannot stop a fresh claim, and a key that goes stops its job."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from skedlib.executors.limits import detect_limiter
@@ -69,3 +70,32 @@ def test_taking_back_a_lost_node_skips_a_record_that_does_not_decode(
     moved = store.requeue_node("n1", "node n1 lost")
     assert [j.id for j in moved] == ["good"] and moved[0].status == "queued"
     assert store.backend.get(store.keys.job("bad")).value == b"not a job"  # type: ignore[union-attr]
+
+
+class _CountingCondition(threading.Condition):
+    """A condition that counts its notify_all calls (what wakes the claimer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakes = 0
+
+    def notify_all(self) -> None:
+        self.wakes += 1
+        super().notify_all()
+
+
+def test_an_end_wakes_the_claimer_only_when_a_slot_is_free(tmp_path: Path) -> None:
+    store, runs, node_rev = _runs(tmp_path)
+    cond = runs.cond = _CountingCondition()
+    for job_id in "abc":
+        _claim(store, runs, node_rev, job_id)
+    runs._forget([runs.jobs["a"]])  # no limit known: every end wakes it
+    assert cond.wakes == 1
+    runs.slots = 1
+    _claim(store, runs, node_rev, "d")  # as a job claimed with the end of another
+    runs._forget([runs.jobs["b"]])  # two still running for one slot: nothing to pick
+    assert cond.wakes == 1 and set(runs.jobs) == {"c", "d"}
+    runs._forget([runs.jobs["c"]])  # one left: still no free slot
+    assert cond.wakes == 1
+    runs._forget([runs.jobs["d"]])  # a slot is free
+    assert cond.wakes == 2 and not runs.jobs

@@ -131,6 +131,53 @@ def test_resumes_from_the_last_revision_after_failures(backend: Backend) -> None
         inf.stop()
 
 
+def test_hands_on_only_the_kinds_asked_for_and_resumes_after_them(backend: Backend) -> None:
+    backend.put("p/old", b"0")
+    flaky = Flaky(backend)
+    listed: list[list[str]] = []
+    got: list[tuple[str, str]] = []
+    changed = threading.Condition()
+
+    def on_events(events: Sequence[WatchEvent]) -> None:
+        with changed:
+            got.extend((e.kind, e.key) for e in events)
+            changed.notify_all()
+
+    def wait_for(n: int) -> None:
+        with changed:
+            assert changed.wait_for(lambda: len(got) >= n, 10), got
+
+    inf = Informer(flaky, "p/", on_list=lambda r: listed.append([kv.key for kv in r.items]),
+                   on_events=on_events, kinds=["delete"],
+                   backoff=Backoff(initial=0.01, maximum=0.05), poll_timeout=0.1).start()
+    try:
+        assert inf.synced.wait(10)
+        assert listed == [["p/old"]]  # a listing is handed on whole
+        backend.put("p/a", b"1")
+        backend.put("p/b", b"2")
+        deleted_at = backend.delete("p/a")
+        wait_for(1)
+        assert inf.revision == deleted_at
+        flaky.streams[-1].broken.set()
+        deadline = time.monotonic() + 10
+        while len(flaky.streams) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        backend.put("p/c", b"3")
+        backend.delete("p/b")
+        wait_for(2)
+        assert flaky.opened[-1] == deleted_at + 1  # resumed after the last event handed on
+        assert got == [("delete", "p/a"), ("delete", "p/b")]
+        assert listed == [["p/old"]]
+    finally:
+        inf.stop()
+
+
+def test_refuses_unknown_kinds(backend: Backend) -> None:
+    with pytest.raises(ValueError, match="watch kinds"):
+        Informer(backend, "p/", on_list=lambda _r: None, on_events=lambda _e: None,
+                 kinds=["change"])  # type: ignore[list-item]
+
+
 def test_lists_again_after_compaction() -> None:
     backend = open_backend("memory://")
     store = Store(backend)

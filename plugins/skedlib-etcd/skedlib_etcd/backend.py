@@ -57,7 +57,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -85,6 +85,8 @@ from skedlib import (
     TxnTooLarge,
     Watch,
     WatchEvent,
+    WatchKind,
+    check_watch_kinds,
     read_secret_file,
     warn_secret_in_url,
 )
@@ -823,8 +825,23 @@ class EtcdBackend(Backend):
     # -- watches --------------------------------------------------------------------------
     def watch(self, prefix: str, start_revision: int) -> Watch:
         """Changes under ``prefix`` from ``start_revision`` on, surviving member failures."""
+        return self._watch(prefix, start_revision, [])
+
+    def watch_kinds(self, prefix: str, start_revision: int,
+                    kinds: Collection[WatchKind]) -> Watch:
+        """Like :meth:`watch`, for the events of ``kinds`` only: etcd leaves the others
+        out (the watch's ``NOPUT``/``NODELETE`` filters), and sends nothing for a
+        revision with none of them."""
+        chosen = check_watch_kinds(kinds)
+        filters = [f for kind, f in (("put", pb.WatchCreateRequest.NOPUT),
+                                     ("delete", pb.WatchCreateRequest.NODELETE))
+                   if kind not in chosen]
+        return self._watch(prefix, start_revision, filters)
+
+    def _watch(self, prefix: str, start_revision: int,
+               filters: Sequence[pb.WatchCreateRequest.FilterType]) -> Watch:
         self._check_open()
-        w = _EtcdWatch(self, prefix, start_revision)
+        w = _EtcdWatch(self, prefix, start_revision, filters)
         self._watches.add(w)
         return w
 
@@ -941,9 +958,11 @@ class EtcdBackend(Backend):
 class _EtcdWatch(Watch):
     """One etcd watch stream at a time, reopened on the next member when it breaks."""
 
-    def __init__(self, backend: EtcdBackend, prefix: str, start_revision: int) -> None:
+    def __init__(self, backend: EtcdBackend, prefix: str, start_revision: int,
+                 filters: Sequence[pb.WatchCreateRequest.FilterType] = ()) -> None:
         self._backend = backend
         self._prefix = prefix
+        self._filters = list(filters)
         self._key, self._end = _range_end(_b(prefix))
         self._next = max(int(start_revision), 1)  # the first revision not yet delivered
         self._cond = threading.Condition()
@@ -1102,7 +1121,7 @@ class _EtcdWatch(Watch):
         """Stream from ``member`` until the stream ends; True if it was established."""
         backend = self._backend
         create = pb.WatchCreateRequest(key=self._key, range_end=self._end,
-                                            start_revision=self._next)
+                                       start_revision=self._next, filters=self._filters)
         done = threading.Event()
 
         def requests() -> Iterator[Any]:

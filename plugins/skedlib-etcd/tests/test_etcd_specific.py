@@ -5,9 +5,11 @@ Everything but the URL parsing runs against real etcd servers (see tests/harness
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -441,3 +443,41 @@ def test_credentials_for_a_server_without_auth_are_ignored(
     with open_etcd(etcd_single.url(user="root", password="unused")) as b:
         b.put(ns + "a", b"1")
         assert b.get(ns + "a") is not None
+
+
+def _watch_messages_sent(cluster: harness.EtcdCluster) -> float:
+    """The watch messages the member sent, from its /metrics."""
+    member = cluster.members[0]
+    url = f"http://{member.endpoint}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(value) for value in re.findall(
+        r'^grpc_server_msg_sent_total\{[^}]*grpc_method="Watch"[^}]*\} (\S+)$', text,
+        re.MULTILINE))
+
+
+def test_a_watch_of_deletes_gets_no_message_for_puts() -> None:
+    """The kinds a watch leaves out are filtered by etcd, not sent and dropped here."""
+    harness.require_etcd_plugin()
+    cluster = harness.EtcdCluster(1, name=f"kinds-{uuid.uuid4().hex[:6]}")
+    cluster.start()
+    try:
+        with open_etcd(cluster.url()) as b:
+            prefix = "kinds/"
+            w = b.watch_kinds(prefix, b.current_revision(prefix) + 1, ["delete"])
+            with w:
+                b.put(prefix + "ready", b"")
+                b.delete(prefix + "ready")
+                got = w.next(timeout=10)  # the watch is established
+                assert [(e.kind, e.key) for e in got] == [("delete", prefix + "ready")]
+                before = _watch_messages_sent(cluster)
+                for i in range(20):
+                    b.put(f"{prefix}{i}", b"x")
+                b.delete(prefix + "7")
+                got = w.next(timeout=10)
+                after = _watch_messages_sent(cluster)
+            assert [(e.kind, e.key) for e in got] == [("delete", prefix + "7")]
+            # one message (the delete) for 21 revisions under the prefix
+            assert after - before == 1
+    finally:
+        cluster.stop()
