@@ -516,8 +516,8 @@ class _SpreadIndex:
         self.want_zeros = False
         self.value_count: dict[str, int] = defaultdict(int)
         self.value_of: dict[str, str] = {}
-        """With an attribute: host → its value, for the hosts whose count changed (a
-        host's attributes do not change while a plan is made)."""
+        """With an attribute: host → its value, for the hosts that changed or whose
+        count changed (a host's attributes do not change while a plan is made)."""
         self.heads: list[tuple[int, tuple[float, str], str]] = []
         """With an attribute: ``(count, load key of its best host, value)`` of each
         value with hosts, sorted (:meth:`by_value`)."""
@@ -562,8 +562,10 @@ class _SpreadIndex:
         if not self.active:
             return
         if self.attribute:  # the pool moves the host in its load order
+            # (the count of the host's value changes next: its value is at hand then)
+            value = self.value_of[host.name] = host.attributes.get(self.attribute, "")
             if self.dirty is not None:
-                self.dirty.add(host.attributes.get(self.attribute, ""))
+                self.dirty.add(value)
             return
         name = host.name
         old = self.key.get(name)
@@ -677,8 +679,8 @@ class _SpreadIndex:
         head of a value's load order has its value's best). The values' heads are kept
         sorted by count and load, and moved only for the values that changed."""
         pool = self.pool
-        parts = pool._loads(self.attribute)
-        pool._ready_loads()
+        # every key in first (a key put in before the order is built goes in with it)
+        parts = pool._ready_loads().parts.get(self.attribute) or pool._loads(self.attribute)
         self._refresh(parts)
         heads = self.heads
         n = len(heads)
