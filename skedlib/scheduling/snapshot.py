@@ -314,7 +314,7 @@ class ShareIndex:
                     key = load_key(host)
                     if old != key:
                         self._remove_load(old, host.attributes)
-                        self._add_load(key, host.attributes)
+                        self.add_loads(host, key)
             self._out.clear()
 
     def _forget(self, host: HostState) -> None:
@@ -351,22 +351,22 @@ class ShareIndex:
             if part is not None:
                 part.discard(key)
 
-    def add_loads(self, host: HostState) -> tuple[float, str] | None:
-        """Put ``host``'s keys in the load orders only; returns its key there (None:
-        no load order yet)."""
+    def add_loads(self, host: HostState, key: tuple[float, str] | None = None
+                  ) -> tuple[float, str] | None:
+        """Put ``host``'s keys in the load orders only (``key``: its key there, when the
+        caller worked it out); returns its key there (None: no load order yet)."""
         if not self.parts:
             return None
-        key = load_key(host)
-        self._add_load(key, host.attributes)
-        return key
-
-    def _add_load(self, key: tuple[float, str], attributes: Mapping[str, str]) -> None:
+        if key is None:
+            key = load_key(host)
+        attributes = host.attributes
         for attribute, parts in self.parts.items():
             value = attributes.get(attribute, "") if attribute else ""  # value_of()
             try:
                 parts[value].add(key)
             except KeyError:  # the first host with this value
                 parts[value] = SortedKeys([key])
+        return key
 
     def drop(self, host: HostState, stays: bool = False) -> None:
         """Before ``host`` changes or leaves; ``stays``: the same state is put back
