@@ -80,6 +80,22 @@ class SortedKeys(Generic[_K]):
         else:
             maxes[i] = block[-1]
 
+    def discard_head(self, name: str) -> bool:
+        """Remove the smallest key when it is ``name``'s (a key ends with its host's
+        name, and a list holds one key per host); True when it did."""
+        blocks = self._blocks
+        if not blocks:
+            return False
+        block = blocks[0]
+        if block[0][-1] != name:
+            return False
+        del block[0]
+        self._len -= 1
+        if not block:
+            del blocks[0]
+            del self._maxes[0]
+        return True
+
     def head(self) -> _K | None:
         """The smallest key (None when empty)."""
         blocks = self._blocks

@@ -516,14 +516,17 @@ class _SpreadIndex:
         self.want_zeros = False
         self.value_count: dict[str, int] = defaultdict(int)
         self.value_of: dict[str, str] = {}
-        """With an attribute: host → its value, for the hosts whose count changed (a
-        host's attributes do not change while a plan is made)."""
-        self.heads: list[tuple[int, tuple[float, str], str]] = []
-        """With an attribute: ``(count, load key of its best host, value)`` of each
-        value with hosts, sorted (:meth:`by_value`)."""
-        self.head_of: dict[str, tuple[int, tuple[float, str], str]] = {}
+        """With an attribute: host → its value, for the hosts that changed or whose
+        count changed (a host's attributes do not change while a plan is made)."""
+        self.heads: list[tuple[int, float, str, str]] = []
+        """With an attribute: ``(count, *load key of its best host, value)`` of each
+        value with hosts, sorted (:meth:`by_value`; flat: a tuple in a tuple costs two
+        more comparisons for each)."""
+        self.head_of: dict[str, tuple[int, float, str, str]] = {}
         self.dirty: set[str] | None = None
         """Values whose entry in :attr:`heads` may be out of date (None: every one)."""
+        self.moved: HostState | None = None
+        """Without an attribute: the host the pool moved last."""
         if not attribute:
             for name, n in counts.items():
                 if n and name in by_name:
@@ -562,9 +565,12 @@ class _SpreadIndex:
         if not self.active:
             return
         if self.attribute:  # the pool moves the host in its load order
+            # (the count of the host's value changes next: its value is at hand then)
+            value = self.value_of[host.name] = host.attributes.get(self.attribute, "")
             if self.dirty is not None:
-                self.dirty.add(host.attributes.get(self.attribute, ""))
+                self.dirty.add(value)
             return
+        self.moved = host  # (its count changes next: the host is at hand then)
         name = host.name
         old = self.key.get(name)
         if old is not None:
@@ -590,9 +596,11 @@ class _SpreadIndex:
             if self.dirty is not None:
                 self.dirty.add(value)
             return
-        host = self.pool.by_name.get(name)
-        if host is None:
-            return
+        host = self.moved
+        if host is None or host.name != name:
+            host = self.pool.by_name.get(name)
+            if host is None:
+                return
         n = self.counts.get(name, 0)
         load = self.key.pop(name, None)
         if load is not None and not n:
@@ -619,10 +627,10 @@ class _SpreadIndex:
                 yield by_name[name]
             return
         pool, holding, passed = self.pool, self.key, 0
-        part = pool._loads("").get("")
+        # every key in first but those of the hosts it holds (passed over anyway)
+        part = (pool._ready_loads(holding).parts.get("") or pool._loads("")).get("")
         if part is None:
             return
-        pool._ready_loads(holding)  # (the hosts it holds may stay out: passed over)
         own, base = pool._own, pool._base
         for _, name in part:
             if name in holding:
@@ -677,8 +685,8 @@ class _SpreadIndex:
         head of a value's load order has its value's best). The values' heads are kept
         sorted by count and load, and moved only for the values that changed."""
         pool = self.pool
-        parts = pool._loads(self.attribute)
-        pool._ready_loads()
+        # every key in first (a key put in before the order is built goes in with it)
+        parts = pool._ready_loads().parts.get(self.attribute) or pool._loads(self.attribute)
         self._refresh(parts)
         heads = self.heads
         n = len(heads)
@@ -692,14 +700,13 @@ class _SpreadIndex:
             if i:
                 # the best load from here on (the heads are sorted by count, then load:
                 # when every value left has this count, it is this head's)
-                best = -(head[1][0] if heads[-1][0] == c
-                         else min([h[1][0] for h in heads[i:]]))
+                best = -(head[1] if heads[-1][0] == c else min([h[1] for h in heads[i:]]))
                 bound: float = 0
                 bound += weight * (1.0 / (1 + c))  # as Placer._score adds them up
                 for w in weights:
                     bound += w * best
                 yield bound + 1e-9
-            yield self._merged(head[1], i, j, parts, pool)
+            yield self._merged(head[2], i, j, parts, pool)
             i = j
 
     def _refresh(self, parts: Mapping[str, SortedKeys[tuple[float, str]]]) -> None:
@@ -711,7 +718,7 @@ class _SpreadIndex:
             for value, part in parts.items():
                 first = part.head()
                 if first is not None:
-                    head_of[value] = (count.get(value, 0), first, value)
+                    head_of[value] = (count.get(value, 0), *first, value)
             heads[:] = sorted(head_of.values())
             self.dirty = set()
             return
@@ -722,23 +729,24 @@ class _SpreadIndex:
             keys = parts.get(value)
             first = None if keys is None else keys.head()
             if first is not None:
-                new = head_of[value] = (count.get(value, 0), first, value)
+                new = head_of[value] = (count.get(value, 0), first[0], first[1], value)
                 bisect.insort(heads, new)
         dirty.clear()
 
-    def _merged(self, first: tuple[float, str], start: int, end: int,
+    def _merged(self, first: str, start: int, end: int,
                 parts: Mapping[str, SortedKeys[tuple[float, str]]], pool: HostPool
                 ) -> Iterator[HostState]:
         """The hosts of the values of :attr:`heads` ``[start:end]`` in load order:
-        ``first`` (the smallest key) without merging (most walks stop there), then the
-        rest merged."""
+        ``first`` (the host of the smallest key) without merging (most walks stop
+        there), then the rest merged."""
         own, base = pool._own, pool._base
-        name = first[1]
-        yield own.get(name) or base[name]
-        keys = [parts[value] for _, _, value in self.heads[start:end]]
+        yield own.get(first) or base[first]
+        keys = []  # (a loop: a comprehension would make ``parts`` a cell at every call)
+        for head in self.heads[start:end]:
+            keys.append(parts[head[3]])
         for key in keys[0] if len(keys) == 1 else heapq.merge(*keys):
-            if key != first:
-                name = key[1]
+            name = key[1]
+            if name != first:  # (an order holds one key per host)
                 yield own.get(name) or base[name]
 
 

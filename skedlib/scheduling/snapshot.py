@@ -314,7 +314,7 @@ class ShareIndex:
                     key = load_key(host)
                     if old != key:
                         self._remove_load(old, host.attributes)
-                        self._add_load(key, host.attributes)
+                        self.add_loads(host, key)
             self._out.clear()
 
     def _forget(self, host: HostState) -> None:
@@ -331,9 +331,19 @@ class ShareIndex:
 
     def remove_loads(self, host: HostState, key: tuple[float, str] | None = None) -> None:
         """Take ``host``'s keys out of the load orders only (``key``: its key there,
-        when the caller knows it)."""
-        if self.parts:
-            self._remove_load(key or load_key(host), host.attributes)
+        when the caller knows it; else a host at the head of its order, what a walk by
+        load chose, is taken out without working its key out)."""
+        if not self.parts:
+            return
+        if key is None:
+            name, attributes = host.name, host.attributes
+            for attribute, parts in self.parts.items():
+                part = parts.get(attributes.get(attribute, "") if attribute else "")
+                if part is not None and not part.discard_head(name):
+                    key = key or load_key(host)
+                    part.discard(key)
+            return
+        self._remove_load(key, host.attributes)
 
     def _remove_load(self, key: tuple[float, str], attributes: Mapping[str, str]) -> None:
         for attribute, parts in self.parts.items():
@@ -341,22 +351,22 @@ class ShareIndex:
             if part is not None:
                 part.discard(key)
 
-    def add_loads(self, host: HostState) -> tuple[float, str] | None:
-        """Put ``host``'s keys in the load orders only; returns its key there (None:
-        no load order yet)."""
+    def add_loads(self, host: HostState, key: tuple[float, str] | None = None
+                  ) -> tuple[float, str] | None:
+        """Put ``host``'s keys in the load orders only (``key``: its key there, when the
+        caller worked it out); returns its key there (None: no load order yet)."""
         if not self.parts:
             return None
-        key = load_key(host)
-        self._add_load(key, host.attributes)
-        return key
-
-    def _add_load(self, key: tuple[float, str], attributes: Mapping[str, str]) -> None:
+        if key is None:
+            key = load_key(host)
+        attributes = host.attributes
         for attribute, parts in self.parts.items():
             value = attributes.get(attribute, "") if attribute else ""  # value_of()
             try:
                 parts[value].add(key)
             except KeyError:  # the first host with this value
                 parts[value] = SortedKeys([key])
+        return key
 
     def drop(self, host: HostState, stays: bool = False) -> None:
         """Before ``host`` changes or leaves; ``stays``: the same state is put back
@@ -415,7 +425,10 @@ class Snapshot:
         self.tasks: dict[str, Task] = {}
         self.task_revisions: dict[str, int] = {}
         self._by_service: dict[tuple[str, str], list[Task]] = defaultdict(list)
-        self._by_host: dict[str, set[str]] = defaultdict(set)
+        self._by_host: dict[str, dict[str, None]] = defaultdict(dict)
+        """Host → the ids of the tasks issued to it (a dict of strings as a set: the
+        garbage collector does not follow such a dict, and spread files a task on
+        most hosts)."""
         for task, rev in tasks:
             self.put_task(task, rev)
         self.health = {h.task_id: h for h in health}
@@ -460,7 +473,7 @@ class Snapshot:
         self.task_revisions[task_id] = revision
         self._by_service[(task.cluster.name, task.service)].append(task)
         if task.host:
-            self._by_host[task.host].add(task_id)
+            self._by_host[task.host][task_id] = None
         state = self.hosts.get(task.host)
         return None if state is None or task.rejected else state
 
@@ -484,7 +497,7 @@ class Snapshot:
             del self._by_service[key]
         on_host = self._by_host.get(old.host)
         if on_host is not None:
-            on_host.discard(task_id)
+            on_host.pop(task_id, None)
             if not on_host:
                 del self._by_host[old.host]
         state = self.hosts.get(old.host)
