@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from skedlib.errors import SkedError
+from skedlib.errors import BackendError, SkedError
 from skedlib.jobs._config import WorkerConfig, WorkerStats, spawn
 from skedlib.jobs._running import RunningJob, Runs, command_line
 from skedlib.jobs.models import Job, JobRequirements
@@ -203,8 +203,14 @@ class ClaimQueue:
             batch = [q for q in batch if self.queued.get(q.kv.key) is q]
         if not batch:
             return
-        claimed = self.store.claim_many([q.kv for q in batch], self.node, self.node_revision,
-                                        log_url=self.log_url, limits=self.limits)
+        try:
+            claimed = self.store.claim_many([q.kv for q in batch], self.node,
+                                            self.node_revision, log_url=self.log_url,
+                                            limits=self.limits)
+        except BackendError:
+            claimed = self._read_back(batch)
+            if claimed is None:
+                raise  # not written: tried again after the claimer's backoff
         if claimed is None and len(batch) > 1:
             with self.cond:
                 self.stats.conflicts += 1
@@ -258,9 +264,14 @@ class ClaimQueue:
         if not batch:
             return None
         try:
-            claimed = self.store.finish_and_claim(
-                ends, [q.kv for q in batch], self.node, node_revision, log_url=self.log_url,
-                limits=self.limits)
+            try:
+                claimed = self.store.finish_and_claim(
+                    ends, [q.kv for q in batch], self.node, node_revision,
+                    log_url=self.log_url, limits=self.limits)
+            except BackendError:
+                claimed = self._read_back(batch)  # the ends went with the claim, or not
+                if claimed is None:
+                    raise
         except BaseException:
             self._give_back(batch)
             raise
@@ -274,6 +285,26 @@ class ClaimQueue:
             runs = self._started(claimed)
         self._announce(runs)
         return runs
+
+    def _read_back(self, batch: list[_Queued]) -> list[StoredJob] | None:
+        """A claim of ``batch`` failed while it was in flight: whether the store applied
+        it, read back from the jobs' records (tried again until the store answers, or
+        the worker stops). The jobs it claimed, to run (claimed jobs nobody runs would
+        stay running on this node until it registers again), or None: not applied."""
+        backoff = Backoff(initial=0.2, maximum=5.0)
+        while True:
+            try:
+                claimed = self.store.claimed_by([q.kv for q in batch], self.node)
+            except BackendError as exc:
+                log.warning("job worker %s: a claim's outcome is unknown, and reading it "
+                            "back failed: %s", self.node, exc)
+                if self.stopping.wait(backoff.next()):
+                    return None  # taken back when the node registers again
+                continue
+            if claimed is not None:
+                log.info("job worker %s: a claim that failed in flight was written: %d "
+                         "job(s)", self.node, len(claimed))
+            return claimed
 
     def _give_back(self, batch: list[_Queued]) -> None:
         """Jobs taken for a claim that was not written: queued again, unless a delete was

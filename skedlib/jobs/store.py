@@ -211,6 +211,28 @@ class JobStore:
         res = self.backend.txn(compares, ops)
         return [StoredJob(job, res.revision) for job in jobs] if res.succeeded else None
 
+    def claimed_by(self, queued: Sequence[KeyValue], node: str
+                   ) -> builtins.list[StoredJob] | None:
+        """Whether a claim of ``queued`` for ``node`` (:meth:`claim_many`,
+        :meth:`finish_and_claim`) whose outcome is unknown was applied — the store
+        failed while it was in flight: the jobs as that claim left them (those not
+        canceled since), or None when it was not applied. Only that claim can have
+        made a queued record the next attempt running on ``node`` (its compares name
+        the queued keys' revisions). Raises :class:`~skedlib.errors.BackendError` when
+        the records cannot be read."""
+        jobs = [decode_job(kv.value, kv.key) for kv in queued]
+        keys = [self.keys.job(job.id) for job in jobs]
+        found = self.backend.get_many(keys)
+        claimed: list[StoredJob] = []
+        for job, key in zip(jobs, keys, strict=True):
+            kv = found.get(key)
+            if kv is None:
+                continue
+            now = decode_job(kv.value, key)
+            if (now.status, now.node, now.attempts) == ("running", node, job.attempts + 1):
+                claimed.append(StoredJob(now, kv.revision))
+        return claimed or None
+
     def claim_room(self) -> int:
         """How many jobs one :meth:`claim_many` transaction can claim on this backend."""
         limit = self.backend.max_txn_ops

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from skedlib.errors import BackendUnavailable
 from skedlib.executors.limits import detect_limiter
 from skedlib.jobs._config import WorkerConfig, WorkerStats
 from skedlib.jobs._running import Runs
@@ -19,8 +20,9 @@ from skedlib.jobs.store import JobEnd, JobStore, StoredJob
 from skedlib.jobs.worker import JobWorker
 from skedlib.plugins import open_backend
 from skedlib.runtime import Store
-from skedlib.store.base import Backend, KeyValue
+from skedlib.store.base import Backend, Compare, KeyValue, Op, Put, TxnResult
 from skedlib.store.memory import MemoryBackend
+from tests.harness.common import DelegatingBackend
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -264,15 +266,10 @@ def test_finish_and_claim_writes_nothing_past_the_backends_transaction_size() ->
     assert small.finish_and_claim([_end(a)], queued[:2], "n1", rev) is not None  # 13
 
 
-def test_a_deep_queue_is_claimed_with_the_ends_of_jobs(tmp_path: Path) -> None:
-    """From a deep queue, a worker claims the jobs that take freed slots in the
-    transaction that writes the ends; every job still runs once, and the queue empties."""
-    backend = open_backend(f"sqlite://{tmp_path}/jobs.db")
-    store = JobStore(Store(backend))
-    ids = [store.submit(JobSpec(command="true")).id for _ in range(40)]
-    node = f"dq{time.monotonic_ns()}"
-    worker = JobWorker(backend, WorkerConfig(node=node, state_dir=tmp_path / node, slots=3,
-                                             claim_window=2, limits="none"))
+def _run_until_finished(store: JobStore, backend: Backend, config: WorkerConfig,
+                        ids: list[str]) -> JobWorker:
+    """Run a worker on ``backend`` until every job of ``ids`` finished (60 s at most)."""
+    worker = JobWorker(backend, config)
     worker.start()
     try:
         deadline = time.monotonic() + 60
@@ -281,6 +278,18 @@ def test_a_deep_queue_is_claimed_with_the_ends_of_jobs(tmp_path: Path) -> None:
             time.sleep(0.05)
     finally:
         worker.stop()
+    return worker
+
+
+def test_a_deep_queue_is_claimed_with_the_ends_of_jobs(tmp_path: Path) -> None:
+    """From a deep queue, a worker claims the jobs that take freed slots in the
+    transaction that writes the ends; every job still runs once, and the queue empties."""
+    backend = open_backend(f"sqlite://{tmp_path}/jobs.db")
+    store = JobStore(Store(backend))
+    ids = [store.submit(JobSpec(command="true")).id for _ in range(40)]
+    node = f"dq{time.monotonic_ns()}"
+    worker = _run_until_finished(store, backend, WorkerConfig(
+        node=node, state_dir=tmp_path / node, slots=3, claim_window=2, limits="none"), ids)
     jobs = [store.get(i).job for i in ids]
     assert {j.status for j in jobs} == {"complete"}
     assert all(j.attempts == 1 and j.node == node for j in jobs)
@@ -290,3 +299,69 @@ def test_a_deep_queue_is_claimed_with_the_ends_of_jobs(tmp_path: Path) -> None:
     assert stats.claimed_with_ends <= 40 - 2 * 2, "a shallow queue is claimed alone"
     assert store.inconsistencies() == []
     backend.close()
+
+
+class _LostAnswers(DelegatingBackend):
+    """Applies every transaction, but loses the answer of every third claim (a write
+    with a job's running key), as when the member dies while the write is in flight."""
+
+    def __init__(self, inner: Backend, running: str) -> None:
+        super().__init__(inner)
+        self.running = running
+        self.claims = self.lost = 0
+        self.lost_with_ends = 0
+        self._lock = threading.Lock()
+
+    def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+        res = self.inner.txn(compares, ops)
+        if not any(isinstance(op, Put) and op.key.startswith(self.running) for op in ops):
+            return res
+        with self._lock:
+            self.claims += 1
+            lose = res.succeeded and self.claims % 3 == 1
+            if lose:
+                self.lost += 1
+                # an end moves the job's running key away: a claim with ends deletes one
+                self.lost_with_ends += any(not isinstance(op, Put) and
+                                           op.key.startswith(self.running) for op in ops)
+        if lose:
+            raise BackendUnavailable("the member failed while the write was in flight; it "
+                                     "may or may not have been applied")
+        return res
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_a_claim_whose_answer_is_lost_still_runs_its_jobs(tmp_path: Path, deep: bool) -> None:
+    """A claim the store applied but whose answer was lost (the member failed in flight)
+    is read back: its jobs run, once, and none is left running with nobody running it."""
+    inner = open_backend(f"sqlite://{tmp_path}/jobs.db")
+    store = JobStore(Store(inner))
+    ids = [store.submit(JobSpec(command="true")).id for _ in range(24 if deep else 9)]
+    node = f"lost{time.monotonic_ns()}"
+    backend = _LostAnswers(inner, store.keys.jobs_running)
+    # a deep queue claims with the ends of jobs; a shallow one claims alone
+    _run_until_finished(store, backend, WorkerConfig(
+        node=node, state_dir=tmp_path / node, slots=3, claim_window=2 if deep else 16,
+        limits="none"), ids)
+    jobs = [store.get(i).job for i in ids]
+    assert backend.lost >= 2, "no claim's answer was lost"
+    if deep:
+        assert backend.lost_with_ends >= 1, "no claim with ends lost its answer"
+    assert [j.id for j in jobs if j.status != "complete"] == []
+    assert all(j.attempts == 1 and j.node == node for j in jobs), "a job ran twice"
+    assert inner.list(store.keys.node_jobs_running(node)).items == []
+    assert store.inconsistencies() == []
+    inner.close()
+
+
+def test_a_claim_is_read_back_only_as_its_own(store: JobStore) -> None:
+    a, b = _queued(store, "a", "b")
+    n1, n2 = _register(store, "n1"), _register(store, "n2")
+    assert store.claimed_by([a, b], "n1") is None, "nothing was claimed yet"
+    assert store.claim(b, "n2", n2) is not None
+    assert store.claimed_by([a, b], "n1") is None, "another node's claim is not ours"
+    claimed = store.claim_many([a], "n1", n1)
+    assert claimed is not None
+    assert store.claimed_by([a], "n1") == claimed
+    store.cancel("a")
+    assert store.claimed_by([a], "n1") is None, "a job canceled since is not run"
