@@ -104,13 +104,13 @@ def test_run_as_starts_tasks_with_that_uid_and_per_task_users_only_if_allowed(
     # the logs stay the agent's, private to everyone else
     env.wait_healthy(shell.id)
     workdir = env.state_dir / "executors" / "bash" / shell.id / "sh"
-    uid_file = wait_for(lambda: (workdir / "uid").exists() and workdir / "uid", 10,
+    uid_file = wait_for(lambda: (workdir / "uid").exists() and workdir / "uid", 30,
                         "the task to write its uid")
     assert uid_file.read_text().strip() == str(NOBODY.pw_uid)
     st = workdir.stat()
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (NOBODY.pw_uid, 0o700)
     out = env.state_dir / "logs" / shell.id / "sh.out.log"
-    assert f"out-{NOBODY.pw_uid}" in wait_for(lambda: out.exists() and out.read_text(), 10,
+    assert f"out-{NOBODY.pw_uid}" in wait_for(lambda: out.exists() and out.read_text(), 30,
                                               "the task's output")
     st = out.stat()
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (os.geteuid(), 0o640)
