@@ -330,10 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         policy = host_policy_from_args(args)
-        # a job worker alone needs no agent configuration (nor the agent's modules), but
-        # a malformed option is still an error, not silently passed over
-        _executor_options(args)
-        config = None if args.jobs_only else config_from_args(args, policy)
+        if args.jobs_only:  # no agent configuration (nor the agent's modules), but a
+            _executor_options(args)  # malformed option is still an error
+            config = None
+        else:
+            config = config_from_args(args, policy)
         backend = open_backend(args.backend or default_backend_url())
     except (SkedError, OSError) as exc:
         print(f"skedlib-agent: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -203,14 +203,9 @@ class ClaimQueue:
             batch = [q for q in batch if self.queued.get(q.kv.key) is q]
         if not batch:
             return
-        try:
-            claimed = self.store.claim_many([q.kv for q in batch], self.node,
-                                            self.node_revision, log_url=self.log_url,
-                                            limits=self.limits)
-        except BackendError:
-            claimed = self._read_back(batch)
-            if claimed is None:
-                raise  # not written: tried again after the claimer's backoff
+        claimed = self._sent(batch, lambda: self.store.claim_many(
+            [q.kv for q in batch], self.node, self.node_revision, log_url=self.log_url,
+            limits=self.limits))
         if claimed is None and len(batch) > 1:
             with self.cond:
                 self.stats.conflicts += 1
@@ -264,14 +259,10 @@ class ClaimQueue:
         if not batch:
             return None
         try:
-            try:
-                claimed = self.store.finish_and_claim(
-                    ends, [q.kv for q in batch], self.node, node_revision,
-                    log_url=self.log_url, limits=self.limits)
-            except BackendError:
-                claimed = self._read_back(batch)  # the ends went with the claim, or not
-                if claimed is None:
-                    raise
+            # read back, the ends went with the claim or not
+            claimed = self._sent(batch, lambda: self.store.finish_and_claim(
+                ends, [q.kv for q in batch], self.node, node_revision,
+                log_url=self.log_url, limits=self.limits))
         except BaseException:
             self._give_back(batch)
             raise
@@ -285,6 +276,19 @@ class ClaimQueue:
             runs = self._started(claimed)
         self._announce(runs)
         return runs
+
+    def _sent(self, batch: list[_Queued],
+              claim: Callable[[], list[StoredJob] | None]) -> list[StoredJob] | None:
+        """``claim()``'s jobs (None: a compare failed); when the store failed while it
+        was in flight, what :meth:`_read_back` finds, or the store's error when it was
+        not written (tried again by the caller)."""
+        try:
+            return claim()
+        except BackendError:
+            claimed = self._read_back(batch)
+            if claimed is None:
+                raise
+            return claimed
 
     def _read_back(self, batch: list[_Queued]) -> list[StoredJob] | None:
         """A claim of ``batch`` failed while it was in flight: whether the store applied
