@@ -133,10 +133,17 @@ def _tail(path: Path, lines: int = 12) -> str:
         return "(no log)"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 now (each socket is held until all are
+    picked, so no port comes back twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _spread(counts: dict[str, int], k: int) -> dict[str, Any]:
@@ -372,7 +379,7 @@ def rq_missing() -> str | None:
 def redis_server(procs: Procs, tmp: Path) -> Iterator[str]:
     import redis
 
-    port = _free_port()
+    [port] = _free_ports(1)
     log = tmp / "redis.log"
     data = tmp / "redis"
     data.mkdir()
@@ -489,7 +496,7 @@ def slurm_missing() -> str | None:
 
 
 def _slurm_conf(d: Path, cpus: int, max_array: int) -> str:
-    ctld, slurmd = _free_port(), _free_port()
+    ctld, slurmd = _free_ports(2)
     return "\n".join([
         "ClusterName=skedbench",
         "SlurmctldHost=localhost(127.0.0.1)",

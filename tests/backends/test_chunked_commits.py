@@ -124,26 +124,58 @@ def test_a_lost_fence_stops_the_rest_and_keeps_what_was_applied(backend: Backend
     assert {kv.revision for kv in _written(backend, ns)} == {result.revision}
 
 
+class _WaitsForAReadAfterEachChunk(DelegatingBackend):
+    """Holds the commit after each chunk until the reader has listed the prefix once since.
+
+    Without it the reader thread may not be scheduled while the commit runs (a loaded
+    machine, the GIL), and the test would show nothing about what it sees in between.
+    """
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.cond = threading.Condition()
+        self.applied = 0  # chunks applied so far
+        self.read_since = 0  # the number of chunks applied before the last read began
+
+    def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+        result = self.inner.txn(compares, ops)
+        with self.cond:
+            self.applied += 1
+            self.cond.wait_for(lambda: self.read_since >= self.applied, timeout=10)
+        return result
+
+    def read(self, prefix: str) -> int:
+        with self.cond:
+            before = self.applied
+        count = len(self.inner.list(prefix).items)
+        with self.cond:
+            self.read_since = before
+            self.cond.notify_all()
+        return count
+
+
 def test_readers_see_whole_chunks_while_a_commit_runs(backend: Backend, ns: str) -> None:
     fence_key = ns + "lock"
     token = backend.put(fence_key, b"me")
     per = _per_chunk(backend)
     n = 6 * per + 22  # seven chunks
+    gated = _WaitsForAReadAfterEachChunk(backend)
     seen: list[int] = []
     stop = threading.Event()
 
     def reader() -> None:
         while not stop.is_set():
-            seen.append(len(backend.list(ns + "tasks/").items))
+            seen.append(gated.read(ns + "tasks/"))
 
     t = threading.Thread(target=reader)
     t.start()
     try:
-        result = write_groups(backend, _groups(ns, n), fence=[Compare(fence_key, token)])
+        result = write_groups(gated, _groups(ns, n), fence=[Compare(fence_key, token)])
     finally:
         stop.set()
         t.join(10)
     assert result.succeeded and result.total_chunks == 7
     # a reader only ever observes a prefix of whole chunks: multiples of `per` tasks
     assert set(seen) <= {0, *range(per, n, per), n}, sorted(set(seen))
-    assert len(set(seen)) > 1, "the reader never ran during the commit"
+    # it read after each chunk, so it saw every prefix the commit went through
+    assert set(range(per, n, per)) <= set(seen), sorted(set(seen))

@@ -82,6 +82,7 @@ __all__ = [
     "docker_engine",
     "dockerd_binary",
     "free_port",
+    "free_port_pair",
     "require_docker_plugin",
 ]
 
@@ -148,6 +149,13 @@ def require_docker_plugin() -> None:
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now, below the kernel's ephemeral range."""
     return free_ports(1, error=DockerdUnavailableError)[0]
+
+
+def free_port_pair() -> tuple[int, int]:
+    """Two distinct TCP ports free on 127.0.0.1 now (two calls of :func:`free_port` may
+    return the same one)."""
+    first, second = free_ports(2, error=DockerdUnavailableError)
+    return first, second
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -33,7 +33,13 @@ from skedlib.health.checks import resolve_check, run_check
 from skedlib.keys import DEFAULT_PREFIX, Keyspace
 from skedlib.models import Check, Cluster, Container, Task, TaskDefinition, TaskHealth
 from skedlib.plugins import get_registry, open_backend
-from tests.harness.dockerd import DockerEngine, docker_engine, free_port, require_docker_plugin
+from tests.harness.dockerd import (
+    DockerEngine,
+    docker_engine,
+    free_port,
+    free_port_pair,
+    require_docker_plugin,
+)
 
 require_docker_plugin()
 
@@ -405,7 +411,7 @@ def test_extra_port_mappings_and_volume(make_permissive: Callable[..., DockerEng
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text("from-a-volume\n")
-    port, extra = free_port(), free_port()
+    port, extra = free_port_pair()
     task, ctr = make_task({"image": docker_engine.image, "container_port": 8080,
                            "ports": [f"{extra}:9090"],
                            "volumes": [f"{www}:/www:ro"],
@@ -611,7 +617,7 @@ def test_ports_are_published_on_loopback_by_default(docker_engine: DockerEngine,
                           options={"docker.url": docker_engine.url})  # no bind_ip given
     executor = DockerEngineExecutor(ctx)
     try:
-        port, extra = free_port(), free_port()
+        port, extra = free_port_pair()
         task, ctr = make_task({"image": docker_engine.image, "container_port": 8080,
                                "ports": [f"{extra}:9090"], "cmd": ["sleep", "300"]},
                               port=port)
