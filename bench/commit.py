@@ -74,7 +74,7 @@ from skedlib.locks import Lock  # noqa: E402
 from skedlib.models import Host  # noqa: E402
 from skedlib.plugins import get_registry, open_backend  # noqa: E402
 from skedlib.runtime import Group, Store, write_groups  # noqa: E402
-from skedlib.scheduler.daemon import SchedulerDaemon, tune_gc  # noqa: E402
+from skedlib.scheduler.daemon import SchedulerDaemon  # noqa: E402
 from skedlib.scheduling import SnapshotCache, commit_plan  # noqa: E402
 from skedlib.store.base import Backend, Compare, Op, Put, TxnResult  # noqa: E402
 
@@ -429,12 +429,9 @@ def main() -> None:
     parser.add_argument("--backend", choices=["etcd", "sqlite"], default="etcd")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--default-gc", action="store_true",
-                        help="leave Python's garbage collector thresholds as they are "
-                             "(skedlib-scheduler sets its own: skedlib.scheduler.tune_gc)")
+    sched_bench.add_gc_option(parser)
     args = parser.parse_args()
-    if not args.default_gc:
-        tune_gc()
+    thresholds = sched_bench.set_gc(args)
     tasks = 2_000 if args.quick else 10_000
     if args.backend == "sqlite":
         tmp = Path(tempfile.mkdtemp(prefix="skedbench-"))
@@ -459,7 +456,7 @@ def main() -> None:
                              lambda shapes, n: raw_etcd(endpoint, shapes, n, members_cpu),
                              tasks, args.repeat, members_cpu),
                    "targets": {"daemon_over_raw": 0.8, "daemon_placements_per_s": 5000}}
-    out["gc_thresholds"] = list(gc.get_threshold())
+    out["gc_thresholds"] = thresholds
     json.dump(out, sys.stdout, indent=2)
     print()
 

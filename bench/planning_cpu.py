@@ -7,7 +7,9 @@ The workload and order of ``bench/scaling.py`` (each size: binpack, spread, spre
 10 zones, one process), timed with ``time.process_time`` only around the plans, with the
 plugin registry loaded before the first (``bench/scaling.py`` charges that load to
 binpack's first size). ``gc`` gives the collections per generation and their CPU
-seconds (``gc.callbacks``). Alternate it between two trees to compare them.
+seconds (``gc.callbacks``), under the collector setting of ``skedlib-scheduler``
+(``gc_thresholds``) unless ``--default-gc`` is given. Alternate it between two trees to
+compare them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from typing import Any
 
 from scaling import KINDS, _size
-from scheduling import plan_all, workload
+from scheduling import add_gc_option, plan_all, set_gc, workload
 
 from skedlib.plugins import get_registry
 
@@ -29,7 +31,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="10k/5k,100k/10k",
                         help="comma-separated TASKS/HOSTS")
+    add_gc_option(parser)
     args = parser.parse_args()
+    thresholds = set_gc(args)
     get_registry()
     started: list[float] = [0.0]
     counts, seconds = [0, 0, 0], [0.0, 0.0, 0.0]
@@ -63,7 +67,8 @@ def main() -> None:
                 row[f"{kind}_to_binpack_cpu"] = round(row[kind]["placements_per_cpu_s"] / bp, 3)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-    json.dump({"bench": "planning_cpu", "sizes": rows}, sys.stdout, indent=2)
+    json.dump({"bench": "planning_cpu", "sizes": rows, "gc_thresholds": thresholds}, sys.stdout,
+              indent=2)
     print()
 
 

@@ -34,6 +34,11 @@ Each binpack row also gives ``quality``: the hosts binpack used over the lower b
 1.1), and every row ``peak_rss_mib``: the peak RSS of this process so far (it only grows:
 run a size alone, with ``--sizes``, for its own peak).
 
+The process's garbage collector is set as ``skedlib-scheduler`` sets it
+(:func:`skedlib.scheduler.tune_gc`; ``gc_thresholds`` in the output) unless
+``--default-gc`` leaves Python's defaults (a library user's script that does not set
+them plans under those).
+
 To compare with another tree in the same run, alternate this script between the two
 trees (``PYTHONPATH=<other tree> python <other tree>/bench/scaling.py``), as
 docs/performance.md does.
@@ -50,7 +55,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from scheduling import HOST, plan_all, workload
+from scheduling import HOST, add_gc_option, plan_all, set_gc, workload
 
 from skedlib import (
     BestFit,
@@ -181,7 +186,9 @@ def main() -> None:
                         help="which of binpack, spread, spread_zone to run")
     parser.add_argument("--million", action="store_true",
                         help="add 1M tasks on 100k hosts (binpack about a minute)")
+    add_gc_option(parser)
     args = parser.parse_args()
+    thresholds = set_gc(args)
     sizes = [(_size(a), _size(b)) for a, b in
              (part.split("/") for part in args.sizes.split(",") if part)] or \
         SIZES + ([MILLION] if args.million else [])
@@ -221,7 +228,7 @@ def main() -> None:
                                  for k, v in points.items()},
            "cpu_exponent_from_10k": {k: fit_exponent([p for p in v if p[0] >= 10_000])
                                      for k, v in cpu_points.items()},
-           "target": TARGETS}
+           "gc_thresholds": thresholds, "target": TARGETS}
     json.dump(out, sys.stdout, indent=2)
     print()
 

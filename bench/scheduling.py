@@ -23,6 +23,7 @@ Workloads (seeded, so every run plans the same thing):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import random
@@ -33,9 +34,26 @@ from typing import Any
 
 from skedlib.models import Cluster, Container, Host, Resources, Service, TaskDefinition
 from skedlib.plugins import get_registry
+from skedlib.scheduler import tune_gc
 from skedlib.scheduling import Scheduler, Snapshot, validate_plan
 
 HOST = Resources(memory=16_384, cpu_units=8_192, disk=0)
+
+
+def add_gc_option(parser: argparse.ArgumentParser) -> None:
+    """``--default-gc``: leave Python's collector thresholds; without it
+    :func:`set_gc` sets the program's."""
+    parser.add_argument("--default-gc", action="store_true",
+                        help="leave Python's garbage collector thresholds as they are "
+                             "(skedlib-scheduler sets its own: skedlib.scheduler.tune_gc)")
+
+
+def set_gc(args: argparse.Namespace) -> list[int]:
+    """Set the collector as ``skedlib-scheduler`` does (:func:`skedlib.scheduler.tune_gc`)
+    unless ``--default-gc`` was given; the thresholds in force, for the output."""
+    if not args.default_gc:
+        tune_gc()
+    return list(gc.get_threshold())
 
 
 def workload(seed: int, hosts: int, tasks: int, services: int,

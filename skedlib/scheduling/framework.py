@@ -92,10 +92,14 @@ class ServiceHosts(Counter[str]):
         self._watchers.append(callback)
 
     def __setitem__(self, key: str, value: int) -> None:
+        watchers = self._watchers
+        if not watchers:  # (binpack's counts: nobody follows them)
+            dict.__setitem__(self, key, value)
+            return
         delta = value - self.get(key, 0)
         super().__setitem__(key, value)
         if delta:
-            for w in self._watchers:
+            for w in watchers:
                 w(key, delta)
 
     def __delitem__(self, key: object) -> None:
@@ -120,6 +124,8 @@ class TaskRequest(msgspec.Struct, kw_only=True):
         service: The task's service, if any (filters read its constraints from here).
         constraints: The service's constraints, parsed.
         service_hosts: How many tasks of the same service each host holds.
+        task_id: ``task.id``, when the builder has it at hand (a placer then does not
+            format it again); empty: worked out from ``task``.
 
     Example:
         ```python
@@ -135,6 +141,8 @@ class TaskRequest(msgspec.Struct, kw_only=True):
     constraints: tuple[Constraint, ...] = ()
     service_hosts: Counter[str] = msgspec.field(default_factory=ServiceHosts)
     """How many tasks of the same service each host holds (kept up to date by the placer)."""
+    task_id: str = ""
+    """``task.id`` when given (the placer formats it otherwise)."""
 
     @classmethod
     def for_task(cls, task: Task, service: Service | None,
@@ -1380,7 +1388,7 @@ class Placer:
         result = self._go_on(request, pool) or self.choose(request, pool)
         if isinstance(result, Placement):
             task = request.task
-            pool.assign(result.host, task.id, request.demand, task.port,
+            pool.assign(result.host, request.task_id or task.id, request.demand, task.port,
                         self._executor_ports(task.task_definition))
             counts = request.service_hosts  # (+= 1 without Counter.__missing__'s call)
             counts[result.host] = counts.get(result.host, 0) + 1

@@ -29,6 +29,7 @@ import msgspec
 
 from skedlib.constraints import parse_constraint
 from skedlib.models import Cluster, Rollout, Service, Task
+from skedlib.models import _task_id as task_id_of  # the one spelling of an id
 from skedlib.scheduling.framework import (
     Filter,
     HostPool,
@@ -282,7 +283,7 @@ class _Reconcile:
             t = new.get(i)
             if t is not None and self.live(t):
                 continue
-            task_id = f"{cluster}-{service}-{version}-{i}"
+            task_id = task_id_of(cluster, service, version, i)
             why = self.snap.invalid_tasks.get(task_id)
             if why is not None:
                 self.result.unschedulable[task_id] = (
@@ -368,24 +369,27 @@ class _Reconcile:
             self.healthy_n -= healthy
 
     def place(self, instance: int, old: Task | None) -> bool:
-        task = Task(cluster=self.cluster, task_definition=self.td, service=self.service.name,
-                    instance=instance, port=self.td.port, scheduled=True,
+        cluster, td, service = self.cluster, self.td, self.service.name
+        task = Task(cluster=cluster, task_definition=td, service=service,
+                    instance=instance, port=td.port, scheduled=True,
                     rejected_hosts=list(old.rejected_hosts) if old else [],
                     capacity_rejections=list(old.capacity_rejections) if old else [])
+        task_id = task_id_of(cluster.name, service, td.version, instance)  # task.id, once
         if old is not None and old.host in self.pool.by_name and not old.rejected:
             self.pool.release(old.host, old.id, demand_of(old.task_definition), old.port,
                               old.task_definition.executor_ports())
         request = TaskRequest(task=task, demand=self.demand, service=self.service,
-                              constraints=self.constraints, service_hosts=self.service_hosts)
+                              constraints=self.constraints, service_hosts=self.service_hosts,
+                              task_id=task_id)
         choice = self.scheduler_place(request)
         if isinstance(choice, Placement):
             task.host = choice.host
-            self.result.placed[task.id] = choice.why(len(self.pool))
+            self.result.placed[task_id] = choice.why(len(self.pool))
             self.result.plan.place.append(task)
             self.total += 0 if old is not None and self.live(old) else 1
             self.in_flight += 1
             return True
-        self.result.unschedulable[task.id] = str(choice)
+        self.result.unschedulable[task_id] = str(choice)
         # look again when the next capacity rejection expires (those expired already
         # did not keep the task off their host: no reason to hurry back)
         pending = [at for r in task.capacity_rejections
