@@ -367,3 +367,30 @@ def test_placing_tasks_with_ports_on_a_view_leaves_the_snapshot_ports() -> None:
     assert len(set(hosts)) == 3  # the port is taken on each host it went to
     assert all(8080 in pool.by_name[h].ports for h in hosts)
     assert {n: set(h.ports) for n, h in snap.hosts.items()} == before
+
+
+def test_a_placed_task_is_charged_under_its_id_given_or_worked_out() -> None:
+    """A request's ``task_id`` is the id the pool charges the task under; without it the
+    placer works ``task.id`` out."""
+    snap = _snapshot(4, 3)
+    pool, placer = HostPool.of(snap, CLUSTER), Placer(stock_filters(), [BestFit()])
+    given_id = _request(0, 100)
+    given_id.task_id = "c-s-1-900"  # (not the task's own: shows which one is used)
+    worked_out = _request(1, 100)
+    assert worked_out.task_id == ""
+    for request, charged in ((given_id, "c-s-1-900"), (worked_out, "c-s-1-1")):
+        placed = placer.place(request, pool)
+        assert isinstance(placed, Placement)
+        assert charged in pool.by_name[placed.host].tasks
+
+
+def test_service_counts_tell_watchers_added_late_only_of_later_changes() -> None:
+    counts = ServiceHosts(["a", "a", "b"])
+    counts["a"] += 1  # nobody watches yet
+    seen: list[tuple[str, int]] = []
+    counts.watch(lambda host, delta: seen.append((host, delta)))
+    counts["b"] += 2
+    counts["a"] = 3  # no change: no call
+    del counts["a"]
+    assert seen == [("b", 2), ("a", -3)]
+    assert counts == {"b": 3}
