@@ -47,7 +47,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +66,7 @@ sys.path.insert(0, str(BENCH))
 from skedlib.executors.limits import detect_limiter  # noqa: E402
 from skedlib.jobs.client import JobClient  # noqa: E402
 from skedlib.runtime import Store  # noqa: E402
+from tests.harness.common import free_ports  # noqa: E402
 
 BIN = Path(sys.executable).parent
 AGENT = shutil.which("skedlib-agent", path=str(BIN)) or shutil.which("skedlib-agent")
@@ -131,19 +131,6 @@ def _tail(path: Path, lines: int = 12) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free on 127.0.0.1 now (each socket is held until all are
-    picked, so no port comes back twice)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _spread(counts: dict[str, int], k: int) -> dict[str, Any]:
@@ -379,7 +366,7 @@ def rq_missing() -> str | None:
 def redis_server(procs: Procs, tmp: Path) -> Iterator[str]:
     import redis
 
-    [port] = _free_ports(1)
+    [port] = free_ports(1)
     log = tmp / "redis.log"
     data = tmp / "redis"
     data.mkdir()
@@ -496,7 +483,7 @@ def slurm_missing() -> str | None:
 
 
 def _slurm_conf(d: Path, cpus: int, max_array: int) -> str:
-    ctld, slurmd = _free_ports(2)
+    ctld, slurmd = free_ports(2)
     return "\n".join([
         "ClusterName=skedbench",
         "SlurmctldHost=localhost(127.0.0.1)",

@@ -50,6 +50,7 @@ __all__ = [
     "TaskHealth",
     "TaskId",
     "UpdateStrategy",
+    "format_task_id",
     "scheduler_name",
     "shell_script",
 ]
@@ -214,7 +215,7 @@ class TaskDefinition(msgspec.Struct, kw_only=True):
         return sorted(found)
 
 
-def _task_id(cluster: str, service: str, version: int, instance: int) -> str:
+def format_task_id(cluster: str, service: str, version: int, instance: int) -> str:
     """``<cluster>-<service>-<version>-<instance>``: the one spelling of a task id."""
     return f"{cluster}-{service}-{version}-{instance}"
 
@@ -232,7 +233,7 @@ class TaskId(msgspec.Struct, frozen=True, order=True):
     instance: int
 
     def __str__(self) -> str:
-        return _task_id(self.cluster, self.service, self.version, self.instance)
+        return format_task_id(self.cluster, self.service, self.version, self.instance)
 
     @classmethod
     def parse(cls, text: str) -> TaskId:
@@ -305,7 +306,7 @@ class Task(msgspec.Struct, kw_only=True):
     def id(self) -> str:
         """``<cluster>-<service>-<version>-<instance>``."""
         # str(self.task_id), without building the TaskId (read for every task, often)
-        return _task_id(self.cluster.name, self.service, self.task_definition.version,
+        return format_task_id(self.cluster.name, self.service, self.task_definition.version,
                         self.instance)
 
 

@@ -259,7 +259,8 @@ class ClaimQueue:
         if not batch:
             return None
         try:
-            # read back, the ends went with the claim or not
+            # an answer lost in flight is read back: the ends were written with the
+            # claim or not at all
             claimed = self._sent(batch, lambda: self.store.finish_and_claim(
                 ends, [q.kv for q in batch], self.node, node_revision,
                 log_url=self.log_url, limits=self.limits))

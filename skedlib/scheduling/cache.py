@@ -290,7 +290,7 @@ class SnapshotCache:
                 if old is not None and old.host:
                     raise ValueError(f"task {task_id}: a move cannot be placed before it "
                                      "is committed")
-                snap._put_task(task, task_id, snap.task_revisions.get(task_id, 0))
+                snap.put_task(task, snap.task_revisions.get(task_id, 0), task_id)
                 self._pending[task_id] = (task, old)
                 key = self.keys.task(task_id)
                 value = values.get(key) if values is not None else None

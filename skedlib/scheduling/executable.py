@@ -44,7 +44,12 @@ from skedlib.hookspecs import hookimpl
 from skedlib.keys import validate_name
 from skedlib.models import Cluster, Resources, Service, Task, TaskDefinition, TaskId
 from skedlib.scheduling.plan import Plan
-from skedlib.scheduling.scheduler import MAX_REPORTED, Scheduler, SchedulingResult
+from skedlib.scheduling.scheduler import (
+    MAX_REPORTED,
+    Scheduler,
+    SchedulingResult,
+    without_definition,
+)
 from skedlib.scheduling.snapshot import HostState, Snapshot, demand_of
 
 __all__ = [
@@ -325,10 +330,7 @@ class ExecScheduler(Scheduler):
         version = service.task_version
         td = snapshot.task_definitions.get((service.task_name, version))
         if td is None:  # nothing the program could place; said as ServiceScheduler says it
-            reason = f"task definition {service.task_name!r} version {version} does not exist"
-            return SchedulingResult(unschedulable={
-                f"{cluster.name}-{service.name}-{version}-{i}": reason
-                for i in range(min(service.desired, MAX_REPORTED))})
+            return SchedulingResult(unschedulable=without_definition(cluster, service))
         _check_program(self.path)
         return _request_encoder.encode(self.request(snapshot, cluster, service, td))
 

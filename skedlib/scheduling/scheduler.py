@@ -28,8 +28,7 @@ from typing import overload
 import msgspec
 
 from skedlib.constraints import parse_constraint
-from skedlib.models import Cluster, Rollout, Service, Task
-from skedlib.models import _task_id as task_id_of  # the one spelling of an id
+from skedlib.models import Cluster, Rollout, Service, Task, format_task_id
 from skedlib.scheduling.framework import (
     Filter,
     HostPool,
@@ -44,12 +43,22 @@ from skedlib.scheduling.framework import (
 from skedlib.scheduling.plan import Plan
 from skedlib.scheduling.snapshot import HostState, Snapshot, demand_of
 
-__all__ = ["MAX_REPORTED", "Scheduler", "SchedulingResult", "ServiceScheduler"]
+__all__ = ["MAX_REPORTED", "Scheduler", "SchedulingResult", "ServiceScheduler",
+           "without_definition"]
 
 MAX_REPORTED = 1000
 """A plan stops trying to place after this many failures in a row (the hosts are full:
 the rest would fail too), and reports at most this many unschedulable tasks, however
 large ``desired`` is."""
+
+
+def without_definition(cluster: Cluster, service: Service) -> dict[str, str]:
+    """Why a service's tasks cannot be placed when its task definition does not exist:
+    task id → reason, for its first instances (at most :data:`MAX_REPORTED`)."""
+    version = service.task_version
+    reason = f"task definition {service.task_name!r} version {version} does not exist"
+    return {format_task_id(cluster.name, service.name, version, i): reason
+            for i in range(min(service.desired, MAX_REPORTED))}
 
 
 class SchedulingResult(msgspec.Struct, kw_only=True):
@@ -200,10 +209,7 @@ class _Reconcile:
         version = service.task_version
         td = snap.task_definitions.get((service.task_name, version))
         if td is None:
-            reason = (f"task definition {service.task_name!r} version {version}"
-                      " does not exist")
-            result.unschedulable = {f"{cluster.name}-{service.name}-{version}-{i}": reason
-                                    for i in range(min(service.desired, MAX_REPORTED))}
+            result.unschedulable = without_definition(cluster, service)
             return result
         self.td = td
         self.pool = HostPool.of(snap, cluster)
@@ -258,8 +264,8 @@ class _Reconcile:
         else:
             budget = n_missing
         failures = 0
-        for instance in itertools.islice(self.missing(new), budget):
-            if self.place(instance, new.get(instance)):
+        for instance, task_id in itertools.islice(self.missing(new), budget):
+            if self.place(instance, new.get(instance), task_id):
                 failures = 0
                 continue
             failures += 1
@@ -274,22 +280,23 @@ class _Reconcile:
             result.rollout = self.progress(rollout, new, old)
         return result
 
-    def missing(self, new: dict[int, Task]) -> Iterator[int]:
+    def missing(self, new: dict[int, Task]) -> Iterator[tuple[int, str]]:
         """Instances below desired without a live task of the current version, lazily,
-        in order. An instance whose task key holds an invalid record is reported as
-        unschedulable instead: its key is occupied, so a create could never commit."""
+        in order, each with its task's id. An instance whose task key holds an invalid
+        record is reported as unschedulable instead: its key is occupied, so a create
+        could never commit."""
         cluster, service, version = self.cluster.name, self.service.name, self.td.version
         for i in range(self.desired):
             t = new.get(i)
             if t is not None and self.live(t):
                 continue
-            task_id = task_id_of(cluster, service, version, i)
+            task_id = format_task_id(cluster, service, version, i)
             why = self.snap.invalid_tasks.get(task_id)
             if why is not None:
                 self.result.unschedulable[task_id] = (
                     f"its key holds an invalid record ({why}); remove it (sked doctor)")
                 continue
-            yield i
+            yield i, task_id
 
     def rollout_of(self, current: Rollout | None, old: list[Task], new: dict[int, Task]
                    ) -> Rollout | None:
@@ -368,13 +375,14 @@ class _Reconcile:
             self.total -= 1
             self.healthy_n -= healthy
 
-    def place(self, instance: int, old: Task | None) -> bool:
-        cluster, td, service = self.cluster, self.td, self.service.name
-        task = Task(cluster=cluster, task_definition=td, service=service,
-                    instance=instance, port=td.port, scheduled=True,
+    def place(self, instance: int, old: Task | None, task_id: str = "") -> bool:
+        """Place a task of ``instance`` (``task_id``: its id, when the caller has it);
+        ``old``: the task it replaces."""
+        task = Task(cluster=self.cluster, task_definition=self.td, service=self.service.name,
+                    instance=instance, port=self.td.port, scheduled=True,
                     rejected_hosts=list(old.rejected_hosts) if old else [],
                     capacity_rejections=list(old.capacity_rejections) if old else [])
-        task_id = task_id_of(cluster.name, service, td.version, instance)  # task.id, once
+        task_id = task_id or task.id  # formatted once per placement
         if old is not None and old.host in self.pool.by_name and not old.rejected:
             self.pool.release(old.host, old.id, demand_of(old.task_definition), old.port,
                               old.task_definition.executor_ports())

@@ -448,12 +448,10 @@ class Snapshot:
             self.put_task(task, 0)
 
     # -- single-record updates (what a watch delivers) --------------------------------
-    def put_task(self, task: Task, revision: int) -> None:
-        """Add or replace one issued task, written at ``revision``."""
-        self._put_task(task, task.id, revision)  # a property that formats the id: once
-
-    def _put_task(self, task: Task, task_id: str, revision: int) -> None:
-        """:meth:`put_task` for a caller that has ``task.id`` at hand already."""
+    def put_task(self, task: Task, revision: int, task_id: str = "") -> None:
+        """Add or replace one issued task, written at ``revision`` (``task_id``:
+        ``task.id``, when the caller has it at hand)."""
+        task_id = task_id or task.id  # a property that formats the id: once
         if task_id in self.tasks:
             self.remove_task(task_id)
         state = self._record(task, task_id, revision)
