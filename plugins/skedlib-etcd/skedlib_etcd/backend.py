@@ -65,6 +65,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 # gRPC's C core logs failed TLS handshakes and bad keys to stderr, line after line, before
 # the one BackendUnavailable line that says the same; set GRPC_VERBOSITY to see them
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+# gRPC's fork handlers pause its threads at every fork; skedlib forks only to exec (the
+# agent starts tasks, the CLI runs tools) while watch threads are inside gRPC calls, the
+# case those handlers do not support, and several grpcio releases enable them in the C
+# core while the Python side says off. Off in both, unless the environment says otherwise
+# (it must be set before grpc is first imported)
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 import grpc
 

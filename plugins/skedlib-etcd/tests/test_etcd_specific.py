@@ -5,8 +5,11 @@ Everything but the URL parsing runs against real etcd servers (see tests/harness
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -128,6 +131,25 @@ def test_passwords_never_appear_in_messages() -> None:
     message = _unavailable_within(f"etcd://127.0.0.1:{port}?user=u&password=hunter2"
                                   "&timeout=0.5", 0.5)
     assert "hunter2" not in message and "password=***" in message
+
+
+_FORK_SUPPORT = ("import os, skedlib_etcd.backend; from grpc._cython import cygrpc; "
+                 "print(os.environ['GRPC_ENABLE_FORK_SUPPORT'], "
+                 "cygrpc.is_fork_support_enabled())")
+
+
+@pytest.mark.parametrize(("env", "said"), [(None, "0 False"), ("1", "1 True")])
+def test_grpc_fork_handlers_are_off_unless_the_environment_asks(env: str | None,
+                                                                said: str) -> None:
+    # the agent forks to exec while watch threads are inside gRPC calls: the plugin turns
+    # gRPC's fork handlers off in its C core and its Python side alike, before grpc loads,
+    # and a user's own setting wins
+    environ = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+    if env is not None:
+        environ["GRPC_ENABLE_FORK_SUPPORT"] = env
+    out = subprocess.run([sys.executable, "-c", _FORK_SUPPORT], env=environ, check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    assert out.split() == said.split()
 
 
 def test_the_plugin_is_registered() -> None:
