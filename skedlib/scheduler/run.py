@@ -335,7 +335,7 @@ class PairRunner:
             step.res = CommitResult()
             return step
         step.pipelined = not plan.stop and all(
-            (old := snap.tasks.get(t.id)) is None or not old.host for t in plan.place)
+            (old := snap.tasks.get(tid)) is None or not old.host for tid in plan.place_ids())
         step.prepared = prepare_commit(self.store, snap, plan, [lock.fence()],
                                        inflight=self.cache.inflight)
         try:
@@ -422,13 +422,12 @@ class PairRunner:
                 break
             refused += problems
             bad = {p.task_id for p in problems}
-            plan = Plan(place=[t for t in plan.place if t.id not in bad],
-                        stop=[t for t in plan.stop if t not in bad])
+            plan = plan.without(bad)
         return plan, refused
 
     def _log_commit(self, pair: Pair, snap: Snapshot, plan: Plan, res: CommitResult,
                     outcome: RunOutcome, why: dict[str, str]) -> None:
-        placed = {t.id: t for t in plan.place}
+        placed = dict(zip(plan.place_ids(), plan.place, strict=True))
         record = self.events.record
         for tid in res.committed:
             task = placed.get(tid)

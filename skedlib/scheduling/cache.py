@@ -284,8 +284,7 @@ class SnapshotCache:
         """
         with self._lock:
             snap = self._snap
-            for task in plan.place:
-                task_id = task.id
+            for task, task_id in zip(plan.place, plan.place_ids(), strict=True):
                 old = snap.tasks.get(task_id)
                 if old is not None and old.host:
                     raise ValueError(f"task {task_id}: a move cannot be placed before it "
@@ -301,7 +300,7 @@ class SnapshotCache:
         """Write the committed part of ``plan`` through to the cache, at the revisions
         its transactions got, so planning goes on from it at once (placements written in
         by :meth:`place_pending` that did not commit are taken out)."""
-        placed = {t.id: t for t in plan.place}
+        placed = dict(zip(plan.place_ids(), plan.place, strict=True))
         with self._lock:
             snap = self._snap
             pending = {tid: self._pending.pop(tid) for tid in placed if tid in self._pending}

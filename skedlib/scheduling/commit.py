@@ -87,8 +87,7 @@ _by_host = operator.attrgetter("host", "places")
 
 def _groups(snapshot: Snapshot, plan: Plan, ks: Keyspace) -> list[_Group]:
     groups: list[_Group] = []
-    for task in plan.place:
-        tid = task.id
+    for task, tid in zip(plan.place, plan.place_ids(), strict=True):
         old = snapshot.tasks.get(tid)
         value = encode(task)  # the task and its index entry hold the same record
         key = ks.task(tid)

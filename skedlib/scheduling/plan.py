@@ -10,6 +10,9 @@ its snapshot.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Collection
+
 import msgspec
 
 from skedlib.models import Resources, Task
@@ -18,7 +21,7 @@ from skedlib.scheduling.snapshot import Snapshot, demand_of
 __all__ = ["Plan", "PlanProblem", "validate_plan"]
 
 
-class Plan(msgspec.Struct, kw_only=True):
+class Plan(msgspec.Struct, kw_only=True, dict=True):
     """Tasks to place (with ``host`` set) and task ids to stop."""
 
     place: list[Task] = msgspec.field(default_factory=list)
@@ -26,6 +29,31 @@ class Plan(msgspec.Struct, kw_only=True):
 
     def __bool__(self) -> bool:
         return bool(self.place or self.stop)
+
+    def place_ids(self) -> list[str]:
+        """The ids of :attr:`place`, in its order, formatted once for the plan.
+
+        Checking, committing, recording and reporting a plan each need every placed
+        task's id, and :attr:`Task.id <skedlib.models.Task.id>` formats it again each
+        time. The list is kept while :attr:`place` holds the same task objects in the
+        same order; a task whose id fields are changed in place after this is called
+        keeps its old id here (replace it, e.g. with ``msgspec.structs.replace``). The
+        list is the plan's: read it, do not change it."""
+        place = self.place
+        kept: tuple[list[Task], list[str]] | None = self.__dict__.get("_place_ids")
+        if kept is not None and len(kept[0]) == len(place) and \
+                all(map(operator.is_, kept[0], place)):
+            return kept[1]
+        ids = [t.id for t in place]
+        self.__dict__["_place_ids"] = (list(place), ids)
+        return ids
+
+    def without(self, task_ids: Collection[str]) -> Plan:
+        """This plan but for the placements and stops of ``task_ids`` (what a check
+        refused)."""
+        return Plan(place=[t for t, tid in zip(self.place, self.place_ids(), strict=True)
+                           if tid not in task_ids],
+                    stop=[tid for tid in self.stop if tid not in task_ids])
 
 
 class PlanProblem(msgspec.Struct, frozen=True):
@@ -55,7 +83,7 @@ def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
                 for port in task.reserved_ports():
                     held.setdefault(port, set()).add(tid)
         ports[name] = held
-    ids = [t.id for t in plan.place]  # a property that formats the id: once each
+    ids = plan.place_ids()
     leaving = set(plan.stop) | {tid for tid in ids if tid in snapshot.tasks}
     for task_id in leaving:
         old = snapshot.tasks.get(task_id)

@@ -338,8 +338,7 @@ class Simulator:
             if problems:
                 bad = {p.task_id for p in problems}
                 stats.refused += len(bad)
-                plan = Plan(place=[t for t in plan.place if t.id not in bad],
-                            stop=[t for t in plan.stop if t not in bad])
+                plan = plan.without(bad)
                 if validate_plan(snap, plan):
                     plan = Plan()
             if not plan:

@@ -92,3 +92,27 @@ def test_read_snapshot_is_consistent_and_counts_allocations() -> None:
     h = snap.hosts["h1"]
     assert h.free == Resources(memory=700, cpu_units=800) and h.ports == {8080}
     assert snap.service_tasks("c", "s") == [t]
+
+
+def test_place_ids_follow_the_tasks_the_plan_holds() -> None:
+    plan = Plan(place=[_task(1, "h1", 1, 1), _task(2, "h1", 1, 1)], stop=["c-s-1-9"])
+    ids = plan.place_ids()
+    assert ids == ["c-s-1-1", "c-s-1-2"]
+    assert plan.place_ids() is ids  # formatted once while the tasks stay
+    plan.place.append(_task(3, "h2", 1, 1))  # a task added: its id too
+    assert plan.place_ids() == ["c-s-1-1", "c-s-1-2", "c-s-1-3"]
+    plan.place[0] = _task(7, "h1", 1, 1)  # a task replaced: its new id
+    assert plan.place_ids() == ["c-s-1-7", "c-s-1-2", "c-s-1-3"]
+    del plan.place[1]
+    assert plan.place_ids() == ["c-s-1-7", "c-s-1-3"]
+    # the cache is not part of the plan's value or its encoding
+    assert plan == Plan(place=list(plan.place), stop=["c-s-1-9"])
+    assert b"place_ids" not in encode(plan)
+
+
+def test_a_plan_without_refused_ids_keeps_the_rest_in_order() -> None:
+    plan = Plan(place=[_task(i, "h1", 1, 1) for i in range(4)], stop=["c-s-1-8", "c-s-1-9"])
+    rest = plan.without({"c-s-1-1", "c-s-1-9"})
+    assert rest.place_ids() == ["c-s-1-0", "c-s-1-2", "c-s-1-3"]
+    assert rest.stop == ["c-s-1-8"]
+    assert plan.place_ids() == ["c-s-1-0", "c-s-1-1", "c-s-1-2", "c-s-1-3"]  # unchanged
