@@ -22,6 +22,7 @@ within a few milliseconds of a write at almost no cost while idle.
 from __future__ import annotations
 
 import builtins
+import functools
 import os
 import re
 import sqlite3
@@ -70,9 +71,38 @@ INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
 """
 
 _PUT, _DELETE = 0, 1
+_COLUMNS = 5
+"""Columns of a ``kv`` row and of an ``events`` row alike."""
+_MAX_ROWS_PER_INSERT = 1000
+"""Rows one ``INSERT`` of a transaction's puts (or their events) takes at most; fewer
+when the SQLite build allows fewer parameters per statement.
+
+One statement of many rows rather than ``executemany``: ``sqlite3`` lets other threads
+take the GIL around every step, and ``executemany`` steps once per row. In a process
+whose other threads run Python (a scheduler plans while a commit is written) each of
+those steps then waits up to a switch interval to get the GIL back: a commit of a
+thousand puts took seconds beside one busy thread, against milliseconds this way."""
 _COMPARES_PER_QUERY = 500
 """Keys per ``IN (…)`` query of a transaction's compares or a :meth:`get_many` (under
 SQLite's 999-parameter limit of older builds)."""
+
+
+def _rows(n: int) -> str:
+    return ", ".join(["(?, ?, ?, ?, ?)"] * n)
+
+
+@functools.lru_cache(maxsize=256)
+def _upsert_sql(rows: int) -> str:
+    """Put ``rows`` keys (each a ``kv`` row: key, value, create and mod revision, lease);
+    a key that exists keeps its create revision."""
+    return (f"INSERT INTO kv VALUES {_rows(rows)} ON CONFLICT(key) DO UPDATE "
+            "SET value = excluded.value, mod_rev = excluded.mod_rev, lease = excluded.lease")
+
+
+@functools.lru_cache(maxsize=256)
+def _events_sql(rows: int) -> str:
+    """Add ``rows`` rows to the ``events`` table."""
+    return f"INSERT INTO events VALUES {_rows(rows)}"
 
 
 class SqliteBackend(Backend):
@@ -91,6 +121,9 @@ class SqliteBackend(Backend):
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        self._rows_per_insert = _MAX_ROWS_PER_INSERT
+        """Rows per ``INSERT`` of a transaction's puts (set by the SQLite build's limit
+        when a connection opens)."""
         self._closed = False
         self._next_expiry_check = 0.0
         self._writer = threading.Lock()
@@ -134,6 +167,9 @@ class SqliteBackend(Backend):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+        self._rows_per_insert = max(1, min(
+            _MAX_ROWS_PER_INSERT,
+            conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _COLUMNS))
         with self._conns_lock:
             self._conns.append(conn)
         return conn
@@ -275,15 +311,15 @@ class SqliteBackend(Backend):
                                     (lease, time.time())).fetchone() is None:
                         raise LeaseExpired(f"{self.url}: lease {lease} does not exist")
                 rev += 1
-                # runs of puts go to SQLite in one executemany each (a plan's commit is
-                # one transaction of thousands of puts); deletes one by one, as only a
-                # key that was there gets an event
-                puts: list[tuple[str, bytes, int, int, str | None]] = []
-                events: list[tuple[int, int, str, int, bytes]] = []
+                # runs of puts go to SQLite in statements of many rows (a plan's commit
+                # is one transaction of thousands of puts), their parameters gathered
+                # flat; deletes one by one, as only a key that was there gets an event
+                puts: list[Any] = []
+                events: list[Any] = []
                 for seq, op in enumerate(ops):
                     if isinstance(op, Put):
-                        puts.append((op.key, op.value, rev, rev, op.lease))
-                        events.append((rev, seq, op.key, _PUT, op.value))
+                        puts += (op.key, op.value, rev, rev, op.lease)
+                        events += (rev, seq, op.key, _PUT, op.value)
                         continue
                     self._put_many(conn, puts, events)
                     if conn.execute("DELETE FROM kv WHERE key = ?", (op.key,)).rowcount:
@@ -317,19 +353,19 @@ class SqliteBackend(Backend):
             yield part, conn.execute(f"SELECT {columns} FROM kv WHERE key IN "
                                      f"({','.join('?' * len(part))})", part).fetchall()
 
-    @staticmethod
-    def _put_many(conn: sqlite3.Connection,
-                  puts: builtins.list[tuple[str, bytes, int, int, str | None]],
-                  events: builtins.list[tuple[int, int, str, int, bytes]]) -> None:
-        """Write the gathered puts and their events (in order), and empty the lists."""
-        if puts:
-            conn.executemany(
-                "INSERT INTO kv VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE "
-                "SET value = excluded.value, mod_rev = excluded.mod_rev, "
-                "lease = excluded.lease", puts)
-            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", events)
-            puts.clear()
-            events.clear()
+    def _put_many(self, conn: sqlite3.Connection, puts: builtins.list[Any],
+                  events: builtins.list[Any]) -> None:
+        """Write the gathered puts and their events (flat: :data:`_COLUMNS` values a
+        row, in order), a few hundred rows a statement, and empty the lists."""
+        step = self._rows_per_insert * _COLUMNS
+        for start in range(0, len(puts), step):
+            part = puts[start:start + step]
+            conn.execute(_upsert_sql(len(part) // _COLUMNS), part)
+        for start in range(0, len(events), step):
+            part = events[start:start + step]
+            conn.execute(_events_sql(len(part) // _COLUMNS), part)
+        puts.clear()
+        events.clear()
 
     def watch(self, prefix: str, start_revision: int) -> Watch:
         return _SqliteWatch(self, prefix, start_revision)

@@ -117,3 +117,41 @@ def test_a_write_survives_its_process_being_killed(tmp_path: Path) -> None:
     with SqliteBackend(tmp_path / "s.db") as backend:
         kv = backend.get("durable")
         assert kv is not None and kv.value == b"yes"
+
+
+def test_a_large_transaction_is_written_in_statements_of_many_rows(tmp_path: Path) -> None:
+    # one INSERT per few hundred rows, not one step per row: sqlite3 hands the GIL to
+    # other threads at every step, so a commit beside a planning thread would wait a
+    # switch interval per row
+    from skedlib.store.base import Delete, Put
+
+    with open_backend(f"sqlite://{tmp_path}/s.db") as backend:
+        assert isinstance(backend, SqliteBackend)
+        backend.put("k/0005", b"old")
+        first = backend.get("k/0005")
+        assert first is not None
+        backend._rows_per_insert = 7  # several statements, and a part-filled last one
+        statements: list[str] = []
+        backend._conn().set_trace_callback(statements.append)
+        ops = [Put(f"k/{i:04d}", f"v{i}".encode()) for i in range(40)]
+        ops.insert(20, Delete("k/0005"))  # a delete between two runs of puts
+        ops.append(Put("k/0003", b"again"))  # a key put twice in one transaction
+        res = backend.txn([], ops)
+        backend._conn().set_trace_callback(None)
+        assert res.succeeded
+        inserts = [s for s in statements if s.startswith("INSERT INTO")]
+        # runs of 20 and 21 puts, 7 rows a statement: 3 + 3 upserts and as many event
+        # inserts, and the delete's event
+        assert len(inserts) == 13
+        items = {kv.key: kv for kv in backend.list("k/").items}
+        assert sorted(items) == [f"k/{i:04d}" for i in range(40) if i != 5]  # deleted
+        assert items["k/0003"].value == b"again"
+        assert all(items[f"k/{i:04d}"].value == f"v{i}".encode() for i in range(40)
+                   if i not in (3, 5))
+        assert {kv.revision for kv in items.values()} == {res.revision}
+        # the events in the order of the operations, each with its value
+        with backend.watch("k/", first.revision + 1) as watch:
+            seen = watch.next(timeout=5)
+        assert [(e.kind, e.key, e.value) for e in seen] == \
+            [("put", op.key, op.value) if isinstance(op, Put) else ("delete", op.key, b"")
+             for op in ops]
