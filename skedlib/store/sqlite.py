@@ -356,7 +356,8 @@ class SqliteBackend(Backend):
     def _put_many(self, conn: sqlite3.Connection, puts: builtins.list[Any],
                   events: builtins.list[Any]) -> None:
         """Write the gathered puts and their events (flat: :data:`_COLUMNS` values a
-        row, in order), a few hundred rows a statement, and empty the lists."""
+        row, in order), up to ``_rows_per_insert`` rows a statement, and empty the
+        lists."""
         step = self._rows_per_insert * _COLUMNS
         for start in range(0, len(puts), step):
             part = puts[start:start + step]

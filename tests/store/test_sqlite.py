@@ -135,7 +135,7 @@ def test_a_large_transaction_is_written_in_statements_of_many_rows(tmp_path: Pat
         backend._conn().set_trace_callback(statements.append)
         ops = [Put(f"k/{i:04d}", f"v{i}".encode()) for i in range(40)]
         ops.insert(20, Delete("k/0005"))  # a delete between two runs of puts
-        ops.append(Put("k/0003", b"again"))  # a key put twice in one transaction
+        ops.append(Put("k/0036", b"again"))  # a key put twice in one statement
         res = backend.txn([], ops)
         backend._conn().set_trace_callback(None)
         assert res.succeeded
@@ -145,9 +145,9 @@ def test_a_large_transaction_is_written_in_statements_of_many_rows(tmp_path: Pat
         assert len(inserts) == 13
         items = {kv.key: kv for kv in backend.list("k/").items}
         assert sorted(items) == [f"k/{i:04d}" for i in range(40) if i != 5]  # deleted
-        assert items["k/0003"].value == b"again"
+        assert items["k/0036"].value == b"again"
         assert all(items[f"k/{i:04d}"].value == f"v{i}".encode() for i in range(40)
-                   if i not in (3, 5))
+                   if i not in (5, 36))
         assert {kv.revision for kv in items.values()} == {res.revision}
         # the events in the order of the operations, each with its value
         with backend.watch("k/", first.revision + 1) as watch:
