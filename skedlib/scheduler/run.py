@@ -427,7 +427,7 @@ class PairRunner:
 
     def _log_commit(self, pair: Pair, snap: Snapshot, plan: Plan, res: CommitResult,
                     outcome: RunOutcome, why: dict[str, str]) -> None:
-        placed = dict(zip(plan.place_ids(), plan.place, strict=True))
+        placed = plan.by_id()
         record = self.events.record
         for tid in res.committed:
             task = placed.get(tid)

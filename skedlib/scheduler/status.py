@@ -91,7 +91,7 @@ def compute_status(pair: tuple[str, str], service: Service, snap: Snapshot, *,
     # each task's id is formatted once (Task.id is a property)
     final = {t.id: t for t in snap.service_tasks(cluster_name, service_name)}
     fresh: set[str] = set()
-    placed = dict(zip(plan.place_ids(), plan.place, strict=True)) if plan is not None else {}
+    placed = plan.by_id() if plan is not None else {}
     if plan is not None and commit is not None:
         for tid in commit.committed:
             if tid in placed:

@@ -300,7 +300,7 @@ class SnapshotCache:
         """Write the committed part of ``plan`` through to the cache, at the revisions
         its transactions got, so planning goes on from it at once (placements written in
         by :meth:`place_pending` that did not commit are taken out)."""
-        placed = dict(zip(plan.place_ids(), plan.place, strict=True))
+        placed = plan.by_id()
         with self._lock:
             snap = self._snap
             pending = {tid: self._pending.pop(tid) for tid in placed if tid in self._pending}

@@ -48,6 +48,10 @@ class Plan(msgspec.Struct, kw_only=True, dict=True):
         self.__dict__["_place_ids"] = (list(place), ids)
         return ids
 
+    def by_id(self) -> dict[str, Task]:
+        """The placed tasks by id (:meth:`place_ids`)."""
+        return dict(zip(self.place_ids(), self.place, strict=True))
+
     def without(self, task_ids: Collection[str]) -> Plan:
         """This plan but for the placements and stops of ``task_ids`` (what a check
         refused)."""
@@ -127,7 +131,8 @@ def validate_plan(snapshot: Snapshot, plan: Plan) -> list[PlanProblem]:
     for name, alloc in allocated.items():
         total = snapshot.hosts[name].total
         if not total.fits(alloc):
-            placed_here = [t.id for t in plan.place if t.host == name]
+            placed_here = [tid for t, tid in zip(plan.place, ids, strict=True)
+                           if t.host == name]
             if placed_here:
                 problems.append(PlanProblem(placed_here[-1], name,
                                             f"overcommits the host: {alloc} of {total}"))

@@ -344,7 +344,8 @@ class Simulator:
             if not plan:
                 self._note_pending(svc, self._live(snap, svc))
                 return bool(problems)
-            before = {t.id: snap.tasks[t.id].host for t in plan.place if t.id in snap.tasks}
+            before = {tid: snap.tasks[tid].host for tid in plan.place_ids()
+                      if tid in snap.tasks}
             res = commit_plan(self.store, snap, plan)
             self.cache.record(plan, res)
             stats.conflicts += len(res.conflicts)

@@ -359,14 +359,11 @@ class SqliteBackend(Backend):
         row, in order), up to ``_rows_per_insert`` rows a statement, and empty the
         lists."""
         step = self._rows_per_insert * _COLUMNS
-        for start in range(0, len(puts), step):
-            part = puts[start:start + step]
-            conn.execute(_upsert_sql(len(part) // _COLUMNS), part)
-        for start in range(0, len(events), step):
-            part = events[start:start + step]
-            conn.execute(_events_sql(len(part) // _COLUMNS), part)
-        puts.clear()
-        events.clear()
+        for values, sql in ((puts, _upsert_sql), (events, _events_sql)):
+            for start in range(0, len(values), step):
+                part = values[start:start + step]
+                conn.execute(sql(len(part) // _COLUMNS), part)
+            values.clear()
 
     def watch(self, prefix: str, start_revision: int) -> Watch:
         return _SqliteWatch(self, prefix, start_revision)

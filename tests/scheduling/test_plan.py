@@ -105,6 +105,7 @@ def test_place_ids_follow_the_tasks_the_plan_holds() -> None:
     assert plan.place_ids() == ["c-s-1-7", "c-s-1-2", "c-s-1-3"]
     del plan.place[1]
     assert plan.place_ids() == ["c-s-1-7", "c-s-1-3"]
+    assert plan.by_id() == {"c-s-1-7": plan.place[0], "c-s-1-3": plan.place[1]}
     # the cache is not part of the plan's value or its encoding
     assert plan == Plan(place=list(plan.place), stop=["c-s-1-9"])
     assert b"place_ids" not in encode(plan)
