@@ -8,14 +8,19 @@ schema (``skedlib.store.sqlite``'s), 500 puts a transaction (``BEGIN IMMEDIATE``
 ``COMMIT``; WAL, ``synchronous=NORMAL``), in a throwaway file:
 
 - ``executemany``: one ``executemany`` per table and transaction (one step per row);
-- ``many_rows``: one ``INSERT`` of all 500 rows per table and transaction, as the
-  backend writes them (``_upsert_sql``, ``_events_sql``).
+- ``many_rows``: one ``INSERT`` of all 500 rows per table and transaction
+  (``_upsert_sql``, ``_events_sql``), values bound as ``bytes`` and no lease as
+  ``None``, which ``sqlite3`` looks up in its adapter registry one by one;
+- ``many_rows_unadapted``: the same statements, values bound as ``bytearray`` (made in
+  the timed part) and no lease as ``''``, which ``sqlite3`` binds as they are: as the
+  backend writes them.
 
 ``alone``: nothing else runs. ``beside_busy_thread``: another thread of the process
 runs Python all along (as a scheduler's planning does while a commit is written);
 ``sqlite3`` lets other threads take the GIL at every step, so each step may wait a
 switch interval to get it back. ``busy_thread_loops`` is the work that thread got done
-meanwhile. Wall and CPU seconds; the medians of ``--repeat`` runs.
+meanwhile. Wall and CPU seconds (the process's: beside the busy thread they include
+its CPU); the medians of ``--repeat`` runs.
 """
 
 from __future__ import annotations
@@ -56,6 +61,16 @@ def _write(mode: str, rows: int) -> tuple[float, float]:
         if mode == "executemany":
             conn.executemany(sq._upsert_sql(1), part)
             conn.executemany(sq._events_sql(1), evs)
+        elif mode == "many_rows_unadapted":
+            flat: list[Any] = []
+            flat_events: list[Any] = []
+            for (key, v, create, mod, _), (rev, seq, _, kind, _) in zip(part, evs,
+                                                                        strict=True):
+                blob = bytearray(v)
+                flat += (key, blob, create, mod, "")
+                flat_events += (rev, seq, key, kind, blob)
+            conn.execute(sq._upsert_sql(len(part)), flat)
+            conn.execute(sq._events_sql(len(evs)), flat_events)
         else:
             conn.execute(sq._upsert_sql(len(part)), list(chain.from_iterable(part)))
             conn.execute(sq._events_sql(len(evs)), list(chain.from_iterable(evs)))
@@ -98,7 +113,7 @@ def main() -> None:
                               "switch_interval_s": sys.getswitchinterval()}
     for where, busy in (("alone", False), ("beside_busy_thread", True)):
         result[where] = {}
-        for mode in ("executemany", "many_rows"):
+        for mode in ("executemany", "many_rows", "many_rows_unadapted"):
             runs = [_case(mode, args.rows, busy) for _ in range(args.repeat)]
             result[where][mode] = {
                 "seconds": statistics.median(r["seconds"] for r in runs),
@@ -106,6 +121,9 @@ def main() -> None:
                 "runs": runs}
         result[where]["executemany_over_many_rows"] = round(
             result[where]["executemany"]["seconds"] / result[where]["many_rows"]["seconds"], 2)
+        result[where]["many_rows_over_unadapted"] = round(
+            result[where]["many_rows"]["seconds"]
+            / result[where]["many_rows_unadapted"]["seconds"], 2)
     json.dump(result, sys.stdout, indent=2)
     print()
 
