@@ -330,7 +330,12 @@ class SqliteBackend(Backend):
                 events: list[Any] = []
                 for seq, op in enumerate(ops):
                     if isinstance(op, Put):
-                        value = bytearray(op.value)  # bound without adapting: _KV_ROW
+                        given = op.value
+                        if type(given) is not bytes and \
+                                not isinstance(given, (bytearray, memoryview)):
+                            raise TypeError(f"{self.url}: put {op.key!r}: the value must "
+                                            f"be bytes, not {type(given).__name__}")
+                        value = bytearray(given)  # bound without adapting: _KV_ROW
                         puts += (op.key, value, rev, rev, op.lease or "")
                         events += (rev, seq, op.key, _PUT, value)
                         continue

@@ -153,6 +153,15 @@ def test_a_puts_parameters_are_bound_without_sqlite3s_adapters(tmp_path: Path) -
             [(bytes, b"\x00one"), (bytes, b"two"), (bytes, b"")]
         backend.revoke_lease(lease)  # the leased key goes with its lease
         assert sorted(kv.key for kv in backend.list("k/").items) == ["k/a", "k/c"]
+        # a value that is not bytes is refused (bytearray(5) would be five zero bytes),
+        # and nothing of its transaction is written
+        for bad in (5, "text"):
+            with pytest.raises(TypeError, match=r"put 'k/e': the value must be bytes"):
+                backend.txn([], [Put("k/d", b"ok"), Put("k/e", bad)])  # type: ignore[arg-type]
+        assert backend.get("k/d") is None
+        backend.txn([], [Put("k/f", bytearray(b"ba")), Put("k/g", memoryview(b"mv"))])  # type: ignore[arg-type]
+        assert [(kv.key, kv.value) for kv in backend.list("k/").items][2:] == \
+            [("k/f", b"ba"), ("k/g", b"mv")]
 
 
 def test_a_large_transaction_is_written_in_statements_of_many_rows(tmp_path: Path) -> None:
