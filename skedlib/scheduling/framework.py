@@ -97,7 +97,7 @@ class ServiceHosts(Counter[str]):
             dict.__setitem__(self, key, value)
             return
         delta = value - self.get(key, 0)
-        super().__setitem__(key, value)
+        dict.__setitem__(self, key, value)  # (Counter's own: super() costs a lookup)
         if delta:
             for w in watchers:
                 w(key, delta)
@@ -231,6 +231,14 @@ class Scorer(abc.ABC):
         ``others`` rank in a way the walk does not know): no such walk. The groups may
         come lazily (a generator): those after a bound that stops the placer are never
         made."""
+        return None
+
+    def _first(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
+               ) -> tuple[HostState, float, float | None] | None:
+        """The first host of :meth:`strata`'s walk, its score by this scorer and
+        ``others`` (what :meth:`Placer._score` gives it) and the bound after its group
+        (None: none follows), without making the walk; None: walk instead. What a
+        placer tries first (the stock walks' usual choice is that host)."""
         return None
 
 
@@ -436,6 +444,10 @@ class SpreadAttribute(Scorer):
         self._hosts = hosts  # read only by score() without a following index
         self._value_of_: dict[str, str] | None = None
         self._index: _SpreadIndex | None = None
+        self._stock = type(self).strata is SpreadAttribute.strata and \
+            type(self).score is SpreadAttribute.score
+        """Whether this is the stock walk and score (a subclass that changes either gets
+        no shortcut: :meth:`_first`)."""
         self._others: tuple[tuple[object, ...] | None, bool, float, tuple[float, ...]] = \
             (None, False, 0.0, ())
         """The scorers after this one last asked about and their weights, whether the
@@ -463,9 +475,41 @@ class SpreadAttribute(Scorer):
 
     def strata(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
                ) -> Iterable[Iterator[HostState] | float] | None:
-        key = (*others, *map(_WEIGHT, others))
+        walk = self._walk(request, pool, others)
+        if walk is None:
+            return None  # groups ordered by load would not be best first for these
+        index, most, weights = walk
+        if self.attribute:
+            return index.by_value(self.weight, weights)
+        return index.by_count(self.weight, most)
+
+    def _first(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
+               ) -> tuple[HostState, float, float | None] | None:
+        walk = self._walk(request, pool, others) if self._stock else None
+        if walk is None:
+            return None
+        index, most, weights = walk
+        return index.first(self.weight, most, weights)
+
+    def _walk(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
+              ) -> tuple[_SpreadIndex, float, tuple[float, ...]] | None:
+        """The index to walk for ``request`` (made when the pool or the counts are not
+        the last ones), the most ``others`` add to a score and their weights; None when
+        the walk does not fit ``others``."""
         last = self._others
-        if key != last[0]:  # (a placer asks with the same scorers every time)
+        key, n = last[0], len(others)
+        # a placer asks with the same scorers every time: the same objects, their
+        # weights unchanged (checked without building a key: this runs per choice)
+        same = False
+        if key is not None and len(key) == 2 * n:
+            same = True
+            for i in range(n):
+                s = others[i]
+                if s is not key[i] or s.weight != key[n + i]:
+                    same = False
+                    break
+        if not same:
+            key = (*others, *map(_WEIGHT, others))
             weights = tuple(s.weight for s in others)
             fits = all(type(s) is LeastLoaded and s.weight > 0 for s in others)
             # a LeastLoaded score is at most 2: a host of a group with ``count`` tasks
@@ -474,19 +518,30 @@ class SpreadAttribute(Scorer):
             last = self._others = (key, fits, 2 * sum(weights) + 1e-9, weights)
         _, fits, most, weights = last
         if not fits or self.weight <= 0:
-            return None  # groups ordered by load would not be best first for these
+            return None
         index = self._index
         if index is None or index._pool() is not pool or \
                 not index.follows(request.service_hosts):
             if index is not None:
                 index.active = False
             index = self._index = _SpreadIndex(self.attribute, pool, request.service_hosts)
-        if self.attribute:
-            return index.by_value(self.weight, weights)
-        return index.by_count(self.weight, most)
+        return index, most, weights
 
 
 _WEIGHT = operator.attrgetter("weight")
+
+
+def _score_at(count: int, load: float, weight: float, weights: Sequence[float]) -> float:
+    """What :meth:`Placer._score` gives a host whose value (or itself) holds ``count``
+    tasks of the service and whose load key is ``load`` (``-least_loaded``), for
+    ``[SpreadAttribute(weight), *LeastLoaded(w) for w in weights]``: the same sum, in the
+    same order, so the same float."""
+    total: float = 0
+    total += weight * (1.0 / (1 + count))
+    for w in weights:
+        total += w * -load
+    return total
+
 
 _SKIPS = 64
 """Hosts holding the service that one walk of the hosts without it may pass over before
@@ -629,24 +684,28 @@ class _SpreadIndex:
 
     def _without(self) -> Iterator[HostState]:
         """The hosts holding no task of the service, in load order."""
+        pool = self.pool
+        own, base = pool._own, pool._base
+        for _, name in self._without_keys():
+            yield own.get(name) or base[name]
+
+    def _without_keys(self) -> Iterator[tuple[float, str]]:
+        """:meth:`_without`'s hosts' load keys."""
         if self.zeros is not None:
-            by_name = self.pool.by_name
-            for _, name in self.zeros:
-                yield by_name[name]
+            yield from self.zeros
             return
         pool, holding, passed = self.pool, self.key, 0
         # every key in first but those of the hosts it holds (passed over anyway)
         part = (pool._ready_loads(holding).parts.get("") or pool._loads("")).get("")
         if part is None:
             return
-        own, base = pool._own, pool._base
-        for _, name in part:
-            if name in holding:
+        for key in part:
+            if key[1] in holding:
                 passed += 1
                 if passed == _SKIPS:  # the next walks: a list of their own
                     self.want_zeros = True
                 continue
-            yield own.get(name) or base[name]
+            yield key
 
     def _keep_zeros(self) -> None:
         holding = self.key
@@ -706,16 +765,57 @@ class _SpreadIndex:
             if j < n and heads[j][0] == c:  # (a group of one value is the usual end)
                 j = bisect.bisect_left(heads, (c + 1,), j)
             if i:
-                # the best load from here on (the heads are sorted by count, then load:
-                # when every value left has this count, it is this head's)
-                best = -(head[1] if heads[-1][0] == c else min([h[1] for h in heads[i:]]))
-                bound: float = 0
-                bound += weight * (1.0 / (1 + c))  # as Placer._score adds them up
-                for w in weights:
-                    bound += w * best
-                yield bound + 1e-9
+                yield self._value_bound(i, weight, weights)
             yield self._merged(head[2], i, j, parts, pool)
             i = j
+
+    def _value_bound(self, i: int, weight: float, weights: Sequence[float]) -> float:
+        """The most a host of the values of :attr:`heads` ``[i:]`` scores (a bound a
+        little above it)."""
+        heads = self.heads
+        head = heads[i]
+        c = head[0]
+        # the best load from here on (the heads are sorted by count, then load: when
+        # every value left has this count, it is this head's)
+        load = head[1] if heads[-1][0] == c else min([h[1] for h in heads[i:]])
+        return _score_at(c, load, weight, weights) + 1e-9
+
+    def first(self, weight: float, most: float, weights: Sequence[float]
+              ) -> tuple[HostState, float, float | None] | None:
+        """The first host of the walk (:meth:`by_value` or :meth:`by_count`), its score
+        for ``[SpreadAttribute, *LeastLoaded]`` at ``weight`` and ``weights`` (from its
+        key: the same sum :meth:`Placer._score` makes), and the bound that follows its
+        group (None: no group follows), without making the walk: a placer whose choice
+        that host is (it passes the filters and scores above the bound, the usual case)
+        needs no more. None: no such shortcut here (walk instead)."""
+        pool = self.pool
+        if self.attribute:
+            parts = pool._ready_loads().parts.get(self.attribute) or \
+                pool._loads(self.attribute)
+            self._refresh(parts)
+            heads = self.heads
+            n = len(heads)
+            if not n:
+                return None
+            head = heads[0]
+            c, load, name = head[0], head[1], head[2]
+            j = 1
+            if n > 1 and heads[1][0] == c:
+                j = bisect.bisect_left(heads, (c + 1,), 1)
+            return (pool._own.get(name) or pool._base[name],
+                    _score_at(c, load, weight, weights),
+                    self._value_bound(j, weight, weights) if j < n else None)
+        if self.hosts <= len(self.key):
+            return None  # every host holds some: the walk starts with those
+        if self.want_zeros and self.zeros is None:
+            self._keep_zeros()
+        key = next(self._without_keys(), None)
+        if key is None:
+            return None
+        keys = self.by_host
+        name = key[1]
+        return (pool._own.get(name) or pool._base[name], _score_at(0, key[0], weight, weights),
+                weight / (1 + keys[0][0]) + most if keys else None)
 
     def _refresh(self, parts: Mapping[str, SortedKeys[tuple[float, str]]]) -> None:
         """Bring :attr:`heads` up to date with ``parts`` and the counts."""
@@ -1222,10 +1322,18 @@ class Placer:
         self.min_sample = min_sample
         self.sample_share = sample_share
         self._refused: dict[tuple[object, ...], set[str]] = {}
-        self._last_refused: tuple[tuple[object, ...], set[str]] | None = None
+        self._last_refused: tuple[tuple[object, ...], set[str],
+                                  tuple[object, object, object]] | None = None
+        """The key of the last refused set, the set, and the pool, demand and
+        constraints it was asked for."""
         self._next = 0  # where the next sampled search starts
         self._last_ports: tuple[object, list[int]] = (None, [])
         first = self.scorers[0] if self.scorers else None
+        self._walker: Scorer | None = first \
+            if first is not None and type(first).strata is not Scorer.strata else None
+        """The first scorer when it has a walk by :meth:`Scorer.strata`."""
+        self._rest = tuple(self.scorers[1:])
+        """The scorers after the first (what :meth:`Scorer.strata` is asked with)."""
         self._runs = (first is not None and first.walk == "tightest"
                       and type(first).strata is Scorer.strata
                       and all(s.sticky and s.weight >= 0 for s in self.scorers)
@@ -1272,14 +1380,22 @@ class Placer:
         return total
 
     def _refused_for(self, request: TaskRequest, pool: HostPool) -> set[str]:
-        demand = request.demand
-        key = (id(pool), demand.memory, demand.cpu_units, demand.disk,
-               request.task.task_definition.port, request.constraints)
+        demand, constraints = request.demand, request.constraints
+        port = request.task.task_definition.port
         last = self._last_refused
+        if last is not None:
+            # a service's requests share their demand and constraints: the same objects
+            # are the same key (no key to build and compare)
+            key, refused, was = last
+            if was[0] is pool and was[1] is demand and was[2] is constraints and \
+                    key[4] == port:
+                return refused
+        key = (id(pool), demand.memory, demand.cpu_units, demand.disk, port, constraints)
         if last is not None and last[0] == key:  # (no hash of the constraints)
-            return last[1]
-        refused = self._refused.setdefault(key, set())
-        self._last_refused = (key, refused)
+            refused = last[1]
+        else:
+            refused = self._refused.setdefault(key, set())
+        self._last_refused = (key, refused, (pool, demand, constraints))
         return refused
 
     def choose(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
@@ -1290,9 +1406,20 @@ class Placer:
             counting the hosts each reason refused.
         """
         self._walked = False
-        first = self.scorers[0] if self.scorers else None
-        strata = first.strata(request, pool, self.scorers[1:]) \
-            if first is not None and type(first).strata is not Scorer.strata else None
+        walker = self._walker
+        strata = None
+        if walker is not None:
+            shortcut = walker._first(request, pool, self._rest)
+            if shortcut is not None:
+                # the walk's first host, when it passes and beats every later group, is
+                # what the walk below would choose
+                host, score, bound = shortcut
+                refused = self._refused_for(request, pool)
+                if host.name not in refused and \
+                        self._refusal(request, host, refused) is None and \
+                        (bound is None or score > bound):
+                    return Placement(host.name, score)
+            strata = walker.strata(request, pool, self._rest)
         best: tuple[float, str] | None = None
         if strata is not None:
             refused = self._refused_for(request, pool)
@@ -1313,7 +1440,7 @@ class Placer:
                         continue
                     best = _better(best, self._score(request, host), host.name)
                     break  # the group's first feasible host is its best
-        elif first is not None and first.walk is not None:
+        elif self.scorers and (first := self.scorers[0]).walk is not None:
             self._walked = first.walk == "tightest"
             refused = self._refused_for(request, pool)
             hosts = pool.tightest(request.demand, refused) if self._walked \

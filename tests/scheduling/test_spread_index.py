@@ -235,6 +235,8 @@ def test_the_index_chooses_what_scoring_every_host_chooses(
             continue
         assert isinstance(got, Placement)
         assert abs(got.score - want.score) < 1e-9
+        # the walk's shortcut scores its host from the index: the very sum scoring makes
+        assert got.score == indexed._score(request, pool.by_name[got.host])
         close = [h.name for h in pool.by_name.values() if brute._refusal(request, h) is None
                  and abs(brute._score(request, h) - want.score) < 1e-9]
         if len(close) == 1:
@@ -242,3 +244,38 @@ def test_the_index_chooses_what_scoring_every_host_chooses(
         result = indexed.place(request, pool)
         assert isinstance(result, Placement)
         placed.append((result.host, request.task.id, memory))
+
+
+def test_a_better_host_in_a_later_group_beats_the_walks_first_host() -> None:
+    """The first host of the walk (its value holds the fewest tasks) is not the choice
+    when a host of a value holding more scores higher: the placer looks past it."""
+    hosts = _hosts(2, zones=2)
+    pool, counts = HostPool(hosts), ServiceHosts()
+    pool.assign("h000", "other", Resources(memory=990, cpu_units=1000))  # z0: nearly full
+    counts["h001"] = 1  # z1 holds one task of the service: z0's host comes first
+    spread = SpreadAttribute("zone", hosts)  # at weight 1 the load outweighs the count
+    placer = Placer(stock_filters(), [spread, LeastLoaded()])
+    request = _request(0, 5, _svc("spread:zone"), counts)
+    brute = Placer(stock_filters(), [_NoWalk("zone", hosts), LeastLoaded()])
+    want = brute.choose(request, pool)
+    assert isinstance(want, Placement) and want.host == "h001"
+    assert placer.choose(request, pool) == want
+
+
+def test_a_subclass_that_changes_the_score_is_scored_by_its_own_score() -> None:
+    """The shortcut's score comes from the index only for the stock scorer: a subclass
+    that scores otherwise is asked (its walk is the stock one)."""
+
+    class Halved(SpreadAttribute):
+        def score(self, request: TaskRequest, host: HostState) -> float:
+            return super().score(request, host) / 2
+
+    hosts = _hosts(20, zones=4)
+    pool, counts = HostPool(hosts), ServiceHosts()
+    placer = Placer(stock_filters(), [Halved("zone", hosts), LeastLoaded()])
+    for i in range(30):
+        request = _request(i, 10, _svc("spread:zone"), counts)
+        got = placer.choose(request, pool)
+        assert isinstance(got, Placement)
+        assert got.score == placer._score(request, pool.by_name[got.host])
+        placer.place(request, pool)
