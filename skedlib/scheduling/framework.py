@@ -19,7 +19,6 @@ import abc
 import bisect
 import heapq
 import math
-import operator
 import time
 import weakref
 from collections import Counter, defaultdict
@@ -448,10 +447,10 @@ class SpreadAttribute(Scorer):
             type(self).score is SpreadAttribute.score
         """Whether this is the stock walk and score (a subclass that changes either gets
         no shortcut: :meth:`_first`)."""
-        self._others: tuple[tuple[object, ...] | None, bool, float, tuple[float, ...]] = \
+        self._others: tuple[Sequence[Scorer] | None, bool, float, tuple[float, ...]] = \
             (None, False, 0.0, ())
-        """The scorers after this one last asked about and their weights, whether the
-        walk fits them, the most they add to a score, and their weights alone."""
+        """The scorers after this one last asked about, whether the walk fits them, the
+        most they add to a score, and their weights (then)."""
 
     @property
     def _value_of(self) -> dict[str, str]:
@@ -489,7 +488,7 @@ class SpreadAttribute(Scorer):
         if walk is None:
             return None
         index, most, weights = walk
-        return index.first(self.weight, most, weights)
+        return index.first(pool, self.weight, most, weights)
 
     def _walk(self, request: TaskRequest, pool: HostPool, others: Sequence[Scorer]
               ) -> tuple[_SpreadIndex, float, tuple[float, ...]] | None:
@@ -497,38 +496,32 @@ class SpreadAttribute(Scorer):
         the last ones), the most ``others`` add to a score and their weights; None when
         the walk does not fit ``others``."""
         last = self._others
-        key, n = last[0], len(others)
-        # a placer asks with the same scorers every time: the same objects, their
-        # weights unchanged (checked without building a key: this runs per choice)
-        same = False
-        if key is not None and len(key) == 2 * n:
-            same = True
-            for i in range(n):
-                s = others[i]
-                if s is not key[i] or s.weight != key[n + i]:
+        # a placer asks with the same scorers every time (the same sequence), their
+        # weights unchanged: checked without building a key, as this runs per choice
+        same = others is last[0] and len(others) == len(last[3])
+        if same:
+            for s, w in zip(others, last[3], strict=True):
+                if s.weight != w:
                     same = False
                     break
         if not same:
-            key = (*others, *map(_WEIGHT, others))
             weights = tuple(s.weight for s in others)
             fits = all(type(s) is LeastLoaded and s.weight > 0 for s in others)
             # a LeastLoaded score is at most 2: a host of a group with ``count`` tasks
             # scores at most weight / (1 + count) + 2 * their weights (a bound that lets
             # the placer stop after the first group when its host beats it)
-            last = self._others = (key, fits, 2 * sum(weights) + 1e-9, weights)
+            last = self._others = (others, fits, 2 * sum(weights) + 1e-9, weights)
         _, fits, most, weights = last
         if not fits or self.weight <= 0:
             return None
         index = self._index
-        if index is None or index._pool() is not pool or \
-                not index.follows(request.service_hosts):
+        # (index.follows(), inline: this runs per choice)
+        if index is None or index._pool() is not pool or not index.active or \
+                not index.tracked or request.service_hosts is not index._counts():
             if index is not None:
                 index.active = False
             index = self._index = _SpreadIndex(self.attribute, pool, request.service_hosts)
         return index, most, weights
-
-
-_WEIGHT = operator.attrgetter("weight")
 
 
 def _score_at(count: int, load: float, weight: float, weights: Sequence[float]) -> float:
@@ -780,15 +773,15 @@ class _SpreadIndex:
         load = head[1] if heads[-1][0] == c else min([h[1] for h in heads[i:]])
         return _score_at(c, load, weight, weights) + 1e-9
 
-    def first(self, weight: float, most: float, weights: Sequence[float]
+    def first(self, pool: HostPool, weight: float, most: float, weights: Sequence[float]
               ) -> tuple[HostState, float, float | None] | None:
         """The first host of the walk (:meth:`by_value` or :meth:`by_count`), its score
         for ``[SpreadAttribute, *LeastLoaded]`` at ``weight`` and ``weights`` (from its
         key: the same sum :meth:`Placer._score` makes), and the bound that follows its
         group (None: no group follows), without making the walk: a placer whose choice
         that host is (it passes the filters and scores above the bound, the usual case)
-        needs no more. None: no such shortcut here (walk instead)."""
-        pool = self.pool
+        needs no more. None: no such shortcut here (walk instead). ``pool``: the one
+        this index follows."""
         if self.attribute:
             parts = pool._ready_loads().parts.get(self.attribute) or \
                 pool._loads(self.attribute)
