@@ -6,11 +6,13 @@
 Runs the benches one after the other, each in a process of its own (as when run by
 hand), and gathers their JSON:
 
-- ``bench/scaling.py --sizes 10k/5k,100k/10k --no-sampled --budget 400`` (with
-  ``--large`` also ``1m/100k``): binpack's rate at 10k tasks on 5k hosts, its seconds at
-  100k on 10k (and at 1M on 100k, with its peak memory), its time exponent from 10k, its
-  packing quality, and spread's and spread-over-zones' rates over binpack's at every
-  size (the smallest of the sizes' ratios is the one held against the target);
+- ``bench/scaling.py --sizes 10k/5k,100k/10k --no-sampled --budget 400 --repeat N``
+  (with ``--large`` also ``1m/100k``; each cell the fastest of its N plans, which evens
+  out the machine's load for every scheduler alike): binpack's rate at 10k tasks on 5k
+  hosts, its seconds at 100k on 10k (and at 1M on 100k, with its peak memory), its time
+  exponent from 10k, its packing quality, and spread's and spread-over-zones' rates over
+  binpack's at every size (the smallest of the sizes' ratios is the one held against
+  the target);
 - ``bench/commit.py --backend B --repeat N`` for each of ``--backends``: the scheduler
   daemon's placements per second over the raw store's (median of the rounds), and on
   etcd its placements per second (the smallest round);
@@ -115,7 +117,8 @@ def main() -> None:
     parser.add_argument("--jobs-baseline", metavar="DIR",
                         help="a checkout to compare the jobs' rate with (bench/jobs.py)")
     parser.add_argument("--repeat", type=int, default=3,
-                        help="rounds of bench/commit.py (default 3)")
+                        help="rounds of bench/commit.py, and plans per cell of "
+                             "bench/scaling.py (the fastest counts; default 3)")
     args = parser.parse_args()
     backends = [b for b in args.backends.split(",") if b]
     for b in backends:
@@ -128,7 +131,8 @@ def main() -> None:
     runs: dict[str, Any] = {}
     sizes = "10k/5k,100k/10k" + (",1m/100k" if args.large else "")
     runs["scaling"] = sc = _run(["scaling.py", "--sizes", sizes, "--no-sampled",
-                                 "--budget", "400"], timeout=3600)
+                                 "--budget", "400", "--repeat", str(args.repeat)],
+                                timeout=3600)
     for b in backends:
         runs[f"commit_{b}"] = _run(["commit.py", "--backend", b, "--repeat",
                                     str(args.repeat)], timeout=1800)
@@ -138,7 +142,8 @@ def main() -> None:
                              args.jobs_baseline, "--repeat", "2"], timeout=3600)
 
     t = _Targets()
-    scaling_cmd = f"bench/scaling.py --sizes {sizes} --no-sampled --budget 400"
+    scaling_cmd = (f"bench/scaling.py --sizes {sizes} --no-sampled --budget 400 "
+                   f"--repeat {args.repeat}")
     t.add("binpack placements/s, 10k tasks on 5k hosts", _AT_LEAST, 50_000,
           f"{scaling_cmd} (sizes[10k].binpack.placements_per_s)",
           lambda: _size(sc, 10_000)["binpack"]["placements_per_s"])
