@@ -1377,11 +1377,12 @@ class Placer:
         port = request.task.task_definition.port
         last = self._last_refused
         if last is not None:
-            # a service's requests share their demand and constraints: the same objects
-            # are the same key (no key to build and compare)
+            # a service's requests share their demand and constraints: the same objects,
+            # with the same amounts (a Resources can change), are the same key
             key, refused, was = last
             if was[0] is pool and was[1] is demand and was[2] is constraints and \
-                    key[4] == port:
+                    key[4] == port and key[1] == demand.memory and \
+                    key[2] == demand.cpu_units and key[3] == demand.disk:
                 return refused
         key = (id(pool), demand.memory, demand.cpu_units, demand.disk, port, constraints)
         if last is not None and last[0] == key:  # (no hash of the constraints)

@@ -92,3 +92,19 @@ def test_distinct_host() -> None:
         results.append(placer.place(req, pool))
     assert {r.host for r in results[:2] if isinstance(r, Placement)} == {"a", "b"}
     assert isinstance(results[2], Unschedulable)
+
+
+def test_a_demand_changed_in_place_is_not_refused_by_its_old_amounts() -> None:
+    """The hosts a placer found too small for a demand are remembered per amounts: a
+    request whose Resources object changed since is not refused by the old answer."""
+    hosts = _hosts(("a", 600, {}), ("b", 1000, {}))  # equally loaded: a comes first
+    placer = Placer(stock_filters(), [SpreadAttribute("", hosts), LeastLoaded()])
+    pool = HostPool(hosts)
+    big = _request(0, 800)
+    first = placer.place(big, pool)
+    assert isinstance(first, Placement) and first.host == "b"  # a is too small for it
+    big.demand.memory = 100  # the same object, now small enough for a
+    small = TaskRequest(task=_request(1, 100).task, demand=big.demand, service=SVC,
+                        constraints=big.constraints, service_hosts=big.service_hosts)
+    second = placer.place(small, pool)
+    assert isinstance(second, Placement) and second.host == "a"  # a holds none yet
