@@ -137,6 +137,9 @@ class SqliteBackend(Backend):
         """Rows per ``INSERT`` of a transaction's puts (set by the SQLite build's limit
         when a connection opens)."""
         self._closed = False
+        self._in_use = 0
+        """Calls running on this backend's connections (:class:`_Guard`)."""
+        self._use = threading.Condition()
         self._next_expiry_check = 0.0
         self._writer = threading.Lock()
         """Held by the thread whose write transaction is open (one at a time in SQLite)."""
@@ -270,7 +273,19 @@ class SqliteBackend(Backend):
                      (revision - 1,))
 
     def _guard(self, what: str) -> _Guard:
-        return _Guard(self.url, what)
+        return _Guard(self, what)
+
+    def _begin_use(self) -> None:
+        with self._use:
+            if self._closed:
+                raise BackendUnavailable(f"{self.url}: the backend was closed")
+            self._in_use += 1
+
+    def _end_use(self) -> None:
+        with self._use:
+            self._in_use -= 1
+            if not self._in_use and self._closed:
+                self._use.notify_all()
 
     # -- primitives -----------------------------------------------------------------------
     def get(self, key: str) -> KeyValue | None:
@@ -420,9 +435,17 @@ class SqliteBackend(Backend):
                 self._compact(conn, min(revision, self._revision(conn)))
 
     def close(self) -> None:
-        self._closed = True
+        """Close every connection, once the calls running on them have returned (for up
+        to the backend's timeout; a connection still in use then is left to be closed
+        when it is dropped: closing it beneath a running call frees SQLite's handle under
+        that call). Later calls raise :class:`BackendUnavailable`."""
+        with self._use:
+            self._closed = True
+            idle = self._use.wait_for(lambda: not self._in_use, timeout=self.timeout)
         with self._conns_lock:
             conns, self._conns = self._conns, []
+        if not idle:
+            return
         for conn in conns:
             with suppress(sqlite3.Error):
                 conn.close()
@@ -454,19 +477,25 @@ class SqliteBackend(Backend):
 
 
 class _Guard:
-    """Translates sqlite3 errors into BackendUnavailable naming the store and the call."""
+    """One call on a backend's connections: counted while it runs (:meth:`close` waits
+    for it), its sqlite3 errors translated into BackendUnavailable naming the store and
+    the call."""
 
-    def __init__(self, url: str, what: str) -> None:
-        self.url = url
+    __slots__ = ("backend", "what")
+
+    def __init__(self, backend: SqliteBackend, what: str) -> None:
+        self.backend = backend
         self.what = what
 
     def __enter__(self) -> None:
-        return None
+        self.backend._begin_use()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: object) -> None:
+        self.backend._end_use()
         if isinstance(exc, sqlite3.Error):
-            raise BackendUnavailable(f"{self.url}: {self.what} failed: {exc}") from exc
+            raise BackendUnavailable(f"{self.backend.url}: {self.what} failed: {exc}") \
+                from exc
 
 
 class _SqliteWatch(Watch):
