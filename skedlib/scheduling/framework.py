@@ -745,9 +745,7 @@ class _SpreadIndex:
         head of a value's load order has its value's best). The values' heads are kept
         sorted by count and load, and moved only for the values that changed."""
         pool = self.pool
-        # every key in first (a key put in before the order is built goes in with it)
-        parts = pool._ready_loads().parts.get(self.attribute) or pool._loads(self.attribute)
-        self._refresh(parts)
+        parts = self._ready_heads(pool)
         heads = self.heads
         n = len(heads)
         i = 0
@@ -761,6 +759,13 @@ class _SpreadIndex:
                 yield self._value_bound(i, weight, weights)
             yield self._merged(head[2], i, j, parts, pool)
             i = j
+
+    def _ready_heads(self, pool: HostPool) -> Mapping[str, SortedKeys[tuple[float, str]]]:
+        """The pool's load order of each value, every key in (a key put in before the
+        order is built goes in with it), with :attr:`heads` brought up to date."""
+        parts = pool._ready_loads().parts.get(self.attribute) or pool._loads(self.attribute)
+        self._refresh(parts)
+        return parts
 
     def _value_bound(self, i: int, weight: float, weights: Sequence[float]) -> float:
         """The most a host of the values of :attr:`heads` ``[i:]`` scores (a bound a
@@ -783,17 +788,14 @@ class _SpreadIndex:
         needs no more. None: no such shortcut here (walk instead). ``pool``: the one
         this index follows."""
         if self.attribute:
-            parts = pool._ready_loads().parts.get(self.attribute) or \
-                pool._loads(self.attribute)
-            self._refresh(parts)
+            self._ready_heads(pool)
             heads = self.heads
-            n = len(heads)
-            if not n:
+            if not heads:
                 return None
-            head = heads[0]
-            c, load, name = head[0], head[1], head[2]
+            n = len(heads)
+            c, load, name = heads[0][0], heads[0][1], heads[0][2]
             j = 1
-            if n > 1 and heads[1][0] == c:
+            if n > 1 and heads[1][0] == c:  # (as in by_value)
                 j = bisect.bisect_left(heads, (c + 1,), 1)
             return (pool._own.get(name) or pool._base[name],
                     _score_at(c, load, weight, weights),
@@ -1315,10 +1317,7 @@ class Placer:
         self.min_sample = min_sample
         self.sample_share = sample_share
         self._refused: dict[tuple[object, ...], set[str]] = {}
-        self._last_refused: tuple[tuple[object, ...], set[str],
-                                  tuple[object, object, object]] | None = None
-        """The key of the last refused set, the set, and the pool, demand and
-        constraints it was asked for."""
+        self._last_refused: tuple[tuple[object, ...], set[str]] | None = None
         self._next = 0  # where the next sampled search starts
         self._last_ports: tuple[object, list[int]] = (None, [])
         first = self.scorers[0] if self.scorers else None
@@ -1328,7 +1327,7 @@ class Placer:
         self._rest = tuple(self.scorers[1:])
         """The scorers after the first (what :meth:`Scorer.strata` is asked with)."""
         self._runs = (first is not None and first.walk == "tightest"
-                      and type(first).strata is Scorer.strata
+                      and self._walker is None
                       and all(s.sticky and s.weight >= 0 for s in self.scorers)
                       and all(f.monotonic or f.local for f in self.filters))
         """Whether identical requests may be placed in a run (:attr:`Scorer.sticky`)."""
@@ -1373,23 +1372,14 @@ class Placer:
         return total
 
     def _refused_for(self, request: TaskRequest, pool: HostPool) -> set[str]:
-        demand, constraints = request.demand, request.constraints
-        port = request.task.task_definition.port
+        demand = request.demand
+        key = (id(pool), demand.memory, demand.cpu_units, demand.disk,
+               request.task.task_definition.port, request.constraints)
         last = self._last_refused
-        if last is not None:
-            # a service's requests share their demand and constraints: the same objects,
-            # with the same amounts (a Resources can change), are the same key
-            key, refused, was = last
-            if was[0] is pool and was[1] is demand and was[2] is constraints and \
-                    key[4] == port and key[1] == demand.memory and \
-                    key[2] == demand.cpu_units and key[3] == demand.disk:
-                return refused
-        key = (id(pool), demand.memory, demand.cpu_units, demand.disk, port, constraints)
         if last is not None and last[0] == key:  # (no hash of the constraints)
-            refused = last[1]
-        else:
-            refused = self._refused.setdefault(key, set())
-        self._last_refused = (key, refused, (pool, demand, constraints))
+            return last[1]
+        refused = self._refused.setdefault(key, set())
+        self._last_refused = (key, refused)
         return refused
 
     def choose(self, request: TaskRequest, pool: HostPool) -> Placement | Unschedulable:
