@@ -180,6 +180,7 @@ class _LogHandler(http.server.BaseHTTPRequestHandler):
         if isinstance(names, str):
             self._plain(400, f"{one_line(names)}\n")
             return
+        path = source.directory.joinpath(*names)
         f = self._open(source.directory, names)
         if f is None:
             self._plain(404, f"{server.owner} has no output of {source.what} {name}"
@@ -194,13 +195,15 @@ class _LogHandler(http.server.BaseHTTPRequestHandler):
         if not follow:
             with f:
                 data = f.read()
+                if data and not _still_at(f, path):
+                    data = b""  # what was read is not its output (see _still_at)
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
             return
-        self._follow(f, source, name)
+        self._follow(f, source, name, path)
 
     @staticmethod
     def _open(directory: Path, names: Sequence[str]) -> BinaryIO | None:
@@ -227,7 +230,7 @@ class _LogHandler(http.server.BaseHTTPRequestHandler):
             return None
         return os.fdopen(fd, "rb")
 
-    def _follow(self, f: BinaryIO, source: LogSource, name: str) -> None:
+    def _follow(self, f: BinaryIO, source: LogSource, name: str, path: Path) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -238,6 +241,8 @@ class _LogHandler(http.server.BaseHTTPRequestHandler):
                 while True:
                     running = source.running(name)
                     data = f.read(65536)
+                    if data and not _still_at(f, path):
+                        break  # its file went to another (see _still_at): it wrote none
                     if data:
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                         self.wfile.flush()
@@ -250,6 +255,19 @@ class _LogHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+
+def _still_at(f: BinaryIO, path: Path) -> bool:
+    """Whether ``path`` still names the open file ``f``. A job worker hands the empty
+    output file of an ended job to a next job (renamed), so a reader that opened it before
+    that reads the next job's output: any data read from a file no longer at its path was
+    not written by its job (the file was empty when it moved, and output only grows).
+    Checked after each read that returned data."""
+    try:
+        st, at = os.fstat(f.fileno()), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (st.st_ino, st.st_dev) == (at.st_ino, at.st_dev)
 
 
 # -- the client -----------------------------------------------------------------------------

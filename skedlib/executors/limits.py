@@ -527,6 +527,13 @@ class Limited:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, sig)
 
+    @property
+    def emptied(self) -> bool:
+        """True once :meth:`kill_all` saw every process of the job gone: the cgroup kinds
+        (a cgroup seen empty after a SIGKILL, which nothing enters again); False for the
+        others, which cannot tell (a process may have left the job's process group)."""
+        return False
+
     def cleanup(self) -> None:
         """Remove what was set up for the job (its cgroups, killing leftovers first).
         Idempotent; never raises.
@@ -632,6 +639,10 @@ class _CgroupLimited(Limited):
         # seen empty after a SIGKILL: nothing enters the job's cgroups any more (only
         # the worker starts processes in them), so cleanup() need not look again
         self._emptied = _signal_cgroups(self.cgroups, sig, 1.0) and sig == signal.SIGKILL
+
+    @property
+    def emptied(self) -> bool:
+        return self._emptied
 
     def cleanup(self) -> None:
         if self._released:

@@ -13,6 +13,7 @@ write in flight writes every end queued so far in one transaction
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from skedlib._files import open_append, private_dirs
 from skedlib.errors import BackendUnavailable, SkedError
@@ -73,6 +75,12 @@ class RunningJob:
     """Set before the finish transaction: the running key it deletes is its own doing."""
     claimed_at: float = field(default_factory=time.monotonic)
     """When this node claimed it (monotonic): the start of its duration metric."""
+    output_bytes: int | None = 0
+    """The size of its output file when it ended (0 until the file is opened: a job that
+    never started wrote nothing; None: not known)."""
+    spare_log: bool = False
+    """Its output file, if empty at its end, may serve a next job: every process that
+    could write to it is gone (its cgroups were seen empty)."""
 
 
 def command_line(job: Job) -> str:
@@ -123,6 +131,9 @@ class Runs:
         self._spare_dirs: list[Path] = []
         """Empty working directories of ended jobs, private to the worker, each renamed
         into place for a next job (see :meth:`_make_work_dir`)."""
+        self._spare_logs: list[Path] = []
+        """Empty output files of ended jobs, each renamed into place for a next job (see
+        :meth:`_open_log`)."""
         self._spare_lock = threading.Lock()
         self._spare_names = itertools.count()
 
@@ -191,7 +202,7 @@ class Runs:
             self._forget([run])
             return
         self._record_end(run, JobEnd(job, run.stored.revision, status,  # type: ignore[arg-type]
-                                     exit_code, reason))
+                                     exit_code, reason, run.output_bytes))
 
     def _forget(self, runs: list[RunningJob]) -> None:
         """The jobs ended and their ends are recorded (or cannot be): free their slots,
@@ -300,12 +311,49 @@ class Runs:
         except OSError:
             shutil.rmtree(cwd, ignore_errors=True)
 
+    def _open_log(self, path: Path) -> BinaryIO:
+        """The job's output file, opened for appending: the empty one of an ended job
+        renamed into place (see :meth:`_recycle_log`), else a new one; one already there
+        (an earlier attempt's here) is appended to. A file made per job costs the file
+        system an inode (ext4 without a journal then searches past the recently freed
+        ones: 0.15-0.5 ms of CPU per job here)."""
+        with self._spare_lock:
+            spare = self._spare_logs.pop() if self._spare_logs else None
+        if spare is not None:
+            try:
+                if os.path.lexists(path):
+                    raise FileExistsError(path)  # (only this worker writes here)
+                os.rename(spare, path)
+            except FileExistsError:
+                with self._spare_lock:
+                    self._spare_logs.append(spare)
+            except OSError:  # the spare is gone
+                pass
+        return open_append(path)
+
+    def _recycle_log(self, job_id: str) -> None:
+        """Keep the output file of an ended job that wrote nothing, its end written (with
+        its size, 0, so that nobody asks this node for it), for a next job."""
+        path = self.logs_dir / f"{job_id}.log"
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size or st.st_nlink != 1 \
+                    or st.st_uid != os.geteuid():
+                return
+            spare = self.logs_dir / f".free-{next(self._spare_names)}"
+            os.rename(path, spare)
+        except OSError:
+            return
+        with self._spare_lock:
+            self._spare_logs.append(spare)
+
     def _supervise(self, run: RunningJob, limited: Limited, env: dict[str, str],
                    cwd: Path) -> tuple[str, int | None, str]:
         job = run.stored.job
         log_path = self.logs_dir / f"{job.id}.log"
         try:
-            with open_append(log_path) as out:
+            run.output_bytes = None
+            with self._open_log(log_path) as out:
                 proc = subprocess.Popen(limited.argv, stdin=subprocess.DEVNULL, stdout=out,
                                         stderr=subprocess.STDOUT, cwd=cwd, env=env,
                                         start_new_session=True)
@@ -327,6 +375,9 @@ class Runs:
             timer.cancel()
         timed_out = run.stop_reason == "timeout"
         limited.kill_all()  # what the job left behind
+        run.spare_log = limited.emptied
+        with contextlib.suppress(OSError):
+            run.output_bytes = os.stat(log_path).st_size
         rc = proc.returncode
         if run.stop.is_set() and not timed_out:
             return "failed", rc, run.stop_reason or "stopped"
@@ -405,6 +456,8 @@ class Runs:
                 log.info("job %s: ended (%s) after its record changed (canceled or taken "
                          "back); not recorded", job.id, status)
                 continue
+            if end.output_bytes == 0 and run.spare_log:
+                self._recycle_log(job.id)
             METRICS.job_seconds.labels(status).observe(time.monotonic() - run.claimed_at)
             if status == "complete":
                 self.stats.completed += 1

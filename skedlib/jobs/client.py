@@ -203,9 +203,19 @@ class JobClient:
             stream = self._fetch(job, not job.finished, received)
 
     def _fetch(self, job: Job, follow: bool, offset: int) -> Iterator[bytes]:
-        return fetch_log(job.log_url, "jobs", job.id, self._log_token(job.node),
-                         offset=offset, follow=follow, timeout=self.http_timeout,
-                         where=f"node {job.node} ({job.log_url})", what=f"job {job.id}")
+        if job.finished and job.output_bytes == 0:
+            return iter(())  # its node keeps no file of an output that is empty
+        try:
+            return fetch_log(job.log_url, "jobs", job.id, self._log_token(job.node),
+                             offset=offset, follow=follow, timeout=self.http_timeout,
+                             where=f"node {job.node} ({job.log_url})", what=f"job {job.id}")
+        except LogsUnavailable:
+            # it may have ended meanwhile, writing nothing: its node then has no file
+            now = self.store.get(job.id).job
+            if now.finished and now.output_bytes == 0 and \
+                    (now.node, now.attempts) == (job.node, job.attempts):
+                return iter(())
+            raise
 
     def _log_token(self, node: str) -> str:
         """The token the log server of ``node`` wants, from the node's record ('' when

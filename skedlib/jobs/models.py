@@ -134,6 +134,11 @@ class Job(msgspec.Struct, kw_only=True):
     """How the requirements were enforced on the node: cgroup2, cgroup1, rlimit or none."""
     log_url: str = ""
     """Where the node that ran it serves its output."""
+    output_bytes: int | None = None
+    """The size in bytes of the output (stdout and stderr) its node keeps, recorded when
+    the node wrote its end; None while it runs or when its node did not write its end.
+    A node keeps no output file for a job that ended with none (0): there is nothing to
+    fetch."""
     submitted_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None

@@ -86,6 +86,8 @@ class JobEnd:
     """``complete`` or ``failed``."""
     exit_code: int | None
     reason: str
+    output_bytes: int | None = None
+    """The size of its output file (see :attr:`Job.output_bytes`); None: not known."""
 
 
 @dataclass(frozen=True)
@@ -199,8 +201,8 @@ class JobStore:
             job = decode_job(kv.value, kv.key)
             running = msgspec.structs.replace(
                 job, status="running", node=node, attempts=job.attempts + 1,
-                exit_code=None, reason="", limits=limits, log_url=log_url, started_at=now,
-                finished_at=None)
+                exit_code=None, reason="", limits=limits, log_url=log_url,
+                output_bytes=None, started_at=now, finished_at=None)
             compares.append(Compare(kv.key, kv.revision))
             ops += [Delete(kv.key), Put(self.keys.job_running(node, job.id), b""),
                     Put(self.keys.job(job.id), encode_job(running))]
@@ -278,7 +280,7 @@ class JobStore:
                 continue
             done = msgspec.structs.replace(end.job, status=end.status,
                                            exit_code=end.exit_code, reason=end.reason,
-                                           finished_at=now)
+                                           output_bytes=end.output_bytes, finished_at=now)
             groups.append((i, self._move_group(end.job, end.revision, done, now)))
         return groups
 

@@ -21,8 +21,9 @@ from skedlib.client import Client
 from skedlib.errors import SkedError
 from skedlib.jobs.models import JobNode, JobRequirements
 from skedlib.jobs.store import JobStore
-from skedlib.logserver import LogServer, LogSource, load_token
+from skedlib.logserver import LogServer, LogSource, fetch_log, load_token
 from tests.api.conftest import Http
+from tests.harness.common import skip_or_fail
 from tests.jobs.conftest import JobLoop
 
 TOKEN = "s3cret-token"
@@ -175,3 +176,58 @@ def test_the_api_does_not_list_a_nodes_token(tmp_path: Path) -> None:
             status, body = Http(server.url, "api-token").get("/nodes")
     assert status == 200 and [n["name"] for n in body["items"]] == ["n1"]
     assert "n0de-secret" not in str(body) and body["items"][0]["log_token"] == ""
+
+
+def test_a_job_that_wrote_nothing_leaves_no_file_and_its_file_serves_the_next_job(
+        sqlite_jobs: JobLoop) -> None:
+    sqlite_jobs.start_worker(0, slots=1)
+    node = sqlite_jobs.node(0)
+    kv = sqlite_jobs.backend.get(sqlite_jobs.jobs.keys.job_node(node))
+    assert kv is not None
+    if not msgspec.json.decode(kv.value, type=JobNode).limits.startswith("cgroup"):
+        skip_or_fail("an output file is reused only after a job's cgroups were seen "
+                     "empty: this machine gives the worker no cgroups")
+    logs = sqlite_jobs.tmp / node / "jobs" / "logs"
+    quiet = sqlite_jobs.jobs.submit("true")
+    (done,) = sqlite_jobs.wait_finished([quiet.id])
+    assert (done.status, done.output_bytes) == ("complete", 0)
+    assert not (logs / f"{quiet.id}.log").exists()
+    (spare,) = logs.glob(".free-*")
+    inode = spare.stat().st_ino
+    assert b"".join(sqlite_jobs.jobs.logs(quiet.id)) == b""  # the node is not asked
+    loud = sqlite_jobs.jobs.submit("sh", ["-c", "echo hello; echo oops >&2; exit 3"])
+    (done,) = sqlite_jobs.wait_finished([loud.id])
+    assert (done.status, done.exit_code, done.output_bytes) == ("failed", 3, 11)
+    path = logs / f"{loud.id}.log"
+    assert path.stat().st_ino == inode and not list(logs.glob(".free-*"))
+    assert mode(path) == 0o640 and path.read_bytes() == b"hello\noops\n"
+    assert b"".join(sqlite_jobs.jobs.logs(loud.id)) == b"hello\noops\n"
+    missing = sqlite_jobs.jobs.submit("no-such-command-anywhere")
+    (done,) = sqlite_jobs.wait_finished([missing.id])
+    assert (done.status, done.output_bytes) == ("failed", 0)
+    assert b"".join(sqlite_jobs.jobs.logs(missing.id)) == b""
+
+
+def test_a_reader_of_a_file_handed_to_the_next_job_gets_none_of_that_jobs_output(
+        tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "j1.log").write_bytes(b"")
+    running = {"j1"}
+    jobs = LogSource("job", logs, lambda job_id, _query: [f"{job_id}.log"],
+                     lambda job_id: job_id in running)
+    srv = LogServer("job worker n1", {"jobs": jobs}, ("127.0.0.1", 0), "", token=TOKEN)
+    srv.start()
+    try:
+        # the response has begun: the server holds j1's (empty) file open
+        body = fetch_log(srv.url, "jobs", "j1", TOKEN, follow=True, where="node n1",
+                         what="job j1")
+        # j1 ends having written nothing; its file goes to j2, which writes
+        os.rename(logs / "j1.log", logs / "j2.log")
+        with (logs / "j2.log").open("ab") as out:
+            out.write(b"j2's secret\n")
+        running.clear()
+        assert b"".join(body) == b""
+        assert get(srv, "/v1/jobs/j2/logs") == (200, b"j2's secret\n")
+    finally:
+        srv.stop()
