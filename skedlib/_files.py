@@ -69,7 +69,7 @@ def private_dirs(path: Path, *, narrow_existing: bool = True) -> Path:
     return path
 
 
-def open_append(path: Path, mode: int = LOG_FILE_MODE) -> BinaryIO:
+def open_append(path: str | os.PathLike[str], mode: int = LOG_FILE_MODE) -> BinaryIO:
     """``path`` opened for appending (created with ``mode``; an existing file is narrowed
     to it)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, mode)

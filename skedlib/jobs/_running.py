@@ -25,7 +25,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -83,6 +83,49 @@ class RunningJob:
     could write to it is gone (its cgroups were seen empty)."""
 
 
+class _Spares:
+    """Empty files or directories of ended jobs in ``directory``, private to the worker,
+    each renamed into place for a next job rather than one made: a file or directory
+    made per job costs the file system an inode (ext4 without a journal then searches
+    past every inode freed in the last seconds: 0.15-0.5 ms of CPU per job here, against
+    about 0.01 ms for a rename). As many are kept as jobs ended at once."""
+
+    def __init__(self, directory: Path, names: Iterator[int]) -> None:
+        self._dir = str(directory)
+        self._names = names  # (shared: any name is taken once)
+        self._lock = threading.Lock()
+        self._free: list[str] = []
+
+    def take(self, path: str) -> bool:
+        """Rename a spare to ``path``; False when there is none, or ``path`` is there
+        already (only this worker makes paths here)."""
+        with self._lock:
+            spare = self._free.pop() if self._free else None
+        if spare is None:
+            return False
+        if os.path.lexists(path):
+            with self._lock:
+                self._free.append(spare)
+            return False
+        try:
+            os.rename(spare, path)
+        except OSError:  # the spare is gone
+            return False
+        return True
+
+    def give(self, path: str) -> bool:
+        """Keep ``path`` (empty, checked by the caller) as a spare; False when it cannot
+        be renamed (then it is where it was)."""
+        spare = f"{self._dir}/.free-{next(self._names)}"
+        try:
+            os.rename(path, spare)  # an empty one left by an earlier run is replaced
+        except OSError:
+            return False
+        with self._lock:
+            self._free.append(spare)
+        return True
+
+
 def command_line(job: Job) -> str:
     """The job's command as a shell would show it."""
     return shlex.join([job.command, *job.args])
@@ -128,14 +171,14 @@ class Runs:
         """The worker's environment, every job's base (copied once: reading
         ``os.environ`` decodes every variable)."""
         self._programs: dict[tuple[str, str | None], tuple[str, float]] = {}
-        self._spare_dirs: list[Path] = []
-        """Empty working directories of ended jobs, private to the worker, each renamed
-        into place for a next job (see :meth:`_make_work_dir`)."""
-        self._spare_logs: list[Path] = []
-        """Empty output files of ended jobs, each renamed into place for a next job (see
-        :meth:`_open_log`)."""
-        self._spare_lock = threading.Lock()
-        self._spare_names = itertools.count()
+        names = itertools.count()
+        self._spare_dirs = _Spares(work_dir, names)
+        """Empty working directories of ended jobs (see :meth:`_make_work_dir`)."""
+        self._spare_logs = _Spares(logs_dir, names)
+        """Empty output files of ended jobs (see :meth:`_open_log`)."""
+        self._work = str(work_dir)
+        self._logs = str(logs_dir)
+        """The two as text (paths made per job: ``pathlib`` costs more)."""
 
     def used(self) -> JobRequirements:
         """What the running jobs ask for in all."""
@@ -248,16 +291,16 @@ class Runs:
             return "failed", None, f"node {self.node}: {exc}"
         _, env = user_popen_args(user, env)
         if job.cwd:
-            cwd = Path(job.cwd)
-            if not cwd.is_dir():
+            cwd = job.cwd
+            if not os.path.isdir(cwd):
                 return ("failed", None,
                         f"working directory {job.cwd} does not exist on node {self.node}")
         else:
-            cwd = self.work_dir / job.id
+            cwd = f"{self._work}/{job.id}"
             self._make_work_dir(cwd)
             if user is not None:  # its own, private; the worker's directories let it pass
                 os.chown(cwd, user.uid, user.gid)
-                reachable_by(cwd, self.config.state_dir)
+                reachable_by(Path(cwd), self.config.state_dir)
         try:
             limited = self.limiter.wrap(job.id, job.requirements, [program, *job.args],
                                         user=user)
@@ -270,22 +313,13 @@ class Runs:
             if not job.cwd:
                 self._free_work_dir(cwd)
 
-    def _make_work_dir(self, cwd: Path) -> None:
+    def _make_work_dir(self, cwd: str) -> None:
         """The job's own working directory (0700): the empty one of an ended job renamed
-        into place, else a new one. A directory made and removed per job costs the file
-        system an inode each (ext4 then searches past the recently freed ones)."""
-        with self._spare_lock:
-            spare = self._spare_dirs.pop() if self._spare_dirs else None
-        if spare is not None:
-            try:
-                os.rename(spare, cwd)
-                return
-            except OSError:  # cwd is there (left by an earlier attempt), or spare is gone
-                with self._spare_lock:
-                    self._spare_dirs.append(spare)
-        private_dirs(cwd)
+        into place, else a new one (one left by an earlier attempt is narrowed)."""
+        if not self._spare_dirs.take(cwd):
+            private_dirs(Path(cwd))
 
-    def _free_work_dir(self, cwd: Path) -> None:
+    def _free_work_dir(self, cwd: str) -> None:
         """Keep an ended job's directory for the next job when it is still empty, the
         worker's own and 0700 (as :meth:`_make_work_dir` made it); else remove it."""
         try:
@@ -296,61 +330,36 @@ class Runs:
             return
         # (as many are kept as jobs ran at once: each job takes one, or makes one)
         if empty and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() \
-                and stat.S_IMODE(st.st_mode) == 0o700:
-            spare = self.work_dir / f".free-{next(self._spare_names)}"
-            try:
-                os.rename(cwd, spare)  # an empty one left by an earlier run is replaced
-            except OSError:
-                pass
-            else:
-                with self._spare_lock:
-                    self._spare_dirs.append(spare)
-                return
+                and stat.S_IMODE(st.st_mode) == 0o700 and self._spare_dirs.give(cwd):
+            return
         try:
             os.rmdir(cwd)  # most jobs leave their directory empty
         except OSError:
             shutil.rmtree(cwd, ignore_errors=True)
 
-    def _open_log(self, path: Path) -> BinaryIO:
+    def _open_log(self, path: str) -> BinaryIO:
         """The job's output file, opened for appending: the empty one of an ended job
         renamed into place (see :meth:`_recycle_log`), else a new one; one already there
-        (an earlier attempt's here) is appended to. A file made per job costs the file
-        system an inode (ext4 without a journal then searches past the recently freed
-        ones: 0.15-0.5 ms of CPU per job here)."""
-        with self._spare_lock:
-            spare = self._spare_logs.pop() if self._spare_logs else None
-        if spare is not None:
-            try:
-                if os.path.lexists(path):
-                    raise FileExistsError(path)  # (only this worker writes here)
-                os.rename(spare, path)
-            except FileExistsError:
-                with self._spare_lock:
-                    self._spare_logs.append(spare)
-            except OSError:  # the spare is gone
-                pass
+        (an earlier attempt's here) is appended to."""
+        self._spare_logs.take(path)
         return open_append(path)
 
     def _recycle_log(self, job_id: str) -> None:
         """Keep the output file of an ended job that wrote nothing, its end written (with
         its size, 0, so that nobody asks this node for it), for a next job."""
-        path = self.logs_dir / f"{job_id}.log"
+        path = f"{self._logs}/{job_id}.log"
         try:
             st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode) or st.st_size or st.st_nlink != 1 \
-                    or st.st_uid != os.geteuid():
-                return
-            spare = self.logs_dir / f".free-{next(self._spare_names)}"
-            os.rename(path, spare)
         except OSError:
             return
-        with self._spare_lock:
-            self._spare_logs.append(spare)
+        if stat.S_ISREG(st.st_mode) and not st.st_size and st.st_nlink == 1 \
+                and st.st_uid == os.geteuid():
+            self._spare_logs.give(path)
 
     def _supervise(self, run: RunningJob, limited: Limited, env: dict[str, str],
-                   cwd: Path) -> tuple[str, int | None, str]:
+                   cwd: str) -> tuple[str, int | None, str]:
         job = run.stored.job
-        log_path = self.logs_dir / f"{job.id}.log"
+        log_path = f"{self._logs}/{job.id}.log"
         try:
             run.output_bytes = None
             with self._open_log(log_path) as out:
