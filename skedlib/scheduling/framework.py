@@ -631,7 +631,7 @@ class _SpreadIndex:
         old = self.key.get(name)
         if old is not None:
             new = self.key[name] = -least_loaded(host)
-            n = self.counts.get(name, 0)
+            n = self._counts().get(name, 0)  # type: ignore[union-attr]
             _replace(self.by_host, (n, old, name), (n, new, name))
         elif self.zeros is not None and name in self.zero_key:
             key = load_key(host)
@@ -657,7 +657,8 @@ class _SpreadIndex:
             host = self.pool.by_name.get(name)
             if host is None:
                 return
-        n = self.counts.get(name, 0)
+        # (the counts and the pool, weakly held, are the caller's: they are there)
+        n = self._counts().get(name, 0)  # type: ignore[union-attr]
         load = self.key.pop(name, None)
         if load is not None and not n:
             self.pool._unhold(name)  # the walk of the hosts without tasks needs it
@@ -682,17 +683,38 @@ class _SpreadIndex:
         for _, name in self._without_keys():
             yield own.get(name) or base[name]
 
+    def _first_without(self) -> tuple[float, str] | None:
+        """The first of :meth:`_without_keys` (without a generator: once per choice)."""
+        if self.want_zeros and self.zeros is None:
+            self._keep_zeros()
+        zeros = self.zeros
+        if zeros is not None:
+            return zeros[0] if zeros else None
+        holding = self.key
+        for passed, key in enumerate(self._held_out(), 1):
+            if key[1] not in holding:
+                return key
+            if passed == _SKIPS:  # (as _without_keys)
+                self.want_zeros = True
+        return None
+
+    def _held_out(self) -> Iterable[tuple[float, str]]:
+        """The pool's load order, every key in but those of the hosts holding tasks of
+        the service that the pool holds out (a walk passes over those anyway)."""
+        pool, holding = self._pool(), self.key
+        assert pool is not None  # (never while placing: the caller holds the pool)
+        parts = pool._ready_loads(holding).parts.get("") or pool._loads("")
+        part = parts.get("")
+        return () if part is None else part
+
     def _without_keys(self) -> Iterator[tuple[float, str]]:
         """:meth:`_without`'s hosts' load keys."""
         if self.zeros is not None:
             yield from self.zeros
             return
-        pool, holding, passed = self.pool, self.key, 0
+        holding, passed = self.key, 0
         # every key in first but those of the hosts it holds (passed over anyway)
-        part = (pool._ready_loads(holding).parts.get("") or pool._loads("")).get("")
-        if part is None:
-            return
-        for key in part:
+        for key in self._held_out():
             if key[1] in holding:
                 passed += 1
                 if passed == _SKIPS:  # the next walks: a list of their own
@@ -802,9 +824,7 @@ class _SpreadIndex:
                     self._value_bound(j, weight, weights) if j < n else None)
         if self.hosts <= len(self.key):
             return None  # every host holds some: the walk starts with those
-        if self.want_zeros and self.zeros is None:
-            self._keep_zeros()
-        key = next(self._without_keys(), None)
+        key = self._first_without()
         if key is None:
             return None
         keys = self.by_host
