@@ -136,7 +136,8 @@ class Job(msgspec.Struct, kw_only=True):
     """Where the node that ran it serves its output."""
     output_bytes: int | None = None
     """The size in bytes of the output (stdout and stderr) its node keeps, recorded when
-    the node wrote its end; None while it runs or when its node did not write its end.
+    the node wrote its end; null (None) while it runs or when its node did not write its
+    end.
     A node keeps no output file for a job that ended with none (0): there is nothing to
     fetch."""
     submitted_at: float = 0.0
