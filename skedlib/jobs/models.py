@@ -137,9 +137,8 @@ class Job(msgspec.Struct, kw_only=True):
     output_bytes: int | None = None
     """The size in bytes of the output (stdout and stderr) its node keeps, recorded when
     the node wrote its end; null (None) while it runs or when its node did not write its
-    end.
-    A node keeps no output file for a job that ended with none (0): there is nothing to
-    fetch."""
+    end. A node keeps no output file for a job that ended with none (0): there is
+    nothing to fetch."""
     submitted_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
