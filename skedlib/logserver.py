@@ -74,9 +74,12 @@ class LogSource:
 
     def __init__(self, what: str, directory: Path,
                  parts: Callable[[str, Mapping[str, str]], Sequence[str] | str],
-                 running: Callable[[str], bool]) -> None:
+                 running: Callable[[str], bool], *, moves: bool = False) -> None:
         self.what = what
         """What a name is, in messages (``job``, ``task``)."""
+        self.moves = moves
+        """Its owner may hand a file, once ended and empty, to another name (a job
+        worker's spare output files): a read of one is checked to be still at its path."""
         self.directory = directory
         self._parts = parts
         self._running = running
@@ -195,7 +198,7 @@ class _LogHandler(http.server.BaseHTTPRequestHandler):
         if not follow:
             with f:
                 data = f.read()
-                if data and not _still_at(f, path):
+                if data and source.moves and not _still_at(f, path):
                     data = b""  # what was read is not its output (see _still_at)
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
@@ -241,7 +244,7 @@ class _LogHandler(http.server.BaseHTTPRequestHandler):
                 while True:
                     running = source.running(name)
                     data = f.read(65536)
-                    if data and not _still_at(f, path):
+                    if data and source.moves and not _still_at(f, path):
                         break  # its file went to another (see _still_at): it wrote none
                     if data:
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))

@@ -113,7 +113,7 @@ class JobWorker:
         private_dirs(self.work_dir)
         self.log_token = load_token(self.config.state_dir / "jobs" / "log-token")
         jobs = LogSource("job", self.logs_dir, lambda job_id, _query: [f"{job_id}.log"],
-                         self.job_running_here)
+                         self.job_running_here, moves=True)
         self._server = LogServer(f"job worker {self.node}", {"jobs": jobs},
                                  self.config.listen, self.config.advertise,
                                  token=self.log_token)

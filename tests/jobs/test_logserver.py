@@ -215,7 +215,7 @@ def test_a_reader_of_a_file_handed_to_the_next_job_gets_none_of_that_jobs_output
     (logs / "j1.log").write_bytes(b"")
     running = {"j1"}
     jobs = LogSource("job", logs, lambda job_id, _query: [f"{job_id}.log"],
-                     lambda job_id: job_id in running)
+                     lambda job_id: job_id in running, moves=True)
     srv = LogServer("job worker n1", {"jobs": jobs}, ("127.0.0.1", 0), "", token=TOKEN)
     srv.start()
     try:
