@@ -8,6 +8,7 @@ import pwd
 import stat
 from pathlib import Path
 
+import psutil
 import pytest
 
 from skedlib.cli.agent import main as agent_main
@@ -79,7 +80,7 @@ def test_run_as_starts_tasks_with_that_uid_and_per_task_users_only_if_allowed(
         env.put_task(task)
 
     env.wait_healthy(plain.id)
-    (proc,) = env.processes(plain.id)
+    proc = psutil.Process(env.pid(plain.id))  # (waits: healthy may come first)
     assert proc.uids().real == proc.uids().effective == NOBODY.pw_uid
     assert proc.gids().real == NOBODY.pw_gid
     assert proc.environ()["HOME"] == NOBODY.pw_dir and proc.environ()["USER"] == "nobody"
@@ -87,7 +88,7 @@ def test_run_as_starts_tasks_with_that_uid_and_per_task_users_only_if_allowed(
     assert proc.cwd() == home  # not the agent's working directory
 
     env.wait_healthy(chosen.id)
-    (proc,) = env.processes(chosen.id)
+    proc = psutil.Process(env.pid(chosen.id))
     assert proc.uids().real == DAEMON.pw_uid
 
     assert "rule users: the task asks to run as 'root', which is not allowed" in \
