@@ -183,12 +183,12 @@ class _LogHandler(http.server.BaseHTTPRequestHandler):
         if isinstance(names, str):
             self._plain(400, f"{one_line(names)}\n")
             return
-        path = source.directory.joinpath(*names)
-        f = self._open(source.directory, names)
-        if f is None:
+        opened = self._open(source.directory, names)
+        if opened is None:
             self._plain(404, f"{server.owner} has no output of {source.what} {name}"
                              + (f" ({'/'.join(names)})" if len(names) > 1 else "") + "\n")
             return
+        f, path = opened
         try:
             f.seek(offset)
         except (OSError, OverflowError):
@@ -209,9 +209,10 @@ class _LogHandler(http.server.BaseHTTPRequestHandler):
         self._follow(f, source, name, path)
 
     @staticmethod
-    def _open(directory: Path, names: Sequence[str]) -> BinaryIO | None:
-        """The file, opened for reading; None when there is none, or when what is there
-        is not a regular file reached through no symbolic link (a link, a FIFO...)."""
+    def _open(directory: Path, names: Sequence[str]) -> tuple[BinaryIO, Path] | None:
+        """The file, opened for reading, and its path; None when there is none, or when
+        what is there is not a regular file reached through no symbolic link (a link, a
+        FIFO...)."""
         for part in names:
             try:
                 validate_name(part, "log file name")
@@ -231,7 +232,7 @@ class _LogHandler(http.server.BaseHTTPRequestHandler):
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             return None
-        return os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb"), path
 
     def _follow(self, f: BinaryIO, source: LogSource, name: str, path: Path) -> None:
         self.send_response(200)

@@ -13,7 +13,6 @@ write in flight writes every end queued so far in one transaction
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -78,9 +77,10 @@ class RunningJob:
     output_bytes: int | None = 0
     """The size of its output file when it ended (0 until the file is opened: a job that
     never started wrote nothing; None: not known)."""
-    spare_log: bool = False
-    """Its output file, if empty at its end, may serve a next job: every process that
-    could write to it is gone (its cgroups were seen empty)."""
+    spare_log: str | None = None
+    """Its output file, empty at its end, the worker's own, and no process left that
+    could write to it (its cgroups were seen empty): it serves a next job once the end
+    is written (see :meth:`Runs._open_log`)."""
 
 
 class _Spares:
@@ -339,22 +339,23 @@ class Runs:
 
     def _open_log(self, path: str) -> BinaryIO:
         """The job's output file, opened for appending: the empty one of an ended job
-        renamed into place (see :meth:`_recycle_log`), else a new one; one already there
-        (an earlier attempt's here) is appended to."""
+        renamed into place (see :attr:`RunningJob.spare_log`), else a new one; one
+        already there (an earlier attempt's here) is appended to."""
         self._spare_logs.take(path)
         return open_append(path)
 
-    def _recycle_log(self, job_id: str) -> None:
-        """Keep the output file of an ended job that wrote nothing, its end written (with
-        its size, 0, so that nobody asks this node for it), for a next job."""
-        path = f"{self._logs}/{job_id}.log"
+    @staticmethod
+    def _measure_log(run: RunningJob, path: str, emptied: bool) -> None:
+        """Its output file's size, and whether it may serve a next job (one look)."""
         try:
             st = os.lstat(path)
         except OSError:
             return
-        if stat.S_ISREG(st.st_mode) and not st.st_size and st.st_nlink == 1 \
-                and st.st_uid == os.geteuid():
-            self._spare_logs.give(path)
+        if stat.S_ISREG(st.st_mode):
+            run.output_bytes = st.st_size
+            if emptied and not st.st_size and st.st_nlink == 1 \
+                    and st.st_uid == os.geteuid():
+                run.spare_log = path
 
     def _supervise(self, run: RunningJob, limited: Limited, env: dict[str, str],
                    cwd: str) -> tuple[str, int | None, str]:
@@ -384,9 +385,7 @@ class Runs:
             timer.cancel()
         timed_out = run.stop_reason == "timeout"
         limited.kill_all()  # what the job left behind
-        run.spare_log = limited.emptied
-        with contextlib.suppress(OSError):
-            run.output_bytes = os.stat(log_path).st_size
+        self._measure_log(run, log_path, limited.emptied)
         rc = proc.returncode
         if run.stop.is_set() and not timed_out:
             return "failed", rc, run.stop_reason or "stopped"
@@ -465,8 +464,8 @@ class Runs:
                 log.info("job %s: ended (%s) after its record changed (canceled or taken "
                          "back); not recorded", job.id, status)
                 continue
-            if end.output_bytes == 0 and run.spare_log:
-                self._recycle_log(job.id)
+            if run.spare_log is not None:  # written with 0: nobody asks this node for it
+                self._spare_logs.give(run.spare_log)
             METRICS.job_seconds.labels(status).observe(time.monotonic() - run.claimed_at)
             if status == "complete":
                 self.stats.completed += 1

@@ -631,7 +631,8 @@ class _SpreadIndex:
         old = self.key.get(name)
         if old is not None:
             new = self.key[name] = -least_loaded(host)
-            n = self._counts().get(name, 0)  # type: ignore[union-attr]
+            counts = self._counts()  # (not the property: this runs per placement)
+            n = counts.get(name, 0) if counts is not None else 0
             _replace(self.by_host, (n, old, name), (n, new, name))
         elif self.zeros is not None and name in self.zero_key:
             key = load_key(host)
@@ -657,8 +658,8 @@ class _SpreadIndex:
             host = self.pool.by_name.get(name)
             if host is None:
                 return
-        # (the counts and the pool, weakly held, are the caller's: they are there)
-        n = self._counts().get(name, 0)  # type: ignore[union-attr]
+        counts = self._counts()  # (not the property: this runs per placement)
+        n = counts.get(name, 0) if counts is not None else 0
         load = self.key.pop(name, None)
         if load is not None and not n:
             self.pool._unhold(name)  # the walk of the hosts without tasks needs it
@@ -701,9 +702,10 @@ class _SpreadIndex:
     def _held_out(self) -> Iterable[tuple[float, str]]:
         """The pool's load order, every key in but those of the hosts holding tasks of
         the service that the pool holds out (a walk passes over those anyway)."""
-        pool, holding = self._pool(), self.key
-        assert pool is not None  # (never while placing: the caller holds the pool)
-        parts = pool._ready_loads(holding).parts.get("") or pool._loads("")
+        pool = self._pool()  # (not the property: this runs per choice)
+        if pool is None:
+            return ()
+        parts = pool._ready_loads(self.key).parts.get("") or pool._loads("")
         part = parts.get("")
         return () if part is None else part
 
