@@ -7,7 +7,7 @@ names the cgroups, ``skedlib-<noun>s-<node>/<noun>-<id>``, and the messages), th
 every job or task::
 
     limited = limiter.wrap(job.id, job.spec.requirements, argv)   # SkedError: cannot start
-    proc = subprocess.Popen(limited.argv, start_new_session=True, ...)
+    proc = limited.popen(start_new_session=True, ...)   # subprocess.Popen's arguments
     limited.attach(proc.pid)
     ...                                  # on timeout / cancel: limited.kill_all()
     returncode = proc.wait()
@@ -36,11 +36,21 @@ The kinds, best first (``prefer="auto"`` takes the first usable one):
 ``none``
     Nothing is enforced.
 
-The job enters its cgroup *before* its program runs: :attr:`Limited.argv` starts with a
-small ``/bin/sh`` wrapper that writes its own pid into the cgroup and then execs the
-program, so not a single allocation escapes the limit. The chain is ``sh`` (cgroups) →
+The job enters its cgroup *before* its program runs, so not a single allocation escapes
+the limit. :attr:`Limited.argv` starts with a small ``/bin/sh`` wrapper that writes its
+own pid into the cgroup and then execs the program; the chain is ``sh`` (cgroups) →
 ``setpriv`` (only to run as another user) → ``prlimit`` (rlimit) → program, all one
-process.
+process. :meth:`Limited.popen` starts the same, except where the starting thread can
+enter the cgroups itself: cgroup v1 places threads one by one, and a process is born in
+the cgroups of the thread that forks it, so for a job whose cgroups are memory (and pids)
+only the thread moves into them, forks the program itself, and moves back — one program
+start per job instead of two (the wrapper's start cost as much as a short job's). A cpu
+cgroup keeps the wrapper: a thread of the worker under a job's exhausted cpu quota would
+be held there with the interpreter's lock. While a thread is inside, the worker's pid is
+listed in the job's ``cgroup.procs``; every signalling of a job's cgroups leaves the
+worker's own pid out, and the kernel's OOM killer chooses among the processes whose
+leading thread is in the cgroup, so only a thread other than the main one moves (from the
+main thread the wrapper is used).
 
 A job dies with the process that started it (``wrap(..., pdeathsig=True)``, the
 default): the limiter's *reaper* (:mod:`skedlib.executors._reaper`), a small process of
@@ -89,7 +99,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import NamedTuple, NoReturn, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 from skedlib.errors import SkedError
 from skedlib.executors.policy import Identity
@@ -212,12 +222,14 @@ def _read_int(path: str) -> int | None:
 
 
 def _pids(cgroup: str) -> list[int]:
-    """The processes in a cgroup; [] when it is gone or unreadable."""
+    """The processes in a cgroup but this one (listed while one of its threads starts a
+    job there, see :meth:`_Cgroup1Limited.popen`); [] when it is gone or unreadable."""
     try:
         text = _read(os.path.join(cgroup, "cgroup.procs"))
     except OSError:
         return []
-    return [int(tok) for tok in text.split() if tok.isdigit()]
+    own = os.getpid()
+    return [pid for pid in map(int, filter(str.isdigit, text.split())) if pid != own]
 
 
 def _signal_cgroups(cgroups: list[str], sig: int, settle: float) -> bool:
@@ -432,6 +444,39 @@ def _own_cgroups() -> dict[str, str]:
     return out
 
 
+def _thread_cgroup_dirs(hierarchies: list[tuple[str, _Mount]]) -> list[str] | None:
+    """The calling thread's cgroup directory in each (controller, mount) of v1; None when
+    one cannot be told."""
+    try:
+        text = _read("/proc/thread-self/cgroup")
+    except OSError:
+        return None
+    paths: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for controller in parts[1].split(","):
+                paths.setdefault(controller, parts[2])
+    dirs: list[str] = []
+    for controller, mount in hierarchies:
+        path = paths.get(controller)
+        if path is None:
+            return None
+        dirs.append(_cgroup_dir(mount, path))
+    return dirs
+
+
+def _move_thread(tid: str, cgroups: list[str]) -> str | None:
+    """Move thread ``tid`` into each of ``cgroups`` (v1 ``tasks``); the first it could
+    not enter, else None."""
+    for cgroup in cgroups:
+        try:
+            _write(os.path.join(cgroup, "tasks"), tid)
+        except OSError:
+            return cgroup
+    return None
+
+
 def _cgroup_dir(mount: _Mount, path: str) -> str:
     """The directory of cgroup ``path`` (as in /proc/self/cgroup) under ``mount``."""
     root = mount.root.rstrip("/")
@@ -488,6 +533,13 @@ class Limited:
         """The pid given to :meth:`attach`."""
         self._reaper: _Reaper | None = None
         """Told the job's process group (kinds without cgroups, dying with the worker)."""
+
+    def popen(self, **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start the job: ``subprocess.Popen(self.argv, **kwargs)``, or, for a kind whose
+        limits the starting thread can enter itself, the program without the wrapper
+        (see the module's docstring). Raises what ``Popen`` raises (``OSError``: the
+        program cannot be started). Then :meth:`attach` the pid."""
+        return subprocess.Popen(self.argv, **kwargs)
 
     def attach(self, pid: int) -> None:
         """Remember the started process (``Popen(..., start_new_session=True).pid``)."""
@@ -690,6 +742,49 @@ class _Cgroup2Limited(_CgroupLimited):
 class _Cgroup1Limited(_CgroupLimited):
     kind = "cgroup1"
 
+    def __init__(self, job_id: str, requirements: Requirements, argv: list[str],
+                 cgroups: list[str], noun: str = "job") -> None:
+        super().__init__(job_id, requirements, argv, cgroups, noun)
+        self._direct: tuple[list[str], list[tuple[str, _Mount]]] | None = None
+        """The program's own command line and each cgroup's (controller, mount), when
+        :meth:`popen` may start it from a thread moved into its cgroups (set by the
+        limiter)."""
+
+    def popen(self, **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start the program from the calling thread moved into the job's cgroups for
+        the fork (the child is born in them) and back; the wrapper of :attr:`argv` when
+        the job has a cpu cgroup, the caller is the main thread, or the thread's cgroups
+        cannot be read or entered."""
+        native = threading.get_native_id()
+        # the main thread leads the process: inside a job's memory cgroup it would make
+        # the whole worker a candidate for that cgroup's OOM killer
+        if self._direct is None or native == os.getpid():
+            return super().popen(**kwargs)
+        argv, hierarchies = self._direct
+        homes = _thread_cgroup_dirs(hierarchies)
+        if homes is None:
+            return super().popen(**kwargs)
+        tid = str(native)
+        moved = 0
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            with contextlib.suppress(OSError):  # not entered: the wrapper, below
+                for cgroup in self.cgroups:
+                    _write(os.path.join(cgroup, "tasks"), tid)
+                    moved += 1
+            if moved == len(self.cgroups):
+                proc = subprocess.Popen(argv, **kwargs)
+        finally:
+            stuck = _move_thread(tid, homes[:moved])
+        if stuck is not None:
+            if self._limiter is not None:
+                self._limiter.direct = False  # this thread's home is unknown from now on
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+            raise OSError(f"cannot move the starting thread back to {stuck}")
+        return proc if proc is not None else super().popen(**kwargs)
+
     def _counters(self) -> dict[str, int]:
         memdir = self.cgroups[0]
         out = {k: v for k, v in _keyed(os.path.join(memdir, "memory.oom_control")).items()
@@ -833,6 +928,9 @@ class _CgroupLimiter(Limiter):
         self._closed = False
         self._has: dict[str, bool] = {}
         """Whether the optional control files exist (``memory.swap.max`` …), seen once."""
+        self.direct = True
+        """Whether jobs may be started without the wrapper where the kind allows it
+        (:meth:`Limited.popen`; off once a starting thread could not move back)."""
 
     def _ensure_parents(self) -> None:
         for parent in self.parents:
@@ -932,12 +1030,18 @@ class _CgroupLimiter(Limiter):
         limited = self._limited(job_id, requirements,
                                 _enter_cgroups_argv(dirs, [*prefix, *argv]), dirs)
         limited._set, limited._limiter = cgroups, self
+        self._start_directly(limited, roles, pids, [*prefix, *argv])
         if self.reuse:
             limited._pool = self
             if cgroups.jobs:
                 limited._start_counting()
             cgroups.jobs += 1
         return limited
+
+    def _start_directly(self, limited: _CgroupLimited, roles: list[str], pids: int,
+                        argv: list[str]) -> None:
+        """Let ``limited.popen`` start ``argv`` without the wrapper where this kind can
+        (cgroup1)."""
 
     def _reap(self, cgroups: _CgroupSet, on: bool) -> None:
         """Have the reaper hold every directory of the set (its job dies with this
@@ -1092,6 +1196,19 @@ class _Cgroup1Limiter(_CgroupLimiter):
         parents = [memory_parent, *(p for p in (cpu_parent, pids_parent) if p)]
         super().__init__(node, parents, f"cgroup1: memory.limit_in_bytes at "
                          f"{memory_parent}, {cpu_note}, {pids_note}", noun, cpu_mode)
+        self._thread_mounts: dict[str, _Mount] = {}
+        """The hierarchies a starting thread may enter for a job (memory, pids)."""
+        for mount in _mounts():
+            for role in ("memory", "pids"):
+                if mount.fstype == "cgroup" and role in mount.options:
+                    self._thread_mounts.setdefault(role, mount)
+
+    def _start_directly(self, limited: _CgroupLimited, roles: list[str], pids: int,
+                        argv: list[str]) -> None:
+        # a thread counts in pids.max while it forks: one more than a limit of 1
+        if self.direct and pids != 1 and isinstance(limited, _Cgroup1Limited) \
+                and all(role in self._thread_mounts for role in roles):
+            limited._direct = (argv, [(role, self._thread_mounts[role]) for role in roles])
 
     def _dirs(self, job_id: str, requirements: Requirements) -> list[str]:
         return [self._child(p, job_id) for p in self.parents]

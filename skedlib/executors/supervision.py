@@ -368,13 +368,14 @@ class ProcessSupervisor:
             # the cgroup is entered as the agent's user, then setpriv drops to identity
             limited = self.limiter.wrap(_cgroup_id(ref), limits, list(argv), identity,
                                         pids=self.pids_max, pdeathsig=False)
-            argv, user_args = limited.argv, {}
+            user_args = {}
         try:
             with open_append(stdout) as out, open_append(stderr) as err:
-                popen = subprocess.Popen(list(argv), env=full_env, cwd=cwd or None,
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                         start_new_session=True, close_fds=True,
-                                         **user_args)
+                kwargs: dict[str, Any] = dict(
+                    env=full_env, cwd=cwd or None, stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=err, start_new_session=True, close_fds=True, **user_args)
+                popen = (limited.popen(**kwargs) if limited is not None
+                         else subprocess.Popen(list(argv), **kwargs))
         except BaseException:
             if limited is not None:
                 limited.cleanup()

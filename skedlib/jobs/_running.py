@@ -364,9 +364,9 @@ class Runs:
         try:
             run.output_bytes = None
             with self._open_log(log_path) as out:
-                proc = subprocess.Popen(limited.argv, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                                        start_new_session=True)
+                proc = limited.popen(stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                     start_new_session=True)
         except OSError as exc:
             return "failed", None, f"cannot start on node {self.node}: {exc}"
         limited.attach(proc.pid)

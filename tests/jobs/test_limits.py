@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -90,8 +91,8 @@ class Jobs:
         return limited
 
     def start(self, limited: Limited) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(limited.argv, start_new_session=True, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = limited.popen(start_new_session=True, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         limited.attach(proc.pid)
         self.procs.append(proc)
         return proc
@@ -310,6 +311,151 @@ def test_wrap_errors_are_sked_errors(jobs: Jobs) -> None:
     with pytest.raises(SkedError, match="cannot create its cgroup"):
         jobs.wrap(["true"], cpu_units=10**15)  # a cpu quota the kernel refuses
     assert [n for p in parents for n in os.listdir(p) if n.startswith("job-")] == []
+
+
+@pytest.fixture
+def cgroup1() -> Iterator[Jobs]:
+    yield from _jobs("cgroup1")
+
+
+def _own_cgroups_of_thread() -> str:
+    with open("/proc/thread-self/cgroup") as f:
+        return f.read()
+
+
+def _cgroup_lines(text: str) -> dict[str, str]:
+    return {c: line.split(":", 2)[2] for line in text.splitlines()
+            for c in line.split(":", 2)[1].split(",") if c}
+
+
+def test_cgroup1_starts_the_program_itself_born_in_its_cgroup(cgroup1: Jobs) -> None:
+    """No wrapper: the program is the process started, and the first thing it reads is
+    that it is in the job's memory cgroup; the starting thread is back where it was and
+    the worker is not listed in the job's cgroup."""
+    limited = cgroup1.wrap(["cat", "/proc/self/cgroup"], memory=64)
+    seen: dict[str, object] = {}
+
+    def start() -> None:  # a runner thread, as in the worker
+        seen["before"] = _own_cgroups_of_thread()
+        proc = limited.popen(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             start_new_session=True)
+        seen["after"] = _own_cgroups_of_thread()
+        cgroup1.procs.append(proc)
+        seen["proc"] = proc
+
+    runner = threading.Thread(target=start)
+    runner.start()
+    runner.join(10)
+    proc = seen["proc"]
+    assert isinstance(proc, subprocess.Popen)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert proc.args == ["cat", "/proc/self/cgroup"]
+    memory_dir = limited.cgroups[0]  # type: ignore[attr-defined]
+    assert memory_dir.endswith(_cgroup_lines(out.decode())["memory"])
+    assert seen["after"] == seen["before"]
+    with open(os.path.join(memory_dir, "cgroup.procs")) as f:
+        assert str(os.getpid()) not in f.read().split()
+    # from the main thread, which leads the process, the wrapper
+    again = cgroup1.wrap(["cat", "/proc/self/cgroup"], memory=64)
+    main = again.popen(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    cgroup1.procs.append(main)
+    out, _ = main.communicate(timeout=10)
+    assert main.args[:2] == ["/bin/sh", "-c"]
+    assert again.cgroups[0].endswith(_cgroup_lines(out.decode())["memory"])  # type: ignore[attr-defined]
+
+
+def test_cgroup1_a_cpu_cgroup_or_a_one_process_limit_keeps_the_wrapper(cgroup1: Jobs) -> None:
+    """A thread under a job's cpu quota could be held with the interpreter's lock, and
+    counts in pids.max: those jobs enter their cgroups through the wrapper, as before."""
+    if "cpu not enforced" in cgroup1.limiter.detail:
+        pytest.skip(cgroup1.limiter.detail)
+    limited = cgroup1.wrap(["cat", "/proc/self/cgroup"], memory=64, cpu_units=512)
+    proc = limited.popen(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    cgroup1.procs.append(proc)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.args[:2] == ["/bin/sh", "-c"]
+    seen = _cgroup_lines(out.decode())
+    cpu_dir = limited.cgroups[1]  # type: ignore[attr-defined]
+    assert cpu_dir.endswith(seen["cpu"]) and limited.cgroups[0].endswith(seen["memory"])  # type: ignore[attr-defined]
+    one = cgroup1.limiter.wrap("one", JobRequirements(memory=64), ["true"], pids=1)
+    cgroup1.wrapped.append(one)
+    if "pids not enforced" not in cgroup1.limiter.detail:
+        started = one.popen()
+        cgroup1.procs.append(started)
+        assert started.wait(10) == 0
+        assert started.args[:2] == ["/bin/sh", "-c"]
+
+
+# A worker whose thread is inside a job's cgroups (as while it starts a job) signals the
+# job's cgroups: the job dies, the worker does not.
+SIGNAL_FROM_INSIDE = """import os, subprocess, sys, threading
+from skedlib.executors.limits import detect_limiter
+from skedlib.jobs.models import JobRequirements
+limiter = detect_limiter(sys.argv[1], "cgroup1")
+limited = limiter.wrap("j", JobRequirements(memory=64), ["sleep", "60"])
+proc = limited.popen(start_new_session=True)
+limited.attach(proc.pid)
+with open(os.path.join(limited.cgroups[0], "tasks"), "w") as f:
+    f.write(str(threading.get_native_id()))
+limited.kill_all()
+print("alive", proc.wait(5))
+with open(os.path.join(os.path.dirname(limiter.parents[0]), "tasks"), "w") as f:
+    f.write(str(threading.get_native_id()))  # home again
+limited.cleanup()
+limiter.close()
+"""
+
+
+def test_cgroup1_signalling_a_job_never_signals_the_worker(cgroup1: Jobs) -> None:
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_FROM_INSIDE, f"{NODE}-inside"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["alive", str(-signal.SIGKILL)]
+    for parent in cgroup1.limiter.parents:  # type: ignore[attr-defined]
+        assert not os.path.exists(parent.replace(NODE, f"{NODE}-inside"))
+
+
+# A worker (a process larger than the job may grow) holds one of its threads in a job's
+# memory cgroup while the job goes over its limit: the kernel kills the job.
+OOM_WITH_A_THREAD_INSIDE = """\
+import os, subprocess, sys, threading
+from skedlib.executors.limits import detect_limiter
+from skedlib.jobs.models import JobRequirements
+ballast = bytearray(256 * 2**20)
+for i in range(0, len(ballast), 4096):
+    ballast[i] = 1
+limiter = detect_limiter(sys.argv[1], "cgroup1")
+limited = limiter.wrap("j", JobRequirements(memory=64), [sys.executable, "-c", sys.argv[2], "200"])
+result = []
+
+def inside():
+    tasks = os.path.join(limited.cgroups[0], "tasks")
+    with open(tasks, "w") as f:
+        f.write(str(threading.get_native_id()))
+    proc = limited.popen(start_new_session=True)  # this thread stays inside
+    result.append(proc.wait(30))
+
+runner = threading.Thread(target=inside)
+runner.start()
+runner.join(60)
+print("alive", result[0], limited.exceeded(result[0]) is not None)
+limited.cleanup()
+limiter.close()
+"""
+
+
+def test_cgroup1_the_oom_killer_takes_the_job_not_a_worker_thread_inside(cgroup1: Jobs) -> None:
+    """Why a runner thread may enter a job's memory cgroup: the OOM killer chooses among
+    processes whose leading thread is there."""
+    proc = subprocess.run([sys.executable, "-c", OOM_WITH_A_THREAD_INSIDE, f"{NODE}-oom",
+                           ALLOC], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["alive", str(-signal.SIGKILL), "True"]
+    for parent in cgroup1.limiter.parents:  # type: ignore[attr-defined]
+        assert not os.path.exists(parent.replace(NODE, f"{NODE}-oom"))
 
 
 def test_forced_unknown_kind() -> None:
