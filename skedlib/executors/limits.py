@@ -127,6 +127,10 @@ _CPU_PERIOD_US = 100_000
 _MIN_CPU_QUOTA_US = 1000  # the kernel refuses smaller quotas
 _CGROUP_FS = "/sys/fs/cgroup"
 _SH = "/bin/sh"
+_HOME_SECONDS = 10.0
+"""How long the cgroup1 kind trusts what it read of the process's own cgroups (where a
+thread that started a job goes back to: an operator who moves the worker is followed
+within this time)."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -444,28 +448,6 @@ def _own_cgroups() -> dict[str, str]:
     return out
 
 
-def _thread_cgroup_dirs(hierarchies: list[tuple[str, _Mount]]) -> list[str] | None:
-    """The calling thread's cgroup directory in each (controller, mount) of v1; None when
-    one cannot be told."""
-    try:
-        text = _read("/proc/thread-self/cgroup")
-    except OSError:
-        return None
-    paths: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) == 3:
-            for controller in parts[1].split(","):
-                paths.setdefault(controller, parts[2])
-    dirs: list[str] = []
-    for controller, mount in hierarchies:
-        path = paths.get(controller)
-        if path is None:
-            return None
-        dirs.append(_cgroup_dir(mount, path))
-    return dirs
-
-
 def _move_thread(tid: str, cgroups: list[str]) -> str | None:
     """Move thread ``tid`` into each of ``cgroups`` (v1 ``tasks``); the first it could
     not enter, else None."""
@@ -745,8 +727,8 @@ class _Cgroup1Limited(_CgroupLimited):
     def __init__(self, job_id: str, requirements: Requirements, argv: list[str],
                  cgroups: list[str], noun: str = "job") -> None:
         super().__init__(job_id, requirements, argv, cgroups, noun)
-        self._direct: tuple[list[str], list[tuple[str, _Mount]]] | None = None
-        """The program's own command line and each cgroup's (controller, mount), when
+        self._direct: tuple[list[str], list[str], _Cgroup1Limiter] | None = None
+        """The program's own command line, its cgroups' roles and the limiter, when
         :meth:`popen` may start it from a thread moved into its cgroups (set by the
         limiter)."""
 
@@ -760,8 +742,8 @@ class _Cgroup1Limited(_CgroupLimited):
         # the whole worker a candidate for that cgroup's OOM killer
         if self._direct is None or native == os.getpid():
             return super().popen(**kwargs)
-        argv, hierarchies = self._direct
-        homes = _thread_cgroup_dirs(hierarchies)
+        argv, roles, limiter = self._direct
+        homes = limiter._homes(roles)
         if homes is None:
             return super().popen(**kwargs)
         tid = str(native)
@@ -777,8 +759,7 @@ class _Cgroup1Limited(_CgroupLimited):
         finally:
             stuck = _move_thread(tid, homes[:moved])
         if stuck is not None:
-            if self._limiter is not None:
-                self._limiter.direct = False  # this thread's home is unknown from now on
+            limiter.direct = False  # this thread's home is unknown from now on
             if proc is not None:
                 proc.kill()
                 proc.wait()
@@ -1202,13 +1183,30 @@ class _Cgroup1Limiter(_CgroupLimiter):
             for role in ("memory", "pids"):
                 if mount.fstype == "cgroup" and role in mount.options:
                     self._thread_mounts.setdefault(role, mount)
+        self._home: tuple[float, dict[str, str]] | None = None
+        """When the process's own cgroups were read, and its directory per role."""
 
     def _start_directly(self, limited: _CgroupLimited, roles: list[str], pids: int,
                         argv: list[str]) -> None:
         # a thread counts in pids.max while it forks: one more than a limit of 1
         if self.direct and pids != 1 and isinstance(limited, _Cgroup1Limited) \
                 and all(role in self._thread_mounts for role in roles):
-            limited._direct = (argv, [(role, self._thread_mounts[role]) for role in roles])
+            limited._direct = (argv, roles, self)
+
+    def _homes(self, roles: list[str]) -> list[str] | None:
+        """Where a thread that started a job goes back to, per role: the process's own
+        cgroup there (``/proc/self/cgroup``, read again after ``_HOME_SECONDS``: the
+        read waits for the kernel's cgroup lock, which every job start takes). None
+        when it cannot be told."""
+        now = time.monotonic()
+        home = self._home
+        if home is None or now - home[0] > _HOME_SECONDS:
+            own = _own_cgroups()
+            dirs = {role: _cgroup_dir(mount, own[role])
+                    for role, mount in self._thread_mounts.items() if role in own}
+            self._home = home = (now, dirs)
+        dirs = home[1]
+        return [dirs[role] for role in roles] if all(r in dirs for r in roles) else None
 
     def _dirs(self, job_id: str, requirements: Requirements) -> list[str]:
         return [self._child(p, job_id) for p in self.parents]
