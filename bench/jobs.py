@@ -288,7 +288,8 @@ def run_skedlib(procs: Procs, tmp: Path, url: str, prefix: str, n: int, k: int, 
             "submit_per_s": round(n / submit_s, 1),
             # CPU of the worker processes themselves from the moment the poller saw them
             # all registered (start-up excluded) to the last end, per job; and of the jobs
-            # (sh, setpriv, true: the workers' reaped children)
+            # (the workers' reaped children: true, and on cgroup2 or before the direct
+            # start on cgroup1 the sh that enters the cgroup)
             "worker_cpu_ms_per_job": round(
                 1000 * sum(end[0] - ready for end, ready in zip(cpu_end, cpu_ready,
                                                                 strict=True)) / n, 3),

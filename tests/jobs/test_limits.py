@@ -388,7 +388,8 @@ def test_cgroup1_a_cpu_cgroup_or_a_one_process_limit_keeps_the_wrapper(cgroup1: 
 
 
 # A worker whose thread is inside a job's cgroups (as while it starts a job) signals the
-# job's cgroups: the job dies, the worker does not.
+# job's cgroups, then closes its limiter (its reaper kills what still runs there): the
+# jobs die, the worker does not.
 SIGNAL_FROM_INSIDE = """import os, subprocess, sys, threading
 from skedlib.executors.limits import detect_limiter
 from skedlib.jobs.models import JobRequirements
@@ -398,12 +399,25 @@ proc = limited.popen(start_new_session=True)
 limited.attach(proc.pid)
 with open(os.path.join(limited.cgroups[0], "tasks"), "w") as f:
     f.write(str(threading.get_native_id()))
+home = os.path.join(os.path.dirname(limiter.parents[0]), "tasks")
 limited.kill_all()
 print("alive", proc.wait(5))
-with open(os.path.join(os.path.dirname(limiter.parents[0]), "tasks"), "w") as f:
-    f.write(str(threading.get_native_id()))  # home again
+with open(home, "w") as f:
+    f.write(str(threading.get_native_id()))
 limited.cleanup()
+# the limiter closed while a thread is inside: its reaper kills the job, not the worker
+second = limiter.wrap("k", JobRequirements(memory=64), ["sleep", "60"])
+proc = second.popen(start_new_session=True)
+second.attach(proc.pid)
+with open(os.path.join(second.cgroups[0], "tasks"), "w") as f:
+    f.write(str(threading.get_native_id()))
 limiter.close()
+print("alive", proc.wait(20))
+with open(home, "w") as f:
+    f.write(str(threading.get_native_id()))
+for path in [*second.cgroups, *limiter.parents]:
+    if os.path.isdir(path):
+        os.rmdir(path)
 """
 
 
@@ -412,7 +426,7 @@ def test_cgroup1_signalling_a_job_never_signals_the_worker(cgroup1: Jobs) -> Non
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["alive", str(-signal.SIGKILL)]
+    assert proc.stdout.split() == ["alive", str(-signal.SIGKILL)] * 2
     for parent in cgroup1.limiter.parents:  # type: ignore[attr-defined]
         assert not os.path.exists(parent.replace(NODE, f"{NODE}-inside"))
 
