@@ -78,6 +78,7 @@ from skedlib import (
     open_backend,
     parse_manifest,
 )
+from tests.harness.cgroups import remove_task_cgroups
 from tests.harness.common import ServerProcess, forget_at_exit, stop_at_exit
 
 __all__ = ["Chaos", "ChaosConfig", "catalog_bound", "check_catalog", "check_invariants",
@@ -922,6 +923,7 @@ class Chaos:
             for pid, _tid, _host in left:
                 _kill_group(pid)
             time.sleep(0.1)
+        remove_task_cgroups(self.hosts)  # a task's cgroups outlive its agent by design
         if self.client is not None:
             with contextlib.suppress(Exception):
                 self.client.backend.close()
