@@ -758,8 +758,9 @@ class _Cgroup1Limited(_CgroupLimited):
                 proc = subprocess.Popen(argv, **kwargs)
         finally:
             stuck = _move_thread(tid, homes[:moved])
+            if stuck is not None:
+                limiter.direct = False  # this thread's home is unknown from now on
         if stuck is not None:
-            limiter.direct = False  # this thread's home is unknown from now on
             if proc is not None:
                 proc.kill()
                 proc.wait()

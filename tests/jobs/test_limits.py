@@ -407,7 +407,11 @@ with open(home, "w") as f:
 limited.cleanup()
 # the limiter closed while a thread is inside: its reaper kills the job, not the worker
 second = limiter.wrap("k", JobRequirements(memory=64), ["sleep", "60"])
-proc = second.popen(start_new_session=True)
+started = []
+starter = threading.Thread(target=lambda: started.append(second.popen(start_new_session=True)))
+starter.start()  # from a runner thread: born in its cgroup (no wrapper still on its way)
+starter.join()
+proc = started[0]
 second.attach(proc.pid)
 with open(os.path.join(second.cgroups[0], "tasks"), "w") as f:
     f.write(str(threading.get_native_id()))
