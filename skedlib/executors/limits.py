@@ -448,15 +448,16 @@ def _own_cgroups() -> dict[str, str]:
     return out
 
 
-def _move_thread(tid: str, cgroups: list[str]) -> str | None:
-    """Move thread ``tid`` into each of ``cgroups`` (v1 ``tasks``); the first it could
-    not enter, else None."""
-    for cgroup in cgroups:
+def _move_thread(cgroups: list[str]) -> int:
+    """Move the calling thread into each of ``cgroups`` in turn (v1 ``tasks``: ``0`` is
+    the writer itself, which spares the kernel the lock a move of another task takes);
+    how many it entered (it stops at the first it cannot)."""
+    for entered, cgroup in enumerate(cgroups):
         try:
-            _write(os.path.join(cgroup, "tasks"), tid)
+            _write(os.path.join(cgroup, "tasks"), "0")
         except OSError:
-            return cgroup
-    return None
+            return entered
+    return len(cgroups)
 
 
 def _cgroup_dir(mount: _Mount, path: str) -> str:
@@ -737,34 +738,29 @@ class _Cgroup1Limited(_CgroupLimited):
         the fork (the child is born in them) and back; the wrapper of :attr:`argv` when
         the job has a cpu cgroup, the caller is the main thread, or the thread's cgroups
         cannot be read or entered."""
-        native = threading.get_native_id()
         # the main thread leads the process: inside a job's memory cgroup it would make
         # the whole worker a candidate for that cgroup's OOM killer
-        if self._direct is None or native == os.getpid():
+        if self._direct is None or threading.get_native_id() == os.getpid():
             return super().popen(**kwargs)
         argv, roles, limiter = self._direct
         homes = limiter._homes(roles)
         if homes is None:
             return super().popen(**kwargs)
-        tid = str(native)
-        moved = 0
+        moved = back = 0
         proc: subprocess.Popen[bytes] | None = None
         try:
-            with contextlib.suppress(OSError):  # not entered: the wrapper, below
-                for cgroup in self.cgroups:
-                    _write(os.path.join(cgroup, "tasks"), tid)
-                    moved += 1
+            moved = _move_thread(self.cgroups)  # not all entered: the wrapper, below
             if moved == len(self.cgroups):
                 proc = subprocess.Popen(argv, **kwargs)
         finally:
-            stuck = _move_thread(tid, homes[:moved])
-            if stuck is not None:
+            back = _move_thread(homes[:moved])
+            if back < moved:
                 limiter.direct = False  # this thread's home is unknown from now on
-        if stuck is not None:
+        if back < moved:
             if proc is not None:
                 proc.kill()
                 proc.wait()
-            raise OSError(f"cannot move the starting thread back to {stuck}")
+            raise OSError(f"cannot move the starting thread back to {homes[back]}")
         return proc if proc is not None else super().popen(**kwargs)
 
     def _counters(self) -> dict[str, int]:

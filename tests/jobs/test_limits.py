@@ -387,6 +387,46 @@ def test_cgroup1_a_cpu_cgroup_or_a_one_process_limit_keeps_the_wrapper(cgroup1: 
         assert started.args[:2] == ["/bin/sh", "-c"]
 
 
+def _in_a_thread(call):  # type: ignore[no-untyped-def]
+    """``call()``'s result or exception, from a thread other than the main one."""
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except Exception as exc:
+            out.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    runner.join(30)
+    return out[0]
+
+
+def test_cgroup1_a_thread_that_cannot_enter_uses_the_wrapper_one_that_cannot_leave_stops_it(
+        cgroup1: Jobs) -> None:
+    gone = cgroup1.wrap(["true"], memory=64)
+    os.rmdir(gone.cgroups[0])  # type: ignore[attr-defined]  # removed behind our back
+    proc = _in_a_thread(lambda: gone.popen(stderr=subprocess.DEVNULL))
+    assert isinstance(proc, subprocess.Popen)
+    cgroup1.procs.append(proc)
+    assert proc.args[:2] == ["/bin/sh", "-c"]
+    assert proc.wait(10) != 0, "the wrapper runs no program outside its cgroup"
+
+    limiter = cgroup1.limiter
+    limiter._home = (time.monotonic(), {"memory": "/nonexistent"})  # type: ignore[attr-defined]
+    stuck = cgroup1.wrap(["sleep", "60"], memory=64)
+    raised = _in_a_thread(lambda: stuck.popen())
+    assert isinstance(raised, OSError) and "cannot move the starting thread back" in str(raised)
+    assert limiter.direct is False  # type: ignore[attr-defined]
+    limiter._home = None  # type: ignore[attr-defined]
+    after = cgroup1.wrap(["true"], memory=64)
+    proc = _in_a_thread(lambda: after.popen())
+    assert isinstance(proc, subprocess.Popen)
+    cgroup1.procs.append(proc)
+    assert proc.args[:2] == ["/bin/sh", "-c"] and proc.wait(10) == 0
+
+
 # A worker whose thread is inside a job's cgroups (as while it starts a job) signals the
 # job's cgroups, then closes its limiter (its reaper kills what still runs there): the
 # jobs die, the worker does not.
