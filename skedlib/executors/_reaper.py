@@ -30,9 +30,16 @@ _SETTLE = 10.0
 """Seconds the reaper goes on killing processes forked meanwhile."""
 
 
+_WORKER = os.getppid()
+"""The worker that started the reaper. While one of its threads starts a job, the worker
+is listed in that job's cgroup (cgroup v1); a worker that closed its limiter meanwhile
+must not be killed with its jobs. Once it is gone the reaper has another parent, and a
+process that took its pid since is killed like any other."""
+
+
 def _pids(cgroup: str) -> set[int]:
     """Every process in ``cgroup`` and the cgroups below it (the reaper's own, and a
-    live worker's, left out: see :func:`reap`)."""
+    live worker's, left out: see :data:`_WORKER`)."""
     pids: set[int] = set()
     for top, _dirs, files in os.walk(cgroup):
         if "cgroup.procs" not in files:
@@ -44,13 +51,6 @@ def _pids(cgroup: str) -> set[int]:
     if os.getppid() == _WORKER:  # still our parent: alive, it closed its limiter
         pids.discard(_WORKER)
     return pids
-
-
-_WORKER = os.getppid()
-"""The worker that started the reaper. While one of its threads starts a job, the worker
-is listed in that job's cgroup (cgroup v1); a worker that closed its limiter meanwhile
-must not be killed with its jobs. Once it is gone the reaper has another parent, and a
-process that took its pid since is killed like any other."""
 
 
 def reap(cgroups: set[str], groups: set[int]) -> None:

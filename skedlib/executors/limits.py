@@ -725,13 +725,10 @@ class _Cgroup2Limited(_CgroupLimited):
 class _Cgroup1Limited(_CgroupLimited):
     kind = "cgroup1"
 
-    def __init__(self, job_id: str, requirements: Requirements, argv: list[str],
-                 cgroups: list[str], noun: str = "job") -> None:
-        super().__init__(job_id, requirements, argv, cgroups, noun)
-        self._direct: tuple[list[str], list[str], _Cgroup1Limiter] | None = None
-        """The program's own command line, its cgroups' roles and the limiter, when
-        :meth:`popen` may start it from a thread moved into its cgroups (set by the
-        limiter)."""
+    _direct: tuple[list[str], list[str], _Cgroup1Limiter] | None = None
+    """The program's own command line, its cgroups' roles and the limiter, when
+    :meth:`popen` may start it from a thread moved into its cgroups (set by the
+    limiter)."""
 
     def popen(self, **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start the program from the calling thread moved into the job's cgroups for
@@ -906,9 +903,6 @@ class _CgroupLimiter(Limiter):
         self._closed = False
         self._has: dict[str, bool] = {}
         """Whether the optional control files exist (``memory.swap.max`` …), seen once."""
-        self.direct = True
-        """Whether jobs may be started without the wrapper where the kind allows it
-        (:meth:`Limited.popen`; off once a starting thread could not move back)."""
 
     def _ensure_parents(self) -> None:
         for parent in self.parents:
@@ -1182,6 +1176,9 @@ class _Cgroup1Limiter(_CgroupLimiter):
                     self._thread_mounts.setdefault(role, mount)
         self._home: tuple[float, dict[str, str]] | None = None
         """When the process's own cgroups were read, and its directory per role."""
+        self.direct = True
+        """Whether jobs may be started without the wrapper (:meth:`Limited.popen`; off
+        once a starting thread could not move back)."""
 
     def _start_directly(self, limited: _CgroupLimited, roles: list[str], pids: int,
                         argv: list[str]) -> None:

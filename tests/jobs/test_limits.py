@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
@@ -328,32 +328,43 @@ def _cgroup_lines(text: str) -> dict[str, str]:
             for c in line.split(":", 2)[1].split(",") if c}
 
 
+def _in_a_thread(call: Callable[[], object]) -> object:
+    """``call()``'s result or exception, from a thread other than the main one (a
+    runner thread, as in the worker)."""
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except Exception as exc:
+            out.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    runner.join(30)
+    return out[0]
+
+
 def test_cgroup1_starts_the_program_itself_born_in_its_cgroup(cgroup1: Jobs) -> None:
     """No wrapper: the program is the process started, and the first thing it reads is
     that it is in the job's memory cgroup; the starting thread is back where it was and
     the worker is not listed in the job's cgroup."""
     limited = cgroup1.wrap(["cat", "/proc/self/cgroup"], memory=64)
-    seen: dict[str, object] = {}
-
-    def start() -> None:  # a runner thread, as in the worker
-        seen["before"] = _own_cgroups_of_thread()
-        proc = limited.popen(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             start_new_session=True)
-        seen["after"] = _own_cgroups_of_thread()
-        cgroup1.procs.append(proc)
-        seen["proc"] = proc
-
-    runner = threading.Thread(target=start)
-    runner.start()
-    runner.join(10)
-    proc = seen["proc"]
+    started = _in_a_thread(lambda: (
+        _own_cgroups_of_thread(),
+        limited.popen(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                      start_new_session=True),
+        _own_cgroups_of_thread()))
+    assert isinstance(started, tuple)
+    before, proc, after = started
     assert isinstance(proc, subprocess.Popen)
+    cgroup1.procs.append(proc)
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert proc.args == ["cat", "/proc/self/cgroup"]
     memory_dir = limited.cgroups[0]  # type: ignore[attr-defined]
     assert memory_dir.endswith(_cgroup_lines(out.decode())["memory"])
-    assert seen["after"] == seen["before"]
+    assert after == before
     with open(os.path.join(memory_dir, "cgroup.procs")) as f:
         assert str(os.getpid()) not in f.read().split()
     # from the main thread, which leads the process, the wrapper
@@ -385,22 +396,6 @@ def test_cgroup1_a_cpu_cgroup_or_a_one_process_limit_keeps_the_wrapper(cgroup1: 
         cgroup1.procs.append(started)
         assert started.wait(10) == 0
         assert started.args[:2] == ["/bin/sh", "-c"]
-
-
-def _in_a_thread(call):  # type: ignore[no-untyped-def]
-    """``call()``'s result or exception, from a thread other than the main one."""
-    out: list[object] = []
-
-    def run() -> None:
-        try:
-            out.append(call())
-        except Exception as exc:
-            out.append(exc)
-
-    runner = threading.Thread(target=run)
-    runner.start()
-    runner.join(30)
-    return out[0]
 
 
 def test_cgroup1_a_thread_that_cannot_enter_uses_the_wrapper_one_that_cannot_leave_stops_it(
