@@ -497,13 +497,18 @@ class SpreadAttribute(Scorer):
         the walk does not fit ``others``."""
         last = self._others
         # a placer asks with the same scorers every time (the same sequence), their
-        # weights unchanged: checked without building a key, as this runs per choice
-        same = others is last[0] and len(others) == len(last[3])
+        # weights unchanged: checked without building a key or a strict zip (a
+        # quarter of a microsecond), as this runs per choice
+        same = others is last[0]
         if same:
-            for s, w in zip(others, last[3], strict=True):
-                if s.weight != w:
-                    same = False
-                    break
+            weights = last[3]
+            if len(others) != len(weights):
+                same = False
+            else:
+                for i, s in enumerate(others):
+                    if s.weight != weights[i]:
+                        same = False
+                        break
         if not same:
             weights = tuple(s.weight for s in others)
             fits = all(type(s) is LeastLoaded and s.weight > 0 for s in others)
@@ -812,17 +817,20 @@ class _SpreadIndex:
         needs no more. None: no such shortcut here (walk instead). ``pool``: the one
         this index follows."""
         if self.attribute:
-            self._ready_heads(pool)
+            # (_ready_heads() and, for one LeastLoaded, _score_at() inline: once per choice)
+            attribute = self.attribute
+            self._refresh(pool._ready_loads().parts.get(attribute) or pool._loads(attribute))
             heads = self.heads
             if not heads:
                 return None
             n = len(heads)
-            c, load, name = heads[0][0], heads[0][1], heads[0][2]
+            c, load, name, _ = heads[0]
             j = 1
             if n > 1 and heads[1][0] == c:  # (as in by_value)
                 j = bisect.bisect_left(heads, (c + 1,), 1)
-            return (pool._own.get(name) or pool._base[name],
-                    _score_at(c, load, weight, weights),
+            score = weight * (1.0 / (1 + c)) + weights[0] * -load if len(weights) == 1 \
+                else _score_at(c, load, weight, weights)
+            return (pool._own.get(name) or pool._base[name], score,
                     self._value_bound(j, weight, weights) if j < n else None)
         if self.hosts <= len(self.key):
             return None  # every host holds some: the walk starts with those
@@ -1083,7 +1091,7 @@ class HostPool:
     def _ready_loads(self, passed: Container[str] = ()) -> ShareIndex:
         """The index to walk by load, every load key in but those of the hosts in
         ``passed`` (that the walk passes over anyway) when this plan changed them."""
-        index = self._settled()
+        index = self._index if not self._returned else self._ready()  # (_settled())
         out = self._out_loads
         if out:
             own = self._own
