@@ -251,8 +251,13 @@ def test_a_dead_hosts_moved_tasks_leave_the_catalog(
         # a node gone, never as an entry missing from a node still listed.
         catalog = _catalog(server, service)
         _, nodes = server.api("GET", "/v1/catalog/nodes", timeout=5)
+        # (on failure: what the agents logged about the task and the cleaner, and the
+        # node's checks, to tell the cleaner from Consul or the dead agent)
         assert ((client.name, stays.id) in catalog
-                or client.name not in {n["Node"] for n in nodes}), catalog
+                or client.name not in {n["Node"] for n in nodes}), (
+            catalog, [line for line in env.log_text().splitlines()
+                      if stays.id in line or "catalog cleaner" in line],
+            server.api("GET", f"/v1/health/node/{client.name}", timeout=5)[1])
         assert f"removed {stays.id}" not in env.log_text()
         assert _ids(_entries(server, service, passing=True)) == {moves.id}
     finally:
