@@ -802,9 +802,18 @@ class _SpreadIndex:
         heads = self.heads
         head = heads[i]
         c = head[0]
-        # the best load from here on (the heads are sorted by count, then load: when
-        # every value left has this count, it is this head's)
-        load = head[1] if heads[-1][0] == c else min([h[1] for h in heads[i:]])
+        # the best load from here on: the heads are sorted by count, then load, so it is
+        # the best of the first head of each count (a round of placements over the values
+        # leaves two counts: one step instead of a pass over every value)
+        load = head[1]
+        last = heads[-1][0]
+        k, ck = i, c
+        while ck != last:
+            k = bisect.bisect_left(heads, (ck + 1,), k + 1)
+            first = heads[k]
+            ck = first[0]
+            if first[1] < load:
+                load = first[1]
         return _score_at(c, load, weight, weights) + 1e-9
 
     def first(self, pool: HostPool, weight: float, most: float, weights: Sequence[float]
