@@ -814,6 +814,8 @@ class _SpreadIndex:
             ck = first[0]
             if first[1] < load:
                 load = first[1]
+        if len(weights) == 1:  # (_score_at() inline, as in first())
+            return weight * (1.0 / (1 + c)) + weights[0] * -load + 1e-9
         return _score_at(c, load, weight, weights) + 1e-9
 
     def first(self, pool: HostPool, weight: float, most: float, weights: Sequence[float]

@@ -358,7 +358,7 @@ class ShareIndex:
         if not self.parts:
             return None
         if key is None:
-            key = load_key(host)
+            key = (-least_loaded(host), host.name)  # (load_key() inline: per placement)
         attributes = host.attributes
         for attribute, parts in self.parts.items():
             value = attributes.get(attribute, "") if attribute else ""  # value_of()
