@@ -1537,7 +1537,10 @@ class Placer:
             A :class:`Placement`, or an :class:`Unschedulable` (nothing is recorded then);
             it does not raise for a task that fits nowhere.
         """
-        result = self._go_on(request, pool) or self.choose(request, pool)
+        # (no call when no run goes on: a placer without runs, such as spread's, never
+        # has one)
+        result = (self._go_on(request, pool) if self._run is not None else None) or \
+            self.choose(request, pool)
         if isinstance(result, Placement):
             task = request.task
             pool.assign(result.host, request.task_id or task.id, request.demand, task.port,
