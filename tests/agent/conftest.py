@@ -89,8 +89,13 @@ class AgentEnv:
         assert AGENT is not None, "skedlib-agent is not installed next to this Python"
         log = self.tmp / f"agent-{len(self.logs)}.log"
         self.logs.append(log)
+        # another host gets a state directory of its own, as on a machine of its own: an
+        # agent stops the tasks it finds in its state directory that are not issued to
+        # its host, so one shared with this host's agent would stop that agent's tasks
+        state_dir = self.state_dir if host in (None, self.host) else \
+            self.tmp / f"state-{host}"
         argv = [AGENT, "--backend", self.url, "--prefix", self.prefix,
-                "--host", host or self.host, "--state-dir", str(self.state_dir),
+                "--host", host or self.host, "--state-dir", str(state_dir),
                 "--lease-ttl", str(lease_ttl), "--check-failures", "2",
                 "--executor-opt", "bash.detach_window=0.5", "--executors", "bash,process",
                 *extra]
