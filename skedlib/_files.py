@@ -16,15 +16,16 @@ opened again.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import stat
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["LOG_FILE_MODE", "STATE_DIR_MODE", "STATE_FILE_MODE", "SecretFileError",
-           "create_secret", "narrow", "open_append", "open_truncate", "private_dirs",
-           "read_secret", "write_private"]
+__all__ = ["LOG_FILE_MODE", "STATE_DIR_MODE", "STATE_FILE_MODE", "HeldError",
+           "SecretFileError", "create_secret", "hold_exclusively", "narrow", "open_append",
+           "open_truncate", "private_dirs", "read_secret", "write_private"]
 
 STATE_FILE_MODE = 0o600
 STATE_DIR_MODE = 0o700
@@ -79,6 +80,36 @@ def open_append(path: str | os.PathLike[str], mode: int = LOG_FILE_MODE) -> Bina
         os.close(fd)
         raise
     return os.fdopen(fd, "ab")
+
+
+class HeldError(OSError):
+    """Another process holds the lock file (:func:`hold_exclusively`)."""
+
+    def __init__(self, path: Path, pid: str) -> None:
+        super().__init__(f"{path} is held by process {pid or 'unknown'}")
+        self.path, self.pid = path, pid
+
+
+def hold_exclusively(path: Path) -> int:
+    """Hold ``path`` (created 0600) for as long as this process lives: an exclusive
+    ``flock`` on a descriptor no child inherits (``O_CLOEXEC``; the processes a program
+    starts close it), which the kernel lets go of when the process ends, however it ends.
+    The file says the holder's pid. Returns the descriptor (closing it lets go); raises
+    :class:`HeldError` naming the holder's pid when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
+    try:
+        _narrow_fd(fd, STATE_FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HeldError(path, os.pread(fd, 32, 0).decode(errors="replace").strip()) \
+                from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def open_truncate(path: Path, mode: int) -> BinaryIO:

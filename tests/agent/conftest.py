@@ -85,15 +85,21 @@ class AgentEnv:
     # -- agents ---------------------------------------------------------------------------
     def start_agent(self, *extra: str, lease_ttl: float = 2.0, host: str | None = None,
                     wait: bool = True) -> subprocess.Popen[bytes]:
-        """Start ``skedlib-agent`` for this host; waits until its host record appears."""
+        """Start ``skedlib-agent`` for this host (or ``host``); waits until its host record
+        appears. Another host gets a state directory of its own, as on a machine of its
+        own (two agents cannot share one)."""
+        state_dir = self.state_dir if host in (None, self.host) else \
+            self.tmp / f"state-{host}"
+        return self.start_agent_in(state_dir, *extra, lease_ttl=lease_ttl, host=host,
+                                   wait=wait)
+
+    def start_agent_in(self, state_dir: Path, *extra: str, lease_ttl: float = 2.0,
+                       host: str | None = None, wait: bool = True
+                       ) -> subprocess.Popen[bytes]:
+        """:meth:`start_agent` with the state directory ``state_dir``."""
         assert AGENT is not None, "skedlib-agent is not installed next to this Python"
         log = self.tmp / f"agent-{len(self.logs)}.log"
         self.logs.append(log)
-        # another host gets a state directory of its own, as on a machine of its own: an
-        # agent stops the tasks it finds in its state directory that are not issued to
-        # its host, so one shared with this host's agent would stop that agent's tasks
-        state_dir = self.state_dir if host in (None, self.host) else \
-            self.tmp / f"state-{host}"
         argv = [AGENT, "--backend", self.url, "--prefix", self.prefix,
                 "--host", host or self.host, "--state-dir", str(state_dir),
                 "--lease-ttl", str(lease_ttl), "--check-failures", "2",

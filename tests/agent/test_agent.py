@@ -145,3 +145,27 @@ def test_host_record_disappears_within_the_lease_ttl_after_kill_9(env: AgentEnv)
     # the lease (TTL 2 s) runs out with nobody to keep it alive; the bound is generous
     # so that a loaded machine does not fail the test
     wait_for(lambda: env.host_record() is None, 30, "the host record to expire")
+
+
+def test_a_second_agent_on_the_same_state_directory_refuses_to_start(env: AgentEnv) -> None:
+    first = env.start_agent()
+    task = make_task(0, containers=[sleeper()], provide_port=False)
+    env.put_task(task)
+    env.wait_healthy(task.id)
+    pid = env.pid(task.id)
+    # another host's agent pointed at the same directory (its tasks are not that
+    # host's: it would stop them as removed while it was down)
+    second = env.start_agent_in(env.state_dir, host="h-other", wait=False)
+    assert second.wait(30) == 1
+    assert (f"state directory {env.state_dir} is in use by another agent (process "
+            f"{first.pid}); give each agent its own --state-dir") in env.log_text()
+    time.sleep(0.5)
+    assert first.poll() is None
+    assert [p.pid for p in env.processes(task.id)] == [pid]
+    assert "stopping" not in env.log_text()
+    # the lock goes with its process, however it ends: the next agent adopts the task
+    env.kill9(first)
+    env.start_agent()
+    wait_for(lambda: "adopted " in env.log_text(), 10, "the adoption")
+    assert [p.pid for p in env.processes(task.id)] == [pid]
+    assert (env.state_dir / "agent.lock").stat().st_mode & 0o777 == 0o600
