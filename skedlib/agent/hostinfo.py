@@ -32,6 +32,7 @@ from pathlib import Path
 import msgspec
 import psutil
 
+from skedlib._files import HeldError, hold_exclusively, private_dirs
 from skedlib.codecs import encode
 from skedlib.errors import BackendError
 from skedlib.keys import Keyspace
@@ -41,7 +42,8 @@ from skedlib.models import Host, Resources
 from skedlib.runtime import Backoff
 from skedlib.store.base import Backend
 
-__all__ = ["HostReporter", "default_address", "default_state_dir", "measure_observed",
+__all__ = ["HostReporter", "default_address", "default_state_dir", "hold_state_dir",
+           "measure_observed",
            "measure_total"]
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,28 @@ def default_state_dir(host: str) -> Path:
         return Path("/var/lib/skedlib/agent") / host
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "skedlib" / "agent" / host
+
+
+def hold_state_dir(host: str, state_dir: Path | None, prefix: str = "") -> int:
+    """Make and hold the agent's state directory (``state_dir``, else
+    :func:`default_state_dir`) for as long as this process lives: ``<dir>/agent.lock``
+    (:func:`~skedlib._files.hold_exclusively`). At its start an agent stops the tasks
+    recorded in its directory that are not issued to its host, so a second agent on the
+    same directory would stop the first one's tasks; the programs that run an agent
+    (``skedlib-agent``, ``sked up``) take this before they build it. Returns the lock's
+    descriptor; raises OSError saying which process holds it. ``host`` is checked as a
+    host name first (``prefix``: the keyspace's)."""
+    Keyspace(prefix).host_tasks(host)  # validates the host name
+    path = Path(state_dir or default_state_dir(host))
+    # 0700 at creation; an existing directory skedlib names itself is narrowed (as the
+    # agent does)
+    private_dirs(path, narrow_existing=state_dir is None)
+    try:
+        return hold_exclusively(path / "agent.lock")
+    except HeldError as exc:
+        raise OSError(f"state directory {path} is in use by another agent (process "
+                      f"{exc.pid or 'unknown'}); give each agent its own --state-dir") \
+            from None
 
 
 def measure_total(disk_path: Path, *, memory: int | None = None,

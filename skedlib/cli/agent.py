@@ -25,8 +25,12 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from skedlib._files import HeldError, hold_exclusively, private_dirs
-from skedlib.agent.hostinfo import default_address, default_state_dir, measure_total
+from skedlib.agent.hostinfo import (
+    default_address,
+    default_state_dir,
+    hold_state_dir,
+    measure_total,
+)
 from skedlib.agent.ports import DEFAULT_PORT_RANGE
 from skedlib.api.listen import is_loopback
 from skedlib.cli.args import add_backend_options, metrics_listen, positive_number, start_metrics
@@ -36,7 +40,6 @@ from skedlib.errors import SkedError, ValidationError
 from skedlib.executors.policy import HostPolicy, Identity, load_policy
 from skedlib.jobs.models import JobRequirements
 from skedlib.jobs.worker import JobWorker, WorkerConfig
-from skedlib.keys import Keyspace
 from skedlib.plugins import default_backend_url, open_backend
 
 if TYPE_CHECKING:  # imported when an agent runs: a job worker alone does not load it
@@ -317,20 +320,6 @@ def worker_config_from_args(args: argparse.Namespace,
         prefix=args.prefix, policy=policy or HostPolicy())
 
 
-def _hold_state_dir(state_dir: Path) -> int:
-    """Hold ``<state_dir>/agent.lock`` while this agent runs: at its start an agent stops
-    the tasks recorded in its state directory that are not issued to its host, so a
-    second agent on the same directory would stop the first one's tasks. Raises OSError
-    saying so when another agent holds it. (Let go of when the process ends, however it
-    ends: the next agent adopts the tasks.) Returns the lock's descriptor."""
-    try:
-        return hold_exclusively(state_dir / "agent.lock")
-    except HeldError as exc:
-        raise OSError(f"state directory {state_dir} is in use by another agent (process "
-                      f"{exc.pid or 'unknown'}); give each agent its own --state-dir") \
-            from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``skedlib-agent``."""
     args = build_parser().parse_args(argv)
@@ -367,10 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             # held before the agent is built: opening its executors and health provider
             # already touches what is in the directory
-            Keyspace(config.prefix).host_tasks(config.host)  # validates the host name
-            state_dir = Path(config.state_dir or default_state_dir(config.host))
-            private_dirs(state_dir, narrow_existing=config.state_dir is None)
-            state_lock = _hold_state_dir(state_dir)
+            state_lock = hold_state_dir(config.host, config.state_dir, config.prefix)
             agent = Agent(backend, config)
         if args.jobs or args.jobs_only:
             worker = JobWorker(backend, worker_config_from_args(args, policy))

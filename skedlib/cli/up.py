@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from skedlib.agent.agent import Agent, AgentConfig, default_state_dir
+from skedlib.agent.hostinfo import hold_state_dir
 from skedlib.cli.logs import add_log_options, make_formatter
 from skedlib.cli.output import table
 from skedlib.client import Client
@@ -224,6 +225,19 @@ def cmd_up(client: Client, args: argparse.Namespace) -> int:
                          memory=args.memory, stop_tasks_on_exit=not args.keep_tasks)
     print(f"sked up: store {client.backend.url or '?'}, host {args.host}, executors "
           f"{', '.join(executors)}", file=out, flush=True)
+    try:  # held while the agent runs (as skedlib-agent holds it)
+        state_lock = hold_state_dir(args.host, args.state_dir, client.keys.prefix)
+    except OSError as exc:
+        raise SkedError(str(exc)) from None
+    try:
+        return _run_up(client, args, config, doc, stop, out)
+    finally:
+        os.close(state_lock)
+
+
+def _run_up(client: Client, args: argparse.Namespace, config: AgentConfig,
+            doc: ManifestDocument | None, stop: threading.Event, out: TextIO) -> int:
+    """Run the agent and the scheduler until the services converge or the user stops."""
     agent = Agent(client.backend, config)
     daemon = SchedulerDaemon(client.store, workers=args.workers)
     restore_logs = _show_daemon_logs(args.quiet, args.log_format)

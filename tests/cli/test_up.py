@@ -106,6 +106,13 @@ def test_up_keeps_running_until_sigterm(up: Up) -> None:
         assert "every service is healthy" in "".join(seen)
         pids = {p.pid for p in up.processes()}
         assert len(pids) == 2
+        # a second one on the same state directory refuses, and touches nothing
+        second = up.run("--once", "-q", "-f", str(HELLO))
+        assert second.returncode == 1, second.stdout
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"sked: error: state directory {up.tmp / 'agent'} is in use by another agent "
+            f"(process {proc.pid}); give each agent its own --state-dir")
+        assert {p.pid for p in up.processes()} == pids
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert "stopped" in proc.stdout.read()
