@@ -43,8 +43,7 @@ from skedlib.runtime import Backoff
 from skedlib.store.base import Backend
 
 __all__ = ["HostReporter", "default_address", "default_state_dir", "hold_state_dir",
-           "measure_observed",
-           "measure_total"]
+           "measure_observed", "measure_total"]
 
 log = logging.getLogger(__name__)
 
