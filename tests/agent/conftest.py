@@ -149,6 +149,14 @@ class AgentEnv:
         self.backend.txn([], [Delete(self.keys.host_task(self.host, task_id)),
                               Delete(self.keys.task(task_id))])
 
+    def run_sleeper(self, instance: int = 0) -> tuple[Task, int]:
+        """Issue a sleeping task (no port) to this host and wait until it is healthy;
+        the task and its process's pid."""
+        task = make_task(instance, containers=[sleeper()], provide_port=False)
+        self.put_task(task)
+        self.wait_healthy(task.id)
+        return task, self.pid(task.id)
+
     def task(self, task_id: str, *, by_host: bool = False) -> Task | None:
         """The stored task (``state/tasks`` or the host's index)."""
         key = self.keys.host_task(self.host, task_id) if by_host else self.keys.task(task_id)

@@ -116,10 +116,7 @@ def test_removing_the_key_stops_the_task(env: AgentEnv) -> None:
 
 def test_tasks_removed_while_the_agent_was_down_are_stopped(env: AgentEnv) -> None:
     agent = env.start_agent()
-    task = make_task(0, containers=[sleeper()], provide_port=False)
-    env.put_task(task)
-    env.wait_healthy(task.id)
-    pid = env.pid(task.id)
+    task, pid = env.run_sleeper()
     env.kill9(agent)
     env.delete_task(task.id)
     env.start_agent()
@@ -149,10 +146,7 @@ def test_host_record_disappears_within_the_lease_ttl_after_kill_9(env: AgentEnv)
 
 def test_a_second_agent_on_the_same_state_directory_refuses_to_start(env: AgentEnv) -> None:
     first = env.start_agent()
-    task = make_task(0, containers=[sleeper()], provide_port=False)
-    env.put_task(task)
-    env.wait_healthy(task.id)
-    pid = env.pid(task.id)
+    task, pid = env.run_sleeper()
     # another host's agent pointed at the same directory (its tasks are not that
     # host's: it would stop them as removed while it was down)
     second = env.start_agent_in(env.state_dir, host="h-other", wait=False)

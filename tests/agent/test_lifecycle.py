@@ -26,16 +26,13 @@ from skedlib.store.base import (
     WatchEvent,
 )
 from skedlib.store.memory import MemoryBackend
-from tests.agent.conftest import AGENT, PY, AgentEnv, make_task, sleeper, wait_for
+from tests.agent.conftest import AGENT, PY, AgentEnv, make_task, wait_for
 from tests.harness.common import DelegatingBackend
 
 
 def test_sigterm_leaves_tasks_running_for_the_next_agent(env: AgentEnv) -> None:
     agent = env.start_agent()
-    task = make_task(0, containers=[sleeper()], provide_port=False)
-    env.put_task(task)
-    env.wait_healthy(task.id)
-    pid = env.pid(task.id)
+    task, pid = env.run_sleeper()
     assert env.terminate(agent) == 0
     assert psutil.pid_exists(pid)
     assert "tasks left running" in env.log_text()
@@ -46,10 +43,7 @@ def test_sigterm_leaves_tasks_running_for_the_next_agent(env: AgentEnv) -> None:
 
 def test_stop_tasks_on_exit_stops_them_and_removes_the_host(env: AgentEnv) -> None:
     agent = env.start_agent("--stop-tasks-on-exit", lease_ttl=30)
-    task = make_task(0, containers=[sleeper()], provide_port=False)
-    env.put_task(task)
-    env.wait_healthy(task.id)
-    pid = env.pid(task.id)
+    task, pid = env.run_sleeper()
     assert env.terminate(agent) == 0
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     assert env.host_record() is None  # revoked at once, not after the 30 s TTL
