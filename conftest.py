@@ -5,11 +5,16 @@ after the run (Python joins such threads before ``atexit``), so the test servers
 never be stopped and the run would hang. At the end of the session such threads are
 named with their stacks, the servers are stopped, and the process exits with pytest's
 status.
+
+A run started in the background by a shell without job control inherits SIGINT (and
+SIGQUIT) ignored, and so would every program a test starts: the tests that stop a watch
+with Ctrl-C would wait for nothing. The session puts Python's own handler back first.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -17,6 +22,11 @@ import traceback
 import pytest
 
 _STATUS: list[int] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -129,7 +129,11 @@ def test_watch_follows_every_datacenter_and_reports_one_that_goes_away(
             assert "unreachable" not in back and "2 of 2 datacenters answered" in back
         finally:
             proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=15)
+            try:
+                _, err = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # else leaving the with block would wait for it for ever
+                raise
     assert proc.returncode == 0, err
 
 

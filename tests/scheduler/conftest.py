@@ -176,16 +176,34 @@ class Loop:
         kv = self.backend.get(self.keys.service_status(cluster, service))
         return decode(kv.value, ServiceStatus) if kv else None
 
+    def wait(self, cond: Callable[[], Any], timeout: float, what: str,
+             service: str = "web") -> Any:
+        """:func:`wait_for`, failing with what the store and the processes say about
+        ``service`` (its tasks and their health, its status and rollout record, every
+        log of the test)."""
+        try:
+            return wait_for(cond, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.explain(service)}") from None
+
+    def explain(self, service: str) -> str:
+        """The tasks, health, status and rollout record of ``service``, and the logs."""
+        health = self.client.health()
+        rollout = self.backend.get(self.keys.rollout("default", service))
+        return "\n".join([
+            f"{service}: {self.sked('tasks')[1]}",
+            *(f"health {t.id}: {health.get(t.id)}" for t in self.tasks(service)),
+            f"status: {self.status(service)}",
+            f"rollout: {rollout.value.decode() if rollout else None}",
+            self.log_text()])
+
     def wait_healthy(self, service: str, n: int, timeout: float = 30.0) -> list[Task]:
         """Wait until exactly ``n`` tasks of ``service`` exist and all are healthy."""
         def done() -> list[Task] | None:
             ok = self.healthy(service)
             return ok if len(ok) == n and len(self.tasks(service)) == n else None
-        try:
-            result: list[Task] = wait_for(done, timeout, f"{n} healthy {service} task(s)")
-        except AssertionError:
-            raise AssertionError(f"{service}: {self.sked('tasks')[1]}\n"
-                                 f"{self.status(service)}\n{self.log_text()}") from None
+        result: list[Task] = self.wait(done, timeout, f"{n} healthy {service} task(s)",
+                                       service)
         return result
 
     # -- task processes -------------------------------------------------------------------

@@ -27,7 +27,7 @@ import pytest
 
 from skedlib.codecs import decode
 from skedlib.models import RolloutHistory, Service
-from tests.scheduler.conftest import PY, Loop, wait_for, web_manifest
+from tests.scheduler.conftest import PY, Loop, web_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -149,7 +149,7 @@ def test_rolling_update(loop: Loop) -> None:
         with Monitor(loop) as mon:
             t0 = time.monotonic()
             loop.apply(manifest(2, desired=4, min_=3, max_=5, parallel=2))
-            wait_for(lambda: (h := _rollout(loop)) and h.current and
+            loop.wait(lambda: (h := _rollout(loop)) and h.current and
                      h.current.state == "succeeded", 60, "the rollout to succeed")
             took = time.monotonic() - t0
             tasks = loop.wait_healthy("web", 4)
@@ -158,7 +158,7 @@ def test_rolling_update(loop: Loop) -> None:
         history = _rollout(loop)
         assert history is not None and [(r.from_version, r.to_version, r.state)
                                         for r in history.rollouts] == [(1, 2, "succeeded")]
-        assert wait_for(lambda: (s := loop.status("web")) and s.state == "ok" and s, 20,
+        assert loop.wait(lambda: (s := loop.status("web")) and s.state == "ok" and s, 20,
                         "status ok").task_version == 2
         print(f"\n[lifecycle] rolled 4 tasks to version 2 in {took:.1f}s "
               f"(max_parallel 2, min_healthy_time 0.5s), healthy never below "
@@ -172,13 +172,13 @@ def test_bad_build_halts_then_auto_reverts(loop: Loop) -> None:
         with Monitor(loop) as mon:
             loop.apply(manifest(2, desired=3, min_=2, max_=4, deadline="5s",
                                 auto_revert=True, good=False))
-            history = wait_for(lambda: (h := _rollout(loop)) and h.rollouts[0].state ==
+            history = loop.wait(lambda: (h := _rollout(loop)) and h.rollouts[0].state ==
                                "failed" and h, 30, "the rollout to fail")
             failed = history.rollouts[0]
             assert "deadline of 5s passed with 0/3 tasks of version 2 healthy" in \
                 failed.message, failed.message
             assert failed.reverted_to == 1
-            wait_for(lambda: _service(loop).task_version == 1, 10, "the service reverted")
+            loop.wait(lambda: _service(loop).task_version == 1, 10, "the service reverted")
             tasks = loop.wait_healthy("web", 3)
         assert {t.task_definition.version for t in tasks} == {1}
         mon.check(min_healthy=2, max_issued=4)
@@ -193,7 +193,7 @@ def test_bad_build_without_auto_revert_stays_halted(sqlite_loop: Loop) -> None:
         loop.wait_healthy("web", 2)
         with Monitor(loop) as mon:
             loop.apply(manifest(2, desired=2, min_=1, max_=3, deadline="4s", good=False))
-            status = wait_for(lambda: (s := loop.status("web")) and s.state == "error" and s,
+            status = loop.wait(lambda: (s := loop.status("web")) and s.state == "error" and s,
                               30, "the status to report the failed rollout")
             assert status.message.startswith("rollout to version 2 failed: deadline of 4s")
             time.sleep(2)  # halted: nothing more happens
@@ -214,7 +214,7 @@ def test_host_failure_and_return(loop: Loop) -> None:
         with Monitor(loop) as mon:
             t0 = time.monotonic()
             _kill_host(loop, victim, victim_host)
-            moved = wait_for(lambda: (h := loop.healthy("web")) and len(h) == 4 and
+            moved = loop.wait(lambda: (h := loop.healthy("web")) and len(h) == 4 and
                              all(t.host != victim_host for t in h) and h, 30,
                              "every task healthy off the dead host")
             took = time.monotonic() - t0
@@ -240,7 +240,7 @@ def test_drain_moves_tasks_respecting_min(loop: Loop) -> None:
         with Monitor(loop) as mon:
             code, out = loop.sked("drain", busy)
             assert code == 0, out
-            wait_for(lambda: (h := loop.healthy("web")) and len(h) == 4 and
+            loop.wait(lambda: (h := loop.healthy("web")) and len(h) == 4 and
                      all(t.host != busy for t in h), 60, f"every task moved off {busy}")
         mon.check(min_healthy=3, max_issued=4)
         assert loop.sked("undrain", busy)[0] == 0
