@@ -184,7 +184,11 @@ class Loop:
         try:
             return wait_for(cond, timeout, what)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.explain(service)}") from None
+            try:
+                seen = self.explain(service)
+            except Exception as why:  # the store may be what failed: say so, and the logs
+                seen = f"(the store could not be read: {why})\n{self.log_text()}"
+            raise AssertionError(f"{exc}\n{seen}") from None
 
     def explain(self, service: str) -> str:
         """The tasks, health, status and rollout record of ``service``, and the logs."""
