@@ -214,7 +214,7 @@ class SqliteBackend(Backend):
             try:
                 yield
             except BaseException:
-                conn.execute("ROLLBACK")
+                self._end(conn, "ROLLBACK")
                 raise
             else:
                 conn.execute("COMMIT")
@@ -227,7 +227,19 @@ class SqliteBackend(Backend):
         try:
             yield
         finally:
-            conn.execute("COMMIT")
+            self._end(conn, "COMMIT")
+
+    def _end(self, conn: sqlite3.Connection, statement: str) -> None:
+        """End a transaction (``COMMIT`` or ``ROLLBACK``); nothing when the backend was
+        closed meanwhile. A Ctrl-C that lands between a ``with`` entering one of the
+        contexts above and its block leaves the context unfinished, for the collector
+        to finish later, maybe after :meth:`close` (``sked … -w`` exits so): the
+        connection is gone, and so is its transaction."""
+        try:
+            conn.execute(statement)
+        except sqlite3.ProgrammingError:
+            if not self._closed:
+                raise
 
     # -- internals ------------------------------------------------------------------------
     @staticmethod

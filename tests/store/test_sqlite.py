@@ -4,6 +4,7 @@ blocked by a writer, a busy write lock is an error (not a hang), compaction, dur
 from __future__ import annotations
 
 import ast
+import gc
 import multiprocessing
 import sqlite3
 import subprocess
@@ -258,3 +259,37 @@ def test_close_waits_for_the_calls_running_on_its_connections(tmp_path: Path) ->
     assert results == [1]  # both of its statements ran on an open connection
     assert waited  # close() waited for the running call
     assert "the backend was closed" in after
+
+
+@pytest.mark.parametrize("context", ["_read", "_write"])
+def test_a_transaction_left_open_by_an_interrupt_ends_quietly_after_close(
+        tmp_path: Path, context: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C that lands between a ``with`` entering the backend's transaction context
+    and its block leaves the context unfinished (what ``__enter__`` below leaves); the
+    program catches it, closes the backend and exits, and the collector finishes the
+    context then. That printed ``Exception ignored … Cannot operate on a closed
+    database`` at the exit of ``sked get -w``. It ends quietly now; before the close it
+    still ends its transaction."""
+    unraisable: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(u.exc_value))
+    backend = SqliteBackend(str(tmp_path / "s.db"))
+    backend.put("k", b"v")
+    conn = backend._conn()
+    left = getattr(backend, context)(conn)
+    left.__enter__()  # the block never runs: an interrupt came first
+    assert conn.in_transaction
+    backend.close()
+    del left
+    gc.collect()
+    assert unraisable == []
+
+    # on an open backend the collector's finish ends the transaction as before
+    backend = SqliteBackend(str(tmp_path / "s.db"))
+    conn = backend._conn()
+    left = getattr(backend, context)(conn)
+    left.__enter__()
+    del left
+    gc.collect()
+    assert unraisable == [] and not conn.in_transaction
+    assert backend.get("k") is not None
+    backend.close()
