@@ -35,7 +35,7 @@ import psutil
 from skedlib._files import HeldError, hold_exclusively, private_dirs
 from skedlib.codecs import encode
 from skedlib.errors import BackendError
-from skedlib.keys import Keyspace
+from skedlib.keys import Keyspace, validate_name
 from skedlib.locks import KeptLease
 from skedlib.metrics import METRICS
 from skedlib.models import Host, Resources
@@ -60,7 +60,7 @@ def default_state_dir(host: str) -> Path:
     return Path(base) / "skedlib" / "agent" / host
 
 
-def hold_state_dir(host: str, state_dir: Path | None, prefix: str = "") -> int:
+def hold_state_dir(host: str, state_dir: Path | None) -> int:
     """Make and hold the agent's state directory (``state_dir``, else
     :func:`default_state_dir`) for as long as this process lives: ``<dir>/agent.lock``
     (:func:`~skedlib._files.hold_exclusively`). At its start an agent stops the tasks
@@ -68,8 +68,8 @@ def hold_state_dir(host: str, state_dir: Path | None, prefix: str = "") -> int:
     same directory would stop the first one's tasks; the programs that run an agent
     (``skedlib-agent``, ``sked up``) take this before they build it. Returns the lock's
     descriptor; raises OSError saying which process holds it. ``host`` is checked as a
-    host name first (``prefix``: the keyspace's)."""
-    Keyspace(prefix).host_tasks(host)  # validates the host name
+    host name first (the default directory is named after it)."""
+    validate_name(host, "host name")
     path = Path(state_dir or default_state_dir(host))
     # 0700 at creation; an existing directory skedlib names itself is narrowed (as the
     # agent does)

@@ -14,6 +14,7 @@ keep running for the next agent to adopt, unless ``--stop-tasks-on-exit``. Exit 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -347,28 +348,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     agent: Agent | None = None
     worker: JobWorker | None = None
-    exporter = None
-    state_lock: int | None = None
+    opened = contextlib.ExitStack()  # what is given back at exit, the last first
+    opened.callback(backend.close)
     try:
         exporter = start_metrics(args.metrics, "skedlib-agent")
+        if exporter is not None:
+            opened.callback(exporter.close)
         if config is not None:
             from skedlib.agent.agent import Agent
 
             # held before the agent is built: opening its executors and health provider
             # already touches what is in the directory
-            state_lock = hold_state_dir(config.host, config.state_dir, config.prefix)
+            opened.callback(os.close, hold_state_dir(config.host, config.state_dir))
             agent = Agent(backend, config)
         if args.jobs or args.jobs_only:
             worker = JobWorker(backend, worker_config_from_args(args, policy))
     except (SkedError, OSError, ValueError) as exc:
         print(f"skedlib-agent: {exc}", file=sys.stderr)
-        if exporter is not None:
-            exporter.close()
-        backend.close()
-        if state_lock is not None:
-            os.close(state_lock)
+        opened.close()
         return 1
-    try:
+    with opened:
         if worker is not None:
             worker.start()
         if agent is not None:
@@ -378,12 +377,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent.stop()
         if worker is not None:
             worker.stop()
-    finally:
-        if exporter is not None:
-            exporter.close()
-        backend.close()
-        if state_lock is not None:
-            os.close(state_lock)
     return 0
 
 

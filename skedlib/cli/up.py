@@ -226,7 +226,7 @@ def cmd_up(client: Client, args: argparse.Namespace) -> int:
     print(f"sked up: store {client.backend.url or '?'}, host {args.host}, executors "
           f"{', '.join(executors)}", file=out, flush=True)
     try:  # held while the agent runs (as skedlib-agent holds it)
-        state_lock = hold_state_dir(args.host, args.state_dir, client.keys.prefix)
+        state_lock = hold_state_dir(args.host, args.state_dir)
     except OSError as exc:
         raise SkedError(str(exc)) from None
     try:
