@@ -299,7 +299,8 @@ class SnapshotCache:
     def record(self, plan: Plan, result: CommitResult) -> None:
         """Write the committed part of ``plan`` through to the cache, at the revisions
         its transactions got, so planning goes on from it at once (placements written in
-        by :meth:`place_pending` that did not commit are taken out)."""
+        by :meth:`place_pending` that did not commit are taken out). A task key the watch
+        has already shown written again since the commit keeps that later record."""
         placed = plan.by_id()
         with self._lock:
             snap = self._snap
@@ -322,6 +323,12 @@ class SnapshotCache:
                 # would queue the service again at once, bypassing its conflict backoff)
             for task_id in result.committed:
                 rev = result.task_revisions.get(task_id, 0)
+                if snap.task_revisions.get(task_id, 0) > rev:
+                    # the watch applied a later write of the key before this record (an
+                    # agent's patch of a task it just started): it stands, as the store
+                    # has it; going back to the commit's record would leave every later
+                    # compare on the key at a revision the store has left
+                    continue
                 key = self.keys.task(task_id)
                 old = snap.tasks.get(task_id)
                 if task_id in pending and old is pending[task_id][0]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 
+import msgspec
 import pytest
 
 from skedlib.codecs import encode
@@ -156,6 +157,41 @@ def test_a_recorded_commit_is_seen_at_once_and_late_events_do_not_undo_it() -> N
         with cache.view() as snap:
             assert _summary(snap) == _summary(read_snapshot(store))
             assert set(snap.tasks) == {second.id}
+
+
+def test_a_later_write_seen_before_the_record_stands() -> None:
+    """The commit's answer comes back after the watch has shown a later write of the
+    same key: an agent started the task and wrote its port into it (or a task stopped
+    was placed again). The record keeps the later write; before, it went back to the
+    commit's record and revision, every later compare on the key failed, and a rolling
+    update conflicted on its stops until its deadline."""
+    backend = open_backend("memory://")
+    store = Store(backend)
+    backend.txn([], [Put(KS.agent("h0"), encode(Host(
+        name="h0", total=Resources(memory=1000, cpu_units=100))))])
+    cache = SnapshotCache(store)
+    listed = backend.list(KS.prefix)
+    cache.reset(listed)
+    with backend.watch(KS.prefix, listed.revision + 1) as watch:
+        placed, gone = _task(0, "h0"), _task(1, "h0")
+        with cache.view() as snap:
+            assert commit_plan(store, snap, Plan(place=[gone])).committed
+        _drain(backend, cache, watch)
+        with cache.view() as snap:
+            res = commit_plan(store, snap, Plan(place=[placed], stop=[gone.id]))
+        assert set(res.committed) == {placed.id, gone.id}
+        started = msgspec.structs.replace(placed, port=31000)  # the agent's patch
+        backend.txn([], [Put(KS.task(placed.id), encode(started)),
+                         Put(KS.host_task("h0", placed.id), encode(started))])
+        backend.txn([], [Put(KS.task(gone.id), encode(gone))])  # placed again
+        _drain(backend, cache, watch)
+        cache.record(Plan(place=[placed], stop=[gone.id]), res)
+        with cache.view() as snap:
+            assert _summary(snap) == _summary(read_snapshot(store))
+            assert snap.tasks[placed.id].port == 31000
+            # and so the stop of either commits, compared at the store's revision
+            stop = commit_plan(store, snap, Plan(stop=[placed.id, gone.id]))
+        assert set(stop.committed) == {placed.id, gone.id} and not stop.conflicts
 
 
 def test_a_stale_cache_makes_a_conflict_not_an_overcommit() -> None:
