@@ -125,7 +125,9 @@ def test_listing_plus_events_equals_a_fresh_read(seed: int) -> None:
                     assert _summary(snap) == _summary(read_snapshot(store)), step
 
 
-def test_a_recorded_commit_is_seen_at_once_and_late_events_do_not_undo_it() -> None:
+def _cache_on_h0() -> tuple[Backend, Store, SnapshotCache, int]:
+    """A memory store with host ``h0`` (1,000 MiB), a cache listed from it, and the
+    revision its watch starts at."""
     backend = open_backend("memory://")
     store = Store(backend)
     backend.txn([], [Put(KS.agent("h0"), encode(Host(
@@ -133,7 +135,12 @@ def test_a_recorded_commit_is_seen_at_once_and_late_events_do_not_undo_it() -> N
     cache = SnapshotCache(store)
     listed = backend.list(KS.prefix)
     cache.reset(listed)
-    with backend.watch(KS.prefix, listed.revision + 1) as watch:
+    return backend, store, cache, listed.revision + 1
+
+
+def test_a_recorded_commit_is_seen_at_once_and_late_events_do_not_undo_it() -> None:
+    backend, store, cache, start = _cache_on_h0()
+    with backend.watch(KS.prefix, start) as watch:
         first = _task(0, "h0")
         with cache.view() as snap:
             res = commit_plan(store, snap, Plan(place=[first]))
@@ -165,14 +172,8 @@ def test_a_later_write_seen_before_the_record_stands() -> None:
     was placed again). The record keeps the later write; before, it went back to the
     commit's record and revision, every later compare on the key failed, and a rolling
     update conflicted on its stops until its deadline."""
-    backend = open_backend("memory://")
-    store = Store(backend)
-    backend.txn([], [Put(KS.agent("h0"), encode(Host(
-        name="h0", total=Resources(memory=1000, cpu_units=100))))])
-    cache = SnapshotCache(store)
-    listed = backend.list(KS.prefix)
-    cache.reset(listed)
-    with backend.watch(KS.prefix, listed.revision + 1) as watch:
+    backend, store, cache, start = _cache_on_h0()
+    with backend.watch(KS.prefix, start) as watch:
         placed, gone = _task(0, "h0"), _task(1, "h0")
         with cache.view() as snap:
             assert commit_plan(store, snap, Plan(place=[gone])).committed
