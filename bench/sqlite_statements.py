@@ -1,5 +1,6 @@
 """Writing a commit's rows to SQLite with ``executemany`` or with statements of many
-rows, alone and beside a thread that runs Python, printed as JSON.
+rows, and reading many rows a row per step or many rows per step, alone and beside a
+thread that runs Python, printed as JSON.
 
     python bench/sqlite_statements.py [--rows N] [--repeat N]
 
@@ -21,6 +22,22 @@ runs Python all along (as a scheduler's planning does while a commit is written)
 switch interval to get it back. ``busy_thread_loops`` is the work that thread got done
 meanwhile. Wall and CPU seconds (the process's: beside the busy thread they include
 its CPU); the medians of ``--repeat`` runs.
+
+``reads``: a store of ``--rows`` keys (600-byte values, written by ``SqliteBackend``),
+read back four ways, each alone and beside the busy thread:
+
+- ``row_per_step``: plain ``sqlite3`` queries that return a row per key, stepped one
+  row at a time by ``fetchall`` (as the backend read before), in a transaction with
+  the revisions the backend reads beside them: the prefix's rows in key order, the
+  rows of every key (500 keys per ``IN (…)``), the keys' revisions for a write
+  transaction's compares (500 per query), the events from the first revision on, and
+  the deletes of ``--rows`` other keys in a write transaction (a ``DELETE`` per key,
+  and an ``INSERT`` of its event);
+- ``backend``: ``SqliteBackend.list``, ``get_many``, a ``txn`` of those compares and no
+  operation, a watch's read of the events (a thousand rows per query, in one result
+  row), and a ``txn`` of those deletes (three statements).
+
+Both build what the backend returns (``KeyValue`` and ``WatchEvent`` objects).
 """
 
 from __future__ import annotations
@@ -34,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -41,6 +59,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from skedlib.store import sqlite as sq
+from skedlib.store.base import Compare, Delete, KeyValue, Put, WatchEvent
 
 PER_TXN = 500
 
@@ -80,27 +99,128 @@ def _write(mode: str, rows: int) -> tuple[float, float]:
     return out
 
 
-def _case(mode: str, rows: int, busy: bool) -> dict[str, Any]:
+def _timed(run: Callable[[], object], busy: bool) -> dict[str, Any]:
+    """Wall and CPU seconds of ``run()``, beside a thread running Python if ``busy``."""
     loops = [0]
     stop = threading.Event()
 
-    def spin() -> None:
+    def spin() -> None:  # Python bytecode all along, as planning is
         while not stop.is_set():
-            sum(range(1000))
+            n = 0
+            for i in range(1000):
+                n += i
             loops[0] += 1
 
     thread = threading.Thread(target=spin, daemon=True)
     if busy:
         thread.start()
+    wall, cpu = time.perf_counter(), time.process_time()
     try:
-        wall, cpu = _write(mode, rows)
+        run()
     finally:
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         stop.set()
         if busy:
             thread.join()
-    out: dict[str, Any] = {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3)}
+    out: dict[str, Any] = {"seconds": round(wall, 4), "cpu_seconds": round(cpu, 4)}
     if busy:
         out["busy_thread_loops"] = loops[0]
+    return out
+
+
+def _case(mode: str, rows: int, busy: bool) -> dict[str, Any]:
+    spent: list[tuple[float, float]] = []
+    out = _timed(lambda: spent.append(_write(mode, rows)), busy)
+    out["seconds"], out["cpu_seconds"] = (round(x, 3) for x in spent[0])
+    return out
+
+
+def _reads(rows_n: int, repeat: int) -> dict[str, Any]:
+    """The backend's reads of many rows against a row per step (see the docstring)."""
+    path = os.path.join(tempfile.mkdtemp(prefix="skedbench-"), "s.db")
+    backend = sq.SqliteBackend(path)
+    keys = [f"sked/state/tasks/c-s{i % 20}-1-{i}" for i in range(rows_n)]
+    first = backend.txn([], [Put(k, b"x" * 600) for k in keys]).revision
+    compares = [Compare(k, first) for k in keys]
+    conn = sqlite3.connect(path, isolation_level=None)
+    prefix, end = "sked/state/tasks/", "sked/state/tasks0"
+
+    def by_500(sql: str) -> list[Any]:
+        rows: list[Any] = []
+        for at in range(0, rows_n, 500):
+            part = keys[at:at + 500]
+            rows += conn.execute(sql.format(",".join("?" * len(part))), part).fetchall()
+        return rows
+
+    def kv_rows(rows: list[Any]) -> list[KeyValue]:
+        return [KeyValue(*r) for r in rows]
+
+    def events(rows: list[Any]) -> list[WatchEvent]:
+        return [WatchEvent("put" if kind == 0 else "delete", key, value, rev)
+                for rev, key, kind, value in rows]
+
+    stop_keys = [f"sked/state/stop/c-s{i % 20}-1-{i}" for i in range(rows_n)]
+
+    def refill() -> None:
+        backend.txn([], [Put(k, b"x" * 600) for k in stop_keys])
+
+    def delete_one_by_one() -> None:  # as the backend wrote deletes before
+        rev = conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
+        for seq, key in enumerate(stop_keys):
+            if conn.execute("DELETE FROM kv WHERE key = ?", (key,)).rowcount:
+                conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                             (rev + 1, seq, key, 1, b""))
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (rev + 1,))
+
+    def poll() -> None:  # a watch's read, without its connection's set-up
+        assert len(backend._poll_events(backend._conn(), prefix, first)[0]) == rows_n
+
+    def framed(begin: str, meta: tuple[str, ...], read: Callable[[], object]
+               ) -> Callable[[], object]:
+        def run() -> object:  # in a transaction with the revisions read, as the backend
+            conn.execute(begin)
+            for name in meta:
+                conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+            out = read()
+            conn.execute("COMMIT")
+            return out
+        return run
+
+    ways: dict[str, dict[str, Callable[[], object]]] = {
+        "row_per_step": {
+            "list": framed("BEGIN", ("revision",), lambda: kv_rows(conn.execute(
+                "SELECT key, value, mod_rev, create_rev, lease FROM kv WHERE key >= ? "
+                "AND key < ? ORDER BY key", (prefix, end)).fetchall())),
+            "get_many": framed("BEGIN", (), lambda: kv_rows(by_500(
+                "SELECT key, value, mod_rev, create_rev, lease FROM kv WHERE key IN ({})"))),
+            "compares": framed("BEGIN IMMEDIATE", ("revision",), lambda: by_500(
+                "SELECT key, mod_rev FROM kv WHERE key IN ({})")),
+            "watch": framed("BEGIN", ("compacted", "revision"), lambda: events(conn.execute(
+                "SELECT rev, key, kind, value FROM events WHERE rev >= ? AND key >= ? "
+                "AND key < ? ORDER BY rev, seq", (first, prefix, end)).fetchall())),
+            "deletes": framed("BEGIN IMMEDIATE", (), delete_one_by_one)},
+        "backend": {
+            "list": lambda: backend.list(prefix),
+            "get_many": lambda: backend.get_many(keys),
+            "compares": lambda: backend.txn(compares, []),
+            "watch": poll,
+            "deletes": lambda: backend.txn([], [Delete(k) for k in stop_keys])}}
+    untimed = {"deletes": refill}
+    out: dict[str, Any] = {}
+    for where, busy in (("alone", False), ("beside_busy_thread", True)):
+        out[where] = {way: {} for way in ways}
+        for read in ways["backend"]:
+            runs: dict[str, list[float]] = {way: [] for way in ways}
+            for _ in range(repeat):  # the two ways in turn
+                for way, calls in ways.items():
+                    untimed.get(read, lambda: None)()
+                    runs[way].append(_timed(calls[read], busy)["seconds"])
+            for way in ways:
+                out[where][way][read] = statistics.median(runs[way])
+            out[where][f"{read}_row_per_step_over_backend"] = round(
+                out[where]["row_per_step"][read] / out[where]["backend"][read], 2)
+    conn.close()
+    backend.close()
     return out
 
 
@@ -124,6 +244,7 @@ def main() -> None:
         result[where]["many_rows_over_unadapted"] = round(
             result[where]["many_rows"]["seconds"]
             / result[where]["many_rows_unadapted"]["seconds"], 2)
+    result["reads"] = _reads(args.rows, args.repeat)
     json.dump(result, sys.stdout, indent=2)
     print()
 

@@ -29,11 +29,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import msgspec
 
 from skedlib._files import STATE_FILE_MODE, narrow, private_dirs
 from skedlib.errors import BackendUnavailable, Compacted, LeaseExpired
@@ -82,9 +84,78 @@ take the GIL around every step, and ``executemany`` steps once per row. In a pro
 whose other threads run Python (a scheduler plans while a commit is written) each of
 those steps then waits up to a switch interval to get the GIL back: a commit of a
 thousand puts took seconds beside one busy thread, against milliseconds this way."""
-_COMPARES_PER_QUERY = 500
-"""Keys per ``IN (…)`` query of a transaction's compares or a :meth:`get_many` (under
-SQLite's 999-parameter limit of older builds)."""
+_ROWS_PER_READ = 1000
+"""Rows one read query returns at most, in its single result row (:data:`_KV_ROWS`).
+
+``sqlite3`` lets other threads take the GIL at every step of a query, and a query steps
+once per row it returns. Beside a thread that runs Python (a scheduler's planning, a
+server's requests) each step then waits up to a switch interval to get the GIL back:
+listing 2,000 keys took 3 ms alone and 3.2 s beside one busy thread, and a commit's
+compares on 1,000 existing keys 7 ms and 0.4 s. So a read that returns many rows asks
+SQLite for one row that holds them all: the rows' other columns as a JSON array (with
+each value's length) and their values concatenated into one blob, a thousand rows a
+query (fewer where that blob would pass SQLite's length limit). Compares and key lists
+go to SQLite as one JSON parameter (``json_each``)."""
+_KV_ROWS = ("json_group_array(json_array(key, length(CAST(value AS BLOB)), mod_rev, "
+            "create_rev, lease)), CAST(group_concat(value, '') AS BLOB)")
+"""A query's ``kv`` rows in one result row: ``[key, value length, mod_rev, create_rev,
+lease]`` for each, in JSON, and their values one after another (both aggregates see the
+rows in the same order)."""
+_LIST_SQL = (f"SELECT {_KV_ROWS} FROM (SELECT * FROM kv WHERE key >= ? AND key < ? "
+             "ORDER BY key LIMIT ?)")
+_GET_MANY_SQL = f"SELECT {_KV_ROWS} FROM kv WHERE key IN (SELECT value FROM json_each(?))"
+_EVENTS_SQL = ("SELECT json_group_array(json_array(rev, seq, key, kind, "
+               "length(CAST(value AS BLOB)))), CAST(group_concat(value, '') AS BLOB) "
+               "FROM (SELECT * FROM events WHERE (rev, seq) > (?, ?) AND key >= ? "
+               "AND key < ? ORDER BY rev, seq LIMIT ?)")
+_COMPARES_SQL = ("SELECT EXISTS (SELECT 1 FROM json_each(?) AS want LEFT JOIN kv "
+                 "ON kv.key = want.key WHERE ifnull(kv.mod_rev, 0) != want.value)")
+"""1 when a compare (a JSON object: key → revision, 0 for absent) does not hold."""
+_EXISTING_SQL = ("SELECT json_group_array(key) FROM kv "
+                 "WHERE key IN (SELECT value FROM json_each(?))")
+_DELETE_SQL = "DELETE FROM kv WHERE key IN (SELECT value FROM json_each(?))"
+_NO_VALUE = bytearray()
+"""A delete event's value (a ``bytearray``, bound as it is: see :data:`_KV_ROW`)."""
+_json_text = msgspec.json.Encoder()
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any], value: int
+          ) -> list[list[Any]]:
+    """The rows of a query of one result row, as :data:`_KV_ROWS` gives them, sorted
+    (their first columns identify them: the aggregates' order is not promised), each
+    with its value (column ``value``, given as its length) as bytes."""
+    meta, blob = conn.execute(sql, params).fetchone()
+    rows: list[list[Any]] = msgspec.json.decode(meta)
+    at = 0
+    for row in rows:
+        end = at + row[value]
+        row[value] = blob[at:end]
+        at = end
+    rows.sort()
+    return rows
+
+
+def _with_nul(keys: Iterable[str]) -> builtins.list[str]:
+    """The keys that hold a NUL: SQLite's JSON functions end a string at a NUL, so those
+    keys are read one by one, not through a JSON parameter (a store's own keys never
+    hold one)."""
+    return [key for key in keys if "\x00" in key]
+
+
+def _read_rows(conn: sqlite3.Connection, sql: str, value: int, limit: int, *,
+               after: tuple[Any, ...] = (), keys: Sequence[str] = ()
+               ) -> tuple[list[list[Any]], int]:
+    """One query's :func:`_rows` and the limit it used: ``sql`` takes ``after`` and the
+    limit, or ``keys[:limit]`` in JSON. The limit shrinks each time SQLite says the
+    result row would pass its length limit (large values)."""
+    while True:
+        params = (_json_text.encode(keys[:limit]).decode(),) if keys else (*after, limit)
+        try:
+            return _rows(conn, sql, params, value), limit
+        except sqlite3.DataError:  # SQLITE_TOOBIG
+            if limit == 1:
+                raise
+            limit = max(1, limit // 8)
 
 
 _KV_ROW = "(?, ?, ?, ?, NULLIF(?, ''))"
@@ -143,6 +214,9 @@ class SqliteBackend(Backend):
         self._next_expiry_check = 0.0
         self._writer = threading.Lock()
         """Held by the thread whose write transaction is open (one at a time in SQLite)."""
+        self._write_conn: sqlite3.Connection | None = None
+        """The connection every write transaction of this process runs on (under
+        ``_writer``); made by the first write."""
         if not create and not self.path.is_file():
             # a reader must not leave an empty store (and its directories) behind
             raise BackendUnavailable(f"{self.path}: no such store (nothing was applied "
@@ -198,7 +272,12 @@ class SqliteBackend(Backend):
         return conn
 
     @contextmanager
-    def _write(self, conn: sqlite3.Connection) -> Iterator[None]:
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the process's write connection: one connection for
+        every thread's writes, taken in turn. A connection's page cache is dropped
+        whenever another connection has written, so writers that each had their own
+        started every transaction cold (the pages of the kv and events indexes read
+        again); this one stays warm while only this process writes."""
         # this process's writers queue here, and the next one goes as soon as the last
         # one commits; SQLite's own wait (between processes) polls, sleeping up to 100 ms
         if not self._writer.acquire(timeout=self.timeout):
@@ -206,13 +285,20 @@ class SqliteBackend(Backend):
                                      f"{self.timeout}s: this process's other writes "
                                      "hold it")
         try:
+            conn = self._write_conn
+            if conn is None:
+                if self._closed:
+                    raise BackendUnavailable(f"{self.url}: the backend was closed")
+                conn = self._write_conn = self._connect()
+            elif conn.in_transaction:  # left open by an interrupt between two statements
+                self._end(conn, "ROLLBACK")
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 raise BackendUnavailable(f"{self.url}: cannot take the write lock within "
                                          f"{self.timeout}s: {exc}") from exc
             try:
-                yield
+                yield conn
             except BaseException:
                 self._end(conn, "ROLLBACK")
                 raise
@@ -255,10 +341,10 @@ class SqliteBackend(Backend):
         if conn.execute("SELECT 1 FROM leases WHERE expires_at <= ? LIMIT 1",
                         (now,)).fetchone() is None:
             return
-        with self._write(conn):
-            dead = [r[0] for r in conn.execute(
+        with self._write() as writer:
+            dead = [r[0] for r in writer.execute(
                 "SELECT id FROM leases WHERE expires_at <= ?", (time.time(),))]
-            self._end_leases(conn, dead)
+            self._end_leases(writer, dead)
 
     def _end_leases(self, conn: sqlite3.Connection, lease_ids: Sequence[str]) -> None:
         keys: list[str] = []
@@ -309,17 +395,28 @@ class SqliteBackend(Backend):
             return KeyValue(row[0], row[1], row[2], row[3], row[4]) if row else None
 
     def get_many(self, keys: Sequence[str]) -> dict[str, KeyValue]:
-        """The keys' current values, read in one read transaction (a few hundred keys
-        per query)."""
+        """The keys' current values, read in one read transaction (a thousand keys a
+        query)."""
         wanted = builtins.list(dict.fromkeys(keys))
         found: dict[str, KeyValue] = {}
         with self._guard("get"):
             conn = self._conn()
             self._expire(conn)
             with self._read(conn):
-                for _, rows in self._by_keys(conn, "key, value, mod_rev, create_rev, lease",
-                                             wanted):
+                odd = _with_nul(wanted)
+                for key in odd:
+                    row = conn.execute("SELECT key, value, mod_rev, create_rev, lease "
+                                       "FROM kv WHERE key = ?", (key,)).fetchone()
+                    if row is not None:
+                        found[key] = KeyValue(*row)
+                if odd:
+                    wanted = [key for key in wanted if key not in odd]
+                start, limit = 0, _ROWS_PER_READ
+                while start < len(wanted):
+                    rows, limit = _read_rows(conn, _GET_MANY_SQL, 1, limit,
+                                             keys=wanted[start:start + limit])
                     found.update((row[0], KeyValue(*row)) for row in rows)
+                    start += limit
         return found
 
     def list(self, prefix: str) -> ListResult:
@@ -328,17 +425,20 @@ class SqliteBackend(Backend):
             self._expire(conn)
             with self._read(conn):
                 rev = self._revision(conn)
-                rows = conn.execute(
-                    "SELECT key, value, mod_rev, create_rev, lease FROM kv "
-                    "WHERE key >= ? AND key < ? ORDER BY key",
-                    (prefix, prefix_end(prefix))).fetchall()
-            return ListResult([KeyValue(*r) for r in rows], rev)
+                items: list[KeyValue] = []
+                low, high, limit = prefix, prefix_end(prefix), _ROWS_PER_READ
+                while True:
+                    rows, limit = _read_rows(conn, _LIST_SQL, 1, limit, after=(low, high))
+                    items += [KeyValue(*row) for row in rows]
+                    if len(rows) < limit:
+                        break
+                    low = rows[-1][0] + "\x00"  # the least key after the last one
+            return ListResult(items, rev)
 
     def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
         with self._guard("txn"):
-            conn = self._conn()
-            self._expire(conn)
-            with self._write(conn):
+            self._expire(self._conn())
+            with self._write() as conn:
                 rev = self._revision(conn)
                 if not self._compares_hold(conn, compares):
                     return TxnResult(False, rev)
@@ -352,11 +452,13 @@ class SqliteBackend(Backend):
                 rev += 1
                 # runs of puts go to SQLite in statements of many rows (a plan's commit
                 # is one transaction of thousands of puts), their parameters gathered
-                # flat; deletes one by one, as only a key that was there gets an event
+                # flat; runs of deletes in three statements (_delete_many)
                 puts: list[Any] = []
                 events: list[Any] = []
+                deletes: list[tuple[str, int]] = []
                 for seq, op in enumerate(ops):
                     if isinstance(op, Put):
+                        self._delete_many(conn, deletes, rev)
                         given = op.value
                         if type(given) is not bytes and \
                                 not isinstance(given, (bytearray, memoryview)):
@@ -367,36 +469,28 @@ class SqliteBackend(Backend):
                         events += (rev, seq, op.key, _PUT, value)
                         continue
                     self._put_many(conn, puts, events)
-                    if conn.execute("DELETE FROM kv WHERE key = ?", (op.key,)).rowcount:
-                        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
-                                     (rev, seq, op.key, _DELETE, b""))
+                    deletes.append((op.key, seq))
                 self._put_many(conn, puts, events)
+                self._delete_many(conn, deletes, rev)
                 self._bump(conn, rev)
                 return TxnResult(True, rev)
 
     @staticmethod
     def _compares_hold(conn: sqlite3.Connection, compares: Sequence[Compare]) -> bool:
-        """Every compare holds: the keys' revisions read a few hundred at a time (a
-        plan's commit compares thousands of task keys)."""
+        """Every compare holds: checked by SQLite in one query (a plan's commit compares
+        thousands of task keys)."""
         want: dict[str, int] = {}
         for c in compares:
             if want.setdefault(c.key, c.revision) != c.revision:
                 return False  # one key, two revisions: both cannot hold
-        for part, rows in SqliteBackend._by_keys(conn, "key, mod_rev", builtins.list(want)):
-            found = dict(rows)
-            if any(found.get(key, 0) != want[key] for key in part):
+        for key in _with_nul(want):
+            row = conn.execute("SELECT mod_rev FROM kv WHERE key = ?", (key,)).fetchone()
+            if (row[0] if row else 0) != want.pop(key):
                 return False
-        return True
-
-    @staticmethod
-    def _by_keys(conn: sqlite3.Connection, columns: str, keys: builtins.list[str]
-                 ) -> Iterator[tuple[builtins.list[str], builtins.list[Any]]]:
-        """``columns`` of the ``kv`` rows of ``keys``, a few hundred keys per query: each
-        part of ``keys`` with its rows (the absent keys have none)."""
-        for start in range(0, len(keys), _COMPARES_PER_QUERY):
-            part = keys[start:start + _COMPARES_PER_QUERY]
-            yield part, conn.execute(f"SELECT {columns} FROM kv WHERE key IN "
-                                     f"({','.join('?' * len(part))})", part).fetchall()
+        if not want:
+            return True
+        failed = conn.execute(_COMPARES_SQL, (_json_text.encode(want).decode(),)).fetchone()
+        return not failed[0]
 
     def _put_many(self, conn: sqlite3.Connection, puts: builtins.list[Any],
                   events: builtins.list[Any]) -> None:
@@ -410,24 +504,47 @@ class SqliteBackend(Backend):
                 conn.execute(sql(len(part) // _COLUMNS), part)
             values.clear()
 
+    def _delete_many(self, conn: sqlite3.Connection, deletes: builtins.list[tuple[str, int]],
+                     rev: int) -> None:
+        """Delete the gathered keys (each with its operation's place in the
+        transaction) and add an event for each key that was there, at its first
+        delete; empty the list. Three statements for the run (which keys are there,
+        the delete, their events), not two per key (see :data:`_ROWS_PER_READ`)."""
+        if not deletes:
+            return
+        first: dict[str, int] = {}
+        for key, seq in deletes:
+            first.setdefault(key, seq)
+        deletes.clear()
+        odd = _with_nul(first)
+        there = {key for key in odd if conn.execute(
+            "DELETE FROM kv WHERE key = ?", (key,)).rowcount}
+        if len(odd) < len(first):
+            text = _json_text.encode([k for k in first if k not in odd] if odd
+                                     else builtins.list(first)).decode()
+            there.update(msgspec.json.decode(conn.execute(_EXISTING_SQL, (text,))
+                                             .fetchone()[0]))
+            conn.execute(_DELETE_SQL, (text,))
+        events: list[Any] = []
+        for key in there:
+            events += (rev, first[key], key, _DELETE, _NO_VALUE)
+        self._put_many(conn, [], events)
+
     def watch(self, prefix: str, start_revision: int) -> Watch:
         return _SqliteWatch(self, prefix, start_revision)
 
     def grant_lease(self, ttl: float) -> str:
         ttl = max(ttl, self.min_lease_ttl)
         lease_id = uuid.uuid4().hex
-        with self._guard("grant lease"):
-            conn = self._conn()
-            with self._write(conn):
-                conn.execute("INSERT INTO leases VALUES (?, ?, ?)",
-                             (lease_id, ttl, time.time() + ttl))
+        with self._guard("grant lease"), self._write() as conn:
+            conn.execute("INSERT INTO leases VALUES (?, ?, ?)",
+                         (lease_id, ttl, time.time() + ttl))
         return lease_id
 
     def keepalive(self, lease: str) -> None:
         with self._guard("keep-alive"):
-            conn = self._conn()
-            self._expire(conn)
-            with self._write(conn):
+            self._expire(self._conn())
+            with self._write() as conn:
                 cur = conn.execute("UPDATE leases SET expires_at = ? + ttl "
                                    "WHERE id = ? AND expires_at > ?",
                                    (time.time(), lease, time.time()))
@@ -435,16 +552,12 @@ class SqliteBackend(Backend):
                     raise LeaseExpired(f"{self.url}: lease {lease} does not exist")
 
     def revoke_lease(self, lease: str) -> None:
-        with self._guard("revoke lease"):
-            conn = self._conn()
-            with self._write(conn):
-                self._end_leases(conn, [lease])
+        with self._guard("revoke lease"), self._write() as conn:
+            self._end_leases(conn, [lease])
 
     def compact(self, revision: int) -> None:
-        with self._guard("compact"):
-            conn = self._conn()
-            with self._write(conn):
-                self._compact(conn, min(revision, self._revision(conn)))
+        with self._guard("compact"), self._write() as conn:
+            self._compact(conn, min(revision, self._revision(conn)))
 
     def close(self) -> None:
         """Close every connection, once the calls running on them have returned (for up
@@ -480,12 +593,18 @@ class SqliteBackend(Backend):
             if start <= compacted:
                 raise Compacted(f"{self.url}: revision {start} was compacted; the oldest "
                                 f"watchable revision is {compacted + 1}", compacted + 1)
-            rows = conn.execute(
-                "SELECT rev, key, kind, value FROM events WHERE rev >= ? AND key >= ? "
-                "AND key < ? ORDER BY rev, seq", (start, prefix, prefix_end(prefix))).fetchall()
+            rows: list[list[Any]] = []
+            after, high, limit = (start, -1), prefix_end(prefix), _ROWS_PER_READ
+            while True:
+                part, limit = _read_rows(conn, _EVENTS_SQL, 4, limit,
+                                         after=(*after, prefix, high))
+                rows += part
+                if len(part) < limit:
+                    break
+                after = (part[-1][0], part[-1][1])
             revision = self._revision(conn)
         return [WatchEvent("put" if kind == _PUT else "delete", key, value, rev)
-                for rev, key, kind, value in rows], revision
+                for rev, _, key, kind, value in rows], revision
 
 
 class _Guard:

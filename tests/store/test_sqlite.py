@@ -4,6 +4,7 @@ blocked by a writer, a busy write lock is an error (not a hang), compaction, dur
 from __future__ import annotations
 
 import ast
+import contextlib
 import gc
 import multiprocessing
 import sqlite3
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,12 +183,14 @@ def test_a_large_transaction_is_written_in_statements_of_many_rows(tmp_path: Pat
         assert first is not None
         backend._rows_per_insert = 7  # several statements, and a part-filled last one
         statements: list[str] = []
-        backend._conn().set_trace_callback(statements.append)
+        writer = backend._write_conn  # every write of the process runs on it
+        assert writer is not None
+        writer.set_trace_callback(statements.append)
         ops = [Put(f"k/{i:04d}", f"v{i}".encode()) for i in range(40)]
         ops.insert(20, Delete("k/0005"))  # a delete between two runs of puts
         ops.append(Put("k/0036", b"again"))  # a key put twice in one statement
         res = backend.txn([], ops)
-        backend._conn().set_trace_callback(None)
+        writer.set_trace_callback(None)
         assert res.succeeded
         inserts = [s for s in statements if s.startswith("INSERT INTO")]
         # runs of 20 and 21 puts, 7 rows a statement: 3 + 3 upserts and as many event
@@ -261,6 +265,19 @@ def test_close_waits_for_the_calls_running_on_its_connections(tmp_path: Path) ->
     assert "the backend was closed" in after
 
 
+def _enter(backend: SqliteBackend, context: str
+           ) -> tuple[contextlib.AbstractContextManager[Any], sqlite3.Connection]:
+    """Enter the backend's read (on the thread's connection) or write transaction
+    context: the context and its connection."""
+    if context == "_read":
+        conn = backend._conn()
+        left: contextlib.AbstractContextManager[Any] = backend._read(conn)
+        left.__enter__()
+        return left, conn
+    left = backend._write()
+    return left, left.__enter__()
+
+
 @pytest.mark.parametrize("context", ["_read", "_write"])
 def test_a_transaction_left_open_by_an_interrupt_ends_quietly_after_close(
         tmp_path: Path, context: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -274,9 +291,7 @@ def test_a_transaction_left_open_by_an_interrupt_ends_quietly_after_close(
     monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(u.exc_value))
     backend = SqliteBackend(str(tmp_path / "s.db"))
     backend.put("k", b"v")
-    conn = backend._conn()
-    left = getattr(backend, context)(conn)
-    left.__enter__()  # the block never runs: an interrupt came first
+    left, conn = _enter(backend, context)  # the block never runs: an interrupt came first
     assert conn.in_transaction
     backend.close()
     del left
@@ -285,11 +300,116 @@ def test_a_transaction_left_open_by_an_interrupt_ends_quietly_after_close(
 
     # on an open backend the collector's finish ends the transaction as before
     backend = SqliteBackend(str(tmp_path / "s.db"))
-    conn = backend._conn()
-    left = getattr(backend, context)(conn)
-    left.__enter__()
+    left, conn = _enter(backend, context)
     del left
     gc.collect()
     assert unraisable == [] and not conn.in_transaction
     assert backend.get("k") is not None
+    backend.close()
+
+
+def test_every_thread_writes_on_the_one_write_connection(tmp_path: Path) -> None:
+    """A process's writes share one connection, taken in turn, whose page cache stays
+    warm between them (each connection's cache is dropped when another has written);
+    reads keep a connection per thread. A transaction an interrupt left open on it is
+    rolled back by the next write instead of failing it."""
+    backend = SqliteBackend(str(tmp_path / "s.db"))
+    backend.put("k/main", b"1")
+    writer = backend._write_conn
+    assert writer is not None
+    statements: list[str] = []
+    writer.set_trace_callback(statements.append)
+    seen: list[object] = []
+
+    def other() -> None:
+        backend.put("k/other", b"2")
+        seen.append(backend._conn())
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert backend._write_conn is writer
+    assert any(s.startswith("INSERT INTO kv") for s in statements)  # the other's put
+    assert seen[0] is not writer and seen[0] is not backend._conn()  # its own reader
+
+    writer.execute("BEGIN IMMEDIATE")  # left so by an interrupt between two statements
+    writer.execute("INSERT INTO meta VALUES ('half', 1)")
+    backend.put("k/after", b"3")
+    assert not writer.in_transaction
+    assert backend.get("k/after") is not None
+    assert backend._conn().execute("SELECT 1 FROM meta WHERE name = 'half'").fetchone() \
+        is None  # what the interrupted transaction wrote is gone
+    backend.close()
+
+
+def test_many_rows_come_back_whole_in_order_and_byte_for_byte(tmp_path: Path) -> None:
+    """Reads of many rows (a list, a get of many keys, a watch's events) ask SQLite for
+    a thousand rows in one result row (sqlite3 gives the GIL away at every row it
+    steps): every row comes back, in order, every value byte for byte (NUL, bytes that
+    are not UTF-8, empty ones), across several queries, and in smaller queries when
+    SQLite's length limit would be passed."""
+    from skedlib.store.base import Compare, Delete, Put
+
+    backend = SqliteBackend(str(tmp_path / "s.db"))
+    start = backend.put("other", b"x") + 1
+    values = {f"k/{i:05d}": bytes([i % 256, 0, 0x80 + i % 64]) * (i % 5) for i in range(2500)}
+    first = backend.txn([], [Put(k, v) for k, v in values.items()])
+    backend.txn([], [Delete("k/00007")])
+    written = dict(values)
+    del values["k/00007"]
+    listed = backend.list("k/")
+    assert [kv.key for kv in listed.items] == sorted(values)
+    assert {kv.key: kv.value for kv in listed.items} == values
+    assert all(type(kv.value) is bytes and kv.revision == first.revision
+               and kv.create_revision == first.revision and kv.lease is None
+               for kv in listed.items)
+    keys = [*reversed(values), "k/absent", "k/00010"]  # unordered, absent, repeated
+    got = backend.get_many(keys)
+    assert {k: kv.value for k, kv in got.items()} == values
+    with backend.watch("k/", start) as watch:
+        seen = watch.next(timeout=5)
+    assert [(e.kind, e.key, e.value) for e in seen] == \
+        [("put", k, v) for k, v in written.items()] + \
+        [("delete", "k/00007", b"")]
+    # compares on thousands of keys: all hold, or one does not
+    held = [Compare(k, first.revision) for k in values] + [Compare("k/absent", 0)]
+    assert backend.txn(held, []).succeeded
+    assert not backend.txn([*held[:-1], Compare("k/absent", 3)], []).succeeded
+    assert not backend.txn([*held[1:], Compare(held[0].key, first.revision + 1)],
+                           []).succeeded
+
+    # keys JSON escapes, and a NUL (where SQLite's JSON ends a string): read as written
+    odd = ["o/a\x00b", "o/a", 'o/"q\\', "o/é😀"]
+    put = backend.txn([], [Put(k, k.encode()) for k in odd])
+    assert {k: kv.value for k, kv in backend.get_many([*odd, "o/a\x00c"]).items()} == \
+        {k: k.encode() for k in odd}
+    assert [kv.key for kv in backend.list("o/").items] == sorted(odd)
+    assert backend.txn([Compare(k, put.revision) for k in odd]
+                       + [Compare("o/a\x00c", 0)], []).succeeded
+    assert not backend.txn([Compare("o/a\x00b", put.revision + 1)], []).succeeded
+    assert not backend.txn([Compare("o/a\x00c", put.revision)], []).succeeded
+
+    # runs of deletes between puts: a key that was there gets one event, at its first
+    # delete, in the order of the operations; a put after a delete stands
+    before = backend.txn([], [Put("d/d", b"0"), Put("d/x\x00", b"0"), Put("d/e", b"0")])
+    ops = [Put("d/a", b"1"), Delete("d/a"), Delete("d/absent"), Put("d/c", b"3"),
+           Delete("d/x\x00"), Delete("d/d"), Delete("d/e"), Delete("d/d"), Put("d/d", b"8")]
+    done = backend.txn([], ops)
+    assert {kv.key: kv.value for kv in backend.list("d/").items} == \
+        {"d/c": b"3", "d/d": b"8"}
+    with backend.watch("d/", before.revision + 1) as watch:
+        seen = watch.next(timeout=5)
+    assert [(e.kind, e.key, e.value, e.revision) for e in seen] == [
+        ("put", "d/a", b"1", done.revision), ("delete", "d/a", b"", done.revision),
+        ("put", "d/c", b"3", done.revision), ("delete", "d/x\x00", b"", done.revision),
+        ("delete", "d/d", b"", done.revision), ("delete", "d/e", b"", done.revision),
+        ("put", "d/d", b"8", done.revision)]
+
+    # values whose sum passes SQLite's length limit: read in smaller queries
+    conn = backend._conn()
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 20_000)
+    big = {f"b/{i:03d}": bytes([i]) * 900 for i in range(60)}
+    backend.txn([], [Put(k, v) for k, v in big.items()])
+    assert {kv.key: kv.value for kv in backend.list("b/").items} == big
+    assert {k: kv.value for k, kv in backend.get_many(list(big)).items()} == big
     backend.close()
