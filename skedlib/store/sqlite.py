@@ -4,7 +4,11 @@ An agent, a scheduler and the CLI on one machine may all open the same file. The
 is in WAL mode; every write transaction takes SQLite's write lock (``BEGIN IMMEDIATE``),
 so compares and writes are atomic across processes. The threads of one process queue for
 it on a lock of their own first, so the next write starts as soon as the last one
-commits (SQLite's wait between processes polls, sleeping up to 100 ms at a time). Layout::
+commits (SQLite's wait between processes polls, sleeping up to 100 ms at a time), and
+write on one connection; each thread reads on a connection of its own. Reads of many
+rows get them from SQLite in one result row per thousand (:data:`_ROWS_PER_READ` says
+why). Needs SQLite's JSON functions (built in since 3.38, and in the common builds
+before). Layout::
 
     kv(key, value, create_rev, mod_rev, lease)   the current state
     events(rev, seq, key, kind, value)           history for watches (the last ``history``
@@ -90,12 +94,12 @@ _ROWS_PER_READ = 1000
 ``sqlite3`` lets other threads take the GIL at every step of a query, and a query steps
 once per row it returns. Beside a thread that runs Python (a scheduler's planning, a
 server's requests) each step then waits up to a switch interval to get the GIL back:
-listing 2,000 keys took 3 ms alone and 3.2 s beside one busy thread, and a commit's
-compares on 1,000 existing keys 7 ms and 0.4 s. So a read that returns many rows asks
-SQLite for one row that holds them all: the rows' other columns as a JSON array (with
-each value's length) and their values concatenated into one blob, a thousand rows a
-query (fewer where that blob would pass SQLite's length limit). Compares and key lists
-go to SQLite as one JSON parameter (``json_each``)."""
+listing 2,000 keys took 3 ms alone and 1.1 to 3.2 s beside one busy thread, and a
+commit's compares on 1,000 existing keys 7 ms and 0.4 to 0.9 s. So a read that returns
+many rows asks SQLite for one row that holds them all: the rows' other columns as a
+JSON array (with each value's length) and their values concatenated into one blob, a
+thousand rows a query (fewer where that blob would pass SQLite's length limit).
+Compares and key lists go to SQLite as one JSON parameter (``json_each``)."""
 _KV_ROWS = ("json_group_array(json_array(key, length(CAST(value AS BLOB)), mod_rev, "
             "create_rev, lease)), CAST(group_concat(value, '') AS BLOB)")
 """A query's ``kv`` rows in one result row: ``[key, value length, mod_rev, create_rev,
@@ -224,6 +228,8 @@ class SqliteBackend(Backend):
         try:
             self._create_private()
             self._conn().executescript(_SCHEMA)  # idempotent: safe if processes race
+            # reads need SQLite's JSON functions: a build without them says so here
+            self._conn().execute("SELECT json_array()")
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable(f"{self.url}: cannot open the store: {exc}") from exc
 
