@@ -88,7 +88,11 @@ def _size(scaling: dict[str, Any], tasks: int) -> dict[str, Any]:
 
 
 def _smallest_ratio(scaling: dict[str, Any], kind: str) -> float:
-    return float(min(s[f"{kind}_to_binpack"] for s in scaling["sizes"]))
+    """The smallest of ``kind``'s rate over binpack's, from the rates themselves: the
+    ratios in scaling.py's JSON are rounded to three decimals, and 0.49993 passed a 0.5
+    target as 0.5."""
+    return round(float(min(s[kind]["placements_per_s"] / s["binpack"]["placements_per_s"]
+                           for s in scaling["sizes"])), 4)
 
 
 def _daemon_over_raw(commit: dict[str, Any]) -> float:
@@ -165,7 +169,8 @@ def main() -> None:
           lambda: max(s["binpack"]["quality"] for s in sc["sizes"]))
     for kind, label in (("spread", "spread"), ("spread_zone", "spread:zone")):
         t.add(f"{label} rate over binpack's (the smallest over the sizes)", _AT_LEAST, 0.5,
-              f"{scaling_cmd} (sizes[].{kind}_to_binpack)",
+              f"{scaling_cmd} (sizes[].{kind}.placements_per_s over "
+              "sizes[].binpack.placements_per_s)",
               partial(_smallest_ratio, sc, kind))
     for b in backends:
         run = runs[f"commit_{b}"]
