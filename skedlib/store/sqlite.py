@@ -33,7 +33,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -98,8 +98,12 @@ listing 2,000 keys took 3 ms alone and 1.1 to 3.2 s beside one busy thread, and 
 commit's compares on 1,000 existing keys 7 ms and 0.4 to 0.9 s. So a read that returns
 many rows asks SQLite for one row that holds them all: the rows' other columns as a
 JSON array (with each value's length) and their values concatenated into one blob, a
-thousand rows a query (fewer where that blob would pass SQLite's length limit).
-Compares and key lists go to SQLite as one JSON parameter (``json_each``)."""
+thousand rows a query (fewer where that blob would pass SQLite's length limit). A
+query by keys (a get of many keys, a transaction's compares and deletes) binds them,
+up to :data:`_MAX_KEYS_PER_QUERY` a query, and its rows come back the same way."""
+_MAX_KEYS_PER_QUERY = 2000
+"""Keys one ``IN (…)`` binds at most; fewer when the SQLite build allows fewer
+parameters per statement (999 in builds before 3.32)."""
 _KV_ROWS = ("json_group_array(json_array(key, length(CAST(value AS BLOB)), mod_rev, "
             "create_rev, lease)), CAST(group_concat(value, '') AS BLOB)")
 """A query's ``kv`` rows in one result row: ``[key, value length, mod_rev, create_rev,
@@ -107,20 +111,22 @@ lease]`` for each, in JSON, and their values one after another (both aggregates 
 rows in the same order)."""
 _LIST_SQL = (f"SELECT {_KV_ROWS} FROM (SELECT * FROM kv WHERE key >= ? AND key < ? "
              "ORDER BY key LIMIT ?)")
-_GET_MANY_SQL = f"SELECT {_KV_ROWS} FROM kv WHERE key IN (SELECT value FROM json_each(?))"
+_GET_MANY_SQL = f"SELECT {_KV_ROWS} FROM kv WHERE key IN ({{}})"
 _EVENTS_SQL = ("SELECT json_group_array(json_array(rev, seq, key, kind, "
                "length(CAST(value AS BLOB)))), CAST(group_concat(value, '') AS BLOB) "
                "FROM (SELECT * FROM events WHERE (rev, seq) > (?, ?) AND key >= ? "
                "AND key < ? ORDER BY rev, seq LIMIT ?)")
-_COMPARES_SQL = ("SELECT EXISTS (SELECT 1 FROM json_each(?) AS want LEFT JOIN kv "
-                 "ON kv.key = want.key WHERE ifnull(kv.mod_rev, 0) != want.value)")
-"""1 when a compare (a JSON object: key → revision, 0 for absent) does not hold."""
-_EXISTING_SQL = ("SELECT json_group_array(key) FROM kv "
-                 "WHERE key IN (SELECT value FROM json_each(?))")
-_DELETE_SQL = "DELETE FROM kv WHERE key IN (SELECT value FROM json_each(?))"
+_REVISIONS_SQL = "SELECT json_group_array(json_array(key, mod_rev)) FROM kv WHERE key IN ({})"
+_EXISTING_SQL = "SELECT json_group_array(key) FROM kv WHERE key IN ({})"
+_DELETE_SQL = "DELETE FROM kv WHERE key IN ({})"
 _NO_VALUE = bytearray()
 """A delete event's value (a ``bytearray``, bound as it is: see :data:`_KV_ROW`)."""
-_json_text = msgspec.json.Encoder()
+
+
+@functools.lru_cache(maxsize=64)
+def _by_keys(sql: str, keys: int) -> str:
+    """``sql`` with its ``IN ({})`` given ``keys`` parameters."""
+    return sql.format(",".join("?" * keys))
 
 
 def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any], value: int
@@ -139,23 +145,23 @@ def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any], value: int
     return rows
 
 
-def _with_nul(keys: Iterable[str]) -> builtins.list[str]:
-    """The keys that hold a NUL: SQLite's JSON functions end a string at a NUL, so those
-    keys are read one by one, not through a JSON parameter (a store's own keys never
-    hold one)."""
-    return [key for key in keys if "\x00" in key]
+def _parts(keys: list[str], size: int) -> Iterator[list[str]]:
+    """``keys``, ``size`` at a time."""
+    for start in range(0, len(keys), size):
+        yield keys[start:start + size]
 
 
 def _read_rows(conn: sqlite3.Connection, sql: str, value: int, limit: int, *,
                after: tuple[Any, ...] = (), keys: Sequence[str] = ()
                ) -> tuple[list[list[Any]], int]:
     """One query's :func:`_rows` and the limit it used: ``sql`` takes ``after`` and the
-    limit, or ``keys[:limit]`` in JSON. The limit shrinks each time SQLite says the
-    result row would pass its length limit (large values)."""
+    limit, or (:func:`_by_keys`) ``keys[:limit]``. The limit shrinks each time SQLite
+    says the result row would pass its length limit (large values)."""
     while True:
-        params = (_json_text.encode(keys[:limit]).decode(),) if keys else (*after, limit)
+        part = keys[:limit]
+        query, params = (_by_keys(sql, len(part)), part) if keys else (sql, (*after, limit))
         try:
-            return _rows(conn, sql, params, value), limit
+            return _rows(conn, query, params, value), limit
         except sqlite3.DataError:  # SQLITE_TOOBIG
             if limit == 1:
                 raise
@@ -211,6 +217,8 @@ class SqliteBackend(Backend):
         self._rows_per_insert = _MAX_ROWS_PER_INSERT
         """Rows per ``INSERT`` of a transaction's puts (set by the SQLite build's limit
         when a connection opens)."""
+        self._keys_per_query = _MAX_KEYS_PER_QUERY
+        """Keys per ``IN (…)`` (set so too)."""
         self._closed = False
         self._in_use = 0
         """Calls running on this backend's connections (:class:`_Guard`)."""
@@ -262,9 +270,9 @@ class SqliteBackend(Backend):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-        self._rows_per_insert = max(1, min(
-            _MAX_ROWS_PER_INSERT,
-            conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _COLUMNS))
+        variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._rows_per_insert = max(1, min(_MAX_ROWS_PER_INSERT, variables // _COLUMNS))
+        self._keys_per_query = max(1, min(_MAX_KEYS_PER_QUERY, variables))
         with self._conns_lock:
             self._conns.append(conn)
         return conn
@@ -401,23 +409,15 @@ class SqliteBackend(Backend):
             return KeyValue(row[0], row[1], row[2], row[3], row[4]) if row else None
 
     def get_many(self, keys: Sequence[str]) -> dict[str, KeyValue]:
-        """The keys' current values, read in one read transaction (a thousand keys a
-        query)."""
+        """The keys' current values, read in one read transaction (up to
+        :data:`_MAX_KEYS_PER_QUERY` keys a query)."""
         wanted = builtins.list(dict.fromkeys(keys))
         found: dict[str, KeyValue] = {}
         with self._guard("get"):
             conn = self._conn()
             self._expire(conn)
             with self._read(conn):
-                odd = _with_nul(wanted)
-                for key in odd:
-                    row = conn.execute("SELECT key, value, mod_rev, create_rev, lease "
-                                       "FROM kv WHERE key = ?", (key,)).fetchone()
-                    if row is not None:
-                        found[key] = KeyValue(*row)
-                if odd:
-                    wanted = [key for key in wanted if key not in odd]
-                start, limit = 0, _ROWS_PER_READ
+                start, limit = 0, self._keys_per_query
                 while start < len(wanted):
                     rows, limit = _read_rows(conn, _GET_MANY_SQL, 1, limit,
                                              keys=wanted[start:start + limit])
@@ -458,7 +458,7 @@ class SqliteBackend(Backend):
                 rev += 1
                 # runs of puts go to SQLite in statements of many rows (a plan's commit
                 # is one transaction of thousands of puts), their parameters gathered
-                # flat; runs of deletes in three statements (_delete_many)
+                # flat; runs of deletes in a few statements (_delete_many)
                 puts: list[Any] = []
                 events: list[Any] = []
                 deletes: list[tuple[str, int]] = []
@@ -481,22 +481,20 @@ class SqliteBackend(Backend):
                 self._bump(conn, rev)
                 return TxnResult(True, rev)
 
-    @staticmethod
-    def _compares_hold(conn: sqlite3.Connection, compares: Sequence[Compare]) -> bool:
-        """Every compare holds: checked by SQLite in one query (a plan's commit compares
-        thousands of task keys)."""
+    def _compares_hold(self, conn: sqlite3.Connection, compares: Sequence[Compare]) -> bool:
+        """Every compare holds: the keys' revisions read up to
+        :data:`_MAX_KEYS_PER_QUERY` at a time, each query's in one result row (a plan's
+        commit compares thousands of task keys)."""
         want: dict[str, int] = {}
         for c in compares:
             if want.setdefault(c.key, c.revision) != c.revision:
                 return False  # one key, two revisions: both cannot hold
-        for key in _with_nul(want):
-            row = conn.execute("SELECT mod_rev FROM kv WHERE key = ?", (key,)).fetchone()
-            if (row[0] if row else 0) != want.pop(key):
+        for part in _parts(builtins.list(want), self._keys_per_query):
+            found = dict(msgspec.json.decode(conn.execute(
+                _by_keys(_REVISIONS_SQL, len(part)), part).fetchone()[0]))
+            if any(found.get(key, 0) != want[key] for key in part):
                 return False
-        if not want:
-            return True
-        failed = conn.execute(_COMPARES_SQL, (_json_text.encode(want).decode(),)).fetchone()
-        return not failed[0]
+        return True
 
     def _put_many(self, conn: sqlite3.Connection, puts: builtins.list[Any],
                   events: builtins.list[Any]) -> None:
@@ -514,26 +512,22 @@ class SqliteBackend(Backend):
                      rev: int) -> None:
         """Delete the gathered keys (each with its operation's place in the
         transaction) and add an event for each key that was there, at its first
-        delete; empty the list. Three statements for the run (which keys are there,
-        the delete, their events), not two per key (see :data:`_ROWS_PER_READ`)."""
+        delete; empty the list. Two statements per :data:`_MAX_KEYS_PER_QUERY` keys
+        (which are there, the delete) and the events' inserts, not two statements per key
+        (see :data:`_ROWS_PER_READ`)."""
         if not deletes:
             return
         first: dict[str, int] = {}
         for key, seq in deletes:
             first.setdefault(key, seq)
         deletes.clear()
-        odd = _with_nul(first)
-        there = {key for key in odd if conn.execute(
-            "DELETE FROM kv WHERE key = ?", (key,)).rowcount}
-        if len(odd) < len(first):
-            text = _json_text.encode([k for k in first if k not in odd] if odd
-                                     else builtins.list(first)).decode()
-            there.update(msgspec.json.decode(conn.execute(_EXISTING_SQL, (text,))
-                                             .fetchone()[0]))
-            conn.execute(_DELETE_SQL, (text,))
         events: list[Any] = []
-        for key in there:
-            events += (rev, first[key], key, _DELETE, _NO_VALUE)
+        for part in _parts(builtins.list(first), self._keys_per_query):
+            there = msgspec.json.decode(conn.execute(
+                _by_keys(_EXISTING_SQL, len(part)), part).fetchone()[0])
+            conn.execute(_by_keys(_DELETE_SQL, len(part)), part)
+            for key in there:
+                events += (rev, first[key], key, _DELETE, _NO_VALUE)
         self._put_many(conn, [], events)
 
     def watch(self, prefix: str, start_revision: int) -> Watch:

@@ -378,7 +378,7 @@ def test_many_rows_come_back_whole_in_order_and_byte_for_byte(tmp_path: Path) ->
     assert not backend.txn([*held[1:], Compare(held[0].key, first.revision + 1)],
                            []).succeeded
 
-    # keys JSON escapes, and a NUL (where SQLite's JSON ends a string): read as written
+    # keys JSON escapes (the rows come back in JSON), and a NUL: read as written
     odd = ["o/a\x00b", "o/a", 'o/"q\\', "o/é😀"]
     put = backend.txn([], [Put(k, k.encode()) for k in odd])
     assert {k: kv.value for k, kv in backend.get_many([*odd, "o/a\x00c"]).items()} == \
