@@ -6,7 +6,10 @@ snapshot with the service's Scheduler plugin, drops what
 :func:`~skedlib.scheduling.validate_plan` refuses, commits the rest with
 :func:`~skedlib.scheduling.commit_plan` fenced by the lock, writes the commit through to
 the cache, then stores the rollout (:mod:`skedlib.scheduler.rollouts`) and the service's
-status (:mod:`skedlib.scheduler.status`) when they changed. An exec scheduler's program
+status (:mod:`skedlib.scheduler.status`) when they changed. The status a run leaves when
+its whole plan commits goes with the commit's last transaction (the common run is one
+transaction, not two); after a conflict, or when the store changed meanwhile, the status
+is written on its own. An exec scheduler's program
 runs between two borrowings of the snapshot (:class:`~skedlib.scheduling.ExecRun`). A
 pair that is not wanted any more has its tasks stopped and its status removed. What it
 did is a :class:`RunOutcome`, with the delay after which the pair should run again.
@@ -60,7 +63,7 @@ from skedlib.scheduling import (
     validate_plan,
 )
 from skedlib.scheduling.commit import PreparedCommit, prepare_commit
-from skedlib.store.base import Delete, Put
+from skedlib.store.base import Delete, Op, Put
 
 __all__ = ["PairRunner", "RunOutcome"]
 
@@ -185,6 +188,9 @@ class _Step(msgspec.Struct, kw_only=True):
     """The plan's commit (None: nothing to commit)."""
     pipelined: bool = False
     """The commit is sent after giving the snapshot back (else it was sent already)."""
+    status: ServiceStatus | None = None
+    """The status the run leaves if every part of the plan commits, written by the
+    commit's last transaction (None: unchanged, or left to the run's end)."""
     res: CommitResult | None = None
     outcome: RunOutcome
 
@@ -337,7 +343,8 @@ class PairRunner:
         step.pipelined = not plan.stop and all(
             (old := snap.tasks.get(tid)) is None or not old.host for tid in plan.place_ids())
         step.prepared = prepare_commit(self.store, snap, plan, [lock.fence()],
-                                       inflight=self.cache.inflight)
+                                       inflight=self.cache.inflight,
+                                       also=self._status_ops(step, snap))
         try:
             if step.pipelined:
                 # planned on by others while it is sent
@@ -349,6 +356,22 @@ class PairRunner:
             step.prepared.cancel()
             raise
         return step
+
+    def _status_ops(self, step: _Step, snap: Snapshot) -> list[Op]:
+        """The put of the status the run leaves if its whole plan commits, when that
+        differs from the one stored: sent with the commit (one transaction a run, not
+        two). A rollout's run writes its status at the end, with the rollout's state."""
+        if step.result.rollout is not None:
+            return []
+        plan = step.plan
+        status = compute_status(step.pair, step.service, snap, result=step.result,
+                                plan=plan, problems=step.problems,
+                                commit=CommitResult(committed=(*plan.place_ids(),
+                                                               *plan.stop)))
+        if same_status(self.cache.status(*step.pair), status):
+            return []
+        step.status = status
+        return [Put(self.keys.service_status(*step.pair), encode(status))]
 
     def _finish(self, step: _Step, lock: Lock) -> RunOutcome:
         """Send the commit (the snapshot is free meanwhile), record it, write the
@@ -375,6 +398,8 @@ class PairRunner:
             self._log_commit(pair, snap, plan, res, outcome, result.placed)
             self._note_unschedulable(pair, result.unschedulable)
             self.cache.record(plan, res)
+            if res.also_revision and step.status is not None:  # written by the commit
+                self.cache.record_status(*pair, step.status, res.also_revision)
             if step.prepared is not None:
                 step.prepared.release()  # its markers' revisions are in the snapshot
             if res.fenced_out:

@@ -61,7 +61,9 @@ class CommitResult(msgspec.Struct, frozen=True):
     ``revision`` is the store revision of the last transaction that succeeded;
     ``task_revisions`` maps every committed task id, and ``alloc_revisions`` every host
     whose allocation marker was rewritten, to the revision of its transaction (what a
-    :class:`~skedlib.scheduling.SnapshotCache` records).
+    :class:`~skedlib.scheduling.SnapshotCache` records). ``also_revision``: the revision
+    of the transaction that carried :func:`prepare_commit`'s ``also`` operations (0: they
+    were not written).
     """
 
     committed: tuple[str, ...] = ()
@@ -70,6 +72,7 @@ class CommitResult(msgspec.Struct, frozen=True):
     revision: int = 0
     task_revisions: dict[str, int] = msgspec.field(default_factory=dict)
     alloc_revisions: dict[str, int] = msgspec.field(default_factory=dict)
+    also_revision: int = 0
 
 
 class _Group(msgspec.Struct):
@@ -222,7 +225,7 @@ class PreparedCommit:
     def __init__(self, store: Store, groups: list[_Group], fence: Sequence[Compare],
                  guarded: dict[str, int], refused: set[str], revision: int,
                  claims: dict[str, _Claim], after: dict[str, _Claim],
-                 inflight: InflightAllocs | None) -> None:
+                 inflight: InflightAllocs | None, also: Sequence[Op] = ()) -> None:
         self._store = store
         self._groups = groups
         self._fence = list(fence)
@@ -232,6 +235,7 @@ class PreparedCommit:
         self._claims = claims
         self._after = after
         self._inflight = inflight
+        self._also = list(also)
         self._ran = False
         self.values: dict[str, bytes] = {
             op.key: op.value for g in groups if g.places and isinstance(op := g.ops[0], Put)}
@@ -291,10 +295,11 @@ class PreparedCommit:
             return CommitResult(revision=self._revision)
         committed: list[str] = []
         conflicts: list[str] = []
+        also = self._also
         limit = backend.max_txn_ops
-        room = (limit - len(fence)) if limit is not None else sum(
+        room = (limit - len(fence) - len(also)) if limit is not None else sum(
             _cost(g, guarded, set()) for g in groups)
-        revision = 0
+        revision = also_revision = 0
         task_revs: dict[str, int] = {}
         alloc_revs: dict[str, int] = {}
 
@@ -318,8 +323,13 @@ class PreparedCommit:
                 self._settle(settles[i])
                 continue
             compares, ops = _txn_parts(todo, guarded, ks)
-            res = backend.txn([*fence, *compares], ops)
+            # the caller's operations go with the last transaction of a commit that has
+            # met no conflict so far, and count only if it goes through whole
+            carries = bool(also) and i == len(chunks) - 1 and not conflicts
+            res = backend.txn([*fence, *compares], [*ops, *also] if carries else ops)
             if res.succeeded:
+                if carries:
+                    also_revision = res.revision
                 committed += [g.task_id for g in todo]
                 revision = res.revision
                 for g in todo:
@@ -341,7 +351,7 @@ class PreparedCommit:
                     continue
                 if fence and not backend.txn(list(fence), []).succeeded:
                     return CommitResult(tuple(committed), tuple(conflicts), True, revision,
-                                        task_revs, alloc_revs)
+                                        task_revs, alloc_revs, also_revision)
                 conflicts.append(g.task_id)
                 if not g.places and g.host:
                     refused.add(g.host)  # the room this stop would free is not there
@@ -351,12 +361,13 @@ class PreparedCommit:
                         refused.add(g.host)  # another writer placed on the host
             self._settle(settles[i])
         return CommitResult(tuple(committed), tuple(conflicts), False, revision, task_revs,
-                            alloc_revs)
+                            alloc_revs, also_revision)
 
 
 def prepare_commit(store: Store, snapshot: Snapshot, plan: Plan,
                    fence: Sequence[Compare] = (),
-                   inflight: InflightAllocs | None = None) -> PreparedCommit:
+                   inflight: InflightAllocs | None = None,
+                   also: Sequence[Op] = ()) -> PreparedCommit:
     """Build :func:`commit_plan`'s transactions from ``snapshot`` now, to send them later
     with :meth:`PreparedCommit.run` (which reads nothing of the snapshot).
 
@@ -366,6 +377,11 @@ def prepare_commit(store: Store, snapshot: Snapshot, plan: Plan,
     revisions this one leaves (see the module's docstring). Every prepared commit must
     be run (or cancelled), or later ones on its hosts wait for ever, and released
     (:meth:`PreparedCommit.release`) once its result is recorded in the snapshot.
+
+    ``also``: operations written in the commit's last transaction when every part of the
+    plan commits (the scheduler daemon's status record, which then costs no transaction
+    of its own); :attr:`CommitResult.also_revision` says whether they were. A plan with
+    nothing to write sends no transaction, so no ``also`` either.
     """
     backend, ks = store.backend, store.keys
     groups = _groups(snapshot, plan, ks)
@@ -395,7 +411,7 @@ def prepare_commit(store: Store, snapshot: Snapshot, plan: Plan,
             # host's groups together), so the rest is sent at once, beside that commit
             groups.sort(key=lambda g: g.host in after)
     return PreparedCommit(store, groups, fence, guarded, refused, snapshot.revision, claims,
-                          after, inflight)
+                          after, inflight, also)
 
 
 def commit_plan(store: Store, snapshot: Snapshot, plan: Plan,

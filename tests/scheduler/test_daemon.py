@@ -5,7 +5,7 @@ per-host guard of commit_plan it relies on."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from skedlib_reference import BinpackScheduler
@@ -16,7 +16,9 @@ from skedlib.keys import Keyspace
 from skedlib.locks import Lock
 from skedlib.models import Host, Resources, ServiceStatus, Task
 from skedlib.scheduler.daemon import SchedulerDaemon
+from skedlib.scheduler.status import same_status
 from skedlib.scheduling import commit_plan, read_snapshot
+from skedlib.store.base import Compare, Op, TxnResult
 from tests.scheduler.conftest import wait_for
 
 MANIFEST = """
@@ -135,6 +137,36 @@ def test_status_is_written_only_when_it_changes(client: Client) -> None:
     assert first is not None
     d.run_once(("default", "web"))
     assert client.backend.get(key) == first
+
+
+def test_a_run_writes_its_status_with_its_commit(client: Client) -> None:
+    """A run whose whole plan commits writes the service's status in the commit's
+    transaction: one transaction a run (the lock aside), and the status says what the
+    store holds."""
+    _host(client, "h1", memory=2000)
+    client.apply(parse_manifest(MANIFEST, "m.yml"))
+    d = SchedulerDaemon(client.store)
+    key = Keyspace().service_status("default", "web")
+    writes: list[list[str]] = []
+    txn = client.backend.txn
+
+    def recorded(compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+        res = txn(compares, ops)
+        if ops and res.succeeded and "/locks/" not in ops[0].key:
+            writes.append([op.key for op in ops])
+        return res
+    client.backend.txn = recorded  # type: ignore[method-assign]
+    out = d.run_once(("default", "web"))
+    assert len(out.placed) == 3
+    commits = [keys for keys in writes if any("/tasks/" in k for k in keys)]
+    assert len(commits) == 1 and commits[0][-1] == key
+    assert [keys for keys in writes if key in keys] == commits
+    st = _status(client, "web")
+    assert st is not None and (st.desired, st.placed, st.state) == (3, 3, "progressing")
+    assert same_status(d.last_status(("default", "web")), st)
+    writes.clear()
+    assert d.run_once(("default", "web")).placed == []
+    assert writes == []  # converged, the status unchanged: nothing written
 
 
 def test_an_uninstalled_scheduler_stops_only_its_service(client: Client) -> None:

@@ -18,6 +18,8 @@ from skedlib.scheduling import (
     read_snapshot,
     validate_plan,
 )
+from skedlib.scheduling.commit import prepare_commit
+from skedlib.store.base import Compare, Op, Put, TxnResult
 
 MANIFEST = """
 clusters: [{name: c, services: [web]}]
@@ -110,3 +112,47 @@ def test_commit_in_chunks_on_a_limited_backend() -> None:
         _setup(client, hosts=3, memory=10_000)
         assert _plan_and_commit(client) == (5, 0)
         assert len(client.tasks()) == 5
+
+
+class _Txns:
+    """The backend's transactions, in order: (compares, ops, succeeded)."""
+
+    def __init__(self, client: Client) -> None:
+        self.seen: list[tuple[list[str], list[str], bool]] = []
+        backend, txn = client.backend, client.backend.txn
+
+        def recorded(compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+            res = txn(compares, ops)
+            self.seen.append(([c.key for c in compares], [op.key for op in ops],
+                              res.succeeded))
+            return res
+        backend.txn = recorded  # type: ignore[method-assign]
+
+
+def test_also_goes_with_the_last_transaction_of_a_whole_commit() -> None:
+    """``also`` rides on the last chunk's transaction, only when every part of the plan
+    commits; its revision is reported, and a plan with a conflict leaves it unwritten."""
+    also = [Put("extra/status", b"whole")]
+    with Client.open("memory://?max_txn_ops=8") as client:
+        _setup(client, hosts=3, memory=10_000)
+        snap = read_snapshot(client.store)
+        plan = Binpack().plan(snap, snap.clusters["c"], snap.services["web"]).plan
+        txns = _Txns(client)
+        res = prepare_commit(client.store, snap, plan, also=also).run()
+        assert len(res.committed) == 5 and len(txns.seen) > 1  # several chunks
+        carried = [i for i, (_, keys, _) in enumerate(txns.seen) if "extra/status" in keys]
+        assert carried == [len(txns.seen) - 1]
+        kv = client.backend.get("extra/status")
+        assert kv is not None and kv.value == b"whole"
+        assert res.also_revision == kv.revision == res.revision
+    with Client.open("memory://") as client:
+        _setup(client, hosts=3, memory=10_000)
+        snap = read_snapshot(client.store)
+        plan = Binpack().plan(snap, snap.clusters["c"], snap.services["web"]).plan
+        client.backend.put(Keyspace().task(plan.place[2].id), encode(plan.place[2]))
+        txns = _Txns(client)
+        res = prepare_commit(client.store, snap, plan, also=also).run()
+        assert len(res.committed) == 4 and res.conflicts == (plan.place[2].id,)
+        assert res.also_revision == 0 and client.backend.get("extra/status") is None
+        # sent with the one transaction, which failed on the conflict: never written
+        assert [ok for _, keys, ok in txns.seen if "extra/status" in keys] == [False]
