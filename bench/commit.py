@@ -43,7 +43,9 @@ follows it.
 
 The process's garbage collector is set as ``skedlib-scheduler`` sets it
 (:func:`skedlib.scheduler.tune_gc`; ``gc_thresholds`` in the output) unless
-``--default-gc`` leaves Python's defaults.
+``--default-gc`` leaves Python's defaults. The daemon logs as ``skedlib-scheduler`` does
+by default (INFO, its one-line format), into a throwaway file: ``--log-level`` sets
+another level, and ``log`` in the output gives the level and the lines written.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import sqlite3
 import statistics
@@ -68,6 +71,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import scheduling as sched_bench  # noqa: E402
 
+from skedlib.cli.logs import make_formatter  # noqa: E402
 from skedlib.codecs import encode  # noqa: E402
 from skedlib.keys import Keyspace  # noqa: E402
 from skedlib.locks import Lock  # noqa: E402
@@ -429,12 +433,19 @@ def main() -> None:
     parser.add_argument("--backend", choices=["etcd", "sqlite"], default="etcd")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"),
+                        help="the daemon's log level (default INFO, as skedlib-scheduler "
+                             "logs), into a throwaway file")
     sched_bench.add_gc_option(parser)
     args = parser.parse_args()
     thresholds = sched_bench.set_gc(args)
     tasks = 2_000 if args.quick else 10_000
+    tmp = Path(tempfile.mkdtemp(prefix="skedbench-"))
+    log_path = tmp / "daemon.log"
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(make_formatter("text"))
+    logging.basicConfig(level=args.log_level, handlers=[handler])
     if args.backend == "sqlite":
-        tmp = Path(tempfile.mkdtemp(prefix="skedbench-"))
         raw_path = tmp / "raw.db"
         out = {"bench": "planned and committed to SQLite, beside raw sqlite3",
                **measure(f"sqlite://{tmp / 'bench.db'}",
@@ -457,6 +468,9 @@ def main() -> None:
                              tasks, args.repeat, members_cpu),
                    "targets": {"daemon_over_raw": 0.8, "daemon_placements_per_s": 5000}}
     out["gc_thresholds"] = thresholds
+    handler.close()
+    with open(log_path, "rb") as f:
+        out["log"] = {"level": args.log_level, "lines": sum(1 for _ in f)}
     json.dump(out, sys.stdout, indent=2)
     print()
 

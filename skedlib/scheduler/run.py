@@ -65,9 +65,21 @@ from skedlib.scheduling import (
 from skedlib.scheduling.commit import PreparedCommit, prepare_commit
 from skedlib.store.base import Delete, Op, Put
 
-__all__ = ["PairRunner", "RunOutcome"]
+__all__ = ["LOGGED_EACH", "PairRunner", "RunOutcome"]
 
 log = logging.getLogger("skedlib.scheduler")
+
+LOGGED_EACH = 10
+"""A run that places, moves or stops at most this many tasks logs a line for each at
+INFO; a larger one logs one INFO line with its counts and each task's line at DEBUG. A
+deploy of thousands of tasks is then not thousands of lines (formatting and writing
+them took a quarter of the daemon's throughput), and every placement is still in the
+task's events (``sked describe``)."""
+
+
+def _each_level(changed: int) -> int:
+    """The level of a run's line per task (:data:`LOGGED_EACH`)."""
+    return logging.INFO if changed <= LOGGED_EACH else logging.DEBUG
 
 
 class RunOutcome(msgspec.Struct, kw_only=True):
@@ -454,20 +466,27 @@ class PairRunner:
                     outcome: RunOutcome, why: dict[str, str]) -> None:
         placed = plan.by_id()
         record = self.events.record
+        level = _each_level(len(res.committed))
+        each = log.isEnabledFor(level)
+        moved = 0
         for tid in res.committed:
             task = placed.get(tid)
             if task is None:
                 outcome.stopped.append(tid)
-                log.info("stopped %s", tid)
+                if each:
+                    log.log(level, "stopped %s", tid)
                 record("task", tid, "stopping", "the scheduler stopped it")
                 continue
             outcome.placed.append(tid)
             old = snap.tasks.get(tid)
             if old is not None and old.host and old.host != task.host:
+                moved += 1
                 gone = old.host not in snap.hosts
                 reason = f"rejected: {old.reject_reason}" if old.rejected else \
                     "its host is gone" if gone else "moved"
-                log.info("placed %s on %s (was on %s: %s)", tid, task.host, old.host, reason)
+                if each:
+                    log.log(level, "placed %s on %s (was on %s: %s)", tid, task.host,
+                            old.host, reason)
                 if gone:
                     record("task", tid, "moved", f"host {old.host} is gone",
                            host=task.host, was=old.host)
@@ -476,9 +495,13 @@ class PairRunner:
                 record("task", tid, "placed", f"on {task.host} (was on {old.host}: {reason}); "
                        f"{why.get(tid, '')}".rstrip("; "), host=task.host)
             else:
-                log.info("placed %s on %s", tid, task.host)
+                if each:
+                    log.log(level, "placed %s on %s", tid, task.host)
                 record("task", tid, "placed", f"on {task.host}; {why.get(tid, '')}"
                        .rstrip("; "), host=task.host)
+        if level != logging.INFO:
+            log.info("%s: placed %d task(s) (%d of them moved), stopped %d; each at DEBUG",
+                     label(pair), len(outcome.placed), moved, len(outcome.stopped))
         if outcome.placed:
             record("service", pair[1], "placed", f"{len(outcome.placed)} task(s) in cluster "
                    f"{pair[0]}: {', '.join(outcome.placed[:5])}"
@@ -544,8 +567,13 @@ class PairRunner:
         plan = Plan(stop=[t.id for t in tasks])
         res = commit_plan(self.store, snap, plan, fence=[lock.fence()])
         self.cache.record(plan, res)
-        for tid in res.committed:
-            log.info("stopped %s (%s is no longer wanted)", tid, label(pair))
+        level = _each_level(len(res.committed))
+        if log.isEnabledFor(level):
+            for tid in res.committed:
+                log.log(level, "stopped %s (%s is no longer wanted)", tid, label(pair))
+        if level != logging.INFO:
+            log.info("%s: stopped %d task(s): no longer wanted; each at DEBUG", label(pair),
+                     len(res.committed))
         outcome.stopped = list(res.committed)
         outcome.conflicts = list(res.conflicts)
         if res.conflicts or res.fenced_out:

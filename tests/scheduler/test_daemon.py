@@ -4,6 +4,7 @@ per-host guard of commit_plan it relies on."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator, Sequence
 
@@ -16,6 +17,7 @@ from skedlib.keys import Keyspace
 from skedlib.locks import Lock
 from skedlib.models import Host, Resources, ServiceStatus, Task
 from skedlib.scheduler.daemon import SchedulerDaemon
+from skedlib.scheduler.run import LOGGED_EACH
 from skedlib.scheduler.status import same_status
 from skedlib.scheduling import commit_plan, read_snapshot
 from skedlib.store.base import Compare, Op, TxnResult
@@ -167,6 +169,34 @@ def test_a_run_writes_its_status_with_its_commit(client: Client) -> None:
     writes.clear()
     assert d.run_once(("default", "web")).placed == []
     assert writes == []  # converged, the status unchanged: nothing written
+
+
+def test_a_large_run_logs_one_line_and_each_task_at_debug(
+        client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    """Up to LOGGED_EACH tasks a run logs a line per task at INFO; beyond, one INFO line
+    with the counts, and the lines per task at DEBUG only."""
+    for name in ("h1", "h2"):  # room for 20 tasks (CPU)
+        _host(client, name, memory=100_000)
+    client.apply(parse_manifest(MANIFEST.replace("desired: 3", f"desired: {LOGGED_EACH + 5}"),
+                                "m.yml"))
+    d = SchedulerDaemon(client.store)
+    with caplog.at_level(logging.INFO, logger="skedlib.scheduler"):
+        assert len(d.run_once(("default", "db")).placed) == 1
+        assert len(d.run_once(("default", "web")).placed) == LOGGED_EACH + 5
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any(m.startswith("placed default-db-1-0 on h") for m in info)
+    assert not any(m.startswith("placed default-web-") for m in info)
+    assert f"web: placed {LOGGED_EACH + 5} task(s) (0 of them moved), stopped 0; " \
+        "each at DEBUG" in info
+    caplog.clear()
+    client.apply(parse_manifest(MANIFEST.replace("desired: 3", "desired: 1"), "m.yml"))
+    with caplog.at_level(logging.DEBUG, logger="skedlib.scheduler"):
+        assert len(d.run_once(("default", "web")).stopped) == LOGGED_EACH + 4
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    stops = [level for level, m in lines if m.startswith("stopped default-web-")]
+    assert stops == [logging.DEBUG] * (LOGGED_EACH + 4)
+    assert (logging.INFO, f"web: placed 0 task(s) (0 of them moved), stopped "
+                          f"{LOGGED_EACH + 4}; each at DEBUG") in lines
 
 
 def test_an_uninstalled_scheduler_stops_only_its_service(client: Client) -> None:
