@@ -19,8 +19,9 @@ from skedlib.models import Host, Resources, ServiceStatus, Task
 from skedlib.scheduler.daemon import SchedulerDaemon
 from skedlib.scheduler.run import LOGGED_EACH
 from skedlib.scheduler.status import same_status
-from skedlib.scheduling import commit_plan, read_snapshot
-from skedlib.store.base import Compare, Op, TxnResult
+from skedlib.scheduling import CommitResult, commit_plan, read_snapshot
+from skedlib.scheduling.commit import PreparedCommit
+from skedlib.store.base import Compare, Op, Put, TxnResult
 from tests.scheduler.conftest import wait_for
 
 MANIFEST = """
@@ -169,6 +170,44 @@ def test_a_run_writes_its_status_with_its_commit(client: Client) -> None:
     writes.clear()
     assert d.run_once(("default", "web")).placed == []
     assert writes == []  # converged, the status unchanged: nothing written
+
+
+@pytest.mark.parametrize("max_ops", [None, 8])
+def test_a_run_whose_commit_conflicts_writes_its_status_on_its_own(
+        max_ops: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status sent with a commit counts only if the whole plan commits: after a
+    conflict the run writes the status of what did commit, in a transaction of its own
+    (also when the commit is several transactions and a later one goes through)."""
+    with Client.open(f"memory://{uuid.uuid4().hex}"
+                     + (f"?max_txn_ops={max_ops}" if max_ops else "")) as client:
+        _host(client, "h1", memory=2000)
+        client.apply(parse_manifest(MANIFEST, "m.yml"))
+        d = SchedulerDaemon(client.store)
+        snap = read_snapshot(client.store)
+        rival = Task(cluster=snap.clusters["default"], task_definition=snap.task_definitions[
+            ("app", 1)], service="web", instance=1, host="h1")
+        run = PreparedCommit.run
+
+        def raced(self: PreparedCommit) -> CommitResult:
+            client.backend.put(Keyspace().task(rival.id), encode(rival))  # written first
+            return run(self)
+        monkeypatch.setattr(PreparedCommit, "run", raced)
+        key = Keyspace().service_status("default", "web")
+        written: list[tuple[int, list[str]]] = []  # (placed, the transaction's keys)
+        txn = client.backend.txn
+
+        def recorded(compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+            res = txn(compares, ops)
+            if res.succeeded:
+                written.extend((decode(op.value, ServiceStatus).placed, [o.key for o in ops])
+                               for op in ops if op.key == key and isinstance(op, Put))
+            return res
+        monkeypatch.setattr(client.backend, "txn", recorded)
+        out = d.run_once(("default", "web"))
+        assert out.conflicts == [rival.id] and len(out.placed) == 2
+        assert written == [(2, [key])]  # never the status of a whole commit; on its own
+        st = _status(client, "web")
+        assert st is not None and (st.desired, st.placed, st.state) == (3, 2, "progressing")
 
 
 def test_a_large_run_logs_one_line_and_each_task_at_debug(
