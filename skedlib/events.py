@@ -25,13 +25,18 @@ a record it does not know is compared as absent. Only the records of a transacti
 compares failed (somebody else wrote them since, or their lease ended) are read, together,
 and merged in the next round, so a record another recorder changed is never overwritten.
 Events are best effort: a write that keeps failing (the store is away) is dropped with a
-debug line in the log, and the operation that recorded it never waits for it.
+debug line in the log, and the operation that recorded it never waits for it. Nor does
+the process's work wait for its events: in a burst (a deploy of thousands of tasks) the
+writer spends at most :data:`WRITER_SHARE` of its time writing, and the queue keeps the
+newest events. Dropped events are counted (:attr:`EventLog.dropped`, and the
+``skedlib_events_dropped_total`` metric).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import operator
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -41,6 +46,7 @@ import msgspec
 
 from skedlib.errors import InvalidName, LeaseExpired, SkedError
 from skedlib.keys import KeyTable, KeyTemplate, Name, Segment
+from skedlib.metrics import METRICS
 from skedlib.runtime.store import Store
 from skedlib.runtime.writer import pack, room_for
 from skedlib.store.base import Backend, Compare, Put
@@ -51,6 +57,7 @@ __all__ = [
     "MAX_EVENTS",
     "OBJECT_KINDS",
     "QUEUE_LIMIT",
+    "WRITER_SHARE",
     "Event",
     "EventHistory",
     "EventKey",
@@ -74,6 +81,13 @@ QUEUE_LIMIT = 1000
 """Events an :class:`EventLog` holds in memory before it drops the oldest."""
 FLUSH_INTERVAL = 0.2
 """Seconds the writer waits for more events before it writes a batch."""
+WRITER_SHARE = 0.1
+"""The most of its time a writer spends writing while events keep coming: after a batch
+that took ``t`` seconds it waits ``t * (1 / WRITER_SHARE - 1)`` (at least
+:data:`FLUSH_INTERVAL`) before the next, so a burst of events (a deploy of thousands of
+tasks) takes a tenth of the process, not a share equal to its busiest thread's, and the
+queue drops its oldest meanwhile. :meth:`EventLog.flush` and :meth:`EventLog.close` do
+not wait for it."""
 _ATTEMPTS = 5
 """Rounds of compare-and-swap for one batch before its rest is dropped."""
 KNOWN_RECORDS = 4096
@@ -153,9 +167,14 @@ _Queued = tuple[str, str, str, str, float, dict[str, str]]
 details."""
 
 
+_by_time = operator.attrgetter("time")
+
+
 def _fresh(events: Iterable[Event], now: float, ttl: float) -> list[Event]:
     """``events`` younger than ``ttl``, oldest first, the last :data:`MAX_EVENTS`."""
-    kept = sorted((e for e in events if now - e.time < ttl), key=lambda e: e.time)
+    kept = [e for e in events if now - e.time < ttl]
+    if len(kept) > 1:  # (a new object's record: one event, nothing to sort)
+        kept.sort(key=_by_time)
     return kept[-MAX_EVENTS:]
 
 
@@ -196,10 +215,16 @@ class EventLog:
         self.ttl = ttl
         self.enabled = enabled
         self.dropped = 0
-        """Events dropped (the queue was full, or their write kept failing)."""
+        """Events dropped (the queue was full, or their write kept failing); counted
+        into the ``skedlib_events_dropped_total`` metric by the writer, after each
+        batch."""
+        self._counted = 0
+        """How many of :attr:`dropped` the metric has (writer thread only)."""
         self._queue: collections.deque[_Queued] = collections.deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._hurry = threading.Event()
+        """Set by :meth:`flush`: somebody waits for the queue (no rest between batches)."""
         self._closed = False
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition(self._lock)
@@ -244,6 +269,7 @@ class EventLog:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until what was queued so far is written (or dropped); False on timeout."""
         deadline = time.monotonic() + timeout
+        self._hurry.set()
         self._wake.set()
         with self._idle:
             while self._queue or self._writing:
@@ -251,6 +277,7 @@ class EventLog:
                 if left <= 0 or self._thread is None:
                     return not (self._queue or self._writing)
                 self._idle.wait(min(left, 0.1))
+                self._hurry.set()
                 self._wake.set()
         return True
 
@@ -259,30 +286,42 @@ class EventLog:
         self.flush(timeout)
         with self._lock:
             self._closed = True
+        self._hurry.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
     # -- the writer thread ------------------------------------------------------------
     def _run(self) -> None:
+        resume = 0.0  # the next batch is written no sooner (monotonic; WRITER_SHARE)
         while True:
             self._wake.wait()
-            time.sleep(FLUSH_INTERVAL)  # let a burst gather into one batch
+            # let a burst gather into one batch, and after a long batch rest for longer,
+            # unless somebody waits for the queue
+            self._hurry.wait(max(FLUSH_INTERVAL, resume - time.monotonic()))
             with self._lock:
                 self._wake.clear()
+                self._hurry.clear()
                 batch = list(self._queue)
                 self._queue.clear()
                 self._writing = bool(batch)
                 closed = self._closed
             if batch:
+                started = time.monotonic()
                 try:
                     self._write(batch)
                 except Exception as exc:  # best effort: never take the emitter down
                     self.dropped += len(batch)
                     log.debug("events not recorded: %s", exc)
+                ended = time.monotonic()
+                resume = ended + (ended - started) * (1 / WRITER_SHARE - 1)
                 with self._idle:
                     self._writing = False
                     self._idle.notify_all()
+            dropped = self.dropped
+            if dropped != self._counted:
+                METRICS.events_dropped.inc(dropped - self._counted)
+                self._counted = dropped
             if closed:
                 return
 

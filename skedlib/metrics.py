@@ -158,6 +158,10 @@ class Metrics:
         self.job_seconds = Histogram("skedlib_jobs_duration_seconds",
                                      "How long a job ran, by how it ended", ["status"],
                                      buckets=_JOB_BUCKETS, registry=r)
+        # events (every process that records them)
+        self.events_dropped = Counter("skedlib_events_dropped",
+                                      "Events dropped unwritten: the queue was full (a "
+                                      "burst), or their write kept failing", registry=r)
         self._sources = _Sources()
         r.register(self._sources)
 

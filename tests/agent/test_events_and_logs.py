@@ -12,19 +12,23 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from skedlib import events
 from skedlib.agent.logs import LogEndpoint, LogEndpointKeyspace
 from skedlib.cli.main import main
 from skedlib.events import MAX_EVENTS, Event, EventLog, read_events
+from skedlib.metrics import METRICS
 from skedlib.models import Container
 from skedlib.runtime import Store
+from skedlib.store.base import Backend, Compare, Op, TxnResult
 from tests.agent.conftest import PY, AgentEnv, make_task, wait_for
 from tests.harness.cli import sked_script
+from tests.harness.common import DelegatingBackend
 
 SCHEDULER = shutil.which("skedlib-scheduler", path=str(Path(sys.executable).parent))
 
@@ -232,3 +236,47 @@ def test_a_failing_task_records_its_exit_and_restart(env: AgentEnv) -> None:
     again = next(e for e in events if e.reason == "restarted")
     assert again.details["attempt"] == "2" and "code 3" in again.message
     assert all(e.source == f"agent {env.host}" for e in events)
+
+
+class _SlowStore(DelegatingBackend):
+    """SQLite whose transactions take ``delay`` seconds more (a store under load)."""
+
+    def __init__(self, inner: Backend, delay: float) -> None:
+        super().__init__(inner)
+        self.delay = delay
+        self.txns = 0
+
+    def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+        self.txns += 1  # counted as it starts
+        time.sleep(self.delay)
+        return super().txn(compares, ops)
+
+
+def test_after_a_long_batch_the_writer_rests_and_the_queue_keeps_the_newest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a batch that took 0.5 s at a share of a tenth: the next one waits 4.5 s
+    monkeypatch.setattr(events, "WRITER_SHARE", 0.1)
+    monkeypatch.setattr(events, "QUEUE_LIMIT", 5)
+    def dropped_metric() -> float:
+        return METRICS.registry.get_sample_value("skedlib_events_dropped_total") or 0.0
+
+    dropped_before = dropped_metric()
+    with Store.open(f"sqlite://{tmp_path}/events.db") as store:
+        slow = _SlowStore(store.backend, 0.5)
+        log = EventLog(Store(slow, store.keys), "test")
+        log.record("task", "default-web-1-0", "placed")
+        wait_for(lambda: read_events(store, "task", "default-web-1-0"), 10, "the first")
+        first = time.monotonic()
+        written = slow.txns
+        for i in range(8):  # more than the queue holds, while the writer rests
+            log.record("task", f"default-web-1-{i + 1}", "placed", f"number {i + 1}")
+        time.sleep(0.5)  # well inside the rest: nothing more is written
+        assert slow.txns == written
+        assert log.dropped == 3
+        # somebody waiting for the queue does not wait for the rest
+        assert log.flush(10)
+        assert time.monotonic() - first < 3.0
+        names = [f"default-web-1-{i}" for i in range(1, 9)]
+        assert [n for n in names if read_events(store, "task", n)] == names[3:]
+        log.close()
+    assert dropped_metric() - dropped_before == 3
