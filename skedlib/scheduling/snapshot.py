@@ -8,6 +8,7 @@ have placed), not from the agents' reports, which lag behind.
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Container, Iterable, Mapping
 from typing import TypeVar
@@ -45,6 +46,8 @@ from skedlib.store.base import KeyValue
 
 __all__ = ["HostState", "ShareIndex", "Snapshot", "demand_of", "host_share", "is_task_healthy",
            "least_loaded", "load_key", "read_snapshot", "value_of"]
+
+_by_instance = operator.attrgetter("instance")
 
 _T = TypeVar("_T")
 
@@ -424,7 +427,9 @@ class Snapshot:
         self._last_charge: tuple[object, Resources, list[int]] = (None, Resources(), [])
         self.tasks: dict[str, Task] = {}
         self.task_revisions: dict[str, int] = {}
-        self._by_service: dict[tuple[str, str], list[Task]] = defaultdict(list)
+        self._by_service: dict[tuple[str, str], dict[str, Task]] = defaultdict(dict)
+        """(cluster, service) → its tasks by id (a dict, not a list: an agent's rewrite
+        of one task record replaces it without a walk over the service's tasks)."""
         self._by_host: dict[str, dict[str, None]] = defaultdict(dict)
         """Host → the ids of the tasks issued to it (a dict of strings as a set: the
         garbage collector does not follow such a dict, and spread files a task on
@@ -469,7 +474,7 @@ class Snapshot:
         (None: no live host, or rejected)."""
         self.tasks[task_id] = task
         self.task_revisions[task_id] = revision
-        self._by_service[(task.cluster.name, task.service)].append(task)
+        self._by_service[(task.cluster.name, task.service)][task_id] = task
         if task.host:
             self._by_host[task.host][task_id] = None
         state = self.hosts.get(task.host)
@@ -490,8 +495,9 @@ class Snapshot:
             return
         self.task_revisions.pop(task_id, None)
         key = (old.cluster.name, old.service)
-        self._by_service[key].remove(old)
-        if not self._by_service[key]:
+        of_service = self._by_service[key]
+        del of_service[task_id]
+        if not of_service:
             del self._by_service[key]
         on_host = self._by_host.get(old.host)
         if on_host is not None:
@@ -581,7 +587,8 @@ class Snapshot:
 
     def service_tasks(self, cluster: str, service: str) -> list[Task]:
         """Issued tasks of one service in one cluster, by instance."""
-        return sorted(self._by_service.get((cluster, service), []), key=lambda t: t.instance)
+        return sorted(self._by_service.get((cluster, service), {}).values(),
+                      key=_by_instance)
 
     def cluster_hosts(self, cluster: Cluster) -> list[HostState]:
         """Copies of the live hosts the cluster may use (its ``hosts`` filter, else every

@@ -42,3 +42,25 @@ def test_a_task_the_snapshot_does_not_hold_is_not_healthy() -> None:
     snap = Snapshot(1, hosts=HOSTS, health=[TaskHealth(task_id=TASK.id, host="h1",
                                                        healthy=True)])
     assert not snap.is_healthy(TASK.id)
+
+
+def test_a_service_keeps_its_tasks_by_instance_through_rewrites_and_removals() -> None:
+    tasks = [msgspec.structs.replace(TASK, instance=i, host=f"h{1 + i % 2}")
+             for i in (3, 0, 2, 1)]
+    other = msgspec.structs.replace(TASK, service="t", instance=0)
+    snap = Snapshot(1, hosts=HOSTS, tasks=[(t, 1) for t in [*tasks, other]])
+    assert [t.instance for t in snap.service_tasks("c", "s")] == [0, 1, 2, 3]
+    # an agent's rewrite of one record: the new record in the same place, once
+    rewritten = msgspec.structs.replace(tasks[2], scheduled=True)
+    snap.put_task(rewritten, 2)
+    assert snap.service_tasks("c", "s")[2] is rewritten
+    assert [t.instance for t in snap.service_tasks("c", "s")] == [0, 1, 2, 3]
+    # removing one leaves the others, and the other service, as they were
+    snap.remove_task(tasks[1].id)
+    assert [t.instance for t in snap.service_tasks("c", "s")] == [1, 2, 3]
+    assert snap.service_tasks("c", "t") == [other]
+    for t in (tasks[3], rewritten, tasks[0]):
+        snap.remove_task(t.id)
+    assert snap.service_tasks("c", "s") == []
+    assert snap.service_tasks("c", "t") == [other]
+    assert [t.id for t in snap.tasks_on("h1")] == [other.id]

@@ -1,0 +1,86 @@
+"""How the cost of a task record's rewrite in the scheduler's snapshot grows with its
+service, printed as JSON.
+
+    python bench/cache.py [--sizes 1000,10000,100000] [--sample 2000] [--seed 3]
+
+An agent rewrites a task's record when it starts it (and again on a rejection, a
+capacity backoff …), and the scheduler daemon's snapshot cache applies every such
+write it watches: the task is filed again under its host and its service
+(``Snapshot.put_task``, what ``SnapshotCache.apply`` does for a task key). For each size,
+one service of that many tasks is placed with binpack (``bench/scheduling.py``'s
+workload, on 5,000 hosts, 10,000 for 100,000 tasks) and ``--sample`` of its tasks, picked
+at random, are rewritten once each (``scheduled`` set, as an agent's first write of a
+started task does). Prints the microseconds per rewrite for each size (``us_per_rewrite``,
+the median of 5 rounds over the sample) and ``growth``: the last size's cost over the
+first's, which stays near 1 when a rewrite does not depend on how many tasks the service
+has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import scheduling as sched_bench  # noqa: E402
+
+from skedlib.plugins import get_registry  # noqa: E402
+from skedlib.scheduler import tune_gc  # noqa: E402
+
+
+def measure(tasks: int, sample: int, seed: int) -> dict[str, float | int]:
+    """Place one service of ``tasks`` tasks, then time the rewrite of ``sample``."""
+    hosts = 10_000 if tasks > 50_000 else 5_000
+    snap = sched_bench.workload(seed, hosts, tasks, 1, correlated=True)
+    cluster = snap.clusters["bench"]
+    service = snap.services[next(iter(cluster.services))]
+    result = get_registry().scheduler_factory("binpack")().plan(snap, cluster, service)
+    snap.apply(result.plan.place, result.plan.stop)
+    ids = random.Random(seed).sample(sorted(snap.tasks), min(sample, len(snap.tasks)))
+    rounds = []
+    for revision in range(2, 7):
+        rewritten = [(tid, msgspec.structs.replace(snap.tasks[tid], scheduled=True))
+                     for tid in ids]
+        t0 = time.perf_counter()
+        for tid, task in rewritten:
+            snap.put_task(task, revision, tid)
+        rounds.append((time.perf_counter() - t0) / len(ids))
+    return {"tasks": tasks, "placed": len(result.plan.place), "hosts": hosts,
+            "rewrites": len(ids), "us_per_rewrite": round(statistics.median(rounds) * 1e6, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="1000,10000,100000",
+                        help="comma-separated tasks in the service (default 1000,10000,100000)")
+    parser.add_argument("--sample", type=int, default=2_000,
+                        help="tasks rewritten per round (default 2000)")
+    parser.add_argument("--seed", type=int, default=3)
+    args = parser.parse_args()
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes: expected comma-separated integers, got {args.sizes!r}")
+    if not sizes or min(sizes) < 1 or args.sample < 1:
+        parser.error("--sizes and --sample must be at least 1")
+    tune_gc()  # as skedlib-scheduler sets its collector
+    runs = [measure(n, args.sample, args.seed) for n in sizes]
+    out = {"bench": "a task record's rewrite in the snapshot, by the size of its service",
+           "sizes": runs,
+           "growth": round(runs[-1]["us_per_rewrite"] / runs[0]["us_per_rewrite"], 2)}
+    json.dump(out, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
