@@ -55,6 +55,7 @@ __all__ = [
     "EVENT_TTL",
     "KNOWN_RECORDS",
     "MAX_EVENTS",
+    "MAX_REST",
     "OBJECT_KINDS",
     "QUEUE_LIMIT",
     "WRITER_SHARE",
@@ -87,7 +88,11 @@ that took ``t`` seconds it waits ``t * (1 / WRITER_SHARE - 1)`` (at least
 :data:`FLUSH_INTERVAL`) before the next, so a burst of events (a deploy of thousands of
 tasks) takes a tenth of the process, not a share equal to its busiest thread's, and the
 queue drops its oldest meanwhile. :meth:`EventLog.flush` and :meth:`EventLog.close` do
-not wait for it."""
+not wait for it, and it is never longer than :data:`MAX_REST`."""
+MAX_REST = 5.0
+"""The longest rest after a batch, in seconds: a batch that took long because the store
+was slow or away (its calls waiting for their timeouts) does not hold the next one back
+for minutes."""
 _ATTEMPTS = 5
 """Rounds of compare-and-swap for one batch before its rest is dropped."""
 KNOWN_RECORDS = 4096
@@ -314,7 +319,7 @@ class EventLog:
                     self.dropped += len(batch)
                     log.debug("events not recorded: %s", exc)
                 ended = time.monotonic()
-                resume = ended + (ended - started) * (1 / WRITER_SHARE - 1)
+                resume = ended + min(MAX_REST, (ended - started) * (1 / WRITER_SHARE - 1))
                 with self._idle:
                     self._writing = False
                     self._idle.notify_all()

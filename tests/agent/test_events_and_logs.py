@@ -280,3 +280,21 @@ def test_after_a_long_batch_the_writer_rests_and_the_queue_keeps_the_newest(
         assert [n for n in names if read_events(store, "task", n)] == names[3:]
         log.close()
     assert dropped_metric() - dropped_before == 3
+
+
+def test_the_rest_after_a_slow_batch_is_bounded(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # a batch of 0.5 s at a share of a tenth would rest 4.5 s: MAX_REST cuts it to 1 s
+    monkeypatch.setattr(events, "WRITER_SHARE", 0.1)
+    monkeypatch.setattr(events, "MAX_REST", 1.0)
+    with Store.open(f"sqlite://{tmp_path}/events.db") as store:
+        slow = _SlowStore(store.backend, 0.5)
+        log = EventLog(Store(slow, store.keys), "test")
+        log.record("task", "default-web-1-0", "placed")
+        wait_for(lambda: read_events(store, "task", "default-web-1-0"), 10, "the first")
+        first = time.monotonic()
+        log.record("task", "default-web-1-1", "placed")
+        # written without a flush, once the bounded rest is over
+        wait_for(lambda: read_events(store, "task", "default-web-1-1"), 10, "the second")
+        assert time.monotonic() - first < 3.5
+        log.close()
