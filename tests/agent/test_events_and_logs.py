@@ -3,6 +3,7 @@ on SQLite, read back with ``sked describe`` and ``sked logs``."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -252,21 +253,31 @@ class _SlowStore(DelegatingBackend):
         return super().txn(compares, ops)
 
 
-def test_after_a_long_batch_the_writer_rests_and_the_queue_keeps_the_newest(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # a batch that took 0.5 s at a share of a tenth: the next one waits 4.5 s
-    monkeypatch.setattr(events, "WRITER_SHARE", 0.1)
-    monkeypatch.setattr(events, "QUEUE_LIMIT", 5)
-    def dropped_metric() -> float:
-        return METRICS.registry.get_sample_value("skedlib_events_dropped_total") or 0.0
-
-    dropped_before = dropped_metric()
+@contextlib.contextmanager
+def _slow_log(tmp_path: Path) -> Iterator[tuple[Store, _SlowStore, EventLog, float]]:
+    """An event log on a store whose transactions take 0.5 s more, once its first event
+    is written: the store, the slow backend, the log and when the first was seen
+    written (patch the writer's constants before)."""
     with Store.open(f"sqlite://{tmp_path}/events.db") as store:
         slow = _SlowStore(store.backend, 0.5)
         log = EventLog(Store(slow, store.keys), "test")
         log.record("task", "default-web-1-0", "placed")
         wait_for(lambda: read_events(store, "task", "default-web-1-0"), 10, "the first")
-        first = time.monotonic()
+        yield store, slow, log, time.monotonic()
+        log.close()
+
+
+def _dropped_metric() -> float:
+    return METRICS.registry.get_sample_value("skedlib_events_dropped_total") or 0.0
+
+
+def test_after_a_long_batch_the_writer_rests_and_the_queue_keeps_the_newest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a batch that took 0.5 s at a share of a tenth: the next one waits 4.5 s
+    monkeypatch.setattr(events, "WRITER_SHARE", 0.1)
+    monkeypatch.setattr(events, "QUEUE_LIMIT", 5)
+    dropped_before = _dropped_metric()
+    with _slow_log(tmp_path) as (store, slow, log, first):
         written = slow.txns
         for i in range(8):  # more than the queue holds, while the writer rests
             log.record("task", f"default-web-1-{i + 1}", "placed", f"number {i + 1}")
@@ -278,23 +289,15 @@ def test_after_a_long_batch_the_writer_rests_and_the_queue_keeps_the_newest(
         assert time.monotonic() - first < 3.0
         names = [f"default-web-1-{i}" for i in range(1, 9)]
         assert [n for n in names if read_events(store, "task", n)] == names[3:]
-        log.close()
-    assert dropped_metric() - dropped_before == 3
+    assert _dropped_metric() - dropped_before == 3
 
 
 def test_the_rest_after_a_slow_batch_is_bounded(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    # a batch of 0.5 s at a share of a tenth would rest 4.5 s: MAX_REST cuts it to 1 s
     monkeypatch.setattr(events, "WRITER_SHARE", 0.1)
-    monkeypatch.setattr(events, "MAX_REST", 1.0)
-    with Store.open(f"sqlite://{tmp_path}/events.db") as store:
-        slow = _SlowStore(store.backend, 0.5)
-        log = EventLog(Store(slow, store.keys), "test")
-        log.record("task", "default-web-1-0", "placed")
-        wait_for(lambda: read_events(store, "task", "default-web-1-0"), 10, "the first")
-        first = time.monotonic()
+    monkeypatch.setattr(events, "MAX_REST", 1.0)  # instead of the 4.5 s the share asks
+    with _slow_log(tmp_path) as (store, _, log, first):
         log.record("task", "default-web-1-1", "placed")
         # written without a flush, once the bounded rest is over
         wait_for(lambda: read_events(store, "task", "default-web-1-1"), 10, "the second")
         assert time.monotonic() - first < 3.5
-        log.close()
