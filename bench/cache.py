@@ -3,17 +3,17 @@ service, printed as JSON.
 
     python bench/cache.py [--sizes 1000,10000,100000] [--sample 2000] [--seed 3]
 
-An agent rewrites a task's record when it starts it (and again on a rejection, a
-capacity backoff …), and the scheduler daemon's snapshot cache applies every such
-write it watches: the task is filed again under its host and its service
-(``Snapshot.put_task``, what ``SnapshotCache.apply`` does for a task key). For each size,
-one service of that many tasks is placed with binpack (``bench/scheduling.py``'s
-workload, on 5,000 hosts, 10,000 for 100,000 tasks) and ``--sample`` of its tasks, picked
-at random, are rewritten once each (``scheduled`` set, as an agent's first write of a
-started task does). Prints the microseconds per rewrite for each size (``us_per_rewrite``,
-the median of 5 rounds over the sample) and ``growth``: the last size's cost over the
-first's, which stays near 1 when a rewrite does not depend on how many tasks the service
-has.
+An agent rewrites a task's record when it provides the task's port, rejects it or claims
+it again after a partition, and the scheduler daemon's snapshot cache applies every
+such write it watches: the old record is taken out and the new one filed under its host
+and its service (``Snapshot.put_task``, what ``SnapshotCache.apply`` does for a task
+key). For each size, one service of that many tasks is placed with binpack
+(``bench/scheduling.py``'s workload and ``plan_all``, on 5,000 hosts, 10,000 above
+50,000 tasks) and ``--sample`` of its tasks, picked at random, are replaced once each by
+a copy of their record (``scheduled`` set). Prints the microseconds per rewrite for each
+size (``us_per_rewrite``, the median of 5 rounds over the sample) and ``growth``: the
+last size's cost over the first's, which stays near 1 when a rewrite does not depend on
+how many tasks the service has.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import scheduling as sched_bench  # noqa: E402
 
-from skedlib.plugins import get_registry  # noqa: E402
 from skedlib.scheduler import tune_gc  # noqa: E402
 
 
@@ -42,10 +41,7 @@ def measure(tasks: int, sample: int, seed: int) -> dict[str, float | int]:
     """Place one service of ``tasks`` tasks, then time the rewrite of ``sample``."""
     hosts = 10_000 if tasks > 50_000 else 5_000
     snap = sched_bench.workload(seed, hosts, tasks, 1, correlated=True)
-    cluster = snap.clusters["bench"]
-    service = snap.services[next(iter(cluster.services))]
-    result = get_registry().scheduler_factory("binpack")().plan(snap, cluster, service)
-    snap.apply(result.plan.place, result.plan.stop)
+    placed, _, _ = sched_bench.plan_all(snap, "binpack")
     ids = random.Random(seed).sample(sorted(snap.tasks), min(sample, len(snap.tasks)))
     rounds = []
     for revision in range(2, 7):
@@ -55,7 +51,7 @@ def measure(tasks: int, sample: int, seed: int) -> dict[str, float | int]:
         for tid, task in rewritten:
             snap.put_task(task, revision, tid)
         rounds.append((time.perf_counter() - t0) / len(ids))
-    return {"tasks": tasks, "placed": len(result.plan.place), "hosts": hosts,
+    return {"tasks": tasks, "placed": placed, "hosts": hosts,
             "rewrites": len(ids), "us_per_rewrite": round(statistics.median(rounds) * 1e6, 2)}
 
 
