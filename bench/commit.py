@@ -43,7 +43,10 @@ follows it.
 
 The process's garbage collector is set as ``skedlib-scheduler`` sets it
 (:func:`skedlib.scheduler.tune_gc`; ``gc_thresholds`` in the output) unless
-``--default-gc`` leaves Python's defaults. The daemon logs as ``skedlib-scheduler`` does
+``--default-gc`` leaves Python's defaults; so is its thread switch interval
+(:func:`skedlib.scheduler.tune_switch_interval`; ``switch_interval`` in the output)
+unless ``--default-switch-interval``. The raw replay runs in the same process with the
+same settings. The daemon logs as ``skedlib-scheduler`` does
 by default (INFO, its one-line format), into a throwaway file: ``--log-level`` sets
 another level, and ``log`` in the output gives the level and the lines written.
 """
@@ -78,7 +81,7 @@ from skedlib.locks import Lock  # noqa: E402
 from skedlib.models import Host  # noqa: E402
 from skedlib.plugins import get_registry, open_backend  # noqa: E402
 from skedlib.runtime import Group, Store, write_groups  # noqa: E402
-from skedlib.scheduler.daemon import SchedulerDaemon  # noqa: E402
+from skedlib.scheduler.daemon import SchedulerDaemon, tune_switch_interval  # noqa: E402
 from skedlib.scheduling import SnapshotCache, commit_plan  # noqa: E402
 from skedlib.store.base import Backend, Compare, Op, Put, TxnResult  # noqa: E402
 
@@ -437,8 +440,14 @@ def main() -> None:
                         help="the daemon's log level (default INFO, as skedlib-scheduler "
                              "logs), into a throwaway file")
     sched_bench.add_gc_option(parser)
+    parser.add_argument("--default-switch-interval", action="store_true",
+                        help="leave Python's thread switch interval (5 ms) as it is "
+                             "(skedlib-scheduler sets its own: "
+                             "skedlib.scheduler.tune_switch_interval)")
     args = parser.parse_args()
     thresholds = sched_bench.set_gc(args)
+    if not args.default_switch_interval:
+        tune_switch_interval()
     tasks = 2_000 if args.quick else 10_000
     tmp = Path(tempfile.mkdtemp(prefix="skedbench-"))
     log_path = tmp / "daemon.log"
@@ -468,6 +477,7 @@ def main() -> None:
                              tasks, args.repeat, members_cpu),
                    "targets": {"daemon_over_raw": 0.8, "daemon_placements_per_s": 5000}}
     out["gc_thresholds"] = thresholds
+    out["switch_interval"] = sys.getswitchinterval()
     handler.close()
     with open(log_path, "rb") as f:
         out["log"] = {"level": args.log_level, "lines": sum(1 for _ in f)}

@@ -28,7 +28,7 @@ from skedlib.errors import SkedError
 from skedlib.keys import Keyspace
 from skedlib.plugins import get_registry, open_backend
 from skedlib.runtime import Store
-from skedlib.scheduler.daemon import SchedulerDaemon, tune_gc
+from skedlib.scheduler.daemon import SchedulerDaemon, tune_gc, tune_switch_interval
 from skedlib.scheduling import ExecSchedulers
 from skedlib.scheduling.executable import DEFAULT_TIMEOUT
 
@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.info("schedulers installed: %s", ", ".join(schedulers) or "none")
     tune_gc()
+    tune_switch_interval()
     try:
         exporter = start_metrics(args.metrics, "skedlib-scheduler")
     except SkedError as exc:

@@ -1,7 +1,8 @@
 """The scheduler daemon (``skedlib-scheduler``): runs registered Scheduler plugins over the
 desired state. Public: :class:`SchedulerDaemon`, to embed the daemon (or test a scheduler
-end to end with :meth:`SchedulerDaemon.run_once`), and :func:`tune_gc`, the garbage
-collector setting of a program that runs one; the modules below are internal.
+end to end with :meth:`SchedulerDaemon.run_once`), and :func:`tune_gc` and
+:func:`tune_switch_interval`, the garbage collector and thread switch settings of a
+program that runs one; the modules below are internal.
 
 - :mod:`skedlib.scheduler.daemon`: :class:`~skedlib.scheduler.daemon.SchedulerDaemon`
   (threads, the watch-fed snapshot cache, the work queue, resync);
@@ -13,6 +14,14 @@ collector setting of a program that runs one; the modules below are internal.
 - :mod:`skedlib.cli.scheduler`: the ``skedlib-scheduler`` command.
 """
 
-from skedlib.scheduler.daemon import GC_THRESHOLDS, RunOutcome, SchedulerDaemon, tune_gc
+from skedlib.scheduler.daemon import (
+    GC_THRESHOLDS,
+    SWITCH_INTERVAL,
+    RunOutcome,
+    SchedulerDaemon,
+    tune_gc,
+    tune_switch_interval,
+)
 
-__all__ = ["GC_THRESHOLDS", "RunOutcome", "SchedulerDaemon", "tune_gc"]
+__all__ = ["GC_THRESHOLDS", "SWITCH_INTERVAL", "RunOutcome", "SchedulerDaemon", "tune_gc",
+           "tune_switch_interval"]

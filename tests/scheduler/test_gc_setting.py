@@ -1,5 +1,6 @@
-"""The garbage collector setting of a program that runs the scheduler daemon:
-``skedlib-scheduler`` sets it at its start, and the library leaves the process alone."""
+"""The garbage collector and thread switch settings of a program that runs the scheduler
+daemon: ``skedlib-scheduler`` sets them at its start, and the library leaves the process
+alone."""
 
 from __future__ import annotations
 
@@ -13,15 +14,23 @@ from pathlib import Path
 import pytest
 
 from skedlib.client import Client
-from skedlib.scheduler import GC_THRESHOLDS, SchedulerDaemon, tune_gc
+from skedlib.scheduler import (
+    GC_THRESHOLDS,
+    SWITCH_INTERVAL,
+    SchedulerDaemon,
+    tune_gc,
+    tune_switch_interval,
+)
 
 
 @pytest.fixture
 def thresholds() -> Iterator[None]:
-    """Give the test process its collector thresholds back after the test."""
-    before = gc.get_threshold()
+    """Give the test process its collector thresholds and switch interval back after the
+    test."""
+    before, interval = gc.get_threshold(), sys.getswitchinterval()
     yield
     gc.set_threshold(*before)
+    sys.setswitchinterval(interval)
 
 
 def test_tune_gc_sets_the_thresholds_and_returns_the_old_ones(thresholds: None) -> None:
@@ -32,8 +41,17 @@ def test_tune_gc_sets_the_thresholds_and_returns_the_old_ones(thresholds: None) 
     assert tune_gc() == GC_THRESHOLDS  # idempotent
 
 
+def test_tune_switch_interval_sets_it_and_returns_the_old_one(thresholds: None) -> None:
+    sys.setswitchinterval(0.005)
+    assert tune_switch_interval() == pytest.approx(0.005)
+    assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+    assert SWITCH_INTERVAL < 0.005  # a thread back from SQLite or gRPC waits less
+    assert tune_switch_interval() == pytest.approx(SWITCH_INTERVAL)  # idempotent
+
+
 def test_the_library_daemon_leaves_the_collector_alone(thresholds: None) -> None:
     gc.set_threshold(700, 10, 10)
+    sys.setswitchinterval(0.005)
     with Client.open(f"memory://{uuid.uuid4().hex}") as client:
         daemon = SchedulerDaemon(client.store, workers=1, resync=60)
         daemon.start()
@@ -42,22 +60,27 @@ def test_the_library_daemon_leaves_the_collector_alone(thresholds: None) -> None
         finally:
             daemon.stop()
     assert gc.get_threshold() == (700, 10, 10)
+    assert sys.getswitchinterval() == pytest.approx(0.005)
 
 
 PROGRAM = """
 import gc, os, signal, sys, threading
 from skedlib.cli.scheduler import main
 gc.set_threshold(700, 10, 10)
+sys.setswitchinterval(0.005)
 threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
 code = main(["--backend", sys.argv[1], "--workers", "1"])
-print(*gc.get_threshold())
+print(*gc.get_threshold(), sys.getswitchinterval())
 sys.exit(code)
 """
 
 
-def test_skedlib_scheduler_sets_the_collector_at_its_start(tmp_path: Path) -> None:
+def test_skedlib_scheduler_sets_the_collector_and_switch_interval_at_its_start(
+        tmp_path: Path) -> None:
     """The program's own entry point, on a throwaway SQLite store, stopped by SIGTERM."""
     out = subprocess.run([sys.executable, "-c", PROGRAM, f"sqlite://{tmp_path / 'st.db'}"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
-    assert tuple(int(x) for x in out.stdout.split()) == GC_THRESHOLDS
+    *thresholds, interval = out.stdout.split()
+    assert tuple(int(x) for x in thresholds) == GC_THRESHOLDS
+    assert float(interval) == pytest.approx(SWITCH_INTERVAL)
