@@ -88,8 +88,7 @@ def compute_status(pair: tuple[str, str], service: Service, snap: Snapshot, *,
     ``external``: the service's tasks are placed by something outside the daemon
     (``scheduler: external``); the message says "placed externally"."""
     cluster_name, service_name = pair
-    # each task's id is formatted once (Task.id is a property)
-    final = {t.id: t for t in snap.service_tasks(cluster_name, service_name)}
+    final = snap.service_tasks_by_id(cluster_name, service_name)
     fresh: set[str] = set()
     placed = plan.by_id() if plan is not None else {}
     if plan is not None and commit is not None:

@@ -307,8 +307,10 @@ class SnapshotCache:
             pending = {tid: self._pending.pop(tid) for tid in placed if tid in self._pending}
             confirmed = self._confirmed & pending.keys()
             self._confirmed -= confirmed
-            for task_id in pending:
-                self._echoes.pop(self.keys.task(task_id), None)
+            task_key = self.keys.task
+            keys = {task_id: task_key(task_id) for task_id in pending}
+            for key in keys.values():
+                self._echoes.pop(key, None)
             committed = set(result.committed)
             for task_id, (tentative, before) in pending.items():
                 if task_id in committed or task_id in confirmed or \
@@ -329,7 +331,7 @@ class SnapshotCache:
                     # has it; going back to the commit's record would leave every later
                     # compare on the key at a revision the store has left
                     continue
-                key = self.keys.task(task_id)
+                key = keys.get(task_id) or task_key(task_id)
                 old = snap.tasks.get(task_id)
                 if task_id in pending and old is pending[task_id][0]:
                     old = pending[task_id][1]  # the change is from the record before

@@ -590,6 +590,12 @@ class Snapshot:
         return sorted(self._by_service.get((cluster, service), {}).values(),
                       key=_by_instance)
 
+    def service_tasks_by_id(self, cluster: str, service: str) -> dict[str, Task]:
+        """Issued tasks of one service in one cluster by task id (a new dict, in no
+        particular order): what :meth:`service_tasks` gives, without formatting each
+        task's id again."""
+        return dict(self._by_service.get((cluster, service), {}))
+
     def cluster_hosts(self, cluster: Cluster) -> list[HostState]:
         """Copies of the live hosts the cluster may use (its ``hosts`` filter, else every
         live host), for a planner to update as it places (a

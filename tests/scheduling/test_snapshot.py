@@ -59,6 +59,13 @@ def test_a_service_keeps_its_tasks_by_instance_through_rewrites_and_removals() -
     snap.remove_task(tasks[1].id)
     assert [t.instance for t in snap.service_tasks("c", "s")] == [1, 2, 3]
     assert snap.service_tasks("c", "t") == [other]
+    # by id: the same records, and a dict of the caller's own
+    by_id = snap.service_tasks_by_id("c", "s")
+    assert by_id == {t.id: t for t in snap.service_tasks("c", "s")}
+    assert by_id[rewritten.id] is rewritten
+    by_id.clear()
+    assert len(snap.service_tasks_by_id("c", "s")) == 3
+    assert snap.service_tasks_by_id("c", "nothing") == {}
     for t in (tasks[3], rewritten, tasks[0]):
         snap.remove_task(t.id)
     assert snap.service_tasks("c", "s") == []
