@@ -2,6 +2,7 @@
 service, printed as JSON.
 
     python bench/cache.py [--sizes 1000,10000,100000] [--sample 2000] [--seed 3]
+                          [--default-gc]
 
 An agent rewrites a task's record when it provides the task's port, rejects it or claims
 it again after a partition, and the scheduler daemon's snapshot cache applies every
@@ -13,7 +14,8 @@ key). For each size, one service of that many tasks is placed with binpack
 a copy of their record (``scheduled`` set). Prints the microseconds per rewrite for each
 size (``us_per_rewrite``, the median of 5 rounds over the sample) and ``growth``: the
 last size's cost over the first's, which stays near 1 when a rewrite does not depend on
-how many tasks the service has.
+how many tasks the service has. The collector is set as ``skedlib-scheduler`` sets it
+unless ``--default-gc`` (``gc_thresholds`` in the output).
 """
 
 from __future__ import annotations
@@ -33,8 +35,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import scheduling as sched_bench  # noqa: E402
-
-from skedlib.scheduler import tune_gc  # noqa: E402
 
 
 def measure(tasks: int, sample: int, seed: int) -> dict[str, float | int]:
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=2_000,
                         help="tasks rewritten per round (default 2000)")
     parser.add_argument("--seed", type=int, default=3)
+    sched_bench.add_gc_option(parser)
     args = parser.parse_args()
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
@@ -69,11 +70,12 @@ def main() -> None:
         parser.error(f"--sizes: expected comma-separated integers, got {args.sizes!r}")
     if not sizes or min(sizes) < 1 or args.sample < 1:
         parser.error("--sizes and --sample must be at least 1")
-    tune_gc()  # as skedlib-scheduler sets its collector
+    thresholds = sched_bench.set_gc(args)  # as skedlib-scheduler sets its collector
     runs = [measure(n, args.sample, args.seed) for n in sizes]
     out = {"bench": "a task record's rewrite in the snapshot, by the size of its service",
            "sizes": runs,
-           "growth": round(runs[-1]["us_per_rewrite"] / runs[0]["us_per_rewrite"], 2)}
+           "growth": round(runs[-1]["us_per_rewrite"] / runs[0]["us_per_rewrite"], 2),
+           "gc_thresholds": thresholds}
     json.dump(out, sys.stdout, indent=2)
     print()
 
